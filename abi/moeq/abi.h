@@ -1,0 +1,407 @@
+/* moeq/abi.h — the only contract between the moeq host and a quantization plugin.
+ *
+ * Pure C11. A plugin is a shared object that exports exactly one symbol,
+ * `moeq_plugin_get_descriptor`, returning a static descriptor with the plugin's function
+ * table. The host hands the plugin a table of host services at `initialize`.
+ *
+ * Conventions used by every declaration below:
+ * - Every struct that crosses starts with `size_t struct_size`, set by whoever fills the
+ *   struct to MOEQ_STRUCT_SIZE(type, last_field_it_knows). A receiver accepts any
+ *   struct_size >= the size it knows and ignores what lies beyond; a smaller size than the
+ *   receiver's v1.0 size is an INVALID_ARGUMENT.
+ * - Errors are `moeq_status*`: NULL means success. A status is created through the host
+ *   services table (`status_create`) and owned by whoever receives it; the receiver frees
+ *   it with `status_destroy`. No C++ exception may cross this boundary.
+ * - Tensors are DLPack `DLTensor` views that own nothing. `strides` is always set (never
+ *   NULL) and counts elements. FP8 e4m3fn uses the DLPack 1.1 type code
+ *   MOEQ_DL_FLOAT8_E4M3FN (bits 8, lanes 1).
+ * - Fields marked `// out` are written by the callee.
+ */
+#ifndef MOEQ_ABI_H_
+#define MOEQ_ABI_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <dlpack/dlpack.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ===================================================================== versioning ===== */
+
+/* Versioning rules, in plain words:
+ * - The major version changes only when an existing field or slot changes meaning or place.
+ *   A host refuses a plugin of another major.
+ * - The minor version moves when a field is appended to a struct, a slot to a table, or a
+ *   value to an enum. Nothing is ever removed or reordered within a major.
+ * - A plugin records the minor it was built with (`abi_minor`) and the oldest host minor it
+ *   needs (`min_host_minor`). A host older than `min_host_minor` refuses the plugin with a
+ *   reason; a plugin newer than the host is accepted and used at the host's minor (slots the
+ *   host does not know are never called). */
+#define MOEQ_ABI_MAJOR 1
+#define MOEQ_ABI_MINOR 0
+
+/* Size of a struct up to and including `last_field`: what a producer built against an
+ * older minor sets as struct_size. */
+#define MOEQ_STRUCT_SIZE(type, last_field) \
+  (offsetof(type, last_field) + sizeof(((type*)0)->last_field))
+
+/* DLPack 1.1 type code for float8_e4m3fn (DLPack 0.x headers do not define it). */
+#define MOEQ_DL_FLOAT8_E4M3FN 10
+
+/* ======================================================================== errors ====== */
+
+typedef enum moeq_status_code {
+  MOEQ_STATUS_CODE_OK = 0,
+  MOEQ_STATUS_CODE_INVALID_ARGUMENT = 1,  /* bad input: shape, dtype, name, value */
+  MOEQ_STATUS_CODE_NOT_FOUND = 2,         /* a named thing does not exist */
+  MOEQ_STATUS_CODE_UNIMPLEMENTED = 3,     /* the callee does not do this (yet) */
+  MOEQ_STATUS_CODE_FAILED_PRECONDITION = 4, /* called in the wrong state */
+  MOEQ_STATUS_CODE_OUT_OF_MEMORY = 5,
+  MOEQ_STATUS_CODE_UNAVAILABLE = 6,       /* e.g. no CUDA driver */
+  MOEQ_STATUS_CODE_INTERNAL = 7
+} moeq_status_code;
+
+/* Opaque; made by the host. NULL = success. */
+typedef struct moeq_status moeq_status;
+
+typedef enum moeq_log_level {
+  MOEQ_LOG_LEVEL_DEBUG = 0,
+  MOEQ_LOG_LEVEL_INFO = 1,
+  MOEQ_LOG_LEVEL_WARNING = 2,
+  MOEQ_LOG_LEVEL_ERROR = 3
+} moeq_log_level;
+
+/* ====================================================================== handles ======= */
+
+/* A plugin's per-layer state. Owned by the plugin, created by `method_create`, released by
+ * `method_destroy`. The host never looks inside. */
+typedef struct moeq_method moeq_method;
+
+/* The host's per-layer state (parameters, ledger). Owned by the host. Valid from
+ * `create_weights` until the host destroys the method. */
+typedef struct moeq_layer moeq_layer;
+
+typedef enum moeq_projection {
+  MOEQ_PROJECTION_W1 = 1, /* gate_proj: rows [0, I) of w13 */
+  MOEQ_PROJECTION_W2 = 2, /* down_proj */
+  MOEQ_PROJECTION_W3 = 3  /* up_proj: rows [I, 2I) of w13 */
+} moeq_projection;
+
+typedef enum moeq_activation {
+  MOEQ_ACTIVATION_SILU = 0 /* gated: silu(gate) * up */
+} moeq_activation;
+
+/* Geometry and placement of one MoE layer, decided by the host from config.json and the
+ * user's TP/EP choice. EP placement is linear: this rank owns the global experts
+ * [first_local_expert, first_local_expert + num_local_experts). */
+typedef struct moeq_layer_geometry {
+  size_t struct_size;
+  int64_t num_experts;          /* global expert count */
+  int64_t num_local_experts;
+  int64_t first_local_expert;
+  int64_t hidden_size;          /* H */
+  int64_t intermediate_size;    /* I, full, as in the checkpoint */
+  int64_t intermediate_size_per_partition; /* I / tp_size */
+  int32_t tp_rank;
+  int32_t tp_size;
+  int32_t ep_rank;
+  int32_t ep_size;
+  int32_t top_k;
+  int32_t activation;           /* moeq_activation */
+} moeq_layer_geometry;
+/* LP64 size: 96 */
+
+/* ================================================================ host services ====== */
+
+typedef struct moeq_device_info_args {
+  size_t struct_size;
+  DLDevice device;            /* which device to describe */
+  int32_t available;          /* out: 1 if usable */
+  int32_t sm_major;           /* out: CUDA compute capability, 0 on CPU */
+  int32_t sm_minor;           /* out */
+  int32_t multiprocessors;    /* out */
+  int64_t memory_bytes;       /* out */
+} moeq_device_info_args;
+
+/* Declare one parameter of a layer; the host allocates it on the layer's device and keeps
+ * it until the layer is destroyed. The returned DLTensor (and its shape/strides arrays) is
+ * host-owned and valid as long as the layer. Every element must later be written by
+ * `copy_to_param` or `param_fill`, or strict loading fails naming the parameter. */
+typedef struct moeq_param_create_args {
+  size_t struct_size;
+  moeq_layer* layer;
+  const char* name;            /* unique within the layer, e.g. "w13_weight" */
+  int32_t ndim;                /* 1..8 */
+  const int64_t* shape;
+  DLDataType dtype;
+  const DLTensor* tensor;      /* out */
+} moeq_param_create_args;
+
+/* Flags for copy_to_param. */
+#define MOEQ_COPY_CHECK_SCALE 1u /* every source value must be finite and > 0 */
+
+/* Copy (and cast) a source view into a region of a parameter. The region starts at
+ * `dst_offset` (param ndim entries) and has the source's shape; a source of fewer dims
+ * aligns with the param's trailing dims (leading extents 1). Supported casts: any of
+ * F32/BF16/F16 to F32/BF16/F16; same-dtype copies of any dtype. The host records the region
+ * as written in the load ledger and names the checkpoint tensor being loaded in any error. */
+typedef struct moeq_copy_to_param_args {
+  size_t struct_size;
+  moeq_layer* layer;
+  const DLTensor* param;       /* a tensor returned by param_create for this layer */
+  const int64_t* dst_offset;
+  const DLTensor* source;      /* host memory, strided view */
+  uint32_t flags;              /* MOEQ_COPY_* */
+} moeq_copy_to_param_args;
+
+/* Fill a region with a value and record it as *declared default* in the ledger (padding,
+ * or a scale that the scheme defines as 1). */
+typedef struct moeq_param_fill_args {
+  size_t struct_size;
+  moeq_layer* layer;
+  const DLTensor* param;
+  const int64_t* dst_offset;   /* param ndim entries */
+  const int64_t* extent;       /* param ndim entries */
+  double value;
+  const char* reason;          /* recorded in the ledger */
+} moeq_param_fill_args;
+
+/* Compile CUDA source with NVRTC through the host's cache. UNIMPLEMENTED in ABI 1.0 hosts
+ * without a GPU path. */
+typedef struct moeq_jit_compile_args {
+  size_t struct_size;
+  const char* name;            /* kernel set name, for the cache and messages */
+  const char* source;
+  const char* const* options;
+  size_t num_options;
+  void* module;                /* out: host-owned module handle */
+} moeq_jit_compile_args;
+
+/* Create a method of another plugin by name (delegation). The caller owns the returned
+ * method and destroys it with `api->method_destroy`; `api` is the other plugin's table, valid
+ * for the life of the process. */
+struct moeq_plugin_api;
+struct moeq_method_create_args;
+typedef struct moeq_host_method_create_args {
+  size_t struct_size;
+  const char* plugin_name;
+  struct moeq_method_create_args* create_args; /* forwarded as is */
+  const struct moeq_plugin_api* api;           /* out */
+} moeq_host_method_create_args;
+
+/* The host services table. Host-owned, static for the life of the process. Every slot is
+ * present (non-NULL) in a 1.0 host; threads: every slot may be called from any thread,
+ * but calls about one layer must come from the thread currently calling the plugin for it. */
+typedef struct moeq_host_api {
+  size_t struct_size;
+  uint32_t abi_major;
+  uint32_t abi_minor;
+  /* errors: status_create copies `message`; the status is owned by whoever receives it. */
+  moeq_status* (*status_create)(moeq_status_code code, const char* message);
+  moeq_status_code (*status_code)(const moeq_status* status);
+  const char* (*status_message)(const moeq_status* status); /* valid until destroyed */
+  void (*status_destroy)(moeq_status* status);
+  /* logging: `source` is the plugin name; never from apply. */
+  void (*log)(moeq_log_level level, const char* source, const char* message);
+  moeq_status* (*device_info)(moeq_device_info_args* args);
+  /* parameters */
+  moeq_status* (*param_create)(moeq_param_create_args* args);
+  moeq_status* (*copy_to_param)(moeq_copy_to_param_args* args);
+  moeq_status* (*param_fill)(moeq_param_fill_args* args);
+  /* JIT (UNIMPLEMENTED until the host has a GPU path) */
+  moeq_status* (*jit_compile)(moeq_jit_compile_args* args);
+  /* delegation */
+  moeq_status* (*method_create)(moeq_host_method_create_args* args);
+} moeq_host_api;
+
+/* ================================================================= plugin table ====== */
+
+/* Called once per process before any other slot, single-threaded. `host` is valid for the
+ * life of the process. */
+typedef struct moeq_initialize_args {
+  size_t struct_size;
+  const moeq_host_api* host;
+} moeq_initialize_args;
+typedef moeq_status* (*moeq_initialize_fn)(moeq_initialize_args* args);
+
+/* Called once at process exit; no other call follows. */
+typedef void (*moeq_shutdown_fn)(void);
+
+/* Does this plugin take this MoE layer? Pure: no allocation through the host, no CUDA, no
+ * logging, deterministic. Fully concurrent. Strings are valid for the call only.
+ * score 0 = decline (then `reason` says why); higher wins; the host breaks no ties. */
+typedef struct moeq_probe_args {
+  size_t struct_size;
+  const char* quant_config_json;   /* effective quantization config, "null" if none */
+  const char* quant_config_source; /* "config.json", "hf_quant_config.json" or "none" */
+  const char* layer_name;          /* module path of the experts, e.g. "model.layers.0.mlp.experts" */
+  const char* weight_dtype;        /* safetensors dtype of the layer's expert weights, "F8_E4M3" */
+  int32_t score;                   /* out */
+  char* reason;                    /* out: host buffer, NUL-terminated by the callee */
+  size_t reason_capacity;
+} moeq_probe_args;
+typedef moeq_status* (*moeq_probe_fn)(moeq_probe_args* args);
+
+/* Create the plugin's state for one MoE layer. The strings and geometry are valid for the
+ * call only (copy what you keep). Calls for different layers may run concurrently. */
+typedef struct moeq_method_create_args {
+  size_t struct_size;
+  const char* quant_config_json;
+  const char* layer_name;
+  const char* weight_dtype;
+  const moeq_layer_geometry* geometry;
+  DLDevice device;              /* where parameters live and apply runs */
+  moeq_method* method;          /* out */
+} moeq_method_create_args;
+typedef moeq_status* (*moeq_method_create_fn)(moeq_method_create_args* args);
+
+/* Release a method; never fails. The host calls it exactly once per method. */
+typedef void (*moeq_method_destroy_fn)(moeq_method* method);
+
+/* Declare the layer's parameters through host->param_create. The plugin keeps the returned
+ * DLTensor pointers; they stay valid until the method is destroyed. */
+typedef struct moeq_create_weights_args {
+  size_t struct_size;
+  moeq_method* method;
+  moeq_layer* layer;
+} moeq_create_weights_args;
+typedef moeq_status* (*moeq_create_weights_fn)(moeq_create_weights_args* args);
+
+/* Load one checkpoint tensor of one expert and one projection. `source` is the whole,
+ * unsharded per-expert tensor (e.g. [I, H] for w1, [H, I] for w2, [I, 1] for a channel
+ * scale) as a read-only host view into the mapped file; fused checkpoint tensors arrive
+ * already split per expert and projection. The plugin narrows to its TP shard and copies
+ * with host->copy_to_param, or sets `skipped` with a reason. Calls on one method are
+ * serialized by the host. */
+typedef struct moeq_weight_loader_args {
+  size_t struct_size;
+  moeq_method* method;
+  moeq_layer* layer;
+  const char* tensor_name;     /* full checkpoint name, for messages */
+  const char* suffix;          /* "weight", "weight_scale", "weight_scale_inv", "input_scale", ... */
+  int32_t projection;          /* moeq_projection */
+  int64_t global_expert;
+  int64_t local_expert;        /* index into the layer's local experts */
+  const DLTensor* source;
+  int32_t skipped;             /* out: 1 = not used; the reason goes to `skip_reason` */
+  char* skip_reason;           /* out: host buffer */
+  size_t skip_reason_capacity;
+} moeq_weight_loader_args;
+typedef moeq_status* (*moeq_weight_loader_fn)(moeq_weight_loader_args* args);
+
+/* After every tensor of the layer was loaded: check completeness the plugin cares about,
+ * transform (requantize, repack) and compile kernels. */
+typedef struct moeq_process_after_loading_args {
+  size_t struct_size;
+  moeq_method* method;
+  moeq_layer* layer;
+} moeq_process_after_loading_args;
+typedef moeq_status* (*moeq_process_after_loading_fn)(moeq_process_after_loading_args* args);
+
+/* Run the experts: out[m] = sum_j topk_weights[m,j] * expert_{topk_ids[m,j]}(x[m]).
+ * x [M,H] and out [M,H] are F32/BF16/F16 on the method's device; topk_ids [M,k] int32 hold
+ * global expert ids (experts not local to this rank contribute nothing); topk_weights [M,k]
+ * f32. With TP the result is this rank's partial sum. Allocates nothing through the host,
+ * compiles nothing, logs nothing. Reentrant across methods; calls on one method serialized. */
+typedef struct moeq_apply_args {
+  size_t struct_size;
+  moeq_method* method;
+  const DLTensor* x;
+  const DLTensor* topk_ids;
+  const DLTensor* topk_weights;
+  const DLTensor* out;
+  void* stream;                /* cudaStream_t on CUDA devices, NULL on CPU */
+} moeq_apply_args;
+typedef moeq_status* (*moeq_apply_fn)(moeq_apply_args* args);
+
+/* Describe what the method found and chose (scheme, scale names, granularity) as one JSON
+ * object, for `moeq inspect`. Optional. */
+typedef struct moeq_describe_args {
+  size_t struct_size;
+  moeq_method* method;
+  char* json;                  /* out: host buffer */
+  size_t json_capacity;
+} moeq_describe_args;
+typedef moeq_status* (*moeq_describe_fn)(moeq_describe_args* args);
+
+/* Activation quantization a method applies before a GEMM, so that a float reference can do
+ * the same (vllm-moe-semantics §7.3). */
+typedef enum moeq_act_quant {
+  MOEQ_ACT_QUANT_NONE = 0,
+  MOEQ_ACT_QUANT_FP8_PER_TOKEN = 1,
+  MOEQ_ACT_QUANT_FP8_PER_GROUP = 2,
+  MOEQ_ACT_QUANT_FP8_PER_TENSOR_DYNAMIC = 3,
+  MOEQ_ACT_QUANT_FP8_PER_TENSOR_STATIC = 4
+} moeq_act_quant;
+
+/* Write the float values the method holds for one local expert (its dequantized, sharded
+ * weights) and the activation quantization it applies, for comparison with the core's float
+ * reference. Host-owned output buffers; called after process_after_loading; optional. */
+typedef struct moeq_dequantize_expert_args {
+  size_t struct_size;
+  moeq_method* method;
+  int64_t local_expert;
+  float* w13;                  /* out: [2 * I_tp, H], gate rows then up rows */
+  float* w2;                   /* out: [H, I_tp] */
+  int32_t a1_quant;            /* out: moeq_act_quant before GEMM1 */
+  int32_t a2_quant;            /* out: moeq_act_quant before GEMM2 */
+  int64_t group_size;          /* out: for FP8_PER_GROUP */
+  float a1_static_scale;       /* out: for FP8_PER_TENSOR_STATIC */
+  float a2_static_scale;       /* out */
+} moeq_dequantize_expert_args;
+typedef moeq_status* (*moeq_dequantize_expert_fn)(moeq_dequantize_expert_args* args);
+
+/* The plugin's function table: one slot per line. */
+typedef struct moeq_plugin_api {
+  size_t struct_size;
+  moeq_initialize_fn initialize;                  /* required */
+  moeq_shutdown_fn shutdown;                      /* optional, since 1.0: NULL = nothing to do */
+  moeq_probe_fn probe;                            /* required */
+  moeq_method_create_fn method_create;            /* required */
+  moeq_method_destroy_fn method_destroy;          /* required */
+  moeq_create_weights_fn create_weights;          /* required */
+  moeq_weight_loader_fn weight_loader;            /* required */
+  moeq_process_after_loading_fn process_after_loading; /* required */
+  moeq_apply_fn apply;                            /* required */
+  moeq_describe_fn describe;                      /* optional, since 1.0: NULL = no details */
+  moeq_dequantize_expert_fn dequantize_expert;    /* optional, since 1.0: NULL = no reference check */
+} moeq_plugin_api;
+/* LP64 size: 88 */
+
+/* Capability bits of a descriptor. */
+#define MOEQ_CAP_CPU_APPLY 1ull          /* apply runs on kDLCPU */
+#define MOEQ_CAP_CUDA_APPLY 2ull         /* apply runs on kDLCUDA */
+#define MOEQ_CAP_GRAPH_CAPTURABLE 4ull   /* CUDA apply may be captured in a CUDA graph */
+#define MOEQ_CAP_DELEGATES 8ull          /* creates methods of other plugins */
+
+/* Static, pure: returned by the entry symbol without allocation, CUDA or environment. */
+typedef struct moeq_plugin_descriptor {
+  size_t struct_size;
+  uint32_t abi_major;          /* must equal the host's MOEQ_ABI_MAJOR */
+  uint32_t abi_minor;          /* minor the plugin was built with */
+  uint32_t min_host_minor;     /* oldest host minor the plugin needs */
+  uint32_t reserved0;
+  const char* name;            /* unique, [a-z0-9_]+ */
+  const char* version;         /* semver */
+  const char* const* schemes;  /* human names of the schemes it claims */
+  size_t num_schemes;
+  const char* const* requires_plugins; /* plugins it delegates to */
+  size_t num_requires_plugins;
+  uint64_t capabilities;       /* MOEQ_CAP_* */
+  const char* build_info;
+  const moeq_plugin_api* api;
+} moeq_plugin_descriptor;
+/* LP64 size: 104 */
+
+/* The one exported entry symbol. */
+#define MOEQ_PLUGIN_ENTRY_SYMBOL "moeq_plugin_get_descriptor"
+typedef const moeq_plugin_descriptor* (*moeq_plugin_get_descriptor_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MOEQ_ABI_H_ */

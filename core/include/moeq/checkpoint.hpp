@@ -1,0 +1,50 @@
+// A Hugging Face style checkpoint directory: config.json, optional hf_quant_config.json,
+// model.safetensors or shards listed by model.safetensors.index.json.
+#pragma once
+#include <moeq/safetensors.hpp>
+
+#include <boost/json.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moeq {
+
+struct QuantConfigSource {
+  std::string json;    // serialized quantization config, "null" when none
+  std::string source;  // "hf_quant_config.json", "config.json" or "none"
+};
+
+class Checkpoint {
+ public:
+  // Opens and validates everything up front; throws moeq::Error naming the file.
+  static Checkpoint open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  const boost::json::object& config() const { return config_; }
+  // hf_quant_config.json wins over config.json's quantization_config (or legacy
+  // compression_config).
+  const QuantConfigSource& quant_config() const { return quant_; }
+  // All tensors of all files, by name (sorted).
+  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  const TensorInfo* find(const std::string& name) const;
+  const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+
+ private:
+  std::filesystem::path dir_;
+  boost::json::object config_;
+  QuantConfigSource quant_;
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, TensorInfo> tensors_;
+};
+
+// Read a JSON file; throws naming the file and the parse error.
+boost::json::value read_json_file(const std::filesystem::path& path);
+// Parse JSON text strictly: a syntax error or a duplicate key in any object throws,
+// naming `source` (a file, or "header of FILE").
+boost::json::value parse_json_strict(std::string_view text, const std::string& source);
+
+}  // namespace moeq

@@ -1,0 +1,89 @@
+// The host services table given to plugins, and the per-layer state behind `moeq_layer`:
+// parameters the host allocated for a plugin and the ledger of which elements were written.
+#pragma once
+#include <moeq/abi.h>
+#include <moeq/dtype.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq {
+
+class Registry;
+
+// Disjoint half-open ranges of flat element indices, merged on insert.
+class IntervalSet {
+ public:
+  void insert(int64_t begin, int64_t end);
+  void insert_all(const IntervalSet& other);
+  bool intersects(int64_t begin, int64_t end) const;
+  int64_t covered() const;
+  // First index in [0, n) not covered, or -1.
+  int64_t first_gap(int64_t n) const;
+
+ private:
+  std::map<int64_t, int64_t> ranges_;
+};
+
+struct ParamRecord {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+  int64_t numel = 0;
+  std::vector<std::byte> storage;  // host memory (the CPU path)
+  DLTensor tensor{};
+  IntervalSet written;    // by copy_to_param
+  IntervalSet defaulted;  // by param_fill, declared default
+  std::vector<std::pair<std::pair<int64_t, int64_t>, std::string>> writers;  // range -> tensor
+  std::vector<std::string> default_reasons;
+};
+
+struct ParamCoverage {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::string dtype;
+  int64_t numel = 0;
+  int64_t written = 0;
+  int64_t defaulted = 0;
+  std::string first_gap;  // "[3, 0, 0]" or empty when complete
+};
+
+}  // namespace moeq
+
+// The host's per-layer state; plugins see only the opaque pointer.
+struct moeq_layer {
+  std::string name;
+  DLDevice device{kDLCPU, 0};
+  std::vector<std::unique_ptr<moeq::ParamRecord>> params;
+  std::string current_tensor;  // checkpoint tensor being loaded, named in copy errors
+};
+
+namespace moeq::host {
+
+// The table handed to plugins; static for the life of the process.
+const moeq_host_api* api();
+// Registry used by method_create (delegation); set by whoever owns the registry.
+void set_registry(const Registry* registry);
+// Statuses created and not yet destroyed (leak accounting for tests and conform).
+int64_t live_statuses();
+
+using LogSink = std::function<void(moeq_log_level, const std::string& source, const std::string& message)>;
+// Replace the log sink (default: warnings and errors to stderr). Returns the previous one.
+LogSink set_log_sink(LogSink sink);
+void log(moeq_log_level level, const std::string& source, const std::string& message);
+
+std::unique_ptr<moeq_layer> make_layer(std::string name, DLDevice device);
+std::vector<ParamCoverage> coverage(const moeq_layer& layer);
+const ParamRecord* find_param(const moeq_layer& layer, const std::string& name);
+
+// Turns a status into (code, message) and destroys it; returns false for NULL.
+bool take_status(moeq_status* status, moeq_status_code& code, std::string& message);
+// Throws moeq::Error with `context: message` when status is not NULL (and destroys it).
+void throw_if_error(moeq_status* status, const std::string& context);
+
+}  // namespace moeq::host

@@ -1,0 +1,93 @@
+// Loads every MoE layer of a checkpoint through the plugin the registry chooses, with the
+// load ledger: every checkpoint tensor of a MoE layer is consumed, skipped with a reason, or
+// an error; every parameter element is written or declared default.
+#pragma once
+#include <moeq/checkpoint.hpp>
+#include <moeq/expert_name_router.hpp>
+#include <moeq/host.hpp>
+#include <moeq/model_config.hpp>
+#include <moeq/placement.hpp>
+#include <moeq/reference.hpp>
+#include <moeq/registry.hpp>
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace moeq {
+
+struct LoadOptions {
+  Placement placement;
+  bool strict = true;         // throw on any ledger violation
+  bool collect_errors = false;  // never throw for a layer; record its problems (inspect)
+  std::string pin_plugin;     // choose this plugin for every layer
+  DLDevice device{kDLCPU, 0};
+};
+
+struct LedgerEntry {
+  enum class State { kConsumed, kSkipped, kNotLocal, kRouter, kError, kUnknown };
+  std::string tensor;
+  State state = State::kConsumed;
+  std::string routed_to;  // "w1 e3", "w1+w3 of experts 0..39"
+  std::string detail;     // skip reason or error
+  std::string dtype;
+  std::vector<int64_t> shape;
+};
+const char* ledger_state_name(LedgerEntry::State s);
+
+struct LayerReport {
+  std::string prefix;  // "model.layers.0.mlp"
+  int64_t layer = -1;
+  std::string family;
+  std::string experts_module;
+  std::string weight_dtype;
+  std::string plugin;
+  std::string plugin_why;
+  std::vector<ProbeResult> probes;
+  std::vector<LedgerEntry> entries;
+  std::vector<ParamCoverage> params;
+  std::string describe_json = "{}";
+  std::vector<std::string> problems;  // strict violations and errors
+  bool ok() const { return problems.empty(); }
+  int64_t count(LedgerEntry::State s) const;
+};
+
+struct LoadedLayer {
+  LayerReport report;
+  moeq_layer_geometry geometry{};
+  const LoadedPlugin* plugin = nullptr;
+  moeq_method* method = nullptr;
+  std::unique_ptr<moeq_layer> layer;
+  const TensorInfo* router_weight = nullptr;
+  const TensorInfo* router_bias = nullptr;
+};
+
+class LoadedModel {
+ public:
+  LoadedModel() = default;
+  LoadedModel(LoadedModel&&) noexcept = default;
+  LoadedModel& operator=(LoadedModel&&) noexcept = default;
+  ~LoadedModel();
+
+  MoeConfig config;
+  Placement placement;
+  std::vector<std::unique_ptr<LoadedLayer>> layers;  // only layers that loaded
+  std::vector<LayerReport> failed;                   // with collect_errors
+  std::vector<std::string> not_moe;                  // checkpoint tensors outside MoE layers
+
+  // out [M, H] = the layer's plugin apply on CPU float tensors.
+  std::vector<float> apply(size_t layer, std::span<const float> x, int64_t num_tokens,
+                           const ref::Routing& routing) const;
+  // The method's dequantized local experts and activation quantization (dequantize_expert).
+  ref::ExpertWeights dequantized(size_t layer, ref::MoeOptions* act_quant) const;
+  // Router weights [E, H] as float and routing options of the layer (bias included).
+  std::vector<float> router_weight(size_t layer) const;
+  ref::RoutingOptions routing(size_t layer) const;
+};
+
+// Throws moeq::Error naming the layer, tensor or parameter when a layer cannot be loaded
+// (unless options.collect_errors). A failed layer releases everything it allocated.
+LoadedModel load_model(const Checkpoint& checkpoint, const Registry& registry, const LoadOptions& options);
+
+}  // namespace moeq

@@ -1,0 +1,25 @@
+// MoE geometry and routing read from config.json, by key, for every family.
+#pragma once
+#include <moeq/reference.hpp>
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace moeq {
+
+struct MoeConfig {
+  std::string model_type;
+  int64_t num_experts = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;  // per expert
+  int top_k = 0;
+  ref::RoutingOptions routing;    // bias is filled per layer from the checkpoint
+};
+
+// Throws moeq::Error naming `file` and the missing or bad key.
+MoeConfig parse_moe_config(const boost::json::object& config, const std::filesystem::path& file);
+
+}  // namespace moeq

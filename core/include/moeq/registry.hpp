@@ -1,0 +1,93 @@
+// Plugin registry: discovery, checks before and after loading, probe-based selection.
+// Every refusal and every decline carries a human reason (ggml's silent fallback is the
+// complaint we do not repeat).
+#pragma once
+#include <moeq/abi.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moeq {
+
+struct LoadedPlugin {
+  std::filesystem::path file;
+  std::string name;
+  std::string version;
+  const moeq_plugin_descriptor* descriptor = nullptr;
+  const moeq_plugin_api* api = nullptr;
+  uint32_t effective_minor = 0;  // min(plugin abi_minor, host MOEQ_ABI_MINOR)
+  // Optional slots are reachable only through these (NULL when absent or newer than the host).
+  moeq_shutdown_fn shutdown() const;
+  moeq_describe_fn describe() const;
+};
+
+struct PluginRefusal {
+  std::filesystem::path file;
+  std::string reason;  // one line, e.g. "ABI major 2, this host speaks 1"
+};
+
+struct ProbeQuery {
+  std::string quant_config_json = "null";
+  std::string quant_config_source = "none";
+  std::string layer_name;
+  std::string weight_dtype;
+};
+
+struct ProbeResult {
+  const LoadedPlugin* plugin = nullptr;
+  int32_t score = 0;
+  std::string reason;  // why it declined (or what it claims when it accepts)
+};
+
+struct Selection {
+  const LoadedPlugin* chosen = nullptr;  // never NULL when select() returns
+  std::string why;                       // "highest score 10", "pinned by the user"
+  std::vector<ProbeResult> probes;       // every plugin's answer, in load order
+};
+
+class Registry {
+ public:
+  // `host` is handed to every plugin's initialize; it must outlive the registry.
+  explicit Registry(const moeq_host_api* host);
+  ~Registry();  // calls shutdown of every plugin; never unloads the code (see DESIGN §4)
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // Loads every regular file ending in ".so" in `dir` (not recursive), in name order.
+  // A missing directory is recorded as a refusal, never an exception.
+  void load_directory(const std::filesystem::path& dir);
+  // Returns the plugin or nullptr; on nullptr the reason is in refusals().
+  const LoadedPlugin* load_file(const std::filesystem::path& file);
+
+  // Search path: `plugin_dir` if given, then every entry of MOEQ_PLUGIN_PATH (':'-separated),
+  // then the install-relative default <dir of the running executable>/../plugins.
+  static std::vector<std::filesystem::path> search_path(
+      const std::optional<std::filesystem::path>& plugin_dir);
+
+  const std::vector<std::unique_ptr<LoadedPlugin>>& plugins() const { return plugins_; }
+  const std::vector<PluginRefusal>& refusals() const { return refusals_; }
+  // Lines such as "modelopt needs plugin compressed_tensors, which is not loaded".
+  std::vector<std::string> missing_dependencies() const;
+  const LoadedPlugin* find(std::string_view name) const;
+
+  // Probes every plugin. Highest positive score wins; two plugins with the same highest score
+  // is an Error naming both; no positive score is an Error listing every decline reason. A
+  // non-empty `pin` chooses that plugin if it is loaded and does not decline (else Error
+  // with its reason).
+  Selection select(const ProbeQuery& query, std::string_view pin = {}) const;
+  // Probe results only, never throws for declines (for `moeq plugins --why`).
+  std::vector<ProbeResult> probe_all(const ProbeQuery& query) const;
+
+ private:
+  const moeq_host_api* host_;
+  std::vector<std::unique_ptr<LoadedPlugin>> plugins_;
+  std::vector<PluginRefusal> refusals_;
+  std::vector<std::shared_ptr<void>> libraries_;  // kept alive for the registry's life
+};
+
+}  // namespace moeq

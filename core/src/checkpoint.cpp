@@ -1,0 +1,279 @@
+// Opening a Hugging Face style checkpoint directory. Everything is checked up front (config,
+// index, shards, index/shard agreement, duplicate tensors) so that a bad checkpoint fails at
+// open, naming the files involved, instead of half-way through loading a layer.
+#include <moeq/checkpoint.hpp>
+#include <moeq/error.hpp>
+
+#include <boost/json/basic_parser_impl.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+namespace moeq {
+
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// SAX handler that only looks for a key repeated within one object: boost::json::parse
+// silently keeps the last one, which would let two headers disagree about a tensor.
+class DuplicateKeyFinder {
+ public:
+  static constexpr std::size_t max_array_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_object_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_string_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_key_size = static_cast<std::size_t>(-1);
+
+  const std::string& duplicate() const { return duplicate_; }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_array_begin(json::error_code&) { return push(false); }
+  bool on_array_end(std::size_t, json::error_code&) { return pop(); }
+  bool on_object_begin(json::error_code&) { return push(true); }
+  bool on_object_end(std::size_t, json::error_code&) { return pop(); }
+  bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    key_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
+    key_.append(s.data(), s.size());
+    bool fresh = keys_.back().insert(key_).second;
+    if (!fresh) {
+      duplicate_ = key_;
+      ec = json::error::syntax;  // stops the parse; the caller reports duplicate()
+    }
+    key_.clear();
+    return fresh;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(int64_t, json::string_view, json::error_code&) { return true; }
+  bool on_uint64(uint64_t, json::string_view, json::error_code&) { return true; }
+  bool on_double(double, json::string_view, json::error_code&) { return true; }
+  bool on_bool(bool, json::error_code&) { return true; }
+  bool on_null(json::error_code&) { return true; }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  // Arrays push an empty set that never receives keys; this keeps push/pop symmetric.
+  bool push(bool) {
+    keys_.emplace_back();
+    return true;
+  }
+  bool pop() {
+    keys_.pop_back();
+    return true;
+  }
+  std::vector<std::unordered_set<std::string>> keys_;
+  std::string key_;
+  std::string duplicate_;
+};
+
+const char* kind_name(const json::value& v) {
+  switch (v.kind()) {
+    case json::kind::null: return "null";
+    case json::kind::bool_: return "bool";
+    case json::kind::int64:
+    case json::kind::uint64: return "integer";
+    case json::kind::double_: return "number";
+    case json::kind::string: return "string";
+    case json::kind::array: return "array";
+    case json::kind::object: return "object";
+  }
+  return "unknown";
+}
+
+std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
+
+json::object read_json_object(const fs::path& path) {
+  json::value v = read_json_file(path);
+  if (!v.is_object())
+    fail(quoted(path) + ": expected a JSON object, found " + kind_name(v));
+  return std::move(v.get_object());
+}
+
+// A present key whose value is JSON null counts as absent (some exporters write that).
+const json::value* non_null(const json::object& o, std::string_view key) {
+  const json::value* v = o.if_contains(key);
+  return v && !v->is_null() ? v : nullptr;
+}
+
+QuantConfigSource find_quant_config(const fs::path& dir, const json::object& config) {
+  fs::path hf = dir / "hf_quant_config.json";
+  if (fs::exists(hf)) return {json::serialize(read_json_object(hf)), "hf_quant_config.json"};
+  if (const json::value* q = non_null(config, "quantization_config"))
+    return {json::serialize(*q), "config.json"};
+  if (const json::value* q = non_null(config, "compression_config"))  // older compressed-tensors
+    return {json::serialize(*q), "config.json"};
+  return {"null", "none"};
+}
+
+// A shard name from the index must name a file inside the checkpoint directory.
+void check_shard_name(const fs::path& index, const std::string& tensor,
+                      const std::string& shard) {
+  bool escapes = shard.empty() || shard == "." || shard.find("..") != std::string::npos ||
+                 shard.find('/') != std::string::npos ||
+                 shard.find('\\') != std::string::npos ||
+                 shard.find('\0') != std::string::npos;
+  if (escapes)
+    fail("index " + quoted(index) + ": tensor '" + tensor + "' names shard '" + shard +
+         "', expected a plain file name inside the checkpoint directory");
+}
+
+// weight_map of the index: tensor name -> shard file name.
+std::map<std::string, std::string> read_weight_map(const fs::path& index) {
+  json::object root = read_json_object(index);
+  const json::value* map = root.if_contains("weight_map");
+  if (!map)
+    fail("index " + quoted(index) + ": missing \"weight_map\"");
+  if (!map->is_object())
+    fail("index " + quoted(index) + ": \"weight_map\": expected an object, found " +
+         kind_name(*map));
+  std::map<std::string, std::string> out;
+  for (const auto& kv : map->get_object()) {
+    std::string tensor(kv.key());
+    if (!kv.value().is_string())
+      fail("index " + quoted(index) + ": weight_map entry for tensor '" + tensor +
+           "': expected a shard file name (string), found " + kind_name(kv.value()));
+    std::string shard(kv.value().get_string());
+    check_shard_name(index, tensor, shard);
+    out.emplace(std::move(tensor), std::move(shard));
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<SafetensorsFile>> open_indexed_shards(
+    const fs::path& dir, const fs::path& index,
+    const std::map<std::string, std::string>& weight_map) {
+  std::map<std::string, std::string> first_tensor;  // shard -> a tensor that names it
+  for (const auto& [tensor, shard] : weight_map) first_tensor.emplace(shard, tensor);
+  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  for (const auto& [shard, tensor] : first_tensor) {
+    fs::path path = dir / shard;
+    if (!fs::is_regular_file(path))
+      fail("index " + quoted(index) + " names shard '" + shard + "' (for tensor '" + tensor +
+           "'), but " + quoted(path) + " does not exist");
+    files.push_back(SafetensorsFile::open(path));
+  }
+  return files;
+}
+
+// The index and the shards must agree both ways: every indexed tensor is in the shard the
+// index names, and every shard tensor is indexed under that shard.
+void check_index_agreement(const fs::path& index,
+                           const std::map<std::string, std::string>& weight_map,
+                           const std::vector<std::shared_ptr<SafetensorsFile>>& files) {
+  std::map<std::string, const SafetensorsFile*> by_name;
+  for (const auto& f : files) by_name.emplace(f->path().filename().string(), f.get());
+  for (const auto& [tensor, shard] : weight_map) {
+    const SafetensorsFile* file = by_name.at(shard);
+    if (!file->tensors().contains(tensor))
+      fail("tensor '" + tensor + "' is listed in index " + quoted(index) + " under shard " +
+           quoted(file->path()) + ", but that shard does not contain it");
+  }
+  for (const auto& f : files) {
+    std::string shard = f->path().filename().string();
+    for (const auto& [tensor, info] : f->tensors()) {
+      auto it = weight_map.find(tensor);
+      if (it == weight_map.end())
+        fail("tensor '" + tensor + "' in shard " + quoted(f->path()) +
+             " is not listed in index " + quoted(index));
+      if (it->second != shard)
+        fail("tensor '" + tensor + "' is in shard " + quoted(f->path()) + ", but index " +
+             quoted(index) + " maps it to shard '" + it->second + "'");
+    }
+  }
+}
+
+std::vector<fs::path> all_safetensors(const fs::path& dir) {
+  std::vector<fs::path> paths;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir))
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
+      paths.push_back(entry.path());
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+}  // namespace
+
+json::value parse_json_strict(std::string_view text, const std::string& source) {
+  json::error_code ec;
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec);
+  if (ec) fail(source + ": invalid JSON: " + ec.message());
+  json::basic_parser<DuplicateKeyFinder> finder{json::parse_options{}};
+  finder.write_some(false, text.data(), text.size(), ec);
+  if (!finder.handler().duplicate().empty())
+    fail(source + ": duplicate key \"" + finder.handler().duplicate() + "\" in a JSON object");
+  return v;
+}
+
+json::value read_json_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(MOEQ_STATUS_CODE_NOT_FOUND, "cannot open JSON file " + quoted(path));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) fail("cannot read JSON file " + quoted(path));
+  return parse_json_strict(text.str(), quoted(path));
+}
+
+Checkpoint Checkpoint::open(const fs::path& dir) {
+  if (!fs::exists(dir))
+    fail(MOEQ_STATUS_CODE_NOT_FOUND, "checkpoint directory " + quoted(dir) + " does not exist");
+  if (!fs::is_directory(dir))
+    fail("checkpoint path " + quoted(dir) + " is not a directory");
+  fs::path config_path = dir / "config.json";
+  if (!fs::is_regular_file(config_path))
+    fail(MOEQ_STATUS_CODE_NOT_FOUND,
+         "checkpoint directory " + quoted(dir) + " has no config.json");
+
+  Checkpoint ckpt;
+  ckpt.dir_ = dir;
+  ckpt.config_ = read_json_object(config_path);
+  ckpt.quant_ = find_quant_config(dir, ckpt.config_);
+
+  fs::path index = dir / "model.safetensors.index.json";
+  const bool has_index = fs::exists(index);
+  std::map<std::string, std::string> weight_map;
+  if (has_index) {
+    weight_map = read_weight_map(index);
+    ckpt.files_ = open_indexed_shards(dir, index, weight_map);
+  } else if (fs::exists(dir / "model.safetensors")) {
+    ckpt.files_.push_back(SafetensorsFile::open(dir / "model.safetensors"));
+  } else {
+    for (const fs::path& p : all_safetensors(dir))
+      ckpt.files_.push_back(SafetensorsFile::open(p));
+  }
+  if (ckpt.files_.empty())
+    fail(MOEQ_STATUS_CODE_NOT_FOUND,
+         "checkpoint directory " + quoted(dir) +
+             " has no weights: expected model.safetensors.index.json, model.safetensors or "
+             "*.safetensors files, found none");
+
+  // Duplicates first: a tensor in two shards is the clearer message than a disagreement.
+  for (const auto& file : ckpt.files_) {
+    for (const auto& [name, info] : file->tensors()) {
+      auto [it, fresh] = ckpt.tensors_.emplace(name, info);
+      if (!fresh)
+        fail("tensor '" + name + "' appears in both " + quoted(it->second.file) + " and " +
+             quoted(file->path()));
+    }
+  }
+  if (has_index) check_index_agreement(index, weight_map, ckpt.files_);
+  return ckpt;
+}
+
+const TensorInfo* Checkpoint::find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+}  // namespace moeq

@@ -1,0 +1,431 @@
+// The host services table (abi.h) on the CPU: statuses, logging, parameters, copies with
+// casts, and the ledger of written elements. JIT entry points answer UNIMPLEMENTED until the
+// GPU path exists.
+#include <moeq/error.hpp>
+#include <moeq/host.hpp>
+#include <moeq/registry.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+
+struct moeq_status {
+  moeq_status_code code;
+  std::string message;
+};
+
+namespace moeq {
+
+// ------------------------------------------------------------------------ IntervalSet
+void IntervalSet::insert(int64_t b, int64_t e) {
+  if (b >= e) return;
+  auto it = ranges_.upper_bound(b);
+  if (it != ranges_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->second >= b) {
+      b = prev->first;
+      e = std::max(e, prev->second);
+      it = ranges_.erase(prev);
+    }
+  }
+  while (it != ranges_.end() && it->first <= e) {
+    e = std::max(e, it->second);
+    it = ranges_.erase(it);
+  }
+  ranges_[b] = e;
+}
+bool IntervalSet::intersects(int64_t b, int64_t e) const {
+  auto it = ranges_.upper_bound(b);
+  if (it != ranges_.begin() && std::prev(it)->second > b) return true;
+  return it != ranges_.end() && it->first < e;
+}
+void IntervalSet::insert_all(const IntervalSet& other) {
+  for (const auto& [b, e] : other.ranges_) insert(b, e);
+}
+int64_t IntervalSet::covered() const {
+  int64_t n = 0;
+  for (const auto& [b, e] : ranges_) n += e - b;
+  return n;
+}
+int64_t IntervalSet::first_gap(int64_t n) const {
+  int64_t pos = 0;
+  for (const auto& [b, e] : ranges_) {
+    if (b > pos) return pos;
+    pos = std::max(pos, e);
+  }
+  return pos < n ? pos : -1;
+}
+
+namespace host {
+namespace {
+
+std::atomic<int64_t> g_live_statuses{0};
+std::atomic<const Registry*> g_registry{nullptr};
+std::mutex g_log_mutex;
+LogSink& sink_ref() {
+  static LogSink sink = [](moeq_log_level level, const std::string& source, const std::string& msg) {
+    if (level < MOEQ_LOG_LEVEL_WARNING) return;
+    std::cerr << "[moeq " << (level == MOEQ_LOG_LEVEL_ERROR ? "error" : "warning") << "] " << source
+              << ": " << msg << "\n";
+  };
+  return sink;
+}
+
+std::string index_string(const std::vector<int64_t>& shape, int64_t flat) {
+  std::vector<int64_t> idx(shape.size());
+  for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
+    idx[d] = shape[d] ? flat % shape[d] : 0;
+    flat = shape[d] ? flat / shape[d] : 0;
+  }
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < idx.size(); ++i) os << (i ? ", " : "") << idx[i];
+  os << ']';
+  return os.str();
+}
+
+std::string shape_str(const int64_t* s, int n) {
+  std::ostringstream os;
+  os << '[';
+  for (int i = 0; i < n; ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+moeq_status* make(moeq_status_code code, const std::string& message) {
+  g_live_statuses.fetch_add(1);
+  return new moeq_status{code, message};
+}
+
+template <class F>
+moeq_status* guarded(F&& f) noexcept {
+  try {
+    f();
+    return nullptr;
+  } catch (const Error& e) {
+    return make(e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    return make(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "host allocation failed");
+  } catch (const std::exception& e) {
+    return make(MOEQ_STATUS_CODE_INTERNAL, e.what());
+  }
+}
+
+ParamRecord& param_of(moeq_layer* layer, const DLTensor* t) {
+  if (layer == nullptr) fail("NULL layer");
+  for (auto& p : layer->params)
+    if (&p->tensor == t) return *p;
+  fail("layer " + layer->name + ": the tensor passed is not a parameter of this layer");
+}
+
+// ----------------------------------------------------------------------------- slots
+moeq_status* s_status_create(moeq_status_code code, const char* message) {
+  return make(code, message ? message : "");
+}
+moeq_status_code s_status_code(const moeq_status* s) { return s ? s->code : MOEQ_STATUS_CODE_OK; }
+const char* s_status_message(const moeq_status* s) { return s ? s->message.c_str() : ""; }
+void s_status_destroy(moeq_status* s) {
+  if (s == nullptr) return;
+  g_live_statuses.fetch_sub(1);
+  delete s;
+}
+void s_log(moeq_log_level level, const char* source, const char* message) {
+  log(level, source ? source : "?", message ? message : "");
+}
+
+moeq_status* s_device_info(moeq_device_info_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_device_info_args, memory_bytes))
+      fail("device_info: struct_size too small");
+    if (a->device.device_type == kDLCPU) {
+      a->available = 1;
+      a->sm_major = a->sm_minor = a->multiprocessors = 0;
+      a->memory_bytes = 0;
+      return;
+    }
+    a->available = 0;
+    fail(MOEQ_STATUS_CODE_UNAVAILABLE, "device_info: no CUDA driver support in this host build");
+  });
+}
+
+moeq_status* s_param_create(moeq_param_create_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_param_create_args, tensor))
+      fail("param_create: struct_size too small");
+    if (a->layer == nullptr || a->name == nullptr || a->shape == nullptr) fail("param_create: NULL argument");
+    moeq_layer& layer = *a->layer;
+    std::string name = a->name;
+    if (name.empty()) fail("param_create: empty parameter name");
+    for (auto& p : layer.params)
+      if (p->name == name) fail("layer " + layer.name + ": parameter '" + name + "' declared twice");
+    if (a->ndim < 1 || a->ndim > 8) fail("param_create " + name + ": ndim must be 1..8, found " + std::to_string(a->ndim));
+    auto dt = from_dl(a->dtype);
+    if (!dt) fail("param_create " + name + ": unsupported dtype");
+    if (layer.device.device_type != kDLCPU)
+      fail(MOEQ_STATUS_CODE_UNAVAILABLE, "param_create " + name + ": only CPU parameters in this host build");
+    auto rec = std::make_unique<ParamRecord>();
+    rec->name = name;
+    rec->dtype = *dt;
+    rec->shape.assign(a->shape, a->shape + a->ndim);
+    rec->numel = 1;
+    for (int64_t s : rec->shape) {
+      if (s < 0 || (s > 0 && rec->numel > (int64_t{1} << 40) / s))
+        fail("param_create " + name + ": shape " + shape_str(a->shape, a->ndim) + " is out of range");
+      rec->numel *= s;
+    }
+    rec->strides.assign(rec->shape.size(), 1);
+    for (int d = a->ndim - 2; d >= 0; --d) rec->strides[d] = rec->strides[d + 1] * rec->shape[d + 1];
+    rec->storage.assign(static_cast<size_t>(rec->numel) * dtype_size(*dt), std::byte{0});
+    rec->tensor.data = rec->storage.data();
+    rec->tensor.device = layer.device;
+    rec->tensor.ndim = a->ndim;
+    rec->tensor.dtype = a->dtype;
+    rec->tensor.shape = rec->shape.data();
+    rec->tensor.strides = rec->strides.data();
+    rec->tensor.byte_offset = 0;
+    a->tensor = &rec->tensor;
+    layer.params.push_back(std::move(rec));
+  });
+}
+
+// Calls fn(flat_dst_index, src_element_pointer) for every element of the region.
+template <class Fn>
+void for_each_element(const ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext,
+                      const std::byte* src_base, const std::vector<int64_t>& src_strides, size_t src_elem, Fn&& fn) {
+  const int nd = static_cast<int>(ext.size());
+  std::vector<int64_t> idx(nd, 0);
+  int64_t total = 1;
+  for (int64_t e : ext) total *= e;
+  for (int64_t n = 0; n < total; ++n) {
+    int64_t dst = 0, src = 0;
+    for (int d = 0; d < nd; ++d) {
+      dst += (off[d] + idx[d]) * p.strides[d];
+      src += idx[d] * src_strides[d];
+    }
+    fn(dst, src_base + src * static_cast<int64_t>(src_elem));
+    for (int d = nd - 1; d >= 0; --d) {
+      if (++idx[d] < ext[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// Flat runs of a region: contiguous along the innermost dims that the region spans fully.
+template <class Fn>
+void for_each_run(const ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext, Fn&& fn) {
+  const int nd = static_cast<int>(ext.size());
+  int inner = nd;  // dims [inner, nd) are spanned fully, except maybe dim inner-1 partially
+  int64_t run = 1;
+  while (inner > 0 && off[inner - 1] == 0 && ext[inner - 1] == p.shape[inner - 1]) run *= ext[--inner];
+  if (inner > 0) run *= ext[--inner];
+  std::vector<int64_t> idx(inner, 0);
+  int64_t outer = 1;
+  for (int d = 0; d < inner; ++d) outer *= ext[d];
+  for (int64_t n = 0; n < outer; ++n) {
+    int64_t start = 0;
+    for (int d = 0; d < inner; ++d) start += (off[d] + idx[d]) * p.strides[d];
+    if (inner < nd) start += off[inner] * p.strides[inner];
+    fn(start, start + run);
+    for (int d = inner - 1; d >= 0; --d) {
+      if (++idx[d] < ext[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// Region of `p` at `dst_offset` with the source's shape aligned to the trailing dims.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> region(const ParamRecord& p, const int64_t* dst_offset,
+                                                             const int64_t* src_shape, int src_ndim,
+                                                             const std::string& what) {
+  const int nd = static_cast<int>(p.shape.size());
+  if (dst_offset == nullptr) fail(what + ": NULL dst_offset");
+  if (src_ndim > nd)
+    fail(what + ": source rank " + std::to_string(src_ndim) + " exceeds parameter rank " + std::to_string(nd));
+  std::vector<int64_t> off(dst_offset, dst_offset + nd), ext(nd, 1);
+  for (int i = 0; i < src_ndim; ++i) ext[nd - src_ndim + i] = src_shape[i];
+  for (int d = 0; d < nd; ++d)
+    if (off[d] < 0 || ext[d] < 0 || off[d] + ext[d] > p.shape[d])
+      fail(what + ": region at " + shape_str(off.data(), nd) + " of extent " + shape_str(ext.data(), nd) +
+           " lies outside parameter '" + p.name + "' of shape " + shape_str(p.shape.data(), nd));
+  return {off, ext};
+}
+
+void check_not_written(ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext,
+                       const std::string& what) {
+  for_each_run(p, off, ext, [&](int64_t b, int64_t e) {
+    if (!p.written.intersects(b, e) && !p.defaulted.intersects(b, e)) return;
+    std::string by = "a fill";
+    for (const auto& [r, t] : p.writers)
+      if (r.first < e && b < r.second) by = "tensor " + t;
+    fail(what + ": parameter '" + p.name + "' region at " + index_string(p.shape, b) +
+         " was already written by " + by);
+  });
+}
+
+moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_copy_to_param_args, flags))
+      fail("copy_to_param: struct_size too small");
+    if (a->source == nullptr) fail("copy_to_param: NULL source");
+    ParamRecord& p = param_of(a->layer, a->param);
+    const std::string what = a->layer->current_tensor.empty() ? "copy_to_param" : "tensor " + a->layer->current_tensor;
+    const DLTensor& s = *a->source;
+    if (s.device.device_type != kDLCPU) fail(what + ": source must be host memory");
+    if (s.ndim < 0 || s.ndim > 8 || (s.ndim > 0 && (s.shape == nullptr || s.strides == nullptr)))
+      fail(what + ": source view needs shape and strides");
+    auto sdt = from_dl(s.dtype);
+    if (!sdt) fail(what + ": source has an unsupported dtype");
+    auto [off, ext] = region(p, a->dst_offset, s.shape, s.ndim, what);
+    const bool same = *sdt == p.dtype;
+    if (!same && !(is_float(*sdt) && *sdt != DType::F8_E4M3 && is_float(p.dtype) && p.dtype != DType::F8_E4M3))
+      fail(what + ": cannot cast " + std::string(dtype_name(*sdt)) + " into parameter '" + p.name + "' of dtype " +
+           dtype_name(p.dtype));
+    check_not_written(p, off, ext, what);
+    const int nd = static_cast<int>(p.shape.size());
+    std::vector<int64_t> sstr(nd, 0);
+    for (int i = 0; i < s.ndim; ++i) sstr[nd - s.ndim + i] = s.strides[i];
+    const auto* base = static_cast<const std::byte*>(s.data) + s.byte_offset;
+    const size_t selem = dtype_size(*sdt), delem = dtype_size(p.dtype);
+    if (a->flags & MOEQ_COPY_CHECK_SCALE) {
+      int64_t i = 0;
+      for_each_element(p, off, ext, base, sstr, selem, [&](int64_t, const std::byte* src) {
+        float v = load_as_float(src, *sdt, 0);
+        if (!std::isfinite(v) || v <= 0.0f) {
+          std::vector<int64_t> sshape(s.shape, s.shape + s.ndim);
+          fail(what + ": scale element " + index_string(sshape, i) + " is " + std::to_string(v) +
+               "; scales must be finite and > 0");
+        }
+        ++i;
+      });
+    }
+    auto* dst = p.storage.data();
+    for_each_element(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src) {
+      if (same)
+        std::memcpy(dst + d * static_cast<int64_t>(delem), src, delem);
+      else
+        store_from_float(dst, p.dtype, static_cast<size_t>(d), load_as_float(src, *sdt, 0));
+    });
+    for_each_run(p, off, ext, [&](int64_t b, int64_t e) {
+      p.written.insert(b, e);
+      p.writers.push_back({{b, e}, a->layer->current_tensor.empty() ? "(plugin copy)" : a->layer->current_tensor});
+    });
+  });
+}
+
+moeq_status* s_param_fill(moeq_param_fill_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_param_fill_args, reason))
+      fail("param_fill: struct_size too small");
+    ParamRecord& p = param_of(a->layer, a->param);
+    if (a->extent == nullptr) fail("param_fill: NULL extent");
+    if (a->reason == nullptr || a->reason[0] == '\0') fail("param_fill '" + p.name + "': a reason is required");
+    auto [off, ext] = region(p, a->dst_offset, a->extent, static_cast<int>(p.shape.size()), "param_fill");
+    check_not_written(p, off, ext, "param_fill");
+    std::vector<int64_t> zeros(p.shape.size(), 0);
+    for_each_element(p, off, ext, nullptr, zeros, 0, [&](int64_t d, const std::byte*) {
+      store_from_float(p.storage.data(), p.dtype, static_cast<size_t>(d), static_cast<float>(a->value));
+    });
+    for_each_run(p, off, ext, [&](int64_t b, int64_t e) { p.defaulted.insert(b, e); });
+    p.default_reasons.push_back(a->reason);
+  });
+}
+
+moeq_status* s_jit_compile(moeq_jit_compile_args*) {
+  return make(MOEQ_STATUS_CODE_UNIMPLEMENTED, "jit_compile: this host build has no GPU path yet");
+}
+
+moeq_status* s_method_create(moeq_host_method_create_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_host_method_create_args, api))
+      fail("method_create: struct_size too small");
+    const Registry* reg = g_registry.load();
+    if (reg == nullptr) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "method_create: no registry");
+    const LoadedPlugin* p = reg->find(a->plugin_name ? a->plugin_name : "");
+    if (p == nullptr)
+      fail(MOEQ_STATUS_CODE_NOT_FOUND,
+           std::string("method_create: plugin '") + (a->plugin_name ? a->plugin_name : "") + "' is not loaded");
+    moeq_status* st = p->api->method_create(a->create_args);
+    if (st != nullptr) {
+      moeq_status_code code = st->code;
+      std::string msg = st->message;
+      s_status_destroy(st);
+      fail(code, std::string(a->plugin_name) + ": " + msg);
+    }
+    a->api = p->api;
+  });
+}
+
+const moeq_host_api kApi = {
+    sizeof(moeq_host_api), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, &s_status_create, &s_status_code,
+    &s_status_message,     &s_status_destroy, &s_log,      &s_device_info,   &s_param_create,
+    &s_copy_to_param,      &s_param_fill,     &s_jit_compile, &s_method_create};
+
+}  // namespace
+
+const moeq_host_api* api() { return &kApi; }
+void set_registry(const Registry* r) { g_registry.store(r); }
+int64_t live_statuses() { return g_live_statuses.load(); }
+
+LogSink set_log_sink(LogSink sink) {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  LogSink old = std::move(sink_ref());
+  sink_ref() = std::move(sink);
+  return old;
+}
+void log(moeq_log_level level, const std::string& source, const std::string& message) {
+  std::lock_guard<std::mutex> lock(g_log_mutex);
+  if (sink_ref()) sink_ref()(level, source, message);
+}
+
+std::unique_ptr<moeq_layer> make_layer(std::string name, DLDevice device) {
+  auto l = std::make_unique<moeq_layer>();
+  l->name = std::move(name);
+  l->device = device;
+  return l;
+}
+
+std::vector<ParamCoverage> coverage(const moeq_layer& layer) {
+  std::vector<ParamCoverage> out;
+  for (const auto& p : layer.params) {
+    ParamCoverage c;
+    c.name = p->name;
+    c.shape = p->shape;
+    c.dtype = dtype_name(p->dtype);
+    c.numel = p->numel;
+    c.written = p->written.covered();
+    c.defaulted = p->defaulted.covered();
+    IntervalSet both = p->written;
+    both.insert_all(p->defaulted);
+    const int64_t gap = both.first_gap(p->numel);
+    if (gap >= 0) c.first_gap = index_string(p->shape, gap);
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+const ParamRecord* find_param(const moeq_layer& layer, const std::string& name) {
+  for (const auto& p : layer.params)
+    if (p->name == name) return p.get();
+  return nullptr;
+}
+
+bool take_status(moeq_status* s, moeq_status_code& code, std::string& message) {
+  if (s == nullptr) return false;
+  code = s->code;
+  message = s->message;
+  s_status_destroy(s);
+  return true;
+}
+
+void throw_if_error(moeq_status* s, const std::string& context) {
+  moeq_status_code code;
+  std::string msg;
+  if (take_status(s, code, msg)) throw Error(code, context + ": " + msg);
+}
+
+}  // namespace host
+}  // namespace moeq

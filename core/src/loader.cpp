@@ -1,0 +1,480 @@
+#include <moeq/error.hpp>
+#include <moeq/loader.hpp>
+
+#include <algorithm>
+#include <map>
+#include <sstream>
+
+namespace moeq {
+
+const char* ledger_state_name(LedgerEntry::State s) {
+  switch (s) {
+    case LedgerEntry::State::kConsumed: return "consumed";
+    case LedgerEntry::State::kSkipped: return "skipped";
+    case LedgerEntry::State::kNotLocal: return "not-local";
+    case LedgerEntry::State::kRouter: return "router";
+    case LedgerEntry::State::kError: return "error";
+    case LedgerEntry::State::kUnknown: return "unknown";
+  }
+  return "?";
+}
+
+int64_t LayerReport::count(LedgerEntry::State s) const {
+  return std::count_if(entries.begin(), entries.end(), [&](const LedgerEntry& e) { return e.state == s; });
+}
+
+namespace {
+
+std::string shape_string(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+// A strided read-only view into a mapped tensor; owns its shape/stride arrays.
+struct SourceView {
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;
+  const std::byte* base = nullptr;
+  uint64_t byte_offset = 0;
+  DType dtype = DType::F32;
+
+  static SourceView of(const TensorInfo& t) {
+    SourceView v;
+    v.shape = t.shape;
+    v.strides.assign(t.shape.size(), 1);
+    for (int d = static_cast<int>(t.shape.size()) - 2; d >= 0; --d) v.strides[d] = v.strides[d + 1] * t.shape[d + 1];
+    v.base = t.data;
+    v.dtype = t.dtype;
+    return v;
+  }
+  SourceView index0(int64_t i) const {  // drop the leading dim
+    SourceView v = *this;
+    v.byte_offset += static_cast<uint64_t>(i * strides[0]) * dtype_size(dtype);
+    v.shape.erase(v.shape.begin());
+    v.strides.erase(v.strides.begin());
+    return v;
+  }
+  SourceView rows(int64_t start, int64_t count) const {
+    SourceView v = *this;
+    v.byte_offset += static_cast<uint64_t>(start * strides[0]) * dtype_size(dtype);
+    v.shape[0] = count;
+    return v;
+  }
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+  DLTensor dl() {
+    DLTensor t{};
+    t.data = const_cast<std::byte*>(base);
+    t.device = {kDLCPU, 0};
+    t.ndim = static_cast<int32_t>(shape.size());
+    t.dtype = to_dl(dtype);
+    t.shape = shape.data();
+    t.strides = strides.data();
+    t.byte_offset = byte_offset;
+    return t;
+  }
+};
+
+struct Piece {
+  Projection projection;
+  int64_t expert;
+  SourceView view;
+};
+
+struct LayerTensors {
+  std::string prefix;
+  int64_t layer = -1;
+  std::vector<std::pair<const TensorInfo*, RoutedName>> experts;
+  std::vector<std::pair<const TensorInfo*, RoutedName>> unknown;
+  const TensorInfo* router_weight = nullptr;
+  const TensorInfo* router_bias = nullptr;
+};
+
+// Splits one expert tensor into per-expert, per-projection views (no copies).
+std::vector<Piece> split_pieces(const TensorInfo& t, const RoutedName& r, const MoeConfig& cfg) {
+  std::vector<std::pair<int64_t, SourceView>> per_expert;
+  SourceView all = SourceView::of(t);
+  if (r.expert < 0) {
+    if (all.shape.empty() || all.shape[0] != cfg.num_experts)
+      fail("tensor " + t.name + ": fused over experts, expected leading dim num_experts = " +
+           std::to_string(cfg.num_experts) + ", found shape " + shape_string(t.shape));
+    for (int64_t e = 0; e < cfg.num_experts; ++e) per_expert.push_back({e, all.index0(e)});
+  } else {
+    if (r.expert >= cfg.num_experts)
+      fail("tensor " + t.name + ": expert " + std::to_string(r.expert) + " but config.json has num_experts " +
+           std::to_string(cfg.num_experts));
+    per_expert.push_back({r.expert, all});
+  }
+  std::vector<Piece> out;
+  const int64_t I = cfg.intermediate_size;
+  for (auto& [e, v] : per_expert) {
+    if (r.projection != Projection::kW13) {
+      out.push_back({r.projection, e, v});
+      continue;
+    }
+    if (v.numel() == 1 && v.shape.size() <= 1) {  // one per-tensor scale for the fused gate/up
+      out.push_back({Projection::kW1, e, v});
+      out.push_back({Projection::kW3, e, v});
+    } else if (!v.shape.empty() && v.shape[0] == 2 * I) {
+      out.push_back({Projection::kW1, e, v.rows(0, I)});
+      out.push_back({Projection::kW3, e, v.rows(I, I)});
+    } else {
+      fail("tensor " + t.name + ": fused gate/up expects dim " + (r.expert < 0 ? "1" : "0") + " = 2 * I = " +
+           std::to_string(2 * I) + " (gate rows then up rows), found shape " + shape_string(t.shape));
+    }
+  }
+  return out;
+}
+
+moeq_projection to_abi(Projection p) {
+  switch (p) {
+    case Projection::kW1: return MOEQ_PROJECTION_W1;
+    case Projection::kW2: return MOEQ_PROJECTION_W2;
+    default: return MOEQ_PROJECTION_W3;
+  }
+}
+
+void destroy(LoadedLayer& l) {
+  if (l.method != nullptr && l.plugin != nullptr) l.plugin->api->method_destroy(l.method);
+  l.method = nullptr;
+  l.layer.reset();
+}
+
+std::string join_problems(const LayerReport& r) {
+  std::string s = "layer " + r.prefix + ": ";
+  for (size_t i = 0; i < r.problems.size() && i < 8; ++i) s += (i ? "; " : "") + r.problems[i];
+  if (r.problems.size() > 8) s += "; and " + std::to_string(r.problems.size() - 8) + " more";
+  return s;
+}
+
+// Loads one layer; on any problem releases what it made and leaves `out.method` NULL.
+void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
+                const LayerTensors& lt, LoadedLayer& out) {
+  LayerReport& rep = out.report;
+  rep.prefix = lt.prefix;
+  rep.layer = lt.layer;
+  out.router_weight = lt.router_weight;
+  out.router_bias = lt.router_bias;
+  for (auto& [t, r] : lt.unknown)
+    rep.entries.push_back({t->name, LedgerEntry::State::kUnknown, "", "matches no expert naming family",
+                           dtype_name(t->dtype), t->shape});
+  if (lt.router_weight)
+    rep.entries.push_back({lt.router_weight->name, LedgerEntry::State::kRouter, "router weight", "",
+                           dtype_name(lt.router_weight->dtype), lt.router_weight->shape});
+  if (lt.router_bias)
+    rep.entries.push_back({lt.router_bias->name, LedgerEntry::State::kRouter, "router correction bias", "",
+                           dtype_name(lt.router_bias->dtype), lt.router_bias->shape});
+  if (opt.strict)
+    for (auto& [t, r] : lt.unknown) rep.problems.push_back("unknown expert tensor " + t->name);
+
+  // The layer's expert weight dtype decides quantized vs not, for the probes.
+  for (auto& [t, r] : lt.experts) {
+    if (r.suffix != "weight") continue;
+    if (rep.weight_dtype.empty()) {
+      rep.weight_dtype = dtype_name(t->dtype);
+      rep.family = r.family;
+      rep.experts_module = r.experts_module;
+    } else if (rep.weight_dtype != dtype_name(t->dtype)) {
+      rep.problems.push_back("expert weights of mixed dtypes: " + rep.weight_dtype + " and " +
+                             dtype_name(t->dtype) + " (" + t->name + ")");
+      return;
+    }
+  }
+  if (rep.weight_dtype.empty()) {
+    rep.problems.push_back("no expert weight tensors (only scales or auxiliary tensors)");
+    return;
+  }
+
+  ProbeQuery q;
+  q.quant_config_json = ck.quant_config().json;
+  q.quant_config_source = ck.quant_config().source;
+  q.layer_name = rep.experts_module;
+  q.weight_dtype = rep.weight_dtype;
+  try {
+    Selection sel = reg.select(q, opt.pin_plugin);
+    out.plugin = sel.chosen;
+    rep.plugin = sel.chosen->name;
+    rep.plugin_why = sel.why;
+    rep.probes = sel.probes;
+  } catch (const Error& e) {
+    rep.probes = reg.probe_all(q);
+    rep.problems.push_back(e.what());
+    return;
+  }
+
+  const ExpertRange local = local_experts(cfg.num_experts, opt.placement.ep_rank, opt.placement.ep_size);
+  moeq_layer_geometry& g = out.geometry;
+  g.struct_size = sizeof(g);
+  g.num_experts = cfg.num_experts;
+  g.num_local_experts = local.count;
+  g.first_local_expert = local.first;
+  g.hidden_size = cfg.hidden_size;
+  g.intermediate_size = cfg.intermediate_size;
+  g.intermediate_size_per_partition = cfg.intermediate_size / opt.placement.tp_size;
+  g.tp_rank = opt.placement.tp_rank;
+  g.tp_size = opt.placement.tp_size;
+  g.ep_rank = opt.placement.ep_rank;
+  g.ep_size = opt.placement.ep_size;
+  g.top_k = cfg.top_k;
+  g.activation = MOEQ_ACTIVATION_SILU;
+
+  const std::string ctx = out.plugin->name;
+  try {
+    moeq_method_create_args ma{};
+    ma.struct_size = sizeof(ma);
+    ma.quant_config_json = q.quant_config_json.c_str();
+    ma.layer_name = rep.experts_module.c_str();
+    ma.weight_dtype = rep.weight_dtype.c_str();
+    ma.geometry = &g;
+    ma.device = opt.device;
+    host::throw_if_error(out.plugin->api->method_create(&ma), ctx + " method_create");
+    out.method = ma.method;
+    out.layer = host::make_layer(lt.prefix, opt.device);
+    moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};
+    host::throw_if_error(out.plugin->api->create_weights(&cw), ctx + " create_weights");
+  } catch (const Error& e) {
+    rep.problems.push_back(e.what());
+    destroy(out);
+    return;
+  }
+
+  char reason[512];
+  for (auto& [t, r] : lt.experts) {
+    LedgerEntry entry{t->name, LedgerEntry::State::kConsumed, "", "", dtype_name(t->dtype), t->shape};
+    try {
+      std::vector<Piece> pieces = split_pieces(*t, r, cfg);
+      int64_t used = 0, skipped = 0, remote = 0;
+      std::string skip_reason;
+      for (Piece& p : pieces) {
+        if (!local.contains(p.expert)) {
+          ++remote;
+          continue;
+        }
+        DLTensor src = p.view.dl();
+        moeq_weight_loader_args wa{};
+        wa.struct_size = sizeof(wa);
+        wa.method = out.method;
+        wa.layer = out.layer.get();
+        wa.tensor_name = t->name.c_str();
+        wa.suffix = r.suffix.c_str();
+        wa.projection = to_abi(p.projection);
+        wa.global_expert = p.expert;
+        wa.local_expert = p.expert - local.first;
+        wa.source = &src;
+        reason[0] = '\0';
+        wa.skip_reason = reason;
+        wa.skip_reason_capacity = sizeof(reason);
+        out.layer->current_tensor = t->name;
+        moeq_status* st = out.plugin->api->weight_loader(&wa);
+        out.layer->current_tensor.clear();
+        host::throw_if_error(st, ctx);
+        if (wa.skipped) {
+          ++skipped;
+          skip_reason = reason[0] ? reason : "skipped without a reason";
+        } else {
+          ++used;
+        }
+      }
+      // Where it went, in words.
+      std::string proj = r.projection == Projection::kW13 ? "w1+w3" : projection_name(r.projection);
+      if (r.expert >= 0)
+        entry.routed_to = proj + " e" + std::to_string(r.expert);
+      else
+        entry.routed_to = proj + " of experts " + std::to_string(local.first) + ".." +
+                          std::to_string(local.first + local.count - 1);
+      if (used == 0 && skipped == 0 && remote > 0) {
+        entry.state = LedgerEntry::State::kNotLocal;
+        entry.detail = "expert not on EP rank " + std::to_string(opt.placement.ep_rank);
+      } else if (used == 0 && skipped > 0) {
+        entry.state = LedgerEntry::State::kSkipped;
+        entry.detail = skip_reason;
+      } else if (skipped > 0) {
+        entry.state = LedgerEntry::State::kError;
+        entry.detail = "plugin used part of the tensor and skipped the rest: " + skip_reason;
+        rep.problems.push_back("tensor " + t->name + ": " + entry.detail);
+      } else if (remote > 0) {
+        entry.detail = std::to_string(remote) + " pieces of experts not on this EP rank left out";
+      }
+      if (r.suffix != "weight" && entry.state == LedgerEntry::State::kConsumed)
+        entry.detail = entry.detail.empty() ? r.suffix : r.suffix + "; " + entry.detail;
+    } catch (const Error& e) {
+      entry.state = LedgerEntry::State::kError;
+      entry.detail = e.what();
+      rep.problems.push_back(e.what());
+    }
+    rep.entries.push_back(std::move(entry));
+  }
+
+  rep.params = host::coverage(*out.layer);
+  for (const ParamCoverage& c : rep.params) {
+    if (c.first_gap.empty()) continue;
+    const std::string msg = "parameter '" + c.name + "' " + shape_string(c.shape) + ": " +
+                            std::to_string(c.numel - c.written - c.defaulted) + " of " + std::to_string(c.numel) +
+                            " elements not written, first at " + c.first_gap +
+                            " (a checkpoint tensor is missing)";
+    if (opt.strict)
+      rep.problems.push_back(msg);
+    else
+      host::log(MOEQ_LOG_LEVEL_WARNING, "moeq", "layer " + lt.prefix + ": " + msg);
+  }
+
+  if (rep.problems.empty()) {
+    try {
+      moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
+      host::throw_if_error(out.plugin->api->process_after_loading(&pa), ctx + " process_after_loading");
+      if (moeq_describe_fn d = out.plugin->describe()) {
+        std::string buf(8192, '\0');
+        moeq_describe_args da{sizeof(moeq_describe_args), out.method, buf.data(), buf.size()};
+        host::throw_if_error(d(&da), ctx + " describe");
+        rep.describe_json = buf.c_str();
+      }
+    } catch (const Error& e) {
+      rep.problems.push_back(e.what());
+    }
+  }
+  if (!rep.problems.empty()) destroy(out);
+}
+
+}  // namespace
+
+LoadedModel::~LoadedModel() {
+  for (auto& l : layers)
+    if (l) destroy(*l);
+}
+
+LoadedModel load_model(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt) {
+  LoadedModel model;
+  model.config = parse_moe_config(ck.config(), ck.dir() / "config.json");
+  model.placement = opt.placement;
+  validate_placement(opt.placement, model.config.num_experts, model.config.intermediate_size);
+
+  std::map<std::pair<int64_t, std::string>, LayerTensors> by_layer;
+  std::vector<std::pair<const TensorInfo*, RoutedName>> routers;
+  for (const auto& [name, info] : ck.tensors()) {
+    RoutedName r = route_tensor_name(name);
+    if (r.role == TensorRole::kNotMoe) {
+      model.not_moe.push_back(name);
+      continue;
+    }
+    if (r.role == TensorRole::kRouterWeight || r.role == TensorRole::kRouterBias) {
+      routers.push_back({&info, r});
+      continue;
+    }
+    LayerTensors& lt = by_layer[{r.layer, r.layer_prefix}];
+    lt.prefix = r.layer_prefix;
+    lt.layer = r.layer;
+    (r.role == TensorRole::kExpert ? lt.experts : lt.unknown).push_back({&info, r});
+  }
+  // A router belongs to a MoE layer only if that layer has experts (else e.g. a dense MLP).
+  for (auto& [t, r] : routers) {
+    auto it = by_layer.find({r.layer, r.layer_prefix});
+    if (it == by_layer.end()) {
+      model.not_moe.push_back(t->name);
+      continue;
+    }
+    (r.role == TensorRole::kRouterWeight ? it->second.router_weight : it->second.router_bias) = t;
+  }
+  if (by_layer.empty()) fail(ck.dir().string() + ": no MoE expert tensors found in any naming family");
+
+  for (auto& [key, lt] : by_layer) {
+    auto layer = std::make_unique<LoadedLayer>();
+    load_layer(ck, reg, opt, model.config, lt, *layer);
+    if (layer->report.ok()) {
+      model.layers.push_back(std::move(layer));
+    } else if (opt.collect_errors) {
+      model.failed.push_back(std::move(layer->report));
+    } else {
+      throw Error(MOEQ_STATUS_CODE_INVALID_ARGUMENT, ck.dir().string() + ": " + join_problems(layer->report));
+    }
+  }
+  return model;
+}
+
+// --------------------------------------------------------------------------- running
+std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64_t m,
+                                      const ref::Routing& routing) const {
+  const LoadedLayer& l = *layers.at(li);
+  const int64_t H = l.geometry.hidden_size, k = routing.top_k;
+  if (static_cast<int64_t>(x.size()) != m * H || routing.num_tokens != m)
+    fail("apply: x must be [M, H] with M = routing tokens");
+  std::vector<float> out(static_cast<size_t>(m * H), 0.0f);
+  int64_t xs[2] = {m, H}, xst[2] = {H, 1}, ks[2] = {m, k}, kst[2] = {k, 1};
+  DLTensor tx{const_cast<float*>(x.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+  DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+  DLTensor ti{const_cast<int32_t*>(routing.ids.data()), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
+  DLTensor tw{const_cast<float*>(routing.weights.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+  moeq_apply_args a{sizeof(moeq_apply_args), l.method, &tx, &ti, &tw, &to, nullptr};
+  host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix);
+  return out;
+}
+
+ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) const {
+  const LoadedLayer& l = *layers.at(li);
+  if (l.plugin->api->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) ||
+      l.plugin->api->dequantize_expert == nullptr)
+    fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "plugin " + l.plugin->name + " does not expose dequantized weights");
+  const moeq_layer_geometry& g = l.geometry;
+  ref::ExpertWeights w;
+  w.num_experts = g.num_local_experts;
+  w.first_expert = g.first_local_expert;
+  w.hidden = g.hidden_size;
+  w.intermediate = g.intermediate_size_per_partition;
+  const int64_t n13 = 2 * w.intermediate * w.hidden, n2 = w.hidden * w.intermediate;
+  w.w13.assign(static_cast<size_t>(w.num_experts * n13), 0.0f);
+  w.w2.assign(static_cast<size_t>(w.num_experts * n2), 0.0f);
+  auto to_spec = [](int32_t kind, int64_t group, float s) {
+    ref::ActQuantSpec spec;
+    spec.kind = static_cast<ref::ActQuant>(kind);
+    spec.group_size = group;
+    spec.static_scale = s;
+    return spec;
+  };
+  for (int64_t e = 0; e < w.num_experts; ++e) {
+    moeq_dequantize_expert_args a{};
+    a.struct_size = sizeof(a);
+    a.method = l.method;
+    a.local_expert = e;
+    a.w13 = w.w13.data() + e * n13;
+    a.w2 = w.w2.data() + e * n2;
+    host::throw_if_error(l.plugin->api->dequantize_expert(&a), l.plugin->name + " dequantize_expert");
+    if (act && e == 0) {
+      act->a1 = to_spec(a.a1_quant, a.group_size, a.a1_static_scale);
+      act->a2 = to_spec(a.a2_quant, a.group_size, a.a2_static_scale);
+    }
+  }
+  return w;
+}
+
+std::vector<float> LoadedModel::router_weight(size_t li) const {
+  const LoadedLayer& l = *layers.at(li);
+  if (l.router_weight == nullptr) fail("layer " + l.report.prefix + " has no router weight in the checkpoint");
+  const TensorInfo& t = *l.router_weight;
+  if (t.shape.size() != 2 || t.shape[0] != config.num_experts || t.shape[1] != config.hidden_size)
+    fail("router " + t.name + ": expected [" + std::to_string(config.num_experts) + ", " +
+         std::to_string(config.hidden_size) + "], found " + shape_string(t.shape));
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = load_as_float(t.data, t.dtype, i);
+  return v;
+}
+
+ref::RoutingOptions LoadedModel::routing(size_t li) const {
+  const LoadedLayer& l = *layers.at(li);
+  ref::RoutingOptions r = config.routing;
+  if (l.router_bias != nullptr) {
+    const TensorInfo& t = *l.router_bias;
+    if (t.numel() != config.num_experts)
+      fail("router bias " + t.name + ": expected " + std::to_string(config.num_experts) + " elements, found " +
+           shape_string(t.shape));
+    r.correction_bias.resize(static_cast<size_t>(t.numel()));
+    for (size_t i = 0; i < r.correction_bias.size(); ++i) r.correction_bias[i] = load_as_float(t.data, t.dtype, i);
+  }
+  return r;
+}
+
+}  // namespace moeq

@@ -1,0 +1,328 @@
+// Safetensors reader on a read-only mapping. Every field of the header is checked before
+// anything points into the file, so a truncated or hostile file fails here, by name, and
+// never later as a wild read.
+#include <moeq/checkpoint.hpp>  // parse_json_strict
+#include <moeq/error.hpp>
+#include <moeq/safetensors.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace moeq {
+
+// RAII read-only mapping of a whole regular file. An empty file has no mapping.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::filesystem::path& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail(MOEQ_STATUS_CODE_NOT_FOUND, os_error("cannot open", path));
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) {
+      std::string message = os_error("cannot stat", path);
+      ::close(fd);
+      fail(message);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      ::close(fd);
+      fail("safetensors file '" + path.string() + "' is not a regular file");
+    }
+    size_ = static_cast<std::size_t>(st.st_size);
+    if (size_ > 0) {
+      void* base = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (base == MAP_FAILED) {
+        std::string message = os_error("cannot mmap", path);
+        ::close(fd);
+        fail(message);
+      }
+      data_ = static_cast<const std::byte*>(base);
+    }
+    ::close(fd);  // NOTE: the mapping keeps the file alive; the descriptor is not needed.
+  }
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  const std::byte* data() const { return data_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  static std::string os_error(const char* what, const std::filesystem::path& path) {
+    return std::string(what) + " safetensors file '" + path.string() +
+           "': " + std::strerror(errno);
+  }
+  const std::byte* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;  // the reader proved this product fits
+  return n;
+}
+
+namespace {
+
+namespace json = boost::json;
+
+// Header fields, parsed and checked, before they are tied to the mapping.
+struct Entry {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin;
+  uint64_t end;
+};
+
+// Builds messages that always start with the file (and the tensor, once known).
+class Context {
+ public:
+  explicit Context(const std::filesystem::path& path) : path_(path.string()) {}
+  [[noreturn]] void fail_file(const std::string& what) const {
+    fail("safetensors file '" + path_ + "': " + what);
+  }
+  [[noreturn]] void fail_tensor(const std::string& tensor, const std::string& what) const {
+    fail("safetensors file '" + path_ + "', tensor '" + tensor + "': " + what);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+const char* kind_name(json::kind k) {
+  switch (k) {
+    case json::kind::null: return "null";
+    case json::kind::bool_: return "bool";
+    case json::kind::int64: return "integer";
+    case json::kind::uint64: return "integer";
+    case json::kind::double_: return "number";
+    case json::kind::string: return "string";
+    case json::kind::array: return "array";
+    case json::kind::object: return "object";
+  }
+  return "unknown";
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+uint64_t read_u64_le(const std::byte* p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | std::to_integer<uint64_t>(p[i]);
+  return v;
+}
+
+// A JSON integer as int64 (negatives kept so the caller can name them); `what` names the
+// field in the message.
+int64_t to_int64(const Context& ctx, const std::string& tensor, const json::value& v,
+                 const std::string& what) {
+  if (v.is_int64()) return v.get_int64();
+  if (v.is_uint64())
+    ctx.fail_tensor(tensor, what + " " + std::to_string(v.get_uint64()) +
+                                " is larger than 2^63-1");
+  ctx.fail_tensor(tensor, what + ": expected an integer, found " + kind_name(v.kind()));
+}
+
+const json::value& field(const Context& ctx, const std::string& tensor,
+                         const json::object& entry, const char* key, json::kind expected) {
+  const json::value* v = entry.if_contains(key);
+  if (!v) ctx.fail_tensor(tensor, std::string("missing \"") + key + "\"");
+  if (v->kind() != expected)
+    ctx.fail_tensor(tensor, std::string("\"") + key + "\": expected " + kind_name(expected) +
+                                ", found " + kind_name(v->kind()));
+  return *v;
+}
+
+DType parse_entry_dtype(const Context& ctx, const std::string& tensor,
+                        const json::object& entry) {
+  const json::string& name = field(ctx, tensor, entry, "dtype", json::kind::string).get_string();
+  std::optional<DType> dtype = parse_dtype(std::string_view(name.data(), name.size()));
+  if (!dtype)
+    ctx.fail_tensor(tensor, "unknown dtype \"" + std::string(name) +
+                                "\" (expected one of BF16, F16, F32, F8_E4M3, I8, U8, I32, I64)");
+  return *dtype;
+}
+
+std::vector<int64_t> parse_entry_shape(const Context& ctx, const std::string& tensor,
+                                       const json::object& entry) {
+  const json::array& dims = field(ctx, tensor, entry, "shape", json::kind::array).get_array();
+  if (dims.size() > static_cast<std::size_t>(kMaxTensorRank))
+    ctx.fail_tensor(tensor, "rank " + std::to_string(dims.size()) + " exceeds the limit " +
+                                std::to_string(kMaxTensorRank));
+  std::vector<int64_t> shape;
+  for (const json::value& d : dims) {
+    int64_t dim = to_int64(ctx, tensor, d, "shape dimension");
+    if (dim < 0) {
+      ctx.fail_tensor(tensor, "negative dimension " + std::to_string(dim) + " in shape " +
+                                  json::serialize(dims));
+    }
+    shape.push_back(dim);
+  }
+  return shape;
+}
+
+// Bytes the shape needs; throws if the element count or the byte count overflows 64 bits.
+uint64_t required_bytes(const Context& ctx, const std::string& tensor,
+                        const std::vector<int64_t>& shape, DType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : shape) {
+    if (__builtin_mul_overflow(numel, d, &numel))
+      ctx.fail_tensor(tensor, "shape " + shape_text(shape) +
+                                  " has more elements than fit in 64 bits (overflow)");
+  }
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), dtype_size(dtype), &bytes))
+    ctx.fail_tensor(tensor, "shape " + shape_text(shape) + " " + dtype_name(dtype) +
+                                " needs more bytes than fit in 64 bits (overflow)");
+  return bytes;
+}
+
+Entry parse_entry(const Context& ctx, const std::string& tensor, const json::value& value) {
+  if (!value.is_object())
+    ctx.fail_tensor(tensor, std::string("expected an object with dtype, shape, data_offsets, "
+                                        "found ") + kind_name(value.kind()));
+  const json::object& entry = value.get_object();
+  Entry e{tensor, parse_entry_dtype(ctx, tensor, entry), parse_entry_shape(ctx, tensor, entry),
+          0, 0};
+  const json::array& offsets =
+      field(ctx, tensor, entry, "data_offsets", json::kind::array).get_array();
+  if (offsets.size() != 2)
+    ctx.fail_tensor(tensor, "data_offsets: expected 2 integers [begin, end], found " +
+                                std::to_string(offsets.size()) + " values");
+  int64_t begin = to_int64(ctx, tensor, offsets[0], "data_offsets begin");
+  int64_t end = to_int64(ctx, tensor, offsets[1], "data_offsets end");
+  if (begin < 0 || end < 0)
+    ctx.fail_tensor(tensor, "negative data_offsets " + json::serialize(offsets));
+  if (end < begin)
+    ctx.fail_tensor(tensor, "data_offsets " + json::serialize(offsets) +
+                                ": end is before begin");
+  e.begin = static_cast<uint64_t>(begin);
+  e.end = static_cast<uint64_t>(end);
+  uint64_t expected = required_bytes(ctx, tensor, e.shape, e.dtype);
+  if (e.end - e.begin != expected)
+    ctx.fail_tensor(tensor, "expected " + std::to_string(expected) + " bytes for shape " +
+                                shape_text(e.shape) + " " + dtype_name(e.dtype) + ", found " +
+                                std::to_string(e.end - e.begin) + " (data_offsets " +
+                                json::serialize(offsets) + ")");
+  return e;
+}
+
+std::map<std::string, std::string> parse_metadata(const Context& ctx, const json::value& v) {
+  if (!v.is_object())
+    ctx.fail_file(std::string("\"__metadata__\": expected an object of strings, found ") +
+                  kind_name(v.kind()));
+  std::map<std::string, std::string> out;
+  for (const auto& kv : v.get_object()) {
+    if (!kv.value().is_string())
+      ctx.fail_file("\"__metadata__\" key \"" + std::string(kv.key()) +
+                    "\": expected a string, found " + kind_name(kv.value().kind()));
+    out.emplace(std::string(kv.key()), std::string(kv.value().get_string()));
+  }
+  return out;
+}
+
+// Non-empty ranges must be disjoint; empty ones hold no bytes and may sit anywhere.
+void check_no_overlap(const Context& ctx, std::vector<const Entry*> entries) {
+  std::erase_if(entries, [](const Entry* e) { return e->begin == e->end; });
+  std::sort(entries.begin(), entries.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  const Entry* furthest = nullptr;  // the earlier range that reaches furthest
+  for (const Entry* e : entries) {
+    if (furthest && e->begin < furthest->end) {
+      ctx.fail_file("tensors '" + furthest->name + "' [" + std::to_string(furthest->begin) +
+                    ", " + std::to_string(furthest->end) + ") and '" + e->name + "' [" +
+                    std::to_string(e->begin) + ", " + std::to_string(e->end) +
+                    ") overlap in the data section");
+    }
+    if (!furthest || e->end > furthest->end) furthest = e;
+  }
+}
+
+}  // namespace
+
+SafetensorsFile::~SafetensorsFile() = default;
+
+std::size_t SafetensorsFile::file_size() const { return map_ ? map_->size() : 0; }
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
+  Context ctx(path);
+  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->map_ = std::make_unique<MappedFile>(path);
+  const std::byte* base = file->map_->data();
+  const uint64_t size = file->map_->size();
+
+  if (size < 8)
+    ctx.fail_file("file is " + std::to_string(size) +
+                  " bytes, expected at least 8 (the u64 header length); truncated?");
+  const uint64_t header_len = read_u64_le(base);
+  if (header_len > kMaxSafetensorsHeaderBytes)
+    ctx.fail_file("header length " + std::to_string(header_len) + " exceeds the limit of " +
+                  std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
+  if (header_len > size - 8)
+    ctx.fail_file("header length " + std::to_string(header_len) +
+                  " runs past the end of the file: expected at most " +
+                  std::to_string(size - 8) + " bytes after the length, found a file of " +
+                  std::to_string(size) + " bytes");
+
+  std::string_view header_text(reinterpret_cast<const char*>(base + 8), header_len);
+  json::value header = parse_json_strict(header_text, "header of safetensors file '" +
+                                                          ctx.path() + "'");
+  if (!header.is_object())
+    ctx.fail_file(std::string("header: expected a JSON object, found ") +
+                  kind_name(header.kind()));
+  const json::object& root = header.get_object();
+
+  std::vector<Entry> entries;
+  for (const auto& kv : root) {
+    std::string name(kv.key());
+    if (name == "__metadata__") {
+      file->metadata_ = parse_metadata(ctx, kv.value());
+      continue;
+    }
+    if (entries.size() >= kMaxTensorsPerFile)
+      ctx.fail_file("too many tensors: more than the limit of " +
+                    std::to_string(kMaxTensorsPerFile));
+    entries.push_back(parse_entry(ctx, name, kv.value()));
+  }
+
+  const uint64_t data_start = 8 + header_len;
+  const uint64_t data_size = size - data_start;
+  for (const Entry& e : entries) {
+    if (e.end > data_size)
+      ctx.fail_tensor(e.name, "byte range [" + std::to_string(e.begin) + ", " +
+                                  std::to_string(e.end) + ") runs past the end of the file: " +
+                                  "data section is " + std::to_string(data_size) +
+                                  " bytes (file " + std::to_string(size) + " bytes)");
+  }
+  std::vector<const Entry*> pointers;
+  for (const Entry& e : entries) pointers.push_back(&e);
+  check_no_overlap(ctx, std::move(pointers));
+
+  for (Entry& e : entries) {
+    TensorInfo info{e.name, e.dtype, std::move(e.shape), e.begin, e.end,
+                    base + data_start + e.begin, path};
+    file->tensors_.emplace(e.name, std::move(info));
+  }
+  return file;
+}
+
+}  // namespace moeq

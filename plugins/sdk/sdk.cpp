@@ -1,0 +1,242 @@
+#include <moeq/sdk/sdk.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <new>
+#include <sstream>
+
+// The opaque method handle of every SDK-built plugin. Each plugin .so has its own copy with
+// hidden visibility; a handle is only ever dereferenced by the plugin that made it.
+struct moeq_method {
+  std::unique_ptr<moeq::sdk::Method> impl;
+};
+
+namespace moeq::sdk {
+namespace {
+std::atomic<const moeq_host_api*> g_host{nullptr};
+
+moeq_status* make_status(moeq_status_code code, const std::string& message) noexcept {
+  const moeq_host_api* h = host();
+  if (h == nullptr) return nullptr;  // cannot report without a host; initialize comes first
+  return h->status_create(code, message.c_str());
+}
+}  // namespace
+
+const moeq_host_api* host() { return g_host.load(); }
+void set_host(const moeq_host_api* h) { g_host.store(h); }
+
+moeq_status* status_from_current_exception() noexcept {
+  try {
+    throw;
+  } catch (const moeq::Error& e) {
+    return make_status(e.code(), e.what());
+  } catch (const std::bad_alloc&) {
+    return make_status(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "out of host memory");
+  } catch (const std::exception& e) {
+    return make_status(MOEQ_STATUS_CODE_INTERNAL, std::string("unexpected exception: ") + e.what());
+  } catch (...) {
+    return make_status(MOEQ_STATUS_CODE_INTERNAL, "unexpected non-standard exception");
+  }
+}
+
+void throw_if_error(moeq_status* status) {
+  if (status == nullptr) return;
+  const moeq_host_api* h = host();
+  moeq_status_code code = h->status_code(status);
+  std::string message = h->status_message(status);
+  h->status_destroy(status);
+  throw moeq::Error(code, std::move(message));
+}
+
+void write_cstr(char* buffer, std::size_t capacity, std::string_view s) {
+  if (buffer == nullptr || capacity == 0) return;
+  std::size_t n = std::min(capacity - 1, s.size());
+  std::memcpy(buffer, s.data(), n);
+  buffer[n] = '\0';
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
+  os << ']';
+  return os.str();
+}
+
+// ------------------------------------------------------------------------------- View
+View::View(const DLTensor& t) : tensor_(t) {
+  auto dt = from_dl(t.dtype);
+  if (!dt) fail("tensor of an unsupported DLPack dtype");
+  dtype_ = *dt;
+  if (t.ndim < 0 || t.ndim > 8) fail("tensor rank out of range");
+  shape_.assign(t.shape, t.shape + t.ndim);
+  if (t.strides != nullptr) {
+    strides_.assign(t.strides, t.strides + t.ndim);
+  } else {
+    strides_.assign(static_cast<std::size_t>(t.ndim), 1);
+    for (int d = t.ndim - 2; d >= 0; --d) strides_[d] = strides_[d + 1] * shape_[d + 1];
+  }
+  sync();
+}
+View::View(const View& o) : tensor_(o.tensor_), shape_(o.shape_), strides_(o.strides_), dtype_(o.dtype_) {
+  sync();
+}
+View& View::operator=(const View& o) {
+  tensor_ = o.tensor_;
+  shape_ = o.shape_;
+  strides_ = o.strides_;
+  dtype_ = o.dtype_;
+  sync();
+  return *this;
+}
+void View::sync() {
+  tensor_.ndim = static_cast<int32_t>(shape_.size());
+  tensor_.shape = shape_.data();
+  tensor_.strides = strides_.data();
+}
+int64_t View::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape_) n *= s;
+  return n;
+}
+View View::narrow(int dim, int64_t start, int64_t length) const {
+  if (dim < 0 || dim >= ndim() || start < 0 || length < 0 || start + length > shape_[dim])
+    fail("narrow out of range: dim " + std::to_string(dim) + " [" + std::to_string(start) + ", " +
+         std::to_string(start + length) + ") of " + shape_string(shape_));
+  View v(*this);
+  v.tensor_.byte_offset += static_cast<uint64_t>(start * strides_[dim]) * dtype_size(dtype_);
+  v.shape_[dim] = length;
+  v.sync();
+  return v;
+}
+View View::reshaped(std::vector<int64_t> shape) const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  if (n != numel()) fail("reshape " + shape_string(shape_) + " to " + shape_string(shape));
+  int64_t expect = 1;
+  for (int d = ndim() - 1; d >= 0; --d) {
+    if (shape_[d] != 1 && strides_[d] != expect) fail("reshape of a non-contiguous view");
+    expect *= shape_[d];
+  }
+  View v(*this);
+  v.shape_ = std::move(shape);
+  v.strides_.assign(v.shape_.size(), 1);
+  for (int d = static_cast<int>(v.shape_.size()) - 2; d >= 0; --d)
+    v.strides_[d] = v.strides_[d + 1] * v.shape_[d + 1];
+  v.sync();
+  return v;
+}
+float View::at(int64_t flat) const {
+  int64_t offset = 0;
+  for (int d = ndim() - 1; d >= 0; --d) {
+    int64_t i = flat % shape_[d];
+    flat /= shape_[d];
+    offset += i * strides_[d];
+  }
+  const auto* base = static_cast<const std::byte*>(tensor_.data) + tensor_.byte_offset;
+  return load_as_float(base, dtype_, static_cast<std::size_t>(offset));
+}
+
+// ------------------------------------------------------------------------------ Layer
+const DLTensor* Layer::create_param(const char* name, std::vector<int64_t> shape, DType dtype) const {
+  moeq_param_create_args a{};
+  a.struct_size = sizeof(a);
+  a.layer = handle_;
+  a.name = name;
+  a.ndim = static_cast<int32_t>(shape.size());
+  a.shape = shape.data();
+  a.dtype = to_dl(dtype);
+  throw_if_error(host()->param_create(&a));
+  return a.tensor;
+}
+void Layer::copy(const DLTensor* param, std::vector<int64_t> dst_offset, const View& source,
+                 uint32_t flags) const {
+  moeq_copy_to_param_args a{};
+  a.struct_size = sizeof(a);
+  a.layer = handle_;
+  a.param = param;
+  a.dst_offset = dst_offset.data();
+  a.source = source.dl();
+  a.flags = flags;
+  throw_if_error(host()->copy_to_param(&a));
+}
+void Layer::fill(const DLTensor* param, std::vector<int64_t> dst_offset, std::vector<int64_t> extent,
+                 double value, const char* reason) const {
+  moeq_param_fill_args a{};
+  a.struct_size = sizeof(a);
+  a.layer = handle_;
+  a.param = param;
+  a.dst_offset = dst_offset.data();
+  a.extent = extent.data();
+  a.value = value;
+  a.reason = reason;
+  throw_if_error(host()->param_fill(&a));
+}
+
+void Method::dequantize_expert(moeq_dequantize_expert_args&) const {
+  fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "this method does not expose dequantized weights");
+}
+
+// ------------------------------------------------------------------------ trampolines
+Method& method_of(moeq_method* m) {
+  if (m == nullptr || !m->impl) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "NULL method");
+  return *m->impl;
+}
+moeq_method* wrap_method(std::unique_ptr<Method> method) {
+  auto* m = new moeq_method;
+  m->impl = std::move(method);
+  return m;
+}
+void destroy_method(moeq_method* m) noexcept { delete m; }
+
+moeq_status* initialize_trampoline(moeq_initialize_args* args) noexcept {
+  if (args == nullptr || args->host == nullptr) return nullptr;
+  set_host(args->host);
+  return nullptr;
+}
+moeq_status* create_weights_trampoline(moeq_create_weights_args* a) noexcept {
+  return guarded([&] { method_of(a->method).create_weights(Layer(a->layer)); });
+}
+moeq_status* weight_loader_trampoline(moeq_weight_loader_args* a) noexcept {
+  return guarded([&] {
+    std::string reason;
+    bool used = method_of(a->method).load(*a, Layer(a->layer), reason);
+    a->skipped = used ? 0 : 1;
+    if (!used) write_cstr(a->skip_reason, a->skip_reason_capacity, reason);
+  });
+}
+moeq_status* process_trampoline(moeq_process_after_loading_args* a) noexcept {
+  return guarded([&] { method_of(a->method).process_after_loading(Layer(a->layer)); });
+}
+moeq_status* apply_trampoline(moeq_apply_args* a) noexcept {
+  return guarded([&] { method_of(a->method).apply(*a); });
+}
+moeq_status* describe_trampoline(moeq_describe_args* a) noexcept {
+  return guarded([&] { write_cstr(a->json, a->json_capacity, method_of(a->method).describe()); });
+}
+moeq_status* dequantize_trampoline(moeq_dequantize_expert_args* a) noexcept {
+  return guarded([&] { method_of(a->method).dequantize_expert(*a); });
+}
+
+bool glob_match(std::string_view p, std::string_view t) {
+  std::size_t pi = 0, ti = 0, star = std::string_view::npos, mark = 0;
+  while (ti < t.size()) {
+    if (pi < p.size() && (p[pi] == '?' || p[pi] == t[ti])) {
+      ++pi;
+      ++ti;
+    } else if (pi < p.size() && p[pi] == '*') {
+      star = pi++;
+      mark = ti;
+    } else if (star != std::string_view::npos) {
+      pi = star + 1;
+      ti = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (pi < p.size() && p[pi] == '*') ++pi;
+  return pi == p.size();
+}
+
+}  // namespace moeq::sdk

@@ -1,0 +1,224 @@
+// Scalar conversions: exhaustive round trips, ties to even, saturation, and agreement with
+// independent references (nearest-value search for fp8, the carry trick for bf16, the
+// compiler's _Float16 for f16).
+#include <moeq/dtype.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+using namespace moeq;
+
+namespace {
+
+bool is_fp8_nan(int code) { return (code & 0x7f) == 0x7f; }
+
+// Reference fp8 encoder: the nearest finite value by search, ties to the even code,
+// saturating past 448. Independent of the bit manipulation under test.
+uint8_t fp8_by_search(float x) {
+  float magnitude = std::min(std::fabs(x), kFp8E4M3Max);
+  int best = 0;
+  for (int c = 1; c <= 0x7e; ++c) {
+    double d = std::fabs(double(fp8_e4m3_to_float(uint8_t(c))) - magnitude);
+    double best_d = std::fabs(double(fp8_e4m3_to_float(uint8_t(best))) - magnitude);
+    if (d < best_d || (d == best_d && (c & 1) == 0)) best = c;
+  }
+  return uint8_t((std::signbit(x) ? 0x80 : 0) | best);
+}
+
+uint16_t bf16_by_carry(float x) {
+  uint32_t bits = std::bit_cast<uint32_t>(x);
+  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+}  // namespace
+
+TEST_CASE("fp8 e4m3fn: every finite code decodes and encodes back to itself") {
+  for (int code = 0; code < 256; ++code) {
+    if (is_fp8_nan(code)) continue;
+    float value = fp8_e4m3_to_float(uint8_t(code));
+    INFO("code " << code << " value " << value);
+    CHECK(std::isfinite(value));
+    CHECK(int(float_to_fp8_e4m3(value)) == code);
+  }
+}
+
+TEST_CASE("fp8 e4m3fn: 0x7f and 0xff are NaN; NaN encodes to NaN with its sign") {
+  CHECK(std::isnan(fp8_e4m3_to_float(0x7f)));
+  CHECK(std::isnan(fp8_e4m3_to_float(0xff)));
+  float nan = std::numeric_limits<float>::quiet_NaN();
+  CHECK(float_to_fp8_e4m3(nan) == 0x7f);
+  CHECK(float_to_fp8_e4m3(-nan) == 0xff);
+}
+
+TEST_CASE("fp8 e4m3fn: known values") {
+  CHECK(fp8_e4m3_to_float(0x7e) == 448.0f);
+  CHECK(float_to_fp8_e4m3(448.0f) == 0x7e);
+  CHECK(fp8_e4m3_to_float(0xfe) == -448.0f);
+  CHECK(fp8_e4m3_to_float(0x01) == 0.001953125f);  // smallest subnormal, 2^-9
+  CHECK(float_to_fp8_e4m3(0.001953125f) == 0x01);
+  CHECK(fp8_e4m3_to_float(0x07) == 7 * 0.001953125f);  // largest subnormal
+  CHECK(fp8_e4m3_to_float(0x08) == 0.015625f);  // smallest normal, 2^-6
+  CHECK(fp8_e4m3_to_float(0x38) == 1.0f);
+  CHECK(float_to_fp8_e4m3(1.0f) == 0x38);
+  CHECK(float_to_fp8_e4m3(-2.0f) == 0xc0);
+  CHECK(fp8_e4m3_to_float(0x80) == 0.0f);
+  CHECK(std::signbit(fp8_e4m3_to_float(0x80)));
+  CHECK(float_to_fp8_e4m3(-0.0f) == 0x80);
+}
+
+TEST_CASE("fp8 e4m3fn: midpoints between neighbours round to the even code") {
+  for (int c = 0; c < 0x7e; ++c) {
+    float lo = fp8_e4m3_to_float(uint8_t(c));
+    float hi = fp8_e4m3_to_float(uint8_t(c + 1));
+    float mid = (lo + hi) / 2;  // exact: fp8 values have few bits
+    int even = (c % 2 == 0) ? c : c + 1;
+    INFO("between codes " << c << " and " << c + 1 << ", midpoint " << mid);
+    CHECK(int(float_to_fp8_e4m3(mid)) == even);
+    CHECK(int(float_to_fp8_e4m3(-mid)) == (0x80 | even));
+    CHECK(int(float_to_fp8_e4m3(std::nextafter(mid, 0.0f))) == c);
+    CHECK(int(float_to_fp8_e4m3(std::nextafter(mid, 1000.0f))) == c + 1);
+  }
+  CHECK(float_to_fp8_e4m3(std::ldexp(1.0f, -10)) == 0x00);    // half the smallest subnormal
+  CHECK(float_to_fp8_e4m3(3 * std::ldexp(1.0f, -10)) == 0x02);  // 1.5 subnormal units
+}
+
+TEST_CASE("fp8 e4m3fn: values beyond 448 saturate, infinities too") {
+  CHECK(float_to_fp8_e4m3(449.0f) == 0x7e);
+  CHECK(float_to_fp8_e4m3(464.0f) == 0x7e);  // tie between 448 and the NaN slot
+  CHECK(float_to_fp8_e4m3(480.0f) == 0x7e);
+  CHECK(float_to_fp8_e4m3(1e30f) == 0x7e);
+  CHECK(float_to_fp8_e4m3(-1e30f) == 0xfe);
+  CHECK(float_to_fp8_e4m3(std::numeric_limits<float>::infinity()) == 0x7e);
+  CHECK(float_to_fp8_e4m3(-std::numeric_limits<float>::infinity()) == 0xfe);
+  CHECK(float_to_fp8_e4m3(std::numeric_limits<float>::max()) == 0x7e);
+}
+
+TEST_CASE("fp8 e4m3fn: encoder agrees with a nearest-value search on random floats") {
+  std::mt19937 rng(1234);
+  std::uniform_real_distribution<float> wide(-600.0f, 600.0f);
+  std::uniform_real_distribution<float> small(-0.03f, 0.03f);  // subnormal neighbourhood
+  for (int i = 0; i < 20000; ++i) {
+    float x = (i % 2) ? wide(rng) : small(rng);
+    INFO("x = " << x);
+    CHECK(int(float_to_fp8_e4m3(x)) == int(fp8_by_search(x)));
+  }
+  // f32 subnormals are far below fp8's smallest subnormal.
+  CHECK(float_to_fp8_e4m3(std::numeric_limits<float>::denorm_min()) == 0x00);
+}
+
+TEST_CASE("bf16: every non-NaN code round-trips; random floats match the carry trick") {
+  for (uint32_t code = 0; code < 0x10000; ++code) {
+    float v = bf16_to_float(uint16_t(code));
+    if (std::isnan(v)) continue;
+    REQUIRE(float_to_bf16(v) == code);
+  }
+  std::mt19937 rng(99);
+  for (int i = 0; i < 100000; ++i) {
+    float x = std::bit_cast<float>(uint32_t(rng()));
+    if (std::isnan(x)) continue;
+    INFO("bits " << std::bit_cast<uint32_t>(x));
+    CHECK(float_to_bf16(x) == bf16_by_carry(x));
+  }
+}
+
+TEST_CASE("bf16: ties to even, overflow to inf, NaN stays NaN") {
+  CHECK(float_to_bf16(1.0f + std::ldexp(1.0f, -8)) == 0x3f80);      // tie, 1.0 is even
+  CHECK(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)) == 0x3f82);  // tie, rounds up
+  CHECK(float_to_bf16(std::nextafter(1.0f + std::ldexp(1.0f, -8), 2.0f)) == 0x3f81);
+  CHECK(float_to_bf16(std::numeric_limits<float>::max()) == 0x7f80);
+  CHECK(float_to_bf16(-std::numeric_limits<float>::infinity()) == 0xff80);
+  uint16_t nan = float_to_bf16(std::numeric_limits<float>::quiet_NaN());
+  CHECK(std::isnan(bf16_to_float(nan)));
+  // A signalling NaN whose payload lives only in the low bits must not become inf.
+  uint16_t snan = float_to_bf16(std::bit_cast<float>(0x7f800001u));
+  CHECK(std::isnan(bf16_to_float(snan)));
+}
+
+TEST_CASE("f16: every non-NaN code round-trips") {
+  for (uint32_t code = 0; code < 0x10000; ++code) {
+    float v = f16_to_float(uint16_t(code));
+    if (std::isnan(v)) continue;
+    REQUIRE(float_to_f16(v) == code);
+  }
+}
+
+TEST_CASE("f16: known values, ties to even, overflow to inf, subnormals") {
+  CHECK(f16_to_float(0x3c00) == 1.0f);
+  CHECK(f16_to_float(0x7bff) == 65504.0f);
+  CHECK(f16_to_float(0x0001) == std::ldexp(1.0f, -24));
+  CHECK(float_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);
+  CHECK(float_to_f16(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);
+  CHECK(float_to_f16(65519.0f) == 0x7bff);
+  CHECK(float_to_f16(65520.0f) == 0x7c00);  // tie between 65504 and the next step: inf
+  CHECK(float_to_f16(-1e9f) == 0xfc00);
+  CHECK(float_to_f16(std::ldexp(1.0f, -25)) == 0x0000);    // tie with zero
+  CHECK(float_to_f16(3 * std::ldexp(1.0f, -25)) == 0x0002);  // tie, rounds to even
+  CHECK(float_to_f16(std::ldexp(1023.5f, -24)) == 0x0400);  // tie up into the first normal
+  uint16_t nan = float_to_f16(std::numeric_limits<float>::quiet_NaN());
+  CHECK(std::isnan(f16_to_float(nan)));
+  CHECK(std::isinf(f16_to_float(0x7c00)));
+}
+
+#ifdef __FLT16_MAX__
+TEST_CASE("f16: encoder agrees with the compiler's _Float16 conversion") {
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200000; ++i) {
+    float x = std::bit_cast<float>(uint32_t(rng()));
+    if (std::isnan(x)) continue;
+    uint16_t expected = std::bit_cast<uint16_t>(static_cast<_Float16>(x));
+    INFO("bits " << std::bit_cast<uint32_t>(x));
+    CHECK(float_to_f16(x) == expected);
+  }
+}
+#endif
+
+TEST_CASE("dtype names, sizes and DLPack codes") {
+  const DType all[] = {DType::BF16, DType::F16, DType::F32, DType::F8_E4M3,
+                       DType::I8,   DType::U8,  DType::I32, DType::I64};
+  for (DType d : all) {
+    CHECK(parse_dtype(dtype_name(d)) == d);
+    CHECK(from_dl(to_dl(d)) == d);
+    CHECK(to_dl(d).bits == dtype_size(d) * 8);
+    CHECK(to_dl(d).lanes == 1);
+  }
+  CHECK(!parse_dtype("F8_E5M2").has_value());
+  CHECK(!parse_dtype("bf16").has_value());
+  CHECK(to_dl(DType::F8_E4M3).code == MOEQ_DL_FLOAT8_E4M3FN);
+  CHECK(to_dl(DType::BF16).code == kDLBfloat);
+  CHECK(to_dl(DType::F16).code == kDLFloat);
+  CHECK(to_dl(DType::I64).code == kDLInt);
+  CHECK(to_dl(DType::U8).code == kDLUInt);
+  CHECK(!from_dl(DLDataType{kDLFloat, 32, 4}).has_value());
+  CHECK(!from_dl(DLDataType{kDLFloat, 64, 1}).has_value());
+  CHECK(dtype_size(DType::I64) == 8);
+  CHECK(is_float(DType::F8_E4M3));
+  CHECK(!is_float(DType::I32));
+}
+
+TEST_CASE("load_as_float / store_from_float convert through the encoders; ints round") {
+  std::vector<std::byte> buf(64);
+  store_from_float(buf.data(), DType::F8_E4M3, 3, 1000.0f);
+  CHECK(load_as_float(buf.data(), DType::F8_E4M3, 3) == 448.0f);
+  store_from_float(buf.data(), DType::BF16, 5, 1.0f + std::ldexp(1.0f, -8));
+  CHECK(load_as_float(buf.data(), DType::BF16, 5) == 1.0f);
+  store_from_float(buf.data(), DType::I8, 0, 300.0f);
+  CHECK(load_as_float(buf.data(), DType::I8, 0) == 127.0f);
+  store_from_float(buf.data(), DType::I8, 1, -2.5f);
+  CHECK(load_as_float(buf.data(), DType::I8, 1) == -2.0f);
+  store_from_float(buf.data(), DType::U8, 2, -1.0f);
+  CHECK(load_as_float(buf.data(), DType::U8, 2) == 0.0f);
+  store_from_float(buf.data(), DType::I32, 3, 3.5f);
+  CHECK(load_as_float(buf.data(), DType::I32, 3) == 4.0f);
+  store_from_float(buf.data(), DType::I64, 4, -1e30f);
+  int64_t min64;
+  std::memcpy(&min64, buf.data() + 32, 8);
+  CHECK(min64 == std::numeric_limits<int64_t>::min());
+}

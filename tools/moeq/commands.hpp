@@ -1,0 +1,38 @@
+#pragma once
+#include "session.hpp"
+
+#include <moeq/reference.hpp>
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moeq::cli {
+
+// One MoE layer routed and run on random tokens, compared with the float reference.
+struct RunResult {
+  std::string layer;
+  std::string plugin;
+  int64_t tokens = 0;
+  double err_quant_ref = 0;  // vs the reference that quantizes activations as the scheme does
+  double err_float = 0;      // vs plain float math on the dequantized weights
+  double apply_ms = 0;
+};
+
+// `weights` overrides the plugin's own dequantized weights (the demo passes the writer's).
+RunResult run_layer(const LoadedModel& model, size_t layer, int64_t tokens, uint64_t seed,
+                    const ref::ExpertWeights* weights = nullptr);
+
+boost::json::object report_json(const LayerReport& r);
+void print_report(const LayerReport& r, bool verbose);
+std::string fmt_shape(const std::vector<int64_t>& s);
+
+int cmd_plugins(const CommonOptions& opt, const std::string& why);
+int cmd_inspect(const CommonOptions& opt, const std::string& dir);
+int cmd_load(const CommonOptions& opt, const std::string& dir);
+int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed);
+int cmd_demo(const CommonOptions& opt, const std::string& keep_dir);
+
+}  // namespace moeq::cli

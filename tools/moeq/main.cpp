@@ -1,0 +1,57 @@
+// moeq: check a quantized MoE checkpoint before serving it.
+#include "commands.hpp"
+
+#include <moeq/error.hpp>
+
+#include <iostream>
+
+int main(int argc, char** argv) {
+  using namespace moeq::cli;
+  CLI::App app{"moeq: load quantized MoE expert weights through format plugins, check and run them"};
+  app.require_subcommand(1);
+  CommonOptions opt;
+  app.add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files (also MOEQ_PLUGIN_PATH)");
+  app.add_flag("--json", opt.json, "print the verdict as JSON");
+
+  std::string why, dir, keep;
+  int64_t tokens = 64;
+  uint64_t seed = 7;
+  auto* plugins = app.add_subcommand("plugins", "list plugins, refusals and (with --why) probe answers");
+  plugins->add_option("--why", why, "checkpoint directory or config JSON: show every plugin's answer for it");
+  auto* inspect = app.add_subcommand("inspect", "scheme, plugin and why, per-layer tensor routing, ledger");
+  inspect->add_option("dir", dir, "checkpoint directory")->required();
+  opt.add_placement(inspect);
+  auto* load = app.add_subcommand("load", "strict load, one line per layer");
+  load->add_option("dir", dir, "checkpoint directory")->required();
+  opt.add_placement(load);
+  auto* run = app.add_subcommand("run", "route random tokens through every MoE layer, compare with the float reference");
+  run->add_option("dir", dir, "checkpoint directory")->required();
+  run->add_option("--tokens", tokens, "tokens per layer")->check(CLI::PositiveNumber);
+  run->add_option("--seed", seed, "random seed of the tokens");
+  opt.add_placement(run);
+  auto* demo = app.add_subcommand("demo", "write the embedded example checkpoints, then inspect, load and run each");
+  demo->add_option("--keep", keep, "write the checkpoints here and keep them");
+  demo->add_option("--tokens", tokens, "tokens per layer")->check(CLI::PositiveNumber);
+  for (auto* sub : {plugins, inspect, load, run, demo}) {
+    sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files");
+    sub->add_flag("--json", opt.json, "print the verdict as JSON");
+  }
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (plugins->parsed()) return cmd_plugins(opt, why);
+    if (inspect->parsed()) return cmd_inspect(opt, dir);
+    if (load->parsed()) return cmd_load(opt, dir);
+    if (run->parsed()) return cmd_run(opt, dir, tokens, seed);
+    if (demo->parsed()) {
+      opt.tp = 1;
+      return cmd_demo(opt, keep);
+    }
+  } catch (const moeq::Error& e) {
+    std::cerr << "moeq: error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "moeq: unexpected error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,93 @@
+// Per-layer verdicts in words and in JSON.
+#include "commands.hpp"
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+namespace moeq::cli {
+namespace json = boost::json;
+
+std::string fmt_shape(const std::vector<int64_t>& s) {
+  std::ostringstream os;
+  os << '[';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? "," : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+json::object report_json(const LayerReport& r) {
+  json::object o;
+  o["layer"] = r.prefix;
+  o["index"] = r.layer;
+  o["family"] = r.family;
+  o["experts_module"] = r.experts_module;
+  o["weight_dtype"] = r.weight_dtype;
+  o["plugin"] = r.plugin;
+  o["plugin_why"] = r.plugin_why;
+  json::array probes;
+  for (const auto& p : r.probes)
+    probes.push_back({{"plugin", p.plugin ? p.plugin->name : "?"}, {"score", p.score}, {"reason", p.reason}});
+  o["probes"] = probes;
+  json::array tensors;
+  for (const auto& e : r.entries) {
+    json::array shape;
+    for (int64_t s : e.shape) shape.push_back(s);
+    tensors.push_back({{"tensor", e.tensor}, {"state", ledger_state_name(e.state)}, {"routed_to", e.routed_to},
+                       {"detail", e.detail}, {"dtype", e.dtype}, {"shape", shape}});
+  }
+  o["tensors"] = tensors;
+  json::array params;
+  for (const auto& c : r.params)
+    params.push_back({{"name", c.name}, {"dtype", c.dtype}, {"numel", c.numel}, {"written", c.written},
+                      {"defaulted", c.defaulted}, {"first_gap", c.first_gap}});
+  o["params"] = params;
+  try {
+    o["method"] = json::parse(r.describe_json);
+  } catch (const std::exception&) {
+    o["method"] = r.describe_json;
+  }
+  json::array problems;
+  for (const auto& p : r.problems) problems.push_back(json::string(p));
+  o["problems"] = problems;
+  o["strict_clean"] = r.ok();
+  o["consumed"] = r.count(LedgerEntry::State::kConsumed);
+  o["skipped"] = r.count(LedgerEntry::State::kSkipped);
+  o["not_local"] = r.count(LedgerEntry::State::kNotLocal);
+  o["unknown"] = r.count(LedgerEntry::State::kUnknown);
+  o["errors"] = r.count(LedgerEntry::State::kError);
+  return o;
+}
+
+void print_report(const LayerReport& r, bool verbose) {
+  std::cout << "layer " << r.prefix << "  (" << r.family << ", experts " << r.experts_module << ", weights "
+            << r.weight_dtype << ")\n";
+  if (!r.plugin.empty()) std::cout << "  plugin: " << r.plugin << " — " << r.plugin_why << "\n";
+  for (const auto& p : r.probes)
+    std::cout << "    probe " << (p.plugin ? p.plugin->name : "?") << ": score " << p.score << " — " << p.reason
+              << "\n";
+  if (r.describe_json != "{}") std::cout << "  method: " << r.describe_json << "\n";
+  if (verbose) {
+    std::cout << "  tensors:\n";
+    for (const auto& e : r.entries) {
+      char line[512];
+      std::snprintf(line, sizeof line, "    %-64s %-8s %-16s %-9s %s%s%s\n", e.tensor.c_str(), e.dtype.c_str(),
+                    fmt_shape(e.shape).c_str(), ledger_state_name(e.state), e.routed_to.c_str(),
+                    e.detail.empty() ? "" : "  — ", e.detail.c_str());
+      std::cout << line;
+    }
+    std::cout << "  parameters:\n";
+    for (const auto& c : r.params)
+      std::cout << "    " << c.name << " " << c.dtype << " " << fmt_shape({c.numel}) << " elements: " << c.written
+                << " written, " << c.defaulted << " declared default"
+                << (c.first_gap.empty() ? "" : ", first unwritten at " + c.first_gap) << "\n";
+  }
+  std::cout << "  ledger: " << r.count(LedgerEntry::State::kConsumed) << " consumed, "
+            << r.count(LedgerEntry::State::kSkipped) << " skipped, " << r.count(LedgerEntry::State::kNotLocal)
+            << " not local, " << r.count(LedgerEntry::State::kRouter) << " router, "
+            << r.count(LedgerEntry::State::kUnknown) << " unknown, " << r.count(LedgerEntry::State::kError)
+            << " errors — " << (r.ok() ? "strict load clean" : "NOT CLEAN") << "\n";
+  for (const auto& p : r.problems) std::cout << "  problem: " << p << "\n";
+}
+
+}  // namespace moeq::cli

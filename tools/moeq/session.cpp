@@ -1,0 +1,33 @@
+#include "session.hpp"
+
+namespace moeq::cli {
+
+void CommonOptions::add_placement(CLI::App* app) {
+  app->add_option("--tp", tp, "tensor-parallel size")->check(CLI::PositiveNumber);
+  app->add_option("--tp-rank", tp_rank, "tensor-parallel rank")->check(CLI::NonNegativeNumber);
+  app->add_option("--ep", ep, "expert-parallel size")->check(CLI::PositiveNumber);
+  app->add_option("--ep-rank", ep_rank, "expert-parallel rank")->check(CLI::NonNegativeNumber);
+  app->add_option("--plugin", pin, "use this plugin for every layer (pin)");
+  app->add_flag("--no-strict", no_strict, "report unwritten parameters as warnings instead of errors");
+}
+
+LoadOptions CommonOptions::load_options() const {
+  LoadOptions o;
+  o.placement = {tp_rank, tp, ep_rank, ep};
+  o.strict = !no_strict;
+  o.pin_plugin = pin;
+  return o;
+}
+
+Session::Session(const CommonOptions& opt) {
+  registry_ = std::make_unique<Registry>(host::api());
+  host::set_registry(registry_.get());
+  std::optional<std::filesystem::path> dir;
+  if (!opt.plugin_dir.empty()) dir = opt.plugin_dir;
+  for (const auto& d : Registry::search_path(dir))
+    if (std::filesystem::exists(d) || (dir && d == *dir)) registry_->load_directory(d);
+}
+
+Session::~Session() { host::set_registry(nullptr); }
+
+}  // namespace moeq::cli

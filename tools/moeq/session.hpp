@@ -1,0 +1,36 @@
+// What every subcommand shares: the plugin registry set up from the search path, and the
+// common placement/pin options.
+#pragma once
+#include <moeq/host.hpp>
+#include <moeq/loader.hpp>
+#include <moeq/registry.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace moeq::cli {
+
+struct CommonOptions {
+  std::string plugin_dir;
+  bool json = false;
+  int tp = 1, tp_rank = 0, ep = 1, ep_rank = 0;
+  std::string pin;
+  bool no_strict = false;
+  void add_placement(CLI::App* app);
+  LoadOptions load_options() const;
+};
+
+class Session {
+ public:
+  explicit Session(const CommonOptions& opt);
+  ~Session();
+  Registry& registry() { return *registry_; }
+
+ private:
+  std::unique_ptr<Registry> registry_;
+};
+
+}  // namespace moeq::cli
