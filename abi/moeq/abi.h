@@ -112,7 +112,7 @@ typedef struct moeq_layer_geometry {
   int32_t top_k;
   int32_t activation;           /* moeq_activation */
 } moeq_layer_geometry;
-/* LP64 size: 96 */
+/* LP64 size: 80 */
 
 /* ================================================================ host services ====== */
 
@@ -369,7 +369,7 @@ typedef struct moeq_plugin_api {
   moeq_describe_fn describe;                      /* optional, since 1.0: NULL = no details */
   moeq_dequantize_expert_fn dequantize_expert;    /* optional, since 1.0: NULL = no reference check */
 } moeq_plugin_api;
-/* LP64 size: 88 */
+/* LP64 size: 96 */
 
 /* Capability bits of a descriptor. */
 #define MOEQ_CAP_CPU_APPLY 1ull          /* apply runs on kDLCPU */
@@ -394,7 +394,7 @@ typedef struct moeq_plugin_descriptor {
   const char* build_info;
   const moeq_plugin_api* api;
 } moeq_plugin_descriptor;
-/* LP64 size: 104 */
+/* LP64 size: 96 */
 
 /* The one exported entry symbol. */
 #define MOEQ_PLUGIN_ENTRY_SYMBOL "moeq_plugin_get_descriptor"
