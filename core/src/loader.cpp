@@ -348,8 +348,10 @@ LoadedModel::~LoadedModel() {
     if (l) destroy(*l);
 }
 
-LoadedModel load_model(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt) {
+LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const LoadOptions& opt) {
   LoadedModel model;
+  model.checkpoint = std::make_shared<const Checkpoint>(checkpoint);
+  const Checkpoint& ck = *model.checkpoint;
   model.config = parse_moe_config(ck.config(), ck.dir() / "config.json");
   model.placement = opt.placement;
   validate_placement(opt.placement, model.config.num_experts, model.config.intermediate_size);

@@ -72,6 +72,8 @@ class LoadedModel {
 
   MoeConfig config;
   Placement placement;
+  // The model keeps the checkpoint (its mapped files) alive: router tensors point into it.
+  std::shared_ptr<const Checkpoint> checkpoint;
   std::vector<std::unique_ptr<LoadedLayer>> layers;  // only layers that loaded
   std::vector<LayerReport> failed;                   // with collect_errors
   std::vector<std::string> not_moe;                  // checkpoint tensors outside MoE layers

@@ -1,0 +1,119 @@
+// Shared test helpers: temporary directories, a registry over the built plugins, checkpoint
+// damage (rewrite tensors of a written checkpoint), and error capture.
+#pragma once
+#include <moeq/checkpoint.hpp>
+#include <moeq/error.hpp>
+#include <moeq/host.hpp>
+#include <moeq/loader.hpp>
+#include <moeq/registry.hpp>
+#include <moeq_writer/safetensors_writer.hpp>
+
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::test {
+
+// A fresh directory under the system temp dir, removed when the test ends.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& tag = "moeq_test") {
+    static std::atomic<int> counter{0};
+    path_ = std::filesystem::temp_directory_path() /
+            (tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  REQUIRE(out.good());
+}
+
+inline std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// The registry over the plugins of this build tree, set as the host's delegation registry.
+class BuiltPlugins {
+ public:
+  BuiltPlugins() : registry_(host::api()) {
+    registry_.load_directory(MOEQ_TEST_PLUGIN_DIR);
+    host::set_registry(&registry_);
+  }
+  ~BuiltPlugins() { host::set_registry(nullptr); }
+  const Registry& registry() const { return registry_; }
+
+ private:
+  Registry registry_;
+};
+
+// A tensor as the rewrite callback sees it: decoded to float where the dtype is float.
+struct EditableTensor {
+  DType dtype;
+  std::vector<int64_t> shape;
+  std::vector<std::byte> bytes;
+};
+using TensorMap = std::map<std::string, EditableTensor>;
+
+// Reads every tensor of `dir`'s model.safetensors, lets `edit` change the map, writes it back.
+inline void rewrite_tensors(const std::filesystem::path& dir, const std::function<void(TensorMap&)>& edit) {
+  TensorMap m;
+  {
+    auto file = SafetensorsFile::open(dir / "model.safetensors");
+    for (const auto& [name, t] : file->tensors())
+      m[name] = {t.dtype, t.shape, std::vector<std::byte>(t.data, t.data + t.nbytes())};
+  }
+  edit(m);
+  writer::SafetensorsWriter w;
+  for (auto& [name, t] : m) w.add(name, t.dtype, t.shape, t.bytes);
+  std::filesystem::remove(dir / "model.safetensors");
+  w.write(dir / "model.safetensors");
+}
+
+// Sets element `index` of a float tensor to `value` (encoded in the tensor's dtype).
+inline void set_element(EditableTensor& t, size_t index, float value) {
+  store_from_float(t.bytes.data(), t.dtype, index, value);
+}
+
+// The message of the moeq::Error that `fn` throws; fails the test when it throws none.
+template <class F>
+std::string error_of(F&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  FAIL("expected a moeq::Error");
+  return {};
+}
+
+inline LoadedModel load_dir(const std::filesystem::path& dir, const Registry& reg, LoadOptions opt = {}) {
+  Checkpoint ck = Checkpoint::open(dir);
+  return load_model(ck, reg, opt);
+}
+
+}  // namespace moeq::test

@@ -1,0 +1,276 @@
+// Bad checkpoints through the whole load path: each a clear error naming the tensor or
+// parameter, expected and found; never a silent default, and the process can load again.
+#include "support.hpp"
+
+#include <moeq_writer/producers.hpp>
+
+#include <boost/json.hpp>
+
+#include <cmath>
+#include <limits>
+
+using namespace moeq;
+using namespace moeq::test;
+
+namespace {
+
+writer::WrittenCheckpoint good(const TempDir& dir, writer::Layout layout = writer::Layout::kPerExpert) {
+  writer::MoeSpec s;
+  s.layout = layout;
+  s.num_layers = 1;
+  s.num_experts = 4;
+  s.hidden = 64;
+  s.intermediate = 32;
+  return writer::write_ct_fp8_channel(dir / "ckpt", s);
+}
+
+std::string load_error(const std::filesystem::path& dir, const Registry& reg, LoadOptions o = {}) {
+  return error_of([&] { load_dir(dir, reg, o); });
+}
+
+const char* kScale = "model.layers.0.mlp.experts.2.up_proj.weight_scale";
+
+}  // namespace
+
+TEST_CASE("a scale of the wrong shape names the tensor, expected and found") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    EditableTensor& t = m.at(kScale);
+    t.shape = {16, 2};
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find(kScale) != std::string::npos);
+  CHECK(e.find("expected a per-channel scale [32, 1] or [32]") != std::string::npos);
+  CHECK(e.find("found [16, 2]") != std::string::npos);
+}
+
+TEST_CASE("a missing scale is an unwritten parameter, never a silent 1.0") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) { m.erase(kScale); });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("parameter 'w13_weight_scale'") != std::string::npos);
+  CHECK(e.find("32 of 256 elements not written, first at [2, 32, 0]") != std::string::npos);
+  // Non-strict loads it with a warning, and the element stays as allocated (never 1.0).
+  LoadOptions lax;
+  lax.strict = false;
+  std::vector<std::string> warnings;
+  auto old = host::set_log_sink([&](moeq_log_level, const std::string&, const std::string& m) { warnings.push_back(m); });
+  LoadedModel m = load_dir(w.dir, p.registry(), lax);
+  host::set_log_sink(old);
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("w13_weight_scale") != std::string::npos);
+  const ParamRecord* rec = host::find_param(*m.layers[0]->layer, "w13_weight_scale");
+  REQUIRE(rec != nullptr);
+  CHECK(load_as_float(rec->storage.data(), DType::F32, 2 * 64 + 32) == 0.0f);
+}
+
+TEST_CASE("a missing expert weight names the parameter and the first unwritten element") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) { m.erase("model.layers.0.mlp.experts.3.down_proj.weight"); });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("parameter 'w2_weight' [4, 64, 32]") != std::string::npos);
+  CHECK(e.find("first at [3, 0, 0]") != std::string::npos);
+}
+
+TEST_CASE("NaN, Inf, zero and negative scales are rejected with the element") {
+  BuiltPlugins p;
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), 0.0f, -0.5f}) {
+    CAPTURE(bad);
+    TempDir d;
+    auto w = good(d);
+    rewrite_tensors(w.dir, [&](TensorMap& m) { set_element(m.at(kScale), 5, bad); });
+    const std::string e = load_error(w.dir, p.registry());
+    CHECK(e.find(kScale) != std::string::npos);
+    CHECK(e.find("scale element [5, 0]") != std::string::npos);
+    CHECK(e.find("must be finite and > 0") != std::string::npos);
+  }
+}
+
+TEST_CASE("an unknown expert tensor and an unexpected suffix are errors") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    m["model.layers.0.mlp.experts.bogus.weight"] = m.at("model.layers.0.mlp.experts.0.up_proj.weight_scale");
+  });
+  CHECK(load_error(w.dir, p.registry()).find("unknown expert tensor model.layers.0.mlp.experts.bogus.weight") !=
+        std::string::npos);
+
+  TempDir d2;
+  auto w2 = good(d2);
+  rewrite_tensors(w2.dir, [](TensorMap& m) {
+    m["model.layers.0.mlp.experts.1.gate_proj.weight_zero_point"] =
+        m.at("model.layers.0.mlp.experts.1.gate_proj.weight_scale");
+  });
+  const std::string e = load_error(w2.dir, p.registry());
+  CHECK(e.find("weight_zero_point") != std::string::npos);
+  CHECK(e.find("unexpected tensor") != std::string::npos);
+}
+
+TEST_CASE("weight_scale and weight_scale_inv for one weight: an error naming both") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    m["model.layers.0.mlp.experts.2.up_proj.weight_scale_inv"] = m.at(kScale);
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("weight_scale") != std::string::npos);
+  CHECK(e.find("weight_scale_inv") != std::string::npos);
+  CHECK(e.find("both") != std::string::npos);
+}
+
+TEST_CASE("weight_scale_inv alone is the same multiplier as weight_scale") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  LoadedModel ref_model = load_dir(w.dir, p.registry());
+  const ref::ExpertWeights expect = ref_model.dequantized(0, nullptr);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    TensorMap renamed;
+    for (auto& [n, t] : m) {
+      std::string name = n;
+      if (name.ends_with(".weight_scale") && name.find("experts") != std::string::npos) name += "_inv";
+      renamed[name] = t;
+    }
+    m = renamed;
+  });
+  LoadedModel model = load_dir(w.dir, p.registry());
+  CHECK(model.dequantized(0, nullptr).w13 == expect.w13);
+}
+
+TEST_CASE("a fused tensor whose leading dim disagrees with num_experts") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d, writer::Layout::kGraniteFused);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    EditableTensor& t = m.at("model.layers.0.block_sparse_moe.output_linear.weight_scale");
+    t.shape = {2, 128, 1};
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("output_linear.weight_scale") != std::string::npos);
+  CHECK(e.find("expected leading dim num_experts = 4, found shape [2, 128, 1]") != std::string::npos);
+}
+
+TEST_CASE("an expert index beyond num_experts") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    m["model.layers.0.mlp.experts.9.gate_proj.weight"] = m.at("model.layers.0.mlp.experts.0.gate_proj.weight");
+  });
+  CHECK(load_error(w.dir, p.registry()).find("expert 9 but config.json has num_experts 4") != std::string::npos);
+}
+
+TEST_CASE("a weight of the wrong dtype or shape") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    EditableTensor& t = m.at("model.layers.0.mlp.experts.1.down_proj.weight");
+    t.shape = {32, 64};
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("down_proj.weight: expected F8_E4M3 [64, 32] for w2, found F8_E4M3 [32, 64]") != std::string::npos);
+}
+
+TEST_CASE("bf16 expert weights under an FP8 config: no plugin takes the layer, with reasons") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    for (auto& [n, t] : m)
+      if (n.ends_with("_proj.weight") && n.find("experts") != std::string::npos) {
+        std::vector<std::byte> b(t.bytes.size() * 2);
+        for (size_t i = 0; i < t.bytes.size(); ++i)
+          store_from_float(b.data(), DType::BF16, i, fp8_e4m3_to_float(static_cast<uint8_t>(t.bytes[i])));
+        t.dtype = DType::BF16;
+        t.bytes = b;
+      }
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("no plugin takes layer") != std::string::npos);
+  CHECK(e.find("compressed_tensors: config says FP8 but the expert weights are BF16") != std::string::npos);
+}
+
+TEST_CASE("a config without quantization_config: every plugin declines with a reason") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  boost::json::object cfg = boost::json::parse(read_text(w.dir / "config.json")).as_object();
+  cfg.erase("quantization_config");
+  write_text(w.dir / "config.json", boost::json::serialize(cfg));
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("compressed_tensors: the checkpoint has no quantization_config") != std::string::npos);
+  CHECK(e.find("modelopt:") != std::string::npos);
+  CHECK(e.find("online_quant:") != std::string::npos);
+}
+
+TEST_CASE("a config with an unsupported weight strategy declines naming it") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  boost::json::object cfg = boost::json::parse(read_text(w.dir / "config.json")).as_object();
+  cfg["quantization_config"].as_object()["config_groups"].as_object()["group_0"].as_object()["weights"].as_object()
+      ["strategy"] = "tensor_group";
+  write_text(w.dir / "config.json", boost::json::serialize(cfg));
+  CHECK(load_error(w.dir, p.registry()).find("strategy 'tensor_group'") != std::string::npos);
+}
+
+TEST_CASE("config.json without the MoE geometry") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  boost::json::object cfg = boost::json::parse(read_text(w.dir / "config.json")).as_object();
+  cfg.erase("num_experts");
+  write_text(w.dir / "config.json", boost::json::serialize(cfg));
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("config.json: missing num_experts / num_local_experts / n_routed_experts") != std::string::npos);
+}
+
+TEST_CASE("a pinned plugin overrides the probes; a pin that declines is an error") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  LoadOptions o;
+  o.pin_plugin = "compressed_tensors";
+  CHECK(load_dir(w.dir, p.registry(), o).layers[0]->report.plugin_why == "pinned by the user");
+  o.pin_plugin = "online_quant";
+  CHECK(load_error(w.dir, p.registry(), o).find("online_quant") != std::string::npos);
+  o.pin_plugin = "nope";
+  CHECK(load_error(w.dir, p.registry(), o).find("pinned plugin nope is not loaded") != std::string::npos);
+}
+
+TEST_CASE("a failed load leaves the process able to load another checkpoint") {
+  BuiltPlugins p;
+  TempDir bad_dir, good_dir;
+  auto bad = good(bad_dir);
+  rewrite_tensors(bad.dir, [](TensorMap& m) { set_element(m.at(kScale), 0, std::nanf("")); });
+  const int64_t statuses = host::live_statuses();
+  CHECK_FALSE(load_error(bad.dir, p.registry()).empty());
+  CHECK(host::live_statuses() == statuses);  // every status made on the failure path was freed
+  auto ok = good(good_dir);
+  LoadedModel m = load_dir(ok.dir, p.registry());
+  CHECK(m.layers.size() == 1);
+  CHECK(m.layers[0]->report.ok());
+}
+
+TEST_CASE("collect_errors reports a failed layer with its ledger instead of throwing") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) { m.erase(kScale); });
+  LoadOptions o;
+  o.collect_errors = true;
+  LoadedModel m = load_dir(w.dir, p.registry(), o);
+  CHECK(m.layers.empty());
+  REQUIRE(m.failed.size() == 1);
+  CHECK(m.failed[0].count(LedgerEntry::State::kConsumed) == 6 * 4 - 1);
+  CHECK_FALSE(m.failed[0].problems.empty());
+}
