@@ -1,0 +1,147 @@
+// The moeq tool as an operator runs it: demo, inspect, load, run, plugins --why, plugin
+// discovery without flags, through --plugin-dir and through MOEQ_PLUGIN_PATH.
+#include "support.hpp"
+
+#include <moeq_writer/producers.hpp>
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <sys/wait.h>
+
+using namespace moeq;
+using namespace moeq::test;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;
+};
+
+Result moeq_cli(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + " \"" MOEQ_TEST_MOEQ_BIN "\" " + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+writer::WrittenCheckpoint granite(const TempDir& d) {
+  writer::MoeSpec s;
+  s.layout = writer::Layout::kGraniteFused;
+  s.num_layers = 1;
+  s.num_experts = 6;
+  s.hidden = 64;
+  s.intermediate = 32;
+  return writer::write_ct_fp8_channel(d / "granite", s);
+}
+
+}  // namespace
+
+TEST_CASE("moeq demo: both layouts load strictly clean and are within 1e-2 of the reference") {
+  Result r = moeq_cli("demo --json");
+  CAPTURE(r.out);
+  REQUIRE(r.code == 0);
+  boost::json::object o = boost::json::parse(r.out).as_object();
+  CHECK(o.at("pass").as_bool());
+  const auto& rows = o.at("rows").as_array();
+  REQUIRE(rows.size() == 4);
+  int granite = 0, per_expert = 0;
+  for (const auto& row : rows) {
+    const auto& x = row.as_object();
+    CHECK(x.at("strict_load_clean").as_bool());
+    CHECK(x.at("rel_l2_vs_quant_reference").as_double() <= 1e-2);
+    CHECK(x.at("rel_l2_vs_float").as_double() > x.at("rel_l2_vs_quant_reference").as_double());
+    const std::string layout(x.at("layout").as_string());
+    granite += layout.find("granite") != std::string::npos;
+    per_expert += layout.find("per-expert") != std::string::npos;
+  }
+  CHECK(granite == 2);
+  CHECK(per_expert == 2);
+}
+
+TEST_CASE("moeq inspect on the Granite fixture shows the fused scales routed to w1/w3/w2 of every expert") {
+  TempDir d;
+  auto w = granite(d);
+  Result r = moeq_cli("inspect " + w.dir.string());
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("plugin: compressed_tensors") != std::string::npos);
+  auto line_of = [&](const std::string& tensor) {
+    size_t at = r.out.find(tensor + " ");
+    REQUIRE(at != std::string::npos);
+    return r.out.substr(at, r.out.find('\n', at) - at);
+  };
+  const std::string in_scale = line_of("model.layers.0.block_sparse_moe.input_linear.weight_scale");
+  CHECK(in_scale.find("consumed") != std::string::npos);
+  CHECK(in_scale.find("w1+w3 of experts 0..5") != std::string::npos);
+  CHECK(in_scale.find("[6,64,1]") != std::string::npos);
+  const std::string out_scale = line_of("model.layers.0.block_sparse_moe.output_linear.weight_scale");
+  CHECK(out_scale.find("w2 of experts 0..5") != std::string::npos);
+  CHECK(r.out.find("strict load clean") != std::string::npos);
+  CHECK(r.out.find("\"granularity\":\"channel\"") != std::string::npos);
+  CHECK(r.out.find("\"scale_names\":[\"weight_scale\"]") != std::string::npos);
+  CHECK(r.out.find("model.layers.0.self_attn.q_proj.weight_scale") != std::string::npos);  // listed as not MoE
+}
+
+TEST_CASE("moeq inspect --json and moeq load on a broken checkpoint say what is wrong") {
+  TempDir d;
+  auto w = granite(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) { m.erase("model.layers.0.block_sparse_moe.output_linear.weight_scale"); });
+  Result r = moeq_cli("inspect --json " + w.dir.string());
+  CHECK(r.code == 1);
+  boost::json::object o = boost::json::parse(r.out).as_object();
+  CHECK_FALSE(o.at("clean").as_bool());
+  const auto& layer = o.at("layers").as_array().at(0).as_object();
+  CHECK_FALSE(layer.at("strict_clean").as_bool());
+  CHECK(boost::json::serialize(layer.at("problems")).find("w2_weight_scale") != std::string::npos);
+  Result l = moeq_cli("load " + w.dir.string());
+  CHECK(l.code == 1);
+  CHECK(l.out.find("FAILED") != std::string::npos);
+  CHECK(l.out.find("parameter 'w2_weight_scale'") != std::string::npos);
+}
+
+TEST_CASE("moeq run compares every layer with the reference, also at TP=2 rank 1") {
+  TempDir d;
+  auto w = granite(d);
+  Result r = moeq_cli("run --json --tokens 9 " + w.dir.string());
+  CAPTURE(r.out);
+  REQUIRE(r.code == 0);
+  boost::json::object o = boost::json::parse(r.out).as_object();
+  CHECK(o.at("within_tolerance").as_bool());
+  CHECK(o.at("layers").as_array().size() == 1);
+  Result t = moeq_cli("run --tp 2 --tp-rank 1 --tokens 9 " + w.dir.string());
+  CHECK(t.code == 0);
+  CHECK(t.out.find("model.layers.0.block_sparse_moe") != std::string::npos);
+  Result bad = moeq_cli("run --tp 3 " + w.dir.string());
+  CHECK(bad.code == 1);
+  CHECK(bad.out.find("not divisible by tp size 3") != std::string::npos);
+}
+
+TEST_CASE("moeq plugins finds the built plugins without flags and explains declines with --why") {
+  TempDir d;
+  auto w = granite(d);
+  Result r = moeq_cli("plugins --why " + w.dir.string());
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("compressed_tensors 0.1.0") != std::string::npos);
+  CHECK(r.out.find("compressed_tensors: score 10 (chosen)") != std::string::npos);
+  CHECK(r.out.find("modelopt: score 0") != std::string::npos);
+  CHECK(r.out.find("online_quant: score 0") != std::string::npos);
+}
+
+TEST_CASE("plugin directories: --plugin-dir and MOEQ_PLUGIN_PATH are searched, refusals have reasons") {
+  Result r = moeq_cli("plugins --json --plugin-dir " MOEQ_TEST_BAD_PLUGIN_DIR "/wrong_major");
+  REQUIRE(r.code == 0);
+  std::string s = r.out;
+  CHECK(s.find("ABI major 2") != std::string::npos);
+  Result e = moeq_cli("plugins --json", "MOEQ_PLUGIN_PATH=" MOEQ_TEST_BAD_PLUGIN_DIR "/good_a");
+  CHECK(e.out.find("\"name\":\"good_a\"") != std::string::npos);
+  CHECK(e.out.find("\"name\":\"compressed_tensors\"") != std::string::npos);  // the default is still searched
+}
