@@ -78,7 +78,8 @@ void print_report(const LayerReport& r, bool verbose) {
     }
     std::cout << "  parameters:\n";
     for (const auto& c : r.params)
-      std::cout << "    " << c.name << " " << c.dtype << " " << fmt_shape({c.numel}) << " elements: " << c.written
+      std::cout << "    " << c.name << " " << c.dtype << " " << fmt_shape(c.shape) << ": " << c.numel
+                << " elements, " << c.written
                 << " written, " << c.defaulted << " declared default"
                 << (c.first_gap.empty() ? "" : ", first unwritten at " + c.first_gap) << "\n";
   }
