@@ -6,6 +6,7 @@
 #include <moeq/host.hpp>
 #include <moeq/loader.hpp>
 #include <moeq/registry.hpp>
+#include <moeq_writer/producers.hpp>
 #include <moeq_writer/safetensors_writer.hpp>
 
 #include <doctest/doctest.h>
@@ -18,6 +19,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -114,6 +116,31 @@ std::string error_of(F&& fn) {
 inline LoadedModel load_dir(const std::filesystem::path& dir, const Registry& reg, LoadOptions opt = {}) {
   Checkpoint ck = Checkpoint::open(dir);
   return load_model(ck, reg, opt);
+}
+
+// Seeded random normal tokens [m, h].
+inline std::vector<float> random_tokens(int64_t m, int64_t h, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(m * h));
+  for (float& v : x) v = d(rng);
+  return x;
+}
+
+// Routes x with the writer's router weights: softmax top-k, renormalized.
+inline ref::Routing route_with(const writer::LayerMasters& lm, const std::vector<float>& x, int64_t m, int top_k) {
+  const int64_t E = lm.dequantized.num_experts, H = lm.dequantized.hidden;
+  std::vector<float> logits(static_cast<size_t>(m * E));
+  for (int64_t t = 0; t < m; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      double s = 0;
+      for (int64_t k = 0; k < H; ++k) s += double(x[t * H + k]) * lm.router[e * H + k];
+      logits[t * E + e] = static_cast<float>(s);
+    }
+  ref::RoutingOptions o;
+  o.top_k = top_k;
+  o.renormalize = true;
+  return ref::route(logits, m, E, o);
 }
 
 }  // namespace moeq::test

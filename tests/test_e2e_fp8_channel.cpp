@@ -13,29 +13,6 @@ using namespace moeq::test;
 
 namespace {
 
-std::vector<float> tokens(int64_t m, int64_t h, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> d(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(m * h));
-  for (float& v : x) v = d(rng);
-  return x;
-}
-
-ref::Routing route_with(const writer::LayerMasters& lm, const std::vector<float>& x, int64_t m, int top_k) {
-  const int64_t E = lm.dequantized.num_experts, H = lm.dequantized.hidden;
-  std::vector<float> logits(static_cast<size_t>(m * E));
-  for (int64_t t = 0; t < m; ++t)
-    for (int64_t e = 0; e < E; ++e) {
-      double s = 0;
-      for (int64_t k = 0; k < H; ++k) s += double(x[t * H + k]) * lm.router[e * H + k];
-      logits[t * E + e] = static_cast<float>(s);
-    }
-  ref::RoutingOptions o;
-  o.top_k = top_k;
-  o.renormalize = true;
-  return ref::route(logits, m, E, o);
-}
-
 // The slice of the full masters that TP rank r / EP range holds.
 ref::ExpertWeights shard(const ref::ExpertWeights& full, int tp_rank, int tp_size, ExpertRange experts) {
   const int64_t H = full.hidden, I = full.intermediate, It = I / tp_size;
@@ -115,7 +92,7 @@ TEST_CASE("granite fused FP8_DYNAMIC: weight_scale [E,2I,1] and [E,H,1] load str
   }
   for (size_t li = 0; li < model.layers.size(); ++li) {
     const auto& masters = w.layers[li];
-    const std::vector<float> x = tokens(33, 128, 100 + li);
+    const std::vector<float> x = random_tokens(33, 128, 100 + li);
     const ref::Routing r = route_with(masters, x, 33, 2);
     const std::vector<float> out = model.apply(li, x, 33, r);
     const double err = ref::relative_l2(out, ref::moe_forward(masters.dequantized, x, 33, r, per_token()));
@@ -138,7 +115,7 @@ TEST_CASE("per-expert layout with [N] scales in F32 and F16 loads the same way")
     LoadedModel model = load_dir(w.dir, plugins.registry());
     check_strict_clean(model, 2);
     CHECK(model.layers[0]->report.count(LedgerEntry::State::kConsumed) == 6 * 8);
-    const std::vector<float> x = tokens(17, 128, 5);
+    const std::vector<float> x = random_tokens(17, 128, 5);
     const ref::Routing r = route_with(w.layers[0], x, 17, 2);
     CHECK(ref::relative_l2(model.apply(0, x, 17, r), ref::moe_forward(w.layers[0].dequantized, x, 17, r, per_token())) <=
           1e-4);
@@ -167,7 +144,7 @@ TEST_CASE("TP=2: each rank holds its slice and partial outputs sum to the TP=1 o
     TempDir dir;
     writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(layout));
     LoadedModel full = load_dir(w.dir, plugins.registry());
-    const std::vector<float> x = tokens(29, 128, 77);
+    const std::vector<float> x = random_tokens(29, 128, 77);
     const ref::Routing r = route_with(w.layers[0], x, 29, 2);
     const std::vector<float> out1 = full.apply(0, x, 29, r);
     std::vector<float> sum(out1.size(), 0.0f), ref_sum(out1.size(), 0.0f);
@@ -197,7 +174,7 @@ TEST_CASE("EP=2: non-local experts are skipped and recorded; partial outputs sum
   TempDir dir;
   writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(writer::Layout::kPerExpert));
   LoadedModel full = load_dir(w.dir, plugins.registry());
-  const std::vector<float> x = tokens(41, 128, 9);
+  const std::vector<float> x = random_tokens(41, 128, 9);
   const ref::Routing r = route_with(w.layers[1], x, 41, 2);
   const std::vector<float> out1 = full.apply(1, x, 41, r);
   std::vector<float> sum(out1.size(), 0.0f);
@@ -225,7 +202,7 @@ TEST_CASE("EP with a remainder and fused layout: 8 experts over 3 ranks") {
   TempDir dir;
   writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(writer::Layout::kGraniteFused));
   LoadedModel full = load_dir(w.dir, plugins.registry());
-  const std::vector<float> x = tokens(23, 128, 3);
+  const std::vector<float> x = random_tokens(23, 128, 3);
   const ref::Routing r = route_with(w.layers[0], x, 23, 2);
   const std::vector<float> out1 = full.apply(0, x, 23, r);
   std::vector<float> sum(out1.size(), 0.0f);

@@ -1,5 +1,7 @@
 #include <moeq/expert_name_router.hpp>
 
+#include <charconv>
+#include <optional>
 #include <regex>
 
 namespace moeq {
@@ -82,6 +84,17 @@ const std::regex& experts_module_rx() {
   return r;
 }
 
+// A decimal index from the name; nullopt when it does not fit in int64 (a hostile name, found
+// by fuzzing: std::stoll threw std::out_of_range out of the loader).
+std::optional<int64_t> index_of(const std::ssub_match& digits) {
+  int64_t v = 0;
+  const char* first = &*digits.first;
+  const char* last = first + digits.length();
+  auto [end, ec] = std::from_chars(first, last, v);
+  if (ec != std::errc() || end != last) return std::nullopt;
+  return v;
+}
+
 }  // namespace
 
 RoutedName route_tensor_name(std::string_view name_view) {
@@ -95,12 +108,15 @@ RoutedName route_tensor_name(std::string_view name_view) {
     for (const LeafMap& l : f.leaves)
       if (leaf == l.leaf) hit = &l;
     if (hit == nullptr) continue;
+    const std::optional<int64_t> layer = index_of(m[2]);
+    const std::optional<int64_t> expert = f.expert_group ? index_of(m[f.expert_group]) : int64_t{-1};
+    if (!layer || !expert) break;  // an index past int64: unknown under an experts module
     r.role = TensorRole::kExpert;
     r.family = f.name;
     r.layer_prefix = m[1].str();
-    r.layer = std::stoll(m[2].str());
+    r.layer = *layer;
     r.projection = hit->projection;
-    r.expert = f.expert_group ? std::stoll(m[f.expert_group].str()) : -1;
+    r.expert = *expert;
     r.suffix = (f.suffix_group && m[f.suffix_group].matched) ? m[f.suffix_group].str() : "weight";
     for (const auto& [from, to] : f.suffix_renames)
       if (r.suffix == from) r.suffix = to;
@@ -121,8 +137,20 @@ RoutedName route_tensor_name(std::string_view name_view) {
   r.family = "router";
   if (r.role == TensorRole::kUnknownExpert) r.family = "unknown";
   r.layer_prefix = m[1].str();
-  r.layer = std::stoll(m[2].str());
+  if (const std::optional<int64_t> layer = index_of(m[2])) {
+    r.layer = *layer;
+  } else {  // a router of a layer that cannot exist is no router: report it as unknown
+    r.role = TensorRole::kUnknownExpert;
+    r.family = "unknown";
+    r.layer = -1;
+  }
   return r;
+}
+
+std::string not_moe_note(std::string_view name) {
+  for (std::string_view s : {".k_scale", ".v_scale", ".q_scale", ".prob_scale", ".kv_scale"})
+    if (name.ends_with(s)) return "KV-cache scale of an attention layer: not an expert tensor, skipped";
+  return "";
 }
 
 const std::vector<NamingFamily>& naming_families() {

@@ -96,15 +96,34 @@ struct LayerTensors {
   const TensorInfo* router_bias = nullptr;
 };
 
-// Splits one expert tensor into per-expert, per-projection views (no copies).
+// Splits one expert tensor into per-expert, per-projection views (no copies). Fused tensors
+// carry experts on dim 0, except a single scalar (one per-tensor scale for every expert, as
+// ModelOpt writes for BMM-style experts). BMM-style weights [E, H, 2I] / [E, I, H] (Llama-4)
+// are viewed transposed; the shape decides, and the config breaks the tie when H == 2I or I.
 std::vector<Piece> split_pieces(const TensorInfo& t, const RoutedName& r, const MoeConfig& cfg) {
   std::vector<std::pair<int64_t, SourceView>> per_expert;
   SourceView all = SourceView::of(t);
+  const int64_t I = cfg.intermediate_size, H = cfg.hidden_size;
   if (r.expert < 0) {
-    if (all.shape.empty() || all.shape[0] != cfg.num_experts)
-      fail("tensor " + t.name + ": fused over experts, expected leading dim num_experts = " +
-           std::to_string(cfg.num_experts) + ", found shape " + shape_string(t.shape));
-    for (int64_t e = 0; e < cfg.num_experts; ++e) per_expert.push_back({e, all.index0(e)});
+    if (all.numel() == 1 && all.shape.size() <= 1) {
+      for (int64_t e = 0; e < cfg.num_experts; ++e) per_expert.push_back({e, all});
+    } else {
+      if (all.shape.empty() || all.shape[0] != cfg.num_experts)
+        fail("tensor " + t.name + ": fused over experts, expected leading dim num_experts = " +
+             std::to_string(cfg.num_experts) + ", found shape " + shape_string(t.shape));
+      for (int64_t e = 0; e < cfg.num_experts; ++e) per_expert.push_back({e, all.index0(e)});
+    }
+    if (all.shape.size() == 3) {
+      const int64_t rows = r.projection == Projection::kW13 ? 2 * I : H;
+      const int64_t cols = r.projection == Projection::kW13 ? H : I;
+      const bool standard = all.shape[1] == rows && all.shape[2] == cols;
+      const bool transposed = all.shape[1] == cols && all.shape[2] == rows;
+      if (transposed && (!standard || cfg.fused_experts_transposed))
+        for (auto& [e, v] : per_expert) {
+          std::swap(v.shape[0], v.shape[1]);
+          std::swap(v.strides[0], v.strides[1]);
+        }
+    }
   } else {
     if (r.expert >= cfg.num_experts)
       fail("tensor " + t.name + ": expert " + std::to_string(r.expert) + " but config.json has num_experts " +
@@ -112,7 +131,6 @@ std::vector<Piece> split_pieces(const TensorInfo& t, const RoutedName& r, const 
     per_expert.push_back({r.expert, all});
   }
   std::vector<Piece> out;
-  const int64_t I = cfg.intermediate_size;
   for (auto& [e, v] : per_expert) {
     if (r.projection != Projection::kW13) {
       out.push_back({r.projection, e, v});
@@ -128,6 +146,40 @@ std::vector<Piece> split_pieces(const TensorInfo& t, const RoutedName& r, const 
       fail("tensor " + t.name + ": fused gate/up expects dim " + (r.expert < 0 ? "1" : "0") + " = 2 * I = " +
            std::to_string(2 * I) + " (gate rows then up rows), found shape " + shape_string(t.shape));
     }
+  }
+  return out;
+}
+
+std::string index_of(const std::vector<int64_t>& shape, int64_t flat) {
+  std::vector<int64_t> idx(shape.size());
+  for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
+    idx[d] = shape[d] ? flat % shape[d] : 0;
+    flat = shape[d] ? flat / shape[d] : 0;
+  }
+  return shape_string(idx);
+}
+
+// The first `limit` unwritten element ranges of a parameter, as "[2, 1]" or "[0, 0]..[0, 5]",
+// so that a missing tensor shows up as the indices it would have written.
+std::string unwritten_regions(const ParamRecord& p, int limit) {
+  IntervalSet done = p.written;
+  done.insert_all(p.defaulted);
+  std::string out;
+  for (int n = 0;; ++n) {
+    const int64_t gap = done.first_gap(p.numel);
+    if (gap < 0) break;
+    if (n == limit) {
+      out += " and more";
+      break;
+    }
+    int64_t lo = gap + 1, hi = p.numel;  // [gap, lo) is unwritten; find the largest such end
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      if (done.intersects(gap, mid)) hi = mid - 1;
+      else lo = mid;
+    }
+    out += (n ? ", " : "") + index_of(p.shape, gap) + (lo - gap > 1 ? ".." + index_of(p.shape, lo - 1) : "");
+    done.insert(gap, lo);
   }
   return out;
 }
@@ -314,9 +366,11 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   rep.params = host::coverage(*out.layer);
   for (const ParamCoverage& c : rep.params) {
     if (c.first_gap.empty()) continue;
+    const ParamRecord* rec = host::find_param(*out.layer, c.name);
     const std::string msg = "parameter '" + c.name + "' " + shape_string(c.shape) + ": " +
                             std::to_string(c.numel - c.written - c.defaulted) + " of " + std::to_string(c.numel) +
                             " elements not written, first at " + c.first_gap +
+                            (rec ? " (unwritten: " + unwritten_regions(*rec, 4) + ")" : std::string()) +
                             " (a checkpoint tensor is missing)";
     if (opt.strict)
       rep.problems.push_back(msg);

@@ -43,6 +43,7 @@ MoeConfig parse_moe_config(const json::object& cfg, const std::filesystem::path&
   c.num_experts = positive_int(*o, {"num_experts", "num_local_experts", "n_routed_experts"}, file);
   c.hidden_size = positive_int(*o, {"hidden_size"}, file);
   c.intermediate_size = positive_int(*o, {"moe_intermediate_size", "intermediate_size"}, file);
+  c.fused_experts_transposed = c.model_type.rfind("llama4", 0) == 0;
   c.top_k = static_cast<int>(positive_int(*o, {"num_experts_per_tok", "moe_topk"}, file));
   if (c.top_k > c.num_experts)
     fail(file.string() + ": num_experts_per_tok " + std::to_string(c.top_k) + " exceeds num_experts " +

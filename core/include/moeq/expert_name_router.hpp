@@ -32,6 +32,10 @@ struct RoutedName {
 
 RoutedName route_tensor_name(std::string_view name);
 
+// Why a not-MoE tensor is left alone, when there is more to say than "not MoE" (KV-cache
+// scales: `self_attn.k_scale` and ModelOpt's `self_attn.k_proj.k_scale`); empty otherwise.
+std::string not_moe_note(std::string_view name);
+
 // The families, for `moeq inspect` and docs: {name, example}.
 struct NamingFamily {
   std::string name;

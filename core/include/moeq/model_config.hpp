@@ -16,6 +16,9 @@ struct MoeConfig {
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;  // per expert
   int top_k = 0;
+  // BMM-style fused experts ([E, H, 2I] / [E, I, H], Llama-4); decides only when the shapes
+  // alone cannot (H == 2I or H == I).
+  bool fused_experts_transposed = false;
   ref::RoutingOptions routing;    // bias is filled per layer from the checkpoint
 };
 
