@@ -119,7 +119,7 @@ inline LoadedModel load_dir(const std::filesystem::path& dir, const Registry& re
 }
 
 // Seeded random normal tokens [m, h].
-inline std::vector<float> random_tokens(int64_t m, int64_t h, uint64_t seed) {
+inline std::vector<float> seeded_tokens(int64_t m, int64_t h, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> d(0.0f, 1.0f);
   std::vector<float> x(static_cast<size_t>(m * h));

@@ -92,7 +92,7 @@ TEST_CASE("granite fused FP8_DYNAMIC: weight_scale [E,2I,1] and [E,H,1] load str
   }
   for (size_t li = 0; li < model.layers.size(); ++li) {
     const auto& masters = w.layers[li];
-    const std::vector<float> x = random_tokens(33, 128, 100 + li);
+    const std::vector<float> x = seeded_tokens(33, 128, 100 + li);
     const ref::Routing r = route_with(masters, x, 33, 2);
     const std::vector<float> out = model.apply(li, x, 33, r);
     const double err = ref::relative_l2(out, ref::moe_forward(masters.dequantized, x, 33, r, per_token()));
@@ -115,7 +115,7 @@ TEST_CASE("per-expert layout with [N] scales in F32 and F16 loads the same way")
     LoadedModel model = load_dir(w.dir, plugins.registry());
     check_strict_clean(model, 2);
     CHECK(model.layers[0]->report.count(LedgerEntry::State::kConsumed) == 6 * 8);
-    const std::vector<float> x = random_tokens(17, 128, 5);
+    const std::vector<float> x = seeded_tokens(17, 128, 5);
     const ref::Routing r = route_with(w.layers[0], x, 17, 2);
     CHECK(ref::relative_l2(model.apply(0, x, 17, r), ref::moe_forward(w.layers[0].dequantized, x, 17, r, per_token())) <=
           1e-4);
@@ -144,7 +144,7 @@ TEST_CASE("TP=2: each rank holds its slice and partial outputs sum to the TP=1 o
     TempDir dir;
     writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(layout));
     LoadedModel full = load_dir(w.dir, plugins.registry());
-    const std::vector<float> x = random_tokens(29, 128, 77);
+    const std::vector<float> x = seeded_tokens(29, 128, 77);
     const ref::Routing r = route_with(w.layers[0], x, 29, 2);
     const std::vector<float> out1 = full.apply(0, x, 29, r);
     std::vector<float> sum(out1.size(), 0.0f), ref_sum(out1.size(), 0.0f);
@@ -174,7 +174,7 @@ TEST_CASE("EP=2: non-local experts are skipped and recorded; partial outputs sum
   TempDir dir;
   writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(writer::Layout::kPerExpert));
   LoadedModel full = load_dir(w.dir, plugins.registry());
-  const std::vector<float> x = random_tokens(41, 128, 9);
+  const std::vector<float> x = seeded_tokens(41, 128, 9);
   const ref::Routing r = route_with(w.layers[1], x, 41, 2);
   const std::vector<float> out1 = full.apply(1, x, 41, r);
   std::vector<float> sum(out1.size(), 0.0f);
@@ -202,7 +202,7 @@ TEST_CASE("EP with a remainder and fused layout: 8 experts over 3 ranks") {
   TempDir dir;
   writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(writer::Layout::kGraniteFused));
   LoadedModel full = load_dir(w.dir, plugins.registry());
-  const std::vector<float> x = random_tokens(23, 128, 3);
+  const std::vector<float> x = seeded_tokens(23, 128, 3);
   const ref::Routing r = route_with(w.layers[0], x, 23, 2);
   const std::vector<float> out1 = full.apply(0, x, 23, r);
   std::vector<float> sum(out1.size(), 0.0f);

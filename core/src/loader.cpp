@@ -246,6 +246,11 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   ProbeQuery q;
   q.quant_config_json = ck.quant_config().json;
   q.quant_config_source = ck.quant_config().source;
+  if (!opt.online_scheme.empty()) {
+    boost::json::object online{{"quant_method", "moeq-online"}, {"scheme", opt.online_scheme}};
+    q.quant_config_json = boost::json::serialize(online);
+    q.quant_config_source = "user";
+  }
   q.layer_name = rep.experts_module;
   q.weight_dtype = rep.weight_dtype;
   try {

@@ -106,6 +106,9 @@ class BridgeMethod final : public sdk::Method {
       case Algo::kFp8PerChannelPerToken:
         return s.ndim() == 1 ? s.reshaped({s.size(0), 1}) : s;
       case Algo::kFp8BlockWeightOnly:
+        // A one-block grid can arrive squeezed to 0-D (seen from ModelOpt 0.47 on a 128x128
+        // down_proj); compressed_tensors checks it against the weight's grid.
+        if (s.numel() == 1 && s.ndim() <= 1) return s.reshaped({1, 1});
         if (s.ndim() == 4) {
           if (s.size(1) != 1 || s.size(3) != 1)
             fail(std::string(name) + ": ModelOpt block scale must be [nb_out, 1, nb_in, 1], found " +

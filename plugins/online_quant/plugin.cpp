@@ -1,29 +1,207 @@
-// online_quant plugin: registered so that discovery, ABI checks and selection see it; until its
-// scheme lands it declines every probe with a reason and creates no method.
+// online_quant plugin: bf16/fp16/fp32 expert weights quantized as they arrive, one expert
+// projection at a time, by one shared loader and a small per-scheme interface. The quantized
+// layout is handed to a compressed_tensors method (created through the host), which runs it.
+// Scales come from the full, unsharded checkpoint rows the host hands over, so the result is
+// the same whatever the TP degree; compressed_tensors narrows to the shard.
+#include "online_scheme.hpp"
+
 #include <moeq/sdk/sdk.hpp>
 
+#include <boost/json.hpp>
+
+namespace moeq::online {
 namespace {
+namespace json = boost::json;
+
+constexpr const char* kDelegate = "compressed_tensors";
+constexpr const char* kQuantMethod = "moeq-online";
+
+// The user's choice arrives as the effective quantization config {"quant_method":
+// "moeq-online", "scheme": NAME} (the host puts it there for `--online NAME`).
+std::string scheme_of(const char* config_json) {
+  json::value v;
+  try {
+    v = json::parse(config_json ? config_json : "null");
+  } catch (const std::exception&) {
+    fail("quantization config is not valid JSON");
+  }
+  const json::object* o = v.if_object();
+  const json::value* m = o ? o->if_contains("quant_method") : nullptr;
+  if (!m || !m->is_string() || m->as_string() != kQuantMethod)
+    fail("online quantization is chosen by the user (moeq --online SCHEME, or LoadOptions::online_scheme); "
+         "this checkpoint's own config is used instead");
+  const json::value* s = o->if_contains("scheme");
+  const std::string name = (s && s->is_string()) ? std::string(s->as_string()) : "";
+  if (!make_scheme(name)) fail("unknown online scheme '" + name + "' (known: " + scheme_names() + ")");
+  return name;
+}
+
+bool float_dtype(const std::string& dt) { return dt == "BF16" || dt == "F16" || dt == "F32"; }
+
+class OnlineMethod final : public sdk::Method {
+ public:
+  OnlineMethod(const moeq_method_create_args& a, std::unique_ptr<Scheme> scheme)
+      : scheme_(std::move(scheme)), ct_json_(scheme_->ct_config_json()), source_dtype_(a.weight_dtype) {
+    moeq_method_create_args ca = a;
+    ca.quant_config_json = ct_json_.c_str();
+    ca.weight_dtype = dtype_name(scheme_->quantized_dtype());
+    moeq_host_method_create_args h{};
+    h.struct_size = sizeof(h);
+    h.plugin_name = kDelegate;
+    h.create_args = &ca;
+    sdk::throw_if_error(sdk::host()->method_create(&h));
+    api_ = h.api;
+    method_ = ca.method;
+  }
+  ~OnlineMethod() override {
+    if (api_ && method_) api_->method_destroy(method_);
+  }
+
+  void create_weights(const sdk::Layer& layer) override {
+    moeq_create_weights_args a{sizeof(a), method_, layer.handle()};
+    sdk::throw_if_error(api_->create_weights(&a));
+  }
+
+  bool load(const moeq_weight_loader_args& in, const sdk::Layer&, std::string&) override {
+    const std::string suffix = in.suffix;
+    const std::string name = in.tensor_name;
+    if (suffix != "weight")
+      fail(name + ": online quantization takes unquantized expert weights only, found '" + suffix + "'");
+    sdk::View src(*in.source);
+    if (src.ndim() != 2 || !is_float(src.dtype()) || src.dtype() == DType::F8_E4M3)
+      fail(name + ": expected a BF16/F16/F32 2-D expert weight, found " + std::string(dtype_name(src.dtype())) + " " +
+           sdk::shape_string(src.shape()));
+    const int64_t rows = src.size(0), cols = src.size(1);
+    // NOTE: one projection of one expert in float at a time, reused buffers: the whole layer is
+    // never held in high precision.
+    rows_.resize(static_cast<size_t>(rows * cols));
+    for (int64_t i = 0; i < rows * cols; ++i) rows_[i] = src.at(i);
+    scheme_->quantize(rows_, rows, cols, q_);
+    forward(in, "weight", make_view(q_.codes.data(), scheme_->quantized_dtype(), {rows, cols}));
+    forward(in, "weight_scale", make_view(q_.scales.data(), DType::F32, q_.scale_shape));
+    return true;
+  }
+
+  void process_after_loading(const sdk::Layer& layer) override {
+    moeq_process_after_loading_args a{sizeof(a), method_, layer.handle()};
+    sdk::throw_if_error(api_->process_after_loading(&a));
+    rows_ = {};
+    q_ = {};
+  }
+
+  void apply(const moeq_apply_args& in) override {
+    moeq_apply_args a = in;
+    a.method = method_;
+    sdk::throw_if_error(api_->apply(&a));
+  }
+
+  std::string describe() const override {
+    json::object o{{"online", scheme_->name()}, {"source_dtype", source_dtype_}, {"quantization", scheme_->formula()},
+                   {"runs_as", json::parse(ct_json_)}};
+    if (api_->describe) {
+      std::string buf(8192, '\0');
+      moeq_describe_args d{sizeof(d), method_, buf.data(), buf.size()};
+      sdk::throw_if_error(api_->describe(&d));
+      try {
+        o["delegate"] = json::parse(buf.c_str());
+      } catch (const std::exception&) {
+        o["delegate"] = buf.c_str();
+      }
+    }
+    return json::serialize(o);
+  }
+
+  void dequantize_expert(moeq_dequantize_expert_args& in) const override {
+    if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || !api_->dequantize_expert)
+      fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "compressed_tensors exposes no dequantized weights");
+    moeq_dequantize_expert_args a = in;
+    a.method = method_;
+    sdk::throw_if_error(api_->dequantize_expert(&a));
+    in.a1_quant = a.a1_quant;
+    in.a2_quant = a.a2_quant;
+    in.group_size = a.group_size;
+    in.a1_static_scale = a.a1_static_scale;
+    in.a2_static_scale = a.a2_static_scale;
+  }
+
+ private:
+  struct OwnedView {
+    std::vector<int64_t> shape, strides;
+    DLTensor t{};
+  };
+  OwnedView make_view(void* data, DType dt, std::vector<int64_t> shape) {
+    OwnedView v;
+    v.shape = std::move(shape);
+    v.strides.assign(v.shape.size(), 1);
+    for (int d = static_cast<int>(v.shape.size()) - 2; d >= 0; --d) v.strides[d] = v.strides[d + 1] * v.shape[d + 1];
+    v.t.data = data;
+    v.t.device = {kDLCPU, 0};
+    v.t.ndim = static_cast<int32_t>(v.shape.size());
+    v.t.dtype = to_dl(dt);
+    v.t.shape = v.shape.data();
+    v.t.strides = v.strides.data();
+    return v;
+  }
+  void forward(const moeq_weight_loader_args& in, const char* suffix, OwnedView v) {
+    v.t.shape = v.shape.data();
+    v.t.strides = v.strides.data();
+    char reason[256] = {0};
+    moeq_weight_loader_args a = in;
+    a.method = method_;
+    a.suffix = suffix;
+    a.source = &v.t;
+    a.skip_reason = reason;
+    a.skip_reason_capacity = sizeof(reason);
+    sdk::throw_if_error(api_->weight_loader(&a));
+    if (a.skipped) fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
+  }
+
+  std::unique_ptr<Scheme> scheme_;
+  std::string ct_json_;
+  std::string source_dtype_;
+  const moeq_plugin_api* api_ = nullptr;
+  moeq_method* method_ = nullptr;
+  std::vector<float> rows_;
+  QuantizedProjection q_;
+};
 
 struct Plugin {
-  static int32_t probe(const moeq_probe_args&, std::string& reason) {
-    reason = "online quantization is not implemented by this version of the online_quant plugin";
-    return 0;
+  static int32_t probe(const moeq_probe_args& a, std::string& reason) {
+    std::string scheme;
+    try {
+      scheme = scheme_of(a.quant_config_json);
+    } catch (const Error& e) {
+      reason = e.what();
+      return 0;
+    }
+    const std::string dt = a.weight_dtype ? a.weight_dtype : "";
+    if (!float_dtype(dt)) {
+      reason = "online quantization takes unquantized experts; these are " + dt;
+      return 0;
+    }
+    reason = "online " + scheme + " from " + dt + " experts, run by compressed_tensors";
+    return 30;
   }
-  static std::unique_ptr<moeq::sdk::Method> create(const moeq_method_create_args&) {
-    moeq::fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "online quantization is not implemented by this version of the online_quant plugin");
+  static std::unique_ptr<sdk::Method> create(const moeq_method_create_args& a) {
+    if (!float_dtype(a.weight_dtype ? a.weight_dtype : ""))
+      fail(std::string("online quantization takes unquantized experts; these are ") + (a.weight_dtype ? a.weight_dtype : "?"));
+    return std::make_unique<OnlineMethod>(a, make_scheme(scheme_of(a.quant_config_json)));
   }
 };
 
-const char* const kSchemes[] = {"online int8 / fp8 from bf16"};
-
+const char* const kSchemes[] = {"online int8 W8A16 per channel", "online fp8 per tensor", "online fp8 per channel",
+                                "online fp8 128x128 block"};
+const char* const kRequires[] = {kDelegate};
 
 const moeq_plugin_descriptor* descriptor() {
   static const moeq_plugin_descriptor d = {
-      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.1.0", kSchemes, 1,
-      nullptr, 0, 0, "moeq built-in", moeq::sdk::PluginApi<Plugin>::table()};
+      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.2.0", kSchemes, 4,
+      kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_DELEGATES, "moeq built-in, quantizes on load, runs through compressed_tensors",
+      sdk::PluginApi<Plugin>::table()};
   return &d;
 }
 
 }  // namespace
+}  // namespace moeq::online
 
-MOEQ_SDK_EXPORT_DESCRIPTOR(descriptor())
+MOEQ_SDK_EXPORT_DESCRIPTOR(moeq::online::descriptor())

@@ -9,6 +9,8 @@ void CommonOptions::add_placement(CLI::App* app) {
   app->add_option("--ep-rank", ep_rank, "expert-parallel rank")->check(CLI::NonNegativeNumber);
   app->add_option("--plugin", pin, "use this plugin for every layer (pin)");
   app->add_flag("--no-strict", no_strict, "report unwritten parameters as warnings instead of errors");
+  app->add_option("--online", online, "quantize unquantized experts at load: int8, fp8-tensor, fp8-channel, fp8-block")
+      ->check(CLI::IsMember({"int8", "fp8-tensor", "fp8-channel", "fp8-block"}));
 }
 
 LoadOptions CommonOptions::load_options() const {
@@ -16,6 +18,7 @@ LoadOptions CommonOptions::load_options() const {
   o.placement = {tp_rank, tp, ep_rank, ep};
   o.strict = !no_strict;
   o.pin_plugin = pin;
+  o.online_scheme = online;
   return o;
 }
 

@@ -19,6 +19,7 @@ struct CommonOptions {
   int tp = 1, tp_rank = 0, ep = 1, ep_rank = 0;
   std::string pin;
   bool no_strict = false;
+  std::string online;
   void add_placement(CLI::App* app);
   LoadOptions load_options() const;
 };

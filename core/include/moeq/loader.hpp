@@ -22,6 +22,10 @@ struct LoadOptions {
   bool strict = true;         // throw on any ledger violation
   bool collect_errors = false;  // never throw for a layer; record its problems (inspect)
   std::string pin_plugin;     // choose this plugin for every layer
+  // Quantize unquantized experts at load with this online scheme ("int8", "fp8-tensor",
+  // "fp8-channel", "fp8-block"): the effective quantization config becomes
+  // {"quant_method": "moeq-online", "scheme": ...}, which the online_quant plugin claims.
+  std::string online_scheme;
   DLDevice device{kDLCPU, 0};
 };
 

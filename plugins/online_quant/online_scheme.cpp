@@ -1,0 +1,162 @@
+#include "online_scheme.hpp"
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace moeq::online {
+namespace json = boost::json;
+
+namespace {
+
+float absmax(const float* p, int64_t n, int64_t stride = 1) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(p[i * stride]));
+  return m;
+}
+
+uint8_t fp8(float v, float s) { return float_to_fp8_e4m3(std::clamp(v / s, -kFp8E4M3Max, kFp8E4M3Max)); }
+
+// A positive scale from an amax: an all-zero row or tensor gets 1 (never 0/0).
+float fp8_scale(float amax) { return amax > 0.0f ? amax / kFp8E4M3Max : 1.0f; }
+
+json::object fp8_weights(const char* strategy) {
+  return {{"type", "float"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", false}, {"strategy", strategy}};
+}
+
+std::string ct_config(json::object weights, json::value acts, const char* format) {
+  json::object group{{"targets", json::array{"Linear"}}, {"weights", std::move(weights)},
+                     {"input_activations", std::move(acts)}, {"format", format}};
+  json::object o{{"quant_method", "compressed-tensors"}, {"format", format},
+                 {"config_groups", json::object{{"group_0", group}}}, {"ignore", json::array{}}};
+  return json::serialize(o);
+}
+
+class Int8Channel final : public Scheme {
+ public:
+  const char* name() const override { return "int8"; }
+  DType quantized_dtype() const override { return DType::I8; }
+  std::string ct_config_json() const override {
+    return ct_config({{"type", "int"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", false}, {"strategy", "channel"}},
+                     nullptr, "naive-quantized");
+  }
+  std::string formula() const override {
+    return "int8 per output row: s = absmax_row / 127 (1 for an all-zero row), q = clamp(round_half_even(w / s), -127, 127); W8A16";
+  }
+  void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
+    out.codes.resize(static_cast<size_t>(rows * cols));
+    out.scales.resize(static_cast<size_t>(rows));
+    out.scale_shape = {rows, 1};
+    for (int64_t r = 0; r < rows; ++r) {
+      const float s = int8_row_scale(w.data() + r * cols, cols);
+      out.scales[r] = s;
+      for (int64_t c = 0; c < cols; ++c) {
+        const float q = std::clamp(std::nearbyint(w[r * cols + c] / s), -127.0f, 127.0f);
+        out.codes[r * cols + c] = static_cast<uint8_t>(static_cast<int8_t>(q));
+      }
+    }
+  }
+};
+
+class Fp8Tensor final : public Scheme {
+ public:
+  const char* name() const override { return "fp8-tensor"; }
+  DType quantized_dtype() const override { return DType::F8_E4M3; }
+  std::string ct_config_json() const override {
+    return ct_config(fp8_weights("tensor"),
+                     json::object{{"type", "float"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", true},
+                                  {"strategy", "tensor"}},
+                     "float-quantized");
+  }
+  std::string formula() const override {
+    return "fp8 per expert projection (w1, w3, w2 each): s = absmax / 448 over the full unsharded rows, dynamic "
+           "per-tensor activations";
+  }
+  void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
+    const float s = fp8_scale(absmax(w.data(), rows * cols));
+    out.codes.resize(w.size());
+    for (size_t i = 0; i < w.size(); ++i) out.codes[i] = fp8(w[i], s);
+    out.scales = {s};
+    out.scale_shape = {};
+  }
+};
+
+class Fp8Channel final : public Scheme {
+ public:
+  const char* name() const override { return "fp8-channel"; }
+  DType quantized_dtype() const override { return DType::F8_E4M3; }
+  std::string ct_config_json() const override {
+    return ct_config(fp8_weights("channel"),
+                     json::object{{"type", "float"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", true},
+                                  {"strategy", "token"}},
+                     "float-quantized");
+  }
+  std::string formula() const override {
+    return "fp8 per output row: s = absmax_row / 448 (1 for an all-zero row), dynamic per-token activations";
+  }
+  void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
+    out.codes.resize(w.size());
+    out.scales.resize(static_cast<size_t>(rows));
+    out.scale_shape = {rows, 1};
+    for (int64_t r = 0; r < rows; ++r) {
+      const float s = fp8_scale(absmax(w.data() + r * cols, cols));
+      out.scales[r] = s;
+      for (int64_t c = 0; c < cols; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+    }
+  }
+};
+
+class Fp8Block final : public Scheme {
+ public:
+  static constexpr int64_t kBlock = 128;
+  const char* name() const override { return "fp8-block"; }
+  DType quantized_dtype() const override { return DType::F8_E4M3; }
+  std::string ct_config_json() const override {
+    json::object w = fp8_weights("block");
+    w["block_structure"] = json::array{kBlock, kBlock};
+    return ct_config(std::move(w),
+                     json::object{{"type", "float"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", true},
+                                  {"strategy", "group"}, {"group_size", kBlock}},
+                     "float-quantized");
+  }
+  std::string formula() const override {
+    return "fp8 128x128 blocks: s = absmax_block / 448 (ragged edge blocks count only real elements, the same as "
+           "zero padding; 1 for an all-zero block), dynamic 1x128 activation groups";
+  }
+  void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
+    const int64_t nb = (rows + kBlock - 1) / kBlock, kb = (cols + kBlock - 1) / kBlock;
+    out.codes.resize(w.size());
+    out.scales.assign(static_cast<size_t>(nb * kb), 1.0f);
+    out.scale_shape = {nb, kb};
+    for (int64_t bi = 0; bi < nb; ++bi)
+      for (int64_t bj = 0; bj < kb; ++bj) {
+        const int64_t r0 = bi * kBlock, r1 = std::min(rows, r0 + kBlock), c0 = bj * kBlock, c1 = std::min(cols, c0 + kBlock);
+        float m = 0.0f;
+        for (int64_t r = r0; r < r1; ++r) m = std::max(m, absmax(w.data() + r * cols + c0, c1 - c0));
+        const float s = fp8_scale(m);
+        out.scales[bi * kb + bj] = s;
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = c0; c < c1; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+      }
+  }
+};
+
+}  // namespace
+
+float int8_row_scale(const float* row, int64_t n) {
+  const float m = absmax(row, n);
+  return m > 0.0f ? m / 127.0f : 1.0f;
+}
+
+std::unique_ptr<Scheme> make_scheme(const std::string& name) {
+  if (name == "int8") return std::make_unique<Int8Channel>();
+  if (name == "fp8-tensor") return std::make_unique<Fp8Tensor>();
+  if (name == "fp8-channel") return std::make_unique<Fp8Channel>();
+  if (name == "fp8-block") return std::make_unique<Fp8Block>();
+  return nullptr;
+}
+
+const char* scheme_names() { return "int8, fp8-tensor, fp8-channel, fp8-block"; }
+
+}  // namespace moeq::online

@@ -1,0 +1,40 @@
+// The small per-scheme interface of online quantization: what a quantized expert projection
+// looks like, how to quantize one from its full (unsharded) float rows, and which
+// compressed-tensors config runs the result. One shared loader (online_method.cpp) drives all.
+#pragma once
+#include <moeq/dtype.hpp>
+#include <moeq/sdk/sdk.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeq::online {
+
+// One quantized projection, owned by the loader and reused for the next one.
+struct QuantizedProjection {
+  std::vector<uint8_t> codes;      // [rows, cols], int8 or e4m3fn bytes
+  std::vector<float> scales;
+  std::vector<int64_t> scale_shape;
+};
+
+class Scheme {
+ public:
+  virtual ~Scheme() = default;
+  virtual const char* name() const = 0;          // "int8", "fp8-tensor", ...
+  virtual DType quantized_dtype() const = 0;     // I8 or F8_E4M3
+  virtual std::string ct_config_json() const = 0;
+  virtual std::string formula() const = 0;       // for describe
+  // `w` is the whole per-expert projection [rows, cols] as float, row-major.
+  virtual void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const = 0;
+};
+
+// "int8", "fp8-tensor", "fp8-channel", "fp8-block"; nullptr for anything else.
+std::unique_ptr<Scheme> make_scheme(const std::string& name);
+const char* scheme_names();  // "int8, fp8-tensor, fp8-channel, fp8-block"
+
+// Reference quantizers, exposed for tests of exactness.
+float int8_row_scale(const float* row, int64_t n);  // absmax / 127, 1 for an all-zero row
+
+}  // namespace moeq::online
