@@ -275,10 +275,12 @@ class ExpertMethod final : public sdk::Method {
                  MOEQ_COPY_CHECK_SCALE);
   }
 
-  // The block size a grid of `rows` x `cols` would imply for weight n x k, if any.
-  static std::string implied_block(int64_t n, int64_t k, int64_t rows, int64_t cols) {
+  // The block size a grid of `rows` x `cols` would imply for weight n x k, if any (the
+  // configured size along a dimension whose count it explains).
+  std::string implied_block(int64_t n, int64_t k, int64_t rows, int64_t cols) const {
     if (rows <= 0 || cols <= 0) return "";
-    const int64_t bn = cdiv(n, rows), bk = cdiv(k, cols);
+    const int64_t bn = cdiv(n, s_.block_n) == rows ? s_.block_n : cdiv(n, rows);
+    const int64_t bk = cdiv(k, s_.block_k) == cols ? s_.block_k : cdiv(k, cols);
     if (cdiv(n, bn) != rows || cdiv(k, bk) != cols) return "";
     return " (that grid fits blocks of [" + std::to_string(bn) + ", " + std::to_string(bk) + "])";
   }
