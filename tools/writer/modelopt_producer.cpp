@@ -1,6 +1,7 @@
 #include <moeq/error.hpp>
 #include <moeq_writer/modelopt.hpp>
 #include <moeq_writer/safetensors_writer.hpp>
+#include <moeq_writer/writer_util.hpp>
 
 #include <boost/json.hpp>
 
@@ -13,19 +14,6 @@ namespace moeq::writer {
 namespace json = boost::json;
 
 namespace {
-
-std::vector<float> randn(std::mt19937_64& rng, size_t n, float stddev) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = bf16_to_float(float_to_bf16(d(rng)));
-  return v;
-}
-
-std::vector<std::byte> bytes_of(const std::vector<uint8_t>& v) {
-  std::vector<std::byte> b(v.size());
-  std::transform(v.begin(), v.end(), b.begin(), [](uint8_t x) { return std::byte{x}; });
-  return b;
-}
 
 uint8_t q8(float v, float s) { return float_to_fp8_e4m3(std::clamp(v / s, -kFp8E4M3Max, kFp8E4M3Max)); }
 
@@ -90,12 +78,6 @@ const char* algo_string(ModelOptAlgo a) {
   return "?";
 }
 
-void write_text(const std::filesystem::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary);
-  f << s;
-  if (!f) fail("cannot write " + p.string());
-}
-
 }  // namespace
 
 WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOptSpec& spec) {
@@ -115,7 +97,7 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
   out.spec.top_k = spec.top_k;
   SafetensorsWriter st;
   std::mt19937_64 rng(spec.seed);
-  st.add_float("model.embed_tokens.weight", DType::BF16, {64, H}, randn(rng, 64 * H, 0.02f));
+  st.add_float("model.embed_tokens.weight", DType::BF16, {64, H}, randn_bf16(rng, 64 * H, 0.02f));
   json::array exclude{"lm_head"};
 
   for (int l = 0; l < spec.num_layers; ++l) {
@@ -133,7 +115,7 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
     m.dequantized.num_experts = E;
     m.dequantized.hidden = H;
     m.dequantized.intermediate = I;
-    m.router = randn(rng, E * H, 1.0f / std::sqrt(static_cast<float>(H)));
+    m.router = randn_bf16(rng, E * H, 1.0f / std::sqrt(static_cast<float>(H)));
     st.add_float(prefix + (llama4 ? ".router.weight" : ".gate.weight"), DType::BF16, {E, H}, m.router);
     exclude.push_back(json::string(prefix + (llama4 ? ".router" : ".gate")));
     if (excluded) exclude.push_back(json::string(prefix + ".experts*"));
@@ -145,8 +127,8 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
     float amax13 = 0, amax2 = 0;
     std::vector<std::vector<float>> w13s, w2s;
     for (int64_t e = 0; e < E; ++e) {
-      w13s.push_back(randn(rng, 2 * I * H, 0.1f));
-      w2s.push_back(randn(rng, H * I, 0.1f));
+      w13s.push_back(randn_bf16(rng, 2 * I * H, 0.1f));
+      w2s.push_back(randn_bf16(rng, H * I, 0.1f));
       for (float v : w13s.back()) amax13 = std::max(amax13, std::fabs(v));
       for (float v : w2s.back()) amax2 = std::max(amax2, std::fabs(v));
     }
@@ -192,7 +174,7 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
       std::vector<float> deq13;
       for (const P& p : projs) {
         Quantized q = quantize(spec.algo, *p.w, p.rows, p.cols);
-        st.add(ep + "." + p.leaf + ".weight", DType::F8_E4M3, {p.rows, p.cols}, bytes_of(q.codes));
+        st.add(ep + "." + p.leaf + ".weight", DType::F8_E4M3, {p.rows, p.cols}, as_bytes(q.codes));
         st.add_float(ep + "." + p.leaf + ".weight_scale", DType::F32, q.scale_shape, q.scales);
         if (spec.algo == ModelOptAlgo::kFp8)
           st.add_float(ep + "." + p.leaf + ".input_scale", DType::F32, {}, {p.input_scale});
@@ -205,10 +187,10 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
     }
     if (llama4 && !excluded) {
       const std::string xp = prefix + ".experts.";
-      st.add(xp + "gate_up_proj", DType::F8_E4M3, {E, H, 2 * I}, bytes_of(f13));
+      st.add(xp + "gate_up_proj", DType::F8_E4M3, {E, H, 2 * I}, as_bytes(f13));
       st.add_float(xp + "gate_up_proj_weight_scale", DType::F32, {}, {amax13 / kFp8E4M3Max});
       st.add_float(xp + "gate_up_proj_input_scale", DType::F32, {}, {kModelOptW13InputScale});
-      st.add(xp + "down_proj", DType::F8_E4M3, {E, I, H}, bytes_of(f2));
+      st.add(xp + "down_proj", DType::F8_E4M3, {E, I, H}, as_bytes(f2));
       st.add_float(xp + "down_proj_weight_scale", DType::F32, {}, {amax2 / kFp8E4M3Max});
       st.add_float(xp + "down_proj_input_scale", DType::F32, {}, {kModelOptW2InputScale});
     }
@@ -221,7 +203,7 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
                      {"kv_cache_quant_algo", spec.kv_scales ? json::value("FP8") : json::value(nullptr)},
                      {"exclude_modules", exclude}};
   json::object hf{{"producer", json::object{{"name", "modelopt"}, {"version", "0.47.0"}}}, {"quantization", quant}};
-  write_text(dir / "hf_quant_config.json", json::serialize(hf));
+  write_text_file(dir / "hf_quant_config.json", json::serialize(hf));
   json::object qc{{"quant_method", "modelopt"}, {"quant_algo", algo_string(spec.algo)}, {"ignore", exclude},
                   {"producer", json::object{{"name", "modelopt"}, {"version", "0.47.0"}}}};
   json::object cfg;
@@ -236,7 +218,7 @@ WrittenCheckpoint write_modelopt(const std::filesystem::path& dir, const ModelOp
            {"num_experts_per_tok", spec.top_k}, {"num_hidden_layers", spec.num_layers}, {"norm_topk_prob", true}};
   }
   cfg["quantization_config"] = qc;
-  write_text(dir / "config.json", json::serialize(cfg));
+  write_text_file(dir / "config.json", json::serialize(cfg));
   return out;
 }
 

@@ -1,6 +1,7 @@
 #include <moeq/error.hpp>
 #include <moeq_writer/producers.hpp>
 #include <moeq_writer/safetensors_writer.hpp>
+#include <moeq_writer/writer_util.hpp>
 
 #include <boost/json.hpp>
 
@@ -31,19 +32,6 @@ float round_to(DType dt, float v) {
     case DType::F16: return f16_to_float(float_to_f16(v));
     default: return v;
   }
-}
-
-std::vector<float> randn(std::mt19937_64& rng, size_t n, float stddev) {
-  std::normal_distribution<float> d(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = bf16_to_float(float_to_bf16(d(rng)));  // masters are bf16 models
-  return v;
-}
-
-std::vector<std::byte> as_bytes(const std::vector<uint8_t>& v) {
-  std::vector<std::byte> b(v.size());
-  std::transform(v.begin(), v.end(), b.begin(), [](uint8_t x) { return std::byte{x}; });
-  return b;
 }
 
 json::object args(const char* type, const char* strategy, bool dynamic, json::value group_size = nullptr,
@@ -104,12 +92,6 @@ json::object native_fp8_config(const QuantSpec& q) {
     fail("writer: quant_method fp8 configs hold block or per-tensor FP8 only");
   }
   return o;
-}
-
-void write_text(const std::filesystem::path& p, const std::string& s) {
-  std::ofstream f(p, std::ios::binary);
-  f << s;
-  if (!f) fail("cannot write " + p.string());
 }
 
 // One weight matrix [rows, cols] as the producer stores it.
@@ -240,8 +222,8 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
   std::mt19937_64 aux(spec.seed ^ 0x5eedull);  // input scales, router bias: off the main stream
 
   const std::string root = v4 ? "" : "model.";
-  st.add_float(v4 ? "embed.weight" : "model.embed_tokens.weight", DType::BF16, {V, H}, randn(rng, V * H, 0.02f));
-  st.add_float(v4 ? "head.weight" : "lm_head.weight", DType::BF16, {V, H}, randn(rng, V * H, 0.02f));
+  st.add_float(v4 ? "embed.weight" : "model.embed_tokens.weight", DType::BF16, {V, H}, randn_bf16(rng, V * H, 0.02f));
+  st.add_float(v4 ? "head.weight" : "lm_head.weight", DType::BF16, {V, H}, randn_bf16(rng, V * H, 0.02f));
   st.add_float(root + "norm.weight", DType::BF16, {H}, std::vector<float>(H, 1.0f));
 
   json::array ignore{"lm_head", granite ? "re:.*router.*"
@@ -255,7 +237,7 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
                                q.unquantized_layers.end();
     // An attention projection and a norm: not MoE, reported as such.
     {
-      const std::vector<float> wq = randn(rng, H * H, spec.weight_std);
+      const std::vector<float> wq = randn_bf16(rng, H * H, spec.weight_std);
       const std::string attn = lp + (v4 ? ".attn.wq" : ".self_attn.q_proj");
       if (q.weights == WeightScheme::kUnquantized) {
         st.add_float(attn + ".weight", DType::BF16, {H, H}, wq);
@@ -277,7 +259,7 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
     m.dequantized.intermediate = I;
     m.dequantized.w13.resize(static_cast<size_t>(E * 2 * I * H));
     m.dequantized.w2.resize(static_cast<size_t>(E * H * I));
-    m.router = randn(rng, E * H, 1.0f / std::sqrt(static_cast<float>(H)));
+    m.router = randn_bf16(rng, E * H, 1.0f / std::sqrt(static_cast<float>(H)));
     st.add_float(prefix + (granite ? ".router.layer.weight" : ".gate.weight"), DType::BF16, {E, H}, m.router);
     if (layout == Layout::kDeepSeekV3) {
       std::uniform_real_distribution<float> b(-0.05f, 0.05f);
@@ -299,8 +281,8 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
     Stored fused13, fused2;
     std::vector<float> fused_in13, fused_in2;
     for (int64_t e = 0; e < E; ++e) {
-      const std::vector<float> w13 = randn(rng, 2 * I * H, spec.weight_std);
-      const std::vector<float> w2 = randn(rng, H * I, spec.weight_std);
+      const std::vector<float> w13 = randn_bf16(rng, 2 * I * H, spec.weight_std);
+      const std::vector<float> w2 = randn_bf16(rng, H * I, spec.weight_std);
       const bool scale_1d = spec.scale_1d && !granite;
       if (granite) {
         // One quantizer per fused tensor: a per-tensor scale is shared by gate and up.
@@ -415,7 +397,7 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
   cfg["tie_word_embeddings"] = false;
   if (q.config == ConfigKind::kCompressedTensors) cfg["quantization_config"] = ct_config(q, ignore);
   if (q.config == ConfigKind::kNativeFp8) cfg["quantization_config"] = native_fp8_config(q);
-  write_text(dir / "config.json", json::serialize(cfg));
+  write_text_file(dir / "config.json", json::serialize(cfg));
   return out;
 }
 
