@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, only those that are missing.
 set -euo pipefail
-packages=(cmake g++ libboost1.81-dev libboost-json1.81-dev doctest-dev libdlpack-dev libcli11-dev)
+packages=(cmake g++ libboost1.81-dev libboost-json1.81-dev doctest-dev libdlpack-dev libcli11-dev libxxhash-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
