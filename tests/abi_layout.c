@@ -39,8 +39,15 @@ static const moeq_test_layout_row kRows[] = {
     S(moeq_param_fill_args, reason)
     F(moeq_param_fill_args, value)
 
-    S(moeq_jit_compile_args, module)
+    S(moeq_jit_compile_args, cubin_size)
     F(moeq_jit_compile_args, num_options)
+    F(moeq_jit_compile_args, module)
+    F(moeq_jit_compile_args, header_names)
+    F(moeq_jit_compile_args, arch)
+    F(moeq_jit_compile_args, device)
+    F(moeq_jit_compile_args, flags)
+    F(moeq_jit_compile_args, cache_hit)
+    F(moeq_jit_compile_args, cubin)
 
     S(moeq_host_method_create_args, api)
     F(moeq_host_method_create_args, create_args)

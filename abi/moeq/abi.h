@@ -169,16 +169,44 @@ typedef struct moeq_param_fill_args {
   const char* reason;          /* recorded in the ledger */
 } moeq_param_fill_args;
 
-/* Compile CUDA source with NVRTC through the host's cache. UNIMPLEMENTED in ABI 1.0 hosts
- * without a GPU path. */
+/* Flags for jit_compile. */
+#define MOEQ_JIT_COMPILE_ONLY 1u /* compile (and cache) only; load nothing, `module` stays NULL */
+
+/* Compile CUDA source with NVRTC to a CUBIN for one exact architecture, through the host's
+ * on-disk cache, and load it into the primary context of `device`. The host adds
+ * `--gpu-architecture=<arch> -std=c++17 -default-device` and the toolkit's include
+ * directories, then the caller's options. The source is compiled as C++ for the device;
+ * kernels should be `extern "C"` so that their names are the ones in the module.
+ * The cache key covers the source, every header (given ones by content, toolkit ones found
+ * on disk), the options, the arch, the NVRTC version and the plugin's name and version.
+ * Errors: INVALID_ARGUMENT with NVRTC's log when the source does not compile; UNAVAILABLE
+ * when a module is wanted (or `arch` is NULL) and there is no CUDA driver; UNIMPLEMENTED
+ * from a host built without NVRTC. Inputs are read during the call only. Any thread; calls
+ * may run concurrently (identical requests compile once).
+ * Fields from `header_names` on were appended before 1.0 was released; a 1.0 caller sets
+ * struct_size to cover `cubin_size`. */
 typedef struct moeq_jit_compile_args {
   size_t struct_size;
   const char* name;            /* kernel set name, for the cache and messages */
-  const char* source;
-  const char* const* options;
+  const char* source;          /* NUL-terminated CUDA C++ */
+  const char* const* options;  /* extra NVRTC options, e.g. "-DBLOCK_M=64" */
   size_t num_options;
-  void* module;                /* out: host-owned module handle */
+  void* module;                /* out: CUmodule, host-owned, loaded for the life of the process;
+                                  NULL with MOEQ_JIT_COMPILE_ONLY */
+  const char* const* header_names;    /* as the source includes them, e.g. "moeq_fp8.cuh" */
+  const char* const* header_contents; /* NUL-terminated, parallel to header_names */
+  size_t num_headers;
+  const char* arch;            /* "sm_90a", "sm_89", "sm_80"; NULL = the arch of `device` */
+  const char* plugin_name;     /* part of the cache key and of messages */
+  const char* plugin_version;
+  DLDevice device;             /* kDLCUDA device to load the module on */
+  uint32_t flags;              /* MOEQ_JIT_* */
+  int32_t cache_hit;           /* out: 1 if no compile ran (disk cache or this process) */
+  const void* cubin;           /* out: the CUBIN (ELF) image, host-owned, valid for the life of
+                                  the process */
+  size_t cubin_size;           /* out */
 } moeq_jit_compile_args;
+/* LP64 size: 128 */
 
 /* Create a method of another plugin by name (delegation). The caller owns the returned
  * method and destroys it with `api->method_destroy`; `api` is the other plugin's table, valid
@@ -211,7 +239,7 @@ typedef struct moeq_host_api {
   moeq_status* (*param_create)(moeq_param_create_args* args);
   moeq_status* (*copy_to_param)(moeq_copy_to_param_args* args);
   moeq_status* (*param_fill)(moeq_param_fill_args* args);
-  /* JIT (UNIMPLEMENTED until the host has a GPU path) */
+  /* JIT (UNIMPLEMENTED from a host built without NVRTC) */
   moeq_status* (*jit_compile)(moeq_jit_compile_args* args);
   /* delegation */
   moeq_status* (*method_create)(moeq_host_method_create_args* args);

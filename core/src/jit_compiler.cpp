@@ -1,0 +1,182 @@
+// NVRTC: one program per request, compiled straight to a CUBIN for an exact architecture.
+#include <moeq/error.hpp>
+#include <moeq/jit_compiler.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#ifndef MOEQ_HAVE_NVRTC
+#define MOEQ_HAVE_NVRTC 0
+#endif
+#if MOEQ_HAVE_NVRTC
+#include "nvrtc_check.hpp"
+#endif
+
+namespace moeq::jit {
+namespace {
+
+void add_dir(std::vector<std::string>& dirs, const std::filesystem::path& dir) {
+  std::error_code ec;
+  if (dir.empty() || !std::filesystem::is_directory(dir, ec)) return;
+  for (const std::filesystem::path& d : {dir, dir / "cccl"}) {
+    if (!std::filesystem::is_directory(d, ec)) continue;
+    const std::string s = d.lexically_normal().string();
+    bool seen = false;
+    for (const auto& x : dirs) seen = seen || x == s;
+    if (!seen) dirs.push_back(s);
+  }
+}
+
+bool has_std_option(const std::vector<std::string>& options) {
+  for (const auto& o : options)
+    if (o.rfind("-std=", 0) == 0 || o.rfind("--std=", 0) == 0 || o == "-std" || o == "--std") return true;
+  return false;
+}
+
+}  // namespace
+
+bool compiler_available() { return MOEQ_HAVE_NVRTC != 0; }
+
+std::string compiler_version() {
+#if MOEQ_HAVE_NVRTC
+  int major = 0, minor = 0;
+  MOEQ_NVRTC_CHECK(nvrtcVersion(&major, &minor));
+  return std::to_string(major) + "." + std::to_string(minor);
+#else
+  return "";
+#endif
+}
+
+std::vector<std::string> cuda_include_dirs() {
+  std::vector<std::string> dirs;
+  if (const char* env = std::getenv("MOEQ_CUDA_INCLUDE")) {
+    std::stringstream ss(env);
+    for (std::string part; std::getline(ss, part, ':');) add_dir(dirs, part);
+  }
+#ifdef MOEQ_CUDA_INCLUDE_DIR
+  add_dir(dirs, MOEQ_CUDA_INCLUDE_DIR);
+#endif
+  if (const char* home = std::getenv("CUDA_HOME")) add_dir(dirs, std::filesystem::path(home) / "include");
+  add_dir(dirs, "/usr/local/cuda/include");
+  return dirs;
+}
+
+std::string arch_for(int sm_major, int sm_minor) {
+  // NOTE: from compute capability 9.0 on, the features that make kernels fast (wgmma, TMA
+  // multicast, setmaxnreg) exist only in the arch-specific 'a' target, and a CUBIN for
+  // sm_90a runs only on 9.0: exactly the binding we want for a JIT compiled per device.
+  std::string arch = "sm_" + std::to_string(sm_major) + std::to_string(sm_minor);
+  if (sm_major >= 9) arch += 'a';
+  return arch;
+}
+
+void check_arch(const std::string& arch) {
+  bool ok = arch.size() > 3 && arch.rfind("sm_", 0) == 0;
+  size_t digits = 0;
+  for (size_t i = 3; ok && i < arch.size(); ++i) {
+    const char c = arch[i];
+    if (c >= '0' && c <= '9' && i == 3 + digits)
+      ++digits;
+    else if ((c == 'a' || c == 'f') && i + 1 == arch.size() && digits > 0)
+      continue;
+    else
+      ok = false;
+  }
+  if (!ok || digits < 2)
+    fail("jit: arch must name a real GPU architecture such as sm_90a, sm_89 or sm_80; found '" + arch + "'");
+}
+
+std::vector<std::string> compile_options(const Request& request, const std::vector<std::string>& include_dirs) {
+  check_arch(request.arch);
+  std::vector<std::string> opts;
+  opts.push_back("--gpu-architecture=" + request.arch);
+  if (!has_std_option(request.options)) opts.push_back("-std=c++17");
+  opts.push_back("-default-device");
+  for (const auto& d : include_dirs) opts.push_back("-I" + d);
+  opts.insert(opts.end(), request.options.begin(), request.options.end());
+  return opts;
+}
+
+#if MOEQ_HAVE_NVRTC
+
+namespace {
+
+// Owns one NVRTC program.
+class Program {
+ public:
+  explicit Program(const Request& r) {
+    std::vector<const char*> names, contents;
+    for (const Header& h : r.headers) {
+      names.push_back(h.name.c_str());
+      contents.push_back(h.contents.c_str());
+    }
+    const std::string file = (r.name.empty() ? "kernel" : r.name) + ".cu";
+    MOEQ_NVRTC_CHECK(nvrtcCreateProgram(&prog_, r.source.c_str(), file.c_str(), static_cast<int>(names.size()),
+                                        contents.data(), names.data()));
+  }
+  ~Program() {
+    if (prog_ != nullptr) nvrtcDestroyProgram(&prog_);
+  }
+  Program(const Program&) = delete;
+  Program& operator=(const Program&) = delete;
+  nvrtcProgram get() const { return prog_; }
+
+  std::string log() const {
+    size_t n = 0;
+    if (nvrtcGetProgramLogSize(prog_, &n) != NVRTC_SUCCESS || n <= 1) return "";
+    std::string s(n, '\0');
+    if (nvrtcGetProgramLog(prog_, s.data()) != NVRTC_SUCCESS) return "";
+    while (!s.empty() && (s.back() == '\0' || s.back() == '\n')) s.pop_back();
+    return s;
+  }
+
+ private:
+  nvrtcProgram prog_ = nullptr;
+};
+
+std::string joined(const std::vector<std::string>& options) {
+  std::string s;
+  for (const auto& o : options) s += (s.empty() ? "" : " ") + o;
+  return s;
+}
+
+}  // namespace
+
+CompileOutput nvrtc_compile(const Request& request, const std::vector<std::string>& options) {
+  const auto t0 = std::chrono::steady_clock::now();
+  Program prog(request);
+  std::vector<const char*> argv;
+  for (const auto& o : options) argv.push_back(o.c_str());
+  const nvrtcResult r = nvrtcCompileProgram(prog.get(), static_cast<int>(argv.size()), argv.data());
+  CompileOutput out;
+  out.log = prog.log();
+  if (r != NVRTC_SUCCESS) {
+    std::string who = "jit: kernel set '" + request.name + "'";
+    if (!request.plugin_name.empty()) who += " of plugin " + request.plugin_name + " " + request.plugin_version;
+    fail(r == NVRTC_ERROR_COMPILATION ? MOEQ_STATUS_CODE_INVALID_ARGUMENT : MOEQ_STATUS_CODE_INTERNAL,
+         who + " failed to compile for " + request.arch + " (" + nvrtcGetErrorString(r) + "):\n" +
+             (out.log.empty() ? "(NVRTC wrote no log)" : out.log) + "\noptions: " + joined(options));
+  }
+  size_t size = 0;
+  MOEQ_NVRTC_CHECK(nvrtcGetCUBINSize(prog.get(), &size));
+  if (size == 0)
+    fail(MOEQ_STATUS_CODE_INTERNAL, "jit: NVRTC produced no CUBIN for '" + request.name + "' (" + request.arch +
+                                        "): is the arch a real one (sm_XX), not a virtual compute_XX?");
+  out.cubin.resize(size);
+  MOEQ_NVRTC_CHECK(nvrtcGetCUBIN(prog.get(), reinterpret_cast<char*>(out.cubin.data())));
+  out.milliseconds = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+#else
+
+CompileOutput nvrtc_compile(const Request& request, const std::vector<std::string>&) {
+  fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "jit: cannot compile '" + request.name +
+                                           "': this moeq was built without NVRTC (no CUDA toolkit at build time)");
+}
+
+#endif
+
+}  // namespace moeq::jit

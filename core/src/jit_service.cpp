@@ -1,0 +1,243 @@
+// The JIT service: keys, the in-process table of kernels (compiled once per process, even
+// when several threads ask at once), the disk cache, and NVRTC runs in parallel.
+#include <moeq/error.hpp>
+#include <moeq/host.hpp>
+#include <moeq/jit.hpp>
+#include <moeq/jit_cache.hpp>
+#include <moeq/jit_compiler.hpp>
+#include <moeq/jit_include_scanner.hpp>
+#include <moeq/jit_key.hpp>
+#include <moeq/parallel_for.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <future>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+namespace moeq::jit {
+namespace {
+
+struct Built {
+  std::shared_ptr<const std::vector<uint8_t>> cubin;
+  Origin origin = Origin::compiled;
+  double milliseconds = 0;
+  std::string log;
+};
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+unsigned default_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 4 : std::min(hw, 16u);
+}
+
+}  // namespace
+
+Config Config::from_env() {
+  Config c;
+  const char* dir = std::getenv("MOEQ_CACHE_DIR");
+  if (dir != nullptr && *dir != '\0') {
+    if (std::string(dir) != "off") c.cache_dir = dir;
+  } else if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg != '\0') {
+    c.cache_dir = std::filesystem::path(xdg) / "moeq";
+  } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+    c.cache_dir = std::filesystem::path(home) / ".cache" / "moeq";
+  }
+  if (const char* t = std::getenv("MOEQ_JIT_THREADS"); t != nullptr && *t != '\0') {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(t, &end, 10);
+    if (end == nullptr || *end != '\0' || n == 0 || n > 256)
+      fail("MOEQ_JIT_THREADS must be a number from 1 to 256; found '" + std::string(t) + "'");
+    c.threads = static_cast<unsigned>(n);
+  }
+  c.cuda_include_dirs = ::moeq::jit::cuda_include_dirs();
+  return c;
+}
+
+struct JitService::State {
+  Config config;
+  std::optional<JitCache> cache;
+  std::string compiler;  // "nvrtc 13.0"
+  IncludeScanner scanner;
+
+  mutable std::mutex mutex;
+  // NOTE: a key's future is inserted before its compile starts, so a second thread (or a
+  // second batch) asking for the same key waits on that one compile instead of starting
+  // another. Finished entries stay: the ABI hands out pointers into them for the process'
+  // life. A failed compile is removed so that a later call reports it afresh.
+  std::unordered_map<std::string, std::shared_future<Built>> kernels;
+  Stats stats;
+  bool warned_store = false;
+};
+
+JitService::JitService(Config config) : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.config = std::move(config);
+  if (s.config.threads == 0) s.config.threads = default_threads();
+  if (!s.config.cache_dir.empty()) s.cache.emplace(s.config.cache_dir);
+  s.compiler = compiler_available() ? "nvrtc " + compiler_version() : "none";
+}
+
+JitService::~JitService() = default;
+
+const Config& JitService::config() const { return state_->config; }
+
+Stats JitService::stats() const {
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  return state_->stats;
+}
+
+std::vector<std::string> JitService::options(const Request& request) const {
+  return compile_options(request, state_->config.cuda_include_dirs);
+}
+
+std::string JitService::key(const Request& request) {
+  const std::vector<std::string> opts = options(request);
+  std::vector<std::string> dirs = include_dirs_in(opts);
+  const IncludeScan scan = state_->scanner.scan(request, dirs);
+  return to_hex(cache_key({request, opts, state_->compiler, scan}));
+}
+
+Kernel JitService::compile(const Request& request) { return std::move(compile(std::span(&request, 1)).front()); }
+
+std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
+  State& s = *state_;
+  const size_t n = requests.size();
+  std::vector<std::string> keys(n), errors(n);
+  std::vector<Digest> digests(n);
+  std::vector<moeq_status_code> codes(n, MOEQ_STATUS_CODE_OK);
+  std::vector<std::vector<std::string>> opts(n);
+  auto record = [&](size_t i, const std::exception& e) {
+    const auto* me = dynamic_cast<const Error*>(&e);
+    codes[i] = me ? me->code() : MOEQ_STATUS_CODE_INTERNAL;
+    errors[i] = e.what();
+  };
+
+  // 1. Options and keys (the include scan reads each toolkit header once per process).
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      opts[i] = options(requests[i]);
+      const IncludeScan scan = s.scanner.scan(requests[i], include_dirs_in(opts[i]));
+      digests[i] = cache_key({requests[i], opts[i], s.compiler, scan});
+      keys[i] = to_hex(digests[i]);
+    } catch (const std::exception& e) {
+      record(i, e);
+    }
+  }
+
+  // 2. Claim the keys nobody has claimed yet; join the others.
+  std::vector<std::shared_future<Built>> futures(n);
+  std::vector<std::promise<Built>> promises(n);
+  std::vector<size_t> mine;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    for (size_t i = 0; i < n; ++i) {
+      if (codes[i] != MOEQ_STATUS_CODE_OK) continue;
+      auto it = s.kernels.find(keys[i]);
+      if (it != s.kernels.end()) {
+        futures[i] = it->second;
+        continue;
+      }
+      futures[i] = promises[i].get_future().share();
+      s.kernels.emplace(keys[i], futures[i]);
+      mine.push_back(i);
+    }
+  }
+
+  // 3. Disk cache, then NVRTC, for the claimed keys, in parallel.
+  parallel_for(mine.size(), s.config.threads, [&](size_t m) {
+    const size_t i = mine[m];
+    const Request& r = requests[i];
+    const auto t0 = std::chrono::steady_clock::now();
+    const Digest& digest = digests[i];
+    try {
+      if (s.cache) {
+        CacheRead hit = s.cache->load(r.arch, digest);
+        if (hit.state == EntryState::hit) {
+          Built b{std::make_shared<const std::vector<uint8_t>>(std::move(hit.payload)), Origin::disk_cache,
+                  ms_since(t0), ""};
+          std::lock_guard<std::mutex> lock(s.mutex);
+          ++s.stats.disk_hits;
+          promises[i].set_value(std::move(b));
+          return;
+        }
+        if (hit.state == EntryState::corrupt) {
+          host::log(MOEQ_LOG_LEVEL_WARNING, "jit", "cache entry ignored and rebuilt: " + hit.why);
+          std::lock_guard<std::mutex> lock(s.mutex);
+          ++s.stats.corrupt_entries;
+        }
+      }
+      CompileOutput out = nvrtc_compile(r, opts[i]);
+      std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin) : "";
+      Built b{std::make_shared<const std::vector<uint8_t>>(std::move(out.cubin)), Origin::compiled, out.milliseconds,
+              std::move(out.log)};
+      std::lock_guard<std::mutex> lock(s.mutex);
+      ++s.stats.compiled;
+      s.stats.compile_ms += out.milliseconds;
+      if (!store_error.empty()) {
+        ++s.stats.store_failures;
+        if (!s.warned_store)
+          host::log(MOEQ_LOG_LEVEL_WARNING, "jit", "cannot write the JIT cache (kernels will be recompiled): " + store_error);
+        s.warned_store = true;
+      }
+      promises[i].set_value(std::move(b));
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(s.mutex);
+      ++s.stats.failed;
+      s.kernels.erase(keys[i]);
+      promises[i].set_exception(std::current_exception());
+    }
+  });
+
+  // 4. Collect, in request order.
+  std::vector<Kernel> out(n);
+  std::vector<bool> from_memory(n, false);
+  for (size_t m = 0, i = 0; i < n; ++i) {
+    const bool claimed = m < mine.size() && mine[m] == i;
+    if (claimed) ++m;
+    if (codes[i] != MOEQ_STATUS_CODE_OK) continue;
+    try {
+      const Built& b = futures[i].get();
+      Kernel& k = out[i];
+      k.name = requests[i].name;
+      k.arch = requests[i].arch;
+      k.key = keys[i];
+      k.cubin = b.cubin;
+      k.origin = claimed ? b.origin : Origin::memory;
+      k.milliseconds = claimed ? b.milliseconds : 0;
+      if (claimed) k.log = b.log;
+      from_memory[i] = !claimed;
+    } catch (const std::exception& e) {
+      record(i, e);
+    }
+  }
+  size_t failed = 0;
+  std::string message;
+  moeq_status_code code = MOEQ_STATUS_CODE_OK;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    for (size_t i = 0; i < n; ++i) s.stats.memory_hits += from_memory[i] ? 1 : 0;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (codes[i] == MOEQ_STATUS_CODE_OK) continue;
+    if (failed++ == 0) code = codes[i];
+    message += (message.empty() ? "" : "\n") + errors[i];
+  }
+  if (failed == 1) fail(code, message);
+  if (failed > 1)
+    fail(code, std::to_string(failed) + " of " + std::to_string(n) + " kernel sets failed:\n" + message);
+  return out;
+}
+
+JitService& JitService::process() {
+  // NOTE: never destroyed: modules loaded from its CUBINs stay loaded until the process
+  // ends, and static destruction order against the driver is not ours to choose.
+  static JitService* service = new JitService(Config::from_env());
+  return *service;
+}
+
+}  // namespace moeq::jit
