@@ -457,23 +457,24 @@ TEST_CASE("select with no plugin loaded says so") {
 
 // --------------------------------------------------------------------- search path ---
 
-TEST_CASE("search_path: plugin_dir, then MOEQ_PLUGIN_PATH in order, then <exe>/../plugins, no repeats") {
+TEST_CASE("search_path: plugin_dir, then MOEQ_PLUGIN_PATH in order, then <exe>/../plugins and <exe>/../lib/moeq/plugins, no repeats") {
   const fs::path tie = kCases / "tie";
   const fs::path declines = kCases / "declines";
   const fs::path good = kCases / "good_a";
   const fs::path exe = fs::read_symlink("/proc/self/exe");
-  const fs::path install_default = fs::weakly_canonical(exe.parent_path() / ".." / "plugins");
+  const fs::path build_default = fs::weakly_canonical(exe.parent_path() / ".." / "plugins");
+  const fs::path install_default = fs::weakly_canonical(exe.parent_path() / ".." / "lib" / "moeq" / "plugins");
 
   SUBCASE("with all three") {
     ScopedEnv env("MOEQ_PLUGIN_PATH", tie.string() + ":" + declines.string() + "::" + tie.string() +
                                           "/:" + good.string());
     const std::vector<fs::path> path = Registry::search_path(good);
     CHECK(path == std::vector<fs::path>{fs::weakly_canonical(good), fs::weakly_canonical(tie),
-                                        fs::weakly_canonical(declines), install_default});
+                                        fs::weakly_canonical(declines), build_default, install_default});
   }
-  SUBCASE("without a plugin_dir or MOEQ_PLUGIN_PATH only the install default is left") {
+  SUBCASE("without a plugin_dir or MOEQ_PLUGIN_PATH only the defaults are left") {
     ScopedEnv env("MOEQ_PLUGIN_PATH", "");
-    CHECK(Registry::search_path(std::nullopt) == std::vector<fs::path>{install_default});
+    CHECK(Registry::search_path(std::nullopt) == std::vector<fs::path>{build_default, install_default});
   }
   SUBCASE("a directory from MOEQ_PLUGIN_PATH can be loaded") {
     ScopedEnv env("MOEQ_PLUGIN_PATH", tie.string());

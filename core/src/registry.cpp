@@ -360,7 +360,10 @@ std::vector<fs::path> Registry::search_path(const std::optional<fs::path>& plugi
   }
   std::error_code ec;
   const fs::path exe = boost::dll::program_location(ec);
-  if (!ec && !exe.empty()) candidates.push_back(exe.parent_path() / ".." / "plugins");
+  if (!ec && !exe.empty()) {
+    candidates.push_back(exe.parent_path() / ".." / "plugins");  // build tree: build/bin, build/plugins
+    candidates.push_back(exe.parent_path() / ".." / "lib" / "moeq" / "plugins");  // cmake --install layout
+  }
 
   std::vector<fs::path> out;
   for (const fs::path& c : candidates) {

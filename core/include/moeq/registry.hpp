@@ -65,7 +65,8 @@ class Registry {
   const LoadedPlugin* load_file(const std::filesystem::path& file);
 
   // Search path: `plugin_dir` if given, then every entry of MOEQ_PLUGIN_PATH (':'-separated),
-  // then the install-relative default <dir of the running executable>/../plugins.
+  // then the install-relative defaults <dir of the running executable>/../plugins (build tree)
+  // and <dir of the running executable>/../lib/moeq/plugins (the `cmake --install` layout).
   static std::vector<std::filesystem::path> search_path(
       const std::optional<std::filesystem::path>& plugin_dir);
 
