@@ -1,0 +1,388 @@
+#include "moe_runner.hpp"
+
+#include <moeq/error.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdlib>
+
+namespace moeq::ct::gpu {
+namespace {
+
+static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
+                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
+              "MoeArgs offsets");
+
+// NOTE: past this many (token, slot) pairs one block's align step becomes a serial tail
+// (about 0.1 ms at 64K pairs), so counting and scattering spread over blocks of this size.
+constexpr int64_t kPairsPerAlignBlock = 8192;
+
+constexpr int kAmaxParts = 264;  // blocks of the amax kernels (2 per SM on an H100)
+constexpr std::size_t kAlign = 256;
+constexpr int kCuFuncAttrMaxDynamicSmem = 8;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+std::size_t align_up(std::size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+std::string s(int64_t v) { return std::to_string(v); }
+
+const char* kind_name(int k) {
+  switch (k) {
+    case mk::kKindFp8: return "fp8";
+    case mk::kKindBf16: return "bf16";
+    case mk::kKindW8A16: return "w8a16";
+  }
+  return "?";
+}
+const char* ws_name(int w) {
+  switch (w) {
+    case mk::kWNone: return "none";
+    case mk::kWTensor: return "tensor";
+    case mk::kWChannel: return "channel";
+    case mk::kWBlock: return "block";
+  }
+  return "?";
+}
+const char* am_name(int a) {
+  switch (a) {
+    case mk::kANone: return "none";
+    case mk::kAStatic: return "static";
+    case mk::kATensor: return "tensor";
+    case mk::kAToken: return "token";
+    case mk::kAGroup: return "group";
+  }
+  return "?";
+}
+
+bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// Shared memory of a GEMM instantiation, as GroupedGemm / WgmmaGemm::kSmemBytes compute it.
+int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
+
+std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t) {
+  if (t.wgmma)
+    return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
+           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ">";
+  return "GroupedGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
+         ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.warps_m) + ", " + s(t.warps_n) + ", " + s(t.stages) + ", " +
+         s(sc.scale_k) + ">";
+}
+
+void launch(CuFunction f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, CuStream stream, void* args,
+            const char* what, const std::function<void(const char*)>& after = {}) {
+  void* params[] = {args};
+  check_cu(launch_api().cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, smem, stream, params, nullptr), what);
+  if (after) after(what);
+}
+
+}  // namespace
+
+std::string GpuScheme::label() const {
+  return std::string(kind_name(kind)) + " weights " + ws_name(wscale) + " / activations " + am_name(amode);
+}
+
+MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device)
+    : scheme_(scheme), dims_(dims), max_tokens_(max_tokens), device_(device) {
+  const std::string where = "gpu moe (" + scheme_.label() + "): ";
+  const auto& d = dims_;
+  MOEQ_CHECK(d.num_experts >= 1 && d.num_experts <= 1024,
+             where + "local experts must be in [1, 1024], found " + s(d.num_experts));
+  MOEQ_CHECK(d.top_k >= 1 && d.top_k <= 32, where + "top_k must be in [1, 32], found " + s(d.top_k));
+  MOEQ_CHECK(d.hidden >= 16 && d.hidden % 16 == 0,
+             where + "hidden size must be a positive multiple of 16, found " + s(d.hidden));
+  MOEQ_CHECK(d.inter >= 16 && d.inter % 16 == 0,
+             where + "intermediate size per partition must be a positive multiple of 16, found " + s(d.inter));
+  MOEQ_CHECK(max_tokens_ >= 1, where + "max tokens must be >= 1");
+  MOEQ_CHECK(max_tokens_ * d.top_k * std::max(d.hidden, d.inter) < (int64_t{1} << 31) / 4 * 4 &&
+                 max_tokens_ * d.top_k < (int64_t{1} << 30),
+             where + "max tokens " + s(max_tokens_) + " too large for 32-bit row indexing");
+  const bool fp8 = scheme_.kind == mk::kKindFp8;
+  if (fp8) {
+    MOEQ_CHECK(device_.sm_major * 10 + device_.sm_minor >= 89,
+               where + "fp8 tensor-core kernels need sm_89 or newer, found sm_" + s(device_.sm_major) +
+                   s(device_.sm_minor));
+    MOEQ_CHECK(scheme_.amode != mk::kANone, where + "fp8 weights need an activation quantization mode");
+  } else {
+    MOEQ_CHECK(scheme_.amode == mk::kANone, where + "bf16 and W8A16 kernels keep activations in bf16");
+    MOEQ_CHECK(scheme_.wscale != mk::kWBlock, where + "block scales exist only for fp8 weights");
+    MOEQ_CHECK(device_.sm_major >= 8, where + "bf16 tensor-core kernels need sm_80 or newer");
+  }
+  if (scheme_.kind == mk::kKindBf16) MOEQ_CHECK(scheme_.wscale == mk::kWNone, where + "bf16 weights have no scale");
+  if (scheme_.kind == mk::kKindW8A16)
+    MOEQ_CHECK(scheme_.wscale == mk::kWChannel, where + "W8A16 runs per-channel weight scales only");
+  if (scheme_.amode == mk::kAGroup)
+    MOEQ_CHECK(power_of_two(scheme_.act_group) && scheme_.act_group >= 32 && scheme_.act_group <= 256,
+               where + "activation group must be a power of two in [32, 256], found " + s(scheme_.act_group));
+  if (fp8 && (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup))
+    MOEQ_CHECK(scheme_.scale_k == 32 || scheme_.scale_k == 64 || scheme_.scale_k == 128,
+               where + "scale period must be 32, 64 or 128 elements, found " + s(scheme_.scale_k));
+
+  HeuristicInput hin;
+  hin.kind = scheme_.kind;
+  hin.promote = fp8 && (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup);
+  // NOTE: the wgmma kernel promotes once per 128-wide K tile, so finer scale periods (refined
+  // TP block grids) stay on mma.sync; W8A16 has no wgmma kernel.
+  hin.wgmma = device_.sm_major == 9 && scheme_.kind != mk::kKindW8A16 && (!hin.promote || scheme_.scale_k == 128) &&
+              std::getenv("MOEQ_CT_NO_WGMMA") == nullptr;
+  hin.num_experts = d.num_experts;
+  hin.top_k = d.top_k;
+  hin.hidden = d.hidden;
+  hin.inter = d.inter;
+  hin.max_tokens = max_tokens_;
+  hin.multiprocessors = device_.multiprocessors;
+  hin.max_smem_per_block = device_.max_smem_per_block;
+  buckets_ = choose_buckets(hin);
+  for (const auto& b : buckets_)
+    for (const GemmTile* t : {&b.gemm1, &b.gemm2})
+      MOEQ_CHECK(gemm_smem(scheme_.kind, b.bm, *t) <= device_.max_smem_per_block,
+                 where + "tile " + describe(b) + " needs more shared memory than the device has");
+
+  // ---- workspace
+  const int64_t M = max_tokens_, R = M * d.top_k, H = d.hidden, I = d.inter;
+  int64_t rows = 0, tiles = 0;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    tiles = std::max(tiles, max_tiles(i, std::min<int64_t>(M, buckets_[i].max_tokens)));
+    rows = std::max(rows, max_tiles(i, std::min<int64_t>(M, buckets_[i].max_tokens)) * buckets_[i].bm);
+  }
+  const int64_t g1 = scheme_.amode == mk::kAGroup ? ceil_div(H, scheme_.act_group) : 1;
+  const int64_t g2 = scheme_.amode == mk::kAGroup ? ceil_div(I, scheme_.act_group) : 1;
+  const bool dynamic_a2 = fp8 && scheme_.amode != mk::kAStatic;
+  const int64_t h_elem = !fp8 ? 2 : (dynamic_a2 ? 4 : 1);
+  std::size_t off = 0;
+  auto take = [&](int64_t bytes) {
+    const std::size_t at = off;
+    off = align_up(off + static_cast<std::size_t>(std::max<int64_t>(bytes, 0)));
+    return at;
+  };
+  layout_.sorted_pair = take(rows * 4);
+  layout_.tile_expert = take(tiles * 4);
+  layout_.num_tiles = take(4);
+  layout_.a1q = take(fp8 ? M * H : 0);
+  layout_.a1s = take(fp8 ? std::max<int64_t>(M * g1, 1) * 4 : 0);
+  layout_.amax_part = take(kAmaxParts * 4);
+  layout_.h = take(R * I * h_elem);
+  layout_.a2q = take(dynamic_a2 ? R * I : 0);
+  layout_.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
+  layout_.y2 = take(R * H * 4);
+  layout_.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
+  workspace_bytes_ = off;
+}
+
+int64_t MoePlan::max_tiles(std::size_t bucket, int64_t m) const {
+  const int64_t r = m * dims_.top_k;
+  return ceil_div(r, buckets_[bucket].bm) + std::min(r, dims_.num_experts);
+}
+
+std::vector<KernelSetSource> MoePlan::sources() const {
+  std::vector<KernelSetSource> out;
+  const bool fp8 = scheme_.kind == mk::kKindFp8;
+  for (const auto& b : buckets_) {
+    KernelSetSource k;
+    k.name = std::string("ct_moe_") + kind_name(scheme_.kind) + "_w" + ws_name(scheme_.wscale) + "_a" +
+             am_name(scheme_.amode) + (scheme_.amode == mk::kAGroup ? "_g" + s(scheme_.act_group) : "") +
+             (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup ? "_k" + s(scheme_.scale_k) : "") +
+             "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) + (b.gemm1.wgmma ? "_wgmma" : "");
+    std::string& src = k.source;
+    // NOTE: the text names the tiles only (not the bucket's M range), so that layers whose
+    // buckets pick the same tiles share one cache entry.
+    src += "// " + k.name + ": " + scheme_.label() + "\n";
+    src += "#include \"moe_prepare.cuh\"\n#include \"moe_gemm.cuh\"\n#include \"moe_combine.cuh\"\n";
+    if (b.gemm1.wgmma || b.gemm2.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
+    src += "using namespace moeq_kernels;\n";
+    src += "using G1 = " + gemm_type(scheme_, true, b.bm, b.gemm1) + ";\n";
+    src += "using G2 = " + gemm_type(scheme_, false, b.bm, b.gemm2) + ";\n";
+    const std::string am = s(scheme_.amode);
+    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_prepare(const MoeArgs a) { prepare<" +
+           am + ">(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { count_pairs(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { zero_counts(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(G1::kThreads, 1) moe_gemm1(const MoeArgs a) {\n"
+           "  extern __shared__ __align__(128) unsigned char smem[];\n  G1::run(a, smem);\n}\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(G2::kThreads, 1) moe_gemm2(const MoeArgs a) {\n"
+           "  extern __shared__ __align__(128) unsigned char smem[];\n  G2::run(a, smem);\n}\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { combine(a); }\n";
+    if (fp8 && scheme_.amode == mk::kATensor) {
+      src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
+             "  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
+      src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_h(const MoeArgs a) {\n"
+             "  amax_partial<true>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
+             "a.first_expert, a.num_experts);\n}\n";
+    }
+    if (fp8 && scheme_.amode != mk::kAStatic)
+      src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { quantize_h<" + am +
+             ">(a); }\n";
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<CuModule>& modules) : plan_(&plan) {
+  MOEQ_CHECK(modules.size() == plan.buckets().size(),
+             "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
+                 s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
+  const auto& api = launch_api();
+  const bool fp8 = plan.scheme().kind == mk::kKindFp8;
+  for (std::size_t i = 0; i < modules.size(); ++i) {
+    Functions f;
+    auto get = [&](CuFunction& fn, const char* name) {
+      check_cu(api.cuModuleGetFunction(&fn, modules[i], name), name);
+    };
+    get(f.count, "moe_count");
+    get(f.zero_counts, "moe_zero_counts");
+    get(f.prepare, "moe_prepare");
+    get(f.gemm1, "moe_gemm1");
+    get(f.gemm2, "moe_gemm2");
+    get(f.combine, "moe_combine");
+    if (fp8 && plan.scheme().amode == mk::kATensor) {
+      get(f.amax_x, "moe_amax_x");
+      get(f.amax_h, "moe_amax_h");
+    }
+    if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, "moe_quant_h");
+    const Bucket& b = plan.buckets()[i];
+    check_cu(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm1)),
+             "cuFuncSetAttribute(moe_gemm1)");
+    check_cu(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm2)),
+             "cuFuncSetAttribute(moe_gemm2)");
+    functions_.push_back(f);
+  }
+}
+
+void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, CuStream stream,
+                    const std::function<void(const char*)>& after) const {
+  const MoePlan& p = *plan_;
+  const auto& d = p.dims();
+  const auto& sc = p.scheme();
+  const auto& L = p.layout();
+  auto* ws = static_cast<unsigned char*>(workspace);
+  const bool fp8 = sc.kind == mk::kKindFp8;
+  const int64_t k = d.top_k;
+
+  mk::MoeArgs a{};
+  a.topk = static_cast<int>(k);
+  a.num_experts = static_cast<int>(d.num_experts);
+  a.first_expert = static_cast<int>(d.first_expert);
+  a.hidden = static_cast<int>(d.hidden);
+  a.inter = static_cast<int>(d.inter);
+  a.act_group = sc.act_group;
+  a.amax_parts = kAmaxParts;
+  a.out_dtype = io.out_dtype;
+  a.x_stride = io.x_stride;
+  a.out_stride = io.out_stride;
+  a.w13 = w.w13;
+  a.w2 = w.w2;
+  a.s13 = w.s13;
+  a.s2 = w.s2;
+  a.s13_rows = w.s13_rows;
+  a.s13_cols = w.s13_cols;
+  a.s13_bn = w.s13_bn;
+  a.s13_bk = w.s13_bk;
+  a.s2_rows = w.s2_rows;
+  a.s2_cols = w.s2_cols;
+  a.s2_bn = w.s2_bn;
+  a.s2_bk = w.s2_bk;
+  a.a1_static = w.a1_static;
+  a.a2_static = w.a2_static;
+  a.sorted_pair = reinterpret_cast<int*>(ws + L.sorted_pair);
+  a.tile_expert = reinterpret_cast<int*>(ws + L.tile_expert);
+  a.num_tiles = reinterpret_cast<int*>(ws + L.num_tiles);
+  a.a1q = ws + L.a1q;
+  a.a1s = reinterpret_cast<float*>(ws + L.a1s);
+  a.amax_part = reinterpret_cast<float*>(ws + L.amax_part);
+  a.h = ws + L.h;
+  a.a2q = ws + L.a2q;
+  a.a2s = reinterpret_cast<float*>(ws + L.a2s);
+  a.y2 = reinterpret_cast<float*>(ws + L.y2);
+  a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
+  a.expert_cursor = a.expert_count + d.num_experts;
+
+  MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
+             "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
+  const int64_t chunk = p.max_tokens();
+  const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
+  for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
+    const int64_t m = std::min(chunk, io.m - m0);
+    const std::size_t bi = bucket_for(p.buckets(), m);
+    const Bucket& b = p.buckets()[bi];
+    const Functions& f = functions_[bi];
+    a.M = static_cast<int>(m);
+    a.bm = b.bm;
+    a.max_tiles = static_cast<int>(p.max_tiles(bi, m));
+    a.x = static_cast<const unsigned char*>(io.x) + m0 * io.x_stride * 2;
+    a.topk_ids = io.topk_ids + m0 * k;
+    a.topk_weights = io.topk_weights + m0 * k;
+    a.out = static_cast<unsigned char*>(io.out) + static_cast<std::size_t>(m0 * io.out_stride) * out_elem;
+
+    a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
+    if (a.align_blocks > 1) {
+      launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", after);
+      launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", after);
+    }
+    if (f.amax_x) launch(f.amax_x, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_x", after);
+    const unsigned quant_blocks =
+        fp8 ? static_cast<unsigned>(ceil_div(m, mk::quant_rows_per_block(a.hidden, 1024))) : 0;
+    launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", after);
+    launch(f.gemm1, a.max_tiles, static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2)), b.gemm1.threads(),
+           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after);
+    if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", after);
+    if (f.quant_h)
+      launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
+             stream, &a, "moe_quant_h", after);
+    launch(f.gemm2, a.max_tiles, static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn)), b.gemm2.threads(),
+           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after);
+    const int64_t work = m * d.hidden / 4;
+    launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
+           "moe_combine", after);
+  }
+}
+
+KernelSetSource utility_source() {
+  KernelSetSource k;
+  k.name = "ct_moe_utility";
+  k.source =
+      "#include \"moe_routing.cuh\"\n#include \"moe_repack.cuh\"\nusing namespace moeq_kernels;\n"
+      "extern \"C\" __global__ void __launch_bounds__(kRouteWarps * 32) moe_route(const RouteArgs r) { route(r); }\n"
+      "extern \"C\" __global__ void __launch_bounds__(256) moe_repack_w8a16(unsigned char* codes, long long groups) {\n"
+      "  repack_w8a16(codes, groups);\n}\n";
+  return k;
+}
+
+void launch_route(CuModule utility, const RouteIo& io, CuStream stream) {
+  MOEQ_CHECK(io.num_experts >= 1 && io.num_experts <= mk::kRouteMaxExperts,
+             "route: experts must be in [1, " + s(mk::kRouteMaxExperts) + "], found " + s(io.num_experts));
+  MOEQ_CHECK(io.top_k >= 1 && io.top_k <= 32 && io.top_k <= io.num_experts, "route: top_k must be in [1, min(32, E)]");
+  MOEQ_CHECK(io.n_group >= 0 && io.n_group <= 32, "route: n_group must be in [0, 32]");
+  if (io.n_group > 0)
+    MOEQ_CHECK(io.num_experts % io.n_group == 0 && io.topk_group >= 1 && io.topk_group <= io.n_group,
+               "route: n_group must divide E and topk_group be in [1, n_group]");
+  if (io.m == 0) return;
+  CuFunction f = nullptr;
+  check_cu(launch_api().cuModuleGetFunction(&f, utility, "moe_route"), "moe_route");
+  mk::RouteArgs r{};
+  r.logits = io.logits;
+  r.bias = io.bias;
+  r.ids = io.ids;
+  r.weights = io.weights;
+  r.M = static_cast<int>(io.m);
+  r.E = static_cast<int>(io.num_experts);
+  r.topk = io.top_k;
+  r.sigmoid = io.sigmoid ? 1 : 0;
+  r.renormalize = io.renormalize ? 1 : 0;
+  r.n_group = io.n_group;
+  r.topk_group = io.topk_group;
+  r.scale = io.routed_scaling_factor;
+  launch(f, static_cast<unsigned>(ceil_div(io.m, mk::kRouteWarps)), 1, mk::kRouteWarps * 32, 0, stream, &r,
+         "moe_route");
+}
+
+void launch_repack_w8a16(CuModule utility, void* codes, int64_t bytes, CuStream stream) {
+  MOEQ_CHECK(bytes % 16 == 0, "repack: W8A16 codes must come in whole 16-byte groups");
+  CuFunction f = nullptr;
+  check_cu(launch_api().cuModuleGetFunction(&f, utility, "moe_repack_w8a16"), "moe_repack_w8a16");
+  long long groups = bytes / 16;
+  void* params[] = {&codes, &groups};
+  check_cu(launch_api().cuLaunchKernel(f, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(groups, 256), 1, 4096)),
+                                       1, 1, 256, 1, 1, 0, stream, params, nullptr),
+           "moe_repack_w8a16");
+}
+
+}  // namespace moeq::ct::gpu

@@ -1,0 +1,157 @@
+// The GPU fused-MoE of the compressed_tensors plugin: kernel sets to compile (one per M bucket),
+// the workspace they need, and the launch sequence of one apply. Launch-only at run time:
+// nothing is allocated, compiled or synchronized, so a run can be captured in a CUDA graph.
+//
+// Per chunk of at most max_tokens tokens:
+//   [amax_x]   partial maxima of x                       (fp8 dynamic per-tensor only)
+//   prepare    align pairs by expert + quantize x        (block 0 aligns)
+//   gemm1      x @ w13^T, scales, silu(gate) * up -> h    (bf16, fp8 static codes, or f32)
+//   [amax_h]   partial maxima of h                       (fp8 dynamic per-tensor only)
+//   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes)
+//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot))
+//   combine    out[m] = sum of the local slots of y2, in slot order
+#pragma once
+#include "../kernels/moe_args.cuh"
+#include "cuda_launch.hpp"
+#include "tile_heuristics.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moeq::ct::gpu {
+
+namespace mk = ::moeq_kernels;
+
+// What the kernels compute, in the terms of moe_args.cuh.
+struct GpuScheme {
+  int kind = mk::kKindFp8;  // Kind
+  int wscale = mk::kWChannel;
+  int amode = mk::kAToken;
+  int act_group = 128;  // kAGroup: columns per activation scale (a power of two in [8, 256])
+  int scale_k = 128;    // fp8 block/group scales: K elements per scale period (32, 64 or 128)
+  std::string label() const;  // "fp8 channel / per-token"
+};
+
+struct LayerDims {
+  int64_t num_experts = 0;  // local
+  int64_t first_expert = 0;
+  int64_t hidden = 0;
+  int64_t inter = 0;        // I of this shard
+  int64_t top_k = 0;
+};
+
+// Device pointers of the layer's parameters in the canonical layout:
+// w13 [E, 2I, H] (gate rows, then up rows), w2 [E, H, I]; scales f32: tensor s13 [E, 2],
+// s2 [E]; channel s13 [E, 2I], s2 [E, H]; block s13 [E, 2 * s13_rows, s13_cols] (the gate
+// grid, then the up grid), s2 [E, s2_rows, s2_cols], one entry per (bn x bk) block.
+struct LayerWeights {
+  const void* w13 = nullptr;
+  const void* w2 = nullptr;
+  const float* s13 = nullptr;
+  const float* s2 = nullptr;
+  int s13_rows = 0, s13_cols = 0, s13_bn = 1, s13_bk = 1;
+  int s2_rows = 0, s2_cols = 0, s2_bn = 1, s2_bk = 1;
+  float a1_static = 1.0f;
+  float a2_static = 1.0f;
+};
+
+// One apply's tensors (device memory). x bf16 [M, H]; ids int32 [M, k]; weights f32 [M, k];
+// out bf16 or f32 [M, H]. Rows of x and out may be padded (stride in elements).
+struct RunIo {
+  int64_t m = 0;
+  const void* x = nullptr;
+  int64_t x_stride = 0;
+  const int32_t* topk_ids = nullptr;
+  const float* topk_weights = nullptr;
+  void* out = nullptr;
+  int64_t out_stride = 0;
+  int out_dtype = mk::kOutBf16;
+};
+
+struct KernelSetSource {
+  std::string name;    // for the JIT cache and messages
+  std::string source;  // includes the embedded headers by name
+};
+
+struct DeviceLimits {
+  int sm_major = 9;
+  int sm_minor = 0;
+  int multiprocessors = 132;
+  int max_smem_per_block = 227 * 1024;
+};
+
+// The configuration of one layer: validated scheme and shape, buckets, workspace layout.
+class MoePlan {
+ public:
+  // Throws moeq::Error naming what the kernels cannot run (shape, scheme, arch).
+  MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device);
+
+  const GpuScheme& scheme() const { return scheme_; }
+  const LayerDims& dims() const { return dims_; }
+  int64_t max_tokens() const { return max_tokens_; }
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  // One kernel set per bucket, in bucket order.
+  std::vector<KernelSetSource> sources() const;
+  std::size_t workspace_bytes() const { return workspace_bytes_; }
+
+  struct Layout {  // byte offsets into the workspace
+    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
+  };
+  const Layout& layout() const { return layout_; }
+  int64_t max_tiles(std::size_t bucket, int64_t m) const;
+
+ private:
+  GpuScheme scheme_;
+  LayerDims dims_;
+  int64_t max_tokens_;
+  DeviceLimits device_;
+  std::vector<Bucket> buckets_;
+  Layout layout_{};
+  std::size_t workspace_bytes_ = 0;
+};
+
+// Kernel functions of a plan, looked up in the modules compiled from plan.sources().
+class MoeRunner {
+ public:
+  MoeRunner(const MoePlan& plan, const std::vector<CuModule>& modules);
+  // Launches the sequence for every chunk of io.m tokens on `stream`. `workspace` holds
+  // plan.workspace_bytes(), 256-byte aligned.
+  // `after_launch`, when set, is called on the host after each kernel is queued, with the
+  // kernel's name (a profiling hook: the harness records an event there).
+  void run(const RunIo& io, const LayerWeights& w, void* workspace, CuStream stream,
+           const std::function<void(const char*)>& after_launch = {}) const;
+
+ private:
+  struct Functions {
+    CuFunction zero_counts = nullptr, count = nullptr, prepare = nullptr, amax_x = nullptr, gemm1 = nullptr, amax_h = nullptr, quant_h = nullptr,
+               gemm2 = nullptr, combine = nullptr;
+  };
+  const MoePlan* plan_;
+  std::vector<Functions> functions_;  // per bucket
+};
+
+// Router and weight-repack kernels (no per-layer configuration).
+KernelSetSource utility_source();
+
+struct RouteIo {
+  int64_t m = 0;
+  int64_t num_experts = 0;
+  const float* logits = nullptr;  // [M, E]
+  const float* bias = nullptr;    // [E] or null
+  int32_t* ids = nullptr;         // [M, k]
+  float* weights = nullptr;       // [M, k]
+  int top_k = 1;
+  bool sigmoid = false;
+  bool renormalize = true;
+  int n_group = 0;
+  int topk_group = 0;
+  float routed_scaling_factor = 1.0f;
+};
+void launch_route(CuModule utility, const RouteIo& io, CuStream stream);
+// Repacks int8 W8A16 codes in place: `bytes` = rows x K with K a multiple of 16.
+void launch_repack_w8a16(CuModule utility, void* codes, int64_t bytes, CuStream stream);
+
+}  // namespace moeq::ct::gpu

@@ -1,0 +1,101 @@
+#include "tile_heuristics.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace moeq::ct::gpu {
+namespace {
+
+constexpr int kKindFp8 = 0;
+constexpr int kKindW8A16 = 2;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+
+// Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
+// nothing that matters), large M wants big tiles for reuse.
+int row_tile(double rows_per_expert) {
+  if (rows_per_expert <= 16) return 16;
+  if (rows_per_expert <= 40) return 32;
+  if (rows_per_expert <= 96) return 64;
+  return 128;
+}
+
+GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, const HeuristicInput& in) {
+  GemmTile t;
+  if (in.wgmma && bm >= 64) {
+    // Warpgroup MMA: bm / 64 warpgroups, 64 x bn each; as many stages as shared memory holds.
+    t.wgmma = true;
+    t.warps_m = bm / 64;
+    t.warps_n = 4;
+    // fp8 promotes every K tile into a second accumulator set (moe_wgmma.cuh), so its tiles
+    // stay at 128 columns; bf16 chains in the tensor core and takes 256.
+    t.bn = kind == kKindFp8 ? 128 : 256;
+    t.stages = 6;
+    while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
+    return t;
+  }
+  switch (bm) {
+    case 16: t = {128, 1, 4, 6}; break;
+    case 32: t = {128, 1, 4, 5}; break;
+    case 64: t = {128, 2, 4, 4}; break;
+    default: t = {128, 2, 4, 4}; break;
+  }
+  // NOTE: 128x128 over 8 warps holds 64 accumulators a thread; block scales double that and
+  // spill, so those tiles narrow to 64 columns.
+  if (bm == 128 && in.promote) t.bn = 64;
+  // NOTE: weight streaming at small M needs many blocks in flight; halve the tile width when
+  // the grid would not cover the machine twice.
+  if (bm <= 32 && expected_tiles * ceil_div(n_out, t.bn) < 2 * in.multiprocessors) t.bn = 64;
+  while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) > in.max_smem_per_block) --t.stages;
+  return t;
+}
+
+}  // namespace
+
+std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
+  const int64_t E = std::max<int64_t>(in.num_experts, 1), k = std::max<int64_t>(in.top_k, 1);
+  const int64_t max_tokens = std::max<int64_t>(in.max_tokens, 1);
+  std::vector<Bucket> out;
+  int prev_bm = 0;
+  // Walk M over powers of two; a new bucket starts where the row tile changes.
+  for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
+    const double rows = static_cast<double>(m * k) / static_cast<double>(E);
+    const int bm = row_tile(rows);
+    if (bm != prev_bm) {
+      Bucket b;
+      b.bm = bm;
+      const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, bm);
+      b.gemm1 = gemm_tile(in.kind, bm, 2 * in.inter, tiles, in);
+      b.gemm2 = gemm_tile(in.kind, bm, in.hidden, tiles, in);
+      out.push_back(b);
+      prev_bm = bm;
+    }
+    out.back().max_tokens = m;
+    if (m == max_tokens) break;
+  }
+  return out;
+}
+
+std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {
+  for (std::size_t i = 0; i < buckets.size(); ++i)
+    if (m <= buckets[i].max_tokens) return i;
+  return buckets.size() - 1;
+}
+
+int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
+  // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
+  // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
+  const int a_row = kind == kKindW8A16 ? 256 : 128;
+  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0);
+}
+
+std::string describe(const Bucket& b) {
+  auto tile = [&](const GemmTile& t) {
+    return std::string(t.wgmma ? "wgmma " : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
+           std::to_string(t.warps_m) + "x" + std::to_string(t.warps_n) + " s" + std::to_string(t.stages);
+  };
+  return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2);
+}
+
+}  // namespace moeq::ct::gpu

@@ -1,0 +1,52 @@
+// Tile configurations of the grouped GEMMs, chosen per scheme, layer shape and M bucket.
+// Every bucket is compiled at process time; apply picks one from M alone (no device read).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moeq::ct::gpu {
+
+struct GemmTile {
+  int bn = 128;      // B rows per block (GEMM1: half gate, half up)
+  int warps_m = 1;   // mma.sync warp grid (wgmma: bm / 64 warpgroups of 4 warps, warps_m x 4)
+  int warps_n = 4;
+  int stages = 4;
+  bool wgmma = false;  // Hopper warpgroup MMA mainloop (moe_wgmma.cuh) instead of mma.sync
+  int threads() const { return 32 * warps_m * warps_n; }
+};
+
+// One M bucket: tokens up to max_tokens use this row tile (shared by both GEMMs, since they
+// read one expert-sorted tile list) and these GEMM tiles.
+struct Bucket {
+  int64_t max_tokens = 0;  // inclusive upper end of the bucket
+  int bm = 16;
+  GemmTile gemm1;
+  GemmTile gemm2;
+};
+
+struct HeuristicInput {
+  int kind = 0;            // moeq_kernels::Kind
+  bool promote = false;    // fp8 block/group scales: a second accumulator set per thread
+  bool wgmma = false;      // the device runs wgmma (sm_90a) and the scheme has a wgmma kernel
+  int64_t num_experts = 0; // local
+  int64_t top_k = 0;
+  int64_t hidden = 0;
+  int64_t inter = 0;       // I of this shard
+  int64_t max_tokens = 0;  // the chunk size: largest M one launch sequence handles
+  int multiprocessors = 132;
+  int max_smem_per_block = 227 * 1024;
+};
+
+// Buckets in increasing max_tokens; the last covers max_tokens. Deterministic in its input.
+std::vector<Bucket> choose_buckets(const HeuristicInput& in);
+
+// Index of the bucket for m tokens.
+std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m);
+
+std::string describe(const Bucket& b);
+
+// Shared memory a GEMM block of this tile asks for (dynamic part).
+int gemm_smem_bytes(int kind, int bm, const GemmTile& t);
+
+}  // namespace moeq::ct::gpu

@@ -1,0 +1,37 @@
+// The top-k combine: out[m] = sum over slots j (in slot order) of y2[m * topk + j], for the
+// slots whose expert is local. A fixed order, so results are bit-identical run to run.
+#pragma once
+#include "moe_device.cuh"
+
+namespace moeq_kernels {
+
+__device__ void combine(const MoeArgs& a) {
+  const int H = a.hidden, q = H >> 2;  // H is a multiple of 16
+  const long long total = static_cast<long long>(a.M) * q;
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * blockDim.x) {
+    const int m = static_cast<int>(i / q), c = static_cast<int>(i % q) * 4;
+    float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int j = 0; j < a.topk; ++j) {
+      const int pair = m * a.topk + j;
+      const int le = a.topk_ids[pair] - a.first_expert;
+      if (le < 0 || le >= a.num_experts) continue;
+      const float4 y = *reinterpret_cast<const float4*>(a.y2 + static_cast<long long>(pair) * H + c);
+      s.x += y.x;
+      s.y += y.y;
+      s.z += y.z;
+      s.w += y.w;
+    }
+    const long long o = static_cast<long long>(m) * a.out_stride + c;
+    if (a.out_dtype == kOutF32) {
+      *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o) = s;
+    } else {
+      uint2 v;
+      v.x = f32x2_to_bf16x2(s.x, s.y);
+      v.y = f32x2_to_bf16x2(s.z, s.w);
+      *reinterpret_cast<uint2*>(static_cast<u16*>(a.out) + o) = v;
+    }
+  }
+}
+
+}  // namespace moeq_kernels

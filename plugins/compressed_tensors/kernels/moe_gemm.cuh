@@ -1,0 +1,208 @@
+// Grouped GEMM over the expert-sorted row tiles made by the align step, on mma.sync tensor
+// cores (e4m3 m16n8k32 for fp8, bf16 m16n8k16 for bf16 and int8 weight-only): the kernel of
+// the small-M buckets (and of W8A16 at every M). moe_wgmma.cuh is the Hopper one for large M.
+//
+// One block computes a BM x BN tile of one expert; cp.async feeds a STAGES-deep ring of
+// swizzled tiles (moe_tile.cuh) and ldmatrix reads them conflict-free. GEMM1 (kGated) holds
+// gate and up accumulators of the same intermediate column in one thread, so the epilogue
+// applies silu(gate) * up directly; GEMM2 multiplies by the router weight.
+//
+// FP8 block scales (and per-group activation scales) are applied per scale period inside the
+// K loop (vllm-moe-semantics.md §2.6): partial sums of one period accumulate in `part`, then
+// acc += part * a_scale(row, period) * w_scale(col block, period).
+#pragma once
+#include "moe_tile.cuh"
+
+namespace moeq_kernels {
+
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES,
+          int SCALE_K>
+struct GroupedGemm {
+  using T = GemmTraits<kKind>;
+  static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
+  using Loader = TileLoader<kKind, kAM, kGated, BM, BN, kThreads>;
+  static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
+  static constexpr int MI = WM / 16, NI = WN / 8;
+  static constexpr int kARow = Loader::kARow, kBRow = Loader::kBRow;
+  static constexpr int kStage = Loader::kAStage + Loader::kBStage;
+  static constexpr bool kPromote = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
+  static constexpr int kStepsPerPeriod = SCALE_K / 32;  // B-steps (32 bytes of B) per scale period
+  static constexpr int kSmemBytes = STAGES * kStage;
+  static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x16");
+  static_assert(!kGated || (BN / 2) % 8 == 0, "gated tiles need whole n8 fragments per half");
+  static_assert(!kPromote || (SCALE_K % 32 == 0 && 128 % SCALE_K == 0), "scale period of 32, 64 or 128");
+
+  // Shared row of B that fragment j (n8) of warp column wn starts at.
+  __device__ __forceinline__ static int brow_of(int wn, int j) {
+    if (!kGated) return wn * WN + j * 8;
+    constexpr int half = NI / 2;  // gate fragments, then the up fragments of the same columns
+    return j < half ? wn * (WN / 2) + j * 8 : BN / 2 + wn * (WN / 2) + (j - half) * 8;
+  }
+
+  __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+    static_assert(kKind != kKindFp8, "fp8 (e4m3) tensor-core kernels need sm_89 or newer");
+#endif
+    __shared__ int s_pair[BM];
+    const int tile = blockIdx.x;
+    if (tile >= *a.num_tiles) return;
+    const int e = a.tile_expert[tile];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+    const GemmGeom<kGated> geo(a);
+    const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
+    for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
+    __syncthreads();
+    const Loader loader(a, geo, e, n0, s_pair, tid);
+
+    const int g = lane >> 2, t = lane & 3;
+    int prow[MI][2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) prow[mi][hf] = s_pair[wm * WM + mi * 16 + g + 8 * hf];
+
+    float acc[MI][NI][4];
+    float part[kPromote ? MI : 1][kPromote ? NI : 1][4];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int j = 0; j < NI; ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.0f;
+#pragma unroll
+    for (int mi = 0; mi < (kPromote ? MI : 1); ++mi)
+#pragma unroll
+      for (int j = 0; j < (kPromote ? NI : 1); ++j)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) part[mi][j][q] = 0.0f;
+
+    // Output column of this thread's column pair in fragment j.
+    auto out_col = [&](int j) {
+      const int r = brow_of(wn, j) + 2 * t;  // shared row = tile column
+      return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+    };
+
+    // Scales of the tile's scale periods, read before its MMAs so that their latency hides
+    // behind the math; row offsets are computed once. kPeriods = 128 / SCALE_K per K tile.
+    constexpr int kPeriods = kPromote ? 128 / SCALE_K : 1;
+    constexpr int kSW = kPromote && kWS == kWBlock ? NI : 1;
+    constexpr int kSA = kPromote && kAM == kAGroup ? MI : 1;
+    const BlockScaleRows<kGated> sws(a);
+    int sw_row[kSW], as_row[kSA][2];
+#pragma unroll
+    for (int j = 0; j < kSW; ++j)
+      sw_row[j] = (kPromote && kWS == kWBlock)
+                      ? BlockScaleRows<kGated>::row_offset(a, e, out_col(j), kGated && j >= NI / 2 ? 1 : 0, geo.N)
+                      : -1;
+#pragma unroll
+    for (int mi = 0; mi < kSA; ++mi)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+        as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
+    const float* as_base = kGated ? a.a1s : a.a2s;
+    float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
+    auto fetch_scales = [&](int kt) {
+      if (!kPromote) return;
+#pragma unroll
+      for (int pi = 0; pi < kPeriods; ++pi) {
+        const int k_start = kt * T::kTileK + pi * SCALE_K;
+        const bool in = k_start < geo.K;
+        const int kg = k_start / a.act_group, kb = k_start / sws.bk;
+#pragma unroll
+        for (int mi = 0; mi < kSA; ++mi)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf)
+            sap[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
+#pragma unroll
+        for (int j = 0; j < kSW; ++j) swp[pi][j] = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
+      }
+    };
+
+    auto promote = [&](int pi) {
+      if (!kPromote) return;
+#pragma unroll
+      for (int j = 0; j < NI; ++j)
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            float& pv = part[kPromote ? mi : 0][kPromote ? j : 0][q];
+            acc[mi][j][q] += pv * (sap[pi][kSA > 1 ? mi : 0][q >> 1] * swp[pi][kSW > 1 ? j : 0]);
+            pv = 0.0f;
+          }
+    };
+
+    auto compute = [&](int stage, int kt) {
+      const u32 sA = smem_u32(smem + stage * kStage);
+      const u32 sB = sA + Loader::kAStage;
+      fetch_scales(kt);
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {  // 32 bytes of each B row per step
+        u32 b[NI][4];
+#pragma unroll
+        for (int j = 0; j < NI; j += 2) {
+          const int r = brow_of(wn, j + (lane >> 4)) + (lane & 7);
+          const int c = 2 * s + ((lane >> 3) & 1);
+          u32 r0, r1, r2, r3;
+          ldmatrix_x4(sB + swz(r, c, kBRow), r0, r1, r2, r3);
+          if (kKind == kKindW8A16) {
+            i8x4_to_bf16x2x2(r0, b[j][0], b[j][1]);
+            i8x4_to_bf16x2x2(r1, b[j][2], b[j][3]);
+            i8x4_to_bf16x2x2(r2, b[j + 1][0], b[j + 1][1]);
+            i8x4_to_bf16x2x2(r3, b[j + 1][2], b[j + 1][3]);
+          } else {
+            b[j][0] = r0;
+            b[j][1] = r1;
+            b[j + 1][0] = r2;
+            b[j + 1][1] = r3;
+          }
+        }
+        constexpr int kSub = kKind == kKindW8A16 ? 2 : 1;
+#pragma unroll
+        for (int sub = 0; sub < kSub; ++sub) {
+#pragma unroll
+          for (int mi = 0; mi < MI; ++mi) {
+            const int r = wm * WM + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+            const int c = (kKind == kKindW8A16 ? 4 * s + 2 * sub : 2 * s) + (lane >> 4);
+            u32 af[4];
+            ldmatrix_x4(sA + swz(r, c, kARow), af[0], af[1], af[2], af[3]);
+#pragma unroll
+            for (int j = 0; j < NI; ++j) {
+              if (kKind == kKindFp8) {
+#if __CUDA_ARCH__ >= 890
+                float* d = kPromote ? part[kPromote ? mi : 0][kPromote ? j : 0] : acc[mi][j];
+                mma_e4m3_16832(d, af, b[j][0], b[j][1]);
+#endif
+              } else {
+                mma_bf16_16816(acc[mi][j], af, b[j][2 * sub], b[j][2 * sub + 1]);
+              }
+            }
+          }
+        }
+        if (kPromote && (s + 1) % kStepsPerPeriod == 0) promote(s / kStepsPerPeriod);
+      }
+    };
+
+    // ---- main loop
+    const int KT = (geo.K + T::kTileK - 1) / T::kTileK;
+    loader.template prologue<STAGES>(smem, kStage, KT);
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<STAGES - 2>();
+      __syncthreads();
+      loader.template refill<STAGES>(smem, kStage, kt, KT);
+      compute(kt % STAGES, kt);
+    }
+    cp_async_wait<0>();
+
+    // ---- epilogue
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf)
+        store_row<kKind, kWS, kAM, kGated, NI>(a, geo, e, prow[mi][hf], out_col,
+                                               [&](int j, int q) { return acc[mi][j][2 * hf + q]; });
+  }
+};
+
+}  // namespace moeq_kernels

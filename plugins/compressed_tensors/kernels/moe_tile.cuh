@@ -1,0 +1,255 @@
+// Pieces shared by the grouped-GEMM mainloops (moe_gemm.cuh: mma.sync, moe_wgmma.cuh: Hopper
+// wgmma): the gathering tile loader, the scale lookups and the epilogues.
+//
+// Shared-memory tiles: every row holds one K tile of one operand row, 128 bytes of B (256 of
+// A for W8A16, whose A is bf16 over a 128-wide K tile), and 16-byte chunk c of row r sits at
+// chunk (c ^ r) mod 8 of its 128-byte half. That is ldmatrix's conflict-free layout and, with
+// 1024-byte aligned tiles, exactly the 128-byte swizzle that wgmma descriptors describe.
+#pragma once
+#include "moe_device.cuh"
+
+namespace moeq_kernels {
+
+template <int kKind>
+struct GemmTraits;
+template <>
+struct GemmTraits<kKindFp8> {
+  static constexpr int kAElem = 1, kBElem = 1, kTileK = 128, kARow = 128;
+};
+template <>
+struct GemmTraits<kKindBf16> {
+  static constexpr int kAElem = 2, kBElem = 2, kTileK = 64, kARow = 128;
+};
+template <>
+struct GemmTraits<kKindW8A16> {  // B codes are repacked in 16-byte groups (moe_repack.cuh)
+  static constexpr int kAElem = 2, kBElem = 1, kTileK = 128, kARow = 256;
+};
+
+// Byte offset of 16-byte chunk c of shared row r (rows of 128 or 256 bytes).
+__device__ __forceinline__ int swz(int r, int c, int row_bytes) {
+  return r * row_bytes + (((c & ~7) | ((c ^ r) & 7)) << 4);
+}
+
+// Problem geometry of one GEMM as a block sees it.
+template <bool kGated>
+struct GemmGeom {
+  int K, N;   // reduction length; output columns (intermediate columns for GEMM1)
+  int a_div;  // A row of a pair: pair / a_div (GEMM1 reads tokens, GEMM2 the pair's own row)
+  __device__ __forceinline__ explicit GemmGeom(const MoeArgs& a)
+      : K(kGated ? a.hidden : a.inter), N(kGated ? a.inter : a.hidden), a_div(kGated ? a.topk : 1) {}
+};
+
+// cp.async loads of one (A, B) K tile into a stage: A rows gathered through the tile's pairs
+// (padding rows read nothing and become zeros), B rows from the expert's weights (GEMM1: BN/2
+// gate rows, then the BN/2 up rows of the same columns). K and N tails are zero-filled.
+template <int kKind, int kAM, bool kGated, int BM, int BN, int kThreads>
+struct TileLoader {
+  using T = GemmTraits<kKind>;
+  static constexpr int kARow = T::kARow, kBRow = 128;
+  static constexpr int kAStage = BM * kARow, kBStage = BN * kBRow;
+  static constexpr int kChA = kARow / 16, kChB = kBRow / 16;
+  static constexpr int kNA = (BM * kChA + kThreads - 1) / kThreads;
+  static constexpr int kNB = (BN * kChB + kThreads - 1) / kThreads;
+
+  const u8* a_src[kNA];
+  int a_dst[kNA], a_col[kNA];
+  bool a_ok[kNA];
+  const u8* b_src[kNB];
+  int b_dst[kNB], b_col[kNB];
+  bool b_ok[kNB];
+  int a_row_bytes, b_row_bytes;
+
+  __device__ __forceinline__ TileLoader(const MoeArgs& a, const GemmGeom<kGated>& g, int e, int n0, const int* s_pair,
+                                        int tid) {
+    const int I = a.inter, H = a.hidden;
+    const u8* A;
+    long long lda;  // bytes
+    if (kGated) {
+      A = kKind == kKindFp8 ? a.a1q : static_cast<const u8*>(a.x);
+      lda = kKind == kKindFp8 ? static_cast<long long>(H) : a.x_stride * 2;
+    } else {
+      A = (kKind == kKindFp8 && kAM != kAStatic) ? a.a2q : static_cast<const u8*>(a.h);
+      lda = static_cast<long long>(I) * T::kAElem;
+    }
+    const long long ldb = static_cast<long long>(g.K) * T::kBElem;
+    const u8* B = static_cast<const u8*>(kGated ? a.w13 : a.w2) + static_cast<long long>(e) * (kGated ? 2 * I : H) * ldb;
+    a_row_bytes = g.K * T::kAElem;
+    b_row_bytes = g.K * T::kBElem;
+#pragma unroll
+    for (int i = 0; i < kNA; ++i) {
+      const int idx = tid + i * kThreads;
+      const int r = idx / kChA, c = idx % kChA;
+      const int p = idx < BM * kChA ? s_pair[r] : -1;
+      a_ok[i] = p >= 0;
+      a_src[i] = A + (p >= 0 ? static_cast<long long>(p / g.a_div) * lda : 0) + c * 16;
+      a_dst[i] = idx < BM * kChA ? swz(r, c, kARow) : -1;
+      a_col[i] = c * 16;
+    }
+#pragma unroll
+    for (int i = 0; i < kNB; ++i) {
+      const int idx = tid + i * kThreads;
+      const int r = idx / kChB, c = idx % kChB;
+      int grow, ncol;
+      if (kGated) {
+        ncol = n0 + (r < BN / 2 ? r : r - BN / 2);
+        grow = r < BN / 2 ? ncol : I + ncol;
+      } else {
+        ncol = n0 + r;
+        grow = ncol;
+      }
+      b_ok[i] = idx < BN * kChB && ncol < g.N;
+      b_src[i] = B + (b_ok[i] ? static_cast<long long>(grow) * ldb : 0) + c * 16;
+      b_dst[i] = idx < BN * kChB ? swz(r, c, kBRow) : -1;
+      b_col[i] = c * 16;
+    }
+  }
+
+  // Queues K tiles [0, STAGES - 1) into stages 0.., one commit group each (empty past KT).
+  template <int STAGES>
+  __device__ __forceinline__ void prologue(u8* smem, int stage_bytes, int KT) const {
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+      if (st < KT) load(smem + st * stage_bytes, st);
+      cp_async_commit();
+    }
+  }
+  // At K tile kt (once its stage is ready and the previous one is free): queues tile
+  // kt + STAGES - 1 into the stage it frees up, as one commit group (empty past KT).
+  template <int STAGES>
+  __device__ __forceinline__ void refill(u8* smem, int stage_bytes, int kt, int KT) const {
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) load(smem + (nk % STAGES) * stage_bytes, nk);
+    cp_async_commit();
+  }
+
+  // sA: the stage's A tile; its B tile follows at sA + kAStage.
+  __device__ __forceinline__ void load(u8* sA, int kt) const {
+    u8* sB = sA + kAStage;
+#pragma unroll
+    for (int i = 0; i < kNA; ++i) {
+      if (a_dst[i] < 0) continue;
+      const bool ok = a_ok[i] && kt * kARow + a_col[i] < a_row_bytes;
+      cp_async16(smem_u32(sA + a_dst[i]), a_src[i] + (ok ? kt * kARow : 0), ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kNB; ++i) {
+      if (b_dst[i] < 0) continue;
+      const bool ok = b_ok[i] && kt * kBRow + b_col[i] < b_row_bytes;
+      cp_async16(smem_u32(sB + b_dst[i]), b_src[i] + (ok ? kt * kBRow : 0), ok);
+    }
+  }
+};
+
+// ------------------------------------------------------------------ scales
+
+// Per-thread scale addressing hoisted out of the K loop: row offsets are fixed per block, so a
+// K tile costs one division (the K block index) and plain loads.
+template <bool kGated>
+struct BlockScaleRows {
+  const float* base;
+  int cols, bk;
+  __device__ __forceinline__ explicit BlockScaleRows(const MoeArgs& a)
+      : base(kGated ? a.s13 : a.s2), cols(kGated ? a.s13_cols : a.s2_cols), bk(kGated ? a.s13_bk : a.s2_bk) {}
+  // Offset of the scale row of output column col (gate or up half for GEMM1); -1 past N.
+  __device__ __forceinline__ static int row_offset(const MoeArgs& a, int e, int col, int up, int n) {
+    if (col >= n) return -1;
+    if (kGated) return (e * 2 * a.s13_rows + up * a.s13_rows + col / a.s13_bn) * a.s13_cols;
+    return (e * a.s2_rows + col / a.s2_bn) * a.s2_cols;
+  }
+  __device__ __forceinline__ float at(int row_off, int kb) const { return row_off >= 0 ? base[row_off + kb] : 1.0f; }
+};
+
+// Offset of pair p's row of per-group activation scales (kAGroup); -1 for padding rows.
+template <bool kGated>
+__device__ __forceinline__ int group_scale_row(const MoeArgs& a, const GemmGeom<kGated>& g, int p) {
+  if (p < 0) return -1;
+  return (p / g.a_div) * ((g.K + a.act_group - 1) / a.act_group);
+}
+
+// Per-row activation scale applied in the epilogue (per token, per tensor, static).
+template <int kAM, bool kGated>
+__device__ __forceinline__ float epilogue_act_scale(const MoeArgs& a, int arow) {
+  const float* As = kGated ? a.a1s : a.a2s;
+  if (kAM == kAToken) return As[arow];
+  if (kAM == kATensor) return As[0];
+  if (kAM == kAStatic) return kGated ? a.a1_static : a.a2_static;
+  return 1.0f;
+}
+
+// ------------------------------------------------------------------ epilogues
+
+// GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
+// silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
+// f32 for the dynamic requantization). col is even and < I.
+template <int kKind, int kWS, int kAM>
+__device__ __forceinline__ void store_gated(const MoeArgs& a, int e, int p, float sa, int col, float g0, float g1,
+                                            float u0, float u1) {
+  const int I = a.inter;
+  float swg0 = 1.0f, swg1 = 1.0f, swu0 = 1.0f, swu1 = 1.0f;
+  if (kWS == kWTensor) {
+    swg0 = swg1 = a.s13[2 * e];
+    swu0 = swu1 = a.s13[2 * e + 1];
+  } else if (kWS == kWChannel) {
+    const float* s = a.s13 + static_cast<long long>(e) * 2 * I;
+    swg0 = s[col];
+    swg1 = s[col + 1];
+    swu0 = s[I + col];
+    swu1 = s[I + col + 1];
+  }
+  const float h0 = silu(g0 * sa * swg0) * (u0 * sa * swu0);
+  const float h1 = silu(g1 * sa * swg1) * (u1 * sa * swu1);
+  const long long o = static_cast<long long>(p) * I + col;  // even
+  if (kKind != kKindFp8) {
+    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
+  } else if (kAM == kAStatic) {
+#if __CUDA_ARCH__ >= 890
+    static_cast<u16*>(a.h)[o >> 1] = quant2(h0, h1, a.a2_static);
+#endif
+  } else {
+    static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
+  }
+}
+
+// GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw.
+template <int kWS>
+__device__ __forceinline__ void store_down(const MoeArgs& a, int e, int p, float sa, float tw, int col, float v0,
+                                           float v1) {
+  const int H = a.hidden;
+  float sw0 = 1.0f, sw1 = 1.0f;
+  if (kWS == kWTensor) sw0 = sw1 = a.s2[e];
+  if (kWS == kWChannel) {
+    sw0 = a.s2[static_cast<long long>(e) * H + col];
+    sw1 = a.s2[static_cast<long long>(e) * H + col + 1];
+  }
+  reinterpret_cast<float2*>(a.y2)[(static_cast<long long>(p) * H + col) >> 1] =
+      make_float2(v0 * sa * sw0 * tw, v1 * sa * sw1 * tw);
+}
+
+// The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
+// fragment j holding columns col_of(j), col_of(j) + 1 as acc_of(j, 0), acc_of(j, 1). GEMM1's
+// fragments are gate ones, then the up ones of the same columns.
+template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class AccOf>
+__device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGated>& geo, int e, int p, ColOf col_of,
+                                          AccOf acc_of) {
+  if (p < 0) return;
+  const float sa = epilogue_act_scale<kAM, kGated>(a, p / geo.a_div);
+  if (kGated) {
+#pragma unroll
+    for (int jg = 0; jg < NF / 2; ++jg) {
+      const int col = col_of(jg);
+      if (col >= geo.N) continue;
+      store_gated<kKind, kWS, kAM>(a, e, p, sa, col, acc_of(jg, 0), acc_of(jg, 1), acc_of(jg + NF / 2, 0),
+                                   acc_of(jg + NF / 2, 1));
+    }
+  } else {
+    const float tw = a.topk_weights[p];
+#pragma unroll
+    for (int j = 0; j < NF; ++j) {
+      const int col = col_of(j);
+      if (col >= geo.N) continue;
+      store_down<kWS>(a, e, p, sa, tw, col, acc_of(j, 0), acc_of(j, 1));
+    }
+  }
+}
+
+}  // namespace moeq_kernels

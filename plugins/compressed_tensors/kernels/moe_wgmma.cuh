@@ -1,0 +1,207 @@
+// Grouped GEMM on Hopper warpgroup MMA (wgmma, sm_90a): the kernel of the large-M buckets for
+// fp8 and bf16 weights. Same tile list, loader and epilogues as moe_gemm.cuh (moe_tile.cuh);
+// the difference is the math: each warpgroup (4 warps) issues m64nBNk32 (e4m3) or m64nBNk16
+// (bf16) wgmma reading both operands straight from the swizzled shared tiles through matrix
+// descriptors, so no fragment ever passes through registers.
+//
+// One block = BM/64 warpgroups; all threads feed the cp.async ring. Per K tile: wait for the
+// tile, fence the async proxy (cp.async writes are generic-proxy, wgmma reads async-proxy),
+// barrier, queue the next tile, then four wgmma over the tile's 128 bytes of K and wait.
+// FP8: Hopper's e4m3 wgmma accumulates with fewer bits than fp32 (DeepSeek-V3 report §3.3.2;
+// measured here: 4e-3 relative error at K=512 when chained), so every K tile's product goes
+// to `part` (scale-d = 0 on its first step) and is added into `acc` on the CUDA cores, times
+// the tile's block / group scales when the scheme has them, as DeepGEMM does.
+#pragma once
+#include "moe_tile.cuh"
+
+namespace moeq_kernels {
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Keeps the compiler from moving accumulator reads or writes across an asynchronous MMA.
+template <int R>
+__device__ __forceinline__ void fence_regs(float* d) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Descriptor of a K-major operand tile in the 128-byte swizzle: rows of 128 bytes, 8-row
+// atoms of 1024 bytes (stride byte offset), start address in 16-byte units. Stepping K inside
+// the row adds bytes / 16 to the start address; the hardware applies the swizzle.
+__device__ __forceinline__ unsigned long long smem_desc(u32 addr) {
+  return static_cast<unsigned long long>((addr & 0x3ffffu) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+}
+
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_e4m3_n128(float* d, unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+#endif
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wgmma_bf16_n256(float* d, unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+#endif
+
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// The shapes the heuristics use: fp8 m64n128k32 (promoted per K tile), bf16 m64n256k16.
+template <int kKind, int N>
+__device__ __forceinline__ void wgmma_tile_step(float* d, unsigned long long da, unsigned long long db, int accumulate) {
+  static_assert((kKind == kKindFp8 && N == 128) || (kKind == kKindBf16 && N == 256), "no wgmma wrapper for this tile");
+  if (kKind == kKindFp8)
+    wgmma_e4m3_n128(d, da, db, accumulate);
+  else
+    wgmma_bf16_n256(d, da, db, accumulate);
+}
+#endif
+
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES>
+struct WgmmaGemm {
+  static constexpr int kWarpgroups = BM / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  using Loader = TileLoader<kKind, kAM, kGated, BM, BN, kThreads>;
+  static constexpr int kStage = Loader::kAStage + Loader::kBStage;
+  static constexpr int kSmemBytes = STAGES * kStage + 1024;  // + slack to align the ring to 1024
+  static constexpr bool kPromote = kKind == kKindFp8;
+  static constexpr bool kTileScales = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
+  static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
+  static constexpr int NF = BN / 8;    // n8 fragments
+  static_assert(kKind != kKindW8A16, "W8A16 runs on the mma.sync kernel");
+  static_assert(BM % 64 == 0, "wgmma tiles are whole warpgroups of 64 rows");
+  static_assert(Loader::kARow == 128 && kStage % 1024 == 0, "wgmma tiles are 128-byte rows in 1024-byte atoms");
+
+  __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem_raw) {
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __shared__ int s_pair[BM];
+    const int tile = blockIdx.x;
+    if (tile >= *a.num_tiles) return;
+    u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
+    const int e = a.tile_expert[tile];
+    const int tid = threadIdx.x, lane = tid & 31, wg = tid >> 7, wq = (tid >> 5) & 3;
+    const GemmGeom<kGated> geo(a);
+    const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
+    for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
+    __syncthreads();
+    const Loader loader(a, geo, e, n0, s_pair, tid);
+    const int g = lane >> 2, t = lane & 3;
+    const int prow[2] = {s_pair[wg * 64 + wq * 16 + g], s_pair[wg * 64 + wq * 16 + g + 8]};
+
+    // Scale rows of this thread's columns and rows (block / group schemes).
+    constexpr int kSW = kTileScales && kWS == kWBlock ? NF : 1;
+    int sw_row[kSW];
+    const BlockScaleRows<kGated> sws(a);
+#pragma unroll
+    for (int j = 0; j < kSW; ++j) sw_row[j] = -1;
+    if (kTileScales && kWS == kWBlock) {
+#pragma unroll
+      for (int j = 0; j < kSW; ++j) {
+        const int r = j * 8 + 2 * t;
+        const int col = kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+        sw_row[j] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && j >= NF / 2 ? 1 : 0, geo.N);
+      }
+    }
+    const float* as_base = kGated ? a.a1s : a.a2s;
+    const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
+    const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
+
+    float acc[kAcc];
+    float part[kPromote ? kAcc : 1];
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+    part[0] = 0.0f;
+
+    // Output column of fragment j's column pair (GEMM1: gate fragments, then up).
+    auto out_col = [&](int j) {
+      const int r = j * 8 + 2 * t;
+      return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+    };
+
+    const int KT = (geo.K + GemmTraits<kKind>::kTileK - 1) / GemmTraits<kKind>::kTileK;
+    loader.template prologue<STAGES>(smem, kStage, KT);
+    for (int kt = 0; kt < KT; ++kt) {
+      cp_async_wait<STAGES - 2>();
+      fence_proxy_async();
+      __syncthreads();
+      loader.template refill<STAGES>(smem, kStage, kt, KT);
+
+      const u32 sA = smem_u32(smem + (kt % STAGES) * kStage);
+      const unsigned long long da = smem_desc(sA + wg * 64 * 128);
+      const unsigned long long db = smem_desc(sA + Loader::kAStage);
+      float* d = kPromote ? part : acc;
+      fence_regs<kAcc>(d);
+      wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
+      wgmma_commit();
+      // NOTE: the tile's scales are read while the MMAs run, not after the wait.
+      float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
+      sw[0] = 1.0f;
+      if (kAM == kAGroup) {
+        const int kg = kt * 128 / a.act_group;
+        sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+        sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
+      }
+      if (kTileScales && kWS == kWBlock) {
+        const int kb = kt * 128 / sws.bk;
+#pragma unroll
+        for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
+      }
+      wgmma_wait0();
+      fence_regs<kAcc>(d);
+      if (kPromote) {
+#pragma unroll
+        for (int j = 0; j < NF; ++j) {
+          const float w = sw[kSW > 1 ? j : 0];
+          acc[4 * j + 0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
+          acc[4 * j + 1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
+          acc[4 * j + 2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
+          acc[4 * j + 3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
+        }
+      }
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+      store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
+                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
+#else
+    static_assert(kKind < 0, "wgmma kernels need sm_90a");
+#endif
+  }
+};
+
+}  // namespace moeq_kernels
