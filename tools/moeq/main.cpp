@@ -1,4 +1,5 @@
 // moeq: check a quantized MoE checkpoint before serving it.
+#include "cmd_bench.hpp"
 #include "commands.hpp"
 
 #include <moeq/error.hpp>
@@ -36,8 +37,10 @@ int main(int argc, char** argv) {
     sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files");
     sub->add_flag("--json", opt.json, "print the verdict as JSON");
   }
+  BenchCommand bench(app);
   CLI11_PARSE(app, argc, argv);
   try {
+    if (bench.parsed()) return bench.run();
     if (plugins->parsed()) return cmd_plugins(opt, why);
     if (inspect->parsed()) return cmd_inspect(opt, dir);
     if (load->parsed()) return cmd_load(opt, dir);

@@ -1,0 +1,72 @@
+// The compressed_tensors GPU kernels: every variant compiles with NVRTC for each architecture
+// it targets (no GPU needed, so CI runs it), and on a CUDA device every scheme matches the CPU
+// references. Device tests skip, saying why, where there is no driver or device.
+#include <doctest/doctest.h>
+
+#if MOEQ_HAVE_GPU_BENCH
+#include "bench.hpp"
+#include "driver.hpp"
+#include "nvrtc_build.hpp"
+
+#include <sstream>
+#include <thread>
+
+namespace gh = moeq::gpu_harness;
+
+namespace {
+
+void compile_every_variant(const char* arch) {
+  const auto sets = gh::kernel_variants(arch);
+  CHECK(sets.size() > 1);
+  std::string error;
+  try {
+    gh::nvrtc_build_all(sets, arch, std::max(1u, std::thread::hardware_concurrency()));
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  INFO(arch << ": " << sets.size() << " kernel sets");
+  CHECK_MESSAGE(error.empty(), error);
+}
+
+bool device_or_skip() {
+  const std::string why = gh::Driver::unavailable_reason();
+  if (!why.empty()) MESSAGE("SKIPPED: GPU kernel check needs a CUDA device: " << why);
+  return why.empty();
+}
+
+void check_on_device(const char* scheme) {
+  if (!device_or_skip()) return;
+  std::ostringstream log;
+  const bool ok = gh::check_scheme(scheme, log);
+  INFO(log.str());
+  CHECK(ok);
+}
+
+}  // namespace
+
+TEST_CASE("every compressed_tensors kernel variant compiles for sm_90a (wgmma and mma.sync)") {
+  compile_every_variant("sm_90a");
+}
+TEST_CASE("every compressed_tensors kernel variant compiles for sm_89 (fp8 mma.sync)") {
+  compile_every_variant("sm_89");
+}
+TEST_CASE("bf16 and int8 W8A16 kernel variants compile for sm_80") { compile_every_variant("sm_80"); }
+
+TEST_CASE("gpu bf16 experts match the CPU reference on device") { check_on_device("bf16"); }
+TEST_CASE("gpu fp8 channel / per-token experts match the CPU reference on device") {
+  check_on_device("fp8-channel");
+}
+TEST_CASE("gpu fp8 128x128 block / per-group experts (and a 64x64 refined grid) match on device") {
+  check_on_device("fp8-block");
+}
+TEST_CASE("gpu fp8 per-tensor dynamic experts match the CPU reference on device") { check_on_device("fp8-tensor"); }
+TEST_CASE("gpu fp8 per-tensor static experts match the CPU reference on device") {
+  check_on_device("fp8-tensor-static");
+}
+TEST_CASE("gpu int8 W8A16 per-channel experts match the CPU reference on device") { check_on_device("w8a16"); }
+
+#else
+TEST_CASE("compressed_tensors GPU kernels") {
+  MESSAGE("SKIPPED: built without a CUDA toolkit (NVRTC): the kernel compile and device checks do not run");
+}
+#endif

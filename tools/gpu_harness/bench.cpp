@@ -1,0 +1,678 @@
+#include "bench.hpp"
+
+#include "bench_kernels.hpp"
+#include "bench_layer.hpp"
+#include "driver.hpp"
+#include "floors.hpp"
+#include "nvrtc_build.hpp"
+#include "reference_mirror.hpp"
+
+#include <moeq/dtype.hpp>
+#include <moeq/error.hpp>
+#include <moeq/reference.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iomanip>
+#include <map>
+#include <numeric>
+#include <ostream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+namespace moeq::gpu_harness {
+namespace {
+
+namespace mk = ::moeq_kernels;
+using ct::gpu::LayerDims;
+using ct::gpu::MoePlan;
+using ct::gpu::MoeRunner;
+
+// Modules compiled in this process, by source text (identical sets compile once).
+class ModuleCache {
+ public:
+  explicit ModuleCache(Driver& d) : d_(d) {}
+  std::vector<Module> get(const std::vector<ct::gpu::KernelSetSource>& sets) {
+    std::vector<ct::gpu::KernelSetSource> missing;
+    for (const auto& s : sets)
+      if (!modules_.count(s.source)) missing.push_back(s);
+    if (!missing.empty()) {
+      const auto cubins = nvrtc_build_all(missing, d_.arch(), std::max(1u, std::thread::hardware_concurrency()));
+      for (size_t i = 0; i < missing.size(); ++i) {
+        modules_[missing[i].source] = d_.load(cubins[i].image);
+        compile_ms_ += cubins[i].milliseconds;
+      }
+    }
+    std::vector<Module> out;
+    for (const auto& s : sets) out.push_back(modules_.at(s.source));
+    return out;
+  }
+  double compile_ms() const { return compile_ms_; }
+
+ private:
+  Driver& d_;
+  std::map<std::string, Module> modules_;
+  double compile_ms_ = 0;
+};
+
+struct Ctx {
+  Driver& d;
+  Stream s;
+  BenchKernels fill;
+  ModuleCache modules;
+  Module utility;
+  std::ostream& out;
+};
+
+ct::gpu::DeviceLimits limits(const Driver& d) {
+  ct::gpu::DeviceLimits l;
+  l.sm_major = d.info().sm_major;
+  l.sm_minor = d.info().sm_minor;
+  l.multiprocessors = d.info().multiprocessors;
+  l.max_smem_per_block = d.info().smem_optin;
+  return l;
+}
+
+struct HostRouting {
+  std::vector<int32_t> ids;
+  std::vector<float> weights;
+};
+
+// k distinct global experts per token, uniform; weights in [0.05, 1).
+HostRouting random_routing(int64_t m, int64_t k, int64_t global_experts, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  HostRouting r;
+  r.ids.resize(static_cast<size_t>(m * k));
+  r.weights.resize(static_cast<size_t>(m * k));
+  std::uniform_real_distribution<float> uw(0.05f, 1.0f);
+  std::vector<int32_t> all(static_cast<size_t>(global_experts));
+  std::iota(all.begin(), all.end(), 0);
+  for (int64_t t = 0; t < m; ++t) {
+    for (int64_t j = 0; j < k; ++j) {  // partial Fisher-Yates
+      std::uniform_int_distribution<int64_t> pick(j, global_experts - 1);
+      std::swap(all[j], all[pick(rng)]);
+      r.ids[t * k + j] = all[j];
+      r.weights[t * k + j] = uw(rng);
+    }
+  }
+  return r;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::string fmt(double v, int prec = 1) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(prec) << v;
+  return o.str();
+}
+
+ref::ActQuantSpec act_spec(const ct::gpu::GpuScheme& s, float static_scale) {
+  ref::ActQuantSpec q;
+  switch (s.amode) {
+    case mk::kAToken: q.kind = ref::ActQuant::kFp8PerToken; break;
+    case mk::kAGroup: q.kind = ref::ActQuant::kFp8PerGroup; break;
+    case mk::kATensor: q.kind = ref::ActQuant::kFp8PerTensorDynamic; break;
+    case mk::kAStatic: q.kind = ref::ActQuant::kFp8PerTensorStatic; break;
+    default: break;
+  }
+  q.group_size = s.act_group;
+  q.static_scale = static_scale;
+  return q;
+}
+
+// ------------------------------------------------------------------ correctness
+
+struct CheckCase {
+  std::string label;
+  SchemeSpec spec;
+  LayerDims dims;
+  int64_t global_experts = 0;
+  int64_t m = 0;
+  int64_t chunk = 0;      // plan's max tokens (< m exercises chunking)
+  bool core_ref = false;  // also compare with ref::moe_forward over every local expert
+};
+
+bool run_check(Ctx& c, const CheckCase& k, uint64_t seed) {
+  const auto& d = k.dims;
+  const int64_t M = k.m, H = d.hidden;
+  DeviceLayer layer(c.fill, c.d, k.spec, d, seed, c.s);
+  layer.repack(c.utility, c.s);
+  MoePlan plan(k.spec.scheme, d, k.chunk, limits(c.d));
+  MoeRunner runner(plan, c.modules.get(plan.sources()));
+  DeviceBuffer ws(plan.workspace_bytes()), x(static_cast<size_t>(M * H) * 2), ids(static_cast<size_t>(M * d.top_k) * 4),
+      tw(static_cast<size_t>(M * d.top_k) * 4), out(static_cast<size_t>(M * H) * 4), out16(static_cast<size_t>(M * H) * 2);
+  c.fill.fill(x.get(), M * H, FillType::kBf16, seed + 7, 1.0f, 0.0f, c.s);
+  const HostRouting r = random_routing(M, d.top_k, k.global_experts, seed + 8);
+  c.d.upload(ids.get(), r.ids.data(), r.ids.size() * 4);
+  c.d.upload(tw.get(), r.weights.data(), r.weights.size() * 4);
+  std::vector<uint16_t> xb(static_cast<size_t>(M * H));
+  c.d.sync(c.s);
+  c.d.download(xb.data(), x.get(), xb.size() * 2);
+  std::vector<float> xf(xb.size());
+  for (size_t i = 0; i < xb.size(); ++i) xf[i] = bf16_to_float(xb[i]);
+
+  ct::gpu::RunIo io;
+  io.m = M;
+  io.x = reinterpret_cast<const void*>(x.get());
+  io.x_stride = H;
+  io.topk_ids = ids.as<const int32_t>();
+  io.topk_weights = tw.as<const float>();
+  io.out_stride = H;
+  auto run_into = [&](DeviceBuffer& o, int dtype) {
+    c.d.memset_async(o.get(), 0xff, o.bytes(), c.s);  // NaN poison: unwritten elements fail
+    io.out = reinterpret_cast<void*>(o.get());
+    io.out_dtype = dtype;
+    runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s);
+    c.d.sync(c.s);
+  };
+  std::vector<float> g1(static_cast<size_t>(M * H)), g2(g1.size()), g3(g1.size());
+  run_into(out, mk::kOutF32);
+  c.d.download(g1.data(), out.get(), g1.size() * 4);
+  run_into(out, mk::kOutF32);
+  c.d.download(g2.data(), out.get(), g2.size() * 4);
+  const bool deterministic = std::memcmp(g1.data(), g2.data(), g1.size() * 4) == 0;
+  // The same apply captured in a CUDA graph and replayed.
+  c.d.memset_async(out.get(), 0xff, out.bytes(), c.s);
+  io.out = reinterpret_cast<void*>(out.get());
+  io.out_dtype = mk::kOutF32;
+  c.d.begin_capture(c.s);
+  runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s);
+  GraphExec graph = c.d.end_capture(c.s);
+  c.d.graph_launch(graph, c.s);
+  c.d.sync(c.s);
+  c.d.graph_destroy(graph);
+  c.d.download(g3.data(), out.get(), g3.size() * 4);
+  const bool graph_ok = std::memcmp(g1.data(), g3.data(), g1.size() * 4) == 0;
+  std::vector<uint16_t> gb(static_cast<size_t>(M * H));
+  run_into(out16, mk::kOutBf16);
+  c.d.download(gb.data(), out16.get(), gb.size() * 2);
+
+  MirrorInput mi;
+  mi.scheme = k.spec.scheme;
+  mi.dims = d;
+  mi.m = M;
+  mi.x = xf;
+  mi.ids = r.ids;
+  mi.weights = r.weights;
+  mi.a1_static = layer.weights().a1_static;
+  mi.a2_static = layer.weights().a2_static;
+  mi.chunk = k.chunk;
+  mi.expert = [&](int64_t le) { return layer.expert(le); };
+  const MirrorResult mr = mirror_forward(mi);
+  const std::vector<float>& ref_out = mr.out;
+  const double err = ref::relative_l2(g1, ref_out);
+  std::vector<float> gbf(gb.size()), ref16(ref_out.size());
+  for (size_t i = 0; i < gb.size(); ++i) {
+    gbf[i] = bf16_to_float(gb[i]);
+    ref16[i] = bf16_to_float(float_to_bf16(ref_out[i]));
+  }
+  const double err16 = ref::relative_l2(gbf, ref16);
+
+  // Each GEMM on identical quantized inputs. The intermediate of the last chunk is still in
+  // the workspace: GEMM1's output (before the a2 quantization) against the mirror's, and the
+  // output against a mirror whose GEMM2 reads the GPU's own requantized intermediate. An
+  // end-to-end difference also contains a few fp8 roundings of the intermediate flipped by
+  // 1e-5-sized differences in GEMM1, so it is held to 1e-2 only.
+  double err_g1 = -1, err_g2 = -1;
+  const auto& sc = k.spec.scheme;
+  if (k.chunk >= M) {
+    const auto& L = plan.layout();
+    const int64_t R = M * d.top_k, I = d.inter;
+    const bool fp8 = sc.kind == mk::kKindFp8, dyn = fp8 && sc.amode != mk::kAStatic;
+    const int64_t groups = sc.amode == mk::kAGroup ? (I + sc.act_group - 1) / sc.act_group : 1;
+    std::vector<uint8_t> hq(static_cast<size_t>(R * I) * (fp8 ? (dyn ? 4 : 1) : 2)), a2q;
+    c.d.download(hq.data(), ws.get() + L.h, hq.size());
+    std::vector<float> a2s;
+    if (dyn) {
+      a2q.resize(static_cast<size_t>(R * I));
+      a2s.resize(static_cast<size_t>(sc.amode == mk::kATensor ? 1 : R * groups));
+      c.d.download(a2q.data(), ws.get() + L.a2q, a2q.size());
+      c.d.download(a2s.data(), ws.get() + L.a2s, a2s.size() * 4);
+    }
+    const float a2_static = layer.weights().a2_static;
+    mi.gemm2_input = [&](int64_t p, int64_t i) -> float {
+      const size_t o = static_cast<size_t>(p * I + i);
+      if (!fp8) {
+        uint16_t v;
+        std::memcpy(&v, hq.data() + o * 2, 2);
+        return bf16_to_float(v);
+      }
+      if (!dyn) return fp8_e4m3_to_float(hq[o]) * a2_static;
+      const float sv = sc.amode == mk::kATensor ? a2s[0]
+                       : sc.amode == mk::kAToken ? a2s[static_cast<size_t>(p)]
+                                                 : a2s[static_cast<size_t>(p * groups + i / sc.act_group)];
+      return fp8_e4m3_to_float(a2q[o]) * sv;
+    };
+    err_g2 = ref::relative_l2(g1, mirror_forward(mi).out);
+    if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before requantizing)
+      std::vector<float> gh, rh;
+      for (size_t r = 0; r < mr.pairs.size(); ++r)
+        for (int64_t i = 0; i < I; ++i) {
+          const size_t o = static_cast<size_t>(mr.pairs[r] * I + i);
+          float g;
+          if (fp8) {
+            std::memcpy(&g, hq.data() + o * 4, 4);
+          } else {
+            uint16_t v;
+            std::memcpy(&v, hq.data() + o * 2, 2);
+            g = bf16_to_float(v);
+          }
+          gh.push_back(g);
+          const float want = mr.h[r * I + i];
+          rh.push_back(fp8 ? want : bf16_to_float(float_to_bf16(want)));
+        }
+      err_g1 = ref::relative_l2(gh, rh);
+    }
+  }
+  double err_core = -1;
+  if (k.core_ref) {
+    ref::ExpertWeights ew;
+    ew.num_experts = d.num_experts;
+    ew.first_expert = d.first_expert;
+    ew.hidden = H;
+    ew.intermediate = d.inter;
+    for (int64_t le = 0; le < d.num_experts; ++le) {
+      ExpertFloat f = layer.expert(le);
+      ew.w13.insert(ew.w13.end(), f.w13.begin(), f.w13.end());
+      ew.w2.insert(ew.w2.end(), f.w2.begin(), f.w2.end());
+    }
+    ref::Routing rt;
+    rt.num_tokens = M;
+    rt.top_k = d.top_k;
+    rt.ids = r.ids;
+    rt.weights = r.weights;
+    ref::MoeOptions opt;
+    if (k.spec.scheme.kind == mk::kKindFp8) {
+      opt.a1 = act_spec(k.spec.scheme, layer.weights().a1_static);
+      opt.a2 = act_spec(k.spec.scheme, layer.weights().a2_static);
+    }
+    err_core = ref::relative_l2(g1, ref::moe_forward(ew, xf, M, rt, opt));
+  }
+  const bool pass = err_g1 <= 1e-3 && err_g2 <= 1e-3 && err <= 1e-2 && err16 <= 1e-2 && deterministic && graph_ok;
+  c.out << (pass ? "PASS " : "FAIL ") << k.label << " " << k.spec.name << " E=" << d.num_experts << "/"
+        << k.global_experts << " k=" << d.top_k << " H=" << H << " I=" << d.inter << " M=" << M << " chunk=" << k.chunk
+        << ": rel L2 " << std::scientific << std::setprecision(2);
+  if (err_g1 >= 0) c.out << "gemm1 " << err_g1 << ", ";
+  if (err_g2 >= 0) c.out << "gemm2 " << err_g2 << ", ";
+  c.out << "end-to-end vs mirror " << err << " (bf16 out " << err16 << ")";
+  if (err_core >= 0) c.out << ", vs core moe_forward " << err_core;
+  c.out << std::defaultfloat << (deterministic ? ", bitwise repeatable" : ", NOT REPEATABLE")
+        << (graph_ok ? ", graph replay identical" : ", GRAPH REPLAY DIFFERS") << "\n";
+  c.out.flush();
+  return pass;
+}
+
+bool check_routing(Ctx& c, uint64_t seed) {
+  bool all = true;
+  struct Case {
+    const char* label;
+    int64_t m, e, k;
+    bool sigmoid, renorm, bias;
+    int n_group, topk_group;
+    float scale;
+  };
+  const Case cases[] = {
+      {"softmax top-2 renorm (Mixtral)", 257, 8, 2, false, true, false, 0, 0, 1.0f},
+      {"softmax top-8 no renorm (Qwen3)", 300, 128, 8, false, false, false, 0, 0, 1.0f},
+      {"sigmoid+bias grouped 8/4 top-8 x2.5 (DeepSeek-V3)", 300, 256, 8, true, true, true, 8, 4, 2.5f},
+      {"softmax grouped no bias", 100, 64, 6, false, true, false, 8, 3, 1.0f},
+  };
+  for (const auto& cs : cases) {
+    std::mt19937 rng(static_cast<uint32_t>(seed + cs.e));
+    std::normal_distribution<float> nd(0.0f, 2.0f);
+    std::vector<float> logits(static_cast<size_t>(cs.m * cs.e)), bias;
+    for (auto& v : logits) v = nd(rng);
+    if (cs.bias) {
+      bias.resize(static_cast<size_t>(cs.e));
+      for (auto& v : bias) v = nd(rng) * 0.1f;
+    }
+    ref::RoutingOptions o;
+    o.top_k = static_cast<int>(cs.k);
+    o.renormalize = cs.renorm;
+    o.scoring = cs.sigmoid ? ref::Scoring::kSigmoid : ref::Scoring::kSoftmax;
+    o.correction_bias = bias;
+    o.n_group = cs.n_group;
+    o.topk_group = cs.topk_group;
+    o.routed_scaling_factor = cs.scale;
+    const ref::Routing want = ref::route(logits, cs.m, cs.e, o);
+    DeviceBuffer dl(logits.size() * 4), db(std::max<size_t>(bias.size(), 1) * 4), di(want.ids.size() * 4),
+        dw(want.ids.size() * 4);
+    c.d.upload(dl.get(), logits.data(), logits.size() * 4);
+    if (!bias.empty()) c.d.upload(db.get(), bias.data(), bias.size() * 4);
+    ct::gpu::RouteIo io;
+    io.m = cs.m;
+    io.num_experts = cs.e;
+    io.logits = dl.as<const float>();
+    io.bias = bias.empty() ? nullptr : db.as<const float>();
+    io.ids = di.as<int32_t>();
+    io.weights = dw.as<float>();
+    io.top_k = static_cast<int>(cs.k);
+    io.sigmoid = cs.sigmoid;
+    io.renormalize = cs.renorm;
+    io.n_group = cs.n_group;
+    io.topk_group = cs.topk_group;
+    io.routed_scaling_factor = cs.scale;
+    ct::gpu::launch_route(c.utility, io, c.s);
+    c.d.sync(c.s);
+    std::vector<int32_t> ids(want.ids.size());
+    std::vector<float> w(want.ids.size());
+    c.d.download(ids.data(), di.get(), ids.size() * 4);
+    c.d.download(w.data(), dw.get(), w.size() * 4);
+    int64_t id_mismatch = 0;
+    double max_rel = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (ids[i] != want.ids[i]) ++id_mismatch;
+      max_rel = std::max(max_rel, std::fabs(static_cast<double>(w[i]) - want.weights[i]) /
+                                      std::max(1e-30, std::fabs(static_cast<double>(want.weights[i]))));
+    }
+    const bool pass = id_mismatch == 0 && max_rel <= 1e-5;
+    all = all && pass;
+    c.out << (pass ? "PASS " : "FAIL ") << "route " << cs.label << " M=" << cs.m << ": " << id_mismatch
+          << " id mismatches, max weight rel err " << std::scientific << std::setprecision(2) << max_rel
+          << std::defaultfloat << "\n";
+  }
+  return all;
+}
+
+// ------------------------------------------------------------------ timing
+
+struct Row {
+  std::string shape, scheme;
+  int64_t m = 0;
+  double us_graph = 0, us_stream = 0, bytes = 0, flops = 0, floor_us = 0;
+  int64_t experts_hit = 0;
+  double ratio() const { return us_graph / floor_us; }
+};
+
+std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeSpec& spec,
+                                   const std::vector<int64_t>& ms, const Floors& fl, const BenchOptions& opt) {
+  LayerDims d{shape.experts, 0, shape.hidden, shape.inter, shape.top_k};
+  const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+  DeviceLayer layer(c.fill, c.d, spec, d, opt.seed, c.s);
+  layer.repack(c.utility, c.s);
+  MoePlan plan(spec.scheme, d, max_m, limits(c.d));
+  MoeRunner runner(plan, c.modules.get(plan.sources()));
+  DeviceBuffer ws(plan.workspace_bytes()), x(static_cast<size_t>(max_m * d.hidden) * 2),
+      ids(static_cast<size_t>(max_m * d.top_k) * 4), tw(static_cast<size_t>(max_m * d.top_k) * 4),
+      out(static_cast<size_t>(max_m * d.hidden) * 2);
+  // NOTE: L2 is flushed before every timed run by writing twice its size, so weights hit in
+  // one run are not served from the cache in the next.
+  const size_t flush_bytes = std::max<size_t>(static_cast<size_t>(c.d.info().l2_bytes) * 2, size_t{128} << 20);
+  DeviceBuffer flush(flush_bytes);
+  c.fill.fill(x.get(), max_m * d.hidden, FillType::kBf16, opt.seed + 7, 1.0f, 0.0f, c.s);
+  const HostRouting r = random_routing(max_m, d.top_k, shape.experts, opt.seed + 8);
+  c.d.upload(ids.get(), r.ids.data(), r.ids.size() * 4);
+  c.d.upload(tw.get(), r.weights.data(), r.weights.size() * 4);
+  Event e0 = c.d.event(), e1 = c.d.event();
+  const double rate = (spec.scheme.kind == mk::kKindFp8 ? fl.fp8_tflops : fl.bf16_tflops) * 1e12;
+  std::vector<Row> rows;
+  for (int64_t m : ms) {
+    ct::gpu::RunIo io;
+    io.m = m;
+    io.x = reinterpret_cast<const void*>(x.get());
+    io.x_stride = d.hidden;
+    io.topk_ids = ids.as<const int32_t>();
+    io.topk_weights = tw.as<const float>();
+    io.out = reinterpret_cast<void*>(out.get());
+    io.out_stride = d.hidden;
+    io.out_dtype = mk::kOutBf16;
+    auto apply = [&] { runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s); };
+    auto timed = [&](auto&& body) {
+      c.d.memset_async(flush.get(), 0, flush_bytes, c.s);
+      c.d.record(e0, c.s);
+      body();
+      c.d.record(e1, c.s);
+      return static_cast<double>(c.d.elapsed_ms(e0, e1)) * 1e3;
+    };
+    for (int i = 0; i < 2; ++i) timed(apply);
+    const double first = timed(apply);
+    const int iters = static_cast<int>(std::clamp(opt.seconds_per_case * 1e6 / std::max(first, 1.0), 5.0, 200.0));
+    std::vector<double> t_stream, t_graph;
+    for (int i = 0; i < iters; ++i) t_stream.push_back(timed(apply));
+    c.d.begin_capture(c.s);
+    apply();
+    GraphExec g = c.d.end_capture(c.s);
+    auto replay = [&] { c.d.graph_launch(g, c.s); };
+    for (int i = 0; i < 2; ++i) timed(replay);
+    for (int i = 0; i < iters; ++i) t_graph.push_back(timed(replay));
+    c.d.graph_destroy(g);
+
+    // One more run with an event after every kernel: where the time goes.
+    std::vector<std::pair<std::string, Event>> marks;
+    static std::vector<Event> pool;
+    size_t used = 0;
+    c.d.memset_async(flush.get(), 0, flush_bytes, c.s);
+    c.d.record(e0, c.s);
+    runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s, [&](const char* name) {
+      if (used == pool.size()) pool.push_back(c.d.event());
+      c.d.record(pool[used], c.s);
+      marks.emplace_back(name + 4, pool[used++]);  // drop the "moe_" prefix
+    });
+    std::string stages;
+    Event prev = e0;
+    for (const auto& [name, ev] : marks) {
+      stages += " " + name + " " + fmt(static_cast<double>(c.d.elapsed_ms(prev, ev)) * 1e3, 1);
+      prev = ev;
+    }
+
+    Row row;
+    row.shape = shape.name;
+    row.scheme = spec.name;
+    row.m = m;
+    row.us_stream = median(t_stream);
+    row.us_graph = median(t_graph);
+    std::set<int32_t> hit(r.ids.begin(), r.ids.begin() + m * d.top_k);
+    row.experts_hit = static_cast<int64_t>(hit.size());
+    row.bytes = static_cast<double>(row.experts_hit) * layer.expert_bytes() + static_cast<double>(m * d.hidden) * 4 +
+                static_cast<double>(m * d.top_k) * 8;
+    row.flops = 6.0 * static_cast<double>(m * d.top_k) * static_cast<double>(d.hidden) * static_cast<double>(d.inter);
+    row.floor_us = std::max(row.bytes / (fl.copy_gbps * 1e9), row.flops / rate) * 1e6;
+    rows.push_back(row);
+    c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": " << fmt(row.us_graph, 1) << " us (stream "
+          << fmt(row.us_stream, 1) << "), floor " << fmt(row.floor_us, 1) << " us, ratio " << fmt(row.ratio(), 2)
+          << " |" << stages << "\n";
+    c.out << "ROW," << row.shape << "," << row.scheme << "," << row.m << "," << row.us_graph << "," << row.us_stream
+          << "," << row.bytes << "," << row.flops << "," << row.floor_us << "," << row.experts_hit << "\n";
+    c.out.flush();
+  }
+  return rows;
+}
+
+void print_table(std::ostream& o, const std::vector<Row>& rows, const Floors& fl, const Driver& d,
+                 const std::vector<int64_t>& ms) {
+  o << "\n| shape | scheme | M | us | us (no graph) | GB/s | TFLOP/s | floor us | time/floor |\n";
+  o << "|---|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : rows)
+    o << "| " << r.shape << " | " << r.scheme << " | " << r.m << " | " << fmt(r.us_graph, 1) << " | "
+      << fmt(r.us_stream, 1) << " | " << fmt(r.bytes / (r.us_graph * 1e-6) / 1e9, 0) << " | "
+      << fmt(r.flops / (r.us_graph * 1e-6) / 1e12, 1) << " | " << fmt(r.floor_us, 1) << " | " << fmt(r.ratio(), 2)
+      << " |\n";
+  // Geomean of time/floor per M over the schemes the competition figures cover.
+  const std::set<std::string> competition = {"bf16", "fp8-channel", "fp8-block", "w8a16"};
+  o << "\n| M | geomean time/floor (bf16, fp8-channel, fp8-block, w8a16) | cases | all schemes |\n|---:|---:|---:|---:|\n";
+  for (int64_t m : ms) {
+    double lc = 0, la = 0;
+    int nc = 0, na = 0;
+    for (const auto& r : rows) {
+      if (r.m != m) continue;
+      la += std::log(r.ratio());
+      ++na;
+      if (competition.count(r.scheme)) {
+        lc += std::log(r.ratio());
+        ++nc;
+      }
+    }
+    if (na == 0) continue;
+    o << "| " << m << " | " << (nc ? fmt(std::exp(lc / nc), 2) : "-") << " | " << nc << " | "
+      << fmt(std::exp(la / na), 2) << " |\n";
+  }
+  o << "\nDevice: " << d.info().name << " (" << d.info().multiprocessors << " SMs, L2 " << d.info().l2_bytes / (1 << 20)
+    << " MiB, driver " << d.info().driver_version << "). Floors measured in this run: copy " << fmt(fl.copy_gbps, 0)
+    << " GB/s (cuMemcpyDtoD 1 GiB, read + write); fp8 " << fmt(fl.fp8_tflops, 0) << " TFLOP/s (" << fl.fp8_note
+    << "); bf16 " << fmt(fl.bf16_tflops, 0) << " TFLOP/s (" << fl.bf16_note << ", used for bf16 and w8a16).\n";
+}
+
+struct Selection {
+  std::vector<SchemeSpec> schemes;
+  std::vector<ShapeSpec> shapes;
+  std::vector<CheckCase> checks;
+};
+
+Selection select(const BenchOptions& opt) {
+  Selection sel;
+  const std::vector<std::string> default_schemes = {"bf16", "fp8-channel", "fp8-block", "fp8-tensor", "w8a16"};
+  for (const auto& n : opt.schemes.empty() ? default_schemes : opt.schemes) {
+    auto s = scheme_by_name(n);
+    if (!s) fail("bench: unknown scheme '" + n + "' (bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16)");
+    sel.schemes.push_back(*s);
+  }
+  if (opt.shapes.empty()) sel.shapes = named_shapes();
+  for (const auto& n : opt.shapes) {
+    auto s = shape_by_name(n);
+    if (!s) fail("bench: unknown shape '" + n + "' (Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M)");
+    sel.shapes.push_back(*s);
+  }
+  if (!opt.check) return sel;
+  std::vector<SchemeSpec> check_schemes = sel.schemes;
+  for (const auto& s : sel.schemes)
+    if (s.scheme.wscale == mk::kWBlock) check_schemes.push_back(with_blocks(s, 64, 64));
+  for (const auto& s : check_schemes) {
+    // 6 of 8 experts local (first 1), H and I with K and N tails for every tile width.
+    for (int64_t m : {1, 7, 64, 300, 2000})
+      sel.checks.push_back({"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64});
+    sel.checks.push_back({"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true});
+    for (const auto& sh : sel.shapes)
+      sel.checks.push_back({sh.name, s, LayerDims{sh.experts, 0, sh.hidden, sh.inter, sh.top_k}, sh.experts, 4, 4, false});
+  }
+  return sel;
+}
+
+}  // namespace
+
+int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream& out) {
+  const Selection sel = select(opt);
+  ct::gpu::DeviceLimits lim;  // an H100 SXM: 132 SMs, 227 KiB of shared memory a block
+  lim.sm_major = arch[3] - '0';
+  lim.sm_minor = arch[4] - '0';
+  std::map<std::string, ct::gpu::KernelSetSource> sets;
+  auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m) {
+    for (auto& k : MoePlan(sc, d, max_m, lim).sources()) sets.emplace(k.source, k);
+  };
+  for (const auto& k : sel.checks) add(k.spec.scheme, k.dims, k.chunk);
+  const int64_t max_m = *std::max_element(opt.ms.begin(), opt.ms.end());
+  if (opt.time)
+    for (const auto& sh : sel.shapes)
+      for (const auto& s : sel.schemes) add(s.scheme, LayerDims{sh.experts, 0, sh.hidden, sh.inter, sh.top_k}, max_m);
+  std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
+  for (auto& [_, k] : sets) list.push_back(k);
+  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
+  double ms = 0;
+  for (const auto& c : cubins) ms += c.milliseconds;
+  out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
+  return 0;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
+  ct::gpu::DeviceLimits lim;
+  lim.sm_major = arch.at(3) - '0';
+  lim.sm_minor = arch.at(4) - '0';
+  const bool fp8 = lim.sm_major * 10 + lim.sm_minor >= 89;
+  std::vector<SchemeSpec> schemes;
+  for (const auto& s : named_schemes())
+    if (fp8 || s.scheme.kind != mk::kKindFp8) schemes.push_back(s);
+  if (fp8) schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 64, 64));
+  const LayerDims shapes[] = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
+  std::map<std::string, ct::gpu::KernelSetSource> sets;
+  for (const auto& s : schemes)
+    for (const auto& d : shapes)
+      for (auto& k : MoePlan(s.scheme, d, 8192, lim).sources()) sets.emplace(k.source, k);
+  std::vector<ct::gpu::KernelSetSource> out{ct::gpu::utility_source()};
+  for (auto& [_, k] : sets) out.push_back(k);
+  return out;
+}
+
+bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed) {
+  auto spec = scheme_by_name(scheme);
+  if (!spec) fail("check_scheme: unknown scheme '" + scheme + "'");
+  Driver& d = Driver::open();
+  Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, out};
+  c.utility = d.load(nvrtc_build(ct::gpu::utility_source(), d.arch()).image);
+  std::vector<SchemeSpec> specs = {*spec};
+  if (spec->scheme.wscale == mk::kWBlock) specs.push_back(with_blocks(*spec, 64, 64));
+  bool ok = true;
+  for (const auto& s : specs) {
+    for (int64_t m : {1, 64, 300, 2000})
+      ok = run_check(c, {"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64}, ++seed) && ok;
+    ok = run_check(c, {"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true}, ++seed) && ok;
+  }
+  return ok;
+}
+
+int run_bench(const BenchOptions& opt, std::ostream& out) {
+  Driver& d = Driver::open();
+  Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, out};
+  out << "device: " << d.info().name << ", " << d.arch() << ", " << d.info().multiprocessors << " SMs, "
+      << d.info().total_memory / (1 << 20) << " MiB\n";
+  c.utility = d.load(nvrtc_build(ct::gpu::utility_source(), d.arch()).image);
+  const Selection sel = select(opt);
+
+  if (opt.floors_only) {
+    const Floors fl = measure_floors(d, c.s, c.fill);
+    out << "FLOORS " << fl.copy_gbps << "," << fl.fp8_tflops << "," << fl.bf16_tflops << "\n"
+        << "copy: cuMemcpyDtoD 1 GiB, read + write; fp8: " << fl.fp8_note << "; bf16: " << fl.bf16_note
+        << "; cuBLASLt: " << fl.cublaslt << "\n";
+    return fl.fp8_tflops > 0 && fl.bf16_tflops > 0 ? 0 : 1;
+  }
+  bool ok = true;
+  if (opt.routing) ok = check_routing(c, opt.seed) && ok;
+  if (opt.check) {
+    out << "-- correctness (synthetic shapes: tails, EP with non-local experts, chunking; real shapes at M=4)\n";
+    uint64_t seed = opt.seed;
+    for (const auto& k : sel.checks) ok = run_check(c, k, ++seed) && ok;
+  }
+  if (opt.time) {
+    out << "-- floors\n";
+    Floors fl;
+    if (opt.given_copy_gbps > 0) {
+      fl.copy_gbps = opt.given_copy_gbps;
+      fl.fp8_tflops = opt.given_fp8_tflops;
+      fl.bf16_tflops = opt.given_bf16_tflops;
+      fl.fp8_note = "cuBLASLt e4m3 TN 8192^3, measured by an earlier process of this run";
+      fl.bf16_note = "cuBLASLt bf16 TN 8192^3, measured by an earlier process of this run";
+    } else {
+      fl = measure_floors(d, c.s, c.fill);
+    }
+    out << "copy " << fmt(fl.copy_gbps, 0) << " GB/s; fp8 " << fmt(fl.fp8_tflops, 0) << " TFLOP/s (" << fl.fp8_note
+        << "); bf16 " << fmt(fl.bf16_tflops, 0) << " TFLOP/s (" << fl.bf16_note << ")\n-- timing\n";
+    std::vector<Row> rows;
+    for (const auto& sh : sel.shapes)
+      for (const auto& s : sel.schemes) {
+        auto r = time_shape_scheme(c, sh, s, opt.ms, fl, opt);
+        rows.insert(rows.end(), r.begin(), r.end());
+      }
+    std::ostringstream table;
+    print_table(table, rows, fl, d, opt.ms);
+    out << table.str();
+    if (!opt.markdown.empty()) std::ofstream(opt.markdown) << table.str();
+  }
+  out << "JIT: " << fmt(c.modules.compile_ms() / 1e3, 1) << " s of NVRTC compile time in this run\n";
+  out << (ok ? "ALL CHECKS PASSED\n" : "SOME CHECKS FAILED\n");
+  return ok ? 0 : 1;
+}
+
+}  // namespace moeq::gpu_harness

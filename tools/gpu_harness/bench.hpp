@@ -1,0 +1,48 @@
+// `moeq bench apply` and the standalone harness: GPU correctness of every scheme against CPU
+// references, then timings of the fused MoE against the measured floors.
+#pragma once
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "gpu/moe_runner.hpp"
+
+namespace moeq::gpu_harness {
+
+struct BenchOptions {
+  std::vector<std::string> schemes;  // empty = bf16, fp8-channel, fp8-block, fp8-tensor, w8a16
+  std::vector<std::string> shapes;   // empty = the four named shapes
+  std::vector<int64_t> ms = {1, 16, 128, 1024, 8192};
+  bool check = true;         // correctness before timing (synthetic shapes + M=4 on real ones)
+  bool time = true;
+  bool routing = true;       // router kernel vs the core reference
+  double seconds_per_case = 0.25;  // timing budget of one (shape, scheme, M)
+  uint64_t seed = 2026;
+  std::string markdown;      // write the result table here too (empty = no file)
+  // Floors measured by an earlier process (copy GB/s, fp8 and bf16 TFLOP/s); 0 = measure.
+  double given_copy_gbps = 0, given_fp8_tflops = 0, given_bf16_tflops = 0;
+  bool floors_only = false;  // measure and print the floors, nothing else
+};
+
+// "a,b,,c" -> {"a", "b", "c"} (command-line lists).
+std::vector<std::string> split_list(const std::string& s);
+
+// Prints progress and a final table to `out`. Returns 0 when every check passed.
+int run_bench(const BenchOptions& options, std::ostream& out);
+
+// Compiles (into the MOEQ_HARNESS_CUBINS cache, when set) every kernel set run_bench would
+// load for `arch`, assuming an H100's SM count and shared memory; needs no GPU.
+int compile_only(const BenchOptions& options, const std::string& arch, std::ostream& out);
+
+// Every kernel variant the plugin can ask for on `arch` ("sm_90a", "sm_89", "sm_80"): each
+// scheme the arch runs (fp8 from sm_89, wgmma on sm_90a), every M bucket of small- and
+// large-expert shapes, refined 64x64 block grids, plus the router/repack set. Needs no GPU.
+std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch);
+
+// Device correctness of one named scheme on synthetic shapes (K/N tails, EP with non-local
+// experts, chunking, every M bucket): per-GEMM and end-to-end checks, repeatability, CUDA graph
+// replay. Throws moeq::Error(UNAVAILABLE) without a CUDA device.
+bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed = 2026);
+
+}  // namespace moeq::gpu_harness
