@@ -31,7 +31,7 @@ std::vector<std::string> split_list(const std::string& s);
 // Prints progress and a final table to `out`. Returns 0 when every check passed.
 int run_bench(const BenchOptions& options, std::ostream& out);
 
-// Compiles (into the MOEQ_HARNESS_CUBINS cache, when set) every kernel set run_bench would
+// Compiles (into the JIT cache, MOEQ_CACHE_DIR) every kernel set run_bench would
 // load for `arch`, assuming an H100's SM count and shared memory; needs no GPU.
 int compile_only(const BenchOptions& options, const std::string& arch, std::ostream& out);
 

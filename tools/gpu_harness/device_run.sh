@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: floors, then correctness and timing per scheme in separate processes (a
 # crash in one scheme's kernels cannot take the others' results with it). Expects the
-# harness and its precompiled cubins in .devbuild/ (MOEQ_HARNESS_CUBINS); writes logs to $OUT.
+# harness and its precompiled JIT cache in .devbuild/ (MOEQ_CACHE_DIR); writes logs to $OUT.
 set -u
 OUT=${OUT:-/tmp/moeq_out}
 mkdir -p "$OUT"
@@ -12,7 +12,7 @@ for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13",
   [ -d "$f" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$f"
 done
 export LD_LIBRARY_PATH
-export MOEQ_HARNESS_CUBINS=${MOEQ_HARNESS_CUBINS:-$PWD/.devbuild/cubins}
+export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-$PWD/.devbuild/jitcache}
 H=./.devbuild/moeq_gpu_harness
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 SCHEMES=${SCHEMES:-bf16 fp8-channel fp8-block fp8-tensor w8a16}
@@ -20,6 +20,15 @@ EXTRA=${EXTRA:-}
 FL=$($H --floors-only 2>&1 | tee "$OUT/floors.txt" | sed -n 's/^FLOORS //p')
 cat "$OUT/floors.txt"
 [ -n "$FL" ] || FL=3000,1300,700
+if [ "${TESTS:-0}" = 1 ] && [ -x ./.devbuild/moeq_tests ]; then
+  timeout 240 ./.devbuild/moeq_tests -tc='gpu*' > "$OUT/tests.txt" 2>&1
+  echo "moeq_tests gpu*: rc=$?"; tail -4 "$OUT/tests.txt"
+fi
+if [ "${CLI:-0}" = 1 ] && [ -x ./.devbuild/moeq ]; then
+  timeout 120 ./.devbuild/moeq bench apply --shape Granite-3B-A800M --scheme fp8-channel --m 1,16 --seconds 0.05 \
+    > "$OUT/cli.txt" 2>&1
+  echo "moeq bench apply: rc=$?"; grep -E "ALL CHECKS|FAILED|^\| Granite" "$OUT/cli.txt" | head -5
+fi
 if [ "${CHECK:-1}" = 1 ]; then
   $H --no-time --no-check --scheme bf16 2>&1 | tee "$OUT/routing.txt"
   for s in $SCHEMES; do

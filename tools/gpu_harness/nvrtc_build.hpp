@@ -1,6 +1,6 @@
-// Compiles a kernel set of the compressed_tensors plugin with NVRTC to a CUBIN, handing the
-// plugin's embedded headers by name and content, as the host's jit_compile does. The harness
-// compiles directly so that it needs neither the plugin loader nor a disk cache.
+// Compiles a kernel set of the compressed_tensors plugin to a CUBIN through the core JIT
+// service (NVRTC, the MOEQ_CACHE_DIR disk cache, parallel misses), handing the plugin's
+// embedded headers by name and content as the plugin's jit_compile call does.
 #pragma once
 #include "gpu/moe_runner.hpp"
 
@@ -17,10 +17,12 @@ struct Cubin {
 };
 
 // Throws moeq::Error carrying NVRTC's log when the source does not compile. `arch` like "sm_90a".
+// milliseconds is 0 when the CUBIN came from a cache.
 Cubin nvrtc_build(const ct::gpu::KernelSetSource& set, const std::string& arch,
                   const std::vector<std::string>& extra_options = {});
 
-// Several sets on `threads` threads; results in order.
+// Several sets, the misses compiled in parallel (MOEQ_JIT_THREADS); results in order. The
+// thread count argument is kept for callers; the service decides.
 std::vector<Cubin> nvrtc_build_all(const std::vector<ct::gpu::KernelSetSource>& sets, const std::string& arch,
                                    unsigned threads);
 
