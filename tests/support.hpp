@@ -11,9 +11,11 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -142,5 +144,26 @@ inline ref::Routing route_with(const writer::LayerMasters& lm, const std::vector
   o.renormalize = true;
   return ref::route(logits, m, E, o);
 }
+
+#ifdef MOEQ_TEST_MOEQ_BIN
+// Runs the built `moeq` tool with `args` (after `env`, e.g. "MOEQ_PLUGIN_PATH=..."); stderr is
+// merged into `out` unless `with_stderr` is false (then it is dropped).
+struct CliRun {
+  int code = -1;  // exit status, -1 when killed by a signal
+  std::string out;
+};
+inline CliRun run_moeq_cli(const std::string& args, const std::string& env = "", bool with_stderr = true) {
+  const std::string cmd = env + " \"" MOEQ_TEST_MOEQ_BIN "\" " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  CliRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+#endif
 
 }  // namespace moeq::test

@@ -14,23 +14,8 @@ using namespace moeq::test;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result moeq_cli(const std::string& args, const std::string& env = "") {
-  const std::string cmd = env + " \"" MOEQ_TEST_MOEQ_BIN "\" " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using Result = CliRun;
+Result moeq_cli(const std::string& args, const std::string& env = "") { return run_moeq_cli(args, env); }
 
 writer::WrittenCheckpoint granite(const TempDir& d) {
   writer::MoeSpec s;

@@ -6,10 +6,14 @@
 
 #include <boost/json/basic_parser_impl.hpp>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <fstream>
+#include <cerrno>
+#include <cstring>
 #include <set>
-#include <sstream>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -94,8 +98,26 @@ const char* kind_name(const json::value& v) {
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
 
-json::object read_json_object(const fs::path& path) {
-  json::value v = read_json_file(path);
+// The type of what `p` names, following symlinks. Absent (or a dangling link) is not_found;
+// any other failure, such as a symlink loop, is an Error naming the path.
+fs::file_type type_of(const fs::path& p) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(p, ec);
+  if (st.type() == fs::file_type::not_found) return fs::file_type::not_found;
+  if (ec) fail("cannot stat " + quoted(p) + ": " + ec.message());
+  return st.type();
+}
+
+// True when `p` is a regular file, false when absent; anything else there is an Error.
+bool regular_file_present(const fs::path& p) {
+  const fs::file_type t = type_of(p);
+  if (t == fs::file_type::not_found) return false;
+  if (t != fs::file_type::regular) fail(quoted(p) + " is not a regular file");
+  return true;
+}
+
+json::object read_json_object(const fs::path& path, const ReaderLimits& limits) {
+  json::value v = read_json_file(path, limits.max_json_file_bytes);
   if (!v.is_object())
     fail(quoted(path) + ": expected a JSON object, found " + kind_name(v));
   return std::move(v.get_object());
@@ -107,14 +129,12 @@ const json::value* non_null(const json::object& o, std::string_view key) {
   return v && !v->is_null() ? v : nullptr;
 }
 
-QuantConfigSource find_quant_config(const fs::path& dir, const json::object& config) {
-  fs::path hf = dir / "hf_quant_config.json";
-  if (fs::exists(hf)) return {json::serialize(read_json_object(hf)), "hf_quant_config.json"};
-  if (const json::value* q = non_null(config, "quantization_config"))
-    return {json::serialize(*q), "config.json"};
-  if (const json::value* q = non_null(config, "compression_config"))  // older compressed-tensors
-    return {json::serialize(*q), "config.json"};
-  return {"null", "none"};
+QuantConfigSource find_quant_config(const fs::path& dir, const json::object& config,
+                                    const ReaderLimits& limits) {
+  const fs::path hf = dir / "hf_quant_config.json";
+  if (!regular_file_present(hf)) return select_quant_config(config, nullptr);
+  const json::object hf_config = read_json_object(hf, limits);
+  return select_quant_config(config, &hf_config);
 }
 
 // A shard name from the index must name a file inside the checkpoint directory.
@@ -130,39 +150,26 @@ void check_shard_name(const fs::path& index, const std::string& tensor,
 }
 
 // weight_map of the index: tensor name -> shard file name.
-std::map<std::string, std::string> read_weight_map(const fs::path& index) {
-  json::object root = read_json_object(index);
-  const json::value* map = root.if_contains("weight_map");
-  if (!map)
-    fail("index " + quoted(index) + ": missing \"weight_map\"");
-  if (!map->is_object())
-    fail("index " + quoted(index) + ": \"weight_map\": expected an object, found " +
-         kind_name(*map));
-  std::map<std::string, std::string> out;
-  for (const auto& kv : map->get_object()) {
-    std::string tensor(kv.key());
-    if (!kv.value().is_string())
-      fail("index " + quoted(index) + ": weight_map entry for tensor '" + tensor +
-           "': expected a shard file name (string), found " + kind_name(kv.value()));
-    std::string shard(kv.value().get_string());
-    check_shard_name(index, tensor, shard);
-    out.emplace(std::move(tensor), std::move(shard));
-  }
-  return out;
+std::map<std::string, std::string> read_weight_map(const fs::path& index, const ReaderLimits& limits) {
+  json::value root = read_json_file(index, limits.max_json_file_bytes);
+  return weight_map_of(root, index, limits);
 }
 
 std::vector<std::shared_ptr<SafetensorsFile>> open_indexed_shards(
     const fs::path& dir, const fs::path& index,
-    const std::map<std::string, std::string>& weight_map) {
+    const std::map<std::string, std::string>& weight_map, const ReaderLimits& limits) {
   std::map<std::string, std::string> first_tensor;  // shard -> a tensor that names it
   for (const auto& [tensor, shard] : weight_map) first_tensor.emplace(shard, tensor);
+  if (first_tensor.size() > limits.max_files)
+    fail("index " + quoted(index) + " names " + std::to_string(first_tensor.size()) +
+         " shard files, more than the limit of " + std::to_string(limits.max_files));
   std::vector<std::shared_ptr<SafetensorsFile>> files;
   for (const auto& [shard, tensor] : first_tensor) {
     fs::path path = dir / shard;
-    if (!fs::is_regular_file(path))
+    if (!regular_file_present(path))
       fail("index " + quoted(index) + " names shard '" + shard + "' (for tensor '" + tensor +
            "'), but " + quoted(path) + " does not exist");
-    files.push_back(SafetensorsFile::open(path));
+    files.push_back(SafetensorsFile::open(path, limits));
   }
   return files;
 }
@@ -194,11 +201,19 @@ void check_index_agreement(const fs::path& index,
   }
 }
 
-std::vector<fs::path> all_safetensors(const fs::path& dir) {
+std::vector<fs::path> all_safetensors(const fs::path& dir, const ReaderLimits& limits) {
   std::vector<fs::path> paths;
-  for (const fs::directory_entry& entry : fs::directory_iterator(dir))
-    if (entry.is_regular_file() && entry.path().extension() == ".safetensors")
-      paths.push_back(entry.path());
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec);
+  for (const fs::directory_iterator end; !ec && it != end; it.increment(ec)) {
+    if (it->path().extension() != ".safetensors") continue;
+    if (!regular_file_present(it->path())) continue;  // a dangling link is not a shard
+    if (paths.size() >= limits.max_files)
+      fail("checkpoint directory " + quoted(dir) + " holds more than the limit of " +
+           std::to_string(limits.max_files) + " .safetensors files");
+    paths.push_back(it->path());
+  }
+  if (ec) fail("cannot list checkpoint directory " + quoted(dir) + ": " + ec.message());
   std::sort(paths.begin(), paths.end());
   return paths;
 }
@@ -216,41 +231,101 @@ json::value parse_json_strict(std::string_view text, const std::string& source) 
   return v;
 }
 
-json::value read_json_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(MOEQ_STATUS_CODE_NOT_FOUND, "cannot open JSON file " + quoted(path));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) fail("cannot read JSON file " + quoted(path));
-  return parse_json_strict(text.str(), quoted(path));
+json::value read_json_file(const fs::path& path, uint64_t max_bytes) {
+  // NOTE: POSIX open with O_NONBLOCK, then fstat: a FIFO or device planted under a JSON
+  // file's name is refused instead of blocking or reading without end.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    fail(err == ENOENT ? MOEQ_STATUS_CODE_NOT_FOUND : MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+         "cannot open JSON file " + quoted(path) + ": " + std::strerror(err));
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) fail("cannot stat JSON file " + quoted(path) + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail("JSON file " + quoted(path) + " is not a regular file");
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > max_bytes)
+    fail("JSON file " + quoted(path) + " is " + std::to_string(size) + " bytes, more than the limit of " +
+         std::to_string(max_bytes));
+  std::string text(static_cast<std::size_t>(size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("cannot read JSON file " + quoted(path) + ": " + std::strerror(errno));
+    if (n == 0) break;  // the file shrank while being read: parse what is there
+    got += static_cast<std::size_t>(n);
+  }
+  text.resize(got);
+  return parse_json_strict(text, quoted(path));
 }
 
-Checkpoint Checkpoint::open(const fs::path& dir) {
-  if (!fs::exists(dir))
+QuantConfigSource select_quant_config(const json::object& config, const json::object* hf_quant_config) {
+  if (hf_quant_config != nullptr) return {json::serialize(*hf_quant_config), "hf_quant_config.json"};
+  if (const json::value* q = non_null(config, "quantization_config"))
+    return {json::serialize(*q), "config.json"};
+  if (const json::value* q = non_null(config, "compression_config"))  // older compressed-tensors
+    return {json::serialize(*q), "config.json"};
+  return {"null", "none"};
+}
+
+std::map<std::string, std::string> weight_map_of(const json::value& root, const fs::path& index,
+                                                 const ReaderLimits& limits) {
+  if (!root.is_object())
+    fail(quoted(index) + ": expected a JSON object, found " + kind_name(root));
+  const json::value* map = root.get_object().if_contains("weight_map");
+  if (!map)
+    fail("index " + quoted(index) + ": missing \"weight_map\"");
+  if (!map->is_object())
+    fail("index " + quoted(index) + ": \"weight_map\": expected an object, found " +
+         kind_name(*map));
+  if (map->get_object().size() > limits.max_tensors)
+    fail("index " + quoted(index) + " lists " + std::to_string(map->get_object().size()) +
+         " tensors, more than the limit of " + std::to_string(limits.max_tensors));
+  std::map<std::string, std::string> out;
+  for (const auto& kv : map->get_object()) {
+    std::string tensor(kv.key());
+    if (!kv.value().is_string())
+      fail("index " + quoted(index) + ": weight_map entry for tensor '" + tensor +
+           "': expected a shard file name (string), found " + kind_name(kv.value()));
+    std::string shard(kv.value().get_string());
+    check_shard_name(index, tensor, shard);
+    out.emplace(std::move(tensor), std::move(shard));
+  }
+  return out;
+}
+
+Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
+  const fs::file_type dir_type = type_of(dir);
+  if (dir_type == fs::file_type::not_found)
     fail(MOEQ_STATUS_CODE_NOT_FOUND, "checkpoint directory " + quoted(dir) + " does not exist");
-  if (!fs::is_directory(dir))
+  if (dir_type != fs::file_type::directory)
     fail("checkpoint path " + quoted(dir) + " is not a directory");
   fs::path config_path = dir / "config.json";
-  if (!fs::is_regular_file(config_path))
+  if (!regular_file_present(config_path))
     fail(MOEQ_STATUS_CODE_NOT_FOUND,
          "checkpoint directory " + quoted(dir) + " has no config.json");
 
   Checkpoint ckpt;
   ckpt.dir_ = dir;
-  ckpt.config_ = read_json_object(config_path);
-  ckpt.quant_ = find_quant_config(dir, ckpt.config_);
+  ckpt.config_ = read_json_object(config_path, limits);
+  ckpt.quant_ = find_quant_config(dir, ckpt.config_, limits);
 
   fs::path index = dir / "model.safetensors.index.json";
-  const bool has_index = fs::exists(index);
+  const bool has_index = regular_file_present(index);
   std::map<std::string, std::string> weight_map;
   if (has_index) {
-    weight_map = read_weight_map(index);
-    ckpt.files_ = open_indexed_shards(dir, index, weight_map);
-  } else if (fs::exists(dir / "model.safetensors")) {
-    ckpt.files_.push_back(SafetensorsFile::open(dir / "model.safetensors"));
+    weight_map = read_weight_map(index, limits);
+    ckpt.files_ = open_indexed_shards(dir, index, weight_map, limits);
+  } else if (regular_file_present(dir / "model.safetensors")) {
+    ckpt.files_.push_back(SafetensorsFile::open(dir / "model.safetensors", limits));
   } else {
-    for (const fs::path& p : all_safetensors(dir))
-      ckpt.files_.push_back(SafetensorsFile::open(p));
+    for (const fs::path& p : all_safetensors(dir, limits))
+      ckpt.files_.push_back(SafetensorsFile::open(p, limits));
   }
   if (ckpt.files_.empty())
     fail(MOEQ_STATUS_CODE_NOT_FOUND,
@@ -265,6 +340,9 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
       if (!fresh)
         fail("tensor '" + name + "' appears in both " + quoted(it->second.file) + " and " +
              quoted(file->path()));
+      if (ckpt.tensors_.size() > limits.max_tensors)
+        fail("checkpoint directory " + quoted(dir) + " holds more than the limit of " +
+             std::to_string(limits.max_tensors) + " tensors (reached in " + quoted(file->path()) + ")");
     }
   }
   if (has_index) check_index_agreement(index, weight_map, ckpt.files_);

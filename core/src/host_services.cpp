@@ -1,8 +1,9 @@
 // The host services table (abi.h) on the CPU: statuses, logging, parameters, copies with
-// casts, and the ledger of written elements. JIT entry points answer UNIMPLEMENTED until the
-// GPU path exists.
+// casts, and the ledger of written elements. jit_compile hands over to the JIT service
+// (jit_abi.cpp).
 #include <moeq/error.hpp>
 #include <moeq/host.hpp>
+#include <moeq/jit.hpp>
 #include <moeq/registry.hpp>
 
 #include <algorithm>
@@ -64,6 +65,11 @@ namespace host {
 namespace {
 
 std::atomic<int64_t> g_live_statuses{0};
+// Parameter memory accounting and the fault hook (host.hpp): tests prove that a failed load
+// gives back every byte it took.
+std::atomic<int64_t> g_live_param_bytes{0};
+std::atomic<int64_t> g_param_allocations{0};
+std::atomic<int64_t> g_fault_countdown{0};  // > 0: the allocation that takes it to 0 fails
 std::atomic<const Registry*> g_registry{nullptr};
 std::mutex g_log_mutex;
 LogSink& sink_ref() {
@@ -179,7 +185,18 @@ moeq_status* s_param_create(moeq_param_create_args* a) {
     }
     rec->strides.assign(rec->shape.size(), 1);
     for (int d = a->ndim - 2; d >= 0; --d) rec->strides[d] = rec->strides[d + 1] * rec->shape[d + 1];
-    rec->storage.assign(static_cast<size_t>(rec->numel) * dtype_size(*dt), std::byte{0});
+    const size_t bytes = static_cast<size_t>(rec->numel) * dtype_size(*dt);
+    g_param_allocations.fetch_add(1);
+    for (int64_t left = g_fault_countdown.load(); left > 0;) {
+      if (!g_fault_countdown.compare_exchange_weak(left, left - 1)) continue;
+      if (left == 1)
+        fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "param_create " + name + ": " + std::to_string(bytes) +
+                                                 " bytes: allocation failed (injected fault)");
+      break;
+    }
+    rec->storage.assign(bytes, std::byte{0});
+    rec->accounted_bytes = static_cast<int64_t>(bytes);
+    g_live_param_bytes.fetch_add(rec->accounted_bytes);
     rec->tensor.data = rec->storage.data();
     rec->tensor.device = layer.device;
     rec->tensor.ndim = a->ndim;
@@ -334,8 +351,12 @@ moeq_status* s_param_fill(moeq_param_fill_args* a) {
   });
 }
 
-moeq_status* s_jit_compile(moeq_jit_compile_args*) {
-  return make(MOEQ_STATUS_CODE_UNIMPLEMENTED, "jit_compile: this host build has no GPU path yet");
+moeq_status* s_jit_compile(moeq_jit_compile_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_jit_compile_args, cubin_size))
+      fail("jit_compile: struct_size too small");
+    jit::serve_abi_request(*a);
+  });
 }
 
 moeq_status* s_method_create(moeq_host_method_create_args* a) {
@@ -367,6 +388,9 @@ const moeq_host_api kApi = {
 }  // namespace
 
 const moeq_host_api* api() { return &kApi; }
+int64_t live_param_bytes() { return g_live_param_bytes.load(); }
+int64_t param_allocations() { return g_param_allocations.load(); }
+void set_allocation_fault(int64_t n) { g_fault_countdown.store(n > 0 ? n : 0); }
 void set_registry(const Registry* r) { g_registry.store(r); }
 int64_t live_statuses() { return g_live_statuses.load(); }
 
@@ -428,4 +452,7 @@ void throw_if_error(moeq_status* s, const std::string& context) {
 }
 
 }  // namespace host
+
+ParamRecord::~ParamRecord() { host::g_live_param_bytes.fetch_sub(accounted_bytes); }
+
 }  // namespace moeq

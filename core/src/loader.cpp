@@ -266,20 +266,8 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   const ExpertRange local = local_experts(cfg.num_experts, opt.placement.ep_rank, opt.placement.ep_size);
-  moeq_layer_geometry& g = out.geometry;
-  g.struct_size = sizeof(g);
-  g.num_experts = cfg.num_experts;
-  g.num_local_experts = local.count;
-  g.first_local_expert = local.first;
-  g.hidden_size = cfg.hidden_size;
-  g.intermediate_size = cfg.intermediate_size;
-  g.intermediate_size_per_partition = cfg.intermediate_size / opt.placement.tp_size;
-  g.tp_rank = opt.placement.tp_rank;
-  g.tp_size = opt.placement.tp_size;
-  g.ep_rank = opt.placement.ep_rank;
-  g.ep_size = opt.placement.ep_size;
-  g.top_k = cfg.top_k;
-  g.activation = MOEQ_ACTIVATION_SILU;
+  out.geometry = layer_geometry(cfg, opt.placement);
+  const moeq_layer_geometry& g = out.geometry;
 
   const std::string ctx = out.plugin->name;
   try {
@@ -401,6 +389,25 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 }
 
 }  // namespace
+
+moeq_layer_geometry layer_geometry(const MoeConfig& cfg, const Placement& placement) {
+  const ExpertRange local = local_experts(cfg.num_experts, placement.ep_rank, placement.ep_size);
+  moeq_layer_geometry g{};
+  g.struct_size = sizeof(g);
+  g.num_experts = cfg.num_experts;
+  g.num_local_experts = local.count;
+  g.first_local_expert = local.first;
+  g.hidden_size = cfg.hidden_size;
+  g.intermediate_size = cfg.intermediate_size;
+  g.intermediate_size_per_partition = cfg.intermediate_size / placement.tp_size;
+  g.tp_rank = placement.tp_rank;
+  g.tp_size = placement.tp_size;
+  g.ep_rank = placement.ep_rank;
+  g.ep_size = placement.ep_size;
+  g.top_k = cfg.top_k;
+  g.activation = MOEQ_ACTIVATION_SILU;
+  return g;
+}
 
 LoadedModel::~LoadedModel() {
   for (auto& l : layers)

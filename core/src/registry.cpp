@@ -4,6 +4,8 @@
 #include <moeq/error.hpp>
 
 #include <dlfcn.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <boost/dll/library_info.hpp>
 #include <boost/dll/runtime_symbol_info.hpp>
@@ -11,6 +13,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -53,21 +56,39 @@ bool valid_plugin_name(const char* name) {
   return true;
 }
 
-std::string octal_mode(fs::perms p) {
+std::string octal_mode(mode_t mode) {
   char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(p) & 07777u);
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode) & 07777u);
   return buf;
 }
 
-// DESIGN §4: files or directories that other users can write are refused (anyone could
-// swap the code the host is about to run).
-std::string writable_by_others(const fs::path& path, const char* what) {
-  std::error_code ec;
-  const fs::file_status st = fs::status(path, ec);
-  if (ec) return {};
-  if ((st.permissions() & fs::perms::others_write) != fs::perms::none) {
+// DESIGN §4: a plugin file, or a directory it sits in, that another user can write or owns is
+// refused: that user could swap the code the host is about to run. Empty when trusted.
+std::string untrusted_reason(const fs::path& path, const char* what, uint32_t owner_uid) {
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0)
+    return std::string("cannot stat ") + what + " " + path.string() + ": " + std::strerror(errno);
+  if (st.st_mode & S_IWOTH)
     return std::string(what) + " " + path.string() + " is writable by other users (mode " +
-           octal_mode(st.permissions()) + ")";
+           octal_mode(st.st_mode) + ")";
+  if (st.st_mode & S_IWGRP)
+    return std::string(what) + " " + path.string() + " is writable by its group (mode " +
+           octal_mode(st.st_mode) + ")";
+  if (st.st_uid != 0 && st.st_uid != owner_uid)
+    return std::string(what) + " " + path.string() + " is owned by uid " + std::to_string(st.st_uid) +
+           ", not by root or this user (uid " + std::to_string(owner_uid) + ")";
+  return {};
+}
+
+// A directory above the plugin directory that others may write lets them rename the plugin
+// directory away and put their own in its place, unless the sticky bit forbids it (/tmp).
+std::string ancestor_reason(const fs::path& dir) {
+  for (fs::path p = dir.parent_path(); !p.empty(); p = p.parent_path()) {
+    struct stat st{};
+    if (::stat(p.c_str(), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
+      return "directory " + p.string() + " above the plugin is writable by other users without the "
+             "sticky bit (mode " + octal_mode(st.st_mode) + ")";
+    if (p == p.root_path()) break;
   }
   return {};
 }
@@ -185,8 +206,22 @@ moeq_describe_fn LoadedPlugin::describe() const {
 
 // ----------------------------------------------------------------------------- Registry ---
 
-Registry::Registry(const moeq_host_api* host) : host_(host) {
+PluginTrust PluginTrust::from_environment() {
+  PluginTrust t;
+  const char* allow = std::getenv("MOEQ_ALLOW_UNTRUSTED_PLUGINS");
+  t.allow_untrusted = allow != nullptr && std::string_view(allow) == "1";
+  if (const char* manifest = std::getenv("MOEQ_PLUGIN_MANIFEST"); manifest != nullptr && *manifest != '\0')
+    t.manifest = manifest;
+  t.owner_uid = static_cast<uint32_t>(::geteuid());
+  return t;
+}
+
+Registry::Registry(const moeq_host_api* host, PluginTrust trust) : host_(host), trust_(std::move(trust)) {
   MOEQ_CHECK(host_ != nullptr, "Registry needs the host services table (got NULL)");
+  if (trust_.allow_untrusted && host_->log != nullptr)
+    host_->log(MOEQ_LOG_LEVEL_WARNING, kLogSource,
+               "plugin ownership and permission checks are off (MOEQ_ALLOW_UNTRUSTED_PLUGINS=1 or "
+               "--allow-untrusted-plugins): every plugin that fails them is loaded and logged");
 }
 
 Registry::~Registry() {
@@ -230,14 +265,26 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
     return nullptr;
   };
 
-  // (a) Checks on the file itself.
+  // (a) Checks on the file itself: what it is, who owns it and who may write it, where it is
+  // named and where it really lives (a symlink's target).
   std::error_code ec;
   const fs::file_status st = fs::status(file, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    return refuse("cannot stat: " + ec.message());
   if (ec || !fs::exists(st)) return refuse("no such file");
   if (!fs::is_regular_file(st)) return refuse("not a regular file");
-  if (std::string why = writable_by_others(file, "file"); !why.empty()) return refuse(why);
-  const fs::path parent = file.has_parent_path() ? file.parent_path() : fs::path(".");
-  if (std::string why = writable_by_others(parent, "directory"); !why.empty()) return refuse(why);
+  const fs::path real = fs::canonical(file, ec);
+  if (ec) return refuse("cannot resolve the path: " + ec.message());
+  const fs::path named_dir = fs::absolute(file, ec).lexically_normal().parent_path();
+  std::vector<std::string> trust_checks = {untrusted_reason(real, "file", trust_.owner_uid),
+                                           untrusted_reason(real.parent_path(), "directory", trust_.owner_uid),
+                                           ancestor_reason(real.parent_path())};
+  if (!named_dir.empty() && named_dir != real.parent_path()) {
+    trust_checks.push_back(untrusted_reason(named_dir, "directory", trust_.owner_uid));
+    trust_checks.push_back(ancestor_reason(named_dir));
+  }
+  for (const std::string& problem : trust_checks)
+    if (std::string why = trust_problem(problem, file); !why.empty()) return refuse(why);
 
   // (b) Read the export table without running any of the file's code.
   if (std::string why = elf_magic_problem(file); !why.empty()) {
@@ -247,12 +294,17 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   try {
     boost::dll::library_info info(file);
     symbols = info.symbols();
+  } catch (const std::ios_base::failure&) {
+    // Boost.DLL reports a short or corrupt file as a bare stream error; say what it means.
+    return refuse("not a shared object: cannot read its ELF headers (truncated or corrupt file)");
   } catch (const std::exception& e) {
     return refuse(std::string("not a shared object: ") + e.what());
   }
   if (std::find(symbols.begin(), symbols.end(), MOEQ_PLUGIN_ENTRY_SYMBOL) == symbols.end()) {
     return refuse("does not export " MOEQ_PLUGIN_ENTRY_SYMBOL);
   }
+  // The allow-list last: a file that is no plugin at all is better told so than "not pinned".
+  if (std::string why = manifest_problem(file); !why.empty()) return refuse(why);
 
   // (c) Load. rtld_now: a missing symbol fails here, not on the first call in a hot path;
   // rtld_local: plugins cannot interpose each other's symbols.
@@ -279,6 +331,17 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   } catch (...) {
     return refuse(MOEQ_PLUGIN_ENTRY_SYMBOL " threw a C++ exception (nothing may cross the ABI)");
   }
+  return add(descriptor, file);
+}
+
+std::string Registry::validate(const moeq_plugin_descriptor* descriptor) { return check_descriptor(descriptor); }
+
+const LoadedPlugin* Registry::add(const moeq_plugin_descriptor* descriptor, const fs::path& file) {
+  auto refuse = [&](std::string reason) -> const LoadedPlugin* {
+    host_log(host_, MOEQ_LOG_LEVEL_WARNING, "refused plugin " + file.string() + ": " + reason);
+    refusals_.push_back(PluginRefusal{file, std::move(reason)});
+    return nullptr;
+  };
   if (std::string why = check_descriptor(descriptor); !why.empty()) return refuse(why);
 
   if (const LoadedPlugin* existing = find(descriptor->name)) {
@@ -326,23 +389,66 @@ void Registry::load_directory(const fs::path& dir) {
   };
   std::error_code ec;
   const fs::file_status st = fs::status(dir, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory) return refuse("cannot stat: " + ec.message());
   if (ec || !fs::exists(st)) return refuse("no such directory");
   if (!fs::is_directory(st)) return refuse("not a directory");
-  if (std::string why = writable_by_others(dir, "directory"); !why.empty()) return refuse(why);
+  const std::string problem = untrusted_reason(dir, "directory", trust_.owner_uid);
+  if (std::string why = trust_problem(problem, dir); !why.empty()) return refuse(why);
 
   std::vector<fs::path> files;
   fs::directory_iterator it(dir, ec);
   if (ec) return refuse("cannot list: " + ec.message());
   for (const fs::directory_iterator end; it != end; it.increment(ec)) {
     if (ec) break;
-    const fs::path& p = it->path();
-    std::error_code entry_ec;
-    if (p.extension() == ".so" && it->is_regular_file(entry_ec) && !entry_ec) files.push_back(p);
+    // Every *.so goes to load_file, which refuses what is not a regular file with a reason
+    // (a directory, a FIFO, a symlink loop), instead of skipping it silently here.
+    if (it->path().extension() == ".so") files.push_back(it->path());
   }
   if (ec) return refuse("cannot list: " + ec.message());
   std::sort(files.begin(), files.end(),
             [](const fs::path& a, const fs::path& b) { return a.filename() < b.filename(); });
   for (const fs::path& f : files) load_file(f);
+}
+
+std::string Registry::trust_problem(const std::string& problem, const fs::path& subject) {
+  if (problem.empty()) return {};
+  if (!trust_.allow_untrusted) return problem;
+  host_log(host_, MOEQ_LOG_LEVEL_WARNING,
+           "loading from " + subject.string() + " although " + problem + " (untrusted plugins allowed)");
+  return {};
+}
+
+std::string Registry::manifest_problem(const fs::path& file) {
+  if (!trust_.enforce_manifest) return {};
+  fs::path manifest = trust_.manifest;
+  if (manifest.empty()) {
+    std::error_code ec;
+    const fs::path local = fs::absolute(file, ec).lexically_normal().parent_path() / kPluginManifestName;
+    if (!fs::exists(local, ec)) return {};  // no allow-list governs this directory
+    manifest = local;
+  }
+  auto it = manifests_.find(manifest);
+  if (it == manifests_.end()) {
+    // The manifest decides what runs, so it is held to the same ownership rules as a plugin.
+    std::error_code ec;
+    if (!fs::is_regular_file(manifest, ec))
+      return "plugin manifest " + manifest.string() + " (MOEQ_PLUGIN_MANIFEST) does not exist or is not a file";
+    if (std::string why = trust_problem(untrusted_reason(manifest, "plugin manifest", trust_.owner_uid), manifest);
+        !why.empty())
+      return why;
+    try {
+      it = manifests_.emplace(manifest, PluginManifest::read(manifest)).first;
+    } catch (const Error& e) {
+      return e.what();
+    }
+  }
+  std::string digest;
+  try {
+    digest = sha256_file_hex(file);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return it->second.check(file, digest);
 }
 
 std::vector<fs::path> Registry::search_path(const std::optional<fs::path>& plugin_dir) {

@@ -23,7 +23,9 @@ namespace moeq {
 class MappedFile {
  public:
   explicit MappedFile(const std::filesystem::path& path) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // NOTE: O_NONBLOCK so that a FIFO planted under a shard's name fails the regular-file
+    // check below instead of blocking the open forever; it changes nothing for a file.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) fail(MOEQ_STATUS_CODE_NOT_FOUND, os_error("cannot open", path));
     struct stat st{};
     if (::fstat(fd, &st) != 0) {
@@ -161,11 +163,11 @@ DType parse_entry_dtype(const Context& ctx, const std::string& tensor,
 }
 
 std::vector<int64_t> parse_entry_shape(const Context& ctx, const std::string& tensor,
-                                       const json::object& entry) {
+                                       const json::object& entry, int max_rank) {
   const json::array& dims = field(ctx, tensor, entry, "shape", json::kind::array).get_array();
-  if (dims.size() > static_cast<std::size_t>(kMaxTensorRank))
+  if (dims.size() > static_cast<std::size_t>(std::max(max_rank, 0)))
     ctx.fail_tensor(tensor, "rank " + std::to_string(dims.size()) + " exceeds the limit " +
-                                std::to_string(kMaxTensorRank));
+                                std::to_string(max_rank));
   std::vector<int64_t> shape;
   for (const json::value& d : dims) {
     int64_t dim = to_int64(ctx, tensor, d, "shape dimension");
@@ -179,27 +181,32 @@ std::vector<int64_t> parse_entry_shape(const Context& ctx, const std::string& te
 }
 
 // Bytes the shape needs; throws if the element count or the byte count overflows 64 bits.
+// NOTE: the product of the non-zero dimensions must fit too: a shape such as [0, 2^40, 2^40]
+// holds no bytes, but the row-major strides that views compute from it would overflow.
 uint64_t required_bytes(const Context& ctx, const std::string& tensor,
                         const std::vector<int64_t>& shape, DType dtype) {
   int64_t numel = 1;
+  int64_t extent = 1;  // product of max(d, 1): the largest stride any view takes
   for (int64_t d : shape) {
-    if (__builtin_mul_overflow(numel, d, &numel))
+    if (__builtin_mul_overflow(extent, std::max<int64_t>(d, 1), &extent))
       ctx.fail_tensor(tensor, "shape " + shape_text(shape) +
                                   " has more elements than fit in 64 bits (overflow)");
+    numel *= d;  // |numel| <= extent, so this cannot overflow
   }
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), dtype_size(dtype), &bytes))
+  if (__builtin_mul_overflow(static_cast<uint64_t>(extent), dtype_size(dtype), &bytes))
     ctx.fail_tensor(tensor, "shape " + shape_text(shape) + " " + dtype_name(dtype) +
                                 " needs more bytes than fit in 64 bits (overflow)");
-  return bytes;
+  return static_cast<uint64_t>(numel) * dtype_size(dtype);
 }
 
-Entry parse_entry(const Context& ctx, const std::string& tensor, const json::value& value) {
+Entry parse_entry(const Context& ctx, const std::string& tensor, const json::value& value,
+                  int max_rank) {
   if (!value.is_object())
     ctx.fail_tensor(tensor, std::string("expected an object with dtype, shape, data_offsets, "
                                         "found ") + kind_name(value.kind()));
   const json::object& entry = value.get_object();
-  Entry e{tensor, parse_entry_dtype(ctx, tensor, entry), parse_entry_shape(ctx, tensor, entry),
+  Entry e{tensor, parse_entry_dtype(ctx, tensor, entry), parse_entry_shape(ctx, tensor, entry, max_rank),
           0, 0};
   const json::array& offsets =
       field(ctx, tensor, entry, "data_offsets", json::kind::array).get_array();
@@ -262,21 +269,19 @@ SafetensorsFile::~SafetensorsFile() = default;
 
 std::size_t SafetensorsFile::file_size() const { return map_ ? map_->size() : 0; }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path) {
+SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::filesystem::path& path,
+                                    const ReaderLimits& limits) {
   Context ctx(path);
-  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-  file->map_ = std::make_unique<MappedFile>(path);
-  const std::byte* base = file->map_->data();
-  const uint64_t size = file->map_->size();
+  const std::byte* base = bytes.data();
+  const uint64_t size = bytes.size();
 
   if (size < 8)
     ctx.fail_file("file is " + std::to_string(size) +
                   " bytes, expected at least 8 (the u64 header length); truncated?");
   const uint64_t header_len = read_u64_le(base);
-  if (header_len > kMaxSafetensorsHeaderBytes)
+  if (header_len > limits.max_header_bytes)
     ctx.fail_file("header length " + std::to_string(header_len) + " exceeds the limit of " +
-                  std::to_string(kMaxSafetensorsHeaderBytes) + " bytes");
+                  std::to_string(limits.max_header_bytes) + " bytes");
   if (header_len > size - 8)
     ctx.fail_file("header length " + std::to_string(header_len) +
                   " runs past the end of the file: expected at most " +
@@ -291,17 +296,18 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
                   kind_name(header.kind()));
   const json::object& root = header.get_object();
 
+  SafetensorsHeader out;
   std::vector<Entry> entries;
   for (const auto& kv : root) {
     std::string name(kv.key());
     if (name == "__metadata__") {
-      file->metadata_ = parse_metadata(ctx, kv.value());
+      out.metadata = parse_metadata(ctx, kv.value());
       continue;
     }
-    if (entries.size() >= kMaxTensorsPerFile)
+    if (entries.size() >= limits.max_tensors_per_file)
       ctx.fail_file("too many tensors: more than the limit of " +
-                    std::to_string(kMaxTensorsPerFile));
-    entries.push_back(parse_entry(ctx, name, kv.value()));
+                    std::to_string(limits.max_tensors_per_file) + " per file");
+    entries.push_back(parse_entry(ctx, name, kv.value(), limits.max_rank));
   }
 
   const uint64_t data_start = 8 + header_len;
@@ -320,8 +326,20 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::pa
   for (Entry& e : entries) {
     TensorInfo info{e.name, e.dtype, std::move(e.shape), e.begin, e.end,
                     base + data_start + e.begin, path};
-    file->tensors_.emplace(e.name, std::move(info));
+    out.tensors.emplace(e.name, std::move(info));
   }
+  return out;
+}
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::filesystem::path& path,
+                                                       const ReaderLimits& limits) {
+  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->map_ = std::make_unique<MappedFile>(path);
+  SafetensorsHeader header = parse_safetensors(
+      std::span<const std::byte>(file->map_->data(), file->map_->size()), path, limits);
+  file->tensors_ = std::move(header.tensors);
+  file->metadata_ = std::move(header.metadata);
   return file;
 }
 

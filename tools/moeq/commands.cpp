@@ -1,6 +1,7 @@
 #include "commands.hpp"
 
 #include <moeq/error.hpp>
+#include <moeq/plugin_manifest.hpp>
 #include <moeq_writer/producers.hpp>
 
 #include <chrono>
@@ -55,6 +56,50 @@ RunResult run_layer(const LoadedModel& model, size_t li, int64_t m, uint64_t see
   r.err_quant_ref = ref::relative_l2(out, ref::moe_forward(weights, x, m, routing, act));
   r.err_float = ref::relative_l2(out, ref::moe_forward(weights, x, m, routing, {}));
   return r;
+}
+
+int cmd_pin_plugins(const CommonOptions& opt) {
+  // Gather with every check but the manifest (the one about to be rewritten), then pin what
+  // loaded: MOEQ_PLUGIN_MANIFEST when set, else each directory's own plugins.lock (only the
+  // --plugin-dir directory when one is given).
+  PluginTrust trust = PluginTrust::from_environment();
+  trust.enforce_manifest = false;
+  Registry reg(host::api(), trust);
+  std::optional<fs::path> given;
+  if (!opt.plugin_dir.empty()) given = opt.plugin_dir;
+  const std::vector<fs::path> dirs = given ? std::vector<fs::path>{*given} : Registry::search_path(given);
+  for (const fs::path& d : dirs)
+    if (fs::exists(d) || given) reg.load_directory(d);
+  std::map<fs::path, std::vector<std::pair<fs::path, std::string>>> by_manifest;
+  for (const auto& p : reg.plugins()) {
+    const fs::path manifest =
+        trust.manifest.empty() ? fs::absolute(p->file).lexically_normal().parent_path() / kPluginManifestName
+                               : trust.manifest;
+    by_manifest[manifest].push_back({p->file, sha256_file_hex(p->file)});
+  }
+  json::array written;
+  for (const auto& [manifest, entries] : by_manifest) {
+    write_plugin_manifest(manifest, entries);
+    json::array files;
+    for (const auto& [file, digest] : entries) files.push_back({{"file", file.string()}, {"sha256", digest}});
+    written.push_back({{"manifest", manifest.string()}, {"plugins", files}});
+  }
+  json::array refusals;
+  for (const auto& r : reg.refusals()) refusals.push_back({{"file", r.file.string()}, {"reason", r.reason}});
+  if (opt.json) {
+    print_json(json::object{{"pinned", written}, {"not_pinned", refusals}});
+  } else {
+    for (const auto& w : written) {
+      const auto& o = w.as_object();
+      std::cout << "pinned " << o.at("plugins").as_array().size() << " plugin(s) in "
+                << o.at("manifest").as_string().c_str() << "\n";
+      for (const auto& f : o.at("plugins").as_array())
+        std::cout << "  " << f.at("sha256").as_string().c_str() << "  " << f.at("file").as_string().c_str() << "\n";
+    }
+    if (written.empty()) std::cout << "no plugin loaded: nothing pinned\n";
+    for (const auto& r : reg.refusals()) std::cout << "not pinned " << r.file.string() << ": " << r.reason << "\n";
+  }
+  return written.empty() ? 1 : 0;
 }
 
 int cmd_plugins(const CommonOptions& opt, const std::string& why) {
@@ -158,7 +203,7 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
     for (auto* r : reps) layers.push_back(report_json(*r));
     o["layers"] = layers;
     json::array nm;
-    for (const auto& n : model.not_moe) nm.push_back(json::string(n));
+    for (const auto& n : model.not_moe) nm.push_back({{"tensor", n}, {"note", not_moe_note(n)}});
     o["not_moe"] = nm;
     o["clean"] = model.failed.empty();
     print_json(o);
@@ -169,7 +214,10 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
             << ck.quant_config().source << "\n";
   for (auto* r : reps) print_report(*r, true);
   std::cout << "not MoE (reported, not loaded by moeq): " << model.not_moe.size() << " tensors\n";
-  for (const auto& n : model.not_moe) std::cout << "    " << n << "\n";
+  for (const auto& n : model.not_moe) {
+    const std::string note = not_moe_note(n);
+    std::cout << "    " << n << (note.empty() ? "" : "  — " + note) << "\n";
+  }
   return model.failed.empty() ? 0 : 1;
 }
 

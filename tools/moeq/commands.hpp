@@ -30,6 +30,8 @@ void print_report(const LayerReport& r, bool verbose);
 std::string fmt_shape(const std::vector<int64_t>& s);
 
 int cmd_plugins(const CommonOptions& opt, const std::string& why);
+// `moeq plugins --pin`: writes the SHA-256 allow-list of the plugins that load.
+int cmd_pin_plugins(const CommonOptions& opt);
 int cmd_inspect(const CommonOptions& opt, const std::string& dir);
 int cmd_load(const CommonOptions& opt, const std::string& dir);
 int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed);

@@ -1,9 +1,11 @@
 // moeq: check a quantized MoE checkpoint before serving it.
 #include "cmd_bench.hpp"
+#include "cmd_conform.hpp"
 #include "commands.hpp"
 
 #include <moeq/error.hpp>
 
+#include <cstdlib>
 #include <iostream>
 
 int main(int argc, char** argv) {
@@ -13,12 +15,19 @@ int main(int argc, char** argv) {
   CommonOptions opt;
   app.add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files (also MOEQ_PLUGIN_PATH)");
   app.add_flag("--json", opt.json, "print the verdict as JSON");
+  bool allow_untrusted = false, pin = false;
+  const char* untrusted_help = "load plugins that fail the ownership/permission checks, logging each "
+                               "(development; same as MOEQ_ALLOW_UNTRUSTED_PLUGINS=1)";
+  app.add_flag("--allow-untrusted-plugins", allow_untrusted, untrusted_help);
 
   std::string why, dir, keep;
   int64_t tokens = 64;
   uint64_t seed = 7;
   auto* plugins = app.add_subcommand("plugins", "list plugins, refusals and (with --why) probe answers");
   plugins->add_option("--why", why, "checkpoint directory or config JSON: show every plugin's answer for it");
+  plugins->add_flag("--pin", pin,
+                    "write the SHA-256 allow-list of the plugins that load (MOEQ_PLUGIN_MANIFEST, else "
+                    "plugins.lock in each plugin directory); the registry then refuses any other file");
   auto* inspect = app.add_subcommand("inspect", "scheme, plugin and why, per-layer tensor routing, ledger");
   inspect->add_option("dir", dir, "checkpoint directory")->required();
   opt.add_placement(inspect);
@@ -36,11 +45,18 @@ int main(int argc, char** argv) {
   for (auto* sub : {plugins, inspect, load, run, demo}) {
     sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files");
     sub->add_flag("--json", opt.json, "print the verdict as JSON");
+    sub->add_flag("--allow-untrusted-plugins", allow_untrusted, untrusted_help);
   }
+  ConformCommand conform(app, opt);
   BenchCommand bench(app);
   CLI11_PARSE(app, argc, argv);
+  // The registry reads the override from the environment, as it does for embedders; it logs
+  // that the checks are off and every file it loads despite them.
+  if (allow_untrusted) ::setenv("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1", 1);
   try {
     if (bench.parsed()) return bench.run();
+    if (conform.parsed()) return conform.run();
+    if (plugins->parsed() && pin) return cmd_pin_plugins(opt);
     if (plugins->parsed()) return cmd_plugins(opt, why);
     if (inspect->parsed()) return cmd_inspect(opt, dir);
     if (load->parsed()) return cmd_load(opt, dir);

@@ -5,7 +5,9 @@
 
 #include <boost/json.hpp>
 
+#include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -20,8 +22,10 @@ struct QuantConfigSource {
 
 class Checkpoint {
  public:
-  // Opens and validates everything up front; throws moeq::Error naming the file.
-  static Checkpoint open(const std::filesystem::path& dir);
+  // Opens and validates everything up front; throws moeq::Error naming the file. A symlink
+  // loop, a FIFO or anything else that is not a regular file where one is expected is an
+  // Error too, as is going past one of `limits`.
+  static Checkpoint open(const std::filesystem::path& dir, const ReaderLimits& limits = {});
 
   const std::filesystem::path& dir() const { return dir_; }
   const boost::json::object& config() const { return config_; }
@@ -41,10 +45,22 @@ class Checkpoint {
   std::map<std::string, TensorInfo> tensors_;
 };
 
-// Read a JSON file; throws naming the file and the parse error.
-boost::json::value read_json_file(const std::filesystem::path& path);
+// Read a JSON file of at most `max_bytes`; throws naming the file and the parse error.
+boost::json::value read_json_file(const std::filesystem::path& path,
+                                  uint64_t max_bytes = ReaderLimits{}.max_json_file_bytes);
 // Parse JSON text strictly: a syntax error or a duplicate key in any object throws,
 // naming `source` (a file, or "header of FILE").
 boost::json::value parse_json_strict(std::string_view text, const std::string& source);
+
+// The parts of Checkpoint::open that take no file system, for the fuzzers and tools:
+// which quantization config applies (hf_quant_config.json, when given, wins over config.json's
+// quantization_config, then its legacy compression_config) ...
+QuantConfigSource select_quant_config(const boost::json::object& config,
+                                      const boost::json::object* hf_quant_config);
+// ... and the weight_map of a parsed model.safetensors.index.json (tensor -> shard file name,
+// every name a plain file inside the directory); `index` only labels the messages.
+std::map<std::string, std::string> weight_map_of(const boost::json::value& index_root,
+                                                 const std::filesystem::path& index,
+                                                 const ReaderLimits& limits = {});
 
 }  // namespace moeq

@@ -30,6 +30,11 @@ class IntervalSet {
 };
 
 struct ParamRecord {
+  ParamRecord() = default;
+  ParamRecord(const ParamRecord&) = delete;  // `tensor` points into this record
+  ParamRecord& operator=(const ParamRecord&) = delete;
+  ~ParamRecord();  // returns accounted_bytes to host::live_param_bytes()
+
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
@@ -41,6 +46,7 @@ struct ParamRecord {
   IntervalSet defaulted;  // by param_fill, declared default
   std::vector<std::pair<std::pair<int64_t, int64_t>, std::string>> writers;  // range -> tensor
   std::vector<std::string> default_reasons;
+  int64_t accounted_bytes = 0;  // counted in host::live_param_bytes() while the record lives
 };
 
 struct ParamCoverage {
@@ -71,6 +77,15 @@ const moeq_host_api* api();
 void set_registry(const Registry* registry);
 // Statuses created and not yet destroyed (leak accounting for tests and conform).
 int64_t live_statuses();
+
+// Parameter memory accounting, for tests of "a failed load leaves nothing behind".
+// Bytes of parameter storage alive now, over every layer of the process.
+int64_t live_param_bytes();
+// Parameter allocations attempted since the process started (failed ones included).
+int64_t param_allocations();
+// Test hook: the n-th parameter allocation from now (1 = the next one) fails with
+// OUT_OF_MEMORY, as a real allocation failure would; 0 disarms. Process-wide.
+void set_allocation_fault(int64_t n);
 
 using LogSink = std::function<void(moeq_log_level, const std::string& source, const std::string& message)>;
 // Replace the log sink (default: warnings and errors to stderr). Returns the previous one.

@@ -92,6 +92,10 @@ class LoadedModel {
   ref::RoutingOptions routing(size_t layer) const;
 };
 
+// The geometry the host hands a plugin for a layer of `config` at `placement` (linear EP,
+// I split evenly over TP); the loader's, and `moeq conform`'s for the placements it tries.
+moeq_layer_geometry layer_geometry(const MoeConfig& config, const Placement& placement);
+
 // Throws moeq::Error naming the layer, tensor or parameter when a layer cannot be loaded
 // (unless options.collect_errors). A failed layer releases everything it allocated.
 LoadedModel load_model(const Checkpoint& checkpoint, const Registry& registry, const LoadOptions& options);

@@ -3,9 +3,11 @@
 // complaint we do not repeat).
 #pragma once
 #include <moeq/abi.h>
+#include <moeq/plugin_manifest.hpp>
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,10 +52,31 @@ struct Selection {
   std::vector<ProbeResult> probes;       // every plugin's answer, in load order
 };
 
+// Which plugin files the registry trusts enough to run (DESIGN §4). Without the override a
+// plugin file, and the directory it is named in and the one it really lives in, must be owned
+// by root or by `owner_uid` and writable by nobody else (group or others), and no directory
+// above them may be writable by others unless its sticky bit is set.
+struct PluginTrust {
+  // Development override: load files that fail the ownership and permission checks, logging
+  // each one with what the check found (MOEQ_ALLOW_UNTRUSTED_PLUGINS=1, or
+  // `moeq --allow-untrusted-plugins`). The entry symbol and the manifest are still checked.
+  bool allow_untrusted = false;
+  // The allow-list (plugin_manifest.hpp). Set (MOEQ_PLUGIN_MANIFEST): that one file governs
+  // every directory and must exist. Empty: a directory's own plugins.lock governs its plugins
+  // when present; without one, any plugin that passes the other checks loads.
+  std::filesystem::path manifest;
+  // The user, besides root, who may own plugin files and directories: the effective uid.
+  uint32_t owner_uid = 0;
+  // Off only while `moeq plugins --pin` gathers the files it is about to pin.
+  bool enforce_manifest = true;
+
+  static PluginTrust from_environment();
+};
+
 class Registry {
  public:
   // `host` is handed to every plugin's initialize; it must outlive the registry.
-  explicit Registry(const moeq_host_api* host);
+  explicit Registry(const moeq_host_api* host, PluginTrust trust = PluginTrust::from_environment());
   ~Registry();  // calls shutdown of every plugin; never unloads the code (see DESIGN §4)
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -63,6 +86,15 @@ class Registry {
   void load_directory(const std::filesystem::path& dir);
   // Returns the plugin or nullptr; on nullptr the reason is in refusals().
   const LoadedPlugin* load_file(const std::filesystem::path& file);
+  // Adopts a descriptor whose code is already in the process (a plugin linked into the host, or
+  // the proxy `moeq conform` puts around the plugin it tests): the checks of validate(), a
+  // unique name, then initialize. `origin` names it in messages and refusals. Returns the plugin
+  // or nullptr (reason in refusals()). load_file ends here.
+  const LoadedPlugin* add(const moeq_plugin_descriptor* descriptor, const std::filesystem::path& origin);
+  // What this host checks on a descriptor before using it (ABI major, sizes, minimum minor,
+  // name, version, schemes, required slots): empty when acceptable, else the one-line refusal.
+  // Runs no plugin code.
+  static std::string validate(const moeq_plugin_descriptor* descriptor);
 
   // Search path: `plugin_dir` if given, then every entry of MOEQ_PLUGIN_PATH (':'-separated),
   // then the install-relative defaults <dir of the running executable>/../plugins (build tree)
@@ -70,6 +102,7 @@ class Registry {
   static std::vector<std::filesystem::path> search_path(
       const std::optional<std::filesystem::path>& plugin_dir);
 
+  const PluginTrust& trust() const { return trust_; }
   const std::vector<std::unique_ptr<LoadedPlugin>>& plugins() const { return plugins_; }
   const std::vector<PluginRefusal>& refusals() const { return refusals_; }
   // Lines such as "modelopt needs plugin compressed_tensors, which is not loaded".
@@ -85,7 +118,14 @@ class Registry {
   std::vector<ProbeResult> probe_all(const ProbeQuery& query) const;
 
  private:
+  // Empty when `file` may load under the manifest that governs it, else the refusal.
+  std::string manifest_problem(const std::filesystem::path& file);
+  // Empty when trusted; with allow_untrusted, logs the problem and answers empty.
+  std::string trust_problem(const std::string& problem, const std::filesystem::path& subject);
+
   const moeq_host_api* host_;
+  PluginTrust trust_;
+  std::map<std::filesystem::path, PluginManifest> manifests_;  // read once per registry
   std::vector<std::unique_ptr<LoadedPlugin>> plugins_;
   std::vector<PluginRefusal> refusals_;
   std::vector<std::shared_ptr<void>> libraries_;  // kept alive for the registry's life

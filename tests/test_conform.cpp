@@ -1,0 +1,187 @@
+// `moeq conform` as a plugin author runs it: the built-in plugins conform, a correct SDK-built
+// plugin conforms, and each deliberately broken plugin of tests/conform_plugins fails exactly
+// the check its defect breaks, with a reason that says what is wrong. Also: the kernel sources
+// moeq_add_plugin embeds.
+#include "support.hpp"
+
+#include <moeq_writer/producers.hpp>
+
+#include <boost/json.hpp>
+
+#include <filesystem>
+#include <set>
+
+using namespace moeq;
+using namespace moeq::test;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Conform {
+  int exit_code = -1;
+  std::string text;
+  json::object report;  // with --json
+  std::string verdict(int id) const {
+    for (const json::value& c : report.at("checks").as_array())
+      if (c.at("id").to_number<int>() == id) return std::string(c.at("verdict").as_string());
+    return "missing";
+  }
+  std::string reason(int id) const {
+    for (const json::value& c : report.at("checks").as_array())
+      if (c.at("id").to_number<int>() == id) return std::string(c.at("reason").as_string());
+    return "";
+  }
+  std::vector<int> failing() const {
+    std::vector<int> ids;
+    for (const json::value& c : report.at("checks").as_array())
+      if (c.at("verdict").as_string() == "fail") ids.push_back(c.at("id").to_number<int>());
+    return ids;
+  }
+};
+
+Conform conform(const fs::path& plugin, const std::string& extra = "", bool as_json = true) {
+  const CliRun run = run_moeq_cli("conform \"" + plugin.string() + "\" " + extra + (as_json ? " --json" : ""), "", false);
+  Conform r;
+  r.text = run.out;
+  r.exit_code = run.code;
+  if (as_json) {
+    INFO(r.text);
+    r.report = json::parse(r.text).as_object();
+  }
+  return r;
+}
+
+fs::path builtin(const std::string& name) { return fs::path(MOEQ_TEST_PLUGIN_DIR) / ("libmoeq_" + name + ".so"); }
+fs::path test_plugin(const std::string& name) {
+  return fs::path(MOEQ_TEST_CONFORM_PLUGIN_DIR) / ("libmoeq_conform_" + name + ".so");
+}
+
+// A compressed-tensors FP8 channel checkpoint (the writer's FP8_DYNAMIC), per-expert layout.
+void small_checkpoint(const fs::path& dir, int layers, int64_t experts, int64_t hidden, int64_t intermediate) {
+  writer::MoeSpec s;
+  s.num_layers = layers;
+  s.num_experts = experts;
+  s.hidden = hidden;
+  s.intermediate = intermediate;
+  writer::write_ct_fp8_channel(dir, s);
+}
+
+void require_all_pass(const Conform& c) {
+  for (const json::value& check : c.report.at("checks").as_array()) {
+    INFO("check " << check.at("id").to_number<int>() << ": " << check.at("reason").as_string());
+    CHECK(check.at("verdict").as_string() == "pass");
+  }
+  CHECK(c.report.at("checks").as_array().size() == 10);
+  CHECK(c.exit_code == 0);
+}
+
+}  // namespace
+
+TEST_CASE("moeq conform: the built-in compressed_tensors plugin passes all ten checks on the writer's fixtures") {
+  const Conform c = conform(builtin("compressed_tensors"));
+  require_all_pass(c);
+  CHECK(c.report.at("plugin").at("name").as_string() == "compressed_tensors");
+  CHECK(c.report.at("fixtures").as_array().size() >= 3);
+}
+
+TEST_CASE("moeq conform: built-in plugins that decline every fixture fail nothing; method checks say why they did not run") {
+  for (const char* name : {"modelopt", "online_quant"}) {
+    CAPTURE(name);
+    const Conform c = conform(builtin(name));
+    CHECK(c.failing().empty());
+    CHECK(c.exit_code == 0);
+    CHECK(c.verdict(1) == "pass");
+    CHECK(c.verdict(3) == "pass");
+    CHECK(c.verdict(10) == "pass");
+    for (int id = 4; id <= 8; ++id) {
+      CAPTURE(id);
+      if (c.verdict(id) == "n/a") CHECK(c.reason(id).find("declines every generated fixture") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("moeq conform: an SDK plugin that throws inside weight_loader on bad input passes (the trampolines make statuses)") {
+  const Conform c = conform(test_plugin("good"));
+  require_all_pass(c);
+  CHECK(c.reason(6).find("no exception escaped") != std::string::npos);
+  CHECK(c.reason(7).find("declared by the method") != std::string::npos);  // rel_l2_tolerance in describe
+}
+
+TEST_CASE("moeq conform: each broken plugin fails exactly the check its defect breaks, with a clear reason") {
+  struct Case {
+    const char* plugin;
+    int check;
+    const char* reason;  // a fragment the reason must contain
+    const char* extra = "";
+  };
+  const Case cases[] = {
+      {"crash_probe", 3, "crashed: SIGSEGV"},
+      {"hang_probe", 3, "timed out after 5 s while probing", "--timeout 5"},
+      {"raw_throw", 6, "weight_loader let a C++ exception escape"},
+      {"wrong_major", 2, "declares ABI major 2"},
+      {"missing_slot", 1, "required slot 'process_after_loading' is NULL"},
+      {"leak_status", 10, "statuses made through the host were never destroyed (create_weights took in"},
+      {"write_outside", 5, "lies outside parameter 'w13_weight'"},
+      {"lies_shape", 4, "w2_weight"},
+  };
+  for (const Case& k : cases) {
+    CAPTURE(k.plugin);
+    const Conform c = conform(test_plugin(k.plugin), k.extra);
+    INFO(c.text);
+    CHECK(c.failing() == std::vector<int>{k.check});
+    CHECK(c.reason(k.check).find(k.reason) != std::string::npos);
+    CHECK(c.exit_code == 1);
+    CHECK(c.report.at("checks").as_array().size() == 10);  // the runner survived and ran every check
+  }
+}
+
+TEST_CASE("moeq conform: reasons of the broken plugins name what is wrong and where") {
+  CHECK(conform(test_plugin("crash_probe")).reason(3).find("no quantization config") != std::string::npos);
+  const Conform lies = conform(test_plugin("lies_shape"));
+  CHECK(lies.reason(4).find("I/tp = 16") != std::string::npos);
+  CHECK(lies.reason(4).find("found 32") != std::string::npos);
+  const Conform major = conform(test_plugin("wrong_major"));
+  CHECK(major.verdict(1) == "pass");  // the structure is fine: only the version is wrong
+  CHECK(major.verdict(5) == "n/a");
+  CHECK(major.reason(5).find("the host refuses the plugin") != std::string::npos);
+  const Conform outside = conform(test_plugin("write_outside"));
+  CHECK(outside.verdict(7) == "n/a");
+  CHECK(outside.reason(7).find("see check 5") != std::string::npos);
+}
+
+TEST_CASE("moeq conform: text report has one row per check, a summary, and exit status 1 on a failure") {
+  const Conform bad = conform(test_plugin("lies_shape"), "", false);
+  CHECK(bad.exit_code == 1);
+  CHECK(bad.text.find("create_weights   fail") != std::string::npos);
+  CHECK(bad.text.find("1 fail") != std::string::npos);
+  CHECK(bad.text.find("does NOT conform") != std::string::npos);
+  const Conform some = conform(test_plugin("good"), "--check 1 --check 3");
+  CHECK(some.report.at("checks").as_array().size() == 2);
+  CHECK(some.exit_code == 0);
+}
+
+TEST_CASE("moeq conform --checkpoint: tests on the given checkpoint instead of generated fixtures") {
+  TempDir d;
+  small_checkpoint(d / "ck", 2, 6, 40, 24);
+  const Conform c = conform(test_plugin("good"), "--checkpoint \"" + (d / "ck").string() + "\"");
+  require_all_pass(c);
+  CHECK(c.report.at("fixtures").as_array().size() == 1);
+  // Without writer masters the accuracy check compares with the plugin's own dequantization only.
+  CHECK(c.reason(7).find("writer's masters") == std::string::npos);
+}
+
+TEST_CASE("moeq_add_plugin KERNELS: the plugin hands back the kernel file byte for byte") {
+  Registry reg(host::api());
+  REQUIRE(reg.load_file(test_plugin("good")) != nullptr);
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 2, 16, 8);
+  LoadOptions o;
+  o.pin_plugin = "conform_good";
+  const LoadedModel m = load_model(Checkpoint::open(d / "ck"), reg, o);
+  REQUIRE(m.layers.size() == 1);
+  const json::object describe = json::parse(m.layers[0]->report.describe_json).as_object();
+  const json::object& kernels = describe.at("kernels").as_object();
+  REQUIRE(kernels.size() == 1);
+  CHECK(kernels.at("conform_scale.cuh").as_string() == read_text(MOEQ_TEST_CONFORM_KERNEL));
+}

@@ -1,0 +1,374 @@
+// Trusted plugin loading: ownership and permission refusals (file, directory, symlink target,
+// directories above), the development override and its log lines, the SHA-256 allow-list
+// (plugins.lock, MOEQ_PLUGIN_MANIFEST) and `moeq plugins --pin` / `--allow-untrusted-plugins`.
+#include "support.hpp"
+
+#include <moeq/plugin_manifest.hpp>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+
+using namespace moeq;
+using namespace moeq::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kBuiltCt = fs::path(MOEQ_TEST_PLUGIN_DIR) / "libmoeq_compressed_tensors.so";
+const fs::path kGoodA = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "good_a" / "good_a.so";
+const fs::path kNoEntry = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "no_entry" / "no_entry.so";
+
+// A private plugin directory (mode 0700) under a fresh temp dir.
+struct PluginDir {
+  TempDir tmp{"moeq_trust"};
+  fs::path dir = tmp / "plugins";
+  PluginDir() {
+    fs::create_directories(dir);
+    fs::permissions(dir, fs::perms::owner_all);
+  }
+  ~PluginDir() {
+    std::error_code ec;
+    fs::permissions(dir, fs::perms::owner_all, ec);
+  }
+  fs::path add(const fs::path& from, const std::string& as) const {
+    const fs::path to = dir / as;
+    fs::copy_file(from, to);
+    fs::permissions(to, fs::perms::owner_all);
+    return to;
+  }
+};
+
+// Captures the host log for one scope.
+class LogCapture {
+ public:
+  LogCapture() {
+    previous_ = host::set_log_sink([this](moeq_log_level, const std::string& source, const std::string& m) {
+      lines_.push_back(source + ": " + m);
+    });
+  }
+  ~LogCapture() { host::set_log_sink(previous_); }
+  bool has(const std::string& part) const {
+    for (const auto& l : lines_)
+      if (l.find(part) != std::string::npos) return true;
+    return false;
+  }
+
+ private:
+  host::LogSink previous_;
+  std::vector<std::string> lines_;
+};
+
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value)
+      ::setenv(name, value->c_str(), 1);
+    else
+      ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+PluginTrust strict() {
+  PluginTrust t;
+  t.owner_uid = static_cast<uint32_t>(::geteuid());
+  return t;
+}
+
+std::string refusal(const Registry& r) {
+  REQUIRE_FALSE(r.refusals().empty());
+  return r.refusals().back().reason;
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Makes `p` owned by someone else: root chowns it to nobody; anyone else makes the registry
+// trust another uid instead, which turns their own files foreign.
+void make_foreign(const fs::path& p, PluginTrust& trust) {
+  if (::geteuid() == 0)
+    REQUIRE(::lchown(p.c_str(), 65534, 65534) == 0);
+  else
+    trust.owner_uid = static_cast<uint32_t>(::geteuid()) + 1;
+}
+
+struct Cli {
+  int code = -1;
+  std::string out;
+};
+
+Cli run_moeq(const std::string& args, const std::string& env = "") {
+  Cli r;
+  FILE* p = ::popen((env + " \"" MOEQ_TEST_MOEQ_BIN "\" " + args + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------- ownership and permissions
+
+TEST_CASE("a plugin file writable by its group is refused, naming the mode") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  fs::permissions(f, fs::perms::group_write, fs::perm_options::add);
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), "is writable by its group (mode 0720)"));
+}
+
+TEST_CASE("a plugin directory writable by its group is refused for the directory and for each file in it") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  fs::permissions(d.dir, fs::perms::group_write, fs::perm_options::add);
+  Registry r(host::api(), strict());
+  r.load_directory(d.dir);
+  CHECK(r.plugins().empty());
+  CHECK(has(refusal(r), "directory " + d.dir.string() + " is writable by its group"));
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), "is writable by its group"));
+}
+
+TEST_CASE("a plugin file owned by another non-root user is refused") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  PluginTrust trust = strict();
+  make_foreign(f, trust);
+  Registry r(host::api(), trust);
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), "is owned by uid"));
+  CHECK(has(refusal(r), "not by root or this user"));
+}
+
+TEST_CASE("a plugin directory owned by another non-root user is refused") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  PluginTrust trust = strict();
+  make_foreign(d.dir, trust);
+  if (::geteuid() != 0) make_foreign(f, trust);  // the uid swap makes both foreign anyway
+  Registry r(host::api(), trust);
+  r.load_directory(d.dir);
+  CHECK(r.plugins().empty());
+  CHECK(has(refusal(r), "directory " + d.dir.string() + " is owned by uid"));
+}
+
+TEST_CASE("files owned by root are trusted whoever runs the host") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  PluginTrust trust = strict();
+  trust.owner_uid = 12345;  // not us: only root's files (if ours are root's) still pass
+  Registry r(host::api(), trust);
+  const bool ours_are_roots = ::geteuid() == 0;
+  CHECK((r.load_file(f) != nullptr) == ours_are_roots);
+}
+
+TEST_CASE("a symlinked plugin is judged where it really lives too") {
+  PluginDir d;
+  const fs::path real_dir = d.tmp / "real";
+  fs::create_directories(real_dir);
+  fs::permissions(real_dir, fs::perms::all);  // 0777, no sticky bit
+  fs::copy_file(kGoodA, real_dir / "good_a.so");
+  fs::permissions(real_dir / "good_a.so", fs::perms::owner_all);
+  fs::create_symlink(real_dir / "good_a.so", d.dir / "good_a.so");
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(d.dir / "good_a.so") == nullptr);
+  CHECK(has(refusal(r), "directory " + real_dir.string() + " is writable by other users (mode 0777)"));
+}
+
+TEST_CASE("a directory above the plugin directory that others may write is refused unless sticky") {
+  TempDir tmp("moeq_trust_up");
+  const fs::path open_dir = tmp / "open", plugins = open_dir / "plugins";
+  fs::create_directories(plugins);
+  fs::permissions(plugins, fs::perms::owner_all);
+  fs::copy_file(kGoodA, plugins / "good_a.so");
+  fs::permissions(plugins / "good_a.so", fs::perms::owner_all);
+  fs::permissions(open_dir, fs::perms::all);  // anyone could rename plugins/ away
+  {
+    Registry r(host::api(), strict());
+    CHECK(r.load_file(plugins / "good_a.so") == nullptr);
+    CHECK(has(refusal(r), "directory " + open_dir.string() + " above the plugin is writable by other users without the sticky bit"));
+  }
+  fs::permissions(open_dir, fs::perms::all | fs::perms::sticky_bit);  // as /tmp: entries stay their owners'
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(plugins / "good_a.so") != nullptr);
+  fs::permissions(open_dir, fs::perms::owner_all);
+}
+
+// ------------------------------------------------------------------------- override
+
+TEST_CASE("the override loads untrusted plugins and logs each problem; the entry symbol is still required") {
+  PluginDir d;
+  const fs::path f = d.add(kGoodA, "good_a.so");
+  const fs::path none = d.add(kNoEntry, "no_entry.so");
+  fs::permissions(f, fs::perms::others_write, fs::perm_options::add);
+  LogCapture log;
+  PluginTrust trust = strict();
+  trust.allow_untrusted = true;
+  Registry r(host::api(), trust);
+  CHECK(log.has("plugin ownership and permission checks are off"));
+  CHECK(r.load_file(f) != nullptr);
+  CHECK(log.has("although file " + f.string() + " is writable by other users"));
+  CHECK(r.load_file(none) == nullptr);
+  CHECK(has(refusal(r), "does not export moeq_plugin_get_descriptor"));
+}
+
+TEST_CASE("MOEQ_ALLOW_UNTRUSTED_PLUGINS=1 turns the override on; anything else leaves it off") {
+  {
+    ScopedEnv env("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1");
+    CHECK(PluginTrust::from_environment().allow_untrusted);
+  }
+  {
+    ScopedEnv env("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "yes");
+    CHECK_FALSE(PluginTrust::from_environment().allow_untrusted);
+  }
+  ScopedEnv env("MOEQ_ALLOW_UNTRUSTED_PLUGINS", std::nullopt);
+  CHECK_FALSE(PluginTrust::from_environment().allow_untrusted);
+  CHECK(PluginTrust::from_environment().owner_uid == static_cast<uint32_t>(::geteuid()));
+}
+
+// ------------------------------------------------------------------------- manifest
+
+TEST_CASE("manifest: pinned plugins load; a changed file and an unlisted file are refused with the reason") {
+  PluginDir d;
+  const fs::path a = d.add(kGoodA, "good_a.so");
+  const fs::path ct = d.add(kBuiltCt, "ct.so");
+  write_plugin_manifest(d.dir / kPluginManifestName, {{a, sha256_file_hex(a)}});
+  CHECK_FALSE(fs::exists(d.dir / (std::string(kPluginManifestName) + ".tmp." + std::to_string(::getpid()))));
+  CHECK(read_text(d.dir / kPluginManifestName).find(sha256_file_hex(a) + "  good_a.so\n") != std::string::npos);
+  {
+    Registry r(host::api(), strict());
+    r.load_directory(d.dir);
+    REQUIRE(r.plugins().size() == 1);
+    CHECK(r.plugins()[0]->name == "good_a");
+    CHECK(has(refusal(r), "not listed in plugin manifest " + (d.dir / kPluginManifestName).string()));
+  }
+  std::ofstream(a, std::ios::app) << '\0';  // one byte more: other bytes than were pinned
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(a) == nullptr);
+  CHECK(has(refusal(r), "differs from"));
+  CHECK(has(refusal(r), "(the file changed since it was pinned)"));
+}
+
+TEST_CASE("manifest: sha256sum's own output is a valid manifest, '*' binary marker included") {
+  PluginDir d;
+  const fs::path a = d.add(kGoodA, "good_a.so");
+  write_text(d.dir / kPluginManifestName, "# comment\n" + sha256_file_hex(a) + " *good_a.so\n");
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(a) != nullptr);
+}
+
+TEST_CASE("manifest: the override does not lift it") {
+  PluginDir d;
+  const fs::path a = d.add(kGoodA, "good_a.so");
+  write_text(d.dir / kPluginManifestName, std::string(64, 'f') + "  good_a.so\n");
+  PluginTrust trust = strict();
+  trust.allow_untrusted = true;
+  Registry r(host::api(), trust);
+  CHECK(r.load_file(a) == nullptr);
+  CHECK(has(refusal(r), "differs from"));
+}
+
+TEST_CASE("MOEQ_PLUGIN_MANIFEST governs every directory, by absolute path, and must exist") {
+  PluginDir d;
+  const fs::path a = d.add(kGoodA, "good_a.so");
+  const fs::path manifest = d.tmp / "pins" / "all.lock";
+  fs::create_directories(manifest.parent_path());
+  fs::permissions(manifest.parent_path(), fs::perms::owner_all);
+  write_plugin_manifest(manifest, {{a, sha256_file_hex(a)}});
+  CHECK(read_text(manifest).find("  " + fs::canonical(a).string() + "\n") != std::string::npos);
+  {
+    ScopedEnv env("MOEQ_PLUGIN_MANIFEST", manifest.string());
+    PluginTrust trust = PluginTrust::from_environment();
+    CHECK(trust.manifest == manifest);
+    Registry r(host::api(), trust);
+    CHECK(r.load_file(a) != nullptr);
+    CHECK(r.load_file(kBuiltCt) == nullptr);  // the build tree's plugin is not listed there
+    CHECK(has(refusal(r), "not listed in plugin manifest " + manifest.string()));
+  }
+  PluginTrust trust = strict();
+  trust.manifest = d.tmp / "missing.lock";
+  Registry r(host::api(), trust);
+  CHECK(r.load_file(a) == nullptr);
+  CHECK(has(refusal(r), "missing.lock (MOEQ_PLUGIN_MANIFEST) does not exist"));
+}
+
+TEST_CASE("manifest: a manifest others may write is refused like a plugin") {
+  PluginDir d;
+  const fs::path a = d.add(kGoodA, "good_a.so");
+  write_plugin_manifest(d.dir / kPluginManifestName, {{a, sha256_file_hex(a)}});
+  fs::permissions(d.dir / kPluginManifestName, fs::perms::group_write, fs::perm_options::add);
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(a) == nullptr);
+  CHECK(has(refusal(r), "plugin manifest " + (d.dir / kPluginManifestName).string() + " is writable by its group"));
+}
+
+TEST_CASE("manifest: malformed lines are named by number") {
+  TempDir tmp("moeq_manifest");
+  write_text(tmp / "m.lock", "# header\n" + std::string(64, 'A') + "  x.so\n");
+  CHECK(has(error_of([&] { PluginManifest::read(tmp / "m.lock"); }), "line 2: '" + std::string(64, 'A') + "' is not a SHA-256 digest"));
+  write_text(tmp / "m.lock", std::string(64, 'a') + "  x.so\n" + std::string(64, 'b') + "  x.so\n");
+  CHECK(has(error_of([&] { PluginManifest::read(tmp / "m.lock"); }), "line 2: 'x.so' is listed twice with different digests"));
+  write_text(tmp / "m.lock", "abc x.so\n");
+  CHECK(has(error_of([&] { PluginManifest::read(tmp / "m.lock"); }), "line 1: malformed entry"));
+}
+
+TEST_CASE("sha256_file_hex matches the digest of the bytes") {
+  TempDir tmp("moeq_sha_file");
+  write_text(tmp / "abc", "abc");
+  CHECK(sha256_file_hex(tmp / "abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  CHECK(has(error_of([&] { sha256_file_hex(tmp / "absent"); }), "absent"));
+}
+
+// ------------------------------------------------------------------------------ CLI
+
+TEST_CASE("moeq plugins --pin writes the lock of --plugin-dir; the registry then enforces it") {
+  PluginDir d;
+  d.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  const std::string dir = " --plugin-dir \"" + d.dir.string() + "\"";
+  Cli pin = run_moeq("plugins --pin" + dir, "MOEQ_PLUGIN_MANIFEST=");
+  CAPTURE(pin.out);
+  REQUIRE(pin.code == 0);
+  CHECK(has(pin.out, "pinned 1 plugin(s) in " + (d.dir / kPluginManifestName).string()));
+  CHECK(fs::exists(d.dir / kPluginManifestName));
+  CHECK_FALSE(fs::exists(fs::path(MOEQ_TEST_PLUGIN_DIR) / kPluginManifestName));  // only the given directory
+
+  std::ofstream(d.dir / "libmoeq_compressed_tensors.so", std::ios::app) << '\0';
+  Cli list = run_moeq("plugins" + dir, "MOEQ_PLUGIN_MANIFEST=");
+  CAPTURE(list.out);
+  CHECK(has(list.out, "libmoeq_compressed_tensors.so: SHA-256"));
+  CHECK(has(list.out, "(the file changed since it was pinned)"));
+}
+
+TEST_CASE("moeq --allow-untrusted-plugins loads a group-writable plugin and says so") {
+  PluginDir d;
+  const fs::path f = d.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  fs::permissions(f, fs::perms::group_write, fs::perm_options::add);
+  const std::string args = "plugins --plugin-dir \"" + d.dir.string() + "\"";
+  Cli refused = run_moeq(args, "MOEQ_ALLOW_UNTRUSTED_PLUGINS=");
+  CHECK(has(refused.out, "refused " + f.string() + ": file " + f.string() + " is writable by its group"));
+  Cli allowed = run_moeq("--allow-untrusted-plugins " + args, "MOEQ_ALLOW_UNTRUSTED_PLUGINS=");
+  CAPTURE(allowed.out);
+  CHECK_FALSE(has(allowed.out, "refused " + f.string()));
+  CHECK(has(allowed.out, "plugin ownership and permission checks are off"));
+  CHECK(has(allowed.out, "although file " + f.string() + " is writable by its group"));
+  Cli sub = run_moeq(args + " --allow-untrusted-plugins", "MOEQ_ALLOW_UNTRUSTED_PLUGINS=");
+  CHECK_FALSE(has(sub.out, "refused " + f.string()));
+}

@@ -1,0 +1,294 @@
+// `moeq conform`: the runner. It never runs plugin code itself: every check runs in a forked
+// child that reports over a pipe (what it is doing, facts about the plugin, its verdict), so a
+// plugin that crashes, aborts or hangs fails the check it was in and the runner goes on.
+#include "cmd_conform.hpp"
+
+#include "cmd_conform_checks.hpp"
+
+#include <moeq/error.hpp>
+#include <moeq/host.hpp>
+
+#include <boost/json.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <random>
+
+namespace moeq::cli {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using conform::CheckDef;
+using conform::Outcome;
+using conform::Verdict;
+
+namespace {
+
+struct CheckResult {
+  const CheckDef* check = nullptr;
+  Outcome outcome;
+  double seconds = 0;
+};
+
+// One line of the child's report: no tabs or newlines inside a field.
+std::string field(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\t' || c == '\r') c = ' ';
+  return s;
+}
+
+void write_all(int fd, const std::string& line) {
+  const char* p = line.data();
+  size_t left = line.size();
+  while (left > 0) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    const size_t end = s.find(sep, start);
+    out.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) return out;
+    start = end + 1;
+  }
+}
+
+// The child: runs one check and reports. Never returns.
+[[noreturn]] void child(const CheckDef& check, conform::Context ctx, int fd, bool verbose) {
+  // A crash is reported by the signal that ended the child: sanitizer runtimes that catch
+  // these signals to print a report would turn it into an exit status.
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) ::signal(sig, SIG_DFL);
+  if (!verbose) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+      ::close(null);
+    }
+  }
+  host::set_log_sink([verbose](moeq_log_level level, const std::string& source, const std::string& message) {
+    if (verbose && level >= MOEQ_LOG_LEVEL_WARNING) std::cerr << "[" << source << "] " << message << "\n";
+  });
+  ctx.stage = [fd](const std::string& s) { write_all(fd, "stage\t" + field(s) + "\n"); };
+  ctx.info = [fd](const std::string& k, const std::string& v) { write_all(fd, "info\t" + field(k) + "\t" + field(v) + "\n"); };
+  Outcome o;
+  try {
+    o = check.run(ctx);
+  } catch (const std::exception& e) {
+    o = {Verdict::kFail, std::string("the check stopped: ") + e.what(), {}};
+  }
+  std::string out;
+  for (const std::string& d : o.details) out += "detail\t" + field(d) + "\n";
+  out += std::string("result\t") + conform::verdict_name(o.verdict) + "\t" + field(o.reason) + "\n";
+  write_all(fd, out);
+  ::close(fd);
+  std::cout.flush();
+  ::_exit(0);
+}
+
+std::string signal_text(int sig) {
+  const char* name = sigabbrev_np(sig);
+  const char* what = strsignal(sig);
+  return std::string(name ? std::string("SIG") + name : "signal " + std::to_string(sig)) + (what ? " (" + std::string(what) + ")" : "");
+}
+
+CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int timeout_s, bool verbose,
+                      std::map<std::string, std::string>& info) {
+  CheckResult r;
+  r.check = &check;
+  const auto t0 = std::chrono::steady_clock::now();
+  int fds[2];
+  if (::pipe(fds) != 0) fail(MOEQ_STATUS_CODE_INTERNAL, std::string("pipe: ") + std::strerror(errno));
+  std::cout.flush();
+  std::cerr.flush();
+  const pid_t pid = ::fork();
+  if (pid < 0) fail(MOEQ_STATUS_CODE_INTERNAL, std::string("fork: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::close(fds[0]);
+    child(check, ctx, fds[1], verbose);
+  }
+  ::close(fds[1]);
+  std::string text;
+  bool timed_out = false;
+  const auto deadline = t0 + std::chrono::seconds(timeout_s);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;
+    char buf[4096];
+    const ssize_t n = ::read(fds[0], buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // EOF: the child closed the pipe (done, or died)
+    text.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  if (timed_out) ::kill(pid, SIGKILL);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  std::string stage;
+  bool have_result = false;
+  for (const std::string& line : split(text, '\n')) {
+    const std::vector<std::string> f = split(line, '\t');
+    if (f[0] == "stage" && f.size() >= 2) stage = f[1];
+    if (f[0] == "info" && f.size() >= 3 && !info.count(f[1])) info[f[1]] = f[2];
+    if (f[0] == "detail" && f.size() >= 2) r.outcome.details.push_back(f[1]);
+    if (f[0] == "result" && f.size() >= 3) {
+      have_result = true;
+      r.outcome.verdict = f[1] == "pass" ? Verdict::kPass : f[1] == "n/a" ? Verdict::kNotApplicable : Verdict::kFail;
+      r.outcome.reason = f[2];
+    }
+  }
+  if (have_result) return r;
+  r.outcome.verdict = Verdict::kFail;
+  const std::string where = stage.empty() ? "" : " while " + stage;
+  if (timed_out)
+    r.outcome.reason = "timed out after " + std::to_string(timeout_s) + " s" + where + " (killed)";
+  else if (WIFSIGNALED(status))
+    r.outcome.reason = "crashed: " + signal_text(WTERMSIG(status)) + where;
+  else
+    r.outcome.reason = "the check process exited with status " + std::to_string(WEXITSTATUS(status)) + where +
+                       " without a verdict";
+  return r;
+}
+
+// A temporary directory for generated fixtures, removed unless kept.
+class FixtureRoot {
+ public:
+  explicit FixtureRoot(const std::string& keep) {
+    if (!keep.empty()) {
+      path_ = keep;
+      kept_ = true;
+      if (fs::exists(path_) && !fs::is_empty(path_)) fail("--keep-fixtures: " + keep + " exists and is not empty");
+    } else {
+      std::random_device rd;
+      path_ = fs::temp_directory_path() / ("moeq_conform_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
+    }
+    fs::create_directories(path_);
+  }
+  ~FixtureRoot() {
+    std::error_code ec;
+    if (!kept_) fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  bool kept_ = false;
+};
+
+}  // namespace
+
+ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(common) {
+  sub_ = app.add_subcommand("conform", "run the conformance suite on a plugin .so, each check in its own process");
+  sub_->add_option("plugin", plugin_, "the plugin shared object")->required();
+  sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
+  sub_->add_option("--check", only_, "run only this check (repeatable), 1..10");
+  sub_->add_option("--timeout", timeout_s_, "seconds each check may take before it is killed and fails")
+      ->check(CLI::PositiveNumber);
+  sub_->add_flag("--verbose", verbose_, "print every detail line and let the checks' stderr through");
+  sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them");
+  sub_->add_option("--plugin-dir", common_.plugin_dir, "where plugins it delegates to are found");
+  sub_->add_flag("--json", common_.json, "print the report as JSON");
+}
+
+int ConformCommand::run() const {
+  const fs::path file = fs::absolute(plugin_);
+  if (!fs::is_regular_file(file)) fail("conform: " + plugin_ + " is not a file");
+  conform::Context ctx;
+  ctx.plugin_file = file;
+  std::optional<fs::path> dir;
+  if (!common_.plugin_dir.empty()) dir = common_.plugin_dir;
+  ctx.dependency_dirs = Registry::search_path(dir);
+
+  std::optional<FixtureRoot> root;
+  if (!checkpoint_.empty()) {
+    const Checkpoint ck = Checkpoint::open(checkpoint_);
+    if (conform::layer_queries(ck).empty()) fail("conform: " + checkpoint_ + " has no MoE expert weights in any naming family");
+    ctx.fixtures.push_back(conform::checkpoint_fixture(fs::absolute(checkpoint_)));
+    ctx.user_checkpoint = true;
+  } else {
+    root.emplace(keep_fixtures_);
+    ctx.fixtures = conform::generate_fixtures(root->path());
+  }
+
+  std::vector<CheckResult> results;
+  std::map<std::string, std::string> info;
+  for (const CheckDef& c : conform::all_checks()) {
+    if (!only_.empty() && std::find(only_.begin(), only_.end(), c.id) == only_.end()) continue;
+    results.push_back(run_check(c, ctx, timeout_s_, verbose_, info));
+  }
+  int counts[3] = {0, 0, 0};
+  for (const CheckResult& r : results) ++counts[static_cast<int>(r.outcome.verdict)];
+  const bool ok = counts[static_cast<int>(Verdict::kFail)] == 0;
+
+  if (common_.json) {
+    json::object o;
+    o["plugin_file"] = file.string();
+    json::object plugin;
+    for (const auto& [k, v] : info) plugin[k] = v;
+    o["plugin"] = plugin;
+    json::array fixtures;
+    for (const conform::Fixture& f : ctx.fixtures) fixtures.push_back(json::string(f.name));
+    o["fixtures"] = fixtures;
+    json::array checks;
+    for (const CheckResult& r : results) {
+      json::array details;
+      for (const std::string& d : r.outcome.details) details.push_back(json::string(d));
+      checks.push_back(json::object{{"id", r.check->id},
+                                    {"name", r.check->name},
+                                    {"verdict", conform::verdict_name(r.outcome.verdict)},
+                                    {"reason", r.outcome.reason},
+                                    {"details", details},
+                                    {"seconds", r.seconds}});
+    }
+    o["checks"] = checks;
+    o["summary"] = json::object{{"pass", counts[0]}, {"fail", counts[1]}, {"not_applicable", counts[2]}};
+    o["ok"] = ok;
+    std::cout << json::serialize(o) << "\n";
+    return ok ? 0 : 1;
+  }
+
+  std::cout << "moeq conform: " << file.string() << "\n";
+  if (info.count("name"))
+    std::cout << "plugin: " << info["name"] << " " << info["version"] << ", ABI " << info["abi"] << "\n";
+  std::cout << "fixtures: ";
+  for (size_t i = 0; i < ctx.fixtures.size(); ++i) std::cout << (i ? ", " : "") << ctx.fixtures[i].name;
+  std::cout << (ctx.user_checkpoint ? " (--checkpoint)" : " (generated by the writer)") << "\n\n";
+  std::printf("%3s  %-16s %-7s %s\n", "#", "check", "verdict", "reason");
+  std::fflush(stdout);
+  for (const CheckResult& r : results) {
+    std::printf("%3d  %-16s %-7s %s\n", r.check->id, r.check->name, conform::verdict_name(r.outcome.verdict),
+                r.outcome.reason.c_str());
+    if (verbose_)
+      for (const std::string& d : r.outcome.details) std::printf("%3s  %-16s %-7s   %s\n", "", "", "", d.c_str());
+  }
+  std::printf("\n%d pass, %d fail, %d not applicable: %s\n", counts[0], counts[1], counts[2],
+              ok ? "conforms" : "does NOT conform");
+  std::fflush(stdout);
+  return ok ? 0 : 1;
+}
+
+}  // namespace moeq::cli
