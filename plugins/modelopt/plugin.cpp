@@ -13,28 +13,10 @@ namespace {
 
 constexpr const char* kDelegate = "compressed_tensors";
 
-class BridgeMethod final : public sdk::Method {
+class BridgeMethod final : public sdk::DelegatingMethod {
  public:
-  BridgeMethod(const moeq_method_create_args& a, ModelOptConfig cfg)
-      : cfg_(std::move(cfg)), ct_json_(to_compressed_tensors(cfg_)) {
-    moeq_method_create_args ca = a;
-    ca.quant_config_json = ct_json_.c_str();
-    moeq_host_method_create_args h{};
-    h.struct_size = sizeof(h);
-    h.plugin_name = kDelegate;
-    h.create_args = &ca;
-    sdk::throw_if_error(sdk::host()->method_create(&h));
-    api_ = h.api;
-    method_ = ca.method;
-  }
-  ~BridgeMethod() override {
-    if (api_ && method_) api_->method_destroy(method_);
-  }
-
-  void create_weights(const sdk::Layer& layer) override {
-    moeq_create_weights_args a{sizeof(a), method_, layer.handle()};
-    sdk::throw_if_error(api_->create_weights(&a));
-  }
+  BridgeMethod(const moeq_method_create_args& a, ModelOptConfig cfg, std::string ct_json)
+      : DelegatingMethod(a, kDelegate, ct_json, nullptr), cfg_(std::move(cfg)), ct_json_(std::move(ct_json)) {}
 
   bool load(const moeq_weight_loader_args& in, const sdk::Layer&, std::string& skip) override {
     const std::string suffix = in.suffix;
@@ -44,23 +26,7 @@ class BridgeMethod final : public sdk::Method {
       skip = std::string("ModelOpt ") + algo_name(cfg_.algo) + " quantizes activations dynamically; input_scale is not used";
       return false;
     }
-    moeq_weight_loader_args a = in;
-    a.method = method_;
-    a.source = src.dl();
-    sdk::throw_if_error(api_->weight_loader(&a));
-    if (a.skipped) skip = a.skip_reason ? a.skip_reason : "skipped by compressed_tensors";
-    return a.skipped == 0;
-  }
-
-  void process_after_loading(const sdk::Layer& layer) override {
-    moeq_process_after_loading_args a{sizeof(a), method_, layer.handle()};
-    sdk::throw_if_error(api_->process_after_loading(&a));
-  }
-
-  void apply(const moeq_apply_args& in) override {
-    moeq_apply_args a = in;
-    a.method = method_;
-    sdk::throw_if_error(api_->apply(&a));
+    return forward_load(in, src.dl(), in.suffix, skip);
   }
 
   std::string describe() const override {
@@ -70,30 +36,14 @@ class BridgeMethod final : public sdk::Method {
     o["config_source"] = cfg_.source;
     o["kv_cache_quant_algo"] = cfg_.kv_cache_quant_algo;
     o["translated_config"] = boost::json::parse(ct_json_);
-    if (api_->struct_size >= MOEQ_STRUCT_SIZE(moeq_plugin_api, describe) && api_->describe) {
-      std::string buf(8192, '\0');
-      moeq_describe_args d{sizeof(d), method_, buf.data(), buf.size()};
-      sdk::throw_if_error(api_->describe(&d));
+    if (const std::string d = delegate_describe(); !d.empty()) {
       try {
-        o["delegate"] = boost::json::parse(buf.c_str());
+        o["delegate"] = boost::json::parse(d);
       } catch (const std::exception&) {
-        o["delegate"] = buf.c_str();
+        o["delegate"] = d;
       }
     }
     return boost::json::serialize(o);
-  }
-
-  void dequantize_expert(moeq_dequantize_expert_args& in) const override {
-    if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || !api_->dequantize_expert)
-      fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "compressed_tensors exposes no dequantized weights");
-    moeq_dequantize_expert_args a = in;
-    a.method = method_;
-    sdk::throw_if_error(api_->dequantize_expert(&a));
-    in.a1_quant = a.a1_quant;
-    in.a2_quant = a.a2_quant;
-    in.group_size = a.group_size;
-    in.a1_static_scale = a.a1_static_scale;
-    in.a2_static_scale = a.a2_static_scale;
   }
 
  private:
@@ -122,8 +72,6 @@ class BridgeMethod final : public sdk::Method {
 
   ModelOptConfig cfg_;
   std::string ct_json_;
-  const moeq_plugin_api* api_ = nullptr;
-  moeq_method* method_ = nullptr;
 };
 
 struct Plugin {
@@ -141,7 +89,8 @@ struct Plugin {
   }
   static std::unique_ptr<sdk::Method> create(const moeq_method_create_args& a) {
     ModelOptConfig c = parse_modelopt(a.quant_config_json ? a.quant_config_json : "null", source_of(a));
-    return std::make_unique<BridgeMethod>(a, std::move(c));
+    std::string ct = to_compressed_tensors(c);
+    return std::make_unique<BridgeMethod>(a, std::move(c), std::move(ct));
   }
   // method_create carries no source field: a config with a top-level "quantization" object is
   // the hf_quant_config.json form.

@@ -38,29 +38,12 @@ std::string scheme_of(const char* config_json) {
 
 bool float_dtype(const std::string& dt) { return dt == "BF16" || dt == "F16" || dt == "F32"; }
 
-class OnlineMethod final : public sdk::Method {
+class OnlineMethod final : public sdk::DelegatingMethod {
  public:
   OnlineMethod(const moeq_method_create_args& a, std::unique_ptr<Scheme> scheme)
-      : scheme_(std::move(scheme)), ct_json_(scheme_->ct_config_json()), source_dtype_(a.weight_dtype) {
-    moeq_method_create_args ca = a;
-    ca.quant_config_json = ct_json_.c_str();
-    ca.weight_dtype = dtype_name(scheme_->quantized_dtype());
-    moeq_host_method_create_args h{};
-    h.struct_size = sizeof(h);
-    h.plugin_name = kDelegate;
-    h.create_args = &ca;
-    sdk::throw_if_error(sdk::host()->method_create(&h));
-    api_ = h.api;
-    method_ = ca.method;
-  }
-  ~OnlineMethod() override {
-    if (api_ && method_) api_->method_destroy(method_);
-  }
-
-  void create_weights(const sdk::Layer& layer) override {
-    moeq_create_weights_args a{sizeof(a), method_, layer.handle()};
-    sdk::throw_if_error(api_->create_weights(&a));
-  }
+      : DelegatingMethod(a, kDelegate, scheme->ct_config_json(), dtype_name(scheme->quantized_dtype())),
+        scheme_(std::move(scheme)),
+        source_dtype_(a.weight_dtype) {}
 
   bool load(const moeq_weight_loader_args& in, const sdk::Layer&, std::string&) override {
     const std::string suffix = in.suffix;
@@ -83,45 +66,22 @@ class OnlineMethod final : public sdk::Method {
   }
 
   void process_after_loading(const sdk::Layer& layer) override {
-    moeq_process_after_loading_args a{sizeof(a), method_, layer.handle()};
-    sdk::throw_if_error(api_->process_after_loading(&a));
+    DelegatingMethod::process_after_loading(layer);
     rows_ = {};
     q_ = {};
   }
 
-  void apply(const moeq_apply_args& in) override {
-    moeq_apply_args a = in;
-    a.method = method_;
-    sdk::throw_if_error(api_->apply(&a));
-  }
-
   std::string describe() const override {
     json::object o{{"online", scheme_->name()}, {"source_dtype", source_dtype_}, {"quantization", scheme_->formula()},
-                   {"runs_as", json::parse(ct_json_)}};
-    if (api_->describe) {
-      std::string buf(8192, '\0');
-      moeq_describe_args d{sizeof(d), method_, buf.data(), buf.size()};
-      sdk::throw_if_error(api_->describe(&d));
+                   {"runs_as", json::parse(scheme_->ct_config_json())}};
+    if (const std::string d = delegate_describe(); !d.empty()) {
       try {
-        o["delegate"] = json::parse(buf.c_str());
+        o["delegate"] = json::parse(d);
       } catch (const std::exception&) {
-        o["delegate"] = buf.c_str();
+        o["delegate"] = d;
       }
     }
     return json::serialize(o);
-  }
-
-  void dequantize_expert(moeq_dequantize_expert_args& in) const override {
-    if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || !api_->dequantize_expert)
-      fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "compressed_tensors exposes no dequantized weights");
-    moeq_dequantize_expert_args a = in;
-    a.method = method_;
-    sdk::throw_if_error(api_->dequantize_expert(&a));
-    in.a1_quant = a.a1_quant;
-    in.a2_quant = a.a2_quant;
-    in.group_size = a.group_size;
-    in.a1_static_scale = a.a1_static_scale;
-    in.a2_static_scale = a.a2_static_scale;
   }
 
  private:
@@ -129,7 +89,7 @@ class OnlineMethod final : public sdk::Method {
     std::vector<int64_t> shape, strides;
     DLTensor t{};
   };
-  OwnedView make_view(void* data, DType dt, std::vector<int64_t> shape) {
+  static OwnedView make_view(void* data, DType dt, std::vector<int64_t> shape) {
     OwnedView v;
     v.shape = std::move(shape);
     v.strides.assign(v.shape.size(), 1);
@@ -138,29 +98,18 @@ class OnlineMethod final : public sdk::Method {
     v.t.device = {kDLCPU, 0};
     v.t.ndim = static_cast<int32_t>(v.shape.size());
     v.t.dtype = to_dl(dt);
-    v.t.shape = v.shape.data();
-    v.t.strides = v.strides.data();
     return v;
   }
   void forward(const moeq_weight_loader_args& in, const char* suffix, OwnedView v) {
     v.t.shape = v.shape.data();
     v.t.strides = v.strides.data();
-    char reason[256] = {0};
-    moeq_weight_loader_args a = in;
-    a.method = method_;
-    a.suffix = suffix;
-    a.source = &v.t;
-    a.skip_reason = reason;
-    a.skip_reason_capacity = sizeof(reason);
-    sdk::throw_if_error(api_->weight_loader(&a));
-    if (a.skipped) fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
+    std::string reason;
+    if (!forward_load(in, &v.t, suffix, reason))
+      fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
   }
 
   std::unique_ptr<Scheme> scheme_;
-  std::string ct_json_;
   std::string source_dtype_;
-  const moeq_plugin_api* api_ = nullptr;
-  moeq_method* method_ = nullptr;
   std::vector<float> rows_;
   QuantizedProjection q_;
 };

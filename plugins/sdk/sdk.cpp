@@ -178,6 +178,70 @@ void Method::dequantize_expert(moeq_dequantize_expert_args&) const {
   fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "this method does not expose dequantized weights");
 }
 
+// ------------------------------------------------------------------- DelegatingMethod
+DelegatingMethod::DelegatingMethod(const moeq_method_create_args& args, const char* plugin_name,
+                                   const std::string& config_json, const char* weight_dtype) {
+  moeq_method_create_args ca = args;
+  ca.quant_config_json = config_json.c_str();
+  if (weight_dtype != nullptr) ca.weight_dtype = weight_dtype;
+  moeq_host_method_create_args h{};
+  h.struct_size = sizeof(h);
+  h.plugin_name = plugin_name;
+  h.create_args = &ca;
+  throw_if_error(host()->method_create(&h));
+  api_ = h.api;
+  method_ = ca.method;
+}
+DelegatingMethod::~DelegatingMethod() {
+  if (api_ != nullptr && method_ != nullptr) api_->method_destroy(method_);
+}
+void DelegatingMethod::create_weights(const Layer& layer) {
+  moeq_create_weights_args a{sizeof(a), method_, layer.handle()};
+  throw_if_error(api_->create_weights(&a));
+}
+void DelegatingMethod::process_after_loading(const Layer& layer) {
+  moeq_process_after_loading_args a{sizeof(a), method_, layer.handle()};
+  throw_if_error(api_->process_after_loading(&a));
+}
+void DelegatingMethod::apply(const moeq_apply_args& in) {
+  moeq_apply_args a = in;
+  a.method = method_;
+  throw_if_error(api_->apply(&a));
+}
+void DelegatingMethod::dequantize_expert(moeq_dequantize_expert_args& in) const {
+  if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || !api_->dequantize_expert)
+    fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "the delegate exposes no dequantized weights");
+  moeq_dequantize_expert_args a = in;
+  a.method = method_;
+  throw_if_error(api_->dequantize_expert(&a));
+  in.a1_quant = a.a1_quant;
+  in.a2_quant = a.a2_quant;
+  in.group_size = a.group_size;
+  in.a1_static_scale = a.a1_static_scale;
+  in.a2_static_scale = a.a2_static_scale;
+}
+bool DelegatingMethod::forward_load(const moeq_weight_loader_args& in, const DLTensor* source, const char* suffix,
+                                    std::string& skip_reason) {
+  char reason[512] = {0};
+  moeq_weight_loader_args a = in;
+  a.method = method_;
+  a.source = source;
+  a.suffix = suffix;
+  a.skipped = 0;
+  a.skip_reason = reason;
+  a.skip_reason_capacity = sizeof(reason);
+  throw_if_error(api_->weight_loader(&a));
+  if (a.skipped) skip_reason = reason[0] ? reason : "skipped by the delegate";
+  return a.skipped == 0;
+}
+std::string DelegatingMethod::delegate_describe() const {
+  if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, describe) || !api_->describe) return "";
+  std::string buf(8192, '\0');
+  moeq_describe_args d{sizeof(d), method_, buf.data(), buf.size()};
+  throw_if_error(api_->describe(&d));
+  return buf.c_str();
+}
+
 // ------------------------------------------------------------------------ trampolines
 Method& method_of(moeq_method* m) {
   if (m == nullptr || !m->impl) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "NULL method");

@@ -96,6 +96,33 @@ class Method {
   virtual void dequantize_expert(moeq_dequantize_expert_args& args) const;
 };
 
+// A method that runs as a method of another plugin (delegation through host->method_create):
+// create_weights, process_after_loading, apply and dequantize_expert forward as they are;
+// load() hands a (possibly normalized) tensor on with forward_load().
+class DelegatingMethod : public Method {
+ public:
+  // Creates `plugin_name`'s method from `args` with the config JSON and weight dtype replaced.
+  DelegatingMethod(const moeq_method_create_args& args, const char* plugin_name, const std::string& config_json,
+                   const char* weight_dtype);
+  ~DelegatingMethod() override;
+  void create_weights(const Layer& layer) override;
+  void process_after_loading(const Layer& layer) override;
+  void apply(const moeq_apply_args& args) override;
+  void dequantize_expert(moeq_dequantize_expert_args& args) const override;
+
+ protected:
+  // Passes `in` on with another source view and suffix; returns false (with the delegate's
+  // reason) when the delegate skipped it.
+  bool forward_load(const moeq_weight_loader_args& in, const DLTensor* source, const char* suffix,
+                    std::string& skip_reason);
+  // The delegate's describe JSON, or "" when it has none.
+  std::string delegate_describe() const;
+
+ private:
+  const moeq_plugin_api* api_ = nullptr;
+  moeq_method* method_ = nullptr;
+};
+
 // A plugin class P provides:
 //   static int32_t probe(const moeq_probe_args& args, std::string& reason);
 //   static std::unique_ptr<Method> create(const moeq_method_create_args& args);
