@@ -7,9 +7,11 @@
 #include <boost/json.hpp>
 
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <regex>
+#include <vector>
 
 namespace moeq::ct {
 namespace json = boost::json;
@@ -31,7 +33,9 @@ bool is_null(const json::value* v) { return v == nullptr || v->is_null(); }
 std::optional<int64_t> as_int(const json::value& v) {
   if (v.is_int64()) return v.as_int64();
   if (v.is_uint64() && v.as_uint64() <= static_cast<uint64_t>(INT64_MAX)) return static_cast<int64_t>(v.as_uint64());
-  if (v.is_double() && v.as_double() == static_cast<double>(static_cast<int64_t>(v.as_double())))
+  // NOTE: range first: casting a double past int64 is undefined (found by fuzz_quant_config).
+  if (v.is_double() && std::fabs(v.as_double()) < 9.2e18 &&
+      v.as_double() == static_cast<double>(static_cast<int64_t>(v.as_double())))
     return static_cast<int64_t>(v.as_double());
   return std::nullopt;
 }
@@ -126,8 +130,48 @@ std::vector<std::string> candidate_modules(const std::string& layer) {
 // A target or ignore entry: "re:<regex>" matched at the start of a module name (Python's
 // re.match), a Linear class name (targets only), or an exact module name of the experts
 // module or of a module below it.
+// std::regex backtracks without a step limit, so a config could stall the loader with a
+// pattern like "(.*.*)*X" (found by fuzz_quant_config). Real configs never quantify a group
+// that itself holds a quantifier or an alternation; such patterns, and very long ones, are
+// refused. Empty when the pattern is acceptable, else why not.
+std::string regex_hazard(const std::string& pattern) {
+  if (pattern.size() > 512) return "is longer than 512 characters";
+  std::vector<bool> risky;  // per open group: holds a quantifier or '|'
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\') {
+      ++i;
+      continue;
+    }
+    if (c == '[') {  // a class: skip to its end; nothing inside quantifies
+      size_t j = i + 1;
+      if (j < pattern.size() && pattern[j] == '^') ++j;
+      if (j < pattern.size() && pattern[j] == ']') ++j;
+      while (j < pattern.size() && pattern[j] != ']') j += pattern[j] == '\\' ? 2 : 1;
+      i = j;
+      continue;
+    }
+    const bool quantifier = c == '*' || c == '+' || c == '?' || c == '{';
+    if (c == '(') {
+      risky.push_back(false);
+    } else if (c == ')' && !risky.empty()) {
+      const bool inner = risky.back();
+      risky.pop_back();
+      const char next = i + 1 < pattern.size() ? pattern[i + 1] : '\0';
+      if (inner && (next == '*' || next == '+' || next == '{'))
+        return "repeats a group that itself holds a quantifier or an alternation (catastrophic backtracking)";
+      if (!risky.empty() && inner) risky.back() = true;
+    } else if ((quantifier || c == '|') && !risky.empty()) {
+      risky.back() = true;
+    }
+  }
+  return {};
+}
+
 bool entry_matches(const std::string& entry, const std::string& layer, bool is_target) {
   if (entry.rfind("re:", 0) == 0) {
+    if (std::string why = regex_hazard(entry.substr(3)); !why.empty())
+      fail("quantization config: regex '" + entry + "' " + why + "; refused");
     std::regex r;
     try {
       r = std::regex(entry.substr(3));

@@ -11,6 +11,8 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -29,6 +31,7 @@ const fs::path& work_dir() {
     const fs::path base = fs::exists("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
     fs::path d = base / ("moeq_fuzz_ckpt_" + std::to_string(::getpid()));
     fs::create_directories(d);
+    std::atexit([] { std::error_code ec; fs::remove_all(work_dir(), ec); });
     return d;
   }();
   return dir;

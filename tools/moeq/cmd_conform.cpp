@@ -205,7 +205,8 @@ ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(c
   sub_ = app.add_subcommand("conform", "run the conformance suite on a plugin .so, each check in its own process");
   sub_->add_option("plugin", plugin_, "the plugin shared object")->required();
   sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
-  sub_->add_option("--check", only_, "run only this check (repeatable), 1..10");
+  sub_->add_option("--check", only_, "run only this check (repeatable)")
+      ->check(CLI::Range(1, static_cast<int>(conform::all_checks().size())));
   sub_->add_option("--timeout", timeout_s_, "seconds each check may take before it is killed and fails")
       ->check(CLI::PositiveNumber);
   sub_->add_flag("--verbose", verbose_, "print every detail line and let the checks' stderr through");

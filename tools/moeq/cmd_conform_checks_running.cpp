@@ -266,7 +266,7 @@ Outcome check_concurrency(Context& ctx) {
 
 // ============================================================ 10. no leaks
 Outcome check_leaks(Context& ctx) {
-  const int64_t statuses0 = host::live_statuses(), methods0 = live_methods();
+  const int64_t statuses0 = host::live_statuses(), methods0 = live_methods(), bytes0 = host::live_param_bytes();
   std::string scenario;
   {
     Prepared p = prepare(ctx, false);
@@ -323,7 +323,9 @@ Outcome check_leaks(Context& ctx) {
   }
   if (const int64_t n = live_methods() - methods0; n != 0)
     problems.push_back(std::to_string(n) + " methods created and never destroyed");
-  return verdict(problems, "after probes, " + scenario + " and shutdown: every status and method destroyed");
+  if (const int64_t n = host::live_param_bytes() - bytes0; n != 0)
+    problems.push_back(std::to_string(n) + " bytes of parameters still alive after every layer was destroyed");
+  return verdict(problems, "after probes, " + scenario + " and shutdown: every status and method destroyed, no parameter bytes left");
 }
 
 }  // namespace moeq::cli::conform
