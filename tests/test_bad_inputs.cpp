@@ -502,6 +502,22 @@ TEST_CASE("fuzz regressions: every committed crash input now fails cleanly or pa
         weight_map_of(parse_json_strict(bytes, name), name);
       } catch (const Error&) {
       }
+    } else if (target == "quant_config") {  // every plugin's probe, as the fuzz target does
+      BuiltPlugins plugins;
+      json::value root;
+      try {
+        root = parse_json_strict(bytes, name);
+      } catch (const Error&) {
+        continue;
+      }
+      const json::object empty;
+      ProbeQuery q;
+      const QuantConfigSource src = select_quant_config(root.is_object() ? root.as_object() : empty, nullptr);
+      q.quant_config_json = src.json;
+      q.quant_config_source = src.source;
+      q.layer_name = "model.layers.0.mlp.experts";
+      q.weight_dtype = "F8_E4M3";
+      for (const ProbeResult& r : plugins.registry().probe_all(q)) CHECK_FALSE(r.reason.empty());
     } else {
       FAIL("no regression driver for fuzz target " << target << " (add one here)");
     }

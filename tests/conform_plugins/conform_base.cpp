@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <vector>
 
@@ -48,7 +49,10 @@ std::string scheme_problem(const char* config, const char* dtype) {
   const bool ct = method && method->is_string() && method->as_string() == "compressed-tensors";
 #if defined(CONFORM_DEFECT_CRASH_PROBE)
   if (!ct) {
-    volatile int* nowhere = nullptr;  // the defect: assumes every config is compressed-tensors
+    // The defect: assumes every config is compressed-tensors and writes through a wild
+    // pointer. Not a null one: a UBSan build would stop at the null check with exit status 1,
+    // where a third party's uninstrumented plugin dies by SIGSEGV (what check 3 must report).
+    volatile int* nowhere = reinterpret_cast<volatile int*>(static_cast<std::uintptr_t>(64));
     *nowhere = 1;
   }
 #elif defined(CONFORM_DEFECT_HANG_PROBE)
