@@ -84,6 +84,7 @@ DriverLoad load_driver(const char* library) {
       {reinterpret_cast<void**>(&a.cuLaunchKernel), {"cuLaunchKernel", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemAlloc_v2), {"cuMemAlloc_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemFree_v2), {"cuMemFree_v2", nullptr}},
+      {reinterpret_cast<void**>(&a.cuMemGetInfo_v2), {"cuMemGetInfo_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemsetD8_v2), {"cuMemsetD8_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemcpyHtoDAsync_v2), {"cuMemcpyHtoDAsync_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemcpyDtoHAsync_v2), {"cuMemcpyDtoHAsync_v2", nullptr}},

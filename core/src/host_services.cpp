@@ -231,6 +231,31 @@ void for_each_element(const ParamRecord& p, const std::vector<int64_t>& off, con
   }
 }
 
+// The region row by row along its innermost dim (contiguous in the parameter):
+// fn(first destination element, first source element, elements in the row, source stride of
+// the row in elements). Per-row rather than per-element so that same-dtype rows are one memcpy.
+template <class Fn>
+void for_each_row(const ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext,
+                  const std::byte* src_base, const std::vector<int64_t>& src_strides, size_t src_elem, Fn&& fn) {
+  const int nd = static_cast<int>(ext.size());
+  const int64_t len = ext[nd - 1];
+  std::vector<int64_t> idx(nd - 1, 0);
+  int64_t rows = 1;
+  for (int d = 0; d + 1 < nd; ++d) rows *= ext[d];
+  for (int64_t n = 0; n < rows && len > 0; ++n) {
+    int64_t dst = off[nd - 1] * p.strides[nd - 1], src = 0;
+    for (int d = 0; d + 1 < nd; ++d) {
+      dst += (off[d] + idx[d]) * p.strides[d];
+      src += idx[d] * src_strides[d];
+    }
+    fn(dst, src_base + src * static_cast<int64_t>(src_elem), len, src_strides[nd - 1]);
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < ext[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
 // Flat runs of a region: contiguous along the innermost dims that the region spans fully.
 template <class Fn>
 void for_each_run(const ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext, Fn&& fn) {
@@ -320,11 +345,18 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
       });
     }
     auto* dst = p.storage.data();
-    for_each_element(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src) {
-      if (same)
-        std::memcpy(dst + d * static_cast<int64_t>(delem), src, delem);
-      else
-        store_from_float(dst, p.dtype, static_cast<size_t>(d), load_as_float(src, *sdt, 0));
+    for_each_row(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
+      if (same && stride == 1) {
+        std::memcpy(dst + d * static_cast<int64_t>(delem), src, static_cast<size_t>(len) * delem);
+        return;
+      }
+      const int64_t step = stride * static_cast<int64_t>(selem);
+      for (int64_t j = 0; j < len; ++j, src += step) {
+        if (same)
+          std::memcpy(dst + (d + j) * static_cast<int64_t>(delem), src, delem);
+        else
+          store_from_float(dst, p.dtype, static_cast<size_t>(d + j), load_as_float(src, *sdt, 0));
+      }
     });
     for_each_run(p, off, ext, [&](int64_t b, int64_t e) {
       p.written.insert(b, e);

@@ -1,9 +1,12 @@
 #include <moeq/error.hpp>
 #include <moeq/loader.hpp>
+#include <moeq/parallel_for.hpp>
 
 #include <algorithm>
+#include <exception>
 #include <map>
 #include <sstream>
+#include <thread>
 
 namespace moeq {
 
@@ -450,17 +453,37 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   }
   if (by_layer.empty()) fail(ck.dir().string() + ": no MoE expert tensors found in any naming family");
 
-  for (auto& [key, lt] : by_layer) {
-    auto layer = std::make_unique<LoadedLayer>();
-    load_layer(ck, reg, opt, model.config, lt, *layer);
-    if (layer->report.ok()) {
-      model.layers.push_back(std::move(layer));
+  // Layers load on several threads (plugins keep methods independent: ABI threading rules);
+  // the outcome is then taken in layer order, so the first failing layer is the one named,
+  // and every layer loaded before a failure is released with the model.
+  std::vector<const LayerTensors*> order;
+  for (const auto& [key, lt] : by_layer) order.push_back(&lt);
+  std::vector<std::unique_ptr<LoadedLayer>> loaded(order.size());
+  std::vector<std::exception_ptr> thrown(order.size());
+  const unsigned threads = opt.threads != 0 ? opt.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  parallel_for(order.size(), threads, [&](size_t i) {
+    try {
+      auto layer = std::make_unique<LoadedLayer>();
+      load_layer(ck, reg, opt, model.config, *order[i], *layer);
+      loaded[i] = std::move(layer);
+    } catch (...) {
+      thrown[i] = std::current_exception();
+    }
+  });
+  std::exception_ptr first_error;
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (thrown[i]) {
+      if (!first_error) first_error = thrown[i];
+    } else if (loaded[i]->report.ok()) {
+      model.layers.push_back(std::move(loaded[i]));
     } else if (opt.collect_errors) {
-      model.failed.push_back(std::move(layer->report));
-    } else {
-      throw Error(MOEQ_STATUS_CODE_INVALID_ARGUMENT, ck.dir().string() + ": " + join_problems(layer->report));
+      model.failed.push_back(std::move(loaded[i]->report));
+    } else if (!first_error) {
+      first_error = std::make_exception_ptr(
+          Error(MOEQ_STATUS_CODE_INVALID_ARGUMENT, ck.dir().string() + ": " + join_problems(loaded[i]->report)));
     }
   }
+  if (first_error) std::rethrow_exception(first_error);  // `model` releases every loaded layer
   return model;
 }
 

@@ -25,6 +25,18 @@
 #include <thread>
 
 namespace moeq::gpu_harness {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::string fmt(double v, int prec) {
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(prec) << v;
+  return o.str();
+}
+
 namespace {
 
 namespace mk = ::moeq_kernels;
@@ -100,17 +112,6 @@ HostRouting random_routing(int64_t m, int64_t k, int64_t global_experts, uint64_
     }
   }
   return r;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
-
-std::string fmt(double v, int prec = 1) {
-  std::ostringstream o;
-  o << std::fixed << std::setprecision(prec) << v;
-  return o.str();
 }
 
 ref::ActQuantSpec act_spec(const ct::gpu::GpuScheme& s, float static_scale) {

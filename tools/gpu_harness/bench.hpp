@@ -27,6 +27,9 @@ struct BenchOptions {
 
 // "a,b,,c" -> {"a", "b", "c"} (command-line lists).
 std::vector<std::string> split_list(const std::string& s);
+// Small helpers of the bench tables: the median (upper middle; 0 for none), fixed-point text.
+double median(std::vector<double> v);
+std::string fmt(double v, int prec = 1);
 
 // Prints progress and a final table to `out`. Returns 0 when every check passed.
 int run_bench(const BenchOptions& options, std::ostream& out);

@@ -5,12 +5,9 @@
 #include <moeq/jit.hpp>
 
 namespace moeq::gpu_harness {
-namespace {
 
-// The plugin's kernel set as a request to the core JIT service (the same inputs the plugin's
-// jit_compile call carries): embedded headers by name and content, the exact arch.
-jit::Request request_of(const ct::gpu::KernelSetSource& set, const std::string& arch,
-                        const std::vector<std::string>& extra_options) {
+jit::Request jit_request(const ct::gpu::KernelSetSource& set, const std::string& arch,
+                         const std::vector<std::string>& extra_options) {
   jit::Request r;
   r.name = set.name;
   r.source = set.source;
@@ -21,6 +18,8 @@ jit::Request request_of(const ct::gpu::KernelSetSource& set, const std::string& 
   r.plugin_version = "gpu-harness";
   return r;
 }
+
+namespace {
 
 Cubin cubin_of(const jit::Kernel& k) {
   Cubin c;
@@ -34,13 +33,13 @@ Cubin cubin_of(const jit::Kernel& k) {
 
 Cubin nvrtc_build(const ct::gpu::KernelSetSource& set, const std::string& arch,
                   const std::vector<std::string>& extra_options) {
-  return cubin_of(jit::JitService::process().compile(request_of(set, arch, extra_options)));
+  return cubin_of(jit::JitService::process().compile(jit_request(set, arch, extra_options)));
 }
 
 std::vector<Cubin> nvrtc_build_all(const std::vector<ct::gpu::KernelSetSource>& sets, const std::string& arch,
                                    unsigned) {
   std::vector<jit::Request> requests;
-  for (const auto& s : sets) requests.push_back(request_of(s, arch, {}));
+  for (const auto& s : sets) requests.push_back(jit_request(s, arch, {}));
   std::vector<Cubin> out;
   for (const auto& k : jit::JitService::process().compile(requests)) out.push_back(cubin_of(k));
   return out;

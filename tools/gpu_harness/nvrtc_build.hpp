@@ -4,6 +4,8 @@
 #pragma once
 #include "gpu/moe_runner.hpp"
 
+#include <moeq/jit.hpp>
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -15,6 +17,11 @@ struct Cubin {
   std::string log;
   double milliseconds = 0;
 };
+
+// The plugin's kernel set as a request to the core JIT service (the same inputs the plugin's
+// jit_compile call carries): embedded headers by name and content, the exact arch.
+jit::Request jit_request(const ct::gpu::KernelSetSource& set, const std::string& arch,
+                         const std::vector<std::string>& extra_options = {});
 
 // Throws moeq::Error carrying NVRTC's log when the source does not compile. `arch` like "sm_90a".
 // milliseconds is 0 when the CUBIN came from a cache.

@@ -3,13 +3,35 @@
 #if MOEQ_HAVE_GPU_BENCH
 #include "bench.hpp"
 #include "driver.hpp"
+#include "jit_bench.hpp"
+#include "load_bench.hpp"
 #endif
 
+#include <moeq/cuda_driver.hpp>
+#include <moeq/error.hpp>
+#include <moeq_writer/synthetic.hpp>
+
+#include <filesystem>
 #include <iostream>
+#include <sstream>
 
 namespace moeq::cli {
+namespace {
 
-BenchCommand::BenchCommand(CLI::App& app) {
+[[maybe_unused]] constexpr const char* kNoToolkit =
+    "this moeq was built without a CUDA toolkit (NVRTC); rebuild with one to run GPU benchmarks";
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+}  // namespace
+
+BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   bench_ = app.add_subcommand("bench", "benchmarks on this machine's GPU");
   bench_->require_subcommand(1);
   apply_ = bench_->add_subcommand(
@@ -24,11 +46,54 @@ BenchCommand::BenchCommand(CLI::App& app) {
   apply_->add_flag("--no-check", no_check_, "skip the correctness checks");
   apply_->add_option("--seconds", seconds_, "timing budget of one (shape, scheme, M)");
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
+
+  load_ = bench_->add_subcommand(
+      "load", "checkpoint -> device 0 through pinned staging chunks, reader threads and async copies: the raw files "
+              "and the strict load through the plugins, against pinned and pageable H2D measured in the same run; "
+              "every device byte is compared with the host before figures are printed");
+  load_->add_option("dir", dir_, "checkpoint directory")->required();
+  opt_.add_placement(load_);
+  load_->add_option("--plugin-dir", opt_.plugin_dir, "directory of plugin .so files");
+  load_->add_flag("--json", opt_.json, "print the figures as one JSON object");
+  load_->add_option("--threads", threads_, "reader threads, one stream each (default: min(8, cores))")
+      ->check(CLI::Range(1u, 256u));
+  load_->add_option("--repeat", repeat_, "timed passes of each upload; the median is reported")
+      ->check(CLI::Range(1, 1000));
+  load_->add_option("--chunk-mib", chunk_mib_, "pinned staging chunk size in MiB")->check(CLI::Range(1, 1024));
+  load_->add_option("--chunks", chunks_, "pinned staging chunks (default: max(8, 2 x threads))")
+      ->check(CLI::Range(1u, 4096u));
+  load_->add_option("--synthesize", synthesize_,
+                    "first write DIR, unless it exists, as a random checkpoint of this geometry: Qwen3-30B-A3B, "
+                    "Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M (Qwen3-MoE names, one shard per layer)");
+  load_->add_option("--scheme", synth_scheme_, "--synthesize: fp8-channel, fp8-block, int8 (compressed-tensors) or bf16")
+      ->check(CLI::IsMember({"fp8-channel", "fp8-block", "int8", "bf16"}));
+  load_->add_option("--layers", layers_, "--synthesize: MoE layers")->check(CLI::Range(1, 1000));
+  load_->add_option("--dims", dims_, "--synthesize: E,H,I overriding the shape's experts, hidden and intermediate");
+  load_->add_option("--seed", seed_, "--synthesize: random seed");
+  load_->add_flag("--write-only", write_only_, "--synthesize: write the checkpoint and stop");
+
+  jit_ = bench_->add_subcommand(
+      "jit", "per scheme, the kernel sets one model needs compiled into a fresh cache directory (cold) and read back "
+             "by a new JIT service (warm, must not run NVRTC); loads the CUBINs when a device is present");
+  jit_->add_option("--scheme", jit_schemes_,
+                   "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16 (default: all "
+                   "but fp8-tensor-static)");
+  jit_->add_option("--shape", jit_shape_, "Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3 or Granite-3B-A800M");
+  jit_->add_option("--arch", jit_arch_, "compile for this arch instead of device 0's (no module loading), e.g. sm_90a");
+  jit_->add_option("--max-tokens", jit_max_tokens_, "largest M bucket planned")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  jit_->add_flag("--keep", jit_keep_, "keep the temporary cache directories");
+  jit_->add_flag("--json", opt_.json, "print the figures as one JSON object");
 }
 
 bool BenchCommand::parsed() const { return bench_->parsed(); }
 
 int BenchCommand::run() const {
+  if (load_->parsed()) return run_load();
+  if (jit_->parsed()) return run_jit();
+  return run_apply();
+}
+
+int BenchCommand::run_apply() const {
 #if MOEQ_HAVE_GPU_BENCH
   if (const std::string why = gpu_harness::Driver::unavailable_reason(); !why.empty()) {
     std::cerr << "moeq bench: " << why << "\n";
@@ -44,8 +109,79 @@ int BenchCommand::run() const {
   o.markdown = markdown_;
   return gpu_harness::run_bench(o, std::cout);
 #else
-  std::cerr << "moeq bench: this moeq was built without a CUDA toolkit (NVRTC); rebuild with one to run GPU "
-               "benchmarks\n";
+  std::cerr << "moeq bench: " << kNoToolkit << "\n";
+  return 1;
+#endif
+}
+
+int BenchCommand::run_load() const {
+  namespace fs = std::filesystem;
+  if (!synthesize_.empty()) {
+    auto spec = writer::synthetic_shape(synthesize_);
+    if (!spec)
+      fail("bench load --synthesize: unknown shape '" + synthesize_ +
+           "' (Qwen3-30B-A3B, Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M)");
+    if (!dims_.empty()) {
+      const std::vector<std::string> d = split_commas(dims_);
+      try {
+        if (d.size() != 3) throw std::invalid_argument("count");
+        spec->num_experts = std::stoll(d[0]);
+        spec->hidden = std::stoll(d[1]);
+        spec->intermediate = std::stoll(d[2]);
+      } catch (const std::exception&) {
+        fail("bench load --dims wants E,H,I (three positive integers), found '" + dims_ + "'");
+      }
+      spec->top_k = static_cast<int>(std::min<int64_t>(spec->top_k, spec->num_experts));
+    }
+    spec->num_layers = layers_;
+    spec->weights = *writer::synthetic_scheme(synth_scheme_);
+    spec->seed = seed_;
+    if (fs::exists(dir_)) {
+      std::cerr << "moeq bench load: " << dir_ << " exists; not synthesizing\n";
+    } else {
+      const writer::SyntheticResult r = writer::write_synthetic_checkpoint(dir_, *spec);
+      std::cerr << "moeq bench load: wrote " << dir_ << ": " << synthesize_ << " (E=" << spec->num_experts
+                << ", H=" << spec->hidden << ", I=" << spec->intermediate << ", top_k=" << spec->top_k << ") "
+                << synth_scheme_ << ", " << spec->num_layers << " layers, " << r.files << " files, " << r.tensors
+                << " tensors, " << r.bytes / (1 << 20) << " MiB in " << r.seconds << " s\n";
+    }
+    if (write_only_) return 0;
+  } else if (write_only_) {
+    fail("bench load: --write-only needs --synthesize");
+  }
+  if (!cuda::available()) {
+    std::cerr << "moeq bench load: " << cuda::unavailable_reason() << "\n";
+    return 1;
+  }
+#if MOEQ_HAVE_GPU_BENCH
+  Session session(opt_);
+  gpu_harness::LoadBenchOptions o;
+  o.dir = dir_;
+  o.load = opt_.load_options();
+  o.threads = threads_;
+  o.repeat = repeat_;
+  o.chunk_bytes = static_cast<std::size_t>(chunk_mib_) << 20;
+  o.chunks = chunks_;
+  o.json = opt_.json;
+  return gpu_harness::run_load_bench(o, session.registry(), std::cout);
+#else
+  std::cerr << "moeq bench load: " << kNoToolkit << "\n";
+  return 1;
+#endif
+}
+
+int BenchCommand::run_jit() const {
+#if MOEQ_HAVE_GPU_BENCH
+  gpu_harness::JitBenchOptions o;
+  o.schemes = split_commas(jit_schemes_);
+  o.shape = jit_shape_;
+  o.arch = jit_arch_;
+  o.max_tokens = jit_max_tokens_;
+  o.json = opt_.json;
+  o.keep = jit_keep_;
+  return gpu_harness::run_jit_bench(o, std::cout);
+#else
+  std::cerr << "moeq bench jit: " << kNoToolkit << "\n";
   return 1;
 #endif
 }

@@ -1,6 +1,11 @@
 // `moeq bench apply`: the fused-MoE kernels of the compressed_tensors plugin on this machine's
 // GPU, checked against the CPU references, then timed against the measured floors.
+// `moeq bench load`: page cache -> device parameters through pinned staging, raw and through
+// the strict loader, against the measured H2D rates; `--synthesize` writes a big checkpoint.
+// `moeq bench jit`: cold and warm JIT start of the kernel sets one model needs, per scheme.
 #pragma once
+#include "session.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -9,17 +14,39 @@ namespace moeq::cli {
 
 class BenchCommand {
  public:
-  // Adds `bench` (with its `apply` subcommand) to app.
-  explicit BenchCommand(CLI::App& app);
+  // Adds `bench` (with its `apply`, `load` and `jit` subcommands) to app; `opt` carries the
+  // plugin directory and placement that `bench load` hands the loader.
+  BenchCommand(CLI::App& app, CommonOptions& opt);
   bool parsed() const;
   int run() const;
 
  private:
+  int run_apply() const;
+  int run_load() const;
+  int run_jit() const;
+
+  CommonOptions& opt_;
   CLI::App* bench_ = nullptr;
   CLI::App* apply_ = nullptr;
+  CLI::App* load_ = nullptr;
+  CLI::App* jit_ = nullptr;
+  // apply
   std::string schemes_, shapes_, ms_ = "1,16,128,1024,8192", markdown_;
   bool no_check_ = false;
   double seconds_ = 0.25;
+  // load
+  std::string dir_, synthesize_, synth_scheme_ = "fp8-channel", dims_;
+  int layers_ = 4;
+  uint64_t seed_ = 2026;
+  bool write_only_ = false;
+  unsigned threads_ = 0, chunks_ = 0;
+  int repeat_ = 3;
+  int chunk_mib_ = 16;
+  bool json_ = false;
+  // jit
+  std::string jit_schemes_, jit_shape_ = "Qwen3-30B-A3B", jit_arch_;
+  int64_t jit_max_tokens_ = 8192;
+  bool jit_keep_ = false;
 };
 
 }  // namespace moeq::cli

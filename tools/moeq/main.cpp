@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     sub->add_flag("--allow-untrusted-plugins", allow_untrusted, untrusted_help);
   }
   ConformCommand conform(app, opt);
-  BenchCommand bench(app);
+  BenchCommand bench(app, opt);
   CLI11_PARSE(app, argc, argv);
   // The registry reads the override from the environment, as it does for embedders; it logs
   // that the checks are off and every file it loads despite them.

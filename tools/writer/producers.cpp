@@ -195,6 +195,63 @@ void quantize_fp8_rows(const std::vector<float>& w, int64_t rows, int64_t cols, 
   }
 }
 
+std::string model_config_json(const MoeSpec& spec, const QuantSpec& q, const std::vector<std::string>& ignored) {
+  const Layout layout = spec.layout;
+  const bool v4 = is_v4(layout);
+  const int64_t E = spec.num_experts, I = spec.intermediate, H = spec.hidden, V = 64;
+  json::array ignore;
+  for (const auto& n : ignored) ignore.push_back(json::string(n));
+  json::object cfg;
+  switch (layout) {
+    case Layout::kGraniteFused:
+      cfg = {{"architectures", json::array{"GraniteMoeForCausalLM"}},
+             {"model_type", "granitemoe"},
+             {"num_local_experts", E},
+             {"intermediate_size", I}};
+      break;
+    case Layout::kPerExpert:
+      cfg = {{"architectures", json::array{"Qwen3MoeForCausalLM"}},
+             {"model_type", "qwen3_moe"},
+             {"num_experts", E},
+             {"moe_intermediate_size", I},
+             {"intermediate_size", 4 * I},
+             {"norm_topk_prob", true},
+             {"decoder_sparse_step", 1}};
+      break;
+    case Layout::kMixtral:
+      cfg = {{"architectures", json::array{"MixtralForCausalLM"}},
+             {"model_type", "mixtral"},
+             {"num_local_experts", E},
+             {"intermediate_size", I}};
+      break;
+    case Layout::kDeepSeekV3:
+    case Layout::kDeepSeekV4: {
+      cfg = {{"architectures", json::array{v4 ? "DeepseekV4ForCausalLM" : "DeepseekV3ForCausalLM"}},
+             {"model_type", v4 ? "deepseek_v4" : "deepseek_v3"},
+             {"n_routed_experts", E},
+             {"moe_intermediate_size", I},
+             {"intermediate_size", 4 * I},
+             {"norm_topk_prob", true},
+             {"routed_scaling_factor", 2.5},
+             {"scoring_func", "sigmoid"}};
+      if (E % 2 == 0 && E > 2) {  // grouped top-k over two groups, enough kept for top_k
+        cfg["n_group"] = 2;
+        cfg["topk_group"] = spec.top_k <= E / 2 ? 1 : 2;
+      }
+      break;
+    }
+  }
+  cfg["hidden_size"] = H;
+  cfg["num_experts_per_tok"] = spec.top_k;
+  cfg["num_hidden_layers"] = spec.num_layers;
+  cfg["vocab_size"] = V;
+  cfg["torch_dtype"] = "bfloat16";
+  cfg["tie_word_embeddings"] = false;
+  if (q.config == ConfigKind::kCompressedTensors) cfg["quantization_config"] = ct_config(q, ignore);
+  if (q.config == ConfigKind::kNativeFp8) cfg["quantization_config"] = native_fp8_config(q);
+  return json::serialize(cfg);
+}
+
 WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const MoeSpec& spec, const QuantSpec& q) {
   namespace fs = std::filesystem;
   const Layout layout = spec.layout;
@@ -349,55 +406,9 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
   st.write(dir / "model.safetensors");
   out.tensor_names = st.names();
 
-  json::object cfg;
-  switch (layout) {
-    case Layout::kGraniteFused:
-      cfg = {{"architectures", json::array{"GraniteMoeForCausalLM"}},
-             {"model_type", "granitemoe"},
-             {"num_local_experts", E},
-             {"intermediate_size", I}};
-      break;
-    case Layout::kPerExpert:
-      cfg = {{"architectures", json::array{"Qwen3MoeForCausalLM"}},
-             {"model_type", "qwen3_moe"},
-             {"num_experts", E},
-             {"moe_intermediate_size", I},
-             {"intermediate_size", 4 * I},
-             {"norm_topk_prob", true},
-             {"decoder_sparse_step", 1}};
-      break;
-    case Layout::kMixtral:
-      cfg = {{"architectures", json::array{"MixtralForCausalLM"}},
-             {"model_type", "mixtral"},
-             {"num_local_experts", E},
-             {"intermediate_size", I}};
-      break;
-    case Layout::kDeepSeekV3:
-    case Layout::kDeepSeekV4: {
-      cfg = {{"architectures", json::array{v4 ? "DeepseekV4ForCausalLM" : "DeepseekV3ForCausalLM"}},
-             {"model_type", v4 ? "deepseek_v4" : "deepseek_v3"},
-             {"n_routed_experts", E},
-             {"moe_intermediate_size", I},
-             {"intermediate_size", 4 * I},
-             {"norm_topk_prob", true},
-             {"routed_scaling_factor", 2.5},
-             {"scoring_func", "sigmoid"}};
-      if (E % 2 == 0 && E > 2) {  // grouped top-k over two groups, enough kept for top_k
-        cfg["n_group"] = 2;
-        cfg["topk_group"] = spec.top_k <= E / 2 ? 1 : 2;
-      }
-      break;
-    }
-  }
-  cfg["hidden_size"] = H;
-  cfg["num_experts_per_tok"] = spec.top_k;
-  cfg["num_hidden_layers"] = spec.num_layers;
-  cfg["vocab_size"] = V;
-  cfg["torch_dtype"] = "bfloat16";
-  cfg["tie_word_embeddings"] = false;
-  if (q.config == ConfigKind::kCompressedTensors) cfg["quantization_config"] = ct_config(q, ignore);
-  if (q.config == ConfigKind::kNativeFp8) cfg["quantization_config"] = native_fp8_config(q);
-  write_text_file(dir / "config.json", json::serialize(cfg));
+  std::vector<std::string> ignored;
+  for (const auto& v : ignore) ignored.emplace_back(v.as_string());
+  write_text_file(dir / "config.json", model_config_json(spec, q, ignored));
   return out;
 }
 

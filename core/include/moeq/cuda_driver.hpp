@@ -72,6 +72,7 @@ struct DriverApi {
                              void** params, void** extra);
   CUresult (*cuMemAlloc_v2)(CUdeviceptr* ptr, size_t bytes);
   CUresult (*cuMemFree_v2)(CUdeviceptr ptr);
+  CUresult (*cuMemGetInfo_v2)(size_t* free_bytes, size_t* total_bytes);
   CUresult (*cuMemsetD8_v2)(CUdeviceptr ptr, unsigned char value, size_t count);
   CUresult (*cuMemcpyHtoDAsync_v2)(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream);
   CUresult (*cuMemcpyDtoHAsync_v2)(void* dst, CUdeviceptr src, size_t bytes, CUstream stream);

@@ -27,6 +27,7 @@ struct LoadOptions {
   // {"quant_method": "moeq-online", "scheme": ...}, which the online_quant plugin claims.
   std::string online_scheme;
   DLDevice device{kDLCPU, 0};
+  unsigned threads = 0;  // layers loaded at once; 0 = one per core, at most 8
 };
 
 struct LedgerEntry {

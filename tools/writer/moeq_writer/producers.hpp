@@ -85,6 +85,10 @@ struct QuantSpec {
 // of Granite's fused experts, compressed-tensors config with DeepSeek-V4 names).
 WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const MoeSpec& spec, const QuantSpec& quant);
 
+// config.json of a checkpoint of `spec` quantized as `quant` (model type and MoE keys of the
+// layout, quantization_config when quant has one); `ignored` is its ignore list.
+std::string model_config_json(const MoeSpec& spec, const QuantSpec& quant, const std::vector<std::string>& ignored);
+
 // llm-compressor FP8_BLOCK (oneshot or model_free_ptq): block [bn, bk] weight scales named
 // `scale_name`, dynamic per-token-per-group activations.
 WrittenCheckpoint write_ct_fp8_block(const std::filesystem::path& dir, const MoeSpec& spec, int64_t block_n = 128,

@@ -1,0 +1,267 @@
+// The load pipeline (pinned staging chunks, reader threads, async copies) and its benchmark
+// commands: chunk planning covers every byte once, `moeq bench load --synthesize` writes
+// checkpoints the strict loader takes, the commands parse and say why they cannot run
+// without a driver; on a CUDA device, uploads round-trip byte for byte.
+#include "support.hpp"
+
+#include <moeq/cuda_driver.hpp>
+#include <moeq/staged_upload.hpp>
+#include <moeq_writer/synthetic.hpp>
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+
+using namespace moeq;
+using namespace moeq::test;
+
+namespace {
+
+// Every byte of every job in exactly one piece; pieces inside their chunk, aligned, disjoint.
+void check_plan(const std::vector<size_t>& sizes, size_t chunk, size_t align) {
+  const std::vector<cuda::ChunkPlan> plans = cuda::plan_chunks(sizes, chunk, align);
+  std::vector<std::vector<std::pair<size_t, size_t>>> per_job(sizes.size());
+  for (const auto& plan : plans) {
+    REQUIRE_FALSE(plan.pieces.empty());
+    size_t sum = 0;
+    std::vector<std::pair<size_t, size_t>> spans;
+    for (const auto& p : plan.pieces) {
+      REQUIRE(p.job < sizes.size());
+      CHECK(p.bytes > 0);
+      CHECK(p.chunk_offset % align == 0);
+      CHECK(p.chunk_offset + p.bytes <= chunk);
+      spans.push_back({p.chunk_offset, p.chunk_offset + p.bytes});
+      per_job[p.job].push_back({p.job_offset, p.bytes});
+      sum += p.bytes;
+    }
+    CHECK(sum == plan.bytes);
+    CHECK(plan.bytes <= chunk);
+    std::sort(spans.begin(), spans.end());
+    for (size_t i = 1; i < spans.size(); ++i) CHECK(spans[i - 1].second <= spans[i].first);
+  }
+  for (size_t j = 0; j < sizes.size(); ++j) {
+    auto& v = per_job[j];
+    std::sort(v.begin(), v.end());
+    size_t at = 0;
+    for (const auto& [offset, bytes] : v) {
+      CHECK(offset == at);  // no gap, no overlap
+      at = offset + bytes;
+    }
+    CHECK(at == sizes[j]);
+    if (sizes[j] == 0) CHECK(v.empty());
+  }
+}
+
+bool device_or_skip() {
+  if (!cuda::available()) MESSAGE("SKIPPED: needs a CUDA device: " << cuda::unavailable_reason());
+  return cuda::available();
+}
+
+writer::SyntheticSpec tiny(writer::WeightScheme w) {
+  writer::SyntheticSpec s = *writer::synthetic_shape("Qwen3-30B-A3B");
+  s.num_experts = 8;
+  s.hidden = 64;
+  s.intermediate = 32;
+  s.top_k = 2;
+  s.num_layers = 2;
+  s.weights = w;
+  s.threads = 2;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("chunk planning covers every byte of every tensor exactly once") {
+  check_plan({}, 16, 1);
+  check_plan({0, 0}, 16, 1);
+  check_plan({16}, 16, 1);          // exactly one chunk
+  check_plan({17}, 16, 1);          // one byte over
+  check_plan({1, 1, 1, 1}, 16, 1);  // packed into one chunk
+  check_plan({5, 0, 40, 3, 16, 1}, 16, 1);
+  check_plan({5, 0, 40, 3, 16, 1}, 16, 8);
+  check_plan({1000, 1, 255, 256, 257}, 256, 256);
+  std::mt19937_64 rng(11);
+  for (int round = 0; round < 50; ++round) {
+    std::vector<size_t> sizes(rng() % 40);
+    for (auto& s : sizes) s = rng() % 4 == 0 ? rng() % 5000 : rng() % 100;
+    const size_t align = size_t{1} << (rng() % 6);
+    check_plan(sizes, 64 + rng() % 1000, align);
+  }
+}
+
+TEST_CASE("chunk planning packs small tensors together and cuts big ones across chunks") {
+  const std::vector<size_t> small(100, 10);
+  CHECK(cuda::plan_chunks(small, 1000, 1).size() == 1);
+  const std::vector<size_t> big = {10'000};
+  const auto plans = cuda::plan_chunks(big, 1000, 1);
+  CHECK(plans.size() == 10);
+  CHECK_THROWS_WITH(cuda::plan_chunks(big, 0, 1), doctest::Contains("chunk size"));
+  CHECK_THROWS_WITH(cuda::plan_chunks(big, 1000, 3), doctest::Contains("power of two"));
+}
+
+TEST_CASE("synthetic checkpoints load strictly clean for every scheme, online ones through online_quant") {
+  TempDir d;
+  Registry registry(host::api());
+  host::set_registry(&registry);
+  registry.load_directory(MOEQ_TEST_PLUGIN_DIR);
+  const std::pair<writer::WeightScheme, const char*> cases[] = {{writer::WeightScheme::kFp8Channel, "fp8-channel"},
+                                                                {writer::WeightScheme::kFp8Block, "fp8-block"},
+                                                                {writer::WeightScheme::kInt8Channel, "int8"},
+                                                                {writer::WeightScheme::kUnquantized, "bf16"}};
+  for (const auto& [scheme, name] : cases) {
+    CAPTURE(name);
+    const auto dir = d / name;
+    const writer::SyntheticResult r = writer::write_synthetic_checkpoint(dir, tiny(scheme));
+    CHECK(r.files == 2);
+    CHECK(std::filesystem::exists(dir / "model.safetensors.index.json"));
+    const Checkpoint ck = Checkpoint::open(dir);
+    CHECK(ck.files().size() == 2);
+    CHECK(static_cast<int64_t>(ck.tensors().size()) == r.tensors);
+    uint64_t bytes = 0;
+    for (const auto& [n, t] : ck.tensors()) bytes += t.nbytes();
+    CHECK(bytes == r.bytes);
+    LoadOptions lo;
+    if (scheme == writer::WeightScheme::kUnquantized) lo.online_scheme = "int8";
+    LoadedModel m = load_model(ck, registry, lo);  // strict: throws on any ledger violation
+    REQUIRE(m.layers.size() == 2);
+    for (const auto& l : m.layers) CHECK(l->report.ok());
+    CHECK(m.layers[0]->report.plugin == (scheme == writer::WeightScheme::kUnquantized ? "online_quant" : "compressed_tensors"));
+  }
+  host::set_registry(nullptr);
+}
+
+TEST_CASE("synthetic checkpoints are a function of the seed and refuse an existing directory") {
+  TempDir d;
+  writer::SyntheticSpec s = tiny(writer::WeightScheme::kFp8Channel);
+  writer::write_synthetic_checkpoint(d / "a", s);
+  s.threads = 1;
+  writer::write_synthetic_checkpoint(d / "b", s);
+  s.seed += 1;
+  writer::write_synthetic_checkpoint(d / "c", s);
+  const std::string f = "model-00001-of-00002.safetensors";
+  CHECK(read_text(d / "a" / f) == read_text(d / "b" / f));
+  CHECK(read_text(d / "a" / f) != read_text(d / "c" / f));
+  CHECK_THROWS_WITH(writer::write_synthetic_checkpoint(d / "a", s), doctest::Contains("already exists"));
+  // No fp8 code is NaN (e4m3fn: S.1111.111).
+  const Checkpoint ck = Checkpoint::open(d / "a");
+  for (const auto& [name, t] : ck.tensors()) {
+    if (t.dtype != DType::F8_E4M3) continue;
+    for (size_t i = 0; i < t.nbytes(); ++i) REQUIRE((static_cast<uint8_t>(t.data[i]) & 0x7f) != 0x7f);
+  }
+}
+
+TEST_CASE("moeq bench load --synthesize writes a checkpoint that moeq load loads strictly") {
+  TempDir d;
+  const std::string dir = (d / "qwen").string();
+  CliRun w = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 8,64,32 --layers 2 --scheme fp8-channel "
+                          "--write-only " + dir);
+  CAPTURE(w.out);
+  REQUIRE(w.code == 0);
+  CHECK(w.out.find("E=8, H=64, I=32") != std::string::npos);
+  CliRun l = run_moeq_cli("load " + dir);
+  CAPTURE(l.out);
+  CHECK(l.code == 0);
+  size_t clean = 0;
+  for (size_t at = l.out.find("strict load clean"); at != std::string::npos; at = l.out.find("strict load clean", at + 1))
+    ++clean;
+  CHECK(clean == 2);
+  CliRun again = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 8,64,32 --write-only " + dir);
+  CHECK(again.code == 0);
+  CHECK(again.out.find("exists; not synthesizing") != std::string::npos);
+
+  const std::string bf16 = (d / "bf16").string();
+  CliRun wb = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 8,64,32 --layers 1 --scheme bf16 --write-only " +
+                           bf16);
+  REQUIRE(wb.code == 0);
+  CliRun lb = run_moeq_cli("load --online fp8-channel " + bf16);
+  CAPTURE(lb.out);
+  CHECK(lb.code == 0);
+  CHECK(lb.out.find("online_quant") != std::string::npos);
+}
+
+TEST_CASE("moeq bench load and jit parse their options and refuse bad ones") {
+  CliRun h = run_moeq_cli("bench load --help");
+  CAPTURE(h.out);
+  CHECK(h.code == 0);
+  for (const char* opt : {"--online", "--threads", "--repeat", "--json", "--synthesize", "--scheme", "--layers",
+                          "--dims", "--write-only", "--chunk-mib"})
+    CHECK(h.out.find(opt) != std::string::npos);
+  CliRun j = run_moeq_cli("bench jit --help");
+  CHECK(j.code == 0);
+  CHECK(j.out.find("--scheme") != std::string::npos);
+  CHECK(run_moeq_cli("bench load").code != 0);  // DIR is required
+  CliRun bad_online = run_moeq_cli("bench load --online int4 /nonexistent");
+  CHECK(bad_online.code != 0);
+  CHECK(bad_online.out.find("--online") != std::string::npos);
+  CliRun bad_shape = run_moeq_cli("bench load --synthesize Llama-70B --write-only /nonexistent/x");
+  CHECK(bad_shape.code != 0);
+  CHECK(bad_shape.out.find("unknown shape 'Llama-70B'") != std::string::npos);
+  CliRun bad_dims = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 8,64 --write-only /nonexistent/x");
+  CHECK(bad_dims.code != 0);
+  CHECK(bad_dims.out.find("E,H,I") != std::string::npos);
+}
+
+TEST_CASE("moeq bench load without a CUDA driver exits non-zero saying so") {
+  if (cuda::available()) {
+    MESSAGE("SKIPPED: this machine has a CUDA driver; the no-driver message cannot be observed");
+    return;
+  }
+  TempDir d;
+  writer::write_synthetic_checkpoint(d / "ck", tiny(writer::WeightScheme::kFp8Channel));
+  CliRun r = run_moeq_cli("bench load " + (d / "ck").string());
+  CAPTURE(r.out);
+  CHECK(r.code != 0);
+  CHECK(r.out.find("no CUDA driver") != std::string::npos);
+}
+
+TEST_CASE("gpu staged upload round-trips every byte through the pinned chunks") {
+  if (!device_or_skip()) return;
+  std::mt19937_64 rng(5);
+  std::vector<size_t> sizes = {0, 1, 255, 256, 257, (size_t{3} << 20) + 7, 12345, 64};
+  for (int i = 0; i < 200; ++i) sizes.push_back(rng() % 20000);
+  std::vector<std::vector<std::byte>> host(sizes.size());
+  size_t total = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    host[i].resize(sizes[i]);
+    for (auto& b : host[i]) b = std::byte(rng() & 0xff);
+    total += (sizes[i] + 255) & ~size_t{255};
+  }
+  cuda::use_primary_context(0);
+  cuda::DeviceMemory arena(total);
+  std::vector<cuda::UploadJob> jobs;
+  size_t at = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    jobs.push_back({host[i].data(), arena.get() + at, sizes[i], "job " + std::to_string(i)});
+    at += (sizes[i] + 255) & ~size_t{255};
+  }
+  cuda::StagingConfig sc;
+  sc.threads = 3;
+  sc.chunk_bytes = size_t{1} << 20;
+  sc.chunks = 4;
+  cuda::StagedUploader up(sc);
+  const cuda::UploadStats st = up.upload(jobs);
+  size_t want = 0;
+  for (size_t s : sizes) want += s;
+  CHECK(st.bytes == want);
+  CHECK(up.verify(jobs).empty());
+  // A changed host byte is found and named.
+  host[5][1000] ^= std::byte{1};
+  const std::string diff = up.verify(jobs);
+  CHECK(diff.find("job 5") != std::string::npos);
+  CHECK(diff.find("byte 1000") != std::string::npos);
+}
+
+TEST_CASE("gpu moeq bench load on a small synthetic checkpoint verifies and reports") {
+  if (!device_or_skip()) return;
+  TempDir d;
+  writer::write_synthetic_checkpoint(d / "ck", tiny(writer::WeightScheme::kUnquantized));
+  CliRun r = run_moeq_cli("bench load --repeat 1 --online int8 --json " + (d / "ck").string());
+  CAPTURE(r.out);
+  REQUIRE(r.code == 0);
+  const boost::json::object o = boost::json::parse(r.out.substr(r.out.find('{'))).as_object();
+  CHECK(o.at("verified").as_bool());
+  CHECK(o.at("pinned_h2d_gbps").as_double() > 0);
+  CHECK(o.at("plugin").as_string() == "online_quant");
+}

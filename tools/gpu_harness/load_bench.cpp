@@ -1,0 +1,345 @@
+#include "load_bench.hpp"
+
+#include "bench.hpp"
+
+#include <moeq/checkpoint.hpp>
+#include <moeq/cuda_driver.hpp>
+#include <moeq/error.hpp>
+#include <moeq/host.hpp>
+#include <moeq/staged_upload.hpp>
+
+#include <boost/json.hpp>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <iomanip>
+#include <ostream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+namespace moeq::gpu_harness {
+namespace {
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double mib(double bytes) { return bytes / double(1 << 20); }
+double gbps(double bytes, double seconds) { return seconds > 0 ? bytes / seconds / 1e9 : 0; }
+
+// A non-blocking stream of the current context, destroyed with the object.
+class Stream {
+ public:
+  Stream() { MOEQ_CU_CHECK(cuda::require().cuStreamCreate(&s_, cuda::kStreamNonBlocking)); }
+  ~Stream() {
+    cuda::require().cuStreamSynchronize(s_);
+    cuda::require().cuStreamDestroy_v2(s_);
+  }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cuda::CUstream get() const { return s_; }
+
+ private:
+  cuda::CUstream s_ = nullptr;
+};
+
+// GB/s of one host buffer copied to the device: one untimed copy, then the median of `reps`.
+double h2d_rate(const std::byte* host, std::size_t bytes, cuda::CUdeviceptr dst, int reps) {
+  const cuda::DriverApi& d = cuda::require();
+  Stream s;
+  std::vector<double> secs;
+  for (int i = 0; i <= reps; ++i) {
+    const auto t0 = Clock::now();
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dst, host, bytes, s.get()));
+    MOEQ_CU_CHECK(d.cuStreamSynchronize(s.get()));
+    if (i > 0) secs.push_back(seconds_since(t0));
+  }
+  return gbps(double(bytes), median(secs));
+}
+
+// Fraction of the files' pages in the page cache (mincore on a private mapping of each).
+double resident_fraction(const std::vector<fs::path>& files) {
+  const long page = ::sysconf(_SC_PAGESIZE);
+  uint64_t total = 0, resident = 0;
+  for (const fs::path& f : files) {
+    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("bench load: cannot open '" + f.string() + "': " + std::strerror(errno));
+    const std::size_t size = fs::file_size(f);
+    if (size == 0) {
+      ::close(fd);
+      continue;
+    }
+    void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (base == MAP_FAILED) fail("bench load: cannot mmap '" + f.string() + "': " + std::strerror(errno));
+    std::vector<unsigned char> vec((size + page - 1) / page);
+    if (::mincore(base, size, vec.data()) == 0) {
+      for (unsigned char c : vec) resident += c & 1;
+      total += vec.size();
+    }
+    ::munmap(base, size);
+  }
+  return total ? double(resident) / double(total) : 1.0;
+}
+
+// Reads every file once through read(2), several files at a time, so that the page cache
+// holds them; the checkpoint's own mappings are not touched (their first use still faults,
+// as in a fresh process).
+void warm_page_cache(const std::vector<fs::path>& files, unsigned threads) {
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::string error;
+  auto worker = [&] {
+    std::vector<char> buf(std::size_t{16} << 20);
+    for (std::size_t i = next.fetch_add(1); i < files.size(); i = next.fetch_add(1)) {
+      const int fd = ::open(files[i].c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) {
+        if (!failed.exchange(true)) error = "bench load: cannot open '" + files[i].string() + "'";
+        continue;
+      }
+      while (::read(fd, buf.data(), buf.size()) > 0) {
+      }
+      ::close(fd);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < std::max(1u, threads); ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (failed) fail(error);
+}
+
+// Device space for `sizes`, each 256-byte aligned inside one allocation.
+struct Arena {
+  cuda::DeviceMemory memory;
+  std::vector<cuda::CUdeviceptr> at;
+};
+Arena make_arena(const std::vector<std::size_t>& sizes) {
+  std::vector<std::size_t> offsets;
+  std::size_t total = 0;
+  for (std::size_t s : sizes) {
+    offsets.push_back(total);
+    total += (s + 255) & ~std::size_t{255};
+  }
+  Arena a;
+  a.memory = cuda::DeviceMemory(std::max<std::size_t>(total, 256));
+  for (std::size_t o : offsets) a.at.push_back(a.memory.get() + o);
+  return a;
+}
+
+struct Figures {
+  double first_s = 0, median_s = 0;
+  std::size_t bytes = 0, chunks = 0, copies = 0;
+};
+
+}  // namespace
+
+int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::ostream& out) {
+  const cuda::DriverApi& d = cuda::require();
+  const cuda::DeviceProperties dev = cuda::device_properties(0);
+  cuda::use_primary_context(0);
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  cuda::StagingConfig sc;
+  sc.threads = opt.threads ? opt.threads : std::min(8u, hw);
+  sc.chunk_bytes = opt.chunk_bytes;
+  sc.chunks = opt.chunks;
+  const int repeat = std::max(1, opt.repeat);
+  auto say = [&](const std::string& line) {
+    if (!opt.json) out << line << "\n" << std::flush;
+  };
+  say("device: " + dev.name + " (sm_" + std::to_string(dev.sm_major) + std::to_string(dev.sm_minor) + ", " +
+      fmt(mib(double(dev.total_memory)), 0) + " MiB), driver " + std::to_string(d.driver_version));
+
+  // -- floors: pinned and pageable host-to-device, same size, same stream discipline.
+  double pinned_gbps = 0, pageable_gbps = 0;
+  {
+    cuda::DeviceMemory dst(opt.floor_bytes);
+    cuda::PinnedBuffer pinned(opt.floor_bytes);
+    std::memset(pinned.data(), 0x5a, opt.floor_bytes);
+    pinned_gbps = h2d_rate(pinned.data(), opt.floor_bytes, dst.get(), 5);
+    std::vector<std::byte> pageable(opt.floor_bytes, std::byte{0x5a});
+    pageable_gbps = h2d_rate(pageable.data(), opt.floor_bytes, dst.get(), 5);
+  }
+  say("floors (" + fmt(mib(double(opt.floor_bytes)), 0) + " MiB, median of 5): pinned H2D " + fmt(pinned_gbps) +
+      " GB/s, pageable H2D " + fmt(pageable_gbps) + " GB/s");
+
+  // -- the checkpoint's files: page-cache state before and after an untimed warm read.
+  const Checkpoint ck = Checkpoint::open(opt.dir);
+  std::vector<fs::path> files;
+  for (const auto& f : ck.files()) files.push_back(f->path());
+  const double cached_before = resident_fraction(files);
+  const auto tw = Clock::now();
+  warm_page_cache(files, sc.threads);
+  const double warm_s = seconds_since(tw);
+  const double cached_after = resident_fraction(files);
+  say("checkpoint: " + opt.dir.string() + ", " + std::to_string(files.size()) + " files, " +
+      std::to_string(ck.tensors().size()) + " tensors; page cache " + fmt(100 * cached_before, 0) +
+      "% before the warm read (" + fmt(warm_s, 2) + " s), " + fmt(100 * cached_after, 0) + "% after");
+  if (cached_after < 0.99)
+    say("warning: the files do not stay in the page cache; the figures below include disk reads");
+
+  cuda::StagedUploader uploader(sc);
+  say("pipeline: " + std::to_string(sc.threads) + " reader threads (one stream each), " +
+      std::to_string(uploader.config().chunks) + " pinned chunks of " + fmt(mib(double(sc.chunk_bytes)), 0) + " MiB");
+  const cuda::MemoryInfo mem_start = cuda::memory_info();
+  bool ok = true;
+
+  // -- raw: every tensor of the files, in file order.
+  Figures raw;
+  {
+    std::vector<const TensorInfo*> order;
+    for (const auto& [name, t] : ck.tensors()) order.push_back(&t);
+    std::sort(order.begin(), order.end(), [](const TensorInfo* a, const TensorInfo* b) {
+      return a->file != b->file ? a->file < b->file : a->begin < b->begin;
+    });
+    std::vector<std::size_t> sizes;
+    for (const TensorInfo* t : order) sizes.push_back(t->nbytes());
+    Arena arena = make_arena(sizes);
+    std::vector<cuda::UploadJob> jobs;
+    for (std::size_t i = 0; i < order.size(); ++i)
+      jobs.push_back({order[i]->data, arena.at[i], order[i]->nbytes(), order[i]->file.filename().string() + ": " + order[i]->name});
+    std::vector<double> secs;
+    for (int r = 0; r < repeat; ++r) {
+      const cuda::UploadStats st = uploader.upload(jobs);
+      secs.push_back(st.seconds);
+      raw.bytes = st.bytes, raw.chunks = st.chunks, raw.copies = st.copies;
+    }
+    raw.first_s = secs.front();
+    raw.median_s = median(secs);
+    const std::string bad = uploader.verify(jobs);
+    if (!bad.empty()) {
+      ok = false;
+      out << "MISMATCH (raw pipeline): " << bad << "\n";
+    }
+  }
+  say("raw pipeline: " + fmt(mib(double(raw.bytes)), 0) + " MiB in " + std::to_string(raw.chunks) + " chunks, " +
+      std::to_string(raw.copies) + " copies; first pass " + fmt(gbps(double(raw.bytes), raw.first_s)) +
+      " GB/s (fresh mapping), median of " + std::to_string(repeat) + " " +
+      fmt(gbps(double(raw.bytes), raw.median_s)) + " GB/s; device bytes " + (ok ? "match" : "DIFFER"));
+
+  // -- real: the strict load through the plugins, then the final parameters to the device.
+  LoadOptions lo = opt.load;
+  lo.strict = true;
+  lo.collect_errors = false;
+  const cuda::MemoryInfo mem_before_real = cuda::memory_info();
+  const auto th = Clock::now();
+  const Checkpoint ck2 = Checkpoint::open(opt.dir);
+  LoadedModel model = load_model(ck2, registry, lo);
+  const double host_s = seconds_since(th);
+  std::vector<const ParamRecord*> params;
+  std::size_t consumed = 0, skipped = 0;
+  for (const auto& l : model.layers) {
+    for (const auto& p : l->layer->params) params.push_back(p.get());
+    consumed += static_cast<std::size_t>(l->report.count(LedgerEntry::State::kConsumed));
+    skipped += static_cast<std::size_t>(l->report.count(LedgerEntry::State::kSkipped));
+  }
+  std::size_t checkpoint_bytes = 0;
+  for (const auto& [name, t] : ck2.tensors()) checkpoint_bytes += t.nbytes();
+  std::vector<std::size_t> psizes;
+  std::size_t final_bytes = 0;
+  for (const ParamRecord* p : params) {
+    psizes.push_back(p->storage.size());
+    final_bytes += p->storage.size();
+  }
+  std::vector<double> upload_secs;
+  std::size_t pipeline_peak = 0, min_free = mem_before_real.free;
+  bool real_ok = true;
+  for (int r = 0; r < repeat; ++r) {
+    const auto tu = Clock::now();
+    Arena arena = make_arena(psizes);  // allocation is part of a real upload
+    pipeline_peak = std::max(pipeline_peak, arena.memory.size());
+    std::vector<cuda::UploadJob> jobs;
+    for (std::size_t i = 0; i < params.size(); ++i)
+      jobs.push_back({params[i]->storage.data(), arena.at[i], params[i]->storage.size(), params[i]->name});
+    uploader.upload(jobs);
+    upload_secs.push_back(seconds_since(tu));
+    min_free = std::min(min_free, cuda::memory_info().free);
+    if (r == 0) {
+      const std::string bad = uploader.verify(jobs);
+      if (!bad.empty()) {
+        real_ok = false;
+        out << "MISMATCH (loaded parameters): " << bad << "\n";
+      }
+    }
+  }
+  ok = ok && real_ok;
+  const double upload_s = median(upload_secs);
+  const std::size_t peak_info = mem_before_real.free - min_free;
+  const MoeConfig& cfg = model.config;
+  const std::size_t expert_bf16 = static_cast<std::size_t>(3 * cfg.hidden_size * cfg.intermediate_size * 2);
+  const std::size_t goal = final_bytes + expert_bf16 + (std::size_t{64} << 20);
+  const std::string plugin = model.layers.empty() ? "-" : model.layers.front()->report.plugin;
+  say("real path: strict load of " + std::to_string(model.layers.size()) + " MoE layers through " + plugin +
+      (lo.online_scheme.empty() ? "" : " (--online " + lo.online_scheme + ")") + ", " + std::to_string(consumed) +
+      " tensors consumed, " + std::to_string(skipped) + " skipped; device bytes " + (real_ok ? "match" : "DIFFER"));
+  say("  (the loader fills host parameters and quantizes on the host in this build; the device holds only what the "
+      "upload allocates)");
+
+  if (opt.json) {
+    json::object o{
+        {"device", dev.name},
+        {"checkpoint", opt.dir.string()},
+        {"files", files.size()},
+        {"tensors", ck.tensors().size()},
+        {"page_cache_before", cached_before},
+        {"page_cache_after", cached_after},
+        {"threads", sc.threads},
+        {"chunks", uploader.config().chunks},
+        {"chunk_bytes", sc.chunk_bytes},
+        {"pinned_h2d_gbps", pinned_gbps},
+        {"pageable_h2d_gbps", pageable_gbps},
+        {"raw_bytes", raw.bytes},
+        {"raw_first_gbps", gbps(double(raw.bytes), raw.first_s)},
+        {"raw_gbps", gbps(double(raw.bytes), raw.median_s)},
+        {"raw_vs_pinned", pinned_gbps > 0 ? gbps(double(raw.bytes), raw.median_s) / pinned_gbps : 0},
+        {"plugin", plugin},
+        {"online", lo.online_scheme},
+        {"layers", model.layers.size()},
+        {"host_load_s", host_s},
+        {"upload_s", upload_s},
+        {"checkpoint_bytes", checkpoint_bytes},
+        {"end_to_end_gbps", gbps(double(checkpoint_bytes), host_s + upload_s)},
+        {"final_param_bytes", final_bytes},
+        {"upload_gbps", gbps(double(final_bytes), upload_s)},
+        {"device_peak_pipeline_bytes", pipeline_peak},
+        {"device_peak_meminfo_bytes", peak_info},
+        {"device_free_at_start", mem_start.free},
+        {"online_goal_bytes", goal},
+        {"within_online_goal", peak_info <= goal},
+        {"verified", ok},
+    };
+    out << json::serialize(o) << "\n";
+    return ok ? 0 : 1;
+  }
+  const double raw_gbps = gbps(double(raw.bytes), raw.median_s);
+  out << "\n| measure | value |\n|---|---:|\n";
+  out << "| pinned H2D floor | " << fmt(pinned_gbps) << " GB/s |\n";
+  out << "| pageable H2D | " << fmt(pageable_gbps) << " GB/s |\n";
+  out << "| raw pipeline, page cache -> device (median) | " << fmt(raw_gbps) << " GB/s = "
+      << fmt(pinned_gbps > 0 ? 100 * raw_gbps / pinned_gbps : 0, 0) << "% of pinned (goal >= 70%) |\n";
+  out << "| raw pipeline, first pass | " << fmt(gbps(double(raw.bytes), raw.first_s)) << " GB/s |\n";
+  out << "| strict host load (" << plugin << (lo.online_scheme.empty() ? "" : ", online " + lo.online_scheme)
+      << ") | " << fmt(host_s, 2) << " s |\n";
+  out << "| upload of final parameters (median) | " << fmt(upload_s, 3) << " s, "
+      << fmt(gbps(double(final_bytes), upload_s)) << " GB/s |\n";
+  out << "| end to end, checkpoint bytes / (load + upload) | " << fmt(gbps(double(checkpoint_bytes), host_s + upload_s))
+      << " GB/s (" << fmt(mib(double(checkpoint_bytes)), 0) << " MiB) |\n";
+  out << "| final parameters | " << fmt(mib(double(final_bytes)), 1) << " MiB |\n";
+  out << "| device peak, pipeline allocations | " << fmt(mib(double(pipeline_peak)), 1) << " MiB |\n";
+  out << "| device peak, cuMemGetInfo delta | " << fmt(mib(double(peak_info)), 1) << " MiB |\n";
+  out << "| goal: final + one bf16 expert (" << fmt(mib(double(expert_bf16)), 1) << " MiB) + 64 MiB | "
+      << fmt(mib(double(goal)), 1) << " MiB: " << (peak_info <= goal ? "within" : "OVER") << " |\n";
+  out << (ok ? "ALL DEVICE BYTES MATCH\n" : "DEVICE BYTES DIFFER\n");
+  return ok ? 0 : 1;
+}
+
+}  // namespace moeq::gpu_harness
