@@ -76,6 +76,22 @@ void require_all_pass(const Conform& c) {
   CHECK(c.exit_code == 0);
 }
 
+// online_quant takes only the config `--online SCHEME` makes; with it, conform generates BF16
+// fixtures and every check runs. Two schemes per case keeps each case short.
+void require_online_conforms(const std::string& scheme) {
+  CAPTURE(scheme);
+  const Conform c = conform(builtin("online_quant"), "--online " + scheme);
+  require_all_pass(c);
+  CHECK(c.report.at("online").as_string() == scheme);
+  const json::array& fixtures = c.report.at("fixtures").as_array();
+  REQUIRE(fixtures.size() == 2);
+  CHECK(fixtures[0].as_string() == "online-" + scheme + "/qwen3");
+  CHECK(fixtures[1].as_string() == "online-" + scheme + "/granite-fused");
+  // Held to the bound the scheme declares against the float reference of the original bf16 weights.
+  CHECK(c.reason(7).find("declared by the method") != std::string::npos);
+  CHECK(c.reason(7).find("writer's masters") != std::string::npos);
+}
+
 }  // namespace
 
 TEST_CASE("moeq conform: the built-in compressed_tensors plugin passes all ten checks on the writer's fixtures") {
@@ -98,6 +114,7 @@ TEST_CASE("moeq conform: built-in plugins that decline every fixture fail nothin
       CAPTURE(id);
       if (c.verdict(id) == "n/a") CHECK(c.reason(id).find("declines every generated fixture") != std::string::npos);
     }
+    if (std::string(name) == "online_quant") CHECK(c.reason(5).find("--online SCHEME") != std::string::npos);
   }
 }
 
@@ -169,6 +186,36 @@ TEST_CASE("moeq conform --checkpoint: tests on the given checkpoint instead of g
   CHECK(c.report.at("fixtures").as_array().size() == 1);
   // Without writer masters the accuracy check compares with the plugin's own dequantization only.
   CHECK(c.reason(7).find("writer's masters") == std::string::npos);
+}
+
+TEST_CASE("moeq conform --online int8 / fp8-tensor: online_quant passes all ten checks on generated BF16 fixtures") {
+  for (const char* scheme : {"int8", "fp8-tensor"}) require_online_conforms(scheme);
+}
+
+TEST_CASE("moeq conform --online fp8-channel / fp8-block: online_quant passes all ten checks on generated BF16 fixtures") {
+  for (const char* scheme : {"fp8-channel", "fp8-block"}) require_online_conforms(scheme);
+}
+
+TEST_CASE("moeq conform --online with --checkpoint: the given BF16 checkpoint is loaded with the online config") {
+  TempDir d;
+  writer::MoeSpec s;
+  s.num_layers = 1;
+  s.num_experts = 4;
+  s.hidden = 40;
+  s.intermediate = 24;
+  writer::write_unquantized(d / "bf16", s);
+  const std::string ck = "--checkpoint \"" + (d / "bf16").string() + "\"";
+  require_all_pass(conform(builtin("online_quant"), ck + " --online int8"));
+  // Without --online the plugin declines the checkpoint's own (absent) config.
+  CHECK(conform(builtin("online_quant"), ck).verdict(5) == "n/a");
+}
+
+TEST_CASE("moeq conform --online: an unknown scheme is refused up front, naming the valid ones") {
+  const CliRun run = run_moeq_cli("conform \"" + builtin("online_quant").string() + "\" --online int4 --json");
+  CHECK(run.code == 2);
+  CHECK(run.out.find("unknown --online scheme 'int4'") != std::string::npos);
+  CHECK(run.out.find("int8, fp8-tensor, fp8-channel, fp8-block") != std::string::npos);
+  CHECK(run.out.find("\"checks\"") == std::string::npos);  // no check ran
 }
 
 TEST_CASE("moeq_add_plugin KERNELS: the plugin hands back the kernel file byte for byte") {

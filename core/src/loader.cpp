@@ -22,6 +22,17 @@ const char* ledger_state_name(LedgerEntry::State s) {
   return "?";
 }
 
+const std::vector<std::string>& online_schemes() {
+  static const std::vector<std::string> names = {"int8", "fp8-tensor", "fp8-channel", "fp8-block"};
+  return names;
+}
+
+QuantConfigSource effective_quant_config(const Checkpoint& ck, const std::string& online_scheme) {
+  if (online_scheme.empty()) return ck.quant_config();
+  const boost::json::object online{{"quant_method", "moeq-online"}, {"scheme", online_scheme}};
+  return {boost::json::serialize(online), "user"};
+}
+
 int64_t LayerReport::count(LedgerEntry::State s) const {
   return std::count_if(entries.begin(), entries.end(), [&](const LedgerEntry& e) { return e.state == s; });
 }
@@ -247,13 +258,9 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   ProbeQuery q;
-  q.quant_config_json = ck.quant_config().json;
-  q.quant_config_source = ck.quant_config().source;
-  if (!opt.online_scheme.empty()) {
-    boost::json::object online{{"quant_method", "moeq-online"}, {"scheme", opt.online_scheme}};
-    q.quant_config_json = boost::json::serialize(online);
-    q.quant_config_source = "user";
-  }
+  const QuantConfigSource quant = effective_quant_config(ck, opt.online_scheme);
+  q.quant_config_json = quant.json;
+  q.quant_config_source = quant.source;
   q.layer_name = rep.experts_module;
   q.weight_dtype = rep.weight_dtype;
   try {

@@ -44,6 +44,7 @@ class Int8Channel final : public Scheme {
   std::string formula() const override {
     return "int8 per output row: s = absmax_row / 127 (1 for an all-zero row), q = clamp(round_half_even(w / s), -127, 127); W8A16";
   }
+  double rel_l2_tolerance() const override { return 1.5e-2; }
   void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
     out.codes.resize(static_cast<size_t>(rows * cols));
     out.scales.resize(static_cast<size_t>(rows));
@@ -73,6 +74,7 @@ class Fp8Tensor final : public Scheme {
     return "fp8 per expert projection (w1, w3, w2 each): s = absmax / 448 over the full unsharded rows, dynamic "
            "per-tensor activations";
   }
+  double rel_l2_tolerance() const override { return 8e-2; }
   void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
     const float s = fp8_scale(absmax(w.data(), rows * cols));
     out.codes.resize(w.size());
@@ -95,6 +97,7 @@ class Fp8Channel final : public Scheme {
   std::string formula() const override {
     return "fp8 per output row: s = absmax_row / 448 (1 for an all-zero row), dynamic per-token activations";
   }
+  double rel_l2_tolerance() const override { return 8e-2; }
   void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
     out.codes.resize(w.size());
     out.scales.resize(static_cast<size_t>(rows));
@@ -124,6 +127,7 @@ class Fp8Block final : public Scheme {
     return "fp8 128x128 blocks: s = absmax_block / 448 (ragged edge blocks count only real elements, the same as "
            "zero padding; 1 for an all-zero block), dynamic 1x128 activation groups";
   }
+  double rel_l2_tolerance() const override { return 8e-2; }
   void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
     const int64_t nb = (rows + kBlock - 1) / kBlock, kb = (cols + kBlock - 1) / kBlock;
     out.codes.resize(w.size());

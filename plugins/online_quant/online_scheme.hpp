@@ -26,6 +26,9 @@ class Scheme {
   virtual DType quantized_dtype() const = 0;     // I8 or F8_E4M3
   virtual std::string ct_config_json() const = 0;
   virtual std::string formula() const = 0;       // for describe
+  // Relative L2 bound of the MoE forward against the float reference of the original weights
+  // (describe's "rel_l2_tolerance", which `moeq conform` holds apply to; README lists them).
+  virtual double rel_l2_tolerance() const = 0;
   // `w` is the whole per-expert projection [rows, cols] as float, row-major.
   virtual void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const = 0;
 };

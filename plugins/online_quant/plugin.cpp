@@ -73,7 +73,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
 
   std::string describe() const override {
     json::object o{{"online", scheme_->name()}, {"source_dtype", source_dtype_}, {"quantization", scheme_->formula()},
-                   {"runs_as", json::parse(scheme_->ct_config_json())}};
+                   {"rel_l2_tolerance", scheme_->rel_l2_tolerance()}, {"runs_as", json::parse(scheme_->ct_config_json())}};
     if (const std::string d = delegate_describe(); !d.empty()) {
       try {
         o["delegate"] = json::parse(d);

@@ -1,5 +1,5 @@
-// `moeq conform PLUGIN.so [--checkpoint DIR] [--json]`: the conformance suite of one plugin,
-// each check in its own child process (cmd_conform_checks.cpp lists them).
+// `moeq conform PLUGIN.so [--checkpoint DIR] [--online SCHEME] [--json]`: the conformance suite
+// of one plugin, each check in its own child process (cmd_conform_checks.cpp lists them).
 #pragma once
 #include "session.hpp"
 
@@ -15,7 +15,8 @@ class ConformCommand {
   // Adds the `conform` subcommand to `app`; `common` carries --json and --plugin-dir.
   ConformCommand(CLI::App& app, CommonOptions& common);
   bool parsed() const { return sub_->parsed(); }
-  // Runs the checks and prints the table (or JSON). 0 when no check fails, 1 otherwise.
+  // Runs the checks and prints the table (or JSON). 0 when no check fails, 1 otherwise; 2 for
+  // an unknown --online scheme.
   int run() const;
 
  private:
@@ -23,6 +24,7 @@ class ConformCommand {
   CommonOptions& common_;
   std::string plugin_;
   std::string checkpoint_;
+  std::string online_;
   std::vector<int> only_;
   int timeout_s_ = 120;
   bool verbose_ = false;

@@ -77,7 +77,7 @@ Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options) {
   for (const Fixture& f : ctx.fixtures) {
     ctx.stage("probing fixture " + f.name);
     bool any = false;
-    for (const LayerQuery& q : layer_queries(Checkpoint::open(f.dir))) {
+    for (const LayerQuery& q : layer_queries(Checkpoint::open(f.dir), f.online_scheme)) {
       const ProbeAnswer a = probe(*p.subject->plugin(), q.query);
       if (a.score > 0 && !a.status) {
         p.accepted.push_back({&f, q, a.score});
@@ -90,10 +90,14 @@ Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options) {
   }
   if (need_fixture && p.accepted.empty()) {
     const std::string first = declines.empty() ? "no MoE layer" : declines.front();
+    const bool online = !ctx.fixtures.empty() && !ctx.fixtures.front().online_scheme.empty();
+    std::string hint;
+    if (!ctx.user_checkpoint)
+      hint = online ? "; give it one it takes with --checkpoint"
+                    : "; give it one it takes with --checkpoint, or --online SCHEME if it quantizes unquantized experts at load";
     p.not_ready = not_applicable(std::string(ctx.user_checkpoint ? "the plugin declines every layer of the checkpoint"
                                                                   : "the plugin declines every generated fixture") +
-                                 " (" + std::to_string(declines.size()) + " layers; first: " + first + ")" +
-                                 (ctx.user_checkpoint ? "" : "; give it one it takes with --checkpoint"));
+                                 " (" + std::to_string(declines.size()) + " layers; first: " + first + ")" + hint);
   }
   return p;
 }
@@ -123,7 +127,8 @@ std::optional<LoadedFixture> first_loading(Context& ctx, Prepared& p, std::strin
 std::vector<LabeledQuery> fixture_queries(const Context& ctx) {
   std::vector<LabeledQuery> out;
   for (const Fixture& f : ctx.fixtures)
-    for (const LayerQuery& q : layer_queries(Checkpoint::open(f.dir))) out.push_back({f.name + " " + q.prefix, q.query});
+    for (const LayerQuery& q : layer_queries(Checkpoint::open(f.dir), f.online_scheme))
+      out.push_back({f.name + " " + q.prefix, q.query});
   return out;
 }
 

@@ -2,6 +2,7 @@
 
 #include <moeq/error.hpp>
 #include <moeq/expert_name_router.hpp>
+#include <moeq/loader.hpp>
 #include <moeq_writer/safetensors_writer.hpp>
 #include <moeq_writer/writer_util.hpp>
 
@@ -139,9 +140,21 @@ Fixture from_written(std::string name, writer::WrittenCheckpoint w, ref::ActQuan
 
 }  // namespace
 
-std::vector<Fixture> generate_fixtures(const fs::path& root) {
+std::vector<Fixture> generate_fixtures(const fs::path& root, const std::string& online_scheme) {
   using writer::Layout;
   std::vector<Fixture> out;
+  if (!online_scheme.empty()) {
+    // The float reference of the original bf16 weights: the method quantizes them itself.
+    const std::string prefix = "online-" + online_scheme;
+    out.push_back(from_written(prefix + "/qwen3",
+                               writer::write_unquantized(root / "bf16-qwen3", fixture_spec(Layout::kPerExpert)),
+                               ref::ActQuant::kNone));
+    out.push_back(from_written(prefix + "/granite-fused",
+                               writer::write_unquantized(root / "bf16-granite", fixture_spec(Layout::kGraniteFused)),
+                               ref::ActQuant::kNone));
+    for (Fixture& f : out) f.online_scheme = online_scheme;
+    return out;
+  }
   // llm-compressor FP8_DYNAMIC: channel weight scales, dynamic per-token activations.
   out.push_back(from_written("ct-fp8-channel/qwen3",
                              writer::write_ct_fp8_channel(root / "ct-fp8-channel-qwen3", fixture_spec(Layout::kPerExpert)),
@@ -155,14 +168,16 @@ std::vector<Fixture> generate_fixtures(const fs::path& root) {
   return out;
 }
 
-Fixture checkpoint_fixture(const fs::path& dir) {
+Fixture checkpoint_fixture(const fs::path& dir, const std::string& online_scheme) {
   Fixture f;
   f.name = dir.string();
   f.dir = dir;
+  f.online_scheme = online_scheme;
   return f;
 }
 
-std::vector<LayerQuery> layer_queries(const Checkpoint& ck) {
+std::vector<LayerQuery> layer_queries(const Checkpoint& ck, const std::string& online_scheme) {
+  const QuantConfigSource quant = effective_quant_config(ck, online_scheme);
   std::map<std::string, LayerQuery> by_prefix;
   for (const auto& [name, info] : ck.tensors()) {
     const RoutedName r = route_tensor_name(name);
@@ -170,8 +185,8 @@ std::vector<LayerQuery> layer_queries(const Checkpoint& ck) {
     LayerQuery& q = by_prefix[r.layer_prefix];
     if (!q.prefix.empty()) continue;
     q.prefix = r.layer_prefix;
-    q.query.quant_config_json = ck.quant_config().json;
-    q.query.quant_config_source = ck.quant_config().source;
+    q.query.quant_config_json = quant.json;
+    q.query.quant_config_source = quant.source;
     q.query.layer_name = r.experts_module;
     q.query.weight_dtype = dtype_name(info.dtype);
   }

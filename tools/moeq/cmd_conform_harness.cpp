@@ -557,8 +557,9 @@ ref::Routing random_routing(int64_t m, int64_t experts, int top_k, uint64_t seed
 ProbeQuery FixtureLoad::query_of(size_t li) const {
   const LoadedLayer& l = *model.layers.at(li);
   ProbeQuery q;
-  q.quant_config_json = model.checkpoint->quant_config().json;
-  q.quant_config_source = model.checkpoint->quant_config().source;
+  const QuantConfigSource quant = effective_quant_config(*model.checkpoint, online_scheme);
+  q.quant_config_json = quant.json;
+  q.quant_config_source = quant.source;
   q.layer_name = l.report.experts_module;
   q.weight_dtype = l.report.weight_dtype;
   return q;
@@ -571,6 +572,8 @@ FixtureLoad load_fixture(Subject& subject, const Fixture& fixture, const Placeme
   o.strict = true;
   o.collect_errors = true;
   o.pin_plugin = subject.plugin()->name;
+  o.online_scheme = fixture.online_scheme;
+  out.online_scheme = fixture.online_scheme;
   out.model = load_model(Checkpoint::open(fixture.dir), subject.registry(), o);
   for (const LayerReport& r : out.model.failed) {
     bool declined = false;

@@ -191,6 +191,7 @@ struct FixtureLoad {
   LoadedModel model;
   std::vector<std::string> declined;  // "model.layers.1.mlp: <reason>"
   std::vector<std::string> problems;  // "model.layers.0.mlp: ..." per failed layer problem
+  std::string online_scheme;          // the fixture's, which query_of uses as the loader did
   ProbeQuery query_of(size_t layer) const;
 };
 FixtureLoad load_fixture(Subject& subject, const Fixture& fixture, const Placement& placement = {});

@@ -10,7 +10,7 @@ void CommonOptions::add_placement(CLI::App* app) {
   app->add_option("--plugin", pin, "use this plugin for every layer (pin)");
   app->add_flag("--no-strict", no_strict, "report unwritten parameters as warnings instead of errors");
   app->add_option("--online", online, "quantize unquantized experts at load: int8, fp8-tensor, fp8-channel, fp8-block")
-      ->check(CLI::IsMember({"int8", "fp8-tensor", "fp8-channel", "fp8-block"}));
+      ->check(CLI::IsMember(online_schemes()));
 }
 
 LoadOptions CommonOptions::load_options() const {

@@ -93,6 +93,13 @@ class LoadedModel {
   ref::RoutingOptions routing(size_t layer) const;
 };
 
+// The schemes LoadOptions::online_scheme (`--online`) takes: int8, fp8-tensor, fp8-channel, fp8-block.
+const std::vector<std::string>& online_schemes();
+
+// The quantization config the plugins are asked about for `checkpoint`: its own, or with an
+// online scheme the user's {"quant_method": "moeq-online", "scheme": ...} (source "user").
+QuantConfigSource effective_quant_config(const Checkpoint& checkpoint, const std::string& online_scheme);
+
 // The geometry the host hands a plugin for a layer of `config` at `placement` (linear EP,
 // I split evenly over TP); the loader's, and `moeq conform`'s for the placements it tries.
 moeq_layer_geometry layer_geometry(const MoeConfig& config, const Placement& placement);
