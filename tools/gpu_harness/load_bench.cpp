@@ -149,7 +149,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   cuda::use_primary_context(0);
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   cuda::StagingConfig sc;
-  sc.threads = opt.threads ? opt.threads : std::min(8u, hw);
+  sc.threads = opt.threads ? opt.threads : std::min(12u, hw);
   sc.chunk_bytes = opt.chunk_bytes;
   sc.chunks = opt.chunks;
   const int repeat = std::max(1, opt.repeat);

@@ -20,7 +20,7 @@ namespace moeq::gpu_harness {
 struct LoadBenchOptions {
   std::filesystem::path dir;
   LoadOptions load;          // placement, pin, online scheme; strict is forced on
-  unsigned threads = 0;      // reader threads; 0 = min(8, cores)
+  unsigned threads = 0;      // reader threads; 0 = min(12, cores), the best of 8/12/16 on the H200
   int repeat = 3;            // timed passes of each upload (median reported)
   std::size_t chunk_bytes = std::size_t{16} << 20;
   unsigned chunks = 0;       // staging chunks; 0 = max(8, 2 x threads)

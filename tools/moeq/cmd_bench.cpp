@@ -55,7 +55,7 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   opt_.add_placement(load_);
   load_->add_option("--plugin-dir", opt_.plugin_dir, "directory of plugin .so files");
   load_->add_flag("--json", opt_.json, "print the figures as one JSON object");
-  load_->add_option("--threads", threads_, "reader threads, one stream each (default: min(8, cores))")
+  load_->add_option("--threads", threads_, "reader threads, one stream each (default: min(12, cores))")
       ->check(CLI::Range(1u, 256u));
   load_->add_option("--repeat", repeat_, "timed passes of each upload; the median is reported")
       ->check(CLI::Range(1, 1000));
