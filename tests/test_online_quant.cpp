@@ -159,6 +159,24 @@ TEST_CASE("online quantized weights and scales equal an independent reimplementa
   }
 }
 
+TEST_CASE("projections big enough to quantize on several threads give the same codes and scales exactly") {
+  BuiltPlugins p;
+  TempDir d;
+  writer::MoeSpec big = spec(writer::Layout::kPerExpert);
+  big.num_experts = 2;
+  big.hidden = 1024;
+  big.intermediate = 320;  // 320 x 1024 = 327,680 elements a projection: past the threading threshold
+  writer::WrittenCheckpoint w = writer::write_unquantized(d / "bf16", big);
+  for (const char* scheme : kSchemes) {
+    CAPTURE(scheme);
+    LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
+    const ref::ExpertWeights got = m.dequantized(0, nullptr);
+    const ref::ExpertWeights want = expected_all(scheme, w.layers[0].dequantized);
+    CHECK(got.w13 == want.w13);
+    CHECK(got.w2 == want.w2);
+  }
+}
+
 TEST_CASE("online quantization is TP invariant: TP=2 and TP=4 ranks hold bit-identical slices of TP=1") {
   BuiltPlugins p;
   TempDir d;

@@ -2,8 +2,11 @@
 
 #include <boost/json.hpp>
 
+#include <moeq/parallel_for.hpp>
+
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 namespace moeq::online {
 namespace json = boost::json;
@@ -14,6 +17,24 @@ float absmax(const float* p, int64_t n, int64_t stride = 1) {
   float m = 0.0f;
   for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(p[i * stride]));
   return m;
+}
+
+// fn(first, last) over [0, n) in ranges on several threads when the projection is big enough
+// to pay for them. Rows (and 128-row blocks) are quantized independently, so the codes and
+// scales are the same whatever the thread count.
+template <class Fn>
+void for_ranges(int64_t n, int64_t elements, Fn&& fn) {
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t parts = elements < (int64_t{1} << 18) ? 1 : std::min<int64_t>({n, hw, 16});
+  if (parts <= 1) {
+    fn(int64_t{0}, n);
+    return;
+  }
+  const int64_t per = (n + parts - 1) / parts;
+  parallel_for(static_cast<size_t>(parts), static_cast<unsigned>(parts), [&](size_t i) {
+    const int64_t a = static_cast<int64_t>(i) * per, b = std::min(n, a + per);
+    if (a < b) fn(a, b);
+  });
 }
 
 uint8_t fp8(float v, float s) { return float_to_fp8_e4m3(std::clamp(v / s, -kFp8E4M3Max, kFp8E4M3Max)); }
@@ -49,14 +70,16 @@ class Int8Channel final : public Scheme {
     out.codes.resize(static_cast<size_t>(rows * cols));
     out.scales.resize(static_cast<size_t>(rows));
     out.scale_shape = {rows, 1};
-    for (int64_t r = 0; r < rows; ++r) {
-      const float s = int8_row_scale(w.data() + r * cols, cols);
-      out.scales[r] = s;
-      for (int64_t c = 0; c < cols; ++c) {
-        const float q = std::clamp(std::nearbyint(w[r * cols + c] / s), -127.0f, 127.0f);
-        out.codes[r * cols + c] = static_cast<uint8_t>(static_cast<int8_t>(q));
+    for_ranges(rows, rows * cols, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float s = int8_row_scale(w.data() + r * cols, cols);
+        out.scales[r] = s;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float q = std::clamp(std::nearbyint(w[r * cols + c] / s), -127.0f, 127.0f);
+          out.codes[r * cols + c] = static_cast<uint8_t>(static_cast<int8_t>(q));
+        }
       }
-    }
+    });
   }
 };
 
@@ -76,9 +99,15 @@ class Fp8Tensor final : public Scheme {
   }
   double rel_l2_tolerance() const override { return 8e-2; }
   void quantize(const std::vector<float>& w, int64_t rows, int64_t cols, QuantizedProjection& out) const override {
-    const float s = fp8_scale(absmax(w.data(), rows * cols));
+    std::vector<float> part(static_cast<size_t>(rows), 0.0f);  // per-row amax, then their max
+    for_ranges(rows, rows * cols, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) part[r] = absmax(w.data() + r * cols, cols);
+    });
+    const float s = fp8_scale(rows > 0 ? *std::max_element(part.begin(), part.end()) : 0.0f);
     out.codes.resize(w.size());
-    for (size_t i = 0; i < w.size(); ++i) out.codes[i] = fp8(w[i], s);
+    for_ranges(rows, rows * cols, [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0 * cols; i < r1 * cols; ++i) out.codes[i] = fp8(w[i], s);
+    });
     out.scales = {s};
     out.scale_shape = {};
   }
@@ -102,11 +131,13 @@ class Fp8Channel final : public Scheme {
     out.codes.resize(w.size());
     out.scales.resize(static_cast<size_t>(rows));
     out.scale_shape = {rows, 1};
-    for (int64_t r = 0; r < rows; ++r) {
-      const float s = fp8_scale(absmax(w.data() + r * cols, cols));
-      out.scales[r] = s;
-      for (int64_t c = 0; c < cols; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
-    }
+    for_ranges(rows, rows * cols, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float s = fp8_scale(absmax(w.data() + r * cols, cols));
+        out.scales[r] = s;
+        for (int64_t c = 0; c < cols; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+      }
+    });
   }
 };
 
@@ -133,16 +164,18 @@ class Fp8Block final : public Scheme {
     out.codes.resize(w.size());
     out.scales.assign(static_cast<size_t>(nb * kb), 1.0f);
     out.scale_shape = {nb, kb};
-    for (int64_t bi = 0; bi < nb; ++bi)
-      for (int64_t bj = 0; bj < kb; ++bj) {
-        const int64_t r0 = bi * kBlock, r1 = std::min(rows, r0 + kBlock), c0 = bj * kBlock, c1 = std::min(cols, c0 + kBlock);
-        float m = 0.0f;
-        for (int64_t r = r0; r < r1; ++r) m = std::max(m, absmax(w.data() + r * cols + c0, c1 - c0));
-        const float s = fp8_scale(m);
-        out.scales[bi * kb + bj] = s;
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = c0; c < c1; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
-      }
+    for_ranges(nb, rows * cols, [&](int64_t b0, int64_t b1) {
+      for (int64_t bi = b0; bi < b1; ++bi)
+        for (int64_t bj = 0; bj < kb; ++bj) {
+          const int64_t r0 = bi * kBlock, r1 = std::min(rows, r0 + kBlock), c0 = bj * kBlock, c1 = std::min(cols, c0 + kBlock);
+          float m = 0.0f;
+          for (int64_t r = r0; r < r1; ++r) m = std::max(m, absmax(w.data() + r * cols + c0, c1 - c0));
+          const float s = fp8_scale(m);
+          out.scales[bi * kb + bj] = s;
+          for (int64_t r = r0; r < r1; ++r)
+            for (int64_t c = c0; c < c1; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+        }
+    });
   }
 };
 

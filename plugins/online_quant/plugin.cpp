@@ -58,7 +58,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     // NOTE: one projection of one expert in float at a time, reused buffers: the whole layer is
     // never held in high precision.
     rows_.resize(static_cast<size_t>(rows * cols));
-    for (int64_t i = 0; i < rows * cols; ++i) rows_[i] = src.at(i);
+    src.read_floats(rows_.data());
     scheme_->quantize(rows_, rows, cols, q_);
     forward(in, "weight", make_view(q_.codes.data(), scheme_->quantized_dtype(), {rows, cols}));
     forward(in, "weight_scale", make_view(q_.scales.data(), DType::F32, q_.scale_shape));

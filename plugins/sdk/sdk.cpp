@@ -138,6 +138,39 @@ float View::at(int64_t flat) const {
   return load_as_float(base, dtype_, static_cast<std::size_t>(offset));
 }
 
+void View::read_floats(float* out) const {
+  const int nd = ndim();
+  const auto* base = static_cast<const std::byte*>(tensor_.data) + tensor_.byte_offset;
+  if (nd == 0) {
+    out[0] = load_as_float(base, dtype_, 0);
+    return;
+  }
+  const int64_t len = shape_[nd - 1], step = strides_[nd - 1];
+  int64_t rows = 1;
+  for (int d = 0; d + 1 < nd; ++d) rows *= shape_[d];
+  std::vector<int64_t> idx(static_cast<std::size_t>(nd - 1), 0);
+  for (int64_t r = 0; r < rows && len > 0; ++r, out += len) {
+    int64_t off = 0;
+    for (int d = 0; d + 1 < nd; ++d) off += idx[d] * strides_[d];
+    if (dtype_ == DType::BF16) {
+      const auto* p = reinterpret_cast<const uint16_t*>(base) + off;
+      for (int64_t j = 0; j < len; ++j) {
+        const uint32_t bits = static_cast<uint32_t>(p[j * step]) << 16;
+        std::memcpy(out + j, &bits, sizeof bits);
+      }
+    } else if (dtype_ == DType::F32) {
+      const auto* p = reinterpret_cast<const float*>(base) + off;
+      for (int64_t j = 0; j < len; ++j) out[j] = p[j * step];
+    } else {
+      for (int64_t j = 0; j < len; ++j) out[j] = load_as_float(base, dtype_, static_cast<std::size_t>(off + j * step));
+    }
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < shape_[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------ Layer
 const DLTensor* Layer::create_param(const char* name, std::vector<int64_t> shape, DType dtype) const {
   moeq_param_create_args a{};

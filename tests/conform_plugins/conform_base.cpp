@@ -52,7 +52,8 @@ std::string scheme_problem(const char* config, const char* dtype) {
     // The defect: assumes every config is compressed-tensors and writes through a wild
     // pointer. Not a null one: a UBSan build would stop at the null check with exit status 1,
     // where a third party's uninstrumented plugin dies by SIGSEGV (what check 3 must report).
-    volatile int* nowhere = reinterpret_cast<volatile int*>(static_cast<std::uintptr_t>(64));
+    volatile std::uintptr_t wild = 64;  // volatile: the compiler may not prove it out of bounds
+    volatile int* nowhere = reinterpret_cast<volatile int*>(wild);
     *nowhere = 1;
   }
 #elif defined(CONFORM_DEFECT_HANG_PROBE)
