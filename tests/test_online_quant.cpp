@@ -84,6 +84,18 @@ ref::ExpertWeights expected_all(const std::string& scheme, const ref::ExpertWeig
   return e;
 }
 
+// Every scheme's loaded codes and scales, dequantized, equal the reimplementation above.
+void check_every_scheme_exact(const writer::WrittenCheckpoint& w, BuiltPlugins& p) {
+  for (const char* scheme : kSchemes) {
+    CAPTURE(scheme);
+    LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
+    const ref::ExpertWeights got = m.dequantized(0, nullptr);
+    const ref::ExpertWeights want = expected_all(scheme, w.layers[0].dequantized);
+    CHECK(got.w13 == want.w13);
+    CHECK(got.w2 == want.w2);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("online quantization of bf16 experts: every scheme, both layouts, strict, within its bound") {
@@ -149,14 +161,7 @@ TEST_CASE("online quantized weights and scales equal an independent reimplementa
   BuiltPlugins p;
   TempDir d;
   writer::WrittenCheckpoint w = writer::write_unquantized(d / "bf16", spec(writer::Layout::kPerExpert));
-  for (const char* scheme : kSchemes) {
-    CAPTURE(scheme);
-    LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
-    const ref::ExpertWeights got = m.dequantized(0, nullptr);
-    const ref::ExpertWeights want = expected_all(scheme, w.layers[0].dequantized);
-    CHECK(got.w13 == want.w13);
-    CHECK(got.w2 == want.w2);
-  }
+  check_every_scheme_exact(w, p);
 }
 
 TEST_CASE("projections big enough to quantize on several threads give the same codes and scales exactly") {
@@ -167,14 +172,7 @@ TEST_CASE("projections big enough to quantize on several threads give the same c
   big.hidden = 1024;
   big.intermediate = 320;  // 320 x 1024 = 327,680 elements a projection: past the threading threshold
   writer::WrittenCheckpoint w = writer::write_unquantized(d / "bf16", big);
-  for (const char* scheme : kSchemes) {
-    CAPTURE(scheme);
-    LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
-    const ref::ExpertWeights got = m.dequantized(0, nullptr);
-    const ref::ExpertWeights want = expected_all(scheme, w.layers[0].dequantized);
-    CHECK(got.w13 == want.w13);
-    CHECK(got.w2 == want.w2);
-  }
+  check_every_scheme_exact(w, p);
 }
 
 TEST_CASE("online quantization is TP invariant: TP=2 and TP=4 ranks hold bit-identical slices of TP=1") {
