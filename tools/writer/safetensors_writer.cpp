@@ -73,32 +73,37 @@ void SafetensorsWriter::set_metadata(const std::string& key, const std::string& 
   metadata_[key] = value;
 }
 
-void SafetensorsWriter::write(const std::filesystem::path& path) const {
+std::string safetensors_prefix(const std::vector<HeaderTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
   boost::json::object header;
-  if (!metadata_.empty()) {
+  if (!metadata.empty()) {
     boost::json::object meta;
-    for (const auto& [k, v] : metadata_) meta[k] = v;
+    for (const auto& [k, v] : metadata) meta[k] = v;
     header["__metadata__"] = std::move(meta);
   }
   uint64_t offset = 0;
-  for (const auto& [name, entry] : tensors_) {
-    boost::json::array shape(entry.shape.begin(), entry.shape.end());
-    uint64_t end = offset + entry.bytes.size();
-    header[name] = boost::json::object{{"dtype", dtype_name(entry.dtype)},
-                                       {"shape", std::move(shape)},
-                                       {"data_offsets", boost::json::array{offset, end}}};
+  for (const HeaderTensor& t : tensors) {
+    const uint64_t end = offset + t.bytes;
+    header[t.name] = boost::json::object{{"dtype", dtype_name(t.dtype)},
+                                         {"shape", boost::json::array(t.shape.begin(), t.shape.end())},
+                                         {"data_offsets", boost::json::array{offset, end}}};
     offset = end;
   }
   std::string text = boost::json::serialize(header);
   // The data section must start 8-byte aligned; spaces are the padding the format allows.
   text.append((8 - text.size() % 8) % 8, ' ');
-
   std::string prefix;
   put_u64_le(prefix, text.size());
+  return prefix + text;
+}
+
+void SafetensorsWriter::write(const std::filesystem::path& path) const {
+  std::vector<HeaderTensor> tensors;
+  for (const auto& [name, entry] : tensors_) tensors.push_back({name, entry.dtype, entry.shape, entry.bytes.size()});
+  const std::string prefix = safetensors_prefix(tensors, metadata_);
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) fail("SafetensorsWriter: cannot create '" + path.string() + "'");
   out.write(prefix.data(), static_cast<std::streamsize>(prefix.size()));
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
   for (const auto& [name, entry] : tensors_)
     out.write(reinterpret_cast<const char*>(entry.bytes.data()),
               static_cast<std::streamsize>(entry.bytes.size()));

@@ -1,5 +1,6 @@
 #include <moeq/dtype.hpp>
 #include <moeq/error.hpp>
+#include <moeq_writer/safetensors_writer.hpp>
 #include <moeq_writer/synthetic.hpp>
 #include <moeq_writer/writer_util.hpp>
 
@@ -102,26 +103,16 @@ std::string layer_file(int l, int n) {
   return buf;
 }
 
-void put_u64_le(std::string& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-
 void finish_header(Shard& s) {
-  json::object header{{"__metadata__", json::object{{"format", "pt"}}}};
+  std::vector<HeaderTensor> header;
   uint64_t offset = 0;
   for (Planned& t : s.tensors) {
     t.begin = offset;
     offset += t.bytes;
-    header[t.name] = json::object{{"dtype", dtype_name(t.dtype)},
-                                  {"shape", json::array(t.shape.begin(), t.shape.end())},
-                                  {"data_offsets", json::array{t.begin, offset}}};
+    header.push_back({t.name, t.dtype, t.shape, t.bytes});
   }
   s.data_bytes = offset;
-  std::string text = json::serialize(header);
-  text.append((8 - text.size() % 8) % 8, ' ');
-  s.header.clear();
-  put_u64_le(s.header, text.size());
-  s.header += text;
+  s.header = safetensors_prefix(header, {{"format", "pt"}});
 }
 
 void pwrite_all(int fd, const void* data, size_t n, uint64_t at, const fs::path& path) {

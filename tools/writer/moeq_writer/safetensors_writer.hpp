@@ -11,6 +11,18 @@
 
 namespace moeq::writer {
 
+// One tensor of a safetensors header; data_offsets follow the order tensors are given in.
+struct HeaderTensor {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  uint64_t bytes = 0;
+};
+// What precedes the data section: the u64 little-endian header length, then the JSON header
+// (`__metadata__` first when there is any) padded with spaces to a multiple of 8 bytes.
+std::string safetensors_prefix(const std::vector<HeaderTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata);
+
 class SafetensorsWriter {
  public:
   // Raw little-endian bytes; size must equal numel(shape) * dtype_size(dtype).
