@@ -137,10 +137,12 @@ std::vector<std::string> candidate_modules(const std::string& layer) {
 std::string regex_hazard(const std::string& pattern) {
   if (pattern.size() > 512) return "is longer than 512 characters";
   std::vector<bool> risky;  // per open group: holds a quantifier or '|'
+  bool after_quantifier = false, lazy_allowed = false;
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c == '\\') {
       ++i;
+      after_quantifier = false;
       continue;
     }
     if (c == '[') {  // a class: skip to its end; nothing inside quantifies
@@ -149,9 +151,25 @@ std::string regex_hazard(const std::string& pattern) {
       if (j < pattern.size() && pattern[j] == ']') ++j;
       while (j < pattern.size() && pattern[j] != ']') j += pattern[j] == '\\' ? 2 : 1;
       i = j;
+      after_quantifier = false;
       continue;
     }
-    const bool quantifier = c == '*' || c == '+' || c == '?' || c == '{';
+    if (c == '*' || c == '+' || c == '?' || c == '{') {
+      if (after_quantifier) {
+        // One '?' may follow a quantifier (lazy); anything else repeats a repetition, which
+        // std::regex explores exponentially (".**x", found by fuzz_quant_config).
+        if (c == '?' && lazy_allowed) {
+          lazy_allowed = false;
+          continue;
+        }
+        return "quantifies a quantifier (catastrophic backtracking)";
+      }
+      if (c == '{') i = std::min(pattern.find('}', i), pattern.size());
+      after_quantifier = lazy_allowed = true;
+      if (!risky.empty()) risky.back() = true;
+      continue;
+    }
+    after_quantifier = false;
     if (c == '(') {
       risky.push_back(false);
     } else if (c == ')' && !risky.empty()) {
@@ -161,7 +179,7 @@ std::string regex_hazard(const std::string& pattern) {
       if (inner && (next == '*' || next == '+' || next == '{'))
         return "repeats a group that itself holds a quantifier or an alternation (catastrophic backtracking)";
       if (!risky.empty() && inner) risky.back() = true;
-    } else if ((quantifier || c == '|') && !risky.empty()) {
+    } else if (c == '|' && !risky.empty()) {
       risky.back() = true;
     }
   }
