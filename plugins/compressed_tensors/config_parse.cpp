@@ -131,13 +131,15 @@ std::vector<std::string> candidate_modules(const std::string& layer) {
 // re.match), a Linear class name (targets only), or an exact module name of the experts
 // module or of a module below it.
 // std::regex backtracks without a step limit, so a config could stall the loader with a
-// pattern like "(.*.*)*X" (found by fuzz_quant_config). Real configs never quantify a group
-// that itself holds a quantifier or an alternation; such patterns, and very long ones, are
-// refused. Empty when the pattern is acceptable, else why not.
+// pattern like "(.*.*)*X" or ".**X" (both found by fuzz_quant_config). Real configs never
+// quantify a group that holds a quantifier or an alternation, never quantify a quantifier
+// and use one or two unbounded repetitions; other patterns, and very long ones, are refused.
+// Empty when the pattern is acceptable, else why not.
 std::string regex_hazard(const std::string& pattern) {
   if (pattern.size() > 512) return "is longer than 512 characters";
   std::vector<bool> risky;  // per open group: holds a quantifier or '|'
   bool after_quantifier = false, lazy_allowed = false;
+  int unbounded = 0;  // '*', '+' and '{n,}' / '{n,m}': k of them cost up to n^k steps on a miss
   for (size_t i = 0; i < pattern.size(); ++i) {
     const char c = pattern[i];
     if (c == '\\') {
@@ -164,7 +166,13 @@ std::string regex_hazard(const std::string& pattern) {
         }
         return "quantifies a quantifier (catastrophic backtracking)";
       }
-      if (c == '{') i = std::min(pattern.find('}', i), pattern.size());
+      if (c == '{') {
+        const size_t close = std::min(pattern.find('}', i), pattern.size());
+        if (pattern.find(',', i) < close) ++unbounded;
+        i = close;
+      } else if (c != '?') {
+        ++unbounded;
+      }
       after_quantifier = lazy_allowed = true;
       if (!risky.empty()) risky.back() = true;
       continue;
@@ -183,6 +191,8 @@ std::string regex_hazard(const std::string& pattern) {
       risky.back() = true;
     }
   }
+  if (unbounded > 4)
+    return "holds more than 4 unbounded repetitions (polynomial backtracking: real configs use one or two)";
   return {};
 }
 
