@@ -115,7 +115,7 @@ TEST_CASE("moeq plugins finds the built plugins without flags and explains decli
   Result r = moeq_cli("plugins --why " + w.dir.string());
   CAPTURE(r.out);
   CHECK(r.code == 0);
-  CHECK(r.out.find("compressed_tensors 0.1.0") != std::string::npos);
+  CHECK(r.out.find("compressed_tensors 0.2.0") != std::string::npos);
   CHECK(r.out.find("compressed_tensors: score 10 (chosen)") != std::string::npos);
   CHECK(r.out.find("modelopt: score 0") != std::string::npos);
   CHECK(r.out.find("online_quant: score 0") != std::string::npos);

@@ -126,8 +126,9 @@ typedef struct moeq_device_info_args {
   int64_t memory_bytes;       /* out */
 } moeq_device_info_args;
 
-/* Declare one parameter of a layer; the host allocates it on the layer's device and keeps
- * it until the layer is destroyed. The returned DLTensor (and its shape/strides arrays) is
+/* Declare one parameter of a layer; the host allocates it on the layer's device (host memory
+ * for kDLCPU, device memory in the primary context for kDLCUDA) and keeps it until the layer
+ * is destroyed. The returned DLTensor (and its shape/strides arrays) is
  * host-owned and valid as long as the layer. Every element must later be written by
  * `copy_to_param` or `param_fill`, or strict loading fails naming the parameter. */
 typedef struct moeq_param_create_args {
@@ -147,7 +148,9 @@ typedef struct moeq_param_create_args {
  * `dst_offset` (param ndim entries) and has the source's shape; a source of fewer dims
  * aligns with the param's trailing dims (leading extents 1). Supported casts: any of
  * F32/BF16/F16 to F32/BF16/F16; same-dtype copies of any dtype. The host records the region
- * as written in the load ledger and names the checkpoint tensor being loaded in any error. */
+ * as written in the load ledger and names the checkpoint tensor being loaded in any error.
+ * Into a kDLCUDA parameter the copy is queued (the source is read before the call returns);
+ * every queued byte is on the device when process_after_loading is called. */
 typedef struct moeq_copy_to_param_args {
   size_t struct_size;
   moeq_layer* layer;

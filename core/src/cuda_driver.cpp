@@ -98,6 +98,12 @@ DriverLoad load_driver(const char* library) {
       {reinterpret_cast<void**>(&a.cuEventRecord), {"cuEventRecord", nullptr}},
       {reinterpret_cast<void**>(&a.cuEventSynchronize), {"cuEventSynchronize", nullptr}},
       {reinterpret_cast<void**>(&a.cuEventElapsedTime), {"cuEventElapsedTime_v2", "cuEventElapsedTime"}},
+      {reinterpret_cast<void**>(&a.cuStreamBeginCapture), {"cuStreamBeginCapture_v2", "cuStreamBeginCapture"}},
+      {reinterpret_cast<void**>(&a.cuStreamEndCapture), {"cuStreamEndCapture", nullptr}},
+      {reinterpret_cast<void**>(&a.cuGraphInstantiate), {"cuGraphInstantiateWithFlags", nullptr}},
+      {reinterpret_cast<void**>(&a.cuGraphLaunch), {"cuGraphLaunch", nullptr}},
+      {reinterpret_cast<void**>(&a.cuGraphExecDestroy), {"cuGraphExecDestroy", nullptr}},
+      {reinterpret_cast<void**>(&a.cuGraphDestroy), {"cuGraphDestroy", nullptr}},
   };
   for (const Symbol& s : symbols) {
     for (const char* name : s.names) {

@@ -1,6 +1,9 @@
-// The host services table (abi.h) on the CPU: statuses, logging, parameters, copies with
-// casts, and the ledger of written elements. jit_compile hands over to the JIT service
+// The host services table (abi.h): statuses, logging, parameters in host or device memory,
+// copies with casts (to the device through pinned staging, device_writes.cpp), and the ledger
+// of written elements. jit_compile hands over to the JIT service
 // (jit_abi.cpp).
+#include "device_writes.hpp"
+
 #include <moeq/error.hpp>
 #include <moeq/host.hpp>
 #include <moeq/jit.hpp>
@@ -154,7 +157,20 @@ moeq_status* s_device_info(moeq_device_info_args* a) {
       return;
     }
     a->available = 0;
-    fail(MOEQ_STATUS_CODE_UNAVAILABLE, "device_info: no CUDA driver support in this host build");
+    if (a->device.device_type != kDLCUDA)
+      fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+           "device_info: device type " + std::to_string(a->device.device_type) + " is neither kDLCPU nor kDLCUDA");
+    if (!cuda::available()) fail(MOEQ_STATUS_CODE_UNAVAILABLE, "device_info: " + cuda::unavailable_reason());
+    const int n = cuda::device_count();
+    if (a->device.device_id < 0 || a->device.device_id >= n)
+      fail(MOEQ_STATUS_CODE_NOT_FOUND, "device_info: cuda:" + std::to_string(a->device.device_id) + " does not exist (" +
+                                           std::to_string(n) + " CUDA devices)");
+    const cuda::DeviceProperties p = cuda::device_properties(a->device.device_id);
+    a->available = 1;
+    a->sm_major = p.sm_major;
+    a->sm_minor = p.sm_minor;
+    a->multiprocessors = p.multiprocessors;
+    a->memory_bytes = static_cast<int64_t>(p.total_memory);
   });
 }
 
@@ -171,8 +187,13 @@ moeq_status* s_param_create(moeq_param_create_args* a) {
     if (a->ndim < 1 || a->ndim > 8) fail("param_create " + name + ": ndim must be 1..8, found " + std::to_string(a->ndim));
     auto dt = from_dl(a->dtype);
     if (!dt) fail("param_create " + name + ": unsupported dtype");
-    if (layer.device.device_type != kDLCPU)
-      fail(MOEQ_STATUS_CODE_UNAVAILABLE, "param_create " + name + ": only CPU parameters in this host build");
+    const bool on_device = layer.device.device_type == kDLCUDA;
+    if (layer.device.device_type != kDLCPU && !on_device)
+      fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "param_create " + name + ": layer " + layer.name + " is on device type " +
+                                               std::to_string(layer.device.device_type) + "; parameters live on kDLCPU or kDLCUDA");
+    if (on_device && !cuda::available())
+      fail(MOEQ_STATUS_CODE_UNAVAILABLE, "param_create " + name + ": layer " + layer.name + " is on cuda:" +
+                                             std::to_string(layer.device.device_id) + ", but " + cuda::unavailable_reason());
     auto rec = std::make_unique<ParamRecord>();
     rec->name = name;
     rec->dtype = *dt;
@@ -194,10 +215,16 @@ moeq_status* s_param_create(moeq_param_create_args* a) {
                                                  " bytes: allocation failed (injected fault)");
       break;
     }
-    rec->storage.assign(bytes, std::byte{0});
+    if (on_device) {
+      rec->device_ptr = device_allocate(layer.device.device_id, bytes, "param_create " + name);
+      rec->device_ordinal = layer.device.device_id;
+    } else {
+      rec->storage.assign(bytes, std::byte{0});
+    }
     rec->accounted_bytes = static_cast<int64_t>(bytes);
     g_live_param_bytes.fetch_add(rec->accounted_bytes);
-    rec->tensor.data = rec->storage.data();
+    rec->tensor.data = on_device ? reinterpret_cast<void*>(static_cast<uintptr_t>(rec->device_ptr))
+                                 : static_cast<void*>(rec->storage.data());
     rec->tensor.device = layer.device;
     rec->tensor.ndim = a->ndim;
     rec->tensor.dtype = a->dtype;
@@ -308,6 +335,65 @@ void check_not_written(ParamRecord& p, const std::vector<int64_t>& off, const st
   });
 }
 
+// Host parameter: rows copied (same dtype, contiguous source: one memcpy) or cast.
+void copy_rows(ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext, const std::byte* base,
+               const std::vector<int64_t>& sstr, DType sdt) {
+  const bool same = sdt == p.dtype;
+  const size_t selem = dtype_size(sdt), delem = dtype_size(p.dtype);
+  auto* dst = p.storage.data();
+  for_each_row(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
+    if (same && stride == 1) {
+      std::memcpy(dst + d * static_cast<int64_t>(delem), src, static_cast<size_t>(len) * delem);
+      return;
+    }
+    const int64_t step = stride * static_cast<int64_t>(selem);
+    for (int64_t j = 0; j < len; ++j, src += step) {
+      if (same)
+        std::memcpy(dst + (d + j) * static_cast<int64_t>(delem), src, delem);
+      else
+        store_from_float(dst, p.dtype, static_cast<size_t>(d + j), load_as_float(src, sdt, 0));
+    }
+  });
+}
+
+DeviceWrites& writes_of(moeq_layer& layer) {
+  if (!layer.device_writes) layer.device_writes = std::make_unique<DeviceWrites>(layer.device.device_id);
+  return *layer.device_writes;
+}
+
+// Device parameter: rows packed (and cast) into pinned staging, in pieces of at most a chunk,
+// and queued to the device; finish_device_writes waits for them. `base` NULL with zero
+// strides and `fill` set: every element is the `fill` bytes (param_fill).
+void stage_rows(moeq_layer& layer, ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext,
+                const std::byte* base, const std::vector<int64_t>& sstr, DType sdt, const std::byte* fill = nullptr) {
+  DeviceWrites& w = writes_of(layer);
+  const bool same = sdt == p.dtype;
+  const size_t selem = dtype_size(sdt), delem = dtype_size(p.dtype);
+  const int64_t most = static_cast<int64_t>(w.chunk_bytes() / delem);
+  for_each_row(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
+    for (int64_t j0 = 0; j0 < len; j0 += most) {
+      const int64_t n = std::min(len - j0, most);
+      std::byte* st = w.reserve(p.device_ptr + static_cast<uint64_t>(d + j0) * delem, static_cast<size_t>(n) * delem);
+      if (fill != nullptr) {
+        for (int64_t j = 0; j < n; ++j) std::memcpy(st + j * static_cast<int64_t>(delem), fill, delem);
+        continue;
+      }
+      const std::byte* s0 = src + j0 * stride * static_cast<int64_t>(selem);
+      if (same && stride == 1) {
+        std::memcpy(st, s0, static_cast<size_t>(n) * delem);
+        continue;
+      }
+      const int64_t step = stride * static_cast<int64_t>(selem);
+      for (int64_t j = 0; j < n; ++j, s0 += step) {
+        if (same)
+          std::memcpy(st + j * static_cast<int64_t>(delem), s0, delem);
+        else
+          store_from_float(st, p.dtype, static_cast<size_t>(j), load_as_float(s0, sdt, 0));
+      }
+    }
+  });
+}
+
 moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
   return guarded([&] {
     if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_copy_to_param_args, flags))
@@ -331,7 +417,7 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     std::vector<int64_t> sstr(nd, 0);
     for (int i = 0; i < s.ndim; ++i) sstr[nd - s.ndim + i] = s.strides[i];
     const auto* base = static_cast<const std::byte*>(s.data) + s.byte_offset;
-    const size_t selem = dtype_size(*sdt), delem = dtype_size(p.dtype);
+    const size_t selem = dtype_size(*sdt);
     if (a->flags & MOEQ_COPY_CHECK_SCALE) {
       int64_t i = 0;
       for_each_element(p, off, ext, base, sstr, selem, [&](int64_t, const std::byte* src) {
@@ -344,20 +430,11 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
         ++i;
       });
     }
-    auto* dst = p.storage.data();
-    for_each_row(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
-      if (same && stride == 1) {
-        std::memcpy(dst + d * static_cast<int64_t>(delem), src, static_cast<size_t>(len) * delem);
-        return;
-      }
-      const int64_t step = stride * static_cast<int64_t>(selem);
-      for (int64_t j = 0; j < len; ++j, src += step) {
-        if (same)
-          std::memcpy(dst + (d + j) * static_cast<int64_t>(delem), src, delem);
-        else
-          store_from_float(dst, p.dtype, static_cast<size_t>(d + j), load_as_float(src, *sdt, 0));
-      }
-    });
+    if (p.device_ptr != 0) {
+      stage_rows(*a->layer, p, off, ext, base, sstr, *sdt);
+    } else {
+      copy_rows(p, off, ext, base, sstr, *sdt);
+    }
     for_each_run(p, off, ext, [&](int64_t b, int64_t e) {
       p.written.insert(b, e);
       p.writers.push_back({{b, e}, a->layer->current_tensor.empty() ? "(plugin copy)" : a->layer->current_tensor});
@@ -375,9 +452,15 @@ moeq_status* s_param_fill(moeq_param_fill_args* a) {
     auto [off, ext] = region(p, a->dst_offset, a->extent, static_cast<int>(p.shape.size()), "param_fill");
     check_not_written(p, off, ext, "param_fill");
     std::vector<int64_t> zeros(p.shape.size(), 0);
-    for_each_element(p, off, ext, nullptr, zeros, 0, [&](int64_t d, const std::byte*) {
-      store_from_float(p.storage.data(), p.dtype, static_cast<size_t>(d), static_cast<float>(a->value));
-    });
+    if (p.device_ptr != 0) {
+      std::byte value[8] = {};
+      store_from_float(value, p.dtype, 0, static_cast<float>(a->value));
+      stage_rows(*a->layer, p, off, ext, nullptr, zeros, p.dtype, value);
+    } else {
+      for_each_element(p, off, ext, nullptr, zeros, 0, [&](int64_t d, const std::byte*) {
+        store_from_float(p.storage.data(), p.dtype, static_cast<size_t>(d), static_cast<float>(a->value));
+      });
+    }
     for_each_run(p, off, ext, [&](int64_t b, int64_t e) { p.defaulted.insert(b, e); });
     p.default_reasons.push_back(a->reason);
   });
@@ -437,6 +520,23 @@ void log(moeq_log_level level, const std::string& source, const std::string& mes
   if (sink_ref()) sink_ref()(level, source, message);
 }
 
+void finish_device_writes(moeq_layer& layer) {
+  if (!layer.device_writes) return;
+  std::unique_ptr<DeviceWrites> w = std::move(layer.device_writes);
+  w->finish();  // on a throw the writer still waits and returns its staging on destruction
+}
+
+void read_param(const moeq_layer& layer, const ParamRecord& p, void* dst, std::size_t bytes) {
+  const std::size_t have = static_cast<std::size_t>(p.numel) * dtype_size(p.dtype);
+  if (bytes > have)
+    fail("read_param " + p.name + ": " + std::to_string(bytes) + " bytes asked, the parameter has " + std::to_string(have));
+  if (layer.device_writes) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "read_param " + p.name + ": device writes not finished");
+  if (p.device_ptr != 0)
+    device_read(p.device_ordinal, dst, p.device_ptr, bytes);
+  else
+    std::memcpy(dst, p.storage.data(), bytes);
+}
+
 std::unique_ptr<moeq_layer> make_layer(std::string name, DLDevice device) {
   auto l = std::make_unique<moeq_layer>();
   l->name = std::move(name);
@@ -485,6 +585,16 @@ void throw_if_error(moeq_status* s, const std::string& context) {
 
 }  // namespace host
 
-ParamRecord::~ParamRecord() { host::g_live_param_bytes.fetch_sub(accounted_bytes); }
+ParamRecord::~ParamRecord() {
+  host::device_release(device_ordinal, device_ptr);
+  host::g_live_param_bytes.fetch_sub(accounted_bytes);
+}
+
+}  // namespace moeq
+
+moeq_layer::moeq_layer() = default;
+moeq_layer::~moeq_layer() = default;
+
+namespace moeq {
 
 }  // namespace moeq

@@ -1,4 +1,5 @@
 #include <moeq/error.hpp>
+#include <moeq/staged_upload.hpp>
 #include <moeq/loader.hpp>
 #include <moeq/parallel_for.hpp>
 
@@ -383,8 +384,10 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 
   if (rep.problems.empty()) {
     try {
+      host::finish_device_writes(*out.layer);
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
       host::throw_if_error(out.plugin->api->process_after_loading(&pa), ctx + " process_after_loading");
+      host::finish_device_writes(*out.layer);  // copies the plugin made while processing
       if (moeq_describe_fn d = out.plugin->describe()) {
         std::string buf(8192, '\0');
         moeq_describe_args da{sizeof(moeq_describe_args), out.method, buf.data(), buf.size()};
@@ -503,6 +506,42 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
     fail("apply: x must be [M, H] with M = routing tokens");
   std::vector<float> out(static_cast<size_t>(m * H), 0.0f);
   int64_t xs[2] = {m, H}, xst[2] = {H, 1}, ks[2] = {m, k}, kst[2] = {k, 1};
+  if (l.layer->device.device_type == kDLCUDA) {
+    // x goes up as BF16 (what the GPU kernels take), ids and weights as they are, and the
+    // F32 output comes back; apply runs on a stream of its own.
+    const int dev = l.layer->device.device_id;
+    const cuda::DriverApi& d = cuda::require();
+    cuda::use_primary_context(dev);
+    std::vector<uint16_t> xb(x.size());
+    for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+    cuda::DeviceMemory dx(xb.size() * 2), di(routing.ids.size() * 4), dw(routing.weights.size() * 4),
+        dout(out.size() * 4);
+    cuda::CUstream stream = nullptr;
+    MOEQ_CU_CHECK(d.cuStreamCreate(&stream, cuda::kStreamNonBlocking));
+    struct StreamGuard {
+      const cuda::DriverApi& d;
+      cuda::CUstream s;
+      ~StreamGuard() {
+        d.cuStreamSynchronize(s);
+        d.cuStreamDestroy_v2(s);
+      }
+    } guard{d, stream};
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dx.get(), xb.data(), xb.size() * 2, stream));
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(di.get(), routing.ids.data(), routing.ids.size() * 4, stream));
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dw.get(), routing.weights.data(), routing.weights.size() * 4, stream));
+    auto ptr = [](const cuda::DeviceMemory& b) { return reinterpret_cast<void*>(static_cast<uintptr_t>(b.get())); };
+    const DLDevice dd{kDLCUDA, dev};
+    DLTensor tx{ptr(dx), dd, 2, {kDLBfloat, 16, 1}, xs, xst, 0};
+    DLTensor to{ptr(dout), dd, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+    DLTensor ti{ptr(di), dd, 2, {kDLInt, 32, 1}, ks, kst, 0};
+    DLTensor tw{ptr(dw), dd, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+    moeq_apply_args a{sizeof(moeq_apply_args), l.method, &tx, &ti, &tw, &to, stream};
+    host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix + " (cuda:" +
+                                                       std::to_string(dev) + ")");
+    MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(out.data(), dout.get(), out.size() * 4, stream));
+    MOEQ_CU_CHECK(d.cuStreamSynchronize(stream));
+    return out;
+  }
   DLTensor tx{const_cast<float*>(x.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
   DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
   DLTensor ti{const_cast<int32_t*>(routing.ids.data()), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};

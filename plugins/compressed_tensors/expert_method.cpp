@@ -1,6 +1,7 @@
 #include "expert_method.hpp"
 
 #include "cpu_experts.hpp"
+#include "gpu_experts.hpp"
 #include "shard_grid.hpp"
 
 #include <boost/json.hpp>
@@ -39,8 +40,9 @@ class ExpertMethod final : public sdk::Method {
  public:
   ExpertMethod(const moeq_method_create_args& a, ExpertScheme scheme)
       : g_(*a.geometry), device_(a.device), s_(std::move(scheme)), layer_name_(a.layer_name ? a.layer_name : "") {
-    if (device_.device_type != kDLCPU)
-      fail(MOEQ_STATUS_CODE_UNAVAILABLE, "compressed_tensors: this version applies on the CPU only");
+    if (device_.device_type != kDLCPU && device_.device_type != kDLCUDA)
+      fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "compressed_tensors: apply runs on kDLCPU or kDLCUDA, not device type " +
+                                               std::to_string(device_.device_type));
     if (g_.activation != MOEQ_ACTIVATION_SILU) fail("compressed_tensors: only the gated SiLU activation");
     if (g_.tp_size < 1 || g_.intermediate_size % g_.tp_size != 0 ||
         g_.intermediate_size_per_partition * g_.tp_size != g_.intermediate_size)
@@ -53,12 +55,27 @@ class ExpertMethod final : public sdk::Method {
       g2_rows_ = shard_grid(H, s_.block_n, 0, 1);
       g2_cols_ = shard_grid(I, s_.block_k, g_.tp_rank, g_.tp_size);
     }
+    fill_layout();
+    if (on_gpu()) {
+      // The kernels' limits (scheme, shape, arch) fail here, at method_create, not at apply.
+      if (s_.weights == WeightFormat::kFloat) ex_.weight_dtype = DType::BF16;  // cast on load
+      gpu::LayerDims dims{g_.num_local_experts, g_.first_local_expert, g_.hidden_size,
+                          g_.intermediate_size_per_partition, g_.top_k};
+      try {
+        gpu::MoePlan(gpu_scheme_of(ex_), dims, 16, device_limits(device_.device_id));
+      } catch (const Error& e) {
+        fail(e.code(), "compressed_tensors on cuda:" + std::to_string(device_.device_id) + ": " + e.what());
+      }
+    }
   }
+
+  bool on_gpu() const { return device_.device_type == kDLCUDA; }
 
   void create_weights(const sdk::Layer& layer) override {
     const int64_t E = g_.num_local_experts, H = g_.hidden_size, I = g_.intermediate_size_per_partition;
-    w13_ = layer.create_param("w13_weight", {E, 2 * I, H}, s_.weight_dtype());
-    w2_ = layer.create_param("w2_weight", {E, H, I}, s_.weight_dtype());
+    // Unquantized F16/F32 experts are held as BF16 on the GPU (the host casts on load).
+    w13_ = layer.create_param("w13_weight", {E, 2 * I, H}, ex_.weight_dtype);
+    w2_ = layer.create_param("w2_weight", {E, H, I}, ex_.weight_dtype);
     switch (s_.granularity) {
       case Granularity::kNone: break;
       case Granularity::kTensor:
@@ -118,34 +135,18 @@ class ExpertMethod final : public sdk::Method {
 
   void process_after_loading(const sdk::Layer&) override {
     const int64_t E = g_.num_local_experts;
-    ex_.weight_dtype = s_.weight_dtype();
     ex_.w13 = w13_->data;
     ex_.w2 = w2_->data;
-    ex_.granularity = s_.granularity;
     ex_.s13 = s13_ ? static_cast<const float*>(s13_->data) : nullptr;
     ex_.s2 = s2_ ? static_cast<const float*>(s2_->data) : nullptr;
-    if (s_.granularity == Granularity::kBlock) {
-      ex_.r13_block = g13_rows_.refined;
-      ex_.r13_count = g13_rows_.count;
-      ex_.c13_block = g13_cols_.refined;
-      ex_.c13_count = g13_cols_.count;
-      ex_.r2_block = g2_rows_.refined;
-      ex_.r2_count = g2_rows_.count;
-      ex_.c2_block = g2_cols_.refined;
-      ex_.c2_count = g2_cols_.count;
-    }
-    ex_.act = s_.act;
-    ex_.act_group = s_.act_group;
-    ex_.num_local = E;
-    ex_.first_local = g_.first_local_expert;
-    ex_.hidden = g_.hidden_size;
-    ex_.intermediate = g_.intermediate_size_per_partition;
     if (s_.static_inputs() && E > 0) reduce_static_input_scales();
+    if (on_gpu()) gpu_ = std::make_unique<GpuExperts>(device_.device_id, ex_, g_.top_k, layer_name_);
     ready_ = true;
   }
 
   void apply(const moeq_apply_args& a) override {
     if (!ready_) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "apply before process_after_loading");
+    if (gpu_) return gpu_->apply(a);
     if (!a.x || !a.topk_ids || !a.topk_weights || !a.out) fail("apply: NULL tensor");
     cpu_apply(ex_, *a.x, *a.topk_ids, *a.topk_weights, *a.out);
   }
@@ -173,6 +174,7 @@ class ExpertMethod final : public sdk::Method {
     o["activations"] = describe_activations(s_);
     if (s_.static_inputs() && ready_) o["static_input_scales"] = {{"a1", ex_.a1_static}, {"a2", ex_.a2_static}};
     if (g_.tp_size > 1) o["tp"] = tp_text();
+    o["apply"] = gpu_ ? gpu_->describe() : on_gpu() ? "cuda:" + std::to_string(device_.device_id) : "cpu";
     o["params"] = params_text();
     return json::serialize(o);
   }
@@ -180,7 +182,13 @@ class ExpertMethod final : public sdk::Method {
   void dequantize_expert(moeq_dequantize_expert_args& a) const override {
     if (!ready_) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "dequantize_expert before process_after_loading");
     if (a.w13 == nullptr || a.w2 == nullptr) fail("dequantize_expert: NULL output buffer");
-    cpu_dequantize(ex_, a.local_expert, a.w13, a.w2);
+    if (a.local_expert < 0 || a.local_expert >= g_.num_local_experts)
+      fail("dequantize_expert: local expert " + std::to_string(a.local_expert) + " out of range [0, " +
+           std::to_string(g_.num_local_experts) + ")");
+    if (gpu_)
+      gpu_->dequantize(a.local_expert, a.w13, a.w2);
+    else
+      cpu_dequantize(ex_, a.local_expert, a.w13, a.w2);
     int32_t kind = MOEQ_ACT_QUANT_NONE;
     switch (s_.act) {
       case ActMode::kNone: kind = MOEQ_ACT_QUANT_NONE; break;
@@ -197,6 +205,29 @@ class ExpertMethod final : public sdk::Method {
   }
 
  private:
+  // The layer's layout in CpuExperts terms (everything but the data pointers and the static
+  // input scales, which process_after_loading adds).
+  void fill_layout() {
+    ex_.weight_dtype = s_.weight_dtype();
+    ex_.granularity = s_.granularity;
+    if (s_.granularity == Granularity::kBlock) {
+      ex_.r13_block = g13_rows_.refined;
+      ex_.r13_count = g13_rows_.count;
+      ex_.c13_block = g13_cols_.refined;
+      ex_.c13_count = g13_cols_.count;
+      ex_.r2_block = g2_rows_.refined;
+      ex_.r2_count = g2_rows_.count;
+      ex_.c2_block = g2_cols_.refined;
+      ex_.c2_count = g2_cols_.count;
+    }
+    ex_.act = s_.act;
+    ex_.act_group = s_.act_group;
+    ex_.num_local = g_.num_local_experts;
+    ex_.first_local = g_.first_local_expert;
+    ex_.hidden = g_.hidden_size;
+    ex_.intermediate = g_.intermediate_size_per_partition;
+  }
+
   // --------------------------------------------------------------------------- loading
   void load_weight(const moeq_weight_loader_args& a, const sdk::Layer& layer, const sdk::View& src,
                    const std::string& name) {
@@ -336,14 +367,25 @@ class ExpertMethod final : public sdk::Method {
     layer.copy(param, {a.local_expert}, src.reshaped({1}), MOEQ_COPY_CHECK_SCALE);
   }
 
+  // The first n floats of a parameter on the host: in place on the CPU, else read back into `buf`.
+  const float* read_floats(const DLTensor* t, int64_t n, std::vector<float>& buf) const {
+    if (!on_gpu()) return static_cast<const float*>(t->data);
+    buf.resize(static_cast<size_t>(n));
+    gpu::use_device(device_.device_id);
+    gpu::check_cu(gpu::launch_api().cuMemcpyDtoH(buf.data(), reinterpret_cast<uintptr_t>(t->data), buf.size() * 4),
+                  "reading the static input scales back");
+    return buf.data();
+  }
+
   // x is quantized once per token before the experts, so GEMM1 needs one scale: the maximum
   // over w1/w3 and the local experts (vLLM does the same); GEMM2 likewise over the experts'
   // w2 input scales, which keeps one scale per layer for the reference too.
   void reduce_static_input_scales() {
     const int64_t E = g_.num_local_experts;
-    const auto* s1 = static_cast<const float*>(in1_->data);
-    const auto* s3 = static_cast<const float*>(in3_->data);
-    const auto* s2 = static_cast<const float*>(in2_->data);
+    std::vector<float> h1, h3, h2;
+    const float* s1 = read_floats(in1_, E, h1);
+    const float* s3 = read_floats(in3_, E, h3);
+    const float* s2 = read_floats(in2_, E, h2);
     float a1 = 0.0f, a2 = 0.0f, lo1 = s1[0], lo2 = s2[0];
     int64_t differ = 0, first = -1;
     for (int64_t e = 0; e < E; ++e) {
@@ -434,6 +476,7 @@ class ExpertMethod final : public sdk::Method {
   std::set<std::string> seen_scale_names_;
   std::set<std::string> seen_scale_dtypes_;
   CpuExperts ex_;
+  std::unique_ptr<GpuExperts> gpu_;  // on kDLCUDA, after process_after_loading
   bool ready_ = false;
 };
 

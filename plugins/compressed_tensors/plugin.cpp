@@ -61,13 +61,13 @@ const moeq_plugin_descriptor kDescriptor = {
     0,
     0,
     "compressed_tensors",
-    "0.1.0",
+    "0.2.0",
     kSchemes,
     sizeof(kSchemes) / sizeof(kSchemes[0]),
     nullptr,
     0,
-    MOEQ_CAP_CPU_APPLY,
-    "moeq built-in, CPU apply",
+    MOEQ_CAP_CPU_APPLY | MOEQ_CAP_CUDA_APPLY | MOEQ_CAP_GRAPH_CAPTURABLE,
+    "moeq built-in, CPU apply and CUDA fused-MoE kernels (NVRTC, sm_80/sm_89/sm_90a)",
     nullptr,
 };
 

@@ -111,7 +111,7 @@ const char* const kRequires[] = {kDelegate};
 const moeq_plugin_descriptor* descriptor() {
   static const moeq_plugin_descriptor d = {
       sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "modelopt", "0.2.0", kSchemes, 3,
-      kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_DELEGATES, "moeq built-in, bridge to compressed_tensors",
+      kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_CUDA_APPLY | MOEQ_CAP_GRAPH_CAPTURABLE | MOEQ_CAP_DELEGATES, "moeq built-in, bridge to compressed_tensors",
       sdk::PluginApi<Plugin>::table()};
   return &d;
 }

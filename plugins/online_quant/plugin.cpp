@@ -145,7 +145,7 @@ const char* const kRequires[] = {kDelegate};
 const moeq_plugin_descriptor* descriptor() {
   static const moeq_plugin_descriptor d = {
       sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.2.0", kSchemes, 4,
-      kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_DELEGATES, "moeq built-in, quantizes on load, runs through compressed_tensors",
+      kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_CUDA_APPLY | MOEQ_CAP_GRAPH_CAPTURABLE | MOEQ_CAP_DELEGATES, "moeq built-in, quantizes on load, runs through compressed_tensors",
       sdk::PluginApi<Plugin>::table()};
   return &d;
 }

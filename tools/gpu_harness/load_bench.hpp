@@ -4,7 +4,10 @@
 //         chunks filled by reader threads -> async copies on per-thread streams -> device;
 //   real  strict load through the plugins (the ledger on, as `moeq load`), then every final
 //         layer parameter uploaded through the same pipeline; peak device memory next to the
-//         final parameter size (the online-quant goal: final + one bf16 expert + 64 MiB).
+//         final parameter size (the online-quant goal: final + one bf16 expert + 64 MiB);
+//   device the same strict load with the layers on cuda:0: copy_to_param carries every row
+//         through pinned staging to the device parameters, process_after_loading prepares
+//         the kernels (twice: the second pass with the JIT cache warm).
 // Device bytes are downloaded and compared with the host bytes before any figure is printed.
 #pragma once
 #include <moeq/loader.hpp>

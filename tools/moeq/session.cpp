@@ -11,6 +11,22 @@ void CommonOptions::add_placement(CLI::App* app) {
   app->add_flag("--no-strict", no_strict, "report unwritten parameters as warnings instead of errors");
   app->add_option("--online", online, "quantize unquantized experts at load: int8, fp8-tensor, fp8-channel, fp8-block")
       ->check(CLI::IsMember(online_schemes()));
+  app->add_option("--device", device,
+                  "where parameters live and apply runs: cpu (default) or cuda[:N] (the plugin's CUDA kernels; "
+                  "x goes to apply as BF16)")
+      ->check([](const std::string& v) { return parse_device(v) ? std::string() : "expected cpu, cuda or cuda:N, found '" + v + "'"; });
+}
+
+std::optional<DLDevice> parse_device(const std::string& v) {
+  if (v == "cpu") return DLDevice{kDLCPU, 0};
+  if (v == "cuda") return DLDevice{kDLCUDA, 0};
+  if (v.rfind("cuda:", 0) != 0 || v.size() == 5 || v.size() > 8) return std::nullopt;
+  int n = 0;
+  for (char c : v.substr(5)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    n = n * 10 + (c - '0');
+  }
+  return DLDevice{kDLCUDA, n};
 }
 
 LoadOptions CommonOptions::load_options() const {
@@ -19,6 +35,7 @@ LoadOptions CommonOptions::load_options() const {
   o.strict = !no_strict;
   o.pin_plugin = pin;
   o.online_scheme = online;
+  o.device = *parse_device(device);
   return o;
 }
 

@@ -20,9 +20,13 @@ struct CommonOptions {
   std::string pin;
   bool no_strict = false;
   std::string online;
+  std::string device = "cpu";
   void add_placement(CLI::App* app);
   LoadOptions load_options() const;
 };
+
+// "cpu", "cuda", "cuda:N"; nullopt for anything else.
+std::optional<DLDevice> parse_device(const std::string& v);
 
 class Session {
  public:

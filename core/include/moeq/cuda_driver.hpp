@@ -18,6 +18,8 @@ struct CUmod_st;
 struct CUfunc_st;
 struct CUstream_st;
 struct CUevent_st;
+struct CUgraph_st;
+struct CUgraphExec_st;
 
 namespace moeq::cuda {
 
@@ -29,6 +31,8 @@ using CUmodule = CUmod_st*;
 using CUfunction = CUfunc_st*;
 using CUstream = CUstream_st*;
 using CUevent = CUevent_st*;
+using CUgraph = CUgraph_st*;
+using CUgraphExec = CUgraphExec_st*;
 
 inline constexpr CUresult kSuccess = 0;
 inline constexpr CUresult kErrorStubLibrary = 34;  // CUDA_ERROR_STUB_LIBRARY
@@ -47,6 +51,7 @@ inline constexpr int kFuncAttrMaxDynamicSharedSizeBytes = 8;  // CU_FUNC_ATTRIBU
 inline constexpr unsigned kEventDefault = 0;      // CU_EVENT_DEFAULT
 inline constexpr unsigned kStreamNonBlocking = 1; // CU_STREAM_NON_BLOCKING
 inline constexpr unsigned kMemHostAllocPortable = 1;
+inline constexpr int kStreamCaptureModeGlobal = 0;  // CU_STREAM_CAPTURE_MODE_GLOBAL
 
 // The entry points the core uses, resolved by name from libcuda.so.1. Versioned names
 // (_v2) are the ones cuda.h maps the plain names to in CUDA 12/13.
@@ -86,6 +91,13 @@ struct DriverApi {
   CUresult (*cuEventRecord)(CUevent event, CUstream stream);
   CUresult (*cuEventSynchronize)(CUevent event);
   CUresult (*cuEventElapsedTime)(float* ms, CUevent start, CUevent end);  // _v2 where present
+  // CUDA graphs (tests and benchmarks capture a plugin's apply).
+  CUresult (*cuStreamBeginCapture)(CUstream stream, int mode);  // _v2
+  CUresult (*cuStreamEndCapture)(CUstream stream, CUgraph* graph);
+  CUresult (*cuGraphInstantiate)(CUgraphExec* exec, CUgraph graph, unsigned long long flags);  // WithFlags
+  CUresult (*cuGraphLaunch)(CUgraphExec exec, CUstream stream);
+  CUresult (*cuGraphExecDestroy)(CUgraphExec exec);
+  CUresult (*cuGraphDestroy)(CUgraph graph);
 
   int driver_version = 0;  // e.g. 13000
 };

@@ -4,6 +4,7 @@
 #include <moeq/abi.h>
 #include <moeq/dtype.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -14,6 +15,9 @@
 namespace moeq {
 
 class Registry;
+namespace host {
+class DeviceWrites;
+}
 
 // Disjoint half-open ranges of flat element indices, merged on insert.
 class IntervalSet {
@@ -41,6 +45,8 @@ struct ParamRecord {
   std::vector<int64_t> strides;
   int64_t numel = 0;
   std::vector<std::byte> storage;  // host memory (the CPU path)
+  unsigned long long device_ptr = 0;  // device memory (a layer on kDLCUDA), freed with the record
+  int device_ordinal = -1;
   DLTensor tensor{};
   IntervalSet written;    // by copy_to_param
   IntervalSet defaulted;  // by param_fill, declared default
@@ -63,10 +69,16 @@ struct ParamCoverage {
 
 // The host's per-layer state; plugins see only the opaque pointer.
 struct moeq_layer {
+  moeq_layer();
+  ~moeq_layer();  // waits for queued device copies, then frees the parameters
+  moeq_layer(const moeq_layer&) = delete;
+  moeq_layer& operator=(const moeq_layer&) = delete;
   std::string name;
   DLDevice device{kDLCPU, 0};
   std::vector<std::unique_ptr<moeq::ParamRecord>> params;
   std::string current_tensor;  // checkpoint tensor being loaded, named in copy errors
+  // Staging of copies to device parameters; declared after `params` so it is destroyed first.
+  std::unique_ptr<moeq::host::DeviceWrites> device_writes;
 };
 
 namespace moeq::host {
@@ -93,6 +105,11 @@ LogSink set_log_sink(LogSink sink);
 void log(moeq_log_level level, const std::string& source, const std::string& message);
 
 std::unique_ptr<moeq_layer> make_layer(std::string name, DLDevice device);
+// Device parameters: queues the copies still staged and waits until the device holds every
+// byte written so far (the loader calls it before process_after_loading). No-op on the CPU.
+void finish_device_writes(moeq_layer& layer);
+// Reads `bytes` of a parameter back to the host, wherever it lives (tests, tools).
+void read_param(const moeq_layer& layer, const ParamRecord& param, void* dst, std::size_t bytes);
 std::vector<ParamCoverage> coverage(const moeq_layer& layer);
 const ParamRecord* find_param(const moeq_layer& layer, const std::string& name);
 

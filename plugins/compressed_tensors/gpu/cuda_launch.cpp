@@ -4,6 +4,7 @@
 
 #include <dlfcn.h>
 
+#include <map>
 #include <mutex>
 
 namespace moeq::ct::gpu {
@@ -31,6 +32,15 @@ Loaded load() {
   l.api.cuFuncSetAttribute = reinterpret_cast<decltype(l.api.cuFuncSetAttribute)>(sym("cuFuncSetAttribute"));
   l.api.cuLaunchKernel = reinterpret_cast<decltype(l.api.cuLaunchKernel)>(sym("cuLaunchKernel"));
   l.api.cuGetErrorName = reinterpret_cast<decltype(l.api.cuGetErrorName)>(sym("cuGetErrorName"));
+  l.api.cuDeviceGet = reinterpret_cast<decltype(l.api.cuDeviceGet)>(sym("cuDeviceGet"));
+  l.api.cuDeviceGetAttribute = reinterpret_cast<decltype(l.api.cuDeviceGetAttribute)>(sym("cuDeviceGetAttribute"));
+  l.api.cuDevicePrimaryCtxRetain =
+      reinterpret_cast<decltype(l.api.cuDevicePrimaryCtxRetain)>(sym("cuDevicePrimaryCtxRetain"));
+  l.api.cuCtxSetCurrent = reinterpret_cast<decltype(l.api.cuCtxSetCurrent)>(sym("cuCtxSetCurrent"));
+  l.api.cuMemAlloc = reinterpret_cast<decltype(l.api.cuMemAlloc)>(sym("cuMemAlloc_v2"));
+  l.api.cuMemFree = reinterpret_cast<decltype(l.api.cuMemFree)>(sym("cuMemFree_v2"));
+  l.api.cuMemcpyDtoH = reinterpret_cast<decltype(l.api.cuMemcpyDtoH)>(sym("cuMemcpyDtoH_v2"));
+  l.api.cuCtxSynchronize = reinterpret_cast<decltype(l.api.cuCtxSynchronize)>(sym("cuCtxSynchronize"));
   return l;
 }
 
@@ -47,6 +57,26 @@ void check_cu(int result, const char* what) {
   const char* name = nullptr;
   if (launch_api().cuGetErrorName) launch_api().cuGetErrorName(result, &name);
   fail(MOEQ_STATUS_CODE_INTERNAL, std::string(what) + ": " + (name ? name : "CUDA error " + std::to_string(result)));
+}
+
+void use_device(int ordinal) {
+  const LaunchApi& api = launch_api();
+  static std::mutex mutex;
+  static std::map<int, CuContext> retained;  // NOTE: kept for the life of the process, like the host's
+  CuContext ctx = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = retained.find(ordinal);
+    if (it == retained.end()) {
+      int dev = 0;
+      check_cu(api.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
+      check_cu(api.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+      retained.emplace(ordinal, ctx);
+    } else {
+      ctx = it->second;
+    }
+  }
+  check_cu(api.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
 }
 
 }  // namespace moeq::ct::gpu
