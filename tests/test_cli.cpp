@@ -2,6 +2,7 @@
 // discovery without flags, through --plugin-dir and through MOEQ_PLUGIN_PATH.
 #include "support.hpp"
 
+#include <moeq/cuda_driver.hpp>
 #include <moeq_writer/producers.hpp>
 
 #include <boost/json.hpp>
@@ -129,4 +130,30 @@ TEST_CASE("plugin directories: --plugin-dir and MOEQ_PLUGIN_PATH are searched, r
   Result e = moeq_cli("plugins --json", "MOEQ_PLUGIN_PATH=" MOEQ_TEST_BAD_PLUGIN_DIR "/good_a");
   CHECK(e.out.find("\"name\":\"good_a\"") != std::string::npos);
   CHECK(e.out.find("\"name\":\"compressed_tensors\"") != std::string::npos);  // the default is still searched
+}
+
+TEST_CASE("usage errors exit 2 naming the bad value: unknown online scheme, unknown device, unknown option") {
+  TempDir d;
+  auto w = granite(d);
+  Result online = moeq_cli("load --online int4 " + w.dir.string());
+  CHECK(online.code == 2);
+  CHECK(online.out.find("int4") != std::string::npos);
+  Result device = moeq_cli("load --device tpu:0 " + w.dir.string());
+  CHECK(device.code == 2);
+  CHECK(device.out.find("expected cpu, cuda or cuda:N, found 'tpu:0'") != std::string::npos);
+  Result option = moeq_cli("load --frobnicate " + w.dir.string());
+  CHECK(option.code == 2);
+  CHECK(moeq_cli("--help").code == 0);
+}
+
+TEST_CASE("--device cuda without a driver fails the load naming the reason, never crashes") {
+  if (cuda::available()) {
+    MESSAGE("SKIPPED: this machine has a CUDA driver; the no-driver message is checked where there is none");
+    return;
+  }
+  TempDir d;
+  auto w = granite(d);
+  Result r = moeq_cli("load --device cuda " + w.dir.string());
+  CHECK(r.code == 1);
+  CHECK(r.out.find("no CUDA driver") != std::string::npos);
 }

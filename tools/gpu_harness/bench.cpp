@@ -580,14 +580,6 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   return 0;
 }
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
   ct::gpu::DeviceLimits lim;
   lim.sm_major = arch.at(3) - '0';

@@ -8,6 +8,8 @@
 
 #include "gpu/moe_runner.hpp"
 
+#include <moeq/strings.hpp>
+
 namespace moeq::gpu_harness {
 
 struct BenchOptions {
@@ -25,8 +27,7 @@ struct BenchOptions {
   bool floors_only = false;  // measure and print the floors, nothing else
 };
 
-// "a,b,,c" -> {"a", "b", "c"} (command-line lists).
-std::vector<std::string> split_list(const std::string& s);
+using ::moeq::split_list;  // command-line lists (moeq/strings.hpp)
 // Small helpers of the bench tables: the median (upper middle; 0 for none), fixed-point text.
 double median(std::vector<double> v);
 std::string fmt(double v, int prec = 1);

@@ -9,25 +9,17 @@
 
 #include <moeq/cuda_driver.hpp>
 #include <moeq/error.hpp>
+#include <moeq/strings.hpp>
 #include <moeq_writer/synthetic.hpp>
 
 #include <filesystem>
 #include <iostream>
-#include <sstream>
 
 namespace moeq::cli {
 namespace {
 
 [[maybe_unused]] constexpr const char* kNoToolkit =
     "this moeq was built without a CUDA toolkit (NVRTC); rebuild with one to run GPU benchmarks";
-
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 }  // namespace
 
@@ -100,10 +92,10 @@ int BenchCommand::run_apply() const {
     return 1;
   }
   gpu_harness::BenchOptions o;
-  o.schemes = gpu_harness::split_list(schemes_);
-  o.shapes = gpu_harness::split_list(shapes_);
+  o.schemes = split_list(schemes_);
+  o.shapes = split_list(shapes_);
   o.ms.clear();
-  for (const auto& m : gpu_harness::split_list(ms_)) o.ms.push_back(std::stoll(m));
+  for (const auto& m : split_list(ms_)) o.ms.push_back(std::stoll(m));
   o.check = !no_check_;
   o.seconds_per_case = seconds_;
   o.markdown = markdown_;
@@ -122,7 +114,7 @@ int BenchCommand::run_load() const {
       fail("bench load --synthesize: unknown shape '" + synthesize_ +
            "' (Qwen3-30B-A3B, Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M)");
     if (!dims_.empty()) {
-      const std::vector<std::string> d = split_commas(dims_);
+      const std::vector<std::string> d = split_list(dims_);
       try {
         if (d.size() != 3) throw std::invalid_argument("count");
         spec->num_experts = std::stoll(d[0]);
@@ -173,7 +165,7 @@ int BenchCommand::run_load() const {
 int BenchCommand::run_jit() const {
 #if MOEQ_HAVE_GPU_BENCH
   gpu_harness::JitBenchOptions o;
-  o.schemes = split_commas(jit_schemes_);
+  o.schemes = split_list(jit_schemes_);
   o.shape = jit_shape_;
   o.arch = jit_arch_;
   o.max_tokens = jit_max_tokens_;

@@ -49,7 +49,13 @@ int main(int argc, char** argv) {
   }
   ConformCommand conform(app, opt);
   BenchCommand bench(app, opt);
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help exits 0; every usage error (unknown option, bad value) exits 2, as documented,
+    // rather than with CLI11's own codes (100 and up).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   // The registry reads the override from the environment, as it does for embedders; it logs
   // that the checks are off and every file it loads despite them.
   if (allow_untrusted) ::setenv("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1", 1);
