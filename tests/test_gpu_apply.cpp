@@ -21,6 +21,9 @@
 #include <moeq/staged_upload.hpp>
 #include <moeq_writer/producers.hpp>
 
+#include <boost/json.hpp>
+
+#include <fstream>
 #include <functional>
 
 using namespace moeq;
@@ -249,15 +252,33 @@ TEST_CASE("cuda: int8 W8A16 experts (repacked on the device) match the CPU path,
   check_against_cpu(w.dir, {}, "int8 w8a16");
 }
 
-TEST_CASE("cuda: unquantized BF16 experts match the CPU path, and online int8 / fp8-block run through delegation") {
+TEST_CASE("cuda: unquantized BF16 experts match the CPU path") {
   if (!device_or_skip()) return;
   TempDir d;
   auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 256, 128, 37));
   check_against_cpu(w.dir, {}, "bf16");
-  for (const char* scheme : {"int8", "fp8-block"}) {
+}
+
+// On a CUDA layer online_quant quantizes each projection on the device; the codes and scales
+// must be the CPU schemes' bytes exactly (check_against_cpu compares the dequantized weights
+// bit for bit), also at TP=2 where every rank quantizes the full rows and keeps its slice.
+TEST_CASE("cuda: online quantization on the device gives the CPU's codes and scales exactly, every scheme") {
+  if (!device_or_skip()) return;
+  TempDir d;
+  // I = 320: fp8-block gets a ragged 64-row block in gate/up and a ragged column block in down.
+  auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 256, 320, 41));
+  auto g = writer::write_unquantized(d / "granite", spec(writer::Layout::kGraniteFused, 4, 128, 96, 42));
+  for (const char* scheme : {"int8", "fp8-tensor", "fp8-channel", "fp8-block"}) {
     LoadOptions o;
     o.online_scheme = scheme;
-    check_against_cpu(w.dir, o, std::string("online ") + scheme, false);
+    check_against_cpu(w.dir, o, std::string("online ") + scheme, std::string(scheme) == "int8");
+    check_against_cpu(g.dir, o, std::string("online granite ") + scheme, false);
+    o.placement.tp_size = 2;
+    o.placement.tp_rank = 1;
+    check_against_cpu(w.dir, o, std::string("online tp2 ") + scheme, false);
+    BuiltPlugins p;
+    LoadedModel m = load_dir(w.dir, p.registry(), on_cuda(o));
+    CHECK(m.layers[0]->report.describe_json.find("\"quantized_on\":\"cuda:0\"") != std::string::npos);
   }
 }
 
@@ -299,4 +320,36 @@ TEST_CASE("cuda: the compressed_tensors descriptor says CUDA apply and graph cap
   REQUIRE(ct != nullptr);
   CHECK((ct->descriptor->capabilities & MOEQ_CAP_CUDA_APPLY) != 0);
   CHECK((ct->descriptor->capabilities & MOEQ_CAP_GRAPH_CAPTURABLE) != 0);
+}
+
+TEST_CASE("cuda: checkpoints written by llm-compressor and ModelOpt load on the device and match the CPU path") {
+  if (!device_or_skip()) return;
+  const std::filesystem::path real = std::filesystem::path(MOEQ_TEST_FIXTURE_DIR) / "real";
+  for (const char* name : {"qwen3_moe-fp8_block-oneshot", "qwen3_moe-fp8_static-oneshot",
+                           "qwen3_moe-fp8_dynamic-oneshot-layer1_ignored", "mixtral-fp8_block-model_free",
+                           "mixtral-int8_w8a16-oneshot", "modelopt/qwen3moe-fp8", "modelopt/qwen3moe-fp8-pc-pt",
+                           "modelopt/qwen3moe-fp8-pb-wo"})
+    check_against_cpu(real / name, {}, name, false);
+}
+
+TEST_CASE("cuda: FP8 weight-only experts (input_activations null) have no kernel: refused at load, naming why") {
+  if (!device_or_skip()) return;
+  TempDir d;
+  auto w = writer::write_ct_fp8_channel(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 128, 96, 40));
+  const std::filesystem::path cfg = w.dir / "config.json";
+  std::ifstream in(cfg);
+  boost::json::value v = boost::json::parse(std::string(std::istreambuf_iterator<char>(in), {}));
+  in.close();
+  for (auto& [name, group] : v.at("quantization_config").at("config_groups").as_object())
+    group.as_object()["input_activations"] = nullptr;
+  std::ofstream(cfg) << boost::json::serialize(v);
+  BuiltPlugins p;
+  REQUIRE(load_dir(w.dir, p.registry()).layers.size() == 1);  // the CPU runs it
+  try {
+    (void)load_dir(w.dir, p.registry(), on_cuda());
+    FAIL("FP8 weight-only loaded on cuda");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("fp8 weights need an activation quantization mode") != std::string::npos);
+  }
+  CHECK(host::live_param_bytes() == 0);
 }

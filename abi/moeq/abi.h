@@ -41,7 +41,7 @@ extern "C" {
  *   reason; a plugin newer than the host is accepted and used at the host's minor (slots the
  *   host does not know are never called). */
 #define MOEQ_ABI_MAJOR 1
-#define MOEQ_ABI_MINOR 0
+#define MOEQ_ABI_MINOR 1
 
 /* Size of a struct up to and including `last_field`: what a producer built against an
  * older minor sets as struct_size. */
@@ -150,13 +150,18 @@ typedef struct moeq_param_create_args {
  * F32/BF16/F16 to F32/BF16/F16; same-dtype copies of any dtype. The host records the region
  * as written in the load ledger and names the checkpoint tensor being loaded in any error.
  * Into a kDLCUDA parameter the copy is queued (the source is read before the call returns);
- * every queued byte is on the device when process_after_loading is called. */
+ * every queued byte is on the device when process_after_loading is called.
+ * Since 1.1: the source may be kDLCUDA memory on the parameter's device (a plugin that
+ * quantizes on the device): same dtype only, rows contiguous (innermost stride 1), ready when
+ * the call is made (synchronize your stream first); the host copies device to device and has
+ * read the source when the call returns. A 1.0 host answers INVALID_ARGUMENT ("source must
+ * be host memory"): check `host->abi_minor >= 1` first. */
 typedef struct moeq_copy_to_param_args {
   size_t struct_size;
   moeq_layer* layer;
   const DLTensor* param;       /* a tensor returned by param_create for this layer */
   const int64_t* dst_offset;
-  const DLTensor* source;      /* host memory, strided view */
+  const DLTensor* source;      /* host memory, strided view (since 1.1 also the param's device) */
   uint32_t flags;              /* MOEQ_COPY_* */
 } moeq_copy_to_param_args;
 

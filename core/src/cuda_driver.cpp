@@ -88,6 +88,7 @@ DriverLoad load_driver(const char* library) {
       {reinterpret_cast<void**>(&a.cuMemsetD8_v2), {"cuMemsetD8_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemcpyHtoDAsync_v2), {"cuMemcpyHtoDAsync_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemcpyDtoHAsync_v2), {"cuMemcpyDtoHAsync_v2", nullptr}},
+      {reinterpret_cast<void**>(&a.cuMemcpyDtoDAsync_v2), {"cuMemcpyDtoDAsync_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemHostAlloc), {"cuMemHostAlloc", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemFreeHost), {"cuMemFreeHost", nullptr}},
       {reinterpret_cast<void**>(&a.cuStreamCreate), {"cuStreamCreate", nullptr}},

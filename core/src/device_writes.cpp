@@ -71,8 +71,12 @@ void device_release(int ordinal, CUdeviceptr ptr) noexcept {
 void device_read(int ordinal, void* dst, CUdeviceptr src, std::size_t bytes) {
   const cuda::DriverApi& d = cuda::require();
   cuda::use_primary_context(ordinal);
-  MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(dst, src, bytes, nullptr));
-  MOEQ_CU_CHECK(d.cuCtxSynchronize());
+  cuda::CUstream s = nullptr;
+  MOEQ_CU_CHECK(d.cuStreamCreate(&s, cuda::kStreamNonBlocking));
+  const CUresult copy = d.cuMemcpyDtoHAsync_v2(dst, src, bytes, s);
+  const CUresult sync = copy == kSuccess ? d.cuStreamSynchronize(s) : copy;
+  d.cuStreamDestroy_v2(s);
+  MOEQ_CU_CHECK(sync);
 }
 
 DeviceWrites::DeviceWrites(int ordinal) : ordinal_(ordinal) {
@@ -135,6 +139,13 @@ void DeviceWrites::submit() {
   segments_.clear();
   used_ = 0;
   current_ ^= 1;
+}
+
+void DeviceWrites::copy_from_device(const std::vector<DevicePiece>& pieces) {
+  const cuda::DriverApi& d = cuda::require();
+  cuda::use_primary_context(ordinal_);
+  for (const DevicePiece& p : pieces) MOEQ_CU_CHECK(d.cuMemcpyDtoDAsync_v2(p.dst, p.src, p.bytes, set_->stream));
+  MOEQ_CU_CHECK(d.cuStreamSynchronize(set_->stream));
 }
 
 void DeviceWrites::finish() {

@@ -16,7 +16,7 @@ namespace moeq::host {
 // cuMemAlloc on device `ordinal`; Error(OUT_OF_MEMORY / UNAVAILABLE) naming `what`.
 cuda::CUdeviceptr device_allocate(int ordinal, std::size_t bytes, const std::string& what);
 void device_release(int ordinal, cuda::CUdeviceptr ptr) noexcept;
-// Synchronous device-to-host read (tests, the loader's readback of small tensors).
+// Device-to-host read on a stream of its own, waited for (read_param, scale checks).
 void device_read(int ordinal, void* dst, cuda::CUdeviceptr src, std::size_t bytes);
 
 class DeviceWrites {
@@ -33,6 +33,13 @@ class DeviceWrites {
   std::byte* reserve(cuda::CUdeviceptr dst, std::size_t bytes);
   // Queues every staged byte and waits until the device holds them. Throws naming the call.
   void finish();
+  // Device-to-device copies on the writer's stream, waited for before returning (the source is
+  // the plugin's, reused as soon as copy_to_param returns).
+  struct DevicePiece {
+    cuda::CUdeviceptr dst, src;
+    std::size_t bytes;
+  };
+  void copy_from_device(const std::vector<DevicePiece>& pieces);
 
   struct Set;  // pooled staging (device_writes.cpp)
 

@@ -394,6 +394,27 @@ void stage_rows(moeq_layer& layer, ParamRecord& p, const std::vector<int64_t>& o
   });
 }
 
+// Device source into a device parameter (same dtype): contiguous rows, merged where both
+// sides continue, copied device to device and waited for.
+void copy_device_rows(moeq_layer& layer, ParamRecord& p, const std::vector<int64_t>& off,
+                      const std::vector<int64_t>& ext, const std::byte* base, const std::vector<int64_t>& sstr,
+                      const std::string& what) {
+  const size_t elem = dtype_size(p.dtype);
+  std::vector<DeviceWrites::DevicePiece> pieces;
+  for_each_row(p, off, ext, base, sstr, elem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
+    if (stride != 1 && len > 1) fail(what + ": a device source needs contiguous rows (innermost stride 1), found " +
+                                     std::to_string(stride));
+    const cuda::CUdeviceptr dst = p.device_ptr + static_cast<uint64_t>(d) * elem;
+    const cuda::CUdeviceptr from = reinterpret_cast<uintptr_t>(src);
+    const size_t bytes = static_cast<size_t>(len) * elem;
+    if (!pieces.empty() && pieces.back().dst + pieces.back().bytes == dst && pieces.back().src + pieces.back().bytes == from)
+      pieces.back().bytes += bytes;
+    else
+      pieces.push_back({dst, from, bytes});
+  });
+  writes_of(layer).copy_from_device(pieces);
+}
+
 moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
   return guarded([&] {
     if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_copy_to_param_args, flags))
@@ -402,7 +423,9 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     ParamRecord& p = param_of(a->layer, a->param);
     const std::string what = a->layer->current_tensor.empty() ? "copy_to_param" : "tensor " + a->layer->current_tensor;
     const DLTensor& s = *a->source;
-    if (s.device.device_type != kDLCPU) fail(what + ": source must be host memory");
+    const bool device_source = s.device.device_type == kDLCUDA;
+    if (s.device.device_type != kDLCPU && !device_source)
+      fail(what + ": source must be host memory (or, since ABI 1.1, memory on the parameter's CUDA device)");
     if (s.ndim < 0 || s.ndim > 8 || (s.ndim > 0 && (s.shape == nullptr || s.strides == nullptr)))
       fail(what + ": source view needs shape and strides");
     auto sdt = from_dl(s.dtype);
@@ -412,15 +435,37 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     if (!same && !(is_float(*sdt) && *sdt != DType::F8_E4M3 && is_float(p.dtype) && p.dtype != DType::F8_E4M3))
       fail(what + ": cannot cast " + std::string(dtype_name(*sdt)) + " into parameter '" + p.name + "' of dtype " +
            dtype_name(p.dtype));
+    if (device_source) {
+      if (p.device_ptr == 0 || s.device.device_id != p.device_ordinal)
+        fail(what + ": a source on cuda:" + std::to_string(s.device.device_id) +
+             " needs a parameter on that device; parameter '" + p.name + "' is " +
+             (p.device_ptr == 0 ? std::string("in host memory") : "on cuda:" + std::to_string(p.device_ordinal)));
+      if (!same)
+        fail(what + ": a device source is copied, not cast: source " + dtype_name(*sdt) + ", parameter '" + p.name +
+             "' " + dtype_name(p.dtype));
+    }
     check_not_written(p, off, ext, what);
     const int nd = static_cast<int>(p.shape.size());
     std::vector<int64_t> sstr(nd, 0);
     for (int i = 0; i < s.ndim; ++i) sstr[nd - s.ndim + i] = s.strides[i];
     const auto* base = static_cast<const std::byte*>(s.data) + s.byte_offset;
     const size_t selem = dtype_size(*sdt);
+    // A device source is checked on a host copy of the bytes its view spans.
+    std::vector<std::byte> host_copy;
+    const std::byte* check_base = base;
+    if (device_source && (a->flags & MOEQ_COPY_CHECK_SCALE)) {
+      int64_t span = 1;
+      for (int i = 0; i < s.ndim; ++i) {
+        if (s.strides[i] < 0) fail(what + ": a device source needs non-negative strides");
+        span += (s.shape[i] > 0 ? s.shape[i] - 1 : 0) * s.strides[i];
+      }
+      host_copy.resize(static_cast<size_t>(span) * selem);
+      device_read(p.device_ordinal, host_copy.data(), reinterpret_cast<uintptr_t>(base), host_copy.size());
+      check_base = host_copy.data();
+    }
     if (a->flags & MOEQ_COPY_CHECK_SCALE) {
       int64_t i = 0;
-      for_each_element(p, off, ext, base, sstr, selem, [&](int64_t, const std::byte* src) {
+      for_each_element(p, off, ext, check_base, sstr, selem, [&](int64_t, const std::byte* src) {
         float v = load_as_float(src, *sdt, 0);
         if (!std::isfinite(v) || v <= 0.0f) {
           std::vector<int64_t> sshape(s.shape, s.shape + s.ndim);
@@ -430,7 +475,9 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
         ++i;
       });
     }
-    if (p.device_ptr != 0) {
+    if (device_source) {
+      copy_device_rows(*a->layer, p, off, ext, base, sstr, what);
+    } else if (p.device_ptr != 0) {
       stage_rows(*a->layer, p, off, ext, base, sstr, *sdt);
     } else {
       copy_rows(p, off, ext, base, sstr, *sdt);

@@ -371,9 +371,8 @@ class ExpertMethod final : public sdk::Method {
   const float* read_floats(const DLTensor* t, int64_t n, std::vector<float>& buf) const {
     if (!on_gpu()) return static_cast<const float*>(t->data);
     buf.resize(static_cast<size_t>(n));
-    gpu::use_device(device_.device_id);
-    gpu::check_cu(gpu::launch_api().cuMemcpyDtoH(buf.data(), reinterpret_cast<uintptr_t>(t->data), buf.size() * 4),
-                  "reading the static input scales back");
+    gpu::read_device(device_.device_id, buf.data(), reinterpret_cast<uintptr_t>(t->data), buf.size() * 4,
+                     "reading the static input scales back");
     return buf.data();
   }
 

@@ -225,9 +225,10 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   weights_.a2_static = layout.a2_static;
   if (repack) {
     const int64_t E = layout.num_local, H = layout.hidden, I = layout.intermediate;
-    gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w13), E * 2 * I * H, nullptr);
-    gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w2), E * H * I, nullptr);
-    gpu::check_cu(api.cuCtxSynchronize(), "repacking int8 codes");
+    gpu::OwnStream stream;
+    gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w13), E * 2 * I * H, stream.get());
+    gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w2), E * H * I, stream.get());
+    stream.sync("repacking int8 codes");
   }
 }
 
@@ -284,11 +285,8 @@ void GpuExperts::dequantize(int64_t le, float* w13, float* w2) const {
   }
   std::vector<uint8_t> c13(static_cast<std::size_t>(2 * I * H) * elem), c2(static_cast<std::size_t>(H * I) * elem);
   std::vector<float> s13(static_cast<std::size_t>(n13)), s2(static_cast<std::size_t>(n2));
-  const gpu::LaunchApi& api = gpu::launch_api();
-  gpu::use_device(ordinal_);
   auto read = [&](void* dst, const void* base, std::size_t offset, std::size_t bytes) {
-    if (bytes == 0) return;
-    gpu::check_cu(api.cuMemcpyDtoH(dst, reinterpret_cast<uintptr_t>(base) + offset, bytes), "reading an expert back");
+    gpu::read_device(ordinal_, dst, reinterpret_cast<uintptr_t>(base) + offset, bytes, "reading an expert back");
   };
   read(c13.data(), e.w13, static_cast<std::size_t>(le) * c13.size(), c13.size());
   read(c2.data(), e.w2, static_cast<std::size_t>(le) * c2.size(), c2.size());

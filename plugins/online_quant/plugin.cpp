@@ -3,6 +3,7 @@
 // layout is handed to a compressed_tensors method (created through the host), which runs it.
 // Scales come from the full, unsharded checkpoint rows the host hands over, so the result is
 // the same whatever the TP degree; compressed_tensors narrows to the shard.
+#include "device_quantizer.hpp"
 #include "online_scheme.hpp"
 
 #include <moeq/sdk/sdk.hpp>
@@ -43,7 +44,12 @@ class OnlineMethod final : public sdk::DelegatingMethod {
   OnlineMethod(const moeq_method_create_args& a, std::unique_ptr<Scheme> scheme)
       : DelegatingMethod(a, kDelegate, scheme->ct_config_json(), dtype_name(scheme->quantized_dtype())),
         scheme_(std::move(scheme)),
-        source_dtype_(a.weight_dtype) {}
+        source_dtype_(a.weight_dtype) {
+    // On a CUDA layer the projections are quantized on the device, when the host can take
+    // device sources in copy_to_param (ABI 1.1); otherwise on the CPU.
+    if (a.device.device_type == kDLCUDA && sdk::host()->abi_minor >= 1)
+      device_ = std::make_unique<DeviceQuantizer>(a.device.device_id, scheme_->name());
+  }
 
   bool load(const moeq_weight_loader_args& in, const sdk::Layer&, std::string&) override {
     const std::string suffix = in.suffix;
@@ -55,6 +61,13 @@ class OnlineMethod final : public sdk::DelegatingMethod {
       fail(name + ": expected a BF16/F16/F32 2-D expert weight, found " + std::string(dtype_name(src.dtype())) + " " +
            sdk::shape_string(src.shape()));
     const int64_t rows = src.size(0), cols = src.size(1);
+    if (device_) {
+      const DeviceQuantizer::Result q = device_->quantize(*in.source);
+      const DLDevice dev{kDLCUDA, device_->ordinal()};
+      forward(in, "weight", make_view(const_cast<void*>(q.codes), scheme_->quantized_dtype(), {rows, cols}, dev));
+      forward(in, "weight_scale", make_view(const_cast<float*>(q.scales), DType::F32, q.scale_shape, dev));
+      return true;
+    }
     // NOTE: one projection of one expert in float at a time, reused buffers: the whole layer is
     // never held in high precision.
     rows_.resize(static_cast<size_t>(rows * cols));
@@ -69,11 +82,13 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     DelegatingMethod::process_after_loading(layer);
     rows_ = {};
     q_ = {};
+    if (device_) device_->release();
   }
 
   std::string describe() const override {
     json::object o{{"online", scheme_->name()}, {"source_dtype", source_dtype_}, {"quantization", scheme_->formula()},
-                   {"rel_l2_tolerance", scheme_->rel_l2_tolerance()}, {"runs_as", json::parse(scheme_->ct_config_json())}};
+                   {"rel_l2_tolerance", scheme_->rel_l2_tolerance()}, {"runs_as", json::parse(scheme_->ct_config_json())},
+                   {"quantized_on", device_ ? "cuda:" + std::to_string(device_->ordinal()) : std::string("cpu")}};
     if (const std::string d = delegate_describe(); !d.empty()) {
       try {
         o["delegate"] = json::parse(d);
@@ -89,13 +104,13 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     std::vector<int64_t> shape, strides;
     DLTensor t{};
   };
-  static OwnedView make_view(void* data, DType dt, std::vector<int64_t> shape) {
+  static OwnedView make_view(void* data, DType dt, std::vector<int64_t> shape, DLDevice device = {kDLCPU, 0}) {
     OwnedView v;
     v.shape = std::move(shape);
     v.strides.assign(v.shape.size(), 1);
     for (int d = static_cast<int>(v.shape.size()) - 2; d >= 0; --d) v.strides[d] = v.strides[d + 1] * v.shape[d + 1];
     v.t.data = data;
-    v.t.device = {kDLCPU, 0};
+    v.t.device = device;
     v.t.ndim = static_cast<int32_t>(v.shape.size());
     v.t.dtype = to_dl(dt);
     return v;
@@ -112,6 +127,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
   std::string source_dtype_;
   std::vector<float> rows_;
   QuantizedProjection q_;
+  std::unique_ptr<DeviceQuantizer> device_;  // a CUDA layer on a 1.1 host
 };
 
 struct Plugin {
@@ -144,7 +160,7 @@ const char* const kRequires[] = {kDelegate};
 
 const moeq_plugin_descriptor* descriptor() {
   static const moeq_plugin_descriptor d = {
-      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.2.0", kSchemes, 4,
+      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.3.0", kSchemes, 4,
       kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_CUDA_APPLY | MOEQ_CAP_GRAPH_CAPTURABLE | MOEQ_CAP_DELEGATES, "moeq built-in, quantizes on load, runs through compressed_tensors",
       sdk::PluginApi<Plugin>::table()};
   return &d;

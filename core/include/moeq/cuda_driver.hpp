@@ -81,6 +81,7 @@ struct DriverApi {
   CUresult (*cuMemsetD8_v2)(CUdeviceptr ptr, unsigned char value, size_t count);
   CUresult (*cuMemcpyHtoDAsync_v2)(CUdeviceptr dst, const void* src, size_t bytes, CUstream stream);
   CUresult (*cuMemcpyDtoHAsync_v2)(void* dst, CUdeviceptr src, size_t bytes, CUstream stream);
+  CUresult (*cuMemcpyDtoDAsync_v2)(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream);
   CUresult (*cuMemHostAlloc)(void** ptr, size_t bytes, unsigned flags);
   CUresult (*cuMemFreeHost)(void* ptr);
   CUresult (*cuStreamCreate)(CUstream* stream, unsigned flags);

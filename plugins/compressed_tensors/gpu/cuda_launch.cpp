@@ -39,8 +39,11 @@ Loaded load() {
   l.api.cuCtxSetCurrent = reinterpret_cast<decltype(l.api.cuCtxSetCurrent)>(sym("cuCtxSetCurrent"));
   l.api.cuMemAlloc = reinterpret_cast<decltype(l.api.cuMemAlloc)>(sym("cuMemAlloc_v2"));
   l.api.cuMemFree = reinterpret_cast<decltype(l.api.cuMemFree)>(sym("cuMemFree_v2"));
-  l.api.cuMemcpyDtoH = reinterpret_cast<decltype(l.api.cuMemcpyDtoH)>(sym("cuMemcpyDtoH_v2"));
-  l.api.cuCtxSynchronize = reinterpret_cast<decltype(l.api.cuCtxSynchronize)>(sym("cuCtxSynchronize"));
+  l.api.cuMemcpyDtoHAsync = reinterpret_cast<decltype(l.api.cuMemcpyDtoHAsync)>(sym("cuMemcpyDtoHAsync_v2"));
+  l.api.cuMemcpyHtoDAsync = reinterpret_cast<decltype(l.api.cuMemcpyHtoDAsync)>(sym("cuMemcpyHtoDAsync_v2"));
+  l.api.cuStreamCreate = reinterpret_cast<decltype(l.api.cuStreamCreate)>(sym("cuStreamCreate"));
+  l.api.cuStreamDestroy = reinterpret_cast<decltype(l.api.cuStreamDestroy)>(sym("cuStreamDestroy_v2"));
+  l.api.cuStreamSynchronize = reinterpret_cast<decltype(l.api.cuStreamSynchronize)>(sym("cuStreamSynchronize"));
   return l;
 }
 
@@ -77,6 +80,27 @@ void use_device(int ordinal) {
     }
   }
   check_cu(api.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+}
+
+OwnStream::OwnStream() {
+  constexpr unsigned kNonBlocking = 1;  // CU_STREAM_NON_BLOCKING
+  check_cu(launch_api().cuStreamCreate(&stream_, kNonBlocking), "cuStreamCreate");
+}
+
+OwnStream::~OwnStream() {
+  if (stream_ == nullptr) return;
+  launch_api().cuStreamSynchronize(stream_);
+  launch_api().cuStreamDestroy(stream_);
+}
+
+void OwnStream::sync(const char* what) const { check_cu(launch_api().cuStreamSynchronize(stream_), what); }
+
+void read_device(int ordinal, void* dst, CuDevicePtr src, size_t bytes, const char* what) {
+  if (bytes == 0) return;
+  use_device(ordinal);
+  OwnStream s;
+  check_cu(launch_api().cuMemcpyDtoHAsync(dst, src, bytes, s.get()), what);
+  s.sync(what);
 }
 
 }  // namespace moeq::ct::gpu

@@ -26,8 +26,11 @@ struct LaunchApi {
   int (*cuCtxSetCurrent)(CuContext ctx) = nullptr;
   int (*cuMemAlloc)(CuDevicePtr* ptr, size_t bytes) = nullptr;  // _v2
   int (*cuMemFree)(CuDevicePtr ptr) = nullptr;                  // _v2
-  int (*cuMemcpyDtoH)(void* dst, CuDevicePtr src, size_t bytes) = nullptr;  // _v2, synchronous
-  int (*cuCtxSynchronize)() = nullptr;
+  int (*cuMemcpyDtoHAsync)(void* dst, CuDevicePtr src, size_t bytes, CuStream s) = nullptr;        // _v2
+  int (*cuMemcpyHtoDAsync)(CuDevicePtr dst, const void* src, size_t bytes, CuStream s) = nullptr;  // _v2
+  int (*cuStreamCreate)(CuStream* s, unsigned flags) = nullptr;
+  int (*cuStreamDestroy)(CuStream s) = nullptr;  // _v2
+  int (*cuStreamSynchronize)(CuStream s) = nullptr;
 };
 
 // Resolved once per process; throws moeq::Error(UNAVAILABLE) naming the reason when there is
@@ -40,5 +43,23 @@ void check_cu(int result, const char* what);
 // Makes the primary context of device `ordinal` current on this thread (retained once per
 // device for the life of the process, as the host does).
 void use_device(int ordinal);
+
+// A non-blocking stream of the plugin's own for work outside apply (repacking, reading small
+// tensors back): plugins never use the legacy default stream or synchronize the device.
+class OwnStream {
+ public:
+  OwnStream();  // on the current context
+  ~OwnStream();
+  OwnStream(const OwnStream&) = delete;
+  OwnStream& operator=(const OwnStream&) = delete;
+  CuStream get() const { return stream_; }
+  void sync(const char* what) const;
+
+ private:
+  CuStream stream_ = nullptr;
+};
+
+// Device-to-host read of `bytes` on device `ordinal`, waited for.
+void read_device(int ordinal, void* dst, CuDevicePtr src, size_t bytes, const char* what);
 
 }  // namespace moeq::ct::gpu
