@@ -8,6 +8,7 @@
 #include "driver.hpp"
 #include "nvrtc_build.hpp"
 
+#include <fstream>
 #include <sstream>
 #include <thread>
 
@@ -51,6 +52,24 @@ TEST_CASE("every compressed_tensors kernel variant compiles for sm_89 (fp8 mma.s
   compile_every_variant("sm_89");
 }
 TEST_CASE("bf16 and int8 W8A16 kernel variants compile for sm_80") { compile_every_variant("sm_80"); }
+
+TEST_CASE("online_quant's device quantization kernels compile for sm_90a, sm_89 and sm_80") {
+  std::ifstream in(MOEQ_TEST_ONLINE_KERNEL);
+  REQUIRE(in.good());
+  moeq::ct::gpu::KernelSetSource set{"online_quant_kernels", std::string(std::istreambuf_iterator<char>(in), {})};
+  REQUIRE(set.source.find("oq_blocks") != std::string::npos);
+  for (const char* arch : {"sm_90a", "sm_89", "sm_80"}) {
+    std::string error;
+    try {
+      const gh::Cubin c = gh::nvrtc_build(set, arch);
+      CHECK(c.image.size() > 1000);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    INFO(arch);
+    CHECK_MESSAGE(error.empty(), error);
+  }
+}
 
 TEST_CASE("gpu bf16 experts match the CPU reference on device") { check_on_device("bf16"); }
 TEST_CASE("gpu fp8 channel / per-token experts match the CPU reference on device") {
