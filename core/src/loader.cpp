@@ -1,7 +1,7 @@
 #include <moeq/error.hpp>
-#include <moeq/staged_upload.hpp>
 #include <moeq/loader.hpp>
 #include <moeq/parallel_for.hpp>
+#include <moeq/staged_upload.hpp>
 
 #include <algorithm>
 #include <exception>
