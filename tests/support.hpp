@@ -2,6 +2,7 @@
 // damage (rewrite tensors of a written checkpoint), and error capture.
 #pragma once
 #include <moeq/checkpoint.hpp>
+#include <moeq/cuda_driver.hpp>
 #include <moeq/error.hpp>
 #include <moeq/host.hpp>
 #include <moeq/loader.hpp>
@@ -165,5 +166,17 @@ inline CliRun run_moeq_cli(const std::string& args, const std::string& env = "",
   return r;
 }
 #endif
+
+// True when there is a CUDA driver and device; otherwise logs "SKIPPED: <what> needs a CUDA
+// device: <why>" (CI has none) and returns false.
+inline bool cuda_device_or_skip(const char* what) {
+  std::string why;
+  if (!cuda::available())
+    why = cuda::unavailable_reason();
+  else if (cuda::device_count() == 0)
+    why = "the driver reports no CUDA device";
+  if (!why.empty()) MESSAGE("SKIPPED: " << std::string(what) << " needs a CUDA device: " << why);
+  return why.empty();
+}
 
 }  // namespace moeq::test

@@ -50,16 +50,6 @@ std::string message_of(moeq_status* st, moeq_status_code* code = nullptr) {
   return m;
 }
 
-bool device_or_skip() {
-  std::string why;
-  if (!cuda::available())
-    why = cuda::unavailable_reason();
-  else if (cuda::device_count() == 0)
-    why = "the driver reports no CUDA device";
-  if (!why.empty()) MESSAGE("SKIPPED: device parameter round trip needs a CUDA device: " << why);
-  return why.empty();
-}
-
 }  // namespace
 
 TEST_CASE("a device source into a host parameter, or a source on another device type, is a clear error") {
@@ -119,7 +109,7 @@ TEST_CASE("param_create on a CUDA layer without a driver fails naming the layer 
 }
 
 TEST_CASE("cuda: parameters round-trip through staging (casts, fills, ragged rows, pieces past a chunk)") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("device parameter round trip")) return;
   std::unique_ptr<moeq_layer> layer = host::make_layer("l", {kDLCUDA, 0});
   // 3 x 3,000,000 F32 = 36 MB: rows larger than one 8 MiB staging chunk.
   const int64_t R = 3, C = 3000000;

@@ -70,16 +70,6 @@ std::vector<float> forward_bf16_intermediate(const ref::ExpertWeights& w, const 
   return out;
 }
 
-bool device_or_skip() {
-  std::string why;
-  if (!cuda::available())
-    why = cuda::unavailable_reason();
-  else if (cuda::device_count() == 0)
-    why = "the driver reports no CUDA device";
-  if (!why.empty()) MESSAGE("SKIPPED: GPU apply test needs a CUDA device: " << why);
-  return why.empty();
-}
-
 LoadOptions on_cuda(LoadOptions o = {}) {
   o.device = {kDLCUDA, 0};
   return o;
@@ -213,14 +203,14 @@ void check_against_cpu(const std::filesystem::path& dir, LoadOptions opt, const 
 }  // namespace
 
 TEST_CASE("cuda: FP8 block 128x128 / per-group experts through the ABI match the CPU path, graph-capturable") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_ct_fp8_block(d / "ckpt", spec(writer::Layout::kPerExpert, 8, 256, 192, 31));
   check_against_cpu(w.dir, {}, "fp8 block");
 }
 
 TEST_CASE("cuda: FP8 block at TP=2 (I/tp = 96: the scale grid refined to 32-row blocks) matches the CPU path") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_hf_fp8_block(d / "ckpt", spec(writer::Layout::kDeepSeekV3, 8, 256, 192, 32));
   LoadOptions o;
@@ -230,14 +220,14 @@ TEST_CASE("cuda: FP8 block at TP=2 (I/tp = 96: the scale grid refined to 32-row 
 }
 
 TEST_CASE("cuda: FP8 channel / per-token experts (Granite fused) match the CPU path, graph-capturable") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_ct_fp8_channel(d / "ckpt", spec(writer::Layout::kGraniteFused, 8, 128, 96, 33));
   check_against_cpu(w.dir, {}, "fp8 channel granite");
 }
 
 TEST_CASE("cuda: FP8 per-tensor, static and dynamic activations, match the CPU path") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto st = writer::write_ct_fp8_tensor(d / "static", spec(writer::Layout::kPerExpert, 4, 128, 96, 34));
   check_against_cpu(st.dir, {}, "fp8 tensor static");
@@ -246,14 +236,14 @@ TEST_CASE("cuda: FP8 per-tensor, static and dynamic activations, match the CPU p
 }
 
 TEST_CASE("cuda: int8 W8A16 experts (repacked on the device) match the CPU path, graph-capturable") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_ct_int8_channel(d / "ckpt", spec(writer::Layout::kPerExpert, 8, 256, 192, 36));
   check_against_cpu(w.dir, {}, "int8 w8a16");
 }
 
 TEST_CASE("cuda: unquantized BF16 experts match the CPU path") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 256, 128, 37));
   check_against_cpu(w.dir, {}, "bf16");
@@ -263,7 +253,7 @@ TEST_CASE("cuda: unquantized BF16 experts match the CPU path") {
 // must be the CPU schemes' bytes exactly (check_against_cpu compares the dequantized weights
 // bit for bit), also at TP=2 where every rank quantizes the full rows and keeps its slice.
 TEST_CASE("cuda: online quantization on the device gives the CPU's codes and scales exactly, every scheme") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   // I = 320: fp8-block gets a ragged 64-row block in gate/up and a ragged column block in down.
   auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 256, 320, 41));
@@ -283,7 +273,7 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
 }
 
 TEST_CASE("cuda: a shape the kernels cannot run fails at load naming it; a bad apply input is a clear error") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   BuiltPlugins p;
   // H = 200 is not a multiple of 16.
@@ -323,7 +313,7 @@ TEST_CASE("cuda: the compressed_tensors descriptor says CUDA apply and graph cap
 }
 
 TEST_CASE("cuda: checkpoints written by llm-compressor and ModelOpt load on the device and match the CPU path") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   const std::filesystem::path real = std::filesystem::path(MOEQ_TEST_FIXTURE_DIR) / "real";
   for (const char* name : {"qwen3_moe-fp8_block-oneshot", "qwen3_moe-fp8_static-oneshot",
                            "qwen3_moe-fp8_dynamic-oneshot-layer1_ignored", "mixtral-fp8_block-model_free",
@@ -333,7 +323,7 @@ TEST_CASE("cuda: checkpoints written by llm-compressor and ModelOpt load on the 
 }
 
 TEST_CASE("cuda: FP8 weight-only experts (input_activations null) have no kernel: refused at load, naming why") {
-  if (!device_or_skip()) return;
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   auto w = writer::write_ct_fp8_channel(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 128, 96, 40));
   const std::filesystem::path cfg = w.dir / "config.json";
