@@ -157,6 +157,49 @@ TEST_CASE("int8 W8A16 per projection: W x within 1e-2 relative L2 of the bf16 pr
   CHECK(err <= 1e-2);
 }
 
+// The issue asked for int8 W8A16 <= 1e-2 end to end. This shows why the README states 1.5e-2:
+// the error is the 8-bit per-row grid's, not absmax's choice nor moeq's. Each row gets the
+// scale (a fraction c of absmax/127, c searched from 0.50 to 1.00, values past +-127 clamped)
+// that minimises its own squared error, and the forward on those weights still misses 1e-2.
+TEST_CASE("int8 end to end: no per-row 8-bit scale reaches 1e-2 on these random normal weights") {
+  TempDir d;
+  writer::WrittenCheckpoint w = writer::write_unquantized(d / "bf16", spec(writer::Layout::kPerExpert));
+  const ref::ExpertWeights& f = w.layers[0].dequantized;
+  auto best_rows = [](const float* src, float* dst, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = src + r * cols;
+      float amax = 0;
+      for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
+      double best_err = -1;
+      float best_s = 1;
+      for (int step = 0; step <= 100; ++step) {
+        const float s = (0.5f + 0.005f * static_cast<float>(step)) * amax / 127.0f;
+        double e = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const float q = std::clamp(std::nearbyint(row[c] / s), -127.0f, 127.0f) * s;
+          e += double(q - row[c]) * double(q - row[c]);
+        }
+        if (best_err < 0 || e < best_err) best_err = e, best_s = s;
+      }
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = std::clamp(std::nearbyint(row[c] / best_s), -127.0f, 127.0f) * best_s;
+    }
+  };
+  ref::ExpertWeights best = f;
+  const int64_t E = f.num_experts, H = f.hidden, I = f.intermediate;
+  best_rows(f.w13.data(), best.w13.data(), E * 2 * I, H);
+  best_rows(f.w2.data(), best.w2.data(), E * H, I);
+  const ref::ExpertWeights absmax = expected_all("int8", f);
+  const std::vector<float> x = seeded_tokens(37, H, 8);
+  const ref::Routing r = route_with(w.layers[0], x, 37, 2);
+  const std::vector<float> want = ref::moe_forward(f, x, 37, r, {});
+  const double err_best = ref::relative_l2(ref::moe_forward(best, x, 37, r, {}), want);
+  const double err_absmax = ref::relative_l2(ref::moe_forward(absmax, x, 37, r, {}), want);
+  MESSAGE("int8 end to end: absmax/127 rows " << err_absmax << ", best per-row scale " << err_best);
+  CHECK(err_best > 1e-2);
+  CHECK(err_best >= 0.9 * err_absmax);  // absmax is within 10 % of the best a row scale can do
+  CHECK(err_absmax <= 1.5e-2);
+}
+
 TEST_CASE("online quantized weights and scales equal an independent reimplementation, exactly") {
   BuiltPlugins p;
   TempDir d;
