@@ -6,7 +6,10 @@
 
 #include <moeq_writer/producers.hpp>
 
+#include "../plugins/online_quant/lending_pool.hpp"
+
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 using namespace moeq;
@@ -34,6 +37,15 @@ writer::MoeSpec small(writer::Layout layout, uint64_t seed) {
   return s;
 }
 
+}  // namespace
+
+namespace {
+struct Item {  // what the lending pool test lends
+  static inline std::atomic<int> alive{0};
+  int uses = 0;
+  Item() { ++alive; }
+  ~Item() { --alive; }
+};
 }  // namespace
 
 TEST_SUITE("concurrency") {
@@ -134,5 +146,66 @@ TEST_SUITE("concurrency") {
     });
     host::set_allocation_fault(0);
     CHECK(failures == 1);
+  }
+
+  // online_quant's per-device scratch pool: twelve threads borrow at once, never more than the
+  // limit exist or are out at a time, everything is reused, and the last detach hands the idle
+  // items back to destroy.
+  TEST_CASE("the lending pool lends at most its limit at once and frees on the last detach") {
+    moeq::online::LendingPool<Item> pool;
+    pool.attach();
+    pool.attach();
+    std::atomic<int> out{0}, most_out{0}, done{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 12; ++t)
+      threads.emplace_back([&] {
+        for (int i = 0; i < 50; ++i) {
+          Item* it = pool.acquire(3);
+          const int now = ++out;
+          int seen = most_out.load();
+          while (now > seen && !most_out.compare_exchange_weak(seen, now)) {
+          }
+          ++it->uses;
+          std::this_thread::sleep_for(std::chrono::microseconds(50));
+          --out;
+          CHECK(pool.give_back(it) == nullptr);  // users attached: kept
+          ++done;
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(done == 600);
+    CHECK(most_out.load() <= 3);
+    CHECK(most_out.load() >= 2);  // they did overlap
+    CHECK(pool.high_water() == 3);
+    CHECK(pool.existing() == 3);
+    CHECK(Item::alive == 3);
+    CHECK(pool.detach().empty());  // one user still attached
+    auto idle = pool.detach();
+    CHECK(idle.size() == 3);
+    int uses = 0;
+    for (auto& it : idle) uses += it->uses;
+    CHECK(uses == 600);
+    idle.clear();
+    CHECK(Item::alive == 0);
+    CHECK(pool.existing() == 0);
+    // An item given back with no user attached is returned to destroy; a forgotten one frees
+    // its place for a waiting borrower.
+    Item* late = pool.acquire(1);
+    CHECK(pool.give_back(late) != nullptr);
+    CHECK(Item::alive == 0);
+    pool.attach();
+    Item* a = pool.acquire(1);
+    std::atomic<bool> got{false};
+    std::thread waiter([&] {
+      Item* b = pool.acquire(1);
+      got = true;
+      pool.give_back(b);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK_FALSE(got.load());  // the only place is lent
+    pool.forget(a).reset();
+    waiter.join();
+    CHECK(got.load());
+    CHECK(pool.detach().size() == 1);
   }
 }

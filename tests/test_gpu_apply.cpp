@@ -272,6 +272,47 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
   }
 }
 
+// Eight layers loaded on eight threads share the device's quantizer scratch pool, which lends
+// at most three sets (one BF16 expert) at a time: loads wait for a set and still give every
+// layer the CPU's codes and scales exactly; the pool's memory is gone after the load.
+TEST_CASE("cuda: online quantization of eight layers on eight threads shares one bounded scratch pool") {
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  writer::MoeSpec s = spec(writer::Layout::kPerExpert, 4, 256, 192, 43);
+  s.num_layers = 8;
+  auto w = writer::write_unquantized(d / "ckpt", s);
+  for (const char* scheme : {"int8", "fp8-block"}) {
+    LoadOptions o;
+    o.online_scheme = scheme;
+    o.threads = 8;
+    BuiltPlugins p;
+    LoadedModel cpu = load_dir(w.dir, p.registry(), o);
+    load_dir(w.dir, p.registry(), on_cuda(o));  // warm: kernel modules the JIT keeps loaded
+    const cuda::MemoryInfo before = cuda::memory_info();
+    std::size_t held = 0;
+    {
+      LoadedModel gpu = load_dir(w.dir, p.registry(), on_cuda(o));
+      REQUIRE(gpu.layers.size() == 8);
+      std::size_t params = 0;
+      for (size_t li = 0; li < 8; ++li) {
+        CAPTURE(scheme);
+        CAPTURE(li);
+        CHECK(gpu.layers[li]->report.ok());
+        const ref::ExpertWeights wg = gpu.dequantized(li, nullptr), wc = cpu.dequantized(li, nullptr);
+        CHECK(wg.w13 == wc.w13);
+        CHECK(wg.w2 == wc.w2);
+        for (const auto& prm : gpu.layers[li]->layer->params) params += static_cast<std::size_t>(prm->numel) * dtype_size(prm->dtype);
+      }
+      held = before.free - cuda::memory_info().free;
+      MESSAGE(scheme << ": 8 layers hold " << held << " device bytes, parameters " << params);
+      CHECK(held >= params);
+    }
+    // Everything the load and the layers took is back (the driver may keep a few MiB of its own).
+    const cuda::MemoryInfo after = cuda::memory_info();
+    CHECK(before.free - std::min(before.free, after.free) <= (std::size_t{8} << 20));
+  }
+}
+
 TEST_CASE("cuda: a shape the kernels cannot run fails at load naming it; a bad apply input is a clear error") {
   if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;

@@ -1,11 +1,16 @@
 #include "device_quantizer.hpp"
 
 #include "gpu/cuda_launch.hpp"
+#include "lending_pool.hpp"
 
 #include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/sdk.hpp>
 
 #include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
 
 namespace moeq::online {
 namespace {
@@ -39,7 +44,62 @@ void launch(void* module, const char* name, unsigned gx, unsigned gy, gpu::CuStr
                 name);
 }
 
+struct Buffer {
+  unsigned long long ptr = 0;
+  std::size_t capacity = 0;
+};
+
+void reserve(Buffer& b, std::size_t bytes, const char* what) {
+  if (bytes <= b.capacity) return;
+  const gpu::LaunchApi& api = gpu::launch_api();
+  if (b.ptr != 0) api.cuMemFree(b.ptr);
+  b = Buffer{};
+  gpu::check_cu(api.cuMemAlloc(&b.ptr, bytes), what);
+  b.capacity = bytes;
+}
+
 }  // namespace
+
+struct DeviceQuantizer::Scratch {
+  int ordinal = -1;  // set by the first quantize that uses it
+  Buffer src, codes, scales, part;
+  ~Scratch() {
+    if (ordinal < 0) return;
+    try {
+      gpu::use_device(ordinal);
+      for (Buffer* b : {&src, &codes, &scales, &part})
+        if (b->ptr != 0) gpu::launch_api().cuMemFree(b->ptr);
+    } catch (...) {  // no driver left to free with
+    }
+  }
+};
+
+namespace {
+
+// One pool of scratch sets per device, shared by every layer being loaded onto it.
+LendingPool<DeviceQuantizer::Scratch>& pool(int ordinal) {
+  static std::mutex m;
+  static std::map<int, std::unique_ptr<LendingPool<DeviceQuantizer::Scratch>>> pools;
+  std::lock_guard lock(m);
+  auto& p = pools[ordinal];
+  if (!p) p = std::make_unique<LendingPool<DeviceQuantizer::Scratch>>();
+  return *p;
+}
+
+}  // namespace
+
+DeviceQuantizer::Result::~Result() {
+  if (scratch_ != nullptr) pool(ordinal_).give_back(scratch_);  // destroyed here if no layer is loading
+}
+
+DeviceQuantizer::Result::Result(Result&& o) noexcept
+    : codes(o.codes),
+      scales(o.scales),
+      scale_shape(std::move(o.scale_shape)),
+      ordinal_(o.ordinal_),
+      scratch_(std::exchange(o.scratch_, nullptr)) {}
+
+std::size_t DeviceQuantizer::pooled_sets(int ordinal) { return pool(ordinal).existing(); }
 
 DeviceQuantizer::DeviceQuantizer(int ordinal, const std::string& scheme) : ordinal_(ordinal), scheme_(scheme) {
   moeq_device_info_args info{};
@@ -61,30 +121,16 @@ DeviceQuantizer::DeviceQuantizer(int ordinal, const std::string& scheme) : ordin
   j.device = {kDLCUDA, ordinal};
   sdk::throw_if_error(sdk::host()->jit_compile(&j));
   module_ = j.module;
+  pool(ordinal_).attach();
+  registered_ = true;
 }
 
 DeviceQuantizer::~DeviceQuantizer() { release(); }
 
 void DeviceQuantizer::release() {
-  for (Buffer* b : {&src_, &codes_, &scales_, &part_}) {
-    if (b->ptr != 0) {
-      try {
-        gpu::use_device(ordinal_);
-        gpu::launch_api().cuMemFree(b->ptr);
-      } catch (...) {
-      }
-    }
-    *b = Buffer{};
-  }
-}
-
-void DeviceQuantizer::reserve(Buffer& b, std::size_t bytes, const char* what) {
-  if (bytes <= b.capacity) return;
-  const gpu::LaunchApi& api = gpu::launch_api();
-  if (b.ptr != 0) api.cuMemFree(b.ptr);
-  b = Buffer{};
-  gpu::check_cu(api.cuMemAlloc(&b.ptr, bytes), what);
-  b.capacity = bytes;
+  if (!registered_) return;
+  registered_ = false;
+  pool(ordinal_).detach();  // the idle sets, if this was the last layer loading, freed here
 }
 
 DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
@@ -107,22 +153,35 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   const std::size_t scale_count =
       scheme_ == "fp8-block" ? static_cast<std::size_t>(nb * kb) : std::max<std::size_t>(static_cast<std::size_t>(rows), 1);
   if (rows == 0 || cols == 0) fail("online quantization: an empty projection");
+  if (!registered_) fail(MOEQ_STATUS_CODE_INTERNAL, "online quantization: quantize after release");
+  // One expert in BF16 is three projections of this size: that many sets of 2-byte sources at
+  // once, one of 4-byte ones.
+  const std::size_t limit = std::max<std::size_t>(1, (3 * 2 * n) / (n * elem));
+  Result r;
+  r.ordinal_ = ordinal_;
+  r.scratch_ = pool(ordinal_).acquire(limit);
+  Scratch& sc = *r.scratch_;
+  sc.ordinal = ordinal_;
   gpu::use_device(ordinal_);
-  reserve(src_, n * elem, "cuMemAlloc (online quantization: one projection in its checkpoint dtype)");
-  reserve(codes_, n, "cuMemAlloc (online quantization: codes)");
-  reserve(scales_, scale_count * 4, "cuMemAlloc (online quantization: scales)");
-  reserve(part_, static_cast<std::size_t>(rows) * 4, "cuMemAlloc (online quantization: row maxima)");
+  try {
+    reserve(sc.src, n * elem, "cuMemAlloc (online quantization: one projection in its checkpoint dtype)");
+    reserve(sc.codes, n, "cuMemAlloc (online quantization: codes)");
+    reserve(sc.scales, scale_count * 4, "cuMemAlloc (online quantization: scales)");
+    reserve(sc.part, static_cast<std::size_t>(rows) * 4, "cuMemAlloc (online quantization: row maxima)");
+  } catch (...) {
+    pool(ordinal_).forget(std::exchange(r.scratch_, nullptr));
+    throw;
+  }
   const gpu::LaunchApi& api = gpu::launch_api();
   gpu::OwnStream stream;
-  gpu::check_cu(api.cuMemcpyHtoDAsync(src_.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
-  Result r;
-  r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(codes_.ptr));
-  r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(scales_.ptr));
-  void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(src_.ptr));
+  gpu::check_cu(api.cuMemcpyHtoDAsync(sc.src.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
+  r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(sc.codes.ptr));
+  r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(sc.scales.ptr));
+  void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.src.ptr));
   int dtc = dt_code(dt), rows_i = static_cast<int>(rows), cols_i = static_cast<int>(cols);
-  void* codes = reinterpret_cast<void*>(static_cast<uintptr_t>(codes_.ptr));
-  void* scales = reinterpret_cast<void*>(static_cast<uintptr_t>(scales_.ptr));
-  void* part = reinterpret_cast<void*>(static_cast<uintptr_t>(part_.ptr));
+  void* codes = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.codes.ptr));
+  void* scales = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.scales.ptr));
+  void* part = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.part.ptr));
   const unsigned R = static_cast<unsigned>(rows);
   if (scheme_ == "int8" || scheme_ == "fp8-channel") {
     int kind = scheme_ == "int8" ? 0 : 1;

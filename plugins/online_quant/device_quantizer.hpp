@@ -3,8 +3,14 @@
 // plugin's kernels into device scratch, and handed to compressed_tensors as device views,
 // which the host copies device to device into the parameters. The codes and scales are the
 // same bytes the CPU schemes (online_scheme.cpp) produce: the same absmax, the same division,
-// round-half-even to int8 and round-to-nearest-even saturating to e4m3. The device never holds
-// more than one projection in high precision.
+// round-half-even to int8 and round-to-nearest-even saturating to e4m3.
+//
+// Device memory: the scratch sets (one projection in its checkpoint dtype, its codes, scales and
+// row maxima) come from one pool per device shared by every layer being loaded, however many
+// loader threads there are. The pool holds at most as many sets as fit one expert of BF16
+// (three projections; one when the source is read as F32), so the device never holds more than
+// one expert's high-precision weights at a time; a load that finds them all busy waits. The
+// sets are freed when the last layer using the pool is loaded.
 #pragma once
 #include <moeq/abi.h>
 #include <moeq/dtype.hpp>
@@ -25,29 +31,40 @@ class DeviceQuantizer {
   DeviceQuantizer(const DeviceQuantizer&) = delete;
   DeviceQuantizer& operator=(const DeviceQuantizer&) = delete;
 
-  struct Result {
+  struct Scratch;  // one set of device buffers, lent by the device's pool
+  // The quantized projection on the device; holds its scratch set until destroyed.
+  class Result {
+   public:
+    Result() = default;
+    ~Result();
+    Result(Result&& o) noexcept;
+    Result& operator=(Result&&) = delete;
+    Result(const Result&) = delete;
     const void* codes = nullptr;  // device [rows, cols] I8 / F8_E4M3
     const float* scales = nullptr;
     std::vector<int64_t> scale_shape;
+
+   private:
+    friend class DeviceQuantizer;
+    int ordinal_ = -1;
+    Scratch* scratch_ = nullptr;
   };
-  // `src` is a host view [rows, cols] of BF16, F16 or F32. Waits until the results are ready;
-  // they stay valid until the next call.
+  // `src` is a host view [rows, cols] of BF16, F16 or F32. Waits for a scratch set and until
+  // the results are ready.
   Result quantize(const DLTensor& src);
-  // Gives the scratch memory back (after the layer is loaded).
+  // This layer is loaded: when it was the last one using the device's pool, the pool's memory
+  // is freed. Idempotent.
   void release();
   int ordinal() const { return ordinal_; }
 
- private:
-  struct Buffer {
-    unsigned long long ptr = 0;
-    std::size_t capacity = 0;
-  };
-  void reserve(Buffer& b, std::size_t bytes, const char* what);
+  // Scratch sets the device's pool holds now (tests and benchmarks).
+  static std::size_t pooled_sets(int ordinal);
 
+ private:
   int ordinal_;
   std::string scheme_;
   void* module_ = nullptr;
-  Buffer src_, codes_, scales_, part_;
+  bool registered_ = false;
   std::vector<float> host_rows_;  // a non-contiguous source, read as F32
 };
 

@@ -4,7 +4,7 @@
 # harness and its precompiled JIT cache in .devbuild/ (MOEQ_CACHE_DIR); writes logs to $OUT.
 # LOAD=1 (with CHECK=0 TIME=0 for a load-only call): synthesizes Qwen3-30B-A3B checkpoints in
 # $LOAD_DIR (default /tmp/moeq_load; ~4.3 GB fp8-channel, ~2.4 GB bf16), runs `moeq bench load`
-# on each (the bf16 one with --online int8 and fp8-channel) and `moeq bench jit` (JIT=0 skips
+# on each (the bf16 one with --online each of $ONLINE, default int8 and fp8-channel) and `moeq bench jit` (JIT=0 skips
 # it), with the `moeq` of $MOEQ_BIN (default: the first of build/carry/bin/moeq, build/bin/moeq,
 # .devbuild/moeq; build/carry holds stripped copies of moeq and the plugins, small enough to carry).
 set -u
@@ -73,7 +73,7 @@ if [ "${LOAD:-0}" = 1 ]; then
     2>&1 | tee -a "$OUT/load_synth.txt"
   timeout ${LOAD_TIMEOUT:-100} $M bench load ${LOAD_ARGS:-} "$FP8" > "$OUT/load_fp8_channel.txt" 2>&1
   echo "bench load fp8-channel rc=$?"; cat "$OUT/load_fp8_channel.txt"
-  for s in int8 fp8-channel; do
+  for s in ${ONLINE:-int8 fp8-channel}; do
     timeout ${LOAD_TIMEOUT:-100} $M bench load ${LOAD_ARGS:-} --online $s "$BF" > "$OUT/load_bf16_online_$s.txt" 2>&1
     echo "bench load bf16 --online $s rc=$?"; grep -E "^\||MISMATCH|error|ALL|DIFFER" "$OUT/load_bf16_online_$s.txt"
   done
