@@ -4,8 +4,14 @@
 // invariance, and for all-zero rows and experts.
 #include "support.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <fstream>
+#include <thread>
 
 using namespace moeq;
 using namespace moeq::test;
@@ -298,6 +304,76 @@ TEST_CASE("an all-zero row and an all-zero expert get scale 1, never 0/0") {
       CHECK(load_as_float(s->storage.data(), s->dtype, 3 * 2 * I + 7) == 1.0f);
     }
   }
+}
+
+// The process's anonymous resident memory (RssAnon of /proc/self/status), in bytes.
+int64_t rss_anon() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;  // "RssAnon:   1234 kB"
+  return -1;
+}
+
+// The host never holds a whole layer in high precision: the checkpoint is mapped (file pages),
+// one projection at a time is read into floats, and only the final int8/fp8 parameters grow.
+// A thread polls RssAnon during the load; its peak growth must stay under final parameters +
+// one expert in f32 + 16 MiB, which is less than the bf16 layer alone.
+TEST_CASE("online quantization on the host never holds a whole bf16 layer: peak anonymous memory stays near final size") {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  MESSAGE("skipped under a sanitizer: its shadow memory and quarantine are counted as resident");
+  return;
+#else
+  if (rss_anon() < 0) {
+    MESSAGE("skipped: no RssAnon in /proc/self/status");
+    return;
+  }
+  BuiltPlugins p;
+  TempDir d;
+  writer::MoeSpec big = spec(writer::Layout::kPerExpert);
+  big.num_experts = 32;
+  big.hidden = 1024;
+  big.intermediate = 512;
+  const int64_t E = 32, H = 1024, I = 512;
+  const int64_t bf16_layer = E * 3 * H * I * 2;  // 96 MiB
+  for (auto layout : {writer::Layout::kPerExpert, writer::Layout::kGraniteFused}) {
+    big.layout = layout;
+    writer::WrittenCheckpoint w = writer::write_unquantized(d / writer::layout_name(layout), big);
+    for (const char* scheme : {"int8", "fp8-block"}) {
+      CAPTURE(scheme);
+      CAPTURE(writer::layout_name(layout));
+      const int64_t final_bytes = E * 3 * H * I;  // one byte a weight, scales aside
+      const int64_t bound = final_bytes + 3 * H * I * 4 + (int64_t{16} << 20);
+      REQUIRE(bound - final_bytes < bf16_layer);  // the check can tell a materialized layer
+      ::malloc_trim(0);  // free heap pages go back to the kernel: the growth is not hidden by reuse
+      const int64_t base = rss_anon();
+      std::atomic<int64_t> peak{base};
+      std::atomic<bool> stop{false};
+      std::thread poll([&] {
+        while (!stop) {
+          peak = std::max(peak.load(), rss_anon());
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+      });
+      int64_t held = 0;
+      {
+        LoadOptions o = online(scheme);
+        o.threads = 1;
+        LoadedModel m = load_dir(w.dir, p.registry(), o);
+        peak = std::max(peak.load(), rss_anon());
+        for (const auto& prm : m.layers[0]->layer->params) held += static_cast<int64_t>(prm->storage.size());
+      }
+      stop = true;
+      poll.join();
+      const int64_t grew = peak - base;
+      MESSAGE(std::string(scheme) << " " << std::string(writer::layout_name(layout)) << ": anonymous memory grew by at most " << (grew >> 20)
+                     << " MiB during the load (parameters " << (held >> 20) << " MiB, bf16 layer "
+                     << (bf16_layer >> 20) << " MiB)");
+      CHECK(held >= final_bytes);
+      CHECK(grew <= bound);
+    }
+  }
+#endif
 }
 
 TEST_CASE("online_quant declines quantized checkpoints and unknown schemes, with reasons") {
