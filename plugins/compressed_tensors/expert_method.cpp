@@ -371,7 +371,7 @@ class ExpertMethod final : public sdk::Method {
   const float* read_floats(const DLTensor* t, int64_t n, std::vector<float>& buf) const {
     if (!on_gpu()) return static_cast<const float*>(t->data);
     buf.resize(static_cast<size_t>(n));
-    gpu::read_device(device_.device_id, buf.data(), reinterpret_cast<uintptr_t>(t->data), buf.size() * 4,
+    cu::read_device(device_.device_id, buf.data(), reinterpret_cast<uintptr_t>(t->data), buf.size() * 4,
                      "reading the static input scales back");
     return buf.data();
   }

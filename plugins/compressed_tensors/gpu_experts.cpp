@@ -1,6 +1,6 @@
 #include "gpu_experts.hpp"
 
-#include "gpu/cuda_launch.hpp"
+#include <moeq/sdk/cuda.hpp>
 #include "gpu/kernel_sources.hpp"
 
 #include <moeq/sdk/sdk.hpp>
@@ -115,10 +115,10 @@ gpu::DeviceLimits device_limits(int ordinal) {
   l.sm_major = info.sm_major;
   l.sm_minor = info.sm_minor;
   l.multiprocessors = info.multiprocessors;
-  const gpu::LaunchApi& api = gpu::launch_api();
+  const cu::Driver& api = cu::driver();
   int dev = 0, smem = 0;
-  gpu::check_cu(api.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
-  gpu::check_cu(api.cuDeviceGetAttribute(&smem, kAttrMaxSmemOptin, dev), "cuDeviceGetAttribute");
+  cu::check(api.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
+  cu::check(api.cuDeviceGetAttribute(&smem, kAttrMaxSmemOptin, dev), "cuDeviceGetAttribute");
   l.max_smem_per_block = smem;
   return l;
 }
@@ -166,7 +166,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
     hn.push_back(header_names[i].c_str());
     ht.push_back(header_texts[i].c_str());
   }
-  std::vector<gpu::CuModule> modules(sets.size(), nullptr);
+  std::vector<cu::Module> modules(sets.size(), nullptr);
   std::vector<std::string> errors(sets.size());
   std::vector<int> hits(sets.size(), 0);
   auto compile = [&](std::size_t i) {
@@ -199,13 +199,13 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   for (const std::string& e : errors)
     if (!e.empty()) fail(MOEQ_STATUS_CODE_INTERNAL, where + e);
   cache_hits_ = std::accumulate(hits.begin(), hits.end(), 0);
-  gpu::CuModule utility = repack ? modules.back() : nullptr;
+  cu::Module utility = repack ? modules.back() : nullptr;
   if (repack) modules.pop_back();
   runner_ = std::make_unique<gpu::MoeRunner>(*plan_, modules);
 
-  const gpu::LaunchApi& api = gpu::launch_api();
-  gpu::use_device(ordinal);
-  gpu::check_cu(api.cuMemAlloc(&workspace_, std::max<std::size_t>(plan_->workspace_bytes(), 256)),
+  const cu::Driver& api = cu::driver();
+  cu::use_device(ordinal);
+  cu::check(api.cuMemAlloc(&workspace_, std::max<std::size_t>(plan_->workspace_bytes(), 256)),
                 ("cuMemAlloc of the " + s(static_cast<int64_t>(plan_->workspace_bytes())) + "-byte workspace").c_str());
   weights_.w13 = layout.w13;
   weights_.w2 = layout.w2;
@@ -225,7 +225,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   weights_.a2_static = layout.a2_static;
   if (repack) {
     const int64_t E = layout.num_local, H = layout.hidden, I = layout.intermediate;
-    gpu::OwnStream stream;
+    cu::OwnStream stream;
     gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w13), E * 2 * I * H, stream.get());
     gpu::launch_repack_w8a16(utility, const_cast<void*>(layout.w2), E * H * I, stream.get());
     stream.sync("repacking int8 codes");
@@ -235,8 +235,8 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
 GpuExperts::~GpuExperts() {
   if (workspace_ == 0) return;
   try {
-    gpu::use_device(ordinal_);
-    gpu::launch_api().cuMemFree(workspace_);
+    cu::use_device(ordinal_);
+    cu::driver().cuMemFree(workspace_);
   } catch (...) {
   }
 }
@@ -286,7 +286,7 @@ void GpuExperts::dequantize(int64_t le, float* w13, float* w2) const {
   std::vector<uint8_t> c13(static_cast<std::size_t>(2 * I * H) * elem), c2(static_cast<std::size_t>(H * I) * elem);
   std::vector<float> s13(static_cast<std::size_t>(n13)), s2(static_cast<std::size_t>(n2));
   auto read = [&](void* dst, const void* base, std::size_t offset, std::size_t bytes) {
-    gpu::read_device(ordinal_, dst, reinterpret_cast<uintptr_t>(base) + offset, bytes, "reading an expert back");
+    cu::read_device(ordinal_, dst, reinterpret_cast<uintptr_t>(base) + offset, bytes, "reading an expert back");
   };
   read(c13.data(), e.w13, static_cast<std::size_t>(le) * c13.size(), c13.size());
   read(c2.data(), e.w2, static_cast<std::size_t>(le) * c2.size(), c2.size());

@@ -16,6 +16,8 @@
 
 namespace moeq::ct {
 
+namespace cu = ::moeq::sdk::cuda;
+
 // The kernels' terms for a scheme (throws naming what the kernels do not run).
 gpu::GpuScheme gpu_scheme_of(const CpuExperts& layout);
 
@@ -47,7 +49,7 @@ class GpuExperts {
   std::unique_ptr<gpu::MoePlan> plan_;
   std::unique_ptr<gpu::MoeRunner> runner_;
   gpu::LayerWeights weights_;
-  gpu::CuDevicePtr workspace_ = 0;
+  cu::DevicePtr workspace_ = 0;
   int cache_hits_ = 0;
 };
 

@@ -1,8 +1,8 @@
 #include "device_quantizer.hpp"
 
-#include "gpu/cuda_launch.hpp"
 #include "lending_pool.hpp"
 
+#include <moeq/sdk/cuda.hpp>
 #include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/sdk.hpp>
 
@@ -15,7 +15,7 @@
 namespace moeq::online {
 namespace {
 
-namespace gpu = ::moeq::ct::gpu;
+namespace cu = ::moeq::sdk::cuda;
 
 constexpr int kThreads = 256;
 constexpr int64_t kBlock = 128;
@@ -33,13 +33,13 @@ int dt_code(DType d) {
 }
 
 void* function(void* module, const char* name) {
-  gpu::CuFunction f = nullptr;
-  gpu::check_cu(gpu::launch_api().cuModuleGetFunction(&f, module, name), name);
+  cu::Function f = nullptr;
+  cu::check(cu::driver().cuModuleGetFunction(&f, module, name), name);
   return f;
 }
 
-void launch(void* module, const char* name, unsigned gx, unsigned gy, gpu::CuStream s, std::vector<void*> args) {
-  gpu::check_cu(gpu::launch_api().cuLaunchKernel(function(module, name), gx, gy, 1, kThreads, 1, 1, 0, s,
+void launch(void* module, const char* name, unsigned gx, unsigned gy, cu::Stream s, std::vector<void*> args) {
+  cu::check(cu::driver().cuLaunchKernel(function(module, name), gx, gy, 1, kThreads, 1, 1, 0, s,
                                                  args.data(), nullptr),
                 name);
 }
@@ -51,10 +51,10 @@ struct Buffer {
 
 void reserve(Buffer& b, std::size_t bytes, const char* what) {
   if (bytes <= b.capacity) return;
-  const gpu::LaunchApi& api = gpu::launch_api();
+  const cu::Driver& api = cu::driver();
   if (b.ptr != 0) api.cuMemFree(b.ptr);
   b = Buffer{};
-  gpu::check_cu(api.cuMemAlloc(&b.ptr, bytes), what);
+  cu::check(api.cuMemAlloc(&b.ptr, bytes), what);
   b.capacity = bytes;
 }
 
@@ -66,9 +66,9 @@ struct DeviceQuantizer::Scratch {
   ~Scratch() {
     if (ordinal < 0) return;
     try {
-      gpu::use_device(ordinal);
+      cu::use_device(ordinal);
       for (Buffer* b : {&src, &codes, &scales, &part})
-        if (b->ptr != 0) gpu::launch_api().cuMemFree(b->ptr);
+        if (b->ptr != 0) cu::driver().cuMemFree(b->ptr);
     } catch (...) {  // no driver left to free with
     }
   }
@@ -162,7 +162,7 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   r.scratch_ = pool(ordinal_).acquire(limit);
   Scratch& sc = *r.scratch_;
   sc.ordinal = ordinal_;
-  gpu::use_device(ordinal_);
+  cu::use_device(ordinal_);
   try {
     reserve(sc.src, n * elem, "cuMemAlloc (online quantization: one projection in its checkpoint dtype)");
     reserve(sc.codes, n, "cuMemAlloc (online quantization: codes)");
@@ -172,9 +172,9 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
     pool(ordinal_).forget(std::exchange(r.scratch_, nullptr));
     throw;
   }
-  const gpu::LaunchApi& api = gpu::launch_api();
-  gpu::OwnStream stream;
-  gpu::check_cu(api.cuMemcpyHtoDAsync(sc.src.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
+  const cu::Driver& api = cu::driver();
+  cu::OwnStream stream;
+  cu::check(api.cuMemcpyHtoDAsync(sc.src.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
   r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(sc.codes.ptr));
   r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(sc.scales.ptr));
   void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.src.ptr));

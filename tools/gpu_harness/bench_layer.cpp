@@ -127,7 +127,7 @@ DeviceLayer::DeviceLayer(BenchKernels& fill, Driver& d, const SchemeSpec& spec, 
   driver_.sync(s);
 }
 
-void DeviceLayer::repack(ct::gpu::CuModule utility, Stream s) {
+void DeviceLayer::repack(sdk::cuda::Module utility, Stream s) {
   if (spec_.scheme.kind != mk::kKindW8A16 || repacked_) return;
   ct::gpu::launch_repack_w8a16(utility, reinterpret_cast<void*>(w13_.get()), static_cast<int64_t>(w13_.bytes()), s);
   ct::gpu::launch_repack_w8a16(utility, reinterpret_cast<void*>(w2_.get()), static_cast<int64_t>(w2_.bytes()), s);

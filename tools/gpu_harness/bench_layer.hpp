@@ -44,7 +44,7 @@ class DeviceLayer {
   double expert_bytes() const { return expert_bytes_; }
   // Permutes W8A16 codes as the kernels read them (after the CPU side no longer needs the
   // original order; expert() undoes it).
-  void repack(ct::gpu::CuModule utility, Stream s);
+  void repack(sdk::cuda::Module utility, Stream s);
   // Dequantized float weights of local expert le, downloaded from the device.
   ExpertFloat expert(int64_t le) const;
 

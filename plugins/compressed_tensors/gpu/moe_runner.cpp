@@ -68,10 +68,10 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
          s(sc.scale_k) + ">";
 }
 
-void launch(CuFunction f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, CuStream stream, void* args,
+void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, cu::Stream stream, void* args,
             const char* what, const std::function<void(const char*)>& after = {}) {
   void* params[] = {args};
-  check_cu(launch_api().cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, smem, stream, params, nullptr), what);
+  cu::check(cu::driver().cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, smem, stream, params, nullptr), what);
   if (after) after(what);
 }
 
@@ -216,16 +216,16 @@ std::vector<KernelSetSource> MoePlan::sources() const {
   return out;
 }
 
-MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<CuModule>& modules) : plan_(&plan) {
+MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules) : plan_(&plan) {
   MOEQ_CHECK(modules.size() == plan.buckets().size(),
              "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
                  s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
-  const auto& api = launch_api();
+  const auto& api = cu::driver();
   const bool fp8 = plan.scheme().kind == mk::kKindFp8;
   for (std::size_t i = 0; i < modules.size(); ++i) {
     Functions f;
-    auto get = [&](CuFunction& fn, const char* name) {
-      check_cu(api.cuModuleGetFunction(&fn, modules[i], name), name);
+    auto get = [&](cu::Function& fn, const char* name) {
+      cu::check(api.cuModuleGetFunction(&fn, modules[i], name), name);
     };
     get(f.count, "moe_count");
     get(f.zero_counts, "moe_zero_counts");
@@ -239,15 +239,15 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<CuModule>& modules) 
     }
     if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, "moe_quant_h");
     const Bucket& b = plan.buckets()[i];
-    check_cu(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm1)),
+    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm1)),
              "cuFuncSetAttribute(moe_gemm1)");
-    check_cu(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm2)),
+    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm2)),
              "cuFuncSetAttribute(moe_gemm2)");
     functions_.push_back(f);
   }
 }
 
-void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, CuStream stream,
+void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu::Stream stream,
                     const std::function<void(const char*)>& after) const {
   const MoePlan& p = *plan_;
   const auto& d = p.dims();
@@ -346,7 +346,7 @@ KernelSetSource utility_source() {
   return k;
 }
 
-void launch_route(CuModule utility, const RouteIo& io, CuStream stream) {
+void launch_route(cu::Module utility, const RouteIo& io, cu::Stream stream) {
   MOEQ_CHECK(io.num_experts >= 1 && io.num_experts <= mk::kRouteMaxExperts,
              "route: experts must be in [1, " + s(mk::kRouteMaxExperts) + "], found " + s(io.num_experts));
   MOEQ_CHECK(io.top_k >= 1 && io.top_k <= 32 && io.top_k <= io.num_experts, "route: top_k must be in [1, min(32, E)]");
@@ -355,8 +355,8 @@ void launch_route(CuModule utility, const RouteIo& io, CuStream stream) {
     MOEQ_CHECK(io.num_experts % io.n_group == 0 && io.topk_group >= 1 && io.topk_group <= io.n_group,
                "route: n_group must divide E and topk_group be in [1, n_group]");
   if (io.m == 0) return;
-  CuFunction f = nullptr;
-  check_cu(launch_api().cuModuleGetFunction(&f, utility, "moe_route"), "moe_route");
+  cu::Function f = nullptr;
+  cu::check(cu::driver().cuModuleGetFunction(&f, utility, "moe_route"), "moe_route");
   mk::RouteArgs r{};
   r.logits = io.logits;
   r.bias = io.bias;
@@ -374,13 +374,13 @@ void launch_route(CuModule utility, const RouteIo& io, CuStream stream) {
          "moe_route");
 }
 
-void launch_repack_w8a16(CuModule utility, void* codes, int64_t bytes, CuStream stream) {
+void launch_repack_w8a16(cu::Module utility, void* codes, int64_t bytes, cu::Stream stream) {
   MOEQ_CHECK(bytes % 16 == 0, "repack: W8A16 codes must come in whole 16-byte groups");
-  CuFunction f = nullptr;
-  check_cu(launch_api().cuModuleGetFunction(&f, utility, "moe_repack_w8a16"), "moe_repack_w8a16");
+  cu::Function f = nullptr;
+  cu::check(cu::driver().cuModuleGetFunction(&f, utility, "moe_repack_w8a16"), "moe_repack_w8a16");
   long long groups = bytes / 16;
   void* params[] = {&codes, &groups};
-  check_cu(launch_api().cuLaunchKernel(f, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(groups, 256), 1, 4096)),
+  cu::check(cu::driver().cuLaunchKernel(f, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(groups, 256), 1, 4096)),
                                        1, 1, 256, 1, 1, 0, stream, params, nullptr),
            "moe_repack_w8a16");
 }

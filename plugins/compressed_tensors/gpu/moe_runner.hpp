@@ -12,8 +12,9 @@
 //   combine    out[m] = sum of the local slots of y2, in slot order
 #pragma once
 #include "../kernels/moe_args.cuh"
-#include "cuda_launch.hpp"
 #include "tile_heuristics.hpp"
+
+#include <moeq/sdk/cuda.hpp>
 
 #include <cstddef>
 #include <cstdint>
@@ -24,6 +25,7 @@
 namespace moeq::ct::gpu {
 
 namespace mk = ::moeq_kernels;
+namespace cu = ::moeq::sdk::cuda;
 
 // What the kernels compute, in the terms of moe_args.cuh.
 struct GpuScheme {
@@ -116,17 +118,17 @@ class MoePlan {
 // Kernel functions of a plan, looked up in the modules compiled from plan.sources().
 class MoeRunner {
  public:
-  MoeRunner(const MoePlan& plan, const std::vector<CuModule>& modules);
+  MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules);
   // Launches the sequence for every chunk of io.m tokens on `stream`. `workspace` holds
   // plan.workspace_bytes(), 256-byte aligned.
   // `after_launch`, when set, is called on the host after each kernel is queued, with the
   // kernel's name (a profiling hook: the harness records an event there).
-  void run(const RunIo& io, const LayerWeights& w, void* workspace, CuStream stream,
+  void run(const RunIo& io, const LayerWeights& w, void* workspace, cu::Stream stream,
            const std::function<void(const char*)>& after_launch = {}) const;
 
  private:
   struct Functions {
-    CuFunction zero_counts = nullptr, count = nullptr, prepare = nullptr, amax_x = nullptr, gemm1 = nullptr, amax_h = nullptr, quant_h = nullptr,
+    cu::Function zero_counts = nullptr, count = nullptr, prepare = nullptr, amax_x = nullptr, gemm1 = nullptr, amax_h = nullptr, quant_h = nullptr,
                gemm2 = nullptr, combine = nullptr;
   };
   const MoePlan* plan_;
@@ -150,8 +152,8 @@ struct RouteIo {
   int topk_group = 0;
   float routed_scaling_factor = 1.0f;
 };
-void launch_route(CuModule utility, const RouteIo& io, CuStream stream);
+void launch_route(cu::Module utility, const RouteIo& io, cu::Stream stream);
 // Repacks int8 W8A16 codes in place: `bytes` = rows x K with K a multiple of 16.
-void launch_repack_w8a16(CuModule utility, void* codes, int64_t bytes, CuStream stream);
+void launch_repack_w8a16(cu::Module utility, void* codes, int64_t bytes, cu::Stream stream);
 
 }  // namespace moeq::ct::gpu

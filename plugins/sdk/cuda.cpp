@@ -1,0 +1,122 @@
+#include <moeq/error.hpp>
+#include <moeq/sdk/cuda.hpp>
+
+#include <dlfcn.h>
+
+#include <map>
+#include <mutex>
+
+namespace moeq::sdk::cuda {
+
+DriverLoad load_driver(const char* library) {
+  DriverLoad out;
+  // RTLD_LOCAL: the driver's symbols stay out of the global namespace. The library is never
+  // closed (a driver's destructors and threads do not expect it).
+  void* lib = dlopen(library, RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) {
+    const char* why = dlerror();
+    out.error = std::string("no CUDA driver (") + library + ": " + (why ? why : "not found") + ")";
+    return out;
+  }
+  auto d = std::make_unique<Driver>();
+  const std::pair<void**, const char*> symbols[] = {
+      {reinterpret_cast<void**>(&d->cuInit), "cuInit"},
+      {reinterpret_cast<void**>(&d->cuGetErrorName), "cuGetErrorName"},
+      {reinterpret_cast<void**>(&d->cuDeviceGet), "cuDeviceGet"},
+      {reinterpret_cast<void**>(&d->cuDeviceGetAttribute), "cuDeviceGetAttribute"},
+      {reinterpret_cast<void**>(&d->cuDevicePrimaryCtxRetain), "cuDevicePrimaryCtxRetain"},
+      {reinterpret_cast<void**>(&d->cuCtxSetCurrent), "cuCtxSetCurrent"},
+      {reinterpret_cast<void**>(&d->cuModuleGetFunction), "cuModuleGetFunction"},
+      {reinterpret_cast<void**>(&d->cuFuncSetAttribute), "cuFuncSetAttribute"},
+      {reinterpret_cast<void**>(&d->cuLaunchKernel), "cuLaunchKernel"},
+      {reinterpret_cast<void**>(&d->cuMemAlloc), "cuMemAlloc_v2"},
+      {reinterpret_cast<void**>(&d->cuMemFree), "cuMemFree_v2"},
+      {reinterpret_cast<void**>(&d->cuMemcpyDtoHAsync), "cuMemcpyDtoHAsync_v2"},
+      {reinterpret_cast<void**>(&d->cuMemcpyHtoDAsync), "cuMemcpyHtoDAsync_v2"},
+      {reinterpret_cast<void**>(&d->cuStreamCreate), "cuStreamCreate"},
+      {reinterpret_cast<void**>(&d->cuStreamDestroy), "cuStreamDestroy_v2"},
+      {reinterpret_cast<void**>(&d->cuStreamSynchronize), "cuStreamSynchronize"},
+  };
+  for (const auto& [slot, name] : symbols) {
+    *slot = dlsym(lib, name);
+    if (*slot == nullptr) {
+      out.error = std::string(library) + " lacks " + name + ": the driver is too old";
+      return out;
+    }
+  }
+  out.driver = std::move(d);
+  return out;
+}
+
+namespace {
+
+DriverLoad load_and_init() {
+  DriverLoad l = load_driver("libcuda.so.1");
+  if (l.driver) {
+    if (const int r = l.driver->cuInit(0); r != 0) {
+      const char* name = nullptr;
+      l.driver->cuGetErrorName(r, &name);
+      l.error = std::string("no CUDA driver (cuInit failed: ") + (name ? name : std::to_string(r)) + ")";
+      l.driver.reset();
+    }
+  }
+  return l;
+}
+
+}  // namespace
+
+const Driver& driver() {
+  static const DriverLoad loaded = load_and_init();  // C++ magic statics: one thread loads
+  if (!loaded.driver) fail(MOEQ_STATUS_CODE_UNAVAILABLE, loaded.error);
+  return *loaded.driver;
+}
+
+void check(int result, const char* what) {
+  if (result == 0) return;
+  const char* name = nullptr;
+  driver().cuGetErrorName(result, &name);
+  fail(MOEQ_STATUS_CODE_INTERNAL, std::string(what) + ": " + (name ? name : "CUDA error " + std::to_string(result)));
+}
+
+void use_device(int ordinal) {
+  const Driver& d = driver();
+  static std::mutex mutex;
+  static std::map<int, Context> retained;  // kept for the life of the process, like the host's
+  Context ctx = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = retained.find(ordinal);
+    if (it == retained.end()) {
+      int dev = 0;
+      check(d.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
+      check(d.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain");
+      retained.emplace(ordinal, ctx);
+    } else {
+      ctx = it->second;
+    }
+  }
+  check(d.cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+}
+
+OwnStream::OwnStream() {
+  constexpr unsigned kNonBlocking = 1;  // CU_STREAM_NON_BLOCKING
+  check(driver().cuStreamCreate(&stream_, kNonBlocking), "cuStreamCreate");
+}
+
+OwnStream::~OwnStream() {
+  if (stream_ == nullptr) return;
+  driver().cuStreamSynchronize(stream_);
+  driver().cuStreamDestroy(stream_);
+}
+
+void OwnStream::sync(const char* what) const { check(driver().cuStreamSynchronize(stream_), what); }
+
+void read_device(int ordinal, void* dst, DevicePtr src, size_t bytes, const char* what) {
+  if (bytes == 0) return;
+  use_device(ordinal);
+  OwnStream s;
+  check(driver().cuMemcpyDtoHAsync(dst, src, bytes, s.get()), what);
+  s.sync(what);
+}
+
+}  // namespace moeq::sdk::cuda
