@@ -23,6 +23,7 @@
 
 #include <boost/json.hpp>
 
+#include <cmath>
 #include <fstream>
 #include <functional>
 
@@ -269,6 +270,37 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
     BuiltPlugins p;
     LoadedModel m = load_dir(w.dir, p.registry(), on_cuda(o));
     CHECK(m.layers[0]->report.describe_json.find("\"quantized_on\":\"cuda:0\"") != std::string::npos);
+  }
+}
+
+// The device quantizer flags a NaN or infinite source weight (the lowest flat index, read back
+// with the codes) and the load fails as on the CPU, naming the element, with nothing left
+// allocated; per-expert and Granite's fused tensor (a strided piece, read on the host first).
+TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization naming the element") {
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  const int64_t H = 256, I = 192;
+  auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, H, I, 44));
+  auto g = writer::write_unquantized(d / "granite", spec(writer::Layout::kGraniteFused, 4, H, I, 45));
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    set_element(m.at("model.layers.0.mlp.experts.1.down_proj.weight"), 130 * I + 140, std::nanf(""));
+    set_element(m.at("model.layers.0.mlp.experts.1.down_proj.weight"), 131 * I + 2, -INFINITY);
+  });
+  rewrite_tensors(g.dir, [&](TensorMap& m) {
+    set_element(m.at("model.layers.0.block_sparse_moe.input_linear.weight"), (3 * 2 * I + 5) * H + 9, INFINITY);
+  });
+  BuiltPlugins p;
+  for (const char* scheme : {"int8", "fp8-tensor", "fp8-channel", "fp8-block"}) {
+    CAPTURE(scheme);
+    LoadOptions o;
+    o.online_scheme = scheme;
+    const std::string e = error_of([&] { load_dir(w.dir, p.registry(), on_cuda(o)); });
+    CHECK(e.find("model.layers.0.mlp.experts.1.down_proj.weight: w2 (down) of expert 1, element [130, 140] is NaN") !=
+          std::string::npos);
+    const std::string f = error_of([&] { load_dir(g.dir, p.registry(), on_cuda(o)); });
+    CHECK(f.find("model.layers.0.block_sparse_moe.input_linear.weight: w1 (gate) of expert 3, element [5, 9] is +inf") !=
+          std::string::npos);
+    CHECK(host::live_param_bytes() == 0);
   }
 }
 

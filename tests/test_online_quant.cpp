@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <thread>
 
 using namespace moeq;
@@ -306,6 +307,65 @@ TEST_CASE("an all-zero row and an all-zero expert get scale 1, never 0/0") {
   }
 }
 
+// A NaN or an infinity in a source weight would make its row's (block's, projection's) scale
+// meaningless: the load fails naming the tensor, the projection, the expert and the first bad
+// element within it, and nothing is left allocated. Per-expert files and Granite's fused
+// [E, 2I, H] tensor (where [r, c] counts within the expert's w3 piece), every scheme.
+TEST_CASE("a NaN or infinite source weight is an error naming where it is, every scheme, both layouts") {
+  BuiltPlugins p;
+  TempDir d;
+  const int64_t H = 256, I = 192;
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    writer::Layout layout;
+    std::string tensor;
+    size_t first, second;  // flat indices in the file tensor: the reported one, and a later one
+    std::string where;
+  };
+  const Case cases[] = {
+      {writer::Layout::kPerExpert, "model.layers.0.mlp.experts.2.up_proj.weight", 7 * H + 11, 100 * H + 3,
+       "w3 (up) of expert 2, element [7, 11]"},
+      {writer::Layout::kGraniteFused, "model.layers.0.block_sparse_moe.input_linear.weight",
+       static_cast<size_t>((2 * 2 * I + I + 7) * H + 11), static_cast<size_t>((2 * 2 * I + I + 100) * H + 3),
+       "w3 (up) of expert 2, element [7, 11]"},
+  };
+  for (const Case& c : cases) {
+    for (const bool is_nan : {true, false}) {
+      writer::WrittenCheckpoint w = writer::write_unquantized(
+          d / (std::string(writer::layout_name(c.layout)) + (is_nan ? "-nan" : "-inf")), spec(c.layout));
+      rewrite_tensors(w.dir, [&](TensorMap& m) {
+        EditableTensor& t = m.at(c.tensor);
+        set_element(t, c.first, is_nan ? nan : -inf);
+        set_element(t, c.second, inf);  // a later one: the first is named
+      });
+      for (const char* scheme : kSchemes) {
+        CAPTURE(scheme);
+        CAPTURE(c.tensor);
+        const std::string e = error_of([&] { load_dir(w.dir, p.registry(), online(scheme)); });
+        CHECK(e.find(c.tensor + ": " + c.where + " is " + (is_nan ? "NaN" : "-inf")) != std::string::npos);
+        CHECK(e.find("online quantization needs finite weights") != std::string::npos);
+        // The parameter left unwritten is put down to the failed tensor, not to a missing one.
+        CHECK(e.find("elements not written") != std::string::npos);
+        CHECK(e.find("(a tensor above failed to load, or a checkpoint tensor is missing)") != std::string::npos);
+        CHECK(host::live_param_bytes() == 0);
+      }
+    }
+  }
+  // w2 (down) of expert 0, [200, 150]: the second row block and column block of fp8-block.
+  writer::WrittenCheckpoint w = writer::write_unquantized(d / "down-inf", spec(writer::Layout::kPerExpert));
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    set_element(m.at("model.layers.0.mlp.experts.0.down_proj.weight"), 200 * I + 150, inf);
+  });
+  for (const char* scheme : kSchemes) {
+    CAPTURE(scheme);
+    const std::string e = error_of([&] { load_dir(w.dir, p.registry(), online(scheme)); });
+    CHECK(e.find("model.layers.0.mlp.experts.0.down_proj.weight: w2 (down) of expert 0, element [200, 150] is +inf") !=
+          std::string::npos);
+  }
+}
+
+namespace {
+
 // The process's anonymous resident memory (RssAnon of /proc/self/status), in bytes.
 int64_t rss_anon() {
   std::ifstream f("/proc/self/status");
@@ -314,6 +374,8 @@ int64_t rss_anon() {
     if (line.rfind("RssAnon:", 0) == 0) return std::stoll(line.substr(8)) * 1024;  // "RssAnon:   1234 kB"
   return -1;
 }
+
+}  // namespace
 
 // The host never holds a whole layer in high precision: the checkpoint is mapped (file pages),
 // one projection at a time is read into floats, and only the final int8/fp8 parameters grow.

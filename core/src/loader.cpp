@@ -368,6 +368,9 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   rep.params = host::coverage(*out.layer);
+  // A tensor that failed above leaves its elements unwritten: say so rather than blame a missing one.
+  const bool tensor_failed = std::any_of(rep.entries.begin(), rep.entries.end(),
+                                         [](const LedgerEntry& e) { return e.state == LedgerEntry::State::kError; });
   for (const ParamCoverage& c : rep.params) {
     if (c.first_gap.empty()) continue;
     const ParamRecord* rec = host::find_param(*out.layer, c.name);
@@ -375,7 +378,8 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
                             std::to_string(c.numel - c.written - c.defaulted) + " of " + std::to_string(c.numel) +
                             " elements not written, first at " + c.first_gap +
                             (rec ? " (unwritten: " + unwritten_regions(*rec, 4) + ")" : std::string()) +
-                            " (a checkpoint tensor is missing)";
+                            (tensor_failed ? " (a tensor above failed to load, or a checkpoint tensor is missing)"
+                                           : " (a checkpoint tensor is missing)");
     if (opt.strict)
       rep.problems.push_back(msg);
     else

@@ -62,12 +62,12 @@ void reserve(Buffer& b, std::size_t bytes, const char* what) {
 
 struct DeviceQuantizer::Scratch {
   int ordinal = -1;  // set by the first quantize that uses it
-  Buffer src, codes, scales, part;
+  Buffer src, codes, scales, part, bad;
   ~Scratch() {
     if (ordinal < 0) return;
     try {
       cu::use_device(ordinal);
-      for (Buffer* b : {&src, &codes, &scales, &part})
+      for (Buffer* b : {&src, &codes, &scales, &part, &bad})
         if (b->ptr != 0) cu::driver().cuMemFree(b->ptr);
     } catch (...) {  // no driver left to free with
     }
@@ -168,6 +168,7 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
     reserve(sc.codes, n, "cuMemAlloc (online quantization: codes)");
     reserve(sc.scales, scale_count * 4, "cuMemAlloc (online quantization: scales)");
     reserve(sc.part, static_cast<std::size_t>(rows) * 4, "cuMemAlloc (online quantization: row maxima)");
+    reserve(sc.bad, sizeof(unsigned long long), "cuMemAlloc (online quantization: non-finite flag)");
   } catch (...) {
     pool(ordinal_).forget(std::exchange(r.scratch_, nullptr));
     throw;
@@ -175,6 +176,9 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   const cu::Driver& api = cu::driver();
   cu::OwnStream stream;
   cu::check(api.cuMemcpyHtoDAsync(sc.src.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
+  const unsigned long long none = ~0ull;
+  unsigned long long bad_at = none;
+  cu::check(api.cuMemcpyHtoDAsync(sc.bad.ptr, &none, sizeof none, stream.get()), "clearing the non-finite flag");
   r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(sc.codes.ptr));
   r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(sc.scales.ptr));
   void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.src.ptr));
@@ -182,23 +186,29 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   void* codes = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.codes.ptr));
   void* scales = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.scales.ptr));
   void* part = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.part.ptr));
+  void* bad = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.bad.ptr));
   const unsigned R = static_cast<unsigned>(rows);
   if (scheme_ == "int8" || scheme_ == "fp8-channel") {
     int kind = scheme_ == "int8" ? 0 : 1;
-    launch(module_, "oq_rows", R, 1, stream.get(), {&w, &dtc, &cols_i, &kind, &codes, &scales});
+    launch(module_, "oq_rows", R, 1, stream.get(), {&w, &dtc, &cols_i, &kind, &codes, &scales, &bad});
     r.scale_shape = {rows, 1};
   } else if (scheme_ == "fp8-tensor") {
-    launch(module_, "oq_row_amax", R, 1, stream.get(), {&w, &dtc, &cols_i, &part});
+    launch(module_, "oq_row_amax", R, 1, stream.get(), {&w, &dtc, &cols_i, &part, &bad});
     launch(module_, "oq_tensor_codes", R, 1, stream.get(), {&w, &dtc, &rows_i, &cols_i, &part, &codes, &scales});
     r.scale_shape = {};
   } else if (scheme_ == "fp8-block") {
     launch(module_, "oq_blocks", static_cast<unsigned>(kb), static_cast<unsigned>(nb), stream.get(),
-           {&w, &dtc, &rows_i, &cols_i, &codes, &scales});
+           {&w, &dtc, &rows_i, &cols_i, &codes, &scales, &bad});
     r.scale_shape = {nb, kb};
   } else {
     fail("online quantization on the device: unknown scheme '" + scheme_ + "'");
   }
+  cu::check(api.cuMemcpyDtoHAsync(&bad_at, sc.bad.ptr, sizeof bad_at, stream.get()), "reading the non-finite flag");
   stream.sync("online quantization kernels");
+  if (bad_at != none) {
+    r.non_finite_at = static_cast<int64_t>(bad_at);
+    r.non_finite_value = load_as_float(host, dt, static_cast<std::size_t>(bad_at));
+  }
   return r;
 }
 

@@ -43,6 +43,10 @@ class DeviceQuantizer {
     const void* codes = nullptr;  // device [rows, cols] I8 / F8_E4M3
     const float* scales = nullptr;
     std::vector<int64_t> scale_shape;
+    // The lowest flat index of a NaN or infinite source element and its value, or -1: the codes
+    // are then meaningless and the caller refuses the projection.
+    int64_t non_finite_at = -1;
+    float non_finite_value = 0.0f;
 
    private:
     friend class DeviceQuantizer;

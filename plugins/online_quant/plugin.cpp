@@ -10,6 +10,9 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <cmath>
+
 namespace moeq::online {
 namespace {
 namespace json = boost::json;
@@ -63,6 +66,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     const int64_t rows = src.size(0), cols = src.size(1);
     if (device_) {
       const DeviceQuantizer::Result q = device_->quantize(*in.source);
+      if (q.non_finite_at >= 0) non_finite(in, q.non_finite_at, cols, q.non_finite_value);
       const DLDevice dev{kDLCUDA, device_->ordinal()};
       forward(in, "weight", make_view(const_cast<void*>(q.codes), scheme_->quantized_dtype(), {rows, cols}, dev));
       forward(in, "weight_scale", make_view(const_cast<float*>(q.scales), DType::F32, q.scale_shape, dev));
@@ -72,6 +76,8 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     // never held in high precision.
     rows_.resize(static_cast<size_t>(rows * cols));
     src.read_floats(rows_.data());
+    const auto bad = std::find_if(rows_.begin(), rows_.end(), [](float v) { return !std::isfinite(v); });
+    if (bad != rows_.end()) non_finite(in, bad - rows_.begin(), cols, *bad);
     scheme_->quantize(rows_, rows, cols, q_);
     forward(in, "weight", make_view(q_.codes.data(), scheme_->quantized_dtype(), {rows, cols}));
     forward(in, "weight_scale", make_view(q_.scales.data(), DType::F32, q_.scale_shape));
@@ -121,6 +127,21 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     std::string reason;
     if (!forward_load(in, &v.t, suffix, reason))
       fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
+  }
+
+  // A NaN or infinity would make its row's (or block's, or projection's) scale meaningless and
+  // its codes undefined: an error naming where, never quantized. [r, c] counts within this
+  // expert's projection (a fused tensor's piece), which the message names too.
+  [[noreturn]] static void non_finite(const moeq_weight_loader_args& in, int64_t index, int64_t cols, float value) {
+    const char* proj = in.projection == MOEQ_PROJECTION_W1   ? "w1 (gate)"
+                       : in.projection == MOEQ_PROJECTION_W3 ? "w3 (up)"
+                       : in.projection == MOEQ_PROJECTION_W2 ? "w2 (down)"
+                                                             : "projection";
+    fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+         std::string(in.tensor_name) + ": " + proj + " of expert " + std::to_string(in.global_expert) + ", element [" +
+             std::to_string(index / cols) + ", " + std::to_string(index % cols) + "] is " +
+             (std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf") +
+             "; online quantization needs finite weights (expected a finite value, found a non-finite one)");
   }
 
   std::unique_ptr<Scheme> scheme_;

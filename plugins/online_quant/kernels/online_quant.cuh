@@ -3,7 +3,9 @@
 // and F32 scales, the same bytes as the CPU schemes (online_scheme.cpp): the same absmax, the
 // same division, round-half-even to int8 and round-to-nearest-even saturating to e4m3. One
 // block per row (int8, fp8-channel, the tensor scheme's row maxima and codes) or per 128x128
-// tile (fp8-block). fp8 needs sm_89 or newer; int8 runs from sm_80.
+// tile (fp8-block). fp8 needs sm_89 or newer; int8 runs from sm_80. `bad` receives the lowest
+// flat index of a NaN or infinite weight (atomicMin; the host sets it to ~0 first and refuses
+// the projection when it changed).
 typedef unsigned char u8;
 
 __device__ __forceinline__ float load_w(const void* w, int dt, long long i) {
@@ -48,16 +50,25 @@ __device__ float block_max(float v) {
   return m;
 }
 
-__device__ float row_absmax(const void* w, int dt, long long base, int cols) {
+__device__ __forceinline__ void note_non_finite(float v, long long at, unsigned long long* bad) {
+  if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) atomicMin(bad, static_cast<unsigned long long>(at));
+}
+
+__device__ float row_absmax(const void* w, int dt, long long base, int cols, unsigned long long* bad) {
   float m = 0.0f;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) m = fmaxf(m, fabsf(load_w(w, dt, base + c)));
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = load_w(w, dt, base + c);
+    note_non_finite(v, base + c, bad);
+    m = fmaxf(m, fabsf(v));
+  }
   return block_max(m);
 }
 
 // kind 0: int8, s = absmax / 127; kind 1: fp8, s = absmax / 448; 1 for an all-zero row.
-extern "C" __global__ void oq_rows(const void* w, int dt, int cols, int kind, u8* codes, float* scales) {
+extern "C" __global__ void oq_rows(const void* w, int dt, int cols, int kind, u8* codes, float* scales,
+                                   unsigned long long* bad) {
   const long long base = static_cast<long long>(blockIdx.x) * cols;
-  const float m = row_absmax(w, dt, base, cols);
+  const float m = row_absmax(w, dt, base, cols, bad);
   const float s = m > 0.0f ? m / (kind == 0 ? 127.0f : 448.0f) : 1.0f;
   if (threadIdx.x == 0) scales[blockIdx.x] = s;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
@@ -66,8 +77,8 @@ extern "C" __global__ void oq_rows(const void* w, int dt, int cols, int kind, u8
   }
 }
 
-extern "C" __global__ void oq_row_amax(const void* w, int dt, int cols, float* part) {
-  const float m = row_absmax(w, dt, static_cast<long long>(blockIdx.x) * cols, cols);
+extern "C" __global__ void oq_row_amax(const void* w, int dt, int cols, float* part, unsigned long long* bad) {
+  const float m = row_absmax(w, dt, static_cast<long long>(blockIdx.x) * cols, cols, bad);
   if (threadIdx.x == 0) part[blockIdx.x] = m;
 }
 
@@ -84,12 +95,17 @@ extern "C" __global__ void oq_tensor_codes(const void* w, int dt, int rows, int 
 }
 
 // 128x128 tiles (ragged at the edges: only real elements count); grid (column tiles, row tiles).
-extern "C" __global__ void oq_blocks(const void* w, int dt, int rows, int cols, u8* codes, float* scales) {
+extern "C" __global__ void oq_blocks(const void* w, int dt, int rows, int cols, u8* codes, float* scales,
+                                     unsigned long long* bad) {
   const int r0 = blockIdx.y * 128, c0 = blockIdx.x * 128;
   const int nr = min(128, rows - r0), nc = min(128, cols - c0);
   float m = 0.0f;
-  for (int i = threadIdx.x; i < nr * nc; i += blockDim.x)
-    m = fmaxf(m, fabsf(load_w(w, dt, static_cast<long long>(r0 + i / nc) * cols + c0 + i % nc)));
+  for (int i = threadIdx.x; i < nr * nc; i += blockDim.x) {
+    const long long at = static_cast<long long>(r0 + i / nc) * cols + c0 + i % nc;
+    const float v = load_w(w, dt, at);
+    note_non_finite(v, at, bad);
+    m = fmaxf(m, fabsf(v));
+  }
   m = block_max(m);
   const float s = m > 0.0f ? m / 448.0f : 1.0f;
   if (threadIdx.x == 0) scales[blockIdx.y * gridDim.x + blockIdx.x] = s;
