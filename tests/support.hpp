@@ -23,6 +23,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -97,6 +98,25 @@ inline void rewrite_tensors(const std::filesystem::path& dir, const std::functio
   for (auto& [name, t] : m) w.add(name, t.dtype, t.shape, t.bytes);
   std::filesystem::remove(dir / "model.safetensors");
   w.write(dir / "model.safetensors");
+}
+
+// Rewrites every expert weight of `dir` (per-expert `experts.` names, Granite's fused
+// `*_linear.weight`) from BF16 into `dtype`, rounding as store_from_float does; returns how many.
+inline int rewrite_expert_weights_as(const std::filesystem::path& dir, DType dtype) {
+  int converted = 0;
+  rewrite_tensors(dir, [&](TensorMap& m) {
+    for (auto& [name, t] : m) {
+      if (name.find("experts.") == std::string::npos && name.find("_linear.weight") == std::string::npos) continue;
+      if (t.dtype != DType::BF16) throw std::runtime_error(name + ": expected a BF16 expert weight to rewrite");
+      const size_t n = t.bytes.size() / 2;
+      std::vector<std::byte> out(n * dtype_size(dtype));
+      for (size_t i = 0; i < n; ++i) store_from_float(out.data(), dtype, i, load_as_float(t.bytes.data(), DType::BF16, i));
+      t.dtype = dtype;
+      t.bytes = std::move(out);
+      ++converted;
+    }
+  });
+  return converted;
 }
 
 // Sets element `index` of a float tensor to `value` (encoded in the tensor's dtype).

@@ -259,11 +259,18 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
   // I = 320: fp8-block gets a ragged 64-row block in gate/up and a ragged column block in down.
   auto w = writer::write_unquantized(d / "ckpt", spec(writer::Layout::kPerExpert, 4, 256, 320, 41));
   auto g = writer::write_unquantized(d / "granite", spec(writer::Layout::kGraniteFused, 4, 128, 96, 42));
+  // fp16 and fp32 sources: the kernels' other load paths (and one scratch set for fp32).
+  auto h = writer::write_unquantized(d / "fp16", spec(writer::Layout::kPerExpert, 4, 256, 192, 46));
+  auto f = writer::write_unquantized(d / "fp32", spec(writer::Layout::kGraniteFused, 4, 128, 96, 47));
+  REQUIRE(rewrite_expert_weights_as(h.dir, DType::F16) == 12);
+  REQUIRE(rewrite_expert_weights_as(f.dir, DType::F32) == 2);
   for (const char* scheme : {"int8", "fp8-tensor", "fp8-channel", "fp8-block"}) {
     LoadOptions o;
     o.online_scheme = scheme;
     check_against_cpu(w.dir, o, std::string("online ") + scheme, std::string(scheme) == "int8");
     check_against_cpu(g.dir, o, std::string("online granite ") + scheme, false);
+    check_against_cpu(h.dir, o, std::string("online fp16 ") + scheme, false);
+    check_against_cpu(f.dir, o, std::string("online fp32 granite ") + scheme, false);
     o.placement.tp_size = 2;
     o.placement.tp_rank = 1;
     check_against_cpu(w.dir, o, std::string("online tp2 ") + scheme, false);

@@ -140,6 +140,41 @@ TEST_CASE("online quantization of bf16 experts: every scheme, both layouts, stri
   }
 }
 
+// fp16 and fp32 sources go through the same loader: every expert weight of the checkpoint is
+// rewritten in that dtype (bf16 values rounded to fp16, exact in fp32), and the codes and scales
+// equal the reimplementation on the rewritten values exactly; describe names the source dtype.
+TEST_CASE("online quantization of fp16 and fp32 experts: exact codes and scales, both layouts") {
+  BuiltPlugins p;
+  for (const DType dt : {DType::F16, DType::F32}) {
+    for (auto layout : {writer::Layout::kPerExpert, writer::Layout::kGraniteFused}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(writer::layout_name(layout));
+      TempDir d;
+      writer::WrittenCheckpoint w = writer::write_unquantized(d / "src", spec(layout));
+      const int converted = rewrite_expert_weights_as(w.dir, dt);
+      CHECK(converted == (layout == writer::Layout::kPerExpert ? 12 : 2));
+      ref::ExpertWeights src = w.layers[0].dequantized;  // the values the file now holds
+      if (dt == DType::F16) {
+        for (float& v : src.w13) v = f16_to_float(float_to_f16(v));
+        for (float& v : src.w2) v = f16_to_float(float_to_f16(v));
+        CHECK(src.w13 != w.layers[0].dequantized.w13);  // fp16 really rounded some values
+      }
+      for (const char* scheme : kSchemes) {
+        CAPTURE(scheme);
+        LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
+        REQUIRE(m.layers.size() == 1);
+        CHECK(m.layers[0]->report.ok());
+        CHECK(m.layers[0]->report.describe_json.find(std::string("\"source_dtype\":\"") + dtype_name(dt) + "\"") !=
+              std::string::npos);
+        const ref::ExpertWeights got = m.dequantized(0, nullptr);
+        const ref::ExpertWeights want = expected_all(scheme, src);
+        CHECK(got.w13 == want.w13);
+        CHECK(got.w2 == want.w2);
+      }
+    }
+  }
+}
+
 TEST_CASE("int8 W8A16 per projection: W x within 1e-2 relative L2 of the bf16 product") {
   BuiltPlugins p;
   TempDir d;
