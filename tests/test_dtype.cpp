@@ -222,3 +222,89 @@ TEST_CASE("load_as_float / store_from_float convert through the encoders; ints r
   std::memcpy(&min64, buf.data() + 32, 8);
   CHECK(min64 == std::numeric_limits<int64_t>::min());
 }
+
+namespace {
+
+// The scalar definitions the bulk encoders must equal.
+uint8_t fp8_scalar(float x, float s) {
+  const float v = x / s;
+  return float_to_fp8_e4m3(std::isnan(v) ? v : std::clamp(v, -kFp8E4M3Max, kFp8E4M3Max));
+}
+int8_t int8_scalar(float x, float s) {
+  const float v = x / s;
+  return std::isnan(v) ? int8_t{0} : static_cast<int8_t>(std::clamp(std::nearbyint(v), -127.0f, 127.0f));
+}
+
+// Hard cases for a rounding encoder: every representable value, the midpoints between
+// neighbours and the floats either side of them, both signs; special values; a stride through
+// every bit pattern up to `top`; random bit patterns over the whole f32 space.
+std::vector<float> hard_inputs(const std::vector<float>& grid, uint32_t top) {
+  std::vector<float> in;
+  for (size_t k = 0; k + 1 < grid.size(); ++k) {
+    const float a = grid[k], b = grid[k + 1], mid = (a + b) / 2;
+    for (float v : {a, mid, std::nextafter(mid, -INFINITY), std::nextafter(mid, INFINITY), b}) {
+      in.push_back(v);
+      in.push_back(-v);
+    }
+  }
+  for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, std::nanf(""), -std::nanf(""), 1e30f, -1e30f,
+                  std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::min()})
+    in.push_back(v);
+  for (uint64_t b = 0; b <= top; b += 389) {
+    in.push_back(std::bit_cast<float>(static_cast<uint32_t>(b)));
+    in.push_back(-std::bit_cast<float>(static_cast<uint32_t>(b)));
+  }
+  std::mt19937 rng(20261205);
+  for (int i = 0; i < 1'000'000; ++i) in.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
+  return in;
+}
+
+// The bulk encoder equals the scalar definition on the hard inputs over `grid` (scale 1), then
+// on seeded normal rows with each scale, as the quantizers use it.
+template <class Code>
+void check_bulk_equals_scalar(const std::vector<float>& grid, uint32_t top, uint32_t seed,
+                              std::initializer_list<float> scales,
+                              void (*bulk)(const float*, std::size_t, float, Code*), Code (*scalar)(float, float)) {
+  const std::vector<float> in = hard_inputs(grid, top);
+  std::vector<Code> got(in.size());
+  bulk(in.data(), in.size(), 1.0f, got.data());
+  size_t wrong = 0;
+  for (size_t i = 0; i < in.size(); ++i)
+    if (got[i] != scalar(in[i], 1.0f) && wrong++ < 5)
+      FAIL_CHECK("x = " << in[i] << " (bits " << std::bit_cast<uint32_t>(in[i]) << "): bulk " << int(got[i])
+                        << ", scalar " << int(scalar(in[i], 1.0f)));
+  CHECK(wrong == 0);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> w(100'000);
+  for (float& v : w) v = normal(rng);
+  for (float s : scales) {
+    CAPTURE(s);
+    std::vector<Code> q(w.size());
+    bulk(w.data(), w.size(), s, q.data());
+    size_t diff = 0;
+    for (size_t i = 0; i < w.size(); ++i) diff += q[i] != scalar(w[i], s);
+    CHECK(diff == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bulk fp8 e4m3 quantization equals the scalar encoder on every hard case and random data") {
+  std::vector<float> grid;  // every finite non-negative e4m3 value, ascending
+  for (int c = 0; c <= 0x7e; ++c) grid.push_back(fp8_e4m3_to_float(static_cast<uint8_t>(c)));
+  check_bulk_equals_scalar<uint8_t>(grid, 0x43e00000u /* 448 */, 7, {1.0f / 448, 0.37f, 3.9f / 448, 1e-3f, 3.1e4f},
+                                    quantize_fp8_e4m3, fp8_scalar);
+}
+
+TEST_CASE("bulk int8 quantization equals round-half-even and clamp on every hard case and random data") {
+  std::vector<float> grid;
+  for (int k = -140; k <= 140; ++k) grid.push_back(static_cast<float>(k));
+  check_bulk_equals_scalar<int8_t>(grid, 0x43100000u /* 144 */, 8, {1.0f / 127, 0.021f, 4.2f / 127, 1e-3f, 3.1e4f},
+                                   quantize_int8, int8_scalar);
+  // Exact halves go to the even neighbour; the clamp is symmetric (never -128).
+  const float halves[] = {0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f, -126.5f, -200.0f, 200.0f};
+  int8_t h[10];
+  quantize_int8(halves, 10, 1.0f, h);
+  CHECK(std::vector<int>(h, h + 10) == std::vector<int>{0, 2, 2, 0, -2, -2, 126, -126, -127, 127});
+}

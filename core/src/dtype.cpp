@@ -197,6 +197,37 @@ uint8_t float_to_fp8_e4m3(float value) {
   return static_cast<uint8_t>(sign | code);
 }
 
+// Both loops are select-only so the compiler can keep them branch-free (and vectorize them):
+// fp8: for |v| >= 2^-6 (e4m3's smallest normal) the code is the f32 bits rounded to 3 mantissa
+// bits (add 0x7ffff plus the kept lsb, shift by 20) with the exponent rebased from bias 127 to 7
+// (minus 120 << 3); below it, adding 2^14 (whose ulp is 2^-9, e4m3's subnormal step) makes the
+// FPU round to the subnormal code, read from the low bits. |v| <= 448 never carries past 0x7e.
+// int8: adding and removing 1.5 * 2^23 rounds to an integer, half to even, for |v| < 2^22.
+void quantize_fp8_e4m3(const float* in, std::size_t n, float scale, uint8_t* out) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = in[i] / scale;
+    const float c = v < -kFp8E4M3Max ? -kFp8E4M3Max : (v > kFp8E4M3Max ? kFp8E4M3Max : v);
+    const uint32_t bits = std::bit_cast<uint32_t>(c);
+    const uint32_t sign = (bits >> 24) & 0x80u;
+    const uint32_t mag = bits & 0x7fffffffu;
+    const uint32_t normal = ((mag + 0x7ffffu + ((mag >> 20) & 1u)) >> 20) - (120u << 3);
+    const uint32_t subnormal = std::bit_cast<uint32_t>(std::bit_cast<float>(mag) + 16384.0f) - 0x46800000u;
+    uint32_t code = mag >= 0x3c800000u ? normal : subnormal;  // 0x3c800000: 2^-6
+    code = mag > 0x7f800000u ? 0x7fu : code;                    // NaN
+    out[i] = static_cast<uint8_t>(sign | code);
+  }
+}
+
+void quantize_int8(const float* in, std::size_t n, float scale, int8_t* out) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+  for (std::size_t i = 0; i < n; ++i) {
+    const float v = in[i] / scale;
+    float c = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
+    c = (c + kRound) - kRound;
+    out[i] = static_cast<int8_t>(c == c ? c : 0.0f);
+  }
+}
+
 float load_as_float(const void* data, DType dtype, std::size_t index) {
   switch (dtype) {
     case DType::BF16: return bf16_to_float(load<uint16_t>(data, index));

@@ -37,8 +37,6 @@ void for_ranges(int64_t n, int64_t elements, Fn&& fn) {
   });
 }
 
-uint8_t fp8(float v, float s) { return float_to_fp8_e4m3(std::clamp(v / s, -kFp8E4M3Max, kFp8E4M3Max)); }
-
 // A positive scale from an amax: an all-zero row or tensor gets 1 (never 0/0).
 float fp8_scale(float amax) { return amax > 0.0f ? amax / kFp8E4M3Max : 1.0f; }
 
@@ -74,10 +72,7 @@ class Int8Channel final : public Scheme {
       for (int64_t r = r0; r < r1; ++r) {
         const float s = int8_row_scale(w.data() + r * cols, cols);
         out.scales[r] = s;
-        for (int64_t c = 0; c < cols; ++c) {
-          const float q = std::clamp(std::nearbyint(w[r * cols + c] / s), -127.0f, 127.0f);
-          out.codes[r * cols + c] = static_cast<uint8_t>(static_cast<int8_t>(q));
-        }
+        quantize_int8(w.data() + r * cols, static_cast<size_t>(cols), s, reinterpret_cast<int8_t*>(out.codes.data() + r * cols));
       }
     });
   }
@@ -106,7 +101,7 @@ class Fp8Tensor final : public Scheme {
     const float s = fp8_scale(rows > 0 ? *std::max_element(part.begin(), part.end()) : 0.0f);
     out.codes.resize(w.size());
     for_ranges(rows, rows * cols, [&](int64_t r0, int64_t r1) {
-      for (int64_t i = r0 * cols; i < r1 * cols; ++i) out.codes[i] = fp8(w[i], s);
+      quantize_fp8_e4m3(w.data() + r0 * cols, static_cast<size_t>((r1 - r0) * cols), s, out.codes.data() + r0 * cols);
     });
     out.scales = {s};
     out.scale_shape = {};
@@ -135,7 +130,7 @@ class Fp8Channel final : public Scheme {
       for (int64_t r = r0; r < r1; ++r) {
         const float s = fp8_scale(absmax(w.data() + r * cols, cols));
         out.scales[r] = s;
-        for (int64_t c = 0; c < cols; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+        quantize_fp8_e4m3(w.data() + r * cols, static_cast<size_t>(cols), s, out.codes.data() + r * cols);
       }
     });
   }
@@ -173,7 +168,7 @@ class Fp8Block final : public Scheme {
           const float s = fp8_scale(m);
           out.scales[bi * kb + bj] = s;
           for (int64_t r = r0; r < r1; ++r)
-            for (int64_t c = c0; c < c1; ++c) out.codes[r * cols + c] = fp8(w[r * cols + c], s);
+            quantize_fp8_e4m3(w.data() + r * cols + c0, static_cast<size_t>(c1 - c0), s, out.codes.data() + r * cols + c0);
         }
     });
   }

@@ -29,6 +29,16 @@ uint16_t float_to_bf16(float value);
 uint16_t float_to_f16(float value);
 uint8_t float_to_fp8_e4m3(float value);
 
+// Bulk quantization of a row, the exact equals of the scalar encoders, branch-free (about 5x
+// faster than calling them per element):
+//   quantize_fp8_e4m3: out[i] = float_to_fp8_e4m3(clamp(in[i] / scale, -448, 448)); a NaN keeps
+//                      its sign and becomes 0x7f, as there.
+//   quantize_int8:     out[i] = clamp(round_half_even(in[i] / scale), -127, 127); a NaN gives 0
+//                      (callers refuse non-finite weights first).
+// The division is the kernels' (w / s, never w * (1/s)); default rounding mode assumed.
+void quantize_fp8_e4m3(const float* in, std::size_t n, float scale, uint8_t* out);
+void quantize_int8(const float* in, std::size_t n, float scale, int8_t* out);
+
 // Value of element `index` of a contiguous buffer of `dtype` as float (I32/I64/I8/U8 too).
 float load_as_float(const void* data, DType dtype, std::size_t index);
 // Store `value` into element `index`, converting with the encoders above (ints round).
