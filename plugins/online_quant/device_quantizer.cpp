@@ -96,6 +96,8 @@ DeviceQuantizer::Result::Result(Result&& o) noexcept
     : codes(o.codes),
       scales(o.scales),
       scale_shape(std::move(o.scale_shape)),
+      non_finite_at(o.non_finite_at),
+      non_finite_value(o.non_finite_value),
       ordinal_(o.ordinal_),
       scratch_(std::exchange(o.scratch_, nullptr)) {}
 

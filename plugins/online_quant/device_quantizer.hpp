@@ -37,7 +37,7 @@ class DeviceQuantizer {
    public:
     Result() = default;
     ~Result();
-    Result(Result&& o) noexcept;
+    Result(Result&& o) noexcept;  // every field below (a new one must be added there too)
     Result& operator=(Result&&) = delete;
     Result(const Result&) = delete;
     const void* codes = nullptr;  // device [rows, cols] I8 / F8_E4M3
