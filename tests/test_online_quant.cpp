@@ -399,6 +399,40 @@ TEST_CASE("a NaN or infinite source weight is an error naming where it is, every
   }
 }
 
+// A projection of the wrong shape is refused by online_quant itself, before quantizing, naming
+// the checkpoint's dtype and the full unsharded shape it needs (not the int8/fp8 view it would
+// have handed on); per-expert and Granite-fused layouts, with nothing left allocated.
+TEST_CASE("a source projection of the wrong shape is an error naming the checkpoint dtype and the full shape") {
+  BuiltPlugins p;
+  TempDir d;
+  writer::WrittenCheckpoint w = writer::write_unquantized(d / "per-expert", spec(writer::Layout::kPerExpert));
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    EditableTensor& t = m.at("model.layers.0.mlp.experts.3.up_proj.weight");  // [192, 256] -> [193, 256]
+    t.shape = {193, 256};
+    t.bytes.resize(193 * 256 * 2, std::byte{0});
+  });
+  writer::WrittenCheckpoint g = writer::write_unquantized(d / "granite", spec(writer::Layout::kGraniteFused));
+  rewrite_tensors(g.dir, [&](TensorMap& m) {
+    EditableTensor& t = m.at("model.layers.0.block_sparse_moe.output_linear.weight");  // [4, 256, 192] -> [4, 256, 191]
+    std::vector<std::byte> out;
+    for (int64_t row = 0; row < 4 * 256; ++row)
+      out.insert(out.end(), t.bytes.begin() + row * 192 * 2, t.bytes.begin() + row * 192 * 2 + 191 * 2);
+    t.shape = {4, 256, 191};
+    t.bytes = std::move(out);
+  });
+  for (const char* scheme : kSchemes) {
+    CAPTURE(scheme);
+    const std::string e = error_of([&] { load_dir(w.dir, p.registry(), online(scheme)); });
+    CHECK(e.find("model.layers.0.mlp.experts.3.up_proj.weight: w3 (up) of expert 3: expected BF16 [192, 256] (I x H, "
+                 "the full unsharded projection), found BF16 [193, 256]") != std::string::npos);
+    CHECK(host::live_param_bytes() == 0);
+    const std::string f = error_of([&] { load_dir(g.dir, p.registry(), online(scheme, 1, 2)); });
+    CHECK(f.find("model.layers.0.block_sparse_moe.output_linear.weight: w2 (down) of expert 0: expected BF16 [256, 192] "
+                 "(H x I, the full unsharded projection), found BF16 [256, 191]") != std::string::npos);
+    CHECK(host::live_param_bytes() == 0);
+  }
+}
+
 namespace {
 
 // The process's anonymous resident memory (RssAnon of /proc/self/status), in bytes.

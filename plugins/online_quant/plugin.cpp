@@ -47,7 +47,9 @@ class OnlineMethod final : public sdk::DelegatingMethod {
   OnlineMethod(const moeq_method_create_args& a, std::unique_ptr<Scheme> scheme)
       : DelegatingMethod(a, kDelegate, scheme->ct_config_json(), dtype_name(scheme->quantized_dtype())),
         scheme_(std::move(scheme)),
-        source_dtype_(a.weight_dtype) {
+        source_dtype_(a.weight_dtype),
+        hidden_(a.geometry->hidden_size),
+        intermediate_(a.geometry->intermediate_size) {
     // On a CUDA layer the projections are quantized on the device, when the host can take
     // device sources in copy_to_param (ABI 1.1); otherwise on the CPU.
     if (a.device.device_type == kDLCUDA && sdk::host()->abi_minor >= 1)
@@ -64,6 +66,15 @@ class OnlineMethod final : public sdk::DelegatingMethod {
       fail(name + ": expected a BF16/F16/F32 2-D expert weight, found " + std::string(dtype_name(src.dtype())) + " " +
            sdk::shape_string(src.shape()));
     const int64_t rows = src.size(0), cols = src.size(1);
+    // Quantized before TP narrowing, so each piece holds the full, unsharded rows of one
+    // projection; checked here, where the message can still name the checkpoint's dtype.
+    const bool down = in.projection == MOEQ_PROJECTION_W2;
+    const int64_t want_rows = down ? hidden_ : intermediate_, want_cols = down ? intermediate_ : hidden_;
+    if (rows != want_rows || cols != want_cols)
+      fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+           name + ": " + where(in) + ": expected " + dtype_name(src.dtype()) + " " +
+               sdk::shape_string({want_rows, want_cols}) + " (" + (down ? "H x I" : "I x H") +
+               ", the full unsharded projection), found " + dtype_name(src.dtype()) + " " + sdk::shape_string(src.shape()));
     if (device_) {
       const DeviceQuantizer::Result q = device_->quantize(*in.source);
       if (q.non_finite_at >= 0) non_finite(in, q.non_finite_at, cols, q.non_finite_value);
@@ -129,23 +140,28 @@ class OnlineMethod final : public sdk::DelegatingMethod {
       fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
   }
 
-  // A NaN or infinity would make its row's (or block's, or projection's) scale meaningless and
-  // its codes undefined: an error naming where, never quantized. [r, c] counts within this
-  // expert's projection (a fused tensor's piece), which the message names too.
-  [[noreturn]] static void non_finite(const moeq_weight_loader_args& in, int64_t index, int64_t cols, float value) {
+  // "w3 (up) of expert 2": which piece of the tensor a message is about.
+  static std::string where(const moeq_weight_loader_args& in) {
     const char* proj = in.projection == MOEQ_PROJECTION_W1   ? "w1 (gate)"
                        : in.projection == MOEQ_PROJECTION_W3 ? "w3 (up)"
                        : in.projection == MOEQ_PROJECTION_W2 ? "w2 (down)"
                                                              : "projection";
+    return std::string(proj) + " of expert " + std::to_string(in.global_expert);
+  }
+
+  // A NaN or infinity would make its row's (or block's, or projection's) scale meaningless and
+  // its codes undefined: an error naming where, never quantized. [r, c] counts within this
+  // expert's projection (a fused tensor's piece), which the message names too.
+  [[noreturn]] static void non_finite(const moeq_weight_loader_args& in, int64_t index, int64_t cols, float value) {
     fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
-         std::string(in.tensor_name) + ": " + proj + " of expert " + std::to_string(in.global_expert) + ", element [" +
-             std::to_string(index / cols) + ", " + std::to_string(index % cols) + "] is " +
-             (std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf") +
+         std::string(in.tensor_name) + ": " + where(in) + ", element [" + std::to_string(index / cols) + ", " +
+             std::to_string(index % cols) + "] is " + (std::isnan(value) ? "NaN" : value > 0 ? "+inf" : "-inf") +
              "; online quantization needs finite weights (expected a finite value, found a non-finite one)");
   }
 
   std::unique_ptr<Scheme> scheme_;
   std::string source_dtype_;
+  int64_t hidden_, intermediate_;  // H and the full I, as in the checkpoint
   std::vector<float> rows_;
   QuantizedProjection q_;
   std::unique_ptr<DeviceQuantizer> device_;  // a CUDA layer on a 1.1 host
