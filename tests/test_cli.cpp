@@ -8,6 +8,7 @@
 #include <boost/json.hpp>
 
 #include <cstdio>
+#include <set>
 #include <sys/wait.h>
 
 using namespace moeq;
@@ -30,26 +31,37 @@ writer::WrittenCheckpoint granite(const TempDir& d) {
 
 }  // namespace
 
-TEST_CASE("moeq demo: both layouts load strictly clean and are within 1e-2 of the reference") {
+TEST_CASE("moeq demo: both layouts load strictly clean and are within 1e-2 of the reference; bf16 quantized online by every scheme") {
   Result r = moeq_cli("demo --json");
   CAPTURE(r.out);
   REQUIRE(r.code == 0);
   boost::json::object o = boost::json::parse(r.out).as_object();
   CHECK(o.at("pass").as_bool());
   const auto& rows = o.at("rows").as_array();
-  REQUIRE(rows.size() == 4);
+  REQUIRE(rows.size() == 8);
   int granite = 0, per_expert = 0;
+  std::set<std::string> online;
   for (const auto& row : rows) {
     const auto& x = row.as_object();
     CHECK(x.at("strict_load_clean").as_bool());
     CHECK(x.at("rel_l2_vs_quant_reference").as_double() <= 1e-2);
     CHECK(x.at("rel_l2_vs_float").as_double() > x.at("rel_l2_vs_quant_reference").as_double());
     const std::string layout(x.at("layout").as_string());
+    if (x.at("online").is_string()) {
+      online.insert(std::string(x.at("online").as_string()));
+      CHECK(x.at("plugin").as_string() == "online_quant");
+      // Against the original bf16 weights: above zero (it did quantize), within the declared bound.
+      CHECK(x.at("rel_l2_vs_float").as_double() > 1e-3);
+      CHECK(x.at("rel_l2_vs_float").as_double() <= x.at("bound_vs_original").as_double());
+      continue;
+    }
+    CHECK(x.at("bound_vs_original").is_null());
     granite += layout.find("granite") != std::string::npos;
     per_expert += layout.find("per-expert") != std::string::npos;
   }
   CHECK(granite == 2);
   CHECK(per_expert == 2);
+  CHECK(online == std::set<std::string>{"int8", "fp8-tensor", "fp8-channel", "fp8-block"});
 }
 
 TEST_CASE("moeq inspect on the Granite fixture shows the fused scales routed to w1/w3/w2 of every expert") {

@@ -17,13 +17,15 @@ struct RunResult {
   std::string plugin;
   int64_t tokens = 0;
   double err_quant_ref = 0;  // vs the reference that quantizes activations as the scheme does
-  double err_float = 0;      // vs plain float math on the dequantized weights
+  double err_float = 0;      // vs plain float math on the dequantized (or the original) weights
   double apply_ms = 0;
 };
 
-// `weights` overrides the plugin's own dequantized weights (the demo passes the writer's).
+// `weights` overrides the plugin's own dequantized weights (the demo passes the writer's);
+// `original`, when given, is what err_float compares with instead (the bf16 weights an online
+// scheme quantized).
 RunResult run_layer(const LoadedModel& model, size_t layer, int64_t tokens, uint64_t seed,
-                    const ref::ExpertWeights* weights = nullptr);
+                    const ref::ExpertWeights* weights = nullptr, const ref::ExpertWeights* original = nullptr);
 
 boost::json::object report_json(const LayerReport& r);
 void print_report(const LayerReport& r, bool verbose);
