@@ -185,6 +185,7 @@ struct Plugin {
     return 30;
   }
   static std::unique_ptr<sdk::Method> create(const moeq_method_create_args& a) {
+    if (a.geometry == nullptr) fail("method_create: NULL geometry");
     if (!float_dtype(a.weight_dtype ? a.weight_dtype : ""))
       fail(std::string("online quantization takes unquantized experts; these are ") + (a.weight_dtype ? a.weight_dtype : "?"));
     return std::make_unique<OnlineMethod>(a, make_scheme(scheme_of(a.quant_config_json)));
