@@ -108,7 +108,8 @@ void check_every_scheme_exact(const writer::WrittenCheckpoint& w, BuiltPlugins& 
 TEST_CASE("online quantization of bf16 experts: every scheme, both layouts, strict, within its bound") {
   BuiltPlugins p;
   // Bounds on relative L2 of the whole MoE forward vs the float reference of the original bf16
-  // weights (README states them). The forward stacks two GEMMs and a gated product, so the
+  // weights (README states them; int8's is held to 1.5e-2 here, at H = 256, tighter than the 2e-2
+  // it declares for any K). The forward stacks two GEMMs and a gated product, so the
   // per-projection error (checked below: int8 <= 1e-2) compounds to about 1.7x.
   const std::map<std::string, double> bound = {
       {"int8", 1.5e-2}, {"fp8-tensor", 8e-2}, {"fp8-channel", 8e-2}, {"fp8-block", 8e-2}};
@@ -199,7 +200,7 @@ TEST_CASE("int8 W8A16 per projection: W x within 1e-2 relative L2 of the bf16 pr
   CHECK(err <= 1e-2);
 }
 
-// The issue asked for int8 W8A16 <= 1e-2 end to end. This shows why the README states 1.5e-2:
+// The issue asked for int8 W8A16 <= 1e-2 end to end. This shows why the README does not:
 // the error is the 8-bit per-row grid's, not absmax's choice nor moeq's. Each row gets the
 // scale (a fraction c of absmax/127, c searched from 0.50 to 1.00, values past +-127 clamped)
 // that minimises its own squared error, and the forward on those weights still misses 1e-2.
@@ -240,6 +241,31 @@ TEST_CASE("int8 end to end: no per-row 8-bit scale reaches 1e-2 on these random 
   CHECK(err_best > 1e-2);
   CHECK(err_best >= 0.9 * err_absmax);  // absmax is within 10 % of the best a row scale can do
   CHECK(err_absmax <= 1.5e-2);
+}
+
+// The int8 end-to-end error is the grid's, so it grows with the reduction length K (a longer
+// row has a larger absmax, so a coarser step): from a toy H = I = 64 to Qwen3-30B-A3B's
+// H = 2048, I = 768 it rises and stays within 1.5e-2 (the method declares 2e-2, for any K).
+TEST_CASE("int8 end to end grows with K and stays within 1.5e-2 up to Qwen3-30B-A3B's geometry") {
+  BuiltPlugins p;
+  double previous = 0;
+  for (const auto& [H, I] : {std::pair<int64_t, int64_t>{64, 64}, {256, 192}, {2048, 768}}) {
+    CAPTURE(H);
+    TempDir d;
+    writer::MoeSpec s = spec(writer::Layout::kPerExpert);
+    s.hidden = H;
+    s.intermediate = I;
+    s.seed = 77;
+    writer::WrittenCheckpoint w = writer::write_unquantized(d / "bf16", s);
+    LoadedModel m = load_dir(w.dir, p.registry(), online("int8"));
+    const std::vector<float> x = seeded_tokens(32, H, 3);
+    const ref::Routing r = route_with(w.layers[0], x, 32, 2);
+    const double err = ref::relative_l2(m.apply(0, x, 32, r), ref::moe_forward(w.layers[0].dequantized, x, 32, r, {}));
+    MESSAGE("int8, H = " << H << ", I = " << I << ": rel L2 vs the bf16 forward " << err);
+    CHECK(err > previous);
+    CHECK(err <= 1.5e-2);
+    previous = err;
+  }
 }
 
 TEST_CASE("online quantized weights and scales equal an independent reimplementation, exactly") {
