@@ -460,6 +460,36 @@ TEST_CASE("moe_forward without act quant equals a per-expert naive loop") {
   CHECK(relative_l2(out, expect) < 1e-5);
 }
 
+// Past 4M multiply-adds moe_forward spreads its rows over threads; each token's result must be
+// bit-identical to that token run alone (small: one thread), with per-token activation quant too.
+TEST_CASE("moe_forward on several threads equals each token run alone, bit for bit") {
+  std::mt19937 rng(707);
+  const int64_t M = 64, E = 8, H = 256, I = 160, k = 2;  // R * I * H = 128 * 160 * 256 > 2^22
+  const ExpertWeights w = random_experts(rng, E, H, I);
+  const auto x = randn(rng, M * H, 0.5f);
+  RoutingOptions ropt;
+  ropt.top_k = k;
+  const Routing r = route(randn(rng, M * E, 1.0f), M, E, ropt);
+  for (const ActQuant kind : {ActQuant::kNone, ActQuant::kFp8PerToken}) {
+    MoeOptions opt;
+    opt.a1.kind = kind;
+    opt.a2.kind = kind;
+    const auto out = moe_forward(w, x, M, r, opt);
+    bool same = true;
+    for (int64_t m = 0; m < M; ++m) {
+      Routing one;
+      one.num_tokens = 1;
+      one.top_k = r.top_k;
+      one.ids.assign(r.ids.begin() + m * k, r.ids.begin() + (m + 1) * k);
+      one.weights.assign(r.weights.begin() + m * k, r.weights.begin() + (m + 1) * k);
+      const auto alone = moe_forward(w, std::span<const float>(x).subspan(m * H, H), 1, one, opt);
+      same &= std::equal(alone.begin(), alone.end(), out.begin() + m * H);
+    }
+    CHECK(same);
+    CHECK(relative_l2(std::vector<float>(out.size(), 0.0f), out) == doctest::Approx(1.0));  // nonzero
+  }
+}
+
 TEST_CASE("EP split: two halves of the experts sum to the full layer") {
   std::mt19937 rng(606);
   const int64_t M = 10, E = 8, H = 12, I = 6, k = 2;

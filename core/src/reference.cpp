@@ -8,6 +8,7 @@
 //    kernel's 0/0; every q is 0 either way, so only the NaN is avoided.
 #include <moeq/dtype.hpp>
 #include <moeq/error.hpp>
+#include <moeq/parallel_for.hpp>
 #include <moeq/reference.hpp>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <thread>
 
 namespace moeq::ref {
 namespace {
@@ -289,9 +291,22 @@ std::vector<float> moe_forward(const ExpertWeights& w, std::span<const float> x,
     }
   const int64_t R = static_cast<int64_t>(rows.size());
 
+  // The dot products of each routed row are independent: big problems spread rows over threads
+  // (each row's arithmetic unchanged, so the result is the same whatever the thread count).
+  const unsigned threads =
+      R * I * H < (int64_t{1} << 22) ? 1u : std::clamp(std::thread::hardware_concurrency(), 1u, 16u);
+  constexpr int64_t kRowsPerJob = 4;
+  const size_t jobs = static_cast<size_t>((R + kRowsPerJob - 1) / kRowsPerJob);
+  auto for_rows = [&](auto&& fn) {
+    parallel_for(jobs, threads, [&](size_t job) {
+      const int64_t r0 = static_cast<int64_t>(job) * kRowsPerJob;
+      for (int64_t r = r0; r < std::min(R, r0 + kRowsPerJob); ++r) fn(r);
+    });
+  };
+
   // GEMM1 + silu-and-mul into h [R, I].
   std::vector<float> h(static_cast<size_t>(R * I));
-  for (int64_t r = 0; r < R; ++r) {
+  for_rows([&](int64_t r) {
     const float* xa = a.data() + rows[r].token * H;
     const float* w13 = w.w13.data() + rows[r].local * 2 * I * H;
     for (int64_t i = 0; i < I; ++i) {
@@ -299,19 +314,21 @@ std::vector<float> moe_forward(const ExpertWeights& w, std::span<const float> x,
       const float up = static_cast<float>(dot(w13 + (I + i) * H, xa, H));
       h[r * I + i] = silu(gate) * up;
     }
-  }
+  });
 
   // a2 over the routed local intermediates (per-tensor dynamic: one scale for all R rows).
   fake_quant(h, R, I, options.a2, h);
 
-  // GEMM2, weighted sum over slots.
+  // GEMM2 into o [R, H], then the weighted sum over slots in row order.
+  std::vector<float> o(static_cast<size_t>(R * H));
+  for_rows([&](int64_t r) {
+    const float* w2 = w.w2.data() + rows[r].local * H * I;
+    for (int64_t n = 0; n < H; ++n) o[r * H + n] = static_cast<float>(dot(w2 + n * I, h.data() + r * I, I));
+  });
   std::vector<double> acc(static_cast<size_t>(M * H), 0.0);
   for (int64_t r = 0; r < R; ++r) {
-    const float* w2 = w.w2.data() + rows[r].local * H * I;
     const double rw = routing.weights[rows[r].token * k + rows[r].slot];
-    for (int64_t n = 0; n < H; ++n)
-      acc[rows[r].token * H + n] += rw * static_cast<double>(static_cast<float>(
-                                              dot(w2 + n * I, h.data() + r * I, I)));
+    for (int64_t n = 0; n < H; ++n) acc[rows[r].token * H + n] += rw * static_cast<double>(o[r * H + n]);
   }
   return std::vector<float>(acc.begin(), acc.end());
 }
