@@ -5,6 +5,7 @@
 #include <moeq/parallel_for.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <thread>
 
@@ -19,13 +20,22 @@ float absmax(const float* p, int64_t n, int64_t stride = 1) {
   return m;
 }
 
+// Projections being quantized right now, across every layer the host loads in parallel.
+std::atomic<unsigned> g_quantizing{0};
+
 // fn(first, last) over [0, n) in ranges on several threads when the projection is big enough
 // to pay for them. Rows (and 128-row blocks) are quantized independently, so the codes and
-// scales are the same whatever the thread count.
+// scales are the same whatever the thread count. Each projection in flight gets its share of
+// the cores: with eight layers loading on sixteen cores, two threads each, not sixteen.
 template <class Fn>
 void for_ranges(int64_t n, int64_t elements, Fn&& fn) {
+  struct InFlight {
+    InFlight() { ++g_quantizing; }
+    ~InFlight() { --g_quantizing; }
+  } in_flight;
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t parts = elements < (int64_t{1} << 18) ? 1 : std::min<int64_t>({n, hw, 16});
+  const unsigned share = std::max(1u, hw / std::max(1u, g_quantizing.load()));
+  const int64_t parts = elements < (int64_t{1} << 18) ? 1 : std::min<int64_t>({n, share, 16});
   if (parts <= 1) {
     fn(int64_t{0}, n);
     return;
