@@ -282,7 +282,7 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
 
 // The device quantizer flags a NaN or infinite source weight (the lowest flat index, read back
 // with the codes) and the load fails as on the CPU, naming the element, with nothing left
-// allocated; per-expert and Granite's fused tensor (a strided piece, read on the host first).
+// allocated (parameters and the scratch pool); per-expert and Granite's fused tensor.
 TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization naming the element") {
   if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
@@ -297,6 +297,12 @@ TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization n
     set_element(m.at("model.layers.0.block_sparse_moe.input_linear.weight"), (3 * 2 * I + 5) * H + 9, INFINITY);
   });
   BuiltPlugins p;
+  {
+    LoadOptions warm;
+    warm.online_scheme = "int8";
+    (void)error_of([&] { load_dir(w.dir, p.registry(), on_cuda(warm)); });  // JIT modules stay loaded
+  }
+  const cuda::MemoryInfo before = cuda::memory_info();
   for (const char* scheme : {"int8", "fp8-tensor", "fp8-channel", "fp8-block"}) {
     CAPTURE(scheme);
     LoadOptions o;
@@ -309,6 +315,10 @@ TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization n
           std::string::npos);
     CHECK(host::live_param_bytes() == 0);
   }
+  // The failed loads gave back their parameters and the quantizer's scratch pool (the driver and
+  // the other schemes' JIT modules may keep a few MiB).
+  const cuda::MemoryInfo after = cuda::memory_info();
+  CHECK(before.free - std::min(before.free, after.free) <= (std::size_t{8} << 20));
 }
 
 // Eight layers loaded on eight threads share the device's quantizer scratch pool, which lends
