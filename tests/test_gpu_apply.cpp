@@ -308,10 +308,10 @@ TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization n
     LoadOptions o;
     o.online_scheme = scheme;
     const std::string e = error_of([&] { load_dir(w.dir, p.registry(), on_cuda(o)); });
-    CHECK(e.find("model.layers.0.mlp.experts.1.down_proj.weight: w2 (down) of expert 1, element [130, 140] is NaN") !=
+    CHECK(e.find("model.layers.0.mlp.experts.1.down_proj.weight: w2 (down_proj) of expert 1, element [130, 140] is NaN") !=
           std::string::npos);
     const std::string f = error_of([&] { load_dir(g.dir, p.registry(), on_cuda(o)); });
-    CHECK(f.find("model.layers.0.block_sparse_moe.input_linear.weight: w1 (gate) of expert 3, element [5, 9] is +inf") !=
+    CHECK(f.find("model.layers.0.block_sparse_moe.input_linear.weight: w1 (gate_proj) of expert 3, element [5, 9] is +inf") !=
           std::string::npos);
     CHECK(host::live_param_bytes() == 0);
   }

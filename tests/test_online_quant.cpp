@@ -445,10 +445,10 @@ TEST_CASE("a NaN or infinite source weight is an error naming where it is, every
   };
   const Case cases[] = {
       {writer::Layout::kPerExpert, "model.layers.0.mlp.experts.2.up_proj.weight", 7 * H + 11, 100 * H + 3,
-       "w3 (up) of expert 2, element [7, 11]"},
+       "w3 (up_proj) of expert 2, element [7, 11]"},
       {writer::Layout::kGraniteFused, "model.layers.0.block_sparse_moe.input_linear.weight",
        static_cast<size_t>((2 * 2 * I + I + 7) * H + 11), static_cast<size_t>((2 * 2 * I + I + 100) * H + 3),
-       "w3 (up) of expert 2, element [7, 11]"},
+       "w3 (up_proj) of expert 2, element [7, 11]"},
   };
   for (const Case& c : cases) {
     for (const bool is_nan : {true, false}) {
@@ -472,7 +472,7 @@ TEST_CASE("a NaN or infinite source weight is an error naming where it is, every
       }
     }
   }
-  // w2 (down) of expert 0, [200, 150]: the second row block and column block of fp8-block.
+  // w2 (down_proj) of expert 0, [200, 150]: the second row block and column block of fp8-block.
   writer::WrittenCheckpoint w = writer::write_unquantized(d / "down-inf", spec(writer::Layout::kPerExpert));
   rewrite_tensors(w.dir, [&](TensorMap& m) {
     set_element(m.at("model.layers.0.mlp.experts.0.down_proj.weight"), 200 * I + 150, inf);
@@ -480,7 +480,7 @@ TEST_CASE("a NaN or infinite source weight is an error naming where it is, every
   for (const char* scheme : kSchemes) {
     CAPTURE(scheme);
     const std::string e = error_of([&] { load_dir(w.dir, p.registry(), online(scheme)); });
-    CHECK(e.find("model.layers.0.mlp.experts.0.down_proj.weight: w2 (down) of expert 0, element [200, 150] is +inf") !=
+    CHECK(e.find("model.layers.0.mlp.experts.0.down_proj.weight: w2 (down_proj) of expert 0, element [200, 150] is +inf") !=
           std::string::npos);
   }
 }
@@ -509,11 +509,11 @@ TEST_CASE("a source projection of the wrong shape is an error naming the checkpo
   for (const char* scheme : kSchemes) {
     CAPTURE(scheme);
     const std::string e = error_of([&] { load_dir(w.dir, p.registry(), online(scheme)); });
-    CHECK(e.find("model.layers.0.mlp.experts.3.up_proj.weight: w3 (up) of expert 3: expected BF16 [192, 256] (I x H, "
+    CHECK(e.find("model.layers.0.mlp.experts.3.up_proj.weight: w3 (up_proj) of expert 3: expected BF16 [192, 256] (I x H, "
                  "the full unsharded projection), found BF16 [193, 256]") != std::string::npos);
     CHECK(host::live_param_bytes() == 0);
     const std::string f = error_of([&] { load_dir(g.dir, p.registry(), online(scheme, 1, 2)); });
-    CHECK(f.find("model.layers.0.block_sparse_moe.output_linear.weight: w2 (down) of expert 0: expected BF16 [256, 192] "
+    CHECK(f.find("model.layers.0.block_sparse_moe.output_linear.weight: w2 (down_proj) of expert 0: expected BF16 [256, 192] "
                  "(H x I, the full unsharded projection), found BF16 [256, 191]") != std::string::npos);
     CHECK(host::live_param_bytes() == 0);
   }

@@ -17,15 +17,6 @@ namespace {
 
 const char* kPluginName = "compressed_tensors";
 
-const char* proj_name(int32_t p) {
-  switch (p) {
-    case MOEQ_PROJECTION_W1: return "w1 (gate_proj)";
-    case MOEQ_PROJECTION_W2: return "w2 (down_proj)";
-    case MOEQ_PROJECTION_W3: return "w3 (up_proj)";
-  }
-  return "?";
-}
-
 std::string num(double v) {
   std::ostringstream os;
   os << v;
@@ -240,7 +231,7 @@ class ExpertMethod final : public sdk::Method {
     if (src.dtype() != dt || src.shape() != want)
       fail(name + ": expected " + dtype_name(dt) + " " + sdk::shape_string(want) + " for " +
            (w2 ? "w2" : p == MOEQ_PROJECTION_W1 ? "w1" : "w3") + ", found " + dtype_name(src.dtype()) + " " +
-           sdk::shape_string(src.shape()) + " (" + proj_name(p) + " of expert " + std::to_string(a.global_expert) +
+           sdk::shape_string(src.shape()) + " (" + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) +
            ")");
     if (w2)
       layer.copy(w2_, {le, 0, 0}, src.narrow(1, r * It, It));
@@ -251,7 +242,7 @@ class ExpertMethod final : public sdk::Method {
   void load_weight_scale(const moeq_weight_loader_args& a, const sdk::Layer& layer, const sdk::View& src,
                          const std::string& name, const std::string& suffix) {
     const int32_t p = a.projection;
-    const std::string who = proj_name(p) + std::string(" of expert ") + std::to_string(a.global_expert);
+    const std::string who = sdk::projection_name(p) + std::string(" of expert ") + std::to_string(a.global_expert);
     if (s_.granularity == Granularity::kNone)
       fail(name + ": " + describe_weights(s_) + " experts carry no weight scale (" + s_.unquantized_why +
            "), found " + suffix);
@@ -359,7 +350,7 @@ class ExpertMethod final : public sdk::Method {
                         const std::string& name) {
     const int32_t p = a.projection;
     if (src.numel() != 1)
-      fail(name + ": static input_scale of " + proj_name(p) + " of expert " + std::to_string(a.global_expert) +
+      fail(name + ": static input_scale of " + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) +
            " must hold one value (shape [] or [1]), found shape " + sdk::shape_string(src.shape()));
     if (!is_scale_dtype(src.dtype()))
       fail(name + ": input_scale must be BF16, F16 or F32, found " + dtype_name(src.dtype()));

@@ -140,13 +140,9 @@ class OnlineMethod final : public sdk::DelegatingMethod {
       fail(std::string(in.tensor_name) + ": compressed_tensors skipped the quantized " + suffix + ": " + reason);
   }
 
-  // "w3 (up) of expert 2": which piece of the tensor a message is about.
+  // "w3 (up_proj) of expert 2": which piece of the tensor a message is about.
   static std::string where(const moeq_weight_loader_args& in) {
-    const char* proj = in.projection == MOEQ_PROJECTION_W1   ? "w1 (gate)"
-                       : in.projection == MOEQ_PROJECTION_W3 ? "w3 (up)"
-                       : in.projection == MOEQ_PROJECTION_W2 ? "w2 (down)"
-                                                             : "projection";
-    return std::string(proj) + " of expert " + std::to_string(in.global_expert);
+    return std::string(sdk::projection_name(in.projection)) + " of expert " + std::to_string(in.global_expert);
   }
 
   // A NaN or infinity would make its row's (or block's, or projection's) scale meaningless and

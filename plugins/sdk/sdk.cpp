@@ -56,6 +56,15 @@ void write_cstr(char* buffer, std::size_t capacity, std::string_view s) {
   buffer[n] = '\0';
 }
 
+const char* projection_name(int32_t projection) {
+  switch (projection) {
+    case MOEQ_PROJECTION_W1: return "w1 (gate_proj)";
+    case MOEQ_PROJECTION_W2: return "w2 (down_proj)";
+    case MOEQ_PROJECTION_W3: return "w3 (up_proj)";
+  }
+  return "?";
+}
+
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::ostringstream os;
   os << '[';

@@ -40,6 +40,10 @@ void write_cstr(char* buffer, std::size_t capacity, std::string_view s);
 
 std::string shape_string(const std::vector<int64_t>& shape);
 
+// "w1 (gate_proj)", "w2 (down_proj)", "w3 (up_proj)" for a moeq_projection value, "?" otherwise:
+// how plugins name the piece of an expert a message is about.
+const char* projection_name(int32_t projection);
+
 // A non-owning strided view that owns its shape/stride arrays, so narrowing is cheap and the
 // DLTensor it hands out stays valid while the view lives.
 class View {
