@@ -1,6 +1,7 @@
 // `moeq conform` checks 7-10: accuracy against the float reference, apply purity and
 // reentrancy, concurrency, leaks.
 #include "cmd_conform_check_kit.hpp"
+#include "commands.hpp"
 
 #include <moeq/error.hpp>
 
@@ -20,17 +21,9 @@ namespace {
 
 // The bound a method declares in its describe JSON ("rel_l2_tolerance"), else the default.
 double tolerance_of(const std::string& describe_json, std::string& where) {
-  try {
-    const json::value v = json::parse(describe_json);
-    if (const auto* o = v.if_object())
-      if (const auto* t = o->if_contains("rel_l2_tolerance"); t && t->is_number()) {
-        where = "declared by the method";
-        return t->to_number<double>();
-      }
-  } catch (const std::exception&) {
-  }
-  where = "default";
-  return kDefaultTolerance;
+  const std::optional<double> declared = declared_tolerance(describe_json);
+  where = declared ? "declared by the method" : "default";
+  return declared.value_or(kDefaultTolerance);
 }
 
 }  // namespace

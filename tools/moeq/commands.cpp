@@ -39,6 +39,16 @@ void print_json(const json::value& v) { std::cout << json::serialize(v) << "\n";
 
 }  // namespace
 
+std::optional<double> declared_tolerance(const std::string& describe_json) {
+  try {
+    const json::value v = json::parse(describe_json);
+    if (const auto* o = v.if_object())
+      if (const auto* t = o->if_contains("rel_l2_tolerance"); t && t->is_number()) return t->to_number<double>();
+  } catch (const std::exception&) {
+  }
+  return std::nullopt;
+}
+
 RunResult run_layer(const LoadedModel& model, size_t li, int64_t m, uint64_t seed, const ref::ExpertWeights* w,
                     const ref::ExpertWeights* original) {
   const LoadedLayer& l = *model.layers.at(li);
@@ -335,7 +345,9 @@ int cmd_demo(const CommonOptions& opt, const std::string& keep_dir) {
       r.report = model.layers[0]->report;
       r.layers = model.layers.size();
       r.online = scheme;
-      r.bound = json::parse(r.report.describe_json).at("rel_l2_tolerance").to_number<double>();
+      const std::optional<double> bound = declared_tolerance(r.report.describe_json);
+      if (!bound) fail("moeq demo: online_quant's " + std::string(scheme) + " method declares no rel_l2_tolerance");
+      r.bound = *bound;
       rows.push_back(std::move(r));
     }
   }

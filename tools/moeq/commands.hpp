@@ -6,6 +6,7 @@
 #include <boost/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct RunResult {
 // scheme quantized).
 RunResult run_layer(const LoadedModel& model, size_t layer, int64_t tokens, uint64_t seed,
                     const ref::ExpertWeights* weights = nullptr, const ref::ExpertWeights* original = nullptr);
+
+// The bound a method declares on apply vs its float reference ("rel_l2_tolerance" in its
+// describe JSON), or nullopt when it declares none or the JSON is not an object.
+std::optional<double> declared_tolerance(const std::string& describe_json);
 
 boost::json::object report_json(const LayerReport& r);
 void print_report(const LayerReport& r, bool verbose);
