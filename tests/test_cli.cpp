@@ -105,6 +105,50 @@ TEST_CASE("moeq inspect --json and moeq load on a broken checkpoint say what is 
   CHECK(l.out.find("parameter 'w2_weight_scale'") != std::string::npos);
 }
 
+TEST_CASE("moeq load --no-strict loads a broken checkpoint but never calls it clean") {
+  TempDir d;
+  auto w = granite(d);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    m.erase("model.layers.0.block_sparse_moe.output_linear.weight_scale");
+    EditableTensor extra = m.at("model.layers.0.block_sparse_moe.input_linear.weight_scale");
+    m.emplace("model.layers.0.block_sparse_moe.experts.bogus.weight", extra);
+  });
+  Result strict = moeq_cli("load " + w.dir.string());
+  CHECK(strict.code == 1);
+  CHECK(strict.out.find("problem: unknown expert tensor model.layers.0.block_sparse_moe.experts.bogus.weight") !=
+        std::string::npos);
+
+  Result l = moeq_cli("load --no-strict " + w.dir.string());
+  CAPTURE(l.out);
+  CHECK(l.code == 0);
+  CHECK(l.out.find("strict load clean") == std::string::npos);
+  CHECK(l.out.find("loaded, not strict (2 waived)") != std::string::npos);
+  CHECK(l.out.find("waived (--no-strict): parameter 'w2_weight_scale'") != std::string::npos);
+  CHECK(l.out.find("waived (--no-strict): unknown expert tensor model.layers.0.block_sparse_moe.experts.bogus.weight") !=
+        std::string::npos);
+
+  Result j = run_moeq_cli("load --no-strict --json " + w.dir.string(), "", /*with_stderr=*/false);
+  REQUIRE(j.code == 0);
+  boost::json::object o = boost::json::parse(j.out).as_object();
+  CHECK(o.at("loaded").as_bool());
+  CHECK_FALSE(o.at("clean").as_bool());
+  const auto& layer = o.at("layers").as_array().at(0).as_object();
+  CHECK(layer.at("loaded").as_bool());
+  CHECK_FALSE(layer.at("strict_clean").as_bool());
+  CHECK(layer.at("problems").as_array().empty());
+  CHECK(layer.at("waived").as_array().size() == 2);
+
+  Result i = moeq_cli("inspect --no-strict " + w.dir.string());
+  CHECK(i.code == 0);
+  CHECK(i.out.find("loaded, not strict (2 waived)") != std::string::npos);
+
+  Result r = moeq_cli("run --no-strict --tokens 5 " + w.dir.string());
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("  not strict\n") != std::string::npos);
+  CHECK(r.out.find("1 layer(s) loaded only because of --no-strict") != std::string::npos);
+}
+
 TEST_CASE("moeq run compares every layer with the reference, also at TP=2 rank 1") {
   TempDir d;
   auto w = granite(d);

@@ -63,6 +63,13 @@ TEST_CASE("a missing scale is an unwritten parameter, never a silent 1.0") {
   host::set_log_sink(old);
   REQUIRE(warnings.size() == 1);
   CHECK(warnings[0].find("w13_weight_scale") != std::string::npos);
+  // Loaded, but the report keeps what strict loading would have refused.
+  const LayerReport& rep = m.layers[0]->report;
+  CHECK(rep.ok());
+  CHECK_FALSE(rep.strict_clean());
+  REQUIRE(rep.waived.size() == 1);
+  CHECK(rep.waived[0].find("parameter 'w13_weight_scale'") != std::string::npos);
+  CHECK(warnings[0].find(rep.waived[0]) != std::string::npos);
   const ParamRecord* rec = host::find_param(*m.layers[0]->layer, "w13_weight_scale");
   REQUIRE(rec != nullptr);
   CHECK(load_as_float(rec->storage.data(), DType::F32, 2 * 64 + 32) == 0.0f);

@@ -237,8 +237,15 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   if (lt.router_bias)
     rep.entries.push_back({lt.router_bias->name, LedgerEntry::State::kRouter, "router correction bias", "",
                            dtype_name(lt.router_bias->dtype), lt.router_bias->shape});
-  if (opt.strict)
-    for (auto& [t, r] : lt.unknown) rep.problems.push_back("unknown expert tensor " + t->name);
+  for (auto& [t, r] : lt.unknown) {
+    const std::string msg = "unknown expert tensor " + t->name + " (matches no expert naming family)";
+    if (opt.strict) {
+      rep.problems.push_back(msg);
+    } else {
+      rep.waived.push_back(msg);
+      host::log(MOEQ_LOG_LEVEL_WARNING, "moeq", "layer " + lt.prefix + ": " + msg);
+    }
+  }
 
   // The layer's expert weight dtype decides quantized vs not, for the probes.
   for (auto& [t, r] : lt.experts) {
@@ -380,10 +387,12 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
                             (rec ? " (unwritten: " + unwritten_regions(*rec, 4) + ")" : std::string()) +
                             (tensor_failed ? " (a tensor above failed to load, or a checkpoint tensor is missing)"
                                            : " (a checkpoint tensor is missing)");
-    if (opt.strict)
+    if (opt.strict) {
       rep.problems.push_back(msg);
-    else
+    } else {
+      rep.waived.push_back(msg);
       host::log(MOEQ_LOG_LEVEL_WARNING, "moeq", "layer " + lt.prefix + ": " + msg);
+    }
   }
 
   if (rep.problems.empty()) {

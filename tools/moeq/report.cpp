@@ -16,6 +16,18 @@ std::string fmt_shape(const std::vector<int64_t>& s) {
   return os.str();
 }
 
+std::string verdict(const LayerReport& r) {
+  if (!r.ok()) return "FAILED";
+  if (r.waived.empty()) return "strict load clean";
+  return "loaded, not strict (" + std::to_string(r.waived.size()) + " waived)";
+}
+
+bool all_strict_clean(const std::vector<const LayerReport*>& reps) {
+  for (const LayerReport* r : reps)
+    if (!r->strict_clean()) return false;
+  return true;
+}
+
 json::object report_json(const LayerReport& r) {
   json::object o;
   o["layer"] = r.prefix;
@@ -50,7 +62,11 @@ json::object report_json(const LayerReport& r) {
   json::array problems;
   for (const auto& p : r.problems) problems.push_back(json::string(p));
   o["problems"] = problems;
-  o["strict_clean"] = r.ok();
+  json::array waived;
+  for (const auto& w : r.waived) waived.push_back(json::string(w));
+  o["waived"] = waived;
+  o["loaded"] = r.ok();
+  o["strict_clean"] = r.strict_clean();
   o["consumed"] = r.count(LedgerEntry::State::kConsumed);
   o["skipped"] = r.count(LedgerEntry::State::kSkipped);
   o["not_local"] = r.count(LedgerEntry::State::kNotLocal);
@@ -87,8 +103,9 @@ void print_report(const LayerReport& r, bool verbose) {
             << r.count(LedgerEntry::State::kSkipped) << " skipped, " << r.count(LedgerEntry::State::kNotLocal)
             << " not local, " << r.count(LedgerEntry::State::kRouter) << " router, "
             << r.count(LedgerEntry::State::kUnknown) << " unknown, " << r.count(LedgerEntry::State::kError)
-            << " errors — " << (r.ok() ? "strict load clean" : "NOT CLEAN") << "\n";
+            << " errors — " << verdict(r) << "\n";
   for (const auto& p : r.problems) std::cout << "  problem: " << p << "\n";
+  for (const auto& w : r.waived) std::cout << "  waived (--no-strict): " << w << "\n";
 }
 
 }  // namespace moeq::cli

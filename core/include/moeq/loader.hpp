@@ -53,8 +53,12 @@ struct LayerReport {
   std::vector<LedgerEntry> entries;
   std::vector<ParamCoverage> params;
   std::string describe_json = "{}";
-  std::vector<std::string> problems;  // strict violations and errors
-  bool ok() const { return problems.empty(); }
+  std::vector<std::string> problems;  // strict violations and errors: the layer did not load
+  // What strict loading would have refused but `strict = false` let through (unknown expert
+  // tensors, unwritten parameter elements), each also logged as a warning.
+  std::vector<std::string> waived;
+  bool ok() const { return problems.empty(); }  // loaded
+  bool strict_clean() const { return problems.empty() && waived.empty(); }
   int64_t count(LedgerEntry::State s) const;
 };
 
