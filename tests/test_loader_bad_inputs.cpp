@@ -281,3 +281,36 @@ TEST_CASE("collect_errors reports a failed layer with its ledger instead of thro
   CHECK(m.failed[0].count(LedgerEntry::State::kConsumed) == 6 * 4 - 1);
   CHECK_FALSE(m.failed[0].problems.empty());
 }
+
+TEST_CASE("a layer whose router is present but whose experts are all missing fails, naming the router") {
+  BuiltPlugins p;
+  TempDir d;
+  writer::MoeSpec s;
+  s.num_layers = 2;
+  s.num_experts = 4;
+  s.hidden = 64;
+  s.intermediate = 32;
+  auto w = writer::write_ct_fp8_channel(d / "ckpt", s);
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    std::erase_if(m, [](const auto& kv) { return kv.first.rfind("model.layers.1.mlp.experts.", 0) == 0; });
+  });
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("router model.layers.1.mlp.gate.weight is in the checkpoint but no expert tensor of this layer is") !=
+        std::string::npos);
+  // --no-strict loads the layer that is whole and warns about the other.
+  LoadOptions lax;
+  lax.strict = false;
+  std::vector<std::string> warnings;
+  auto old = host::set_log_sink([&](moeq_log_level, const std::string&, const std::string& m) { warnings.push_back(m); });
+  LoadedModel m = load_dir(w.dir, p.registry(), lax);
+  host::set_log_sink(old);
+  REQUIRE(m.layers.size() == 1);
+  CHECK(m.layers[0]->report.prefix == "model.layers.0.mlp");
+  REQUIRE(warnings.size() == 1);
+  CHECK(warnings[0].find("router model.layers.1.mlp.gate.weight but no expert tensors") != std::string::npos);
+  // A layer with experts but no router still loads (routers are only needed to run).
+  TempDir d2;
+  auto w2 = writer::write_ct_fp8_channel(d2 / "ckpt", s);
+  rewrite_tensors(w2.dir, [](TensorMap& m) { m.erase("model.layers.1.mlp.gate.weight"); });
+  CHECK(load_dir(w2.dir, p.registry()).layers.size() == 2);
+}

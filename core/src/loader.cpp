@@ -260,6 +260,13 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       return;
     }
   }
+  if (lt.experts.empty() && lt.unknown.empty()) {
+    const TensorInfo* router = lt.router_weight ? lt.router_weight : lt.router_bias;
+    rep.problems.push_back("router " + (router ? router->name : std::string("?")) +
+                           " is in the checkpoint but no expert tensor of this layer is (expected its experts' "
+                           "weights, found none: a shard or the experts' tensors are missing)");
+    return;
+  }
   if (rep.weight_dtype.empty()) {
     rep.problems.push_back("no expert weight tensors (only scales or auxiliary tensors)");
     return;
@@ -465,16 +472,25 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     lt.layer = r.layer;
     (r.role == TensorRole::kExpert ? lt.experts : lt.unknown).push_back({&info, r});
   }
-  // A router belongs to a MoE layer only if that layer has experts (else e.g. a dense MLP).
+  if (by_layer.empty()) fail(ck.dir().string() + ": no MoE expert tensors found in any naming family");
+  // A router whose layer has no expert tensors means the experts are missing (a dense MLP has
+  // gate_proj/up_proj/down_proj, never a router): strict loading fails that layer; --no-strict
+  // reports the router as not MoE, with a warning.
   for (auto& [t, r] : routers) {
     auto it = by_layer.find({r.layer, r.layer_prefix});
     if (it == by_layer.end()) {
-      model.not_moe.push_back(t->name);
-      continue;
+      if (!opt.strict) {
+        model.not_moe.push_back(t->name);
+        host::log(MOEQ_LOG_LEVEL_WARNING, "moeq",
+                  "layer " + r.layer_prefix + ": router " + t->name + " but no expert tensors (--no-strict: skipped)");
+        continue;
+      }
+      it = by_layer.try_emplace({r.layer, r.layer_prefix}).first;
+      it->second.prefix = r.layer_prefix;
+      it->second.layer = r.layer;
     }
     (r.role == TensorRole::kRouterWeight ? it->second.router_weight : it->second.router_bias) = t;
   }
-  if (by_layer.empty()) fail(ck.dir().string() + ": no MoE expert tensors found in any naming family");
 
   // Layers load on several threads (plugins keep methods independent: ABI threading rules);
   // the outcome is then taken in layer order, so the first failing layer is the one named,
