@@ -14,10 +14,11 @@ using namespace moeq::test;
 
 namespace {
 
-writer::WrittenCheckpoint good(const TempDir& dir, writer::Layout layout = writer::Layout::kPerExpert) {
+writer::WrittenCheckpoint good(const TempDir& dir, writer::Layout layout = writer::Layout::kPerExpert,
+                               int64_t layers = 1) {
   writer::MoeSpec s;
   s.layout = layout;
-  s.num_layers = 1;
+  s.num_layers = layers;
   s.num_experts = 4;
   s.hidden = 64;
   s.intermediate = 32;
@@ -26,6 +27,21 @@ writer::WrittenCheckpoint good(const TempDir& dir, writer::Layout layout = write
 
 std::string load_error(const std::filesystem::path& dir, const Registry& reg, LoadOptions o = {}) {
   return error_of([&] { load_dir(dir, reg, o); });
+}
+
+// A --no-strict load, with the warnings it logged.
+LoadedModel load_lax(const std::filesystem::path& dir, const Registry& reg, std::vector<std::string>& warnings) {
+  LoadOptions lax;
+  lax.strict = false;
+  auto old = host::set_log_sink([&](moeq_log_level, const std::string&, const std::string& m) { warnings.push_back(m); });
+  try {
+    LoadedModel m = load_dir(dir, reg, lax);
+    host::set_log_sink(old);
+    return m;
+  } catch (...) {
+    host::set_log_sink(old);
+    throw;
+  }
 }
 
 const char* kScale = "model.layers.0.mlp.experts.2.up_proj.weight_scale";
@@ -55,12 +71,8 @@ TEST_CASE("a missing scale is an unwritten parameter, never a silent 1.0") {
   CHECK(e.find("parameter 'w13_weight_scale'") != std::string::npos);
   CHECK(e.find("32 of 256 elements not written, first at [2, 32, 0]") != std::string::npos);
   // Non-strict loads it with a warning, and the element stays as allocated (never 1.0).
-  LoadOptions lax;
-  lax.strict = false;
   std::vector<std::string> warnings;
-  auto old = host::set_log_sink([&](moeq_log_level, const std::string&, const std::string& m) { warnings.push_back(m); });
-  LoadedModel m = load_dir(w.dir, p.registry(), lax);
-  host::set_log_sink(old);
+  LoadedModel m = load_lax(w.dir, p.registry(), warnings);
   REQUIRE(warnings.size() == 1);
   CHECK(warnings[0].find("w13_weight_scale") != std::string::npos);
   // Loaded, but the report keeps what strict loading would have refused.
@@ -285,12 +297,7 @@ TEST_CASE("collect_errors reports a failed layer with its ledger instead of thro
 TEST_CASE("a layer whose router is present but whose experts are all missing fails, naming the router") {
   BuiltPlugins p;
   TempDir d;
-  writer::MoeSpec s;
-  s.num_layers = 2;
-  s.num_experts = 4;
-  s.hidden = 64;
-  s.intermediate = 32;
-  auto w = writer::write_ct_fp8_channel(d / "ckpt", s);
+  auto w = good(d, writer::Layout::kPerExpert, 2);
   rewrite_tensors(w.dir, [](TensorMap& m) {
     std::erase_if(m, [](const auto& kv) { return kv.first.rfind("model.layers.1.mlp.experts.", 0) == 0; });
   });
@@ -298,19 +305,15 @@ TEST_CASE("a layer whose router is present but whose experts are all missing fai
   CHECK(e.find("router model.layers.1.mlp.gate.weight is in the checkpoint but no expert tensor of this layer is") !=
         std::string::npos);
   // --no-strict loads the layer that is whole and warns about the other.
-  LoadOptions lax;
-  lax.strict = false;
   std::vector<std::string> warnings;
-  auto old = host::set_log_sink([&](moeq_log_level, const std::string&, const std::string& m) { warnings.push_back(m); });
-  LoadedModel m = load_dir(w.dir, p.registry(), lax);
-  host::set_log_sink(old);
+  LoadedModel m = load_lax(w.dir, p.registry(), warnings);
   REQUIRE(m.layers.size() == 1);
   CHECK(m.layers[0]->report.prefix == "model.layers.0.mlp");
   REQUIRE(warnings.size() == 1);
   CHECK(warnings[0].find("router model.layers.1.mlp.gate.weight but no expert tensors") != std::string::npos);
   // A layer with experts but no router still loads (routers are only needed to run).
   TempDir d2;
-  auto w2 = writer::write_ct_fp8_channel(d2 / "ckpt", s);
+  auto w2 = good(d2, writer::Layout::kPerExpert, 2);
   rewrite_tensors(w2.dir, [](TensorMap& m) { m.erase("model.layers.1.mlp.gate.weight"); });
   CHECK(load_dir(w2.dir, p.registry()).layers.size() == 2);
 }
