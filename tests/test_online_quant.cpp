@@ -48,9 +48,15 @@ std::vector<float> expected_dequant(const std::string& scheme, const float* w, i
       for (int64_t c = c0; c < c1; ++c) m = std::max(m, std::fabs(w[r * cols + c]));
     return m;
   };
+  // amax / qmax; 1 for zero; at least the smallest normal float; a step down where qmax s overflows.
+  auto scale_of = [](float m, float qmax) {
+    if (m == 0) return 1.0f;
+    const float s = m / qmax;
+    if (s < std::numeric_limits<float>::min()) return std::numeric_limits<float>::min();
+    return std::isinf(s * qmax) ? std::nextafter(s, 0.0f) : s;
+  };
   auto fp8_cell = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    const float m = amax_of(r0, r1, c0, c1);
-    const float s = m > 0 ? m / 448.0f : 1.0f;
+    const float s = scale_of(amax_of(r0, r1, c0, c1), 448.0f);
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t c = c0; c < c1; ++c) {
         const float v = std::clamp(w[r * cols + c] / s, -448.0f, 448.0f);
@@ -59,8 +65,7 @@ std::vector<float> expected_dequant(const std::string& scheme, const float* w, i
   };
   if (scheme == "int8") {
     for (int64_t r = 0; r < rows; ++r) {
-      const float m = amax_of(r, r + 1, 0, cols);
-      const float s = m > 0 ? m / 127.0f : 1.0f;
+      const float s = scale_of(amax_of(r, r + 1, 0, cols), 127.0f);
       for (int64_t c = 0; c < cols; ++c)
         out[r * cols + c] = std::clamp(std::nearbyint(w[r * cols + c] / s), -127.0f, 127.0f) * s;
     }
@@ -425,6 +430,61 @@ TEST_CASE("an all-zero row and an all-zero expert get scale 1, never 0/0") {
       CHECK(load_as_float(s->storage.data(), s->dtype, 1 * 2 * I + 5) == 1.0f);
       CHECK(load_as_float(s->storage.data(), s->dtype, 3 * 2 * I + 7) == 1.0f);
     }
+  }
+}
+
+// F32 sources reach magnitudes BF16 cannot: a row of values under 448 x FLT_MIN would get a zero
+// or subnormal scale (the load then failed on a "zero scale" the checkpoint does not have), and
+// FLT_MAX / 127 rounds up so 127 s overflowed (a finite weight dequantized to infinity).
+TEST_CASE("F32 weights at the ends of the float range: normal, finite scales; exact codes; every scheme") {
+  BuiltPlugins p;
+  TempDir d;
+  writer::WrittenCheckpoint w = writer::write_unquantized(d / "f32", spec(writer::Layout::kPerExpert));
+  REQUIRE(rewrite_expert_weights_as(w.dir, DType::F32) == 12);
+  const int64_t H = 256, I = 192;
+  const float tiny = 1e-45f, sub = 2e-43f, big = std::numeric_limits<float>::max();
+  ref::ExpertWeights src = w.layers[0].dequantized;
+  // The same edits in the file and in `src`: index into one projection of one expert.
+  auto edit = [&](TensorMap& m, const char* leaf, int64_t expert, int64_t index, float v) {
+    set_element(m.at("model.layers.0.mlp.experts." + std::to_string(expert) + "." + leaf + ".weight"),
+                static_cast<size_t>(index), v);
+    const std::string l = leaf;
+    if (l == "down_proj")
+      src.w2[static_cast<size_t>(expert * H * I + index)] = v;
+    else
+      src.w13[static_cast<size_t>(expert * 2 * I * H + (l == "up_proj" ? I * H : 0) + index)] = v;
+  };
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    for (int64_t c = 0; c < H; ++c) edit(m, "gate_proj", 0, c, c == 0 ? tiny : 0.0f);  // row 0: one 1e-45
+    for (int64_t r = 1; r < 128; ++r)  // the rest of expert 0's first 128x128 gate block: subnormal
+      for (int64_t c = 0; c < 128; ++c) edit(m, "gate_proj", 0, r * H + c, ((r + c) % 2 ? sub : -sub));
+    for (int64_t i = 0; i < H * I; ++i) edit(m, "down_proj", 2, i, (i % 3 ? tiny : -sub));  // a whole projection
+    edit(m, "up_proj", 1, 3 * H + 7, big);  // one FLT_MAX and one -FLT_MAX weight
+    edit(m, "up_proj", 1, 4 * H + 1, -big);
+  });
+  for (const char* scheme : kSchemes) {
+    CAPTURE(scheme);
+    LoadedModel m = load_dir(w.dir, p.registry(), online(scheme));
+    REQUIRE(m.layers.size() == 1);
+    CHECK(m.layers[0]->report.strict_clean());
+    for (const char* name : {"w13_weight_scale", "w2_weight_scale"}) {
+      const ParamRecord* rec = host::find_param(*m.layers[0]->layer, name);
+      REQUIRE(rec != nullptr);
+      for (int64_t i = 0; i < rec->numel; ++i) {
+        const float v = load_as_float(rec->storage.data(), rec->dtype, static_cast<size_t>(i));
+        CHECK(std::isfinite(v));
+        CHECK(v >= std::numeric_limits<float>::min());
+      }
+    }
+    const ref::ExpertWeights got = m.dequantized(0, nullptr);
+    CHECK(std::all_of(got.w13.begin(), got.w13.end(), [](float v) { return std::isfinite(v); }));
+    CHECK(std::all_of(got.w2.begin(), got.w2.end(), [](float v) { return std::isfinite(v); }));
+    const ref::ExpertWeights want = expected_all(scheme, src);
+    CHECK(got.w13 == want.w13);
+    CHECK(got.w2 == want.w2);
+    // FLT_MAX comes back as the largest float the grid holds, within one code step of it.
+    const float back = got.w13[static_cast<size_t>(1 * 2 * I * H + I * H + 3 * H + 7)];
+    CHECK(back > 0.9f * big);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <thread>
 
 namespace moeq::online {
@@ -47,8 +48,7 @@ void for_ranges(int64_t n, int64_t elements, Fn&& fn) {
   });
 }
 
-// A positive scale from an amax: an all-zero row or tensor gets 1 (never 0/0).
-float fp8_scale(float amax) { return amax > 0.0f ? amax / kFp8E4M3Max : 1.0f; }
+float fp8_scale(float amax) { return online_scale(amax, kFp8E4M3Max); }
 
 json::object fp8_weights(const char* strategy) {
   return {{"type", "float"}, {"num_bits", 8}, {"symmetric", true}, {"dynamic", false}, {"strategy", strategy}};
@@ -187,10 +187,15 @@ class Fp8Block final : public Scheme {
 
 }  // namespace
 
-float int8_row_scale(const float* row, int64_t n) {
-  const float m = absmax(row, n);
-  return m > 0.0f ? m / 127.0f : 1.0f;
+float online_scale(float amax, float qmax) {
+  if (!(amax > 0.0f)) return 1.0f;  // an all-zero row, block or projection: never 0/0
+  const float s = amax / qmax;
+  if (s < std::numeric_limits<float>::min()) return std::numeric_limits<float>::min();
+  // FLT_MAX / 127 rounds up, so 127 s would overflow: one step down keeps qmax * s finite.
+  return std::isfinite(s * qmax) ? s : std::nextafter(s, 0.0f);
 }
+
+float int8_row_scale(const float* row, int64_t n) { return online_scale(absmax(row, n), 127.0f); }
 
 std::unique_ptr<Scheme> make_scheme(const std::string& name) {
   if (name == "int8") return std::make_unique<Int8Channel>();

@@ -37,7 +37,14 @@ class Scheme {
 std::unique_ptr<Scheme> make_scheme(const std::string& name);
 const char* scheme_names();  // "int8, fp8-tensor, fp8-channel, fp8-block"
 
+// The scale of a row, block or projection whose largest magnitude is `amax`, for codes up to
+// `qmax` (127 or 448): amax / qmax; 1 when amax is 0; never below FLT_MIN (an F32 row of values
+// under qmax x FLT_MIN would otherwise get a zero or subnormal scale: its codes round to about
+// 0 instead); one float step down where qmax x (amax / qmax) would overflow (F32 near FLT_MAX),
+// so that no finite weight dequantizes to infinity. The device kernels compute the same bits.
+float online_scale(float amax, float qmax);
+
 // Reference quantizers, exposed for tests of exactness.
-float int8_row_scale(const float* row, int64_t n);  // absmax / 127, 1 for an all-zero row
+float int8_row_scale(const float* row, int64_t n);  // online_scale(absmax, 127)
 
 }  // namespace moeq::online

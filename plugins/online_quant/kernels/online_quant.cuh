@@ -64,12 +64,22 @@ __device__ float row_absmax(const void* w, int dt, long long base, int cols, uns
   return block_max(m);
 }
 
-// kind 0: int8, s = absmax / 127; kind 1: fp8, s = absmax / 448; 1 for an all-zero row.
+// online_scale (online_scheme.hpp): m / qmax, 1 for m == 0, at least FLT_MIN, one step down
+// where qmax * s would overflow.
+__device__ __forceinline__ float oq_scale(float m, float qmax) {
+  if (!(m > 0.0f)) return 1.0f;
+  const float s = __fdiv_rn(m, qmax);
+  if (s < 1.17549435e-38f) return 1.17549435e-38f;
+  const bool overflows = (__float_as_uint(__fmul_rn(s, qmax)) & 0x7f800000u) == 0x7f800000u;
+  return overflows ? __uint_as_float(__float_as_uint(s) - 1u) : s;  // the next float toward 0
+}
+
+// kind 0: int8, s = absmax / 127; kind 1: fp8, s = absmax / 448.
 extern "C" __global__ void oq_rows(const void* w, int dt, int cols, int kind, u8* codes, float* scales,
                                    unsigned long long* bad) {
   const long long base = static_cast<long long>(blockIdx.x) * cols;
   const float m = row_absmax(w, dt, base, cols, bad);
-  const float s = m > 0.0f ? m / (kind == 0 ? 127.0f : 448.0f) : 1.0f;
+  const float s = oq_scale(m, kind == 0 ? 127.0f : 448.0f);
   if (threadIdx.x == 0) scales[blockIdx.x] = s;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
     const float v = load_w(w, dt, base + c) / s;
@@ -88,7 +98,7 @@ extern "C" __global__ void oq_tensor_codes(const void* w, int dt, int rows, int 
   float m = 0.0f;
   for (int r = threadIdx.x; r < rows; r += blockDim.x) m = fmaxf(m, part[r]);
   m = block_max(m);
-  const float s = m > 0.0f ? m / 448.0f : 1.0f;
+  const float s = oq_scale(m, 448.0f);
   if (blockIdx.x == 0 && threadIdx.x == 0) scale[0] = s;
   const long long base = static_cast<long long>(blockIdx.x) * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) codes[base + c] = to_e4m3(load_w(w, dt, base + c) / s);
@@ -107,7 +117,7 @@ extern "C" __global__ void oq_blocks(const void* w, int dt, int rows, int cols, 
     m = fmaxf(m, fabsf(v));
   }
   m = block_max(m);
-  const float s = m > 0.0f ? m / 448.0f : 1.0f;
+  const float s = oq_scale(m, 448.0f);
   if (threadIdx.x == 0) scales[blockIdx.y * gridDim.x + blockIdx.x] = s;
   for (int i = threadIdx.x; i < nr * nc; i += blockDim.x) {
     const long long at = static_cast<long long>(r0 + i / nc) * cols + c0 + i % nc;
