@@ -8,6 +8,7 @@
 #include <boost/json.hpp>
 
 #include <cstdio>
+#include <fstream>
 #include <set>
 #include <sys/wait.h>
 
@@ -145,7 +146,7 @@ TEST_CASE("moeq load --no-strict loads a broken checkpoint but never calls it cl
   Result r = moeq_cli("run --no-strict --tokens 5 " + w.dir.string());
   CAPTURE(r.out);
   CHECK(r.code == 0);
-  CHECK(r.out.find("  not strict\n") != std::string::npos);
+  CHECK(r.out.find("  ok (not strict)\n") != std::string::npos);
   CHECK(r.out.find("1 layer(s) loaded only because of --no-strict") != std::string::npos);
 }
 
@@ -164,6 +165,65 @@ TEST_CASE("moeq run compares every layer with the reference, also at TP=2 rank 1
   Result bad = moeq_cli("run --tp 3 " + w.dir.string());
   CHECK(bad.code == 1);
   CHECK(bad.out.find("not divisible by tp size 3") != std::string::npos);
+}
+
+TEST_CASE("moeq run: non-finite results fail with a verdict that says so, and --json stays JSON (null, not NaN)") {
+  TempDir d;
+  auto w = granite(d);
+  // An F32 scale near FLT_MAX is finite and loads, but weight x scale overflows to infinity.
+  rewrite_tensors(w.dir, [](TensorMap& m) {
+    set_element(m.at("model.layers.0.block_sparse_moe.output_linear.weight_scale"), 3, 3.0e38f);
+  });
+  Result r = moeq_cli("run --tokens 16 " + w.dir.string());
+  CAPTURE(r.out);
+  CHECK(r.code == 1);
+  CHECK(r.out.find("FAIL: ") != std::string::npos);
+  CHECK(r.out.find("non-finite") != std::string::npos);
+  Result j = run_moeq_cli("run --json --tokens 16 " + w.dir.string(), "", /*with_stderr=*/false);
+  CAPTURE(j.out);
+  CHECK(j.code == 1);
+  CHECK(j.out.find(":NaN") == std::string::npos);  // what serializing a NaN double printed
+  const boost::json::object o = boost::json::parse(j.out).as_object();
+  CHECK_FALSE(o.at("within_tolerance").as_bool());
+  const auto& row = o.at("layers").as_array().at(0).as_object();
+  CHECK_FALSE(row.at("within_tolerance").as_bool());
+  CHECK(row.at("verdict").as_string().starts_with("FAIL: "));
+  CHECK(row.at("rel_l2_vs_quant_reference").is_null());
+  CHECK((!row.at("output_finite").as_bool() || !row.at("reference_finite").as_bool()));
+}
+
+TEST_CASE("moeq usage errors exit 2 naming the option; with --json an error is still one JSON document") {
+  TempDir d;
+  auto w = granite(d);
+  for (const std::string args : {"load --tp 2 --tp-rank 2 ", "inspect --ep 2 --ep-rank 5 ", "run --tokens 0 ",
+                                 "run --tokens 4611686018427387904 ", "load --tp 0 "}) {
+    CAPTURE(args);
+    Result r = moeq_cli(args + w.dir.string());
+    CHECK(r.code == 2);
+    CHECK((r.out.find("--tp") != std::string::npos || r.out.find("--ep") != std::string::npos ||
+           r.out.find("--tokens") != std::string::npos));
+  }
+  CHECK(moeq_cli("load --tp 2 --tp-rank 2 " + w.dir.string()).out.find("--tp-rank 2 is out of range for --tp 2") !=
+        std::string::npos);
+  Result j = run_moeq_cli("load --json " + (d / "nothing-here").string(), "", /*with_stderr=*/false);
+  CHECK(j.code == 1);
+  const boost::json::object o = boost::json::parse(j.out).as_object();
+  CHECK(o.at("error").as_string().find("nothing-here") != boost::json::string::npos);
+  CHECK(o.at("exit_status").as_int64() == 1);
+}
+
+TEST_CASE("moeq demo --tokens is used, --keep must be a directory, and a temporary demo directory is removed") {
+  Result r = run_moeq_cli("demo --json --tokens 5", "", /*with_stderr=*/false);
+  REQUIRE(r.code == 0);
+  const boost::json::object o = boost::json::parse(r.out).as_object();
+  CHECK_FALSE(o.at("kept").as_bool());
+  CHECK_FALSE(std::filesystem::exists(std::string(o.at("dir").as_string())));
+  for (const auto& row : o.at("rows").as_array()) CHECK(row.at("tokens").as_int64() == 5);
+  TempDir d;
+  std::ofstream(d / "a-file") << "x";
+  Result bad = moeq_cli("demo --keep " + (d / "a-file").string());
+  CHECK(bad.code == 1);
+  CHECK(bad.out.find("expected a directory to write into") != std::string::npos);
 }
 
 TEST_CASE("moeq plugins finds the built plugins without flags and explains declines with --why") {

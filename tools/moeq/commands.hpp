@@ -20,7 +20,16 @@ struct RunResult {
   double err_quant_ref = 0;  // vs the reference that quantizes activations as the scheme does
   double err_float = 0;      // vs plain float math on the dequantized (or the original) weights
   double apply_ms = 0;
+  bool out_finite = true;  // every element of apply's output is finite
+  bool ref_finite = true;  // and of the float reference it is compared with
+  bool within_tolerance() const { return out_finite && ref_finite && err_quant_ref <= kRunTolerance; }
+  // "ok", or "FAIL: " and why.
+  std::string verdict() const;
+  static constexpr double kRunTolerance = 1e-2;  // rel L2 of apply vs its quantizing reference
 };
+
+// A JSON number, or null for NaN and infinities (which JSON cannot hold).
+boost::json::value json_number(double v);
 
 // `weights` overrides the plugin's own dequantized weights (the demo passes the writer's);
 // `original`, when given, is what err_float compares with instead (the bf16 weights an online
@@ -47,6 +56,6 @@ int cmd_pin_plugins(const CommonOptions& opt);
 int cmd_inspect(const CommonOptions& opt, const std::string& dir);
 int cmd_load(const CommonOptions& opt, const std::string& dir);
 int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed);
-int cmd_demo(const CommonOptions& opt, const std::string& keep_dir);
+int cmd_demo(const CommonOptions& opt, const std::string& keep_dir, int64_t tokens);
 
 }  // namespace moeq::cli

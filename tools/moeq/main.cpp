@@ -5,8 +5,25 @@
 
 #include <moeq/error.hpp>
 
+#include <boost/json.hpp>
+
 #include <cstdlib>
 #include <iostream>
+
+namespace {
+
+constexpr int64_t kMaxTokens = int64_t{1} << 16;
+
+// The message on stderr; with --json also one JSON document on stdout, so that a caller reading
+// stdout always gets one. Returns `status`.
+int report_error(const moeq::cli::CommonOptions& opt, const char* kind, const std::string& what, int status) {
+  std::cerr << "moeq: " << kind << ": " << what << "\n";
+  if (opt.json)
+    std::cout << boost::json::serialize(boost::json::object{{"error", what}, {"exit_status", status}}) << "\n";
+  return status;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace moeq::cli;
@@ -36,12 +53,12 @@ int main(int argc, char** argv) {
   opt.add_placement(load);
   auto* run = app.add_subcommand("run", "route random tokens through every MoE layer, compare with the float reference");
   run->add_option("dir", dir, "checkpoint directory")->required();
-  run->add_option("--tokens", tokens, "tokens per layer")->check(CLI::PositiveNumber);
+  run->add_option("--tokens", tokens, "tokens per layer (1 to 65536)")->check(CLI::Range(int64_t{1}, kMaxTokens));
   run->add_option("--seed", seed, "random seed of the tokens");
   opt.add_placement(run);
-  auto* demo = app.add_subcommand("demo", "write the embedded example checkpoints, then inspect, load and run each");
+  auto* demo = app.add_subcommand("demo", "write the embedded example checkpoints, then load and run each");
   demo->add_option("--keep", keep, "write the checkpoints here and keep them");
-  demo->add_option("--tokens", tokens, "tokens per layer")->check(CLI::PositiveNumber);
+  demo->add_option("--tokens", tokens, "tokens per layer (1 to 65536)")->check(CLI::Range(int64_t{1}, kMaxTokens));
   for (auto* sub : {plugins, inspect, load, run, demo}) {
     sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files");
     sub->add_flag("--json", opt.json, "print the verdict as JSON");
@@ -56,6 +73,13 @@ int main(int argc, char** argv) {
     // rather than with CLI11's own codes (100 and up).
     return app.exit(e) == 0 ? 0 : 2;
   }
+  // A rank must lie below its size: a usage error, named by its options, like a bad value.
+  for (auto* sub : {inspect, load, run})
+    if (sub->parsed())
+      if (const std::string bad = opt.placement_error(); !bad.empty()) {
+        std::cerr << "moeq: error: " << bad << "\n";
+        return 2;
+      }
   // The registry reads the override from the environment, as it does for embedders; it logs
   // that the checks are off and every file it loads despite them.
   if (allow_untrusted) ::setenv("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1", 1);
@@ -69,14 +93,12 @@ int main(int argc, char** argv) {
     if (run->parsed()) return cmd_run(opt, dir, tokens, seed);
     if (demo->parsed()) {
       opt.tp = 1;
-      return cmd_demo(opt, keep);
+      return cmd_demo(opt, keep, tokens);
     }
   } catch (const moeq::Error& e) {
-    std::cerr << "moeq: error: " << e.what() << "\n";
-    return 1;
+    return report_error(opt, "error", e.what(), 1);
   } catch (const std::exception& e) {
-    std::cerr << "moeq: unexpected error: " << e.what() << "\n";
-    return 2;
+    return report_error(opt, "unexpected error", e.what(), 2);
   }
   return 0;
 }

@@ -3,12 +3,14 @@
 namespace moeq::cli {
 
 void CommonOptions::add_placement(CLI::App* app) {
-  app->add_option("--tp", tp, "tensor-parallel size")->check(CLI::PositiveNumber);
-  app->add_option("--tp-rank", tp_rank, "tensor-parallel rank")->check(CLI::NonNegativeNumber);
-  app->add_option("--ep", ep, "expert-parallel size")->check(CLI::PositiveNumber);
-  app->add_option("--ep-rank", ep_rank, "expert-parallel rank")->check(CLI::NonNegativeNumber);
+  app->add_option("--tp", tp, "tensor-parallel size (1 to 65536)")->check(CLI::Range(1, kMaxParallel));
+  app->add_option("--tp-rank", tp_rank, "tensor-parallel rank, below --tp")->check(CLI::Range(0, kMaxParallel - 1));
+  app->add_option("--ep", ep, "expert-parallel size (1 to 65536)")->check(CLI::Range(1, kMaxParallel));
+  app->add_option("--ep-rank", ep_rank, "expert-parallel rank, below --ep")->check(CLI::Range(0, kMaxParallel - 1));
   app->add_option("--plugin", pin, "use this plugin for every layer (pin)");
-  app->add_flag("--no-strict", no_strict, "report unwritten parameters as warnings instead of errors");
+  app->add_flag("--no-strict", no_strict,
+                "load anyway where strict loading would refuse (unwritten parameter elements, unknown expert "
+                "tensors, a router without experts): each is a warning, and the verdict says 'not strict'");
   app->add_option("--online", online, "quantize unquantized experts at load: int8, fp8-tensor, fp8-channel, fp8-block")
       ->check(CLI::IsMember(online_schemes()));
   app->add_option("--device", device,
@@ -27,6 +29,16 @@ std::optional<DLDevice> parse_device(const std::string& v) {
     n = n * 10 + (c - '0');
   }
   return DLDevice{kDLCUDA, n};
+}
+
+std::string CommonOptions::placement_error() const {
+  if (tp_rank >= tp)
+    return "--tp-rank " + std::to_string(tp_rank) + " is out of range for --tp " + std::to_string(tp) +
+           " (expected 0 to " + std::to_string(tp - 1) + ")";
+  if (ep_rank >= ep)
+    return "--ep-rank " + std::to_string(ep_rank) + " is out of range for --ep " + std::to_string(ep) +
+           " (expected 0 to " + std::to_string(ep - 1) + ")";
+  return {};
 }
 
 LoadOptions CommonOptions::load_options() const {

@@ -22,7 +22,10 @@ struct CommonOptions {
   std::string online;
   std::string device = "cpu";
   void add_placement(CLI::App* app);
+  // Empty, or why --tp-rank / --ep-rank do not fit their sizes.
+  std::string placement_error() const;
   LoadOptions load_options() const;
+  static constexpr int kMaxParallel = 65536;
 };
 
 // "cpu", "cuda", "cuda:N"; nullopt for anything else.
