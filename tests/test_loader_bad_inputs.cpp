@@ -317,3 +317,49 @@ TEST_CASE("a layer whose router is present but whose experts are all missing fai
   rewrite_tensors(w2.dir, [](TensorMap& m) { m.erase("model.layers.1.mlp.gate.weight"); });
   CHECK(load_dir(w2.dir, p.registry()).layers.size() == 2);
 }
+
+TEST_CASE("a NaN or infinite expert weight is an error naming the tensor, projection, expert and [row, col]") {
+  BuiltPlugins p;
+  SUBCASE("fp8 e4m3 NaN codes, per-expert and Granite's fused tensor") {
+    for (auto layout : {writer::Layout::kPerExpert, writer::Layout::kGraniteFused}) {
+      CAPTURE(writer::layout_name(layout));
+      TempDir d;
+      auto w = good(d, layout);
+      const bool fused = layout == writer::Layout::kGraniteFused;
+      const std::string tensor =
+          fused ? "model.layers.0.block_sparse_moe.input_linear.weight" : "model.layers.0.mlp.experts.2.up_proj.weight";
+      // Expert 2's w3 (up_proj), element [5, 9]: in the fused [E, 2I, H] tensor, row I + 5 of expert 2.
+      const size_t at = fused ? static_cast<size_t>((2 * 64 + 32 + 5) * 64 + 9) : static_cast<size_t>(5 * 64 + 9);
+      rewrite_tensors(w.dir, [&](TensorMap& m) { m.at(tensor).bytes[at] = std::byte{0xff}; });
+      const std::string e = load_error(w.dir, p.registry());
+      CHECK(e.find(tensor + ": w3 (up_proj) of expert 2, element [5, 9] is NaN") != std::string::npos);
+      CHECK(e.find("expected finite F8_E4M3 weights") != std::string::npos);
+    }
+  }
+  SUBCASE("unquantized BF16 experts: NaN, +inf and -inf; at TP=2 in unsharded coordinates") {
+    writer::MoeSpec s;
+    s.num_layers = 1;
+    s.num_experts = 4;
+    s.hidden = 64;
+    s.intermediate = 32;
+    for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity()}) {
+      CAPTURE(bad);
+      TempDir d;
+      auto w = writer::write_unquantized(d / "bf16", s);
+      // w2 (down_proj) [H, I] of expert 1, element [3, 20]: column 20 lies in TP rank 1's half.
+      rewrite_tensors(w.dir, [&](TensorMap& m) {
+        set_element(m.at("model.layers.0.mlp.experts.1.down_proj.weight"), 3 * 32 + 20, bad);
+      });
+      const std::string word = std::isnan(bad) ? "NaN" : bad > 0 ? "+inf" : "-inf";
+      const std::string want = "model.layers.0.mlp.experts.1.down_proj.weight: w2 (down_proj) of expert 1, element [3, 20] is " + word;
+      CHECK(load_error(w.dir, p.registry()).find(want) != std::string::npos);
+      LoadOptions rank1;
+      rank1.placement = {1, 2, 0, 1};
+      CHECK(load_error(w.dir, p.registry(), rank1).find(want) != std::string::npos);
+      LoadOptions rank0;  // rank 0's columns are finite: it loads
+      rank0.placement = {0, 2, 0, 1};
+      CHECK(load_dir(w.dir, p.registry(), rank0).layers.size() == 1);
+    }
+  }
+}

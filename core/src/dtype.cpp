@@ -4,6 +4,7 @@
 #include <moeq/dtype.hpp>
 #include <moeq/error.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -225,6 +226,45 @@ void quantize_int8(const float* in, std::size_t n, float scale, int8_t* out) {
     float c = v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v);
     c = (c + kRound) - kRound;
     out[i] = static_cast<int8_t>(c == c ? c : 0.0f);
+  }
+}
+
+namespace {
+
+// (b & kMask) + (the lowest bit of kMask) carries into kTop only when every bit of kMask is set,
+// so one OR over a chunk says whether it holds an all-ones exponent; only then is the chunk
+// searched for the position.
+template <class Bits, Bits kMask>
+int64_t first_all_ones(const std::byte* p, std::size_t n) {
+  constexpr Bits kLow = kMask & static_cast<Bits>(~kMask + 1);
+  constexpr Bits kTop = static_cast<Bits>(kMask + kLow);
+  constexpr std::size_t kChunk = 1024;
+  auto bits = [&](std::size_t i) {
+    Bits b;
+    std::memcpy(&b, p + i * sizeof(Bits), sizeof b);
+    return b;
+  };
+  for (std::size_t c0 = 0; c0 < n; c0 += kChunk) {
+    const std::size_t c1 = std::min(n, c0 + kChunk);
+    Bits acc = 0;
+    for (std::size_t i = c0; i < c1; ++i) acc |= static_cast<Bits>((bits(i) & kMask) + kLow);
+    if ((acc & kTop) == 0) continue;
+    for (std::size_t i = c0; i < c1; ++i)
+      if ((bits(i) & kMask) == kMask) return static_cast<int64_t>(i);
+  }
+  return -1;
+}
+
+}  // namespace
+
+int64_t first_non_finite(const void* data, std::size_t n, DType dtype) {
+  const auto* p = static_cast<const std::byte*>(data);
+  switch (dtype) {
+    case DType::F8_E4M3: return first_all_ones<uint8_t, 0x7f>(p, n);
+    case DType::BF16: return first_all_ones<uint16_t, 0x7f80>(p, n);
+    case DType::F16: return first_all_ones<uint16_t, 0x7c00>(p, n);
+    case DType::F32: return first_all_ones<uint32_t, 0x7f800000u>(p, n);
+    default: return -1;
   }
 }
 

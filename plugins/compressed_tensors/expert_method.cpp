@@ -233,10 +233,24 @@ class ExpertMethod final : public sdk::Method {
            (w2 ? "w2" : p == MOEQ_PROJECTION_W1 ? "w1" : "w3") + ", found " + dtype_name(src.dtype()) + " " +
            sdk::shape_string(src.shape()) + " (" + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) +
            ")");
+    const sdk::View part = w2 ? src.narrow(1, r * It, It) : src.narrow(0, r * It, It);
+    // A NaN or infinite weight would poison every output it touches: refused, naming where (in
+    // the checkpoint's unsharded [row, col]). Device sources (online_quant's codes) were made
+    // from finite weights and are not read here.
+    if (part.dl()->device.device_type == kDLCPU)
+      if (const int64_t bad = part.find_non_finite(); bad >= 0) {
+        const int64_t cols = part.size(1), row = bad / cols + (w2 ? 0 : r * It), col = bad % cols + (w2 ? r * It : 0);
+        const float v = part.at(bad);
+        fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+             name + ": " + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) + ", element [" +
+                 std::to_string(row) + ", " + std::to_string(col) + "] is " +
+                 (std::isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf") + " (expected finite " + dtype_name(dt) +
+                 " weights, found a non-finite one)");
+      }
     if (w2)
-      layer.copy(w2_, {le, 0, 0}, src.narrow(1, r * It, It));
+      layer.copy(w2_, {le, 0, 0}, part);
     else
-      layer.copy(w13_, {le, p == MOEQ_PROJECTION_W1 ? 0 : It, 0}, src.narrow(0, r * It, It));
+      layer.copy(w13_, {le, p == MOEQ_PROJECTION_W1 ? 0 : It, 0}, part);
   }
 
   void load_weight_scale(const moeq_weight_loader_args& a, const sdk::Layer& layer, const sdk::View& src,

@@ -147,6 +147,29 @@ float View::at(int64_t flat) const {
   return load_as_float(base, dtype_, static_cast<std::size_t>(offset));
 }
 
+namespace {
+
+// fn(r, offset) for each row r of a view along its last dim (offset: of the row's first element,
+// in elements); stops when fn returns false.
+template <class Fn>
+void each_row(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides, Fn&& fn) {
+  const int nd = static_cast<int>(shape.size());
+  int64_t rows = 1;
+  for (int d = 0; d + 1 < nd; ++d) rows *= shape[d];
+  std::vector<int64_t> idx(static_cast<std::size_t>(nd - 1), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t off = 0;
+    for (int d = 0; d + 1 < nd; ++d) off += idx[d] * strides[d];
+    if (!fn(r, off)) return;
+    for (int d = nd - 2; d >= 0; --d) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+}  // namespace
+
 void View::read_floats(float* out) const {
   const int nd = ndim();
   const auto* base = static_cast<const std::byte*>(tensor_.data) + tensor_.byte_offset;
@@ -155,29 +178,50 @@ void View::read_floats(float* out) const {
     return;
   }
   const int64_t len = shape_[nd - 1], step = strides_[nd - 1];
-  int64_t rows = 1;
-  for (int d = 0; d + 1 < nd; ++d) rows *= shape_[d];
-  std::vector<int64_t> idx(static_cast<std::size_t>(nd - 1), 0);
-  for (int64_t r = 0; r < rows && len > 0; ++r, out += len) {
-    int64_t off = 0;
-    for (int d = 0; d + 1 < nd; ++d) off += idx[d] * strides_[d];
+  if (len == 0) return;
+  each_row(shape_, strides_, [&](int64_t r, int64_t off) {
+    float* o = out + r * len;
+    // Byte copies, not typed loads: a safetensors data offset need not be aligned to the dtype.
     if (dtype_ == DType::BF16) {
-      const auto* p = reinterpret_cast<const uint16_t*>(base) + off;
+      const std::byte* p = base + off * 2;
       for (int64_t j = 0; j < len; ++j) {
-        const uint32_t bits = static_cast<uint32_t>(p[j * step]) << 16;
-        std::memcpy(out + j, &bits, sizeof bits);
+        uint16_t h;
+        std::memcpy(&h, p + j * step * 2, sizeof h);
+        const uint32_t bits = static_cast<uint32_t>(h) << 16;
+        std::memcpy(o + j, &bits, sizeof bits);
       }
     } else if (dtype_ == DType::F32) {
-      const auto* p = reinterpret_cast<const float*>(base) + off;
-      for (int64_t j = 0; j < len; ++j) out[j] = p[j * step];
+      const std::byte* p = base + off * 4;
+      for (int64_t j = 0; j < len; ++j) std::memcpy(o + j, p + j * step * 4, sizeof(float));
     } else {
-      for (int64_t j = 0; j < len; ++j) out[j] = load_as_float(base, dtype_, static_cast<std::size_t>(off + j * step));
+      for (int64_t j = 0; j < len; ++j) o[j] = load_as_float(base, dtype_, static_cast<std::size_t>(off + j * step));
     }
-    for (int d = nd - 2; d >= 0; --d) {
-      if (++idx[d] < shape_[d]) break;
-      idx[d] = 0;
+    return true;
+  });
+}
+
+int64_t View::find_non_finite() const {
+  if (tensor_.device.device_type != kDLCPU && tensor_.device.device_type != kDLCUDAHost)
+    fail("find_non_finite reads host memory; this view is on device type " +
+         std::to_string(static_cast<int>(tensor_.device.device_type)));
+  const auto* base = static_cast<const std::byte*>(tensor_.data) + tensor_.byte_offset;
+  const int64_t elem = static_cast<int64_t>(dtype_size(dtype_));
+  const int nd = ndim();
+  if (nd == 0) return first_non_finite(base, 1, dtype_);
+  const int64_t len = shape_[nd - 1], step = strides_[nd - 1];
+  int64_t found = -1;
+  if (len == 0) return found;
+  each_row(shape_, strides_, [&](int64_t r, int64_t off) {
+    const std::byte* row = base + off * elem;
+    if (step == 1) {
+      if (const int64_t j = first_non_finite(row, static_cast<std::size_t>(len), dtype_); j >= 0) found = r * len + j;
+    } else {
+      for (int64_t j = 0; j < len && found < 0; ++j)
+        if (first_non_finite(row + j * step * elem, 1, dtype_) == 0) found = r * len + j;
     }
-  }
+    return found < 0;
+  });
+  return found;
 }
 
 // ------------------------------------------------------------------------------ Layer

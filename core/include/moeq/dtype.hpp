@@ -39,6 +39,11 @@ uint8_t float_to_fp8_e4m3(float value);
 void quantize_fp8_e4m3(const float* in, std::size_t n, float scale, uint8_t* out);
 void quantize_int8(const float* in, std::size_t n, float scale, int8_t* out);
 
+// The index of the first NaN or infinite element of `n` contiguous elements of `dtype` at
+// `data` (any alignment), or -1 when every one is finite: F8_E4M3 codes 0x7f/0xff (e4m3fn has
+// no infinity), BF16/F16/F32 all-ones exponents; integer dtypes never. A vectorized pass.
+int64_t first_non_finite(const void* data, std::size_t n, DType dtype);
+
 // Value of element `index` of a contiguous buffer of `dtype` as float (I32/I64/I8/U8 too).
 float load_as_float(const void* data, DType dtype, std::size_t index);
 // Store `value` into element `index`, converting with the encoders above (ints round).

@@ -65,6 +65,10 @@ class View {
   // Every element, row-major, as float into out[numel()]: row by row along the last dim, with
   // tight loops for BF16 and F32 (what `at` per element costs ten times over).
   void read_floats(float* out) const;
+  // The row-major flat index of the first NaN or infinite element, or -1 when there is none
+  // (F8_E4M3 codes 0x7f/0xff, BF16/F16/F32 all-ones exponents; integer dtypes: -1). Host
+  // memory only (Error for a device view).
+  int64_t find_non_finite() const;
 
  private:
   void sync();
