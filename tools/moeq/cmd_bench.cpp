@@ -38,6 +38,7 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   apply_->add_flag("--no-check", no_check_, "skip the correctness checks");
   apply_->add_option("--seconds", seconds_, "timing budget of one (shape, scheme, M)");
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
+  apply_->add_flag("--json", opt_.json, "print the timed rows as one JSON object (progress and tables to stderr)");
 
   load_ = bench_->add_subcommand(
       "load", "checkpoint -> device 0 through pinned staging chunks, reader threads and async copies: the raw files "
@@ -99,6 +100,7 @@ int BenchCommand::run_apply() const {
   o.check = !no_check_;
   o.seconds_per_case = seconds_;
   o.markdown = markdown_;
+  o.json = opt_.json;
   return gpu_harness::run_bench(o, std::cout);
 #else
   std::cerr << "moeq bench: " << kNoToolkit << "\n";
