@@ -152,6 +152,27 @@ TEST_CASE("synthetic checkpoints are a function of the seed and refuse an existi
   }
 }
 
+namespace {
+
+struct UsageCase {
+  const char* args;
+  const char* says;
+};
+
+// Each `moeq <command> <case.args>` is a usage error (exit 2) whose message contains case.says.
+void check_usage_errors(const std::string& command, std::initializer_list<UsageCase> cases) {
+  for (const UsageCase& c : cases) {
+    CliRun r = run_moeq_cli(command + " " + c.args);
+    CAPTURE(c.args);
+    CAPTURE(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(c.says) != std::string::npos);
+    CHECK(r.out.find("unexpected error") == std::string::npos);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("moeq bench load --synthesize writes a checkpoint that moeq load loads strictly") {
   TempDir d;
   const std::string dir = (d / "qwen").string();
@@ -196,12 +217,135 @@ TEST_CASE("moeq bench load and jit parse their options and refuse bad ones") {
   CHECK(bad_online.code != 0);
   CHECK(bad_online.out.find("--online") != std::string::npos);
   CliRun bad_shape = run_moeq_cli("bench load --synthesize Llama-70B --write-only /nonexistent/x");
-  CHECK(bad_shape.code != 0);
-  CHECK(bad_shape.out.find("unknown shape 'Llama-70B'") != std::string::npos);
+  CHECK(bad_shape.code == 2);
+  CHECK(bad_shape.out.find("--synthesize: unknown shape 'Llama-70B'; valid shapes: Qwen3-30B-A3B, Mixtral-8x7B") !=
+        std::string::npos);
   CliRun bad_dims = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 8,64 --write-only /nonexistent/x");
-  CHECK(bad_dims.code != 0);
+  CHECK(bad_dims.code == 2);
   CHECK(bad_dims.out.find("E,H,I") != std::string::npos);
 }
+
+TEST_CASE("moeq bench load refuses bad --synthesize values as usage errors (exit 2) naming the option") {
+  TempDir d;
+  const std::string dir = (d / "ck").string();
+  check_usage_errors("bench load --write-only " + dir,
+                     {
+                         {"--synthesize nosuch", "--synthesize: unknown shape 'nosuch'; valid shapes: Qwen3-30B-A3B"},
+                         {"--synthesize Qwen3-30B-A3B --dims -4,256,128",
+                          "--dims: wants E,H,I (three positive integers), found '-4,256,128'"},
+                         {"--synthesize Qwen3-30B-A3B --dims 8,64,32x", "--dims: wants E,H,I"},
+                         {"--synthesize Qwen3-30B-A3B --dims 8,,64,32", "--dims: wants E,H,I"},
+                         {"--synthesize Qwen3-30B-A3B --scheme int4",
+                          "--scheme: unknown scheme 'int4'; valid schemes: fp8-channel"},
+                     });
+  CHECK_FALSE(std::filesystem::exists(dir));  // refused before anything was written
+}
+
+TEST_CASE("moeq bench load options of --synthesize without it are usage errors, not ignored") {
+  TempDir d;
+  const std::string dir = (d / "ck").string();
+  for (const char* opt : {"--scheme bf16", "--layers 2", "--dims 8,64,32", "--seed 3", "--write-only"}) {
+    CliRun r = run_moeq_cli(std::string("bench load ") + opt + " " + dir);
+    CAPTURE(opt);
+    CAPTURE(r.out);
+    CHECK(r.code == 2);
+    const std::string name = std::string(opt).substr(0, std::string(opt).find(' '));
+    CHECK(r.out.find(name + " requires --synthesize") != std::string::npos);
+  }
+}
+
+#if MOEQ_HAVE_GPU_BENCH
+namespace {
+
+// The names under `dir`, to see that a run left nothing behind.
+std::vector<std::string> entries(const std::filesystem::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("moeq bench jit and apply refuse bad --scheme, --shape and --m lists as usage errors (exit 2)") {
+  check_usage_errors("bench jit", {
+                                      {"--scheme bf16,,bf16", "--scheme: empty item in 'bf16,,bf16'"},
+                                      {"--scheme bf16,", "--scheme: empty item in 'bf16,'"},
+                                      {"--scheme bf16,w8a16,bf16", "--scheme: 'bf16' is listed twice in 'bf16,w8a16,bf16'"},
+                                      {"--scheme nosuch",
+                                       "--scheme: unknown scheme 'nosuch'; valid schemes: bf16, fp8-channel, fp8-block, "
+                                       "fp8-tensor, fp8-tensor-static, w8a16"},
+                                      {"--shape nosuch",
+                                       "--shape: unknown shape 'nosuch'; valid shapes: Mixtral-8x7B, Qwen3-30B-A3B"},
+                                  });
+  check_usage_errors("bench apply", {
+                                        {"--scheme bf16,bf16", "--scheme: 'bf16' is listed twice"},
+                                        {"--scheme nosuch", "--scheme: unknown scheme 'nosuch'; valid schemes: bf16"},
+                                        {"--shape DeepSeek-V3,,Mixtral-8x7B", "--shape: empty item"},
+                                        {"--m abc", "--m: 'abc' is not a positive integer"},
+                                        {"--m 1,0", "--m: '0' is not a positive integer"},
+                                        {"--m 16,8x", "--m: '8x' is not a positive integer"},
+                                        {"--m 1,,16", "--m: empty item in '1,,16'"},
+                                        {"--m 16,16", "--m: '16' is listed twice"},
+                                    });
+}
+
+TEST_CASE("moeq bench jit --arch is checked before anything is printed or created") {
+  TempDir tmp;
+  const std::string env = "TMPDIR=" + tmp.path().string();
+  for (const char* arch : {"sm_12", "sm_75", "90a", "sm_9", "sm_90b", "sm_1000", "compute_90"}) {
+    CliRun r = run_moeq_cli(std::string("bench jit --scheme bf16 --arch ") + arch, env);
+    CAPTURE(r.out);
+    CHECK(r.code == 2);
+    CHECK(r.out.find(std::string("--arch: '") + arch + "'") != std::string::npos);
+    CHECK(r.out.find("give sm_XY, sm_XYa or sm_XYf with compute capability 8.0 or newer") != std::string::npos);
+    CHECK(r.out.find("| scheme |") == std::string::npos);
+  }
+  CHECK(entries(tmp.path()).empty());
+}
+
+TEST_CASE("moeq bench jit that skips every scheme says nothing was measured and exits 1") {
+  TempDir tmp;
+  const std::string env = "TMPDIR=" + tmp.path().string();
+  CliRun r = run_moeq_cli("bench jit --arch sm_80 --scheme fp8-block,fp8-channel", env);
+  CAPTURE(r.out);
+  CHECK(r.code == 1);
+  CHECK(r.out.find("| fp8-block | - | skipped: fp8 needs sm_89 or newer") != std::string::npos);
+  CHECK(r.out.find("NOTHING MEASURED: every scheme was skipped on sm_80") != std::string::npos);
+  CHECK(r.out.find("came from the disk cache only") == std::string::npos);
+  CliRun j = run_moeq_cli("bench jit --arch sm_80 --scheme fp8-block --json", env, false);
+  CAPTURE(j.out);
+  CHECK(j.code == 1);
+  const boost::json::object o = boost::json::parse(j.out).as_object();
+  CHECK_FALSE(o.at("ok").as_bool());
+  CHECK(o.at("schemes").as_array().empty());
+  CHECK(o.at("skipped").as_array().at(0).as_object().at("scheme").as_string() == "fp8-block");
+  CHECK(entries(tmp.path()).empty());  // the cache root is removed
+}
+
+TEST_CASE("moeq bench jit removes its cache directory when a compile fails") {
+  TempDir tmp;
+  // sm_99 has the form of an arch, so it passes the option check; NVRTC refuses it.
+  CliRun r = run_moeq_cli("bench jit --scheme bf16 --arch sm_99", "TMPDIR=" + tmp.path().string());
+  CAPTURE(r.out);
+  CHECK(r.code == 1);
+  CHECK(r.out.find("moeq: error:") != std::string::npos);
+  CHECK(entries(tmp.path()).empty());
+}
+
+TEST_CASE("moeq bench apply takes --json and, without a driver, stops before any GPU work") {
+  CliRun h = run_moeq_cli("bench apply --help");
+  CHECK(h.code == 0);
+  CHECK(h.out.find("--json") != std::string::npos);
+  if (cuda::available()) {
+    MESSAGE("SKIPPED: this machine has a CUDA driver; the no-driver exit cannot be observed");
+    return;
+  }
+  CliRun r = run_moeq_cli("bench apply --json --m 1,16");
+  CAPTURE(r.out);
+  CHECK(r.code == 1);
+  CHECK(r.out.find("no CUDA driver") != std::string::npos);
+}
+#endif
 
 TEST_CASE("moeq bench load without a CUDA driver exits non-zero saying so") {
   if (cuda::available()) {

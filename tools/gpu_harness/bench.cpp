@@ -11,11 +11,14 @@
 #include <moeq/error.hpp>
 #include <moeq/reference.hpp>
 
+#include <boost/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iomanip>
+#include <iostream>
 #include <map>
 #include <numeric>
 #include <ostream>
@@ -617,9 +620,12 @@ bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed) {
 }
 
 int run_bench(const BenchOptions& opt, std::ostream& out) {
+  // NOTE: with json, stdout carries the one JSON document and nothing else, so a script can
+  // parse it; the progress and the tables a person reads go to stderr.
+  std::ostream& log = opt.json ? std::cerr : out;
   Driver& d = Driver::open();
-  Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, out};
-  out << "device: " << d.info().name << ", " << d.arch() << ", " << d.info().multiprocessors << " SMs, "
+  Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, log};
+  log << "device: " << d.info().name << ", " << d.arch() << ", " << d.info().multiprocessors << " SMs, "
       << d.info().total_memory / (1 << 20) << " MiB\n";
   c.utility = d.load(nvrtc_build(ct::gpu::utility_source(), d.arch()).image);
   const Selection sel = select(opt);
@@ -634,13 +640,14 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
   bool ok = true;
   if (opt.routing) ok = check_routing(c, opt.seed) && ok;
   if (opt.check) {
-    out << "-- correctness (synthetic shapes: tails, EP with non-local experts, chunking; real shapes at M=4)\n";
+    log << "-- correctness (synthetic shapes: tails, EP with non-local experts, chunking; real shapes at M=4)\n";
     uint64_t seed = opt.seed;
     for (const auto& k : sel.checks) ok = run_check(c, k, ++seed) && ok;
   }
+  Floors fl;
+  std::vector<Row> rows;
   if (opt.time) {
-    out << "-- floors\n";
-    Floors fl;
+    log << "-- floors\n";
     if (opt.given_copy_gbps > 0) {
       fl.copy_gbps = opt.given_copy_gbps;
       fl.fp8_tflops = opt.given_fp8_tflops;
@@ -650,9 +657,8 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
     } else {
       fl = measure_floors(d, c.s, c.fill);
     }
-    out << "copy " << fmt(fl.copy_gbps, 0) << " GB/s; fp8 " << fmt(fl.fp8_tflops, 0) << " TFLOP/s (" << fl.fp8_note
+    log << "copy " << fmt(fl.copy_gbps, 0) << " GB/s; fp8 " << fmt(fl.fp8_tflops, 0) << " TFLOP/s (" << fl.fp8_note
         << "); bf16 " << fmt(fl.bf16_tflops, 0) << " TFLOP/s (" << fl.bf16_note << ")\n-- timing\n";
-    std::vector<Row> rows;
     for (const auto& sh : sel.shapes)
       for (const auto& s : sel.schemes) {
         auto r = time_shape_scheme(c, sh, s, opt.ms, fl, opt);
@@ -660,11 +666,34 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
       }
     std::ostringstream table;
     print_table(table, rows, fl, d, opt.ms);
-    out << table.str();
+    log << table.str();
     if (!opt.markdown.empty()) std::ofstream(opt.markdown) << table.str();
   }
-  out << "JIT: " << fmt(c.modules.compile_ms() / 1e3, 1) << " s of NVRTC compile time in this run\n";
-  out << (ok ? "ALL CHECKS PASSED\n" : "SOME CHECKS FAILED\n");
+  log << "JIT: " << fmt(c.modules.compile_ms() / 1e3, 1) << " s of NVRTC compile time in this run\n";
+  log << (ok ? "ALL CHECKS PASSED\n" : "SOME CHECKS FAILED\n");
+  if (opt.json) {
+    boost::json::array json_rows;
+    for (const Row& r : rows)
+      json_rows.push_back(boost::json::object{{"shape", r.shape},
+                                              {"scheme", r.scheme},
+                                              {"m", r.m},
+                                              {"us", r.us_graph},
+                                              {"us_no_graph", r.us_stream},
+                                              {"bytes", r.bytes},
+                                              {"flops", r.flops},
+                                              {"floor_us", r.floor_us},
+                                              {"time_over_floor", r.ratio()},
+                                              {"experts_hit", r.experts_hit}});
+    out << boost::json::serialize(boost::json::object{
+               {"device", d.info().name},
+               {"arch", d.arch()},
+               {"floors", boost::json::object{{"copy_gbps", fl.copy_gbps},
+                                              {"fp8_tflops", fl.fp8_tflops},
+                                              {"bf16_tflops", fl.bf16_tflops}}},
+               {"rows", json_rows},
+               {"checks_passed", ok}})
+        << "\n";
+  }
   return ok ? 0 : 1;
 }
 

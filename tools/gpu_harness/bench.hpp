@@ -25,6 +25,7 @@ struct BenchOptions {
   // Floors measured by an earlier process (copy GB/s, fp8 and bf16 TFLOP/s); 0 = measure.
   double given_copy_gbps = 0, given_fp8_tflops = 0, given_bf16_tflops = 0;
   bool floors_only = false;  // measure and print the floors, nothing else
+  bool json = false;         // `out` gets one JSON document; progress and tables go to stderr
 };
 
 using ::moeq::split_list;  // command-line lists (moeq/strings.hpp)
@@ -32,7 +33,8 @@ using ::moeq::split_list;  // command-line lists (moeq/strings.hpp)
 double median(std::vector<double> v);
 std::string fmt(double v, int prec = 1);
 
-// Prints progress and a final table to `out`. Returns 0 when every check passed.
+// Prints progress and a final table to `out` (with options.json: to stderr, and the timed rows
+// as one JSON object to `out`). Returns 0 when every check passed.
 int run_bench(const BenchOptions& options, std::ostream& out);
 
 // Compiles (into the JIT cache, MOEQ_CACHE_DIR) every kernel set run_bench would

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iomanip>
+#include <optional>
 #include <ostream>
 #include <sstream>
 
@@ -55,7 +56,49 @@ Pass run_pass(const std::vector<jit::Request>& requests, const fs::path& cache_d
   return p;
 }
 
+// The fresh cache root of one run, removed on every way out of run_jit_bench unless kept.
+class CacheRoot {
+ public:
+  explicit CacheRoot(bool keep) : keep_(keep) {
+    std::string tmpl = (fs::temp_directory_path() / "moeq-jit-bench-XXXXXX").string();
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      fail("bench jit: cannot create a temporary directory under " + fs::temp_directory_path().string());
+    path_ = tmpl;
+  }
+  ~CacheRoot() {
+    std::error_code ec;
+    if (!keep_) fs::remove_all(path_, ec);
+  }
+  CacheRoot(const CacheRoot&) = delete;
+  CacheRoot& operator=(const CacheRoot&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  bool keep_;
+};
+
 }  // namespace
+
+std::optional<int> arch_capability(const std::string& arch) {
+  if (arch.rfind("sm_", 0) != 0) return std::nullopt;
+  size_t end = 3;
+  int cc = 0;
+  while (end < arch.size() && end < 6 && arch[end] >= '0' && arch[end] <= '9') cc = cc * 10 + (arch[end++] - '0');
+  if (end < 5) return std::nullopt;  // fewer than two digits
+  if (end < arch.size() && (arch[end] == 'a' || arch[end] == 'f')) ++end;
+  if (end != arch.size()) return std::nullopt;
+  return cc;
+}
+
+std::string arch_refusal(const std::string& arch) {
+  const std::optional<int> cc = arch_capability(arch);
+  if (cc && *cc >= 80) return "";
+  return std::string(cc ? "'" + arch + "' is older than sm_80, the oldest arch the kernels support"
+                        : "'" + arch + "' is not an arch") +
+         "; give sm_XY, sm_XYa or sm_XYf with compute capability 8.0 or newer (sm_80, sm_86, sm_89, sm_90a, sm_100a, "
+         "sm_120)";
+}
 
 int run_jit_bench(const JitBenchOptions& opt, std::ostream& out) {
   if (!jit::compiler_available()) fail(MOEQ_STATUS_CODE_UNAVAILABLE, "bench jit: this build has no NVRTC");
@@ -68,8 +111,14 @@ int run_jit_bench(const JitBenchOptions& opt, std::ostream& out) {
   for (const auto& n : names) {
     auto s = scheme_by_name(n);
     if (!s) fail("bench jit: unknown scheme '" + n + "' (bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16)");
+    // NOTE: each scheme has one cache directory; a second run of it would find it warm.
+    for (const SchemeSpec& seen : specs)
+      if (seen.name == n) fail("bench jit: scheme '" + n + "' is listed twice");
     specs.push_back(*s);
   }
+
+  if (!opt.arch.empty())
+    if (const std::string why = arch_refusal(opt.arch); !why.empty()) fail("bench jit: --arch " + why);
 
   ct::gpu::DeviceLimits lim;  // an H100 SXM unless a device says otherwise
   const bool device = cuda::available();
@@ -83,27 +132,30 @@ int run_jit_bench(const JitBenchOptions& opt, std::ostream& out) {
     lim.max_smem_per_block = p.max_shared_memory_per_block_optin;
     if (arch.empty()) arch = jit::arch_for(p.sm_major, p.sm_minor);
     where = p.name + ", CUBINs loaded with cuModuleLoadData";
-  } else {
-    if (arch.empty()) arch = "sm_90a";
-    if (arch.size() < 5 || arch.compare(0, 3, "sm_") != 0) fail("bench jit: --arch wants sm_XY[a], found '" + arch + "'");
-    lim.sm_major = arch[3] - '0';
-    lim.sm_minor = arch[4] - '0';
+  } else if (arch.empty()) {
+    arch = "sm_90a";
   }
+  // NOTE: the plan (wgmma or not, fp8 or skipped) follows the arch compiled for, which --arch
+  // may set apart from the device's.
+  const int cc = *arch_capability(arch);
+  lim.sm_major = cc / 10;
+  lim.sm_minor = cc % 10;
   const bool load = device && opt.arch.empty();
 
-  std::string tmpl = (fs::temp_directory_path() / "moeq-jit-bench-XXXXXX").string();
-  if (::mkdtemp(tmpl.data()) == nullptr) fail("bench jit: cannot create a temporary directory under " + fs::temp_directory_path().string());
-  const fs::path root = tmpl;
+  const CacheRoot cache_root(opt.keep);
+  const fs::path& root = cache_root.path();
   if (!opt.json)
     out << "jit: " << opt.shape << " (E=" << shape->experts << ", H=" << shape->hidden << ", I=" << shape->inter
         << ", top_k=" << shape->top_k << "), M buckets up to " << opt.max_tokens << ", " << arch << "; " << where
         << "; fresh cache dirs under " << root.string() << "\n"
         << "\n| scheme | kernel sets | cold ms (NVRTC) | NVRTC ms, summed | warm ms (disk) | module load ms | warm "
            "start ms | goals: cold <= 3000, warm <= 50 |\n|---|---:|---:|---:|---:|---:|---:|---|\n";
-  boost::json::array rows;
+  boost::json::array rows, skipped;
   bool ok = true;
+  size_t measured = 0;
   for (const SchemeSpec& s : specs) {
-    if (s.scheme.kind == ct::gpu::mk::kKindFp8 && lim.sm_major * 10 + lim.sm_minor < 89) {
+    if (s.scheme.kind == ct::gpu::mk::kKindFp8 && cc < 89) {
+      skipped.push_back(boost::json::object{{"scheme", s.name}, {"reason", "fp8 needs sm_89 or newer"}});
       if (!opt.json) out << "| " << s.name << " | - | skipped: fp8 needs sm_89 or newer | | | | | |\n";
       continue;
     }
@@ -113,6 +165,7 @@ int run_jit_bench(const JitBenchOptions& opt, std::ostream& out) {
     for (const auto& k : plan.sources()) requests.push_back(jit_request(k, arch));
     const fs::path dir = root / s.name;
     const Pass cold = run_pass(requests, dir, load);
+    ++measured;
     const Pass warm = run_pass(requests, dir, load);
     const uint64_t n = requests.size();
     std::string verdict;
@@ -144,16 +197,18 @@ int run_jit_bench(const JitBenchOptions& opt, std::ostream& out) {
       out.flush();
     }
   }
-  if (!opt.keep) {
-    std::error_code ec;
-    fs::remove_all(root, ec);
-  }
+  // NOTE: a run in which every scheme was skipped checked nothing, so it cannot pass.
+  ok = ok && measured > 0;
   if (opt.json) {
     out << boost::json::serialize(boost::json::object{{"shape", opt.shape}, {"arch", arch}, {"device", device},
-                                                      {"schemes", rows}, {"ok", ok}})
+                                                      {"schemes", rows}, {"skipped", skipped}, {"ok", ok}})
         << "\n";
+  } else if (measured == 0) {
+    out << "NOTHING MEASURED: every scheme was skipped on " << arch << "\n";
   } else {
-    out << (ok ? "warm passes came from the disk cache only\n" : "A WARM PASS DID NOT COME FROM DISK\n");
+    out << (ok ? "warm passes came from the disk cache only" : "A WARM PASS DID NOT COME FROM DISK");
+    if (!skipped.empty()) out << " (" << skipped.size() << " of " << specs.size() << " schemes skipped)";
+    out << "\n";
   }
   return ok ? 0 : 1;
 }

@@ -7,6 +7,7 @@
 #pragma once
 #include <cstdint>
 #include <iosfwd>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,8 +22,17 @@ struct JitBenchOptions {
   bool keep = false;                      // keep the temporary cache directories
 };
 
-// Returns 0 when every warm pass came from disk only; 1 otherwise. Throws moeq::Error on a
-// compile failure (with NVRTC's log) or an unknown scheme or shape.
+// Returns 0 when at least one scheme was measured and every warm pass came from disk only; 1
+// otherwise (a scheme the arch cannot run is skipped, saying so). Throws moeq::Error on a
+// compile failure (with NVRTC's log), an unknown scheme or shape, or an arch arch_refusal
+// refuses. The temporary cache directories are removed on every exit unless `keep`.
 int run_jit_bench(const JitBenchOptions& options, std::ostream& out);
+
+// 10 x major + minor of the compute capability `arch` names: "sm_90a" -> 90, "sm_100f" -> 100;
+// nullopt unless it reads sm_, two or three digits, then at most an 'a' or an 'f'.
+std::optional<int> arch_capability(const std::string& arch);
+// Why `arch` cannot be the target of `bench jit --arch` (empty when it can): not of that form,
+// or older than sm_80, the oldest arch the kernels support.
+std::string arch_refusal(const std::string& arch);
 
 }  // namespace moeq::gpu_harness

@@ -2,6 +2,7 @@
 
 #if MOEQ_HAVE_GPU_BENCH
 #include "bench.hpp"
+#include "bench_layer.hpp"
 #include "driver.hpp"
 #include "jit_bench.hpp"
 #include "load_bench.hpp"
@@ -12,14 +13,98 @@
 #include <moeq/strings.hpp>
 #include <moeq_writer/synthetic.hpp>
 
+#include <algorithm>
+#include <charconv>
 #include <filesystem>
+#include <functional>
 #include <iostream>
+#include <optional>
 
 namespace moeq::cli {
 namespace {
 
 [[maybe_unused]] constexpr const char* kNoToolkit =
     "this moeq was built without a CUDA toolkit (NVRTC); rebuild with one to run GPU benchmarks";
+
+// The option checks below run while CLI11 parses, so a bad value is a usage error (exit 2,
+// "--option: why") before anything is printed, written or compiled.
+using Refusal = std::function<std::string(const std::string&)>;
+
+// "a,,b" -> {"a", "", "b"}: unlike split_list, keeps the empty items so they can be refused.
+std::vector<std::string> split_keeping_empty(const std::string& s) {
+  std::vector<std::string> out;
+  size_t from = 0;
+  for (size_t comma; (comma = s.find(',', from)) != std::string::npos; from = comma + 1)
+    out.push_back(s.substr(from, comma - from));
+  out.push_back(s.substr(from));
+  return out;
+}
+
+std::optional<int64_t> positive_integer(const std::string& s) {
+  int64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < 1) return std::nullopt;
+  return v;
+}
+
+// Every item of the comma list `s` as a positive integer; nullopt if any is not one.
+std::optional<std::vector<int64_t>> positive_integers(const std::string& s) {
+  std::vector<int64_t> out;
+  for (const std::string& item : split_keeping_empty(s)) {
+    const std::optional<int64_t> v = positive_integer(item);
+    if (!v) return std::nullopt;
+    out.push_back(*v);
+  }
+  return out;
+}
+
+// A comma list of distinct items, each accepted by `item_refusal`; an empty item or a repeat is
+// refused rather than dropped or run twice.
+Refusal distinct_list(Refusal item_refusal) {
+  return [item_refusal](const std::string& s) -> std::string {
+    std::vector<std::string> seen;
+    for (const std::string& item : split_keeping_empty(s)) {
+      if (item.empty()) return "empty item in '" + s + "'; give a comma list without blanks";
+      if (std::string why = item_refusal(item); !why.empty()) return why;
+      if (std::find(seen.begin(), seen.end(), item) != seen.end()) return "'" + item + "' is listed twice in '" + s + "'";
+      seen.push_back(item);
+    }
+    return "";
+  };
+}
+
+// One of `names`, else a message that spells them all out.
+Refusal one_of(std::vector<std::string> names, std::string what) {
+  return [names = std::move(names), what = std::move(what)](const std::string& v) -> std::string {
+    if (std::find(names.begin(), names.end(), v) != names.end()) return "";
+    std::string valid;
+    for (const std::string& n : names) valid += (valid.empty() ? "" : ", ") + n;
+    return "unknown " + what + " '" + v + "'; valid " + what + "s: " + valid;
+  };
+}
+
+std::string token_count_refusal(const std::string& v) {
+  return positive_integer(v) ? "" : "'" + v + "' is not a positive integer; give token counts, e.g. 1,16,128";
+}
+
+std::string dims_refusal(const std::string& v) {
+  const std::optional<std::vector<int64_t>> d = positive_integers(v);
+  return d && d->size() == 3 ? "" : "wants E,H,I (three positive integers), found '" + v + "'";
+}
+
+#if MOEQ_HAVE_GPU_BENCH
+std::vector<std::string> bench_scheme_names() {
+  std::vector<std::string> out;
+  for (const gpu_harness::SchemeSpec& s : gpu_harness::named_schemes()) out.push_back(s.name);
+  return out;
+}
+
+std::vector<std::string> bench_shape_names() {
+  std::vector<std::string> out;
+  for (const gpu_harness::ShapeSpec& s : gpu_harness::named_shapes()) out.push_back(s.name);
+  return out;
+}
+#endif
 
 }  // namespace
 
@@ -29,15 +114,18 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   apply_ = bench_->add_subcommand(
       "apply", "fused-MoE apply of the compressed_tensors kernels: checked against the CPU references, then timed "
                "(CUDA graph replays, L2 flushed, median) against the measured copy bandwidth and cuBLASLt rate");
-  apply_->add_option("--scheme", schemes_,
-                     "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16 (default: all "
-                     "but fp8-tensor-static)");
-  apply_->add_option("--shape", shapes_,
-                     "comma list of Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M (default: all)");
-  apply_->add_option("--m", ms_, "comma list of token counts");
+  auto* apply_scheme = apply_->add_option(
+      "--scheme", schemes_,
+      "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16 (default: all but "
+      "fp8-tensor-static)");
+  auto* apply_shape = apply_->add_option(
+      "--shape", shapes_, "comma list of Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M (default: all)");
+  apply_->add_option("--m", ms_, "comma list of token counts (positive, each once)")
+      ->check(distinct_list(token_count_refusal));
   apply_->add_flag("--no-check", no_check_, "skip the correctness checks");
   apply_->add_option("--seconds", seconds_, "timing budget of one (shape, scheme, M)");
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
+  apply_->add_flag("--json", opt_.json, "print the timed rows as one JSON object (progress and tables to stderr)");
 
   load_ = bench_->add_subcommand(
       "load", "checkpoint -> device 0 through pinned staging chunks, reader threads and async copies: the raw files "
@@ -54,27 +142,48 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   load_->add_option("--chunk-mib", chunk_mib_, "pinned staging chunk size in MiB")->check(CLI::Range(1, 1024));
   load_->add_option("--chunks", chunks_, "pinned staging chunks (default: max(8, 2 x threads))")
       ->check(CLI::Range(1u, 4096u));
-  load_->add_option("--synthesize", synthesize_,
-                    "first write DIR, unless it exists, as a random checkpoint of this geometry: Qwen3-30B-A3B, "
-                    "Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M (Qwen3-MoE names, one shard per layer)");
+  auto* synthesize =
+      load_->add_option("--synthesize", synthesize_,
+                        "first write DIR, unless it exists, as a random checkpoint of this geometry: Qwen3-30B-A3B, "
+                        "Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M (Qwen3-MoE names, one shard per layer)")
+          ->check(one_of({"Qwen3-30B-A3B", "Mixtral-8x7B", "DeepSeek-V3", "Granite-3B-A800M"}, "shape"));
+  // NOTE: each of these needs --synthesize, so that one given without it is refused, not ignored.
   load_->add_option("--scheme", synth_scheme_, "--synthesize: fp8-channel, fp8-block, int8 (compressed-tensors) or bf16")
-      ->check(CLI::IsMember({"fp8-channel", "fp8-block", "int8", "bf16"}));
-  load_->add_option("--layers", layers_, "--synthesize: MoE layers")->check(CLI::Range(1, 1000));
-  load_->add_option("--dims", dims_, "--synthesize: E,H,I overriding the shape's experts, hidden and intermediate");
-  load_->add_option("--seed", seed_, "--synthesize: random seed");
-  load_->add_flag("--write-only", write_only_, "--synthesize: write the checkpoint and stop");
+      ->check(one_of({"fp8-channel", "fp8-block", "int8", "bf16"}, "scheme"))
+      ->needs(synthesize);
+  load_->add_option("--layers", layers_, "--synthesize: MoE layers")->check(CLI::Range(1, 1000))->needs(synthesize);
+  load_->add_option("--dims", dims_, "--synthesize: E,H,I overriding the shape's experts, hidden and intermediate")
+      ->check(dims_refusal)
+      ->needs(synthesize);
+  load_->add_option("--seed", seed_, "--synthesize: random seed")->needs(synthesize);
+  load_->add_flag("--write-only", write_only_, "--synthesize: write the checkpoint and stop")->needs(synthesize);
 
   jit_ = bench_->add_subcommand(
       "jit", "per scheme, the kernel sets one model needs compiled into a fresh cache directory (cold) and read back "
              "by a new JIT service (warm, must not run NVRTC); loads the CUBINs when a device is present");
-  jit_->add_option("--scheme", jit_schemes_,
-                   "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16 (default: all "
-                   "but fp8-tensor-static)");
-  jit_->add_option("--shape", jit_shape_, "Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3 or Granite-3B-A800M");
-  jit_->add_option("--arch", jit_arch_, "compile for this arch instead of device 0's (no module loading), e.g. sm_90a");
+  auto* jit_scheme = jit_->add_option(
+      "--scheme", jit_schemes_,
+      "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16, each once (default: all "
+      "but fp8-tensor-static)");
+  auto* jit_shape = jit_->add_option("--shape", jit_shape_, "Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3 or Granite-3B-A800M");
+  auto* jit_arch = jit_->add_option(
+      "--arch", jit_arch_,
+      "compile for this arch instead of device 0's (no module loading): sm_XY, sm_XYa or sm_XYf, 8.0 or newer, e.g. "
+      "sm_90a");
   jit_->add_option("--max-tokens", jit_max_tokens_, "largest M bucket planned")->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
   jit_->add_flag("--keep", jit_keep_, "keep the temporary cache directories");
   jit_->add_flag("--json", opt_.json, "print the figures as one JSON object");
+
+#if MOEQ_HAVE_GPU_BENCH
+  const Refusal scheme = one_of(bench_scheme_names(), "scheme"), shape = one_of(bench_shape_names(), "shape");
+  apply_scheme->check(distinct_list(scheme));
+  apply_shape->check(distinct_list(shape));
+  jit_scheme->check(distinct_list(scheme));
+  jit_shape->check(shape);
+  jit_arch->check(gpu_harness::arch_refusal);
+#else
+  (void)apply_scheme, (void)apply_shape, (void)jit_scheme, (void)jit_shape, (void)jit_arch;
+#endif
 }
 
 bool BenchCommand::parsed() const { return bench_->parsed(); }
@@ -94,11 +203,11 @@ int BenchCommand::run_apply() const {
   gpu_harness::BenchOptions o;
   o.schemes = split_list(schemes_);
   o.shapes = split_list(shapes_);
-  o.ms.clear();
-  for (const auto& m : split_list(ms_)) o.ms.push_back(std::stoll(m));
+  o.ms = *positive_integers(ms_);  // checked while parsing
   o.check = !no_check_;
   o.seconds_per_case = seconds_;
   o.markdown = markdown_;
+  o.json = opt_.json;
   return gpu_harness::run_bench(o, std::cout);
 #else
   std::cerr << "moeq bench: " << kNoToolkit << "\n";
@@ -109,20 +218,12 @@ int BenchCommand::run_apply() const {
 int BenchCommand::run_load() const {
   namespace fs = std::filesystem;
   if (!synthesize_.empty()) {
-    auto spec = writer::synthetic_shape(synthesize_);
-    if (!spec)
-      fail("bench load --synthesize: unknown shape '" + synthesize_ +
-           "' (Qwen3-30B-A3B, Mixtral-8x7B, DeepSeek-V3, Granite-3B-A800M)");
+    auto spec = writer::synthetic_shape(synthesize_);  // --synthesize, --scheme and --dims are checked while parsing
     if (!dims_.empty()) {
-      const std::vector<std::string> d = split_list(dims_);
-      try {
-        if (d.size() != 3) throw std::invalid_argument("count");
-        spec->num_experts = std::stoll(d[0]);
-        spec->hidden = std::stoll(d[1]);
-        spec->intermediate = std::stoll(d[2]);
-      } catch (const std::exception&) {
-        fail("bench load --dims wants E,H,I (three positive integers), found '" + dims_ + "'");
-      }
+      const std::vector<int64_t> d = *positive_integers(dims_);
+      spec->num_experts = d[0];
+      spec->hidden = d[1];
+      spec->intermediate = d[2];
       spec->top_k = static_cast<int>(std::min<int64_t>(spec->top_k, spec->num_experts));
     }
     spec->num_layers = layers_;
@@ -138,8 +239,6 @@ int BenchCommand::run_load() const {
                 << " tensors, " << r.bytes / (1 << 20) << " MiB in " << r.seconds << " s\n";
     }
     if (write_only_) return 0;
-  } else if (write_only_) {
-    fail("bench load: --write-only needs --synthesize");
   }
   if (!cuda::available()) {
     std::cerr << "moeq bench load: " << cuda::unavailable_reason() << "\n";

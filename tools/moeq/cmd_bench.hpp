@@ -42,7 +42,6 @@ class BenchCommand {
   unsigned threads_ = 0, chunks_ = 0;
   int repeat_ = 3;
   int chunk_mib_ = 16;
-  bool json_ = false;
   // jit
   std::string jit_schemes_, jit_shape_ = "Qwen3-30B-A3B", jit_arch_;
   int64_t jit_max_tokens_ = 8192;
