@@ -20,14 +20,19 @@ namespace {
 using Result = CliRun;
 Result moeq_cli(const std::string& args, const std::string& env = "") { return run_moeq_cli(args, env); }
 
-writer::WrittenCheckpoint granite(const TempDir& d) {
+// One layer, 6 experts, H = 64, I = 32.
+writer::MoeSpec small_spec(writer::Layout layout) {
   writer::MoeSpec s;
-  s.layout = writer::Layout::kGraniteFused;
+  s.layout = layout;
   s.num_layers = 1;
   s.num_experts = 6;
   s.hidden = 64;
   s.intermediate = 32;
-  return writer::write_ct_fp8_channel(d / "granite", s);
+  return s;
+}
+
+writer::WrittenCheckpoint granite(const TempDir& d) {
+  return writer::write_ct_fp8_channel(d / "granite", small_spec(writer::Layout::kGraniteFused));
 }
 
 }  // namespace
@@ -224,6 +229,36 @@ TEST_CASE("moeq demo --tokens is used, --keep must be a directory, and a tempora
   Result bad = moeq_cli("demo --keep " + (d / "a-file").string());
   CHECK(bad.code == 1);
   CHECK(bad.out.find("expected a directory to write into") != std::string::npos);
+}
+
+TEST_CASE("moeq inspect says which .safetensors files it did not read, where routing defaults came from, and the --online config") {
+  TempDir d;
+  auto w = granite(d);
+  std::filesystem::copy_file(w.dir / "model.safetensors", w.dir / "consolidated.safetensors");
+  Result r = moeq_cli("inspect " + w.dir.string());
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  CHECK(r.out.find("not read: consolidated.safetensors (a .safetensors file beside model.safetensors)") !=
+        std::string::npos);
+  CHECK(r.out.find("routing: top-") != std::string::npos);
+  Result j = run_moeq_cli("inspect --json " + w.dir.string(), "", /*with_stderr=*/false);
+  const boost::json::object o = boost::json::parse(j.out).as_object();
+  REQUIRE(o.at("unread_files").as_array().size() == 1);
+  CHECK(o.at("unread_files").as_array()[0].as_string() == "consolidated.safetensors");
+  CHECK(!o.at("renormalize_source").as_string().empty());
+
+  TempDir b;
+  auto bf16 = writer::write_unquantized(b / "bf16", small_spec(writer::Layout::kPerExpert));
+  Result online = run_moeq_cli("inspect --json --online fp8-block " + bf16.dir.string(), "", /*with_stderr=*/false);
+  const boost::json::object oo = boost::json::parse(online.out).as_object();
+  CHECK(oo.at("quant_config_source").as_string() == "user");
+  CHECK(oo.at("quant_config").at("scheme").as_string() == "fp8-block");
+  // plugins --why on the config alone takes the weights to be what the config implies (BF16
+  // here, not fp8), so it agrees with --why on the directory.
+  Result cfg = moeq_cli("plugins --why " + (bf16.dir / "config.json").string());
+  CAPTURE(cfg.out);
+  CHECK(cfg.out.find("expert weights taken to be BF16") != std::string::npos);
+  CHECK(cfg.out.find("compressed_tensors: score 5") != std::string::npos);
 }
 
 TEST_CASE("moeq plugins finds the built plugins without flags and explains declines with --why") {

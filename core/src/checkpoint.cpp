@@ -327,6 +327,15 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
     for (const fs::path& p : all_safetensors(dir, limits))
       ckpt.files_.push_back(SafetensorsFile::open(p, limits));
   }
+  if (has_index || regular_file_present(dir / "model.safetensors")) {
+    std::set<fs::path> read;
+    for (const auto& f : ckpt.files_) read.insert(fs::absolute(f->path()).lexically_normal());
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+      if (it->path().extension() == ".safetensors" && !read.count(fs::absolute(it->path()).lexically_normal()))
+        ckpt.unread_.push_back(it->path());
+    std::sort(ckpt.unread_.begin(), ckpt.unread_.end());
+  }
   if (ckpt.files_.empty())
     fail(MOEQ_STATUS_CODE_NOT_FOUND,
          "checkpoint directory " + quoted(dir) +

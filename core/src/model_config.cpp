@@ -62,6 +62,11 @@ MoeConfig parse_moe_config(const json::object& cfg, const std::filesystem::path&
   // top-k with renormalization; Qwen-MoE and DeepSeek say so with norm_topk_prob.
   const bool renorm_default = c.model_type != "qwen2_moe";
   r.renormalize = flag(*o, "norm_topk_prob", renorm_default);
+  const json::value* given = o->if_contains("norm_topk_prob");
+  c.renormalize_source = given != nullptr && given->is_bool()
+                             ? "norm_topk_prob in the config"
+                             : "no norm_topk_prob in the config: the default for model_type '" + c.model_type + "'" +
+                                   (renorm_default ? " (any but qwen2_moe)" : "");
   if (const json::value* s = o->if_contains("scoring_func"); s != nullptr && s->is_string())
     r.scoring = s->as_string() == "sigmoid" ? ref::Scoring::kSigmoid : ref::Scoring::kSoftmax;
   if (const json::value* g = o->if_contains("n_group"); g != nullptr && g->is_int64() && g->as_int64() > 1) {

@@ -39,6 +39,24 @@ ref::Routing route_tokens(const LoadedModel& model, size_t li, const std::vector
 
 void print_json(const json::value& v) { std::cout << json::serialize(v) << "\n"; }
 
+// The expert weights' dtype a config implies, when there are no tensors to look at: I8 for an
+// integer compressed-tensors scheme, F8_E4M3 for any other quantization config, else the
+// config's torch_dtype (BF16 when it names none).
+std::string dtype_implied_by_config(const std::string& quant_json, const json::value& config) {
+  json::value q;
+  try {
+    q = json::parse(quant_json);
+  } catch (const std::exception&) {
+  }
+  if (q.is_object()) {
+    const std::string text = json::serialize(q);
+    return text.find("\"type\":\"int\"") != std::string::npos ? "I8" : "F8_E4M3";
+  }
+  const json::value* t = config.is_object() ? config.as_object().if_contains("torch_dtype") : nullptr;
+  const std::string td = t && t->is_string() ? std::string(t->as_string()) : "";
+  return td == "float16" ? "F16" : td == "float32" ? "F32" : "BF16";
+}
+
 }  // namespace
 
 std::optional<double> declared_tolerance(const std::string& describe_json) {
@@ -154,7 +172,12 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
     ProbeQuery q;
     fs::path p(why);
     json::array answers;
-    if (fs::is_directory(p) && (fs::exists(p / "model.safetensors") || fs::exists(p / "model.safetensors.index.json"))) {
+    bool has_weights = false;
+    std::error_code ec;
+    if (fs::is_directory(p, ec))
+      for (fs::directory_iterator it(p, ec), end; !ec && it != end && !has_weights; it.increment(ec))
+        has_weights = it->path().extension() == ".safetensors";
+    if (has_weights) {
       Checkpoint ck = Checkpoint::open(p);
       LoadOptions lo;
       lo.collect_errors = true;
@@ -162,6 +185,7 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
       std::vector<const LayerReport*> reps;
       for (const auto& l : model.layers) reps.push_back(&l->report);
       for (const auto& f : model.failed) reps.push_back(&f);
+      std::sort(reps.begin(), reps.end(), [](auto* a, auto* b) { return a->layer < b->layer; });
       for (const LayerReport* r : reps) {
         for (const auto& pr : r->probes)
           answers.push_back({{"layer", r->prefix}, {"plugin", pr.plugin ? pr.plugin->name : "?"}, {"score", pr.score},
@@ -180,16 +204,20 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
         q.quant_config_source = qc ? "config.json" : "none";
       }
       q.layer_name = "model.layers.0.mlp.experts";
-      q.weight_dtype = "F8_E4M3";
+      // No tensors to read: the expert weights' dtype is what the config implies.
+      q.weight_dtype = dtype_implied_by_config(q.quant_config_json, read_json_file(cfg));
+      o["weight_dtype_assumed"] = q.weight_dtype;
       for (const auto& pr : reg.probe_all(q))
         answers.push_back({{"layer", q.layer_name}, {"plugin", pr.plugin ? pr.plugin->name : "?"}, {"score", pr.score},
                            {"reason", pr.reason}, {"chosen", false}});
     }
     o["why"] = answers;
   }
+  // Nothing loaded is a failure: every checkpoint would then fail to load.
+  const int status = reg.plugins().empty() ? 1 : 0;
   if (opt.json) {
     print_json(o);
-    return 0;
+    return status;
   }
   std::cout << "plugins:\n";
   for (const auto& p : reg.plugins()) {
@@ -200,7 +228,11 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
   for (const auto& r : reg.refusals()) std::cout << "refused " << r.file.string() << ": " << r.reason << "\n";
   for (const auto& m : reg.missing_dependencies()) std::cout << "missing dependency: " << m << "\n";
   if (o.contains("why")) {
-    std::cout << "probe answers for " << why << ":\n";
+    std::cout << "probe answers for " << why;
+    if (o.contains("weight_dtype_assumed"))
+      std::cout << " (no tensors read: expert weights taken to be " << o["weight_dtype_assumed"].as_string().c_str()
+                << ", as the config implies)";
+    std::cout << ":\n";
     for (const auto& a : o["why"].as_array()) {
       const auto& e = a.as_object();
       std::cout << "  " << e.at("layer").as_string().c_str() << "  " << e.at("plugin").as_string().c_str()
@@ -208,7 +240,7 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
                 << e.at("reason").as_string().c_str() << "\n";
     }
   }
-  return 0;
+  return status;
 }
 
 int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
@@ -222,12 +254,17 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
   for (const auto& f : model.failed) reps.push_back(&f);
   std::sort(reps.begin(), reps.end(), [](auto* a, auto* b) { return a->layer < b->layer; });
   const MoeConfig& c = model.config;
+  // What the probes saw: with --online, the user's scheme, not the checkpoint's config.
+  const QuantConfigSource quant = effective_quant_config(ck, opt.online);
+  json::array unread;
+  for (const auto& f : ck.unread_files()) unread.push_back(json::string(f.filename().string()));
   if (opt.json) {
     json::object o{{"checkpoint", dir}, {"model_type", c.model_type}, {"num_experts", c.num_experts},
                    {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size}, {"top_k", c.top_k},
-                   {"quant_config_source", ck.quant_config().source}};
+                   {"renormalize", c.routing.renormalize}, {"renormalize_source", c.renormalize_source},
+                   {"quant_config_source", quant.source}, {"unread_files", unread}};
     try {
-      o["quant_config"] = json::parse(ck.quant_config().json);
+      o["quant_config"] = json::parse(quant.json);
     } catch (const std::exception&) {
     }
     json::array layers;
@@ -241,9 +278,16 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
     print_json(o);
     return model.failed.empty() ? 0 : 1;
   }
-  std::cout << "checkpoint " << dir << ": " << c.model_type << ", " << c.num_experts << " experts, top-" << c.top_k
-            << ", H " << c.hidden_size << ", I " << c.intermediate_size << "; quantization config from "
-            << ck.quant_config().source << "\n";
+  std::cout << "checkpoint " << dir << ": " << (c.model_type.empty() ? "(no model_type)" : c.model_type) << ", "
+            << c.num_experts << " experts, top-" << c.top_k << ", H " << c.hidden_size << ", I " << c.intermediate_size
+            << "; quantization config from " << quant.source << "\n";
+  std::cout << "routing: top-" << c.top_k << (c.routing.renormalize ? ", renormalized" : ", not renormalized") << " ("
+            << c.renormalize_source << ")\n";
+  for (const auto& f : ck.unread_files())
+    std::cout << "not read: " << f.filename().string() << " (a .safetensors file "
+              << (fs::exists(ck.dir() / "model.safetensors.index.json") ? "the index does not name"
+                                                                         : "beside model.safetensors")
+              << ")\n";
   for (auto* r : reps) print_report(*r, true);
   std::cout << "not MoE (reported, not loaded by moeq): " << model.not_moe.size() << " tensors\n";
   for (const auto& n : model.not_moe) {

@@ -36,6 +36,10 @@ class Checkpoint {
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(const std::string& name) const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
+  // .safetensors files in the directory that are not read: with an index, those it does not
+  // name; beside model.safetensors, every other (as transformers does, e.g. a Mistral
+  // consolidated.safetensors). Sorted.
+  const std::vector<std::filesystem::path>& unread_files() const { return unread_; }
 
  private:
   std::filesystem::path dir_;
@@ -43,6 +47,7 @@ class Checkpoint {
   QuantConfigSource quant_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::map<std::string, TensorInfo> tensors_;
+  std::vector<std::filesystem::path> unread_;
 };
 
 // Read a JSON file of at most `max_bytes`; throws naming the file and the parse error.

@@ -20,6 +20,9 @@ struct MoeConfig {
   // alone cannot (H == 2I or H == I).
   bool fused_experts_transposed = false;
   ref::RoutingOptions routing;    // bias is filled per layer from the checkpoint
+  // Where routing.renormalize came from: the config's norm_topk_prob, or the default for its
+  // model_type (none for qwen2_moe, else renormalized), for `moeq inspect` to say.
+  std::string renormalize_source;
 };
 
 // Throws moeq::Error naming `file` and the missing or bad key.
