@@ -178,6 +178,28 @@ TEST_CASE("moeq conform: text report has one row per check, a summary, and exit 
   CHECK(some.exit_code == 0);
 }
 
+TEST_CASE("moeq conform: NaN weights fail the accuracy check only, as apply and concurrency compare bits, not floats") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  int poisoned = 0;
+  rewrite_tensors(d / "ck", [&](TensorMap& m) {
+    for (auto& [name, t] : m)
+      if (name.find("experts.") != std::string::npos && name.ends_with("gate_proj.weight")) {
+        REQUIRE(t.dtype == DType::F8_E4M3);
+        t.bytes[0] = std::byte{0x7f};  // e4m3 NaN
+        ++poisoned;
+      }
+  });
+  REQUIRE(poisoned == 4);
+  const Conform c = conform(test_plugin("good"), "--checkpoint \"" + (d / "ck").string() + "\"");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{7});
+  CHECK(c.reason(7).find("outputs NaN or infinite") != std::string::npos);
+  CHECK(c.verdict(8) == "pass");
+  CHECK(c.verdict(9) == "pass");
+  CHECK(c.exit_code == 1);
+}
+
 TEST_CASE("moeq conform --checkpoint: tests on the given checkpoint instead of generated fixtures") {
   TempDir d;
   small_checkpoint(d / "ck", 2, 6, 40, 24);

@@ -2,7 +2,10 @@
 
 #include <moeq/error.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace moeq::cli::conform {
 
@@ -47,6 +50,14 @@ std::string placement_str(const Placement& p) {
   if (p.ep_size > 1) s += std::string(s.empty() ? "" : ", ") + "EP=" + std::to_string(p.ep_size) + " rank " +
                           std::to_string(p.ep_rank);
   return s.empty() ? "TP=1 EP=1" : s;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+size_t non_finite(const std::vector<float>& v) {
+  return static_cast<size_t>(std::count_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); }));
 }
 
 // Exceptions the proxy caught escaping a slot, as problems.
