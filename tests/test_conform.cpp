@@ -200,6 +200,27 @@ TEST_CASE("moeq conform: NaN weights fail the accuracy check only, as apply and 
   CHECK(c.exit_code == 1);
 }
 
+TEST_CASE("moeq conform --keep-fixtures with --checkpoint: a usage error naming both, before anything runs") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  const CliRun run = run_moeq_cli("conform \"" + test_plugin("good").string() + "\" --checkpoint \"" + (d / "ck").string() +
+                                  "\" --keep-fixtures \"" + (d / "kept").string() + "\" --json");
+  CHECK(run.code == 2);
+  CHECK(run.out.find("--keep-fixtures") != std::string::npos);
+  CHECK(run.out.find("--checkpoint") != std::string::npos);
+  CHECK(run.out.find("\"checks\"") == std::string::npos);
+  CHECK(!fs::exists(d / "kept"));
+}
+
+TEST_CASE("moeq conform --keep-fixtures: the generated fixtures are written there and kept") {
+  TempDir d;
+  const Conform c = conform(test_plugin("good"), "--check 3 --keep-fixtures \"" + (d / "kept").string() + "\"");
+  CHECK(c.exit_code == 0);
+  size_t kept = 0;
+  for (const fs::directory_entry& e : fs::directory_iterator(d / "kept")) kept += fs::exists(e.path() / "config.json");
+  CHECK(kept == c.report.at("fixtures").as_array().size());
+}
+
 TEST_CASE("moeq conform --checkpoint: tests on the given checkpoint instead of generated fixtures") {
   TempDir d;
   small_checkpoint(d / "ck", 2, 6, 40, 24);

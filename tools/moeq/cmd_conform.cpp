@@ -205,7 +205,8 @@ class FixtureRoot {
 ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(common) {
   sub_ = app.add_subcommand("conform", "run the conformance suite on a plugin .so, each check in its own process");
   sub_->add_option("plugin", plugin_, "the plugin shared object")->required();
-  sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
+  CLI::Option* checkpoint =
+      sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
   sub_->add_option("--online", online_,
                    "probe and load with the online quantization config of this scheme (int8, fp8-tensor, fp8-channel, "
                    "fp8-block), on generated unquantized BF16 fixtures unless --checkpoint is given");
@@ -214,7 +215,10 @@ ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(c
   sub_->add_option("--timeout", timeout_s_, "seconds each check may take before it is killed and fails")
       ->check(CLI::PositiveNumber);
   sub_->add_flag("--verbose", verbose_, "print every detail line and let the checks' stderr through");
-  sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them");
+  // NOTE: with --checkpoint nothing is generated, so there would be nothing to keep: a usage
+  // error (exit 2) rather than an empty promise.
+  sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them")
+      ->excludes(checkpoint);
   sub_->add_option("--plugin-dir", common_.plugin_dir, "where plugins it delegates to are found");
   sub_->add_flag("--json", common_.json, "print the report as JSON");
 }

@@ -16,7 +16,7 @@ class ConformCommand {
   ConformCommand(CLI::App& app, CommonOptions& common);
   bool parsed() const { return sub_->parsed(); }
   // Runs the checks and prints the table (or JSON). 0 when no check fails, 1 otherwise; 2 for
-  // an unknown --online scheme.
+  // an unknown --online scheme. --keep-fixtures with --checkpoint is refused by the parser (exit 2).
   int run() const;
 
  private:
