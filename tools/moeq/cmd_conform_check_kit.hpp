@@ -49,7 +49,8 @@ struct Prepared {
 };
 
 // Loads the subject and asks it about every fixture layer. `need_fixture`: without an
-// accepted layer the check is not applicable (not_ready says why).
+// accepted layer the check cannot run (not_ready says why): not applicable on generated
+// fixtures, a failure on a checkpoint or online scheme the user named.
 Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options = {});
 const LayerQuery* first_query(const Prepared& p, const Fixture* f);
 MoeConfig config_of(const Fixture& f);
