@@ -99,9 +99,13 @@ TEST_CASE("moeq conform: the built-in compressed_tensors plugin passes all ten c
   require_all_pass(c);
   CHECK(c.report.at("plugin").at("name").as_string() == "compressed_tensors");
   CHECK(c.report.at("fixtures").as_array().size() >= 3);
+  const json::object& summary = c.report.at("summary").as_object();
+  CHECK(summary.at("verdict").as_string() == "conforms");
+  CHECK(summary.at("fixtures_taken").to_number<int>() == static_cast<int>(c.report.at("fixtures").as_array().size()));
+  CHECK(!summary.contains("note"));
 }
 
-TEST_CASE("moeq conform: built-in plugins that decline every fixture fail nothing; method checks say why they did not run") {
+TEST_CASE("moeq conform: built-in plugins that decline every fixture fail nothing, and the method checks say why they did not run") {
   for (const char* name : {"modelopt", "online_quant"}) {
     CAPTURE(name);
     const Conform c = conform(builtin(name));
@@ -112,10 +116,26 @@ TEST_CASE("moeq conform: built-in plugins that decline every fixture fail nothin
     CHECK(c.verdict(10) == "pass");
     for (int id = 4; id <= 8; ++id) {
       CAPTURE(id);
-      if (c.verdict(id) == "n/a") CHECK(c.reason(id).find("declines every generated fixture") != std::string::npos);
+      CHECK(c.verdict(id) == "n/a");
+      CHECK(c.reason(id).find("declines every generated fixture") != std::string::npos);
     }
     if (std::string(name) == "online_quant") CHECK(c.reason(5).find("--online SCHEME") != std::string::npos);
+    // The summary does not call a run that loaded nothing a plain "conforms".
+    const json::object& summary = c.report.at("summary").as_object();
+    CHECK(summary.at("verdict").as_string() == "conforms on the checks that ran");
+    CHECK(summary.at("fixtures_taken").to_number<int>() == 0);
+    CHECK(summary.at("note").as_string().find("the plugin took none of the generated fixtures") != std::string::npos);
   }
+}
+
+TEST_CASE("moeq conform: the text summary of a plugin that takes no generated fixture says the load and apply checks did not run") {
+  const Conform c = conform(builtin("modelopt"), "--check 3 --check 5", false);
+  CHECK(c.exit_code == 0);
+  CHECK(c.text.find("1 pass, 0 fail, 1 not applicable: conforms on the checks that ran; the load and apply checks did "
+                    "not run: the plugin took none of the generated fixtures") != std::string::npos);
+  // A plugin that takes them keeps the plain verdict.
+  const Conform good = conform(test_plugin("good"), "--check 3", false);
+  CHECK(good.text.find("1 pass, 0 fail, 0 not applicable: conforms\n") != std::string::npos);
 }
 
 TEST_CASE("moeq conform: an SDK plugin that throws inside weight_loader on bad input passes (the trampolines make statuses)") {
@@ -178,6 +198,85 @@ TEST_CASE("moeq conform: text report has one row per check, a summary, and exit 
   CHECK(some.exit_code == 0);
 }
 
+TEST_CASE("moeq conform --checkpoint: a plugin that declines the checkpoint named fails, quoting its probe reason") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);  // compressed-tensors: neither modelopt's nor online_quant's
+  const std::string ck = (d / "ck").string();
+  for (const char* name : {"modelopt", "online_quant"}) {
+    CAPTURE(name);
+    const Conform c = conform(builtin(name), "--checkpoint \"" + ck + "\"");
+    CHECK(c.exit_code == 1);
+    CHECK(c.failing() == std::vector<int>{4, 5, 6, 7, 8});
+    CHECK(c.report.at("summary").at("fixtures_taken").to_number<int>() == 0);
+    // The reason names the checkpoint and quotes what the plugin's probe said about its layer.
+    const std::string reason = c.reason(5);
+    CHECK(reason.find("the plugin declined the checkpoint " + ck) != std::string::npos);
+    CHECK(reason.find("model.layers.0.mlp: \"") != std::string::npos);
+    // The quoted text is the plugin's: what `moeq plugins --why` prints for it.
+    const CliRun why = run_moeq_cli("plugins --why \"" + ck + "\" --plugin-dir \"" MOEQ_TEST_PLUGIN_DIR "\"");
+    const size_t open = reason.find(": \"") + 3;
+    const std::string quoted = reason.substr(open, reason.find('"', open) - open);
+    CHECK(quoted.size() > 5);
+    CHECK(why.out.find(quoted) != std::string::npos);
+  }
+  const Conform text = conform(builtin("modelopt"), "--checkpoint \"" + ck + "\" --check 4", false);
+  CHECK(text.exit_code == 1);
+  CHECK(text.text.find("create_weights   fail    the plugin declined the checkpoint") != std::string::npos);
+  CHECK(text.text.find("does NOT conform") != std::string::npos);
+}
+
+TEST_CASE("moeq conform --online: a plugin that declines the scheme named fails on the generated fixtures") {
+  const Conform c = conform(builtin("compressed_tensors"), "--online int8");
+  CHECK(c.exit_code == 1);
+  CHECK(c.failing() == std::vector<int>{4, 5, 6, 7, 8});
+  CHECK(c.reason(4).find("the plugin declined every generated fixture under --online int8") != std::string::npos);
+  CHECK(c.reason(4).find("online-int8/qwen3 model.layers.0.mlp: \"") != std::string::npos);
+  CHECK(c.report.at("summary").at("verdict").as_string() == "does NOT conform");
+}
+
+TEST_CASE("moeq conform: NaN weights fail the accuracy check only, as apply and concurrency compare bits, not floats") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  int poisoned = 0;
+  rewrite_tensors(d / "ck", [&](TensorMap& m) {
+    for (auto& [name, t] : m)
+      if (name.find("experts.") != std::string::npos && name.ends_with("gate_proj.weight")) {
+        REQUIRE(t.dtype == DType::F8_E4M3);
+        t.bytes[0] = std::byte{0x7f};  // e4m3 NaN
+        ++poisoned;
+      }
+  });
+  REQUIRE(poisoned == 4);
+  const Conform c = conform(test_plugin("good"), "--checkpoint \"" + (d / "ck").string() + "\"");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{7});
+  CHECK(c.reason(7).find("outputs NaN or infinite") != std::string::npos);
+  CHECK(c.verdict(8) == "pass");
+  CHECK(c.verdict(9) == "pass");
+  CHECK(c.exit_code == 1);
+}
+
+TEST_CASE("moeq conform --keep-fixtures with --checkpoint: a usage error naming both, before anything runs") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  const CliRun run = run_moeq_cli("conform \"" + test_plugin("good").string() + "\" --checkpoint \"" + (d / "ck").string() +
+                                  "\" --keep-fixtures \"" + (d / "kept").string() + "\" --json");
+  CHECK(run.code == 2);
+  CHECK(run.out.find("--keep-fixtures") != std::string::npos);
+  CHECK(run.out.find("--checkpoint") != std::string::npos);
+  CHECK(run.out.find("\"checks\"") == std::string::npos);
+  CHECK(!fs::exists(d / "kept"));
+}
+
+TEST_CASE("moeq conform --keep-fixtures: the generated fixtures are written there and kept") {
+  TempDir d;
+  const Conform c = conform(test_plugin("good"), "--check 3 --keep-fixtures \"" + (d / "kept").string() + "\"");
+  CHECK(c.exit_code == 0);
+  size_t kept = 0;
+  for (const fs::directory_entry& e : fs::directory_iterator(d / "kept")) kept += fs::exists(e.path() / "config.json");
+  CHECK(kept == c.report.at("fixtures").as_array().size());
+}
+
 TEST_CASE("moeq conform --checkpoint: tests on the given checkpoint instead of generated fixtures") {
   TempDir d;
   small_checkpoint(d / "ck", 2, 6, 40, 24);
@@ -206,8 +305,12 @@ TEST_CASE("moeq conform --online with --checkpoint: the given BF16 checkpoint is
   writer::write_unquantized(d / "bf16", s);
   const std::string ck = "--checkpoint \"" + (d / "bf16").string() + "\"";
   require_all_pass(conform(builtin("online_quant"), ck + " --online int8"));
-  // Without --online the plugin declines the checkpoint's own (absent) config.
-  CHECK(conform(builtin("online_quant"), ck).verdict(5) == "n/a");
+  // Without --online the plugin declines the checkpoint's own (absent) config: a failure, since
+  // the checkpoint was named.
+  const Conform declined = conform(builtin("online_quant"), ck);
+  CHECK(declined.verdict(5) == "fail");
+  CHECK(declined.reason(5).find("the plugin declined the checkpoint") != std::string::npos);
+  CHECK(declined.exit_code == 1);
 }
 
 TEST_CASE("moeq conform --online: an unknown scheme is refused up front, naming the valid ones") {

@@ -17,10 +17,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <random>
 
 namespace moeq::cli {
@@ -36,6 +38,12 @@ struct CheckResult {
   const CheckDef* check = nullptr;
   Outcome outcome;
   double seconds = 0;
+};
+
+// What the children told about the plugin beside their verdicts; the first report of each wins.
+struct Facts {
+  std::map<std::string, std::string> plugin;  // name, version, abi
+  std::optional<size_t> taken;                // fixtures its probe takes; unset when never probed
 };
 
 // One line of the child's report: no tabs or newlines inside a field.
@@ -86,6 +94,7 @@ std::vector<std::string> split(const std::string& s, char sep) {
   });
   ctx.stage = [fd](const std::string& s) { write_all(fd, "stage\t" + field(s) + "\n"); };
   ctx.info = [fd](const std::string& k, const std::string& v) { write_all(fd, "info\t" + field(k) + "\t" + field(v) + "\n"); };
+  ctx.taken = [fd](size_t n) { write_all(fd, "taken\t" + std::to_string(n) + "\n"); };
   Outcome o;
   try {
     o = check.run(ctx);
@@ -107,8 +116,7 @@ std::string signal_text(int sig) {
   return std::string(name ? std::string("SIG") + name : "signal " + std::to_string(sig)) + (what ? " (" + std::string(what) + ")" : "");
 }
 
-CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int timeout_s, bool verbose,
-                      std::map<std::string, std::string>& info) {
+CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int timeout_s, bool verbose, Facts& facts) {
   CheckResult r;
   r.check = &check;
   const auto t0 = std::chrono::steady_clock::now();
@@ -154,7 +162,12 @@ CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int ti
   for (const std::string& line : split(text, '\n')) {
     const std::vector<std::string> f = split(line, '\t');
     if (f[0] == "stage" && f.size() >= 2) stage = f[1];
-    if (f[0] == "info" && f.size() >= 3 && !info.count(f[1])) info[f[1]] = f[2];
+    if (f[0] == "info" && f.size() >= 3 && !facts.plugin.count(f[1])) facts.plugin[f[1]] = f[2];
+    if (f[0] == "taken" && f.size() >= 2 && !facts.taken) {
+      size_t n = 0;
+      const auto [end, ec] = std::from_chars(f[1].data(), f[1].data() + f[1].size(), n);
+      if (ec == std::errc() && end == f[1].data() + f[1].size()) facts.taken = n;
+    }
     if (f[0] == "detail" && f.size() >= 2) r.outcome.details.push_back(f[1]);
     if (f[0] == "result" && f.size() >= 3) {
       have_result = true;
@@ -205,7 +218,8 @@ class FixtureRoot {
 ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(common) {
   sub_ = app.add_subcommand("conform", "run the conformance suite on a plugin .so, each check in its own process");
   sub_->add_option("plugin", plugin_, "the plugin shared object")->required();
-  sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
+  CLI::Option* checkpoint =
+      sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
   sub_->add_option("--online", online_,
                    "probe and load with the online quantization config of this scheme (int8, fp8-tensor, fp8-channel, "
                    "fp8-block), on generated unquantized BF16 fixtures unless --checkpoint is given");
@@ -214,7 +228,10 @@ ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(c
   sub_->add_option("--timeout", timeout_s_, "seconds each check may take before it is killed and fails")
       ->check(CLI::PositiveNumber);
   sub_->add_flag("--verbose", verbose_, "print every detail line and let the checks' stderr through");
-  sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them");
+  // NOTE: with --checkpoint nothing is generated, so there would be nothing to keep: a usage
+  // error (exit 2) rather than an empty promise.
+  sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them")
+      ->excludes(checkpoint);
   sub_->add_option("--plugin-dir", common_.plugin_dir, "where plugins it delegates to are found");
   sub_->add_flag("--json", common_.json, "print the report as JSON");
 }
@@ -251,20 +268,27 @@ int ConformCommand::run() const {
   }
 
   std::vector<CheckResult> results;
-  std::map<std::string, std::string> info;
+  Facts facts;
   for (const CheckDef& c : conform::all_checks()) {
     if (!only_.empty() && std::find(only_.begin(), only_.end(), c.id) == only_.end()) continue;
-    results.push_back(run_check(c, ctx, timeout_s_, verbose_, info));
+    results.push_back(run_check(c, ctx, timeout_s_, verbose_, facts));
   }
   int counts[3] = {0, 0, 0};
   for (const CheckResult& r : results) ++counts[static_cast<int>(r.outcome.verdict)];
   const bool ok = counts[static_cast<int>(Verdict::kFail)] == 0;
+  // NOTE: a plugin that takes none of the fixtures passes only the checks that need none; the
+  // summary says so rather than a bare "conforms".
+  const bool took_none = facts.taken == size_t{0};
+  const char* verdict = !ok ? "does NOT conform" : took_none ? "conforms on the checks that ran" : "conforms";
+  const std::string why_partial = std::string("the load and apply checks did not run: ") +
+                                  (ctx.user_checkpoint ? "the plugin declined the checkpoint"
+                                                       : "the plugin took none of the generated fixtures");
 
   if (common_.json) {
     json::object o;
     o["plugin_file"] = file.string();
     json::object plugin;
-    for (const auto& [k, v] : info) plugin[k] = v;
+    for (const auto& [k, v] : facts.plugin) plugin[k] = v;
     o["plugin"] = plugin;
     json::array fixtures;
     for (const conform::Fixture& f : ctx.fixtures) fixtures.push_back(json::string(f.name));
@@ -282,15 +306,20 @@ int ConformCommand::run() const {
                                     {"seconds", r.seconds}});
     }
     o["checks"] = checks;
-    o["summary"] = json::object{{"pass", counts[0]}, {"fail", counts[1]}, {"not_applicable", counts[2]}};
+    json::object summary{{"pass", counts[0]}, {"fail", counts[1]}, {"not_applicable", counts[2]}, {"verdict", verdict}};
+    // How many fixtures the plugin's probe takes; null when the host refused it before any probe.
+    summary["fixtures_taken"] = facts.taken ? json::value(*facts.taken) : json::value(nullptr);
+    if (ok && took_none) summary["note"] = why_partial;
+    o["summary"] = summary;
     o["ok"] = ok;
     std::cout << json::serialize(o) << "\n";
     return ok ? 0 : 1;
   }
 
   std::cout << "moeq conform: " << file.string() << "\n";
-  if (info.count("name"))
-    std::cout << "plugin: " << info["name"] << " " << info["version"] << ", ABI " << info["abi"] << "\n";
+  if (facts.plugin.count("name"))
+    std::cout << "plugin: " << facts.plugin["name"] << " " << facts.plugin["version"] << ", ABI " << facts.plugin["abi"]
+              << "\n";
   std::cout << "fixtures: ";
   for (size_t i = 0; i < ctx.fixtures.size(); ++i) std::cout << (i ? ", " : "") << ctx.fixtures[i].name;
   std::cout << (ctx.user_checkpoint ? " (--checkpoint)" : " (generated by the writer)");
@@ -304,8 +333,8 @@ int ConformCommand::run() const {
     if (verbose_)
       for (const std::string& d : r.outcome.details) std::printf("%3s  %-16s %-7s   %s\n", "", "", "", d.c_str());
   }
-  std::printf("\n%d pass, %d fail, %d not applicable: %s\n", counts[0], counts[1], counts[2],
-              ok ? "conforms" : "does NOT conform");
+  std::printf("\n%d pass, %d fail, %d not applicable: %s%s\n", counts[0], counts[1], counts[2], verdict,
+              ok && took_none ? ("; " + why_partial).c_str() : "");
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

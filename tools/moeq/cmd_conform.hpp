@@ -15,8 +15,9 @@ class ConformCommand {
   // Adds the `conform` subcommand to `app`; `common` carries --json and --plugin-dir.
   ConformCommand(CLI::App& app, CommonOptions& common);
   bool parsed() const { return sub_->parsed(); }
-  // Runs the checks and prints the table (or JSON). 0 when no check fails, 1 otherwise; 2 for
-  // an unknown --online scheme.
+  // Runs the checks and prints the table (or JSON). 0 when no check fails, 1 otherwise (a
+  // plugin that declines the --checkpoint or --online scheme named fails); 2 for an unknown
+  // --online scheme. --keep-fixtures with --checkpoint is refused by the parser (exit 2).
   int run() const;
 
  private:

@@ -2,7 +2,10 @@
 
 #include <moeq/error.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace moeq::cli::conform {
 
@@ -49,6 +52,14 @@ std::string placement_str(const Placement& p) {
   return s.empty() ? "TP=1 EP=1" : s;
 }
 
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+size_t non_finite(const std::vector<float>& v) {
+  return static_cast<size_t>(std::count_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); }));
+}
+
 // Exceptions the proxy caught escaping a slot, as problems.
 void add_escapes(std::vector<std::string>& problems, const std::string& during) {
   for (const Escape& e : escapes())
@@ -59,7 +70,8 @@ void add_escapes(std::vector<std::string>& problems, const std::string& during) 
 
 // --------------------------------------------------------------------- shared setup
 // Loads the subject and asks it about every fixture layer. `need_fixture`: without an
-// accepted layer the check is not applicable.
+// accepted layer the check is not applicable, or fails when the user named the checkpoint or
+// the online scheme.
 Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options) {
   Prepared p;
   ctx.stage("loading the plugin");
@@ -83,21 +95,27 @@ Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options) {
         p.accepted.push_back({&f, q, a.score});
         any = true;
       } else {
-        declines.push_back(f.name + " " + q.prefix + ": " + a.reason);
+        declines.push_back((ctx.user_checkpoint ? "" : f.name + " ") + q.prefix + ": \"" + a.reason + "\"");
       }
     }
     if (any) p.fixtures.push_back(&f);
   }
+  ctx.taken(p.fixtures.size());
   if (need_fixture && p.accepted.empty()) {
-    const std::string first = declines.empty() ? "no MoE layer" : declines.front();
-    const bool online = !ctx.fixtures.empty() && !ctx.fixtures.front().online_scheme.empty();
-    std::string hint;
-    if (!ctx.user_checkpoint)
-      hint = online ? "; give it one it takes with --checkpoint"
-                    : "; give it one it takes with --checkpoint, or --online SCHEME if it quantizes unquantized experts at load";
-    p.not_ready = not_applicable(std::string(ctx.user_checkpoint ? "the plugin declines every layer of the checkpoint"
-                                                                  : "the plugin declines every generated fixture") +
-                                 " (" + std::to_string(declines.size()) + " layers; first: " + first + ")" + hint);
+    const std::string online = ctx.fixtures.empty() ? "" : ctx.fixtures.front().online_scheme;
+    const std::string why = " (" + count(static_cast<int64_t>(declines.size()), "layer") + "; first: " +
+                            (declines.empty() ? "no MoE layer" : declines.front()) + ")";
+    const std::string under = online.empty() ? "" : " under --online " + online;
+    // NOTE: a checkpoint or scheme the user named and the plugin does not take is a failure:
+    // the user asked for conformance on it, and n/a everywhere would read as a pass.
+    if (ctx.user_checkpoint)
+      p.not_ready = failed("the plugin declined the checkpoint " + ctx.fixtures.front().name + under + why);
+    else if (!online.empty())
+      p.not_ready = failed("the plugin declined every generated fixture" + under + why);
+    else
+      p.not_ready = not_applicable("the plugin declines every generated fixture" + why +
+                                   "; give it one it takes with --checkpoint, or --online SCHEME if it quantizes "
+                                   "unquantized experts at load");
   }
   return p;
 }

@@ -27,6 +27,11 @@ std::string str(double v);                               // "0.0123"
 std::string count(int64_t n, const std::string& noun);   // "1 layer", "3 layers"
 std::string shape_str(const std::vector<int64_t>& shape);
 std::string placement_str(const Placement& placement);   // "TP=2 rank 0", "TP=1 EP=1"
+// Equal bit for bit, as apply's results must be run to run: NaN is equal to the same NaN
+// (operator== on floats would call every NaN output a difference).
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b);
+// Elements that are NaN or infinite.
+size_t non_finite(const std::vector<float>& v);
 // Exceptions the proxy caught escaping a slot, as problems (and forgets them).
 void add_escapes(std::vector<std::string>& problems, const std::string& during = "");
 
@@ -44,7 +49,8 @@ struct Prepared {
 };
 
 // Loads the subject and asks it about every fixture layer. `need_fixture`: without an
-// accepted layer the check is not applicable (not_ready says why).
+// accepted layer the check cannot run (not_ready says why): not applicable on generated
+// fixtures, a failure on a checkpoint or online scheme the user named.
 Prepared prepare(Context& ctx, bool need_fixture, ProxyOptions options = {});
 const LayerQuery* first_query(const Prepared& p, const Fixture* f);
 MoeConfig config_of(const Fixture& f);

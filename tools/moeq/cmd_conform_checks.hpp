@@ -28,6 +28,9 @@ struct Context {
   std::function<void(const std::string&)> stage;
   // Facts about the plugin for the report header (name, version, abi), sent once.
   std::function<void(const std::string& key, const std::string& value)> info;
+  // How many fixtures the plugin's probe takes, so that the summary can say when the load and
+  // apply checks had nothing to run on.
+  std::function<void(size_t fixtures)> taken;
 };
 
 struct CheckDef {
