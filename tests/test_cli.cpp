@@ -37,7 +37,7 @@ writer::WrittenCheckpoint granite(const TempDir& d) {
 
 }  // namespace
 
-TEST_CASE("moeq demo: both layouts load strictly clean and are within 1e-2 of the reference; bf16 quantized online by every scheme") {
+TEST_CASE("moeq demo: both layouts load strictly clean and are within 1e-2 of the reference, bf16 quantized online by every scheme") {
   Result r = moeq_cli("demo --json");
   CAPTURE(r.out);
   REQUIRE(r.code == 0);
@@ -197,7 +197,7 @@ TEST_CASE("moeq run: non-finite results fail with a verdict that says so, and --
   CHECK((!row.at("output_finite").as_bool() || !row.at("reference_finite").as_bool()));
 }
 
-TEST_CASE("moeq usage errors exit 2 naming the option; with --json an error is still one JSON document") {
+TEST_CASE("moeq usage errors exit 2 naming the option, with --json an error is still one JSON document") {
   TempDir d;
   auto w = granite(d);
   for (const std::string args : {"load --tp 2 --tp-rank 2 ", "inspect --ep 2 --ep-rank 5 ", "run --tokens 0 ",

@@ -50,7 +50,7 @@ TEST_CASE("fp8 e4m3fn: every finite code decodes and encodes back to itself") {
   }
 }
 
-TEST_CASE("fp8 e4m3fn: 0x7f and 0xff are NaN; NaN encodes to NaN with its sign") {
+TEST_CASE("fp8 e4m3fn: 0x7f and 0xff are NaN, NaN encodes to NaN with its sign") {
   CHECK(std::isnan(fp8_e4m3_to_float(0x7f)));
   CHECK(std::isnan(fp8_e4m3_to_float(0xff)));
   float nan = std::numeric_limits<float>::quiet_NaN();
@@ -114,7 +114,7 @@ TEST_CASE("fp8 e4m3fn: encoder agrees with a nearest-value search on random floa
   CHECK(float_to_fp8_e4m3(std::numeric_limits<float>::denorm_min()) == 0x00);
 }
 
-TEST_CASE("bf16: every non-NaN code round-trips; random floats match the carry trick") {
+TEST_CASE("bf16: every non-NaN code round-trips, random floats match the carry trick") {
   for (uint32_t code = 0; code < 0x10000; ++code) {
     float v = bf16_to_float(uint16_t(code));
     if (std::isnan(v)) continue;
@@ -203,7 +203,7 @@ TEST_CASE("dtype names, sizes and DLPack codes") {
   CHECK(!is_float(DType::I32));
 }
 
-TEST_CASE("load_as_float / store_from_float convert through the encoders; ints round") {
+TEST_CASE("load_as_float / store_from_float convert through the encoders, ints round") {
   std::vector<std::byte> buf(64);
   store_from_float(buf.data(), DType::F8_E4M3, 3, 1000.0f);
   CHECK(load_as_float(buf.data(), DType::F8_E4M3, 3) == 448.0f);

@@ -169,7 +169,7 @@ TEST_CASE("TP=2: each rank holds its slice and partial outputs sum to the TP=1 o
   }
 }
 
-TEST_CASE("EP=2: non-local experts are skipped and recorded; partial outputs sum to the EP=1 output") {
+TEST_CASE("EP=2: non-local experts are skipped and recorded, partial outputs sum to the EP=1 output") {
   BuiltPlugins plugins;
   TempDir dir;
   writer::WrittenCheckpoint w = writer::write_ct_fp8_channel(dir / "ckpt", small_spec(writer::Layout::kPerExpert));

@@ -362,7 +362,7 @@ TEST_CASE("cuda: online quantization of eight layers on eight threads shares one
   }
 }
 
-TEST_CASE("cuda: a shape the kernels cannot run fails at load naming it; a bad apply input is a clear error") {
+TEST_CASE("cuda: a shape the kernels cannot run fails at load naming it, a bad apply input is a clear error") {
   if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;
   BuiltPlugins p;

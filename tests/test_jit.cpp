@@ -232,7 +232,7 @@ TEST_CASE("find_includes sees quoted, angled and spaced directives and skips inc
         std::vector<std::string>{"/a", "/b", "/c"});
 }
 
-TEST_CASE("arch_for gives sm_90a on Hopper and plain names before it; check_arch refuses virtual archs") {
+TEST_CASE("arch_for gives sm_90a on Hopper and plain names before it, check_arch refuses virtual archs") {
   CHECK(jit::arch_for(9, 0) == "sm_90a");
   CHECK(jit::arch_for(10, 0) == "sm_100a");
   CHECK(jit::arch_for(8, 9) == "sm_89");
@@ -261,7 +261,7 @@ TEST_CASE("the service's options put arch, standard and device default first and
   CHECK(opts20.back() == "-std=c++20");
 }
 
-TEST_CASE("MOEQ_CACHE_DIR picks the cache root; the default is ~/.cache/moeq; 'off' disables it") {
+TEST_CASE("MOEQ_CACHE_DIR picks the cache root, the default is ~/.cache/moeq, 'off' disables it") {
   ScopedEnv xdg("XDG_CACHE_HOME", nullptr);
   {
     ScopedEnv dir("MOEQ_CACHE_DIR", nullptr);

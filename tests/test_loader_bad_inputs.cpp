@@ -253,7 +253,7 @@ TEST_CASE("config.json without the MoE geometry") {
   CHECK(e.find("config.json: missing num_experts / num_local_experts / n_routed_experts") != std::string::npos);
 }
 
-TEST_CASE("a pinned plugin overrides the probes; a pin that declines is an error") {
+TEST_CASE("a pinned plugin overrides the probes, a pin that declines is an error") {
   BuiltPlugins p;
   TempDir d;
   auto w = good(d);

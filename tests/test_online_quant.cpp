@@ -337,7 +337,7 @@ TEST_CASE("online quantization is TP invariant: TP=2 and TP=4 ranks hold bit-ide
 // EP=2 ranks (alone and with TP=2) hold exactly the EP=1 codes of their experts, the ledger says
 // the other experts' tensors were left to the other rank, and the ranks' outputs add up to the
 // EP=1 output (fp8-tensor aside, see below).
-TEST_CASE("online quantization under EP: each rank holds exactly its experts' EP=1 codes; outputs add up") {
+TEST_CASE("online quantization under EP: each rank holds exactly its experts' EP=1 codes, outputs add up") {
   BuiltPlugins p;
   TempDir d;
   const int64_t H = 256, I = 192, M = 29;
@@ -436,7 +436,7 @@ TEST_CASE("an all-zero row and an all-zero expert get scale 1, never 0/0") {
 // F32 sources reach magnitudes BF16 cannot: a row of values under 448 x FLT_MIN would get a zero
 // or subnormal scale (the load then failed on a "zero scale" the checkpoint does not have), and
 // FLT_MAX / 127 rounds up so 127 s overflowed (a finite weight dequantized to infinity).
-TEST_CASE("F32 weights at the ends of the float range: normal, finite scales; exact codes; every scheme") {
+TEST_CASE("F32 weights at the ends of the float range: normal, finite scales, exact codes, every scheme") {
   BuiltPlugins p;
   TempDir d;
   writer::WrittenCheckpoint w = writer::write_unquantized(d / "f32", spec(writer::Layout::kPerExpert));

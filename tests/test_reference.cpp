@@ -81,7 +81,7 @@ ExpertWeights slice_intermediate(const ExpertWeights& w, int64_t i0, int64_t i1)
 
 }  // namespace
 
-TEST_CASE("softmax top-k picks the k largest probabilities; renormalize makes them sum to 1") {
+TEST_CASE("softmax top-k picks the k largest probabilities, renormalize makes them sum to 1") {
   std::mt19937 rng(1234);
   const int64_t M = 32, E = 8, k = 3;
   const auto logits = randn(rng, M * E, 1.5f);

@@ -422,7 +422,7 @@ TEST_CASE("pinning a plugin that declines gives its reason") {
   CHECK(std::string(e.what()) == "pinned plugin declines declines: only takes fp4");
 }
 
-TEST_CASE("declines always carry a reason; when nobody takes the layer the error lists them all") {
+TEST_CASE("declines always carry a reason, when nobody takes the layer the error lists them all") {
   const int live_before = g_live_statuses.load();
   Registry r(&kFakeHost);
   r.load_file(plugin_file("declines", "declines"));

@@ -214,7 +214,7 @@ TEST_CASE("a directory above the plugin directory that others may write is refus
 
 // ------------------------------------------------------------------------- override
 
-TEST_CASE("the override loads untrusted plugins and logs each problem; the entry symbol is still required") {
+TEST_CASE("the override loads untrusted plugins and logs each problem, the entry symbol is still required") {
   PluginDir d;
   const fs::path f = d.add(kGoodA, "good_a.so");
   const fs::path none = d.add(kNoEntry, "no_entry.so");
@@ -230,7 +230,7 @@ TEST_CASE("the override loads untrusted plugins and logs each problem; the entry
   CHECK(has(refusal(r), "does not export moeq_plugin_get_descriptor"));
 }
 
-TEST_CASE("MOEQ_ALLOW_UNTRUSTED_PLUGINS=1 turns the override on; anything else leaves it off") {
+TEST_CASE("MOEQ_ALLOW_UNTRUSTED_PLUGINS=1 turns the override on, anything else leaves it off") {
   {
     ScopedEnv env("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1");
     CHECK(PluginTrust::from_environment().allow_untrusted);
@@ -246,7 +246,7 @@ TEST_CASE("MOEQ_ALLOW_UNTRUSTED_PLUGINS=1 turns the override on; anything else l
 
 // ------------------------------------------------------------------------- manifest
 
-TEST_CASE("manifest: pinned plugins load; a changed file and an unlisted file are refused with the reason") {
+TEST_CASE("manifest: pinned plugins load, a changed file and an unlisted file are refused with the reason") {
   PluginDir d;
   const fs::path a = d.add(kGoodA, "good_a.so");
   const fs::path ct = d.add(kBuiltCt, "ct.so");
@@ -339,7 +339,7 @@ TEST_CASE("sha256_file_hex matches the digest of the bytes") {
 
 // ------------------------------------------------------------------------------ CLI
 
-TEST_CASE("moeq plugins --pin writes the lock of --plugin-dir; the registry then enforces it") {
+TEST_CASE("moeq plugins --pin writes the lock of --plugin-dir, the registry then enforces it") {
   PluginDir d;
   d.add(kBuiltCt, "libmoeq_compressed_tensors.so");
   const std::string dir = " --plugin-dir \"" + d.dir.string() + "\"";
