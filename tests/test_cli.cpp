@@ -210,6 +210,13 @@ TEST_CASE("moeq usage errors exit 2 naming the option, with --json an error is s
   }
   CHECK(moeq_cli("load --tp 2 --tp-rank 2 " + w.dir.string()).out.find("--tp-rank 2 is out of range for --tp 2") !=
         std::string::npos);
+  // A --plugin-dir that is not there is not silently replaced by the default search path.
+  Result no_dir = moeq_cli("load --plugin-dir " + (d / "no-such-dir").string() + " " + w.dir.string());
+  CHECK(no_dir.code == 2);
+  CHECK(no_dir.out.find("--plugin-dir: Directory does not exist") != std::string::npos);
+  Result pin_why = moeq_cli("plugins --pin --why " + w.dir.string());
+  CHECK(pin_why.code == 2);
+  CHECK(pin_why.out.find("excludes") != std::string::npos);
   Result j = run_moeq_cli("load --json " + (d / "nothing-here").string(), "", /*with_stderr=*/false);
   CHECK(j.code == 1);
   const boost::json::object o = boost::json::parse(j.out).as_object();

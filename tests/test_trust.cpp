@@ -357,6 +357,30 @@ TEST_CASE("moeq plugins --pin writes the lock of --plugin-dir, the registry then
   CHECK(has(list.out, "(the file changed since it was pinned)"));
 }
 
+TEST_CASE("moeq plugins --pin into a shared MOEQ_PLUGIN_MANIFEST keeps the entries of other directories") {
+  PluginDir a, b;
+  const fs::path in_a = a.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  const fs::path in_b = b.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  const fs::path manifest = a.dir.parent_path() / ("shared-" + a.dir.filename().string() + ".lock");
+  const std::string env = "MOEQ_PLUGIN_MANIFEST=\"" + manifest.string() + "\"";
+  Cli pin_a = run_moeq("plugins --pin --plugin-dir \"" + a.dir.string() + "\"", env);
+  REQUIRE(pin_a.code == 0);
+  Cli pin_b = run_moeq("plugins --pin --plugin-dir \"" + b.dir.string() + "\"", env);
+  CAPTURE(pin_b.out);
+  REQUIRE(pin_b.code == 0);
+  CHECK(has(pin_b.out, "pinned 1 plugin(s) in " + manifest.string() + " (kept its 1 entries of other directories)"));
+  // Both directories' files are listed: a's still loads under the shared manifest.
+  Cli list_a = run_moeq("plugins --plugin-dir \"" + a.dir.string() + "\"", env);
+  CAPTURE(list_a.out);
+  CHECK(has(list_a.out, "(" + in_a.string() + ")"));
+  CHECK_FALSE(has(list_a.out, "refused " + in_a.string()));
+  // Pinning a again replaces a's entry and keeps b's.
+  Cli again = run_moeq("plugins --pin --plugin-dir \"" + a.dir.string() + "\"", env);
+  CHECK(has(again.out, "(kept its 1 entries of other directories)"));
+  CHECK(has(run_moeq("plugins --plugin-dir \"" + b.dir.string() + "\"", env).out, "(" + in_b.string() + ")"));
+  fs::remove(manifest);
+}
+
 TEST_CASE("moeq --allow-untrusted-plugins loads a group-writable plugin and says so") {
   PluginDir d;
   const fs::path f = d.add(kBuiltCt, "libmoeq_compressed_tensors.so");

@@ -133,7 +133,7 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
               "every device byte is compared with the host before figures are printed");
   load_->add_option("dir", dir_, "checkpoint directory")->required();
   opt_.add_placement(load_);
-  load_->add_option("--plugin-dir", opt_.plugin_dir, "directory of plugin .so files");
+  load_->add_option("--plugin-dir", opt_.plugin_dir, "directory of plugin .so files")->check(CLI::ExistingDirectory);
   load_->add_flag("--json", opt_.json, "print the figures as one JSON object");
   load_->add_option("--threads", threads_, "reader threads, one stream each (default: min(12, cores))")
       ->check(CLI::Range(1u, 256u));

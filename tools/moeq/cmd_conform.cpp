@@ -232,7 +232,8 @@ ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(c
   // error (exit 2) rather than an empty promise.
   sub_->add_option("--keep-fixtures", keep_fixtures_, "write the generated fixtures here and keep them")
       ->excludes(checkpoint);
-  sub_->add_option("--plugin-dir", common_.plugin_dir, "where plugins it delegates to are found");
+  sub_->add_option("--plugin-dir", common_.plugin_dir, "where plugins it delegates to are found")
+      ->check(CLI::ExistingDirectory);
   sub_->add_flag("--json", common_.json, "print the report as JSON");
 }
 

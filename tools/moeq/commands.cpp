@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <iostream>
 #include <random>
+#include <set>
 
 namespace moeq::cli {
 namespace json = boost::json;
@@ -126,12 +127,33 @@ int cmd_pin_plugins(const CommonOptions& opt) {
                                : trust.manifest;
     by_manifest[manifest].push_back({p->file, sha256_file_hex(p->file)});
   }
+  // A manifest may list plugins of other directories too (MOEQ_PLUGIN_MANIFEST is shared): those
+  // entries are kept; the directories pinned now get exactly the plugins that loaded.
+  std::set<fs::path> pinned_dirs;
+  for (const fs::path& d : dirs) pinned_dirs.insert(fs::weakly_canonical(d));
+  std::map<fs::path, size_t> kept_of;
+  for (auto& [manifest, entries] : by_manifest) {
+    std::error_code ec;
+    if (!fs::exists(manifest, ec)) continue;
+    try {
+      const PluginManifest old = PluginManifest::read(manifest);
+      for (const auto& [plugin, digest] : old.entries())
+        if (!pinned_dirs.count(fs::weakly_canonical(plugin).parent_path())) {
+          entries.push_back({plugin, digest});
+          ++kept_of[manifest];
+        }
+    } catch (const Error& e) {
+      host::log(MOEQ_LOG_LEVEL_WARNING, "moeq",
+                std::string("the existing manifest is unreadable, so it is rewritten with only the plugins pinned "
+                            "now: ") + e.what());
+    }
+  }
   json::array written;
   for (const auto& [manifest, entries] : by_manifest) {
     write_plugin_manifest(manifest, entries);
     json::array files;
     for (const auto& [file, digest] : entries) files.push_back({{"file", file.string()}, {"sha256", digest}});
-    written.push_back({{"manifest", manifest.string()}, {"plugins", files}});
+    written.push_back({{"manifest", manifest.string()}, {"plugins", files}, {"kept_from_other_directories", kept_of[manifest]}});
   }
   json::array refusals;
   for (const auto& r : reg.refusals()) refusals.push_back({{"file", r.file.string()}, {"reason", r.reason}});
@@ -140,8 +162,11 @@ int cmd_pin_plugins(const CommonOptions& opt) {
   } else {
     for (const auto& w : written) {
       const auto& o = w.as_object();
-      std::cout << "pinned " << o.at("plugins").as_array().size() << " plugin(s) in "
-                << o.at("manifest").as_string().c_str() << "\n";
+      const int64_t kept = o.at("kept_from_other_directories").to_number<int64_t>();
+      std::cout << "pinned " << o.at("plugins").as_array().size() - kept << " plugin(s) in "
+                << o.at("manifest").as_string().c_str();
+      if (kept > 0) std::cout << " (kept its " << kept << " entries of other directories)";
+      std::cout << "\n";
       for (const auto& f : o.at("plugins").as_array())
         std::cout << "  " << f.at("sha256").as_string().c_str() << "  " << f.at("file").as_string().c_str() << "\n";
     }

@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
   CLI::App app{"moeq: load quantized MoE expert weights through format plugins, check and run them"};
   app.require_subcommand(1);
   CommonOptions opt;
-  app.add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files (also MOEQ_PLUGIN_PATH)");
+  app.add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files (also MOEQ_PLUGIN_PATH)")
+      ->check(CLI::ExistingDirectory);
   app.add_flag("--json", opt.json, "print the verdict as JSON");
   bool allow_untrusted = false, pin = false;
   const char* untrusted_help = "load plugins that fail the ownership/permission checks, logging each "
@@ -41,10 +42,12 @@ int main(int argc, char** argv) {
   int64_t tokens = 64;
   uint64_t seed = 7;
   auto* plugins = app.add_subcommand("plugins", "list plugins, refusals and (with --why) probe answers");
-  plugins->add_option("--why", why, "checkpoint directory or config JSON: show every plugin's answer for it");
+  auto* why_option =
+      plugins->add_option("--why", why, "checkpoint directory or config JSON: show every plugin's answer for it");
   plugins->add_flag("--pin", pin,
                     "write the SHA-256 allow-list of the plugins that load (MOEQ_PLUGIN_MANIFEST, else "
-                    "plugins.lock in each plugin directory); the registry then refuses any other file");
+                    "plugins.lock in each plugin directory); the registry then refuses any other file")
+      ->excludes(why_option);
   auto* inspect = app.add_subcommand("inspect", "scheme, plugin and why, per-layer tensor routing, ledger");
   inspect->add_option("dir", dir, "checkpoint directory")->required();
   opt.add_placement(inspect);
@@ -60,7 +63,7 @@ int main(int argc, char** argv) {
   demo->add_option("--keep", keep, "write the checkpoints here and keep them");
   demo->add_option("--tokens", tokens, "tokens per layer (1 to 65536)")->check(CLI::Range(int64_t{1}, kMaxTokens));
   for (auto* sub : {plugins, inspect, load, run, demo}) {
-    sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files");
+    sub->add_option("--plugin-dir", opt.plugin_dir, "directory of plugin .so files")->check(CLI::ExistingDirectory);
     sub->add_flag("--json", opt.json, "print the verdict as JSON");
     sub->add_flag("--allow-untrusted-plugins", allow_untrusted, untrusted_help);
   }

@@ -25,6 +25,8 @@ class PluginManifest {
   // Empty when `plugin` (any spelling; compared canonically) is listed with `digest_hex`,
   // else the one-line refusal reason.
   std::string check(const std::filesystem::path& plugin, const std::string& digest_hex) const;
+  // Every entry: canonical plugin path -> lower-case hex digest.
+  const std::map<std::filesystem::path, std::string>& entries() const { return digests_; }
 
  private:
   std::filesystem::path file_;
