@@ -4,6 +4,7 @@
 #include "bench_layer.hpp"
 #include "driver.hpp"
 #include "floors.hpp"
+#include "jit_bench.hpp"
 #include "nvrtc_build.hpp"
 #include "reference_mirror.hpp"
 
@@ -563,8 +564,10 @@ Selection select(const BenchOptions& opt) {
 int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream& out) {
   const Selection sel = select(opt);
   ct::gpu::DeviceLimits lim;  // an H100 SXM: 132 SMs, 227 KiB of shared memory a block
-  lim.sm_major = arch[3] - '0';
-  lim.sm_minor = arch[4] - '0';
+  if (const std::string why = arch_refusal(arch); !why.empty()) fail("--compile-only " + why);
+  const int cc = *arch_capability(arch);  // sm_100a: 100, compute capability 10.0
+  lim.sm_major = cc / 10;
+  lim.sm_minor = cc % 10;
   std::map<std::string, ct::gpu::KernelSetSource> sets;
   auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m) {
     for (auto& k : MoePlan(sc, d, max_m, lim).sources()) sets.emplace(k.source, k);
