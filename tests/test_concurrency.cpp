@@ -208,4 +208,34 @@ TEST_SUITE("concurrency") {
     CHECK(got.load());
     CHECK(pool.detach().size() == 1);
   }
+
+  // Borrowers of bigger items (an F32 projection: limit 1) and of smaller ones (BF16: limit 3)
+  // at once: a limit-1 borrower holds its item alone, even when three smaller ones sit idle.
+  TEST_CASE("the lending pool honours each borrower's own limit when limits differ") {
+    moeq::online::LendingPool<Item> pool;
+    pool.attach();
+    std::atomic<int> out{0}, alone_violations{0}, done{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([&, t] {
+        const std::size_t limit = t % 4 == 0 ? 1 : 3;
+        for (int i = 0; i < 40; ++i) {
+          Item* it = pool.acquire(limit);
+          const int now = ++out;
+          if (limit == 1 && now != 1) ++alone_violations;
+          if (now > 3) ++alone_violations;
+          std::this_thread::sleep_for(std::chrono::microseconds(30));
+          if (limit == 1 && out.load() != 1) ++alone_violations;
+          --out;
+          pool.give_back(it);
+          ++done;
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(done == 320);
+    CHECK(alone_violations == 0);
+    CHECK(pool.high_water() <= 3);
+    CHECK(pool.detach().size() == pool.high_water());
+    CHECK(Item::alive == 0);
+  }
 }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <condition_variable>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <utility>
@@ -35,12 +36,16 @@ class LendingPool {
     }
     return drop;
   }
-  // An idle item, or a new one (default-constructed) while fewer than `limit` exist; otherwise
-  // waits until one is given back. `limit` 0 counts as 1.
+  // An idle item, or a new one (default-constructed) while fewer than `limit` exist. Each
+  // borrower takes 1/limit of the pool's budget while it holds its item (a borrower of bigger
+  // items asks for a smaller limit): it waits until its share is free, as well as while none is
+  // idle and `limit` exist. `limit` 0 counts as 1, above 16 as 16.
   T* acquire(std::size_t limit) {
-    if (limit == 0) limit = 1;
+    limit = std::clamp<std::size_t>(limit, 1, 16);
+    const std::size_t share = kBudget / limit;
     std::unique_lock lock(m_);
-    cv_.wait(lock, [&] { return !idle_.empty() || existing_ < limit; });
+    cv_.wait(lock, [&] { return used_ + share <= kBudget && (!idle_.empty() || existing_ < limit); });
+    used_ += share;
     T* item = nullptr;
     if (!idle_.empty()) {
       item = idle_.back().release();
@@ -53,11 +58,13 @@ class LendingPool {
       } catch (...) {
         lock.lock();
         --existing_;
-        cv_.notify_one();
+        used_ -= share;
+        cv_.notify_all();
         throw;
       }
       lock.lock();
     }
+    shares_[item] = share;
     high_water_ = std::max(high_water_, existing_);
     return item;
   }
@@ -66,13 +73,14 @@ class LendingPool {
     std::unique_ptr<T> owned(item);
     {
       std::lock_guard lock(m_);
+      release_share(item);
       if (users_ == 0) {
         --existing_;
       } else {
         idle_.push_back(std::move(owned));
       }
     }
-    cv_.notify_one();
+    cv_.notify_all();  // waiters wait on different limits: wake them all
     return owned;
   }
   // A lent item the caller destroys itself (it failed to set up): its place is freed.
@@ -80,8 +88,9 @@ class LendingPool {
     {
       std::lock_guard lock(m_);
       --existing_;
+      release_share(item);
     }
-    cv_.notify_one();
+    cv_.notify_all();
     return std::unique_ptr<T>(item);
   }
 
@@ -96,10 +105,19 @@ class LendingPool {
   }
 
  private:
+  static constexpr std::size_t kBudget = 720720;  // divisible by every limit 1..16
+  void release_share(T* item) {
+    const auto it = shares_.find(item);
+    if (it == shares_.end()) return;
+    used_ -= it->second;
+    shares_.erase(it);
+  }
   mutable std::mutex m_;
   std::condition_variable cv_;
   Items idle_;
   std::size_t existing_ = 0;  // idle + lent
+  std::size_t used_ = 0;      // the shares of the budget lent items hold
+  std::map<const T*, std::size_t> shares_;
   std::size_t high_water_ = 0;
   int users_ = 0;
 };
