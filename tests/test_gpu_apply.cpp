@@ -23,9 +23,12 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
+#include <thread>
 
 using namespace moeq;
 using namespace moeq::test;
@@ -278,6 +281,59 @@ TEST_CASE("cuda: online quantization on the device gives the CPU's codes and sca
     LoadedModel m = load_dir(w.dir, p.registry(), on_cuda(o));
     CHECK(m.layers[0]->report.describe_json.find("\"quantized_on\":\"cuda:0\"") != std::string::npos);
   }
+}
+
+// F32 sources at the ends of the float range (online_scale: never below FLT_MIN, one step down
+// where qmax x s overflows): the device kernels' scales and codes equal the CPU's exactly.
+TEST_CASE("cuda: online quantization of F32 weights at the ends of the float range equals the CPU's") {
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  const int64_t H = 256, I = 192;
+  auto w = writer::write_unquantized(d / "f32", spec(writer::Layout::kPerExpert, 4, H, I, 48));
+  REQUIRE(rewrite_expert_weights_as(w.dir, DType::F32) == 12);
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    EditableTensor& gate = m.at("model.layers.0.mlp.experts.0.gate_proj.weight");
+    for (int64_t i = 0; i < 128 * H; ++i) set_element(gate, static_cast<size_t>(i), i == 0 ? 1e-45f : (i % 2 ? 2e-43f : 0.0f));
+    EditableTensor& down = m.at("model.layers.0.mlp.experts.2.down_proj.weight");
+    for (int64_t i = 0; i < H * I; ++i) set_element(down, static_cast<size_t>(i), i % 3 ? 1e-45f : -3e-44f);
+    set_element(m.at("model.layers.0.mlp.experts.1.up_proj.weight"), 3 * H + 7, std::numeric_limits<float>::max());
+  });
+  BuiltPlugins p;
+  for (const char* scheme : {"int8", "fp8-tensor", "fp8-channel", "fp8-block"}) {
+    CAPTURE(scheme);
+    LoadOptions o;
+    o.online_scheme = scheme;
+    LoadedModel cpu = load_dir(w.dir, p.registry(), o);
+    LoadedModel gpu = load_dir(w.dir, p.registry(), on_cuda(o));
+    REQUIRE(gpu.layers.size() == 1);
+    CHECK(gpu.layers[0]->report.describe_json.find("\"quantized_on\":\"cuda:0\"") != std::string::npos);
+    const ref::ExpertWeights wg = gpu.dequantized(0, nullptr), wc = cpu.dequantized(0, nullptr);
+    CHECK(wg.w13 == wc.w13);
+    CHECK(wg.w2 == wc.w2);
+    CHECK(std::all_of(wg.w13.begin(), wg.w13.end(), [](float v) { return std::isfinite(v); }));
+  }
+}
+
+// The host serializes calls on one method (abi.h): LoadedModel::apply from eight threads on one
+// CUDA layer, whose method has one workspace, gives the serial result every time.
+TEST_CASE("cuda: apply from eight threads on one layer gives the serial result") {
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  auto w = writer::write_ct_fp8_channel(d / "ckpt", spec(writer::Layout::kPerExpert, 8, 256, 128, 49));
+  BuiltPlugins p;
+  LoadedModel m = load_dir(w.dir, p.registry(), on_cuda());
+  const int64_t M = 48;
+  const auto x = bf16_tokens(M, 256, 50);
+  const auto r = random_routing(M, m.config.num_experts, m.layers[0]->geometry.top_k, 51);
+  const std::vector<float> serial = m.apply(0, x, M, r);
+  std::vector<int> differ(8, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) differ[t] += m.apply(0, x, M, r) != serial;
+    });
+  for (auto& t : threads) t.join();
+  for (int t = 0; t < 8; ++t) CHECK(differ[t] == 0);
 }
 
 // The device quantizer flags a NaN or infinite source weight (the lowest flat index, read back

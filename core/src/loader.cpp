@@ -442,10 +442,7 @@ moeq_layer_geometry layer_geometry(const MoeConfig& cfg, const Placement& placem
   return g;
 }
 
-LoadedModel::~LoadedModel() {
-  for (auto& l : layers)
-    if (l) destroy(*l);
-}
+LoadedLayer::~LoadedLayer() { destroy(*this); }
 
 LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const LoadOptions& opt) {
   LoadedModel model;
@@ -527,12 +524,50 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
 }
 
 // --------------------------------------------------------------------------- running
+namespace {
+
+const LoadedLayer& layer_at(const std::vector<std::unique_ptr<LoadedLayer>>& layers, size_t li, const char* what) {
+  if (li >= layers.size())
+    fail(std::string(what) + ": layer index " + std::to_string(li) + " is out of range: " +
+         std::to_string(layers.size()) +
+         " layers loaded (the index counts LoadedModel::layers, the MoE layers that loaded, not the model's layer "
+         "numbers)");
+  return *layers[li];
+}
+
+// x is [m, H] and routing m x k global expert ids in [0, E) with their weights; sizes compared
+// by division, so that no product can overflow.
+void check_apply_inputs(const LoadedLayer& l, std::span<const float> x, int64_t m, const ref::Routing& routing) {
+  const int64_t H = l.geometry.hidden_size, E = l.geometry.num_experts, k = routing.top_k;
+  const std::string where = "apply on " + l.report.prefix + ": ";
+  if (m < 0) fail(where + "M must be >= 0, found " + std::to_string(m));
+  if (routing.num_tokens != m)
+    fail(where + "routing is for " + std::to_string(routing.num_tokens) + " tokens, x for M = " + std::to_string(m));
+  const int64_t xn = static_cast<int64_t>(x.size());
+  if (xn % H != 0 || xn / H != m)
+    fail(where + "x must be [M, H] = [" + std::to_string(m) + ", " + std::to_string(H) + "], found " +
+         std::to_string(x.size()) + " values");
+  if (k < 1 || k > E)
+    fail(where + "routing top_k must be in [1, " + std::to_string(E) + "], found " + std::to_string(k));
+  for (const auto& [name, n] : {std::pair<const char*, size_t>{"ids", routing.ids.size()}, {"weights", routing.weights.size()}})
+    if (static_cast<int64_t>(n) % k != 0 || static_cast<int64_t>(n) / k != m)
+      fail(where + "routing " + name + " must hold M x top_k = " + std::to_string(m) + " x " + std::to_string(k) +
+           " values, found " + std::to_string(n));
+  for (size_t i = 0; i < routing.ids.size(); ++i)
+    if (routing.ids[i] < 0 || routing.ids[i] >= E)
+      fail(where + "routing id of token " + std::to_string(static_cast<int64_t>(i) / k) + ", slot " +
+           std::to_string(static_cast<int64_t>(i) % k) + " is " + std::to_string(routing.ids[i]) +
+           "; expected a global expert id in [0, " + std::to_string(E) + ")");
+}
+
+}  // namespace
+
 std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64_t m,
                                       const ref::Routing& routing) const {
-  const LoadedLayer& l = *layers.at(li);
+  const LoadedLayer& l = layer_at(layers, li, "apply");
+  check_apply_inputs(l, x, m, routing);
   const int64_t H = l.geometry.hidden_size, k = routing.top_k;
-  if (static_cast<int64_t>(x.size()) != m * H || routing.num_tokens != m)
-    fail("apply: x must be [M, H] with M = routing tokens");
+  std::lock_guard serialize(l.apply_mutex);
   std::vector<float> out(static_cast<size_t>(m * H), 0.0f);
   int64_t xs[2] = {m, H}, xst[2] = {H, 1}, ks[2] = {m, k}, kst[2] = {k, 1};
   if (l.layer->device.device_type == kDLCUDA) {
@@ -581,7 +616,8 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
 }
 
 ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) const {
-  const LoadedLayer& l = *layers.at(li);
+  const LoadedLayer& l = layer_at(layers, li, "dequantized");
+  std::lock_guard serialize(l.apply_mutex);  // a call on the method, as apply is
   if (l.plugin->api->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) ||
       l.plugin->api->dequantize_expert == nullptr)
     fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "plugin " + l.plugin->name + " does not expose dequantized weights");
@@ -618,7 +654,7 @@ ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) con
 }
 
 std::vector<float> LoadedModel::router_weight(size_t li) const {
-  const LoadedLayer& l = *layers.at(li);
+  const LoadedLayer& l = layer_at(layers, li, "router_weight");
   if (l.router_weight == nullptr) fail("layer " + l.report.prefix + " has no router weight in the checkpoint");
   const TensorInfo& t = *l.router_weight;
   if (t.shape.size() != 2 || t.shape[0] != config.num_experts || t.shape[1] != config.hidden_size)
@@ -630,7 +666,7 @@ std::vector<float> LoadedModel::router_weight(size_t li) const {
 }
 
 ref::RoutingOptions LoadedModel::routing(size_t li) const {
-  const LoadedLayer& l = *layers.at(li);
+  const LoadedLayer& l = layer_at(layers, li, "routing");
   ref::RoutingOptions r = config.routing;
   if (l.router_bias != nullptr) {
     const TensorInfo& t = *l.router_bias;

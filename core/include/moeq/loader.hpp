@@ -11,6 +11,7 @@
 #include <moeq/registry.hpp>
 
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -62,7 +63,15 @@ struct LayerReport {
   int64_t count(LedgerEntry::State s) const;
 };
 
+// One loaded layer: destroying it destroys its method (the plugin's kernels, workspaces) and
+// then its parameters. `plugin` points into the Registry the layer was loaded through, which
+// must outlive it.
 struct LoadedLayer {
+  LoadedLayer() = default;
+  LoadedLayer(const LoadedLayer&) = delete;
+  LoadedLayer& operator=(const LoadedLayer&) = delete;
+  ~LoadedLayer();
+
   LayerReport report;
   moeq_layer_geometry geometry{};
   const LoadedPlugin* plugin = nullptr;
@@ -70,14 +79,18 @@ struct LoadedLayer {
   std::unique_ptr<moeq_layer> layer;
   const TensorInfo* router_weight = nullptr;
   const TensorInfo* router_bias = nullptr;
+  // The ABI has the host serialize calls on one method: LoadedModel::apply takes this.
+  mutable std::mutex apply_mutex;
 };
 
+// The Registry a model was loaded through must outlive it (its layers call their plugins'
+// tables). Moving, move-assigning over and destroying a model release what it replaced.
 class LoadedModel {
  public:
   LoadedModel() = default;
   LoadedModel(LoadedModel&&) noexcept = default;
   LoadedModel& operator=(LoadedModel&&) noexcept = default;
-  ~LoadedModel();
+  ~LoadedModel() = default;
 
   MoeConfig config;
   Placement placement;
@@ -87,7 +100,11 @@ class LoadedModel {
   std::vector<LayerReport> failed;                   // with collect_errors
   std::vector<std::string> not_moe;                  // checkpoint tensors outside MoE layers
 
-  // out [M, H] = the layer's plugin apply on CPU float tensors.
+  // out [M, H] = the layer's plugin apply on CPU float tensors. `layer` indexes `layers` (the
+  // loaded MoE layers in order), not the model's layer numbers. x is [M, H]; routing holds M x
+  // top_k global expert ids in [0, num_experts) (experts not on this EP rank contribute
+  // nothing) and their weights; anything else is an Error naming it. Calls on one layer from
+  // several threads are serialized; calls on different layers run concurrently.
   std::vector<float> apply(size_t layer, std::span<const float> x, int64_t num_tokens,
                            const ref::Routing& routing) const;
   // The method's dequantized local experts and activation quantization (dequantize_expert).
