@@ -12,19 +12,22 @@
 
 namespace moeq::fuzz {
 
-// One directory per process and tag; later calls return the same path.
+// One directory per process; later calls return the same path, whatever their tag.
 inline const std::filesystem::path& work_dir(const char* tag) {
   namespace fs = std::filesystem;
   static const fs::path dir = [tag] {
     const fs::path base = fs::exists("/dev/shm") ? fs::path("/dev/shm") : fs::temp_directory_path();
     fs::path d = base / ("moeq_fuzz_" + std::string(tag) + "_" + std::to_string(::getpid()));
     fs::create_directories(d);
-    std::atexit([] {
-      std::error_code ec;
-      fs::remove_all(dir, ec);
-    });
     return d;
   }();
+  // NOTE: registered once `dir` is constructed, so that it runs before `dir` is destroyed
+  // (registered inside the initializer, it ran after and removed nothing).
+  static const int cleanup = std::atexit([] {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  });
+  (void)cleanup;
   return dir;
 }
 
