@@ -3,6 +3,7 @@
 // case says, and checks that the load fails with the expected text, that nothing is left behind
 // (statuses, parameter bytes; ASan and LSan see the rest) and that no layer of a failed load
 // stays registered. One TEST_CASE per area, one SUBCASE per catalogue entry.
+#include "fuzz/strict_load_case.hpp"
 #include "support.hpp"
 
 #include <moeq/checkpoint.hpp>
@@ -518,6 +519,10 @@ TEST_CASE("fuzz regressions: every committed crash input now fails cleanly or pa
       q.layer_name = "model.layers.0.mlp.experts";
       q.weight_dtype = "F8_E4M3";
       for (const ProbeResult& r : plugins.registry().probe_all(q)) CHECK_FALSE(r.reason.empty());
+    } else if (target == "strict_load") {  // the target's own driver, over this build's plugins
+      BuiltPlugins plugins;
+      TempDir tmp("moeq_fuzz_strict_load");
+      fuzz::run_strict_load(bytes, plugins.registry(), tmp.path());
     } else {
       FAIL("no regression driver for fuzz target " << target << " (add one here)");
     }

@@ -4,6 +4,7 @@
 // plugins' own config parsing (compressed-tensors, ModelOpt, online quantization), whatever
 // their files look like inside. The plugins are this build's, instrumented like the core.
 #include "fuzz_check.hpp"
+#include "fuzz_plugins.hpp"
 
 #include <moeq/checkpoint.hpp>
 #include <moeq/error.hpp>
@@ -12,7 +13,6 @@
 #include <moeq/registry.hpp>
 
 #include <array>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -21,19 +21,7 @@ namespace {
 
 namespace json = boost::json;
 
-// Loaded once, before fuzzing starts (libFuzzer registers the plugins' coverage then).
-const moeq::Registry& registry() {
-  static moeq::Registry* r = [] {
-    moeq::host::set_log_sink([](moeq_log_level, const std::string&, const std::string&) {});
-    auto* reg = new moeq::Registry(moeq::host::api());
-    const char* dir = std::getenv("MOEQ_FUZZ_PLUGIN_DIR");  // the build's, unless moved
-    reg->load_directory(dir != nullptr ? dir : MOEQ_FUZZ_PLUGIN_DIR);
-    FUZZ_CHECK(reg->find("compressed_tensors") != nullptr);
-    moeq::host::set_registry(reg);  // ModelOpt delegates method_create to compressed_tensors
-    return reg;
-  }();
-  return *r;
-}
+const moeq::Registry& registry() { return moeq::fuzz::plugin_registry(); }
 
 void drop(moeq_status* status) {
   if (status == nullptr) return;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of a MOEQ_FUZZ build for a bounded time:
-#   tests/fuzz/run.sh BUILD_DIR SECONDS [JOBS] [WORKERS]
+#   tests/fuzz/run.sh BUILD_DIR SECONDS [JOBS] [WORKERS] [TARGET...]
 # JOBS fuzzer processes run at once (default: one per core); WORKERS processes fuzz each target
-# together, sharing its corpus (default 1; the long runs of RESULTS.md use more).
+# together, sharing its corpus (default 1; the long runs of RESULTS.md use more). TARGETs, when
+# given, restrict the run (and the regression inputs replayed) to those targets.
 # Inputs: seeds the writer makes (BUILD_DIR/fuzz/seeds) and the committed ones (corpus/).
 # Outputs under BUILD_DIR/fuzz: corpus/<target> (grown, kept between runs), crashes/, logs/.
 # Prints one line per target (runs summed over its workers) and exits 1 if any target crashed.
@@ -13,13 +14,22 @@ out=$build/fuzz
 secs=${2:-60}
 jobs=${3:-$(nproc)}
 workers=${4:-1}
-targets=(fuzz_safetensors_header fuzz_shard_index fuzz_checkpoint_dir fuzz_quant_config fuzz_expert_name_router)
+targets=(fuzz_safetensors_header fuzz_shard_index fuzz_checkpoint_dir fuzz_quant_config fuzz_expert_name_router
+         fuzz_strict_load)
+if [ $# -gt 4 ]; then
+  shift 4
+  for t in "$@"; do
+    [[ " ${targets[*]} " == *" $t "* ]] || { echo "run.sh: no fuzz target $t (${targets[*]})" >&2; exit 2; }
+  done
+  targets=("$@")
+fi
 declare -A committed=([fuzz_safetensors_header]=safetensors_header [fuzz_shard_index]=shard_index
                       [fuzz_quant_config]=quant_config
                       [fuzz_expert_name_router]=expert_name_router)
 declare -A max_len=([fuzz_safetensors_header]=65536 [fuzz_checkpoint_dir]=65536 [fuzz_shard_index]=16384
-                    [fuzz_quant_config]=16384 [fuzz_expert_name_router]=16384)
-# fuzz_quant_config loads the plugins of its build; follow the build if it was moved.
+                    [fuzz_quant_config]=16384 [fuzz_expert_name_router]=16384 [fuzz_strict_load]=131072)
+# fuzz_quant_config and fuzz_strict_load load the plugins of their build; follow the build if
+# it was moved.
 [ -d "$build/plugins" ] && export MOEQ_FUZZ_PLUGIN_DIR=$build/plugins
 
 rm -rf "$out/seeds" "$out/logs"
@@ -48,6 +58,7 @@ for f in "$src"/regressions/*; do
   [ -e "$f" ] || continue
   name=${f##*/}
   t=fuzz_${name%%-*}
+  [[ " ${targets[*]} " == *" $t "* ]] || continue
   if ! "$out/$t" "$f" >"$out/logs/regression-$name.log" 2>&1; then
     echo "regression $name crashes $t again:"
     tail -30 "$out/logs/regression-$name.log"
