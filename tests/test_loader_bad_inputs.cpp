@@ -363,3 +363,23 @@ TEST_CASE("a NaN or infinite expert weight is an error naming the tensor, projec
     }
   }
 }
+
+TEST_CASE("a config.json far bigger than the tensors is refused before its parameters are allocated") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);  // 4 experts, H = 64, I = 32
+  boost::json::object cfg = boost::json::parse(read_text(w.dir / "config.json")).as_object();
+  cfg["hidden_size"] = 4096;
+  cfg["moe_intermediate_size"] = 4096;
+  write_text(w.dir / "config.json", boost::json::serialize(cfg));
+  const int64_t before = host::live_param_bytes();
+  const std::string e = load_error(w.dir, p.registry());
+  CHECK(e.find("config.json's geometry (4 experts, hidden_size 4096, intermediate size 4096) needs 201326592 expert "
+               "weight elements in this layer; its checkpoint tensors hold 24576") != std::string::npos);
+  CHECK(host::live_param_bytes() == before);
+  // One missing tensor is still named precisely (the layer holds more than half of its weights).
+  TempDir d2;
+  auto w2 = good(d2);
+  rewrite_tensors(w2.dir, [](TensorMap& m) { m.erase("model.layers.0.mlp.experts.1.gate_proj.weight"); });
+  CHECK(load_error(w2.dir, p.registry()).find("parameter 'w13_weight' [4, 64, 64]") != std::string::npos);
+}

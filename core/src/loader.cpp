@@ -271,6 +271,26 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     rep.problems.push_back("no expert weight tensors (only scales or auxiliary tensors)");
     return;
   }
+  // The parameters are allocated from config.json's geometry before any tensor is read. When the
+  // layer's expert weights hold less than half of the elements that geometry needs, the config
+  // does not describe these tensors: refused here, before allocating (a 128-byte file with
+  // H = I = 4096 in its config took 3 GB). Anything closer gets the plugin's precise shape
+  // message, or the unwritten elements listed.
+  {
+    int64_t held = 0;
+    for (auto& [t, r] : lt.experts)
+      if (r.suffix == "weight") held += t->numel();
+    const int64_t need = cfg.num_experts * 3 * cfg.intermediate_size * cfg.hidden_size;
+    if (held < need / 2) {
+      rep.problems.push_back("config.json's geometry (" + std::to_string(cfg.num_experts) + " experts, hidden_size " +
+                             std::to_string(cfg.hidden_size) + ", intermediate size " +
+                             std::to_string(cfg.intermediate_size) + ") needs " + std::to_string(need) +
+                             " expert weight elements in this layer; its checkpoint tensors hold " +
+                             std::to_string(held) + " (expected the config to describe the tensors, found less than "
+                             "half of them)");
+      return;
+    }
+  }
 
   ProbeQuery q;
   const QuantConfigSource quant = effective_quant_config(ck, opt.online_scheme);
