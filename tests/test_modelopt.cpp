@@ -180,3 +180,27 @@ TEST_CASE("without compressed_tensors the registry says modelopt's dependency is
   REQUIRE(missing.size() == 1);
   CHECK(missing[0].find("modelopt needs plugin compressed_tensors, which is not loaded") != std::string::npos);
 }
+
+TEST_CASE("delegation finds the delegate in the Registry load_model is given, and never in a destroyed one") {
+  TempDir d;
+  auto w = make(d, writer::ModelOptAlgo::kFp8);
+  {
+    // No host::set_registry: load_model sets its own registry for the load.
+    Registry reg(host::api());
+    reg.load_directory(MOEQ_TEST_PLUGIN_DIR);
+    LoadedModel m = load_dir(w.dir, reg);
+    REQUIRE(m.layers.size() == w.layers.size());
+    CHECK(m.layers[0]->report.plugin == "modelopt");
+  }
+  {
+    // A registry set for delegation and then destroyed unsets itself: the next load with a live
+    // registry delegates through that one (it crashed in Registry::find).
+    auto gone = std::make_unique<Registry>(host::api());
+    gone->load_directory(MOEQ_TEST_PLUGIN_DIR);
+    host::set_registry(gone.get());
+    gone.reset();
+    Registry live(host::api());
+    live.load_directory(MOEQ_TEST_PLUGIN_DIR);
+    CHECK(load_dir(w.dir, live).layers.size() == w.layers.size());
+  }
+}

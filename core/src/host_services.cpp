@@ -526,7 +526,10 @@ moeq_status* s_method_create(moeq_host_method_create_args* a) {
     if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_host_method_create_args, api))
       fail("method_create: struct_size too small");
     const Registry* reg = g_registry.load();
-    if (reg == nullptr) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "method_create: no registry");
+    if (reg == nullptr)
+      fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION,
+           "method_create: no registry to find the delegate plugin in (load through moeq::load_model, or call "
+           "moeq::host::set_registry with the Registry that holds it)");
     const LoadedPlugin* p = reg->find(a->plugin_name ? a->plugin_name : "");
     if (p == nullptr)
       fail(MOEQ_STATUS_CODE_NOT_FOUND,
@@ -554,6 +557,14 @@ int64_t live_param_bytes() { return g_live_param_bytes.load(); }
 int64_t param_allocations() { return g_param_allocations.load(); }
 void set_allocation_fault(int64_t n) { g_fault_countdown.store(n > 0 ? n : 0); }
 void set_registry(const Registry* r) { g_registry.store(r); }
+bool set_registry_if_none(const Registry* r) {
+  const Registry* none = nullptr;
+  return g_registry.compare_exchange_strong(none, r);
+}
+void clear_registry_if(const Registry* r) {
+  const Registry* expected = r;
+  g_registry.compare_exchange_strong(expected, nullptr);
+}
 int64_t live_statuses() { return g_live_statuses.load(); }
 
 LogSink set_log_sink(LogSink sink) {

@@ -465,6 +465,15 @@ moeq_layer_geometry layer_geometry(const MoeConfig& cfg, const Placement& placem
 LoadedLayer::~LoadedLayer() { destroy(*this); }
 
 LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const LoadOptions& opt) {
+  // Delegating plugins (modelopt, online_quant) create their delegate's method through the
+  // host, which looks in the process's registry: this one, unless the caller set another.
+  struct ScopedRegistry {
+    const Registry* set;
+    explicit ScopedRegistry(const Registry& r) : set(host::set_registry_if_none(&r) ? &r : nullptr) {}
+    ~ScopedRegistry() {
+      if (set != nullptr) host::clear_registry_if(set);
+    }
+  } scoped_registry(reg);
   LoadedModel model;
   model.checkpoint = std::make_shared<const Checkpoint>(checkpoint);
   const Checkpoint& ck = *model.checkpoint;

@@ -1,6 +1,8 @@
 // Plugin registry: discovery, checks before and after loading, probe-based selection.
 #include <moeq/registry.hpp>
 
+#include <moeq/host.hpp>
+
 #include <moeq/error.hpp>
 
 #include <dlfcn.h>
@@ -225,6 +227,7 @@ Registry::Registry(const moeq_host_api* host, PluginTrust trust) : host_(host), 
 }
 
 Registry::~Registry() {
+  host::clear_registry_if(this);  // delegation must not find a destroyed registry
   // Reverse load order: a plugin that delegates is shut down before what it delegates to.
   for (auto it = plugins_.rbegin(); it != plugins_.rend(); ++it) {
     if (moeq_shutdown_fn fn = (*it)->shutdown()) {
