@@ -105,3 +105,66 @@ TEST_CASE("move-assigning a model over a loaded one releases the old layers' par
   m = LoadedModel();
   CHECK(host::live_param_bytes() == before);
 }
+
+// A host that drives a plugin's table itself: the SDK trampolines refuse NULL arguments, a
+// struct_size below the v1.0 size and a geometry no layer can have with INVALID_ARGUMENT (they
+// dereferenced NULL, or read past a short struct); the CPU apply refuses a NULL shape or data.
+TEST_CASE("SDK trampolines refuse NULL arguments, short structs and impossible geometries") {
+  BuiltPlugins p;
+  const LoadedPlugin* ct = p.registry().find("compressed_tensors");
+  REQUIRE(ct != nullptr);
+  const moeq_plugin_api& api = *ct->api;
+  auto expect_invalid = [](moeq_status* st, const std::string& says) {
+    moeq_status_code code{};
+    std::string message;
+    REQUIRE(host::take_status(st, code, message));
+    CHECK(code == MOEQ_STATUS_CODE_INVALID_ARGUMENT);
+    CHECK_MESSAGE(message.find(says) != std::string::npos, message);
+  };
+  expect_invalid(api.apply(nullptr), "apply: NULL arguments");
+  expect_invalid(api.probe(nullptr), "probe: NULL arguments");
+  expect_invalid(api.method_create(nullptr), "method_create: NULL arguments");
+  expect_invalid(api.describe(nullptr), "describe: NULL arguments");
+  moeq_apply_args short_apply{};
+  short_apply.struct_size = 8;
+  expect_invalid(api.apply(&short_apply), "apply: struct_size 8 is below the v1.0 size");
+
+  TempDir d;
+  auto w = small(d);
+  LoadedModel m = load_dir(w.dir, p.registry());
+  moeq_layer_geometry g = m.layers[0]->geometry;
+  moeq_method_create_args ma{sizeof(ma), "{}", "model.layers.0.mlp.experts", "F8_E4M3", &g, {kDLCPU, 0}, nullptr};
+  g.tp_rank = 5;
+  g.tp_size = 2;
+  expect_invalid(api.method_create(&ma), "geometry tp_rank 5 of tp_size 2 is out of range");
+  g = m.layers[0]->geometry;
+  g.num_local_experts = -3;
+  expect_invalid(api.method_create(&ma), "geometry local experts");
+  g = m.layers[0]->geometry;
+  g.top_k = 0;
+  expect_invalid(api.method_create(&ma), "geometry top_k 0 is outside [1, 8]");
+  g = m.layers[0]->geometry;
+  g.struct_size = 0;
+  expect_invalid(api.method_create(&ma), "method_create (geometry): struct_size 0 is below the v1.0 size");
+
+  // The loaded method's CPU apply: NULL shape and NULL data are refused, not dereferenced.
+  const LoadedLayer& l = *m.layers[0];
+  std::vector<float> x(2 * 64, 0.5f), out(2 * 64);
+  std::vector<int32_t> ids{0, 1, 2, 3};
+  std::vector<float> wts{0.5f, 0.5f, 0.5f, 0.5f};
+  int64_t xs[2] = {2, 64}, xst[2] = {64, 1}, ks[2] = {2, 2}, kst[2] = {2, 1};
+  DLTensor tx{x.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+  DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+  DLTensor ti{ids.data(), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
+  DLTensor tw{wts.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+  moeq_apply_args a{sizeof(a), l.method, &tx, &ti, &tw, &to, nullptr};
+  host::throw_if_error(api.apply(&a), "a well-formed apply");
+  DLTensor no_shape = tx;
+  no_shape.shape = nullptr;
+  a.x = &no_shape;
+  expect_invalid(api.apply(&a), "apply: x must be [M, H]");
+  DLTensor no_data = tx;
+  no_data.data = nullptr;
+  a.x = &no_data;
+  expect_invalid(api.apply(&a), "apply: x has NULL data");
+}

@@ -173,9 +173,10 @@ float silu(float x) {  // the same two-branch sigmoid as the core reference
 }
 
 void check_2d(const DLTensor& t, int64_t rows, int64_t cols, const char* what) {
-  if (t.ndim != 2 || t.shape[0] != rows || t.shape[1] != cols)
+  if (t.ndim != 2 || t.shape == nullptr || t.shape[0] != rows || t.shape[1] != cols)
     fail(std::string("apply: ") + what + " must be [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
   if (t.device.device_type != kDLCPU) fail(std::string("apply: ") + what + " must be host memory on a CPU method");
+  if (t.data == nullptr && rows > 0 && cols > 0) fail(std::string("apply: ") + what + " has NULL data");
 }
 
 int64_t offset_of(const DLTensor& t, int64_t r, int64_t c) {
@@ -215,12 +216,14 @@ float CpuExperts::w2_scale(int64_t le, int64_t n, int64_t k) const {
 }
 
 void cpu_apply(const CpuExperts& e, const DLTensor& x, const DLTensor& ids, const DLTensor& w, const DLTensor& out) {
-  if (x.ndim != 2) fail("apply: x must be [M, H]");
+  if (x.ndim != 2 || x.shape == nullptr) fail("apply: x must be [M, H]");
   const int64_t M = x.shape[0], H = e.hidden, I = e.intermediate;
+  if (M < 0) fail("apply: M must be >= 0, found " + std::to_string(M));
   check_2d(x, M, H, "x");
   check_2d(out, M, H, "out");
-  if (ids.ndim != 2 || ids.shape[0] != M) fail("apply: topk_ids must be [M, k]");
+  if (ids.ndim != 2 || ids.shape == nullptr || ids.shape[0] != M) fail("apply: topk_ids must be [M, k]");
   const int64_t K = ids.shape[1];
+  if (K < 1) fail("apply: topk_ids must have k >= 1 columns, found " + std::to_string(K));
   check_2d(ids, M, K, "topk_ids");
   check_2d(w, M, K, "topk_weights");
   const auto xdt = from_dl(x.dtype), odt = from_dl(out.dtype);

@@ -329,6 +329,35 @@ std::string DelegatingMethod::delegate_describe() const {
 }
 
 // ------------------------------------------------------------------------ trampolines
+void check_args(const void* args, std::size_t struct_size, std::size_t v10_size, const char* call) {
+  if (args == nullptr) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, std::string(call) + ": NULL arguments");
+  if (struct_size < v10_size)
+    fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, std::string(call) + ": struct_size " + std::to_string(struct_size) +
+                                                " is below the v1.0 size " + std::to_string(v10_size));
+}
+
+void check_geometry(const moeq_layer_geometry& g) {
+  auto bad = [](const std::string& what) {
+    fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "method_create: geometry " + what);
+  };
+  auto n = [](int64_t v) { return std::to_string(v); };
+  if (g.num_experts < 1 || g.hidden_size < 1 || g.intermediate_size < 1 || g.intermediate_size_per_partition < 1)
+    bad("counts must be >= 1, found num_experts " + n(g.num_experts) + ", hidden_size " + n(g.hidden_size) +
+        ", intermediate_size " + n(g.intermediate_size) + ", per partition " + n(g.intermediate_size_per_partition));
+  if (g.tp_size < 1 || g.tp_rank < 0 || g.tp_rank >= g.tp_size)
+    bad("tp_rank " + n(g.tp_rank) + " of tp_size " + n(g.tp_size) + " is out of range");
+  if (g.ep_size < 1 || g.ep_rank < 0 || g.ep_rank >= g.ep_size)
+    bad("ep_rank " + n(g.ep_rank) + " of ep_size " + n(g.ep_size) + " is out of range");
+  if (g.intermediate_size_per_partition * g.tp_size != g.intermediate_size)
+    bad("intermediate_size_per_partition " + n(g.intermediate_size_per_partition) + " x tp_size " + n(g.tp_size) +
+        " is not intermediate_size " + n(g.intermediate_size));
+  if (g.num_local_experts < 0 || g.first_local_expert < 0 || g.num_local_experts > g.num_experts ||
+      g.first_local_expert > g.num_experts - g.num_local_experts)
+    bad("local experts [" + n(g.first_local_expert) + ", +" + n(g.num_local_experts) + ") are not within the " +
+        n(g.num_experts) + " experts");
+  if (g.top_k < 1 || g.top_k > g.num_experts) bad("top_k " + n(g.top_k) + " is outside [1, " + n(g.num_experts) + "]");
+}
+
 Method& method_of(moeq_method* m) {
   if (m == nullptr || !m->impl) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "NULL method");
   return *m->impl;
@@ -346,10 +375,15 @@ moeq_status* initialize_trampoline(moeq_initialize_args* args) noexcept {
   return nullptr;
 }
 moeq_status* create_weights_trampoline(moeq_create_weights_args* a) noexcept {
-  return guarded([&] { method_of(a->method).create_weights(Layer(a->layer)); });
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_create_weights_args, layer, "create_weights");
+    method_of(a->method).create_weights(Layer(a->layer));
+  });
 }
 moeq_status* weight_loader_trampoline(moeq_weight_loader_args* a) noexcept {
   return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_weight_loader_args, skip_reason_capacity, "weight_loader");
+    if (a->source == nullptr) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "weight_loader: NULL source");
     std::string reason;
     bool used = method_of(a->method).load(*a, Layer(a->layer), reason);
     a->skipped = used ? 0 : 1;
@@ -357,16 +391,28 @@ moeq_status* weight_loader_trampoline(moeq_weight_loader_args* a) noexcept {
   });
 }
 moeq_status* process_trampoline(moeq_process_after_loading_args* a) noexcept {
-  return guarded([&] { method_of(a->method).process_after_loading(Layer(a->layer)); });
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_process_after_loading_args, layer, "process_after_loading");
+    method_of(a->method).process_after_loading(Layer(a->layer));
+  });
 }
 moeq_status* apply_trampoline(moeq_apply_args* a) noexcept {
-  return guarded([&] { method_of(a->method).apply(*a); });
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_apply_args, stream, "apply");
+    method_of(a->method).apply(*a);
+  });
 }
 moeq_status* describe_trampoline(moeq_describe_args* a) noexcept {
-  return guarded([&] { write_cstr(a->json, a->json_capacity, method_of(a->method).describe()); });
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_describe_args, json_capacity, "describe");
+    write_cstr(a->json, a->json_capacity, method_of(a->method).describe());
+  });
 }
 moeq_status* dequantize_trampoline(moeq_dequantize_expert_args* a) noexcept {
-  return guarded([&] { method_of(a->method).dequantize_expert(*a); });
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_dequantize_expert_args, a2_static_scale, "dequantize_expert");
+    method_of(a->method).dequantize_expert(*a);
+  });
 }
 
 bool glob_match(std::string_view p, std::string_view t) {

@@ -150,17 +150,33 @@ moeq_status* apply_trampoline(moeq_apply_args* args) noexcept;
 moeq_status* describe_trampoline(moeq_describe_args* args) noexcept;
 moeq_status* dequantize_trampoline(moeq_dequantize_expert_args* args) noexcept;
 
+// abi.h: NULL arguments, or a struct_size below the v1.0 size (`v10_size`), are
+// INVALID_ARGUMENT naming the call.
+void check_args(const void* args, std::size_t struct_size, std::size_t v10_size, const char* call);
+// A geometry no layer can have (counts below 1, ranks outside their sizes, local experts past
+// the global count, I not split evenly, top_k outside [1, E]) is INVALID_ARGUMENT naming it.
+void check_geometry(const moeq_layer_geometry& g);
+#define MOEQ_SDK_CHECK_ARGS(args, type, last_v10_field, call) \
+  ::moeq::sdk::check_args((args), (args) ? (args)->struct_size : 0, MOEQ_STRUCT_SIZE(type, last_v10_field), (call))
+
 template <class P>
 struct PluginApi {
   static moeq_status* probe(moeq_probe_args* args) noexcept {
     return guarded([&] {
+      MOEQ_SDK_CHECK_ARGS(args, moeq_probe_args, reason_capacity, "probe");
       std::string reason;
       args->score = P::probe(*args, reason);
       write_cstr(args->reason, args->reason_capacity, reason);
     });
   }
   static moeq_status* method_create(moeq_method_create_args* args) noexcept {
-    return guarded([&] { args->method = wrap_method(P::create(*args)); });
+    return guarded([&] {
+      MOEQ_SDK_CHECK_ARGS(args, moeq_method_create_args, method, "method_create");
+      if (args->geometry == nullptr) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "method_create: NULL geometry");
+      MOEQ_SDK_CHECK_ARGS(args->geometry, moeq_layer_geometry, activation, "method_create (geometry)");
+      check_geometry(*args->geometry);
+      args->method = wrap_method(P::create(*args));
+    });
   }
   static const moeq_plugin_api* table() {
     static const moeq_plugin_api api = {
