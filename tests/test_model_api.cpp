@@ -4,6 +4,7 @@
 #include "ct_support.hpp"
 #include "support.hpp"
 
+#include <moeq/cuda_driver.hpp>
 #include <moeq_writer/producers.hpp>
 
 #include <limits>
@@ -167,4 +168,23 @@ TEST_CASE("SDK trampolines refuse NULL arguments, short structs and impossible g
   no_data.data = nullptr;
   a.x = &no_data;
   expect_invalid(api.apply(&a), "apply: x has NULL data");
+}
+
+TEST_CASE("load_model keeps the status code of a layer's first error (no CUDA driver: UNAVAILABLE)") {
+  if (cuda::available()) {
+    MESSAGE("SKIPPED: this machine has a CUDA driver; the case needs one without");
+    return;
+  }
+  BuiltPlugins p;
+  TempDir d;
+  auto w = small(d);
+  LoadOptions o;
+  o.device = {kDLCUDA, 0};
+  try {
+    load_dir(w.dir, p.registry(), o);
+    FAIL("a load onto cuda:0 without a driver succeeded");
+  } catch (const Error& e) {
+    CHECK(e.code() == MOEQ_STATUS_CODE_UNAVAILABLE);  // was flattened to INVALID_ARGUMENT
+    CHECK(std::string(e.what()).find("CUDA") != std::string::npos);
+  }
 }

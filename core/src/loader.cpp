@@ -213,6 +213,12 @@ void destroy(LoadedLayer& l) {
   l.layer.reset();
 }
 
+// Records an error as the report's problem, keeping the first one's status code.
+void note_error(LayerReport& rep, const Error& e) {
+  if (rep.problems.empty()) rep.code = e.code();
+  rep.problems.push_back(e.what());
+}
+
 std::string join_problems(const LayerReport& r) {
   std::string s = "layer " + r.prefix + ": ";
   for (size_t i = 0; i < r.problems.size() && i < 8; ++i) s += (i ? "; " : "") + r.problems[i];
@@ -306,7 +312,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     rep.probes = sel.probes;
   } catch (const Error& e) {
     rep.probes = reg.probe_all(q);
-    rep.problems.push_back(e.what());
+    note_error(rep, e);
     return;
   }
 
@@ -329,7 +335,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};
     host::throw_if_error(out.plugin->api->create_weights(&cw), ctx + " create_weights");
   } catch (const Error& e) {
-    rep.problems.push_back(e.what());
+    note_error(rep, e);
     destroy(out);
     return;
   }
@@ -396,7 +402,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     } catch (const Error& e) {
       entry.state = LedgerEntry::State::kError;
       entry.detail = e.what();
-      rep.problems.push_back(e.what());
+      note_error(rep, e);
     }
     rep.entries.push_back(std::move(entry));
   }
@@ -435,7 +441,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
         rep.describe_json = buf.c_str();
       }
     } catch (const Error& e) {
-      rep.problems.push_back(e.what());
+      note_error(rep, e);
     }
   }
   if (!rep.problems.empty()) destroy(out);
@@ -545,7 +551,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
       model.failed.push_back(std::move(loaded[i]->report));
     } else if (!first_error) {
       first_error = std::make_exception_ptr(
-          Error(MOEQ_STATUS_CODE_INVALID_ARGUMENT, ck.dir().string() + ": " + join_problems(loaded[i]->report)));
+          Error(loaded[i]->report.code, ck.dir().string() + ": " + join_problems(loaded[i]->report)));
     }
   }
   if (first_error) std::rethrow_exception(first_error);  // `model` releases every loaded layer

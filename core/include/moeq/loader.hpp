@@ -55,6 +55,9 @@ struct LayerReport {
   std::vector<ParamCoverage> params;
   std::string describe_json = "{}";
   std::vector<std::string> problems;  // strict violations and errors: the layer did not load
+  // The status code of the first problem when it came from an error with one (UNAVAILABLE for
+  // a missing driver, OUT_OF_MEMORY, ...), else INVALID_ARGUMENT; load_model throws with it.
+  moeq_status_code code = MOEQ_STATUS_CODE_INVALID_ARGUMENT;
   // What strict loading would have refused but `strict = false` let through (unknown expert
   // tensors, unwritten parameter elements), each also logged as a warning.
   std::vector<std::string> waived;
