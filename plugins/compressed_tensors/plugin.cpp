@@ -47,8 +47,8 @@ struct Plugin {
 };
 
 const char* const kSchemes[] = {
-    "compressed-tensors fp8 w8a8: tensor / channel / block weight scales (weight_scale or weight_scale_inv); "
-    "static or dynamic per-tensor, dynamic per-token, dynamic per-group activations; fp8 weight-only",
+    ("compressed-tensors fp8 w8a8: tensor / channel / block weight scales (weight_scale or weight_scale_inv); "
+     "static or dynamic per-tensor, dynamic per-token, dynamic per-group activations; fp8 weight-only"),
     "quant_method fp8 (DeepSeek/Qwen native): block weight_scale_inv with dynamic groups, or per-tensor",
     "compressed-tensors int8 w8a16: I8 per-channel weights (int-quantized / naive-quantized)",
     "unquantized bf16/fp16/fp32 experts (ignored layers, no quantization_config)",
