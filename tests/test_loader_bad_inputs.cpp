@@ -372,11 +372,11 @@ TEST_CASE("a config.json far bigger than the tensors is refused before its param
   cfg["hidden_size"] = 4096;
   cfg["moe_intermediate_size"] = 4096;
   write_text(w.dir / "config.json", boost::json::serialize(cfg));
-  const int64_t before = host::live_param_bytes();
+  const int64_t before = host::param_allocations();
   const std::string e = load_error(w.dir, p.registry());
   CHECK(e.find("config.json's geometry (4 experts, hidden_size 4096, intermediate size 4096) needs 201326592 expert "
                "weight elements in this layer; its checkpoint tensors hold 24576") != std::string::npos);
-  CHECK(host::live_param_bytes() == before);
+  CHECK(host::param_allocations() == before);  // refused before create_weights allocated anything
   // One missing tensor is still named precisely (the layer holds more than half of its weights).
   TempDir d2;
   auto w2 = good(d2);

@@ -62,6 +62,11 @@ TEST_CASE("sdk::View::find_non_finite: the first NaN or infinity, row-major, eve
     const DLTensor tt = host_view(bytes, dt, tshape, tstrides);
     store_from_float(bytes.data(), dt, static_cast<size_t>(5 * ld + 2), std::nanf(""));  // [2, 5] transposed
     CHECK(sdk::View(tt).find_non_finite() == 2 * rows + 5);
+    // Columns are scanned one at a time there, yet the row-major first wins: [1, 5] comes before
+    // [2, 5] and [3, 1], though column 1 is scanned first.
+    store_from_float(bytes.data(), dt, static_cast<size_t>(1 * ld + 3), std::nanf(""));  // [3, 1] transposed
+    store_from_float(bytes.data(), dt, static_cast<size_t>(5 * ld + 1), std::nanf(""));  // [1, 5] transposed
+    CHECK(sdk::View(tt).find_non_finite() == 1 * rows + 5);
   }
   // Both e4m3fn NaN codes; no integer value counts.
   std::vector<std::byte> codes(8, std::byte{0x7e});

@@ -327,12 +327,14 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
     for (const fs::path& p : all_safetensors(dir, limits))
       ckpt.files_.push_back(SafetensorsFile::open(p, limits));
   }
-  if (has_index || regular_file_present(dir / "model.safetensors")) {
+  {  // .safetensors files not read (none when every file was)
     std::set<fs::path> read;
-    for (const auto& f : ckpt.files_) read.insert(fs::absolute(f->path()).lexically_normal());
+    for (const auto& f : ckpt.files_) read.insert(f->path().filename());
     std::error_code ec;
-    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-      if (it->path().extension() == ".safetensors" && !read.count(fs::absolute(it->path()).lexically_normal()))
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end && ckpt.unread_.size() < limits.max_files;
+         it.increment(ec))
+      if (it->path().extension() == ".safetensors" && regular_file_present(it->path()) &&
+          !read.count(it->path().filename()))
         ckpt.unread_.push_back(it->path());
     std::sort(ckpt.unread_.begin(), ckpt.unread_.end());
   }

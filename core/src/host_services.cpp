@@ -74,6 +74,10 @@ std::atomic<int64_t> g_live_param_bytes{0};
 std::atomic<int64_t> g_param_allocations{0};
 std::atomic<int64_t> g_fault_countdown{0};  // > 0: the allocation that takes it to 0 fails
 std::atomic<const Registry*> g_registry{nullptr};
+// The registry of the load running on this thread (ScopedLoadRegistry): a plugin calls the host
+// on the thread the host called it on (abi.h), so concurrent loads through different registries
+// each find their own.
+thread_local const Registry* t_registry = nullptr;
 std::mutex g_log_mutex;
 LogSink& sink_ref() {
   static LogSink sink = [](moeq_log_level level, const std::string& source, const std::string& msg) {
@@ -525,7 +529,7 @@ moeq_status* s_method_create(moeq_host_method_create_args* a) {
   return guarded([&] {
     if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_host_method_create_args, api))
       fail("method_create: struct_size too small");
-    const Registry* reg = g_registry.load();
+    const Registry* reg = t_registry != nullptr ? t_registry : g_registry.load();
     if (reg == nullptr)
       fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION,
            "method_create: no registry to find the delegate plugin in (load through moeq::load_model, or call "
@@ -557,10 +561,8 @@ int64_t live_param_bytes() { return g_live_param_bytes.load(); }
 int64_t param_allocations() { return g_param_allocations.load(); }
 void set_allocation_fault(int64_t n) { g_fault_countdown.store(n > 0 ? n : 0); }
 void set_registry(const Registry* r) { g_registry.store(r); }
-bool set_registry_if_none(const Registry* r) {
-  const Registry* none = nullptr;
-  return g_registry.compare_exchange_strong(none, r);
-}
+ScopedLoadRegistry::ScopedLoadRegistry(const Registry& r) : previous_(t_registry) { t_registry = &r; }
+ScopedLoadRegistry::~ScopedLoadRegistry() { t_registry = previous_; }
 void clear_registry_if(const Registry* r) {
   const Registry* expected = r;
   g_registry.compare_exchange_strong(expected, nullptr);

@@ -211,6 +211,16 @@ int64_t View::find_non_finite() const {
   const int64_t len = shape_[nd - 1], step = strides_[nd - 1];
   int64_t found = -1;
   if (len == 0) return found;
+  if (nd == 2 && step != 1 && strides_[0] == 1) {
+    // A transposed view (Llama-4's [E, H, 2I] pieces): its columns are contiguous. Scan each
+    // column in one pass and keep the bad element that comes first in row-major order.
+    const int64_t rows = shape_[0];
+    for (int64_t c = 0; c < len; ++c) {
+      const int64_t r = first_non_finite(base + c * step * elem, static_cast<std::size_t>(rows), dtype_);
+      if (r >= 0 && (found < 0 || r * len + c < found)) found = r * len + c;
+    }
+    return found;
+  }
   each_row(shape_, strides_, [&](int64_t r, int64_t off) {
     const std::byte* row = base + off * elem;
     if (step == 1) {
@@ -348,7 +358,7 @@ void check_geometry(const moeq_layer_geometry& g) {
     bad("tp_rank " + n(g.tp_rank) + " of tp_size " + n(g.tp_size) + " is out of range");
   if (g.ep_size < 1 || g.ep_rank < 0 || g.ep_rank >= g.ep_size)
     bad("ep_rank " + n(g.ep_rank) + " of ep_size " + n(g.ep_size) + " is out of range");
-  if (g.intermediate_size_per_partition * g.tp_size != g.intermediate_size)
+  if (g.intermediate_size % g.tp_size != 0 || g.intermediate_size / g.tp_size != g.intermediate_size_per_partition)
     bad("intermediate_size_per_partition " + n(g.intermediate_size_per_partition) + " x tp_size " + n(g.tp_size) +
         " is not intermediate_size " + n(g.intermediate_size));
   if (g.num_local_experts < 0 || g.first_local_expert < 0 || g.num_local_experts > g.num_experts ||
@@ -383,7 +393,8 @@ moeq_status* create_weights_trampoline(moeq_create_weights_args* a) noexcept {
 moeq_status* weight_loader_trampoline(moeq_weight_loader_args* a) noexcept {
   return guarded([&] {
     MOEQ_SDK_CHECK_ARGS(a, moeq_weight_loader_args, skip_reason_capacity, "weight_loader");
-    if (a->source == nullptr) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "weight_loader: NULL source");
+    if (a->source == nullptr || a->tensor_name == nullptr || a->suffix == nullptr)
+      fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "weight_loader: NULL source, tensor_name or suffix");
     std::string reason;
     bool used = method_of(a->method).load(*a, Layer(a->layer), reason);
     a->skipped = used ? 0 : 1;

@@ -98,7 +98,7 @@ inline std::string run_strict_load(std::string_view input, const Registry& regis
   std::string outcome;
   try {
     const Checkpoint ck = Checkpoint::open(dir, limits);
-    // No skip for a large config: the loader refuses a geometry that needs more than twice the
+    // No skip for a large config: the loader refuses a geometry that needs more than 16 times the
     // weight elements the tensors hold before it allocates, and an input holds at most 128 KiB.
     const LoadedModel m = load_model(ck, registry, options);
     outcome = "loaded " + std::to_string(m.layers.size()) + " layers, " + std::to_string(m.failed.size()) + " failed";

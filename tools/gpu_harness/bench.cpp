@@ -588,8 +588,9 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
 
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
   ct::gpu::DeviceLimits lim;
-  lim.sm_major = arch.at(3) - '0';
-  lim.sm_minor = arch.at(4) - '0';
+  const int cc = arch_capability(arch).value_or(0);  // sm_100a: 100, compute capability 10.0
+  lim.sm_major = cc / 10;
+  lim.sm_minor = cc % 10;
   const bool fp8 = lim.sm_major * 10 + lim.sm_minor >= 89;
   std::vector<SchemeSpec> schemes;
   for (const auto& s : named_schemes())

@@ -219,6 +219,7 @@ int BenchCommand::run_load() const {
   namespace fs = std::filesystem;
   if (!synthesize_.empty()) {
     auto spec = writer::synthetic_shape(synthesize_);  // --synthesize, --scheme and --dims are checked while parsing
+    if (!spec) fail(MOEQ_STATUS_CODE_INTERNAL, "bench load --synthesize: the writer has no shape '" + synthesize_ + "'");
     if (!dims_.empty()) {
       const std::vector<int64_t> d = *positive_integers(dims_);
       spec->num_experts = d[0];

@@ -135,18 +135,14 @@ int cmd_pin_plugins(const CommonOptions& opt) {
   for (auto& [manifest, entries] : by_manifest) {
     std::error_code ec;
     if (!fs::exists(manifest, ec)) continue;
-    try {
-      const PluginManifest old = PluginManifest::read(manifest);
-      for (const auto& [plugin, digest] : old.entries())
-        if (!pinned_dirs.count(fs::weakly_canonical(plugin).parent_path())) {
-          entries.push_back({plugin, digest});
-          ++kept_of[manifest];
-        }
-    } catch (const Error& e) {
-      host::log(MOEQ_LOG_LEVEL_WARNING, "moeq",
-                std::string("the existing manifest is unreadable, so it is rewritten with only the plugins pinned "
-                            "now: ") + e.what());
-    }
+    // An unreadable manifest is an error (PluginManifest::read names the line): rewriting it would
+    // drop the other directories' pins without a word. Remove it to start afresh.
+    const PluginManifest old = PluginManifest::read(manifest);
+    for (const auto& [plugin, digest] : old.entries())
+      if (!pinned_dirs.count(fs::weakly_canonical(plugin).parent_path())) {
+        entries.push_back({plugin, digest});
+        ++kept_of[manifest];
+      }
   }
   json::array written;
   for (const auto& [manifest, entries] : by_manifest) {

@@ -79,10 +79,7 @@ int main(int argc, char** argv) {
   // A rank must lie below its size: a usage error, named by its options, like a bad value.
   for (auto* sub : {inspect, load, run})
     if (sub->parsed())
-      if (const std::string bad = opt.placement_error(); !bad.empty()) {
-        std::cerr << "moeq: error: " << bad << "\n";
-        return 2;
-      }
+      if (const std::string bad = opt.placement_error(); !bad.empty()) return report_error(opt, "error", bad, 2);
   // The registry reads the override from the environment, as it does for embedders; it logs
   // that the checks are off and every file it loads despite them.
   if (allow_untrusted) ::setenv("MOEQ_ALLOW_UNTRUSTED_PLUGINS", "1", 1);

@@ -85,14 +85,23 @@ namespace moeq::host {
 
 // The table handed to plugins; static for the life of the process.
 const moeq_host_api* api();
-// Registry used by method_create (delegation); set by whoever owns the registry. load_model
-// sets the registry it is given for the duration of the load when none is set, and a Registry
-// being destroyed unsets itself.
+// Registry used by method_create (delegation) when no load on this thread names one; set by
+// whoever owns the registry. A Registry being destroyed unsets itself.
 void set_registry(const Registry* registry);
-// Sets `registry` only if none is set; true when it did.
-bool set_registry_if_none(const Registry* registry);
 // Unsets `registry` if it is the one set.
 void clear_registry_if(const Registry* registry);
+// While alive, method_create on this thread delegates through `registry` (load_model scopes
+// each layer's method_create with the registry it was given).
+class ScopedLoadRegistry {
+ public:
+  explicit ScopedLoadRegistry(const Registry& registry);
+  ~ScopedLoadRegistry();
+  ScopedLoadRegistry(const ScopedLoadRegistry&) = delete;
+  ScopedLoadRegistry& operator=(const ScopedLoadRegistry&) = delete;
+
+ private:
+  const Registry* previous_;
+};
 // Statuses created and not yet destroyed (leak accounting for tests and conform).
 int64_t live_statuses();
 

@@ -172,7 +172,6 @@ struct PluginApi {
   static moeq_status* method_create(moeq_method_create_args* args) noexcept {
     return guarded([&] {
       MOEQ_SDK_CHECK_ARGS(args, moeq_method_create_args, method, "method_create");
-      if (args->geometry == nullptr) fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "method_create: NULL geometry");
       MOEQ_SDK_CHECK_ARGS(args->geometry, moeq_layer_geometry, activation, "method_create (geometry)");
       check_geometry(*args->geometry);
       args->method = wrap_method(P::create(*args));
