@@ -9,6 +9,7 @@
 #include <boost/json.hpp>
 
 #include <random>
+#include <thread>
 
 using namespace moeq;
 using namespace moeq::test;
@@ -202,5 +203,27 @@ TEST_CASE("delegation finds the delegate in the Registry load_model is given, an
     Registry live(host::api());
     live.load_directory(MOEQ_TEST_PLUGIN_DIR);
     CHECK(load_dir(w.dir, live).layers.size() == w.layers.size());
+  }
+  {
+    // Loads through two registries at once each delegate through their own (a process-wide
+    // registry set for one load raced with the other).
+    host::set_registry(nullptr);
+    std::vector<std::unique_ptr<Registry>> regs;
+    for (int i = 0; i < 2; ++i) {
+      regs.push_back(std::make_unique<Registry>(host::api()));
+      regs.back()->load_directory(MOEQ_TEST_PLUGIN_DIR);
+    }
+    std::vector<std::string> errors(4);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        try {
+          for (int i = 0; i < 3; ++i) load_dir(w.dir, *regs[t % 2]);
+        } catch (const std::exception& e) {
+          errors[t] = e.what();
+        }
+      });
+    for (auto& th : threads) th.join();
+    for (const std::string& e : errors) CHECK_MESSAGE(e.empty(), e);
   }
 }
