@@ -44,15 +44,8 @@ void print_json(const json::value& v) { std::cout << json::serialize(v) << "\n";
 // integer compressed-tensors scheme, F8_E4M3 for any other quantization config, else the
 // config's torch_dtype (BF16 when it names none).
 std::string dtype_implied_by_config(const std::string& quant_json, const json::value& config) {
-  json::value q;
-  try {
-    q = json::parse(quant_json);
-  } catch (const std::exception&) {
-  }
-  if (q.is_object()) {
-    const std::string text = json::serialize(q);
-    return text.find("\"type\":\"int\"") != std::string::npos ? "I8" : "F8_E4M3";
-  }
+  if (!quant_json.empty() && quant_json.front() == '{')  // serialized compactly by the caller
+    return quant_json.find("\"type\":\"int\"") != std::string::npos ? "I8" : "F8_E4M3";
   const json::value* t = config.is_object() ? config.as_object().if_contains("torch_dtype") : nullptr;
   const std::string td = t && t->is_string() ? std::string(t->as_string()) : "";
   return td == "float16" ? "F16" : td == "float32" ? "F32" : "BF16";
@@ -215,18 +208,18 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
     } else {
       fs::path cfg = fs::is_directory(p) ? p / "config.json" : p;
       fs::path hf = cfg.parent_path() / "hf_quant_config.json";
+      const json::value v = read_json_file(cfg);
       if (fs::exists(hf)) {
         q.quant_config_json = json::serialize(read_json_file(hf));
         q.quant_config_source = "hf_quant_config.json";
       } else {
-        json::value v = read_json_file(cfg);
         const json::value* qc = v.is_object() ? v.as_object().if_contains("quantization_config") : nullptr;
         q.quant_config_json = qc ? json::serialize(*qc) : "null";
         q.quant_config_source = qc ? "config.json" : "none";
       }
       q.layer_name = "model.layers.0.mlp.experts";
       // No tensors to read: the expert weights' dtype is what the config implies.
-      q.weight_dtype = dtype_implied_by_config(q.quant_config_json, read_json_file(cfg));
+      q.weight_dtype = dtype_implied_by_config(q.quant_config_json, v);
       o["weight_dtype_assumed"] = q.weight_dtype;
       for (const auto& pr : reg.probe_all(q))
         answers.push_back({{"layer", q.layer_name}, {"plugin", pr.plugin ? pr.plugin->name : "?"}, {"score", pr.score},
