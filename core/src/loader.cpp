@@ -4,6 +4,7 @@
 #include <moeq/staged_upload.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <exception>
 #include <map>
 #include <sstream>
@@ -226,6 +227,49 @@ std::string join_problems(const LayerReport& r) {
   return s;
 }
 
+// The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
+// (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
+// Each problem names the tensor and its file.
+std::vector<std::string> router_problems(const MoeConfig& cfg, const LayerTensors& lt) {
+  std::vector<std::string> out;
+  auto in = [](const TensorInfo& t) { return t.name + " (" + t.file.filename().string() + ")"; };
+  auto check = [&](const TensorInfo& t, const char* what, std::vector<int64_t> want) {
+    if (t.dtype != DType::F32 && t.dtype != DType::BF16 && t.dtype != DType::F16) {
+      out.push_back(std::string(what) + " " + in(t) + ": expected a float dtype (BF16, F16, F32), found " +
+                    dtype_name(t.dtype));
+      return;
+    }
+    if (t.shape != want) {
+      out.push_back(std::string(what) + " " + in(t) + ": expected shape " + shape_string(want) + ", found " +
+                    shape_string(t.shape));
+      return;
+    }
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const float v = load_as_float(t.data, t.dtype, static_cast<size_t>(i));
+      if (!std::isfinite(v)) {
+        const std::string at = want.size() == 2 ? "[" + std::to_string(i / want[1]) + ", " + std::to_string(i % want[1]) + "]"
+                                                : "[" + std::to_string(i) + "]";
+        out.push_back(std::string(what) + " " + in(t) + ": value " + at + " is " + (std::isnan(v) ? "NaN" : "infinite") +
+                      " (routing needs finite values)");
+        return;
+      }
+    }
+  };
+  if (lt.router_weight) check(*lt.router_weight, "router weight", {cfg.num_experts, cfg.hidden_size});
+  if (lt.router_bias) check(*lt.router_bias, "router correction bias", {cfg.num_experts});
+  const RoutingFamily* f = cfg.resolved_routing.family;
+  if (f != nullptr && lt.router_weight != nullptr) {
+    const std::string gate = lt.router_weight->name.substr(0, lt.router_weight->name.rfind('.'));
+    if (f->bias_tensor != nullptr && lt.router_bias == nullptr)
+      out.push_back("router correction bias " + gate + "." + f->bias_tensor + " is missing: " + f->model_type +
+                    " selects experts with it (" + f->defined_by + ")");
+    if (f->bias_tensor == nullptr && lt.router_bias != nullptr)
+      out.push_back("router correction bias " + in(*lt.router_bias) + ": " + f->model_type +
+                    " routes without a correction bias (" + f->defined_by + "), so moeq cannot say what it means");
+  }
+  return out;
+}
+
 // Loads one layer; on any problem releases what it made and leaves `out.method` NULL.
 void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
                 const LayerTensors& lt, LoadedLayer& out) {
@@ -243,6 +287,14 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   if (lt.router_bias)
     rep.entries.push_back({lt.router_bias->name, LedgerEntry::State::kRouter, "router correction bias", "",
                            dtype_name(lt.router_bias->dtype), lt.router_bias->shape});
+  for (const std::string& msg : router_problems(cfg, lt)) {
+    if (opt.strict) {
+      rep.problems.push_back(msg);
+    } else {
+      rep.waived.push_back(msg);
+      host::log(MOEQ_LOG_LEVEL_WARNING, "moeq", "layer " + lt.prefix + ": " + msg);
+    }
+  }
   for (auto& [t, r] : lt.unknown) {
     const std::string msg = "unknown expert tensor " + t->name + " (matches no expert naming family)";
     if (opt.strict) {
@@ -254,8 +306,10 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   // The layer's expert weight dtype decides quantized vs not, for the probes.
+  // Packed 4-bit checkpoints store their weights as weight_packed (int32 words): they are the
+  // layer's weights too, so the probes see them and a refusal quotes the plugins' reasons.
   for (auto& [t, r] : lt.experts) {
-    if (r.suffix != "weight") continue;
+    if (r.suffix != "weight" && r.suffix != "weight_packed") continue;
     if (rep.weight_dtype.empty()) {
       rep.weight_dtype = dtype_name(t->dtype);
       rep.family = r.family;

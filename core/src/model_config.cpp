@@ -32,11 +32,6 @@ int64_t positive_int(const json::object& o, std::initializer_list<const char*> k
   return n;
 }
 
-bool flag(const json::object& o, const char* key, bool fallback) {
-  const json::value* v = o.if_contains(key);
-  return (v != nullptr && v->is_bool()) ? v->as_bool() : fallback;
-}
-
 }  // namespace
 
 MoeConfig parse_moe_config(const json::object& cfg, const std::filesystem::path& file) {
@@ -55,26 +50,16 @@ MoeConfig parse_moe_config(const json::object& cfg, const std::filesystem::path&
   if (c.top_k > c.num_experts)
     fail(file.string() + ": num_experts_per_tok " + std::to_string(c.top_k) + " exceeds num_experts " +
          std::to_string(c.num_experts));
+  // A multimodal config may name its language model's type only inside text_config.
+  if (o != &cfg)
+    if (const json::value* t = o->if_contains("model_type"); t != nullptr && t->is_string() &&
+                                                            find_routing_family(c.model_type) == nullptr)
+      c.model_type = std::string(t->as_string());
 
-  ref::RoutingOptions& r = c.routing;
-  r.top_k = c.top_k;
-  // Mixtral and Granite take the top-k logits and softmax over them, which equals softmax
-  // top-k with renormalization; Qwen-MoE and DeepSeek say so with norm_topk_prob.
-  const bool renorm_default = c.model_type != "qwen2_moe";
-  r.renormalize = flag(*o, "norm_topk_prob", renorm_default);
-  const json::value* given = o->if_contains("norm_topk_prob");
-  c.renormalize_source = given != nullptr && given->is_bool()
-                             ? "norm_topk_prob in the config"
-                             : "no norm_topk_prob in the config: the default for model_type '" + c.model_type + "'" +
-                                   (renorm_default ? " (any but qwen2_moe)" : "");
-  if (const json::value* s = o->if_contains("scoring_func"); s != nullptr && s->is_string())
-    r.scoring = s->as_string() == "sigmoid" ? ref::Scoring::kSigmoid : ref::Scoring::kSoftmax;
-  if (const json::value* g = o->if_contains("n_group"); g != nullptr && g->is_int64() && g->as_int64() > 1) {
-    r.n_group = static_cast<int>(positive_int(*o, {"n_group"}, file, c.num_experts));
-    r.topk_group = static_cast<int>(positive_int(*o, {"topk_group"}, file, r.n_group));
-  }
-  if (const json::value* f = o->if_contains("routed_scaling_factor"); f != nullptr && f->is_number())
-    r.routed_scaling_factor = static_cast<float>(f->to_number<double>());
+  c.resolved_routing = resolve_routing(c.model_type, *o, file, c.num_experts, c.top_k);
+  c.routing = c.resolved_routing.options;
+  for (const RoutingField& f : c.resolved_routing.fields)
+    if (f.name == "renormalize") c.renormalize_source = f.source;
   return c;
 }
 

@@ -53,6 +53,31 @@ float sigmoid(float x) {
   return e / (1.0f + e);
 }
 
+// PhiMoE's sparse mixer at inference, top-2: pick the best remaining logit, mask every logit
+// whose gap to it, relative to max(|logit|, best), exceeds 2 * eps, and take the softmax over
+// the unmasked at the pick; the second round masks the first pick out of the candidates (the
+// gap still measured against the unmasked logits, as the reference code does).
+void sparse_mixer_row(std::span<const float> logits, float eps, std::span<int32_t> ids, std::span<float> w) {
+  const int64_t E = static_cast<int64_t>(logits.size());
+  std::vector<bool> taken(static_cast<size_t>(E), false);
+  for (size_t j = 0; j < ids.size(); ++j) {
+    int32_t best = -1;
+    for (int64_t e = 0; e < E; ++e)
+      if (!taken[e] && (best < 0 || logits[e] > logits[best])) best = static_cast<int32_t>(e);
+    const float top = logits[best];
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) {
+      if (taken[e]) continue;
+      const float factor = std::max(std::fabs(logits[e]), top);
+      if ((top - logits[e]) / factor > 2.0f * eps) continue;
+      sum += std::exp(static_cast<double>(logits[e]) - top);
+    }
+    ids[j] = best;
+    w[j] = static_cast<float>(1.0 / sum);  // exp(top - top) / sum
+    taken[best] = true;
+  }
+}
+
 void validate_routing(std::span<const float> logits, int64_t num_tokens, int64_t num_experts,
                       const RoutingOptions& o) {
   MOEQ_CHECK(num_tokens >= 0, "route: num_tokens must be >= 0, found " + str(num_tokens));
@@ -73,6 +98,10 @@ void validate_routing(std::span<const float> logits, int64_t num_tokens, int64_t
                "route: correction_bias[" + str(static_cast<int64_t>(e)) + "] is not finite");
   MOEQ_CHECK(std::isfinite(o.routed_scaling_factor),
              "route: routed_scaling_factor must be finite");
+  MOEQ_CHECK(o.scoring != Scoring::kSparseMixer || o.top_k <= 2,
+             "route: the sparse mixer picks at most 2 experts, top_k is " + str(o.top_k));
+  MOEQ_CHECK(o.scoring != Scoring::kSparseMixer || (std::isfinite(o.sparsemixer_eps) && o.sparsemixer_eps >= 0.0f),
+             "route: sparsemixer_eps must be finite and >= 0");
   MOEQ_CHECK(o.n_group >= 0, "route: n_group must be >= 0 (0 = no grouping), found " +
                                  str(o.n_group));
   if (o.n_group > 0) {
@@ -136,6 +165,12 @@ Routing route(std::span<const float> logits, int64_t num_tokens, int64_t num_exp
   std::vector<float> sel(static_cast<size_t>(E));  // selection score: p + bias, or p
   for (int64_t m = 0; m < num_tokens; ++m) {
     auto row = logits.subspan(static_cast<size_t>(m * E), static_cast<size_t>(E));
+    if (options.scoring == Scoring::kSparseMixer) {
+      sparse_mixer_row(row, options.sparsemixer_eps, std::span<int32_t>(r.ids).subspan(m * k, k),
+                       std::span<float>(r.weights).subspan(m * k, k));
+      for (int64_t j = 0; j < k; ++j) r.weights[m * k + j] *= options.routed_scaling_factor;
+      continue;
+    }
     if (options.scoring == Scoring::kSoftmax) {
       softmax_row(row, p);
     } else {
@@ -152,7 +187,9 @@ Routing route(std::span<const float> logits, int64_t num_tokens, int64_t num_exp
       for (int64_t g = 0; g < G; ++g) {
         auto grp = std::span<const float>(sel).subspan(static_cast<size_t>(g * size),
                                                        static_cast<size_t>(size));
-        if (has_bias) {
+        const bool top2 = options.group_score == GroupScore::kTop2Sum ||
+                          (options.group_score == GroupScore::kAuto && has_bias);
+        if (top2) {
           float s = 0.0f;
           for (int32_t i : top_indices(grp, std::min<int64_t>(2, size))) s += grp[i];
           group_score[g] = s;

@@ -9,12 +9,42 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <regex>
 
 namespace moeq::cli::conform {
+
+namespace {
+
+// Grid entries of a TP shard of It rows (or columns) of a block-scaled dimension whose
+// unsharded grid holds `was` entries over I (or over 2I as two halves, w1 and w3): for every
+// block size consistent with `was`, blocks of gcd(block, It) where the shard is not a multiple
+// of the block.
+std::vector<int64_t> refined_grid_counts(int64_t was, int64_t I, int64_t It) {
+  std::vector<int64_t> out;
+  auto add = [&](int64_t n) {
+    if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+  };
+  for (int64_t b = 1; b <= I && It > 0; ++b) {
+    const int64_t blocks = (I + b - 1) / b;
+    const int64_t shard = It % b == 0 ? It / b : It / std::gcd(b, It);
+    if (blocks == was) add(shard);
+    if (2 * blocks == was) add(2 * shard);
+  }
+  return out;
+}
+
+std::string join_counts(const std::vector<int64_t>& v) {
+  std::string s;
+  for (int64_t n : v) s += (s.empty() ? "" : " or ") + std::to_string(n);
+  return s;
+}
+
+}  // namespace
+
 
 // ============================================================ 1. the entry symbol
 Outcome check_entry(Context& ctx) {
@@ -426,9 +456,17 @@ Outcome check_create_weights(Context& ctx) {
         }
         bool ok = std::find(allowed.begin(), allowed.end(), now) != allowed.end();
         if (allowed.empty()) {
-          // Another dimension (a scale grid): it may shrink with the TP shard, never grow.
+          // Another dimension (a scale grid): it may shrink with the TP shard, or be the refined
+          // grid of a shard that starts inside a checkpoint block (blocks of gcd(block, I/tp),
+          // README "What loads today"), never anything else.
           ok = pl.tp_size > 1 ? now <= was && now >= (was + pl.tp_size - 1) / pl.tp_size : now == was;
           said.push_back(dim + "is " + std::to_string(was) + " at TP=1 EP=1 and may only shrink with the TP shard");
+          if (!ok && pl.tp_size > 1) {
+            const std::vector<int64_t> refined = refined_grid_counts(was, I, It);
+            ok = std::find(refined.begin(), refined.end(), now) != refined.end();
+            said.push_back("be the refined grid of a shard that starts inside a block (" +
+                           (refined.empty() ? std::string("none fits") : join_counts(refined)) + ")");
+          }
         }
         if (ok) {
           if (k > 0 && now != was) tp_shrinks = true;

@@ -2,6 +2,7 @@
 
 #include <moeq/error.hpp>
 #include <moeq/plugin_manifest.hpp>
+#include <moeq/routed_forward.hpp>
 #include <moeq_writer/producers.hpp>
 
 #include <algorithm>
@@ -24,18 +25,6 @@ std::vector<float> random_tokens(int64_t m, int64_t h, uint64_t seed) {
   std::vector<float> x(static_cast<size_t>(m * h));
   for (float& v : x) v = bf16_to_float(float_to_bf16(d(rng)));
   return x;
-}
-
-ref::Routing route_tokens(const LoadedModel& model, size_t li, const std::vector<float>& x, int64_t m) {
-  const int64_t E = model.config.num_experts, H = model.config.hidden_size;
-  std::vector<float> router = model.router_weight(li), logits(static_cast<size_t>(m * E));
-  for (int64_t t = 0; t < m; ++t)
-    for (int64_t e = 0; e < E; ++e) {
-      double s = 0;
-      for (int64_t k = 0; k < H; ++k) s += double(x[t * H + k]) * router[e * H + k];
-      logits[t * E + e] = static_cast<float>(s);
-    }
-  return ref::route(logits, m, E, model.routing(li));
 }
 
 void print_json(const json::value& v) { std::cout << json::serialize(v) << "\n"; }
@@ -71,32 +60,49 @@ RunResult run_layer(const LoadedModel& model, size_t li, int64_t m, uint64_t see
   r.plugin = l.report.plugin;
   r.tokens = m;
   const std::vector<float> x = random_tokens(m, model.config.hidden_size, seed + li);
-  const ref::Routing routing = route_tokens(model, li, x, m);
+  r.refusal = routing_refusal(model.config);
+  const ref::Routing routing = route_layer(model, li, x, m);
+  const bool on_input = model.config.resolved_routing.weight_on_input;
   const auto t0 = std::chrono::steady_clock::now();
-  const std::vector<float> out = model.apply(li, x, m, routing);
+  const std::vector<float> out = apply_routed(model, li, x, m, routing);
   r.apply_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   ref::MoeOptions act;
   ref::ExpertWeights own = model.dequantized(li, &act);
   const ref::ExpertWeights& weights = w ? *w : own;
-  const std::vector<float> want = ref::moe_forward(weights, x, m, routing, act);
+  const std::vector<float> want = reference_routed(weights, x, m, routing, act, on_input);
   auto finite = [](const std::vector<float>& v) {
     return std::all_of(v.begin(), v.end(), [](float f) { return std::isfinite(f); });
   };
   r.out_finite = finite(out);
   r.ref_finite = finite(want);
   r.err_quant_ref = ref::relative_l2(out, want);
-  r.err_float = ref::relative_l2(out, ref::moe_forward(original ? *original : weights, x, m, routing, {}));
+  r.err_float = ref::relative_l2(out, reference_routed(original ? *original : weights, x, m, routing, {}, on_input));
   return r;
 }
 
+std::string routing_refusal(const MoeConfig& c) {
+  const ResolvedRouting& r = c.resolved_routing;
+  if (r.family == nullptr) return r.unknown_reason;
+  if (*r.family->experts_unsupported != '\0') return r.family->experts_unsupported;
+  return "";
+}
+
 std::string RunResult::verdict() const {
+  if (!refusal.empty()) return "FAIL: " + refusal;
   if (!out_finite && !ref_finite)
     return "FAIL: apply and the float reference both give non-finite values (weights x scales overflow, or a "
            "weight is NaN)";
   if (!out_finite) return "FAIL: apply gives non-finite values where the float reference is finite";
   if (!ref_finite) return "FAIL: the float reference is non-finite (weights x scales overflow, or a weight is NaN)";
   if (!(err_quant_ref <= kRunTolerance)) return "FAIL: rel L2 vs ref above 1e-2";
+  if (float_bound && !(err_float <= *float_bound)) return "FAIL: rel L2 vs the original weights above " + fmt_sci(*float_bound);
   return "ok";
+}
+
+std::string fmt_sci(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1e", v);
+  return b;
 }
 
 json::value json_number(double v) { return std::isfinite(v) ? json::value(v) : json::value(nullptr); }
@@ -277,6 +283,14 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
                    {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size}, {"top_k", c.top_k},
                    {"renormalize", c.routing.renormalize}, {"renormalize_source", c.renormalize_source},
                    {"quant_config_source", quant.source}, {"unread_files", unread}};
+    json::array fields;
+    for (const RoutingField& f : c.resolved_routing.fields)
+      fields.push_back({{"name", f.name}, {"value", f.value}, {"source", f.source}});
+    o["routing"] = json::object{{"known", c.resolved_routing.family != nullptr},
+                                {"family", c.resolved_routing.family ? c.resolved_routing.family->model_type : ""},
+                                {"fields", fields},
+                                {"summary", routing_summary(c.resolved_routing)},
+                                {"run_refuses", routing_refusal(c)}};
     try {
       o["quant_config"] = json::parse(quant.json);
     } catch (const std::exception&) {
@@ -295,8 +309,15 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
   std::cout << "checkpoint " << dir << ": " << (c.model_type.empty() ? "(no model_type)" : c.model_type) << ", "
             << c.num_experts << " experts, top-" << c.top_k << ", H " << c.hidden_size << ", I " << c.intermediate_size
             << "; quantization config from " << quant.source << "\n";
-  std::cout << "routing: top-" << c.top_k << (c.routing.renormalize ? ", renormalized" : ", not renormalized") << " ("
-            << c.renormalize_source << ")\n";
+  std::cout << "routing: top-" << c.top_k << (c.routing.renormalize ? ", renormalized" : ", not renormalized");
+  if (c.resolved_routing.family == nullptr) {
+    std::cout << "; " << c.resolved_routing.unknown_reason << " (moeq run never calls its layers ok)\n";
+  } else {
+    std::cout << " (" << c.resolved_routing.family->model_type << " row)\n";
+    for (const RoutingField& f : c.resolved_routing.fields)
+      std::cout << "    " << f.name << ": " << f.value << "  [" << f.source << "]\n";
+    if (const std::string why = routing_refusal(c); !why.empty()) std::cout << "    moeq run refuses: " << why << "\n";
+  }
   for (const auto& f : ck.unread_files())
     std::cout << "not read: " << f.filename().string() << " (a .safetensors file "
               << (fs::exists(ck.dir() / "model.safetensors.index.json") ? "the index does not name"
@@ -341,31 +362,179 @@ int cmd_load(const CommonOptions& opt, const std::string& dir) {
   return model.failed.empty() ? 0 : 1;
 }
 
-int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed) {
+namespace {
+
+// The dtype a layer's method computes with: the online scheme's when one quantizes at load.
+std::string computed_dtype(const LayerReport& r, const std::string& online) {
+  if (online.empty()) return r.weight_dtype;
+  return online == "int8" ? "I8" : "F8_E4M3";
+}
+
+struct GoldenRow {
+  std::string layer, plugin, verdict;
+  int64_t tokens = 0;
+  double err = 0, bound = 0, weight_err = -1, weight_bound = 0;
+  std::string worst_weight;  // "expert 3 w1"
+  int64_t routing_mismatches = -1;  // tokens whose expert set differs from the golden's; -1: not in the file
+  bool ok = false;
+};
+
+// One layer held to a framework's forward: the golden hidden states routed with moeq's routing
+// and applied, against the golden output; the golden's routing; the dequantized weights against
+// the golden's original weights.
+GoldenRow golden_layer(const LoadedModel& model, size_t li, const GoldenFile& g, const CommonOptions& opt) {
+  const LoadedLayer& l = *model.layers.at(li);
+  GoldenRow row;
+  row.layer = l.report.prefix;
+  row.plugin = l.report.plugin;
+  const int64_t L = l.report.layer, H = model.config.hidden_size, k = model.config.top_k;
+  const std::string dtype = computed_dtype(l.report, opt.online);
+  row.bound = golden_tolerance(dtype, opt.device != "cpu");
+  row.weight_bound = golden_tolerance(dtype, false);
+  if (const std::string why = routing_refusal(model.config); !why.empty()) {
+    row.verdict = "FAIL: " + why;
+    return row;
+  }
+  if (!g.has(L, "input") || !g.has(L, "output")) {
+    row.verdict = "FAIL: " + g.path().string() + " holds no layers." + std::to_string(L) + ".input/output";
+    return row;
+  }
+  const int64_t T = g.tokens(L);
+  row.tokens = T;
+  const std::vector<float> x = g.floats(L, "input", {T, H});
+  const std::vector<float> want = g.floats(L, "output", {T, H});
+  const ref::Routing routing = route_layer(model, li, x, T);
+  if (g.has(L, "topk_ids")) {
+    const std::vector<int32_t> ids = g.ints(L, "topk_ids", {T, k});
+    row.routing_mismatches = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> a(routing.ids.begin() + t * k, routing.ids.begin() + (t + 1) * k);
+      std::vector<int32_t> b(ids.begin() + t * k, ids.begin() + (t + 1) * k);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      row.routing_mismatches += a != b ? 1 : 0;
+    }
+  }
+  const std::vector<float> out = apply_routed(model, li, x, T, routing);
+  row.err = ref::relative_l2(out, want);
+  bool has_weights = true;
+  for (const char* p : {"w1", "w3", "w2"})
+    has_weights = has_weights && g.has(L, "experts." + std::to_string(l.geometry.first_local_expert) + "." + p);
+  if (has_weights) {
+    const ref::ExpertWeights orig = golden_original_weights(g, model, li);
+    const ref::ExpertWeights mine = model.dequantized(li, nullptr);
+    const int64_t n1 = orig.intermediate * orig.hidden;
+    row.weight_err = 0;
+    for (int64_t e = 0; e < orig.num_experts; ++e)
+      for (int p = 0; p < 3; ++p) {
+        const float* a = (p < 2 ? mine.w13.data() + e * 2 * n1 + p * n1 : mine.w2.data() + e * n1);
+        const float* b = (p < 2 ? orig.w13.data() + e * 2 * n1 + p * n1 : orig.w2.data() + e * n1);
+        const double err = ref::relative_l2(std::span<const float>(a, n1), std::span<const float>(b, n1));
+        if (err > row.weight_err || !std::isfinite(err)) {
+          row.weight_err = err;
+          row.worst_weight = "expert " + std::to_string(orig.first_expert + e) + " " + (p == 0 ? "w1" : p == 1 ? "w3" : "w2");
+        }
+      }
+  }
+  if (row.routing_mismatches > 0)
+    row.verdict = "FAIL: " + std::to_string(row.routing_mismatches) + " of " + std::to_string(T) +
+                  " tokens routed to other experts than the golden's";
+  else if (!(row.err <= row.bound))
+    row.verdict = "FAIL: rel L2 vs golden above " + fmt_sci(row.bound);
+  else if (row.weight_err >= 0 && !(row.weight_err <= row.weight_bound))
+    row.verdict = "FAIL: dequantized " + row.worst_weight + " is " + fmt_sci(row.weight_err) +
+                  " from the original weights (bound " + fmt_sci(row.weight_bound) + ")";
+  else
+    row.verdict = "ok";
+  row.ok = row.verdict == "ok";
+  return row;
+}
+
+int cmd_run_golden(const CommonOptions& opt, const std::string& dir, const std::string& golden) {
+  if (opt.tp != 1 || opt.ep != 1)
+    fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT, "moeq run --golden compares the whole layer's output: use --tp 1 --ep 1");
+  Session s(opt);
+  Checkpoint ck = Checkpoint::open(dir);
+  const GoldenFile g = GoldenFile::open(golden);
+  LoadedModel model = load_model(ck, s.registry(), opt.load_options());
+  bool ok = true;
+  json::array rows;
+  if (!opt.json)
+    std::printf("%-32s %-20s %6s %13s %9s %9s %13s  %s\n", "layer", "plugin", "tokens", "rel L2 golden", "bound",
+                "routing", "weights", "verdict");
+  for (size_t i = 0; i < model.layers.size(); ++i) {
+    const GoldenRow r = golden_layer(model, i, g, opt);
+    ok = ok && r.ok;
+    const std::string routing = r.routing_mismatches < 0 ? "-" : r.routing_mismatches == 0 ? "same" : std::to_string(r.routing_mismatches) + " differ";
+    if (opt.json)
+      rows.push_back({{"layer", r.layer}, {"plugin", r.plugin}, {"tokens", r.tokens},
+                      {"rel_l2_vs_golden", json_number(r.err)}, {"bound", r.bound},
+                      {"routing_mismatched_tokens", r.routing_mismatches < 0 ? json::value(nullptr) : json::value(r.routing_mismatches)},
+                      {"worst_weight_rel_l2", r.weight_err < 0 ? json::value(nullptr) : json_number(r.weight_err)},
+                      {"worst_weight", r.worst_weight}, {"weight_bound", r.weight_bound}, {"ok", r.ok}, {"verdict", r.verdict}});
+    else
+      std::printf("%-32s %-20s %6ld %13.3e %9.0e %9s %13s  %s\n", r.layer.c_str(), r.plugin.c_str(), long(r.tokens), r.err,
+                  r.bound, routing.c_str(), r.weight_err < 0 ? "-" : fmt_sci(r.weight_err).c_str(), r.verdict.c_str());
+  }
+  if (opt.json)
+    print_json(json::object{{"checkpoint", dir}, {"golden", golden}, {"layers", rows}, {"within_tolerance", ok}});
+  else
+    std::printf("\nrel L2 golden: apply on the golden's hidden states, routed by moeq, against the framework's output from "
+                "the original weights (bound: fp8 8e-2, int8 2e-2, unquantized 1e-5 on the CPU, 5e-3 on a device).\n"
+                "routing: tokens whose experts differ from the golden's; weights: the worst expert projection's rel L2 "
+                "of moeq's dequantized weights against the golden's originals.\n");
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed, const std::string& golden) {
+  if (!golden.empty()) return cmd_run_golden(opt, dir, golden);
   Session s(opt);
   Checkpoint ck = Checkpoint::open(dir);
   LoadedModel model = load_model(ck, s.registry(), opt.load_options());
+  // --online: the float column is against the original weights (the checkpoint loaded as it is,
+  // on the CPU), held to the bound the online scheme declares.
+  std::optional<LoadedModel> plain;
+  if (!opt.online.empty()) {
+    LoadOptions lo = opt.load_options();
+    lo.online_scheme.clear();
+    lo.device = {kDLCPU, 0};
+    plain = load_model(ck, s.registry(), lo);
+  }
   json::array rows;
   if (!opt.json)
-    std::printf("%-40s %-20s %7s %14s %14s %10s  %s\n", "layer", "plugin", "tokens", "rel L2 vs ref", "rel L2 vs f32",
-                "apply ms", "verdict");
+    std::printf("%-40s %-20s %7s %14s %14s %10s  %s\n", "layer", "plugin", "tokens", "rel L2 vs ref",
+                plain ? "rel L2 vs orig" : "rel L2 vs f32", "apply ms", "verdict");
   bool ok = true;
   size_t not_strict = 0;
   for (size_t i = 0; i < model.layers.size(); ++i) {
-    RunResult r = run_layer(model, i, tokens, seed);
+    std::optional<ref::ExpertWeights> original;
+    if (plain) original = plain->dequantized(i, nullptr);
+    RunResult r = run_layer(model, i, tokens, seed, nullptr, original ? &*original : nullptr);
+    if (plain) {
+      const std::optional<double> bound = declared_tolerance(model.layers[i]->report.describe_json);
+      if (!bound) fail("moeq run --online " + opt.online + ": the method declares no rel_l2_tolerance");
+      r.float_bound = *bound;
+    }
     ok = ok && r.within_tolerance();
     const size_t waived = model.layers[i]->report.waived.size();
     not_strict += waived > 0 ? 1 : 0;
     if (opt.json)
       rows.push_back({{"layer", r.layer}, {"plugin", r.plugin}, {"tokens", r.tokens},
                       {"rel_l2_vs_quant_reference", json_number(r.err_quant_ref)},
-                      {"rel_l2_vs_float", json_number(r.err_float)}, {"apply_ms", r.apply_ms},
+                      {plain ? "rel_l2_vs_original" : "rel_l2_vs_float", json_number(r.err_float)},
+                      {"bound_vs_original", r.float_bound ? json::value(*r.float_bound) : json::value(nullptr)},
+                      {"apply_ms", r.apply_ms},
                       {"output_finite", r.out_finite}, {"reference_finite", r.ref_finite},
                       {"within_tolerance", r.within_tolerance()}, {"verdict", r.verdict()}, {"waived", waived}});
     else
       std::printf("%-40s %-20s %7ld %14.3e %14.3e %10.2f  %s%s\n", r.layer.c_str(), r.plugin.c_str(), long(r.tokens),
                   r.err_quant_ref, r.err_float, r.apply_ms, r.verdict().c_str(), waived ? " (not strict)" : "");
   }
+  if (!opt.json && plain)
+    std::printf("\nrel L2 vs orig: against the checkpoint's own (unquantized) weights, held to the bound the online "
+                "scheme declares.\n");
   if (!opt.json && not_strict > 0)
     std::printf("\n%zu layer(s) loaded only because of --no-strict (the warnings above say what): their unwritten "
                 "parameter elements stay as allocated (zero), and the reference reads the same parameters, so the "

@@ -22,14 +22,26 @@ struct RunResult {
   double apply_ms = 0;
   bool out_finite = true;  // every element of apply's output is finite
   bool ref_finite = true;  // and of the float reference it is compared with
-  bool within_tolerance() const { return out_finite && ref_finite && err_quant_ref <= kRunTolerance; }
+  // Why the layer can never be called ok (routing semantics unknown for its model_type, experts
+  // moeq does not compute), or empty.
+  std::string refusal;
+  // With --online: err_float is against the original weights and must stay within this bound.
+  std::optional<double> float_bound;
+  bool within_tolerance() const {
+    return refusal.empty() && out_finite && ref_finite && err_quant_ref <= kRunTolerance &&
+           (!float_bound || err_float <= *float_bound);
+  }
   // "ok", or "FAIL: " and why.
   std::string verdict() const;
   static constexpr double kRunTolerance = 1e-2;  // rel L2 of apply vs its quantizing reference
 };
 
+// Why `moeq run` never calls a layer of this config ok, or empty.
+std::string routing_refusal(const MoeConfig& config);
+
 // A JSON number, or null for NaN and infinities (which JSON cannot hold).
 boost::json::value json_number(double v);
+std::string fmt_sci(double v);  // "8.0e-02"
 
 // `weights` overrides the plugin's own dequantized weights (the demo passes the writer's);
 // `original`, when given, is what err_float compares with instead (the bf16 weights an online
@@ -55,7 +67,9 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why);
 int cmd_pin_plugins(const CommonOptions& opt);
 int cmd_inspect(const CommonOptions& opt, const std::string& dir);
 int cmd_load(const CommonOptions& opt, const std::string& dir);
-int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed);
+// `golden`: a golden file (moeq::GoldenFile) to hold every layer to instead of random tokens.
+int cmd_run(const CommonOptions& opt, const std::string& dir, int64_t tokens, uint64_t seed,
+            const std::string& golden = "");
 int cmd_demo(const CommonOptions& opt, const std::string& keep_dir, int64_t tokens);
 
 }  // namespace moeq::cli

@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
                                "(development; same as MOEQ_ALLOW_UNTRUSTED_PLUGINS=1)";
   app.add_flag("--allow-untrusted-plugins", allow_untrusted, untrusted_help);
 
-  std::string why, dir, keep;
+  std::string why, dir, keep, golden;
   int64_t tokens = 64;
   uint64_t seed = 7;
   auto* plugins = app.add_subcommand("plugins", "list plugins, refusals and (with --why) probe answers");
@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
   run->add_option("dir", dir, "checkpoint directory")->required();
   run->add_option("--tokens", tokens, "tokens per layer (1 to 65536)")->check(CLI::Range(int64_t{1}, kMaxTokens));
   run->add_option("--seed", seed, "random seed of the tokens");
+  run->add_option("--golden", golden,
+                  "golden file (safetensors: layers.L.input/output, optional topk_ids and original expert weights) "
+                  "from a framework's forward: hold every layer to it instead of random tokens")
+      ->check(CLI::ExistingFile);
   opt.add_placement(run);
   auto* demo = app.add_subcommand("demo", "write the embedded example checkpoints, then load and run each");
   demo->add_option("--keep", keep, "write the checkpoints here and keep them");
@@ -90,7 +94,7 @@ int main(int argc, char** argv) {
     if (plugins->parsed()) return cmd_plugins(opt, why);
     if (inspect->parsed()) return cmd_inspect(opt, dir);
     if (load->parsed()) return cmd_load(opt, dir);
-    if (run->parsed()) return cmd_run(opt, dir, tokens, seed);
+    if (run->parsed()) return cmd_run(opt, dir, tokens, seed, golden);
     if (demo->parsed()) {
       opt.tp = 1;
       return cmd_demo(opt, keep, tokens);

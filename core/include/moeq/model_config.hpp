@@ -1,6 +1,7 @@
 // MoE geometry and routing read from config.json, by key, for every family.
 #pragma once
 #include <moeq/reference.hpp>
+#include <moeq/routing_family.hpp>
 
 #include <boost/json.hpp>
 
@@ -20,8 +21,10 @@ struct MoeConfig {
   // alone cannot (H == 2I or H == I).
   bool fused_experts_transposed = false;
   ref::RoutingOptions routing;    // bias is filled per layer from the checkpoint
-  // Where routing.renormalize came from: the config's norm_topk_prob, or the default for its
-  // model_type (none for qwen2_moe, else renormalized), for `moeq inspect` to say.
+  // The family's row and every setting with its source (config.json key or family default);
+  // resolved_routing.family is nullptr when the model_type has no row.
+  ResolvedRouting resolved_routing;
+  // Where routing.renormalize came from, for `moeq inspect`.
   std::string renormalize_source;
 };
 

@@ -9,7 +9,12 @@
 namespace moeq::ref {
 
 // ---------------------------------------------------------------- routing (§7.1)
-enum class Scoring { kSoftmax, kSigmoid };
+// kSparseMixer: PhiMoE's top-2 sparse mixer (inference form): for each of the two picks, the
+// softmax over the logits within 2 * eps (relative) of the best remaining one, taken at the pick.
+enum class Scoring { kSoftmax, kSigmoid, kSparseMixer };
+// A group's score for grouped top-k: kAuto = the sum of the top-2 selection scores when there is
+// a correction bias, else the group's max (vLLM's rule); the families name theirs.
+enum class GroupScore { kAuto, kMax, kTop2Sum };
 
 struct RoutingOptions {
   int top_k = 2;
@@ -18,7 +23,9 @@ struct RoutingOptions {
   std::vector<float> correction_bias;  // empty = none, else [E]: selects ids, weights stay unbiased
   int n_group = 0;                     // > 0: grouped top-k (DeepSeek-V3)
   int topk_group = 0;
+  GroupScore group_score = GroupScore::kAuto;
   float routed_scaling_factor = 1.0f;
+  float sparsemixer_eps = 0.01f;       // kSparseMixer only
 };
 
 struct Routing {
