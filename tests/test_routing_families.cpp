@@ -62,6 +62,18 @@ TEST_CASE("deepseek_v3 without scoring_func routes with sigmoid, correction bias
   CHECK(c.routing.group_score == ref::GroupScore::kTop2Sum);
   CHECK(c.routing.routed_scaling_factor == doctest::Approx(2.5));
   CHECK(field(c, "scoring").source.find("deepseek_v3 default") != std::string::npos);
+  // transformers reads no scoring_func for DeepSeek-V3: a "softmax" there changes nothing, and
+  // inspect says it is not read.
+  json::object s = o;
+  s["scoring_func"] = "softmax";
+  const MoeConfig sc = parse(s);
+  CHECK(sc.routing.scoring == ref::Scoring::kSigmoid);
+  CHECK(field(sc, "scoring").source.find("scoring_func \"softmax\" is not read") != std::string::npos);
+  // DeepSeek-V4 reads it, default sqrtsoftplus; Kimi-K2 (vLLM's DeepSeek path) reads it too.
+  CHECK(parse(base_config("deepseek_v4")).routing.scoring == ref::Scoring::kSqrtSoftplus);
+  json::object k = base_config("kimi_k2");
+  k["scoring_func"] = "softmax";
+  CHECK(parse(k).routing.scoring == ref::Scoring::kSoftmax);
   CHECK(field(c, "correction bias").value.find("e_score_correction_bias") != std::string::npos);
 
   o["n_group"] = 4;
@@ -106,15 +118,22 @@ TEST_CASE("an absent key takes the family's default, not a global one") {
   v2["topk_method"] = "group_limited_greedy";
   CHECK(parse(v2).routing.n_group == 4);
   CHECK(parse(v2).routing.group_score == ref::GroupScore::kMax);
+  // ... and never renormalizes (norm_topk_prob is not read), always scaling.
+  v2["norm_topk_prob"] = true;
+  v2["routed_scaling_factor"] = 16.0;
+  CHECK_FALSE(parse(v2).routing.renormalize);
+  CHECK(parse(v2).routing.routed_scaling_factor == doctest::Approx(16.0));
   // Llama-4 puts the weight on the expert's input.
   CHECK(parse(base_config("llama4_text", 16, 1)).resolved_routing.weight_on_input);
   CHECK(parse(base_config("phimoe", 16, 2)).routing.scoring == ref::Scoring::kSparseMixer);
+  CHECK(parse_error(base_config("phimoe", 16, 1)).find("phimoe's sparse mixer always routes to 2 experts") != std::string::npos);
 }
 
 TEST_CASE("routing config keys are validated at load, naming config.json and the key") {
   json::object o = base_config("deepseek_v3");
-  o["scoring_func"] = "sqrtsoftplus";
-  CHECK(parse_error(o).find("/ck/config.json: scoring_func must be \"softmax\" or \"sigmoid\"") != std::string::npos);
+  o["scoring_func"] = "sparsemax";
+  CHECK(parse_error(o).find("/ck/config.json: scoring_func must be \"softmax\", \"sigmoid\" or \"sqrtsoftplus\", found \"sparsemax\"") !=
+        std::string::npos);
   o = base_config("deepseek_v3");
   o["n_group"] = 5;
   o["topk_group"] = 2;

@@ -109,6 +109,7 @@ struct LayerTensors {
   std::vector<std::pair<const TensorInfo*, RoutedName>> experts;
   std::vector<std::pair<const TensorInfo*, RoutedName>> unknown;
   const TensorInfo* router_weight = nullptr;
+  const TensorInfo* router_scale = nullptr;  // an fp8 router's weight_scale / weight_scale_inv
   const TensorInfo* router_bias = nullptr;
 };
 
@@ -227,6 +228,46 @@ std::string join_problems(const LayerReport& r) {
   return s;
 }
 
+}  // namespace
+
+// An fp8 router's float weights: codes times a per-tensor ([], [1]), per-row ([E], [E, 1]) or
+// block ([gE, gH]) scale. A block grid's block size is the power of two that gives its entry
+// count (128 x 128 for every producer seen), checked against the grid.
+std::vector<float> dequantize_router(const TensorInfo& w, const TensorInfo& scale, int64_t E, int64_t H) {
+  const std::string where = "router weight scale " + scale.name + " (" + scale.file.filename().string() + ")";
+  if (scale.dtype != DType::F32 && scale.dtype != DType::BF16 && scale.dtype != DType::F16)
+    fail(where + ": expected a float dtype (BF16, F16, F32), found " + dtype_name(scale.dtype));
+  std::vector<float> out(static_cast<size_t>(E * H));
+  const int64_t n = scale.numel();
+  int64_t bE = 0, bH = 0;
+  if (n == 1) {
+    bE = E, bH = H;
+  } else if (n == E && (scale.shape.size() == 1 || (scale.shape.size() == 2 && scale.shape[1] == 1))) {
+    bE = 1, bH = H;
+  } else if (scale.shape.size() == 2) {
+    auto block = [](int64_t extent, int64_t entries) {
+      int64_t b = 1;
+      while (b < (extent + entries - 1) / entries) b *= 2;
+      return (extent + b - 1) / b == entries ? b : int64_t{0};
+    };
+    bE = block(E, scale.shape[0]);
+    bH = block(H, scale.shape[1]);
+  }
+  if (bE == 0 || bH == 0)
+    fail(where + ": expected a per-tensor, per-row [" + std::to_string(E) + "] or block grid over [" + std::to_string(E) +
+         ", " + std::to_string(H) + "], found " + shape_string(scale.shape));
+  const int64_t cols = (H + bH - 1) / bH;
+  for (int64_t r = 0; r < E; ++r)
+    for (int64_t c = 0; c < H; ++c) {
+      const size_t si = n == 1 ? 0 : static_cast<size_t>((r / bE) * (bH == H ? 1 : cols) + (bH == H ? 0 : c / bH));
+      out[static_cast<size_t>(r * H + c)] =
+          load_as_float(w.data, w.dtype, static_cast<size_t>(r * H + c)) * load_as_float(scale.data, scale.dtype, si);
+    }
+  return out;
+}
+
+namespace {
+
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
 // (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
 // Each problem names the tensor and its file.
@@ -255,7 +296,30 @@ std::vector<std::string> router_problems(const MoeConfig& cfg, const LayerTensor
       }
     }
   };
-  if (lt.router_weight) check(*lt.router_weight, "router weight", {cfg.num_experts, cfg.hidden_size});
+  if (lt.router_weight && lt.router_weight->dtype == DType::F8_E4M3) {
+    // A quantized router (llm-compressor's model_free_ptq quantizes it unless ignored): its
+    // codes times its scale are the router.
+    const TensorInfo& t = *lt.router_weight;
+    if (t.shape != std::vector<int64_t>{cfg.num_experts, cfg.hidden_size})
+      out.push_back("router weight " + in(t) + ": expected shape " + shape_string({cfg.num_experts, cfg.hidden_size}) +
+                    ", found " + shape_string(t.shape));
+    else if (lt.router_scale == nullptr)
+      out.push_back("router weight " + in(t) + " is F8_E4M3 but the checkpoint holds no weight_scale or weight_scale_inv for it");
+    else
+      try {
+        const std::vector<float> w = dequantize_router(t, *lt.router_scale, cfg.num_experts, cfg.hidden_size);
+        for (size_t i = 0; i < w.size(); ++i)
+          if (!std::isfinite(w[i])) {
+            out.push_back("router weight " + in(t) + ": value [" + std::to_string(i / cfg.hidden_size) + ", " +
+                          std::to_string(i % cfg.hidden_size) + "] (codes times scale) is not finite");
+            break;
+          }
+      } catch (const Error& e) {
+        out.push_back(e.what());
+      }
+  } else if (lt.router_weight) {
+    check(*lt.router_weight, "router weight", {cfg.num_experts, cfg.hidden_size});
+  }
   if (lt.router_bias) check(*lt.router_bias, "router correction bias", {cfg.num_experts});
   const RoutingFamily* f = cfg.resolved_routing.family;
   if (f != nullptr && lt.router_weight != nullptr) {
@@ -277,6 +341,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   rep.prefix = lt.prefix;
   rep.layer = lt.layer;
   out.router_weight = lt.router_weight;
+  out.router_scale = lt.router_scale;
   out.router_bias = lt.router_bias;
   for (auto& [t, r] : lt.unknown)
     rep.entries.push_back({t->name, LedgerEntry::State::kUnknown, "", "matches no expert naming family",
@@ -284,6 +349,9 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   if (lt.router_weight)
     rep.entries.push_back({lt.router_weight->name, LedgerEntry::State::kRouter, "router weight", "",
                            dtype_name(lt.router_weight->dtype), lt.router_weight->shape});
+  if (lt.router_scale)
+    rep.entries.push_back({lt.router_scale->name, LedgerEntry::State::kRouter, "router weight scale", "",
+                           dtype_name(lt.router_scale->dtype), lt.router_scale->shape});
   if (lt.router_bias)
     rep.entries.push_back({lt.router_bias->name, LedgerEntry::State::kRouter, "router correction bias", "",
                            dtype_name(lt.router_bias->dtype), lt.router_bias->shape});
@@ -573,6 +641,15 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
       it->second.layer = r.layer;
     }
     (r.role == TensorRole::kRouterWeight ? it->second.router_weight : it->second.router_bias) = t;
+    if (r.role == TensorRole::kRouterWeight && t->dtype == DType::F8_E4M3) {
+      const std::string base = t->name.substr(0, t->name.size() - std::string_view(".weight").size());
+      for (const char* leaf : {".weight_scale", ".weight_scale_inv"})
+        if (const TensorInfo* sc = ck.find(base + leaf)) {
+          it->second.router_scale = sc;
+          std::erase(model.not_moe, sc->name);
+          break;
+        }
+    }
   }
 
   // Layers load on several threads (plugins keep methods independent: ABI threading rules);
@@ -750,6 +827,10 @@ std::vector<float> LoadedModel::router_weight(size_t li) const {
   if (t.shape.size() != 2 || t.shape[0] != config.num_experts || t.shape[1] != config.hidden_size)
     fail("router " + t.name + ": expected [" + std::to_string(config.num_experts) + ", " +
          std::to_string(config.hidden_size) + "], found " + shape_string(t.shape));
+  if (t.dtype == DType::F8_E4M3) {
+    if (l.router_scale == nullptr) fail("router " + t.name + " is F8_E4M3 and has no weight_scale");
+    return dequantize_router(t, *l.router_scale, config.num_experts, config.hidden_size);
+  }
   std::vector<float> v(static_cast<size_t>(t.numel()));
   for (size_t i = 0; i < v.size(); ++i) v[i] = load_as_float(t.data, t.dtype, i);
   return v;

@@ -173,6 +173,10 @@ Routing route(std::span<const float> logits, int64_t num_tokens, int64_t num_exp
     }
     if (options.scoring == Scoring::kSoftmax) {
       softmax_row(row, p);
+    } else if (options.scoring == Scoring::kSqrtSoftplus) {
+      // softplus(x) = max(x, 0) + log1p(exp(-|x|)): no overflow for large |x|.
+      for (int64_t e = 0; e < E; ++e)
+        p[e] = std::sqrt(std::max(row[e], 0.0f) + std::log1p(std::exp(-std::fabs(row[e]))));
     } else {
       for (int64_t e = 0; e < E; ++e) p[e] = sigmoid(row[e]);
     }

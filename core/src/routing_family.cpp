@@ -33,12 +33,13 @@ RoutingFamily softmax_after_topk(const char* type, const char* by) {
 
 // DeepSeek-V3's router: sigmoid scores, correction bias for selection only, groups scored by
 // the sum of their top-2 biased scores, renormalize (norm_topk_prob), then the scaling factor.
-RoutingFamily deepseek_v3_row(const char* type, const char* by, int n_group, int topk_group, float scaling) {
+RoutingFamily deepseek_v3_row(const char* type, const char* by, int n_group, int topk_group, float scaling,
+                              bool scoring_key) {
   RoutingFamily f{};
   f.model_type = type;
   f.defined_by = by;
   f.scoring = Scoring::kSigmoid;
-  f.scoring_key = true;
+  f.scoring_key = scoring_key;
   f.renorm_key = "norm_topk_prob";
   f.renorm_default = true;
   f.bias_tensor = "e_score_correction_bias";
@@ -57,6 +58,7 @@ std::vector<RoutingFamily> make_table() {
   t.push_back(softmax_row("qwen3_moe", "transformers modeling_qwen3_moe.py", "norm_topk_prob", false));
   t.push_back(softmax_row("qwen3_next", "transformers modeling_qwen3_next.py", "norm_topk_prob", true));
   t.push_back(softmax_row("qwen3_vl_moe", "transformers modeling_qwen3_vl_moe.py", nullptr, true));
+  t.push_back(softmax_row("qwen3_vl_moe_text", "transformers modeling_qwen3_vl_moe.py", nullptr, true));
   t.push_back(softmax_row("mixtral", "transformers modeling_mixtral.py", nullptr, true));
   t.push_back(softmax_after_topk("granitemoe", "transformers modeling_granitemoe.py"));
   t.push_back(softmax_after_topk("granitemoeshared", "transformers modeling_granitemoeshared.py"));
@@ -69,11 +71,10 @@ std::vector<RoutingFamily> make_table() {
     t.push_back(f);
   }
   {
-    RoutingFamily f = softmax_row("deepseek_v2", "transformers modeling_deepseek_v2.py", "norm_topk_prob", false);
-    f.scoring_key = true;
+    // Softmax over all experts; groups (scored by their max) only with topk_method
+    // group_limited_greedy; never renormalized (norm_topk_prob is not read); always scaled.
+    RoutingFamily f = softmax_row("deepseek_v2", "transformers modeling_deepseek_v2.py", nullptr, false);
     f.grouped = true;
-    f.n_group_default = 0;
-    f.topk_group_default = 0;
     f.group_score = GroupScore::kMax;
     f.group_method_key = "topk_method";
     f.group_method_value = "group_limited_greedy";
@@ -81,10 +82,30 @@ std::vector<RoutingFamily> make_table() {
     f.scaling_default = 1.0f;
     t.push_back(f);
   }
-  t.push_back(deepseek_v3_row("deepseek_v3", "transformers modeling_deepseek_v3.py", 8, 4, 2.5f));
-  t.push_back(deepseek_v3_row("deepseek_v32", "vLLM deepseek_v2.py (DeepSeek-V3.2 configs)", 8, 4, 2.5f));
-  t.push_back(deepseek_v3_row("kimi_k2", "vLLM deepseek_v2.py (Kimi-K2 configs)", 1, 1, 2.827f));
-  t.push_back(deepseek_v3_row("glm4_moe", "transformers modeling_glm4_moe.py", 1, 1, 1.0f));
+  // transformers reads neither scoring_func nor topk_method for these: always sigmoid + bias.
+  t.push_back(deepseek_v3_row("deepseek_v3", "transformers modeling_deepseek_v3.py", 8, 4, 2.5f, false));
+  t.push_back(deepseek_v3_row("deepseek_v32", "transformers modeling_deepseek_v32.py", 8, 4, 2.5f, false));
+  t.push_back(deepseek_v3_row("glm4_moe", "transformers modeling_glm4_moe.py", 1, 1, 1.0f, false));
+  // Kimi-K2 configs (model_type kimi_k2, DeepseekV3ForCausalLM) run through vLLM's DeepSeek path,
+  // which reads scoring_func; transformers has no kimi_k2 model.
+  t.push_back(deepseek_v3_row("kimi_k2", "vLLM deepseek_v2.py (DeepseekV3 config defaults)", 8, 4, 2.5f, true));
+  {
+    // DeepSeek-V4: scoring_func (default sqrtsoftplus), bias for selection, no groups, always
+    // renormalized, scaled by routed_scaling_factor (default 1.5).
+    RoutingFamily f{};
+    f.model_type = "deepseek_v4";
+    f.defined_by = "transformers modeling_deepseek_v4.py";
+    f.scoring = Scoring::kSqrtSoftplus;
+    f.scoring_key = true;
+    f.renorm_default = true;
+    f.bias_tensor = "e_score_correction_bias";
+    f.scaling_key = "routed_scaling_factor";
+    f.scaling_default = 1.5f;
+    f.experts_unsupported =
+        "DeepSeek-V4 experts clamp gate and up (swiglu_limit) before SiLU(gate) * up, and its hash-routed layers take "
+        "expert ids from a token table; moeq's apply computes the unclamped SiLU(gate) * up";
+    t.push_back(f);
+  }
   {
     // Top-k on the logits, sigmoid of the selected, no renormalization; the weight scales the
     // expert's input, not its output.
@@ -131,6 +152,7 @@ std::string scoring_name(Scoring s) {
     case Scoring::kSoftmax: return "softmax";
     case Scoring::kSigmoid: return "sigmoid";
     case Scoring::kSparseMixer: return "sparsemixer";
+    case Scoring::kSqrtSoftplus: return "sqrtsoftplus";
   }
   return "?";
 }
@@ -173,8 +195,10 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
   // scoring_func: validated wherever it appears; read where the row says the framework does.
   const json::value* sf = present(o, "scoring_func");
   if (sf != nullptr) {
-    if (!sf->is_string() || (sf->as_string() != "softmax" && sf->as_string() != "sigmoid"))
-      fail(where(file, "scoring_func") + " must be \"softmax\" or \"sigmoid\", found " + json::serialize(*sf));
+    if (!sf->is_string() ||
+        (sf->as_string() != "softmax" && sf->as_string() != "sigmoid" && sf->as_string() != "sqrtsoftplus"))
+      fail(where(file, "scoring_func") + " must be \"softmax\", \"sigmoid\" or \"sqrtsoftplus\", found " +
+           json::serialize(*sf));
   }
   const json::value* rsf = present(o, "routed_scaling_factor");
   if (rsf != nullptr) {
@@ -188,6 +212,7 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
                        ": moeq has no routing row for it (docs/ROUTING.md lists the families it knows)";
     // Best effort for tools that still route (never called ok): the config's own keys.
     if (sf != nullptr && sf->as_string() == "sigmoid") opt.scoring = Scoring::kSigmoid;
+    if (sf != nullptr && sf->as_string() == "sqrtsoftplus") opt.scoring = Scoring::kSqrtSoftplus;
     if (const json::value* n = present(o, "norm_topk_prob"); n != nullptr && n->is_bool()) opt.renormalize = n->as_bool();
     if (rsf != nullptr) opt.routed_scaling_factor = static_cast<float>(rsf->to_number<double>());
     field("semantics", "unknown", r.unknown_reason);
@@ -197,7 +222,9 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
   // Scoring.
   opt.scoring = f->scoring;
   if (f->scoring_key && sf != nullptr) {
-    opt.scoring = sf->as_string() == "sigmoid" ? Scoring::kSigmoid : Scoring::kSoftmax;
+    opt.scoring = sf->as_string() == "sigmoid"    ? Scoring::kSigmoid
+                  : sf->as_string() == "softmax" ? Scoring::kSoftmax
+                                                 : Scoring::kSqrtSoftplus;
     field("scoring", scoring_name(opt.scoring), from_config("scoring_func"));
   } else {
     field("scoring", scoring_name(opt.scoring) + (f->score_after_topk ? " of the top-k logits" : ""),
@@ -212,7 +239,9 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
       opt.sparsemixer_eps = static_cast<float>(e->to_number<double>());
       src = from_config("router_jitter_noise");
     }
-    if (top_k > 2) fail(where(file, "num_experts_per_tok") + " " + std::to_string(top_k) + ": phimoe's sparse mixer picks at most 2");
+    if (top_k != 2)
+      fail(where(file, "num_experts_per_tok") + " " + std::to_string(top_k) +
+           ": phimoe's sparse mixer always routes to 2 experts, whatever the config says");
     field("sparse mixer eps", fmt(opt.sparsemixer_eps), src);
   }
 

@@ -318,11 +318,13 @@ WrittenCheckpoint write_moe_checkpoint(const std::filesystem::path& dir, const M
     m.dequantized.w2.resize(static_cast<size_t>(E * H * I));
     m.router = randn_bf16(rng, E * H, 1.0f / std::sqrt(static_cast<float>(H)));
     st.add_float(prefix + (granite ? ".router.layer.weight" : ".gate.weight"), DType::BF16, {E, H}, m.router);
-    if (layout == Layout::kDeepSeekV3) {
+    if (layout == Layout::kDeepSeekV3 || layout == Layout::kDeepSeekV4) {
+      // DeepSeek-V4's hub files name the correction bias gate.bias.
       std::uniform_real_distribution<float> b(-0.05f, 0.05f);
       std::vector<float> bias(static_cast<size_t>(E));
       for (float& x : bias) x = b(aux);
-      st.add_float(prefix + ".gate.e_score_correction_bias", DType::F32, {E}, bias);
+      st.add_float(prefix + (layout == Layout::kDeepSeekV4 ? ".gate.bias" : ".gate.e_score_correction_bias"), DType::F32,
+                   {E}, bias);
     }
     if (static_in && quantized) {
       std::uniform_real_distribution<float> s1(0.008f, 0.012f), s2(0.015f, 0.03f);

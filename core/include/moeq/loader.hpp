@@ -81,6 +81,7 @@ struct LoadedLayer {
   moeq_method* method = nullptr;
   std::unique_ptr<moeq_layer> layer;
   const TensorInfo* router_weight = nullptr;
+  const TensorInfo* router_scale = nullptr;  // an F8_E4M3 router's scale
   const TensorInfo* router_bias = nullptr;
   // The ABI has the host serialize calls on one method: LoadedModel::apply takes this.
   mutable std::mutex apply_mutex;
@@ -116,6 +117,10 @@ class LoadedModel {
   std::vector<float> router_weight(size_t layer) const;
   ref::RoutingOptions routing(size_t layer) const;
 };
+
+// An F8_E4M3 router weight [E, H] times its per-tensor, per-row or block scale, as float.
+// Throws moeq::Error naming the scale tensor when its shape fits none of them.
+std::vector<float> dequantize_router(const TensorInfo& weight, const TensorInfo& scale, int64_t E, int64_t H);
 
 // The schemes LoadOptions::online_scheme (`--online`) takes: int8, fp8-tensor, fp8-channel, fp8-block.
 const std::vector<std::string>& online_schemes();

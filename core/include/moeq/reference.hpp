@@ -11,7 +11,8 @@ namespace moeq::ref {
 // ---------------------------------------------------------------- routing (§7.1)
 // kSparseMixer: PhiMoE's top-2 sparse mixer (inference form): for each of the two picks, the
 // softmax over the logits within 2 * eps (relative) of the best remaining one, taken at the pick.
-enum class Scoring { kSoftmax, kSigmoid, kSparseMixer };
+// kSqrtSoftplus: sqrt(softplus(logit)) (DeepSeek-V4).
+enum class Scoring { kSoftmax, kSigmoid, kSparseMixer, kSqrtSoftplus };
 // A group's score for grouped top-k: kAuto = the sum of the top-2 selection scores when there is
 // a correction bias, else the group's max (vLLM's rule); the families name theirs.
 enum class GroupScore { kAuto, kMax, kTop2Sum };
