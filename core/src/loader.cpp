@@ -7,6 +7,7 @@
 #include <cmath>
 #include <exception>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -407,8 +408,11 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   // message, or the unwritten elements listed.
   {
     int64_t held = 0;
-    for (auto& [t, r] : lt.experts)
+    for (auto& [t, r] : lt.experts) {
       if (r.suffix == "weight") held += t->numel();
+      // Packed 4-bit weights: two codes a byte, whatever word the packer stores them in.
+      if (r.suffix == "weight_packed") held += 2 * static_cast<int64_t>(t->nbytes());
+    }
     const int64_t need = cfg.num_experts * 3 * cfg.intermediate_size * cfg.hidden_size;
     if (held < need / 16) {
       rep.problems.push_back("config.json's geometry (" + std::to_string(cfg.num_experts) + " experts, hidden_size " +
@@ -676,7 +680,19 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     } else if (loaded[i]->report.ok()) {
       model.layers.push_back(std::move(loaded[i]));
     } else if (opt.collect_errors) {
-      model.failed.push_back(std::move(loaded[i]->report));
+      // Every expert tensor of a layer that did not load still shows in the report, with why.
+      LayerReport& rep = loaded[i]->report;
+      std::set<std::string> listed;
+      for (const LedgerEntry& e : rep.entries) listed.insert(e.tensor);
+      for (const auto& [t, r] : order[i]->experts)
+        if (!listed.count(t->name))
+          rep.entries.push_back({t->name, LedgerEntry::State::kError,
+                                 std::string(projection_name(r.projection)) +
+                                     (r.expert >= 0 ? " e" + std::to_string(r.expert) : std::string(" of every expert")),
+                                 "not loaded: the layer failed (" + rep.problems.front().substr(0, 120) +
+                                     (rep.problems.front().size() > 120 ? "...)" : ")"),
+                                 dtype_name(t->dtype), t->shape});
+      model.failed.push_back(std::move(rep));
     } else if (!first_error) {
       first_error = std::make_exception_ptr(
           Error(loaded[i]->report.code, ck.dir().string() + ": " + join_problems(loaded[i]->report)));

@@ -188,6 +188,7 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
   o["plugins"] = plugins;
   o["refusals"] = refusals;
   o["missing_dependencies"] = missing;
+  bool why_failed = false;
   if (!why.empty()) {
     ProbeQuery q;
     fs::path p(why);
@@ -210,6 +211,15 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
         for (const auto& pr : r->probes)
           answers.push_back({{"layer", r->prefix}, {"plugin", pr.plugin ? pr.plugin->name : "?"}, {"score", pr.score},
                              {"reason", pr.reason}, {"chosen", pr.plugin && pr.plugin->name == r->plugin}});
+        // A layer no plugin takes (or that fails before any probe) is a failure of --why: its
+        // problems are the answer.
+        if (r->plugin.empty()) {
+          why_failed = true;
+          if (r->probes.empty())
+            for (const std::string& problem : r->problems)
+            answers.push_back({{"layer", r->prefix}, {"plugin", "(none)"}, {"score", 0}, {"reason", problem},
+                               {"chosen", false}});
+        }
       }
     } else {
       fs::path cfg = fs::is_directory(p) ? p / "config.json" : p;
@@ -233,8 +243,9 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
     }
     o["why"] = answers;
   }
-  // Nothing loaded is a failure: every checkpoint would then fail to load.
-  const int status = reg.plugins().empty() ? 1 : 0;
+  // Nothing loaded is a failure: every checkpoint would then fail to load; so is a checkpoint
+  // layer that no plugin takes.
+  const int status = reg.plugins().empty() || why_failed ? 1 : 0;
   if (opt.json) {
     print_json(o);
     return status;
@@ -438,7 +449,8 @@ GoldenRow golden_layer(const LoadedModel& model, size_t li, const GoldenFile& g,
   }
   if (row.routing_mismatches > 0)
     row.verdict = "FAIL: " + std::to_string(row.routing_mismatches) + " of " + std::to_string(T) +
-                  " tokens routed to other experts than the golden's";
+                  " tokens routed to other experts than the golden's" +
+                  (l.router_scale != nullptr ? " (this checkpoint's router is F8_E4M3: its producer quantized it)" : "");
   else if (!(row.err <= row.bound))
     row.verdict = "FAIL: rel L2 vs golden above " + fmt_sci(row.bound);
   else if (row.weight_err >= 0 && !(row.weight_err <= row.weight_bound))
