@@ -223,6 +223,19 @@ TEST_CASE("cuda: FP8 block at TP=2 (I/tp = 96: the scale grid refined to 32-row 
   check_against_cpu(w.dir, o, "fp8 block tp2", false);
 }
 
+TEST_CASE("cuda: FP8 block at TP=2 (I/tp = 112: the scale grid refined to 16-element blocks) matches the CPU path") {
+  // 112 = 7 x 16: every rank's K period of w2's scales is gcd(128, 112) = 16, half an fp8 MMA step.
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  auto w = writer::write_hf_fp8_block(d / "ckpt", spec(writer::Layout::kDeepSeekV3, 8, 256, 224, 33));
+  for (int rank : {0, 1}) {
+    LoadOptions o;
+    o.placement.tp_size = 2;
+    o.placement.tp_rank = rank;
+    check_against_cpu(w.dir, o, "fp8 block tp2 rank " + std::to_string(rank) + " (16-element blocks)", rank == 1);
+  }
+}
+
 TEST_CASE("cuda: FP8 channel / per-token experts (Granite fused) match the CPU path, graph-capturable") {
   if (!test::cuda_device_or_skip("GPU apply test")) return;
   TempDir d;

@@ -103,6 +103,7 @@ gpu::GpuScheme gpu_scheme_of(const CpuExperts& e) {
   if (e.granularity == Granularity::kBlock) period = std::gcd(period, std::gcd(e.c13_block, e.c2_block));
   if (e.act == ActMode::kDynamicGroup) period = std::gcd(period, e.act_group);
   g.scale_k = static_cast<int>(period);
+  if (e.granularity == Granularity::kBlock) g.block_n = static_cast<int>(std::gcd(e.r13_block, e.r2_block));
   return g;
 }
 

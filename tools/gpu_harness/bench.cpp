@@ -547,7 +547,11 @@ Selection select(const BenchOptions& opt) {
   if (!opt.check) return sel;
   std::vector<SchemeSpec> check_schemes = sel.schemes;
   for (const auto& s : sel.schemes)
-    if (s.scheme.wscale == mk::kWBlock) check_schemes.push_back(with_blocks(s, 64, 64));
+    if (s.scheme.wscale == mk::kWBlock) {
+      check_schemes.push_back(with_blocks(s, 64, 64));
+      // A TP shard whose I/tp is an odd multiple of 16 refines the grid to 16-element blocks.
+      check_schemes.push_back(with_blocks(s, 48, 16));
+    }
   for (const auto& s : check_schemes) {
     // 6 of 8 experts local (first 1), H and I with K and N tails for every tile width.
     for (int64_t m : {1, 7, 64, 300, 2000})
@@ -595,7 +599,10 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
   std::vector<SchemeSpec> schemes;
   for (const auto& s : named_schemes())
     if (fp8 || s.scheme.kind != mk::kKindFp8) schemes.push_back(s);
-  if (fp8) schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 64, 64));
+  if (fp8) {
+    schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 64, 64));
+    schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 48, 16));
+  }
   const LayerDims shapes[] = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
   std::map<std::string, ct::gpu::KernelSetSource> sets;
   for (const auto& s : schemes)
@@ -613,7 +620,10 @@ bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed) {
   Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, out};
   c.utility = d.load(nvrtc_build(ct::gpu::utility_source(), d.arch()).image);
   std::vector<SchemeSpec> specs = {*spec};
-  if (spec->scheme.wscale == mk::kWBlock) specs.push_back(with_blocks(*spec, 64, 64));
+  if (spec->scheme.wscale == mk::kWBlock) {
+    specs.push_back(with_blocks(*spec, 64, 64));
+    specs.push_back(with_blocks(*spec, 48, 16));
+  }
   bool ok = true;
   for (const auto& s : specs) {
     for (int64_t m : {1, 64, 300, 2000})

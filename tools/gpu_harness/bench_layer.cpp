@@ -52,7 +52,7 @@ const std::vector<SchemeSpec>& named_schemes() {
   static const std::vector<SchemeSpec> s = {
       {"bf16", G{mk::kKindBf16, mk::kWNone, mk::kANone, 128, 128}},
       {"fp8-channel", G{mk::kKindFp8, mk::kWChannel, mk::kAToken, 128, 128}},
-      {"fp8-block", G{mk::kKindFp8, mk::kWBlock, mk::kAGroup, 128, 128}},
+      {"fp8-block", G{mk::kKindFp8, mk::kWBlock, mk::kAGroup, 128, 128, 128}},
       {"fp8-tensor", G{mk::kKindFp8, mk::kWTensor, mk::kATensor, 128, 128}},
       {"fp8-tensor-static", G{mk::kKindFp8, mk::kWTensor, mk::kAStatic, 128, 128}},
       {"w8a16", G{mk::kKindW8A16, mk::kWChannel, mk::kANone, 128, 128}},
@@ -70,6 +70,7 @@ SchemeSpec with_blocks(SchemeSpec s, int block_n, int block_k) {
   s.block_n = block_n;
   s.block_k = block_k;
   s.scheme.scale_k = std::gcd(std::gcd(block_k, s.scheme.act_group), 128);
+  s.scheme.block_n = block_n;
   s.name += "-" + std::to_string(block_n) + "x" + std::to_string(block_k);
   return s;
 }

@@ -114,8 +114,9 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     MOEQ_CHECK(power_of_two(scheme_.act_group) && scheme_.act_group >= 32 && scheme_.act_group <= 256,
                where + "activation group must be a power of two in [32, 256], found " + s(scheme_.act_group));
   if (fp8 && (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup))
-    MOEQ_CHECK(scheme_.scale_k == 32 || scheme_.scale_k == 64 || scheme_.scale_k == 128,
-               where + "scale period must be 32, 64 or 128 elements, found " + s(scheme_.scale_k));
+    MOEQ_CHECK(scheme_.scale_k == 16 || scheme_.scale_k == 32 || scheme_.scale_k == 64 || scheme_.scale_k == 128,
+               where + "scale period must be 16, 32, 64 or 128 elements, found " + s(scheme_.scale_k) +
+                   " (K of every shard is a multiple of 16, so a refined block grid has blocks of at least 16)");
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -124,6 +125,9 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   // TP block grids) stay on mma.sync; W8A16 has no wgmma kernel.
   hin.wgmma = device_.sm_major == 9 && scheme_.kind != mk::kKindW8A16 && (!hin.promote || scheme_.scale_k == 128) &&
               std::getenv("MOEQ_CT_NO_WGMMA") == nullptr;
+  hin.scale_k = scheme_.scale_k;
+  hin.wide_fp8 = fp8 && (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 128 == 0));
+  if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
   hin.num_experts = d.num_experts;
   hin.top_k = d.top_k;
   hin.hidden = d.hidden;

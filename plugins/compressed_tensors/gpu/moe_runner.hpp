@@ -33,7 +33,8 @@ struct GpuScheme {
   int wscale = mk::kWChannel;
   int amode = mk::kAToken;
   int act_group = 128;  // kAGroup: columns per activation scale (a power of two in [8, 256])
-  int scale_k = 128;    // fp8 block/group scales: K elements per scale period (32, 64 or 128)
+  int scale_k = 128;    // fp8 block/group scales: K elements per scale period (16, 32, 64 or 128)
+  int block_n = 0;      // fp8 block scales: rows of a weight block (gcd over w13 and w2); 0 = none
   std::string label() const;  // "fp8 channel / per-token"
 };
 

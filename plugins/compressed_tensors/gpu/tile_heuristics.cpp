@@ -28,9 +28,18 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, cons
     t.wgmma = true;
     t.warps_m = bm / 64;
     t.warps_n = 4;
-    // fp8 promotes every K tile into a second accumulator set (moe_wgmma.cuh), so its tiles
-    // stay at 128 columns; bf16 chains in the tensor core and takes 256.
-    t.bn = kind == kKindFp8 ? 128 : 256;
+    // bf16 chains in the tensor core and takes 256 columns. fp8 promotes every K tile into a
+    // second accumulator set: 128 columns in one go, or 256 as two promoted halves
+    // (moe_wgmma.cuh). NOTE: at 128 x 128 an fp8 K tile moves 32 KiB through L2 for 2 M MACs,
+    // more than L2 sustains at the tensor rate; 128 x 256 moves 48 KiB for 4 M. Wide tiles
+    // where the grid still covers the machine.
+    t.bn = 256;
+    if (kind == kKindFp8) {
+      const bool wide = in.wide_fp8 && bm == 128 && n_out >= 256 &&
+                        expected_tiles * ceil_div(n_out, 256) >= in.multiprocessors;
+      t.bn = in.force_fp8_bn == 128 || in.force_fp8_bn == 256 ? (in.wide_fp8 ? in.force_fp8_bn : 128)
+                                                                : (wide ? 256 : 128);
+    }
     t.stages = 6;
     while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
     return t;
@@ -44,6 +53,9 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, cons
   // NOTE: 128x128 over 8 warps holds 64 accumulators a thread; block scales double that and
   // spill, so those tiles narrow to 64 columns.
   if (bm == 128 && in.promote) t.bn = 64;
+  // NOTE: a 16-element scale period holds eight periods of scales a K tile; 64 columns keep
+  // those in registers at 64 rows too.
+  if (bm >= 64 && in.promote && in.scale_k < 32) t.bn = 64;
   // NOTE: weight streaming at small M needs many blocks in flight; halve the tile width when
   // the grid would not cover the machine twice.
   if (bm <= 32 && expected_tiles * ceil_div(n_out, t.bn) < 2 * in.multiprocessors) t.bn = 64;

@@ -28,7 +28,14 @@ struct Bucket {
 struct HeuristicInput {
   int kind = 0;            // moeq_kernels::Kind
   bool promote = false;    // fp8 block/group scales: a second accumulator set per thread
+  int scale_k = 128;       // with promote: K elements per scale period (16 runs every MMA twice)
   bool wgmma = false;      // the device runs wgmma (sm_90a) and the scheme has a wgmma kernel
+  // fp8 wgmma tiles may be 256 wide: no block scales, or blocks of a multiple of 128 rows (a
+  // 256-wide tile promotes per 128-column half with one weight scale per half).
+  bool wide_fp8 = false;
+  // 0: the heuristic decides; 128 or 256: every fp8 wgmma tile this wide (MOEQ_CT_FP8_WGMMA_N,
+  // for measuring one against the other).
+  int force_fp8_bn = 0;
   int64_t num_experts = 0; // local
   int64_t top_k = 0;
   int64_t hidden = 0;

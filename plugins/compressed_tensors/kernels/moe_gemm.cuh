@@ -26,11 +26,16 @@ struct GroupedGemm {
   static constexpr int kARow = Loader::kARow, kBRow = Loader::kBRow;
   static constexpr int kStage = Loader::kAStage + Loader::kBStage;
   static constexpr bool kPromote = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
-  static constexpr int kStepsPerPeriod = SCALE_K / 32;  // B-steps (32 bytes of B) per scale period
+  // B-steps (32 bytes of B) per scale period; a period of 16 (a TP shard whose I/tp is an odd
+  // multiple of 16 refines the block grid to 16) splits every step in two halves instead.
+  static constexpr int kStepsPerPeriod = SCALE_K >= 32 ? SCALE_K / 32 : 1;
+  static constexpr int kHalves = kPromote && SCALE_K == 16 ? 2 : 1;
   static constexpr int kSmemBytes = STAGES * kStage;
   static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x16");
   static_assert(!kGated || (BN / 2) % 8 == 0, "gated tiles need whole n8 fragments per half");
-  static_assert(!kPromote || (SCALE_K % 32 == 0 && 128 % SCALE_K == 0), "scale period of 32, 64 or 128");
+  static_assert(!kPromote || ((SCALE_K == 16 || SCALE_K % 32 == 0) && 128 % SCALE_K == 0),
+                "scale period of 16, 32, 64 or 128");
+  static_assert(kHalves == 1 || kKind == kKindFp8, "half steps exist for fp8 (e4m3 m16n8k32) only");
 
   // Shared row of B that fragment j (n8) of warp column wn starts at.
   __device__ __forceinline__ static int brow_of(int wn, int j) {
@@ -159,28 +164,37 @@ struct GroupedGemm {
           }
         }
         constexpr int kSub = kKind == kKindW8A16 ? 2 : 1;
+        // NOTE: with a 16-element scale period each step runs twice, the B fragment's other K
+        // half zeroed (b0 holds k 0..15 of the step, b1 k 16..31), and promotes after each half.
 #pragma unroll
-        for (int sub = 0; sub < kSub; ++sub) {
+        for (int hv = 0; hv < kHalves; ++hv) {
 #pragma unroll
-          for (int mi = 0; mi < MI; ++mi) {
-            const int r = wm * WM + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
-            const int c = (kKind == kKindW8A16 ? 4 * s + 2 * sub : 2 * s) + (lane >> 4);
-            u32 af[4];
-            ldmatrix_x4(sA + swz(r, c, kARow), af[0], af[1], af[2], af[3]);
+          for (int sub = 0; sub < kSub; ++sub) {
 #pragma unroll
-            for (int j = 0; j < NI; ++j) {
-              if (kKind == kKindFp8) {
+            for (int mi = 0; mi < MI; ++mi) {
+              const int r = wm * WM + mi * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+              const int c = (kKind == kKindW8A16 ? 4 * s + 2 * sub : 2 * s) + (lane >> 4);
+              u32 af[4];
+              ldmatrix_x4(sA + swz(r, c, kARow), af[0], af[1], af[2], af[3]);
+#pragma unroll
+              for (int j = 0; j < NI; ++j) {
+                if (kKind == kKindFp8) {
 #if __CUDA_ARCH__ >= 890
-                float* d = kPromote ? part[kPromote ? mi : 0][kPromote ? j : 0] : acc[mi][j];
-                mma_e4m3_16832(d, af, b[j][0], b[j][1]);
+                  float* d = kPromote ? part[kPromote ? mi : 0][kPromote ? j : 0] : acc[mi][j];
+                  if (kHalves == 2)
+                    mma_e4m3_16832(d, af, hv == 0 ? b[j][0] : 0u, hv == 0 ? 0u : b[j][1]);
+                  else
+                    mma_e4m3_16832(d, af, b[j][0], b[j][1]);
 #endif
-              } else {
-                mma_bf16_16816(acc[mi][j], af, b[j][2 * sub], b[j][2 * sub + 1]);
+                } else {
+                  mma_bf16_16816(acc[mi][j], af, b[j][2 * sub], b[j][2 * sub + 1]);
+                }
               }
             }
           }
+          if (kHalves == 2) promote(2 * s + hv);
         }
-        if (kPromote && (s + 1) % kStepsPerPeriod == 0) promote(s / kStepsPerPeriod);
+        if (kPromote && kHalves == 1 && (s + 1) % kStepsPerPeriod == 0) promote(s / kStepsPerPeriod);
       }
     };
 

@@ -51,28 +51,31 @@ struct TileLoader {
   static constexpr int kNA = (BM * kChA + kThreads - 1) / kThreads;
   static constexpr int kNB = (BN * kChB + kThreads - 1) / kThreads;
 
-  const u8* a_src[kNA];
-  int a_dst[kNA], a_col[kNA];
+  // NOTE: registers hold only the gathered A rows (32-bit offsets; the plan keeps every
+  // activation buffer under 2^31 bytes) and the B base; shared offsets, B rows and bounds
+  // follow from the thread index in load(), which leaves room for the wide wgmma tiles'
+  // accumulators.
+  const u8* a_base;
+  const u8* b_base;
+  unsigned a_off[kNA];
   bool a_ok[kNA];
-  const u8* b_src[kNB];
-  int b_dst[kNB], b_col[kNB];
-  bool b_ok[kNB];
-  int a_row_bytes, b_row_bytes;
+  long long ldb;
+  int a_row_bytes, b_row_bytes, tid_, n0_, n_, inter_;
 
   __device__ __forceinline__ TileLoader(const MoeArgs& a, const GemmGeom<kGated>& g, int e, int n0, const int* s_pair,
-                                        int tid) {
+                                        int tid)
+      : tid_(tid), n0_(n0), n_(g.N), inter_(a.inter) {
     const int I = a.inter, H = a.hidden;
-    const u8* A;
     long long lda;  // bytes
     if (kGated) {
-      A = kKind == kKindFp8 ? a.a1q : static_cast<const u8*>(a.x);
+      a_base = kKind == kKindFp8 ? a.a1q : static_cast<const u8*>(a.x);
       lda = kKind == kKindFp8 ? static_cast<long long>(H) : a.x_stride * 2;
     } else {
-      A = (kKind == kKindFp8 && kAM != kAStatic) ? a.a2q : static_cast<const u8*>(a.h);
+      a_base = (kKind == kKindFp8 && kAM != kAStatic) ? a.a2q : static_cast<const u8*>(a.h);
       lda = static_cast<long long>(I) * T::kAElem;
     }
-    const long long ldb = static_cast<long long>(g.K) * T::kBElem;
-    const u8* B = static_cast<const u8*>(kGated ? a.w13 : a.w2) + static_cast<long long>(e) * (kGated ? 2 * I : H) * ldb;
+    ldb = static_cast<long long>(g.K) * T::kBElem;
+    b_base = static_cast<const u8*>(kGated ? a.w13 : a.w2) + static_cast<long long>(e) * (kGated ? 2 * I : H) * ldb;
     a_row_bytes = g.K * T::kAElem;
     b_row_bytes = g.K * T::kBElem;
 #pragma unroll
@@ -81,26 +84,7 @@ struct TileLoader {
       const int r = idx / kChA, c = idx % kChA;
       const int p = idx < BM * kChA ? s_pair[r] : -1;
       a_ok[i] = p >= 0;
-      a_src[i] = A + (p >= 0 ? static_cast<long long>(p / g.a_div) * lda : 0) + c * 16;
-      a_dst[i] = idx < BM * kChA ? swz(r, c, kARow) : -1;
-      a_col[i] = c * 16;
-    }
-#pragma unroll
-    for (int i = 0; i < kNB; ++i) {
-      const int idx = tid + i * kThreads;
-      const int r = idx / kChB, c = idx % kChB;
-      int grow, ncol;
-      if (kGated) {
-        ncol = n0 + (r < BN / 2 ? r : r - BN / 2);
-        grow = r < BN / 2 ? ncol : I + ncol;
-      } else {
-        ncol = n0 + r;
-        grow = ncol;
-      }
-      b_ok[i] = idx < BN * kChB && ncol < g.N;
-      b_src[i] = B + (b_ok[i] ? static_cast<long long>(grow) * ldb : 0) + c * 16;
-      b_dst[i] = idx < BN * kChB ? swz(r, c, kBRow) : -1;
-      b_col[i] = c * 16;
+      a_off[i] = static_cast<unsigned>((p >= 0 ? static_cast<long long>(p / g.a_div) * lda : 0) + c * 16);
     }
   }
 
@@ -127,15 +111,23 @@ struct TileLoader {
     u8* sB = sA + kAStage;
 #pragma unroll
     for (int i = 0; i < kNA; ++i) {
-      if (a_dst[i] < 0) continue;
-      const bool ok = a_ok[i] && kt * kARow + a_col[i] < a_row_bytes;
-      cp_async16(smem_u32(sA + a_dst[i]), a_src[i] + (ok ? kt * kARow : 0), ok);
+      const int idx = tid_ + i * kThreads;
+      if (idx >= BM * kChA) continue;
+      const int r = idx / kChA, c = idx % kChA;
+      const bool ok = a_ok[i] && kt * kARow + c * 16 < a_row_bytes;
+      cp_async16(smem_u32(sA + swz(r, c, kARow)), a_base + a_off[i] + (ok ? kt * kARow : 0), ok);
     }
 #pragma unroll
     for (int i = 0; i < kNB; ++i) {
-      if (b_dst[i] < 0) continue;
-      const bool ok = b_ok[i] && kt * kBRow + b_col[i] < b_row_bytes;
-      cp_async16(smem_u32(sB + b_dst[i]), b_src[i] + (ok ? kt * kBRow : 0), ok);
+      const int idx = tid_ + i * kThreads;
+      if (idx >= BN * kChB) continue;
+      const int r = idx / kChB, c = idx % kChB;
+      // GEMM1: BN/2 gate rows, then the up rows of the same columns.
+      const int ncol = kGated ? n0_ + (r < BN / 2 ? r : r - BN / 2) : n0_ + r;
+      const int grow = kGated && r >= BN / 2 ? inter_ + ncol : ncol;
+      const bool ok = ncol < n_ && kt * kBRow + c * 16 < b_row_bytes;
+      cp_async16(smem_u32(sB + swz(r, c, kBRow)),
+                 b_base + (ok ? static_cast<long long>(grow) * ldb + c * 16 + kt * kBRow : 0), ok);
     }
   }
 };

@@ -77,10 +77,12 @@ __device__ __forceinline__ void wgmma_bf16_n256(float* d, unsigned long long des
 #endif
 
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The shapes the heuristics use: fp8 m64n128k32 (promoted per K tile), bf16 m64n256k16.
+// The shapes the heuristics use: fp8 m64n128k32 (promoted per K tile, once per 128-column half
+// of a 256-wide tile), bf16 m64n256k16.
 template <int kKind, int N>
 __device__ __forceinline__ void wgmma_tile_step(float* d, unsigned long long da, unsigned long long db, int accumulate) {
-  static_assert((kKind == kKindFp8 && N == 128) || (kKind == kKindBf16 && N == 256), "no wgmma wrapper for this tile");
+  static_assert((kKind == kKindFp8 && (N == 128 || N == 256)) || (kKind == kKindBf16 && N == 256),
+                "no wgmma wrapper for this tile");
   if (kKind == kKindFp8)
     wgmma_e4m3_n128(d, da, db, accumulate);
   else
@@ -99,6 +101,13 @@ struct WgmmaGemm {
   static constexpr bool kTileScales = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
   static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
   static constexpr int NF = BN / 8;    // n8 fragments
+  // fp8 tiles 256 wide run as two 128-column halves per K tile, each into `part` and promoted
+  // in turn (a second full accumulator set would not fit in registers); the other warpgroup's
+  // MMAs fill the tensor core while one promotes. Block scales then cover whole halves: the
+  // plan picks 256 only where scale blocks are multiples of 128 rows.
+  static constexpr int kHalvesN = kPromote && BN == 256 ? 2 : 1;
+  static constexpr int kPartAcc = kAcc / kHalvesN;
+  static_assert(kKind != kKindFp8 || BN == 128 || BN == 256, "fp8 wgmma tiles are 128 or 256 wide");
   static_assert(kKind != kKindW8A16, "W8A16 runs on the mma.sync kernel");
   static_assert(BM % 64 == 0, "wgmma tiles are whole warpgroups of 64 rows");
   static_assert(Loader::kARow == 128 && kStage % 1024 == 0, "wgmma tiles are 128-byte rows in 1024-byte atoms");
@@ -119,8 +128,9 @@ struct WgmmaGemm {
     const int g = lane >> 2, t = lane & 3;
     const int prow[2] = {s_pair[wg * 64 + wq * 16 + g], s_pair[wg * 64 + wq * 16 + g + 8]};
 
-    // Scale rows of this thread's columns and rows (block / group schemes).
-    constexpr int kSW = kTileScales && kWS == kWBlock ? NF : 1;
+    // Scale rows of this thread's columns and rows (block / group schemes): per fragment for
+    // 128-wide tiles, per 128-column half for 256-wide ones.
+    constexpr int kSW = kTileScales && kWS == kWBlock ? (kHalvesN == 2 ? 2 : NF) : 1;
     int sw_row[kSW];
     const BlockScaleRows<kGated> sws(a);
 #pragma unroll
@@ -128,9 +138,10 @@ struct WgmmaGemm {
     if (kTileScales && kWS == kWBlock) {
 #pragma unroll
       for (int j = 0; j < kSW; ++j) {
-        const int r = j * 8 + 2 * t;
+        const int r = kHalvesN == 2 ? j * 128 : j * 8 + 2 * t;
         const int col = kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
-        sw_row[j] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && j >= NF / 2 ? 1 : 0, geo.N);
+        const bool up = kGated && (kHalvesN == 2 ? j == 1 : j >= NF / 2);
+        sw_row[j] = BlockScaleRows<kGated>::row_offset(a, e, col, up ? 1 : 0, geo.N);
       }
     }
     const float* as_base = kGated ? a.a1s : a.a2s;
@@ -138,7 +149,7 @@ struct WgmmaGemm {
     const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
 
     float acc[kAcc];
-    float part[kPromote ? kAcc : 1];
+    float part[kPromote ? kPartAcc : 1];
 #pragma unroll
     for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
     part[0] = 0.0f;
@@ -159,14 +170,7 @@ struct WgmmaGemm {
 
       const u32 sA = smem_u32(smem + (kt % STAGES) * kStage);
       const unsigned long long da = smem_desc(sA + wg * 64 * 128);
-      const unsigned long long db = smem_desc(sA + Loader::kAStage);
-      float* d = kPromote ? part : acc;
-      fence_regs<kAcc>(d);
-      wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
-      wgmma_commit();
-      // NOTE: the tile's scales are read while the MMAs run, not after the wait.
+      // NOTE: the tile's scales are read before the MMAs are waited for, so their latency hides.
       float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
       sw[0] = 1.0f;
       if (kAM == kAGroup) {
@@ -174,21 +178,35 @@ struct WgmmaGemm {
         sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
         sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
       }
-      if (kTileScales && kWS == kWBlock) {
-        const int kb = kt * 128 / sws.bk;
 #pragma unroll
-        for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
-      }
-      wgmma_wait0();
-      fence_regs<kAcc>(d);
-      if (kPromote) {
+      for (int hn = 0; hn < kHalvesN; ++hn) {
+        // Half hn of B starts 128 rows (16 KiB, 1024 descriptor units) further on.
+        const unsigned long long db = smem_desc(sA + Loader::kAStage + hn * 128 * 128);
+        float* d = kPromote ? part : acc;
+        fence_regs<kPromote ? kPartAcc : kAcc>(d);
+        wgmma_fence();
 #pragma unroll
-        for (int j = 0; j < NF; ++j) {
-          const float w = sw[kSW > 1 ? j : 0];
-          acc[4 * j + 0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
-          acc[4 * j + 1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
-          acc[4 * j + 2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
-          acc[4 * j + 3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
+        for (int ks = 0; ks < 4; ++ks)
+          wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
+        wgmma_commit();
+        if (hn == 0 && kTileScales && kWS == kWBlock) {
+          const int kb = kt * 128 / sws.bk;
+#pragma unroll
+          for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
+        }
+        wgmma_wait0();
+        fence_regs<kPromote ? kPartAcc : kAcc>(d);
+        if (kPromote) {
+          constexpr int kNF = NF / kHalvesN;  // fragments in `part`
+#pragma unroll
+          for (int j = 0; j < kNF; ++j) {
+            const float w = sw[kSW == 1 ? 0 : (kHalvesN == 2 ? hn : j)];
+            float* o = acc + hn * kPartAcc + 4 * j;
+            o[0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
+            o[1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
+            o[2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
+            o[3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
+          }
         }
       }
     }

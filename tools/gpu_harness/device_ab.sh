@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One device call for a kernel change: the device tests (`cuda:*`, `gpu*`), the harness's
+# correctness checks with fp8 wgmma tiles forced 256 wide (MOEQ_CT_FP8_WGMMA_N=256, so every
+# bm=128 bucket runs them), then the same cases timed with the heuristic's choice (A) and with
+# every fp8 wgmma tile 128 wide (B, the previous kernels). Runs the stripped copies in
+# build/carry and .devbuild (see make_carry.sh); logs under $OUT.
+#   SCHEMES (fp8-channel fp8-block fp8-tensor), SHAPES (all four), MS (1024,8192), TESTS=0 skips the tests.
+set -u
+OUT=${OUT:-/tmp/moeq_out}
+mkdir -p "$OUT" build/bin build/plugins
+cp build/carry/plugins/*.so build/plugins/
+cp build/carry/bin/moeq build/carry/bin/moeq_tests build/bin/
+for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+  [ -d "$f" ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$f"
+done
+export LD_LIBRARY_PATH MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-$PWD/.devbuild/jitcache}
+H=./.devbuild/moeq_gpu_harness
+SCHEMES=${SCHEMES:-fp8-channel fp8-block fp8-tensor}
+MS=${MS:-1024,8192}
+SHAPES=${SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3,Granite-3B-A800M}
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout ${TEST_TIMEOUT:-240} build/bin/moeq_tests -tc="${TEST_FILTER:-cuda:*,gpu*}" > "$OUT/tests.txt" 2>&1
+  echo "moeq_tests rc=$?"
+  grep -E "ERROR|FAILED|test cases|assertions" "$OUT/tests.txt" | head -20
+fi
+FL=$($H --floors-only 2>&1 | tee "$OUT/floors.txt" | sed -n 's/^FLOORS //p'); [ -n "$FL" ] || FL=3000,1500,780
+echo "floors $FL"
+for s in $SCHEMES; do
+  MOEQ_CT_FP8_WGMMA_N=256 timeout 150 $H --no-time --no-routing --scheme $s > "$OUT/check256_$s.txt" 2>&1
+  echo "check (fp8 wgmma 256 forced) $s rc=$? pass=$(grep -c PASS "$OUT/check256_$s.txt")"
+  grep -E "FAIL|error" "$OUT/check256_$s.txt" | head -4
+done
+for v in A B; do
+  for s in $SCHEMES; do
+    if [ $v = B ]; then export MOEQ_CT_FP8_WGMMA_N=128; else unset MOEQ_CT_FP8_WGMMA_N; fi
+    timeout 150 $H --no-check --no-routing --scheme $s --shape "$SHAPES" --m "$MS" --floors $FL --seconds ${SECONDS_PER_CASE:-0.15} \
+      > "$OUT/time${v}_$s.txt" 2>&1
+    echo "time $v $s rc=$?"
+  done
+done
+unset MOEQ_CT_FP8_WGMMA_N
+grep -h '^ROW' "$OUT"/timeA_*.txt > "$OUT/rowsA.csv"; grep -h '^ROW' "$OUT"/timeB_*.txt > "$OUT/rowsB.csv"
+paste -d' ' <(cut -d, -f2-5 "$OUT/rowsA.csv") <(cut -d, -f5 "$OUT/rowsB.csv") | head -60

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Here, before a device call: stripped copies of the CUDA build small enough to carry
+# (build/carry: moeq, moeq_tests, the plugins; .devbuild: the harness and its JIT cache,
+# precompiled for sm_90a so the device spends no time in NVRTC). Both paths are git-ignored;
+# name them in the device call's `carry`.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+mkdir -p build/carry/bin build/carry/plugins .devbuild
+for b in moeq moeq_tests; do strip -o "build/carry/bin/$b" "build/bin/$b"; done
+for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" "$p"; done
+strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
+rm -rf .devbuild/jitcache
+MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
+du -sh build/carry .devbuild
