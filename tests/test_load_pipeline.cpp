@@ -254,6 +254,55 @@ TEST_CASE("moeq bench load options of --synthesize without it are usage errors, 
   }
 }
 
+TEST_CASE("moeq bench apply --dims refuses malformed geometries and those the kernels cannot run (exit 2)") {
+  check_usage_errors(
+      "bench apply",
+      {
+          {"--dims 64,6,2048", "--dims: wants E,TOPK,H,I or NAME=E,TOPK,H,I (four positive integers), found '64,6,2048'"},
+          {"--dims 64,6,2048,1408,1", "--dims: wants E,TOPK,H,I or NAME=E,TOPK,H,I (four positive integers)"},
+          {"--dims 64,0,2048,1408", "found '64,0,2048,1408'"},
+          {"--dims 64,-6,2048,1408", "found '64,-6,2048,1408'"},
+          {"--dims 64,6,2048,14x", "found '64,6,2048,14x'"},
+          {"--dims 64,,2048,1408", "found '64,,2048,1408'"},
+          {"--dims 64,6,2048,1408,", "found '64,6,2048,1408,'"},
+          {"--dims =64,6,2048,1408", "--dims: '=64,6,2048,1408': the name before '=' must be letters, digits"},
+          {"--dims a/b=64,6,2048,1408", "the name before '=' must be letters, digits, '-', '_' or '.'"},
+          {"--dims x=64,6,2048", "found 'x=64,6,2048'"},
+          {"--dims Mixtral-8x7B=8,2,4096,14336", "'Mixtral-8x7B' is a named shape (--shape)"},
+          {"--dims 8,9,2048,1408", "--dims: TOPK=9 in '8,9,2048,1408': more than the 8 experts"},
+          {"--dims 64,33,2048,1408", "--dims: TOPK=33 in '64,33,2048,1408': the kernels take top_k of at most 32"},
+          {"--dims 2048,8,2048,1408", "--dims: E=2048 in '2048,8,2048,1408': the kernels take at most 1024 experts"},
+          {"--dims 64,6,2064,1400", "--dims: I=1400 in '64,6,2064,1400': the intermediate size must be a multiple of 16"},
+          {"--dims 64,6,2050,1408", "--dims: H=2050 in '64,6,2050,1408': the hidden size must be a multiple of 16"},
+          {"--dims 64,6,8,1408", "--dims: H=8 in '64,6,8,1408': the hidden size must be a multiple of 16"},
+          {"--dims 64,6,2048,1408 --dims 8,2,64,32 --dims 64,6,2048,1408",
+           "--dims: '64,6,2048,1408' names the case 'E64-k6-H2048-I1408' a second time"},
+          {"--dims g=64,6,2048,1408 --dims g=8,2,64,32", "--dims: 'g=8,2,64,32' names the case 'g' a second time"},
+          {"--dims E8-k2-H64-I32=8,2,64,32 --dims 8,2,64,32", "names the case 'E8-k2-H64-I32' a second time"},
+          {"--dims 64,32,65536,1408", "--dims: '64,32,65536,1408' at M=8192 is too large for the kernels' 32-bit row "
+                                      "indexing; give a smaller --m"},
+          {"--m 1,100000000 --dims 8,8,16,16", "at M=100000000 is too large"},
+          {"--dims 8,2,64,32 8,2,64,32", "8,2,64,32"},  // one value per --dims: the second is not taken
+      });
+}
+
+TEST_CASE("moeq bench apply takes --dims alone or with --shape and stops, without a driver, before GPU work") {
+  CliRun h = run_moeq_cli("bench apply --help");
+  CHECK(h.code == 0);
+  CHECK(h.out.find("--dims") != std::string::npos);
+  // The 32-bit bound follows --m: what M=8192 refuses, M=16 takes.
+  for (const char* args : {"--dims 64,6,2048,1408", "--dims my.geom_1=8,2,64,32 --shape Mixtral-8x7B --dims 8,8,16,16",
+                           "--dims 1024,32,7168,2048 --m 1,16 --json", "--dims 64,32,65536,1408 --m 16"}) {
+    CliRun r = run_moeq_cli(std::string("bench apply ") + args);
+    CAPTURE(args);
+    CAPTURE(r.out);
+    CHECK(r.out.find("--dims:") == std::string::npos);
+    if (cuda::available()) continue;  // it would run; the GPU test below runs one
+    CHECK(r.code == 1);
+    CHECK((r.out.find("no CUDA driver") != std::string::npos || r.out.find("without a CUDA toolkit") != std::string::npos));
+  }
+}
+
 #if MOEQ_HAVE_GPU_BENCH
 namespace {
 
@@ -344,6 +393,43 @@ TEST_CASE("moeq bench apply takes --json and, without a driver, stops before any
   CAPTURE(r.out);
   CHECK(r.code == 1);
   CHECK(r.out.find("no CUDA driver") != std::string::npos);
+}
+
+TEST_CASE("gpu moeq bench apply --dims --json carries every timed case with its dims, times, floor and check") {
+  if (!device_or_skip()) return;
+  CliRun r = run_moeq_cli("bench apply --json --scheme bf16,w8a16 --dims 8,2,64,32 --dims tiny=16,4,128,48 --m 1,5 "
+                          "--seconds 0.01",
+                          "", false);
+  CAPTURE(r.out);
+  CHECK(r.code == 0);
+  const boost::json::object o = boost::json::parse(r.out).as_object();
+  CHECK(o.at("checks_passed").as_bool());
+  CHECK(o.at("ok").as_bool());
+  CHECK(o.at("not_timed").as_array().empty());
+  const boost::json::array& shapes = o.at("shapes").as_array();
+  REQUIRE(shapes.size() == 2);  // --dims alone: no named shape runs
+  CHECK(shapes.at(0).at("name").as_string() == "E8-k2-H64-I32");
+  CHECK(shapes.at(1).at("name").as_string() == "tiny");
+  CHECK(shapes.at(1).at("from").as_string() == "dims");
+  const boost::json::array& rows = o.at("rows").as_array();
+  REQUIRE(rows.size() == 2 * 2 * 2);  // shapes x schemes x M
+  for (const boost::json::value& v : rows) {
+    const boost::json::object& row = v.as_object();
+    CAPTURE(boost::json::serialize(row));
+    const bool tiny = row.at("shape").as_string() == "tiny";
+    CHECK(row.at("E").as_int64() == (tiny ? 16 : 8));
+    CHECK(row.at("top_k").as_int64() == (tiny ? 4 : 2));
+    CHECK(row.at("H").as_int64() == (tiny ? 128 : 64));
+    CHECK(row.at("I").as_int64() == (tiny ? 48 : 32));
+    CHECK(row.at("us").as_double() > 0);
+    CHECK(row.at("floor_us").as_double() > 0);
+    CHECK(row.at("check").at("passed").as_bool());
+    CHECK_FALSE(row.at("stages_us").as_object().empty());
+  }
+  bool tiny_checked = false;
+  for (const boost::json::value& v : o.at("checks").as_array())
+    tiny_checked = tiny_checked || (v.at("label").as_string() == "tiny" && v.at("m").as_int64() == 4);
+  CHECK(tiny_checked);
 }
 #endif
 

@@ -144,7 +144,14 @@ struct CheckCase {
   bool core_ref = false;  // also compare with ref::moe_forward over every local expert
 };
 
-bool run_check(Ctx& c, const CheckCase& k, uint64_t seed) {
+// What one check measured (-1: not measured in this case), for --json.
+struct CheckResult {
+  bool pass = false, deterministic = false, graph_ok = false;
+  double err_g1 = -1, err_g2 = -1, err = -1, err16 = -1, err_core = -1;
+  std::string error;  // what threw, if the check could not run
+};
+
+bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = nullptr) {
   const auto& d = k.dims;
   const int64_t M = k.m, H = d.hidden;
   DeviceLayer layer(c.fill, c.d, k.spec, d, seed, c.s);
@@ -311,6 +318,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed) {
   c.out << std::defaultfloat << (deterministic ? ", bitwise repeatable" : ", NOT REPEATABLE")
         << (graph_ok ? ", graph replay identical" : ", GRAPH REPLAY DIFFERS") << "\n";
   c.out.flush();
+  if (detail) *detail = {pass, deterministic, graph_ok, err_g1, err_g2, err, err16, err_core, ""};
   return pass;
 }
 
@@ -390,7 +398,9 @@ bool check_routing(Ctx& c, uint64_t seed) {
 
 struct Row {
   std::string shape, scheme;
+  int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
   int64_t m = 0;
+  std::vector<std::pair<std::string, double>> stages;  // us from the run with an event after each kernel
   double us_graph = 0, us_stream = 0, bytes = 0, flops = 0, floor_us = 0;
   int64_t experts_hit = 0;
   double ratio() const { return us_graph / floor_us; }
@@ -461,14 +471,20 @@ std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeS
       marks.emplace_back(name + 4, pool[used++]);  // drop the "moe_" prefix
     });
     std::string stages;
+    Row row;
     Event prev = e0;
     for (const auto& [name, ev] : marks) {
-      stages += " " + name + " " + fmt(static_cast<double>(c.d.elapsed_ms(prev, ev)) * 1e3, 1);
+      const double us = static_cast<double>(c.d.elapsed_ms(prev, ev)) * 1e3;
+      stages += " " + name + " " + fmt(us, 1);
+      row.stages.emplace_back(name, us);
       prev = ev;
     }
 
-    Row row;
     row.shape = shape.name;
+    row.experts = shape.experts;
+    row.top_k = shape.top_k;
+    row.hidden = shape.hidden;
+    row.inter = shape.inter;
     row.scheme = spec.name;
     row.m = m;
     row.us_stream = median(t_stream);
@@ -538,12 +554,13 @@ Selection select(const BenchOptions& opt) {
     if (!s) fail("bench: unknown scheme '" + n + "' (bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16)");
     sel.schemes.push_back(*s);
   }
-  if (opt.shapes.empty()) sel.shapes = named_shapes();
+  if (opt.shapes.empty() && opt.extra_shapes.empty()) sel.shapes = named_shapes();
   for (const auto& n : opt.shapes) {
     auto s = shape_by_name(n);
     if (!s) fail("bench: unknown shape '" + n + "' (Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M)");
     sel.shapes.push_back(*s);
   }
+  sel.shapes.insert(sel.shapes.end(), opt.extra_shapes.begin(), opt.extra_shapes.end());
   if (!opt.check) return sel;
   std::vector<SchemeSpec> check_schemes = sel.schemes;
   for (const auto& s : sel.schemes)
@@ -651,13 +668,28 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
         << "; cuBLASLt: " << fl.cublaslt << "\n";
     return fl.fp8_tflops > 0 && fl.bf16_tflops > 0 ? 0 : 1;
   }
-  bool ok = true;
-  if (opt.routing) ok = check_routing(c, opt.seed) && ok;
+  bool ok = true, routing_ok = true;
+  if (opt.routing) ok = routing_ok = check_routing(c, opt.seed);
+  std::vector<CheckResult> checks(sel.checks.size());
   if (opt.check) {
     log << "-- correctness (synthetic shapes: tails, EP with non-local experts, chunking; real shapes at M=4)\n";
     uint64_t seed = opt.seed;
-    for (const auto& k : sel.checks) ok = run_check(c, k, ++seed) && ok;
+    for (size_t i = 0; i < sel.checks.size(); ++i) {
+      // NOTE: a geometry the kernels refuse or the card cannot hold fails its own check and the
+      // run goes on, so that the other cases' results still come out.
+      try {
+        ok = run_check(c, sel.checks[i], ++seed, &checks[i]) && ok;
+      } catch (const std::exception& e) {
+        checks[i].error = e.what();
+        ok = false;
+        log << "FAIL " << sel.checks[i].label << " " << sel.checks[i].spec.name << ": " << e.what() << "\n";
+      }
+    }
   }
+  struct Failed {
+    std::string shape, scheme, error;
+  };
+  std::vector<Failed> failed;
   Floors fl;
   std::vector<Row> rows;
   if (opt.time) {
@@ -675,8 +707,13 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
         << "); bf16 " << fmt(fl.bf16_tflops, 0) << " TFLOP/s (" << fl.bf16_note << ")\n-- timing\n";
     for (const auto& sh : sel.shapes)
       for (const auto& s : sel.schemes) {
-        auto r = time_shape_scheme(c, sh, s, opt.ms, fl, opt);
-        rows.insert(rows.end(), r.begin(), r.end());
+        try {
+          auto r = time_shape_scheme(c, sh, s, opt.ms, fl, opt);
+          rows.insert(rows.end(), r.begin(), r.end());
+        } catch (const std::exception& e) {
+          failed.push_back({sh.name, s.name, e.what()});
+          log << "  " << sh.name << " " << s.name << ": NOT TIMED: " << e.what() << "\n";
+        }
       }
     std::ostringstream table;
     print_table(table, rows, fl, d, opt.ms);
@@ -685,30 +722,109 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
   }
   log << "JIT: " << fmt(c.modules.compile_ms() / 1e3, 1) << " s of NVRTC compile time in this run\n";
   log << (ok ? "ALL CHECKS PASSED\n" : "SOME CHECKS FAILED\n");
+  if (!failed.empty()) log << failed.size() << " (shape, scheme) NOT TIMED (errors above)\n";
   if (opt.json) {
-    boost::json::array json_rows;
-    for (const Row& r : rows)
-      json_rows.push_back(boost::json::object{{"shape", r.shape},
-                                              {"scheme", r.scheme},
-                                              {"m", r.m},
-                                              {"us", r.us_graph},
-                                              {"us_no_graph", r.us_stream},
-                                              {"bytes", r.bytes},
-                                              {"flops", r.flops},
-                                              {"floor_us", r.floor_us},
-                                              {"time_over_floor", r.ratio()},
-                                              {"experts_hit", r.experts_hit}});
-    out << boost::json::serialize(boost::json::object{
+    namespace bj = boost::json;
+    const auto measured = [](double v) -> bj::value { return v >= 0 ? bj::value(v) : bj::value(nullptr); };
+    bj::array json_checks;
+    for (size_t i = 0; i < sel.checks.size() && opt.check; ++i) {
+      const CheckCase& k = sel.checks[i];
+      const CheckResult& r = checks[i];
+      bj::object o{{"label", k.label},
+                   {"scheme", k.spec.name},
+                   {"E", k.global_experts},
+                   {"local_experts", k.dims.num_experts},
+                   {"first_expert", k.dims.first_expert},
+                   {"top_k", k.dims.top_k},
+                   {"H", k.dims.hidden},
+                   {"I", k.dims.inter},
+                   {"m", k.m},
+                   {"chunk", k.chunk},
+                   {"passed", r.pass},
+                   {"rel_l2", bj::object{{"gemm1", measured(r.err_g1)},
+                                         {"gemm2", measured(r.err_g2)},
+                                         {"end_to_end", measured(r.err)},
+                                         {"bf16_out", measured(r.err16)},
+                                         {"core", measured(r.err_core)}}},
+                   {"repeatable", r.deterministic},
+                   {"graph_identical", r.graph_ok}};
+      if (!r.error.empty()) o["error"] = r.error;
+      json_checks.push_back(std::move(o));
+    }
+    // The check of a timed case's own geometry and scheme (M=4, every expert local); null
+    // without checks.
+    const auto row_check = [&](const Row& row) -> bj::value {
+      if (!opt.check) return nullptr;
+      bool any = false, pass = true;
+      double err = -1;
+      for (size_t i = 0; i < sel.checks.size(); ++i) {
+        const CheckCase& k = sel.checks[i];
+        if (k.label != row.shape || k.spec.name != row.scheme || k.global_experts != row.experts ||
+            k.dims.num_experts != row.experts || k.dims.top_k != row.top_k || k.dims.hidden != row.hidden ||
+            k.dims.inter != row.inter)
+          continue;
+        any = true;
+        pass = pass && checks[i].pass;
+        err = std::max(err, checks[i].err);
+      }
+      if (!any) return nullptr;
+      return bj::object{{"m", 4}, {"passed", pass}, {"rel_l2", measured(err)}};
+    };
+    bj::array json_rows;
+    for (const Row& r : rows) {
+      bj::object stages;
+      for (const auto& [name, us] : r.stages) stages[name] = us;
+      json_rows.push_back(bj::object{{"shape", r.shape},
+                                     {"E", r.experts},
+                                     {"top_k", r.top_k},
+                                     {"H", r.hidden},
+                                     {"I", r.inter},
+                                     {"scheme", r.scheme},
+                                     {"m", r.m},
+                                     {"us", r.us_graph},
+                                     {"us_no_graph", r.us_stream},
+                                     {"stages_us", std::move(stages)},
+                                     {"bytes", r.bytes},
+                                     {"flops", r.flops},
+                                     {"floor_us", r.floor_us},
+                                     {"time_over_floor", r.ratio()},
+                                     {"experts_hit", r.experts_hit},
+                                     {"check", row_check(r)}});
+    }
+    bj::array json_shapes, json_failed, json_ms, json_schemes;
+    for (const ShapeSpec& sh : sel.shapes) {
+      const bool given = std::any_of(opt.extra_shapes.begin(), opt.extra_shapes.end(),
+                                     [&](const ShapeSpec& x) { return x.name == sh.name; });
+      json_shapes.push_back(bj::object{{"name", sh.name},
+                                       {"E", sh.experts},
+                                       {"top_k", sh.top_k},
+                                       {"H", sh.hidden},
+                                       {"I", sh.inter},
+                                       {"from", given ? "dims" : "shape"}});
+    }
+    for (const Failed& f : failed)
+      json_failed.push_back(bj::object{{"shape", f.shape}, {"scheme", f.scheme}, {"error", f.error}});
+    for (int64_t m : opt.ms) json_ms.push_back(m);
+    for (const SchemeSpec& sc : sel.schemes) json_schemes.push_back(bj::value(sc.name));
+    out << bj::serialize(bj::object{
                {"device", d.info().name},
                {"arch", d.arch()},
-               {"floors", boost::json::object{{"copy_gbps", fl.copy_gbps},
-                                              {"fp8_tflops", fl.fp8_tflops},
-                                              {"bf16_tflops", fl.bf16_tflops}}},
-               {"rows", json_rows},
-               {"checks_passed", ok}})
+               {"floors", bj::object{{"copy_gbps", fl.copy_gbps},
+                                     {"fp8_tflops", fl.fp8_tflops},
+                                     {"bf16_tflops", fl.bf16_tflops}}},
+               {"shapes", std::move(json_shapes)},
+               {"schemes", std::move(json_schemes)},
+               {"ms", std::move(json_ms)},
+               {"seconds_per_case", opt.seconds_per_case},
+               {"rows", std::move(json_rows)},
+               {"not_timed", std::move(json_failed)},
+               {"checks", std::move(json_checks)},
+               {"routing_checks_passed", opt.routing ? bj::value(routing_ok) : bj::value(nullptr)},
+               {"checks_passed", ok},
+               {"ok", ok && failed.empty()}})
         << "\n";
   }
-  return ok ? 0 : 1;
+  return ok && failed.empty() ? 0 : 1;
 }
 
 }  // namespace moeq::gpu_harness

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_layer.hpp"
 #include "gpu/moe_runner.hpp"
 
 #include <moeq/strings.hpp>
@@ -14,7 +15,8 @@ namespace moeq::gpu_harness {
 
 struct BenchOptions {
   std::vector<std::string> schemes;  // empty = bf16, fp8-channel, fp8-block, fp8-tensor, w8a16
-  std::vector<std::string> shapes;   // empty = the four named shapes
+  std::vector<std::string> shapes;   // empty = the four named shapes (unless extra_shapes is given)
+  std::vector<ShapeSpec> extra_shapes;  // other geometries (`bench apply --dims`), after the named ones
   std::vector<int64_t> ms = {1, 16, 128, 1024, 8192};
   bool check = true;         // correctness before timing (synthetic shapes + M=4 on real ones)
   bool time = true;
@@ -33,8 +35,9 @@ using ::moeq::split_list;  // command-line lists (moeq/strings.hpp)
 double median(std::vector<double> v);
 std::string fmt(double v, int prec = 1);
 
-// Prints progress and a final table to `out` (with options.json: to stderr, and the timed rows
-// as one JSON object to `out`). Returns 0 when every check passed.
+// Prints progress and a final table to `out` (with options.json: to stderr, and one JSON object
+// to `out`: every timed case with its shape's dims, times, floor and that shape's check, every
+// check, every case that failed). Returns 0 when every check passed and every case ran.
 int run_bench(const BenchOptions& options, std::ostream& out);
 
 // Compiles (into the JIT cache, MOEQ_CACHE_DIR) every kernel set run_bench would

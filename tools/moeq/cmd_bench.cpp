@@ -14,6 +14,7 @@
 #include <moeq_writer/synthetic.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <filesystem>
 #include <functional>
@@ -92,6 +93,62 @@ std::string dims_refusal(const std::string& v) {
   return d && d->size() == 3 ? "" : "wants E,H,I (three positive integers), found '" + v + "'";
 }
 
+}  // namespace
+
+std::optional<ApplyDims> parse_apply_dims(const std::string& v, std::string& why) {
+  // The named shapes of --shape (gpu_harness::named_shapes(), which a build without NVRTC lacks).
+  static const char* const kNamed[] = {"Mixtral-8x7B", "Qwen3-30B-A3B", "DeepSeek-V3", "Granite-3B-A800M"};
+  ApplyDims d;
+  std::string numbers = v;
+  if (const size_t eq = v.find('='); eq != std::string::npos) {
+    d.name = v.substr(0, eq);
+    numbers = v.substr(eq + 1);
+    const auto name_char = [](char ch) {
+      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
+    };
+    if (d.name.empty() || !std::all_of(d.name.begin(), d.name.end(), name_char)) {
+      why = "'" + v + "': the name before '=' must be letters, digits, '-', '_' or '.'";
+      return std::nullopt;
+    }
+    if (std::find(std::begin(kNamed), std::end(kNamed), d.name) != std::end(kNamed)) {
+      why = "'" + v + "': '" + d.name + "' is a named shape (--shape); give this geometry another name";
+      return std::nullopt;
+    }
+  }
+  const std::optional<std::vector<int64_t>> n = positive_integers(numbers);
+  if (!n || n->size() != 4) {
+    why = "wants E,TOPK,H,I or NAME=E,TOPK,H,I (four positive integers), found '" + v + "'";
+    return std::nullopt;
+  }
+  d.experts = (*n)[0];
+  d.top_k = (*n)[1];
+  d.hidden = (*n)[2];
+  d.inter = (*n)[3];
+  // What the fused-MoE kernels take (MoePlan): 1..1024 experts, top_k 1..32 of them, hidden and
+  // intermediate sizes positive multiples of 16.
+  const std::string in = " in '" + v + "'";
+  if (d.experts > 1024) why = "E=" + std::to_string(d.experts) + in + ": the kernels take at most 1024 experts";
+  else if (d.top_k > 32) why = "TOPK=" + std::to_string(d.top_k) + in + ": the kernels take top_k of at most 32";
+  else if (d.top_k > d.experts)
+    why = "TOPK=" + std::to_string(d.top_k) + in + ": more than the " + std::to_string(d.experts) + " experts";
+  else if (d.hidden % 16 != 0) why = "H=" + std::to_string(d.hidden) + in + ": the hidden size must be a multiple of 16";
+  else if (d.inter % 16 != 0)
+    why = "I=" + std::to_string(d.inter) + in + ": the intermediate size must be a multiple of 16";
+  if (!why.empty()) return std::nullopt;
+  if (d.name.empty())
+    d.name = "E" + std::to_string(d.experts) + "-k" + std::to_string(d.top_k) + "-H" + std::to_string(d.hidden) + "-I" +
+             std::to_string(d.inter);
+  return d;
+}
+
+namespace {
+
+std::string apply_dims_refusal(const std::string& v) {
+  std::string why;
+  parse_apply_dims(v, why);
+  return why;
+}
+
 #if MOEQ_HAVE_GPU_BENCH
 std::vector<std::string> bench_scheme_names() {
   std::vector<std::string> out;
@@ -119,9 +176,35 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
       "comma list of bf16, fp8-channel, fp8-block, fp8-tensor, fp8-tensor-static, w8a16 (default: all but "
       "fp8-tensor-static)");
   auto* apply_shape = apply_->add_option(
-      "--shape", shapes_, "comma list of Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M (default: all)");
+      "--shape", shapes_,
+      "comma list of Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M (default: all, unless --dims is given)");
+  apply_->add_option("--dims", apply_dims_,
+                     "another geometry, E,TOPK,H,I (named E<E>-k<TOPK>-H<H>-I<I>) or NAME=E,TOPK,H,I; repeatable, "
+                     "with --shape or instead of it (then only these run). E <= 1024, TOPK <= min(E, 32), H and I "
+                     "multiples of 16")
+      ->check(apply_dims_refusal)
+      ->allow_extra_args(false);
   apply_->add_option("--m", ms_, "comma list of token counts (positive, each once)")
       ->check(distinct_list(token_count_refusal));
+  // NOTE: what needs all of --dims and --m together is checked once parsing is done, still as a
+  // usage error: a geometry given twice (one name for two cases), and 32-bit row indexing.
+  apply_->final_callback([this] {
+    std::vector<std::string> names;
+    const std::vector<int64_t> ms = *positive_integers(ms_);
+    const int64_t max_m = *std::max_element(ms.begin(), ms.end());
+    for (const std::string& v : apply_dims_) {
+      std::string why;
+      const ApplyDims d = *parse_apply_dims(v, why);  // each checked while parsing
+      if (std::find(names.begin(), names.end(), d.name) != names.end())
+        throw CLI::ValidationError("--dims", "'" + v + "' names the case '" + d.name + "' a second time");
+      names.push_back(d.name);
+      // In double: the factors may be anything up to int64's range.
+      const double rows = static_cast<double>(max_m) * static_cast<double>(d.top_k);
+      if (rows * static_cast<double>(std::max(d.hidden, d.inter)) >= 0x1p31 || rows >= 0x1p30)
+        throw CLI::ValidationError("--dims", "'" + v + "' at M=" + std::to_string(max_m) +
+                                                 " is too large for the kernels' 32-bit row indexing; give a smaller --m");
+    }
+  });
   apply_->add_flag("--no-check", no_check_, "skip the correctness checks");
   apply_->add_option("--seconds", seconds_, "timing budget of one (shape, scheme, M)");
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
@@ -203,6 +286,11 @@ int BenchCommand::run_apply() const {
   gpu_harness::BenchOptions o;
   o.schemes = split_list(schemes_);
   o.shapes = split_list(shapes_);
+  for (const std::string& v : apply_dims_) {
+    std::string why;
+    const ApplyDims d = *parse_apply_dims(v, why);  // checked while parsing
+    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
+  }
   o.ms = *positive_integers(ms_);  // checked while parsing
   o.check = !no_check_;
   o.seconds_per_case = seconds_;

@@ -8,9 +8,21 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace moeq::cli {
+
+// One `bench apply --dims` value: "E,TOPK,H,I" (named E<E>-k<TOPK>-H<H>-I<I>) or
+// "NAME=E,TOPK,H,I". nullopt with `why` set when the value is malformed or names a geometry the
+// kernels cannot run (MoePlan's limits).
+struct ApplyDims {
+  std::string name;
+  int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
+};
+std::optional<ApplyDims> parse_apply_dims(const std::string& value, std::string& why);
 
 class BenchCommand {
  public:
@@ -32,6 +44,7 @@ class BenchCommand {
   CLI::App* jit_ = nullptr;
   // apply
   std::string schemes_, shapes_, ms_ = "1,16,128,1024,8192", markdown_;
+  std::vector<std::string> apply_dims_;
   bool no_check_ = false;
   double seconds_ = 0.25;
   // load
