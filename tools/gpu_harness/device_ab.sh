@@ -4,7 +4,8 @@
 # bm=128 bucket runs them), then the same cases timed with the heuristic's choice (A) and with
 # every fp8 wgmma tile 128 wide (B, the previous kernels). Runs the stripped copies in
 # build/carry and .devbuild (see make_carry.sh); logs under $OUT.
-#   SCHEMES (fp8-channel fp8-block fp8-tensor), SHAPES (all four), MS (1024,8192), TESTS=0 skips the tests.
+#   SCHEMES (fp8-channel fp8-block fp8-tensor bf16), SHAPES (all four), MS (1024,8192), TESTS=0 skips the tests,
+#   VARIANTS (below).
 set -u
 OUT=${OUT:-/tmp/moeq_out}
 mkdir -p "$OUT" build/bin build/plugins
@@ -16,7 +17,7 @@ done
 export LD_LIBRARY_PATH MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-$PWD/.devbuild/jitcache}
 H=./.devbuild/moeq_gpu_harness
-SCHEMES=${SCHEMES:-fp8-channel fp8-block fp8-tensor}
+SCHEMES=${SCHEMES:-fp8-channel fp8-block fp8-tensor bf16}
 MS=${MS:-1024,8192}
 SHAPES=${SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3,Granite-3B-A800M}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -27,19 +28,27 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 FL=$($H --floors-only 2>&1 | tee "$OUT/floors.txt" | sed -n 's/^FLOORS //p'); [ -n "$FL" ] || FL=3000,1500,780
 echo "floors $FL"
-for s in $SCHEMES; do
+for s in ${CHECK_SCHEMES:-fp8-channel fp8-block fp8-tensor}; do
   MOEQ_CT_FP8_WGMMA_N=256 timeout 150 $H --no-time --no-routing --scheme $s > "$OUT/check256_$s.txt" 2>&1
   echo "check (fp8 wgmma 256 forced) $s rc=$? pass=$(grep -c PASS "$OUT/check256_$s.txt")"
   grep -E "FAIL|error" "$OUT/check256_$s.txt" | head -4
 done
-for v in A B; do
+# VARIANTS: name=ENV[,ENV...] per variant, timed in turn ("-" for none).
+VARIANTS=${VARIANTS:-"A=- B=MOEQ_CT_FP8_WGMMA_N=128 C=MOEQ_CT_WGMMA_SERIAL=1,MOEQ_CT_FP8_WGMMA_N=128"}
+names=()
+for spec in $VARIANTS; do
+  v=${spec%%=*}; envs=${spec#*=}; names+=("$v")
   for s in $SCHEMES; do
-    if [ $v = B ]; then export MOEQ_CT_FP8_WGMMA_N=128; else unset MOEQ_CT_FP8_WGMMA_N; fi
-    timeout 150 $H --no-check --no-routing --scheme $s --shape "$SHAPES" --m "$MS" --floors $FL --seconds ${SECONDS_PER_CASE:-0.15} \
-      > "$OUT/time${v}_$s.txt" 2>&1
-    echo "time $v $s rc=$?"
+    ( unset MOEQ_CT_FP8_WGMMA_N MOEQ_CT_WGMMA_SERIAL
+      [ "$envs" = - ] || for e in ${envs//,/ }; do export "$e"; done
+      timeout 150 $H --no-check --no-routing --scheme $s --shape "$SHAPES" --m "$MS" --floors $FL \
+        --seconds ${SECONDS_PER_CASE:-0.15} > "$OUT/time${v}_$s.txt" 2>&1
+      echo "time $v ($envs) $s rc=$?" )
   done
+  grep -h '^ROW' "$OUT"/time${v}_*.txt > "$OUT/rows$v.csv"
 done
-unset MOEQ_CT_FP8_WGMMA_N
-grep -h '^ROW' "$OUT"/timeA_*.txt > "$OUT/rowsA.csv"; grep -h '^ROW' "$OUT"/timeB_*.txt > "$OUT/rowsB.csv"
-paste -d' ' <(cut -d, -f2-5 "$OUT/rowsA.csv") <(cut -d, -f5 "$OUT/rowsB.csv") | head -60
+# shape,scheme,M, then the graph-replay µs of each variant in VARIANTS order
+cols=(<(cut -d, -f2-5 "$OUT/rows${names[0]}.csv"))
+for v in "${names[@]:1}"; do cols+=(<(cut -d, -f5 "$OUT/rows$v.csv")); done
+echo "shape,scheme,M ${names[*]}"
+paste -d' ' "${cols[@]}" | tee "$OUT/ab.txt"

@@ -62,7 +62,7 @@ int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind
 std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t) {
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
-           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ">";
+           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
   return "GroupedGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
          ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.warps_m) + ", " + s(t.warps_n) + ", " + s(t.stages) + ", " +
          s(sc.scale_k) + ">";
@@ -128,6 +128,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.scale_k = scheme_.scale_k;
   hin.wide_fp8 = fp8 && (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 128 == 0));
   if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
+  if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   hin.num_experts = d.num_experts;
   hin.top_k = d.top_k;
   hin.hidden = d.hidden;
@@ -185,7 +186,8 @@ std::vector<KernelSetSource> MoePlan::sources() const {
     k.name = std::string("ct_moe_") + kind_name(scheme_.kind) + "_w" + ws_name(scheme_.wscale) + "_a" +
              am_name(scheme_.amode) + (scheme_.amode == mk::kAGroup ? "_g" + s(scheme_.act_group) : "") +
              (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup ? "_k" + s(scheme_.scale_k) : "") +
-             "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) + (b.gemm1.wgmma ? "_wgmma" : "");
+             "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) +
+             (b.gemm1.wgmma ? (b.gemm1.pipelined ? "_wgmma" : "_wgmma_serial") : "");
     std::string& src = k.source;
     // NOTE: the text names the tiles only (not the bucket's M range), so that layers whose
     // buckets pick the same tiles share one cache entry.

@@ -42,6 +42,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, cons
     }
     t.stages = 6;
     while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
+    t.pipelined = !in.wgmma_serial;
     return t;
   }
   switch (bm) {
@@ -104,7 +105,7 @@ int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
 
 std::string describe(const Bucket& b) {
   auto tile = [&](const GemmTile& t) {
-    return std::string(t.wgmma ? "wgmma " : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
+    return std::string(t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
            std::to_string(t.warps_m) + "x" + std::to_string(t.warps_n) + " s" + std::to_string(t.stages);
   };
   return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2);

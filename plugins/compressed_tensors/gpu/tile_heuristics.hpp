@@ -13,6 +13,7 @@ struct GemmTile {
   int warps_n = 4;
   int stages = 4;
   bool wgmma = false;  // Hopper warpgroup MMA mainloop (moe_wgmma.cuh) instead of mma.sync
+  bool pipelined = true;  // wgmma: a tile's MMAs in flight during the previous tile's promotion
   int threads() const { return 32 * warps_m * warps_n; }
 };
 
@@ -36,6 +37,7 @@ struct HeuristicInput {
   // 0: the heuristic decides; 128 or 256: every fp8 wgmma tile this wide (MOEQ_CT_FP8_WGMMA_N,
   // for measuring one against the other).
   int force_fp8_bn = 0;
+  bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
   int64_t num_experts = 0; // local
   int64_t top_k = 0;
   int64_t hidden = 0;

@@ -19,6 +19,7 @@ namespace moeq_kernels {
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 // Keeps the compiler from moving accumulator reads or writes across an asynchronous MMA.
@@ -90,7 +91,7 @@ __device__ __forceinline__ void wgmma_tile_step(float* d, unsigned long long da,
 }
 #endif
 
-template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES>
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, bool kPipe = true>
 struct WgmmaGemm {
   static constexpr int kWarpgroups = BM / 64;
   static constexpr int kThreads = 128 * kWarpgroups;
@@ -108,6 +109,11 @@ struct WgmmaGemm {
   static constexpr int kHalvesN = kPromote && BN == 256 ? 2 : 1;
   static constexpr int kPartAcc = kAcc / kHalvesN;
   static_assert(kKind != kKindFp8 || BN == 128 || BN == 256, "fp8 wgmma tiles are 128 or 256 wide");
+  // One tile's MMAs in flight during the previous tile's promotion (moe_wgmma.cuh's mainloop);
+  // 256-wide fp8 tiles have no registers for a second `part` and run tile by tile.
+  // Block scales per fragment would need a second set of them too (spills): those tiles also
+  // run tile by tile.
+  static constexpr bool kPipelined = kPipe && kHalvesN == 1 && STAGES >= 3 && !(kTileScales && kWS == kWBlock);
   static_assert(kKind != kKindW8A16, "W8A16 runs on the mma.sync kernel");
   static_assert(BM % 64 == 0, "wgmma tiles are whole warpgroups of 64 rows");
   static_assert(Loader::kARow == 128 && kStage % 1024 == 0, "wgmma tiles are 128-byte rows in 1024-byte atoms");
@@ -161,51 +167,130 @@ struct WgmmaGemm {
     };
 
     const int KT = (geo.K + GemmTraits<kKind>::kTileK - 1) / GemmTraits<kKind>::kTileK;
-    loader.template prologue<STAGES>(smem, kStage, KT);
-    for (int kt = 0; kt < KT; ++kt) {
-      cp_async_wait<STAGES - 2>();
-      fence_proxy_async();
-      __syncthreads();
-      loader.template refill<STAGES>(smem, kStage, kt, KT);
-
-      const u32 sA = smem_u32(smem + (kt % STAGES) * kStage);
-      const unsigned long long da = smem_desc(sA + wg * 64 * 128);
-      // NOTE: the tile's scales are read before the MMAs are waited for, so their latency hides.
-      float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
-      sw[0] = 1.0f;
-      if (kAM == kAGroup) {
-        const int kg = kt * 128 / a.act_group;
-        sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
-        sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
-      }
+    if constexpr (kPipelined) {
+      // NOTE: one K tile's MMAs stay in flight while the previous tile's partial sums are
+      // promoted (fp8: two `part` sets, used in turn) and while the block meets at the next
+      // barrier; wait_group 1 leaves the newest group running. The ring therefore refills the
+      // stage of tile kt - 2 at tile kt (both warpgroups finished with it before this tile's
+      // barrier), with STAGES - 2 tiles ahead instead of STAGES - 1.
+      float part1[kPromote ? kPartAcc : 1], sw1[kSW], sa1_0 = 1.0f, sa1_1 = 1.0f;
+      float sw0[kSW], sa0_0 = 1.0f, sa0_1 = 1.0f;
+      part1[0] = 0.0f;
 #pragma unroll
-      for (int hn = 0; hn < kHalvesN; ++hn) {
-        // Half hn of B starts 128 rows (16 KiB, 1024 descriptor units) further on.
-        const unsigned long long db = smem_desc(sA + Loader::kAStage + hn * 128 * 128);
-        float* d = kPromote ? part : acc;
+      for (int j = 0; j < kSW; ++j) sw0[j] = sw1[j] = 1.0f;
+#pragma unroll
+      for (int st = 0; st < STAGES - 2; ++st) {
+        if (st < KT) loader.load(smem + st * kStage, st);
+        cp_async_commit();
+      }
+      // Issues tile kt into `cur` (fp8) or acc (bf16) and reads its scales into (csa0, csa1, csw).
+      auto issue = [&](int kt, float (&cur)[kPromote ? kPartAcc : 1], float& csa0, float& csa1, float (&csw)[kSW]) {
+        cp_async_wait<STAGES - 3>();
+        fence_proxy_async();
+        __syncthreads();
+        const int nk = kt + STAGES - 2;
+        if (nk < KT) loader.load(smem + (nk % STAGES) * kStage, nk);
+        cp_async_commit();
+        const u32 sA = smem_u32(smem + (kt % STAGES) * kStage);
+        const unsigned long long da = smem_desc(sA + wg * 64 * 128);
+        const unsigned long long db = smem_desc(sA + Loader::kAStage);
+        float* d = kPromote ? cur : acc;
         fence_regs<kPromote ? kPartAcc : kAcc>(d);
         wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks)
           wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
         wgmma_commit();
-        if (hn == 0 && kTileScales && kWS == kWBlock) {
+        if (kAM == kAGroup) {
+          const int kg = kt * 128 / a.act_group;
+          csa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+          csa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
+        }
+        if (kTileScales && kWS == kWBlock) {
           const int kb = kt * 128 / sws.bk;
 #pragma unroll
-          for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
+          for (int j = 0; j < kSW; ++j) csw[j] = sws.at(sw_row[j], kb);
         }
-        wgmma_wait0();
-        fence_regs<kPromote ? kPartAcc : kAcc>(d);
-        if (kPromote) {
-          constexpr int kNF = NF / kHalvesN;  // fragments in `part`
+      };
+      auto promote = [&](float (&prev)[kPromote ? kPartAcc : 1], float psa0, float psa1, const float (&psw)[kSW]) {
+        if (!kPromote) return;
+        fence_regs<kPromote ? kPartAcc : 1>(prev);
 #pragma unroll
-          for (int j = 0; j < kNF; ++j) {
-            const float w = sw[kSW == 1 ? 0 : (kHalvesN == 2 ? hn : j)];
-            float* o = acc + hn * kPartAcc + 4 * j;
-            o[0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
-            o[1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
-            o[2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
-            o[3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
+        for (int j = 0; j < NF; ++j) {
+          const float w = psw[kSW == 1 ? 0 : j];
+          acc[4 * j + 0] += prev[kPromote ? 4 * j + 0 : 0] * (psa0 * w);
+          acc[4 * j + 1] += prev[kPromote ? 4 * j + 1 : 0] * (psa0 * w);
+          acc[4 * j + 2] += prev[kPromote ? 4 * j + 2 : 0] * (psa1 * w);
+          acc[4 * j + 3] += prev[kPromote ? 4 * j + 3 : 0] * (psa1 * w);
+        }
+      };
+      for (int kt = 0; kt < KT; kt += 2) {
+        issue(kt, part, sa0_0, sa0_1, sw0);
+        if (kt > 0) {
+          wgmma_wait1();
+          promote(part1, sa1_0, sa1_1, sw1);
+        }
+        if (kt + 1 < KT) {
+          issue(kt + 1, part1, sa1_0, sa1_1, sw1);
+          wgmma_wait1();
+          promote(part, sa0_0, sa0_1, sw0);
+        }
+      }
+      wgmma_wait0();
+      if (kPromote) {
+        if ((KT - 1) % 2 == 0)
+          promote(part, sa0_0, sa0_1, sw0);
+        else
+          promote(part1, sa1_0, sa1_1, sw1);
+      }
+      fence_regs<kAcc>(acc);
+    } else {
+      loader.template prologue<STAGES>(smem, kStage, KT);
+      for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait<STAGES - 2>();
+        fence_proxy_async();
+        __syncthreads();
+        loader.template refill<STAGES>(smem, kStage, kt, KT);
+
+        const u32 sA = smem_u32(smem + (kt % STAGES) * kStage);
+        const unsigned long long da = smem_desc(sA + wg * 64 * 128);
+        // NOTE: the tile's scales are read before the MMAs are waited for, so their latency hides.
+        float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
+        sw[0] = 1.0f;
+        if (kAM == kAGroup) {
+          const int kg = kt * 128 / a.act_group;
+          sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+          sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
+        }
+  #pragma unroll
+        for (int hn = 0; hn < kHalvesN; ++hn) {
+          // Half hn of B starts 128 rows (16 KiB, 1024 descriptor units) further on.
+          const unsigned long long db = smem_desc(sA + Loader::kAStage + hn * 128 * 128);
+          float* d = kPromote ? part : acc;
+          fence_regs<kPromote ? kPartAcc : kAcc>(d);
+          wgmma_fence();
+  #pragma unroll
+          for (int ks = 0; ks < 4; ++ks)
+            wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
+          wgmma_commit();
+          if (hn == 0 && kTileScales && kWS == kWBlock) {
+            const int kb = kt * 128 / sws.bk;
+  #pragma unroll
+            for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
+          }
+          wgmma_wait0();
+          fence_regs<kPromote ? kPartAcc : kAcc>(d);
+          if (kPromote) {
+            constexpr int kNF = NF / kHalvesN;  // fragments in `part`
+  #pragma unroll
+            for (int j = 0; j < kNF; ++j) {
+              const float w = sw[kSW == 1 ? 0 : (kHalvesN == 2 ? hn : j)];
+              float* o = acc + hn * kPartAcc + 4 * j;
+              o[0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
+              o[1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
+              o[2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
+              o[3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
+            }
           }
         }
       }
