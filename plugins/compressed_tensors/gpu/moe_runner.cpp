@@ -9,9 +9,9 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 288, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
-                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
+                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264 && offsetof(mk::MoeArgs, combine_count) == 272,
               "MoeArgs offsets");
 
 // NOTE: past this many (token, slot) pairs one block's align step becomes a serial tail
@@ -170,6 +170,10 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   layout_.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   layout_.y2 = take(R * H * 4);
   layout_.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
+  fused_combine_ = !(std::getenv("MOEQ_CT_SEPARATE_COMBINE") && std::string(std::getenv("MOEQ_CT_SEPARATE_COMBINE")) == "1");
+  int64_t combine_tiles = 0;
+  for (const auto& b : buckets_) combine_tiles = std::max(combine_tiles, ceil_div(H, b.gemm2.bn));
+  layout_.combine_count = take(fused_combine_ ? M * combine_tiles * 4 : 0);
   workspace_bytes_ = off;
 }
 
@@ -300,6 +304,8 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
   a.y2 = reinterpret_cast<float*>(ws + L.y2);
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
+  a.combine_count = reinterpret_cast<int*>(ws + L.combine_count);
+  a.fuse_combine = p.fused_combine() ? 1 : 0;
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -319,6 +325,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
     a.out = static_cast<unsigned char*>(io.out) + static_cast<std::size_t>(m0 * io.out_stride) * out_elem;
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
+    a.combine_tiles = static_cast<int>(ceil_div(d.hidden, b.gemm2.bn));
     if (a.align_blocks > 1) {
       launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", after);
       launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", after);
@@ -335,9 +342,11 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
              stream, &a, "moe_quant_h", after);
     launch(f.gemm2, a.max_tiles, static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn)), b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after);
-    const int64_t work = m * d.hidden / 4;
-    launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
-           "moe_combine", after);
+    if (!p.fused_combine()) {
+      const int64_t work = m * d.hidden / 4;
+      launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream,
+             &a, "moe_combine", after);
+    }
   }
 }
 

@@ -244,4 +244,70 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
   }
 }
 
+// ------------------------------------------------------------------ fused combine
+
+// GEMM2's tail when the combine is fused (a.fuse_combine): after the block has written its
+// rows of y2 for columns [n0, n0 + BN), each row takes a ticket for its (token, column tile);
+// the block holding the token's last ticket sums the token's local slots in slot order (so the
+// result does not depend on which block finishes last) and writes out. Standard release /
+// acquire through the ticket atomics: every writer fences before its ticket, the summing block
+// fences after its last one and reads y2 through L2.
+template <int BM, int BN>
+__device__ __forceinline__ void fused_combine(const MoeArgs& a, const int* s_pair, int n0, int tid, int nthreads) {
+  __shared__ int s_last[BM];
+  __shared__ int s_any;
+  __threadfence();
+  if (tid == 0) s_any = 0;
+  __syncthreads();
+  __threadfence();  // the block's y2 stores before any of its tickets, whichever thread takes it
+  for (int r = tid; r < BM; r += nthreads) {
+    const int p = s_pair[r];
+    int last = -1;
+    if (p >= 0) {
+      const int m = p / a.topk;
+      int need = 0;
+      for (int j = 0; j < a.topk; ++j) {
+        const int le = a.topk_ids[m * a.topk + j] - a.first_expert;
+        need += (le >= 0 && le < a.num_experts) ? 1 : 0;
+      }
+      const int t = atomicAdd(a.combine_count + static_cast<long long>(m) * a.combine_tiles + blockIdx.y, 1);
+      if (t == need - 1) {
+        last = m;
+        s_any = 1;
+      }
+    }
+    s_last[r] = last;
+  }
+  __syncthreads();
+  if (!s_any) return;
+  __threadfence();
+  const int H = a.hidden;
+  constexpr int kQ = BN / 4;  // float4 columns of the tile
+  for (int i = tid; i < BM * kQ; i += nthreads) {
+    const int r = i / kQ, c = n0 + (i % kQ) * 4;
+    const int m = s_last[r];
+    if (m < 0 || c >= H) continue;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int j = 0; j < a.topk; ++j) {
+      const int pair = m * a.topk + j;
+      const int le = a.topk_ids[pair] - a.first_expert;
+      if (le < 0 || le >= a.num_experts) continue;
+      const float4 y = __ldcg(reinterpret_cast<const float4*>(a.y2 + static_cast<long long>(pair) * H + c));
+      sum.x += y.x;
+      sum.y += y.y;
+      sum.z += y.z;
+      sum.w += y.w;
+    }
+    const long long o = static_cast<long long>(m) * a.out_stride + c;
+    if (a.out_dtype == kOutF32) {
+      *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o) = sum;
+    } else {
+      uint2 v;
+      v.x = f32x2_to_bf16x2(sum.x, sum.y);
+      v.y = f32x2_to_bf16x2(sum.z, sum.w);
+      *reinterpret_cast<uint2*>(static_cast<u16*>(a.out) + o) = v;
+    }
+  }
+}
+
 }  // namespace moeq_kernels

@@ -301,6 +301,7 @@ struct WgmmaGemm {
     for (int hf = 0; hf < 2; ++hf)
       store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
                                              [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
+    if (!kGated && a.fuse_combine) fused_combine<BM, BN>(a, s_pair, n0, tid, kThreads);
 #else
     static_assert(kKind < 0, "wgmma kernels need sm_90a");
 #endif
