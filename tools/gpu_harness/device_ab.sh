@@ -28,7 +28,7 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 FL=$($H --floors-only 2>&1 | tee "$OUT/floors.txt" | sed -n 's/^FLOORS //p'); [ -n "$FL" ] || FL=3000,1500,780
 echo "floors $FL"
-for s in ${CHECK_SCHEMES:-fp8-channel fp8-block fp8-tensor}; do
+for s in ${CHECK_SCHEMES-fp8-channel fp8-block fp8-tensor}; do
   MOEQ_CT_FP8_WGMMA_N=256 timeout 150 $H --no-time --no-routing --scheme $s > "$OUT/check256_$s.txt" 2>&1
   echo "check (fp8 wgmma 256 forced) $s rc=$? pass=$(grep -c PASS "$OUT/check256_$s.txt")"
   grep -E "FAIL|error" "$OUT/check256_$s.txt" | head -4
@@ -48,7 +48,10 @@ for spec in $VARIANTS; do
   grep -h '^ROW' "$OUT"/time${v}_*.txt > "$OUT/rows$v.csv"
 done
 # shape,scheme,M, then the graph-replay µs of each variant in VARIANTS order
-cols=(<(cut -d, -f2-5 "$OUT/rows${names[0]}.csv"))
-for v in "${names[@]:1}"; do cols+=(<(cut -d, -f5 "$OUT/rows$v.csv")); done
+cut -d, -f2-5 "$OUT/rows${names[0]}.csv" > "$OUT/ab_cols.txt"
+for v in "${names[@]:1}"; do
+  cut -d, -f5 "$OUT/rows$v.csv" | paste -d' ' "$OUT/ab_cols.txt" - > "$OUT/ab_cols2.txt"
+  mv "$OUT/ab_cols2.txt" "$OUT/ab_cols.txt"
+done
 echo "shape,scheme,M ${names[*]}"
-paste -d' ' "${cols[@]}" | tee "$OUT/ab.txt"
+mv "$OUT/ab_cols.txt" "$OUT/ab.txt"; cat "$OUT/ab.txt"

@@ -21,7 +21,8 @@ int row_tile(double rows_per_expert) {
   return 128;
 }
 
-GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, const HeuristicInput& in) {
+GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, double rows_per_expert,
+                   const HeuristicInput& in) {
   GemmTile t;
   if (in.wgmma && bm >= 64) {
     // Warpgroup MMA: bm / 64 warpgroups, 64 x bn each; as many stages as shared memory holds.
@@ -35,8 +36,13 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, cons
     // where the grid still covers the machine.
     t.bn = 256;
     if (kind == kKindFp8) {
+      // NOTE (H100, 2026-12-05, tools/gpu_harness/device_ab.sh): 256 wins at M = 8192 on every
+      // shape (fp8 block 1.4x, channel 1.1x) and for block scales at M = 1024 (their 128-wide
+      // tiles run tile by tile), but loses 5-8 % on Granite-3B channel/tensor at M = 1024 (205
+      // rows per expert: fewer, longer waves); 256 rows per expert is where it starts to pay.
       const bool wide = in.wide_fp8 && bm == 128 && n_out >= 256 &&
-                        expected_tiles * ceil_div(n_out, 256) >= in.multiprocessors;
+                        expected_tiles * ceil_div(n_out, 256) >= in.multiprocessors &&
+                        (in.promote || rows_per_expert >= 256);
       t.bn = in.force_fp8_bn == 128 || in.force_fp8_bn == 256 ? (in.wide_fp8 ? in.force_fp8_bn : 128)
                                                                 : (wide ? 256 : 128);
     }
@@ -70,20 +76,21 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   const int64_t E = std::max<int64_t>(in.num_experts, 1), k = std::max<int64_t>(in.top_k, 1);
   const int64_t max_tokens = std::max<int64_t>(in.max_tokens, 1);
   std::vector<Bucket> out;
-  int prev_bm = 0;
-  // Walk M over powers of two; a new bucket starts where the row tile changes.
+  // Walk M over powers of two; a new bucket starts where the row tile or a GEMM's tile
+  // changes (the tiles are chosen at the first M of their bucket).
+  auto same = [](const GemmTile& a, const GemmTile& b) {
+    return a.bn == b.bn && a.warps_m == b.warps_m && a.warps_n == b.warps_n && a.stages == b.stages &&
+           a.wgmma == b.wgmma && a.pipelined == b.pipelined;
+  };
   for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
     const double rows = static_cast<double>(m * k) / static_cast<double>(E);
-    const int bm = row_tile(rows);
-    if (bm != prev_bm) {
-      Bucket b;
-      b.bm = bm;
-      const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, bm);
-      b.gemm1 = gemm_tile(in.kind, bm, 2 * in.inter, tiles, in);
-      b.gemm2 = gemm_tile(in.kind, bm, in.hidden, tiles, in);
+    Bucket b;
+    b.bm = row_tile(rows);
+    const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
+    b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
+    b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
+    if (out.empty() || b.bm != out.back().bm || !same(b.gemm1, out.back().gemm1) || !same(b.gemm2, out.back().gemm2))
       out.push_back(b);
-      prev_bm = bm;
-    }
     out.back().max_tokens = m;
     if (m == max_tokens) break;
   }
