@@ -34,12 +34,12 @@ for s in ${CHECK_SCHEMES-fp8-channel fp8-block fp8-tensor}; do
   grep -E "FAIL|error" "$OUT/check256_$s.txt" | head -4
 done
 # VARIANTS: name=ENV[,ENV...] per variant, timed in turn ("-" for none).
-VARIANTS=${VARIANTS:-"A=- B=MOEQ_CT_FP8_WGMMA_N=128 C=MOEQ_CT_WGMMA_SERIAL=1,MOEQ_CT_FP8_WGMMA_N=128,MOEQ_CT_SEPARATE_COMBINE=1"}
+VARIANTS=${VARIANTS:-"A=- B=MOEQ_CT_FP8_WGMMA_N=128 C=MOEQ_CT_WGMMA_SERIAL=1,MOEQ_CT_FP8_WGMMA_N=128,MOEQ_CT_FUSED_COMBINE=0"}
 names=()
 for spec in $VARIANTS; do
   v=${spec%%=*}; envs=${spec#*=}; names+=("$v")
   for s in $SCHEMES; do
-    ( unset MOEQ_CT_FP8_WGMMA_N MOEQ_CT_WGMMA_SERIAL MOEQ_CT_SEPARATE_COMBINE
+    ( unset MOEQ_CT_FP8_WGMMA_N MOEQ_CT_WGMMA_SERIAL MOEQ_CT_FUSED_COMBINE
       [ "$envs" = - ] || for e in ${envs//,/ }; do export "$e"; done
       timeout 150 $H --no-check --no-routing --scheme $s --shape "$SHAPES" --m "$MS" --floors $FL \
         --seconds ${SECONDS_PER_CASE:-0.15} > "$OUT/time${v}_$s.txt" 2>&1

@@ -171,7 +171,10 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   layout_.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   layout_.y2 = take(R * H * 4);
   layout_.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
-  fused_combine_ = !(std::getenv("MOEQ_CT_SEPARATE_COMBINE") && std::string(std::getenv("MOEQ_CT_SEPARATE_COMBINE")) == "1");
+  // NOTE (H100, 2026-12-05): inside a CUDA graph the separate combine launch costs less than the
+  // tickets and the summing tail add to GEMM2 (fused 1-4 % slower at M = 1-16, up to 15 % at
+  // 128, every scheme and shape measured), so it stays opt-in.
+  fused_combine_ = std::getenv("MOEQ_CT_FUSED_COMBINE") && std::string(std::getenv("MOEQ_CT_FUSED_COMBINE")) == "1";
   int64_t combine_tiles = 0;
   for (const auto& b : buckets_) combine_tiles = std::max(combine_tiles, ceil_div(H, b.gemm2.bn));
   layout_.combine_count = take(fused_combine_ ? std::min<int64_t>(M, kFusedCombineMaxTokens) * combine_tiles * 4 : 0);
@@ -327,9 +330,9 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
     a.combine_tiles = static_cast<int>(ceil_div(d.hidden, b.gemm2.bn));
-    // NOTE (H100, 2026-12-05): the fused combine saves a launch, which matters at decode, but at
-    // M = 1024-8192 with top-8 its tickets and the summing tail cost 5-10 % against the
-    // separate kernel; so it runs up to kFusedCombineMaxTokens only.
+    // NOTE (H100, 2026-12-05): at M = 1024-8192 with top-8 the fused combine's tickets and
+    // summing tail cost 5-10 % against the separate kernel; opted in, it runs up to
+    // kFusedCombineMaxTokens only.
     const bool fuse = p.fused_combine() && m <= kFusedCombineMaxTokens;
     a.fuse_combine = fuse ? 1 : 0;
     if (a.align_blocks > 1) {

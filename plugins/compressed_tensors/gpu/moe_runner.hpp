@@ -8,9 +8,10 @@
 //   gemm1      x @ w13^T, scales, silu(gate) * up -> h    (bf16, fp8 static codes, or f32)
 //   [amax_h]   partial maxima of h                       (fp8 dynamic per-tensor only)
 //   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes)
-//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot)); the
-//              block completing a token's slots for its columns sums them in slot order -> out
-//   [combine]  out[m] = sum of the local slots of y2 (MOEQ_CT_SEPARATE_COMBINE=1 only)
+//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot)); with
+//              MOEQ_CT_FUSED_COMBINE=1 (M <= 128) the block completing a token's slots for its
+//              columns sums them in slot order -> out, and the combine launch is skipped
+//   combine    out[m] = sum of the local slots of y2, in slot order
 #pragma once
 #include "../kernels/moe_args.cuh"
 #include "tile_heuristics.hpp"
@@ -107,8 +108,8 @@ class MoePlan {
   };
   const Layout& layout() const { return layout_; }
   int64_t max_tiles(std::size_t bucket, int64_t m) const;
-  // The top-k combine runs inside GEMM2 (moe_tile.cuh fused_combine) unless
-  // MOEQ_CT_SEPARATE_COMBINE=1 asks for the separate kernel (measuring).
+  // The top-k combine runs inside GEMM2 (moe_tile.cuh fused_combine) when MOEQ_CT_FUSED_COMBINE=1
+  // (measured slower than the separate kernel on an H100, so not the default).
   bool fused_combine() const { return fused_combine_; }
 
  private:
@@ -119,7 +120,7 @@ class MoePlan {
   std::vector<Bucket> buckets_;
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
-  bool fused_combine_ = true;
+  bool fused_combine_ = false;
 };
 
 // Kernel functions of a plan, looked up in the modules compiled from plan.sources().
