@@ -130,6 +130,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.wide_fp8 = fp8 && (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 128 == 0));
   if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
+  if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   hin.num_experts = d.num_experts;
   hin.top_k = d.top_k;
   hin.hidden = d.hidden;

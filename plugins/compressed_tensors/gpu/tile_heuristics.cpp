@@ -46,7 +46,10 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
       t.bn = in.force_fp8_bn == 128 || in.force_fp8_bn == 256 ? (in.wide_fp8 ? in.force_fp8_bn : 128)
                                                                 : (wide ? 256 : 128);
     }
-    t.stages = 6;
+    // NOTE: a 64-row tile is one warpgroup (128 threads); with the ring filling shared memory a
+    // single block (4 warps) held an SM. Four stages let two such blocks share one (registers
+    // allow two: 2 x 128 x 255), so one block's barrier and promotion overlap the other's MMAs.
+    t.stages = bm == 64 ? in.wgmma_stages_64 : 6;
     while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
     t.pipelined = !in.wgmma_serial;
     return t;

@@ -37,6 +37,7 @@ struct HeuristicInput {
   // 0: the heuristic decides; 128 or 256: every fp8 wgmma tile this wide (MOEQ_CT_FP8_WGMMA_N,
   // for measuring one against the other).
   int force_fp8_bn = 0;
+  int wgmma_stages_64 = 4;  // ring depth of 64-row wgmma tiles (MOEQ_CT_WGMMA_STAGES_64, measuring)
   bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
   int64_t num_experts = 0; // local
   int64_t top_k = 0;
