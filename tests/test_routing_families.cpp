@@ -176,6 +176,9 @@ TEST_CASE("every routing row resolves with its defaults and names its source") {
     REQUIRE(c.resolved_routing.family == &f);
     CHECK(!c.resolved_routing.fields.empty());
     for (const RoutingField& r : c.resolved_routing.fields) CHECK(r.source.find(f.model_type) != std::string::npos);
+    // inspect's whole routing line: every one of these, with its source.
+    for (const char* name : {"scoring", "renormalize", "correction bias", "groups", "scaling factor"})
+      CHECK(!field(c, name).value.empty());
   }
 }
 

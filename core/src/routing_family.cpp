@@ -268,6 +268,7 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
         deflt);
 
   // Grouped top-k.
+  if (!f->grouped) field("groups", "none", deflt);
   if (f->grouped) {
     bool on = true;
     std::string src = deflt;
@@ -322,8 +323,9 @@ ResolvedRouting resolve_routing(const std::string& model_type, const json::objec
       field("scaling factor", fmt(s), src);
     }
     opt.routed_scaling_factor = s;
-  } else if (rsf != nullptr) {
-    field("scaling factor", "1", deflt + "; config.json routed_scaling_factor is not read by it");
+  } else {
+    field("scaling factor", "1 (none)",
+          deflt + (rsf != nullptr ? "; config.json routed_scaling_factor is not read by it" : ""));
   }
   r.weight_on_input = f->weight_on_input;
   if (f->weight_on_input) field("weight applied to", "the expert's input", deflt);

@@ -217,8 +217,8 @@ int cmd_plugins(const CommonOptions& opt, const std::string& why) {
           why_failed = true;
           if (r->probes.empty())
             for (const std::string& problem : r->problems)
-            answers.push_back({{"layer", r->prefix}, {"plugin", "(none)"}, {"score", 0}, {"reason", problem},
-                               {"chosen", false}});
+              answers.push_back({{"layer", r->prefix}, {"plugin", "(none)"}, {"score", 0}, {"reason", problem},
+                                 {"chosen", false}});
         }
       }
     } else {
