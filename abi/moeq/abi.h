@@ -364,7 +364,7 @@ typedef struct moeq_describe_args {
 typedef moeq_status* (*moeq_describe_fn)(moeq_describe_args* args);
 
 /* Activation quantization a method applies before a GEMM, so that a float reference can do
- * the same (vllm-moe-semantics §7.3). */
+ * the same (docs/MOE_SEMANTICS.md §5). */
 typedef enum moeq_act_quant {
   MOEQ_ACT_QUANT_NONE = 0,
   MOEQ_ACT_QUANT_FP8_PER_TOKEN = 1,

@@ -1,4 +1,4 @@
-// Float reference for routing and the MoE forward (vllm-moe-semantics.md §7.1–§7.4).
+// Float reference for routing and the MoE forward (docs/MOE_SEMANTICS.md §5, §6; routing in docs/ROUTING.md).
 //
 // Determinism choices (the spec leaves them open):
 //  * top-k and group selection order by score descending; equal scores go to the lower

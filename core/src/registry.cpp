@@ -37,7 +37,7 @@ constexpr const char* kLogSource = "moeq";
 
 using EntryFn = std::remove_pointer_t<moeq_plugin_get_descriptor_fn>;
 
-// NOTE: plugins are never unloaded (DESIGN §4): a plugin's code may still be referenced by
+// NOTE: plugins are never unloaded (docs/DESIGN.md §4): a plugin's code may still be referenced by
 // methods, statuses or threads after the registry that loaded it is gone, and unloading is
 // where Boost.DLL's documented misuses all live. Every library is parked here for the life of
 // the process; the list is reachable from a static pointer and never destroyed, so no
@@ -64,7 +64,7 @@ std::string octal_mode(mode_t mode) {
   return buf;
 }
 
-// DESIGN §4: a plugin file, or a directory it sits in, that another user can write or owns is
+// docs/DESIGN.md §4: a plugin file, or a directory it sits in, that another user can write or owns is
 // refused: that user could swap the code the host is about to run. Empty when trusted.
 std::string untrusted_reason(const fs::path& path, const char* what, uint32_t owner_uid) {
   struct stat st{};

@@ -1,5 +1,5 @@
 // Reads compressed-tensors and DeepSeek/Qwen native fp8 quantization configs into an
-// ExpertScheme (producer-formats.md §1, vllm-moe-semantics.md §2.1-§2.2, §3.1).
+// ExpertScheme (docs/PRODUCER_FORMATS.md §1, docs/MOE_SEMANTICS.md §2.1, §3.1).
 #include "scheme.hpp"
 
 #include <moeq/error.hpp>
@@ -40,7 +40,7 @@ std::optional<int64_t> as_int(const json::value& v) {
   return std::nullopt;
 }
 
-// QuantizationArgs reduced to what the experts need (producer-formats.md §1.4).
+// QuantizationArgs reduced to what the experts need (docs/PRODUCER_FORMATS.md §1.3).
 struct Args {
   bool present = false;
   std::string type = "int";
@@ -336,7 +336,7 @@ ExpertScheme from_compressed_tensors(const json::object& o, const std::string& l
   return unquantized("compressed-tensors", "no config group targets it", layer, wdt);
 }
 
-// DeepSeek-V3/R1 and Qwen3 "-FP8" releases (vllm-moe-semantics.md §3.1).
+// DeepSeek-V3/R1 and Qwen3 "-FP8" releases (docs/MOE_SEMANTICS.md §3.1).
 ExpertScheme from_native_fp8(const json::object& o, const std::string& layer, const std::string& wdt) {
   for (const char* key : {"ignored_layers", "modules_to_not_convert"})
     if (std::string hit = find_ignore(o, key, layer); !hit.empty())

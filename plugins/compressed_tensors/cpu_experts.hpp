@@ -1,5 +1,5 @@
 // CPU fused MoE for every scheme of the plugin: the reference for its GPU path. It quantizes
-// activations exactly as the kernel will (vllm-moe-semantics.md §2.5, §7.3) and applies
+// activations exactly as the kernel will (docs/MOE_SEMANTICS.md §5) and applies
 // scales per K-tile the way the kernel does (§2.6, §7.2): partial = sum over the tile of
 // activation code x weight code, acc += partial * activation scale * weight scale.
 #pragma once

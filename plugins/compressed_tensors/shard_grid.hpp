@@ -4,7 +4,7 @@
 // starts inside a checkpoint block. The shard then gets a finer grid whose block size
 // divides both the checkpoint block and the shard, gcd(block, I/tp): every fine block lies
 // inside exactly one checkpoint block and repeats its scale, so the dequantized shard is
-// bit-identical to the same slice of the unsharded weight (vllm-moe-semantics.md §3.3).
+// bit-identical to the same slice of the unsharded weight (docs/MOE_SEMANTICS.md §3.2).
 #pragma once
 #include <cstdint>
 #include <numeric>

@@ -384,7 +384,7 @@ std::vector<std::pair<std::string, LayerSnapshot>> take_snapshots() {
 // ---------------------------------------------------------------------------- subject
 const moeq_plugin_descriptor* load_descriptor(const fs::path& file) {
   dlerror();
-  // NOTE: never dlclose'd, as the registry never unloads (DESIGN §4); the handle leaks on purpose.
+  // NOTE: never dlclose'd, as the registry never unloads (docs/DESIGN.md §4); the handle leaks on purpose.
   void* handle = ::dlopen(fs::absolute(file).c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const char* why = dlerror();

@@ -42,7 +42,7 @@ json::object args(const char* type, const char* strategy, bool dynamic, json::va
                       {"type", type}};
 }
 
-// compressed-tensors quantization_config of one group targeting Linear (producer-formats §1.7).
+// compressed-tensors quantization_config of one group targeting Linear (docs/PRODUCER_FORMATS.md §1.6).
 json::object ct_config(const QuantSpec& q, const json::array& ignore) {
   json::value weights, acts = nullptr;
   std::string format = "float-quantized";
@@ -80,7 +80,7 @@ json::object ct_config(const QuantSpec& q, const json::array& ignore) {
                       {"version", "0.18.0"}};
 }
 
-// DeepSeek-V3 / Qwen3-FP8 style (vllm-moe-semantics §3.1).
+// DeepSeek-V3 / Qwen3-FP8 style (docs/MOE_SEMANTICS.md §3.1).
 json::object native_fp8_config(const QuantSpec& q) {
   json::object o{{"quant_method", "fp8"}, {"fmt", "e4m3"}};
   if (q.weights == WeightScheme::kFp8Block) {

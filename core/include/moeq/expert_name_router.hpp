@@ -1,5 +1,5 @@
 // Turns checkpoint tensor names into expert references with a table of naming families, not
-// code per model (DESIGN §3.2). Every suffix is routed the same way.
+// code per model (docs/DESIGN.md §2, step 2). Every suffix is routed the same way.
 #pragma once
 #include <cstdint>
 #include <string>

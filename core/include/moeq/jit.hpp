@@ -1,5 +1,5 @@
 // The JIT service: plugin kernel sources compiled by NVRTC to CUBIN for one exact GPU
-// architecture, through an on-disk cache shared by processes (DESIGN §5). Compiling needs no
+// architecture, through an on-disk cache shared by processes (docs/DESIGN.md §5). Compiling needs no
 // GPU; loading a CUBIN does (cuda_driver.hpp).
 #pragma once
 #include <moeq/abi.h>

@@ -1,4 +1,4 @@
-// Tensor- and expert-parallel placement of one MoE layer (vllm-moe-semantics §1.5, §1.9).
+// Tensor- and expert-parallel placement of one MoE layer (docs/MOE_SEMANTICS.md §1).
 #pragma once
 #include <cstdint>
 

@@ -1,5 +1,5 @@
 // The core's float reference: routing and the MoE forward on float weights, with the
-// activation-quantization primitives of vllm-moe-semantics.md §7.3 as options. It names no
+// activation-quantization primitives of docs/MOE_SEMANTICS.md §5 as options. It names no
 // quantization format: callers hand it dequantized float weights.
 #pragma once
 #include <cstdint>

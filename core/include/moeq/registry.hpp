@@ -52,7 +52,7 @@ struct Selection {
   std::vector<ProbeResult> probes;       // every plugin's answer, in load order
 };
 
-// Which plugin files the registry trusts enough to run (DESIGN §4). Without the override a
+// Which plugin files the registry trusts enough to run (docs/DESIGN.md §4). Without the override a
 // plugin file, and the directory it is named in and the one it really lives in, must be owned
 // by root or by `owner_uid` and writable by nobody else (group or others), and no directory
 // above them may be writable by others unless its sticky bit is set.
@@ -77,7 +77,7 @@ class Registry {
  public:
   // `host` is handed to every plugin's initialize; it must outlive the registry.
   explicit Registry(const moeq_host_api* host, PluginTrust trust = PluginTrust::from_environment());
-  ~Registry();  // calls shutdown of every plugin; never unloads the code (see DESIGN §4)
+  ~Registry();  // calls shutdown of every plugin; never unloads the code (see docs/DESIGN.md §4)
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
 

@@ -35,7 +35,7 @@ __device__ __forceinline__ u16 f32x2_to_e4m3x2(float lo, float hi) {
 #endif
 
 // q = e4m3(clamp(x / s, -448, 448)): the division (not a multiply by 1/s) is what the
-// reference and vLLM's per-token kernels do (vllm-moe-semantics.md §7.3).
+// reference and vLLM's per-token kernels do (docs/MOE_SEMANTICS.md §5).
 #if __CUDA_ARCH__ >= 890
 __device__ __forceinline__ u16 quant2(float a, float b, float s) { return f32x2_to_e4m3x2(a / s, b / s); }
 #endif
@@ -116,7 +116,7 @@ __device__ __forceinline__ float silu(float x) {
   return x * (t / (1.0f + t));
 }
 
-// Per-token scale, vllm-moe-semantics.md §7.3: max(amax / 448, 1 / (448 * 512)).
+// Per-token scale, docs/MOE_SEMANTICS.md §5: max(amax / 448, 1 / (448 * 512)).
 __device__ __forceinline__ float token_scale(float amax) {
   return fmaxf(amax / kFp8Max, 1.0f / (kFp8Max * 512.0f));
 }

@@ -8,7 +8,7 @@
 // applies silu(gate) * up directly; GEMM2 multiplies by the router weight.
 //
 // FP8 block scales (and per-group activation scales) are applied per scale period inside the
-// K loop (vllm-moe-semantics.md §2.6): partial sums of one period accumulate in `part`, then
+// K loop (docs/MOE_SEMANTICS.md §2.2): partial sums of one period accumulate in `part`, then
 // acc += part * a_scale(row, period) * w_scale(col block, period).
 #pragma once
 #include "moe_tile.cuh"

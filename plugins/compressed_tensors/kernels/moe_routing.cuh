@@ -1,5 +1,5 @@
 // Router: logits [M, E] f32 -> topk_ids [M, k] int32, topk_weights [M, k] f32, in one kernel
-// (vllm-moe-semantics.md §7.1): softmax or sigmoid scores, optional correction bias (selects
+// (docs/ROUTING.md): softmax or sigmoid scores, optional correction bias (selects
 // ids, weights stay unbiased), optional grouped top-k (group score = sum of the top-2 biased
 // scores with a bias, else the group max; the topk_group best groups are kept), optional
 // renormalization and routed scaling factor. One warp a token; ties go to the lower index,
