@@ -65,15 +65,9 @@ for c in build/carry/bin/moeq build/bin/moeq; do [ -z "$MOEQ" ] && [ -x "$c" ] &
 if [ -z "$MOEQ" ] || [ ! -x "$MOEQ" ]; then say "no moeq binary: carry build/carry (see this script's header) or set MOEQ"; exit 2; fi
 [ -f "$PEERS/vllm/vllm_fused_moe.py" ] || { say "$PEERS/vllm/ is missing: carry .peers with vLLM vendored (header)"; exit 2; }
 
-# NVRTC (libnvrtc.so.13, which moeq links) from the toolkit or python's nvidia packages, as
-# tools/gpu_harness/device_run.sh finds it.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -d "$f" ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$f"
-done
-export LD_LIBRARY_PATH PYTHONUNBUFFERED=1
+# NVRTC (libnvrtc.so.13, which moeq links) from the toolkit or python's nvidia packages.
+. "$(dirname "$0")/../tools/gpu_harness/device_env.sh"
+export PYTHONUNBUFFERED=1
 export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-/tmp/moeq_jit}
 # NOTE: carried plugin files may come out group-writable on the device box (device_run.sh).
 export MOEQ_ALLOW_UNTRUSTED_PLUGINS=${MOEQ_ALLOW_UNTRUSTED_PLUGINS:-1}

@@ -136,6 +136,17 @@ std::string error_of(F&& fn) {
   return {};
 }
 
+// A small writer geometry the CLI tests share: one layer, 6 experts, H = 64, I = 32.
+inline writer::MoeSpec one_layer_spec(writer::Layout layout) {
+  writer::MoeSpec s;
+  s.layout = layout;
+  s.num_layers = 1;
+  s.num_experts = 6;
+  s.hidden = 64;
+  s.intermediate = 32;
+  return s;
+}
+
 inline LoadedModel load_dir(const std::filesystem::path& dir, const Registry& reg, LoadOptions opt = {}) {
   Checkpoint ck = Checkpoint::open(dir);
   return load_model(ck, reg, opt);

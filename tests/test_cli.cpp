@@ -20,19 +20,9 @@ namespace {
 using Result = CliRun;
 Result moeq_cli(const std::string& args, const std::string& env = "") { return run_moeq_cli(args, env); }
 
-// One layer, 6 experts, H = 64, I = 32.
-writer::MoeSpec small_spec(writer::Layout layout) {
-  writer::MoeSpec s;
-  s.layout = layout;
-  s.num_layers = 1;
-  s.num_experts = 6;
-  s.hidden = 64;
-  s.intermediate = 32;
-  return s;
-}
 
 writer::WrittenCheckpoint granite(const TempDir& d) {
-  return writer::write_ct_fp8_channel(d / "granite", small_spec(writer::Layout::kGraniteFused));
+  return writer::write_ct_fp8_channel(d / "granite", one_layer_spec(writer::Layout::kGraniteFused));
 }
 
 }  // namespace
@@ -255,7 +245,7 @@ TEST_CASE("moeq inspect says which .safetensors files it did not read, where rou
   CHECK(!o.at("renormalize_source").as_string().empty());
 
   TempDir b;
-  auto bf16 = writer::write_unquantized(b / "bf16", small_spec(writer::Layout::kPerExpert));
+  auto bf16 = writer::write_unquantized(b / "bf16", one_layer_spec(writer::Layout::kPerExpert));
   Result online = run_moeq_cli("inspect --json --online fp8-block " + bf16.dir.string(), "", /*with_stderr=*/false);
   const boost::json::object oo = boost::json::parse(online.out).as_object();
   CHECK(oo.at("quant_config_source").as_string() == "user");

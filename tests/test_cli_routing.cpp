@@ -21,16 +21,6 @@ const std::string kPlugins = " --plugin-dir \"" MOEQ_TEST_PLUGIN_DIR "\"";
 fs::path real(const std::string& name) { return fs::path(MOEQ_TEST_FIXTURE_DIR) / "real" / name; }
 std::string q(const fs::path& p) { return "\"" + p.string() + "\""; }
 
-writer::MoeSpec small(writer::Layout layout) {
-  writer::MoeSpec s;
-  s.layout = layout;
-  s.num_layers = 1;
-  s.num_experts = 6;
-  s.hidden = 64;
-  s.intermediate = 32;
-  return s;
-}
-
 void set_model_type(const fs::path& dir, const std::string& type) {
   boost::json::value v = boost::json::parse([&] {
     std::ifstream f(dir / "config.json");
@@ -59,7 +49,7 @@ TEST_CASE("moeq inspect prints every routing setting and where it came from") {
 
 TEST_CASE("moeq run never calls a layer ok whose model_type has no routing row") {
   TempDir d;
-  const auto w = writer::write_ct_fp8_channel(d / "ck", small(writer::Layout::kPerExpert));
+  const auto w = writer::write_ct_fp8_channel(d / "ck", one_layer_spec(writer::Layout::kPerExpert));
   set_model_type(w.dir, "brand_new_moe");
   const CliRun inspect = run_moeq_cli("inspect " + q(w.dir) + kPlugins);
   CHECK(inspect.code == 0);  // the weights still load and are checked

@@ -11,10 +11,8 @@ OUT=${OUT:-/tmp/moeq_out}
 mkdir -p "$OUT" build/bin build/plugins
 cp build/carry/plugins/*.so build/plugins/
 cp build/carry/bin/moeq build/carry/bin/moeq_tests build/bin/
-for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -d "$f" ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$f"
-done
-export LD_LIBRARY_PATH MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+. "$(dirname "$0")/device_env.sh"
+export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-$PWD/.devbuild/jitcache}
 H=./.devbuild/moeq_gpu_harness
 SCHEMES=${SCHEMES:-fp8-channel fp8-block fp8-tensor bf16}
@@ -34,12 +32,12 @@ for s in ${CHECK_SCHEMES-fp8-channel fp8-block fp8-tensor}; do
   grep -E "FAIL|error" "$OUT/check256_$s.txt" | head -4
 done
 # VARIANTS: name=ENV[,ENV...] per variant, timed in turn ("-" for none).
-VARIANTS=${VARIANTS:-"A=- B=MOEQ_CT_FP8_WGMMA_N=128 C=MOEQ_CT_WGMMA_SERIAL=1,MOEQ_CT_FP8_WGMMA_N=128,MOEQ_CT_FUSED_COMBINE=0"}
+VARIANTS=${VARIANTS:-"A=- B=MOEQ_CT_FP8_WGMMA_N=128 C=MOEQ_CT_WGMMA_SERIAL=1,MOEQ_CT_FP8_WGMMA_N=128"}
 names=()
 for spec in $VARIANTS; do
   v=${spec%%=*}; envs=${spec#*=}; names+=("$v")
   for s in $SCHEMES; do
-    ( unset MOEQ_CT_FP8_WGMMA_N MOEQ_CT_WGMMA_SERIAL MOEQ_CT_FUSED_COMBINE
+    ( unset MOEQ_CT_FP8_WGMMA_N MOEQ_CT_WGMMA_SERIAL
       [ "$envs" = - ] || for e in ${envs//,/ }; do export "$e"; done
       timeout 150 $H --no-check --no-routing --scheme $s --shape "$SHAPES" --m "$MS" --floors $FL \
         --seconds ${SECONDS_PER_CASE:-0.15} > "$OUT/time${v}_$s.txt" 2>&1

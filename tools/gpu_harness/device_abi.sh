@@ -8,10 +8,7 @@ OUT=${OUT:-/tmp/moeq_out}
 mkdir -p "$OUT" build/bin build/plugins
 cp build/carry/plugins/*.so build/plugins/
 cp build/carry/bin/moeq build/carry/bin/moeq_tests build/bin/
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-export LD_LIBRARY_PATH
+. "$(dirname "$0")/device_env.sh"
 export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-/tmp/moeq_jit}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

@@ -10,13 +10,7 @@
 set -u
 OUT=${OUT:-/tmp/moeq_out}
 mkdir -p "$OUT"
-for d in /usr/local/cuda/lib64 /usr/local/cuda/lib /usr/local/cuda/targets/x86_64-linux/lib; do
-  [ -d "$d" ] && LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"
-done
-for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
-  [ -d "$f" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$f"
-done
-export LD_LIBRARY_PATH
+. "$(dirname "$0")/device_env.sh"
 export MOEQ_CACHE_DIR=${MOEQ_CACHE_DIR:-$PWD/.devbuild/jitcache}
 H=./.devbuild/moeq_gpu_harness
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv | tee "$OUT/gpu.txt"

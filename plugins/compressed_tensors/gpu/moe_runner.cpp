@@ -9,16 +9,15 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 288, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
-                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264 && offsetof(mk::MoeArgs, combine_count) == 272,
+                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
 
 // NOTE: past this many (token, slot) pairs one block's align step becomes a serial tail
 // (about 0.1 ms at 64K pairs), so counting and scattering spread over blocks of this size.
 constexpr int64_t kPairsPerAlignBlock = 8192;
 
-constexpr int64_t kFusedCombineMaxTokens = 128;
 constexpr int kAmaxParts = 264;  // blocks of the amax kernels (2 per SM on an H100)
 constexpr std::size_t kAlign = 256;
 constexpr int kCuFuncAttrMaxDynamicSmem = 8;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
@@ -172,13 +171,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   layout_.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   layout_.y2 = take(R * H * 4);
   layout_.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
-  // NOTE (H100, 2026-12-05): inside a CUDA graph the separate combine launch costs less than the
-  // tickets and the summing tail add to GEMM2 (fused 1-4 % slower at M = 1-16, up to 15 % at
-  // 128, every scheme and shape measured), so it stays opt-in.
-  fused_combine_ = std::getenv("MOEQ_CT_FUSED_COMBINE") && std::string(std::getenv("MOEQ_CT_FUSED_COMBINE")) == "1";
-  int64_t combine_tiles = 0;
-  for (const auto& b : buckets_) combine_tiles = std::max(combine_tiles, ceil_div(H, b.gemm2.bn));
-  layout_.combine_count = take(fused_combine_ ? std::min<int64_t>(M, kFusedCombineMaxTokens) * combine_tiles * 4 : 0);
   workspace_bytes_ = off;
 }
 
@@ -309,8 +301,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
   a.y2 = reinterpret_cast<float*>(ws + L.y2);
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
-  a.combine_count = reinterpret_cast<int*>(ws + L.combine_count);
-
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -330,12 +320,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
     a.out = static_cast<unsigned char*>(io.out) + static_cast<std::size_t>(m0 * io.out_stride) * out_elem;
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
-    a.combine_tiles = static_cast<int>(ceil_div(d.hidden, b.gemm2.bn));
-    // NOTE (H100, 2026-12-05): at M = 1024-8192 with top-8 the fused combine's tickets and
-    // summing tail cost 5-10 % against the separate kernel; opted in, it runs up to
-    // kFusedCombineMaxTokens only.
-    const bool fuse = p.fused_combine() && m <= kFusedCombineMaxTokens;
-    a.fuse_combine = fuse ? 1 : 0;
     if (a.align_blocks > 1) {
       launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", after);
       launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", after);
@@ -352,11 +336,9 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
              stream, &a, "moe_quant_h", after);
     launch(f.gemm2, a.max_tiles, static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn)), b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after);
-    if (!fuse) {
-      const int64_t work = m * d.hidden / 4;
-      launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream,
-             &a, "moe_combine", after);
-    }
+    const int64_t work = m * d.hidden / 4;
+    launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
+           "moe_combine", after);
   }
 }
 

@@ -8,9 +8,7 @@
 //   gemm1      x @ w13^T, scales, silu(gate) * up -> h    (bf16, fp8 static codes, or f32)
 //   [amax_h]   partial maxima of h                       (fp8 dynamic per-tensor only)
 //   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes)
-//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot)); with
-//              MOEQ_CT_FUSED_COMBINE=1 (M <= 128) the block completing a token's slots for its
-//              columns sums them in slot order -> out, and the combine launch is skipped
+//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot))
 //   combine    out[m] = sum of the local slots of y2, in slot order
 #pragma once
 #include "../kernels/moe_args.cuh"
@@ -103,14 +101,10 @@ class MoePlan {
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
-    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count,
-        combine_count;
+    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
   };
   const Layout& layout() const { return layout_; }
   int64_t max_tiles(std::size_t bucket, int64_t m) const;
-  // The top-k combine runs inside GEMM2 (moe_tile.cuh fused_combine) when MOEQ_CT_FUSED_COMBINE=1
-  // (measured slower than the separate kernel on an H100, so not the default).
-  bool fused_combine() const { return fused_combine_; }
 
  private:
   GpuScheme scheme_;
@@ -120,7 +114,6 @@ class MoePlan {
   std::vector<Bucket> buckets_;
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
-  bool fused_combine_ = false;
 };
 
 // Kernel functions of a plan, looked up in the modules compiled from plan.sources().

@@ -73,12 +73,6 @@ struct MoeArgs {
                        // follows expert_count in memory
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int pad1;
-  // Top-k combine inside GEMM2 (fuse_combine != 0): per (token, GEMM2 column tile) the count
-  // of the token's local slots done; prepare zeroes it, the block that completes a count sums
-  // the token's slots in slot order. [M, combine_tiles].
-  int* combine_count;
-  int combine_tiles;   // GEMM2's column tiles (its grid.y)
-  int fuse_combine;
 };
 
 // Router arguments (moe_routing.cuh).

@@ -216,7 +216,6 @@ struct GroupedGemm {
       for (int hf = 0; hf < 2; ++hf)
         store_row<kKind, kWS, kAM, kGated, NI>(a, geo, e, prow[mi][hf], out_col,
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; });
-    if (!kGated && a.fuse_combine) fused_combine<BM, BN>(a, s_pair, n0, tid, kThreads);
   }
 };
 

@@ -87,32 +87,6 @@ __device__ void align_pairs(const MoeArgs& a) {
   }
 }
 
-// With the combine fused into GEMM2: zeroes its per-(token, column tile) counts, and the
-// output rows of tokens none of whose experts is local (no GEMM2 block writes them). Runs on
-// the align blocks, before GEMM2 in stream order.
-__device__ void prepare_fused_combine(const MoeArgs& a) {
-  if (!a.fuse_combine) return;
-  const int stride = a.align_blocks * blockDim.x;
-  const long long counts = static_cast<long long>(a.M) * a.combine_tiles;
-  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < counts; i += stride)
-    a.combine_count[i] = 0;
-  for (int m = blockIdx.x * blockDim.x + threadIdx.x; m < a.M; m += stride) {
-    bool any = false;
-    for (int j = 0; j < a.topk; ++j) {
-      const int le = a.topk_ids[m * a.topk + j] - a.first_expert;
-      any = any || (le >= 0 && le < a.num_experts);
-    }
-    if (any) continue;
-    const long long o = static_cast<long long>(m) * a.out_stride;
-    for (int c = 0; c < a.hidden; ++c) {
-      if (a.out_dtype == kOutF32)
-        static_cast<float*>(a.out)[o + c] = 0.0f;
-      else
-        static_cast<u16*>(a.out)[o + c] = 0;
-    }
-  }
-}
-
 // Zeroes the counters of the multi-block align (one block; runs first).
 __device__ void zero_counts(const MoeArgs& a) {
   for (int e = threadIdx.x; e < 2 * a.num_experts; e += blockDim.x) a.expert_count[e] = 0;
@@ -254,7 +228,6 @@ template <int kMode>
 __device__ void prepare(const MoeArgs& a) {
   if (blockIdx.x < a.align_blocks) {
     align_pairs(a);
-    prepare_fused_combine(a);
     return;
   }
 #if __CUDA_ARCH__ >= 890

@@ -29,6 +29,20 @@ __device__ __forceinline__ void fence_regs(float* d) {
   for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
+// acc[4j + q] += part[4j + q] * sa(row of q) * w(j) over NF fragments: the promotion of one
+// K tile's partial sums (rows g and g + 8 of the thread's fragments take sa0 and sa1).
+template <int NF, class WOf>
+__device__ __forceinline__ void promote_part(float* acc, const float* part, float sa0, float sa1, WOf w_of) {
+#pragma unroll
+  for (int j = 0; j < NF; ++j) {
+    const float w = w_of(j);
+    acc[4 * j + 0] += part[4 * j + 0] * (sa0 * w);
+    acc[4 * j + 1] += part[4 * j + 1] * (sa0 * w);
+    acc[4 * j + 2] += part[4 * j + 2] * (sa1 * w);
+    acc[4 * j + 3] += part[4 * j + 3] * (sa1 * w);
+  }
+}
+
 // Descriptor of a K-major operand tile in the 128-byte swizzle: rows of 128 bytes, 8-row
 // atoms of 1024 bytes (stride byte offset), start address in 16-byte units. Stepping K inside
 // the row adds bytes / 16 to the start address; the hardware applies the swizzle.
@@ -213,15 +227,9 @@ struct WgmmaGemm {
         }
       };
       auto promote = [&](float (&prev)[kPromote ? kPartAcc : 1], float psa0, float psa1, const float (&psw)[kSW]) {
-        if (!kPromote) return;
-        fence_regs<kPromote ? kPartAcc : 1>(prev);
-#pragma unroll
-        for (int j = 0; j < NF; ++j) {
-          const float w = psw[kSW == 1 ? 0 : j];
-          acc[4 * j + 0] += prev[kPromote ? 4 * j + 0 : 0] * (psa0 * w);
-          acc[4 * j + 1] += prev[kPromote ? 4 * j + 1 : 0] * (psa0 * w);
-          acc[4 * j + 2] += prev[kPromote ? 4 * j + 2 : 0] * (psa1 * w);
-          acc[4 * j + 3] += prev[kPromote ? 4 * j + 3 : 0] * (psa1 * w);
+        if constexpr (kPromote) {
+          fence_regs<kPartAcc>(prev);
+          promote_part<NF>(acc, prev, psa0, psa1, [&](int j) { return psw[kSW == 1 ? 0 : j]; });
         }
       };
       for (int kt = 0; kt < KT; kt += 2) {
@@ -262,36 +270,27 @@ struct WgmmaGemm {
           sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
           sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }
-  #pragma unroll
+#pragma unroll
         for (int hn = 0; hn < kHalvesN; ++hn) {
           // Half hn of B starts 128 rows (16 KiB, 1024 descriptor units) further on.
           const unsigned long long db = smem_desc(sA + Loader::kAStage + hn * 128 * 128);
           float* d = kPromote ? part : acc;
           fence_regs<kPromote ? kPartAcc : kAcc>(d);
           wgmma_fence();
-  #pragma unroll
+#pragma unroll
           for (int ks = 0; ks < 4; ++ks)
             wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
           wgmma_commit();
           if (hn == 0 && kTileScales && kWS == kWBlock) {
             const int kb = kt * 128 / sws.bk;
-  #pragma unroll
+#pragma unroll
             for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
           }
           wgmma_wait0();
           fence_regs<kPromote ? kPartAcc : kAcc>(d);
-          if (kPromote) {
-            constexpr int kNF = NF / kHalvesN;  // fragments in `part`
-  #pragma unroll
-            for (int j = 0; j < kNF; ++j) {
-              const float w = sw[kSW == 1 ? 0 : (kHalvesN == 2 ? hn : j)];
-              float* o = acc + hn * kPartAcc + 4 * j;
-              o[0] += part[kPromote ? 4 * j + 0 : 0] * (sa0 * w);
-              o[1] += part[kPromote ? 4 * j + 1 : 0] * (sa0 * w);
-              o[2] += part[kPromote ? 4 * j + 2 : 0] * (sa1 * w);
-              o[3] += part[kPromote ? 4 * j + 3 : 0] * (sa1 * w);
-            }
-          }
+          if constexpr (kPromote)  // `part` holds NF / kHalvesN fragments: half hn's
+            promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
+                                        [&](int j) { return sw[kSW == 1 ? 0 : (kHalvesN == 2 ? hn : j)]; });
         }
       }
     }
@@ -301,7 +300,6 @@ struct WgmmaGemm {
     for (int hf = 0; hf < 2; ++hf)
       store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
                                              [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
-    if (!kGated && a.fuse_combine) fused_combine<BM, BN>(a, s_pair, n0, tid, kThreads);
 #else
     static_assert(kKind < 0, "wgmma kernels need sm_90a");
 #endif
