@@ -31,16 +31,6 @@ void parallel_rows(int64_t n, F&& fn) {
 
 }  // namespace
 
-const std::vector<ShapeSpec>& named_shapes() {
-  static const std::vector<ShapeSpec> s = {
-      {"Mixtral-8x7B", 8, 2, 4096, 14336},
-      {"Qwen3-30B-A3B", 128, 8, 2048, 768},
-      {"DeepSeek-V3", 256, 8, 7168, 2048},
-      {"Granite-3B-A800M", 40, 8, 1536, 512},
-  };
-  return s;
-}
-
 std::optional<ShapeSpec> shape_by_name(const std::string& name) {
   for (const auto& s : named_shapes())
     if (s.name == name) return s;

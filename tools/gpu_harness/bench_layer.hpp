@@ -5,6 +5,7 @@
 #include "bench_kernels.hpp"
 #include "driver.hpp"
 #include "gpu/moe_runner.hpp"
+#include "named_shapes.hpp"
 #include "reference_mirror.hpp"
 
 #include <cstdint>
@@ -14,12 +15,6 @@
 
 namespace moeq::gpu_harness {
 
-struct ShapeSpec {
-  std::string name;
-  int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
-};
-// Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, Granite-3B-A800M (issue 6).
-const std::vector<ShapeSpec>& named_shapes();
 std::optional<ShapeSpec> shape_by_name(const std::string& name);
 
 struct SchemeSpec {

@@ -1,5 +1,7 @@
 #include "cmd_bench.hpp"
 
+#include "../gpu_harness/named_shapes.hpp"
+
 #if MOEQ_HAVE_GPU_BENCH
 #include "bench.hpp"
 #include "bench_layer.hpp"
@@ -96,8 +98,6 @@ std::string dims_refusal(const std::string& v) {
 }  // namespace
 
 std::optional<ApplyDims> parse_apply_dims(const std::string& v, std::string& why) {
-  // The named shapes of --shape (gpu_harness::named_shapes(), which a build without NVRTC lacks).
-  static const char* const kNamed[] = {"Mixtral-8x7B", "Qwen3-30B-A3B", "DeepSeek-V3", "Granite-3B-A800M"};
   ApplyDims d;
   std::string numbers = v;
   if (const size_t eq = v.find('='); eq != std::string::npos) {
@@ -110,7 +110,8 @@ std::optional<ApplyDims> parse_apply_dims(const std::string& v, std::string& why
       why = "'" + v + "': the name before '=' must be letters, digits, '-', '_' or '.'";
       return std::nullopt;
     }
-    if (std::find(std::begin(kNamed), std::end(kNamed), d.name) != std::end(kNamed)) {
+    const auto& named = gpu_harness::named_shapes();
+    if (std::any_of(named.begin(), named.end(), [&](const gpu_harness::ShapeSpec& s) { return s.name == d.name; })) {
       why = "'" + v + "': '" + d.name + "' is a named shape (--shape); give this geometry another name";
       return std::nullopt;
     }
