@@ -2,6 +2,7 @@
 #include <moeq/loader.hpp>
 #include <moeq/parallel_for.hpp>
 #include <moeq/staged_upload.hpp>
+#include <moeq/strings.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -41,14 +42,6 @@ int64_t LayerReport::count(LedgerEntry::State s) const {
 }
 
 namespace {
-
-std::string shape_string(const std::vector<int64_t>& s) {
-  std::ostringstream os;
-  os << '[';
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
-  os << ']';
-  return os.str();
-}
 
 // A strided read-only view into a mapped tensor; owns its shape/stride arrays.
 struct SourceView {

@@ -1,6 +1,7 @@
 #include <moeq/dtype.hpp>
 #include <moeq/error.hpp>
 #include <moeq/routed_forward.hpp>
+#include <moeq/strings.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -11,12 +12,6 @@
 namespace moeq {
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& s) {
-  std::string o = "[";
-  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
-  return o + "]";
-}
 
 // Runs `one` per top-k slot on x scaled by that slot's weight (weight 1), summing the outputs:
 // the weight sits on the expert's input.
@@ -110,14 +105,14 @@ const TensorInfo& GoldenFile::tensor(int64_t layer, const std::string& what, con
   auto it = file_->tensors().find(name);
   if (it == file_->tensors().end()) fail(path().string() + ": tensor " + name + " is missing");
   if (!shape.empty() && it->second.shape != shape)
-    fail(path().string() + ": tensor " + name + ": expected shape " + shape_text(shape) + ", found " +
-         shape_text(it->second.shape));
+    fail(path().string() + ": tensor " + name + ": expected shape " + shape_string(shape) + ", found " +
+         shape_string(it->second.shape));
   return it->second;
 }
 
 int64_t GoldenFile::tokens(int64_t layer) const {
   const TensorInfo& t = tensor(layer, "input", {});
-  if (t.shape.size() != 2) fail(path().string() + ": layers." + std::to_string(layer) + ".input must be [T, H], found " + shape_text(t.shape));
+  if (t.shape.size() != 2) fail(path().string() + ": layers." + std::to_string(layer) + ".input must be [T, H], found " + shape_string(t.shape));
   return t.shape[0];
 }
 
