@@ -36,6 +36,7 @@ DriverLoad load_driver(const char* library) {
       {reinterpret_cast<void**>(&d->cuStreamCreate), "cuStreamCreate"},
       {reinterpret_cast<void**>(&d->cuStreamDestroy), "cuStreamDestroy_v2"},
       {reinterpret_cast<void**>(&d->cuStreamSynchronize), "cuStreamSynchronize"},
+      {reinterpret_cast<void**>(&d->cuTensorMapEncodeTiled), "cuTensorMapEncodeTiled"},
   };
   for (const auto& [slot, name] : symbols) {
     *slot = dlsym(lib, name);

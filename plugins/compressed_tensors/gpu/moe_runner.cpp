@@ -60,6 +60,9 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
 
 std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t) {
+  if (t.ws)
+    return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
+           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ">";
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
@@ -69,10 +72,36 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
 }
 
 void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, cu::Stream stream, void* args,
-            const char* what, const std::function<void(const char*)>& after = {}) {
-  void* params[] = {args};
+            const char* what, const std::function<void(const char*)>& after = {}, void* second = nullptr) {
+  void* params[] = {args, second};
   cu::check(cu::driver().cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, smem, stream, params, nullptr), what);
   if (after) after(what);
+}
+
+// The TMA descriptor of a GEMM's B operand, boxes of one 128-byte K tile in the 128-byte
+// swizzle, zero fill past every end. GEMM1 (gated): w13 as [E][2][I][K], a box of bn/2 rows of
+// both halves (gate rows, then the same columns' up rows); GEMM2: w2 as E * N rows of K, boxes
+// of bn rows. Only the warp-specialized kernels read it; the others get zeros.
+mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, int64_t experts, int64_t n, int64_t k,
+                      const char* what) {
+  mk::TmaMap m{};
+  if (!t.ws) return m;
+  constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzle128 = 3, kL2Promote256 = 3, kFillZero = 0;
+  using u64 = unsigned long long;
+  const u64 elem = kind == mk::kKindFp8 ? 1 : 2, row = static_cast<u64>(k) * elem;
+  const u64 dims4[4] = {static_cast<u64>(k), static_cast<u64>(n), 2, static_cast<u64>(experts)};
+  const u64 strides4[3] = {row, row * static_cast<u64>(n), 2 * row * static_cast<u64>(n)};
+  const unsigned box4[4] = {static_cast<unsigned>(128 / elem), static_cast<unsigned>(t.bn / 2), 2, 1};
+  const u64 dims2[2] = {static_cast<u64>(k), static_cast<u64>(experts * n)};
+  const u64 strides2[1] = {row};
+  const unsigned box2[2] = {static_cast<unsigned>(128 / elem), static_cast<unsigned>(t.bn)};
+  const unsigned element_strides[4] = {1, 1, 1, 1};
+  cu::check(cu::driver().cuTensorMapEncodeTiled(&m, elem == 1 ? kU8 : kU16, gated ? 4 : 2, const_cast<void*>(w),
+                                               gated ? dims4 : dims2, gated ? strides4 : strides2,
+                                               gated ? box4 : box2, element_strides, kInterleaveNone, kSwizzle128,
+                                               kL2Promote256, kFillZero),
+            what);
+  return m;
 }
 
 }  // namespace
@@ -130,6 +159,13 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
+  // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
+  // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
+  // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).
+  hin.ws = hin.wgmma && scheme_.kind != mk::kKindW8A16 &&
+           (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 64 == 0)) &&
+           std::getenv("MOEQ_CT_NO_WS") == nullptr;
+  if (const char* v = std::getenv("MOEQ_CT_WS_ROWS32")) hin.ws_rows32 = std::string(v) == "1";
   hin.num_experts = d.num_experts;
   hin.top_k = d.top_k;
   hin.hidden = d.hidden;
@@ -188,13 +224,15 @@ std::vector<KernelSetSource> MoePlan::sources() const {
              am_name(scheme_.amode) + (scheme_.amode == mk::kAGroup ? "_g" + s(scheme_.act_group) : "") +
              (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup ? "_k" + s(scheme_.scale_k) : "") +
              "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) +
-             (b.gemm1.wgmma ? (b.gemm1.pipelined ? "_wgmma" : "_wgmma_serial") : "");
+             (b.gemm1.ws ? "_ws" : b.gemm1.wgmma ? (b.gemm1.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
+             (b.gemm2.ws != b.gemm1.ws ? (b.gemm2.ws ? "_g2ws" : "_g2nows") : "");
     std::string& src = k.source;
     // NOTE: the text names the tiles only (not the bucket's M range), so that layers whose
     // buckets pick the same tiles share one cache entry.
     src += "// " + k.name + ": " + scheme_.label() + "\n";
     src += "#include \"moe_prepare.cuh\"\n#include \"moe_gemm.cuh\"\n#include \"moe_combine.cuh\"\n";
     if (b.gemm1.wgmma || b.gemm2.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
+    if (b.gemm1.ws || b.gemm2.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
     src += "using namespace moeq_kernels;\n";
     src += "using G1 = " + gemm_type(scheme_, true, b.bm, b.gemm1) + ";\n";
     src += "using G2 = " + gemm_type(scheme_, false, b.bm, b.gemm2) + ";\n";
@@ -203,10 +241,15 @@ std::vector<KernelSetSource> MoePlan::sources() const {
            am + ">(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { count_pairs(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { zero_counts(a); }\n";
-    src += "extern \"C\" __global__ void __launch_bounds__(G1::kThreads, 1) moe_gemm1(const MoeArgs a) {\n"
-           "  extern __shared__ __align__(128) unsigned char smem[];\n  G1::run(a, smem);\n}\n";
-    src += "extern \"C\" __global__ void __launch_bounds__(G2::kThreads, 1) moe_gemm2(const MoeArgs a) {\n"
-           "  extern __shared__ __align__(128) unsigned char smem[];\n  G2::run(a, smem);\n}\n";
+    // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
+    for (int gi = 1; gi <= 2; ++gi) {
+      const std::string G = "G" + s(gi);
+      const bool ws = (gi == 1 ? b.gemm1 : b.gemm2).ws;
+      src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (ws ? G + "::kMinBlocks" : "1") +
+             ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
+             "  extern __shared__ __align__(128) unsigned char smem[];\n  " + G + "::run(a, " +
+             (ws ? "tmap_b, " : "") + "smem);\n}\n";
+    }
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { combine(a); }\n";
     if (fp8 && scheme_.amode == mk::kATensor) {
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
@@ -304,6 +347,14 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
+  // B descriptors per bucket (host-side encodings, no device work, see weight_map).
+  std::vector<mk::TmaMap> map1, map2;
+  for (const Bucket& b : p.buckets()) {
+    map1.push_back(weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
+                              "cuTensorMapEncodeTiled(w13)"));
+    map2.push_back(weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
+                              "cuTensorMapEncodeTiled(w2)"));
+  }
   const int64_t chunk = p.max_tokens();
   const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
@@ -328,14 +379,19 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
     const unsigned quant_blocks =
         fp8 ? static_cast<unsigned>(ceil_div(m, mk::quant_rows_per_block(a.hidden, 1024))) : 0;
     launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", after);
-    launch(f.gemm1, a.max_tiles, static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2)), b.gemm1.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after);
+    // The warp-specialized GEMMs take a flat grid and walk it in groups of m tiles
+    // (sm90_moe_ws.cuh); the others take (m tile, n tile).
+    const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
+    const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
+    const unsigned mt = static_cast<unsigned>(a.max_tiles);
+    launch(f.gemm1, b.gemm1.ws ? mt * n1 : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after, &map1[bi]);
     if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", after);
     if (f.quant_h)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", after);
-    launch(f.gemm2, a.max_tiles, static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn)), b.gemm2.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after);
+    launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after, &map2[bi]);
     const int64_t work = m * d.hidden / 4;
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
            "moe_combine", after);

@@ -24,6 +24,26 @@ int row_tile(double rows_per_expert) {
 GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, double rows_per_expert,
                    const HeuristicInput& in) {
   GemmTile t;
+  if (in.ws && bm >= 64) {
+    // NOTE: one producer warpgroup and bm / 64 consumers. 128-row tiles: one block an SM with
+    // 232 registers a consumer thread, so fp8 runs 256 wide as two promoted 128-column halves
+    // (128 + 64 accumulators) and bf16 256 wide in one go. 64-row tiles run two blocks an SM
+    // (one block's promotion overlaps the other's MMAs), 128 wide, in half the shared memory.
+    t.wgmma = true;
+    t.ws = true;
+    t.warps_m = bm / 64;
+    t.warps_n = 4;
+    t.bn = bm == 128 ? 256 : 128;
+    if (kind == kKindFp8 && (in.force_fp8_bn == 128 || in.force_fp8_bn == 256)) t.bn = in.force_fp8_bn;
+    // Narrow tiles where 256-wide ones would leave SMs idle (few tiles, small N).
+    if (kind == kKindFp8 && bm == 128 && in.force_fp8_bn == 0 &&
+        (n_out < 256 || expected_tiles * ceil_div(n_out, 256) < in.multiprocessors))
+      t.bn = 128;
+    const int budget = bm == 64 ? in.max_smem_per_block / 2 : in.max_smem_per_block;
+    t.stages = 8;
+    while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) > budget) --t.stages;
+    return t;
+  }
   if (in.wgmma && bm >= 64) {
     // Warpgroup MMA: bm / 64 warpgroups, 64 x bn each; as many stages as shared memory holds.
     t.wgmma = true;
@@ -83,12 +103,16 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   // changes (the tiles are chosen at the first M of their bucket).
   auto same = [](const GemmTile& a, const GemmTile& b) {
     return a.bn == b.bn && a.warps_m == b.warps_m && a.warps_n == b.warps_n && a.stages == b.stages &&
-           a.wgmma == b.wgmma && a.pipelined == b.pipelined;
+           a.wgmma == b.wgmma && a.pipelined == b.pipelined && a.ws == b.ws;
   };
   for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
     const double rows = static_cast<double>(m * k) / static_cast<double>(E);
     Bucket b;
     b.bm = row_tile(rows);
+    // NOTE (H100, 2026-12-05): from 17 rows an expert the warp-specialized 64-row tile streams
+    // the weights by TMA with two blocks an SM and wins over the 32-row mma.sync tile, although
+    // half its rows are padding at 32 rows an expert (the weights, not the MMAs, bound it there).
+    if (in.ws && !in.ws_rows32 && b.bm == 32) b.bm = 64;
     const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
     b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
     b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
@@ -110,12 +134,13 @@ int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
   // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
   // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
   const int a_row = kind == kKindW8A16 ? 256 : 128;
-  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0);
+  // The warp-specialized kernel adds two 8-byte mbarriers a stage.
+  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0) + (t.ws ? 16 * t.stages : 0);
 }
 
 std::string describe(const Bucket& b) {
   auto tile = [&](const GemmTile& t) {
-    return std::string(t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
+    return std::string(t.ws ? "wgmma-ws " : t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
            std::to_string(t.warps_m) + "x" + std::to_string(t.warps_n) + " s" + std::to_string(t.stages);
   };
   return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2);

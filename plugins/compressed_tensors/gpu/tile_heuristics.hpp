@@ -14,7 +14,10 @@ struct GemmTile {
   int stages = 4;
   bool wgmma = false;  // Hopper warpgroup MMA mainloop (moe_wgmma.cuh) instead of mma.sync
   bool pipelined = true;  // wgmma: a tile's MMAs in flight during the previous tile's promotion
-  int threads() const { return 32 * warps_m * warps_n; }
+  // Warp-specialized wgmma (sm90_moe_ws.cuh): a producer warpgroup (TMA for B, cp.async for the
+  // gathered A) and bm / 64 consumer warpgroups meeting at mbarriers.
+  bool ws = false;
+  int threads() const { return ws ? 128 * (warps_m + 1) : 32 * warps_m * warps_n; }
 };
 
 // One M bucket: tokens up to max_tokens use this row tile (shared by both GEMMs, since they
@@ -39,6 +42,10 @@ struct HeuristicInput {
   int force_fp8_bn = 0;
   int wgmma_stages_64 = 4;  // ring depth of 64-row wgmma tiles (MOEQ_CT_WGMMA_STAGES_64, measuring)
   bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
+  // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
+  // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
+  bool ws = false;
+  bool ws_rows32 = false;  // MOEQ_CT_WS_ROWS32=1: keep 32-row mma.sync tiles where ws would take 64 (measuring)
   int64_t num_experts = 0; // local
   int64_t top_k = 0;
   int64_t hidden = 0;

@@ -75,6 +75,13 @@ struct MoeArgs {
   int pad1;
 };
 
+// A CUDA tensor map (CUtensorMap: 128 bytes, 64-byte aligned), encoded by the host for the
+// warp-specialized GEMMs' TMA loads of B and passed as a __grid_constant__ kernel parameter.
+// Every GEMM kernel takes one; the others ignore it.
+struct alignas(64) TmaMap {
+  unsigned long long words[16];
+};
+
 // Router arguments (moe_routing.cuh).
 struct RouteArgs {
   const float* logits;  // [M, E]

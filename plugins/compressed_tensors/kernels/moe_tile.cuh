@@ -162,35 +162,55 @@ __device__ __forceinline__ int group_scale_row(const MoeArgs& a, const GemmGeom<
 template <int kAM, bool kGated>
 __device__ __forceinline__ float epilogue_act_scale(const MoeArgs& a, int arow) {
   const float* As = kGated ? a.a1s : a.a2s;
-  if (kAM == kAToken) return As[arow];
-  if (kAM == kATensor) return As[0];
+  if (kAM == kAToken) return __ldg(As + arow);
+  if (kAM == kATensor) return __ldg(As);
   if (kAM == kAStatic) return kGated ? a.a1_static : a.a2_static;
   return 1.0f;
 }
 
 // ------------------------------------------------------------------ epilogues
+//
+// NOTE: the outputs (h, y2) are plain pointers the compiler must assume may alias the scales,
+// so a scale load placed after a store waits for it, and an epilogue that loads a column's
+// scales next to each store runs one memory latency per store. Every scale a row's stores
+// need is therefore read (read-only loads) into registers before the first store.
+
+// Weight scales of output column pair (col, col + 1): GEMM1 gate then up, GEMM2 the two
+// columns (unused entries stay 1).
+template <int kWS, bool kGated>
+__device__ __forceinline__ void load_col_scales(const MoeArgs& a, int e, int col, float (&w)[4]) {
+  w[0] = w[1] = w[2] = w[3] = 1.0f;
+  if (kGated) {
+    const int I = a.inter;
+    if (kWS == kWTensor) {
+      w[0] = w[1] = __ldg(a.s13 + 2 * e);
+      w[2] = w[3] = __ldg(a.s13 + 2 * e + 1);
+    } else if (kWS == kWChannel) {
+      const float* sc = a.s13 + static_cast<long long>(e) * 2 * I;
+      w[0] = __ldg(sc + col);
+      w[1] = __ldg(sc + col + 1);
+      w[2] = __ldg(sc + I + col);
+      w[3] = __ldg(sc + I + col + 1);
+    }
+  } else {
+    if (kWS == kWTensor) w[0] = w[1] = __ldg(a.s2 + e);
+    if (kWS == kWChannel) {
+      const float* sc = a.s2 + static_cast<long long>(e) * a.hidden;
+      w[0] = __ldg(sc + col);
+      w[1] = __ldg(sc + col + 1);
+    }
+  }
+}
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
 // silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
-// f32 for the dynamic requantization). col is even and < I.
-template <int kKind, int kWS, int kAM>
-__device__ __forceinline__ void store_gated(const MoeArgs& a, int e, int p, float sa, int col, float g0, float g1,
-                                            float u0, float u1) {
-  const int I = a.inter;
-  float swg0 = 1.0f, swg1 = 1.0f, swu0 = 1.0f, swu1 = 1.0f;
-  if (kWS == kWTensor) {
-    swg0 = swg1 = a.s13[2 * e];
-    swu0 = swu1 = a.s13[2 * e + 1];
-  } else if (kWS == kWChannel) {
-    const float* s = a.s13 + static_cast<long long>(e) * 2 * I;
-    swg0 = s[col];
-    swg1 = s[col + 1];
-    swu0 = s[I + col];
-    swu1 = s[I + col + 1];
-  }
-  const float h0 = silu(g0 * sa * swg0) * (u0 * sa * swu0);
-  const float h1 = silu(g1 * sa * swg1) * (u1 * sa * swu1);
-  const long long o = static_cast<long long>(p) * I + col;  // even
+// f32 for the dynamic requantization). col is even and < I; w from load_col_scales.
+template <int kKind, int kAM>
+__device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, int col, const float (&w)[4], float g0,
+                                            float g1, float u0, float u1) {
+  const float h0 = silu(g0 * sa * w[0]) * (u0 * sa * w[2]);
+  const float h1 = silu(g1 * sa * w[1]) * (u1 * sa * w[3]);
+  const long long o = static_cast<long long>(p) * a.inter + col;  // even
   if (kKind != kKindFp8) {
     static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
   } else if (kAM == kAStatic) {
@@ -203,18 +223,10 @@ __device__ __forceinline__ void store_gated(const MoeArgs& a, int e, int p, floa
 }
 
 // GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw.
-template <int kWS>
-__device__ __forceinline__ void store_down(const MoeArgs& a, int e, int p, float sa, float tw, int col, float v0,
-                                           float v1) {
-  const int H = a.hidden;
-  float sw0 = 1.0f, sw1 = 1.0f;
-  if (kWS == kWTensor) sw0 = sw1 = a.s2[e];
-  if (kWS == kWChannel) {
-    sw0 = a.s2[static_cast<long long>(e) * H + col];
-    sw1 = a.s2[static_cast<long long>(e) * H + col + 1];
-  }
-  reinterpret_cast<float2*>(a.y2)[(static_cast<long long>(p) * H + col) >> 1] =
-      make_float2(v0 * sa * sw0 * tw, v1 * sa * sw1 * tw);
+__device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, float tw, int col, const float (&w)[4],
+                                           float v0, float v1) {
+  reinterpret_cast<float2*>(a.y2)[(static_cast<long long>(p) * a.hidden + col) >> 1] =
+      make_float2(v0 * sa * w[0] * tw, v1 * sa * w[1] * tw);
 }
 
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
@@ -224,22 +236,32 @@ template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class A
 __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGated>& geo, int e, int p, ColOf col_of,
                                           AccOf acc_of) {
   if (p < 0) return;
+  constexpr int NC = kGated ? NF / 2 : NF;  // column pairs of the row
   const float sa = epilogue_act_scale<kAM, kGated>(a, p / geo.a_div);
-  if (kGated) {
+  const float tw = kGated ? 1.0f : __ldg(a.topk_weights + p);
+  // NOTE: in chunks of eight column pairs: one memory latency per chunk, and at most 32 scale
+  // registers next to the accumulators (a whole 256-wide row's would spill).
+  constexpr int kChunk = NC < 8 ? NC : 8;
 #pragma unroll
-    for (int jg = 0; jg < NF / 2; ++jg) {
-      const int col = col_of(jg);
-      if (col >= geo.N) continue;
-      store_gated<kKind, kWS, kAM>(a, e, p, sa, col, acc_of(jg, 0), acc_of(jg, 1), acc_of(jg + NF / 2, 0),
-                                   acc_of(jg + NF / 2, 1));
+  for (int j0 = 0; j0 < NC; j0 += kChunk) {
+    float w[kChunk][4];
+#pragma unroll
+    for (int jj = 0; jj < kChunk; ++jj) {
+      const int col = col_of(j0 + jj);
+      if (col < geo.N)
+        load_col_scales<kWS, kGated>(a, e, col, w[jj]);
+      else
+        w[jj][0] = w[jj][1] = w[jj][2] = w[jj][3] = 1.0f;
     }
-  } else {
-    const float tw = a.topk_weights[p];
 #pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      const int col = col_of(j);
+    for (int jj = 0; jj < kChunk; ++jj) {
+      const int j = j0 + jj, col = col_of(j);
       if (col >= geo.N) continue;
-      store_down<kWS>(a, e, p, sa, tw, col, acc_of(j, 0), acc_of(j, 1));
+      if (kGated)
+        store_gated<kKind, kAM>(a, p, sa, col, w[jj], acc_of(j, 0), acc_of(j, 1), acc_of(j + NF / 2, 0),
+                                acc_of(j + NF / 2, 1));
+      else
+        store_down(a, p, sa, tw, col, w[jj], acc_of(j, 0), acc_of(j, 1));
     }
   }
 }

@@ -39,6 +39,12 @@ struct Driver {
   int (*cuStreamCreate)(Stream* s, unsigned flags) = nullptr;
   int (*cuStreamDestroy)(Stream s) = nullptr;  // _v2
   int (*cuStreamSynchronize)(Stream s) = nullptr;
+  // Encodes a TMA descriptor (a host-side computation, no device work): map points at 128
+  // bytes aligned to 64; the enums are the driver's CUtensorMap* values.
+  int (*cuTensorMapEncodeTiled)(void* map, int data_type, unsigned rank, void* global, const unsigned long long* dims,
+                                const unsigned long long* strides_bytes, const unsigned* box,
+                                const unsigned* element_strides, int interleave, int swizzle, int l2_promotion,
+                                int oob_fill) = nullptr;
 };
 
 // Every entry point of `library` resolved, or why not ("no CUDA driver (...)", "... lacks

@@ -1,0 +1,296 @@
+// Grouped GEMM on Hopper, warp-specialized (sm_90a): the kernel of the large-M buckets for fp8
+// and bf16 weights. One producer warpgroup fills a ring of shared-memory stages while one or two
+// consumer warpgroups (64 rows each) run warpgroup MMAs on it; the two sides meet only at
+// per-stage mbarriers, never at a block barrier.
+//
+// - B (the expert's weights) arrives by TMA: one thread issues one box per stage (GEMM1: w13
+//   seen as [E][2][I][H], so that one box holds BN/2 gate rows and the same columns' up rows),
+//   the 128-byte swizzle written by the copy engine itself, K and row tails zero-filled by it.
+// - A (activations) is gathered through the tile's expert-sorted pairs, so it cannot be one TMA
+//   box: the producer's 128 threads issue cp.async for it and hand their completion to the same
+//   "full" barrier (cp.async.mbarrier.arrive.noinc), so a stage is full when its TMA bytes and
+//   every thread's copies have landed.
+// - Consumers wait on "full", run the stage's MMAs and, once those have read the stage, arrive
+//   on "empty", which the producer waits on before refilling it.
+// - fp8 products are promoted per 128-wide K tile into the fp32 accumulators (times the tile's
+//   block / group scales), as moe_wgmma.cuh explains; 256-wide fp8 tiles run as two 128-column
+//   halves, each promoted in turn, while the other consumer warpgroup keeps the tensor core busy.
+// - Blocks walk the (m tile, n tile) grid in groups of kGroupM m tiles, n fastest inside a
+//   group, so that one wave's activations and weights stay in L2 together.
+// - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
+//   accumulators (up to 128 + 64 floats a thread) need them.
+#pragma once
+#include "moe_wgmma.cuh"
+
+namespace moeq_kernels {
+
+__device__ __forceinline__ void mbar_init(u32 bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// The arrival of this thread, made when all its earlier cp.async have completed (counted in the
+// barrier's expected arrivals: .noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWS_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WS_WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// One 2-D TMA box (inner coordinate c0 in elements, row c1) into shared memory, completing
+// its bytes on `bar`.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, int c1, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::
+          "r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+// One 4-D TMA box (coordinates innermost first).
+__device__ __forceinline__ void tma_load_4d(u32 dst, const TmaMap* map, int c0, int c1, int c2, int c3, u32 bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+#endif
+
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES>
+struct WsGemm {
+  static constexpr int kConsumers = BM / 64;
+  static constexpr int kThreads = 128 * (kConsumers + 1);
+  // 64-row tiles run two blocks an SM (one consumer warpgroup each), 128-row tiles one.
+  static constexpr int kMinBlocks = kConsumers == 1 ? 2 : 1;
+  static constexpr int kProducerRegs = 40;
+  static constexpr int kConsumerRegs = kConsumers == 1 ? 216 : 232;
+  static constexpr int kAStage = BM * 128, kBStage = BN * 128, kStage = kAStage + kBStage;
+  static constexpr int kSmemBytes = STAGES * kStage + 1024 + 16 * STAGES;
+  static constexpr int kTileK = GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16
+  static constexpr bool kPromote = kKind == kKindFp8;
+  static constexpr bool kTileScales = kPromote && (kWS == kWBlock || kAM == kAGroup);
+  static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
+  static constexpr int NF = BN / 8;
+  static constexpr int kHalvesN = kPromote && BN == 256 ? 2 : 1;
+  static constexpr int kPartAcc = kAcc / kHalvesN;
+  // Weight block scales: one per 64 tile columns (the plan takes this kernel for block scales
+  // only where scale blocks are whole multiples of 64 rows, so no 64-column slot straddles two).
+  static constexpr int kSlots = BN / 64;
+  static constexpr int kGroupM = 8;
+  static_assert(kKind == kKindFp8 || kKind == kKindBf16, "W8A16 runs on the mma.sync kernel");
+  static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+  static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
+  static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
+
+  // Block b of the flattened grid -> (m tile, n tile): groups of kGroupM m tiles, n fastest
+  // inside a group.
+  __device__ __forceinline__ static void tile_of(int b, int m_tiles, int n_tiles, int& mt, int& nt) {
+    const int per_group = kGroupM * n_tiles;
+    const int group = b / per_group, in = b - group * per_group;
+    const int first = group * kGroupM;
+    const int rows = min(kGroupM, m_tiles - first);
+    mt = first + in % rows;
+    nt = in / rows;
+  }
+
+  __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __shared__ int s_pair[BM];
+    __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
+    const GemmGeom<kGated> geo(a);
+    const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
+    int tile, nt;
+    tile_of(blockIdx.x, a.max_tiles, n_tiles, tile, nt);
+    if (tile >= *a.num_tiles) return;
+    u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
+    const u32 s_base = smem_u32(smem);
+    const u32 full0 = s_base + STAGES * kStage, empty0 = full0 + 8 * STAGES;
+    const int e = a.tile_expert[tile];
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const int n0 = nt * (kGated ? BN / 2 : BN);
+    for (int r = tid; r < BM; r += kThreads) {
+      const int p = a.sorted_pair[tile * BM + r];
+      s_pair[r] = p;
+      s_arow[r] = p >= 0 ? p / geo.a_div : -1;  // one division a row and block, not a stage
+    }
+    if (tid == 0) {
+#pragma unroll
+      for (int s = 0; s < STAGES; ++s) {
+        mbar_init(full0 + 8 * s, 128 + 1);        // the producer's threads + the TMA issuer
+        mbar_init(empty0 + 8 * s, kConsumers * 4);  // every consumer warp
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+      fence_proxy_async();
+    }
+    __syncthreads();
+    const int KT = (geo.K + kTileK - 1) / kTileK;
+
+    if (wg == 0) {
+      // ---------------------------------------------------------------- producer
+      setmaxnreg_dec<kProducerRegs>();
+      const int I = a.inter, H = a.hidden;
+      const u8* a_base;
+      long long lda;
+      if (kGated) {
+        a_base = kKind == kKindFp8 ? a.a1q : static_cast<const u8*>(a.x);
+        lda = kKind == kKindFp8 ? static_cast<long long>(H) : a.x_stride * 2;
+      } else {
+        a_base = (kKind == kKindFp8 && kAM != kAStatic) ? a.a2q : static_cast<const u8*>(a.h);
+        lda = static_cast<long long>(I) * GemmTraits<kKind>::kAElem;
+      }
+      const int a_row_bytes = geo.K * GemmTraits<kKind>::kAElem;
+      // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
+      const int c = tid & 7, r0 = tid >> 3;
+      const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
+      for (int kt = 0; kt < KT; ++kt) {
+        const int s = kt % STAGES;
+        if (kt >= STAGES) mbar_wait(empty0 + 8 * s, ((kt / STAGES) - 1) & 1);
+        const u32 sA = s_base + s * kStage, full = full0 + 8 * s;
+        if (tid == 0) {
+          mbar_arrive_expect_tx(full, kBStage);
+          if (kGated) {
+            // w13 as [E][2][I][H]: one box of BN/2 gate rows and the same columns' up rows.
+            tma_load_4d(sA + kAStage, &tmap_b, kt * kTileK, n0, 0, e, full);
+          } else {
+            tma_load_2d(sA + kAStage, &tmap_b, kt * kTileK, b_row, full);
+          }
+        }
+        const bool k_ok = kt * 128 + c * 16 < a_row_bytes;
+#pragma unroll
+        for (int i = 0; i < BM / 16; ++i) {
+          const int r = r0 + 16 * i;
+          const int ar = s_arow[r];
+          const bool ok = ar >= 0 && k_ok;
+          const u8* src = a_base + (ok ? static_cast<long long>(ar) * lda + kt * 128 + c * 16 : 0);
+          cp_async16(sA + swz(r, c, 128), src, ok);
+        }
+        cp_async_mbar_arrive(full);
+      }
+      return;
+    }
+
+    // ------------------------------------------------------------------ consumers
+    setmaxnreg_inc<kConsumerRegs>();
+    const int cw = wg - 1, ctid = tid - 128, lane = tid & 31, wq = (ctid >> 5) & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const int prow[2] = {s_pair[cw * 64 + wq * 16 + g], s_pair[cw * 64 + wq * 16 + g + 8]};
+
+    int sw_row[kSlots];
+    const BlockScaleRows<kGated> sws(a);
+#pragma unroll
+    for (int j = 0; j < kSlots; ++j) {
+      sw_row[j] = -1;
+      if (kTileScales && kWS == kWBlock) {
+        const int r = j * 64;
+        const int col = kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+        sw_row[j] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && r >= BN / 2 ? 1 : 0, geo.N);
+      }
+    }
+    const float* as_base = kGated ? a.a1s : a.a2s;
+    const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
+    const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
+
+    float acc[kAcc];
+#pragma unroll
+    for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+
+    if constexpr (kPromote) {
+      float part[kPartAcc];
+      for (int kt = 0; kt < KT; ++kt) {
+        const int s = kt % STAGES;
+        // The tile's scales, read before the wait so their latency hides behind it.
+        float sa0 = 1.0f, sa1 = 1.0f, sw[kSlots];
+#pragma unroll
+        for (int j = 0; j < kSlots; ++j) sw[j] = 1.0f;
+        if (kAM == kAGroup) {
+          const int kg = kt * 128 / a.act_group;
+          sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+          sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
+        }
+        if (kTileScales && kWS == kWBlock) {
+          const int kb = kt * 128 / sws.bk;
+#pragma unroll
+          for (int j = 0; j < kSlots; ++j) sw[j] = sws.at(sw_row[j], kb);
+        }
+        mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
+        fence_proxy_async();  // the cp.async (generic proxy) A tile, read by wgmma (async proxy)
+        const u32 sA = s_base + s * kStage;
+        const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+#pragma unroll
+        for (int hn = 0; hn < kHalvesN; ++hn) {
+          const unsigned long long db = smem_desc(sA + kAStage + hn * 128 * 128);
+          fence_regs<kPartAcc>(part);
+          wgmma_fence();
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
+          wgmma_commit();
+          wgmma_wait0();
+          fence_regs<kPartAcc>(part);
+          if (hn == kHalvesN - 1 && lane == 0) mbar_arrive(empty0 + 8 * s);
+          // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
+          // fragment j: (column j * 8) / 64.
+          promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
+                                      [&](int j) { return sw[(hn * (NF / kHalvesN) + j) / 8]; });
+        }
+      }
+    } else {
+      for (int kt = 0; kt < KT; ++kt) {
+        const int s = kt % STAGES;
+        mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
+        fence_proxy_async();
+        const u32 sA = s_base + s * kStage;
+        const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+        const unsigned long long db = smem_desc(sA + kAStage);
+        fence_regs<kAcc>(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          if constexpr (BN == 256)
+            wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+          else
+            wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
+        }
+        wgmma_commit();
+        // The previous tile's MMAs are done once at most this one is pending: its stage is free.
+        wgmma_wait1();
+        fence_regs<kAcc>(acc);
+        if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+      }
+      wgmma_wait0();
+      fence_regs<kAcc>(acc);
+    }
+
+    auto out_col = [&](int j) {
+      const int r = j * 8 + 2 * t;
+      return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+    };
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+      store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
+                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
+#else
+    static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
+#endif
+  }
+};
+
+}  // namespace moeq_kernels
