@@ -165,7 +165,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.ws = hin.wgmma && scheme_.kind != mk::kKindW8A16 &&
            (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 64 == 0)) &&
            std::getenv("MOEQ_CT_NO_WS") == nullptr;
-  if (const char* v = std::getenv("MOEQ_CT_WS_ROWS32")) hin.ws_rows32 = std::string(v) == "1";
   hin.num_experts = d.num_experts;
   hin.top_k = d.top_k;
   hin.hidden = d.hidden;

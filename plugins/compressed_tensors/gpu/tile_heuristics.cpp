@@ -109,10 +109,6 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
     const double rows = static_cast<double>(m * k) / static_cast<double>(E);
     Bucket b;
     b.bm = row_tile(rows);
-    // NOTE (H100, 2026-12-05): from 17 rows an expert the warp-specialized 64-row tile streams
-    // the weights by TMA with two blocks an SM and wins over the 32-row mma.sync tile, although
-    // half its rows are padding at 32 rows an expert (the weights, not the MMAs, bound it there).
-    if (in.ws && !in.ws_rows32 && b.bm == 32) b.bm = 64;
     const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
     b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
     b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);

@@ -45,7 +45,6 @@ struct HeuristicInput {
   // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
   // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
   bool ws = false;
-  bool ws_rows32 = false;  // MOEQ_CT_WS_ROWS32=1: keep 32-row mma.sync tiles where ws would take 64 (measuring)
   int64_t num_experts = 0; // local
   int64_t top_k = 0;
   int64_t hidden = 0;
