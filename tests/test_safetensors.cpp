@@ -302,6 +302,40 @@ TEST_CASE("overlapping byte ranges name both tensors") {
   CHECK(has(msg, "overlap"));
 }
 
+TEST_CASE("a hole between two tensors' byte ranges is refused, naming both and the hole") {
+  TempDir dir;
+  write_raw(dir / "h.safetensors",
+            R"({"first":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+            R"("second":{"dtype":"U8","shape":[4],"data_offsets":[6,10]}})",
+            10);
+  std::string msg = open_error(dir / "h.safetensors");
+  INFO(msg);
+  CHECK(has(msg, "h.safetensors"));
+  CHECK(has(msg, "bytes [4, 6) of the data section belong to no tensor"));
+  CHECK(has(msg, "'first' (ends at 4)"));
+  CHECK(has(msg, "'second' (begins at 6)"));
+}
+
+TEST_CASE("bytes before the first tensor or after the last are refused") {
+  TempDir dir;
+  write_raw(dir / "lead.safetensors", R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}})", 6);
+  std::string lead = open_error(dir / "lead.safetensors");
+  INFO(lead);
+  CHECK(has(lead, "bytes [0, 2) of the data section belong to no tensor"));
+  CHECK(has(lead, "before the first tensor 'w'"));
+
+  write_raw(dir / "tail.safetensors", R"({"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 7);
+  std::string tail = open_error(dir / "tail.safetensors");
+  INFO(tail);
+  CHECK(has(tail, "tail.safetensors"));
+  CHECK(has(tail, "the data section is 7 bytes but its tensors cover 4"));
+  CHECK(has(tail, "found 3"));
+
+  // Only empty tensors: the data section must be empty too.
+  write_raw(dir / "empty.safetensors", R"({"e":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", 1);
+  CHECK(has(open_error(dir / "empty.safetensors"), "the data section is 1 bytes but its tensors cover 0"));
+}
+
 TEST_CASE("a range inside a longer earlier range overlaps too") {
   TempDir dir;
   write_raw(dir / "o.safetensors",

@@ -245,8 +245,11 @@ std::map<std::string, std::string> parse_metadata(const Context& ctx, const json
   return out;
 }
 
-// Non-empty ranges must be disjoint; empty ones hold no bytes and may sit anywhere.
-void check_no_overlap(const Context& ctx, std::vector<const Entry*> entries) {
+// Non-empty ranges must be disjoint and, together, cover the data section exactly: the format
+// allows neither a hole between two tensors nor bytes after the last one (a writer that leaves
+// either has put bytes in the file that no tensor accounts for). Empty ranges hold no bytes and
+// may sit anywhere.
+void check_layout(const Context& ctx, std::vector<const Entry*> entries, uint64_t data_size) {
   std::erase_if(entries, [](const Entry* e) { return e->begin == e->end; });
   std::sort(entries.begin(), entries.end(), [](const Entry* a, const Entry* b) {
     return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
@@ -259,8 +262,21 @@ void check_no_overlap(const Context& ctx, std::vector<const Entry*> entries) {
                     std::to_string(e->begin) + ", " + std::to_string(e->end) +
                     ") overlap in the data section");
     }
+    const uint64_t covered = furthest ? furthest->end : 0;
+    if (static_cast<uint64_t>(e->begin) > covered)
+      ctx.fail_file("bytes [" + std::to_string(covered) + ", " + std::to_string(e->begin) +
+                    ") of the data section belong to no tensor: a hole " +
+                    (furthest ? "between '" + furthest->name + "' (ends at " + std::to_string(furthest->end) + ") and '"
+                              : std::string("before the first tensor '")) +
+                    e->name + "' (begins at " + std::to_string(e->begin) +
+                    "); expected each tensor to begin where the previous one ends");
     if (!furthest || e->end > furthest->end) furthest = e;
   }
+  const uint64_t covered = furthest ? static_cast<uint64_t>(furthest->end) : 0;
+  if (covered != data_size)
+    ctx.fail_file("the data section is " + std::to_string(data_size) + " bytes but its tensors cover " +
+                  std::to_string(covered) + (furthest ? " (the last, '" + furthest->name + "', ends there)" : std::string()) +
+                  ": expected no bytes after the last tensor, found " + std::to_string(data_size - covered));
 }
 
 }  // namespace
@@ -321,7 +337,7 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std:
   }
   std::vector<const Entry*> pointers;
   for (const Entry& e : entries) pointers.push_back(&e);
-  check_no_overlap(ctx, std::move(pointers));
+  check_layout(ctx, std::move(pointers), data_size);
 
   for (Entry& e : entries) {
     TensorInfo info{e.name, e.dtype, std::move(e.shape), e.begin, e.end,
