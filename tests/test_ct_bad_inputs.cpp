@@ -205,3 +205,41 @@ TEST_CASE("moeq inspect says for each layer which scale name and granularity it 
   CHECK(has(second, "\"scale_names\":[]"));
   CHECK(has(second, "\"unquantized_because\":\"listed in quantization_config.ignore"));
 }
+
+TEST_CASE("two config groups that match a layer equally are refused naming both; a more specific one wins") {
+  TempDir d;
+  auto w = writer::write_ct_fp8_block(d / "ckpt", small());
+  SUBCASE("both target the module class") {
+    edit_config(w.dir, [](boost::json::object& q) {
+      boost::json::object copy = group0(q);
+      q.at("config_groups").as_object()["group_1"] = copy;
+    });
+    const std::string e = load_error(w.dir);
+    CHECK(has(e, "quantization config is ambiguous for layer model.layers.0.mlp.experts: config groups 'group_0' "
+                 "(target 'Linear') and 'group_1' (target 'Linear') both match it by module class"));
+  }
+  SUBCASE("both match by regex") {
+    edit_config(w.dir, [](boost::json::object& q) {
+      group0(q)["targets"] = boost::json::array{"re:.*mlp.*"};
+      boost::json::object copy = group0(q);
+      copy["targets"] = boost::json::array{"re:.*experts.*"};
+      q.at("config_groups").as_object()["late"] = copy;
+    });
+    const std::string e = load_error(w.dir);
+    CHECK(has(e, "config groups 'group_0' (target 're:.*mlp.*') and 'late' (target 're:.*experts.*') both match "
+                 "it by regex"));
+  }
+  SUBCASE("a regex group wins over a module-class group, whichever comes first") {
+    // group_0 (class 'Linear') asks for 4-bit weights, which this plugin refuses; the regex
+    // group describes the checkpoint. The load succeeds only if the regex group is the one used.
+    edit_config(w.dir, [](boost::json::object& q) {
+      boost::json::object specific = group0(q);
+      specific["targets"] = boost::json::array{"re:.*mlp\\.experts.*"};
+      group0(q).at("weights").as_object()["num_bits"] = 4;
+      q.at("config_groups").as_object()["specific"] = specific;
+    });
+    BuiltPlugins p;
+    LoadedModel m = load_dir(w.dir, p.registry());
+    CHECK(m.layers.size() == 1);
+  }
+}

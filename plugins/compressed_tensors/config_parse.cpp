@@ -214,6 +214,26 @@ bool entry_matches(const std::string& entry, const std::string& layer, bool is_t
   return entry == layer || entry.rfind(layer + ".", 0) == 0;
 }
 
+// How a config group's target names a layer, most specific first (what vLLM's compressed-tensors
+// scheme lookup prefers when several groups match: the layer's name, then a regex, then a
+// module class).
+enum class TargetMatch { kNone = 0, kClass = 1, kRegex = 2, kName = 3 };
+const char* match_kind(TargetMatch m) {
+  switch (m) {
+    case TargetMatch::kName: return "by name";
+    case TargetMatch::kRegex: return "by regex";
+    case TargetMatch::kClass: return "by module class";
+    case TargetMatch::kNone: break;
+  }
+  return "not";
+}
+TargetMatch target_match(const std::string& target, const std::string& layer) {
+  if (!entry_matches(target, layer, true)) return TargetMatch::kNone;
+  if (target.rfind("re:", 0) == 0) return TargetMatch::kRegex;
+  if (target == layer || target.rfind(layer + ".", 0) == 0) return TargetMatch::kName;
+  return TargetMatch::kClass;
+}
+
 std::string find_ignore(const json::object& o, const char* key, const std::string& layer) {
   const json::value* ig = o.if_contains(key);
   if (ig == nullptr || !ig->is_array()) return "";
@@ -264,17 +284,41 @@ ExpertScheme from_compressed_tensors(const json::object& o, const std::string& l
   if (std::string hit = find_ignore(o, "ignore", layer); !hit.empty())
     return unquantized("compressed-tensors", "listed in quantization_config.ignore ('" + hit + "')", layer, wdt);
 
+  // NOTE: the group whose target names the layer most specifically wins (name, then regex, then
+  // module class). Two groups that tie there are ambiguous: which one a runtime applies then
+  // depends on its parser (vLLM's lets the later one win), so the load is refused naming both.
+  const json::object* chosen = nullptr;
+  std::string chosen_name, chosen_target;
+  TargetMatch best = TargetMatch::kNone;
   for (const auto& [name, g] : groups->as_object()) {
     if (!g.is_object()) fail("config group '" + std::string(name) + "' is not an object");
     const json::object& go = g.as_object();
     const json::value* targets = go.if_contains("targets");
     if (targets == nullptr || !targets->is_array())
       fail("config group '" + std::string(name) + "' has no targets list");
-    bool hit = false;
-    for (const json::value& t : targets->as_array())
-      if (t.is_string() && entry_matches(std::string(t.as_string()), layer, true)) hit = true;
-    if (!hit) continue;
-
+    TargetMatch m = TargetMatch::kNone;
+    std::string target;
+    for (const json::value& t : targets->as_array()) {
+      if (!t.is_string()) continue;
+      const TargetMatch tm = target_match(std::string(t.as_string()), layer);
+      if (tm > m) {
+        m = tm;
+        target = std::string(t.as_string());
+      }
+    }
+    if (m == TargetMatch::kNone || m < best) continue;
+    if (m == best)
+      fail("quantization config is ambiguous for layer " + layer + ": config groups '" + chosen_name + "' (target '" +
+           chosen_target + "') and '" + std::string(name) + "' (target '" + target + "') both match it " +
+           match_kind(m) + "; expected exactly one group to match it most specifically");
+    best = m;
+    chosen = &go;
+    chosen_name = std::string(name);
+    chosen_target = target;
+  }
+  if (chosen != nullptr) {
+    const json::object& go = *chosen;
+    const std::string& name = chosen_name;
     const std::string what = "compressed-tensors group '" + std::string(name) + "'";
     ExpertScheme s;
     s.config_kind = "compressed-tensors";
