@@ -212,6 +212,17 @@ TEST_CASE("moeq usage errors exit 2 naming the option, with --json an error is s
   const boost::json::object o = boost::json::parse(j.out).as_object();
   CHECK(o.at("error").as_string().find("nothing-here") != boost::json::string::npos);
   CHECK(o.at("exit_status").as_int64() == 1);
+  // Usage errors that stop the parser (unknown option, bad value, missing argument) before it
+  // reads --json still print one JSON document on stdout.
+  for (const std::string args : {"load --json --no-such-option x", "run --json --tokens 0 x", "inspect --json",
+                                 "bench apply --json --m zero"}) {
+    CAPTURE(args);
+    Result u = run_moeq_cli(args, "", /*with_stderr=*/false);
+    CHECK(u.code == 2);
+    const boost::json::object uo = boost::json::parse(u.out).as_object();
+    CHECK(uo.at("error").as_string().starts_with("usage: "));
+    CHECK(uo.at("exit_status").as_int64() == 2);
+  }
 }
 
 TEST_CASE("moeq demo --tokens is used, --keep must be a directory, and a temporary demo directory is removed") {

@@ -2,6 +2,7 @@
 // checking that the message names the file or tensor and says what was expected and found.
 #include <moeq/error.hpp>
 #include <moeq/safetensors.hpp>
+#include <moeq/strings.hpp>
 #include <moeq_writer/safetensors_writer.hpp>
 
 #include <doctest/doctest.h>
@@ -334,6 +335,19 @@ TEST_CASE("bytes before the first tensor or after the last are refused") {
   // Only empty tensors: the data section must be empty too.
   write_raw(dir / "empty.safetensors", R"({"e":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}})", 1);
   CHECK(has(open_error(dir / "empty.safetensors"), "the data section is 1 bytes but its tensors cover 0"));
+}
+
+TEST_CASE("a tensor name with a NUL or another control byte is refused, the name escaped in full") {
+  TempDir dir;
+  write_raw(dir / "n.safetensors", R"({"model.w\u0000.shadow":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2);
+  std::string msg = open_error(dir / "n.safetensors");
+  INFO(msg);
+  CHECK(msg.find('\0') == std::string::npos);
+  CHECK(has(msg, "tensor 'model.w\\x00.shadow'"));
+  CHECK(has(msg, "holds a control byte"));
+  write_raw(dir / "e.safetensors", R"({"a\u001b[2Jb":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", 2);
+  CHECK(has(open_error(dir / "e.safetensors"), "tensor 'a\\x1b[2Jb'"));
+  CHECK(printable_name("back\\slash") == "back\\\\slash");
 }
 
 TEST_CASE("a range inside a longer earlier range overlaps too") {

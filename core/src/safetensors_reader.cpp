@@ -3,6 +3,7 @@
 // never later as a wild read.
 #include <moeq/checkpoint.hpp>  // parse_json_strict
 #include <moeq/error.hpp>
+#include <moeq/strings.hpp>
 #include <moeq/safetensors.hpp>
 
 #include <fcntl.h>
@@ -94,7 +95,7 @@ class Context {
     fail("safetensors file '" + path_ + "': " + what);
   }
   [[noreturn]] void fail_tensor(const std::string& tensor, const std::string& what) const {
-    fail("safetensors file '" + path_ + "', tensor '" + tensor + "': " + what);
+    fail("safetensors file '" + path_ + "', tensor '" + printable_name(tensor) + "': " + what);
   }
   const std::string& path() const { return path_; }
 
@@ -323,6 +324,8 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std:
     if (entries.size() >= limits.max_tensors_per_file)
       ctx.fail_file("too many tensors: more than the limit of " +
                     std::to_string(limits.max_tensors_per_file) + " per file");
+    if (has_control_byte(name))
+      ctx.fail_tensor(name, "the name holds a control byte (shown as \\xNN); expected a printable tensor name");
     entries.push_back(parse_entry(ctx, name, kv.value(), limits.max_rank));
   }
 

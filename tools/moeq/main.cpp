@@ -9,6 +9,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <string_view>
 
 namespace {
 
@@ -78,7 +79,18 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help exits 0; every usage error (unknown option, bad value) exits 2, as documented,
     // rather than with CLI11's own codes (100 and up).
-    return app.exit(e) == 0 ? 0 : 2;
+    if (app.exit(e) == 0) return 0;
+    // NOTE: parsing stopped before --json may have been read; a caller that asked for JSON
+    // still gets one document on stdout (the usage message stays on stderr).
+    for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i)
+      if (std::string_view(argv[i]) == "--json") {
+        opt.json = true;
+        std::cout << boost::json::serialize(
+                         boost::json::object{{"error", std::string("usage: ") + e.what()}, {"exit_status", 2}})
+                  << "\n";
+        break;
+      }
+    return 2;
   }
   // A rank must lie below its size: a usage error, named by its options, like a bad value.
   for (auto* sub : {inspect, load, run})

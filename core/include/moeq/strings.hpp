@@ -23,4 +23,33 @@ inline std::string shape_string(const std::vector<int64_t>& s) {
   return o + "]";
 }
 
+// A name from a file as messages print it: control bytes (NUL, newline, escape, DEL) as \xNN
+// and backslashes doubled, so that a hostile name can neither cut a message short nor pass for
+// another name.
+inline std::string printable_name(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string o;
+  o.reserve(s.size());
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\\') {
+      o += "\\\\";
+    } else if (c < 0x20 || c == 0x7f) {
+      o += "\\x";
+      o += hex[c >> 4];
+      o += hex[c & 15];
+    } else {
+      o += ch;
+    }
+  }
+  return o;
+}
+
+// True when the name holds a control byte (which no real tensor or module name has).
+inline bool has_control_byte(const std::string& s) {
+  for (const char ch : s)
+    if (static_cast<unsigned char>(ch) < 0x20 || static_cast<unsigned char>(ch) == 0x7f) return true;
+  return false;
+}
+
 }  // namespace moeq
