@@ -151,6 +151,23 @@ TEST_CASE("ModelOpt algos without a compressed-tensors equivalent decline naming
   }
 }
 
+TEST_CASE("a quant_algo that is not a string names what it found; a missing one says it is missing") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = make(d, writer::ModelOptAlgo::kFp8);
+  boost::json::object hf = boost::json::parse(read_text(w.dir / "hf_quant_config.json")).as_object();
+  hf["quantization"].as_object()["quant_algo"] = 8;
+  write_text(w.dir / "hf_quant_config.json", boost::json::serialize(hf));
+  std::string e = error_of([&] { load_dir(w.dir, p.registry()); });
+  INFO(e);
+  CHECK(e.find("quant_algo must be a string such as \"FP8\", found 8 (a number)") != std::string::npos);
+  CHECK(e.find("has no quant_algo") == std::string::npos);
+  hf["quantization"].as_object().erase("quant_algo");
+  write_text(w.dir / "hf_quant_config.json", boost::json::serialize(hf));
+  e = error_of([&] { load_dir(w.dir, p.registry()); });
+  CHECK(e.find("ModelOpt config has no quant_algo") != std::string::npos);
+}
+
 TEST_CASE("quant_algo is case-insensitive and config.json's quant_method modelopt works alone") {
   BuiltPlugins p;
   TempDir d;

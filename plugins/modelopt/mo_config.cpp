@@ -75,7 +75,10 @@ ModelOptConfig parse_modelopt(const std::string& text, const std::string& source
     c.exclude_modules = string_list(o.if_contains("ignore"), "ignore");
   }
   const json::value* a = q->if_contains("quant_algo");
-  if (a == nullptr || !a->is_string()) fail("ModelOpt config has no quant_algo");
+  if (a == nullptr) fail("ModelOpt config has no quant_algo");
+  if (!a->is_string())
+    fail("ModelOpt config: quant_algo must be a string such as \"FP8\", found " + json::serialize(*a) + " (" +
+         (a->is_number() ? "a number" : a->is_null() ? "null" : a->is_array() ? "an array" : a->is_object() ? "an object" : "a bool") + ")");
   c.quant_algo = std::string(a->as_string());
   const std::string algo = upper(c.quant_algo);
   if (algo == "FP8") c.algo = Algo::kFp8;
