@@ -262,6 +262,61 @@ std::vector<float> dequantize_router(const TensorInfo& w, const TensorInfo& scal
 
 namespace {
 
+// A NaN or infinite expert weight would poison every output it touches, and a plugin that
+// copies bytes would never notice: the core refuses it for every plugin before the plugin sees
+// the tensor, naming the tensor, projection, expert and the element in the checkpoint's
+// [row, col] of that expert. Only what this TP rank uses is read (the ABI's split: w1/w3 rows
+// and w2 columns [rank * I/tp, (rank + 1) * I/tp)), each element once. Scales are left to the
+// plugin, which holds them to its own rules (finite and > 0); integer dtypes are never scanned.
+void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p, const moeq_layer_geometry& g) {
+  if (suffix != "weight") return;
+  const SourceView& v = p.view;
+  const std::byte* data = v.base + v.byte_offset;
+  const std::size_t esize = dtype_size(v.dtype);
+  int64_t bad_row = -1, bad_col = -1;
+  auto scan_rows = [&](int64_t row0, int64_t rows, int64_t cols, int64_t col0, int64_t width) {
+    for (int64_t r = row0; r < row0 + rows && bad_row < 0; ++r) {
+      const int64_t at = first_non_finite(data + static_cast<std::size_t>(r * cols + col0) * esize,
+                                          static_cast<std::size_t>(width), v.dtype);
+      if (at >= 0) {
+        bad_row = r;
+        bad_col = col0 + at;
+      }
+    }
+  };
+  const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
+  const bool sharded = v.shape.size() == 2 && It > 0 && It < I;
+  if (!sharded) {
+    // Whole piece: contiguous, so one pass; the position is turned into [row, col] below.
+    const int64_t n = v.numel();
+    const int64_t at = first_non_finite(data, static_cast<std::size_t>(n), v.dtype);
+    if (at >= 0) {
+      const int64_t cols = v.shape.empty() ? 1 : v.shape.back();
+      bad_row = at / cols;
+      bad_col = at % cols;
+    }
+  } else if (p.projection == Projection::kW2) {
+    scan_rows(0, v.shape[0], v.shape[1], lo, It);  // [H, I]: this rank's columns
+  } else if (p.projection == Projection::kW13) {
+    scan_rows(lo, It, v.shape[1], 0, v.shape[1]);  // [2I, H]: this rank's gate rows, then up rows
+    scan_rows(I + lo, It, v.shape[1], 0, v.shape[1]);
+  } else {
+    scan_rows(lo, It, v.shape[1], 0, v.shape[1]);  // [I, H]: this rank's rows
+  }
+  if (bad_row < 0) return;
+  const int64_t cols = v.shape.empty() ? 1 : v.shape.back();
+  const float val = load_as_float(data, v.dtype, static_cast<std::size_t>(bad_row * cols + bad_col));
+  const char* proj = p.projection == Projection::kW1   ? "w1 (gate_proj)"
+                     : p.projection == Projection::kW3 ? "w3 (up_proj)"
+                     : p.projection == Projection::kW2 ? "w2 (down_proj)"
+                                                       : "w13 (gate_up_proj)";
+  fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+       printable_name(t.name) + ": " + proj + " of expert " + std::to_string(p.expert) + ", element [" +
+           std::to_string(bad_row) + ", " + std::to_string(bad_col) + "] is " +
+           (std::isnan(val) ? "NaN" : val > 0 ? "+inf" : "-inf") + " (expected finite " + dtype_name(v.dtype) +
+           " weights, found a non-finite one; file " + t.file.filename().string() + ")");
+}
+
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
 // (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
 // Each problem names the tensor and its file.
@@ -477,6 +532,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
           ++remote;
           continue;
         }
+        check_finite(*t, r.suffix, p, g);
         DLTensor src = p.view.dl();
         moeq_weight_loader_args wa{};
         wa.struct_size = sizeof(wa);

@@ -234,19 +234,8 @@ class ExpertMethod final : public sdk::Method {
            sdk::shape_string(src.shape()) + " (" + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) +
            ")");
     const sdk::View part = w2 ? src.narrow(1, r * It, It) : src.narrow(0, r * It, It);
-    // A NaN or infinite weight would poison every output it touches: refused, naming where (in
-    // the checkpoint's unsharded [row, col]). Device sources (online_quant's codes) were made
-    // from finite weights and are not read here.
-    if (part.dl()->device.device_type == kDLCPU)
-      if (const int64_t bad = part.find_non_finite(); bad >= 0) {
-        const int64_t cols = part.size(1), row = bad / cols + (w2 ? 0 : r * It), col = bad % cols + (w2 ? r * It : 0);
-        const float v = part.at(bad);
-        fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
-             name + ": " + sdk::projection_name(p) + " of expert " + std::to_string(a.global_expert) + ", element [" +
-                 std::to_string(row) + ", " + std::to_string(col) + "] is " +
-                 (std::isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf") + " (expected finite " + dtype_name(dt) +
-                 " weights, found a non-finite one)");
-      }
+    // NaN and infinity: the core refuses them before a plugin sees the tensor (every plugin,
+    // once per tensor), naming the element.
     if (w2)
       layer.copy(w2_, {le, 0, 0}, part);
     else
