@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build needs, only those that are missing.
 set -euo pipefail
-packages=(cmake g++ libboost1.81-dev libboost-json1.81-dev doctest-dev libdlpack-dev libcli11-dev libxxhash-dev)
+packages=(cmake g++ libboost1.81-dev libboost-json1.81-dev doctest-dev libdlpack-dev libcli11-dev libxxhash-dev libre2-dev pkg-config)
 # clang-14 with its runtimes (libFuzzer, ASan, UBSan): the fuzz stage of .ci/run.
 packages+=(clang-14 libclang-rt-14-dev)
 missing=()

@@ -7,6 +7,7 @@
 
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <cstdlib>
 
 using namespace moeq;
@@ -206,7 +207,7 @@ TEST_CASE("moeq inspect says for each layer which scale name and granularity it 
   CHECK(has(second, "\"unquantized_because\":\"listed in quantization_config.ignore"));
 }
 
-TEST_CASE("two config groups that match a layer equally are refused naming both; a more specific one wins") {
+TEST_CASE("two config groups that match a layer equally are refused naming both, a more specific one wins") {
   TempDir d;
   auto w = writer::write_ct_fp8_block(d / "ckpt", small());
   SUBCASE("both target the module class") {
@@ -242,4 +243,30 @@ TEST_CASE("two config groups that match a layer equally are refused naming both;
     LoadedModel m = load_dir(w.dir, p.registry());
     CHECK(m.layers.size() == 1);
   }
+}
+
+TEST_CASE("hostile regexes in ignore and targets are matched in linear time (RE2), the layer loading as it should") {
+  // Forty '.?' then a miss: a backtracking engine tries 2^40 ways (minutes to hours); RE2 is
+  // linear in the module name. Timed so that a regression fails here instead of stalling ctest.
+  const std::string hostile = "re:" + [] {
+    std::string s;
+    for (int i = 0; i < 40; ++i) s += ".?";
+    return s + "Z";
+  }();
+  TempDir d;
+  auto w = writer::write_ct_fp8_block(d / "ckpt", small());
+  edit_config(w.dir, [&](boost::json::object& q) {
+    q["ignore"] = boost::json::array{"lm_head", hostile.c_str(), "re:(.*.*.*.*.*)*X"};
+    group0(q)["targets"] = boost::json::array{hostile.c_str(), "Linear"};
+  });
+  BuiltPlugins p;
+  const auto t0 = std::chrono::steady_clock::now();
+  LoadedModel m = load_dir(w.dir, p.registry());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(m.layers.size() == 1);
+  CHECK(seconds < 10.0);
+  // A pattern RE2 cannot run (a backreference) is refused by name, not silently treated as a miss.
+  edit_config(w.dir, [](boost::json::object& q) { q["ignore"] = boost::json::array{"re:(a)\\1"}; });
+  // (The pattern is printed escaped: its backslash doubled.)
+  CHECK(has(load_error(w.dir), "quantization config: invalid regex 're:(a)\\\\1': invalid escape sequence: \\1"));
 }

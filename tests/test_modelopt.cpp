@@ -151,7 +151,7 @@ TEST_CASE("ModelOpt algos without a compressed-tensors equivalent decline naming
   }
 }
 
-TEST_CASE("a quant_algo that is not a string names what it found; a missing one says it is missing") {
+TEST_CASE("a quant_algo that is not a string names what it found, a missing one says it is missing") {
   BuiltPlugins p;
   TempDir d;
   auto w = make(d, writer::ModelOptAlgo::kFp8);

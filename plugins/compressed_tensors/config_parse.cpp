@@ -3,14 +3,15 @@
 #include "scheme.hpp"
 
 #include <moeq/error.hpp>
+#include <moeq/strings.hpp>
 
 #include <boost/json.hpp>
+#include <re2/re2.h>
 
 #include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <optional>
-#include <regex>
 #include <vector>
 
 namespace moeq::ct {
@@ -105,11 +106,11 @@ std::pair<int64_t, int64_t> parse_block(const json::value& v, const std::string&
       ok = true;
     }
   } else if (v.is_string()) {
-    std::smatch m;
-    const std::string s(v.as_string());
-    if (std::regex_match(s, m, std::regex(R"((\d+)\s*x\s*(\d+))"))) {
-      n = std::stoll(m[1].str());
-      k = std::stoll(m[2].str());
+    static const RE2 rxc(R"((\d{1,9})\s*x\s*(\d{1,9}))");
+    int64_t a = 0, b = 0;
+    if (RE2::FullMatch(std::string(v.as_string()), rxc, &a, &b)) {
+      n = a;
+      k = b;
       ok = true;
     }
   }
@@ -128,91 +129,26 @@ std::vector<std::string> candidate_modules(const std::string& layer) {
 }
 
 // A target or ignore entry: "re:<regex>" matched at the start of a module name (Python's
-// re.match), a Linear class name (targets only), or an exact module name of the experts
-// module or of a module below it.
-// std::regex backtracks without a step limit, so a config could stall the loader with a
-// pattern like "(.*.*)*X" or ".**X" (both found by fuzz_quant_config). Real configs never
-// quantify a group that holds a quantifier or an alternation, never quantify a quantifier
-// and use one or two unbounded repetitions; other patterns, and very long ones, are refused.
-// Empty when the pattern is acceptable, else why not.
-std::string regex_hazard(const std::string& pattern) {
-  if (pattern.size() > 512) return "is longer than 512 characters";
-  std::vector<bool> risky;  // per open group: holds a quantifier or '|'
-  bool after_quantifier = false, lazy_allowed = false;
-  int unbounded = 0;  // '*', '+' and '{n,}' / '{n,m}': k of them cost up to n^k steps on a miss
-  for (size_t i = 0; i < pattern.size(); ++i) {
-    const char c = pattern[i];
-    if (c == '\\') {
-      ++i;
-      after_quantifier = false;
-      continue;
-    }
-    if (c == '[') {  // a class: skip to its end; nothing inside quantifies
-      size_t j = i + 1;
-      if (j < pattern.size() && pattern[j] == '^') ++j;
-      if (j < pattern.size() && pattern[j] == ']') ++j;
-      while (j < pattern.size() && pattern[j] != ']') j += pattern[j] == '\\' ? 2 : 1;
-      i = j;
-      after_quantifier = false;
-      continue;
-    }
-    if (c == '*' || c == '+' || c == '?' || c == '{') {
-      if (after_quantifier) {
-        // One '?' may follow a quantifier (lazy); anything else repeats a repetition, which
-        // std::regex explores exponentially (".**x", found by fuzz_quant_config).
-        if (c == '?' && lazy_allowed) {
-          lazy_allowed = false;
-          continue;
-        }
-        return "quantifies a quantifier (catastrophic backtracking)";
-      }
-      if (c == '{') {
-        const size_t close = std::min(pattern.find('}', i), pattern.size());
-        if (pattern.find(',', i) < close) ++unbounded;
-        i = close;
-      } else if (c != '?') {
-        ++unbounded;
-      }
-      after_quantifier = lazy_allowed = true;
-      if (!risky.empty()) risky.back() = true;
-      continue;
-    }
-    after_quantifier = false;
-    if (c == '(') {
-      risky.push_back(false);
-    } else if (c == ')' && !risky.empty()) {
-      const bool inner = risky.back();
-      risky.pop_back();
-      const char next = i + 1 < pattern.size() ? pattern[i + 1] : '\0';
-      if (inner && (next == '*' || next == '+' || next == '{'))
-        return "repeats a group that itself holds a quantifier or an alternation (catastrophic backtracking)";
-      if (!risky.empty() && inner) risky.back() = true;
-    } else if (c == '|' && !risky.empty()) {
-      risky.back() = true;
-    }
-  }
-  if (unbounded > 4)
-    return "holds more than 4 unbounded repetitions (polynomial backtracking: real configs use one or two)";
-  return {};
-}
-
+// re.match, as compressed-tensors does), a Linear class name (targets only), or an exact module
+// name of the experts module or of a module below it.
+// NOTE: RE2 runs in time linear in the name whatever the pattern, so no pattern can stall a
+// load; it has no backreferences or lookaround, which are refused as invalid (no real config
+// uses them). Compiled patterns are bounded in memory.
 bool entry_matches(const std::string& entry, const std::string& layer, bool is_target) {
   if (entry.rfind("re:", 0) == 0) {
-    if (std::string why = regex_hazard(entry.substr(3)); !why.empty())
-      fail("quantization config: regex '" + entry + "' " + why + "; refused");
-    std::regex r;
-    try {
-      r = std::regex(entry.substr(3));
-    } catch (const std::regex_error&) {
-      fail("quantization config: invalid regex '" + entry + "'");
-    }
+    RE2::Options o;
+    o.set_log_errors(false);
+    o.set_max_mem(int64_t{8} << 20);
+    const RE2 r(entry.substr(3), o);
+    if (!r.ok()) fail("quantization config: invalid regex '" + printable_name(entry) + "': " + r.error());
     for (const std::string& m : candidate_modules(layer))
-      if (std::regex_search(m, r, std::regex_constants::match_continuous)) return true;
+      if (r.Match(m, 0, m.size(), RE2::ANCHOR_START, nullptr, 0)) return true;
     return false;
   }
   if (is_target && (entry == "Linear" || entry.ends_with("Linear"))) return true;
   return entry == layer || entry.rfind(layer + ".", 0) == 0;
 }
+
 
 // How a config group's target names a layer, most specific first (what vLLM's compressed-tensors
 // scheme lookup prefers when several groups match: the layer's name, then a regex, then a
