@@ -104,6 +104,30 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   return 0;
 }
 
+#ifdef MOEQ_FUZZ_REGEX
+// fuzz_config_regex: the input is two patterns, "<target>\n<ignore>", put into a valid
+// compressed-tensors config as `re:` entries, so that every input reaches the regex matching
+// (the JSON target above rarely builds a well-formed config around a hostile pattern). RE2 must
+// compile or refuse each one and match in linear time (libFuzzer's -timeout catches a stall).
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const int64_t statuses_before = moeq::host::live_statuses();
+  const std::string text = moeq::fuzz::text_of(data, size);
+  const std::size_t cut = text.find('\n');
+  const std::string target = text.substr(0, cut), ignore = cut == std::string::npos ? "" : text.substr(cut + 1);
+  json::object weights{{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "channel"},
+                       {"dynamic", false}};
+  json::object acts{{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "token"}, {"dynamic", true}};
+  json::object group{{"targets", json::array{json::string("re:" + target)}}, {"weights", weights},
+                     {"input_activations", acts}};
+  json::object q{{"quant_method", "compressed-tensors"}, {"format", "float-quantized"},
+                 {"config_groups", json::object{{"group_0", group}}},
+                 {"ignore", json::array{"lm_head", json::string("re:" + ignore)}}};
+  json::object cfg{{"quantization_config", q}};
+  probe_and_create(moeq::select_quant_config(cfg, nullptr), geometry_of(std::nullopt));
+  FUZZ_CHECK(moeq::host::live_statuses() == statuses_before);
+  return 0;
+}
+#else
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t statuses_before = moeq::host::live_statuses();
   json::value root;
@@ -131,3 +155,4 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(moeq::host::live_statuses() == statuses_before);
   return 0;
 }
+#endif

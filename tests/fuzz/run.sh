@@ -14,8 +14,8 @@ out=$build/fuzz
 secs=${2:-60}
 jobs=${3:-$(nproc)}
 workers=${4:-1}
-targets=(fuzz_safetensors_header fuzz_shard_index fuzz_checkpoint_dir fuzz_quant_config fuzz_expert_name_router
-         fuzz_strict_load)
+targets=(fuzz_safetensors_header fuzz_shard_index fuzz_checkpoint_dir fuzz_quant_config fuzz_config_regex
+         fuzz_expert_name_router fuzz_strict_load)
 if [ $# -gt 4 ]; then
   shift 4
   for t in "$@"; do
@@ -27,8 +27,9 @@ declare -A committed=([fuzz_safetensors_header]=safetensors_header [fuzz_shard_i
                       [fuzz_quant_config]=quant_config
                       [fuzz_expert_name_router]=expert_name_router)
 declare -A max_len=([fuzz_safetensors_header]=65536 [fuzz_checkpoint_dir]=65536 [fuzz_shard_index]=16384
-                    [fuzz_quant_config]=16384 [fuzz_expert_name_router]=16384 [fuzz_strict_load]=131072)
-# fuzz_quant_config and fuzz_strict_load load the plugins of their build; follow the build if
+                    [fuzz_quant_config]=16384 [fuzz_config_regex]=4096 [fuzz_expert_name_router]=16384
+                    [fuzz_strict_load]=131072)
+# fuzz_quant_config, fuzz_config_regex and fuzz_strict_load load the plugins of their build; follow the build if
 # it was moved.
 [ -d "$build/plugins" ] && export MOEQ_FUZZ_PLUGIN_DIR=$build/plugins
 
@@ -39,6 +40,7 @@ mkdir -p "$out/crashes" "$out/logs"
 run_one() {  # TARGET WORKER
   local t=$1 w=$2 dict=$src/json.dict
   [ "$t" = fuzz_expert_name_router ] && dict=$src/names.dict
+  [ "$t" = fuzz_config_regex ] && dict=$src/regex.dict
   local dirs=("$out/corpus/$t")
   [ -d "$out/seeds/$t" ] && dirs+=("$out/seeds/$t")
   [ -n "${committed[$t]:-}" ] && dirs+=("$src/corpus/${committed[$t]}")
