@@ -111,7 +111,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 // compile or refuse each one and match in linear time (libFuzzer's -timeout catches a stall).
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int64_t statuses_before = moeq::host::live_statuses();
-  const std::string text = moeq::fuzz::text_of(data, size);
+  const std::string text(moeq::fuzz::text_of(data, size));
   const std::size_t cut = text.find('\n');
   const std::string target = text.substr(0, cut), ignore = cut == std::string::npos ? "" : text.substr(cut + 1);
   json::object weights{{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "channel"},

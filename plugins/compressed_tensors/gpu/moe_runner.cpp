@@ -346,14 +346,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
-  // B descriptors per bucket (host-side encodings, no device work, see weight_map).
-  std::vector<mk::TmaMap> map1, map2;
-  for (const Bucket& b : p.buckets()) {
-    map1.push_back(weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
-                              "cuTensorMapEncodeTiled(w13)"));
-    map2.push_back(weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
-                              "cuTensorMapEncodeTiled(w2)"));
-  }
   const int64_t chunk = p.max_tokens();
   const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
@@ -378,19 +370,25 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
     const unsigned quant_blocks =
         fp8 ? static_cast<unsigned>(ceil_div(m, mk::quant_rows_per_block(a.hidden, 1024))) : 0;
     launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", after);
+    // B descriptors of this bucket's GEMMs (host-side encodings, no device work, see weight_map;
+    // zeros for the kernels that do not read them).
+    mk::TmaMap map1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
+                                 "cuTensorMapEncodeTiled(w13)");
+    mk::TmaMap map2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
+                                 "cuTensorMapEncodeTiled(w2)");
     // The warp-specialized GEMMs take a flat grid and walk it in groups of m tiles
     // (sm90_moe_ws.cuh); the others take (m tile, n tile).
     const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
     const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     launch(f.gemm1, b.gemm1.ws ? mt * n1 : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after, &map1[bi]);
+           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after, &map1);
     if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", after);
     if (f.quant_h)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", after);
     launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after, &map2[bi]);
+           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after, &map2);
     const int64_t work = m * d.hidden / 4;
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
            "moe_combine", after);
