@@ -62,14 +62,20 @@ fs::path test_plugin(const std::string& name) {
 }
 
 // A compressed-tensors FP8 channel checkpoint (the writer's FP8_DYNAMIC), per-expert layout.
-writer::WrittenCheckpoint small_checkpoint(const fs::path& dir, int layers, int64_t experts, int64_t hidden,
-                                           int64_t intermediate) {
+writer::MoeSpec small_spec(int layers, int64_t experts, int64_t hidden, int64_t intermediate,
+                           writer::Layout layout = writer::Layout::kPerExpert) {
   writer::MoeSpec s;
+  s.layout = layout;
   s.num_layers = layers;
   s.num_experts = experts;
   s.hidden = hidden;
   s.intermediate = intermediate;
-  return writer::write_ct_fp8_channel(dir, s);
+  return s;
+}
+
+writer::WrittenCheckpoint small_checkpoint(const fs::path& dir, int layers, int64_t experts, int64_t hidden,
+                                           int64_t intermediate) {
+  return writer::write_ct_fp8_channel(dir, small_spec(layers, experts, hidden, intermediate));
 }
 
 // The writer's float masters of `w` as a --reference directory: F32 per-expert weights under the
@@ -332,12 +338,7 @@ TEST_CASE("moeq conform --online fp8-channel / fp8-block: online_quant passes al
 
 TEST_CASE("moeq conform --online with --checkpoint: the given BF16 checkpoint is loaded with the online config") {
   TempDir d;
-  writer::MoeSpec s;
-  s.num_layers = 1;
-  s.num_experts = 4;
-  s.hidden = 40;
-  s.intermediate = 24;
-  writer::write_unquantized(d / "bf16", s);
+  writer::write_unquantized(d / "bf16", small_spec(1, 4, 40, 24));
   const std::string ck = "--checkpoint \"" + (d / "bf16").string() + "\"";
   require_all_pass(conform(builtin("online_quant"), ck + " --online int8"));
   // Without --online the plugin declines the checkpoint's own (absent) config: a failure, since
@@ -511,4 +512,16 @@ TEST_CASE("moeq conform --checkpoint: a load or apply check that could not run f
   CHECK(declined.exit_code == 1);
   CHECK(declined.text.find("does NOT conform; the load and apply checks did not run: the plugin declined the checkpoint") !=
         std::string::npos);
+}
+
+TEST_CASE("moeq conform --reference: fused float experts (Granite layout) are read and apply is held to them") {
+  TempDir d;
+  writer::write_unquantized(d / "bf16", small_spec(1, 4, 40, 24, writer::Layout::kGraniteFused));
+  const std::string dir = (d / "bf16").string();
+  const Conform c =
+      conform(builtin("online_quant"), "--online int8 --checkpoint \"" + dir + "\" --reference \"" + dir + "\" --check 7");
+  INFO(c.text);
+  CHECK(c.failing().empty());
+  CHECK(c.reason(7).find("vs --reference " + dir + ": ") != std::string::npos);
+  CHECK(c.exit_code == 0);
 }
