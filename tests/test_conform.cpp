@@ -5,11 +5,15 @@
 #include "support.hpp"
 
 #include <moeq_writer/producers.hpp>
+#include <moeq_writer/safetensors_writer.hpp>
 
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <set>
+#include <thread>
 
 using namespace moeq;
 using namespace moeq::test;
@@ -58,13 +62,50 @@ fs::path test_plugin(const std::string& name) {
 }
 
 // A compressed-tensors FP8 channel checkpoint (the writer's FP8_DYNAMIC), per-expert layout.
-void small_checkpoint(const fs::path& dir, int layers, int64_t experts, int64_t hidden, int64_t intermediate) {
+writer::MoeSpec small_spec(int layers, int64_t experts, int64_t hidden, int64_t intermediate,
+                           writer::Layout layout = writer::Layout::kPerExpert) {
   writer::MoeSpec s;
+  s.layout = layout;
   s.num_layers = layers;
   s.num_experts = experts;
   s.hidden = hidden;
   s.intermediate = intermediate;
-  writer::write_ct_fp8_channel(dir, s);
+  return s;
+}
+
+writer::WrittenCheckpoint small_checkpoint(const fs::path& dir, int layers, int64_t experts, int64_t hidden,
+                                           int64_t intermediate) {
+  return writer::write_ct_fp8_channel(dir, small_spec(layers, experts, hidden, intermediate));
+}
+
+// The writer's float masters of `w` as a --reference directory: F32 per-expert weights under the
+// checkpoint's names, beside a copy of its config.json.
+void write_reference(const writer::WrittenCheckpoint& w, const fs::path& dir) {
+  fs::create_directories(dir);
+  fs::copy_file(w.dir / "config.json", dir / "config.json");
+  writer::SafetensorsWriter st;
+  for (const writer::LayerMasters& m : w.layers) {
+    const ref::ExpertWeights& d = m.dequantized;
+    const int64_t H = d.hidden, I = d.intermediate;
+    for (int64_t e = 0; e < d.num_experts; ++e) {
+      const std::string ep = m.prefix + ".experts." + std::to_string(e) + ".";
+      const float* w13 = d.w13.data() + e * 2 * I * H;
+      st.add_float(ep + "gate_proj.weight", DType::F32, {I, H}, std::vector<float>(w13, w13 + I * H));
+      st.add_float(ep + "up_proj.weight", DType::F32, {I, H}, std::vector<float>(w13 + I * H, w13 + 2 * I * H));
+      const float* w2 = d.w2.data() + e * H * I;
+      st.add_float(ep + "down_proj.weight", DType::F32, {H, I}, std::vector<float>(w2, w2 + H * I));
+    }
+  }
+  st.write(dir / "model.safetensors");
+}
+
+// Is process `pid` still running (a zombie is not)?
+bool running(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  const size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
 }
 
 void require_all_pass(const Conform& c) {
@@ -299,12 +340,7 @@ TEST_CASE("moeq conform --online fp8-channel / fp8-block: online_quant passes al
 
 TEST_CASE("moeq conform --online with --checkpoint: the given BF16 checkpoint is loaded with the online config") {
   TempDir d;
-  writer::MoeSpec s;
-  s.num_layers = 1;
-  s.num_experts = 4;
-  s.hidden = 40;
-  s.intermediate = 24;
-  writer::write_unquantized(d / "bf16", s);
+  writer::write_unquantized(d / "bf16", small_spec(1, 4, 40, 24));
   const std::string ck = "--checkpoint \"" + (d / "bf16").string() + "\"";
   require_all_pass(conform(builtin("online_quant"), ck + " --online int8"));
   // Without --online the plugin declines the checkpoint's own (absent) config: a failure, since
@@ -336,4 +372,158 @@ TEST_CASE("moeq_add_plugin KERNELS: the plugin hands back the kernel file byte f
   const json::object& kernels = describe.at("kernels").as_object();
   REQUIRE(kernels.size() == 1);
   CHECK(kernels.at("conform_scale.cuh").as_string() == read_text(MOEQ_TEST_CONFORM_KERNEL));
+}
+
+TEST_CASE("moeq conform: a plugin that writes one element past `out` in apply fails accuracy, apply and concurrency") {
+  const Conform c = conform(test_plugin("oob_out"), "--timeout 60");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{7, 8, 9});
+  for (int id : {7, 8, 9}) {
+    CAPTURE(id);
+    CHECK(c.reason(id).find("apply wrote past the end of out") != std::string::npos);
+    CHECK(c.reason(id).find("bytes 0..3 after its last element") != std::string::npos);
+  }
+  CHECK(c.exit_code == 1);
+}
+
+TEST_CASE("moeq conform: a write far past `out` hits the guard page, and the crash names the buffer and the offset") {
+  const Conform c = conform(test_plugin("oob_far"), "--timeout 60");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{7, 8, 9, 10});
+  for (int id : {7, 8, 9, 10}) {
+    CAPTURE(id);
+    CHECK(c.reason(id).find("apply reached byte 4092 past the end of out (a guard page beyond its canary)") !=
+          std::string::npos);
+    CHECK(c.reason(id).find("crashed: SIGSEGV") != std::string::npos);
+  }
+}
+
+TEST_CASE("moeq conform: a loader that swaps gate and up scales fails accuracy against every reference made without it") {
+  // Generated fixtures: the writer's masters catch it.
+  const Conform generated = conform(test_plugin("swap_scales"), "--timeout 60");
+  INFO(generated.text);
+  CHECK(generated.failing() == std::vector<int>{7});
+  CHECK(generated.reason(7).find("apply vs the writer's float masters") != std::string::npos);
+
+  TempDir d;
+  const writer::WrittenCheckpoint w = small_checkpoint(d / "ck", 1, 4, 40, 24);
+  write_reference(w, d / "ref");
+  const std::string ck = "--checkpoint \"" + (d / "ck").string() + "\"";
+
+  // --checkpoint alone: its own dequantize_expert agrees with it, the built-in compressed_tensors does not.
+  const Conform builtin_ref = conform(test_plugin("swap_scales"), ck + " --timeout 60");
+  INFO(builtin_ref.text);
+  CHECK(builtin_ref.failing() == std::vector<int>{7});
+  CHECK(builtin_ref.reason(7).find("apply vs the built-in compressed_tensors plugin's dequantize_expert") !=
+        std::string::npos);
+  CHECK(builtin_ref.reason(7).find("relative L2") != std::string::npos);
+
+  // --reference: the float weights given fail it too.
+  const Conform given = conform(test_plugin("swap_scales"), ck + " --reference \"" + (d / "ref").string() + "\" --check 7");
+  INFO(given.text);
+  CHECK(given.failing() == std::vector<int>{7});
+  bool named = false;
+  for (const json::value& c : given.report.at("checks").as_array()[0].at("details").as_array())
+    named |= std::string(c.as_string()).find("apply vs --reference " + (d / "ref").string()) != std::string::npos;
+  CHECK(named);
+
+  // The correct plugin passes against the same references, and the reason names both.
+  const Conform good = conform(test_plugin("good"), ck + " --reference \"" + (d / "ref").string() + "\" --check 7");
+  CHECK(good.failing().empty());
+  CHECK(good.reason(7).find("vs --reference") != std::string::npos);
+  CHECK(good.reason(7).find("vs the built-in compressed_tensors plugin's dequantize_expert") != std::string::npos);
+  CHECK(good.exit_code == 0);
+  CHECK(good.report.at("reference").as_string() == "--reference " + (d / "ref").string());
+}
+
+TEST_CASE("moeq conform --reference: weights that are not float, or without --checkpoint, are refused before any check") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  const CliRun quantized = run_moeq_cli("conform \"" + test_plugin("good").string() + "\" --checkpoint \"" +
+                                        (d / "ck").string() + "\" --reference \"" + (d / "ck").string() + "\" --json");
+  CHECK(quantized.code == 1);
+  CHECK(quantized.out.find("--reference " + (d / "ck").string()) != std::string::npos);
+  CHECK(quantized.out.find("expected F32, BF16 or F16, found F8_E4M3") != std::string::npos);
+  CHECK(quantized.out.find("\"checks\"") == std::string::npos);
+  const CliRun alone = run_moeq_cli("conform \"" + test_plugin("good").string() + "\" --reference \"" +
+                                    (d / "ck").string() + "\" --json");
+  CHECK(alone.code == 2);
+  CHECK(alone.out.find("--checkpoint") != std::string::npos);
+}
+
+TEST_CASE("moeq conform: a plugin that forks in initialize fails within one timeout and leaves no process behind") {
+  TempDir d;
+  const fs::path pids = d / "pids";
+  const auto t0 = std::chrono::steady_clock::now();
+  const CliRun run = run_moeq_cli("conform \"" + test_plugin("fork_init").string() + "\" --timeout 30 --json",
+                                  "MOEQ_CONFORM_TEST_PIDFILE=\"" + pids.string() + "\"", false);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(run.out);
+  CHECK(seconds < 30);  // the whole run: each check ends with its process, not at the timeout
+  Conform c;
+  c.exit_code = run.code;
+  c.report = json::parse(run.out).as_object();
+  CHECK(c.exit_code == 1);
+  const std::vector<int> failing = c.failing();
+  CHECK(failing.size() >= 8);
+  for (int id : failing) {
+    CAPTURE(id);
+    CHECK(c.reason(id).find("the plugin left ") == 0);
+    CHECK(c.reason(id).find(" running after the check") != std::string::npos);
+    CHECK(c.reason(id).find("it forked in initialize") != std::string::npos);
+  }
+  std::ifstream in(pids);
+  int pid = 0, forks = 0;
+  while (in >> pid) {
+    ++forks;
+    bool gone = false;
+    for (int i = 0; i < 100 && !(gone = !running(pid)); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CAPTURE(pid);
+    CHECK(gone);
+  }
+  CHECK(forks >= static_cast<int>(failing.size()));
+}
+
+TEST_CASE("moeq conform: a scale the plugin never writes is its fault, not a missing checkpoint tensor") {
+  const Conform c = conform(test_plugin("unwritten_scale"), "--timeout 60");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{5});
+  CHECK(c.reason(5).find("parameter 'w13_weight_scale'") != std::string::npos);
+  CHECK(c.reason(5).find("the plugin did not write them: no checkpoint tensor is missing") != std::string::npos);
+  CHECK(c.reason(5).find("a checkpoint tensor is missing") == std::string::npos);
+  // A checkpoint that really lacks a scale says which.
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  rewrite_tensors(d / "ck", [](TensorMap& m) { REQUIRE(m.erase("model.layers.0.mlp.experts.2.up_proj.weight_scale") == 1); });
+  const Conform missing = conform(test_plugin("good"), "--checkpoint \"" + (d / "ck").string() + "\" --check 5");
+  CHECK(missing.failing() == std::vector<int>{5});
+  CHECK(missing.reason(5).find("the checkpoint has no w3 weight_scale tensor for expert 2") != std::string::npos);
+}
+
+TEST_CASE("moeq conform --checkpoint: a load or apply check that could not run fails, and so does a declined checkpoint") {
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 40, 24);
+  const std::string ck = "--checkpoint \"" + (d / "ck").string() + "\"";
+  // write_outside does not load: checks 7 and 8 cannot run, which on a named checkpoint is a failure.
+  const Conform c = conform(test_plugin("write_outside"), ck + " --timeout 60");
+  INFO(c.text);
+  CHECK(c.failing() == std::vector<int>{5, 7, 8});
+  CHECK(c.reason(7).find("did not run on the --checkpoint: no accepted fixture loads (see check 5)") != std::string::npos);
+  // Only checks that need no load selected, on a checkpoint the plugin declines: not a conforming run.
+  const Conform declined = conform(builtin("modelopt"), ck + " --check 3", false);
+  CHECK(declined.exit_code == 1);
+  CHECK(declined.text.find("does NOT conform; the load and apply checks did not run: the plugin declined the checkpoint") !=
+        std::string::npos);
+}
+
+TEST_CASE("moeq conform --reference: fused float experts (Granite layout) are read and apply is held to them") {
+  TempDir d;
+  writer::write_unquantized(d / "bf16", small_spec(1, 4, 40, 24, writer::Layout::kGraniteFused));
+  const std::string dir = (d / "bf16").string();
+  const Conform c =
+      conform(builtin("online_quant"), "--online int8 --checkpoint \"" + dir + "\" --reference \"" + dir + "\" --check 7");
+  INFO(c.text);
+  CHECK(c.failing().empty());
+  CHECK(c.reason(7).find("vs --reference " + dir + ": ") != std::string::npos);
+  CHECK(c.exit_code == 0);
 }

@@ -14,6 +14,16 @@
 //   LEAK_STATUS     create_weights makes a status and drops it (check 10)
 //   WRITE_OUTSIDE   copies up_proj one row past its place, outside w13_weight (check 5)
 //   LIES_SHAPE      declares w2_weight with the full intermediate size whatever the TP (check 4)
+//   OOB_OUT         apply writes one element past the end of `out` (checks 7-9, by the canaries)
+//   OOB_FAR         apply writes 1024 elements past the end of `out`, beyond the canaries: into
+//                   the guard page, which ends the check (checks 7-10, named by the fault handler)
+//   SWAP_SCALES     the loader puts gate's channel scales on the up rows and up's on the gate
+//                   rows; its dequantize_expert agrees with its apply (check 7, against the
+//                   writer's masters, the built-in plugin's dequantization or --reference)
+//   FORK_INIT       forks in initialize a process that never exits (pid appended to the file
+//                   $MOEQ_CONFORM_TEST_PIDFILE when set); every check that initializes fails
+//   UNWRITTEN_SCALE consumes up_proj's weight_scale without copying it (check 5: the plugin,
+//                   not the checkpoint, left w13_weight_scale unwritten)
 #include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/sdk.hpp>
 
@@ -24,6 +34,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <vector>
 
@@ -152,6 +164,14 @@ class Method final : public moeq::sdk::Method {
       return true;
     }
     if (suffix == "weight_scale" || suffix == "weight_scale_inv") {
+#ifdef CONFORM_DEFECT_UNWRITTEN_SCALE
+      if (p == MOEQ_PROJECTION_W3) return true;  // the defect: taken, never copied
+#endif
+#ifdef CONFORM_DEFECT_SWAP_SCALES
+      const int64_t scale_row = p == MOEQ_PROJECTION_W1 ? It : 0;  // the defect: gate and up swapped
+#else
+      const int64_t scale_row = p == MOEQ_PROJECTION_W1 ? 0 : It;
+#endif
       const int64_t n = w2 ? H : I;
       moeq::sdk::View s = src;
       if (s.ndim() == 1 && s.size(0) == n) s = s.reshaped({n, 1});
@@ -161,7 +181,7 @@ class Method final : public moeq::sdk::Method {
       if (w2)
         layer.copy(s2_, {e, 0, 0}, s, MOEQ_COPY_CHECK_SCALE);
       else
-        layer.copy(s13_, {e, p == MOEQ_PROJECTION_W1 ? 0 : It, 0}, s.narrow(0, r * It, It), MOEQ_COPY_CHECK_SCALE);
+        layer.copy(s13_, {e, scale_row, 0}, s.narrow(0, r * It, It), MOEQ_COPY_CHECK_SCALE);
       return true;
     }
     fail(name + ": unexpected tensor '" + suffix + "' (expected weight, weight_scale or input_scale)");
@@ -231,6 +251,11 @@ class Method final : public moeq::sdk::Method {
       }
       for (int64_t c = 0; c < H; ++c) out[c * a.out->strides[1]] = static_cast<float>(acc[c]);
     }
+#ifdef CONFORM_DEFECT_OOB_OUT
+    if (M > 0) row_of(a.out, M - 1)[H * a.out->strides[1]] = 0.0f;  // the defect: one element past the end
+#elif defined(CONFORM_DEFECT_OOB_FAR)
+    if (M > 0) static_cast<volatile float*>(row_of(a.out, M - 1))[(H + 1023) * a.out->strides[1]] = 0.0f;  // the defect
+#endif
   }
 
   std::string describe() const override {
@@ -286,9 +311,28 @@ moeq_status* raw_weight_loader(moeq_weight_loader_args* a) {
 }
 #endif
 
+#ifdef CONFORM_DEFECT_FORK_INIT
+// The defect: a helper process started at initialize that outlives every call and holds the
+// descriptors it inherited (a check's report pipe among them).
+moeq_status* forking_initialize(moeq_initialize_args* a) {
+  const pid_t helper = ::fork();
+  if (helper == 0)
+    for (;;) ::pause();
+  if (const char* file = std::getenv("MOEQ_CONFORM_TEST_PIDFILE"); file != nullptr && helper > 0)
+    if (FILE* f = std::fopen(file, "a")) {
+      std::fprintf(f, "%d\n", static_cast<int>(helper));
+      std::fclose(f);
+    }
+  return moeq::sdk::PluginApi<Plugin>::table()->initialize(a);
+}
+#endif
+
 const moeq_plugin_api* table() {
   static const moeq_plugin_api api = [] {
     moeq_plugin_api t = *moeq::sdk::PluginApi<Plugin>::table();
+#ifdef CONFORM_DEFECT_FORK_INIT
+    t.initialize = &forking_initialize;
+#endif
 #ifdef CONFORM_DEFECT_RAW_THROW
     t.weight_loader = &raw_weight_loader;
 #endif

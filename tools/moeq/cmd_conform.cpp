@@ -1,9 +1,13 @@
 // `moeq conform`: the runner. It never runs plugin code itself: every check runs in a forked
 // child that reports over a pipe (what it is doing, facts about the plugin, its verdict), so a
-// plugin that crashes, aborts or hangs fails the check it was in and the runner goes on.
+// plugin that crashes, aborts or hangs fails the check it was in and the runner goes on. Each
+// child leads its own process group, which is killed when the check ends: whatever the plugin
+// forked dies with it, and a check whose plugin left processes running fails.
 #include "cmd_conform.hpp"
 
 #include "cmd_conform_checks.hpp"
+#include "cmd_conform_guard.hpp"
+#include "cmd_conform_harness.hpp"
 
 #include <moeq/error.hpp>
 #include <moeq/host.hpp>
@@ -12,18 +16,22 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <charconv>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
 #include <random>
+#include <set>
 
 namespace moeq::cli {
 namespace fs = std::filesystem;
@@ -76,11 +84,34 @@ std::vector<std::string> split(const std::string& s, char sep) {
   }
 }
 
+int g_report_fd = -1;  // in a child: its end of the pipe
+
+// In a child, before every fork(): the plugin slot that forks, for the report.
+void note_fork() {
+  const std::string line = std::string("fork\t") + conform::plugin_slot_name(conform::current_slot()) + "\n";
+  write_all(g_report_fd, line);
+}
+
+// The process group of the check running now (0 between checks), killed by the signal handler
+// below when the runner itself is interrupted: the group is not the terminal's foreground one.
+std::atomic<pid_t> g_running_group{0};
+
+void on_interrupt(int sig) {
+  if (const pid_t group = g_running_group.load(); group > 0) ::kill(-group, SIGKILL);
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
 // The child: runs one check and reports. Never returns.
 [[noreturn]] void child(const CheckDef& check, conform::Context ctx, int fd, bool verbose) {
+  ::setpgid(0, 0);  // as the runner does too: whichever runs first
   // A crash is reported by the signal that ended the child: sanitizer runtimes that catch
   // these signals to print a report would turn it into an exit status.
   for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) ::signal(sig, SIG_DFL);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
+  conform::install_guard_fault_handler(fd);
+  g_report_fd = fd;
+  ::pthread_atfork(&note_fork, nullptr, nullptr);
   if (!verbose) {
     const int null = ::open("/dev/null", O_WRONLY);
     if (null >= 0) {
@@ -116,6 +147,26 @@ std::string signal_text(int sig) {
   return std::string(name ? std::string("SIG") + name : "signal " + std::to_string(sig)) + (what ? " (" + std::string(what) + ")" : "");
 }
 
+// Processes of process group `group` that still run (zombies left out), "pid (name)" each.
+std::vector<std::string> group_members(pid_t group) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (auto it = fs::directory_iterator("/proc", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    const std::string pid = it->path().filename().string();
+    if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(it->path() / "stat");
+    std::string stat;
+    if (!std::getline(in, stat)) continue;
+    // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so from the last ')'.
+    const size_t open = stat.find('('), close = stat.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || close < open) continue;
+    const std::vector<std::string> f = split(stat.substr(close + 2), ' ');
+    if (f.size() < 3 || f[0] == "Z" || f[2] != std::to_string(group)) continue;
+    out.push_back(pid + " (" + stat.substr(open + 1, close - open - 1) + ")");
+  }
+  return out;
+}
+
 CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int timeout_s, bool verbose, Facts& facts) {
   CheckResult r;
   r.check = &check;
@@ -130,10 +181,19 @@ CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int ti
     ::close(fds[0]);
     child(check, ctx, fds[1], verbose);
   }
+  ::setpgid(pid, pid);
+  g_running_group.store(pid);
   ::close(fds[1]);
   std::string text;
-  bool timed_out = false;
+  bool timed_out = false, exited = false;
+  int status = 0;
   const auto deadline = t0 + std::chrono::seconds(timeout_s);
+  auto drain = [&] {
+    ::fcntl(fds[0], F_SETFL, ::fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  };
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
     if (left <= 0) {
@@ -141,27 +201,41 @@ CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int ti
       break;
     }
     pollfd p{fds[0], POLLIN, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    const int ready = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 50)));
     if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) continue;
-    char buf[4096];
-    const ssize_t n = ::read(fds[0], buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // EOF: the child closed the pipe (done, or died)
-    text.append(buf, static_cast<size_t>(n));
+    if (ready > 0) {
+      char buf[4096];
+      const ssize_t n = ::read(fds[0], buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // EOF: nothing holds the pipe open any more (done, or died)
+      text.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    // NOTE: not EOF alone: a process the plugin forked keeps the pipe open after the child is gone.
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      drain();
+      break;
+    }
   }
   ::close(fds[0]);
   if (timed_out) ::kill(pid, SIGKILL);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (!exited && ::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  // Whatever is left in the group was forked by the plugin (or by what it forked).
+  const std::vector<std::string> strays = group_members(pid);
+  ::kill(-pid, SIGKILL);
+  g_running_group.store(0);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::string stage;
+  std::string stage, guard;
+  std::set<std::string> forked_in;
   bool have_result = false;
   for (const std::string& line : split(text, '\n')) {
     const std::vector<std::string> f = split(line, '\t');
     if (f[0] == "stage" && f.size() >= 2) stage = f[1];
+    if (f[0] == "guard" && f.size() >= 2 && guard.empty()) guard = f[1];
+    if (f[0] == "fork" && f.size() >= 2) forked_in.insert(f[1]);
     if (f[0] == "info" && f.size() >= 3 && !facts.plugin.count(f[1])) facts.plugin[f[1]] = f[2];
     if (f[0] == "taken" && f.size() >= 2 && !facts.taken) {
       size_t n = 0;
@@ -175,16 +249,28 @@ CheckResult run_check(const CheckDef& check, const conform::Context& ctx, int ti
       r.outcome.reason = f[2];
     }
   }
-  if (have_result) return r;
-  r.outcome.verdict = Verdict::kFail;
-  const std::string where = stage.empty() ? "" : " while " + stage;
-  if (timed_out)
-    r.outcome.reason = "timed out after " + std::to_string(timeout_s) + " s" + where + " (killed)";
-  else if (WIFSIGNALED(status))
-    r.outcome.reason = "crashed: " + signal_text(WTERMSIG(status)) + where;
-  else
-    r.outcome.reason = "the check process exited with status " + std::to_string(WEXITSTATUS(status)) + where +
-                       " without a verdict";
+  if (!have_result) {
+    r.outcome.verdict = Verdict::kFail;
+    const std::string where = stage.empty() ? "" : " while " + stage;
+    if (timed_out)
+      r.outcome.reason = "timed out after " + std::to_string(timeout_s) + " s" + where + " (killed)";
+    else if (WIFSIGNALED(status))
+      r.outcome.reason = (guard.empty() ? "" : guard + "; ") + "crashed: " + signal_text(WTERMSIG(status)) + where;
+    else
+      r.outcome.reason = "the check process exited with status " + std::to_string(WEXITSTATUS(status)) + where +
+                         " without a verdict";
+  }
+  if (!strays.empty()) {
+    std::string who, slots;
+    for (const std::string& s : strays) who += (who.empty() ? "" : ", ") + s;
+    for (const std::string& s : forked_in) slots += (slots.empty() ? "" : ", ") + s;
+    std::string reason = "the plugin left " + std::to_string(strays.size()) +
+                         (strays.size() == 1 ? " process" : " processes") + " running after the check (" + who + ")" +
+                         (slots.empty() ? "" : "; it forked in " + slots) + "; their process group was killed";
+    if (r.outcome.verdict == Verdict::kFail) r.outcome.details.insert(r.outcome.details.begin(), "and: " + r.outcome.reason);
+    r.outcome.verdict = Verdict::kFail;
+    r.outcome.reason = std::move(reason);
+  }
   return r;
 }
 
@@ -220,6 +306,11 @@ ConformCommand::ConformCommand(CLI::App& app, CommonOptions& common) : common_(c
   sub_->add_option("plugin", plugin_, "the plugin shared object")->required();
   CLI::Option* checkpoint =
       sub_->add_option("--checkpoint", checkpoint_, "test on this checkpoint instead of the generated fixtures");
+  sub_->add_option("--reference", reference_,
+                   "with --checkpoint: a checkpoint directory of the same model's expert weights as floats (F32, BF16, "
+                   "F16), made without the plugin, that check 7 also holds apply to")
+      ->needs(checkpoint)
+      ->check(CLI::ExistingDirectory);
   sub_->add_option("--online", online_,
                    "probe and load with the online quantization config of this scheme (int8, fp8-tensor, fp8-channel, "
                    "fp8-block), on generated unquantized BF16 fixtures unless --checkpoint is given");
@@ -263,6 +354,8 @@ int ConformCommand::run() const {
     if (conform::layer_queries(ck).empty()) fail("conform: " + checkpoint_ + " has no MoE expert weights in any naming family");
     ctx.fixtures.push_back(conform::checkpoint_fixture(fs::absolute(checkpoint_), online_));
     ctx.user_checkpoint = true;
+    if (!reference_.empty())
+      ctx.reference = std::make_shared<const conform::Reference>(conform::read_reference(fs::absolute(reference_)));
   } else {
     root.emplace(keep_fixtures_);
     ctx.fixtures = conform::generate_fixtures(root->path(), online_);
@@ -270,16 +363,26 @@ int ConformCommand::run() const {
 
   std::vector<CheckResult> results;
   Facts facts;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, &on_interrupt);
   for (const CheckDef& c : conform::all_checks()) {
     if (!only_.empty() && std::find(only_.begin(), only_.end(), c.id) == only_.end()) continue;
     results.push_back(run_check(c, ctx, timeout_s_, verbose_, facts));
   }
+  // NOTE: the checkpoint named is what the user asked about: a load or apply check (4-8) that
+  // could not run on it is a failure, not a pass by omission.
+  if (ctx.user_checkpoint)
+    for (CheckResult& r : results)
+      if (r.check->id >= 4 && r.check->id <= 8 && r.outcome.verdict == Verdict::kNotApplicable) {
+        r.outcome.verdict = Verdict::kFail;
+        r.outcome.reason = "did not run on the --checkpoint: " + r.outcome.reason;
+      }
   int counts[3] = {0, 0, 0};
   for (const CheckResult& r : results) ++counts[static_cast<int>(r.outcome.verdict)];
-  const bool ok = counts[static_cast<int>(Verdict::kFail)] == 0;
   // NOTE: a plugin that takes none of the fixtures passes only the checks that need none; the
-  // summary says so rather than a bare "conforms".
+  // summary says so rather than a bare "conforms". With --checkpoint that is a failure even
+  // when --check left out every check that would have failed.
   const bool took_none = facts.taken == size_t{0};
+  const bool ok = counts[static_cast<int>(Verdict::kFail)] == 0 && !(ctx.user_checkpoint && took_none);
   const char* verdict = !ok ? "does NOT conform" : took_none ? "conforms on the checks that ran" : "conforms";
   const std::string why_partial = std::string("the load and apply checks did not run: ") +
                                   (ctx.user_checkpoint ? "the plugin declined the checkpoint"
@@ -295,6 +398,7 @@ int ConformCommand::run() const {
     for (const conform::Fixture& f : ctx.fixtures) fixtures.push_back(json::string(f.name));
     o["fixtures"] = fixtures;
     if (!online_.empty()) o["online"] = online_;
+    if (ctx.reference) o["reference"] = ctx.reference->what;
     json::array checks;
     for (const CheckResult& r : results) {
       json::array details;
@@ -310,7 +414,7 @@ int ConformCommand::run() const {
     json::object summary{{"pass", counts[0]}, {"fail", counts[1]}, {"not_applicable", counts[2]}, {"verdict", verdict}};
     // How many fixtures the plugin's probe takes; null when the host refused it before any probe.
     summary["fixtures_taken"] = facts.taken ? json::value(*facts.taken) : json::value(nullptr);
-    if (ok && took_none) summary["note"] = why_partial;
+    if (took_none && (ok || ctx.user_checkpoint)) summary["note"] = why_partial;
     o["summary"] = summary;
     o["ok"] = ok;
     std::cout << json::serialize(o) << "\n";
@@ -325,6 +429,7 @@ int ConformCommand::run() const {
   for (size_t i = 0; i < ctx.fixtures.size(); ++i) std::cout << (i ? ", " : "") << ctx.fixtures[i].name;
   std::cout << (ctx.user_checkpoint ? " (--checkpoint)" : " (generated by the writer)");
   if (!online_.empty()) std::cout << ", loaded with --online " << online_;
+  if (ctx.reference) std::cout << ", held to " << ctx.reference->what;
   std::cout << "\n\n";
   std::printf("%3s  %-16s %-7s %s\n", "#", "check", "verdict", "reason");
   std::fflush(stdout);
@@ -335,7 +440,7 @@ int ConformCommand::run() const {
       for (const std::string& d : r.outcome.details) std::printf("%3s  %-16s %-7s   %s\n", "", "", "", d.c_str());
   }
   std::printf("\n%d pass, %d fail, %d not applicable: %s%s\n", counts[0], counts[1], counts[2], verdict,
-              ok && took_none ? ("; " + why_partial).c_str() : "");
+              took_none && (ok || ctx.user_checkpoint) ? ("; " + why_partial).c_str() : "");
   std::fflush(stdout);
   return ok ? 0 : 1;
 }

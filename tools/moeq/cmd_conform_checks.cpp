@@ -1,4 +1,4 @@
-// The ten checks of `moeq conform`, in the order they run (docs/PLUGIN_GUIDE.md §9).
+// The ten checks of `moeq conform`, in the order they run (docs/PLUGIN_GUIDE.md §10).
 #include "cmd_conform_check_kit.hpp"
 
 namespace moeq::cli::conform {

@@ -2,9 +2,11 @@
 // pass, fail or not applicable with a one-line reason; a crash or a timeout is the runner's fail.
 #pragma once
 #include "cmd_conform_fixtures.hpp"
+#include "cmd_conform_reference.hpp"
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,8 @@ struct Context {
   std::filesystem::path plugin_file;
   std::vector<Fixture> fixtures;  // generated, or the one --checkpoint
   bool user_checkpoint = false;
+  // --reference DIR, read by the runner before any check: float weights check 7 holds apply to.
+  std::shared_ptr<const Reference> reference;
   std::vector<std::filesystem::path> dependency_dirs;  // where requires_plugins are found
   // Tells the runner what the child is doing now, so that a crash names it.
   std::function<void(const std::string&)> stage;

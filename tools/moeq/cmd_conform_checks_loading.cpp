@@ -1,5 +1,6 @@
 // `moeq conform` checks 5-6: weight_loader (ledger, order, idempotency, EP) and error paths.
 #include "cmd_conform_check_kit.hpp"
+#include "cmd_conform_guard.hpp"
 
 #include <moeq/error.hpp>
 
@@ -222,8 +223,15 @@ Outcome check_errors(Context& ctx) {
     const LoadedLayer& layer = *l.model.layers.front();
     const int64_t H = layer.geometry.hidden_size, M = 3, k = layer.geometry.top_k;
     const ref::Routing routing = random_routing(M, layer.geometry.num_experts, static_cast<int>(k), 5);
-    std::vector<int64_t> xi(static_cast<size_t>(M * H), 0);
-    std::vector<float> x(static_cast<size_t>(M * H), 0.5f), out(static_cast<size_t>(M * (H + 1)), 0.0f);
+    // Fenced like every buffer conform hands a plugin (cmd_conform_guard.hpp).
+    GuardedBuffer xi("apply", "x", static_cast<size_t>(M * H) * sizeof(int64_t)),
+        x("apply", "x", static_cast<size_t>(M * H) * sizeof(float)),
+        out("apply", "out", static_cast<size_t>(M * (H + 1)) * sizeof(float)),
+        gids("apply", "topk_ids", routing.ids.size() * sizeof(int32_t)),
+        gweights("apply", "topk_weights", routing.weights.size() * sizeof(float));
+    std::fill_n(x.as<float>(), M * H, 0.5f);
+    std::copy(routing.ids.begin(), routing.ids.end(), gids.as<int32_t>());
+    std::copy(routing.weights.begin(), routing.weights.end(), gweights.as<float>());
     int64_t xs[2] = {M, H}, xst[2] = {H, 1}, os[2] = {M, H + 1}, ost[2] = {H + 1, 1}, ks[2] = {M, k}, kst[2] = {k, 1};
     struct BadApply {
       const char* label;
@@ -231,12 +239,12 @@ Outcome check_errors(Context& ctx) {
     };
     const DLTensor good_x{x.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
     const DLTensor good_out{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
-    const DLTensor ids{const_cast<int32_t*>(routing.ids.data()), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
-    const DLTensor weights{const_cast<float*>(routing.weights.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+    const DLTensor ids{gids.data(), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
+    const DLTensor weights{gweights.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
     const BadApply bad[] = {
         {"x of dtype int64", {xi.data(), {kDLCPU, 0}, 2, {kDLInt, 64, 1}, xs, xst, 0}, ids, weights, good_out},
         {"out of shape [M, H+1]", good_x, ids, weights, {out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, os, ost, 0}},
-        {"topk_ids of dtype float32", good_x, {const_cast<float*>(routing.weights.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0},
+        {"topk_ids of dtype float32", good_x, {gweights.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0},
          weights, good_out},
     };
     for (const BadApply& b : bad) {
@@ -248,6 +256,9 @@ Outcome check_errors(Context& ctx) {
       const bool refused = host::take_status(layer.plugin->api->apply(&a), code, msg);
       const size_t before = problems.size();
       add_escapes(problems, std::string("apply with ") + b.label);
+      for (const GuardedBuffer* g : {&xi, &x, &out, &gids, &gweights})
+        if (std::string damage = g->damage(); !damage.empty())
+          problems.push_back(std::string("with ") + b.label + ", " + damage);
       if (problems.size() != before) continue;
       if (!refused) problems.push_back(std::string("apply accepts ") + b.label + " without a status");
       else if (msg.empty()) problems.push_back(std::string("apply refuses ") + b.label + " with an empty message");

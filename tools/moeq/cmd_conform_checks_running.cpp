@@ -29,9 +29,22 @@ double tolerance_of(const std::string& describe_json, std::string& where) {
 }  // namespace
 
 Outcome check_accuracy(Context& ctx) {
+  // NOTE: on a checkpoint the user named there are no writer masters, and the plugin's own
+  // dequantize_expert shares its loader's mistakes: hold apply to references made without it.
+  std::vector<std::string> problems, details;
+  std::vector<const Reference*> independent;
+  if (ctx.reference) independent.push_back(ctx.reference.get());
+  std::optional<Reference> builtin;
+  if (ctx.user_checkpoint) {
+    ctx.stage("dequantizing " + ctx.fixtures.front().name + " with the built-in plugins");
+    std::string why;
+    builtin = builtin_reference(ctx.fixtures.front(), ctx.plugin_file, why);
+    if (builtin) independent.push_back(&*builtin);
+    else details.push_back("no built-in reference: " + why);
+  }
+  std::vector<double> worst_independent(independent.size(), -1);
   Prepared p = prepare(ctx, true);
   if (p.not_ready) return *p.not_ready;
-  std::vector<std::string> problems, details;
   double worst_own = -1, worst_masters = -1, tol_used = 0;
   std::string tol_where;
   int layers = 0, runs = 0;
@@ -53,15 +66,30 @@ Outcome check_accuracy(Context& ctx) {
       ref::MoeOptions own_act;
       ctx.stage("dequantize_expert on " + where);
       try {
-        own = l.model.dequantized(li, &own_act);
+        own = dequantize(layer, &own_act);
       } catch (const Error& e) {
         if (e.code() != MOEQ_STATUS_CODE_UNIMPLEMENTED) problems.push_back("dequantize_expert on " + where + ": " + e.what());
       }
       const ref::ExpertWeights* masters = nullptr;
       for (const writer::LayerMasters& m : f->masters)
         if (m.prefix == layer.report.prefix) masters = &m.dequantized;
-      if (!own && masters == nullptr) {
-        details.push_back(where + ": no reference (no dequantize_expert, not writer-made)");
+      // The independent references' weights of this layer, when they have its geometry.
+      std::vector<const ref::ExpertWeights*> others(independent.size(), nullptr);
+      for (size_t ri = 0; ri < independent.size(); ++ri) {
+        const ref::ExpertWeights* w = independent[ri]->find(layer.report.prefix);
+        if (w == nullptr)
+          problems.push_back(independent[ri]->what + " has no layer " + layer.report.prefix);
+        else if (w->num_experts != g.num_experts || w->hidden != g.hidden_size || w->intermediate != g.intermediate_size)
+          problems.push_back(independent[ri]->what + ", layer " + layer.report.prefix + ": expected " +
+                             std::to_string(g.num_experts) + " experts, H = " + std::to_string(g.hidden_size) +
+                             ", I = " + std::to_string(g.intermediate_size) + ", found " + std::to_string(w->num_experts) +
+                             ", " + std::to_string(w->hidden) + ", " + std::to_string(w->intermediate));
+        else
+          others[ri] = w;
+      }
+      const bool any_other = std::any_of(others.begin(), others.end(), [](const auto* w) { return w != nullptr; });
+      if (!own && masters == nullptr && !any_other) {
+        details.push_back(where + ": no reference (no dequantize_expert, not writer-made, no --reference)");
         continue;
       }
       ++layers;
@@ -98,6 +126,16 @@ Outcome check_accuracy(Context& ctx) {
             problems.push_back("apply vs the float reference of its own dequantize_expert on " + what + ": relative L2 " +
                                str(err) + " > tolerance " + str(tol));
         }
+        for (size_t ri = 0; ri < independent.size(); ++ri) {
+          if (others[ri] == nullptr) continue;
+          // Float weights on disk carry no activation quantization: the scheme's, as the plugin says it.
+          const ref::MoeOptions act = independent[ri]->act.value_or(own ? own_act : ref::MoeOptions{});
+          const double err = ref::relative_l2(out, ref::moe_forward(*others[ri], x, run.tokens, routing, act));
+          worst_independent[ri] = std::max(worst_independent[ri], std::isnan(err) ? 1e30 : err);
+          if (!(err <= tol))
+            problems.push_back("apply vs " + independent[ri]->what + " on " + what + ": relative L2 " + str(err) +
+                               " > tolerance " + str(tol));
+        }
         if (masters) {
           const double err = ref::relative_l2(out, ref::moe_forward(*masters, x, run.tokens, routing, f->masters_act));
           worst_masters = std::max(worst_masters, std::isnan(err) ? 1e30 : err);
@@ -117,11 +155,14 @@ Outcome check_accuracy(Context& ctx) {
   add_escapes(problems);
   if (layers == 0 && problems.empty()) {
     if (!load_problem.empty()) return not_applicable("no accepted fixture loads (see check 5): " + load_problem);
-    return not_applicable("no reference: the plugin has no dequantize_expert and the checkpoint is not writer-made");
+    return not_applicable("no reference: the plugin has no dequantize_expert, the checkpoint is not writer-made, no "
+                          "built-in plugin takes it and no --reference DIR was given");
   }
   std::string reason = std::to_string(runs) + (runs == 1 ? " apply" : " applies") + " on " + count(layers, "layer") + " (M = 1, 7, 33, strided x; and M = 0)";
   if (worst_own >= 0) reason += "; vs its dequantize_expert: worst relative L2 " + str(worst_own);
   if (worst_masters >= 0) reason += "; vs the writer's masters: " + str(worst_masters);
+  for (size_t ri = 0; ri < independent.size(); ++ri)
+    if (worst_independent[ri] >= 0) reason += "; vs " + independent[ri]->what + ": " + str(worst_independent[ri]);
   reason += " (tolerance " + str(tol_used) + ", " + tol_where + "; CPU apply only in this host build)";
   return verdict(problems, reason, details);
 }

@@ -1,6 +1,9 @@
 #include "cmd_conform_harness.hpp"
 
+#include "cmd_conform_guard.hpp"
+
 #include <moeq/error.hpp>
+#include <moeq/expert_name_router.hpp>
 #include <moeq_writer/writer_util.hpp>
 
 #include <dlfcn.h>
@@ -9,10 +12,13 @@
 #include <atomic>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <new>
 #include <random>
+#include <set>
 #include <sstream>
+#include <tuple>
 
 namespace moeq::cli::conform {
 namespace fs = std::filesystem;
@@ -288,6 +294,8 @@ const char* plugin_slot_name(PluginSlot s) {
   return names[static_cast<size_t>(s)];
 }
 
+PluginSlot current_slot() { return t_slot; }
+
 const moeq_host_api* instrumented_host() { return &g_padded_host.api; }
 
 HostCalls host_calls() {
@@ -479,9 +487,14 @@ FreshMethod::~FreshMethod() {
 }
 
 FreshMethod::Sent FreshMethod::send(const RecordedPiece& piece, const DLTensor* source) {
+  // The piece's bytes and the reason buffer, fenced (cmd_conform_guard.hpp).
+  GuardedBuffer bytes("weight_loader", "source " + piece.tensor, piece.bytes.size());
+  std::copy(piece.bytes.begin(), piece.bytes.end(), bytes.as<std::byte>());
   DLTensor own = piece.dl();
+  own.data = bytes.data();
+  GuardedBuffer reason_buffer("weight_loader", "skip_reason", 512);
+  char* reason = reason_buffer.as<char>();
   moeq_weight_loader_args wa{};
-  char reason[512] = {};
   wa.struct_size = sizeof(wa);
   wa.method = method_;
   wa.layer = layer_.get();
@@ -492,15 +505,24 @@ FreshMethod::Sent FreshMethod::send(const RecordedPiece& piece, const DLTensor* 
   wa.local_expert = piece.local_expert;
   wa.source = source ? source : &own;
   wa.skip_reason = reason;
-  wa.skip_reason_capacity = sizeof(reason);
+  wa.skip_reason_capacity = reason_buffer.size();
   layer_->current_tensor = piece.tensor;
   moeq_status* st = plugin_.api->weight_loader(&wa);
   layer_->current_tensor.clear();
+  for (const GuardedBuffer* b : {&reason_buffer, &bytes})
+    if (std::string damage = b->damage(); !damage.empty()) {
+      if (st != nullptr) host::api()->status_destroy(st);
+      throw Error(MOEQ_STATUS_CODE_INTERNAL, damage);
+    }
+  if (!std::equal(piece.bytes.begin(), piece.bytes.end(), bytes.as<std::byte>())) {
+    if (st != nullptr) host::api()->status_destroy(st);
+    throw Error(MOEQ_STATUS_CODE_INTERNAL, "weight_loader wrote into the source of " + piece.tensor);
+  }
   Sent r;
   if (host::take_status(st, r.code, r.message)) return r;
   r.ok = true;
   r.skipped = wa.skipped != 0;
-  reason[sizeof(reason) - 1] = '\0';
+  reason[reason_buffer.size() - 1] = '\0';
   if (r.skipped) r.message = reason;
   return r;
 }
@@ -517,25 +539,70 @@ std::vector<float> apply(const LoadedPlugin& plugin, moeq_method* method, int64_
                          int64_t m, const ref::Routing& routing, int64_t row_stride) {
   if (row_stride == 0) row_stride = H;
   const int64_t k = routing.top_k;
-  std::vector<float> out(static_cast<size_t>(m * H), 0.0f);
-  // x as a view with rows `row_stride` apart: copy into a padded buffer when strided.
-  std::vector<float> padded;
-  const float* xdata = x.data();
-  if (row_stride != H) {
-    padded.assign(static_cast<size_t>(std::max<int64_t>(m * row_stride, 1)), 1e30f);
-    for (int64_t t = 0; t < m; ++t) std::copy_n(x.data() + t * H, H, padded.data() + t * row_stride);
-    xdata = padded.data();
-  }
+  // Every buffer fenced (cmd_conform_guard.hpp); x rows `row_stride` apart, the gaps poisoned.
+  const size_t x_count = static_cast<size_t>(m * row_stride);
+  GuardedBuffer gx("apply", "x", x_count * sizeof(float)), gids("apply", "topk_ids", routing.ids.size() * sizeof(int32_t)),
+      gweights("apply", "topk_weights", routing.weights.size() * sizeof(float)),
+      gout("apply", "out", static_cast<size_t>(m * H) * sizeof(float));
+  std::fill_n(gx.as<float>(), x_count, 1e30f);
+  for (int64_t t = 0; t < m; ++t) std::copy_n(x.data() + t * H, H, gx.as<float>() + t * row_stride);
+  const std::vector<float> x_sent(gx.as<float>(), gx.as<float>() + x_count);
+  std::copy(routing.ids.begin(), routing.ids.end(), gids.as<int32_t>());
+  std::copy(routing.weights.begin(), routing.weights.end(), gweights.as<float>());
   int64_t xs[2] = {m, H}, xst[2] = {row_stride, 1}, os[2] = {m, H}, ost[2] = {H, 1}, ks[2] = {m, k}, kst[2] = {k, 1};
-  DLTensor tx{const_cast<float*>(xdata), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
-  DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, os, ost, 0};
-  DLTensor ti{const_cast<int32_t*>(routing.ids.data()), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
-  DLTensor tw{const_cast<float*>(routing.weights.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+  DLTensor tx{gx.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
+  DLTensor to{gout.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, os, ost, 0};
+  DLTensor ti{gids.data(), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
+  DLTensor tw{gweights.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
   moeq_apply_args a{sizeof(moeq_apply_args), method, &tx, &ti, &tw, &to, nullptr};
   moeq_status_code code;
   std::string msg;
-  if (host::take_status(plugin.api->apply(&a), code, msg)) throw Error(code, "apply: " + msg);
-  return out;
+  const bool refused = host::take_status(plugin.api->apply(&a), code, msg);
+  for (const GuardedBuffer* b : {&gout, &gx, &gids, &gweights})
+    if (std::string damage = b->damage(); !damage.empty()) throw Error(MOEQ_STATUS_CODE_INTERNAL, damage);
+  if (std::memcmp(gx.data(), x_sent.data(), gx.size()) != 0 ||
+      !std::equal(routing.ids.begin(), routing.ids.end(), gids.as<int32_t>()) ||
+      std::memcmp(gweights.data(), routing.weights.data(), gweights.size()) != 0)
+    throw Error(MOEQ_STATUS_CODE_INTERNAL, "apply wrote into its inputs (x, topk_ids or topk_weights)");
+  if (refused) throw Error(code, "apply: " + msg);
+  return std::vector<float>(gout.as<float>(), gout.as<float>() + m * H);
+}
+
+ref::ExpertWeights dequantize(const LoadedLayer& l, ref::MoeOptions* act) {
+  const moeq_plugin_api& api = *l.plugin->api;
+  if (api.struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || api.dequantize_expert == nullptr)
+    fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "plugin " + l.plugin->name + " has no dequantize_expert");
+  const moeq_layer_geometry& g = l.geometry;
+  const int64_t n13 = 2 * g.intermediate_size_per_partition * g.hidden_size, n2 = n13 / 2;
+  ref::ExpertWeights w{g.num_local_experts, g.first_local_expert, g.hidden_size, g.intermediate_size_per_partition,
+                       std::vector<float>(static_cast<size_t>(g.num_local_experts * n13)),
+                       std::vector<float>(static_cast<size_t>(g.num_local_experts * n2))};
+  for (int64_t e = 0; e < w.num_experts; ++e) {
+    GuardedBuffer g13("dequantize_expert", "w13", static_cast<size_t>(n13) * sizeof(float)),
+        g2("dequantize_expert", "w2", static_cast<size_t>(n2) * sizeof(float));
+    moeq_dequantize_expert_args a{};
+    a.struct_size = sizeof(a);
+    a.method = l.method;
+    a.local_expert = e;
+    a.w13 = g13.as<float>();
+    a.w2 = g2.as<float>();
+    moeq_status_code code;
+    std::string msg;
+    const bool refused = host::take_status(api.dequantize_expert(&a), code, msg);
+    for (const GuardedBuffer* b : {&g13, &g2})
+      if (std::string damage = b->damage(); !damage.empty()) throw Error(MOEQ_STATUS_CODE_INTERNAL, damage);
+    if (refused) throw Error(code, "dequantize_expert of local expert " + std::to_string(e) + ": " + msg);
+    std::copy_n(g13.as<float>(), n13, w.w13.begin() + e * n13);
+    std::copy_n(g2.as<float>(), n2, w.w2.begin() + e * n2);
+    if (act != nullptr && e == 0)
+      for (auto [spec, kind, scale] : {std::tuple{&act->a1, a.a1_quant, a.a1_static_scale},
+                                       std::tuple{&act->a2, a.a2_quant, a.a2_static_scale}}) {
+        spec->kind = static_cast<ref::ActQuant>(kind);
+        spec->group_size = a.group_size;
+        spec->static_scale = scale;
+      }
+  }
+  return w;
 }
 
 std::vector<float> random_tokens(int64_t m, int64_t h, uint64_t seed) {
@@ -565,6 +632,53 @@ ProbeQuery FixtureLoad::query_of(size_t li) const {
   return q;
 }
 
+namespace {
+
+// Why elements of a parameter stayed unwritten, from the layer's ledger: a tensor that failed,
+// a tensor the checkpoint lacks (some experts have it, others not), or else the plugin itself.
+std::string why_unwritten(const LayerReport& r) {
+  std::map<std::pair<int, std::string>, std::set<int64_t>> experts_by_kind;  // (projection, suffix)
+  std::set<int64_t> experts;
+  const LedgerEntry* failed = nullptr;
+  const LedgerEntry* skipped = nullptr;
+  int64_t consumed = 0, skips = 0;
+  for (const LedgerEntry& e : r.entries) {
+    if (e.state == LedgerEntry::State::kError && failed == nullptr) failed = &e;
+    if (e.state == LedgerEntry::State::kSkipped && skips++ == 0) skipped = &e;
+    if (e.state == LedgerEntry::State::kConsumed) ++consumed;
+    const RoutedName n = route_tensor_name(e.tensor);
+    if (n.role != TensorRole::kExpert || n.expert < 0) continue;
+    experts.insert(n.expert);
+    experts_by_kind[{static_cast<int>(n.projection), n.suffix}].insert(n.expert);
+  }
+  if (failed != nullptr) return "tensor " + failed->tensor + " failed to load: " + failed->detail;
+  for (const auto& [kind, have] : experts_by_kind)
+    for (int64_t e : experts)
+      if (!have.count(e))
+        return "the checkpoint has no " + std::string(projection_name(static_cast<Projection>(kind.first))) + " " +
+               kind.second + " tensor for expert " + std::to_string(e) + ", which other experts have";
+  std::string out = "the plugin did not write them: no checkpoint tensor is missing, " + std::to_string(consumed) +
+                    " of the layer's tensors were consumed";
+  if (skipped != nullptr)
+    out += " and " + std::to_string(skips) + " skipped (first: " + skipped->tensor + ": " + skipped->detail + ")";
+  return out;
+}
+
+// The loader's message for unwritten elements, with its guess at the cause replaced by what the
+// ledger shows: it blames a missing checkpoint tensor, which conform can tell apart.
+std::string reworded(const LayerReport& r, const std::string& problem) {
+  for (const ParamCoverage& c : r.params) {
+    if (c.first_gap.empty() || !problem.starts_with("parameter '" + c.name + "' ")) continue;
+    for (const char* guess : {" (a tensor above failed to load, or a checkpoint tensor is missing)",
+                              " (a checkpoint tensor is missing)"})
+      if (problem.ends_with(guess))
+        return problem.substr(0, problem.size() - std::strlen(guess)) + "; " + why_unwritten(r);
+  }
+  return problem;
+}
+
+}  // namespace
+
 FixtureLoad load_fixture(Subject& subject, const Fixture& fixture, const Placement& placement) {
   FixtureLoad out;
   LoadOptions o;
@@ -583,7 +697,7 @@ FixtureLoad load_fixture(Subject& subject, const Fixture& fixture, const Placeme
         out.declined.push_back(r.prefix + ": " + p.reason);
       }
     if (declined) continue;
-    for (const std::string& problem : r.problems) out.problems.push_back(r.prefix + ": " + problem);
+    for (const std::string& problem : r.problems) out.problems.push_back(r.prefix + ": " + reworded(r, problem));
   }
   return out;
 }

@@ -51,6 +51,8 @@ enum class PluginSlot {
   kWeightLoader, kProcessAfterLoading, kApply, kDescribe, kDequantizeExpert, kCount
 };
 const char* plugin_slot_name(PluginSlot slot);
+// The plugin slot this thread is in now (kNone outside the plugin).
+PluginSlot current_slot();
 
 struct Escape {
   PluginSlot slot;
@@ -163,7 +165,8 @@ class FreshMethod {
     std::string message;  // the status' message, or the skip reason
     moeq_status_code code = MOEQ_STATUS_CODE_OK;
   };
-  // weight_loader with the piece's metadata and `source` (default: the piece's own copy).
+  // weight_loader with the piece's metadata and `source` (default: a fenced copy of the piece's
+  // bytes); throws moeq::Error when the plugin writes past the skip_reason buffer or the copy.
   Sent send(const RecordedPiece& piece, const DLTensor* source = nullptr);
   // Every parameter written or declared default; else the first gap.
   std::string coverage_problem() const;
@@ -175,11 +178,17 @@ class FreshMethod {
   std::string error_;
 };
 
-// The plugin's apply on CPU F32 tensors; x rows `x_row_stride` apart (>= H). Throws moeq::Error
-// with the status' message.
+// The plugin's apply on CPU F32 tensors; x rows `x_row_stride` apart (>= H), every buffer fenced
+// (cmd_conform_guard.hpp). Throws moeq::Error with the status' message, or saying which buffer
+// the plugin wrote past or which input it changed.
 std::vector<float> apply(const LoadedPlugin& plugin, moeq_method* method, int64_t hidden,
                          const std::vector<float>& x, int64_t tokens, const ref::Routing& routing,
                          int64_t x_row_stride = 0);
+
+// The layer's dequantize_expert for every local expert into fenced buffers, as
+// LoadedModel::dequantized does it with plain ones; `act` gets the activation quantization.
+// Throws moeq::Error (UNIMPLEMENTED without the slot) as apply does.
+ref::ExpertWeights dequantize(const LoadedLayer& layer, ref::MoeOptions* act);
 
 // Random tokens [M, H] (bf16-representable) and random top-k routing over E experts.
 std::vector<float> random_tokens(int64_t tokens, int64_t hidden, uint64_t seed);
