@@ -24,8 +24,6 @@ namespace {
 
 // A loaded object's dependencies nest this deep at most before the walk gives up (and refuses).
 constexpr int kMaxDependencyDepth = 16;
-// A string table larger than this is damage, not a list of library names.
-constexpr uint64_t kMaxStringTable = uint64_t{64} << 20;
 
 enum class Rule {
   exclusive,  // writable by its owner only: a file, or a directory entries are taken from
@@ -79,9 +77,11 @@ bool read_at(std::ifstream& in, uint64_t offset, void* out, uint64_t bytes) {
   return in.gcount() == static_cast<std::streamsize>(bytes);
 }
 
+[[noreturn]] void bad_elf(const fs::path& file, const std::string& why) { fail(file.string() + ": " + why); }
+
 template <class Ehdr, class Phdr, class Dyn>
 ElfDynamic read_dynamic(std::ifstream& in, const fs::path& file, uint64_t file_size) {
-  auto bad = [&](const std::string& why) { fail(file.string() + ": " + why); };
+  auto bad = [&](const std::string& why) { bad_elf(file, why); };
   Ehdr eh{};
   if (!read_at(in, 0, &eh, sizeof eh)) bad("file too short for an ELF header");
   if (eh.e_phnum == 0) return {};
@@ -129,7 +129,6 @@ ElfDynamic read_dynamic(std::ifstream& in, const fs::path& file, uint64_t file_s
   out.has_runpath = !runpath.empty();
   if (needed.empty() && rpath.empty() && runpath.empty()) return out;
   if (!has_strtab || strsz == 0) bad("DT_NEEDED, DT_RPATH or DT_RUNPATH without a string table (DT_STRTAB, DT_STRSZ)");
-  if (strsz > kMaxStringTable) bad("string table of " + std::to_string(strsz) + " bytes");
 
   // DT_STRTAB is an address: the loadable segment that holds it says where it is in the file.
   uint64_t table_offset = 0;
@@ -143,14 +142,23 @@ ElfDynamic read_dynamic(std::ifstream& in, const fs::path& file, uint64_t file_s
   }
   if (!mapped) bad("no loadable segment holds the string table address");
   if (table_offset > file_size || strsz > file_size - table_offset) bad("the string table lies outside the file");
-  std::string table(strsz, '\0');
-  if (!read_at(in, table_offset, table.data(), strsz)) bad("cannot read the string table");
 
-  auto string_at = [&](uint64_t offset) {
-    if (offset >= table.size()) bad("string offset " + std::to_string(offset) + " is past the string table");
-    const size_t end = table.find('\0', offset);
-    if (end == std::string::npos) bad("the string at offset " + std::to_string(offset) + " is not terminated");
-    return table.substr(offset, end - offset);
+  // Only the strings named are read: a large library's table holds every symbol name too.
+  auto string_at = [&](uint64_t offset) -> std::string {
+    if (offset >= strsz) bad("string offset " + std::to_string(offset) + " is past the string table");
+    std::string out;
+    char chunk[4096];
+    for (uint64_t at = offset; at < strsz;) {
+      const uint64_t n = std::min<uint64_t>(sizeof chunk, strsz - at);
+      if (!read_at(in, table_offset + at, chunk, n)) bad("cannot read the string table");
+      if (const void* nul = std::memchr(chunk, '\0', n)) {
+        out.append(chunk, static_cast<size_t>(static_cast<const char*>(nul) - chunk));
+        return out;
+      }
+      out.append(chunk, n);
+      at += n;
+    }
+    bad_elf(file, "the string at offset " + std::to_string(offset) + " is not terminated");
   };
   auto split = [&](const std::vector<uint64_t>& offsets, std::vector<std::string>& into) {
     for (uint64_t o : offsets) {
@@ -221,7 +229,7 @@ class DependencyWalk {
         // A name with a slash is opened as that path (after $ORIGIN), not searched for.
         for (const fs::path& origin : origins) {
           std::string expanded;
-          if (!expand(name, origin, expanded, context)) continue;
+          if (!expand(name, origin, expanded, context) || expanded.empty()) break;
           if (expanded.find('/') == std::string::npos) {
             dependency_in(search, expanded, passed_on, depth);
             continue;
@@ -229,7 +237,7 @@ class DependencyWalk {
           if (expanded.front() != '/') {
             problems_.push_back(context + " is the relative path " + expanded +
                                 ", which the loader resolves against the working directory");
-            continue;
+            break;
           }
           if (fs::exists(expanded, ec)) {
             dependency(expanded, context, passed_on, depth);
