@@ -14,9 +14,11 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -354,6 +356,148 @@ TEST_CASE("processes writing and reading one key at once only ever see whole ent
     return 0;
   });
   CHECK(check_every_entry_valid(tmp.path) == 1);
+}
+
+// --------------------------------------------------------------------------- cache trust
+
+namespace {
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// The host log's lines for one scope.
+struct LogLines {
+  std::vector<std::string> lines;
+  host::LogSink previous;
+  LogLines() {
+    previous = host::set_log_sink([this](moeq_log_level, const std::string& source, const std::string& m) {
+      lines.push_back(source + ": " + m);
+    });
+  }
+  ~LogLines() { host::set_log_sink(previous); }
+  bool contain(const std::string& part) const {
+    return std::any_of(lines.begin(), lines.end(), [&](const std::string& l) { return has(l, part); });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a JIT cache directory others may write is neither read nor written") {
+  TempDir tmp;
+  const fs::path root = tmp.path / "cache";
+  const Digest key = digest("planted");
+  const std::vector<uint8_t> payload(64, 9);
+  REQUIRE(jit::JitCache(root).store("sm_90a", key, payload) == "");
+  REQUIRE(jit::JitCache(root).load("sm_90a", key).state == jit::EntryState::hit);
+  fs::permissions(root, fs::perms::all);  // 0777: anyone could have put this CUBIN there
+  const jit::JitCache cache(root);
+  CHECK(has(cache.trust_problem(), "JIT cache directory " + root.string() +
+                                       " is writable by other users (mode 0777); expected write permission for its owner only"));
+  const jit::CacheRead r = cache.load("sm_90a", key);
+  CHECK(r.state == jit::EntryState::untrusted);
+  CHECK(r.payload.empty());
+  CHECK(has(r.why, "JIT cache directory " + root.string() + " is writable by other users"));
+  const Digest other = digest("not written");
+  CHECK(has(cache.store("sm_90a", other, payload), "is writable by other users (mode 0777)"));
+  CHECK_FALSE(fs::exists(cache.entry_path("sm_90a", other)));
+}
+
+TEST_CASE("a JIT cache below a group-writable directory, or owned by another user, is refused, a sticky one above is fine") {
+  TempDir tmp;
+  const fs::path shared = tmp.path / "shared", root = shared / "cache";
+  fs::create_directories(root);
+  const Digest key = digest("k");
+  const std::vector<uint8_t> payload(16, 3);
+  fs::permissions(shared, fs::perms::owner_all | fs::perms::group_all);  // 0770: the group may swap cache/
+  {
+    const jit::JitCache cache(root);
+    CHECK(has(cache.trust_problem(), "directory " + shared.string() +
+                                         " above the JIT cache is writable by its group without the sticky bit (mode 0770)"));
+    CHECK(has(cache.store("sm_80", key, payload), "above the JIT cache is writable by its group"));
+    CHECK_FALSE(fs::exists(cache.entry_path("sm_80", key)));
+  }
+  fs::permissions(shared, fs::perms::all | fs::perms::sticky_bit);  // 1777, as /tmp
+  {
+    const jit::JitCache cache(root);
+    CHECK(cache.trust_problem() == "");
+    CHECK(cache.store("sm_80", key, payload) == "");
+    CHECK(cache.load("sm_80", key).state == jit::EntryState::hit);
+  }
+  const uint32_t me = static_cast<uint32_t>(::geteuid());
+  if (me == 0) {
+    REQUIRE(::lchown(root.c_str(), 65534, 65534) == 0);
+    const jit::JitCache cache(root);
+    CHECK(has(cache.trust_problem(),
+              "JIT cache directory " + root.string() + " is owned by uid 65534, not by root or this user (uid 0)"));
+    CHECK(cache.load("sm_80", key).state == jit::EntryState::untrusted);
+  } else {
+    MESSAGE("not root: the cache cannot be chowned to another user; checking with owner uid " << me + 1);
+    const jit::JitCache cache(root, me + 1);
+    CHECK(has(cache.trust_problem(), "is owned by uid " + std::to_string(me) + ", not by root or this user (uid " +
+                                         std::to_string(me + 1) + ")"));
+    CHECK(cache.load("sm_80", key).state == jit::EntryState::untrusted);
+  }
+}
+
+TEST_CASE("a JIT cache entry others may write, below a directory others may write, or that is a symlink, is not read") {
+  TempDir tmp;
+  const jit::JitCache cache(tmp.path);
+  const Digest key = digest("entry");
+  const std::vector<uint8_t> payload(32, 5);
+  REQUIRE(cache.store("sm_90a", key, payload) == "");
+  const fs::path entry = cache.entry_path("sm_90a", key);
+  fs::permissions(entry, fs::perms::group_write, fs::perm_options::add);
+  jit::CacheRead r = cache.load("sm_90a", key);
+  CHECK(r.state == jit::EntryState::untrusted);
+  CHECK(has(r.why, "JIT cache entry " + entry.string() + " is writable by its group"));
+  fs::permissions(entry, fs::perms::group_write, fs::perm_options::remove);
+  CHECK(cache.load("sm_90a", key).state == jit::EntryState::hit);
+
+  fs::permissions(entry.parent_path(), fs::perms::others_write, fs::perm_options::add);
+  r = cache.load("sm_90a", key);
+  CHECK(r.state == jit::EntryState::untrusted);
+  CHECK(has(r.why, "JIT cache directory " + entry.parent_path().string() + " is writable by other users"));
+  fs::permissions(entry.parent_path(), fs::perms::others_write, fs::perm_options::remove);
+
+  fs::rename(entry, tmp.path / "elsewhere.cubin");
+  fs::create_symlink(tmp.path / "elsewhere.cubin", entry);
+  r = cache.load("sm_90a", key);
+  CHECK(r.state == jit::EntryState::untrusted);
+  CHECK(has(r.why, "JIT cache entry " + entry.string() + " is a symbolic link"));
+}
+
+TEST_CASE("the cache creates its directories writable by their owner only, whatever the umask") {
+  TempDir tmp;
+  const jit::JitCache cache(tmp.path / "fresh");
+  const Digest key = digest("umask");
+  const mode_t old = ::umask(0);  // create_directories would make 0777 directories now
+  const std::string why = cache.store("sm_89", key, std::vector<uint8_t>(8, 1));
+  ::umask(old);
+  REQUIRE(why == "");
+  for (fs::path p = cache.entry_path("sm_89", key).parent_path(); p != tmp.path; p = p.parent_path()) {
+    CAPTURE(p.string());
+    const fs::perms perms = fs::status(p).permissions();
+    CHECK((perms & (fs::perms::group_write | fs::perms::others_write)) == fs::perms::none);
+  }
+  CHECK(cache.load("sm_89", key).state == jit::EntryState::hit);
+}
+
+TEST_CASE("the JIT service does not use a cache directory others may write, says why, and compiles without it") {
+  TempDir tmp;
+  const fs::path root = tmp.path / "cache";
+  fs::create_directories(root);
+  fs::permissions(root, fs::perms::all);
+  std::optional<jit::JitService> service;
+  {
+    LogLines log;
+    service.emplace(config_in(root));
+    CHECK(log.contain("jit: not using the JIT cache, kernels are compiled without it: JIT cache directory " +
+                      root.string() + " is writable by other users (mode 0777)"));
+  }
+  if (skip_without_nvrtc()) return;
+  const jit::Kernel k = service->compile(dot_request("sm_80"));
+  CHECK(k.origin == jit::Origin::compiled);
+  CHECK(fs::is_empty(root));
+  CHECK(service->stats().store_failures == 0);  // no cache to fail: nothing was tried
 }
 
 // --------------------------------------------------------------------------- compiling

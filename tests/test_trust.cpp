@@ -1,14 +1,18 @@
 // Trusted plugin loading: ownership and permission refusals (file, directory, symlink target,
-// directories above), the development override and its log lines, the SHA-256 allow-list
-// (plugins.lock, MOEQ_PLUGIN_MANIFEST) and `moeq plugins --pin` / `--allow-untrusted-plugins`.
+// directories above), the libraries a plugin pulls in through RPATH/RUNPATH/$ORIGIN, a refused
+// file replaced by a same-named one, the development override and its log lines, the SHA-256
+// allow-list (plugins.lock, MOEQ_PLUGIN_MANIFEST) and `moeq plugins --pin` /
+// `--allow-untrusted-plugins`.
 #include "support.hpp"
 
+#include <moeq/file_trust.hpp>
 #include <moeq/plugin_manifest.hpp>
 
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -22,6 +26,11 @@ namespace {
 const fs::path kBuiltCt = fs::path(MOEQ_TEST_PLUGIN_DIR) / "libmoeq_compressed_tensors.so";
 const fs::path kGoodA = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "good_a" / "good_a.so";
 const fs::path kNoEntry = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "no_entry" / "no_entry.so";
+// A plugin that needs libmoeq_trust_dep.so, found through DT_RUNPATH / DT_RPATH.
+const fs::path kRunpathUser = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "trust_runpath" / "trust_dep_user.so";
+const fs::path kRpathUser = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "trust_rpath" / "trust_dep_user.so";
+const fs::path kTrustDep = fs::path(MOEQ_TEST_BAD_PLUGIN_DIR) / "trust_dep" / "libmoeq_trust_dep.so";
+constexpr const char* kDepName = "libmoeq_trust_dep.so";
 
 // A private plugin directory (mode 0700) under a fresh temp dir.
 struct PluginDir {
@@ -104,6 +113,42 @@ void make_foreign(const fs::path& p, PluginTrust& trust) {
     REQUIRE(::lchown(p.c_str(), 65534, 65534) == 0);
   else
     trust.owner_uid = static_cast<uint32_t>(::geteuid()) + 1;
+}
+
+// A copy of `from` (kRunpathUser or kRpathUser) at `to` whose search path reads `search_path`:
+// the placeholder it was linked with is overwritten in place, the rest padded with NULs.
+fs::path with_search_path(const fs::path& from, const fs::path& to, const std::string& search_path) {
+  std::string bytes = read_text(from);
+  const std::string placeholder = MOEQ_TEST_RPATH_PLACEHOLDER;
+  const size_t at = bytes.find(placeholder);
+  REQUIRE(at != std::string::npos);
+  REQUIRE(bytes.find(placeholder, at + 1) == std::string::npos);
+  REQUIRE(search_path.size() <= placeholder.size());
+  std::string replacement = search_path;
+  replacement.resize(placeholder.size(), '\0');
+  bytes.replace(at, placeholder.size(), replacement);
+  write_text(to, bytes);
+  fs::permissions(to, fs::perms::owner_all);
+  return to;
+}
+
+// <tmp>/<parent>/plugins (mode 0700) holding good_a.so; returns the plugins directory.
+fs::path nested_plugins(const TempDir& tmp, const std::string& parent) {
+  const fs::path plugins = tmp / parent / "plugins";
+  fs::create_directories(plugins);
+  fs::permissions(plugins, fs::perms::owner_all);
+  fs::copy_file(kGoodA, plugins / "good_a.so");
+  fs::permissions(plugins / "good_a.so", fs::perms::owner_all);
+  return plugins;
+}
+
+// A private directory holding a copy of libmoeq_trust_dep.so.
+fs::path deps_dir(const fs::path& dir) {
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all);
+  fs::copy_file(kTrustDep, dir / kDepName);
+  fs::permissions(dir / kDepName, fs::perms::owner_all);
+  return dir;
 }
 
 struct Cli {
@@ -195,11 +240,7 @@ TEST_CASE("a symlinked plugin is judged where it really lives too") {
 
 TEST_CASE("a directory above the plugin directory that others may write is refused unless sticky") {
   TempDir tmp("moeq_trust_up");
-  const fs::path open_dir = tmp / "open", plugins = open_dir / "plugins";
-  fs::create_directories(plugins);
-  fs::permissions(plugins, fs::perms::owner_all);
-  fs::copy_file(kGoodA, plugins / "good_a.so");
-  fs::permissions(plugins / "good_a.so", fs::perms::owner_all);
+  const fs::path plugins = nested_plugins(tmp, "open"), open_dir = plugins.parent_path();
   fs::permissions(open_dir, fs::perms::all);  // anyone could rename plugins/ away
   {
     Registry r(host::api(), strict());
@@ -210,6 +251,218 @@ TEST_CASE("a directory above the plugin directory that others may write is refus
   Registry r(host::api(), strict());
   CHECK(r.load_file(plugins / "good_a.so") != nullptr);
   fs::permissions(open_dir, fs::perms::owner_all);
+}
+
+TEST_CASE("a plugin directory whose parent is group-writable is refused, as a directory and file by file") {
+  TempDir tmp("moeq_trust_group_parent");
+  const fs::path plugins = nested_plugins(tmp, "parent"), parent = plugins.parent_path();
+  fs::permissions(parent, fs::perms::owner_all | fs::perms::group_all);  // 0770
+  {
+    Registry r(host::api(), strict());
+    r.load_directory(plugins);
+    CHECK(r.plugins().empty());
+    CHECK(has(refusal(r), "directory " + parent.string() +
+                              " above the plugin directory is writable by its group without the sticky bit (mode 0770)"));
+    CHECK(has(refusal(r), "expected write permission for its owner only, or the sticky bit"));
+    CHECK(r.load_file(plugins / "good_a.so") == nullptr);
+    CHECK(has(refusal(r), "directory " + parent.string() + " above the plugin is writable by its group"));
+  }
+  fs::permissions(parent, fs::perms::owner_all | fs::perms::group_all | fs::perms::sticky_bit);  // 1770
+  Registry r(host::api(), strict());
+  r.load_directory(plugins);
+  CHECK(r.plugins().size() == 1);
+}
+
+TEST_CASE("a plugin directory whose parent is owned by another user is refused, sticky or not") {
+  TempDir tmp("moeq_trust_foreign_parent");
+  const fs::path plugins = nested_plugins(tmp, "parent"), parent = plugins.parent_path();
+  const uint32_t me = static_cast<uint32_t>(::geteuid());
+  if (me != 0) {
+    // Without root no directory can be given away; the rule is still asserted on the chain, as
+    // the registry applies it, with another uid in the place of this user.
+    MESSAGE("not root: the parent cannot be chowned to another user; checking the rule with owner uid " << me + 1);
+    CHECK(has(trust::ancestors_problem(plugins, "the plugin directory", me + 1),
+              "directory " + parent.string() + " above the plugin directory is owned by uid " + std::to_string(me) +
+                  ", not by root or this user (uid " + std::to_string(me + 1) + ")"));
+    return;
+  }
+  REQUIRE(::lchown(parent.c_str(), 65534, 65534) == 0);
+  for (const fs::perms mode : {fs::perms::owner_all, fs::perms::all | fs::perms::sticky_bit}) {
+    fs::permissions(parent, mode);
+    Registry r(host::api(), strict());
+    r.load_directory(plugins);
+    CHECK(r.plugins().empty());
+    CHECK(has(refusal(r), "directory " + parent.string() +
+                              " above the plugin directory is owned by uid 65534, not by root or this user (uid 0)"));
+    CHECK(r.load_file(plugins / "good_a.so") == nullptr);
+    CHECK(has(refusal(r), "directory " + parent.string() + " above the plugin is owned by uid 65534"));
+  }
+}
+
+// ------------------------------------------------------ dependencies: RPATH, RUNPATH, $ORIGIN
+
+TEST_CASE("the dynamic segment reader finds DT_NEEDED, DT_RUNPATH and DT_RPATH as the loader does") {
+  const trust::ElfDynamic run = trust::read_elf_dynamic(kRunpathUser);
+  CHECK(run.has_runpath);
+  CHECK_FALSE(run.has_rpath);
+  CHECK(run.runpath == std::vector<std::string>{MOEQ_TEST_RPATH_PLACEHOLDER});
+  CHECK(std::find(run.needed.begin(), run.needed.end(), kDepName) != run.needed.end());
+  const trust::ElfDynamic old = trust::read_elf_dynamic(kRpathUser);
+  CHECK(old.has_rpath);
+  CHECK_FALSE(old.has_runpath);
+  CHECK(old.rpath == std::vector<std::string>{MOEQ_TEST_RPATH_PLACEHOLDER});
+  CHECK(trust::read_elf_dynamic(kGoodA).runpath.empty());
+
+  TempDir tmp("moeq_trust_elf");
+  const fs::path split = with_search_path(kRunpathUser, tmp / "split.so", "/a::$ORIGIN/b");
+  CHECK(trust::read_elf_dynamic(split).runpath == std::vector<std::string>{"/a", "", "$ORIGIN/b"});
+  const std::string bytes = read_text(kGoodA);
+  write_text(tmp / "short.so", bytes.substr(0, 40));
+  CHECK(has(error_of([&] { trust::read_elf_dynamic(tmp / "short.so"); }), (tmp / "short.so").string() + ": file too short"));
+  std::string bad_phdr = bytes;
+  bad_phdr[54] = 7;  // e_phentsize of ELF64
+  write_text(tmp / "phdr.so", bad_phdr);
+  CHECK(has(error_of([&] { trust::read_elf_dynamic(tmp / "phdr.so"); }), "program header entries of 7 bytes, expected 56"));
+  write_text(tmp / "text.so", "not an ELF file at all, only text\n");
+  CHECK(has(error_of([&] { trust::read_elf_dynamic(tmp / "text.so"); }), "no ELF header"));
+  // The build's own plugins pass (they load in every other test).
+  CHECK(trust::dependency_problems(kBuiltCt, static_cast<uint32_t>(::geteuid())).empty());
+}
+
+TEST_CASE("a pinned plugin whose RUNPATH names a world-writable directory is refused before the dependency's code runs") {
+  PluginDir d;
+  const fs::path deps = deps_dir(d.dir / "deps");
+  const fs::path f = with_search_path(kRunpathUser, d.dir / "dep_user.so", "$ORIGIN/deps");
+  write_plugin_manifest(d.dir / kPluginManifestName, {{f, sha256_file_hex(f)}});
+  const fs::path mark = d.tmp / "dependency_ran";
+  ScopedEnv env("MOEQ_TEST_TRUST_DEP_MARK", mark.string());
+  fs::permissions(deps, fs::perms::all);  // 0777: anyone may put their own library there
+  {
+    Registry r(host::api(), strict());
+    CHECK(r.load_file(f) == nullptr);
+    CHECK(has(refusal(r), "RUNPATH entry '$ORIGIN/deps' of " + f.string() + ": RUNPATH directory " + deps.string() +
+                              " is writable by other users (mode 0777); expected write permission for its owner only"));
+    CHECK_FALSE(fs::exists(mark));
+  }
+  fs::permissions(deps, fs::perms::owner_all);
+  Registry r(host::api(), strict());
+  const LoadedPlugin* p = r.load_file(f);
+  REQUIRE_MESSAGE(p != nullptr, (r.refusals().empty() ? "" : r.refusals().back().reason));
+  // The probe says yes only when the library found through $ORIGIN/deps answered.
+  CHECK(r.select(ProbeQuery{}).chosen == p);
+}
+
+TEST_CASE("an RPATH naming an absolute directory below a group-writable one is refused, naming that directory") {
+  TempDir tmp("moeq_trust_rpath");
+  const fs::path shared = tmp / "shared", deps = deps_dir(shared / "deps");
+  fs::permissions(shared, fs::perms::owner_all | fs::perms::group_all);  // 0770: the group may rename deps/
+  PluginDir d;
+  const fs::path f = with_search_path(kRpathUser, d.dir / "dep_user.so", deps.string());
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), "RPATH entry '" + deps.string() + "' of " + f.string() + ": directory " + shared.string() +
+                            " above the RPATH directory is writable by its group without the sticky bit (mode 0770)"));
+}
+
+TEST_CASE("a dependency found through the RUNPATH is held to the rules of a plugin file") {
+  PluginDir d;
+  const fs::path deps = deps_dir(d.dir / "deps");
+  fs::permissions(deps / kDepName, fs::perms::group_write, fs::perm_options::add);
+  const fs::path f = with_search_path(kRunpathUser, d.dir / "dep_user.so", "$ORIGIN/deps");
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), std::string("dependency ") + kDepName + " found in " + deps.string() + ": library " +
+                            (deps / kDepName).string() + " is writable by its group (mode 0720)"));
+  if (::geteuid() == 0) {
+    fs::permissions(deps / kDepName, fs::perms::owner_all);
+    REQUIRE(::lchown((deps / kDepName).c_str(), 65534, 65534) == 0);
+    Registry foreign(host::api(), strict());
+    CHECK(foreign.load_file(f) == nullptr);
+    CHECK(has(refusal(foreign), "library " + (deps / kDepName).string() + " is owned by uid 65534"));
+  }
+}
+
+TEST_CASE("a RUNPATH directory that does not exist is judged by where it could be created") {
+  TempDir tmp("moeq_trust_missing");
+  const fs::path open_dir = tmp / "open";
+  fs::create_directories(open_dir);
+  fs::permissions(open_dir, fs::perms::all | fs::perms::sticky_bit);  // as /tmp: anyone may create deps/
+  PluginDir d;
+  const fs::path missing = open_dir / "deps";
+  const fs::path f = with_search_path(kRunpathUser, d.dir / "dep_user.so", missing.string());
+  Registry r(host::api(), strict());
+  CHECK(r.load_file(f) == nullptr);
+  CHECK(has(refusal(r), "directory " + open_dir.string() + ", where the missing RUNPATH directory " + missing.string() +
+                            " could be created, is writable by other users (mode 1777)"));
+}
+
+TEST_CASE("RUNPATH entries that cannot be checked are refused: $LIB, $PLATFORM, relative and empty") {
+  PluginDir d;
+  deps_dir(d.dir / "deps");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"$ORIGIN/$LIB", "uses $LIB, which moeq does not expand"},
+      {"${PLATFORM}/deps", "uses $PLATFORM, which moeq does not expand"},
+      {"deps", "is relative, which the loader resolves against the working directory"},
+      {"$ORIGIN/deps:", "is empty, which the loader resolves against the working directory"}};
+  for (const auto& [runpath, why] : cases) {
+    CAPTURE(runpath);
+    const fs::path f = with_search_path(kRunpathUser, d.dir / "dep_user.so", runpath);
+    Registry r(host::api(), strict());
+    CHECK(r.load_file(f) == nullptr);
+    CHECK(has(refusal(r), "of " + f.string()));
+    CHECK(has(refusal(r), why));
+    fs::remove(f);
+  }
+}
+
+TEST_CASE("the override loads a plugin whose RUNPATH is untrusted and logs what it found") {
+  PluginDir d;
+  const fs::path deps = deps_dir(d.dir / "deps");
+  fs::permissions(deps, fs::perms::all);
+  const fs::path f = with_search_path(kRunpathUser, d.dir / "dep_user.so", "$ORIGIN/deps");
+  LogCapture log;
+  PluginTrust trust = strict();
+  trust.allow_untrusted = true;
+  Registry r(host::api(), trust);
+  CHECK(r.load_file(f) != nullptr);
+  CHECK(log.has("loading from " + f.string() + " although RUNPATH entry '$ORIGIN/deps' of " + f.string() +
+                ": RUNPATH directory " + deps.string() + " is writable by other users (mode 0777)"));
+}
+
+// ------------------------------------------------------- a refused file and a same-named one
+
+TEST_CASE("a refused plugin is not silently replaced by a same-named file from a later directory") {
+  PluginDir first, second;
+  const fs::path refused = first.add(kGoodA, "good_a.so");
+  const fs::path winner = second.add(kGoodA, "good_a.so");
+  fs::permissions(refused, fs::perms::group_write, fs::perm_options::add);
+  {
+    LogCapture log;
+    Registry r(host::api(), strict());
+    r.load_directory(first.dir);
+    r.load_directory(second.dir);
+    REQUIRE(r.plugins().size() == 1);
+    CHECK(r.plugins()[0]->file == winner);
+    REQUIRE(r.refusals().size() == 1);
+    CHECK(r.refusals()[0].file == refused);
+    CHECK(has(r.refusals()[0].reason, "file " + refused.string() + " is writable by its group (mode 0720)"));
+    CHECK(has(r.refusals()[0].reason, "; " + winner.string() + ", of the same file name, was loaded in its place"));
+    CHECK(log.has("loaded " + winner.string() + " in place of the same-named " + refused.string() +
+                  ", which was refused: file " + refused.string() + " is writable by its group"));
+  }
+  // A directory refused as a whole stands for every *.so in it.
+  PluginDir open;
+  const fs::path hidden = open.add(kGoodA, "good_a.so");
+  fs::permissions(open.dir, fs::perms::others_write, fs::perm_options::add);
+  LogCapture log;
+  Registry r(host::api(), strict());
+  r.load_directory(open.dir);
+  r.load_directory(second.dir);
+  REQUIRE(r.plugins().size() == 1);
+  REQUIRE(r.refusals().size() == 1);
+  CHECK(has(r.refusals()[0].reason, "directory " + open.dir.string() + " is writable by other users"));
+  CHECK(has(r.refusals()[0].reason, winner.string() + ", of the same file name, was loaded in its place"));
+  CHECK(log.has("loaded " + winner.string() + " in place of the same-named " + hidden.string()));
 }
 
 // ------------------------------------------------------------------------- override
@@ -379,6 +632,19 @@ TEST_CASE("moeq plugins --pin into a shared MOEQ_PLUGIN_MANIFEST keeps the entri
   CHECK(has(again.out, "(kept its 1 entries of other directories)"));
   CHECK(has(run_moeq("plugins --plugin-dir \"" + b.dir.string() + "\"", env).out, "(" + in_b.string() + ")"));
   fs::remove(manifest);
+}
+
+TEST_CASE("moeq plugins over MOEQ_PLUGIN_PATH says which of two same-named files was loaded and why") {
+  PluginDir first, second;
+  const fs::path refused = first.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  const fs::path winner = second.add(kBuiltCt, "libmoeq_compressed_tensors.so");
+  fs::permissions(refused, fs::perms::group_write, fs::perm_options::add);
+  const Cli list = run_moeq("plugins", "MOEQ_PLUGIN_MANIFEST= MOEQ_ALLOW_UNTRUSTED_PLUGINS= MOEQ_PLUGIN_PATH=\"" +
+                                           first.dir.string() + ":" + second.dir.string() + "\"");
+  CAPTURE(list.out);
+  CHECK(has(list.out, "refused " + refused.string() + ": file " + refused.string() + " is writable by its group"));
+  CHECK(has(list.out, winner.string() + ", of the same file name, was loaded in its place"));
+  CHECK(has(list.out, "(" + winner.string() + ")"));
 }
 
 TEST_CASE("moeq --allow-untrusted-plugins loads a group-writable plugin and says so") {

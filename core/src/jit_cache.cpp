@@ -1,4 +1,5 @@
 // The on-disk JIT cache: atomic publication, validation on read.
+#include <moeq/file_trust.hpp>
 #include <moeq/jit_cache.hpp>
 #include <moeq/jit_key.hpp>
 
@@ -122,7 +123,27 @@ CacheRead decode_entry(const Digest& key, std::span<const uint8_t> bytes) {
   return r;
 }
 
-JitCache::JitCache(std::filesystem::path root) : root_(std::move(root)) {}
+JitCache::JitCache(std::filesystem::path root) : JitCache(std::move(root), static_cast<uint32_t>(::geteuid())) {}
+
+JitCache::JitCache(std::filesystem::path root, uint32_t owner_uid) : root_(std::move(root)), owner_uid_(owner_uid) {}
+
+std::string JitCache::trust_problem() const {
+  return trust::directory_problem(root_, "JIT cache directory", "the JIT cache", owner_uid_);
+}
+
+std::string JitCache::chain_problem(const std::filesystem::path& dir) const {
+  if (std::string why = trust_problem(); !why.empty()) return why;
+  std::filesystem::path p = root_;
+  for (const std::filesystem::path& part : dir.lexically_relative(root_)) {
+    p /= part;
+    // NOTE: below the root a symlink could lead anywhere, past the checks of the root's chain.
+    std::error_code ec;
+    if (std::filesystem::is_symlink(p, ec))
+      return "JIT cache directory " + p.string() + " is a symbolic link; expected a directory";
+    if (std::string why = trust::path_problem(p, "JIT cache directory", owner_uid_); !why.empty()) return why;
+  }
+  return {};
+}
 
 std::filesystem::path JitCache::entry_path(const std::string& arch, const Digest& key) const {
   const std::string hex = to_hex(key);
@@ -132,10 +153,25 @@ std::filesystem::path JitCache::entry_path(const std::string& arch, const Digest
 CacheRead JitCache::load(const std::string& arch, const Digest& key) const {
   CacheRead r;
   const std::string path = entry_path(arch, key).string();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
+    if (errno == ELOOP) {
+      r.state = EntryState::untrusted;
+      r.why = "JIT cache entry " + path + " is a symbolic link; expected a regular file";
+      return r;
+    }
     r.state = (errno == ENOENT || errno == ENOTDIR) ? EntryState::absent : EntryState::corrupt;
     if (r.state == EntryState::corrupt) r.why = errno_text("open " + path);
+    return r;
+  }
+  // The directories are checked before the file: while they pass, no one else can swap the
+  // file between this check and the read.
+  std::string distrust = chain_problem(std::filesystem::path(path).parent_path());
+  if (distrust.empty()) distrust = trust::path_problem(path, "JIT cache entry", owner_uid_);
+  if (!distrust.empty()) {
+    ::close(fd);
+    r.state = EntryState::untrusted;
+    r.why = std::move(distrust);
     return r;
   }
   struct stat st{};
@@ -166,9 +202,17 @@ CacheRead JitCache::load(const std::string& arch, const Digest& key) const {
 std::string JitCache::store(const std::string& arch, const Digest& key, std::span<const uint8_t> payload) const {
   const std::filesystem::path final_path = entry_path(arch, key);
   const std::filesystem::path dir = final_path.parent_path();
+  if (std::string why = trust_problem(); !why.empty()) return why;
+  // One directory at a time with an explicit mode (create_directories would take 0777 less
+  // the umask, group-writable under umask 002); another process may create one too: fine.
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);  // another process may create it too: fine
+  std::filesystem::path made;
+  for (const std::filesystem::path& part : dir) {
+    made /= part;
+    if (::mkdir(made.c_str(), 0755) != 0 && errno != EEXIST && !std::filesystem::is_directory(made, ec)) break;
+  }
   if (!std::filesystem::is_directory(dir, ec)) return "cannot create " + dir.string();
+  if (std::string why = chain_problem(dir); !why.empty()) return why;
 
   // NOTE: the entry is written under a name no other writer uses, in the same directory (so
   // the rename cannot cross filesystems), made durable, and only then renamed over the final

@@ -78,7 +78,15 @@ JitService::JitService(Config config) : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.config = std::move(config);
   if (s.config.threads == 0) s.config.threads = default_threads();
-  if (!s.config.cache_dir.empty()) s.cache.emplace(s.config.cache_dir);
+  if (!s.config.cache_dir.empty()) {
+    JitCache cache(s.config.cache_dir);
+    // NOTE: a CUBIN from a cache others could write is their code on the GPU with our rights;
+    // such a cache is neither read nor written, and every kernel is compiled (docs/DESIGN.md §5).
+    if (std::string why = cache.trust_problem(); !why.empty())
+      host::log(MOEQ_LOG_LEVEL_WARNING, "jit", "not using the JIT cache, kernels are compiled without it: " + why);
+    else
+      s.cache.emplace(std::move(cache));
+  }
   s.compiler = compiler_available() ? "nvrtc " + compiler_version() : "none";
 }
 
@@ -169,6 +177,11 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
           host::log(MOEQ_LOG_LEVEL_WARNING, "jit", "cache entry ignored and rebuilt: " + hit.why);
           std::lock_guard<std::mutex> lock(s.mutex);
           ++s.stats.corrupt_entries;
+        }
+        if (hit.state == EntryState::untrusted) {
+          host::log(MOEQ_LOG_LEVEL_WARNING, "jit", "cache entry not read, the kernel is compiled instead: " + hit.why);
+          std::lock_guard<std::mutex> lock(s.mutex);
+          ++s.stats.untrusted_entries;
         }
       }
       CompileOutput out = nvrtc_compile(r, opts[i]);

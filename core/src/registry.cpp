@@ -4,9 +4,9 @@
 #include <moeq/host.hpp>
 
 #include <moeq/error.hpp>
+#include <moeq/file_trust.hpp>
 
 #include <dlfcn.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/dll/library_info.hpp>
@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -56,43 +55,6 @@ bool valid_plugin_name(const char* name) {
     if (!ok) return false;
   }
   return true;
-}
-
-std::string octal_mode(mode_t mode) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode) & 07777u);
-  return buf;
-}
-
-// docs/DESIGN.md §4: a plugin file, or a directory it sits in, that another user can write or owns is
-// refused: that user could swap the code the host is about to run. Empty when trusted.
-std::string untrusted_reason(const fs::path& path, const char* what, uint32_t owner_uid) {
-  struct stat st{};
-  if (::stat(path.c_str(), &st) != 0)
-    return std::string("cannot stat ") + what + " " + path.string() + ": " + std::strerror(errno);
-  if (st.st_mode & S_IWOTH)
-    return std::string(what) + " " + path.string() + " is writable by other users (mode " +
-           octal_mode(st.st_mode) + ")";
-  if (st.st_mode & S_IWGRP)
-    return std::string(what) + " " + path.string() + " is writable by its group (mode " +
-           octal_mode(st.st_mode) + ")";
-  if (st.st_uid != 0 && st.st_uid != owner_uid)
-    return std::string(what) + " " + path.string() + " is owned by uid " + std::to_string(st.st_uid) +
-           ", not by root or this user (uid " + std::to_string(owner_uid) + ")";
-  return {};
-}
-
-// A directory above the plugin directory that others may write lets them rename the plugin
-// directory away and put their own in its place, unless the sticky bit forbids it (/tmp).
-std::string ancestor_reason(const fs::path& dir) {
-  for (fs::path p = dir.parent_path(); !p.empty(); p = p.parent_path()) {
-    struct stat st{};
-    if (::stat(p.c_str(), &st) == 0 && (st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX))
-      return "directory " + p.string() + " above the plugin is writable by other users without the "
-             "sticky bit (mode " + octal_mode(st.st_mode) + ")";
-    if (p == p.root_path()) break;
-  }
-  return {};
 }
 
 // Empty when the file starts with the ELF magic, else why not.
@@ -265,6 +227,7 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   auto refuse = [&](std::string reason) -> const LoadedPlugin* {
     host_log(host_, MOEQ_LOG_LEVEL_WARNING, "refused plugin " + file.string() + ": " + reason);
     refusals_.push_back(PluginRefusal{file, std::move(reason)});
+    refused_files_.push_back(RefusedFile{file, refusals_.size() - 1});
     return nullptr;
   };
 
@@ -279,12 +242,13 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   const fs::path real = fs::canonical(file, ec);
   if (ec) return refuse("cannot resolve the path: " + ec.message());
   const fs::path named_dir = fs::absolute(file, ec).lexically_normal().parent_path();
-  std::vector<std::string> trust_checks = {untrusted_reason(real, "file", trust_.owner_uid),
-                                           untrusted_reason(real.parent_path(), "directory", trust_.owner_uid),
-                                           ancestor_reason(real.parent_path())};
+  const uint32_t uid = trust_.owner_uid;
+  std::vector<std::string> trust_checks = {trust::path_problem(real, "file", uid),
+                                           trust::path_problem(real.parent_path(), "directory", uid),
+                                           trust::ancestors_problem(real.parent_path(), "the plugin", uid)};
   if (!named_dir.empty() && named_dir != real.parent_path()) {
-    trust_checks.push_back(untrusted_reason(named_dir, "directory", trust_.owner_uid));
-    trust_checks.push_back(ancestor_reason(named_dir));
+    trust_checks.push_back(trust::path_problem(named_dir, "directory", uid));
+    trust_checks.push_back(trust::ancestors_problem(named_dir, "the plugin", uid));
   }
   for (const std::string& problem : trust_checks)
     if (std::string why = trust_problem(problem, file); !why.empty()) return refuse(why);
@@ -306,6 +270,11 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   if (std::find(symbols.begin(), symbols.end(), MOEQ_PLUGIN_ENTRY_SYMBOL) == symbols.end()) {
     return refuse("does not export " MOEQ_PLUGIN_ENTRY_SYMBOL);
   }
+  // What the loader would pull in with it (RPATH, RUNPATH, $ORIGIN, a NEEDED path) runs as
+  // surely as the file itself: the dynamic segment is read here and each of those passes the
+  // same checks, before dlopen can run any of it.
+  for (const std::string& problem : trust::dependency_problems(file, uid))
+    if (std::string why = trust_problem(problem, file); !why.empty()) return refuse(why);
   // The allow-list last: a file that is no plugin at all is better told so than "not pinned".
   if (std::string why = manifest_problem(file); !why.empty()) return refuse(why);
 
@@ -334,7 +303,30 @@ const LoadedPlugin* Registry::load_file(const fs::path& file) {
   } catch (...) {
     return refuse(MOEQ_PLUGIN_ENTRY_SYMBOL " threw a C++ exception (nothing may cross the ABI)");
   }
-  return add(descriptor, file);
+  const LoadedPlugin* plugin = add(descriptor, file);
+  if (plugin == nullptr)
+    refused_files_.push_back(RefusedFile{file, refusals_.size() - 1});
+  else
+    note_replacement(file);
+  return plugin;
+}
+
+void Registry::remember_refused_names(const fs::path& dir, size_t refusal) {
+  // Listing runs none of their code; a directory that cannot be listed has nothing to name.
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().extension() == ".so") refused_files_.push_back(RefusedFile{it->path(), refusal});
+}
+
+void Registry::note_replacement(const fs::path& file) {
+  for (const RefusedFile& earlier : refused_files_) {
+    if (earlier.file.filename() != file.filename() || earlier.file == file) continue;
+    PluginRefusal& refusal = refusals_[earlier.refusal];
+    host_log(host_, MOEQ_LOG_LEVEL_WARNING,
+             "loaded " + file.string() + " in place of the same-named " + earlier.file.string() +
+                 ", which was refused: " + refusal.reason);
+    refusal.reason += "; " + file.string() + ", of the same file name, was loaded in its place";
+  }
 }
 
 std::string Registry::validate(const moeq_plugin_descriptor* descriptor) { return check_descriptor(descriptor); }
@@ -395,8 +387,12 @@ void Registry::load_directory(const fs::path& dir) {
   if (ec && ec != std::errc::no_such_file_or_directory) return refuse("cannot stat: " + ec.message());
   if (ec || !fs::exists(st)) return refuse("no such directory");
   if (!fs::is_directory(st)) return refuse("not a directory");
-  const std::string problem = untrusted_reason(dir, "directory", trust_.owner_uid);
-  if (std::string why = trust_problem(problem, dir); !why.empty()) return refuse(why);
+  const std::string problem = trust::directory_problem(dir, "directory", "the plugin directory", trust_.owner_uid);
+  if (std::string why = trust_problem(problem, dir); !why.empty()) {
+    refuse(why);
+    remember_refused_names(dir, refusals_.size() - 1);
+    return;
+  }
 
   std::vector<fs::path> files;
   fs::directory_iterator it(dir, ec);
@@ -436,7 +432,7 @@ std::string Registry::manifest_problem(const fs::path& file) {
     std::error_code ec;
     if (!fs::is_regular_file(manifest, ec))
       return "plugin manifest " + manifest.string() + " (MOEQ_PLUGIN_MANIFEST) does not exist or is not a file";
-    if (std::string why = trust_problem(untrusted_reason(manifest, "plugin manifest", trust_.owner_uid), manifest);
+    if (std::string why = trust_problem(trust::path_problem(manifest, "plugin manifest", trust_.owner_uid), manifest);
         !why.empty())
       return why;
     try {

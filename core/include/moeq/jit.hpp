@@ -48,6 +48,7 @@ struct Stats {
   uint64_t memory_hits = 0;      // served from this process (or joined a compile in flight)
   uint64_t failed = 0;           // NVRTC runs that failed
   uint64_t corrupt_entries = 0;  // invalid cache files, treated as misses and replaced
+  uint64_t untrusted_entries = 0;  // cache files another user could have written: never read
   uint64_t store_failures = 0;   // entries that could not be written (the kernel still works)
   double compile_ms = 0;         // sum over NVRTC runs
 };
@@ -58,7 +59,8 @@ struct Config {
   std::vector<std::string> cuda_include_dirs; // -I for the toolkit headers (cuda_fp8.h, ...)
 
   // MOEQ_CACHE_DIR (default $XDG_CACHE_HOME/moeq, else ~/.cache/moeq; "off" disables the
-  // disk cache), MOEQ_JIT_THREADS, and cuda_include_dirs() below.
+  // disk cache), MOEQ_JIT_THREADS, and cuda_include_dirs() below. A cache directory another
+  // user could write (jit_cache.hpp) is not used: the service logs why and compiles without it.
   static Config from_env();
 };
 

@@ -54,8 +54,10 @@ struct Selection {
 
 // Which plugin files the registry trusts enough to run (docs/DESIGN.md §4). Without the override a
 // plugin file, and the directory it is named in and the one it really lives in, must be owned
-// by root or by `owner_uid` and writable by nobody else (group or others), and no directory
-// above them may be writable by others unless its sticky bit is set.
+// by root or by `owner_uid` and writable by nobody else (group or others); every directory
+// above them must be owned by root or `owner_uid` and writable by nobody else unless its
+// sticky bit is set. The libraries the loader would pull in through the plugin's RPATH,
+// RUNPATH or $ORIGIN, and those directories, are held to the same rules (file_trust.hpp).
 struct PluginTrust {
   // Development override: load files that fail the ownership and permission checks, logging
   // each one with what the check found (MOEQ_ALLOW_UNTRUSTED_PLUGINS=1, or
@@ -122,12 +124,23 @@ class Registry {
   std::string manifest_problem(const std::filesystem::path& file);
   // Empty when trusted; with allow_untrusted, logs the problem and answers empty.
   std::string trust_problem(const std::string& problem, const std::filesystem::path& subject);
+  // Records every *.so in a directory refused as a whole, under that directory's refusal.
+  void remember_refused_names(const std::filesystem::path& dir, size_t refusal);
+  // A file loaded under the name of one refused earlier (another search directory) is no
+  // silent stand-in: logs which file won and why, and says so in the earlier refusal.
+  void note_replacement(const std::filesystem::path& file);
+
+  struct RefusedFile {
+    std::filesystem::path file;
+    size_t refusal = 0;  // index into refusals_ (a directory's refusal covers its files)
+  };
 
   const moeq_host_api* host_;
   PluginTrust trust_;
   std::map<std::filesystem::path, PluginManifest> manifests_;  // read once per registry
   std::vector<std::unique_ptr<LoadedPlugin>> plugins_;
   std::vector<PluginRefusal> refusals_;
+  std::vector<RefusedFile> refused_files_;
   std::vector<std::shared_ptr<void>> libraries_;  // kept alive for the registry's life
 };
 
