@@ -11,6 +11,7 @@
 
 using namespace moeq;
 using namespace moeq::test;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -382,4 +383,24 @@ TEST_CASE("a config.json far bigger than the tensors is refused before its param
   auto w2 = good(d2);
   rewrite_tensors(w2.dir, [](TensorMap& m) { m.erase("model.layers.0.mlp.experts.1.gate_proj.weight"); });
   CHECK(load_error(w2.dir, p.registry()).find("parameter 'w13_weight' [4, 64, 64]") != std::string::npos);
+}
+
+TEST_CASE("a shard truncated after it was opened fails the load naming the file, never a signal") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d, writer::Layout::kPerExpert, 2);
+  const Checkpoint ck = Checkpoint::open(w.dir);
+  // Another process cuts the shard to a quarter between the header read and the tensor reads.
+  const fs::path shard = w.dir / "model.safetensors";
+  REQUIRE(fs::exists(shard));
+  fs::resize_file(shard, fs::file_size(shard) / 4);
+  std::string e;
+  try {
+    load_model(ck, p.registry(), {});
+  } catch (const Error& err) {
+    e = err.what();
+  }
+  INFO(e);
+  CHECK(e.find("safetensors file '" + shard.string() + "' changed while it was read: it was truncated") !=
+        std::string::npos);
 }

@@ -406,3 +406,46 @@ TEST_CASE("__metadata__ must be an object of strings") {
   write_raw(dir / "m2.safetensors", R"({"__metadata__":["pt"]})", 0);
   CHECK(has(open_error(dir / "m2.safetensors"), "expected an object of strings, found array"));
 }
+
+TEST_CASE("a file truncated or rewritten while it is read: zeros instead of a signal, then an error naming it") {
+  TempDir dir;
+  const std::size_t n = 64 * 1024;  // sixteen pages
+  const fs::path path = dir / "t.safetensors";
+  write_raw(path, R"({"w":{"dtype":"U8","shape":[65536],"data_offsets":[0,65536]}})", n);
+  {
+    auto f = SafetensorsFile::open(path);
+    CHECK_NOTHROW(f->check_unchanged());
+    fs::resize_file(path, 4096);  // another process cuts the shard short
+    const std::byte* p = f->tensors().at("w").data;
+    unsigned sum = 0;
+    for (std::size_t i = 0; i < n; i += 512) sum += static_cast<unsigned>(p[i]);  // past the new end: no SIGBUS
+    CHECK(sum > 0);  // the bytes still in the file are read as they are
+    std::string e;
+    try {
+      f->check_unchanged();
+    } catch (const Error& err) {
+      e = err.what();
+    }
+    INFO(e);
+    CHECK(has(e, "safetensors file '" + path.string() + "' changed while it was read"));
+    CHECK(has(e, "it was truncated while being read"));
+  }
+  {
+    write_raw(path, R"({"w":{"dtype":"U8","shape":[65536],"data_offsets":[0,65536]}})", n);
+    auto f = SafetensorsFile::open(path);
+    ::usleep(20000);
+    std::fstream out(path, std::ios::in | std::ios::out | std::ios::binary);  // rewritten in place, same size
+    out.seekp(200);
+    out.write("changed", 7);
+    out.close();
+    CHECK_THROWS_WITH_AS(f->check_unchanged(), doctest::Contains("it was written"), Error);
+  }
+  {
+    write_raw(path, R"({"w":{"dtype":"U8","shape":[65536],"data_offsets":[0,65536]}})", n);
+    auto f = SafetensorsFile::open(path);
+    write_raw(dir / "new.safetensors", R"({"v":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", 4);
+    fs::rename(dir / "new.safetensors", path);  // the name now points at another file; the mapped one is intact
+    CHECK_NOTHROW(f->check_unchanged());
+    CHECK(f->tensors().at("w").data[100] == std::byte{0x11});
+  }
+}

@@ -747,6 +747,10 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
           Error(loaded[i]->report.code, ck.dir().string() + ": " + join_problems(loaded[i]->report)));
     }
   }
+  // A shard changed while it was read (truncated or rewritten by another process): what was
+  // loaded may not be what was checked, so the load fails naming it. Checked before any other
+  // error, which the changed bytes (zeros past a truncation) may have caused.
+  for (const auto& f : ck.files()) f->check_unchanged();
   if (first_error) std::rethrow_exception(first_error);  // `model` releases every loaded layer
   return model;
 }

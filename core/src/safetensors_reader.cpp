@@ -12,13 +12,91 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
 namespace moeq {
+
+// ------------------------------------------------------------------ files changing underneath
+//
+// A mapped file truncated by another process turns every later read of a page past its new end
+// into SIGBUS. The mappings register here; a SIGBUS inside one puts anonymous zero pages over the
+// rest of that mapping, marks it changed and returns, so the read completes (with zeros) and the
+// reader's change check (SafetensorsFile::check_unchanged, run by the loader after a load) fails
+// the load naming the file. A SIGBUS anywhere else goes to the handler installed before ours.
+namespace fault {
+
+constexpr int kSlots = 4096;  // mappings guarded at once; past that a mapping is unguarded
+struct Slot {
+  std::atomic<std::uintptr_t> begin{0}, end{0};
+  std::atomic<int> changed{0};
+};
+Slot g_slots[kSlots];
+struct sigaction g_previous{};
+std::uintptr_t g_page = 4096;
+
+void on_sigbus(int sig, siginfo_t* info, void* context) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
+  for (Slot& s : g_slots) {
+    const std::uintptr_t b = s.begin.load(std::memory_order_acquire), e = s.end.load(std::memory_order_acquire);
+    if (b == 0 || addr < b || addr >= e) continue;
+    const std::uintptr_t page = addr & ~(g_page - 1);
+    void* r = ::mmap(reinterpret_cast<void*>(page), e - page, PROT_READ, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (r == MAP_FAILED) break;
+    s.changed.store(1, std::memory_order_release);
+    return;
+  }
+  if (g_previous.sa_flags & SA_SIGINFO) {
+    if (g_previous.sa_sigaction) return g_previous.sa_sigaction(sig, info, context);
+  } else if (g_previous.sa_handler == SIG_IGN) {
+    return;
+  } else if (g_previous.sa_handler != SIG_DFL && g_previous.sa_handler != nullptr) {
+    return g_previous.sa_handler(sig);
+  }
+  ::signal(SIGBUS, SIG_DFL);
+  ::raise(SIGBUS);
+}
+
+void install_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    struct sigaction sa{};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &g_previous);
+  });
+}
+
+// The slot guarding [data, data + size), or -1 when every slot is taken.
+int guard(const std::byte* data, std::size_t size) {
+  install_once();
+  for (int i = 0; i < kSlots; ++i) {
+    std::uintptr_t expected = 0;
+    if (g_slots[i].begin.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {  // reserve
+      g_slots[i].changed.store(0, std::memory_order_relaxed);
+      g_slots[i].end.store(reinterpret_cast<std::uintptr_t>(data) + size, std::memory_order_release);
+      g_slots[i].begin.store(reinterpret_cast<std::uintptr_t>(data), std::memory_order_release);
+      return i;
+    }
+  }
+  return -1;
+}
+void unguard(int slot) {
+  if (slot < 0) return;
+  g_slots[slot].end.store(0, std::memory_order_release);
+  g_slots[slot].begin.store(0, std::memory_order_release);
+}
+bool changed(int slot) { return slot >= 0 && g_slots[slot].changed.load(std::memory_order_acquire) != 0; }
+
+}  // namespace fault
 
 // RAII read-only mapping of a whole regular file. An empty file has no mapping.
 class MappedFile {
@@ -47,11 +125,31 @@ class MappedFile {
         fail(message);
       }
       data_ = static_cast<const std::byte*>(base);
+      slot_ = fault::guard(data_, size_);
     }
-    ::close(fd);  // NOTE: the mapping keeps the file alive; the descriptor is not needed.
+    // NOTE: the mapping keeps the file alive; the descriptor is not kept (a checkpoint may have
+    // more shards than a process may hold descriptors). check_unchanged finds the file by name.
+    ::close(fd);
+    path_ = path;
+    opened_ = st;
   }
   ~MappedFile() {
+    fault::unguard(slot_);
     if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+  }
+  // Empty when the file is as it was when mapped; else what changed: truncated (a read past the
+  // new end found zero pages instead of a signal), or written (size or modification time moved).
+  std::string change() const {
+    if (fault::changed(slot_)) return "it was truncated while being read";
+    // A name that now points at another file (replaced by a rename) leaves the mapped one as it
+    // was: the bytes read are still the ones checked.
+    struct stat now{};
+    if (::stat(path_.c_str(), &now) != 0 || now.st_dev != opened_.st_dev || now.st_ino != opened_.st_ino) return {};
+    if (now.st_size != opened_.st_size)
+      return "its size went from " + std::to_string(opened_.st_size) + " to " + std::to_string(now.st_size) + " bytes";
+    if (now.st_mtim.tv_sec != opened_.st_mtim.tv_sec || now.st_mtim.tv_nsec != opened_.st_mtim.tv_nsec)
+      return "it was written (its modification time moved)";
+    return {};
   }
   MappedFile(const MappedFile&) = delete;
   MappedFile& operator=(const MappedFile&) = delete;
@@ -66,6 +164,9 @@ class MappedFile {
   }
   const std::byte* data_ = nullptr;
   std::size_t size_ = 0;
+  int slot_ = -1;
+  std::filesystem::path path_;
+  struct stat opened_{};
 };
 
 int64_t TensorInfo::numel() const {
@@ -285,6 +386,13 @@ void check_layout(const Context& ctx, std::vector<const Entry*> entries, uint64_
 SafetensorsFile::~SafetensorsFile() = default;
 
 std::size_t SafetensorsFile::file_size() const { return map_ ? map_->size() : 0; }
+
+void SafetensorsFile::check_unchanged() const {
+  if (!map_) return;
+  if (const std::string what = map_->change(); !what.empty())
+    fail("safetensors file '" + path_.string() + "' changed while it was read: " + what +
+         "; the bytes loaded may not be the ones checked, load it again");
+}
 
 SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std::filesystem::path& path,
                                     const ReaderLimits& limits) {

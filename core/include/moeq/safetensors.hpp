@@ -64,6 +64,10 @@ class SafetensorsFile {
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::size_t file_size() const;
+  // Throws moeq::Error naming the file when it changed since it was opened: truncated (reads
+  // past the new end see zeros, never a signal) or written (size or modification time). The
+  // loader calls it after reading the tensors of a load.
+  void check_unchanged() const;
   ~SafetensorsFile();
 
  private:
