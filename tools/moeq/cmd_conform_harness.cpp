@@ -560,9 +560,12 @@ std::vector<float> apply(const LoadedPlugin& plugin, moeq_method* method, int64_
   const bool refused = host::take_status(plugin.api->apply(&a), code, msg);
   for (const GuardedBuffer* b : {&gout, &gx, &gids, &gweights})
     if (std::string damage = b->damage(); !damage.empty()) throw Error(MOEQ_STATUS_CODE_INTERNAL, damage);
-  if (std::memcmp(gx.data(), x_sent.data(), gx.size()) != 0 ||
+  // NOTE: at M = 0 the copies are empty vectors whose data() may be null, which memcmp must
+  // not see even for 0 bytes.
+  auto differs = [](const void* a, const void* b, std::size_t n) { return n != 0 && std::memcmp(a, b, n) != 0; };
+  if (differs(gx.data(), x_sent.data(), gx.size()) ||
       !std::equal(routing.ids.begin(), routing.ids.end(), gids.as<int32_t>()) ||
-      std::memcmp(gweights.data(), routing.weights.data(), gweights.size()) != 0)
+      differs(gweights.data(), routing.weights.data(), gweights.size()))
     throw Error(MOEQ_STATUS_CODE_INTERNAL, "apply wrote into its inputs (x, topk_ids or topk_weights)");
   if (refused) throw Error(code, "apply: " + msg);
   return std::vector<float>(gout.as<float>(), gout.as<float>() + m * H);
