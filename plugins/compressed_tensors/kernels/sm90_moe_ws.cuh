@@ -15,8 +15,9 @@
 // - fp8 products are promoted per 128-wide K tile into the fp32 accumulators (times the tile's
 //   block / group scales), as moe_wgmma.cuh explains; 256-wide fp8 tiles run as two 128-column
 //   halves, each promoted in turn, while the other consumer warpgroup keeps the tensor core busy.
-// - Blocks walk the (m tile, n tile) grid in groups of kGroupM m tiles, n fastest inside a
-//   group, so that one wave's activations and weights stay in L2 together.
+// - Blocks walk the (m tile, n tile) grid in groups of kGroupM m tiles: m fastest inside a
+//   group (consecutive blocks share a weight tile), then n, so that one wave's activations and
+//   weights stay in L2 together.
 // - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
 //   accumulators (up to 128 + 64 floats a thread) need them.
 #pragma once
@@ -101,8 +102,8 @@ struct WsGemm {
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
 
-  // Block b of the flattened grid -> (m tile, n tile): groups of kGroupM m tiles, n fastest
-  // inside a group.
+  // Block b of the flattened grid -> (m tile, n tile): groups of kGroupM m tiles, m fastest
+  // inside a group, then n.
   __device__ __forceinline__ static void tile_of(int b, int m_tiles, int n_tiles, int& mt, int& nt) {
     const int per_group = kGroupM * n_tiles;
     const int group = b / per_group, in = b - group * per_group;
