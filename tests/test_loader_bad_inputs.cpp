@@ -404,3 +404,25 @@ TEST_CASE("a shard truncated after it was opened fails the load naming the file,
   CHECK(e.find("safetensors file '" + shard.string() + "' changed while it was read: it was truncated") !=
         std::string::npos);
 }
+
+TEST_CASE("an expert weight of a shape unlike the geometry is refused by shape, the NaN scan never reading past it") {
+  // Found by fuzz_strict_load: at TP=2 the host's NaN scan read rank 1's rows of a w1 that had
+  // fewer rows than the config says (ASan: a read past the mapping). Now it reads such a piece
+  // whole, and the plugin names the shape.
+  BuiltPlugins p;
+  TempDir d;
+  auto w = good(d);  // 4 experts, H = 64, I = 32
+  const std::string name = "model.layers.0.mlp.experts.1.gate_proj.weight";
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    EditableTensor& t = m.at(name);
+    t.shape = {8, 64};  // 8 rows where the config says I = 32
+    t.bytes.resize(static_cast<size_t>(8 * 64) * dtype_size(t.dtype));
+  });
+  for (const int rank : {0, 1}) {
+    CAPTURE(rank);
+    LoadOptions o;
+    o.placement = {rank, 2, 0, 1};
+    const std::string e = load_error(w.dir, p.registry(), o);
+    CHECK(e.find(name + ": expected F8_E4M3 [32, 64] for w1, found F8_E4M3 [8, 64]") != std::string::npos);
+  }
+}

@@ -285,7 +285,14 @@ void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p
     }
   };
   const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
-  const bool sharded = v.shape.size() == 2 && It > 0 && It < I;
+  // NOTE: only a piece of the shape the geometry gives is read by shard; any other (which the
+  // plugin refuses later, naming the shape) is read whole, never past its end (a fuzzed shard
+  // with the wrong shape read rows it does not have).
+  const bool shape_as_geometry =
+      v.shape.size() == 2 && (p.projection == Projection::kW2    ? v.shape[1] == I
+                              : p.projection == Projection::kW13 ? v.shape[0] == 2 * I
+                                                                 : v.shape[0] == I);
+  const bool sharded = shape_as_geometry && It > 0 && It < I && lo >= 0 && lo + It <= I;
   if (!sharded) {
     // Whole piece: contiguous, so one pass; the position is turned into [row, col] below.
     const int64_t n = v.numel();
