@@ -341,15 +341,13 @@ std::vector<std::string> router_problems(const MoeConfig& cfg, const LayerTensor
                     shape_string(t.shape));
       return;
     }
-    for (int64_t i = 0; i < t.numel(); ++i) {
+    const int64_t i = first_non_finite(t.data, static_cast<std::size_t>(t.numel()), t.dtype);
+    if (i >= 0) {
       const float v = load_as_float(t.data, t.dtype, static_cast<size_t>(i));
-      if (!std::isfinite(v)) {
-        const std::string at = want.size() == 2 ? "[" + std::to_string(i / want[1]) + ", " + std::to_string(i % want[1]) + "]"
-                                                : "[" + std::to_string(i) + "]";
-        out.push_back(std::string(what) + " " + in(t) + ": value " + at + " is " + (std::isnan(v) ? "NaN" : "infinite") +
-                      " (routing needs finite values)");
-        return;
-      }
+      const std::string at = want.size() == 2 ? "[" + std::to_string(i / want[1]) + ", " + std::to_string(i % want[1]) + "]"
+                                              : "[" + std::to_string(i) + "]";
+      out.push_back(std::string(what) + " " + in(t) + ": value " + at + " is " + (std::isnan(v) ? "NaN" : "infinite") +
+                    " (routing needs finite values)");
     }
   };
   if (lt.router_weight && lt.router_weight->dtype == DType::F8_E4M3) {

@@ -24,7 +24,8 @@ ModelOptConfig parse_modelopt(const std::string& quant_config_json, const std::s
 // (ModelOpt records none), exclude_modules become `re:` ignore entries.
 std::string to_compressed_tensors(const ModelOptConfig& c);
 
-// fnmatch glob ('*' any run, '?' one char) as an anchored ECMAScript regex.
+// fnmatch glob ('*' any run, '?' one char) as a regex for a compressed-tensors `re:` entry
+// (matched by RE2 from the start of the module name).
 std::string glob_to_regex(const std::string& glob);
 
 const char* algo_name(Algo a);

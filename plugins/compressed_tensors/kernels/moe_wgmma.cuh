@@ -61,23 +61,19 @@ __device__ __forceinline__ unsigned long long smem_desc(u32 addr) {
 "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
 "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
+// An m64n128 wgmma from two shared-memory descriptors into d[0..63]: `shape` is the PTX
+// shape and types, `tail` the operands after scale-d (e4m3 takes no transpose flags).
+#define MOEQ_WGMMA_N128(name, shape, tail)                                                                   \
+  __device__ __forceinline__ void name(float* d, unsigned long long desc_a, unsigned long long desc_b,       \
+                                       int accumulate) {                                                    \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                \
+                 "wgmma.mma_async.sync.aligned." shape " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p" tail ";\n}\n"                 \
+                 : MOEQ_WGMMA_D64                                                                          \
+                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));                                             \
+  }
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wgmma_e4m3_n128(float* d, unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
-      : MOEQ_WGMMA_D64
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-}
-#endif
-#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wgmma_bf16_n128(float* d, unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : MOEQ_WGMMA_D64
-      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-}
+MOEQ_WGMMA_N128(wgmma_e4m3_n128, "m64n128k32.f32.e4m3.e4m3", ", 1, 1")
+MOEQ_WGMMA_N128(wgmma_bf16_n128, "m64n128k16.f32.bf16.bf16", ", 1, 1, 0, 0")
 #endif
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void wgmma_bf16_n256(float* d, unsigned long long desc_a, unsigned long long desc_b, int accumulate) {
