@@ -24,7 +24,8 @@ static const moeq_test_layout_row kRows[] = {
     F(moeq_layer_geometry, tp_rank)
     F(moeq_layer_geometry, top_k)
 
-    S(moeq_device_info_args, memory_bytes)
+    S(moeq_device_info_args, arch)
+    F(moeq_device_info_args, memory_bytes)
     F(moeq_device_info_args, device)
     F(moeq_device_info_args, available)
 
@@ -52,7 +53,9 @@ static const moeq_test_layout_row kRows[] = {
     S(moeq_host_method_create_args, api)
     F(moeq_host_method_create_args, create_args)
 
-    S(moeq_host_api, method_create)
+    S(moeq_host_api, scratch_release)
+    F(moeq_host_api, method_create)
+    F(moeq_host_api, scratch_acquire)
     F(moeq_host_api, abi_major)
     F(moeq_host_api, abi_minor)
     F(moeq_host_api, status_create)
@@ -80,7 +83,9 @@ static const moeq_test_layout_row kRows[] = {
 
     S(moeq_process_after_loading_args, layer)
 
-    S(moeq_apply_args, stream)
+    S(moeq_apply_args, workspace_bytes)
+    F(moeq_apply_args, stream)
+    F(moeq_apply_args, workspace)
     F(moeq_apply_args, x)
     F(moeq_apply_args, out)
 
@@ -91,7 +96,8 @@ static const moeq_test_layout_row kRows[] = {
     F(moeq_dequantize_expert_args, a1_quant)
     F(moeq_dequantize_expert_args, group_size)
 
-    S(moeq_plugin_api, dequantize_expert)
+    S(moeq_plugin_api, apply_info)
+    F(moeq_plugin_api, dequantize_expert)
     F(moeq_plugin_api, initialize)
     F(moeq_plugin_api, shutdown)
     F(moeq_plugin_api, probe)
@@ -105,6 +111,17 @@ static const moeq_test_layout_row kRows[] = {
     F(moeq_plugin_descriptor, name)
     F(moeq_plugin_descriptor, requires_plugins)
     F(moeq_plugin_descriptor, capabilities)
+
+    S(moeq_scratch_args, data)
+    F(moeq_scratch_args, layer)
+    F(moeq_scratch_args, bytes)
+    F(moeq_scratch_args, purpose)
+
+    S(moeq_apply_info_args, out_dtypes)
+    F(moeq_apply_info_args, max_tokens)
+    F(moeq_apply_info_args, workspace_bytes)
+    F(moeq_apply_info_args, tokens_per_pass)
+    F(moeq_apply_info_args, x_dtypes)
 };
 
 #undef S

@@ -41,7 +41,7 @@ extern "C" {
  *   reason; a plugin newer than the host is accepted and used at the host's minor (slots the
  *   host does not know are never called). */
 #define MOEQ_ABI_MAJOR 1
-#define MOEQ_ABI_MINOR 1
+#define MOEQ_ABI_MINOR 2
 
 /* Size of a struct up to and including `last_field`: what a producer built against an
  * older minor sets as struct_size. */
@@ -124,7 +124,13 @@ typedef struct moeq_device_info_args {
   int32_t sm_minor;           /* out */
   int32_t multiprocessors;    /* out */
   int64_t memory_bytes;       /* out */
+  /* Since 1.2: the exact architecture jit_compile builds for on this device ("sm_90a",
+   * "sm_89"; "" on a CPU or without a driver). A plugin passes `arch` NULL to jit_compile and
+   * reads this for its own messages: it never derives an arch itself. A 1.1 host leaves the
+   * field as the caller set it (check host->abi_minor >= 2). */
+  char arch[16];              /* out: NUL-terminated */
 } moeq_device_info_args;
+/* LP64 size: 56 */
 
 /* Declare one parameter of a layer; the host allocates it on the layer's device (host memory
  * for kDLCPU, device memory in the primary context for kDLCUDA) and keeps it until the layer
@@ -228,6 +234,26 @@ typedef struct moeq_host_method_create_args {
   const struct moeq_plugin_api* api;           /* out */
 } moeq_host_method_create_args;
 
+/* Since 1.2: device scratch for loading (e.g. a projection quantized on the device), lent by
+ * the host on the layer's device. Call only while the layer loads: from create_weights until
+ * process_after_loading returns. The memory is uninitialized, 256-byte aligned and the
+ * caller's until it calls scratch_release (or process_after_loading returns: the host takes
+ * back whatever the layer still holds then, logging a warning, and fails nothing).
+ * The host bounds the scratch lent on one device at once, over every layer loading onto it:
+ * an acquire waits while other layers hold scratch and this request would pass the budget
+ * (LoadOptions::load_scratch_bytes, default one bf16 expert of the largest layer + 64 MiB);
+ * a layer that already holds scratch never waits, so no two layers wait on each other. A
+ * request the device cannot hold fails with OUT_OF_MEMORY naming `purpose`. A kDLCPU layer
+ * gets INVALID_ARGUMENT: host memory is the plugin's own. */
+typedef struct moeq_scratch_args {
+  size_t struct_size;
+  moeq_layer* layer;
+  size_t bytes;                /* > 0 */
+  const char* purpose;         /* for messages, e.g. "online quantization of w1" */
+  void* data;                  /* out: device address (CUdeviceptr) */
+} moeq_scratch_args;
+/* LP64 size: 40 */
+
 /* The host services table. Host-owned, static for the life of the process. Every slot is
  * present (non-NULL) in a 1.0 host; threads: every slot may be called from any thread,
  * but calls about one layer must come from the thread currently calling the plugin for it. */
@@ -251,6 +277,10 @@ typedef struct moeq_host_api {
   moeq_status* (*jit_compile)(moeq_jit_compile_args* args);
   /* delegation */
   moeq_status* (*method_create)(moeq_host_method_create_args* args);
+  /* since 1.2: loading scratch on the layer's device (see moeq_scratch_args). Releasing NULL
+   * or an address the layer does not hold does nothing. */
+  moeq_status* (*scratch_acquire)(moeq_scratch_args* args);
+  void (*scratch_release)(moeq_layer* layer, void* data);
 } moeq_host_api;
 
 /* ================================================================= plugin table ====== */
@@ -337,11 +367,47 @@ typedef struct moeq_process_after_loading_args {
 } moeq_process_after_loading_args;
 typedef moeq_status* (*moeq_process_after_loading_fn)(moeq_process_after_loading_args* args);
 
+/* Since 1.2: what apply takes, asked by the host once after process_after_loading (and again
+ * whenever it likes: pure, no allocation). `max_tokens` is the most tokens the host will
+ * pass to one apply (0: no bound known); the method answers the workspace it needs for
+ * that and how many tokens it then runs in one pass (it splits larger batches itself), and
+ * the activation dtypes it takes. A method whose apply needs no workspace answers 0 bytes.
+ * Bit masks of dtypes: MOEQ_DTYPE_BIT_*. */
+#define MOEQ_DTYPE_BIT_F32 1u
+#define MOEQ_DTYPE_BIT_BF16 2u
+#define MOEQ_DTYPE_BIT_F16 4u
+typedef struct moeq_apply_info_args {
+  size_t struct_size;
+  moeq_method* method;
+  int64_t max_tokens;          /* >= 0 */
+  size_t workspace_bytes;      /* out: 0 = none */
+  int64_t tokens_per_pass;     /* out: tokens one pass takes with that workspace (>= 1) */
+  uint32_t x_dtypes;           /* out: MOEQ_DTYPE_BIT_* apply takes for x */
+  uint32_t out_dtypes;         /* out: ... for out */
+} moeq_apply_info_args;
+/* LP64 size: 48 */
+typedef moeq_status* (*moeq_apply_info_fn)(moeq_apply_info_args* args);
+
 /* Run the experts: out[m] = sum_j topk_weights[m,j] * expert_{topk_ids[m,j]}(x[m]).
- * x [M,H] and out [M,H] are F32/BF16/F16 on the method's device; topk_ids [M,k] int32 hold
- * global expert ids (experts not local to this rank contribute nothing); topk_weights [M,k]
- * f32. With TP the result is this rank's partial sum. Allocates nothing through the host,
- * compiles nothing, logs nothing. Reentrant across methods; calls on one method serialized. */
+ * x [M,H] and out [M,H] are F32/BF16/F16 (as apply_info declares) on the method's device;
+ * topk_ids [M,k] int32 hold global expert ids (experts not local to this rank contribute
+ * nothing); topk_weights [M,k] f32. With TP the result is this rank's partial sum.
+ * Allocates nothing through the host, compiles nothing, logs nothing. Reentrant across
+ * methods; calls on one method serialized by the host.
+ *
+ * On a CUDA device apply only queues work on `stream` and returns: every tensor, and the
+ * workspace, must stay valid (and x, the routing and the workspace unchanged by anyone else)
+ * until that work completes; out is written by it. Nothing is synchronized, so an apply may be
+ * captured in a CUDA graph (MOEQ_CAP_GRAPH_CAPTURABLE), whose replays then read and write the
+ * same addresses. On the CPU apply is synchronous and `stream` is NULL.
+ *
+ * Workspace (since 1.2): when the plugin has apply_info and it answered workspace_bytes > 0,
+ * the host passes a workspace of at least that many bytes on the method's device, 256-byte
+ * aligned, with any content: the method keeps nothing in it from one apply to the next. One
+ * workspace may serve several methods (layers) only if their applies are ordered on the
+ * device: the same stream, or a stream that waits (an event) for the previous apply's work.
+ * A method gets no workspace from a 1.0/1.1 host, nor when it has no apply_info: it then
+ * owns what it needs (allocated before apply), as before 1.2. */
 typedef struct moeq_apply_args {
   size_t struct_size;
   moeq_method* method;
@@ -350,7 +416,10 @@ typedef struct moeq_apply_args {
   const DLTensor* topk_weights;
   const DLTensor* out;
   void* stream;                /* cudaStream_t on CUDA devices, NULL on CPU */
+  void* workspace;             /* since 1.2: device address, NULL when none is needed */
+  size_t workspace_bytes;      /* since 1.2 */
 } moeq_apply_args;
+/* LP64 size: 72 */
 typedef moeq_status* (*moeq_apply_fn)(moeq_apply_args* args);
 
 /* Describe what the method found and chose (scheme, scale names, granularity) as one JSON
@@ -404,8 +473,10 @@ typedef struct moeq_plugin_api {
   moeq_apply_fn apply;                            /* required */
   moeq_describe_fn describe;                      /* optional, since 1.0: NULL = no details */
   moeq_dequantize_expert_fn dequantize_expert;    /* optional, since 1.0: NULL = no reference check */
+  moeq_apply_info_fn apply_info;                  /* optional, since 1.2: NULL = no host workspace;
+                                                     apply takes what the capabilities say */
 } moeq_plugin_api;
-/* LP64 size: 96 */
+/* LP64 size: 104 */
 
 /* Capability bits of a descriptor. */
 #define MOEQ_CAP_CPU_APPLY 1ull          /* apply runs on kDLCPU */

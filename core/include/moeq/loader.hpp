@@ -29,6 +29,29 @@ struct LoadOptions {
   std::string online_scheme;
   DLDevice device{kDLCPU, 0};
   unsigned threads = 0;  // layers loaded at once; 0 = one per core, at most 8
+  // Apply workspaces (ABI 1.2 apply_info): the most tokens one apply is given (0: each method's
+  // own pass size; larger batches run in passes), and whether the layers on one device share
+  // one workspace (their applies must then be ordered on the device: one stream, or streams
+  // that wait for each other) or each get their own (layers may run at once on several streams).
+  int64_t max_tokens = 0;
+  bool shared_workspace = true;
+  // Device scratch lent to plugins while layers load (host scratch_acquire), over all layers
+  // loading onto one device at once; 0: one bf16 expert of the largest layer + 64 MiB.
+  std::size_t load_scratch_bytes = 0;
+};
+
+// A block of device memory the host owns (an apply workspace); shared by the layers using it.
+struct DeviceWorkspace {
+  DeviceWorkspace(int ordinal, std::size_t bytes);
+  ~DeviceWorkspace();
+  DeviceWorkspace(const DeviceWorkspace&) = delete;
+  DeviceWorkspace& operator=(const DeviceWorkspace&) = delete;
+  int ordinal = 0;
+  std::size_t bytes = 0;
+  void* data = nullptr;
+  // Held while an apply that uses this workspace is queued (and, for the host-vector
+  // overload, until its work is done).
+  std::mutex mutex;
 };
 
 struct LedgerEntry {
@@ -85,6 +108,12 @@ struct LoadedLayer {
   const TensorInfo* router_bias = nullptr;
   // The ABI has the host serialize calls on one method: LoadedModel::apply takes this.
   mutable std::mutex apply_mutex;
+  // What apply takes (the plugin's apply_info, ABI 1.2; for older plugins: x and out as the
+  // capabilities imply, no workspace): dtype masks MOEQ_DTYPE_BIT_*, tokens a pass.
+  uint32_t x_dtypes = 0, out_dtypes = 0;
+  int64_t tokens_per_pass = 0;
+  std::size_t workspace_bytes = 0;           // what the method asked for
+  std::shared_ptr<DeviceWorkspace> workspace;  // null when it asked for none
 };
 
 // The Registry a model was loaded through must outlive it (its layers call their plugins'
@@ -111,6 +140,15 @@ class LoadedModel {
   // several threads are serialized; calls on different layers run concurrently.
   std::vector<float> apply(size_t layer, std::span<const float> x, int64_t num_tokens,
                            const ref::Routing& routing) const;
+  // The zero-copy apply on the caller's tensors: x [M, H] and out [M, H] in a dtype the layer
+  // takes (LoadedLayer::x_dtypes / out_dtypes), topk_ids [M, top_k] I32 and topk_weights
+  // [M, top_k] F32, all on the layer's device with contiguous rows. On a CUDA layer the work is
+  // queued on `stream` (CUstream; null: the legacy default stream) with the layer's workspace:
+  // nothing is allocated or synchronized, so it may be captured in a CUDA graph; the tensors
+  // must stay valid until that work completes. On the CPU it runs to completion. Throws
+  // moeq::Error naming the tensor, what was expected and what was found.
+  void apply(size_t layer, const DLTensor& x, const DLTensor& topk_ids, const DLTensor& topk_weights, const DLTensor& out,
+             void* stream) const;
   // The method's dequantized local experts and activation quantization (dequantize_expert).
   ref::ExpertWeights dequantized(size_t layer, ref::MoeOptions* act_quant) const;
   // Router weights [E, H] as float and routing options of the layer (bias included).
