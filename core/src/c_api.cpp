@@ -345,7 +345,8 @@ moeq_status_code moeq_registry_open(const char* plugin_dir, uint32_t flags, moeq
     require_pointer(out, "out");
     *out = nullptr;
     constexpr uint32_t kKnown = MOEQ_REGISTRY_ALLOW_UNTRUSTED | MOEQ_REGISTRY_NO_DEFAULT_PATH;
-    if (flags & ~kKnown) invalid("flags 0x" + std::to_string(flags) + " hold unknown bits (known: MOEQ_REGISTRY_ALLOW_UNTRUSTED, MOEQ_REGISTRY_NO_DEFAULT_PATH)");
+    if (flags & ~kKnown) invalid("flags " + std::to_string(flags) + " hold unknown bits " + std::to_string(flags & ~kKnown) +
+              " (known: MOEQ_REGISTRY_ALLOW_UNTRUSTED 1, MOEQ_REGISTRY_NO_DEFAULT_PATH 2)");
     const bool defaults = (flags & MOEQ_REGISTRY_NO_DEFAULT_PATH) == 0;
     const bool have_dir = plugin_dir != nullptr && plugin_dir[0] != '\0';
     if (!defaults && !have_dir) invalid("MOEQ_REGISTRY_NO_DEFAULT_PATH without a plugin_dir searches nothing");
