@@ -14,6 +14,8 @@
 
 #include <boost/json.hpp>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -586,6 +588,25 @@ TEST_CASE("C API: without a plugin_dir the default search path finds this build'
   moeq_abi_version(&major, &minor);
   CHECK(major == MOEQ_ABI_MAJOR);
   CHECK(minor == MOEQ_ABI_MINOR);
+}
+
+TEST_CASE("C API: libmoeq_c.so exports every C API function and no C++ symbol") {
+  // Opened, never called: its copy of the core is separate from this binary's.
+  void* lib = dlopen(MOEQ_TEST_C_LIBRARY, RTLD_NOW | RTLD_LOCAL);
+  REQUIRE_MESSAGE(lib != nullptr, dlerror());
+  for (const char* fn : {"moeq_version", "moeq_abi_version", "moeq_last_error_message", "moeq_last_error_code",
+                         "moeq_registry_open", "moeq_registry_free", "moeq_registry_num_plugins",
+                         "moeq_registry_plugin_name", "moeq_registry_refused", "moeq_load_options_init",
+                         "moeq_model_load", "moeq_model_free", "moeq_model_num_layers", "moeq_model_layer_info",
+                         "moeq_model_report_json", "moeq_model_route", "moeq_model_apply",
+                         "moeq_model_dequantize_expert"}) {
+    CAPTURE(fn);
+    CHECK(dlsym(lib, fn) != nullptr);
+  }
+  // The C++ library (here load_model) and plugin entry points stay inside.
+  CHECK(dlsym(lib, "_ZN4moeq10load_modelERKNS_10CheckpointERKNS_8RegistryERKNS_11LoadOptionsE") == nullptr);
+  CHECK(dlsym(lib, "moeq_plugin_get_descriptor") == nullptr);
+  dlclose(lib);
 }
 
 TEST_CASE("cuda: C API apply on device memory, captured in a CUDA graph, equals the eager apply") {
