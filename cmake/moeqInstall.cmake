@@ -51,7 +51,12 @@ install(TARGETS moeq_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 get_property(MOEQ_BUILTIN_PLUGINS GLOBAL PROPERTY MOEQ_BUILTIN_PLUGINS)
 install(TARGETS ${MOEQ_BUILTIN_PLUGINS} LIBRARY DESTINATION ${MOEQ_INSTALL_PLUGINDIR})
 
-# The CMake package.
+# The CMake package. moeqConfig.cmake looks for NVRTC (moeq::nvrtc) also where this build found it.
+set(MOEQ_NVRTC_LIBRARY_DIR "")
+if(MOEQ_HAVE_NVRTC)
+  get_target_property(nvrtc_location CUDA::nvrtc IMPORTED_LOCATION)
+  get_filename_component(MOEQ_NVRTC_LIBRARY_DIR "${nvrtc_location}" DIRECTORY)
+endif()
 configure_package_config_file(${CMAKE_CURRENT_LIST_DIR}/moeqConfig.cmake.in
   ${PROJECT_BINARY_DIR}/moeqConfig.cmake
   INSTALL_DESTINATION ${MOEQ_INSTALL_CMAKEDIR}

@@ -33,10 +33,9 @@ struct StructLayout {
   StructLayout{#T, #last, sizeof(T), MOEQ_STRUCT_SIZE(T, last), alignof(T), offsetof(T, struct_size), \
                lp64_size, lp64_struct_size}
 
-// NOTE: abi.h's comments promise moeq_layer_geometry 96, moeq_plugin_api 88 and
-// moeq_plugin_descriptor 104; the numbers below are what the declarations actually give on
-// LP64 (6 x int64 + 6 x int32 after struct_size is 80; 11 slots after struct_size is 96;
-// the descriptor's 13 fields pack to 96). The comments are the ones to fix.
+// LP64 sizes as the declarations give them (and abi.h's comments say): 6 x int64 + 6 x int32
+// after struct_size is 80; 12 slots after struct_size is 104 (apply_info appended in 1.2); the
+// descriptor's 13 fields pack to 96.
 const StructLayout kStructs[] = {
     MOEQ_TEST_STRUCT(moeq_layer_geometry, activation, 80, 80),
     MOEQ_TEST_STRUCT(moeq_device_info_args, arch, 56, 56),
@@ -58,7 +57,7 @@ const StructLayout kStructs[] = {
     MOEQ_TEST_STRUCT(moeq_plugin_api, apply_info, 104, 104),
     MOEQ_TEST_STRUCT(moeq_plugin_descriptor, api, 96, 96),
     MOEQ_TEST_STRUCT(moeq_scratch_args, data, 40, 40),
-    MOEQ_TEST_STRUCT(moeq_apply_info_args, out_dtypes, 48, 44),
+    MOEQ_TEST_STRUCT(moeq_apply_info_args, out_dtypes, 48, 48),
 };
 
 struct FieldLayout {
@@ -179,7 +178,7 @@ TEST_CASE("ABI struct sizes and MOEQ_STRUCT_SIZE of the last field are the LP64 
   }
   // The three the header annotates, spelled out.
   CHECK(sizeof(moeq_layer_geometry) == 80);
-  CHECK(sizeof(moeq_plugin_api) == 96);
+  CHECK(sizeof(moeq_plugin_api) == 104);  // 12 slots since 1.2
   CHECK(sizeof(moeq_plugin_descriptor) == 96);
 }
 

@@ -6,10 +6,12 @@
 
 #include <moeq_writer/producers.hpp>
 
-#include "../plugins/online_quant/lending_pool.hpp"
+#include <moeq/scratch_pool.hpp>
 
 #include <atomic>
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <thread>
 
 using namespace moeq;
@@ -37,15 +39,6 @@ writer::MoeSpec small(writer::Layout layout, uint64_t seed) {
   return s;
 }
 
-}  // namespace
-
-namespace {
-struct Item {  // what the lending pool test lends
-  static inline std::atomic<int> alive{0};
-  int uses = 0;
-  Item() { ++alive; }
-  ~Item() { --alive; }
-};
 }  // namespace
 
 TEST_SUITE("concurrency") {
@@ -148,94 +141,93 @@ TEST_SUITE("concurrency") {
     CHECK(failures == 1);
   }
 
-  // online_quant's per-device scratch pool: twelve threads borrow at once, never more than the
-  // limit exist or are out at a time, everything is reused, and the last detach hands the idle
-  // items back to destroy.
-  TEST_CASE("the lending pool lends at most its limit at once and frees on the last detach") {
-    moeq::online::LendingPool<Item> pool;
-    pool.attach();
-    pool.attach();
-    std::atomic<int> out{0}, most_out{0}, done{0};
+  // The host's loading scratch (scratch_acquire), over a fake allocator: twelve borrowers at
+  // once never hold more than the budget together (each alone may), blocks are reused, a
+  // borrower that holds scratch never waits, and the last load frees the idle blocks.
+  struct FakeDevice {
+    std::mutex m;
+    std::map<uintptr_t, std::size_t> live;
+    uintptr_t next = 0x1000;
+    std::size_t allocated = 0, most = 0;
+    moeq::host::ScratchPool pool{[this](std::size_t n) {
+                                   std::lock_guard l(m);
+                                   const uintptr_t a = next;
+                                   next += (n + 255) / 256 * 256 + 256;
+                                   live[a] = n;
+                                   allocated += n;
+                                   most = std::max(most, allocated);
+                                   return a;
+                                 },
+                                 [this](uintptr_t a) {
+                                   std::lock_guard l(m);
+                                   auto it = live.find(a);
+                                   if (it == live.end()) return;  // the checks below find it still live
+                                   allocated -= it->second;
+                                   live.erase(it);
+                                 }};
+  };
+
+  TEST_CASE("the scratch pool keeps every borrower within the budget and reuses its blocks") {
+    FakeDevice dev;
+    dev.pool.begin_load(3000);
+    std::atomic<std::size_t> lent{0}, most_lent{0};
+    std::atomic<int> done{0};
     std::vector<std::thread> threads;
+    int owners[12] = {};
     for (int t = 0; t < 12; ++t)
-      threads.emplace_back([&] {
-        for (int i = 0; i < 50; ++i) {
-          Item* it = pool.acquire(3);
-          const int now = ++out;
-          int seen = most_out.load();
-          while (now > seen && !most_out.compare_exchange_weak(seen, now)) {
+      threads.emplace_back([&, t] {
+        const std::size_t bytes = t % 4 == 0 ? 2500 : 1000;  // some borrowers need most of it
+        for (int i = 0; i < 40; ++i) {
+          const uintptr_t a = dev.pool.acquire(&owners[t], bytes);
+          const std::size_t now = lent += bytes;
+          std::size_t seen = most_lent.load();
+          while (now > seen && !most_lent.compare_exchange_weak(seen, now)) {
           }
-          ++it->uses;
-          std::this_thread::sleep_for(std::chrono::microseconds(50));
-          --out;
-          CHECK(pool.give_back(it) == nullptr);  // users attached: kept
+          std::this_thread::sleep_for(std::chrono::microseconds(30));
+          lent -= bytes;
+          CHECK(dev.pool.release(&owners[t], a));
           ++done;
         }
       });
     for (auto& t : threads) t.join();
-    CHECK(done == 600);
-    CHECK(most_out.load() <= 3);
-    CHECK(most_out.load() >= 2);  // they did overlap
-    CHECK(pool.high_water() == 3);
-    CHECK(pool.existing() == 3);
-    CHECK(Item::alive == 3);
-    CHECK(pool.detach().empty());  // one user still attached
-    auto idle = pool.detach();
-    CHECK(idle.size() == 3);
-    int uses = 0;
-    for (auto& it : idle) uses += it->uses;
-    CHECK(uses == 600);
-    idle.clear();
-    CHECK(Item::alive == 0);
-    CHECK(pool.existing() == 0);
-    // An item given back with no user attached is returned to destroy; a forgotten one frees
-    // its place for a waiting borrower.
-    Item* late = pool.acquire(1);
-    CHECK(pool.give_back(late) != nullptr);
-    CHECK(Item::alive == 0);
-    pool.attach();
-    Item* a = pool.acquire(1);
-    std::atomic<bool> got{false};
-    std::thread waiter([&] {
-      Item* b = pool.acquire(1);
-      got = true;
-      pool.give_back(b);
-    });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    CHECK_FALSE(got.load());  // the only place is lent
-    pool.forget(a).reset();
-    waiter.join();
-    CHECK(got.load());
-    CHECK(pool.detach().size() == 1);
+    CHECK(done == 480);
+    CHECK(most_lent.load() <= 3000);
+    CHECK(most_lent.load() >= 2000);           // borrowers did overlap
+    CHECK(dev.most <= 3000 + 2500);            // idle blocks freed to make room (at most one over)
+    CHECK(dev.pool.allocations() < 480);       // blocks were reused
+    CHECK(dev.pool.lent_bytes() == 0);
+    CHECK(dev.pool.idle_bytes() == dev.allocated);
+    dev.pool.end_load();                       // the last load: idle blocks freed
+    CHECK(dev.allocated == 0);
+    CHECK(dev.live.empty());
   }
 
-  // Borrowers of bigger items (an F32 projection: limit 1) and of smaller ones (BF16: limit 3)
-  // at once: a limit-1 borrower holds its item alone, even when three smaller ones sit idle.
-  TEST_CASE("the lending pool honours each borrower's own limit when limits differ") {
-    moeq::online::LendingPool<Item> pool;
-    pool.attach();
-    std::atomic<int> out{0}, alone_violations{0}, done{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t)
-      threads.emplace_back([&, t] {
-        const std::size_t limit = t % 4 == 0 ? 1 : 3;
-        for (int i = 0; i < 40; ++i) {
-          Item* it = pool.acquire(limit);
-          const int now = ++out;
-          if (limit == 1 && now != 1) ++alone_violations;
-          if (now > 3) ++alone_violations;
-          std::this_thread::sleep_for(std::chrono::microseconds(30));
-          if (limit == 1 && out.load() != 1) ++alone_violations;
-          --out;
-          pool.give_back(it);
-          ++done;
-        }
-      });
-    for (auto& t : threads) t.join();
-    CHECK(done == 320);
-    CHECK(alone_violations == 0);
-    CHECK(pool.high_water() <= 3);
-    CHECK(pool.detach().size() == pool.high_water());
-    CHECK(Item::alive == 0);
+  TEST_CASE("the scratch pool lets a holder or a lone borrower go on and frees on release without a load") {
+    FakeDevice dev;
+    dev.pool.begin_load(1000);
+    int a = 0, b = 0;
+    const uintptr_t big = dev.pool.acquire(&a, 5000);  // alone: above the budget, still lent
+    const uintptr_t more = dev.pool.acquire(&a, 5000);  // a holder never waits
+    CHECK(dev.pool.lent_bytes() == 10000);
+    std::atomic<bool> got{false};
+    std::thread waiter([&] {
+      const uintptr_t x = dev.pool.acquire(&b, 100);  // another borrower waits for room
+      got = true;
+      dev.pool.release(&b, x);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    CHECK_FALSE(got.load());
+    CHECK_FALSE(dev.pool.release(&b, big));  // not b's
+    CHECK(dev.pool.release(&a, big));
+    CHECK_FALSE(got.load());  // 5000 still lent
+    CHECK(dev.pool.release_all(&a) == 1);
+    (void)more;
+    waiter.join();
+    CHECK(got.load());
+    dev.pool.end_load();
+    CHECK(dev.allocated == 0);
+    const uintptr_t late = dev.pool.acquire(&a, 64);  // no load in progress: freed on release
+    CHECK(dev.pool.release(&a, late));
+    CHECK(dev.allocated == 0);
   }
 }

@@ -2,6 +2,7 @@
 // plugin conforms, and each deliberately broken plugin of tests/conform_plugins fails exactly
 // the check its defect breaks, with a reason that says what is wrong. Also: the kernel sources
 // moeq_add_plugin embeds.
+#include "ct_support.hpp"
 #include "support.hpp"
 
 #include <moeq_writer/producers.hpp>
@@ -358,6 +359,48 @@ TEST_CASE("moeq conform --online: an unknown scheme is refused up front, naming 
   CHECK(run.out.find("unknown --online scheme 'int4'") != std::string::npos);
   CHECK(run.out.find("int8, fp8-tensor, fp8-channel, fp8-block") != std::string::npos);
   CHECK(run.out.find("\"checks\"") == std::string::npos);  // no check ran
+}
+
+// ABI 1.2 is append-only: a plugin built for 1.1 (no apply_info slot) still loads, conforms and
+// applies through the zero-copy path, and the host lends it no workspace.
+TEST_CASE("an ABI 1.1 plugin loads, conforms and applies under the 1.2 host, with no workspace") {
+  const Conform c = conform(test_plugin("legacy_minor1"), "--timeout 60");
+  INFO(c.text);
+  require_all_pass(c);
+  CHECK(c.reason(8).find("no apply_info (before ABI 1.2: no host workspace)") != std::string::npos);
+  Registry reg(host::api());
+  const LoadedPlugin* legacy = reg.load_file(test_plugin("legacy_minor1"));
+  const LoadedPlugin* good = reg.load_file(test_plugin("good"));
+  REQUIRE(legacy != nullptr);
+  REQUIRE(good != nullptr);
+  CHECK(legacy->effective_minor == 1);
+  CHECK(good->effective_minor == 2);
+  TempDir d;
+  small_checkpoint(d / "ck", 1, 4, 32, 16);
+  LoadOptions o;
+  o.pin_plugin = "conform_legacy_minor1";
+  const LoadedModel m = load_model(Checkpoint::open(d / "ck"), reg, o);
+  o.pin_plugin = "conform_good";
+  const LoadedModel g = load_model(Checkpoint::open(d / "ck"), reg, o);
+  REQUIRE(m.layers.size() == 1);
+  const LoadedLayer& l = *m.layers[0];
+  CHECK(l.workspace == nullptr);
+  CHECK(l.workspace_bytes == 0);
+  CHECK(l.x_dtypes == (MOEQ_DTYPE_BIT_F32 | MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F16));
+  const int64_t M = 6, H = 32, k = g.layers[0]->geometry.top_k;
+  const std::vector<float> x = bf16_tokens(M, H, 3);
+  const ref::Routing r = random_routing(M, 4, k, 4);
+  const std::vector<float> want = g.apply(0, x, M, r);
+  CHECK(m.apply(0, x, M, r) == want);
+  std::vector<float> xs = x, out(static_cast<size_t>(M * H), 0.0f), wts = r.weights;
+  std::vector<int32_t> ids = r.ids;
+  int64_t xsh[2] = {M, H}, ksh[2] = {M, k};
+  const DLTensor tx{xs.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xsh, nullptr, 0};
+  const DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xsh, nullptr, 0};
+  const DLTensor ti{ids.data(), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ksh, nullptr, 0};
+  const DLTensor tw{wts.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ksh, nullptr, 0};
+  m.apply(0, tx, ti, tw, to, nullptr);
+  CHECK(out == want);
 }
 
 TEST_CASE("moeq_add_plugin KERNELS: the plugin hands back the kernel file byte for byte") {

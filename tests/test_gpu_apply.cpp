@@ -133,15 +133,20 @@ void check_graph_capture(const LoadedModel& m, size_t li, int64_t M, uint64_t se
   DeviceIo io(M, H, k);
   cuda::CUstream s = nullptr;
   MOEQ_CU_CHECK(d.cuStreamCreate(&s, cuda::kStreamNonBlocking));
-  moeq_apply_args a{sizeof(moeq_apply_args), l.method, &io.tx, &io.ti, &io.tw, &io.to, s};
   cuda::CUgraph graph = nullptr;
   cuda::CUgraphExec exec = nullptr;
+  // The zero-copy apply on device tensors (the host's workspace, the caller's stream), captured.
+  CHECK(l.workspace != nullptr);
   MOEQ_CU_CHECK(d.cuStreamBeginCapture(s, cuda::kStreamCaptureModeGlobal));
-  moeq_status* st = l.plugin->api->apply(&a);
-  const cuda::CUresult end = d.cuStreamEndCapture(s, &graph);
   std::string msg;
-  moeq_status_code code = MOEQ_STATUS_CODE_OK;
-  const bool failed = host::take_status(st, code, msg);
+  bool failed = false;
+  try {
+    m.apply(li, io.tx, io.ti, io.tw, io.to, s);
+  } catch (const Error& e) {
+    failed = true;
+    msg = e.what();
+  }
+  const cuda::CUresult end = d.cuStreamEndCapture(s, &graph);
   CHECK_MESSAGE(!failed, "apply under capture: " << msg);
   REQUIRE(end == cuda::kSuccess);
   MOEQ_CU_CHECK(d.cuGraphInstantiate(&exec, graph, 0));
@@ -461,6 +466,24 @@ TEST_CASE("cuda: a shape the kernels cannot run fails at load naming it, a bad a
   io.tx.device = {kDLCPU, 0};
   REQUIRE(host::take_status(l.plugin->api->apply(&a), code, msg));
   CHECK(msg.find("x must be on cuda:0") != std::string::npos);
+  // A well-formed apply without the host's workspace (ABI 1.2): refused, naming the bytes.
+  io.tx.device = {kDLCUDA, 0};
+  REQUIRE(host::take_status(l.plugin->api->apply(&a), code, msg));
+  CHECK(code == MOEQ_STATUS_CODE_FAILED_PRECONDITION);
+  CHECK(msg.find("the host lent a workspace of 0 bytes") != std::string::npos);
+  REQUIRE(l.workspace != nullptr);
+  a.workspace = l.workspace->data;
+  a.workspace_bytes = l.workspace->bytes;
+  CHECK_FALSE(host::take_status(l.plugin->api->apply(&a), code, msg));
+  MOEQ_CU_CHECK(cuda::require().cuCtxSynchronize());
+  // The model's device apply checks dtypes against what apply_info declared.
+  io.tx.dtype = {kDLFloat, 32, 1};
+  try {
+    m.apply(0, io.tx, io.ti, io.tw, io.to, nullptr);
+    FAIL("F32 x accepted");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("x must be BF16 for compressed_tensors, found F32") != std::string::npos);
+  }
 }
 
 TEST_CASE("cuda: the compressed_tensors descriptor says CUDA apply and graph capture") {

@@ -7,6 +7,7 @@
 #include <moeq/cuda_driver.hpp>
 #include <moeq_writer/producers.hpp>
 
+#include <cstdio>
 #include <limits>
 #include <thread>
 
@@ -192,4 +193,167 @@ TEST_CASE("load_model keeps the status code of a layer's first error (no CUDA dr
     CHECK(e.code() == MOEQ_STATUS_CODE_UNAVAILABLE);  // was flattened to INVALID_ARGUMENT
     CHECK(std::string(e.what()).find("CUDA") != std::string::npos);
   }
+}
+
+// ---------------------------------------------------------------- ABI 1.2 and the zero-copy apply
+namespace {
+
+void expect_invalid(moeq_status* st, const std::string& says) {
+  moeq_status_code code{};
+  std::string message;
+  REQUIRE(host::take_status(st, code, message));
+  CHECK(code == MOEQ_STATUS_CODE_INVALID_ARGUMENT);
+  CHECK_MESSAGE(message.find(says) != std::string::npos, message);
+}
+
+struct HostTensors {
+  std::vector<int64_t> shape, strides;
+  DLTensor t{};
+};
+template <class T>
+HostTensors host_tensor(std::vector<T>& v, DLDataType dt, int64_t rows, int64_t cols, int64_t row_stride = 0) {
+  HostTensors h;
+  h.shape = {rows, cols};
+  h.strides = {row_stride ? row_stride : cols, 1};
+  h.t = DLTensor{v.data(), {kDLCPU, 0}, 2, dt, h.shape.data(), h.strides.data(), 0};
+  return h;
+}
+
+}  // namespace
+
+TEST_CASE("LoadedModel's DLTensor apply on the CPU equals the vector apply, in F32, BF16 and F16, padded or compact") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = small(d, 2);
+  LoadedModel m = load_dir(w.dir, p.registry());
+  REQUIRE(m.layers.size() == 2);
+  const LoadedLayer& l = *m.layers[1];
+  // What apply takes, from apply_info: the CPU path takes every float dtype, needs no workspace.
+  const uint32_t all = MOEQ_DTYPE_BIT_F32 | MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F16;
+  CHECK(l.x_dtypes == all);
+  CHECK(l.out_dtypes == all);
+  CHECK(l.workspace_bytes == 0);
+  CHECK(l.workspace == nullptr);
+  CHECK(l.tokens_per_pass == std::numeric_limits<int64_t>::max());
+  const int64_t H = 64, M = 5, k = 2;
+  const std::vector<float> x = bf16_tokens(M, H, 7);  // BF16-exact, so every dtype carries it
+  const ref::Routing r = random_routing(M, 8, k, 8);
+  const std::vector<float> want = m.apply(1, x, M, r);
+  std::vector<int32_t> ids = r.ids;
+  std::vector<float> wts = r.weights;
+  HostTensors ti = host_tensor(ids, {kDLInt, 32, 1}, M, k), tw = host_tensor(wts, {kDLFloat, 32, 1}, M, k);
+
+  // F32, with x rows 8 elements apart and NULL strides for out (compact).
+  std::vector<float> xp(static_cast<size_t>(M * (H + 8)), -99.0f), out(static_cast<size_t>(M * H), 0.0f);
+  for (int64_t i = 0; i < M; ++i) std::copy_n(x.begin() + i * H, H, xp.begin() + i * (H + 8));
+  HostTensors tx = host_tensor(xp, {kDLFloat, 32, 1}, M, H, H + 8), to = host_tensor(out, {kDLFloat, 32, 1}, M, H);
+  to.t.strides = nullptr;
+  m.apply(1, tx.t, ti.t, tw.t, to.t, nullptr);
+  CHECK(out == want);
+
+  // BF16 x, F16 out: the same values, rounded to F16 on the way out.
+  std::vector<uint16_t> xb(x.size()), oh(out.size(), 0);
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+  HostTensors tb = host_tensor(xb, {kDLBfloat, 16, 1}, M, H), th = host_tensor(oh, {kDLFloat, 16, 1}, M, H);
+  m.apply(1, tb.t, ti.t, tw.t, th.t, nullptr);
+  double worst = 0;
+  for (size_t i = 0; i < out.size(); ++i)
+    worst = std::max(worst, std::abs(static_cast<double>(f16_to_float(oh[i])) - want[i]) / (std::abs(want[i]) + 1e-3));
+  CHECK(worst < 1e-3);  // F16 keeps 11 bits
+
+  // M = 0 is a no-op, not an error.
+  std::vector<float> none;
+  HostTensors t0 = host_tensor(none, {kDLFloat, 32, 1}, 0, H), k0 = host_tensor(none, {kDLFloat, 32, 1}, 0, k);
+  std::vector<int32_t> no_ids;
+  HostTensors i0 = host_tensor(no_ids, {kDLInt, 32, 1}, 0, k);
+  m.apply(1, t0.t, i0.t, k0.t, t0.t, nullptr);
+}
+
+TEST_CASE("LoadedModel's DLTensor apply refuses wrong devices, shapes, dtypes, strides and ids, naming them") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = small(d);
+  LoadedModel m = load_dir(w.dir, p.registry());
+  const int64_t H = 64, M = 3, k = 2;
+  std::vector<float> x(static_cast<size_t>(M * H), 0.25f), out(static_cast<size_t>(M * H));
+  std::vector<int32_t> ids{0, 1, 2, 3, 4, 5};
+  std::vector<float> wts(6, 0.5f);
+  HostTensors tx = host_tensor(x, {kDLFloat, 32, 1}, M, H), to = host_tensor(out, {kDLFloat, 32, 1}, M, H);
+  HostTensors ti = host_tensor(ids, {kDLInt, 32, 1}, M, k), tw = host_tensor(wts, {kDLFloat, 32, 1}, M, k);
+  auto err = [&](const DLTensor& a, const DLTensor& b, const DLTensor& c, const DLTensor& o) {
+    return error_of([&] { m.apply(0, a, b, c, o, nullptr); });
+  };
+  m.apply(0, tx.t, ti.t, tw.t, to.t, nullptr);  // well-formed
+
+  DLTensor dev = tx.t;
+  dev.device = {kDLCUDA, 0};
+  CHECK(err(dev, ti.t, tw.t, to.t).find("x must be on cpu (the layer's device), found cuda:0") != std::string::npos);
+  int64_t short_shape[2] = {M, H - 1};
+  DLTensor sh = to.t;
+  sh.shape = short_shape;
+  CHECK(err(tx.t, ti.t, tw.t, sh).find("out must be [3, 64], found [3, 63]") != std::string::npos);
+  DLTensor r1 = tx.t;
+  r1.ndim = 1;
+  CHECK(err(r1, ti.t, tw.t, to.t).find("x must be 2-D [M, 64], found rank 1") != std::string::npos);
+  int64_t col_strides[2] = {1, M};  // column-major
+  DLTensor cm = tx.t;
+  cm.strides = col_strides;
+  CHECK(err(cm, ti.t, tw.t, to.t).find("x needs rows of contiguous elements (strides [>= 64, 1]), found [1, 3]") !=
+        std::string::npos);
+  DLTensor xi = tx.t;
+  xi.dtype = {kDLInt, 32, 1};
+  CHECK(err(xi, ti.t, tw.t, to.t).find("x must be F32, BF16, F16 for compressed_tensors, found I32") != std::string::npos);
+  DLTensor i64 = ti.t;
+  i64.dtype = {kDLInt, 64, 1};
+  CHECK(err(tx.t, i64, tw.t, to.t).find("topk_ids must be I32, found I64") != std::string::npos);
+  DLTensor wbf = tw.t;
+  wbf.dtype = {kDLBfloat, 16, 1};
+  CHECK(err(tx.t, ti.t, wbf, to.t).find("topk_weights must be F32, found BF16") != std::string::npos);
+  int64_t wide[2] = {M, 9};
+  DLTensor k9 = ti.t;
+  k9.shape = wide;
+  CHECK(err(tx.t, k9, tw.t, to.t).find("topk_ids must have top_k in [1, 8] columns, found 9") != std::string::npos);
+  ids[5] = 8;
+  CHECK(err(tx.t, ti.t, tw.t, to.t).find("topk_ids[2, 1] is 8; expected a global expert id in [0, 8)") !=
+        std::string::npos);
+  ids[5] = 5;
+  DLTensor nodata = to.t;
+  nodata.data = nullptr;
+  CHECK(err(tx.t, ti.t, tw.t, nodata).find("out: NULL data") != std::string::npos);
+  CHECK(error_of([&] { m.apply(3, tx.t, ti.t, tw.t, to.t, nullptr); }).find("layer index 3 is out of range") !=
+        std::string::npos);
+}
+
+TEST_CASE("host scratch (ABI 1.2) is refused on a CPU layer and for malformed requests, with the reason") {
+  const moeq_host_api& api = *host::api();
+  CHECK(api.abi_minor == 2);
+  CHECK(api.struct_size >= MOEQ_STRUCT_SIZE(moeq_host_api, scratch_release));
+  auto layer = host::make_layer("model.layers.0.mlp", {kDLCPU, 0});
+  moeq_scratch_args a{};
+  a.struct_size = sizeof a;
+  a.layer = layer.get();
+  a.bytes = 4096;
+  a.purpose = "a test";
+  expect_invalid(api.scratch_acquire(&a), "layer model.layers.0.mlp is not on a CUDA device");
+  CHECK(a.data == nullptr);
+  a.layer = nullptr;
+  expect_invalid(api.scratch_acquire(&a), "scratch_acquire: NULL layer");
+  a.struct_size = 16;
+  expect_invalid(api.scratch_acquire(&a), "scratch_acquire: struct_size too small");
+  expect_invalid(api.scratch_acquire(nullptr), "scratch_acquire: struct_size too small");
+  api.scratch_release(layer.get(), nullptr);  // nothing held: nothing happens
+  api.scratch_release(nullptr, &a);
+  // device_info names no arch on the CPU, and a 1.1-sized struct is still served.
+  moeq_device_info_args info{};
+  info.struct_size = sizeof info;
+  info.device = {kDLCPU, 0};
+  std::snprintf(info.arch, sizeof info.arch, "junk");
+  host::throw_if_error(api.device_info(&info), "device_info");
+  CHECK(std::string(info.arch).empty());
+  moeq_device_info_args old{};
+  old.struct_size = MOEQ_STRUCT_SIZE(moeq_device_info_args, memory_bytes);
+  old.device = {kDLCPU, 0};
+  std::snprintf(old.arch, sizeof old.arch, "kept");
+  host::throw_if_error(api.device_info(&old), "device_info (1.1 size)");
+  CHECK(std::string(old.arch) == "kept");  // beyond its struct_size: untouched
 }

@@ -381,7 +381,8 @@ typedef struct moeq_apply_info_args {
   moeq_method* method;
   int64_t max_tokens;          /* >= 0 */
   size_t workspace_bytes;      /* out: 0 = none */
-  int64_t tokens_per_pass;     /* out: tokens one pass takes with that workspace (>= 1) */
+  int64_t tokens_per_pass;     /* out: tokens one pass takes with that workspace (>= 1;
+                                  INT64_MAX: any batch at once) */
   uint32_t x_dtypes;           /* out: MOEQ_DTYPE_BIT_* apply takes for x */
   uint32_t out_dtypes;         /* out: ... for out */
 } moeq_apply_info_args;

@@ -8,6 +8,8 @@
 #include <moeq/host.hpp>
 #include <moeq/jit.hpp>
 #include <moeq/registry.hpp>
+#include <moeq/scratch_pool.hpp>
+#include <moeq/staged_upload.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -154,6 +156,8 @@ moeq_status* s_device_info(moeq_device_info_args* a) {
   return guarded([&] {
     if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_device_info_args, memory_bytes))
       fail("device_info: struct_size too small");
+    const bool with_arch = a->struct_size >= MOEQ_STRUCT_SIZE(moeq_device_info_args, arch);
+    if (with_arch) a->arch[0] = '\0';
     if (a->device.device_type == kDLCPU) {
       a->available = 1;
       a->sm_major = a->sm_minor = a->multiprocessors = 0;
@@ -175,7 +179,69 @@ moeq_status* s_device_info(moeq_device_info_args* a) {
     a->sm_minor = p.sm_minor;
     a->multiprocessors = p.multiprocessors;
     a->memory_bytes = static_cast<int64_t>(p.total_memory);
+    if (with_arch) {
+      const std::string arch = jit::arch_for(p.sm_major, p.sm_minor);
+      std::snprintf(a->arch, sizeof a->arch, "%s", arch.c_str());
+    }
   });
+}
+
+// ---- loading scratch (1.2): one pool per device, see scratch_pool.hpp
+ScratchPool& scratch_pool(int ordinal) {
+  static std::mutex m;
+  static std::map<int, std::unique_ptr<ScratchPool>> pools;  // never destroyed: the driver may be gone at exit
+  std::lock_guard lock(m);
+  auto& p = pools[ordinal];
+  if (!p)
+    p.reset(new ScratchPool(
+        [ordinal](std::size_t bytes) {
+          const cuda::DriverApi& d = cuda::require();
+          cuda::use_primary_context(ordinal);
+          cuda::CUdeviceptr ptr = 0;
+          const cuda::CUresult r = d.cuMemAlloc_v2(&ptr, bytes);
+          if (r != cuda::kSuccess)
+            fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "cuMemAlloc of " + std::to_string(bytes) + " bytes on cuda:" +
+                                                     std::to_string(ordinal) + ": " + cuda::describe(&d, r));
+          return static_cast<uintptr_t>(ptr);
+        },
+        [ordinal](uintptr_t address) {
+          if (!cuda::available()) return;
+          cuda::use_primary_context(ordinal);
+          cuda::require().cuMemFree_v2(static_cast<cuda::CUdeviceptr>(address));
+        }));
+  return *p;
+}
+
+moeq_status* s_scratch_acquire(moeq_scratch_args* a) {
+  return guarded([&] {
+    if (a == nullptr || a->struct_size < MOEQ_STRUCT_SIZE(moeq_scratch_args, data))
+      fail("scratch_acquire: struct_size too small");
+    a->data = nullptr;
+    if (a->layer == nullptr) fail("scratch_acquire: NULL layer");
+    const moeq_layer& layer = *a->layer;
+    const std::string purpose = a->purpose ? a->purpose : "scratch";
+    if (layer.device.device_type != kDLCUDA)
+      fail("scratch_acquire (" + purpose + "): layer " + layer.name +
+           " is not on a CUDA device; host memory for a CPU layer is the plugin's own");
+    if (a->bytes == 0) fail("scratch_acquire (" + purpose + "): 0 bytes asked for");
+    if (!cuda::available())
+      fail(MOEQ_STATUS_CODE_UNAVAILABLE, "scratch_acquire (" + purpose + "): " + cuda::unavailable_reason());
+    try {
+      const uintptr_t p = scratch_pool(layer.device.device_id).acquire(&layer, a->bytes);
+      a->data = reinterpret_cast<void*>(p);
+    } catch (const Error& e) {
+      fail(e.code(), "scratch_acquire of " + std::to_string(a->bytes) + " bytes for " + purpose + " (layer " +
+                         layer.name + "): " + e.what());
+    }
+  });
+}
+
+void s_scratch_release(moeq_layer* layer, void* data) {
+  if (layer == nullptr || data == nullptr || layer->device.device_type != kDLCUDA) return;
+  try {
+    scratch_pool(layer->device.device_id).release(layer, reinterpret_cast<uintptr_t>(data));
+  } catch (...) {  // never throws across the ABI
+  }
 }
 
 moeq_status* s_param_create(moeq_param_create_args* a) {
@@ -552,11 +618,26 @@ moeq_status* s_method_create(moeq_host_method_create_args* a) {
 const moeq_host_api kApi = {
     sizeof(moeq_host_api), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, &s_status_create, &s_status_code,
     &s_status_message,     &s_status_destroy, &s_log,      &s_device_info,   &s_param_create,
-    &s_copy_to_param,      &s_param_fill,     &s_jit_compile, &s_method_create};
+    &s_copy_to_param,      &s_param_fill,     &s_jit_compile, &s_method_create, &s_scratch_acquire,
+    &s_scratch_release};
 
 }  // namespace
 
 const moeq_host_api* api() { return &kApi; }
+
+ScopedLoadScratch::ScopedLoadScratch(DLDevice device, std::size_t budget) : device_(device) {
+  if (device_.device_type == kDLCUDA) scratch_pool(device_.device_id).begin_load(budget);
+}
+ScopedLoadScratch::~ScopedLoadScratch() {
+  if (device_.device_type == kDLCUDA) scratch_pool(device_.device_id).end_load();
+}
+
+std::size_t release_layer_scratch(moeq_layer& layer) {
+  if (layer.device.device_type != kDLCUDA) return 0;
+  return scratch_pool(layer.device.device_id).release_all(&layer);
+}
+
+std::size_t scratch_high_water_bytes(int ordinal) { return scratch_pool(ordinal).high_water_bytes(); }
 int64_t live_param_bytes() { return g_live_param_bytes.load(); }
 int64_t param_allocations() { return g_param_allocations.load(); }
 void set_allocation_fault(int64_t n) { g_fault_countdown.store(n > 0 ? n : 0); }

@@ -206,6 +206,7 @@ moeq_projection to_abi(Projection p) {
 void destroy(LoadedLayer& l) {
   if (l.method != nullptr && l.plugin != nullptr) l.plugin->api->method_destroy(l.method);
   l.method = nullptr;
+  if (l.layer) host::release_layer_scratch(*l.layer);  // a layer that failed while holding scratch
   l.layer.reset();
 }
 
@@ -222,7 +223,86 @@ std::string join_problems(const LayerReport& r) {
   return s;
 }
 
+// What apply takes: the plugin's apply_info (ABI 1.2), else what the ABI promised before it
+// (x and out F32, BF16 or F16; the plugin checks), and no workspace.
+void query_apply_info(LoadedLayer& out, const LoadOptions& opt, const std::string& ctx) {
+  constexpr uint32_t kAll = MOEQ_DTYPE_BIT_F32 | MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F16;
+  out.x_dtypes = out.out_dtypes = kAll;
+  out.tokens_per_pass = 0;
+  out.workspace_bytes = 0;
+  const moeq_plugin_api* api = out.plugin->api;
+  if (out.plugin->effective_minor < 2 || api->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, apply_info) ||
+      api->apply_info == nullptr)
+    return;
+  moeq_apply_info_args ai{};
+  ai.struct_size = sizeof ai;
+  ai.method = out.method;
+  ai.max_tokens = opt.max_tokens;
+  host::throw_if_error(api->apply_info(&ai), ctx + " apply_info");
+  const uint32_t masks[2] = {ai.x_dtypes, ai.out_dtypes};
+  for (uint32_t m : masks)
+    if (m == 0 || (m & ~kAll) != 0)
+      fail(MOEQ_STATUS_CODE_INTERNAL, ctx + " apply_info: dtype mask " + std::to_string(m) +
+                                          " is empty or has bits other than MOEQ_DTYPE_BIT_F32/BF16/F16");
+  if (ai.tokens_per_pass < 1)
+    fail(MOEQ_STATUS_CODE_INTERNAL,
+         ctx + " apply_info: tokens_per_pass must be >= 1, found " + std::to_string(ai.tokens_per_pass));
+  if (ai.workspace_bytes > 0 && out.layer->device.device_type != kDLCUDA)
+    fail(MOEQ_STATUS_CODE_INTERNAL, ctx + " apply_info: a workspace (" + std::to_string(ai.workspace_bytes) +
+                                        " bytes) is lent only on a CUDA device; a CPU method keeps its own memory");
+  out.x_dtypes = ai.x_dtypes;
+  out.out_dtypes = ai.out_dtypes;
+  out.tokens_per_pass = ai.tokens_per_pass;
+  out.workspace_bytes = ai.workspace_bytes;
+}
+
+// One bf16 expert of the model (three projections of I x H) and 64 MiB: the default bound of
+// the device scratch lent while it loads.
+std::size_t default_scratch_budget(const MoeConfig& cfg) {
+  return static_cast<std::size_t>(6 * cfg.intermediate_size * cfg.hidden_size) + (std::size_t{64} << 20);
+}
+
+// Gives every layer that asked for one a workspace: one per device, as large as the largest
+// request, shared by its layers (opt.shared_workspace), or one per layer.
+void assign_workspaces(std::vector<std::unique_ptr<LoadedLayer>>& layers, const LoadOptions& opt) {
+  std::map<int, std::size_t> need;
+  for (const auto& l : layers)
+    if (l->workspace_bytes > 0) need[l->layer->device.device_id] = std::max(need[l->layer->device.device_id], l->workspace_bytes);
+  std::map<int, std::shared_ptr<DeviceWorkspace>> shared;
+  for (auto& l : layers) {
+    if (l->workspace_bytes == 0) continue;
+    const int dev = l->layer->device.device_id;
+    if (!opt.shared_workspace) {
+      l->workspace = std::make_shared<DeviceWorkspace>(dev, l->workspace_bytes);
+      continue;
+    }
+    auto& w = shared[dev];
+    if (!w) w = std::make_shared<DeviceWorkspace>(dev, need[dev]);
+    l->workspace = w;
+  }
+}
+
 }  // namespace
+
+DeviceWorkspace::DeviceWorkspace(int dev, std::size_t n) : ordinal(dev), bytes(n) {
+  const cuda::DriverApi& d = cuda::require();
+  cuda::use_primary_context(dev);
+  cuda::CUdeviceptr p = 0;
+  const cuda::CUresult r = d.cuMemAlloc_v2(&p, std::max<std::size_t>(n, 256));
+  if (r != cuda::kSuccess)
+    fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "cuMemAlloc of the " + std::to_string(n) + "-byte apply workspace on cuda:" +
+                                             std::to_string(dev) + ": " + cuda::describe(&d, r));
+  data = reinterpret_cast<void*>(static_cast<uintptr_t>(p));
+}
+
+DeviceWorkspace::~DeviceWorkspace() {
+  if (data == nullptr || !cuda::available()) return;
+  try {
+    cuda::use_primary_context(ordinal);
+    cuda::require().cuMemFree_v2(static_cast<cuda::CUdeviceptr>(reinterpret_cast<uintptr_t>(data)));
+  } catch (...) {
+  }
+}
 
 // An fp8 router's float weights: codes times a per-tensor ([], [1]), per-row ([E], [E, 1]) or
 // block ([gE, gH]) scale. A block grid's block size is the power of two that gives its entry
@@ -618,8 +698,15 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     try {
       host::finish_device_writes(*out.layer);
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
-      host::throw_if_error(out.plugin->api->process_after_loading(&pa), ctx + " process_after_loading");
+      moeq_status* st = out.plugin->api->process_after_loading(&pa);
+      // Scratch the layer still holds is taken back (the plugin should have released it).
+      if (const std::size_t left = host::release_layer_scratch(*out.layer); left > 0 && st == nullptr)
+        host::log(MOEQ_LOG_LEVEL_WARNING, "moeq",
+                  "layer " + lt.prefix + ": " + out.plugin->name + " still held " + std::to_string(left) +
+                      " scratch block(s) after process_after_loading; taken back");
+      host::throw_if_error(st, ctx + " process_after_loading");
       host::finish_device_writes(*out.layer);  // copies the plugin made while processing
+      query_apply_info(out, opt, ctx);
       if (moeq_describe_fn d = out.plugin->describe()) {
         std::string buf(8192, '\0');
         moeq_describe_args da{sizeof(moeq_describe_args), out.method, buf.data(), buf.size()};
@@ -718,6 +805,8 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   std::vector<std::unique_ptr<LoadedLayer>> loaded(order.size());
   std::vector<std::exception_ptr> thrown(order.size());
   const unsigned threads = opt.threads != 0 ? opt.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
+  const host::ScopedLoadScratch scratch(
+      opt.device, opt.load_scratch_bytes != 0 ? opt.load_scratch_bytes : default_scratch_budget(model.config));
   parallel_for(order.size(), threads, [&](size_t i) {
     try {
       auto layer = std::make_unique<LoadedLayer>();
@@ -757,6 +846,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   // error, which the changed bytes (zeros past a truncation) may have caused.
   for (const auto& f : ck.files()) f->check_unchanged();
   if (first_error) std::rethrow_exception(first_error);  // `model` releases every loaded layer
+  assign_workspaces(model.layers, opt);
   return model;
 }
 
@@ -799,6 +889,145 @@ void check_apply_inputs(const LoadedLayer& l, std::span<const float> x, int64_t 
 
 }  // namespace
 
+namespace {
+
+const char* dl_device_name(DLDeviceType t) {
+  switch (t) {
+    case kDLCPU: return "cpu";
+    case kDLCUDA: return "cuda";
+    case kDLCUDAHost: return "cuda_host";
+    case kDLCUDAManaged: return "cuda_managed";
+    default: return "device";
+  }
+}
+
+std::string dl_device_string(DLDevice d) {
+  return d.device_type == kDLCPU ? std::string("cpu") : std::string(dl_device_name(d.device_type)) + ":" + std::to_string(d.device_id);
+}
+
+std::string dl_dtype_string(DLDataType t) {
+  std::string n = t.code == kDLBfloat ? "BF" : t.code == kDLFloat ? "F" : t.code == kDLInt ? "I" : t.code == kDLUInt ? "U"
+                  : "code" + std::to_string(t.code) + "_";
+  n += std::to_string(t.bits);
+  if (t.lanes != 1) n += "x" + std::to_string(t.lanes);
+  return n;
+}
+
+uint32_t dtype_bit(DLDataType t) {
+  if (t.lanes != 1) return 0;
+  if (t.code == kDLFloat && t.bits == 32) return MOEQ_DTYPE_BIT_F32;
+  if (t.code == kDLBfloat && t.bits == 16) return MOEQ_DTYPE_BIT_BF16;
+  if (t.code == kDLFloat && t.bits == 16) return MOEQ_DTYPE_BIT_F16;
+  return 0;
+}
+
+std::string mask_string(uint32_t m) {
+  std::string s;
+  for (auto [bit, name] : {std::pair<uint32_t, const char*>{MOEQ_DTYPE_BIT_F32, "F32"}, {MOEQ_DTYPE_BIT_BF16, "BF16"},
+                           {MOEQ_DTYPE_BIT_F16, "F16"}})
+    if (m & bit) s += (s.empty() ? "" : ", ") + std::string(name);
+  return s;
+}
+
+// A 2-D view of a caller's tensor as the ABI hands it on: strides always set (compact when the
+// caller's are NULL), checked against the expected shape, device and dtype.
+struct View2 {
+  DLTensor t{};
+  int64_t strides[2] = {0, 0};
+};
+
+View2 view2(const DLTensor& in, const char* name, int64_t rows, int64_t cols, DLDevice device, const std::string& where) {
+  const std::string what = where + name;
+  if (in.ndim != 2)
+    fail(what + " must be 2-D [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found rank " +
+         std::to_string(in.ndim));
+  if (in.shape == nullptr) fail(what + ": NULL shape");
+  if (in.shape[0] != rows || in.shape[1] != cols)
+    fail(what + " must be [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found [" +
+         std::to_string(in.shape[0]) + ", " + std::to_string(in.shape[1]) + "]");
+  const bool same_device = in.device.device_type == device.device_type &&
+                           (device.device_type == kDLCPU || in.device.device_id == device.device_id);
+  if (!same_device)
+    fail(what + " must be on " + dl_device_string(device) + " (the layer's device), found " + dl_device_string(in.device));
+  if (in.data == nullptr && rows * cols > 0) fail(what + ": NULL data");
+  View2 v;
+  v.t = in;
+  v.strides[0] = in.strides ? in.strides[0] : cols;
+  v.strides[1] = in.strides ? in.strides[1] : 1;
+  if ((cols > 1 && v.strides[1] != 1) || (rows > 1 && v.strides[0] < cols))
+    fail(what + " needs rows of contiguous elements (strides [>= " + std::to_string(cols) + ", 1]), found [" +
+         std::to_string(v.strides[0]) + ", " + std::to_string(v.strides[1]) + "]");
+  v.t.strides = v.strides;
+  return v;
+}
+
+// The ABI's apply arguments for layer `l`, with its workspace when it has one.
+moeq_apply_args apply_args(const LoadedLayer& l, const DLTensor* x, const DLTensor* ids, const DLTensor* weights,
+                           const DLTensor* out, void* stream) {
+  moeq_apply_args a{};
+  a.struct_size = sizeof a;
+  a.method = l.method;
+  a.x = x;
+  a.topk_ids = ids;
+  a.topk_weights = weights;
+  a.out = out;
+  a.stream = stream;
+  if (l.workspace) {
+    a.workspace = l.workspace->data;
+    a.workspace_bytes = l.workspace->bytes;
+  }
+  return a;
+}
+
+}  // namespace
+
+void LoadedModel::apply(size_t li, const DLTensor& x, const DLTensor& topk_ids, const DLTensor& topk_weights,
+                        const DLTensor& out, void* stream) const {
+  const LoadedLayer& l = layer_at(layers, li, "apply");
+  const moeq_layer_geometry& g = l.geometry;
+  const int64_t H = g.hidden_size, E = g.num_experts;
+  const DLDevice dev = l.layer->device;
+  const std::string where = "apply on " + l.report.prefix + ": ";
+  if (x.ndim != 2 || x.shape == nullptr)
+    fail(where + "x must be 2-D [M, " + std::to_string(H) + "], found rank " + std::to_string(x.ndim));
+  const int64_t m = x.shape[0];
+  if (m < 0) fail(where + "M must be >= 0, found " + std::to_string(m));
+  if (topk_ids.ndim != 2 || topk_ids.shape == nullptr)
+    fail(where + "topk_ids must be 2-D [M, top_k], found rank " + std::to_string(topk_ids.ndim));
+  const int64_t k = topk_ids.shape[1];
+  if (k < 1 || k > E) fail(where + "topk_ids must have top_k in [1, " + std::to_string(E) + "] columns, found " + std::to_string(k));
+  View2 vx = view2(x, "x", m, H, dev, where);
+  View2 vo = view2(out, "out", m, H, dev, where);
+  View2 vi = view2(topk_ids, "topk_ids", m, k, dev, where);
+  View2 vw = view2(topk_weights, "topk_weights", m, k, dev, where);
+  if (!(dtype_bit(x.dtype) & l.x_dtypes))
+    fail(where + "x must be " + mask_string(l.x_dtypes) + " for " + l.plugin->name + ", found " + dl_dtype_string(x.dtype));
+  if (!(dtype_bit(out.dtype) & l.out_dtypes))
+    fail(where + "out must be " + mask_string(l.out_dtypes) + " for " + l.plugin->name + ", found " +
+         dl_dtype_string(out.dtype));
+  if (!(topk_ids.dtype.code == kDLInt && topk_ids.dtype.bits == 32 && topk_ids.dtype.lanes == 1))
+    fail(where + "topk_ids must be I32, found " + dl_dtype_string(topk_ids.dtype));
+  if (!(topk_weights.dtype.code == kDLFloat && topk_weights.dtype.bits == 32 && topk_weights.dtype.lanes == 1))
+    fail(where + "topk_weights must be F32, found " + dl_dtype_string(topk_weights.dtype));
+  if (dev.device_type == kDLCPU) {
+    // On the host the ids are checked here; on a device the kernels skip ids outside this rank.
+    const auto* ids = reinterpret_cast<const int32_t*>(static_cast<const char*>(topk_ids.data) + topk_ids.byte_offset);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t id = ids[r * vi.strides[0] + j];
+        if (id < 0 || id >= E)
+          fail(where + "topk_ids[" + std::to_string(r) + ", " + std::to_string(j) + "] is " + std::to_string(id) +
+               "; expected a global expert id in [0, " + std::to_string(E) + ")");
+      }
+  }
+  moeq_apply_args a = apply_args(l, &vx.t, &vi.t, &vw.t, &vo.t, dev.device_type == kDLCUDA ? stream : nullptr);
+  std::unique_lock<std::mutex> ws_lock;
+  if (l.workspace) ws_lock = std::unique_lock<std::mutex>(l.workspace->mutex);
+  std::lock_guard serialize(l.apply_mutex);
+  host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix + " (" +
+                                                   dl_device_string(dev) + ")");
+}
+
 std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64_t m,
                                       const ref::Routing& routing) const {
   const LoadedLayer& l = layer_at(layers, li, "apply");
@@ -807,17 +1036,24 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
   std::vector<float> out(static_cast<size_t>(m * H), 0.0f);
   int64_t xs[2] = {m, H}, xst[2] = {H, 1}, ks[2] = {m, k}, kst[2] = {k, 1};
   if (l.layer->device.device_type == kDLCUDA) {
-    // x goes up as BF16 (what the GPU kernels take), ids and weights as they are, and the
-    // F32 output comes back; apply runs on a stream of its own.
+    // x goes up as BF16 when the layer takes it (the GPU kernels do, and a plugin without
+    // apply_info got it before 1.2), else F32; ids and weights
+    // as they are; the output comes back as F32 (or BF16 widened). One stream of its own,
+    // synchronized before returning.
     const int dev = l.layer->device.device_id;
     const cuda::DriverApi& d = cuda::require();
     cuda::use_primary_context(dev);
-    std::vector<uint16_t> xb(x.size());
-    for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
-    cuda::DeviceMemory dx(xb.size() * 2), di(routing.ids.size() * 4), dw(routing.weights.size() * 4),
-        dout(out.size() * 4);
-    cuda::CUstream stream = nullptr;
-    MOEQ_CU_CHECK(d.cuStreamCreate(&stream, cuda::kStreamNonBlocking));
+    const bool x_bf16 = (l.x_dtypes & MOEQ_DTYPE_BIT_BF16) != 0;  // what GPU kernels take; F32 otherwise
+    const bool out_bf16 = (l.out_dtypes & MOEQ_DTYPE_BIT_F32) == 0;
+    std::vector<uint16_t> xb;
+    if (x_bf16) {
+      xb.resize(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+    }
+    const std::size_t x_bytes = x.size() * (x_bf16 ? 2 : 4), out_bytes = out.size() * (out_bf16 ? 2 : 4);
+    cuda::DeviceMemory dx(x_bytes), di(routing.ids.size() * 4), dw(routing.weights.size() * 4), dout(out_bytes);
+    cuda::CUstream s = nullptr;
+    MOEQ_CU_CHECK(d.cuStreamCreate(&s, cuda::kStreamNonBlocking));
     struct StreamGuard {
       const cuda::DriverApi& d;
       cuda::CUstream s;
@@ -825,24 +1061,34 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
         d.cuStreamSynchronize(s);
         d.cuStreamDestroy_v2(s);
       }
-    } guard{d, stream};
-    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dx.get(), xb.data(), xb.size() * 2, stream));
-    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(di.get(), routing.ids.data(), routing.ids.size() * 4, stream));
-    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dw.get(), routing.weights.data(), routing.weights.size() * 4, stream));
+    } guard{d, s};
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dx.get(), x_bf16 ? static_cast<const void*>(xb.data()) : x.data(), x_bytes, s));
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(di.get(), routing.ids.data(), routing.ids.size() * 4, s));
+    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(dw.get(), routing.weights.data(), routing.weights.size() * 4, s));
     auto ptr = [](const cuda::DeviceMemory& b) { return reinterpret_cast<void*>(static_cast<uintptr_t>(b.get())); };
     const DLDevice dd{kDLCUDA, dev};
-    DLTensor tx{ptr(dx), dd, 2, {kDLBfloat, 16, 1}, xs, xst, 0};
-    DLTensor to{ptr(dout), dd, 2, {kDLFloat, 32, 1}, xs, xst, 0};
-    DLTensor ti{ptr(di), dd, 2, {kDLInt, 32, 1}, ks, kst, 0};
-    DLTensor tw{ptr(dw), dd, 2, {kDLFloat, 32, 1}, ks, kst, 0};
-    moeq_apply_args a{sizeof(moeq_apply_args), l.method, &tx, &ti, &tw, &to, stream};
+    const DLTensor tx{ptr(dx), dd, 2, x_bf16 ? DLDataType{kDLBfloat, 16, 1} : DLDataType{kDLFloat, 32, 1}, xs, xst, 0};
+    const DLTensor to{ptr(dout), dd, 2, out_bf16 ? DLDataType{kDLBfloat, 16, 1} : DLDataType{kDLFloat, 32, 1}, xs, xst, 0};
+    const DLTensor ti{ptr(di), dd, 2, {kDLInt, 32, 1}, ks, kst, 0};
+    const DLTensor tw{ptr(dw), dd, 2, {kDLFloat, 32, 1}, ks, kst, 0};
+    // The workspace stays in use until the stream is done: held (with every other layer that
+    // shares it) until then.
+    std::unique_lock<std::mutex> ws_lock;
+    if (l.workspace) ws_lock = std::unique_lock<std::mutex>(l.workspace->mutex);
     {
-      // Held until the stream is done: the method's workspace is in use until then.
       std::lock_guard serialize(l.apply_mutex);
+      moeq_apply_args a = apply_args(l, &tx, &ti, &tw, &to, s);
       host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix + " (cuda:" +
                                                          std::to_string(dev) + ")");
-      MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(out.data(), dout.get(), out.size() * 4, stream));
-      MOEQ_CU_CHECK(d.cuStreamSynchronize(stream));
+      if (out_bf16) {
+        std::vector<uint16_t> ob(out.size());
+        MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(ob.data(), dout.get(), out_bytes, s));
+        MOEQ_CU_CHECK(d.cuStreamSynchronize(s));
+        for (size_t i = 0; i < out.size(); ++i) out[i] = bf16_to_float(ob[i]);
+      } else {
+        MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(out.data(), dout.get(), out_bytes, s));
+        MOEQ_CU_CHECK(d.cuStreamSynchronize(s));
+      }
     }
     return out;
   }
@@ -850,7 +1096,7 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
   DLTensor to{out.data(), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, xs, xst, 0};
   DLTensor ti{const_cast<int32_t*>(routing.ids.data()), {kDLCPU, 0}, 2, {kDLInt, 32, 1}, ks, kst, 0};
   DLTensor tw{const_cast<float*>(routing.weights.data()), {kDLCPU, 0}, 2, {kDLFloat, 32, 1}, ks, kst, 0};
-  moeq_apply_args a{sizeof(moeq_apply_args), l.method, &tx, &ti, &tw, &to, nullptr};
+  moeq_apply_args a = apply_args(l, &tx, &ti, &tw, &to, nullptr);
   std::lock_guard serialize(l.apply_mutex);
   host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix);
   return out;

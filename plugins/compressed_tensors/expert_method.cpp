@@ -142,6 +142,12 @@ class ExpertMethod final : public sdk::Method {
     cpu_apply(ex_, *a.x, *a.topk_ids, *a.topk_weights, *a.out);
   }
 
+  void apply_info(moeq_apply_info_args& a) const override {
+    if (!ready_) fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION, "apply_info before process_after_loading");
+    if (gpu_) return gpu_->apply_info(a);
+    Method::apply_info(a);  // the CPU path: no workspace, any float activations, one pass
+  }
+
   std::string describe() const override {
     namespace json = boost::json;
     json::object o;

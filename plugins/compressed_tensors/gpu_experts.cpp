@@ -113,6 +113,7 @@ gpu::DeviceLimits device_limits(int ordinal) {
   info.device = {kDLCUDA, ordinal};
   sdk::throw_if_error(sdk::host()->device_info(&info));
   gpu::DeviceLimits l;
+  if (sdk::host()->abi_minor >= 2) l.arch = std::string(info.arch, strnlen(info.arch, sizeof info.arch));
   l.sm_major = info.sm_major;
   l.sm_minor = info.sm_minor;
   l.multiprocessors = info.multiprocessors;
@@ -127,7 +128,7 @@ gpu::DeviceLimits device_limits(int ordinal) {
 GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, const std::string& layer_name)
     : ordinal_(ordinal), layout_(layout) {
   const gpu::DeviceLimits lim = device_limits(ordinal);
-  arch_ = "sm_" + s(lim.sm_major) + s(lim.sm_minor) + (lim.sm_major == 9 ? "a" : "");
+  arch_ = lim.arch;  // the host's name for the device's arch (empty before ABI 1.2); jit_compile picks it
   const gpu::GpuScheme scheme = gpu_scheme_of(layout);
   gpu::LayerDims dims;
   dims.num_experts = layout.num_local;
@@ -178,7 +179,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
     j.header_names = hn.data();
     j.header_contents = ht.data();
     j.num_headers = hn.size();
-    j.arch = arch_.c_str();
+    j.arch = nullptr;  // the device's exact arch, as the host names it
     j.plugin_name = kPluginName;
     j.plugin_version = kPluginVersion;
     j.device = {kDLCUDA, ordinal};
@@ -204,10 +205,12 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   if (repack) modules.pop_back();
   runner_ = std::make_unique<gpu::MoeRunner>(*plan_, modules);
 
-  const cu::Driver& api = cu::driver();
-  cu::use_device(ordinal);
-  cu::check(api.cuMemAlloc(&workspace_, std::max<std::size_t>(plan_->workspace_bytes(), 256)),
-                ("cuMemAlloc of the " + s(static_cast<int64_t>(plan_->workspace_bytes())) + "-byte workspace").c_str());
+  if (sdk::host()->abi_minor < 2) {  // the host lends no workspace: the method owns one
+    const cu::Driver& api = cu::driver();
+    cu::use_device(ordinal);
+    cu::check(api.cuMemAlloc(&workspace_, std::max<std::size_t>(plan_->workspace_bytes(), 256)),
+              ("cuMemAlloc of the " + s(static_cast<int64_t>(plan_->workspace_bytes())) + "-byte workspace").c_str());
+  }
   weights_.w13 = layout.w13;
   weights_.w2 = layout.w2;
   weights_.s13 = layout.s13;
@@ -270,7 +273,29 @@ void GpuExperts::apply(const moeq_apply_args& a) const {
   io.out = at<void>(a.out);
   io.out_stride = os;
   io.out_dtype = out_bf16 ? mk::kOutBf16 : mk::kOutF32;
-  runner_->run(io, weights_, reinterpret_cast<void*>(static_cast<uintptr_t>(workspace_)), a.stream);
+  if (workspace_ != 0) {
+    runner_->run(io, weights_, reinterpret_cast<void*>(static_cast<uintptr_t>(workspace_)), a.stream);
+    return;
+  }
+  // The host's workspace: passes of as many tokens as its layout fits.
+  const sdk::Workspace ws = sdk::workspace_of(a);
+  const gpu::MoePlan::Workspace layout = plan_->workspace_fitting(ws.bytes);
+  if (ws.data == nullptr || layout.tokens < 1)
+    fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION,
+         "apply: the host lent a workspace of " + s(static_cast<int64_t>(ws.bytes)) + " bytes" +
+             (ws.data == nullptr ? " at NULL" : "") + "; this layer needs at least " +
+             s(static_cast<int64_t>(plan_->workspace_for(1).bytes)) + " (apply_info answers " +
+             s(static_cast<int64_t>(plan_->workspace_bytes())) + " for " + s(plan_->max_tokens()) + " tokens a pass)");
+  if (reinterpret_cast<uintptr_t>(ws.data) % 256 != 0) fail("apply: the workspace must be 256-byte aligned");
+  runner_->run(io, weights_, layout, ws.data, a.stream);
+}
+
+void GpuExperts::apply_info(moeq_apply_info_args& a) const {
+  const gpu::MoePlan::Workspace w = plan_->workspace_for(a.max_tokens > 0 ? a.max_tokens : plan_->max_tokens());
+  a.workspace_bytes = workspace_ != 0 ? 0 : w.bytes;
+  a.tokens_per_pass = w.tokens;
+  a.x_dtypes = MOEQ_DTYPE_BIT_BF16;
+  a.out_dtypes = MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F32;
 }
 
 void GpuExperts::dequantize(int64_t le, float* w13, float* w2) const {
@@ -309,7 +334,7 @@ void GpuExperts::dequantize(int64_t le, float* w13, float* w2) const {
 std::string GpuExperts::describe() const {
   std::string b;
   for (const auto& bucket : plan_->buckets()) b += (b.empty() ? "" : ", ") + gpu::describe(bucket);
-  return "cuda:" + s(ordinal_) + " " + arch_ + ", " + plan_->scheme().label() + ", " + s(int64_t(plan_->buckets().size())) +
+  return "cuda:" + s(ordinal_) + (arch_.empty() ? "" : " " + arch_) + ", " + plan_->scheme().label() + ", " + s(int64_t(plan_->buckets().size())) +
          " kernel sets (" + s(cache_hits_) + " from the JIT cache), up to " + s(plan_->max_tokens()) +
          " tokens a pass, workspace " + s(static_cast<int64_t>(plan_->workspace_bytes() >> 10)) + " KiB; tiles " + b;
 }

@@ -34,7 +34,10 @@ class GpuExperts {
   GpuExperts(const GpuExperts&) = delete;
   GpuExperts& operator=(const GpuExperts&) = delete;
 
+  // With a 1.2 host the workspace comes with each apply (apply_info says how much); with an
+  // older one the method allocated its own in the constructor.
   void apply(const moeq_apply_args& a) const;
+  void apply_info(moeq_apply_info_args& a) const;
   // Dequantized float weights of local expert le, read back from the device.
   void dequantize(int64_t le, float* w13, float* w2) const;
   // "cuda:0 sm_90a, fp8 weights channel / activations token, 3 kernel sets (M buckets ...)"
@@ -49,7 +52,7 @@ class GpuExperts {
   std::unique_ptr<gpu::MoePlan> plan_;
   std::unique_ptr<gpu::MoeRunner> runner_;
   gpu::LayerWeights weights_;
-  cu::DevicePtr workspace_ = 0;
+  cu::DevicePtr workspace_ = 0;  // its own (a host before ABI 1.2), else 0
   int cache_hits_ = 0;
 };
 

@@ -1,15 +1,10 @@
 #include "device_quantizer.hpp"
 
-#include "lending_pool.hpp"
-
 #include <moeq/sdk/cuda.hpp>
 #include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/sdk.hpp>
 
 #include <algorithm>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <utility>
 
 namespace moeq::online {
@@ -44,52 +39,10 @@ void launch(void* module, const char* name, unsigned gx, unsigned gy, cu::Stream
                 name);
 }
 
-struct Buffer {
-  unsigned long long ptr = 0;
-  std::size_t capacity = 0;
-};
-
-void reserve(Buffer& b, std::size_t bytes, const char* what) {
-  if (bytes <= b.capacity) return;
-  const cu::Driver& api = cu::driver();
-  if (b.ptr != 0) api.cuMemFree(b.ptr);
-  b = Buffer{};
-  cu::check(api.cuMemAlloc(&b.ptr, bytes), what);
-  b.capacity = bytes;
-}
-
-}  // namespace
-
-struct DeviceQuantizer::Scratch {
-  int ordinal = -1;  // set by the first quantize that uses it
-  Buffer src, codes, scales, part, bad;
-  ~Scratch() {
-    if (ordinal < 0) return;
-    try {
-      cu::use_device(ordinal);
-      for (Buffer* b : {&src, &codes, &scales, &part, &bad})
-        if (b->ptr != 0) cu::driver().cuMemFree(b->ptr);
-    } catch (...) {  // no driver left to free with
-    }
-  }
-};
-
-namespace {
-
-// One pool of scratch sets per device, shared by every layer being loaded onto it.
-LendingPool<DeviceQuantizer::Scratch>& pool(int ordinal) {
-  static std::mutex m;
-  static std::map<int, std::unique_ptr<LendingPool<DeviceQuantizer::Scratch>>> pools;
-  std::lock_guard lock(m);
-  auto& p = pools[ordinal];
-  if (!p) p = std::make_unique<LendingPool<DeviceQuantizer::Scratch>>();
-  return *p;
-}
-
 }  // namespace
 
 DeviceQuantizer::Result::~Result() {
-  if (scratch_ != nullptr) pool(ordinal_).give_back(scratch_);  // destroyed here if no layer is loading
+  if (scratch_ != nullptr) sdk::host()->scratch_release(layer_, scratch_);
 }
 
 DeviceQuantizer::Result::Result(Result&& o) noexcept
@@ -98,18 +51,10 @@ DeviceQuantizer::Result::Result(Result&& o) noexcept
       scale_shape(std::move(o.scale_shape)),
       non_finite_at(o.non_finite_at),
       non_finite_value(o.non_finite_value),
-      ordinal_(o.ordinal_),
+      layer_(o.layer_),
       scratch_(std::exchange(o.scratch_, nullptr)) {}
 
-std::size_t DeviceQuantizer::pooled_sets(int ordinal) { return pool(ordinal).existing(); }
-
 DeviceQuantizer::DeviceQuantizer(int ordinal, const std::string& scheme) : ordinal_(ordinal), scheme_(scheme) {
-  moeq_device_info_args info{};
-  info.struct_size = sizeof(info);
-  info.device = {kDLCUDA, ordinal};
-  sdk::throw_if_error(sdk::host()->device_info(&info));
-  const std::string arch = "sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) +
-                           (info.sm_major == 9 ? "a" : "");
   moeq_jit_compile_args j{};
   j.struct_size = sizeof(j);
   const char* source = sdk::embedded_kernel_source(kKernelFile);
@@ -117,25 +62,15 @@ DeviceQuantizer::DeviceQuantizer(int ordinal, const std::string& scheme) : ordin
     fail(MOEQ_STATUS_CODE_INTERNAL, std::string("online_quant: kernel source ") + kKernelFile + " is not embedded");
   j.name = "online_quant_kernels";
   j.source = source;
-  j.arch = arch.c_str();
+  j.arch = nullptr;  // the device's exact arch, as the host names it
   j.plugin_name = "online_quant";
-  j.plugin_version = "0.3.0";
+  j.plugin_version = "0.4.0";
   j.device = {kDLCUDA, ordinal};
   sdk::throw_if_error(sdk::host()->jit_compile(&j));
   module_ = j.module;
-  pool(ordinal_).attach();
-  registered_ = true;
 }
 
-DeviceQuantizer::~DeviceQuantizer() { release(); }
-
-void DeviceQuantizer::release() {
-  if (!registered_) return;
-  registered_ = false;
-  pool(ordinal_).detach();  // the idle sets, if this was the last layer loading, freed here
-}
-
-DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
+DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t, moeq_layer* layer) {
   const sdk::View src(t);
   if (src.ndim() != 2) fail("online quantization on the device takes a 2-D projection");
   const int64_t rows = src.size(0), cols = src.size(1);
@@ -155,40 +90,47 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   const std::size_t scale_count =
       scheme_ == "fp8-block" ? static_cast<std::size_t>(nb * kb) : std::max<std::size_t>(static_cast<std::size_t>(rows), 1);
   if (rows == 0 || cols == 0) fail("online quantization: an empty projection");
-  if (!registered_) fail(MOEQ_STATUS_CODE_INTERNAL, "online quantization: quantize after release");
   // One expert in BF16 is three projections of this size: that many sets of 2-byte sources at
   // once, one of 4-byte ones.
-  const std::size_t limit = std::max<std::size_t>(1, (3 * 2 * n) / (n * elem));
+  // One scratch block from the host (it bounds what all loading layers hold on the device at
+  // once): the source, its codes, scales, row maxima and the non-finite flag, 256-byte aligned.
+  auto up = [](std::size_t v) { return (v + 255) / 256 * 256; };
+  struct {
+    std::size_t src, codes, scales, part, bad, end;
+  } at{};
+  at.src = 0;
+  at.codes = up(n * elem);
+  at.scales = at.codes + up(n);
+  at.part = at.scales + up(scale_count * 4);
+  at.bad = at.part + up(static_cast<std::size_t>(rows) * 4);
+  at.end = at.bad + 256;
+  moeq_scratch_args sa{};
+  sa.struct_size = sizeof sa;
+  sa.layer = layer;
+  sa.bytes = at.end;
+  sa.purpose = "online quantization of one projection";
+  sdk::throw_if_error(sdk::host()->scratch_acquire(&sa));
   Result r;
-  r.ordinal_ = ordinal_;
-  r.scratch_ = pool(ordinal_).acquire(limit);
-  Scratch& sc = *r.scratch_;
-  sc.ordinal = ordinal_;
+  r.layer_ = layer;
+  r.scratch_ = sa.data;
+  const unsigned long long base = reinterpret_cast<uintptr_t>(sa.data);
+  const unsigned long long d_src = base + at.src, d_codes = base + at.codes, d_scales = base + at.scales,
+                           d_part = base + at.part, d_bad = base + at.bad;
   cu::use_device(ordinal_);
-  try {
-    reserve(sc.src, n * elem, "cuMemAlloc (online quantization: one projection in its checkpoint dtype)");
-    reserve(sc.codes, n, "cuMemAlloc (online quantization: codes)");
-    reserve(sc.scales, scale_count * 4, "cuMemAlloc (online quantization: scales)");
-    reserve(sc.part, static_cast<std::size_t>(rows) * 4, "cuMemAlloc (online quantization: row maxima)");
-    reserve(sc.bad, sizeof(unsigned long long), "cuMemAlloc (online quantization: non-finite flag)");
-  } catch (...) {
-    pool(ordinal_).forget(std::exchange(r.scratch_, nullptr));
-    throw;
-  }
   const cu::Driver& api = cu::driver();
   cu::OwnStream stream;
-  cu::check(api.cuMemcpyHtoDAsync(sc.src.ptr, host, n * elem, stream.get()), "uploading a projection to quantize");
+  cu::check(api.cuMemcpyHtoDAsync(d_src, host, n * elem, stream.get()), "uploading a projection to quantize");
   const unsigned long long none = ~0ull;
   unsigned long long bad_at = none;
-  cu::check(api.cuMemcpyHtoDAsync(sc.bad.ptr, &none, sizeof none, stream.get()), "clearing the non-finite flag");
-  r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(sc.codes.ptr));
-  r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(sc.scales.ptr));
-  void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.src.ptr));
+  cu::check(api.cuMemcpyHtoDAsync(d_bad, &none, sizeof none, stream.get()), "clearing the non-finite flag");
+  r.codes = reinterpret_cast<const void*>(static_cast<uintptr_t>(d_codes));
+  r.scales = reinterpret_cast<const float*>(static_cast<uintptr_t>(d_scales));
+  void* w = reinterpret_cast<void*>(static_cast<uintptr_t>(d_src));
   int dtc = dt_code(dt), rows_i = static_cast<int>(rows), cols_i = static_cast<int>(cols);
-  void* codes = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.codes.ptr));
-  void* scales = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.scales.ptr));
-  void* part = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.part.ptr));
-  void* bad = reinterpret_cast<void*>(static_cast<uintptr_t>(sc.bad.ptr));
+  void* codes = reinterpret_cast<void*>(static_cast<uintptr_t>(d_codes));
+  void* scales = reinterpret_cast<void*>(static_cast<uintptr_t>(d_scales));
+  void* part = reinterpret_cast<void*>(static_cast<uintptr_t>(d_part));
+  void* bad = reinterpret_cast<void*>(static_cast<uintptr_t>(d_bad));
   const unsigned R = static_cast<unsigned>(rows);
   if (scheme_ == "int8" || scheme_ == "fp8-channel") {
     int kind = scheme_ == "int8" ? 0 : 1;
@@ -205,7 +147,7 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t) {
   } else {
     fail("online quantization on the device: unknown scheme '" + scheme_ + "'");
   }
-  cu::check(api.cuMemcpyDtoHAsync(&bad_at, sc.bad.ptr, sizeof bad_at, stream.get()), "reading the non-finite flag");
+  cu::check(api.cuMemcpyDtoHAsync(&bad_at, d_bad, sizeof bad_at, stream.get()), "reading the non-finite flag");
   stream.sync("online quantization kernels");
   if (bad_at != none) {
     r.non_finite_at = static_cast<int64_t>(bad_at);

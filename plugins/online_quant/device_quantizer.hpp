@@ -1,16 +1,14 @@
-// Online quantization on the device (a layer on kDLCUDA, host ABI >= 1.1): one expert
+// Online quantization on the device (a layer on kDLCUDA, host ABI >= 1.2): one expert
 // projection at a time is uploaded in its checkpoint dtype (BF16/F16/F32), quantized by the
 // plugin's kernels into device scratch, and handed to compressed_tensors as device views,
 // which the host copies device to device into the parameters. The codes and scales are the
 // same bytes the CPU schemes (online_scheme.cpp) produce: the same absmax, the same division,
 // round-half-even to int8 and round-to-nearest-even saturating to e4m3.
 //
-// Device memory: the scratch sets (one projection in its checkpoint dtype, its codes, scales and
-// row maxima) come from one pool per device shared by every layer being loaded, however many
-// loader threads there are. The pool holds at most as many sets as fit one expert of BF16
-// (three projections; one when the source is read as F32), so the device never holds more than
-// one expert's high-precision weights at a time; a load that finds them all busy waits. The
-// sets are freed when the last layer using the pool is loaded.
+// Device memory: each projection's scratch (its source in the checkpoint dtype, codes, scales,
+// row maxima) is one block lent by the host (ABI 1.2 scratch_acquire), held by the Result until
+// the quantized projection has been copied into the parameters; the host bounds what every
+// loading layer holds on the device at once (by default one bf16 expert + 64 MiB).
 #pragma once
 #include <moeq/abi.h>
 #include <moeq/dtype.hpp>
@@ -27,12 +25,11 @@ class DeviceQuantizer {
   // `scheme`: "int8", "fp8-tensor", "fp8-channel", "fp8-block". Compiles the kernels through
   // the host's JIT for the device's arch.
   DeviceQuantizer(int ordinal, const std::string& scheme);
-  ~DeviceQuantizer();
+  ~DeviceQuantizer() = default;  // the module stays loaded with the process (host JIT)
   DeviceQuantizer(const DeviceQuantizer&) = delete;
   DeviceQuantizer& operator=(const DeviceQuantizer&) = delete;
 
-  struct Scratch;  // one set of device buffers, lent by the device's pool
-  // The quantized projection on the device; holds its scratch set until destroyed.
+  // The quantized projection on the device; holds its scratch block until destroyed.
   class Result {
    public:
     Result() = default;
@@ -50,25 +47,18 @@ class DeviceQuantizer {
 
    private:
     friend class DeviceQuantizer;
-    int ordinal_ = -1;
-    Scratch* scratch_ = nullptr;
+    moeq_layer* layer_ = nullptr;
+    void* scratch_ = nullptr;
   };
-  // `src` is a host view [rows, cols] of BF16, F16 or F32. Waits for a scratch set and until
-  // the results are ready.
-  Result quantize(const DLTensor& src);
-  // This layer is loaded: when it was the last one using the device's pool, the pool's memory
-  // is freed. Idempotent.
-  void release();
+  // `src` is a host view [rows, cols] of BF16, F16 or F32 of `layer` (which the scratch is lent
+  // to). Waits for scratch (the host's budget) and until the results are ready.
+  Result quantize(const DLTensor& src, moeq_layer* layer);
   int ordinal() const { return ordinal_; }
-
-  // Scratch sets the device's pool holds now (tests and benchmarks).
-  static std::size_t pooled_sets(int ordinal);
 
  private:
   int ordinal_;
   std::string scheme_;
   void* module_ = nullptr;
-  bool registered_ = false;
   std::vector<float> host_rows_;  // a non-contiguous source, read as F32
 };
 

@@ -50,9 +50,9 @@ class OnlineMethod final : public sdk::DelegatingMethod {
         source_dtype_(a.weight_dtype),
         hidden_(a.geometry->hidden_size),
         intermediate_(a.geometry->intermediate_size) {
-    // On a CUDA layer the projections are quantized on the device, when the host can take
-    // device sources in copy_to_param (ABI 1.1); otherwise on the CPU.
-    if (a.device.device_type == kDLCUDA && sdk::host()->abi_minor >= 1)
+    // On a CUDA layer the projections are quantized on the device when the host takes device
+    // sources in copy_to_param (ABI 1.1) and lends scratch (1.2); otherwise on the CPU.
+    if (a.device.device_type == kDLCUDA && sdk::host()->abi_minor >= 2)
       device_ = std::make_unique<DeviceQuantizer>(a.device.device_id, scheme_->name());
   }
 
@@ -76,7 +76,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
                sdk::shape_string({want_rows, want_cols}) + " (" + (down ? "H x I" : "I x H") +
                ", the full unsharded projection), found " + dtype_name(src.dtype()) + " " + sdk::shape_string(src.shape()));
     if (device_) {
-      const DeviceQuantizer::Result q = device_->quantize(*in.source);
+      const DeviceQuantizer::Result q = device_->quantize(*in.source, in.layer);
       if (q.non_finite_at >= 0) non_finite(in, q.non_finite_at, cols, q.non_finite_value);
       const DLDevice dev{kDLCUDA, device_->ordinal()};
       forward(in, "weight", make_view(const_cast<void*>(q.codes), scheme_->quantized_dtype(), {rows, cols}, dev));
@@ -99,7 +99,6 @@ class OnlineMethod final : public sdk::DelegatingMethod {
     DelegatingMethod::process_after_loading(layer);
     rows_ = {};
     q_ = {};
-    if (device_) device_->release();
   }
 
   std::string describe() const override {
@@ -160,7 +159,7 @@ class OnlineMethod final : public sdk::DelegatingMethod {
   int64_t hidden_, intermediate_;  // H and the full I, as in the checkpoint
   std::vector<float> rows_;
   QuantizedProjection q_;
-  std::unique_ptr<DeviceQuantizer> device_;  // a CUDA layer on a 1.1 host
+  std::unique_ptr<DeviceQuantizer> device_;  // a CUDA layer on a 1.2 host
 };
 
 struct Plugin {
@@ -194,7 +193,7 @@ const char* const kRequires[] = {kDelegate};
 
 const moeq_plugin_descriptor* descriptor() {
   static const moeq_plugin_descriptor d = {
-      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.3.0", kSchemes, 4,
+      sizeof(moeq_plugin_descriptor), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, 0, 0, "online_quant", "0.4.0", kSchemes, 4,
       kRequires, 1, MOEQ_CAP_CPU_APPLY | MOEQ_CAP_CUDA_APPLY | MOEQ_CAP_GRAPH_CAPTURABLE | MOEQ_CAP_DELEGATES, "moeq built-in, quantizes on load, runs through compressed_tensors",
       sdk::PluginApi<Plugin>::table()};
   return &d;

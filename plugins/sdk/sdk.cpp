@@ -273,6 +273,15 @@ void Layer::fill(const DLTensor* param, std::vector<int64_t> dst_offset, std::ve
 void Method::dequantize_expert(moeq_dequantize_expert_args&) const {
   fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "this method does not expose dequantized weights");
 }
+void Method::apply_info(moeq_apply_info_args& a) const {
+  a.workspace_bytes = 0;
+  a.tokens_per_pass = a.max_tokens > 0 ? a.max_tokens : INT64_MAX;
+  a.x_dtypes = a.out_dtypes = MOEQ_DTYPE_BIT_F32 | MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F16;
+}
+Workspace workspace_of(const moeq_apply_args& a) {
+  if (a.struct_size < MOEQ_STRUCT_SIZE(moeq_apply_args, workspace_bytes) || host()->abi_minor < 2) return {};
+  return {a.workspace, a.workspace_bytes};
+}
 
 // ------------------------------------------------------------------- DelegatingMethod
 DelegatingMethod::DelegatingMethod(const moeq_method_create_args& args, const char* plugin_name,
@@ -300,9 +309,21 @@ void DelegatingMethod::process_after_loading(const Layer& layer) {
   throw_if_error(api_->process_after_loading(&a));
 }
 void DelegatingMethod::apply(const moeq_apply_args& in) {
-  moeq_apply_args a = in;
+  // As many bytes as the host filled (a 1.1 host's struct ends before the workspace).
+  moeq_apply_args a{};
+  std::memcpy(&a, &in, std::min(in.struct_size, sizeof a));
   a.method = method_;
   throw_if_error(api_->apply(&a));
+}
+void DelegatingMethod::apply_info(moeq_apply_info_args& in) const {
+  if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, apply_info) || !api_->apply_info) return Method::apply_info(in);
+  moeq_apply_info_args a = in;
+  a.method = method_;
+  throw_if_error(api_->apply_info(&a));
+  in.workspace_bytes = a.workspace_bytes;
+  in.tokens_per_pass = a.tokens_per_pass;
+  in.x_dtypes = a.x_dtypes;
+  in.out_dtypes = a.out_dtypes;
 }
 void DelegatingMethod::dequantize_expert(moeq_dequantize_expert_args& in) const {
   if (api_->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || !api_->dequantize_expert)
@@ -423,6 +444,13 @@ moeq_status* dequantize_trampoline(moeq_dequantize_expert_args* a) noexcept {
   return guarded([&] {
     MOEQ_SDK_CHECK_ARGS(a, moeq_dequantize_expert_args, a2_static_scale, "dequantize_expert");
     method_of(a->method).dequantize_expert(*a);
+  });
+}
+moeq_status* apply_info_trampoline(moeq_apply_info_args* a) noexcept {
+  return guarded([&] {
+    MOEQ_SDK_CHECK_ARGS(a, moeq_apply_info_args, out_dtypes, "apply_info");
+    if (a->max_tokens < 0) fail("apply_info: max_tokens must be >= 0, found " + std::to_string(a->max_tokens));
+    method_of(a->method).apply_info(*a);
   });
 }
 

@@ -24,6 +24,9 @@
 //                   $MOEQ_CONFORM_TEST_PIDFILE when set); every check that initializes fails
 //   UNWRITTEN_SCALE consumes up_proj's weight_scale without copying it (check 5: the plugin,
 //                   not the checkpoint, left w13_weight_scale unwritten)
+//   LEGACY_MINOR1   not a defect: built as an ABI 1.1 plugin (descriptor minor 1, a table that
+//                   ends at dequantize_expert, no apply_info), which a 1.2 host still loads and
+//                   runs, lending it no workspace
 #include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/sdk.hpp>
 
@@ -339,6 +342,10 @@ const moeq_plugin_api* table() {
 #ifdef CONFORM_DEFECT_MISSING_SLOT
     t.process_after_loading = nullptr;
 #endif
+#ifdef CONFORM_DEFECT_LEGACY_MINOR1
+    t.struct_size = MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert);
+    t.apply_info = nullptr;  // not part of a 1.1 table (the host never reads past struct_size)
+#endif
     return t;
   }();
   return &api;
@@ -354,7 +361,11 @@ const moeq_plugin_descriptor* descriptor() {
 #else
       MOEQ_ABI_MAJOR,
 #endif
+#ifdef CONFORM_DEFECT_LEGACY_MINOR1
+      1,
+#else
       MOEQ_ABI_MINOR,
+#endif
       0,
       0,
       CONFORM_PLUGIN_NAME,

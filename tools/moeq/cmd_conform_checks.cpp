@@ -21,7 +21,7 @@ const std::vector<CheckDef>& all_checks() {
       {5, "weight_loader", "every tensor consumed or skipped with a reason, every element written, order-independent, idempotent", &check_weight_loader},
       {6, "error paths", "bad shapes, dtypes, names and arguments give statuses, never exceptions or aborts", &check_errors},
       {7, "accuracy", "CPU apply vs the core float reference (own dequantization and the writer's masters)", &check_accuracy},
-      {8, "apply", "apply calls no host service and is reentrant across methods", &check_apply},
+      {8, "apply", "apply calls no host service and is reentrant across methods; apply_info (1.2) pure and well-formed", &check_apply},
       {9, "concurrency", "probes and method loads from several threads agree with serial runs", &check_concurrency},
       {10, "no leaks", "every status and method made is destroyed", &check_leaks},
   };

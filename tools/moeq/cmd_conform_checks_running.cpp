@@ -216,9 +216,51 @@ Outcome check_apply(Context& ctx) {
                        " concurrent applies on two methods differ from the same applies run alone");
   if (const HostCalls c = host_calls() - before; c.total() > 0)
     problems.push_back("concurrent apply called the host (" + c.list() + ")");
+  // ABI 1.2 apply_info: pure, deterministic, well-formed, and what the loader recorded.
+  std::string info_note = "no apply_info (before ABI 1.2: no host workspace)";
+  const moeq_plugin_api* api = la.plugin->api;
+  if (la.plugin->effective_minor >= 2 && api->struct_size >= MOEQ_STRUCT_SIZE(moeq_plugin_api, apply_info) &&
+      api->apply_info != nullptr) {
+    ctx.stage("apply_info");
+    before = host_calls();
+    constexpr uint32_t kKnown = MOEQ_DTYPE_BIT_F32 | MOEQ_DTYPE_BIT_BF16 | MOEQ_DTYPE_BIT_F16;
+    for (int64_t max_tokens : {int64_t{0}, int64_t{1}, int64_t{33}}) {
+      moeq_apply_info_args i1{}, i2{};
+      i1.struct_size = i2.struct_size = sizeof i1;
+      i1.method = i2.method = la.method;
+      i1.max_tokens = i2.max_tokens = max_tokens;
+      moeq_status_code code;
+      std::string msg;
+      const std::string with = "apply_info (max_tokens " + std::to_string(max_tokens) + ")";
+      if (host::take_status(api->apply_info(&i1), code, msg)) {
+        problems.push_back(with + " fails: " + msg);
+        continue;
+      }
+      host::take_status(api->apply_info(&i2), code, msg);
+      if (i1.workspace_bytes != i2.workspace_bytes || i1.tokens_per_pass != i2.tokens_per_pass ||
+          i1.x_dtypes != i2.x_dtypes || i1.out_dtypes != i2.out_dtypes)
+        problems.push_back(with + " answers differently the second time");
+      if (i1.x_dtypes == 0 || (i1.x_dtypes & ~kKnown) || i1.out_dtypes == 0 || (i1.out_dtypes & ~kKnown))
+        problems.push_back(with + ": dtype masks x " + std::to_string(i1.x_dtypes) + ", out " +
+                           std::to_string(i1.out_dtypes) + " (expected non-empty sets of MOEQ_DTYPE_BIT_F32/BF16/F16)");
+      if (i1.tokens_per_pass < 1) problems.push_back(with + ": tokens_per_pass " + std::to_string(i1.tokens_per_pass) + " < 1");
+      if (i1.workspace_bytes != 0 && la.layer->device.device_type == kDLCPU)
+        problems.push_back(with + ": asks for a " + std::to_string(i1.workspace_bytes) +
+                           "-byte workspace on the CPU (the host lends one only on a CUDA device)");
+      if (!(i1.x_dtypes & MOEQ_DTYPE_BIT_F32) && la.layer->device.device_type == kDLCPU)
+        problems.push_back(with + ": a CPU method that takes no F32 x (hosts and conform apply F32 on the CPU)");
+      if (max_tokens == 0 && (i1.x_dtypes != la.x_dtypes || i1.out_dtypes != la.out_dtypes))
+        problems.push_back(with + " differs from what the loader recorded after process_after_loading");
+      if (max_tokens == 0)
+        info_note = "apply_info: x " + std::to_string(i1.x_dtypes) + ", out " + std::to_string(i1.out_dtypes) +
+                    ", workspace " + std::to_string(i1.workspace_bytes) + " bytes";
+    }
+    if (const HostCalls c = host_calls() - before; c.total() > 0)
+      problems.push_back("apply_info called the host (" + c.list() + "); it is pure");
+  }
   add_escapes(problems);
   return verdict(problems, "apply makes no host call; two methods applied from two threads, " + std::to_string(kRounds) +
-                               " rounds each, match their serial results bit for bit");
+                               " rounds each, match their serial results bit for bit; " + info_note);
 }
 
 // ============================================================ 9. concurrency

@@ -120,6 +120,24 @@ LogSink set_log_sink(LogSink sink);
 void log(moeq_log_level level, const std::string& source, const std::string& message);
 
 std::unique_ptr<moeq_layer> make_layer(std::string name, DLDevice device);
+
+// Loading scratch (scratch_acquire, ABI 1.2): a load onto `device` lends at most `budget` bytes
+// of device scratch at once over its layers (see scratch_pool.hpp); the last load to end frees
+// the device's idle scratch. No-op on the CPU.
+class ScopedLoadScratch {
+ public:
+  ScopedLoadScratch(DLDevice device, std::size_t budget);
+  ~ScopedLoadScratch();
+  ScopedLoadScratch(const ScopedLoadScratch&) = delete;
+  ScopedLoadScratch& operator=(const ScopedLoadScratch&) = delete;
+
+ private:
+  DLDevice device_;
+};
+// Takes back the scratch `layer` still holds; returns how many blocks (0 on the CPU).
+std::size_t release_layer_scratch(moeq_layer& layer);
+// Most scratch bytes the device's pool held at once since the process started.
+std::size_t scratch_high_water_bytes(int ordinal);
 // Device parameters: queues the copies still staged and waits until the device holds every
 // byte written so far (the loader calls it before process_after_loading). No-op on the CPU.
 void finish_device_writes(moeq_layer& layer);

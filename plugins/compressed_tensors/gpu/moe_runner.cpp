@@ -178,8 +178,18 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
       MOEQ_CHECK(gemm_smem(scheme_.kind, b.bm, *t) <= device_.max_smem_per_block,
                  where + "tile " + describe(b) + " needs more shared memory than the device has");
 
-  // ---- workspace
-  const int64_t M = max_tokens_, R = M * d.top_k, H = d.hidden, I = d.inter;
+  const Workspace w = workspace_for(max_tokens_);
+  layout_ = w.layout;
+  workspace_bytes_ = w.bytes;
+}
+
+MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
+  const auto& d = dims_;
+  const bool fp8 = scheme_.kind == mk::kKindFp8;
+  Workspace w;
+  w.tokens = std::clamp<int64_t>(tokens, 1, max_tokens_);
+  Layout& L = w.layout;
+  const int64_t M = w.tokens, R = M * d.top_k, H = d.hidden, I = d.inter;
   int64_t rows = 0, tiles = 0;
   for (std::size_t i = 0; i < buckets_.size(); ++i) {
     tiles = std::max(tiles, max_tiles(i, std::min<int64_t>(M, buckets_[i].max_tokens)));
@@ -195,18 +205,31 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     off = align_up(off + static_cast<std::size_t>(std::max<int64_t>(bytes, 0)));
     return at;
   };
-  layout_.sorted_pair = take(rows * 4);
-  layout_.tile_expert = take(tiles * 4);
-  layout_.num_tiles = take(4);
-  layout_.a1q = take(fp8 ? M * H : 0);
-  layout_.a1s = take(fp8 ? std::max<int64_t>(M * g1, 1) * 4 : 0);
-  layout_.amax_part = take(kAmaxParts * 4);
-  layout_.h = take(R * I * h_elem);
-  layout_.a2q = take(dynamic_a2 ? R * I : 0);
-  layout_.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
-  layout_.y2 = take(R * H * 4);
-  layout_.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
-  workspace_bytes_ = off;
+  L.sorted_pair = take(rows * 4);
+  L.tile_expert = take(tiles * 4);
+  L.num_tiles = take(4);
+  L.a1q = take(fp8 ? M * H : 0);
+  L.a1s = take(fp8 ? std::max<int64_t>(M * g1, 1) * 4 : 0);
+  L.amax_part = take(kAmaxParts * 4);
+  L.h = take(R * I * h_elem);
+  L.a2q = take(dynamic_a2 ? R * I : 0);
+  L.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
+  L.y2 = take(R * H * 4);
+  L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
+  w.bytes = off;
+  return w;
+}
+
+MoePlan::Workspace MoePlan::workspace_fitting(std::size_t bytes) const {
+  // Bytes grow with the tokens: the largest token count whose layout fits (binary search).
+  int64_t lo = 1, hi = max_tokens_;
+  if (workspace_for(lo).bytes > bytes) return Workspace{};  // tokens 0: nothing fits
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (workspace_for(mid).bytes <= bytes) lo = mid;
+    else hi = mid - 1;
+  }
+  return workspace_for(lo);
 }
 
 int64_t MoePlan::max_tiles(std::size_t bucket, int64_t m) const {
@@ -298,10 +321,16 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
 
 void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu::Stream stream,
                     const std::function<void(const char*)>& after) const {
+  run(io, w, plan_->workspace_for(plan_->max_tokens()), workspace, stream, after);
+}
+
+void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Workspace& wl, void* workspace,
+                    cu::Stream stream, const std::function<void(const char*)>& after) const {
   const MoePlan& p = *plan_;
   const auto& d = p.dims();
   const auto& sc = p.scheme();
-  const auto& L = p.layout();
+  const auto& L = wl.layout;
+  MOEQ_CHECK(wl.tokens >= 1, "gpu moe: a workspace layout of no tokens");
   auto* ws = static_cast<unsigned char*>(workspace);
   const bool fp8 = sc.kind == mk::kKindFp8;
   const int64_t k = d.top_k;
@@ -346,7 +375,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, void* workspace, cu:
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
-  const int64_t chunk = p.max_tokens();
+  const int64_t chunk = wl.tokens;
   const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
     const int64_t m = std::min(chunk, io.m - m0);

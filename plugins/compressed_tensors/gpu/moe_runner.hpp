@@ -84,6 +84,7 @@ struct DeviceLimits {
   int sm_minor = 0;
   int multiprocessors = 132;
   int max_smem_per_block = 227 * 1024;
+  std::string arch;  // "sm_90a" as the host compiles for it (ABI 1.2 device_info); may be empty
 };
 
 // The configuration of one layer: validated scheme and shape, buckets, workspace layout.
@@ -104,6 +105,16 @@ class MoePlan {
     std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
   };
   const Layout& layout() const { return layout_; }
+  // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
+  struct Workspace {
+    Layout layout{};
+    std::size_t bytes = 0;
+    int64_t tokens = 0;  // tokens a pass
+  };
+  Workspace workspace_for(int64_t tokens) const;
+  // The layout of the most tokens a pass whose workspace fits in `bytes` (tokens 0: none fits).
+  // Pure arithmetic, no allocation: apply calls it with the workspace the host lent.
+  Workspace workspace_fitting(std::size_t bytes) const;
   int64_t max_tiles(std::size_t bucket, int64_t m) const;
 
  private:
@@ -125,6 +136,9 @@ class MoeRunner {
   // `after_launch`, when set, is called on the host after each kernel is queued, with the
   // kernel's name (a profiling hook: the harness records an event there).
   void run(const RunIo& io, const LayerWeights& w, void* workspace, cu::Stream stream,
+           const std::function<void(const char*)>& after_launch = {}) const;
+  // The same in passes of `layout.tokens` tokens with that workspace layout.
+  void run(const RunIo& io, const LayerWeights& w, const MoePlan::Workspace& layout, void* workspace, cu::Stream stream,
            const std::function<void(const char*)>& after_launch = {}) const;
 
  private:

@@ -105,7 +105,18 @@ class Method {
   virtual void apply(const moeq_apply_args& args) = 0;
   virtual std::string describe() const { return "{}"; }
   virtual void dequantize_expert(moeq_dequantize_expert_args& args) const;
+  // ABI 1.2: what apply takes. The default: no workspace, x and out F32, BF16 or F16, any
+  // batch in one pass (tokens_per_pass = max_tokens, or INT64_MAX when 0).
+  virtual void apply_info(moeq_apply_info_args& args) const;
 };
+
+// The workspace the host lent to this apply (ABI 1.2), or {nullptr, 0} when the host is older
+// or lent none.
+struct Workspace {
+  void* data = nullptr;
+  std::size_t bytes = 0;
+};
+Workspace workspace_of(const moeq_apply_args& args);
 
 // A method that runs as a method of another plugin (delegation through host->method_create):
 // create_weights, process_after_loading, apply and dequantize_expert forward as they are;
@@ -120,6 +131,8 @@ class DelegatingMethod : public Method {
   void process_after_loading(const Layer& layer) override;
   void apply(const moeq_apply_args& args) override;
   void dequantize_expert(moeq_dequantize_expert_args& args) const override;
+  // The delegate's answer (its default when its plugin has no apply_info).
+  void apply_info(moeq_apply_info_args& args) const override;
 
  protected:
   // Passes `in` on with another source view and suffix; returns false (with the delegate's
@@ -149,6 +162,7 @@ moeq_status* process_trampoline(moeq_process_after_loading_args* args) noexcept;
 moeq_status* apply_trampoline(moeq_apply_args* args) noexcept;
 moeq_status* describe_trampoline(moeq_describe_args* args) noexcept;
 moeq_status* dequantize_trampoline(moeq_dequantize_expert_args* args) noexcept;
+moeq_status* apply_info_trampoline(moeq_apply_info_args* args) noexcept;
 
 // abi.h: NULL arguments, or a struct_size below the v1.0 size (`v10_size`), are
 // INVALID_ARGUMENT naming the call.
@@ -182,7 +196,7 @@ struct PluginApi {
         sizeof(moeq_plugin_api), &initialize_trampoline, nullptr, &probe, &method_create,
         &destroy_method,         &create_weights_trampoline,      &weight_loader_trampoline,
         &process_trampoline,     &apply_trampoline,               &describe_trampoline,
-        &dequantize_trampoline};
+        &dequantize_trampoline,  &apply_info_trampoline};
     return &api;
   }
 };
