@@ -7,6 +7,8 @@
 #   <prefix>/include/moeq/*.hpp            libmoeq's C++ API (registry, loader, host, reference, ...)
 #   <prefix>/include/moeq/sdk/*.hpp        the plugin SDK (trampolines, views, kernels table)
 #   <prefix>/<libdir>/libmoeq.a            libmoeq (target moeq::moeq)
+#   <prefix>/<libdir>/libmoeq_c.so         the C API <moeq/moeq.h> as a shared library (moeq::c);
+#                                          it finds the plugins at <libdir>/moeq/plugins
 #   <prefix>/<libdir>/libmoeq_sdk.a        the SDK (moeq::sdk), with dtype helpers
 #   <prefix>/<libdir>/libmoeq_json.a       Boost.JSON compiled once (moeq::json); users need only
 #                                          Boost headers
@@ -20,14 +22,17 @@ set(MOEQ_INSTALL_CMAKEDIR ${CMAKE_INSTALL_LIBDIR}/cmake/moeq)
 set(MOEQ_INSTALL_PLUGINDIR lib/moeq/plugins)
 
 # Headers.
-install(FILES ${PROJECT_SOURCE_DIR}/abi/moeq/abi.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moeq)
+install(FILES ${PROJECT_SOURCE_DIR}/abi/moeq/abi.h ${PROJECT_SOURCE_DIR}/core/include/moeq/moeq.h
+        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moeq)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/core/include/moeq/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moeq
         FILES_MATCHING PATTERN "*.hpp")
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/plugins/sdk/include/moeq/sdk DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/moeq
         FILES_MATCHING PATTERN "*.hpp")
 
-# Libraries, exported as moeq::abi, moeq::json, moeq::moeq, moeq::sdk.
+# Libraries, exported as moeq::abi, moeq::json, moeq::moeq, moeq::sdk, moeq::c.
 set_target_properties(moeq_abi PROPERTIES EXPORT_NAME abi)
+set_target_properties(moeq_c PROPERTIES EXPORT_NAME c INSTALL_RPATH_USE_LINK_PATH ON)
+target_include_directories(moeq_c PUBLIC $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 set_target_properties(moeq_json PROPERTIES EXPORT_NAME json)
 set_target_properties(moeq_core PROPERTIES EXPORT_NAME moeq)
 target_include_directories(moeq_core PUBLIC $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
@@ -35,8 +40,8 @@ if(NOT TARGET moeq::moeq)
   add_library(moeq::moeq ALIAS moeq_core)
   add_library(moeq::abi ALIAS moeq_abi)
 endif()
-install(TARGETS moeq_abi moeq_json moeq_core moeq_sdk EXPORT moeqTargets
-        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(TARGETS moeq_abi moeq_json moeq_core moeq_sdk moeq_c EXPORT moeqTargets
+        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(EXPORT moeqTargets NAMESPACE moeq:: DESTINATION ${MOEQ_INSTALL_CMAKEDIR} FILE moeqTargets.cmake)
 
 # The tool, and the built-in plugins where it looks for them. The tool keeps the run path of

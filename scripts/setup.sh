@@ -4,6 +4,9 @@ set -euo pipefail
 packages=(cmake g++ libboost1.81-dev libboost-json1.81-dev doctest-dev libdlpack-dev libcli11-dev libxxhash-dev libre2-dev pkg-config)
 # clang-14 with its runtimes (libFuzzer, ASan, UBSan): the fuzz stage of .ci/run.
 packages+=(clang-14 libclang-rt-14-dev)
+# python3 with venv: scripts/python_test makes <build>/pyvenv for the Python package's tests
+# (numpy and setuptools go into that venv from the package index, never into the system).
+packages+=(python3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -280,10 +280,7 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
   LoadOptions lo = opt.load_options();
   lo.collect_errors = true;
   LoadedModel model = load_model(ck, s.registry(), lo);
-  std::vector<const LayerReport*> reps;
-  for (const auto& l : model.layers) reps.push_back(&l->report);
-  for (const auto& f : model.failed) reps.push_back(&f);
-  std::sort(reps.begin(), reps.end(), [](auto* a, auto* b) { return a->layer < b->layer; });
+  const std::vector<const LayerReport*> reps = layer_reports(model);
   const MoeConfig& c = model.config;
   // What the probes saw: with --online, the user's scheme, not the checkpoint's config.
   const QuantConfigSource quant = effective_quant_config(ck, opt.online);
@@ -307,7 +304,7 @@ int cmd_inspect(const CommonOptions& opt, const std::string& dir) {
     } catch (const std::exception&) {
     }
     json::array layers;
-    for (auto* r : reps) layers.push_back(report_json(*r));
+    for (auto* r : reps) layers.push_back(layer_report_json(*r));
     o["layers"] = layers;
     json::array nm;
     for (const auto& n : model.not_moe) nm.push_back({{"tensor", n}, {"note", not_moe_note(n)}});
@@ -349,15 +346,9 @@ int cmd_load(const CommonOptions& opt, const std::string& dir) {
   LoadOptions lo = opt.load_options();
   lo.collect_errors = true;
   LoadedModel model = load_model(ck, s.registry(), lo);
-  std::vector<const LayerReport*> reps;
-  for (const auto& l : model.layers) reps.push_back(&l->report);
-  for (const auto& f : model.failed) reps.push_back(&f);
-  std::sort(reps.begin(), reps.end(), [](auto* a, auto* b) { return a->layer < b->layer; });
+  const std::vector<const LayerReport*> reps = layer_reports(model);
   if (opt.json) {
-    json::array layers;
-    for (auto* r : reps) layers.push_back(report_json(*r));
-    print_json(json::object{{"checkpoint", dir}, {"layers", layers}, {"loaded", model.failed.empty()},
-                            {"clean", all_strict_clean(reps)}});
+    print_json(load_report_json(dir, model));
     return model.failed.empty() ? 0 : 1;
   }
   std::printf("%-40s %-20s %9s %8s %9s %8s %7s  %s\n", "layer", "plugin", "consumed", "skipped", "not-local",

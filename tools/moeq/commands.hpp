@@ -1,5 +1,6 @@
 #pragma once
 #include "session.hpp"
+#include <moeq/load_report.hpp>
 
 #include <moeq/reference.hpp>
 
@@ -53,12 +54,9 @@ RunResult run_layer(const LoadedModel& model, size_t layer, int64_t tokens, uint
 // describe JSON), or nullopt when it declares none or the JSON is not an object.
 std::optional<double> declared_tolerance(const std::string& describe_json);
 
-boost::json::object report_json(const LayerReport& r);
 // "strict load clean", "FAILED", or "loaded, not strict (N waived)" when --no-strict let
 // violations through.
 std::string verdict(const LayerReport& r);
-// Every layer loaded with nothing waived.
-bool all_strict_clean(const std::vector<const LayerReport*>& reps);
 void print_report(const LayerReport& r, bool verbose);
 std::string fmt_shape(const std::vector<int64_t>& s);
 

@@ -1,4 +1,4 @@
-// Per-layer verdicts in words and in JSON.
+// Per-layer verdicts in words (the JSON form is moeq::layer_report_json, core/load_report.hpp).
 #include "commands.hpp"
 
 #include <cstdio>
@@ -6,7 +6,6 @@
 #include <sstream>
 
 namespace moeq::cli {
-namespace json = boost::json;
 
 std::string fmt_shape(const std::vector<int64_t>& s) {
   std::ostringstream os;
@@ -20,59 +19,6 @@ std::string verdict(const LayerReport& r) {
   if (!r.ok()) return "FAILED";
   if (r.waived.empty()) return "strict load clean";
   return "loaded, not strict (" + std::to_string(r.waived.size()) + " waived)";
-}
-
-bool all_strict_clean(const std::vector<const LayerReport*>& reps) {
-  for (const LayerReport* r : reps)
-    if (!r->strict_clean()) return false;
-  return true;
-}
-
-json::object report_json(const LayerReport& r) {
-  json::object o;
-  o["layer"] = r.prefix;
-  o["index"] = r.layer;
-  o["family"] = r.family;
-  o["experts_module"] = r.experts_module;
-  o["weight_dtype"] = r.weight_dtype;
-  o["plugin"] = r.plugin;
-  o["plugin_why"] = r.plugin_why;
-  json::array probes;
-  for (const auto& p : r.probes)
-    probes.push_back({{"plugin", p.plugin ? p.plugin->name : "?"}, {"score", p.score}, {"reason", p.reason}});
-  o["probes"] = probes;
-  json::array tensors;
-  for (const auto& e : r.entries) {
-    json::array shape;
-    for (int64_t s : e.shape) shape.push_back(s);
-    tensors.push_back({{"tensor", e.tensor}, {"state", ledger_state_name(e.state)}, {"routed_to", e.routed_to},
-                       {"detail", e.detail}, {"dtype", e.dtype}, {"shape", shape}});
-  }
-  o["tensors"] = tensors;
-  json::array params;
-  for (const auto& c : r.params)
-    params.push_back({{"name", c.name}, {"dtype", c.dtype}, {"numel", c.numel}, {"written", c.written},
-                      {"defaulted", c.defaulted}, {"first_gap", c.first_gap}});
-  o["params"] = params;
-  try {
-    o["method"] = json::parse(r.describe_json);
-  } catch (const std::exception&) {
-    o["method"] = r.describe_json;
-  }
-  json::array problems;
-  for (const auto& p : r.problems) problems.push_back(json::string(p));
-  o["problems"] = problems;
-  json::array waived;
-  for (const auto& w : r.waived) waived.push_back(json::string(w));
-  o["waived"] = waived;
-  o["loaded"] = r.ok();
-  o["strict_clean"] = r.strict_clean();
-  o["consumed"] = r.count(LedgerEntry::State::kConsumed);
-  o["skipped"] = r.count(LedgerEntry::State::kSkipped);
-  o["not_local"] = r.count(LedgerEntry::State::kNotLocal);
-  o["unknown"] = r.count(LedgerEntry::State::kUnknown);
-  o["errors"] = r.count(LedgerEntry::State::kError);
-  return o;
 }
 
 void print_report(const LayerReport& r, bool verbose) {
