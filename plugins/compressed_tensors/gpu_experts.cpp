@@ -279,7 +279,11 @@ void GpuExperts::apply(const moeq_apply_args& a) const {
   }
   // The host's workspace: passes of as many tokens as its layout fits.
   const sdk::Workspace ws = sdk::workspace_of(a);
-  const gpu::MoePlan::Workspace layout = plan_->workspace_fitting(ws.bytes);
+  if (ws.bytes != fitted_bytes_) {  // the host lends the same block every time: fitted once
+    fitted_ = plan_->workspace_fitting(ws.bytes);
+    fitted_bytes_ = ws.bytes;
+  }
+  const gpu::MoePlan::Workspace& layout = fitted_;
   if (ws.data == nullptr || layout.tokens < 1)
     fail(MOEQ_STATUS_CODE_FAILED_PRECONDITION,
          "apply: the host lent a workspace of " + s(static_cast<int64_t>(ws.bytes)) + " bytes" +

@@ -53,6 +53,10 @@ class GpuExperts {
   std::unique_ptr<gpu::MoeRunner> runner_;
   gpu::LayerWeights weights_;
   cu::DevicePtr workspace_ = 0;  // its own (a host before ABI 1.2), else 0
+  // The layout of the host's workspace, for the size last lent (applies on one method are
+  // serialized by the host, so apply may update it).
+  mutable std::size_t fitted_bytes_ = ~std::size_t{0};
+  mutable gpu::MoePlan::Workspace fitted_{};
   int cache_hits_ = 0;
 };
 

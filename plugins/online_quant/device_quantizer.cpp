@@ -90,8 +90,6 @@ DeviceQuantizer::Result DeviceQuantizer::quantize(const DLTensor& t, moeq_layer*
   const std::size_t scale_count =
       scheme_ == "fp8-block" ? static_cast<std::size_t>(nb * kb) : std::max<std::size_t>(static_cast<std::size_t>(rows), 1);
   if (rows == 0 || cols == 0) fail("online quantization: an empty projection");
-  // One expert in BF16 is three projections of this size: that many sets of 2-byte sources at
-  // once, one of 4-byte ones.
   // One scratch block from the host (it bounds what all loading layers hold on the device at
   // once): the source, its codes, scales, row maxima and the non-finite flag, 256-byte aligned.
   auto up = [](std::size_t v) { return (v + 255) / 256 * 256; };

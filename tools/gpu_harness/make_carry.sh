@@ -12,3 +12,10 @@ strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
 rm -rf .devbuild/jitcache
 MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
 du -sh build/carry .devbuild
+# The Python package as a wheel (libmoeq_c.so and the plugins inside) for the device's Python:
+# bench/device_python.sh installs it there.
+if [ -x build/pyvenv/bin/python ]; then
+  rm -rf build/carry/dist
+  MOEQ_BUILD_DIR=$PWD/build build/pyvenv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w build/carry/dist ./python
+  du -sh build/carry/dist
+fi
