@@ -185,6 +185,15 @@ typedef struct moeq_param_fill_args {
 
 /* Flags for jit_compile. */
 #define MOEQ_JIT_COMPILE_ONLY 1u /* compile (and cache) only; load nothing, `module` stays NULL */
+#define MOEQ_JIT_SOURCE_PTX 2u   /* since 1.2: `source` is a PTX module (e.g. emitted by Triton),
+                                    compiled by the toolkit's PTX compiler (nvJitLink) for the
+                                    exact arch; no headers; `options` are nvJitLink's (-O3,
+                                    -lineinfo, never -arch: the host chooses). Errors: the
+                                    compiler's log for a malformed module, an ISA newer than the
+                                    compiler, a .target the arch cannot take; UNAVAILABLE when the
+                                    host finds no nvJitLink. A 1.1 host does not know the flag
+                                    (check host->abi_minor >= 2); a 1.2 host refuses flags it
+                                    does not know. */
 
 /* Compile CUDA source with NVRTC to a CUBIN for one exact architecture, through the host's
  * on-disk cache, and load it into the primary context of `device`. The host adds

@@ -37,8 +37,12 @@ void serve_abi_request(moeq_jit_compile_args& a) {
   if (a.num_options > 0 && a.options == nullptr) fail(who + ": NULL options with num_options > 0");
   if (a.num_headers > 0 && (a.header_names == nullptr || a.header_contents == nullptr))
     fail(who + ": NULL header_names or header_contents with num_headers > 0");
-  if (!compiler_available())
+  const bool ptx = (a.flags & MOEQ_JIT_SOURCE_PTX) != 0;
+  if (ptx && a.num_headers > 0) fail(who + ": a PTX module takes no headers, found " + std::to_string(a.num_headers));
+  if (!ptx && !compiler_available())
     fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, who + ": this host was built without NVRTC (no CUDA toolkit at build time)");
+  if (a.flags & ~(MOEQ_JIT_COMPILE_ONLY | MOEQ_JIT_SOURCE_PTX))
+    fail(who + ": unknown flags " + std::to_string(a.flags & ~(MOEQ_JIT_COMPILE_ONLY | MOEQ_JIT_SOURCE_PTX)));
 
   const bool load = (a.flags & MOEQ_JIT_COMPILE_ONLY) == 0;
   const bool need_device = load || a.arch == nullptr || a.arch[0] == '\0';
@@ -47,6 +51,7 @@ void serve_abi_request(moeq_jit_compile_args& a) {
          std::to_string(a.device.device_type) + ")");
 
   Request r;
+  r.kind = ptx ? SourceKind::ptx : SourceKind::cuda;
   r.name = a.name ? a.name : "kernel";
   r.source = a.source;
   for (size_t i = 0; i < a.num_options; ++i) {

@@ -11,6 +11,7 @@ Digest cache_key(const KeyInputs& in) {
   h.field("moeq.jit.key").field(std::to_string(kKeySchema));
   h.field(in.compiler);
   h.field(std::to_string(MOEQ_ABI_MAJOR) + "." + std::to_string(MOEQ_ABI_MINOR));
+  h.field(r.kind == SourceKind::ptx ? "ptx" : "cuda");
   h.field(r.plugin_name).field(r.plugin_version).field(r.name).field(r.arch);
   h.field(std::to_string(in.options.size()));
   for (const auto& o : in.options) h.field(o);

@@ -4,6 +4,7 @@
 #include <moeq/host.hpp>
 #include <moeq/jit.hpp>
 #include <moeq/jit_cache.hpp>
+#include <moeq/cuda_driver.hpp>
 #include <moeq/jit_compiler.hpp>
 #include <moeq/jit_include_scanner.hpp>
 #include <moeq/jit_key.hpp>
@@ -100,14 +101,34 @@ Stats JitService::stats() const {
 }
 
 std::vector<std::string> JitService::options(const Request& request) const {
+  if (request.kind == SourceKind::ptx) return ptx_compile_options(request);
   return compile_options(request, state_->config.cuda_include_dirs);
 }
 
+namespace {
+
+// The key of a PTX module: no includes; the compiler is nvJitLink and its version (with the
+// driver's, which loads the result).
+std::string ptx_compiler_id() {
+  std::string id = "nvjitlink " + (ptx_compiler_available() ? ptx_compiler_version() : std::string("none"));
+  id += "; driver " + (cuda::available() ? std::to_string(cuda::require().driver_version) : std::string("none"));
+  return id;
+}
+
+Digest key_of(const Request& r, const std::vector<std::string>& opts, const std::string& nvrtc, IncludeScanner& scanner) {
+  if (r.kind == SourceKind::ptx) {
+    const IncludeScan none;
+    return cache_key({r, opts, ptx_compiler_id(), none});
+  }
+  const IncludeScan scan = scanner.scan(r, include_dirs_in(opts));
+  return cache_key({r, opts, nvrtc, scan});
+}
+
+}  // namespace
+
 std::string JitService::key(const Request& request) {
   const std::vector<std::string> opts = options(request);
-  std::vector<std::string> dirs = include_dirs_in(opts);
-  const IncludeScan scan = state_->scanner.scan(request, dirs);
-  return to_hex(cache_key({request, opts, state_->compiler, scan}));
+  return to_hex(key_of(request, opts, state_->compiler, state_->scanner));
 }
 
 Kernel JitService::compile(const Request& request) { return std::move(compile(std::span(&request, 1)).front()); }
@@ -129,8 +150,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
   for (size_t i = 0; i < n; ++i) {
     try {
       opts[i] = options(requests[i]);
-      const IncludeScan scan = s.scanner.scan(requests[i], include_dirs_in(opts[i]));
-      digests[i] = cache_key({requests[i], opts[i], s.compiler, scan});
+      digests[i] = key_of(requests[i], opts[i], s.compiler, s.scanner);
       keys[i] = to_hex(digests[i]);
     } catch (const std::exception& e) {
       record(i, e);
@@ -184,7 +204,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
           ++s.stats.untrusted_entries;
         }
       }
-      CompileOutput out = nvrtc_compile(r, opts[i]);
+      CompileOutput out = r.kind == SourceKind::ptx ? ptx_compile(r, opts[i]) : nvrtc_compile(r, opts[i]);
       std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin) : "";
       Built b{std::make_shared<const std::vector<uint8_t>>(std::move(out.cubin)), Origin::compiled, out.milliseconds,
               std::move(out.log)};

@@ -19,12 +19,16 @@ struct Header {
   std::string contents;
 };
 
+// What a request's source is: CUDA C++ (NVRTC) or a PTX module (nvJitLink).
+enum class SourceKind { cuda, ptx };
+
 // One kernel source (a "kernel set": every kernel in the source lands in one CUBIN).
 struct Request {
   std::string name;                  // for the cache and messages, e.g. "fp8_channel_m16"
+  SourceKind kind = SourceKind::cuda;
   std::string source;
   std::vector<Header> headers;
-  std::vector<std::string> options;  // the caller's NVRTC options, after the service's own
+  std::vector<std::string> options;  // the caller's NVRTC (or nvJitLink) options, after the service's own
   std::string arch;                  // exact target, "sm_90a", "sm_89", "sm_80"
   std::string plugin_name;
   std::string plugin_version;

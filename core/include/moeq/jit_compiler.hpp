@@ -27,4 +27,14 @@ std::vector<std::string> compile_options(const Request& request, const std::vect
 // Error(UNIMPLEMENTED).
 CompileOutput nvrtc_compile(const Request& request, const std::vector<std::string>& options);
 
+// PTX to CUBIN with nvJitLink, opened at run time (libnvJitLink.so.13, or MOEQ_NVJITLINK).
+bool ptx_compiler_available();
+std::string ptx_compiler_version();  // "13.0"; empty when unavailable
+// "-arch=<arch>", then the caller's options (an -arch of its own is refused: the host chooses).
+std::vector<std::string> ptx_compile_options(const Request& request);
+// A module without .version/.target, or one nvJitLink refuses, throws Error(INVALID_ARGUMENT)
+// holding its log (and saying so plainly for an ISA newer than the compiler or a .target the
+// arch cannot take); no nvJitLink: Error(UNAVAILABLE).
+CompileOutput ptx_compile(const Request& request, const std::vector<std::string>& options);
+
 }  // namespace moeq::jit

@@ -12,16 +12,16 @@
 namespace moeq::jit {
 
 // Bump when the key's fields or the meaning of an entry change: old entries become misses.
-inline constexpr uint32_t kKeySchema = 1;
+inline constexpr uint32_t kKeySchema = 2;  // 2: the source kind (CUDA C++ or PTX)
 
 struct KeyInputs {
   const Request& request;
   const std::vector<std::string>& options;  // the full list NVRTC gets (compile_options())
-  std::string_view compiler;                // "nvrtc 13.0"
+  std::string_view compiler;                // "nvrtc 13.0"; PTX: "nvjitlink 13.0; driver 13000"
   const IncludeScan& includes;
 };
 
-// Covers: the key schema, the compiler and its version, the host ABI version, the plugin's
+// Covers: the key schema, the source kind, the compiler and its version, the host ABI version, the plugin's
 // name and version, the kernel set name, the arch, every option in order, the source, every
 // given header (name and contents, sorted by name), every toolkit header reached on disk
 // (path and content digest) and the names that resolved nowhere.
