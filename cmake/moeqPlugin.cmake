@@ -3,6 +3,8 @@
 #   moeq_add_plugin(<name>
 #                   SOURCES <file>...
 #                   [KERNELS <file>...]            # device sources embedded as strings
+#                   [PTX <file.ptx>...]            # PTX modules (e.g. from Triton), each with
+#                                                  # <file>.json (Triton's metadata) beside it
 #                   [OUTPUT_DIRECTORY <dir>]       # where the .so lands (default: the binary dir)
 #                   [INSTALL_DESTINATION <dir>])   # adds an install() rule for the .so
 #
@@ -15,13 +17,16 @@
 # - embeds every KERNELS file as a string: moeq::sdk::embedded_kernels() lists them and
 #   moeq::sdk::embedded_kernel_source("file.cuh") finds one (<moeq/sdk/kernels.hpp>). The
 #   table is regenerated at build time whenever a listed file changes.
+# - embeds every PTX file and the metadata JSON beside it in the same table:
+#   moeq::sdk::triton::embedded_ptx("gemm.ptx") and embedded_metadata("gemm.ptx")
+#   (<moeq/sdk/triton.hpp>); a PTX file without its .json is a configure error.
 # The target is named <name>; add sources, definitions or libraries to it as to any target.
 
 include_guard(GLOBAL)
 set_property(GLOBAL PROPERTY MOEQ_PLUGIN_CMAKE_DIR "${CMAKE_CURRENT_LIST_DIR}")
 
 function(moeq_add_plugin name)
-  cmake_parse_arguments(P "" "OUTPUT_DIRECTORY;INSTALL_DESTINATION" "SOURCES;KERNELS" ${ARGN})
+  cmake_parse_arguments(P "" "OUTPUT_DIRECTORY;INSTALL_DESTINATION" "SOURCES;KERNELS;PTX" ${ARGN})
   if(P_UNPARSED_ARGUMENTS)
     message(FATAL_ERROR "moeq_add_plugin(${name}): unexpected arguments ${P_UNPARSED_ARGUMENTS}")
   endif()
@@ -39,7 +44,19 @@ function(moeq_add_plugin name)
   # The kernel table: file names (as sources #include them) must be unique.
   set(kernel_paths "")
   set(kernel_names "")
-  foreach(k IN LISTS P_KERNELS)
+  set(embedded ${P_KERNELS})
+  foreach(ptx IN LISTS P_PTX)
+    get_filename_component(ptx_path "${ptx}" ABSOLUTE)
+    if(NOT ptx_path MATCHES "\\.ptx$")
+      message(FATAL_ERROR "moeq_add_plugin(${name}): PTX file ${ptx} does not end in .ptx")
+    endif()
+    string(REGEX REPLACE "\\.ptx$" ".json" meta_path "${ptx_path}")
+    if(NOT EXISTS "${meta_path}")
+      message(FATAL_ERROR "moeq_add_plugin(${name}): PTX file ${ptx} has no metadata ${meta_path} beside it")
+    endif()
+    list(APPEND embedded "${ptx_path}" "${meta_path}")
+  endforeach()
+  foreach(k IN LISTS embedded)
     get_filename_component(path "${k}" ABSOLUTE)
     get_filename_component(kname "${k}" NAME)
     if(kname IN_LIST kernel_names)
