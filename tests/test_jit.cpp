@@ -11,6 +11,7 @@
 #include <moeq/jit_include_scanner.hpp>
 #include <moeq/jit_key.hpp>
 #include <moeq/digest.hpp>
+#include <moeq/sdk/triton.hpp>
 
 #include <doctest/doctest.h>
 
@@ -1124,4 +1125,63 @@ TEST_CASE("jit_compile takes PTX through the ABI flag, compile-only without a GP
   a.num_headers = 1;
   REQUIRE(host::take_status(host::api()->jit_compile(&a), code, msg));
   CHECK(msg.find("a PTX module takes no headers, found 1") != std::string::npos);
+}
+
+// The Triton example's committed PTX (examples/triton_plugin) compiles for every arch we ship
+// for, and its metadata says what the SDK's launcher needs.
+TEST_CASE("the Triton example's PTX compiles for sm_80, sm_89 and sm_90a and its metadata parses") {
+  if (skip_without_ptx_compiler()) return;
+  const fs::path dir = fs::path(MOEQ_TEST_FIXTURE_DIR).parent_path().parent_path() / "examples" / "triton_plugin" / "kernels";
+  jit::JitService jit(jit::Config{});
+  for (const char* kernel : {"moe_gate_up", "moe_down"}) {
+    CAPTURE(kernel);
+    std::ifstream in(dir / (std::string(kernel) + ".ptx"));
+    const std::string ptx{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+    REQUIRE(ptx.find(".entry " + std::string(kernel)) != std::string::npos);
+    std::ifstream min(dir / (std::string(kernel) + ".json"));
+    const std::string meta{std::istreambuf_iterator<char>(min), std::istreambuf_iterator<char>()};
+    const sdk::triton::Metadata m = sdk::triton::parse_metadata(meta, std::string(kernel) + ".json");
+    CHECK(m.name == kernel);
+    CHECK(m.num_warps == 4);
+    CHECK(m.scratch_args == 2);  // Triton 3.5+: global and profile scratch pointers appended
+    // The entry takes the kernel's arguments (gate_up 11, down 12) and the 2 scratch pointers.
+    const size_t entry = ptx.find(".entry " + std::string(kernel));
+    const std::string params = ptx.substr(entry, ptx.find(')', entry) - entry);
+    size_t count = 0;
+    for (size_t at = params.find(".param"); at != std::string::npos; at = params.find(".param", at + 1)) ++count;
+    CHECK(count == (std::string(kernel) == "moe_gate_up" ? 11u : 12u) + 2u);
+    for (const char* arch : {"sm_80", "sm_89", "sm_90a"}) {
+      CAPTURE(arch);
+      jit::Request r = ptx_request(arch, ptx);
+      r.name = kernel;
+      const jit::Kernel k = jit.compile(r);
+      CHECK(cubin_sm(*k.cubin) == std::stoi(std::string(arch).substr(3, 2)));
+      CHECK(contains(*k.cubin, kernel));
+    }
+  }
+}
+
+TEST_CASE("Triton metadata the launcher cannot honour is refused, naming the file and the field") {
+  const std::string good = R"({"name": "k", "num_warps": 4, "num_ctas": 1, "shared": 512, "global_scratch_size": 0,
+                               "profile_scratch_size": 0, "triton_version": "3.9.0"})";
+  const sdk::triton::Metadata m = sdk::triton::parse_metadata(good, "k.json");
+  CHECK(m.shared == 512);
+  CHECK(m.scratch_args == 2);
+  auto error = [](const std::string& json) {
+    try {
+      sdk::triton::parse_metadata(json, "k.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    FAIL("accepted " << json);
+    return std::string();
+  };
+  CHECK(error("{\"num_warps\": 4, \"shared\": 0}").find("k.json: Triton metadata has no 'name'") != std::string::npos);
+  CHECK(error("{\"name\": \"k\", \"num_warps\": \"4\", \"shared\": 0}").find("'num_warps' must be an integer") !=
+        std::string::npos);
+  CHECK(error("{\"name\": \"k\", \"num_warps\": 4, \"shared\": 0, \"num_ctas\": 2}").find("2 CTAs a cluster") !=
+        std::string::npos);
+  CHECK(error("{\"name\": \"k\", \"num_warps\": 4, \"shared\": 0, \"global_scratch_size\": 64}")
+            .find("needs 64 bytes of global scratch") != std::string::npos);
+  CHECK(error("not json").find("k.json: Triton metadata is not JSON") != std::string::npos);
 }

@@ -1,5 +1,4 @@
 #include <moeq/error.hpp>
-#include <moeq/sdk/kernels.hpp>
 #include <moeq/sdk/triton.hpp>
 
 #include <boost/json.hpp>
@@ -81,23 +80,6 @@ Metadata parse_metadata(std::string_view text, std::string_view what) {
          " bytes of global scratch and " + std::to_string(m.profile_scratch_size) +
          " of profile scratch a program; the launcher passes none");
   return m;
-}
-
-const char* embedded_ptx(std::string_view ptx_file) {
-  const char* s = embedded_kernel_source(ptx_file);
-  if (s == nullptr) fail(MOEQ_STATUS_CODE_INTERNAL, "PTX file " + std::string(ptx_file) + " is not embedded in this plugin");
-  return s;
-}
-
-Metadata embedded_metadata(std::string_view ptx_file) {
-  std::string stem(ptx_file);
-  if (stem.size() < 4 || stem.substr(stem.size() - 4) != ".ptx")
-    fail(MOEQ_STATUS_CODE_INTERNAL, "'" + stem + "' is not a .ptx file name");
-  stem.resize(stem.size() - 4);
-  const std::string meta = stem + ".json";
-  const char* s = embedded_kernel_source(meta);
-  if (s == nullptr) fail(MOEQ_STATUS_CODE_INTERNAL, "Triton metadata " + meta + " is not embedded beside " + std::string(ptx_file));
-  return parse_metadata(s, meta);
 }
 
 Kernel::Kernel(cuda::Module module, Metadata metadata) : meta_(std::move(metadata)) {

@@ -96,8 +96,16 @@ moeq_status* h_method_create(moeq_host_method_create_args* a) {
   count(HostSlot::kMethodCreate);
   return entering(real_host().method_create(a));
 }
+moeq_status* h_scratch_acquire(moeq_scratch_args* a) {
+  count(HostSlot::kScratchAcquire);
+  return entering(real_host().scratch_acquire(a));
+}
+void h_scratch_release(moeq_layer* layer, void* data) {
+  count(HostSlot::kScratchRelease);
+  real_host().scratch_release(layer, data);
+}
 
-// A host newer than 1.0: eight more slots the plugin must not need (and must not mind).
+// A host newer than this one: eight more slots the plugin must not need (and must not mind).
 struct PaddedHost {
   moeq_host_api api;
   void* future_slots[8];
@@ -105,7 +113,7 @@ struct PaddedHost {
 const PaddedHost g_padded_host = {
     {sizeof(PaddedHost), MOEQ_ABI_MAJOR, MOEQ_ABI_MINOR, &h_status_create, &h_status_code, &h_status_message,
      &h_status_destroy, &h_log, &h_device_info, &h_param_create, &h_copy_to_param, &h_param_fill, &h_jit_compile,
-     &h_method_create},
+     &h_method_create, &h_scratch_acquire, &h_scratch_release},
     {}};
 
 // ------------------------------------------------------------------ the plugin proxy
@@ -247,6 +255,9 @@ moeq_status* p_describe(moeq_describe_args* a) {
 moeq_status* p_dequantize_expert(moeq_dequantize_expert_args* a) {
   return in_slot(PluginSlot::kDequantizeExpert, [&] { return g_real->dequantize_expert(a); });
 }
+moeq_status* p_apply_info(moeq_apply_info_args* a) {
+  return in_slot(PluginSlot::kApplyInfo, [&] { return g_real->apply_info(a); });
+}
 
 // Slot `field` of the real table if the table is long enough to hold it.
 #define MOEQ_REAL_SLOT(api, field) \
@@ -271,6 +282,7 @@ const moeq_plugin_descriptor* make_proxy(const moeq_plugin_descriptor* real, Pro
     p.shutdown = MOEQ_REAL_SLOT(r, shutdown) ? &p_shutdown : nullptr;
     p.describe = MOEQ_REAL_SLOT(r, describe) ? &p_describe : nullptr;
     p.dequantize_expert = MOEQ_REAL_SLOT(r, dequantize_expert) ? &p_dequantize_expert : nullptr;
+    p.apply_info = MOEQ_REAL_SLOT(r, apply_info) ? &p_apply_info : nullptr;
   }
   g_proxy_descriptor = *real;
   g_proxy_descriptor.struct_size = sizeof(moeq_plugin_descriptor);
@@ -284,13 +296,15 @@ const moeq_plugin_descriptor* make_proxy(const moeq_plugin_descriptor* real, Pro
 const char* host_slot_name(HostSlot s) {
   static const char* const names[] = {"status_create", "status_code", "status_message", "status_destroy",
                                       "log",           "device_info", "param_create",   "copy_to_param",
-                                      "param_fill",    "jit_compile", "method_create"};
+                                      "param_fill",    "jit_compile", "method_create",  "scratch_acquire",
+                                      "scratch_release"};
   return names[static_cast<size_t>(s)];
 }
 const char* plugin_slot_name(PluginSlot s) {
   static const char* const names[] = {"(host)",        "initialize",     "shutdown",      "probe",
                                       "method_create", "method_destroy", "create_weights", "weight_loader",
-                                      "process_after_loading", "apply", "describe",     "dequantize_expert"};
+                                      "process_after_loading", "apply", "describe",     "dequantize_expert",
+                                      "apply_info"};
   return names[static_cast<size_t>(s)];
 }
 

@@ -29,10 +29,10 @@ namespace moeq::cli::conform {
 // ------------------------------------------------------------------ instrumented host
 enum class HostSlot {
   kStatusCreate, kStatusCode, kStatusMessage, kStatusDestroy, kLog, kDeviceInfo,
-  kParamCreate, kCopyToParam, kParamFill, kJitCompile, kMethodCreate, kCount
+  kParamCreate, kCopyToParam, kParamFill, kJitCompile, kMethodCreate, kScratchAcquire, kScratchRelease, kCount
 };
 const char* host_slot_name(HostSlot slot);
-// The table plugins get; struct_size covers 8 more (NULL) slots than 1.0 defines.
+// The table plugins get; struct_size covers 8 more (NULL) slots than this host's minor defines.
 const moeq_host_api* instrumented_host();
 
 struct HostCalls {
@@ -48,7 +48,7 @@ HostCalls host_calls();
 // --------------------------------------------------------------------- plugin slots
 enum class PluginSlot {
   kNone, kInitialize, kShutdown, kProbe, kMethodCreate, kMethodDestroy, kCreateWeights,
-  kWeightLoader, kProcessAfterLoading, kApply, kDescribe, kDequantizeExpert, kCount
+  kWeightLoader, kProcessAfterLoading, kApply, kDescribe, kDequantizeExpert, kApplyInfo, kCount
 };
 const char* plugin_slot_name(PluginSlot slot);
 // The plugin slot this thread is in now (kNone outside the plugin).

@@ -11,7 +11,9 @@
 //   k.launch({grid_x, grid_y, 1}, {&y, &x, &a, &n}, stream);   // the scratch pointers are added
 //
 #pragma once
+#include <moeq/error.hpp>
 #include <moeq/sdk/cuda.hpp>
+#include <moeq/sdk/kernels.hpp>
 
 #include <array>
 #include <cstddef>
@@ -44,11 +46,26 @@ struct Metadata {
 // scratch); `what` names the file in messages.
 Metadata parse_metadata(std::string_view json, std::string_view what);
 
+// The embedded PTX text (NUL-terminated); throws when it is not embedded. Inline: the table is
+// the plugin's own (moeq_add_plugin), so only code built into a plugin may call it.
+inline const char* embedded_ptx(std::string_view ptx_file) {
+  const char* s = embedded_kernel_source(ptx_file);
+  if (s == nullptr) fail(MOEQ_STATUS_CODE_INTERNAL, "PTX file " + std::string(ptx_file) + " is not embedded in this plugin");
+  return s;
+}
+
 // The metadata embedded beside a PTX file by moeq_add_plugin(PTX ...): "<stem>.json" for
 // "<stem>.ptx". Throws when either is not embedded.
-Metadata embedded_metadata(std::string_view ptx_file);
-// The embedded PTX text (NUL-terminated); throws when it is not embedded.
-const char* embedded_ptx(std::string_view ptx_file);
+inline Metadata embedded_metadata(std::string_view ptx_file) {
+  std::string stem(ptx_file);
+  if (stem.size() < 4 || stem.compare(stem.size() - 4, 4, ".ptx") != 0)
+    fail(MOEQ_STATUS_CODE_INTERNAL, "'" + stem + "' is not a .ptx file name");
+  const std::string meta = stem.substr(0, stem.size() - 4) + ".json";
+  const char* s = embedded_kernel_source(meta);
+  if (s == nullptr)
+    fail(MOEQ_STATUS_CODE_INTERNAL, "Triton metadata " + meta + " is not embedded beside " + std::string(ptx_file));
+  return parse_metadata(s, meta);
+}
 
 // One Triton kernel in a loaded module.
 class Kernel {
