@@ -19,3 +19,11 @@ if [ -x build/pyvenv/bin/python ]; then
   MOEQ_BUILD_DIR=$PWD/build build/pyvenv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w build/carry/dist ./python
   du -sh build/carry/dist
 fi
+# examples/triton_plugin built from an install prefix, for bench/device_triton_example.sh.
+tmp=$(mktemp -d)
+cmake --install build --prefix "$tmp/prefix" >/dev/null
+cmake -S examples/triton_plugin -B "$tmp/triton" -DCMAKE_PREFIX_PATH="$tmp/prefix" >/dev/null
+cmake --build "$tmp/triton" -j "$(nproc)" >/dev/null
+mkdir -p build/carry/example_plugins
+strip -o build/carry/example_plugins/libmoeq_example_triton.so "$tmp/triton/libmoeq_example_triton.so"
+rm -rf "$tmp"
