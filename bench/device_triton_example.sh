@@ -14,7 +14,7 @@ chmod -R go-w "$plugins"
 export MOEQ_CACHE_DIR=$(mktemp -d)
 fixtures=$(mktemp -d)/fx
 "$moeq" conform "$plugins/libmoeq_example_triton.so" --keep-fixtures "$fixtures" > "$out/triton_conform.txt" 2>&1
-ckpt=$fixtures/ct-fp8-tensor-weight-only/qwen3
+ckpt=$fixtures/ct-fp8-tensor-wo-qwen3
 for pass in cold warm; do
   t0=$(date +%s.%N)
   "$moeq" run "$ckpt" --device cuda --plugin example_triton --plugin-dir "$plugins" --tokens 64 --json \
