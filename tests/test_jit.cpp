@@ -314,7 +314,7 @@ TEST_CASE("a cache entry round-trips, and every kind of damage reads as corrupt,
   CHECK(jit::decode_entry(digest("another key"), good).state == jit::EntryState::corrupt);
 }
 
-TEST_CASE("the disk cache publishes entries under <root>/jit/v1/<arch>/<xx>/<key>.cubin, leaving no temp file") {
+TEST_CASE("the disk cache publishes entries under <root>/jit/v<key schema>/<arch>/<xx>/<key>.cubin, leaving no temp file") {
   TempDir tmp;
   const jit::JitCache cache(tmp.path);
   const Digest key = digest("k");
@@ -322,7 +322,7 @@ TEST_CASE("the disk cache publishes entries under <root>/jit/v1/<arch>/<xx>/<key
   const std::vector<uint8_t> payload(1000, 7);
   CHECK(cache.store("sm_90a", key, payload) == "");
   const fs::path p = cache.entry_path("sm_90a", key);
-  CHECK(p == tmp.path / "jit" / "v1" / "sm_90a" / to_hex(key).substr(0, 2) / (to_hex(key) + ".cubin"));
+  CHECK(p == tmp.path / "jit" / ("v" + std::to_string(jit::kKeySchema)) / "sm_90a" / to_hex(key).substr(0, 2) / (to_hex(key) + ".cubin"));
   CHECK(fs::exists(p));
   const jit::CacheRead r = cache.load("sm_90a", key);
   CHECK(r.state == jit::EntryState::hit);
