@@ -357,3 +357,41 @@ TEST_CASE("host scratch (ABI 1.2) is refused on a CPU layer and for malformed re
   host::throw_if_error(api.device_info(&old), "device_info (1.1 size)");
   CHECK(std::string(old.arch) == "kept");  // beyond its struct_size: untouched
 }
+
+// A rank touches only its own experts: under EP its share of the expert bytes is handed to the
+// plugin (the others' never are); under TP every expert is handed whole but only the shard is
+// copied. Reported per layer (and by `moeq load`).
+TEST_CASE("the load report counts the expert bytes a rank is handed and copies, under EP and TP") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = small(d, 2);
+  int64_t total = 0, handed_sum = 0;
+  for (int rank = 0; rank < 2; ++rank) {
+    LoadOptions o;
+    o.placement.ep_size = 2;
+    o.placement.ep_rank = rank;
+    LoadedModel m = load_dir(w.dir, p.registry(), o);
+    for (const auto& l : m.layers) {
+      const LayerReport& r = l->report;
+      CAPTURE(r.prefix);
+      CHECK(r.expert_bytes > 0);
+      total = rank == 0 ? total + r.expert_bytes : total;
+      handed_sum += r.expert_bytes_handed;
+      // 8 experts, 4 a rank: half of every per-expert tensor (weights and scales).
+      CHECK(r.expert_bytes_handed * 2 == r.expert_bytes);
+      CHECK(r.bytes_copied == r.expert_bytes_handed);  // EP alone: every handed byte is copied
+    }
+  }
+  CHECK(handed_sum == total);
+  LoadOptions tp;
+  tp.placement.tp_size = 2;
+  tp.placement.tp_rank = 1;
+  LoadedModel m = load_dir(w.dir, p.registry(), tp);
+  for (const auto& l : m.layers) {
+    const LayerReport& r = l->report;
+    CHECK(r.expert_bytes_handed == r.expert_bytes);
+    // Half of the fp8 weights and of w1/w3's row scales; w2's row scales ([H]) are whole on each rank.
+    CHECK(r.bytes_copied * 2 > r.expert_bytes);
+    CHECK(static_cast<double>(r.bytes_copied) < 0.52 * static_cast<double>(r.expert_bytes));
+  }
+}

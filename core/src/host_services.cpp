@@ -545,6 +545,11 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
         ++i;
       });
     }
+    if (!device_source) {
+      int64_t n = 1;
+      for (int i = 0; i < s.ndim; ++i) n *= s.shape[i];
+      a->layer->bytes_copied_from_host += n * static_cast<int64_t>(selem);
+    }
     if (device_source) {
       copy_device_rows(*a->layer, p, off, ext, base, sstr, what);
     } else if (p.device_ptr != 0) {

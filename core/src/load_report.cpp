@@ -50,6 +50,9 @@ json::object layer_report_json(const LayerReport& r) {
   o["not_local"] = r.count(LedgerEntry::State::kNotLocal);
   o["unknown"] = r.count(LedgerEntry::State::kUnknown);
   o["errors"] = r.count(LedgerEntry::State::kError);
+  o["expert_bytes"] = r.expert_bytes;
+  o["expert_bytes_handed"] = r.expert_bytes_handed;
+  o["bytes_copied"] = r.bytes_copied;
   return o;
 }
 
@@ -69,8 +72,19 @@ json::object load_report_json(const std::string& checkpoint, const LoadedModel& 
   const std::vector<const LayerReport*> reps = layer_reports(model);
   json::array layers;
   for (const LayerReport* r : reps) layers.push_back(layer_report_json(*r));
-  return json::object{{"checkpoint", checkpoint}, {"layers", layers}, {"loaded", model.failed.empty()},
-                      {"clean", all_strict_clean(reps)}};
+  int64_t total = 0, handed = 0, copied = 0;
+  for (const LayerReport* r : reps) {
+    total += r->expert_bytes;
+    handed += r->expert_bytes_handed;
+    copied += r->bytes_copied;
+  }
+  return json::object{{"checkpoint", checkpoint},
+                      {"layers", layers},
+                      {"loaded", model.failed.empty()},
+                      {"clean", all_strict_clean(reps)},
+                      {"expert_bytes", total},
+                      {"expert_bytes_handed", handed},
+                      {"bytes_copied", copied}};
 }
 
 }  // namespace moeq

@@ -606,6 +606,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   char reason[512];
+  for (auto& [t, r] : lt.experts) rep.expert_bytes += static_cast<int64_t>(t->nbytes());
   for (auto& [t, r] : lt.experts) {
     LedgerEntry entry{t->name, LedgerEntry::State::kConsumed, "", "", dtype_name(t->dtype), t->shape};
     try {
@@ -619,6 +620,9 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
         }
         check_finite(*t, r.suffix, p, g);
         DLTensor src = p.view.dl();
+        int64_t handed = static_cast<int64_t>(dtype_size(p.view.dtype));
+        for (int64_t d : p.view.shape) handed *= d;
+        rep.expert_bytes_handed += handed;
         moeq_weight_loader_args wa{};
         wa.struct_size = sizeof(wa);
         wa.method = out.method;
@@ -674,6 +678,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   rep.params = host::coverage(*out.layer);
+  rep.bytes_copied = out.layer->bytes_copied_from_host;
   // A tensor that failed above leaves its elements unwritten: say so rather than blame a missing one.
   const bool tensor_failed = std::any_of(rep.entries.begin(), rep.entries.end(),
                                          [](const LedgerEntry& e) { return e.state == LedgerEntry::State::kError; });

@@ -361,6 +361,16 @@ int cmd_load(const CommonOptions& opt, const std::string& dir) {
     for (const auto& p : r->problems) std::printf("    problem: %s\n", p.c_str());
     for (const auto& w : r->waived) std::printf("    waived (--no-strict): %s\n", w.c_str());
   }
+  int64_t total = 0, handed = 0, copied = 0;
+  for (auto* r : reps) {
+    total += r->expert_bytes;
+    handed += r->expert_bytes_handed;
+    copied += r->bytes_copied;
+  }
+  if (total > 0)
+    std::printf("expert bytes: %.1f MiB in the checkpoint; this rank's experts %.1f MiB (%.0f %%: all it may read); "
+                "copied from them %.1f MiB (%.0f %%: its shard)\n",
+                total / 1048576.0, handed / 1048576.0, 100.0 * handed / total, copied / 1048576.0, 100.0 * copied / total);
   return model.failed.empty() ? 0 : 1;
 }
 

@@ -77,6 +77,7 @@ struct moeq_layer {
   DLDevice device{kDLCPU, 0};
   std::vector<std::unique_ptr<moeq::ParamRecord>> params;
   std::string current_tensor;  // checkpoint tensor being loaded, named in copy errors
+  int64_t bytes_copied_from_host = 0;  // source bytes copy_to_param read from host memory
   // Staging of copies to device parameters; declared after `params` so it is destroyed first.
   std::unique_ptr<moeq::host::DeviceWrites> device_writes;
 };

@@ -84,6 +84,13 @@ struct LayerReport {
   // What strict loading would have refused but `strict = false` let through (unknown expert
   // tensors, unwritten parameter elements), each also logged as a warning.
   std::vector<std::string> waived;
+  // Bytes of the layer's expert tensors: in the checkpoint (every expert), handed to the plugin
+  // (this rank's experts, whole per-expert tensors: under EP the rank never maps the others'
+  // bytes; under TP the plugin narrows), and what copy_to_param read from host memory (under
+  // TP, this rank's shard). What a rank reads from disk lies between the last two.
+  int64_t expert_bytes = 0;
+  int64_t expert_bytes_handed = 0;
+  int64_t bytes_copied = 0;
   bool ok() const { return problems.empty(); }  // loaded
   bool strict_clean() const { return problems.empty() && waived.empty(); }
   int64_t count(LedgerEntry::State s) const;
