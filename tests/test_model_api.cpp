@@ -395,3 +395,38 @@ TEST_CASE("the load report counts the expert bytes a rank is handed and copies, 
     CHECK(static_cast<double>(r.bytes_copied) < 0.52 * static_cast<double>(r.expert_bytes));
   }
 }
+
+TEST_CASE("load progress is reported in order, ends at the total, and reads as one line") {
+  BuiltPlugins p;
+  TempDir d;
+  auto w = small(d, 3);
+  std::vector<LoadProgress> seen;
+  LoadOptions o;
+  o.threads = 2;
+  o.progress = [&](const LoadProgress& lp) { seen.push_back(lp); };  // calls are serialized by the loader
+  LoadedModel m = load_dir(w.dir, p.registry(), o);
+  REQUIRE(m.layers.size() == 3);
+  REQUIRE(!seen.empty());
+  int64_t total = 0;
+  for (const auto& l : m.layers) total += l->report.expert_bytes;
+  for (size_t i = 0; i < seen.size(); ++i) {
+    CAPTURE(i);
+    CHECK(seen[i].bytes_total == total);
+    CHECK(seen[i].layers_total == 3);
+    CHECK(seen[i].bytes_done <= total);
+    if (i > 0) {
+      CHECK(seen[i].bytes_done >= seen[i - 1].bytes_done);
+      CHECK(seen[i].layers_done >= seen[i - 1].layers_done);
+      CHECK(seen[i].seconds >= seen[i - 1].seconds);
+    }
+  }
+  CHECK(seen.back().bytes_done == total);
+  CHECK(seen.back().layers_done == 3);
+  LoadProgress lp;
+  lp.bytes_done = 1'500'000'000;
+  lp.bytes_total = 6'000'000'000;
+  lp.seconds = 0.5;
+  lp.layers_done = 3;
+  lp.layers_total = 48;
+  CHECK(progress_line(lp) == "  loading experts: 1.50 of 6.00 GB, 3.00 GB/s, ETA 2 s (layer 3 of 48)");
+}

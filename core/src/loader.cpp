@@ -5,7 +5,9 @@
 #include <moeq/strings.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <exception>
 #include <map>
 #include <set>
@@ -469,6 +471,23 @@ std::vector<std::string> router_problems(const MoeConfig& cfg, const LayerTensor
 }
 
 // Loads one layer; on any problem releases what it made and leaves `out.method` NULL.
+// Progress of one load_model call, shared by its loading threads.
+struct ProgressTracker {
+  const LoadOptions* opt = nullptr;
+  std::mutex mutex;
+  LoadProgress p;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  void add(int64_t bytes, int layers) {
+    if (!opt || !opt->progress) return;
+    std::lock_guard lock(mutex);
+    p.bytes_done += bytes;
+    p.layers_done += layers;
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    opt->progress(p);
+  }
+};
+thread_local ProgressTracker* t_progress = nullptr;
+
 void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
                 const LayerTensors& lt, LoadedLayer& out) {
   LayerReport& rep = out.report;
@@ -675,6 +694,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       note_error(rep, e);
     }
     rep.entries.push_back(std::move(entry));
+    if (t_progress) t_progress->add(static_cast<int64_t>(t->nbytes()), 0);
   }
 
   rep.params = host::coverage(*out.layer);
@@ -812,7 +832,13 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   const unsigned threads = opt.threads != 0 ? opt.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   const host::ScopedLoadScratch scratch(
       opt.device, opt.load_scratch_bytes != 0 ? opt.load_scratch_bytes : default_scratch_budget(model.config));
+  ProgressTracker progress;
+  progress.opt = &opt;
+  progress.p.layers_total = static_cast<int>(order.size());
+  for (const LayerTensors* lt : order)
+    for (const auto& [t, r] : lt->experts) progress.p.bytes_total += static_cast<int64_t>(t->nbytes());
   parallel_for(order.size(), threads, [&](size_t i) {
+    t_progress = &progress;
     try {
       auto layer = std::make_unique<LoadedLayer>();
       load_layer(ck, reg, opt, model.config, *order[i], *layer);
@@ -820,6 +846,8 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     } catch (...) {
       thrown[i] = std::current_exception();
     }
+    progress.add(0, 1);
+    t_progress = nullptr;
   });
   std::exception_ptr first_error;
   for (size_t i = 0; i < order.size(); ++i) {
@@ -853,6 +881,16 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   if (first_error) std::rethrow_exception(first_error);  // `model` releases every loaded layer
   assign_workspaces(model.layers, opt);
   return model;
+}
+
+std::string progress_line(const LoadProgress& p) {
+  char buf[160];
+  const double gb = 1e9, done = static_cast<double>(p.bytes_done) / gb, total = static_cast<double>(p.bytes_total) / gb;
+  const double rate = p.seconds > 0 ? done / p.seconds : 0;
+  const double eta = rate > 0 ? (total - done) / rate : 0;
+  std::snprintf(buf, sizeof buf, "  loading experts: %.2f of %.2f GB, %.2f GB/s, ETA %.0f s (layer %d of %d)", done,
+                total, rate, eta < 0 ? 0.0 : eta, p.layers_done, p.layers_total);
+  return buf;
 }
 
 // --------------------------------------------------------------------------- running

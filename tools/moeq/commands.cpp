@@ -368,8 +368,8 @@ int cmd_load(const CommonOptions& opt, const std::string& dir) {
     copied += r->bytes_copied;
   }
   if (total > 0)
-    std::printf("expert bytes: %.1f MiB in the checkpoint; this rank's experts %.1f MiB (%.0f %%: all it may read); "
-                "copied from them %.1f MiB (%.0f %%: its shard)\n",
+    std::printf("expert bytes: %.1f MiB in the checkpoint; handed to the plugin (this rank's experts, all it may "
+                "read) %.1f MiB (%.0f %%); copied into parameters from host memory %.1f MiB (%.0f %%)\n",
                 total / 1048576.0, handed / 1048576.0, 100.0 * handed / total, copied / 1048576.0, 100.0 * copied / total);
   return model.failed.empty() ? 0 : 1;
 }

@@ -1,5 +1,10 @@
 #include "session.hpp"
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+
 namespace moeq::cli {
 
 void CommonOptions::add_placement(CLI::App* app) {
@@ -41,6 +46,31 @@ std::string CommonOptions::placement_error() const {
   return {};
 }
 
+std::function<void(const LoadProgress&)> terminal_progress(bool json) {
+  if (json || ::isatty(STDERR_FILENO) != 1) return {};
+  // Shared by the copies of the options a command makes; one line redrawn with \r, shown
+  // from the first second on, at most ten times a second, ended with a newline.
+  struct State {
+    double last = -1;
+    bool shown = false;
+  };
+  auto state = std::make_shared<State>();
+  return [state](const LoadProgress& p) {
+    const bool finished = p.layers_total > 0 && p.layers_done == p.layers_total;
+    if (finished) {
+      if (state->shown) std::fprintf(stderr, "\r%s\n", progress_line(p).c_str());
+      state->shown = false;
+      state->last = -1;
+      return;
+    }
+    if (p.seconds < 1.0 || p.seconds - state->last < 0.1) return;
+    state->last = p.seconds;
+    state->shown = true;
+    std::fprintf(stderr, "\r%s", progress_line(p).c_str());
+    std::fflush(stderr);
+  };
+}
+
 LoadOptions CommonOptions::load_options() const {
   LoadOptions o;
   o.placement = {tp_rank, tp, ep_rank, ep};
@@ -48,6 +78,7 @@ LoadOptions CommonOptions::load_options() const {
   o.pin_plugin = pin;
   o.online_scheme = online;
   o.device = *parse_device(device);
+  o.progress = terminal_progress(json);
   return o;
 }
 

@@ -28,6 +28,10 @@ struct CommonOptions {
   static constexpr int kMaxParallel = 65536;
 };
 
+// A progress line on stderr for loads longer than a second, when stderr is a terminal and the
+// output is not JSON; empty (no progress) otherwise.
+std::function<void(const LoadProgress&)> terminal_progress(bool json);
+
 // "cpu", "cuda", "cuda:N"; nullopt for anything else.
 std::optional<DLDevice> parse_device(const std::string& v);
 

@@ -10,6 +10,7 @@
 #include <moeq/reference.hpp>
 #include <moeq/registry.hpp>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -38,7 +39,21 @@ struct LoadOptions {
   // Device scratch lent to plugins while layers load (host scratch_acquire), over all layers
   // loading onto one device at once; 0: one bf16 expert of the largest layer + 64 MiB.
   std::size_t load_scratch_bytes = 0;
+  // Called as expert tensors are taken (from the loading threads, one call at a time), and once
+  // more when every layer is done: bytes of expert tensors processed of the total, layers done.
+  std::function<void(const struct LoadProgress&)> progress;
 };
+
+struct LoadProgress {
+  int64_t bytes_done = 0;
+  int64_t bytes_total = 0;  // every expert tensor of every MoE layer
+  int layers_done = 0;
+  int layers_total = 0;
+  double seconds = 0;       // since load_model started
+};
+
+// "  loading experts: 1.2 of 3.4 GB, 2.5 GB/s, ETA 1 s (layer 3 of 48)": one line, no newline.
+std::string progress_line(const LoadProgress& p);
 
 // A block of device memory the host owns (an apply workspace); shared by the layers using it.
 struct DeviceWorkspace {
@@ -85,9 +100,10 @@ struct LayerReport {
   // tensors, unwritten parameter elements), each also logged as a warning.
   std::vector<std::string> waived;
   // Bytes of the layer's expert tensors: in the checkpoint (every expert), handed to the plugin
-  // (this rank's experts, whole per-expert tensors: under EP the rank never maps the others'
-  // bytes; under TP the plugin narrows), and what copy_to_param read from host memory (under
-  // TP, this rank's shard). What a rank reads from disk lies between the last two.
+  // (this rank's experts, whole per-expert tensors: under EP the others' pages are never
+  // touched; under TP the plugin narrows), and what copy_to_param read from host memory (under
+  // TP, this rank's shard; a plugin that quantizes on the host copies its codes). What a rank
+  // reads of the checkpoint's expert bytes is at most the handed bytes.
   int64_t expert_bytes = 0;
   int64_t expert_bytes_handed = 0;
   int64_t bytes_copied = 0;
