@@ -40,7 +40,8 @@ static const moeq_test_layout_row kRows[] = {
     S(moeq_param_fill_args, reason)
     F(moeq_param_fill_args, value)
 
-    S(moeq_jit_compile_args, cubin_size)
+    S(moeq_jit_compile_args, image_kind)
+    F(moeq_jit_compile_args, cubin_size)
     F(moeq_jit_compile_args, num_options)
     F(moeq_jit_compile_args, module)
     F(moeq_jit_compile_args, header_names)

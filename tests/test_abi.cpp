@@ -42,7 +42,7 @@ const StructLayout kStructs[] = {
     MOEQ_TEST_STRUCT(moeq_param_create_args, tensor, 56, 56),
     MOEQ_TEST_STRUCT(moeq_copy_to_param_args, flags, 48, 44),
     MOEQ_TEST_STRUCT(moeq_param_fill_args, reason, 56, 56),
-    MOEQ_TEST_STRUCT(moeq_jit_compile_args, cubin_size, 128, 128),
+    MOEQ_TEST_STRUCT(moeq_jit_compile_args, image_kind, 136, 132),
     MOEQ_TEST_STRUCT(moeq_host_method_create_args, api, 32, 32),
     MOEQ_TEST_STRUCT(moeq_host_api, scratch_release, 120, 120),
     MOEQ_TEST_STRUCT(moeq_initialize_args, host, 16, 16),
@@ -96,6 +96,8 @@ const FieldLayout kFields[] = {
     MOEQ_TEST_FIELD(moeq_jit_compile_args, flags, 104),
     MOEQ_TEST_FIELD(moeq_jit_compile_args, cache_hit, 108),
     MOEQ_TEST_FIELD(moeq_jit_compile_args, cubin, 112),
+    MOEQ_TEST_FIELD(moeq_jit_compile_args, cubin_size, 120),
+    MOEQ_TEST_FIELD(moeq_jit_compile_args, image_kind, 128),
     MOEQ_TEST_FIELD(moeq_host_method_create_args, create_args, 16),
     MOEQ_TEST_FIELD(moeq_host_api, abi_major, 8),
     MOEQ_TEST_FIELD(moeq_host_api, abi_minor, 12),
@@ -180,6 +182,9 @@ TEST_CASE("ABI struct sizes and MOEQ_STRUCT_SIZE of the last field are the LP64 
   CHECK(sizeof(moeq_layer_geometry) == 80);
   CHECK(sizeof(moeq_plugin_api) == 104);  // 12 slots since 1.2
   CHECK(sizeof(moeq_plugin_descriptor) == 96);
+  // jit_compile's args grew image_kind in 1.2; a caller that stops at cubin_size keeps its 128.
+  CHECK(sizeof(moeq_jit_compile_args) == 136);
+  CHECK(MOEQ_STRUCT_SIZE(moeq_jit_compile_args, cubin_size) == 128);
 }
 
 TEST_CASE("the last field named for MOEQ_STRUCT_SIZE really is last: only tail padding follows") {

@@ -26,6 +26,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -170,7 +171,7 @@ size_t check_every_entry_valid(const fs::path& root) {
   for (const fs::path& p : files_under(root)) {
     CAPTURE(p.string());
     CHECK(p.filename().string().rfind(".tmp.", 0) != 0);  // no temp file left behind
-    if (p.extension() != ".cubin") continue;
+    if (p.extension() != ".cubin" && p.extension() != ".ptx") continue;
     const jit::CacheRead r = jit::decode_entry(digest_of_hex(p.stem().string()), read_bytes(p));
     CHECK(r.state == jit::EntryState::hit);
     ++n;
@@ -314,7 +315,7 @@ TEST_CASE("a cache entry round-trips, and every kind of damage reads as corrupt,
   CHECK(jit::decode_entry(digest("another key"), good).state == jit::EntryState::corrupt);
 }
 
-TEST_CASE("the disk cache publishes entries under <root>/jit/v<key schema>/<arch>/<xx>/<key>.cubin, leaving no temp file") {
+TEST_CASE("the disk cache publishes entries under <root>/jit/v<schema>/<arch>/<xx>/<key>.cubin (or .ptx), no temp file") {
   TempDir tmp;
   const jit::JitCache cache(tmp.path);
   const Digest key = digest("k");
@@ -322,7 +323,10 @@ TEST_CASE("the disk cache publishes entries under <root>/jit/v<key schema>/<arch
   const std::vector<uint8_t> payload(1000, 7);
   CHECK(cache.store("sm_90a", key, payload) == "");
   const fs::path p = cache.entry_path("sm_90a", key);
-  CHECK(p == tmp.path / "jit" / ("v" + std::to_string(jit::kKeySchema)) / "sm_90a" / to_hex(key).substr(0, 2) / (to_hex(key) + ".cubin"));
+  const fs::path dir = tmp.path / "jit" / ("v" + std::to_string(jit::kKeySchema)) / "sm_90a" / to_hex(key).substr(0, 2);
+  CHECK(p == dir / (to_hex(key) + ".cubin"));
+  CHECK(cache.entry_path("sm_90a", key, jit::Image::ptx) == dir / (to_hex(key) + ".ptx"));
+  CHECK(cache.load("sm_90a", key, jit::Image::ptx).state == jit::EntryState::absent);
   CHECK(fs::exists(p));
   const jit::CacheRead r = cache.load("sm_90a", key);
   CHECK(r.state == jit::EntryState::hit);
@@ -891,25 +895,15 @@ TEST_CASE("MOEQ_CU_CHECK carries file:line and the failing call") {
 
 // --------------------------------------------------------------------------- on a GPU
 
-TEST_CASE("on a GPU: the fp8 dot kernel, compiled for the device's arch, loads, runs and matches the CPU") {
-  if (skip_without_nvrtc() || skip_without_driver()) return;
-  REQUIRE(cuda::device_count() > 0);
-  const cuda::DeviceProperties props = cuda::device_properties(0);
-  const std::string arch = jit::arch_for(props.sm_major, props.sm_minor);
-  MESSAGE("device 0: " << props.name << ", " << arch << ", " << props.multiprocessors << " SMs");
-  TempDir tmp;
-  jit::JitService service(config_in(tmp.path));
-  const jit::Kernel k = service.compile(dot_request(arch));
-  CHECK(cubin_sm(*k.cubin) == props.sm_major * 10 + props.sm_minor);
+namespace {
 
+// Runs the loaded fp8_dot kernel (one block of 256) over n fixed fp8 pairs on device 0 (whose
+// primary context Module::load made current); `expected` gets the CPU's dot product, `ms` the
+// kernel's time. Returns the device's answer.
+float run_fp8_dot(cuda::CUfunction fn, int n, double& expected, float* ms = nullptr) {
   const cuda::DriverApi& d = cuda::require();
-  cuda::Module module = cuda::Module::load(0, *k.cubin);
-  cuda::CUfunction fn = module.function("fp8_dot");
-  CHECK_THROWS_WITH_AS(module.function("no_such_kernel"), doctest::Contains("no_such_kernel"), Error);
-
-  constexpr int n = 1000;
   std::vector<uint8_t> a(n), b(n);
-  double expected = 0;
+  expected = 0;
   for (int i = 0; i < n; ++i) {
     a[i] = float_to_fp8_e4m3(0.25f * static_cast<float>((i % 13) - 6));
     b[i] = float_to_fp8_e4m3(i % 2 ? 1.5f : -0.5f);
@@ -934,16 +928,38 @@ TEST_CASE("on a GPU: the fp8 dot kernel, compiled for the device's arch, loads, 
   float out = 0;
   MOEQ_CU_CHECK(d.cuMemcpyDtoHAsync_v2(&out, dout, sizeof(float), stream));
   MOEQ_CU_CHECK(d.cuStreamSynchronize(stream));
-  float ms = 0;
-  MOEQ_CU_CHECK(d.cuEventElapsedTime(&ms, start, stop));
-  CHECK(out == doctest::Approx(expected).epsilon(1e-5));
-  MESSAGE("fp8_dot: " << out << " (expected " << expected << "), " << ms * 1000 << " us");
+  if (ms != nullptr) MOEQ_CU_CHECK(d.cuEventElapsedTime(ms, start, stop));
   d.cuEventDestroy_v2(start);
   d.cuEventDestroy_v2(stop);
   d.cuMemFree_v2(da);
   d.cuMemFree_v2(db);
   d.cuMemFree_v2(dout);
   d.cuStreamDestroy_v2(stream);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("on a GPU: the fp8 dot kernel, compiled for the device's arch, loads, runs and matches the CPU") {
+  if (skip_without_nvrtc() || skip_without_driver()) return;
+  REQUIRE(cuda::device_count() > 0);
+  const cuda::DeviceProperties props = cuda::device_properties(0);
+  const std::string arch = jit::arch_for(props.sm_major, props.sm_minor);
+  MESSAGE("device 0: " << props.name << ", " << arch << ", " << props.multiprocessors << " SMs");
+  TempDir tmp;
+  jit::JitService service(config_in(tmp.path));
+  const jit::Kernel k = service.compile(dot_request(arch));
+  CHECK(cubin_sm(*k.cubin) == props.sm_major * 10 + props.sm_minor);
+
+  cuda::Module module = cuda::Module::load(0, *k.cubin);
+  cuda::CUfunction fn = module.function("fp8_dot");
+  CHECK_THROWS_WITH_AS(module.function("no_such_kernel"), doctest::Contains("no_such_kernel"), Error);
+
+  double expected = 0;
+  float ms = 0;
+  const float out = run_fp8_dot(fn, 1000, expected, &ms);
+  CHECK(out == doctest::Approx(expected).epsilon(1e-5));
+  MESSAGE("fp8_dot: " << out << " (expected " << expected << "), " << ms * 1000 << " us");
 }
 
 // ------------------------------------------------------------------------ PTX as a source kind
@@ -1127,61 +1143,220 @@ TEST_CASE("jit_compile takes PTX through the ABI flag, compile-only without a GP
   CHECK(msg.find("a PTX module takes no headers, found 1") != std::string::npos);
 }
 
-// The Triton example's committed PTX (examples/triton_plugin) compiles for every arch we ship
-// for, and its metadata says what the SDK's launcher needs.
-TEST_CASE("the Triton example's PTX compiles for sm_80, sm_89 and sm_90a and its metadata parses") {
-  if (skip_without_ptx_compiler()) return;
-  const fs::path dir = fs::path(MOEQ_TEST_FIXTURE_DIR).parent_path().parent_path() / "examples" / "triton_plugin" / "kernels";
-  jit::JitService jit(jit::Config{});
-  for (const char* kernel : {"moe_gate_up", "moe_down"}) {
-    CAPTURE(kernel);
-    std::ifstream in(dir / (std::string(kernel) + ".ptx"));
-    const std::string ptx{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-    REQUIRE(ptx.find(".entry " + std::string(kernel)) != std::string::npos);
-    std::ifstream min(dir / (std::string(kernel) + ".json"));
-    const std::string meta{std::istreambuf_iterator<char>(min), std::istreambuf_iterator<char>()};
-    const sdk::triton::Metadata m = sdk::triton::parse_metadata(meta, std::string(kernel) + ".json");
-    CHECK(m.name == kernel);
-    CHECK(m.num_warps == 4);
-    CHECK(m.scratch_args == 2);  // Triton 3.5+: global and profile scratch pointers appended
-    // The entry takes the kernel's arguments (gate_up 11, down 12) and the 2 scratch pointers.
-    const size_t entry = ptx.find(".entry " + std::string(kernel));
-    const std::string params = ptx.substr(entry, ptx.find(')', entry) - entry);
-    size_t count = 0;
-    for (size_t at = params.find(".param"); at != std::string::npos; at = params.find(".param", at + 1)) ++count;
-    CHECK(count == (std::string(kernel) == "moe_gate_up" ? 11u : 12u) + 2u);
-    for (const char* arch : {"sm_80", "sm_89", "sm_90a"}) {
-      CAPTURE(arch);
-      jit::Request r = ptx_request(arch, ptx);
-      r.name = kernel;
-      const jit::Kernel k = jit.compile(r);
-      CHECK(cubin_sm(*k.cubin) == std::stoi(std::string(arch).substr(3, 2)));
-      CHECK(contains(*k.cubin, kernel));
-    }
-  }
+// ------------------------------------------------------- forward compatibility: PTX fallback
+
+namespace {
+
+// The newest compute capability this NVRTC emits a CUBIN for, as NVRTC itself lists them.
+int newest_nvrtc_arch() {
+  const std::vector<int> archs = jit::nvrtc_supported_archs();
+  REQUIRE_FALSE(archs.empty());
+  CHECK(std::is_sorted(archs.begin(), archs.end()));
+  return archs.back();
 }
 
-TEST_CASE("Triton metadata the launcher cannot honour is refused, naming the file and the field") {
-  const std::string good = R"({"name": "k", "num_warps": 4, "num_ctas": 1, "shared": 512, "global_scratch_size": 0,
-                               "profile_scratch_size": 0, "triton_version": "3.9.0"})";
-  const sdk::triton::Metadata m = sdk::triton::parse_metadata(good, "k.json");
-  CHECK(m.shared == 512);
-  CHECK(m.scratch_args == 2);
-  auto error = [](const std::string& json) {
-    try {
-      sdk::triton::parse_metadata(json, "k.json");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    FAIL("accepted " << json);
-    return std::string();
-  };
-  CHECK(error("{\"num_warps\": 4, \"shared\": 0}").find("k.json: Triton metadata has no 'name'") != std::string::npos);
-  CHECK(error("{\"name\": \"k\", \"num_warps\": \"4\", \"shared\": 0}").find("'num_warps' must be an integer") !=
-        std::string::npos);
-  CHECK(error("{\"name\": \"k\", \"num_warps\": 4, \"shared\": 0, \"num_ctas\": 2}").find("2 CTAs a cluster") !=
-        std::string::npos);
-  CHECK(error("{\"name\": \"k\", \"num_warps\": 4, \"shared\": 0, \"global_scratch_size\": 64}")
-            .find("needs 64 bytes of global scratch") != std::string::npos);
-  CHECK(error("not json").find("k.json: Triton metadata is not JSON") != std::string::npos);
+std::string text_of(const std::vector<uint8_t>& image) {
+  REQUIRE_FALSE(image.empty());
+  CHECK(image.back() == 0);  // NUL-terminated, as cuModuleLoadData reads PTX
+  return std::string(image.begin(), image.end() - 1);
+}
+
+// Log lines of the scope, restoring the previous sink at its end.
+struct CapturedLog {
+  std::vector<std::string> warnings;
+  std::mutex mutex;
+  host::LogSink previous;
+  CapturedLog() {
+    previous = host::set_log_sink([this](moeq_log_level level, const std::string& source, const std::string& m) {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (level == MOEQ_LOG_LEVEL_WARNING) warnings.push_back(source + ": " + m);
+    });
+  }
+  ~CapturedLog() { host::set_log_sink(previous); }
+};
+
+}  // namespace
+
+TEST_CASE("an arch newer than NVRTC knows gets PTX for NVRTC's newest virtual arch, the driver compiles it at load") {
+  if (skip_without_nvrtc()) return;
+  const int newest = newest_nvrtc_arch();
+  const std::string future = "sm_" + std::to_string(newest + 10);  // "sm_131" with NVRTC 13.0
+  const std::string compute = "compute_" + std::to_string(newest);
+  MESSAGE("NVRTC " << jit::compiler_version() << ": newest sm_" << newest << ", asking for " << future);
+
+  // The target: PTX for the plain compute_<newest> (no 'a'/'f', whatever the request says);
+  // a known arch stays itself, and so does one older than NVRTC's oldest (NVRTC says no).
+  CHECK(jit::nvrtc_target(future).name == compute);
+  CHECK(jit::nvrtc_target(future).image == jit::Image::ptx);
+  CHECK(jit::nvrtc_target(future + "a").name == compute);
+  CHECK(jit::nvrtc_target("sm_" + std::to_string(newest * 10) + "f").image == jit::Image::ptx);
+  CHECK(jit::nvrtc_target("sm_90a").name == "sm_90a");
+  CHECK(jit::nvrtc_target("sm_90a").image == jit::Image::cubin);
+  CHECK(jit::nvrtc_target("sm_" + std::to_string(newest)).image == jit::Image::cubin);
+  CHECK(jit::nvrtc_target("sm_35").image == jit::Image::cubin);
+
+  TempDir tmp;
+  std::vector<uint8_t> first;
+  std::string key;
+  {
+    CapturedLog log;
+    jit::JitService service(config_in(tmp.path));
+    const jit::Request r = dot_request(future);
+    const std::vector<std::string> opts = service.options(r);
+    CHECK(opts.front() == "--gpu-architecture=" + compute);
+    const jit::Kernel k = service.compile(r);
+    CHECK(k.origin == jit::Origin::compiled);
+    CHECK(k.image == jit::Image::ptx);
+    CHECK(std::string(jit::image_name(k.image)) == "ptx");
+    CHECK(k.arch == future);
+    CHECK(k.target == compute);
+    const std::string ptx = text_of(*k.cubin);
+    CHECK(std::memcmp(k.cubin->data(), "\x7f" "ELF", 4) != 0);
+    CHECK(ptx.find("\n.version ") != std::string::npos);
+    CHECK(ptx.find("\n.target sm_" + std::to_string(newest) + "\n") != std::string::npos);
+    CHECK(ptx.find(".entry fp8_dot(") != std::string::npos);
+    // One warning, naming the kernel set, the requested arch, the PTX target and the driver.
+    REQUIRE(log.warnings.size() == 1);
+    const std::string& w = log.warnings[0];
+    CAPTURE(w);
+    CHECK(w.find("'fp8_dot'") != std::string::npos);
+    CHECK(w.find(future + " is newer than this NVRTC") != std::string::npos);
+    CHECK(w.find("PTX for " + compute) != std::string::npos);
+    CHECK(w.find("the CUDA driver compiles") != std::string::npos);
+    // The same request again in this process: memory, no second warning.
+    const jit::Kernel again = service.compile(r);
+    CHECK(again.origin == jit::Origin::memory);
+    CHECK(again.image == jit::Image::ptx);
+    CHECK(log.warnings.size() == 1);
+    first = *k.cubin;
+    key = k.key;
+  }
+  // On disk as a .ptx entry under the request's arch and key, never as a .cubin.
+  const jit::JitCache cache(tmp.path);
+  const fs::path entry = cache.entry_path(future, digest_of_hex(key), jit::Image::ptx);
+  CHECK(entry.extension() == ".ptx");
+  CHECK(fs::exists(entry));
+  CHECK_FALSE(fs::exists(cache.entry_path(future, digest_of_hex(key))));
+  CHECK(jit::decode_entry(digest_of_hex(key), read_bytes(entry)).payload == first);
+
+  // A new service reads it back as PTX (and warns again: a new process would).
+  CapturedLog log;
+  jit::JitService fresh(config_in(tmp.path));
+  const jit::Kernel c = fresh.compile(dot_request(future));
+  CHECK(c.origin == jit::Origin::disk_cache);
+  CHECK(c.image == jit::Image::ptx);
+  CHECK(c.target == compute);
+  CHECK(*c.cubin == first);
+  CHECK(fresh.stats().compiled == 0);
+  CHECK(log.warnings.size() == 1);
+
+  // An ordinary arch beside it is still a CUBIN of its own arch, under another key.
+  const jit::Kernel normal = fresh.compile(dot_request("sm_89"));
+  CHECK(normal.image == jit::Image::cubin);
+  CHECK(normal.target == "sm_89");
+  CHECK(cubin_sm(*normal.cubin) == 89);
+  CHECK(normal.key != c.key);
+  CHECK(log.warnings.size() == 1);
+}
+
+TEST_CASE("a PTX fallback entry and a CUBIN entry are never taken for each other") {
+  if (skip_without_nvrtc()) return;
+  const std::string future = "sm_" + std::to_string(newest_nvrtc_arch() + 10);
+  TempDir tmp;
+  std::string key;
+  {
+    CapturedLog quiet;
+    jit::JitService service(config_in(tmp.path));
+    key = service.compile(dot_request(future)).key;
+  }
+  // A CUBIN planted in the PTX entry (a valid entry of the right key) is rebuilt, not served.
+  jit::JitService cubins(config_in(tmp.path / "other"));
+  const jit::Kernel elf = cubins.compile(dot_request("sm_80"));
+  const jit::JitCache cache(tmp.path);
+  REQUIRE(cache.store(future, digest_of_hex(key), *elf.cubin, jit::Image::ptx) == "");
+  CapturedLog log;
+  jit::JitService fresh(config_in(tmp.path));
+  const jit::Kernel k = fresh.compile(dot_request(future));
+  CHECK(k.origin == jit::Origin::compiled);
+  CHECK(k.image == jit::Image::ptx);
+  CHECK(text_of(*k.cubin).find(".target sm_") != std::string::npos);
+  CHECK(fresh.stats().corrupt_entries == 1);
+  bool said = false;
+  for (const auto& w : log.warnings) said = said || w.find("holds an ELF image, expected PTX") != std::string::npos;
+  CHECK(said);
+}
+
+TEST_CASE("jit_compile says image_kind 1 for the PTX fallback, 0 for a CUBIN, and leaves an older struct alone") {
+  if (skip_without_nvrtc()) return;
+  const std::string future = "sm_" + std::to_string(newest_nvrtc_arch() + 10);
+  CapturedLog quiet;
+  moeq_jit_compile_args a{};
+  a.struct_size = sizeof a;
+  a.name = "abi_future";
+  a.source = "extern \"C\" __global__ void twice(float* x) { x[threadIdx.x] *= 2.0f; }";
+  a.arch = future.c_str();
+  a.plugin_name = "test";
+  a.plugin_version = "0.1.0";
+  a.device = {kDLCPU, 0};
+  a.flags = MOEQ_JIT_COMPILE_ONLY;
+  a.image_kind = 7;
+  host::throw_if_error(host::api()->jit_compile(&a), "jit_compile for a future arch");
+  CHECK(a.image_kind == MOEQ_JIT_IMAGE_PTX);
+  REQUIRE(a.cubin != nullptr);
+  const auto* b = static_cast<const uint8_t*>(a.cubin);
+  const std::string ptx = text_of(std::vector<uint8_t>(b, b + a.cubin_size));
+  CHECK(std::memcmp(b, "\x7f" "ELF", 4) != 0);
+  CHECK(ptx.find(".version ") != std::string::npos);
+  CHECK(ptx.find(".target sm_" + std::to_string(newest_nvrtc_arch())) != std::string::npos);
+  CHECK(ptx.find(".entry twice(") != std::string::npos);
+  CHECK(a.module == nullptr);
+
+  a.arch = "sm_80";
+  a.image_kind = 7;
+  host::throw_if_error(host::api()->jit_compile(&a), "jit_compile for sm_80");
+  CHECK(a.image_kind == MOEQ_JIT_IMAGE_CUBIN);
+  CHECK(cubin_sm(std::vector<uint8_t>(static_cast<const uint8_t*>(a.cubin),
+                                      static_cast<const uint8_t*>(a.cubin) + a.cubin_size)) == 80);
+
+  // A caller built before image_kind (struct_size up to cubin_size) gets the PTX, and the bytes
+  // past its struct are not written.
+  a.struct_size = MOEQ_STRUCT_SIZE(moeq_jit_compile_args, cubin_size);
+  a.arch = future.c_str();
+  a.image_kind = 7;
+  host::throw_if_error(host::api()->jit_compile(&a), "jit_compile with a 1.0 struct_size");
+  CHECK(a.image_kind == 7);
+  CHECK(std::memcmp(a.cubin, "\x7f" "ELF", 4) != 0);
+}
+
+TEST_CASE("on a GPU: the PTX fallback image, NUL-terminated as cached, loads through the driver's JIT and runs") {
+  if (skip_without_nvrtc() || skip_without_driver()) return;
+  REQUIRE(cuda::device_count() > 0);
+  const cuda::DeviceProperties props = cuda::device_properties(0);
+  const int sm = props.sm_major * 10 + props.sm_minor;
+  if (sm < 89) {
+    MESSAGE("skipped: the fp8 dot kernel needs sm_89 or newer, device 0 is sm_" << sm);
+    return;
+  }
+  const int newest = newest_nvrtc_arch();
+  TempDir tmp;
+  CapturedLog quiet;
+  jit::JitService service(config_in(tmp.path));
+  const jit::Kernel k = service.compile(dot_request("sm_" + std::to_string(newest + 10)));
+  REQUIRE(k.image == jit::Image::ptx);
+  // No device here is newer than this NVRTC, so the PTX's .target (NVRTC's newest) is retargeted
+  // to the device: what is tested is that the image as the JIT hands it out (text with its NUL)
+  // is one cuModuleLoadData compiles and loads.
+  std::string ptx = text_of(*k.cubin);
+  const std::string from = "\n.target sm_" + std::to_string(newest) + "\n";
+  const size_t at = ptx.find(from);
+  REQUIRE(at != std::string::npos);
+  ptx.replace(at, from.size(), "\n.target sm_" + std::to_string(sm) + "\n");
+  std::vector<uint8_t> image(ptx.begin(), ptx.end());
+  image.push_back(0);
+  cuda::Module module = cuda::Module::load(0, image);
+  cuda::CUfunction fn = module.function("fp8_dot");
+  double expected = 0;
+  const float out = run_fp8_dot(fn, 512, expected);
+  CHECK(out == doctest::Approx(expected).epsilon(1e-5));
+  MESSAGE("fp8_dot from PTX (" << k.target << " retargeted to sm_" << sm << "): " << out << ", expected " << expected);
 }

@@ -195,6 +195,10 @@ typedef struct moeq_param_fill_args {
                                     (check host->abi_minor >= 2); a 1.2 host refuses flags it
                                     does not know. */
 
+/* Values of moeq_jit_compile_args.image_kind (since 1.2). */
+#define MOEQ_JIT_IMAGE_CUBIN 0 /* a CUBIN for the exact arch */
+#define MOEQ_JIT_IMAGE_PTX 1   /* PTX, the forward-compatible fallback (see jit_compile) */
+
 /* Compile CUDA source with NVRTC to a CUBIN for one exact architecture, through the host's
  * on-disk cache, and load it into the primary context of `device`. The host adds
  * `--gpu-architecture=<arch> -std=c++17 -default-device` and the toolkit's include
@@ -206,8 +210,14 @@ typedef struct moeq_param_fill_args {
  * when a module is wanted (or `arch` is NULL) and there is no CUDA driver; UNIMPLEMENTED
  * from a host built without NVRTC. Inputs are read during the call only. Any thread; calls
  * may run concurrently (identical requests compile once).
+ * Forward compatibility: when the arch is newer than the newest the host's NVRTC can build a
+ * CUBIN for (a device released after the toolkit), the source is compiled instead to PTX for
+ * the newest plain virtual arch NVRTC knows (compute_XX); the CUDA driver compiles that PTX for
+ * the device when it loads the module. The host logs a warning naming the kernel set, and
+ * `image_kind` says MOEQ_JIT_IMAGE_PTX. Never for a MOEQ_JIT_SOURCE_PTX module.
  * Fields from `header_names` on were appended before 1.0 was released; a 1.0 caller sets
- * struct_size to cover `cubin_size`. */
+ * struct_size to cover `cubin_size`. `image_kind` was appended in 1.2: the host writes it only
+ * when struct_size covers it. */
 typedef struct moeq_jit_compile_args {
   size_t struct_size;
   const char* name;            /* kernel set name, for the cache and messages */
@@ -225,11 +235,14 @@ typedef struct moeq_jit_compile_args {
   DLDevice device;             /* kDLCUDA device to load the module on */
   uint32_t flags;              /* MOEQ_JIT_* */
   int32_t cache_hit;           /* out: 1 if no compile ran (disk cache or this process) */
-  const void* cubin;           /* out: the CUBIN (ELF) image, host-owned, valid for the life of
-                                  the process */
-  size_t cubin_size;           /* out */
+  const void* cubin;           /* out: the CUBIN (ELF) image, or on a device newer than the host's
+                                  NVRTC the PTX the driver compiled at load (NUL-terminated
+                                  text; see image_kind); host-owned, valid for the life of the
+                                  process */
+  size_t cubin_size;           /* out: bytes of `cubin` (for PTX, counting its NUL) */
+  int32_t image_kind;          /* out, since 1.2: 0 CUBIN, 1 PTX (forward-compatible fallback) */
 } moeq_jit_compile_args;
-/* LP64 size: 128 */
+/* LP64 size: 136 (MOEQ_STRUCT_SIZE up to image_kind: 132; up to cubin_size: 128) */
 
 /* Create a method of another plugin by name (delegation). The caller owns the returned
  * method and destroys it with `api->method_destroy`; `api` is the other plugin's table, valid

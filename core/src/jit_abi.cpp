@@ -1,5 +1,6 @@
 // The host table's jit_compile slot: an ABI request becomes a jit::Request, is compiled
-// through the process' JitService, and its CUBIN is loaded once per device.
+// through the process' JitService, and its image (a CUBIN, or the PTX fallback the driver
+// compiles) is loaded once per device.
 #include <moeq/cuda_driver.hpp>
 #include <moeq/error.hpp>
 #include <moeq/jit.hpp>
@@ -28,10 +29,13 @@ void* loaded_module(const Kernel& k, int device) {
 }  // namespace
 
 void serve_abi_request(moeq_jit_compile_args& a) {
+  // NOTE: a caller built against an older abi.h has no image_kind: its struct ends before it.
+  const bool has_image_kind = a.struct_size >= MOEQ_STRUCT_SIZE(moeq_jit_compile_args, image_kind);
   a.module = nullptr;
   a.cache_hit = 0;
   a.cubin = nullptr;
   a.cubin_size = 0;
+  if (has_image_kind) a.image_kind = MOEQ_JIT_IMAGE_CUBIN;
   const std::string who = "jit_compile '" + text(a.name) + "'";
   if (a.source == nullptr) fail(who + ": NULL source");
   if (a.num_options > 0 && a.options == nullptr) fail(who + ": NULL options with num_options > 0");
@@ -78,6 +82,7 @@ void serve_abi_request(moeq_jit_compile_args& a) {
   a.cache_hit = k.origin == Origin::compiled ? 0 : 1;
   a.cubin = k.cubin->data();
   a.cubin_size = k.cubin->size();
+  if (has_image_kind) a.image_kind = k.image == Image::ptx ? MOEQ_JIT_IMAGE_PTX : MOEQ_JIT_IMAGE_CUBIN;
 }
 
 }  // namespace moeq::jit

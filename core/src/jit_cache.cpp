@@ -145,14 +145,15 @@ std::string JitCache::chain_problem(const std::filesystem::path& dir) const {
   return {};
 }
 
-std::filesystem::path JitCache::entry_path(const std::string& arch, const Digest& key) const {
+std::filesystem::path JitCache::entry_path(const std::string& arch, const Digest& key, Image image) const {
   const std::string hex = to_hex(key);
-  return root_ / "jit" / ("v" + std::to_string(kKeySchema)) / arch / hex.substr(0, 2) / (hex + ".cubin");
+  return root_ / "jit" / ("v" + std::to_string(kKeySchema)) / arch / hex.substr(0, 2) /
+         (hex + (image == Image::ptx ? ".ptx" : ".cubin"));
 }
 
-CacheRead JitCache::load(const std::string& arch, const Digest& key) const {
+CacheRead JitCache::load(const std::string& arch, const Digest& key, Image image) const {
   CacheRead r;
-  const std::string path = entry_path(arch, key).string();
+  const std::string path = entry_path(arch, key, image).string();
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) {
     if (errno == ELOOP) {
@@ -199,8 +200,9 @@ CacheRead JitCache::load(const std::string& arch, const Digest& key) const {
   return r;
 }
 
-std::string JitCache::store(const std::string& arch, const Digest& key, std::span<const uint8_t> payload) const {
-  const std::filesystem::path final_path = entry_path(arch, key);
+std::string JitCache::store(const std::string& arch, const Digest& key, std::span<const uint8_t> payload,
+                            Image image) const {
+  const std::filesystem::path final_path = entry_path(arch, key, image);
   const std::filesystem::path dir = final_path.parent_path();
   if (std::string why = trust_problem(); !why.empty()) return why;
   // One directory at a time with an explicit mode (create_directories would take 0777 less

@@ -2,6 +2,7 @@
 #include <moeq/error.hpp>
 #include <moeq/jit_compiler.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -38,6 +39,24 @@ bool has_std_option(const std::vector<std::string>& options) {
 }  // namespace
 
 bool compiler_available() { return MOEQ_HAVE_NVRTC != 0; }
+
+const char* image_name(Image image) { return image == Image::ptx ? "ptx" : "cubin"; }
+
+std::vector<int> nvrtc_supported_archs() {
+#if MOEQ_HAVE_NVRTC
+  static const std::vector<int> archs = [] {
+    int n = 0;
+    MOEQ_NVRTC_CHECK(nvrtcGetNumSupportedArchs(&n));
+    std::vector<int> v(static_cast<size_t>(std::max(n, 0)));
+    if (n > 0) MOEQ_NVRTC_CHECK(nvrtcGetSupportedArchs(v.data()));
+    std::sort(v.begin(), v.end());
+    return v;
+  }();
+  return archs;
+#else
+  return {};
+#endif
+}
 
 std::string compiler_version() {
 #if MOEQ_HAVE_NVRTC
@@ -88,10 +107,24 @@ void check_arch(const std::string& arch) {
     fail("jit: arch must name a real GPU architecture such as sm_90a, sm_89 or sm_80; found '" + arch + "'");
 }
 
+Target nvrtc_target(const std::string& arch) {
+  check_arch(arch);
+  const std::vector<int> supported = nvrtc_supported_archs();
+  size_t end = 3;
+  while (end < arch.size() && arch[end] >= '0' && arch[end] <= '9') ++end;
+  // NOTE: more digits than an int holds is still "newer than anything NVRTC knows".
+  const std::string digits = arch.substr(3, end - 3);
+  const bool newer = !supported.empty() && (digits.size() > 6 || std::stoi(digits) > supported.back());
+  // NOTE: PTX for compute_XX runs on every device of compute capability XX or above; the 'a'
+  // and 'f' variants would tie it to one arch (or family) that the device is not, so the
+  // fallback is always the plain virtual arch.
+  if (newer) return {"compute_" + std::to_string(supported.back()), Image::ptx};
+  return {arch, Image::cubin};
+}
+
 std::vector<std::string> compile_options(const Request& request, const std::vector<std::string>& include_dirs) {
-  check_arch(request.arch);
   std::vector<std::string> opts;
-  opts.push_back("--gpu-architecture=" + request.arch);
+  opts.push_back("--gpu-architecture=" + nvrtc_target(request.arch).name);
   if (!has_std_option(request.options)) opts.push_back("-std=c++17");
   opts.push_back("-default-device");
   for (const auto& d : include_dirs) opts.push_back("-I" + d);
@@ -146,6 +179,9 @@ std::string joined(const std::vector<std::string>& options) {
 
 CompileOutput nvrtc_compile(const Request& request, const std::vector<std::string>& options) {
   const auto t0 = std::chrono::steady_clock::now();
+  const Target target = nvrtc_target(request.arch);
+  const std::string what =
+      target.image == Image::ptx ? request.arch + " (as PTX for " + target.name + ")" : request.arch;
   Program prog(request);
   std::vector<const char*> argv;
   for (const auto& o : options) argv.push_back(o.c_str());
@@ -156,10 +192,22 @@ CompileOutput nvrtc_compile(const Request& request, const std::vector<std::strin
     std::string who = "jit: kernel set '" + request.name + "'";
     if (!request.plugin_name.empty()) who += " of plugin " + request.plugin_name + " " + request.plugin_version;
     fail(r == NVRTC_ERROR_COMPILATION ? MOEQ_STATUS_CODE_INVALID_ARGUMENT : MOEQ_STATUS_CODE_INTERNAL,
-         who + " failed to compile for " + request.arch + " (" + nvrtcGetErrorString(r) + "):\n" +
+         who + " failed to compile for " + what + " (" + nvrtcGetErrorString(r) + "):\n" +
              (out.log.empty() ? "(NVRTC wrote no log)" : out.log) + "\noptions: " + joined(options));
   }
   size_t size = 0;
+  if (target.image == Image::ptx) {
+    // NOTE: the size counts the terminating NUL, which stays: cuModuleLoadData reads PTX as a
+    // NUL-terminated string.
+    MOEQ_NVRTC_CHECK(nvrtcGetPTXSize(prog.get(), &size));
+    if (size <= 1)
+      fail(MOEQ_STATUS_CODE_INTERNAL, "jit: NVRTC produced no PTX for '" + request.name + "' (" + what + ")");
+    out.cubin.resize(size);
+    MOEQ_NVRTC_CHECK(nvrtcGetPTX(prog.get(), reinterpret_cast<char*>(out.cubin.data())));
+    out.image = Image::ptx;
+    out.milliseconds = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  }
   MOEQ_NVRTC_CHECK(nvrtcGetCUBINSize(prog.get(), &size));
   if (size == 0)
     fail(MOEQ_STATUS_CODE_INTERNAL, "jit: NVRTC produced no CUBIN for '" + request.name + "' (" + request.arch +

@@ -22,6 +22,7 @@ namespace {
 
 struct Built {
   std::shared_ptr<const std::vector<uint8_t>> cubin;
+  Image image = Image::cubin;
   Origin origin = Origin::compiled;
   double milliseconds = 0;
   std::string log;
@@ -29,6 +30,22 @@ struct Built {
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// What a request is built into: a PTX module always into a CUBIN for its arch (nvJitLink); CUDA
+// C++ into what nvrtc_target() says (a CUBIN, or the PTX fallback for an arch newer than NVRTC).
+Target target_of(const Request& r) {
+  return r.kind == SourceKind::ptx ? Target{r.arch, Image::cubin} : nvrtc_target(r.arch);
+}
+
+// Empty when a cache entry's payload is an image of the kind its request builds, else why not.
+// (The key already differs between the two, and so does the file name: this is the last check.)
+std::string image_problem(Image image, const std::vector<uint8_t>& p) {
+  const bool elf = p.size() >= 4 && p[0] == 0x7f && p[1] == 'E' && p[2] == 'L' && p[3] == 'F';
+  if (image == Image::cubin) return elf ? "" : "holds no ELF image (CUBIN)";
+  if (elf) return "holds an ELF image, expected PTX";
+  if (p.empty() || p.back() != 0) return "holds no NUL-terminated PTX";
+  return "";
 }
 
 unsigned default_threads() {
@@ -140,6 +157,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
   std::vector<Digest> digests(n);
   std::vector<moeq_status_code> codes(n, MOEQ_STATUS_CODE_OK);
   std::vector<std::vector<std::string>> opts(n);
+  std::vector<Target> targets(n);
   auto record = [&](size_t i, const std::exception& e) {
     const auto* me = dynamic_cast<const Error*>(&e);
     codes[i] = me ? me->code() : MOEQ_STATUS_CODE_INTERNAL;
@@ -150,6 +168,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
   for (size_t i = 0; i < n; ++i) {
     try {
       opts[i] = options(requests[i]);
+      targets[i] = target_of(requests[i]);
       digests[i] = key_of(requests[i], opts[i], s.compiler, s.scanner);
       keys[i] = to_hex(digests[i]);
     } catch (const std::exception& e) {
@@ -182,12 +201,32 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
     const Request& r = requests[i];
     const auto t0 = std::chrono::steady_clock::now();
     const Digest& digest = digests[i];
+    const Target& target = targets[i];
+    // NOTE: said once per kernel set and process (only the request that claimed the key gets
+    // here), whether the PTX was compiled now or read from the cache.
+    auto say_fallback = [&] {
+      if (target.image != Image::ptx) return;
+      const std::vector<int> archs = nvrtc_supported_archs();
+      const std::string newest = archs.empty() ? std::string("?") : std::to_string(archs.back());
+      host::log(MOEQ_LOG_LEVEL_WARNING, "jit",
+                "kernel set '" + r.name + "'" + (r.plugin_name.empty() ? "" : " of plugin " + r.plugin_name) + ": " +
+                    r.arch + " is newer than this NVRTC (" + s.compiler + ", newest sm_" + newest +
+                    ") can build a CUBIN for; using PTX for " + target.name +
+                    ", which the CUDA driver compiles for the device when it loads the module");
+    };
     try {
       if (s.cache) {
-        CacheRead hit = s.cache->load(r.arch, digest);
+        CacheRead hit = s.cache->load(r.arch, digest, target.image);
         if (hit.state == EntryState::hit) {
-          Built b{std::make_shared<const std::vector<uint8_t>>(std::move(hit.payload)), Origin::disk_cache,
-                  ms_since(t0), ""};
+          if (std::string why = image_problem(target.image, hit.payload); !why.empty()) {
+            hit.state = EntryState::corrupt;
+            hit.why = s.cache->entry_path(r.arch, digest, target.image).string() + ": " + why;
+          }
+        }
+        if (hit.state == EntryState::hit) {
+          Built b{std::make_shared<const std::vector<uint8_t>>(std::move(hit.payload)), target.image,
+                  Origin::disk_cache, ms_since(t0), ""};
+          say_fallback();
           std::lock_guard<std::mutex> lock(s.mutex);
           ++s.stats.disk_hits;
           promises[i].set_value(std::move(b));
@@ -205,9 +244,10 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
         }
       }
       CompileOutput out = r.kind == SourceKind::ptx ? ptx_compile(r, opts[i]) : nvrtc_compile(r, opts[i]);
-      std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin) : "";
-      Built b{std::make_shared<const std::vector<uint8_t>>(std::move(out.cubin)), Origin::compiled, out.milliseconds,
-              std::move(out.log)};
+      std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin, out.image) : "";
+      Built b{std::make_shared<const std::vector<uint8_t>>(std::move(out.cubin)), out.image, Origin::compiled,
+              out.milliseconds, std::move(out.log)};
+      say_fallback();
       std::lock_guard<std::mutex> lock(s.mutex);
       ++s.stats.compiled;
       s.stats.compile_ms += out.milliseconds;
@@ -240,6 +280,8 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
       k.arch = requests[i].arch;
       k.key = keys[i];
       k.cubin = b.cubin;
+      k.image = b.image;
+      k.target = targets[i].name;
       k.origin = claimed ? b.origin : Origin::memory;
       k.milliseconds = claimed ? b.milliseconds : 0;
       if (claimed) k.log = b.log;

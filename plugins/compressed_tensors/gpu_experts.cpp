@@ -170,7 +170,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   }
   std::vector<cu::Module> modules(sets.size(), nullptr);
   std::vector<std::string> errors(sets.size());
-  std::vector<int> hits(sets.size(), 0);
+  std::vector<int> hits(sets.size(), 0), ptx(sets.size(), 0);
   auto compile = [&](std::size_t i) {
     moeq_jit_compile_args j{};
     j.struct_size = sizeof(j);
@@ -191,6 +191,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
     }
     modules[i] = j.module;
     hits[i] = j.cache_hit;
+    ptx[i] = j.image_kind == MOEQ_JIT_IMAGE_PTX ? 1 : 0;  // stays 0 from a host that does not write it
   };
   {
     std::vector<std::thread> pool;
@@ -201,6 +202,7 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   for (const std::string& e : errors)
     if (!e.empty()) fail(MOEQ_STATUS_CODE_INTERNAL, where + e);
   cache_hits_ = std::accumulate(hits.begin(), hits.end(), 0);
+  ptx_sets_ = std::accumulate(ptx.begin(), ptx.end(), 0);
   cu::Module utility = repack ? modules.back() : nullptr;
   if (repack) modules.pop_back();
   runner_ = std::make_unique<gpu::MoeRunner>(*plan_, modules);
@@ -338,8 +340,9 @@ void GpuExperts::dequantize(int64_t le, float* w13, float* w2) const {
 std::string GpuExperts::describe() const {
   std::string b;
   for (const auto& bucket : plan_->buckets()) b += (b.empty() ? "" : ", ") + gpu::describe(bucket);
+  const std::string ptx = ptx_sets_ > 0 ? ", " + s(ptx_sets_) + " as PTX for the driver (device newer than NVRTC)" : "";
   return "cuda:" + s(ordinal_) + (arch_.empty() ? "" : " " + arch_) + ", " + plan_->scheme().label() + ", " + s(int64_t(plan_->buckets().size())) +
-         " kernel sets (" + s(cache_hits_) + " from the JIT cache), up to " + s(plan_->max_tokens()) +
+         " kernel sets (" + s(cache_hits_) + " from the JIT cache" + ptx + "), up to " + s(plan_->max_tokens()) +
          " tokens a pass, workspace " + s(static_cast<int64_t>(plan_->workspace_bytes() >> 10)) + " KiB; tiles " + b;
 }
 

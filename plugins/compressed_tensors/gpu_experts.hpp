@@ -58,6 +58,7 @@ class GpuExperts {
   mutable std::size_t fitted_bytes_ = ~std::size_t{0};
   mutable gpu::MoePlan::Workspace fitted_{};
   int cache_hits_ = 0;
+  int ptx_sets_ = 0;  // kernel sets the host gave as PTX (its NVRTC predates the device)
 };
 
 }  // namespace moeq::ct

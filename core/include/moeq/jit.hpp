@@ -36,11 +36,20 @@ struct Request {
 
 enum class Origin { compiled, disk_cache, memory };
 
+// What a kernel's image is. A CUBIN for the exact arch is the rule; PTX is the forward-compatible
+// fallback for an arch newer than the newest this NVRTC can emit a CUBIN for: the driver compiles
+// it for the device when cuModuleLoadData loads it (the PTX is NUL-terminated text).
+enum class Image { cubin, ptx };
+// "cubin" or "ptx".
+const char* image_name(Image image);
+
 struct Kernel {
   std::string name;
   std::string arch;
   std::string key;                                  // 32 hex digits (XXH3-128)
-  std::shared_ptr<const std::vector<uint8_t>> cubin;  // an ELF image, shared and immutable
+  std::shared_ptr<const std::vector<uint8_t>> cubin;  // the image (see `image`), shared and immutable
+  Image image = Image::cubin;  // cubin: an ELF image for `arch`; ptx: the fallback, PTX for `target`
+  std::string target;          // what was compiled for: `arch`, or for PTX "compute_121"
   Origin origin = Origin::compiled;
   double milliseconds = 0;  // compile (or cache read) time of this kernel
   std::string log;          // NVRTC's log when compiled (warnings), else empty

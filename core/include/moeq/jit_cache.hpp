@@ -1,7 +1,7 @@
 // The JIT's on-disk cache: one file per entry at
-//   <root>/jit/v<schema>/<arch>/<key[0:2]>/<key>.cubin
+//   <root>/jit/v<schema>/<arch>/<key[0:2]>/<key>.cubin   (<key>.ptx for the PTX fallback)
 // holding a fixed header (magic, format version, key, payload size, payload XXH3-128) and
-// then the CUBIN. Entries are published whole (temp file, fsync, rename) and checked whole on
+// then the CUBIN (or PTX). Entries are published whole (temp file, fsync, rename) and checked whole on
 // read, so several processes may fill one cache at once and a damaged entry is only a miss.
 // A CUBIN is code that runs on the GPU with the user's rights, so the cache is held to the
 // rules of a plugin directory (file_trust.hpp, docs/DESIGN.md §5): an entry under a directory
@@ -9,6 +9,7 @@
 // is written there.
 #pragma once
 #include <moeq/digest.hpp>
+#include <moeq/jit.hpp>
 
 #include <cstdint>
 #include <filesystem>
@@ -47,16 +48,18 @@ class JitCache {
   // and every directory above it pass the ownership rules, else the one-line reason.
   std::string trust_problem() const;
   // `arch` must already be a checked arch name (it becomes a path component).
-  std::filesystem::path entry_path(const std::string& arch, const Digest& key) const;
+  // The image kind names the file (.cubin, .ptx): an entry of one kind is never read as the other.
+  std::filesystem::path entry_path(const std::string& arch, const Digest& key, Image image = Image::cubin) const;
   // A missing, unreadable or invalid entry is a miss (absent or corrupt), never an error. An
   // entry that is a symlink, or that another user could have written (the file, a directory
   // from the root of the filesystem down to it), is untrusted and its bytes are not returned.
-  CacheRead load(const std::string& arch, const Digest& key) const;
+  CacheRead load(const std::string& arch, const Digest& key, Image image = Image::cubin) const;
   // Publishes an entry atomically, replacing any existing one. Returns "" on success or why
   // it could not (read-only dir, disk full, a directory another user could write); never
   // throws: a cache that cannot be written only costs a compile next time. Directories it
   // creates get mode 0755 less the umask, so no umask makes them writable by group or others.
-  std::string store(const std::string& arch, const Digest& key, std::span<const uint8_t> payload) const;
+  std::string store(const std::string& arch, const Digest& key, std::span<const uint8_t> payload,
+                    Image image = Image::cubin) const;
 
  private:
   // The directories from the root down to `dir` (below the root): each must pass as an

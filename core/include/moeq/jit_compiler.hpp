@@ -9,7 +9,8 @@
 namespace moeq::jit {
 
 struct CompileOutput {
-  std::vector<uint8_t> cubin;
+  std::vector<uint8_t> cubin;  // the image: a CUBIN, or NUL-terminated PTX text (image == ptx)
+  Image image = Image::cubin;
   std::string log;  // NVRTC's log (warnings), possibly empty
   double milliseconds = 0;
 };
@@ -18,12 +19,27 @@ struct CompileOutput {
 // for: "sm_<digits>" with an optional 'a' or 'f' suffix.
 void check_arch(const std::string& arch);
 
-// The options a request compiles with: --gpu-architecture, -std=c++17 (unless the caller
-// chose a standard), -default-device, -I for each include dir, then the caller's, in order.
+// The compute capabilities this NVRTC emits code for, as ints (75, 80, ..., 120, 121), ascending;
+// empty without NVRTC.
+std::vector<int> nvrtc_supported_archs();
+
+// What NVRTC builds for a (checked) arch.
+struct Target {
+  std::string name;            // the --gpu-architecture value: the arch, or "compute_121"
+  Image image = Image::cubin;
+};
+// The arch itself, for a CUBIN, unless it is newer than the newest arch this NVRTC supports
+// ("sm_200", "sm_130a"): then PTX for the newest plain virtual arch ("compute_121"), which the
+// driver compiles for the device at load. An arch NVRTC does not know that is not newer than
+// its newest (too old, or no such GPU) stays as it is: NVRTC says why it cannot build it.
+Target nvrtc_target(const std::string& arch);
+
+// The options a request compiles with: --gpu-architecture (nvrtc_target()), -std=c++17 (unless
+// the caller chose a standard), -default-device, -I for each include dir, then the caller's.
 std::vector<std::string> compile_options(const Request& request, const std::vector<std::string>& include_dirs);
 
-// Runs NVRTC with exactly `options`. A source that does not compile throws
-// Error(INVALID_ARGUMENT) whose message holds the log; a build without NVRTC throws
+// Runs NVRTC with exactly `options`; returns the CUBIN, or the PTX when nvrtc_target() says so.
+// A source that does not compile throws Error(INVALID_ARGUMENT) whose message holds the log; a build without NVRTC throws
 // Error(UNIMPLEMENTED).
 CompileOutput nvrtc_compile(const Request& request, const std::vector<std::string>& options);
 

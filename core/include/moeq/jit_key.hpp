@@ -22,7 +22,9 @@ struct KeyInputs {
 };
 
 // Covers: the key schema, the source kind, the compiler and its version, the host ABI version, the plugin's
-// name and version, the kernel set name, the arch, every option in order, the source, every
+// name and version, the kernel set name, the arch, every option in order (the first names what
+// NVRTC builds: the arch for a CUBIN, "compute_XX" for the PTX fallback of an arch newer than
+// NVRTC, so the two never share a key; their cache files differ too), the source, every
 // given header (name and contents, sorted by name), every toolkit header reached on disk
 // (path and content digest) and the names that resolved nowhere.
 Digest cache_key(const KeyInputs& inputs);
