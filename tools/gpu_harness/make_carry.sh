@@ -15,8 +15,13 @@ du -sh build/carry .devbuild
 # The Python package as a wheel (libmoeq_c.so and the plugins inside) for the device's Python:
 # bench/device_python.sh installs it there.
 if [ -x build/pyvenv/bin/python ]; then
-  rm -rf build/carry/dist
-  MOEQ_BUILD_DIR=$PWD/build build/pyvenv/bin/python -m pip wheel -q --no-deps --no-build-isolation -w build/carry/dist ./python
+  rm -rf build/carry/dist build/carry/stripped
+  mkdir -p build/carry/stripped/lib build/carry/stripped/plugins
+  for f in build/lib/libmoeq*.so; do strip -o "build/carry/stripped/lib/$(basename "$f")" "$f"; done
+  cp build/carry/plugins/*.so build/carry/stripped/plugins/
+  MOEQ_BUILD_DIR=$PWD/build/carry/stripped build/pyvenv/bin/python -m pip wheel -q --no-deps --no-build-isolation \
+    -w build/carry/dist ./python
+  rm -rf build/carry/stripped
   du -sh build/carry/dist
 fi
 # examples/triton_plugin built from an install prefix, for bench/device_triton_example.sh.
