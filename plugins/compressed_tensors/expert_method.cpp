@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 namespace moeq::ct {
 namespace {
@@ -57,7 +58,14 @@ class ExpertMethod final : public sdk::Method {
       } catch (const Error& e) {
         fail(e.code(), "compressed_tensors on cuda:" + std::to_string(device_.device_id) + ": " + e.what());
       }
+      // The kernels depend on the scheme and the shape only: compile them (into the host's JIT
+      // cache) while the layer's tensors are read, not after. process_after_loading joins.
+      prefetch_ = std::thread(prefetch_kernels, device_.device_id, ex_, g_.top_k);
     }
+  }
+
+  ~ExpertMethod() override {
+    if (prefetch_.joinable()) prefetch_.join();
   }
 
   bool on_gpu() const { return device_.device_type == kDLCUDA; }
@@ -131,6 +139,7 @@ class ExpertMethod final : public sdk::Method {
     ex_.s13 = s13_ ? static_cast<const float*>(s13_->data) : nullptr;
     ex_.s2 = s2_ ? static_cast<const float*>(s2_->data) : nullptr;
     if (s_.static_inputs() && E > 0) reduce_static_input_scales();
+    if (prefetch_.joinable()) prefetch_.join();
     if (on_gpu()) gpu_ = std::make_unique<GpuExperts>(device_.device_id, ex_, g_.top_k, layer_name_);
     ready_ = true;
   }
@@ -475,7 +484,8 @@ class ExpertMethod final : public sdk::Method {
   std::set<std::string> seen_scale_names_;
   std::set<std::string> seen_scale_dtypes_;
   CpuExperts ex_;
-  std::unique_ptr<GpuExperts> gpu_;  // on kDLCUDA, after process_after_loading
+  std::unique_ptr<GpuExperts> gpu_;
+  std::thread prefetch_;  // compiles the CUDA kernels while the tensors load (joined before use)  // on kDLCUDA, after process_after_loading
   bool ready_ = false;
 };
 

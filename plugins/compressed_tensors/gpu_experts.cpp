@@ -125,10 +125,12 @@ gpu::DeviceLimits device_limits(int ordinal) {
   return l;
 }
 
-GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, const std::string& layer_name)
-    : ordinal_(ordinal), layout_(layout) {
-  const gpu::DeviceLimits lim = device_limits(ordinal);
-  arch_ = lim.arch;  // the host's name for the device's arch (empty before ABI 1.2); jit_compile picks it
+namespace {
+
+// The plan of a layer: the most tokens a pass whose workspace fits the budget (or
+// MOEQ_CT_MAX_TOKENS), the buckets and tiles for this device.
+std::unique_ptr<gpu::MoePlan> make_plan(const gpu::DeviceLimits& lim, const CpuExperts& layout, int64_t top_k,
+                                        const std::string& where) {
   const gpu::GpuScheme scheme = gpu_scheme_of(layout);
   gpu::LayerDims dims;
   dims.num_experts = layout.num_local;
@@ -136,7 +138,6 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
   dims.hidden = layout.hidden;
   dims.inter = layout.intermediate;
   dims.top_k = top_k;
-  const std::string where = "layer " + layer_name + " on cuda:" + s(ordinal) + ": ";
   int64_t max_tokens = 8192;
   if (const char* env = std::getenv("MOEQ_CT_MAX_TOKENS")) {
     char* end = nullptr;
@@ -149,15 +150,28 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
       max_tokens /= 2;
   }
   try {
-    plan_ = std::make_unique<gpu::MoePlan>(scheme, dims, max_tokens, lim);
+    return std::make_unique<gpu::MoePlan>(scheme, dims, max_tokens, lim);
   } catch (const Error& e) {
     fail(e.code(), where + e.what());
   }
+}
 
-  // Every kernel set of the plan (and the utility set for the int8 repack), compiled at once.
-  std::vector<gpu::KernelSetSource> sets = plan_->sources();
-  const bool repack = scheme.kind == mk::kKindW8A16;
-  if (repack) sets.push_back(gpu::utility_source());
+// Every kernel set of the plan, and the utility set for the int8 repack.
+std::vector<gpu::KernelSetSource> kernel_sets(const gpu::MoePlan& plan) {
+  std::vector<gpu::KernelSetSource> sets = plan.sources();
+  if (plan.scheme().kind == mk::kKindW8A16) sets.push_back(gpu::utility_source());
+  return sets;
+}
+
+struct Compiled {
+  std::vector<cu::Module> modules;
+  std::vector<std::string> errors;  // empty strings where a set compiled
+  int cache_hits = 0;
+  int ptx_sets = 0;
+};
+
+// Every set through the host's JIT at once (one thread a set), for the device's exact arch.
+Compiled compile_sets(const std::vector<gpu::KernelSetSource>& sets, int ordinal, uint32_t flags) {
   std::vector<std::string> header_names, header_texts;
   for (const auto& h : gpu::kernel_headers()) {
     header_names.emplace_back(h.name);
@@ -168,8 +182,9 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
     hn.push_back(header_names[i].c_str());
     ht.push_back(header_texts[i].c_str());
   }
-  std::vector<cu::Module> modules(sets.size(), nullptr);
-  std::vector<std::string> errors(sets.size());
+  Compiled c;
+  c.modules.assign(sets.size(), nullptr);
+  c.errors.assign(sets.size(), "");
   std::vector<int> hits(sets.size(), 0), ptx(sets.size(), 0);
   auto compile = [&](std::size_t i) {
     moeq_jit_compile_args j{};
@@ -183,26 +198,49 @@ GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, con
     j.plugin_name = kPluginName;
     j.plugin_version = kPluginVersion;
     j.device = {kDLCUDA, ordinal};
+    j.flags = flags;
     moeq_status* st = sdk::host()->jit_compile(&j);
     if (st != nullptr) {
-      errors[i] = std::string("compiling ") + sets[i].name + ": " + sdk::host()->status_message(st);
+      c.errors[i] = std::string("compiling ") + sets[i].name + ": " + sdk::host()->status_message(st);
       sdk::host()->status_destroy(st);
       return;
     }
-    modules[i] = j.module;
+    c.modules[i] = j.module;
     hits[i] = j.cache_hit;
     ptx[i] = j.image_kind == MOEQ_JIT_IMAGE_PTX ? 1 : 0;  // stays 0 from a host that does not write it
   };
-  {
-    std::vector<std::thread> pool;
-    for (std::size_t i = 1; i < sets.size(); ++i) pool.emplace_back(compile, i);
-    compile(0);
-    for (auto& t : pool) t.join();
+  std::vector<std::thread> pool;
+  for (std::size_t i = 1; i < sets.size(); ++i) pool.emplace_back(compile, i);
+  if (!sets.empty()) compile(0);
+  for (auto& t : pool) t.join();
+  c.cache_hits = std::accumulate(hits.begin(), hits.end(), 0);
+  c.ptx_sets = std::accumulate(ptx.begin(), ptx.end(), 0);
+  return c;
+}
+
+}  // namespace
+
+void prefetch_kernels(int ordinal, const CpuExperts& layout, int64_t top_k) {
+  try {
+    const std::unique_ptr<gpu::MoePlan> plan = make_plan(device_limits(ordinal), layout, top_k, "");
+    (void)compile_sets(kernel_sets(*plan), ordinal, MOEQ_JIT_COMPILE_ONLY);
+  } catch (...) {  // the compile at process_after_loading reports whatever failed here
   }
-  for (const std::string& e : errors)
+}
+
+GpuExperts::GpuExperts(int ordinal, const CpuExperts& layout, int64_t top_k, const std::string& layer_name)
+    : ordinal_(ordinal), layout_(layout) {
+  const gpu::DeviceLimits lim = device_limits(ordinal);
+  arch_ = lim.arch;  // the host's name for the device's arch (empty before ABI 1.2); jit_compile picks it
+  const std::string where = "layer " + layer_name + " on cuda:" + s(ordinal) + ": ";
+  plan_ = make_plan(lim, layout, top_k, where);
+  const bool repack = plan_->scheme().kind == mk::kKindW8A16;
+  Compiled c = compile_sets(kernel_sets(*plan_), ordinal, 0);
+  std::vector<cu::Module>& modules = c.modules;
+  for (const std::string& e : c.errors)
     if (!e.empty()) fail(MOEQ_STATUS_CODE_INTERNAL, where + e);
-  cache_hits_ = std::accumulate(hits.begin(), hits.end(), 0);
-  ptx_sets_ = std::accumulate(ptx.begin(), ptx.end(), 0);
+  cache_hits_ = c.cache_hits;
+  ptx_sets_ = c.ptx_sets;
   cu::Module utility = repack ? modules.back() : nullptr;
   if (repack) modules.pop_back();
   runner_ = std::make_unique<gpu::MoeRunner>(*plan_, modules);

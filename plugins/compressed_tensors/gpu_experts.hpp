@@ -24,6 +24,11 @@ gpu::GpuScheme gpu_scheme_of(const CpuExperts& layout);
 // Device properties the plan needs, from the host's device_info and the driver.
 gpu::DeviceLimits device_limits(int ordinal);
 
+// Compiles (compile-only, into the host JIT's memory and disk cache) the kernel sets GpuExperts
+// will ask for with this layout, so that a cold-cache load compiles while the layer's tensors
+// are read. Never throws: GpuExperts reports what fails.
+void prefetch_kernels(int ordinal, const CpuExperts& layout, int64_t top_k);
+
 class GpuExperts {
  public:
   // `layout` holds the device pointers of the parameters and the grids, as CpuExperts does
