@@ -16,10 +16,10 @@ fixtures=$(mktemp -d)/fx
 "$moeq" conform "$plugins/libmoeq_example_triton.so" --keep-fixtures "$fixtures" > "$out/triton_conform.txt" 2>&1
 ckpt=$fixtures/ct-fp8-tensor-wo-qwen3
 for pass in cold warm; do
-  t0=$(date +%s.%N)
+  t0=$(date +%s%N)
   "$moeq" run "$ckpt" --device cuda --plugin example_triton --plugin-dir "$plugins" --tokens 64 --json \
     > "$out/triton_run_$pass.json" 2> "$out/triton_run_$pass.err"
   rc=$?
-  echo "$pass: exit $rc, $(echo "$(date +%s.%N) - $t0" | bc) s" | tee -a "$out/triton_times.txt"
+  echo "$pass: exit $rc, $(( ($(date +%s%N) - t0) / 1000000 )) ms" | tee -a "$out/triton_times.txt"
 done
 exit "$rc"

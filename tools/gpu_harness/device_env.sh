@@ -7,4 +7,7 @@ done
 for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
   [ -d "$f" ] && LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$f"
 done
+# Libraries carried beside the build (make_carry.sh: RE2, which the GPU machine lacks).
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+[ -d "$here/build/carry/lib" ] && LD_LIBRARY_PATH="$here/build/carry/lib:${LD_LIBRARY_PATH:-}"
 export LD_LIBRARY_PATH

@@ -5,7 +5,10 @@
 # name them in the device call's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-mkdir -p build/carry/bin build/carry/plugins .devbuild
+mkdir -p build/carry/bin build/carry/plugins build/carry/lib .devbuild
+# Shared libraries the plugins need that a GPU machine may lack (compressed_tensors links RE2,
+# whose Debian static library is not position-independent): device_env.sh puts them on the path.
+for lib in $(ldd build/plugins/*.so | awk '/libre2/ {print $3}' | sort -u); do cp -L "$lib" build/carry/lib/; done
 for b in moeq moeq_tests; do strip -o "build/carry/bin/$b" "build/bin/$b"; done
 for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" "$p"; done
 strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
