@@ -262,24 +262,17 @@ def _build(path, dtype):
     return model
 
 
-def _materialize(model, path, mq, dtype, device, expert_modules):
-    """Loads the non-expert weights; the experts' own parameters are dropped (moeq holds them)."""
-    torch = _torch()
-    expert_params = set()
-    for name, module in expert_modules.values():
-        for pname, _ in list(module.named_parameters(recurse=False)):
-            expert_params.add(f"{name}.{pname}")
-            delattr(module, pname)
-    model.to_empty(device=device)
+def _load_non_experts(model, path, mq, dtype, device, expert_params):
+    """The checkpoint's non-expert tensors into the (materialized) model; every other parameter
+    must be an expert's (`expert_params`) or tied; then buffers, eval mode."""
     state = _non_expert_state(path, mq, model, dtype, device)
     result = model.load_state_dict(state, strict=False, assign=True)
-    unexpected = [k for k in result.unexpected_keys]
-    if unexpected:
-        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: checkpoint tensors the model has no place for: {unexpected[:8]}")
-    missing = [k for k in result.missing_keys if k not in expert_params]
+    if result.unexpected_keys:
+        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: checkpoint tensors the model has no place for: "
+                                                f"{list(result.unexpected_keys)[:8]}")
     tied = getattr(model, "_tied_weights_keys", None) or []
     tied = set(tied.keys()) if isinstance(tied, dict) else set(tied)
-    missing = [k for k in missing if k not in tied]
+    missing = [k for k in result.missing_keys if k not in expert_params and k not in tied]
     if missing:
         raise moeq.Error(moeq.NOT_FOUND, f"{path}: model parameters no checkpoint tensor filled: {missing[:8]}")
     if hasattr(model, "tie_weights"):
@@ -287,6 +280,17 @@ def _materialize(model, path, mq, dtype, device, expert_modules):
     _init_buffers(model)
     model.eval()
     return model
+
+
+def _materialize(model, path, mq, dtype, device, expert_modules):
+    """Loads the non-expert weights; the experts' own parameters are dropped (moeq holds them)."""
+    expert_params = set()
+    for name, module in expert_modules.values():
+        for pname, _ in list(module.named_parameters(recurse=False)):
+            expert_params.add(f"{name}.{pname}")
+            delattr(module, pname)
+    model.to_empty(device=device)
+    return _load_non_experts(model, path, mq, dtype, device, expert_params)
 
 
 def _init_buffers(model):
@@ -393,22 +397,8 @@ def _materialize_reference(model, path, mq, dtype, device, modules, weights):
                                                     f"{list(w2.shape)}")
         module.gate_up_proj = torch.nn.Parameter(w13.to(device), requires_grad=False)
         module.down_proj = torch.nn.Parameter(w2.to(device), requires_grad=False)
-    state = _non_expert_state(path, mq, model, dtype, device)
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if result.unexpected_keys:
-        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: checkpoint tensors the model has no place for: "
-                                                f"{result.unexpected_keys[:8]}")
     expert_params = {f"{name}.{p}" for name, _ in modules.values() for p in ("gate_up_proj", "down_proj")}
-    tied = getattr(model, "_tied_weights_keys", None) or []
-    tied = set(tied.keys()) if isinstance(tied, dict) else set(tied)
-    missing = [k for k in result.missing_keys if k not in expert_params and k not in tied]
-    if missing:
-        raise moeq.Error(moeq.NOT_FOUND, f"{path}: model parameters no checkpoint tensor filled: {missing[:8]}")
-    if hasattr(model, "tie_weights"):
-        model.tie_weights()
-    _init_buffers(model)
-    model.eval()
-    return model
+    return _load_non_experts(model, path, mq, dtype, device, expert_params)
 
 
 def moeq_model_of(model):
