@@ -20,7 +20,26 @@ if [ -z "$py" ]; then echo "no Python with torch and numpy found" | tee "$out/py
 "$py" -c 'import transformers; print("transformers", transformers.__version__)' 2>&1 | tail -1 | tee -a "$out/python.txt"
 site=/tmp/moeq-py
 rm -rf "$site" && mkdir -p "$site"
-"$py" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' build/carry/dist/moeq-*.whl "$site"
+# A wheel's <name>.data/{purelib,platlib}/ trees install at the root of site-packages.
+"$py" - build/carry/dist/moeq-*.whl "$site" <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for n in z.namelist():
+    parts = n.split("/")
+    if len(parts) > 2 and parts[0].endswith(".data") and parts[1] in ("purelib", "platlib"):
+        target = "/".join(parts[2:])
+    elif parts[0].endswith(".dist-info"):
+        continue
+    else:
+        target = n
+    if not target or n.endswith("/"):
+        continue
+    import os
+    path = os.path.join(sys.argv[2], target)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(z.read(n))
+PY
 chmod -R go-w "$site"  # trusted loading of the plugins inside the wheel
 export PYTHONPATH=$site
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
