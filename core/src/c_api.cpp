@@ -566,17 +566,7 @@ moeq_status_code moeq_model_dequantize_expert(const moeq_model* model, size_t la
     if (w2_count < n2)
       invalid(where + "w2 holds " + std::to_string(w2_count) + " floats, expected [H, I_tp] = [" + std::to_string(H) +
               ", " + std::to_string(I) + "] = " + std::to_string(n2));
-    const moeq_plugin_api* api = l.plugin->api;
-    if (api->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) || api->dequantize_expert == nullptr)
-      moeq::fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, where + "plugin " + l.plugin->name + " does not expose dequantized weights");
-    moeq_dequantize_expert_args a{};
-    a.struct_size = sizeof a;
-    a.method = l.method;
-    a.local_expert = local_expert;
-    a.w13 = w13;
-    a.w2 = w2;
-    std::lock_guard serialize(l.apply_mutex);  // calls on one method are serialized, as apply's
-    moeq::host::throw_if_error(api->dequantize_expert(&a), l.plugin->name + " dequantize_expert");
+    model->model.dequantize_expert(layer, local_expert, w13, w2, nullptr);
     return MOEQ_STATUS_CODE_OK;
   });
 }

@@ -642,7 +642,6 @@ std::size_t release_layer_scratch(moeq_layer& layer) {
   return scratch_pool(layer.device.device_id).release_all(&layer);
 }
 
-std::size_t scratch_high_water_bytes(int ordinal) { return scratch_pool(ordinal).high_water_bytes(); }
 int64_t live_param_bytes() { return g_live_param_bytes.load(); }
 int64_t param_allocations() { return g_param_allocations.load(); }
 void set_allocation_fault(int64_t n) { g_fault_countdown.store(n > 0 ? n : 0); }

@@ -979,26 +979,27 @@ struct View2 {
   int64_t strides[2] = {0, 0};
 };
 
-View2 view2(const DLTensor& in, const char* name, int64_t rows, int64_t cols, DLDevice device, const std::string& where) {
-  const std::string what = where + name;
+View2 view2(const DLTensor& in, const char* name, int64_t rows, int64_t cols, DLDevice device, const std::string& prefix) {
+  // Messages are built only on failure: apply is the hot path.
+  auto what = [&] { return "apply on " + prefix + ": " + name; };
   if (in.ndim != 2)
-    fail(what + " must be 2-D [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found rank " +
+    fail(what() + " must be 2-D [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found rank " +
          std::to_string(in.ndim));
-  if (in.shape == nullptr) fail(what + ": NULL shape");
+  if (in.shape == nullptr) fail(what() + ": NULL shape");
   if (in.shape[0] != rows || in.shape[1] != cols)
-    fail(what + " must be [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found [" +
+    fail(what() + " must be [" + std::to_string(rows) + ", " + std::to_string(cols) + "], found [" +
          std::to_string(in.shape[0]) + ", " + std::to_string(in.shape[1]) + "]");
   const bool same_device = in.device.device_type == device.device_type &&
                            (device.device_type == kDLCPU || in.device.device_id == device.device_id);
   if (!same_device)
-    fail(what + " must be on " + dl_device_string(device) + " (the layer's device), found " + dl_device_string(in.device));
-  if (in.data == nullptr && rows * cols > 0) fail(what + ": NULL data");
+    fail(what() + " must be on " + dl_device_string(device) + " (the layer's device), found " + dl_device_string(in.device));
+  if (in.data == nullptr && rows * cols > 0) fail(what() + ": NULL data");
   View2 v;
   v.t = in;
   v.strides[0] = in.strides ? in.strides[0] : cols;
   v.strides[1] = in.strides ? in.strides[1] : 1;
   if ((cols > 1 && v.strides[1] != 1) || (rows > 1 && v.strides[0] < cols))
-    fail(what + " needs rows of contiguous elements (strides [>= " + std::to_string(cols) + ", 1]), found [" +
+    fail(what() + " needs rows of contiguous elements (strides [>= " + std::to_string(cols) + ", 1]), found [" +
          std::to_string(v.strides[0]) + ", " + std::to_string(v.strides[1]) + "]");
   v.t.strides = v.strides;
   return v;
@@ -1030,28 +1031,28 @@ void LoadedModel::apply(size_t li, const DLTensor& x, const DLTensor& topk_ids, 
   const moeq_layer_geometry& g = l.geometry;
   const int64_t H = g.hidden_size, E = g.num_experts;
   const DLDevice dev = l.layer->device;
-  const std::string where = "apply on " + l.report.prefix + ": ";
+  auto where = [&] { return "apply on " + l.report.prefix + ": "; };  // built only on failure
   if (x.ndim != 2 || x.shape == nullptr)
-    fail(where + "x must be 2-D [M, " + std::to_string(H) + "], found rank " + std::to_string(x.ndim));
+    fail(where() + "x must be 2-D [M, " + std::to_string(H) + "], found rank " + std::to_string(x.ndim));
   const int64_t m = x.shape[0];
-  if (m < 0) fail(where + "M must be >= 0, found " + std::to_string(m));
+  if (m < 0) fail(where() + "M must be >= 0, found " + std::to_string(m));
   if (topk_ids.ndim != 2 || topk_ids.shape == nullptr)
-    fail(where + "topk_ids must be 2-D [M, top_k], found rank " + std::to_string(topk_ids.ndim));
+    fail(where() + "topk_ids must be 2-D [M, top_k], found rank " + std::to_string(topk_ids.ndim));
   const int64_t k = topk_ids.shape[1];
-  if (k < 1 || k > E) fail(where + "topk_ids must have top_k in [1, " + std::to_string(E) + "] columns, found " + std::to_string(k));
-  View2 vx = view2(x, "x", m, H, dev, where);
-  View2 vo = view2(out, "out", m, H, dev, where);
-  View2 vi = view2(topk_ids, "topk_ids", m, k, dev, where);
-  View2 vw = view2(topk_weights, "topk_weights", m, k, dev, where);
+  if (k < 1 || k > E) fail(where() + "topk_ids must have top_k in [1, " + std::to_string(E) + "] columns, found " + std::to_string(k));
+  View2 vx = view2(x, "x", m, H, dev, l.report.prefix);
+  View2 vo = view2(out, "out", m, H, dev, l.report.prefix);
+  View2 vi = view2(topk_ids, "topk_ids", m, k, dev, l.report.prefix);
+  View2 vw = view2(topk_weights, "topk_weights", m, k, dev, l.report.prefix);
   if (!(dtype_bit(x.dtype) & l.x_dtypes))
-    fail(where + "x must be " + mask_string(l.x_dtypes) + " for " + l.plugin->name + ", found " + dl_dtype_string(x.dtype));
+    fail(where() + "x must be " + mask_string(l.x_dtypes) + " for " + l.plugin->name + ", found " + dl_dtype_string(x.dtype));
   if (!(dtype_bit(out.dtype) & l.out_dtypes))
-    fail(where + "out must be " + mask_string(l.out_dtypes) + " for " + l.plugin->name + ", found " +
+    fail(where() + "out must be " + mask_string(l.out_dtypes) + " for " + l.plugin->name + ", found " +
          dl_dtype_string(out.dtype));
   if (!(topk_ids.dtype.code == kDLInt && topk_ids.dtype.bits == 32 && topk_ids.dtype.lanes == 1))
-    fail(where + "topk_ids must be I32, found " + dl_dtype_string(topk_ids.dtype));
+    fail(where() + "topk_ids must be I32, found " + dl_dtype_string(topk_ids.dtype));
   if (!(topk_weights.dtype.code == kDLFloat && topk_weights.dtype.bits == 32 && topk_weights.dtype.lanes == 1))
-    fail(where + "topk_weights must be F32, found " + dl_dtype_string(topk_weights.dtype));
+    fail(where() + "topk_weights must be F32, found " + dl_dtype_string(topk_weights.dtype));
   if (dev.device_type == kDLCPU) {
     // On the host the ids are checked here; on a device the kernels skip ids outside this rank.
     const auto* ids = reinterpret_cast<const int32_t*>(static_cast<const char*>(topk_ids.data) + topk_ids.byte_offset);
@@ -1059,7 +1060,7 @@ void LoadedModel::apply(size_t li, const DLTensor& x, const DLTensor& topk_ids, 
       for (int64_t j = 0; j < k; ++j) {
         const int32_t id = ids[r * vi.strides[0] + j];
         if (id < 0 || id >= E)
-          fail(where + "topk_ids[" + std::to_string(r) + ", " + std::to_string(j) + "] is " + std::to_string(id) +
+          fail(where() + "topk_ids[" + std::to_string(r) + ", " + std::to_string(j) + "] is " + std::to_string(id) +
                "; expected a global expert id in [0, " + std::to_string(E) + ")");
       }
   }
@@ -1067,7 +1068,8 @@ void LoadedModel::apply(size_t li, const DLTensor& x, const DLTensor& topk_ids, 
   std::unique_lock<std::mutex> ws_lock;
   if (l.workspace) ws_lock = std::unique_lock<std::mutex>(l.workspace->mutex);
   std::lock_guard serialize(l.apply_mutex);
-  host::throw_if_error(l.plugin->api->apply(&a), l.plugin->name + " apply on " + l.report.prefix + " (" +
+  if (moeq_status* st = l.plugin->api->apply(&a))
+    host::throw_if_error(st, l.plugin->name + " apply on " + l.report.prefix + " (" +
                                                    dl_device_string(dev) + ")");
 }
 
@@ -1145,11 +1147,36 @@ std::vector<float> LoadedModel::apply(size_t li, std::span<const float> x, int64
   return out;
 }
 
-ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) const {
-  const LoadedLayer& l = layer_at(layers, li, "dequantized");
+void LoadedModel::dequantize_expert(size_t li, int64_t e, float* w13, float* w2, ref::MoeOptions* act) const {
+  const LoadedLayer& l = layer_at(layers, li, "dequantize_expert");
   if (l.plugin->api->struct_size < MOEQ_STRUCT_SIZE(moeq_plugin_api, dequantize_expert) ||
       l.plugin->api->dequantize_expert == nullptr)
     fail(MOEQ_STATUS_CODE_UNIMPLEMENTED, "plugin " + l.plugin->name + " does not expose dequantized weights");
+  moeq_dequantize_expert_args a{};
+  a.struct_size = sizeof(a);
+  a.method = l.method;
+  a.local_expert = e;
+  a.w13 = w13;
+  a.w2 = w2;
+  {
+    std::lock_guard serialize(l.apply_mutex);  // calls on the method, as apply is
+    host::throw_if_error(l.plugin->api->dequantize_expert(&a), l.plugin->name + " dequantize_expert");
+  }
+  if (act) {
+    auto to_spec = [&](int32_t kind, float s) {
+      ref::ActQuantSpec spec;
+      spec.kind = static_cast<ref::ActQuant>(kind);
+      spec.group_size = a.group_size;
+      spec.static_scale = s;
+      return spec;
+    };
+    act->a1 = to_spec(a.a1_quant, a.a1_static_scale);
+    act->a2 = to_spec(a.a2_quant, a.a2_static_scale);
+  }
+}
+
+ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) const {
+  const LoadedLayer& l = layer_at(layers, li, "dequantized");
   const moeq_layer_geometry& g = l.geometry;
   ref::ExpertWeights w;
   w.num_experts = g.num_local_experts;
@@ -1159,27 +1186,8 @@ ref::ExpertWeights LoadedModel::dequantized(size_t li, ref::MoeOptions* act) con
   const int64_t n13 = 2 * w.intermediate * w.hidden, n2 = w.hidden * w.intermediate;
   w.w13.assign(static_cast<size_t>(w.num_experts * n13), 0.0f);
   w.w2.assign(static_cast<size_t>(w.num_experts * n2), 0.0f);
-  auto to_spec = [](int32_t kind, int64_t group, float s) {
-    ref::ActQuantSpec spec;
-    spec.kind = static_cast<ref::ActQuant>(kind);
-    spec.group_size = group;
-    spec.static_scale = s;
-    return spec;
-  };
-  std::lock_guard serialize(l.apply_mutex);  // calls on the method, as apply is
-  for (int64_t e = 0; e < w.num_experts; ++e) {
-    moeq_dequantize_expert_args a{};
-    a.struct_size = sizeof(a);
-    a.method = l.method;
-    a.local_expert = e;
-    a.w13 = w.w13.data() + e * n13;
-    a.w2 = w.w2.data() + e * n2;
-    host::throw_if_error(l.plugin->api->dequantize_expert(&a), l.plugin->name + " dequantize_expert");
-    if (act && e == 0) {
-      act->a1 = to_spec(a.a1_quant, a.group_size, a.a1_static_scale);
-      act->a2 = to_spec(a.a2_quant, a.group_size, a.a2_static_scale);
-    }
-  }
+  for (int64_t e = 0; e < w.num_experts; ++e)
+    dequantize_expert(li, e, w.w13.data() + e * n13, w.w2.data() + e * n2, e == 0 ? act : nullptr);
   return w;
 }
 

@@ -77,7 +77,6 @@ uintptr_t ScratchPool::acquire(const void* owner, std::size_t bytes) {
   }
   lock.lock();
   held_[owner].push_back({address, bytes});
-  high_water_ = std::max(high_water_, lent_ + idle_);
   return address;
 }
 
@@ -121,10 +120,6 @@ std::size_t ScratchPool::lent_bytes() const {
 std::size_t ScratchPool::idle_bytes() const {
   std::lock_guard lock(m_);
   return idle_;
-}
-std::size_t ScratchPool::high_water_bytes() const {
-  std::lock_guard lock(m_);
-  return high_water_;
 }
 std::size_t ScratchPool::allocations() const {
   std::lock_guard lock(m_);

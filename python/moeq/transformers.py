@@ -32,6 +32,7 @@ import moeq
 __all__ = ["from_pretrained", "reference_model", "moeq_model_of", "greedy_generate"]
 
 _IMPL = "moeq"
+_INTERNAL = 7  # moeq_status_code INTERNAL
 _registered = False
 
 
@@ -282,6 +283,18 @@ def _load_non_experts(model, path, mq, dtype, device, expert_params):
     return model
 
 
+def _build_for(path, dtype, mq):
+    """The model on meta, its experts modules and moeq's layers by model layer number, which must
+    be the same layers."""
+    model = _build(path, dtype)
+    modules = _experts_modules(model)
+    by_number = {layer.layer: layer for layer in mq.layers}
+    if sorted(modules) != sorted(by_number):
+        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: the model's MoE layers {sorted(modules)} are not the ones moeq "
+                                                f"loaded {sorted(by_number)}")
+    return model, modules, by_number
+
+
 def _materialize(model, path, mq, dtype, device, expert_modules):
     """Loads the non-expert weights; the experts' own parameters are dropped (moeq holds them)."""
     expert_params = set()
@@ -305,8 +318,7 @@ def _init_buffers(model):
             model._init_weights(module)
     bad = [n for n, b in model.named_buffers() if b.is_floating_point() and not torch.isfinite(b).all()]
     if bad:
-        raise moeq.Error(moeq.INTERNAL if hasattr(moeq, "INTERNAL") else 7,
-                         f"buffers left uninitialized after loading: {bad[:8]}")
+        raise moeq.Error(_INTERNAL, f"buffers left uninitialized after loading: {bad[:8]}")
 
 
 def _check_family(mq):
@@ -327,12 +339,7 @@ def from_pretrained(path, device="cuda:0", dtype=None, online=None, tp=(0, 1), e
     mq = moeq.load(path, tp=tp, ep=ep, device=str(device), online=online, strict=strict, plugin_dir=plugin_dir,
                    max_tokens=max_tokens, allow_untrusted=allow_untrusted)
     _check_family(mq)
-    model = _build(path, dtype)
-    modules = _experts_modules(model)
-    by_number = {layer.layer: layer for layer in mq.layers}
-    if sorted(modules) != sorted(by_number):
-        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: the model's MoE layers {sorted(modules)} are not the ones moeq "
-                                                f"loaded {sorted(by_number)}")
+    model, modules, by_number = _build_for(path, dtype, mq)
     _materialize(model, path, mq, dtype, torch.device(str(device)), modules)
     for n, (name, module) in modules.items():
         object.__setattr__(module, "_moeq_layer", by_number[n])
@@ -360,12 +367,7 @@ def reference_model(path, device="cuda:0", dtype=None, online=None, plugin_dir=N
         g = layer.geometry
         if g["tp_size"] != 1 or g["ep_size"] != 1:
             raise moeq.Error(moeq.INVALID_ARGUMENT, "reference_model needs a TP = EP = 1 load (every expert, whole)")
-    model = _build(path, dtype)
-    modules = _experts_modules(model)
-    by_number = {layer.layer: layer for layer in mq.layers}
-    if sorted(modules) != sorted(by_number):
-        raise moeq.Error(moeq.INVALID_ARGUMENT, f"{path}: the model's MoE layers {sorted(modules)} are not the ones moeq "
-                                                f"loaded {sorted(by_number)}")
+    model, modules, by_number = _build_for(path, dtype, mq)
     weights = {}
     for n, (name, module) in modules.items():
         layer = by_number[n]

@@ -137,8 +137,6 @@ class ScopedLoadScratch {
 };
 // Takes back the scratch `layer` still holds; returns how many blocks (0 on the CPU).
 std::size_t release_layer_scratch(moeq_layer& layer);
-// Most scratch bytes the device's pool held at once since the process started.
-std::size_t scratch_high_water_bytes(int ordinal);
 // Device parameters: queues the copies still staged and waits until the device holds every
 // byte written so far (the loader calls it before process_after_loading). No-op on the CPU.
 void finish_device_writes(moeq_layer& layer);

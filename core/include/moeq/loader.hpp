@@ -174,6 +174,9 @@ class LoadedModel {
              void* stream) const;
   // The method's dequantized local experts and activation quantization (dequantize_expert).
   ref::ExpertWeights dequantized(size_t layer, ref::MoeOptions* act_quant) const;
+  // One local expert of it into w13 [2 * I_tp, H] and w2 [H, I_tp] (host buffers of at least
+  // that many floats); act_quant may be null. UNIMPLEMENTED when the plugin has no such slot.
+  void dequantize_expert(size_t layer, int64_t local_expert, float* w13, float* w2, ref::MoeOptions* act_quant) const;
   // Router weights [E, H] as float and routing options of the layer (bias included).
   std::vector<float> router_weight(size_t layer) const;
   ref::RoutingOptions routing(size_t layer) const;

@@ -42,7 +42,6 @@ class ScratchPool {
   // For tests and reports.
   std::size_t lent_bytes() const;
   std::size_t idle_bytes() const;
-  std::size_t high_water_bytes() const;  // most bytes held (lent + idle) at once
   std::size_t allocations() const;       // calls of the allocator
 
  private:
@@ -56,7 +55,7 @@ class ScratchPool {
   mutable std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::size_t> budgets_;  // of the loads in progress
-  std::size_t lent_ = 0, idle_ = 0, high_water_ = 0, allocations_ = 0;
+  std::size_t lent_ = 0, idle_ = 0, allocations_ = 0;
   std::multimap<std::size_t, uintptr_t> idle_blocks_;  // bytes -> address
   std::map<const void*, std::vector<Block>> held_;
 };
