@@ -30,10 +30,12 @@ TEST_CASE("sdk cuda: every entry point resolves against the toolkit's libcuda st
   const scu::DriverLoad s = scu::load_driver(stub.c_str());
   REQUIRE_MESSAGE(s.driver != nullptr, s.error);
   CHECK(s.error.empty());
-  // Every field of Driver is a function pointer; none may stay null.
+  // Every field of Driver is a function pointer; none may stay null (the stub is a CUDA 13
+  // one, so it has the optional cuLaunchKernelEx too).
   const auto* slots = reinterpret_cast<void* const*>(s.driver.get());
   const std::size_t n = sizeof(scu::Driver) / sizeof(void*);
-  CHECK(n == 17);
+  CHECK(n == 18);
+  CHECK(reinterpret_cast<void*>(s.driver->cuLaunchKernelEx) != nullptr);
   for (std::size_t i = 0; i < n; ++i) {
     CAPTURE(i);
     CHECK(slots[i] != nullptr);

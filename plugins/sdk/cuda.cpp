@@ -3,6 +3,8 @@
 
 #include <dlfcn.h>
 
+#include <cstddef>
+
 #include <map>
 #include <mutex>
 
@@ -45,6 +47,8 @@ DriverLoad load_driver(const char* library) {
       return out;
     }
   }
+  // Optional entry points: absent from older drivers, their callers fall back.
+  d->cuLaunchKernelEx = reinterpret_cast<decltype(d->cuLaunchKernelEx)>(dlsym(lib, "cuLaunchKernelEx"));
   out.driver = std::move(d);
   return out;
 }
@@ -70,6 +74,46 @@ const Driver& driver() {
   static const DriverLoad loaded = load_and_init();  // C++ magic statics: one thread loads
   if (!loaded.driver) fail(MOEQ_STATUS_CODE_UNAVAILABLE, loaded.error);
   return *loaded.driver;
+}
+
+namespace {
+
+// The driver's CUlaunchAttribute and CUlaunchConfig (cuda.h, CUDA 12 on), spelled here so the
+// SDK needs no CUDA header.
+struct LaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int programmatic_stream_serialization_allowed;
+  } value;
+};
+static_assert(sizeof(LaunchAttribute) == 72, "CUlaunchAttribute is 72 bytes");
+struct LaunchConfig {
+  unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, smem;
+  Stream stream;
+  LaunchAttribute* attrs;
+  unsigned num_attrs;
+};
+static_assert(sizeof(LaunchConfig) == 56 && offsetof(LaunchConfig, stream) == 32 && offsetof(LaunchConfig, num_attrs) == 48,
+              "CUlaunchConfig layout");
+constexpr int kAttributeProgrammaticStreamSerialization = 6;  // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+}  // namespace
+
+void launch(Function f, const unsigned grid[3], const unsigned block[3], unsigned smem, Stream stream, void** params,
+            bool programmatic, const char* what) {
+  const Driver& d = driver();
+  if (!programmatic || d.cuLaunchKernelEx == nullptr) {
+    check(d.cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, params, nullptr),
+          what);
+    return;
+  }
+  LaunchAttribute attr{};
+  attr.id = kAttributeProgrammaticStreamSerialization;
+  attr.value.programmatic_stream_serialization_allowed = 1;
+  LaunchConfig config{grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, stream, &attr, 1};
+  check(d.cuLaunchKernelEx(&config, f, params, nullptr), what);
 }
 
 void check(int result, const char* what) {

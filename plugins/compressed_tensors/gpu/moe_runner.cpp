@@ -71,10 +71,13 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
          s(sc.scale_k) + ">";
 }
 
+// One launch of the sequence. `pdl`: a programmatic dependent launch (every kernel of the
+// sequence waits for its predecessors first: pdl_enter in moe_device.cuh).
 void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, cu::Stream stream, void* args,
-            const char* what, const std::function<void(const char*)>& after = {}, void* second = nullptr) {
+            const char* what, bool pdl, const std::function<void(const char*)>& after = {}, void* second = nullptr) {
   void* params[] = {args, second};
-  cu::check(cu::driver().cuLaunchKernel(f, gx, gy, 1, threads, 1, 1, smem, stream, params, nullptr), what);
+  const unsigned grid[3] = {gx, gy, 1}, block[3] = {threads, 1, 1};
+  cu::launch(f, grid, block, smem, stream, params, pdl, what);
   if (after) after(what);
 }
 
@@ -259,36 +262,37 @@ std::vector<KernelSetSource> MoePlan::sources() const {
     src += "using G1 = " + gemm_type(scheme_, true, b.bm, b.gemm1) + ";\n";
     src += "using G2 = " + gemm_type(scheme_, false, b.bm, b.gemm2) + ";\n";
     const std::string am = s(scheme_.amode);
-    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_prepare(const MoeArgs a) { prepare<" +
+    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_prepare(const MoeArgs a) { pdl_enter(); prepare<" +
            am + ">(a); }\n";
-    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { count_pairs(a); }\n";
-    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { zero_counts(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { pdl_enter(); count_pairs(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { pdl_enter(); zero_counts(a); }\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
     for (int gi = 1; gi <= 2; ++gi) {
       const std::string G = "G" + s(gi);
       const bool ws = (gi == 1 ? b.gemm1 : b.gemm2).ws;
       src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (ws ? G + "::kMinBlocks" : "1") +
              ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
-             "  extern __shared__ __align__(128) unsigned char smem[];\n  " + G + "::run(a, " +
+             "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
              (ws ? "tmap_b, " : "") + "smem);\n}\n";
     }
-    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { combine(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { pdl_enter(); combine(a); }\n";
     if (fp8 && scheme_.amode == mk::kATensor) {
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
-             "  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
+             "  pdl_enter();\n  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_h(const MoeArgs a) {\n"
-             "  amax_partial<true>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
+             "  pdl_enter();\n  amax_partial<true>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
              "a.first_expert, a.num_experts);\n}\n";
     }
     if (fp8 && scheme_.amode != mk::kAStatic)
-      src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { quantize_h<" + am +
+      src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { pdl_enter(); quantize_h<" + am +
              ">(a); }\n";
     out.push_back(std::move(k));
   }
   return out;
 }
 
-MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules) : plan_(&plan) {
+MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
+    : plan_(&plan), pdl_(plan.device().sm_major >= 9 && std::getenv("MOEQ_CT_NO_PDL") == nullptr) {
   MOEQ_CHECK(modules.size() == plan.buckets().size(),
              "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
                  s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
@@ -375,6 +379,14 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
+  // The first kernel follows the caller's work in plain stream order; the rest are programmatic
+  // dependent launches where the device has them (sm_90 on: pdl_enter in every kernel).
+  bool launched = false;
+  auto pdl = [&] {
+    const bool p = pdl_ && launched;
+    launched = true;
+    return p;
+  };
   const int64_t chunk = wl.tokens;
   const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
@@ -392,13 +404,13 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
     if (a.align_blocks > 1) {
-      launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", after);
-      launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", after);
+      launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", pdl(), after);
+      launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", pdl(), after);
     }
-    if (f.amax_x) launch(f.amax_x, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_x", after);
+    if (f.amax_x) launch(f.amax_x, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_x", pdl(), after);
     const unsigned quant_blocks =
         fp8 ? static_cast<unsigned>(ceil_div(m, mk::quant_rows_per_block(a.hidden, 1024))) : 0;
-    launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", after);
+    launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", pdl(), after);
     // B descriptors of this bucket's GEMMs (host-side encodings, no device work, see weight_map;
     // zeros for the kernels that do not read them).
     mk::TmaMap map1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
@@ -411,16 +423,16 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     launch(f.gemm1, b.gemm1.ws ? mt * n1 : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", after, &map1);
-    if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", after);
+           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
+    if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
-             stream, &a, "moe_quant_h", after);
+             stream, &a, "moe_quant_h", pdl(), after);
     launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", after, &map2);
+           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2);
     const int64_t work = m * d.hidden / 4;
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
-           "moe_combine", after);
+           "moe_combine", pdl(), after);
   }
 }
 
@@ -460,7 +472,7 @@ void launch_route(cu::Module utility, const RouteIo& io, cu::Stream stream) {
   r.topk_group = io.topk_group;
   r.scale = io.routed_scaling_factor;
   launch(f, static_cast<unsigned>(ceil_div(io.m, mk::kRouteWarps)), 1, mk::kRouteWarps * 32, 0, stream, &r,
-         "moe_route");
+         "moe_route", false);
 }
 
 void launch_repack_w8a16(cu::Module utility, void* codes, int64_t bytes, cu::Stream stream) {

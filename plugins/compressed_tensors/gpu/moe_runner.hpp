@@ -96,6 +96,7 @@ class MoePlan {
   const GpuScheme& scheme() const { return scheme_; }
   const LayerDims& dims() const { return dims_; }
   int64_t max_tokens() const { return max_tokens_; }
+  const DeviceLimits& device() const { return device_; }
   const std::vector<Bucket>& buckets() const { return buckets_; }
   // One kernel set per bucket, in bucket order.
   std::vector<KernelSetSource> sources() const;
@@ -147,6 +148,7 @@ class MoeRunner {
                gemm2 = nullptr, combine = nullptr;
   };
   const MoePlan* plan_;
+  bool pdl_;  // programmatic dependent launches (sm_90 on; MOEQ_CT_NO_PDL=1 turns them off for measuring)
   std::vector<Functions> functions_;  // per bucket
 };
 

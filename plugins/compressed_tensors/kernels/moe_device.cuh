@@ -54,6 +54,18 @@ __device__ __forceinline__ void i8x4_to_bf16x2x2(u32 v, u32& lo, u32& hi) {
 
 // ------------------------------------------------------------------ async copies
 
+// Programmatic dependent launch (sm_90 on; a no-op before): every kernel of the launch
+// sequence runs this first. The trigger lets the next kernel of the sequence be scheduled as
+// soon as every block of this one has started; the wait holds this block until the kernels
+// before it have finished and their memory is visible, so nothing below it can race them (the
+// host launches the sequence's first kernel without the attribute, in plain stream order).
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
 
 // 16 bytes global -> shared, bypassing L1; `valid == false` writes zeros (and reads nothing).

@@ -45,6 +45,9 @@ struct Driver {
                                 const unsigned long long* strides_bytes, const unsigned* box,
                                 const unsigned* element_strides, int interleave, int swizzle, int l2_promotion,
                                 int oob_fill) = nullptr;
+  // Optional (null where the driver predates CUDA 12): the extended launch, which launch()
+  // below uses for programmatic dependent launches.
+  int (*cuLaunchKernelEx)(const void* config, Function f, void** params, void** extra) = nullptr;
 };
 
 // Every entry point of `library` resolved, or why not ("no CUDA driver (...)", "... lacks
@@ -61,6 +64,15 @@ const Driver& driver();
 
 // Throws moeq::Error(INTERNAL) "<what>: CUDA_ERROR_..." unless result is 0 (CUDA_SUCCESS).
 void check(int result, const char* what);
+
+// Launches f on `stream`. With `programmatic` (and a driver that has cuLaunchKernelEx), the
+// launch is a programmatic dependent launch (PDL, sm_90 on): the grid may start while the
+// previous kernel on the stream is still running, once every block of that kernel has executed
+// `griddepcontrol.launch_dependents`; the kernel must execute `griddepcontrol.wait` before it
+// touches memory the previous kernels write or read. Stream capture records it as a
+// programmatic edge. Without it, or without the entry point, a plain cuLaunchKernel.
+void launch(Function f, const unsigned grid[3], const unsigned block[3], unsigned smem, Stream stream, void** params,
+            bool programmatic, const char* what);
 
 // Makes the primary context of device `ordinal` current on this thread; retained once per
 // device for the life of the process, as the host does.
