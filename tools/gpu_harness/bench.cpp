@@ -1,5 +1,7 @@
 #include "bench.hpp"
 
+#include "gpu/tune_table.hpp"
+
 #include "bench_kernels.hpp"
 #include "bench_layer.hpp"
 #include "driver.hpp"
@@ -16,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iomanip>
@@ -648,6 +651,318 @@ bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed) {
     ok = run_check(c, {"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true}, ++seed) && ok;
   }
   return ok;
+}
+
+namespace {
+
+// ------------------------------------------------------------------ tuning
+
+// Median µs of each GEMM and of the whole sequence over `iters` runs, each after an L2 flush,
+// with an event after every kernel (not a graph: the GEMMs are timed apart).
+struct StageTimes {
+  double gemm1 = 0, gemm2 = 0, total = 0;
+};
+
+struct TuneRig {
+  Ctx& c;
+  DeviceLayer& layer;
+  DeviceBuffer& ws;
+  DeviceBuffer& flush;
+  ct::gpu::RunIo io;
+  Event e0, e1;
+  std::vector<Event> pool;
+
+  StageTimes stages(const MoeRunner& runner, int iters) {
+    std::vector<double> g1, g2, all;
+    for (int i = 0; i < iters + 1; ++i) {
+      c.d.memset_async(flush.get(), 0, flush.bytes(), c.s);
+      c.d.record(e0, c.s);
+      std::vector<std::pair<std::string, Event>> marks;
+      size_t used = 0;
+      runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s, [&](const char* name) {
+        if (used == pool.size()) pool.push_back(c.d.event());
+        c.d.record(pool[used], c.s);
+        marks.emplace_back(name, pool[used++]);
+      });
+      if (i == 0) continue;  // warm-up
+      Event prev = e0;
+      double a = 0, b = 0;
+      for (const auto& [name, ev] : marks) {
+        const double us = static_cast<double>(c.d.elapsed_ms(prev, ev)) * 1e3;
+        if (name == "moe_gemm1") a += us;
+        if (name == "moe_gemm2") b += us;
+        prev = ev;
+      }
+      g1.push_back(a);
+      g2.push_back(b);
+      all.push_back(static_cast<double>(c.d.elapsed_ms(e0, prev)) * 1e3);
+    }
+    return {median(g1), median(g2), median(all)};
+  }
+
+  // Median µs of CUDA-graph replays of the whole sequence, each after an L2 flush.
+  double graph(const MoeRunner& runner, int iters) {
+    c.d.begin_capture(c.s);
+    runner.run(io, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s);
+    GraphExec g = c.d.end_capture(c.s);
+    std::vector<double> t;
+    for (int i = 0; i < iters + 2; ++i) {
+      c.d.memset_async(flush.get(), 0, flush.bytes(), c.s);
+      c.d.record(e0, c.s);
+      c.d.graph_launch(g, c.s);
+      c.d.record(e1, c.s);
+      const double us = static_cast<double>(c.d.elapsed_ms(e0, e1)) * 1e3;
+      if (i >= 2) t.push_back(us);
+    }
+    c.d.graph_destroy(g);
+    return median(t);
+  }
+
+  std::vector<float> output(const MoeRunner& runner, DeviceBuffer& out32) {
+    ct::gpu::RunIo o = io;
+    o.out = reinterpret_cast<void*>(out32.get());
+    o.out_dtype = mk::kOutF32;
+    runner.run(o, layer.weights(), reinterpret_cast<void*>(ws.get()), c.s);
+    std::vector<float> v(static_cast<size_t>(io.m * io.out_stride));
+    c.d.sync(c.s);
+    c.d.download(v.data(), out32.get(), v.size() * 4);
+    return v;
+  }
+};
+
+bool same_bucket(const ct::gpu::Bucket& a, const ct::gpu::Bucket& b) {
+  return a.bm == b.bm && ct::gpu::tile_text(a.gemm1) == ct::gpu::tile_text(b.gemm1) &&
+         ct::gpu::tile_text(a.gemm2) == ct::gpu::tile_text(b.gemm2);
+}
+
+std::string bucket_text(const ct::gpu::Bucket& b) {
+  return "bm " + std::to_string(b.bm) + ", gemm1 " + ct::gpu::tile_text(b.gemm1) + ", gemm2 " + ct::gpu::tile_text(b.gemm2);
+}
+
+// Tunes one (shape, scheme) at every M of the options: round one times every candidate
+// bucket's GEMMs apart; round two joins, per row tile, the fastest GEMM1 with the fastest
+// GEMM2 and times those, the heuristic's and round one's three fastest as CUDA graphs. The
+// fastest graph wins if its output stays within 2e-2 (relative L2) of the heuristic's.
+void tune_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeSpec& spec, const BenchOptions& opt,
+                       std::vector<ct::gpu::TunedEntry>& entries) {
+  using ct::gpu::Bucket;
+  LayerDims d{shape.experts, 0, shape.hidden, shape.inter, shape.top_k};
+  const int64_t max_m = *std::max_element(opt.ms.begin(), opt.ms.end());
+  DeviceLayer layer(c.fill, c.d, spec, d, opt.seed, c.s);
+  layer.repack(c.utility, c.s);
+  const ct::gpu::DeviceLimits lim = limits(c.d);
+  ct::gpu::HeuristicInput hin = MoePlan(spec.scheme, d, max_m, lim).heuristic_input();
+  hin.tuned = nullptr;  // candidates around the heuristics' choice, not a table's
+  // One workspace for every candidate: the largest any of them lays out.
+  std::map<int64_t, std::vector<Bucket>> cands;
+  size_t ws_bytes = 0;
+  for (int64_t m : opt.ms) {
+    hin.max_tokens = m;
+    cands[m] = ct::gpu::tile_candidates(hin, m);
+    for (const Bucket& b : cands[m]) ws_bytes = std::max(ws_bytes, MoePlan(spec.scheme, d, m, lim, {b}).workspace_bytes());
+  }
+  DeviceBuffer ws(ws_bytes), x(static_cast<size_t>(max_m * d.hidden) * 2), ids(static_cast<size_t>(max_m * d.top_k) * 4),
+      tw(static_cast<size_t>(max_m * d.top_k) * 4), out(static_cast<size_t>(max_m * d.hidden) * 2),
+      out32(static_cast<size_t>(max_m * d.hidden) * 4);
+  DeviceBuffer flush(std::max<size_t>(static_cast<size_t>(c.d.info().l2_bytes) * 2, size_t{128} << 20));
+  c.fill.fill(x.get(), max_m * d.hidden, FillType::kBf16, opt.seed + 7, 1.0f, 0.0f, c.s);
+  const HostRouting r = random_routing(max_m, d.top_k, shape.experts, opt.seed + 8);
+  c.d.upload(ids.get(), r.ids.data(), r.ids.size() * 4);
+  c.d.upload(tw.get(), r.weights.data(), r.weights.size() * 4);
+  TuneRig rig{c, layer, ws, flush, {}, c.d.event(), c.d.event(), {}};
+  rig.io.x = reinterpret_cast<const void*>(x.get());
+  rig.io.x_stride = d.hidden;
+  rig.io.topk_ids = ids.as<const int32_t>();
+  rig.io.topk_weights = tw.as<const float>();
+  rig.io.out = reinterpret_cast<void*>(out.get());
+  rig.io.out_stride = d.hidden;
+  rig.io.out_dtype = mk::kOutBf16;
+
+  for (int64_t m : opt.ms) {
+    rig.io.m = m;
+    std::vector<Bucket> cs;
+    auto plan_of = [&](const Bucket& b) { return MoePlan(spec.scheme, d, m, lim, {b}); };
+    std::vector<MoePlan> plans;
+    std::vector<ct::gpu::KernelSetSource> sources;
+    for (const Bucket& b : cands[m])
+      for (auto& k : plan_of(b).sources()) sources.push_back(k);
+    // One batch (the JIT compiles the missing sets in parallel); if one fails, each alone, and
+    // a candidate whose kernels do not compile is left out with the reason.
+    bool batch_ok = true;
+    try {
+      c.modules.get(sources);
+    } catch (const std::exception&) {
+      batch_ok = false;
+    }
+    for (const Bucket& b : cands[m]) {
+      MoePlan p = plan_of(b);
+      if (!batch_ok) {
+        try {
+          c.modules.get(p.sources());
+        } catch (const std::exception& e) {
+          c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": candidate " << bucket_text(b)
+                << " left out: " << std::string(e.what()).substr(0, 300) << "\n";
+          if (cs.empty()) throw;  // the heuristic's own kernels must compile
+          continue;
+        }
+      }
+      cs.push_back(b);
+      plans.push_back(std::move(p));
+    }
+    // Round one.
+    std::vector<StageTimes> st(cs.size());
+    int iters = 3;
+    for (size_t i = 0; i < cs.size(); ++i) {
+      MoeRunner runner(plans[i], c.modules.get(plans[i].sources()));
+      if (i == 0) {
+        const double first = rig.stages(runner, 1).total;
+        iters = static_cast<int>(std::clamp(opt.seconds_per_case * 1e6 / std::max(first, 1.0) /
+                                                static_cast<double>(cs.size() + 4), 3.0, 15.0));
+      }
+      st[i] = rig.stages(runner, iters);
+    }
+    // Round two.
+    std::vector<Bucket> finalists = {cs[0]};
+    auto add = [&](const Bucket& b) {
+      for (const Bucket& f : finalists)
+        if (same_bucket(f, b)) return;
+      finalists.push_back(b);
+    };
+    std::map<int, std::pair<size_t, size_t>> best;  // bm -> (fastest gemm1, fastest gemm2) candidate
+    for (size_t i = 0; i < cs.size(); ++i) {
+      auto it = best.find(cs[i].bm);
+      if (it == best.end()) {
+        best[cs[i].bm] = {i, i};
+        continue;
+      }
+      if (st[i].gemm1 < st[it->second.first].gemm1) it->second.first = i;
+      if (st[i].gemm2 < st[it->second.second].gemm2) it->second.second = i;
+    }
+    for (const auto& [bm, p] : best) add(Bucket{m, bm, cs[p.first].gemm1, cs[p.second].gemm2});
+    std::vector<size_t> order(cs.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return st[a].total < st[b].total; });
+    for (size_t i = 0; i < std::min<size_t>(3, order.size()); ++i) add(cs[order[i]]);
+    std::vector<MoePlan> fplans;
+    sources.clear();
+    for (const Bucket& b : finalists) {
+      fplans.push_back(plan_of(b));
+      for (auto& k : fplans.back().sources()) sources.push_back(k);
+    }
+    c.modules.get(sources);
+    std::vector<double> gt(finalists.size());
+    for (size_t i = 0; i < finalists.size(); ++i)
+      gt[i] = rig.graph(MoeRunner(fplans[i], c.modules.get(fplans[i].sources())), iters);
+    size_t win = static_cast<size_t>(std::min_element(gt.begin(), gt.end()) - gt.begin());
+    double diff = 0;
+    if (win != 0) {
+      MoeRunner h(fplans[0], c.modules.get(fplans[0].sources()));
+      MoeRunner w(fplans[win], c.modules.get(fplans[win].sources()));
+      diff = ref::relative_l2(rig.output(w, out32), rig.output(h, out32));
+      if (!(diff <= 2e-2)) {
+        c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": " << bucket_text(finalists[win])
+              << " differs from the heuristic's output by " << diff << " (relative L2); keeping the heuristic\n";
+        win = 0;
+      }
+    }
+    ct::gpu::TunedEntry e;
+    e.arch = hin.arch;
+    e.multiprocessors = lim.multiprocessors;
+    e.scheme = hin.scheme_key;
+    e.experts = d.num_experts;
+    e.top_k = d.top_k;
+    e.hidden = d.hidden;
+    e.inter = d.inter;
+    e.m = m;
+    e.bucket = finalists[win];
+    e.us = gt[win];
+    e.heuristic_us = gt[0];
+    entries.push_back(e);
+    c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": " << cs.size() << " candidates, "
+          << finalists.size() << " finalists; heuristic " << fmt(gt[0], 1) << " us (" << bucket_text(cs[0]) << "), tuned "
+          << fmt(gt[win], 1) << " us (" << bucket_text(finalists[win]) << "), " << fmt(gt[0] / gt[win], 2) << "x"
+          << (win != 0 ? ", rel L2 to the heuristic's output " + fmt(diff * 1e3, 2) + "e-3" : "") << "\n";
+    c.out.flush();
+  }
+}
+
+}  // namespace
+
+int run_tune(const BenchOptions& opt, const std::string& table_path, std::ostream& out) {
+  std::ostream& log = std::cerr;
+  Driver& d = Driver::open();
+  Ctx c{d, d.stream(), BenchKernels(d), ModuleCache(d), nullptr, log};
+  log << "device: " << d.info().name << ", " << d.arch() << ", " << d.info().multiprocessors << " SMs\n";
+  c.utility = d.load(nvrtc_build(ct::gpu::utility_source(), d.arch()).image);
+  BenchOptions o = opt;
+  o.check = false;
+  const Selection sel = select(o);
+  std::vector<ct::gpu::TunedEntry> entries;
+  int failed = 0;
+  // NOTE: the file is rewritten after every (shape, scheme), so a run stopped by a time limit
+  // still leaves the cases it finished.
+  auto write = [&] {
+    if (table_path.empty()) return;
+    const std::string tmp = table_path + ".tmp";
+    {
+      std::ofstream f(tmp, std::ios::binary);
+      f << ct::gpu::tune_table_json(entries);
+      f.close();
+      if (!f) fail("bench tune: cannot write '" + tmp + "'");
+    }
+    if (std::rename(tmp.c_str(), table_path.c_str()) != 0) fail("bench tune: cannot write '" + table_path + "'");
+  };
+  write();
+  for (const auto& sh : sel.shapes)
+    for (const auto& s : sel.schemes) {
+      try {
+        tune_shape_scheme(c, sh, s, opt, entries);
+      } catch (const std::exception& e) {
+        ++failed;
+        log << "  " << sh.name << " " << s.name << ": NOT TUNED: " << e.what() << "\n";
+      }
+      write();
+    }
+  if (table_path.empty()) out << ct::gpu::tune_table_json(entries);
+  else log << "wrote " << entries.size() << " entries to " << table_path << "\n";
+  double lg = 0;
+  for (const auto& e : entries) lg += std::log(e.heuristic_us / e.us);
+  if (!entries.empty())
+    log << "geomean heuristic / tuned over " << entries.size() << " cases: " << fmt(std::exp(lg / entries.size()), 3)
+        << "x; JIT " << fmt(c.modules.compile_ms() / 1e3, 1) << " s of NVRTC\n";
+  if (failed) log << failed << " (shape, scheme) NOT TUNED (errors above)\n";
+  return failed == 0 ? 0 : 1;
+}
+
+// Every candidate kernel set `run_tune` would compile for these options on `arch` (an H100's
+// SMs and shared memory assumed), into the JIT cache; needs no GPU.
+int compile_tune_candidates(const BenchOptions& opt, const std::string& arch, std::ostream& out) {
+  BenchOptions o = opt;
+  o.check = false;
+  const Selection sel = select(o);
+  ct::gpu::DeviceLimits lim;
+  if (const std::string why = arch_refusal(arch); !why.empty()) fail("--compile-only " + why);
+  const int cc = *arch_capability(arch);
+  lim.sm_major = cc / 10;
+  lim.sm_minor = cc % 10;
+  std::map<std::string, ct::gpu::KernelSetSource> sets;
+  for (const auto& sh : sel.shapes)
+    for (const auto& s : sel.schemes) {
+      const LayerDims d{sh.experts, 0, sh.hidden, sh.inter, sh.top_k};
+      for (int64_t m : opt.ms) {
+        ct::gpu::HeuristicInput hin = MoePlan(s.scheme, d, m, lim).heuristic_input();
+        hin.tuned = nullptr;
+        for (const auto& b : ct::gpu::tile_candidates(hin, m))
+          for (auto& k : MoePlan(s.scheme, d, m, lim, {b}).sources()) sets.emplace(k.source, k);
+      }
+    }
+  std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
+  for (auto& [_, k] : sets) list.push_back(k);
+  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
+  double ms = 0;
+  for (const auto& cb : cubins) ms += cb.milliseconds;
+  out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
+  return 0;
 }
 
 int run_bench(const BenchOptions& opt, std::ostream& out) {

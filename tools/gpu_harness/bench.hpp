@@ -40,6 +40,13 @@ std::string fmt(double v, int prec = 1);
 // check, every case that failed). Returns 0 when every check passed and every case ran.
 int run_bench(const BenchOptions& options, std::ostream& out);
 
+// `moeq bench tune`: per (shape, scheme, M) of the options, times the tile candidates
+// (tile_candidates) and writes the fastest of each as a tune table (tune_table.hpp) to
+// `table_path` (empty: `out`); progress on stderr. Returns 0 when every case was tuned.
+int run_tune(const BenchOptions& options, const std::string& table_path, std::ostream& out);
+// Compiles every candidate kernel set run_tune would time on `arch` into the JIT cache; no GPU.
+int compile_tune_candidates(const BenchOptions& options, const std::string& arch, std::ostream& out);
+
 // Compiles (into the JIT cache, MOEQ_CACHE_DIR) every kernel set run_bench would
 // load for `arch`, assuming an H100's SM count and shared memory; needs no GPU.
 int compile_only(const BenchOptions& options, const std::string& arch, std::ostream& out);

@@ -211,6 +211,24 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
   apply_->add_flag("--json", opt_.json, "print the timed rows as one JSON object (progress and tables to stderr)");
 
+  tune_ = bench_->add_subcommand(
+      "tune", "tile configurations of the compressed_tensors kernels timed on this GPU per (shape, scheme, M): every "
+              "candidate's GEMMs apart, then the best per row tile as CUDA graphs; the fastest of each case becomes "
+              "an entry of a tune table (JSON), which the plugin reads from MOEQ_CT_TUNE_TABLE or ships embedded");
+  auto* tune_scheme = tune_->add_option("--scheme", tune_schemes_, "comma list of schemes (default: bf16, fp8-channel, "
+                                                                   "fp8-block, w8a16)");
+  auto* tune_shape = tune_->add_option("--shape", tune_shapes_, "comma list of named shapes (default: all, unless --dims)");
+  tune_->add_option("--dims", tune_dims_, "another geometry, E,TOPK,H,I or NAME=E,TOPK,H,I; repeatable")
+      ->check(apply_dims_refusal)
+      ->allow_extra_args(false);
+  tune_->add_option("--m", tune_ms_, "comma list of token counts (positive, each once)")
+      ->check(distinct_list(token_count_refusal));
+  tune_->add_option("--seconds", tune_seconds_, "timing budget of one (shape, scheme, M)")->check(CLI::Range(0.01, 60.0));
+  tune_->add_option("--out", tune_out_, "write the table to this file (default: standard output)");
+  auto* tune_arch = tune_->add_option(
+      "--compile-only", tune_arch_,
+      "compile every candidate kernel set for this arch (e.g. sm_90a) into the JIT cache and stop; needs no GPU");
+
   load_ = bench_->add_subcommand(
       "load", "checkpoint -> device 0 through pinned staging chunks, reader threads and async copies: the raw files "
               "and the strict load through the plugins, against pinned and pageable H2D measured in the same run; "
@@ -265,8 +283,12 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   jit_scheme->check(distinct_list(scheme));
   jit_shape->check(shape);
   jit_arch->check(gpu_harness::arch_refusal);
+  tune_scheme->check(distinct_list(scheme));
+  tune_shape->check(distinct_list(shape));
+  tune_arch->check(gpu_harness::arch_refusal);
 #else
   (void)apply_scheme, (void)apply_shape, (void)jit_scheme, (void)jit_shape, (void)jit_arch;
+  (void)tune_scheme, (void)tune_shape, (void)tune_arch;
 #endif
 }
 
@@ -275,6 +297,7 @@ bool BenchCommand::parsed() const { return bench_->parsed(); }
 int BenchCommand::run() const {
   if (load_->parsed()) return run_load();
   if (jit_->parsed()) return run_jit();
+  if (tune_->parsed()) return run_tune();
   return run_apply();
 }
 
@@ -300,6 +323,30 @@ int BenchCommand::run_apply() const {
   return gpu_harness::run_bench(o, std::cout);
 #else
   std::cerr << "moeq bench: " << kNoToolkit << "\n";
+  return 1;
+#endif
+}
+
+int BenchCommand::run_tune() const {
+#if MOEQ_HAVE_GPU_BENCH
+  gpu_harness::BenchOptions o;
+  o.schemes = split_list(tune_schemes_);
+  o.shapes = split_list(tune_shapes_);
+  for (const std::string& v : tune_dims_) {
+    std::string why;
+    const ApplyDims d = *parse_apply_dims(v, why);  // checked while parsing
+    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
+  }
+  o.ms = *positive_integers(tune_ms_);  // checked while parsing
+  o.seconds_per_case = tune_seconds_;
+  if (!tune_arch_.empty()) return gpu_harness::compile_tune_candidates(o, tune_arch_, std::cout);
+  if (const std::string why = gpu_harness::Driver::unavailable_reason(); !why.empty()) {
+    std::cerr << "moeq bench tune: " << why << "\n";
+    return 1;
+  }
+  return gpu_harness::run_tune(o, tune_out_, std::cout);
+#else
+  std::cerr << "moeq bench tune: " << kNoToolkit << "\n";
   return 1;
 #endif
 }

@@ -2,6 +2,9 @@
 // GPU, checked against the CPU references, then timed against the measured floors.
 // `moeq bench load`: page cache -> device parameters through pinned staging, raw and through
 // the strict loader, against the measured H2D rates; `--synthesize` writes a big checkpoint.
+// `moeq bench tune`: per (shape, scheme, M) the tile candidates timed on this GPU; the fastest
+// written as a tune table the compressed_tensors plugin reads (MOEQ_CT_TUNE_TABLE, or shipped
+// under plugins/compressed_tensors/gpu/tuned/).
 // `moeq bench jit`: cold and warm JIT start of the kernel sets one model needs, per scheme.
 #pragma once
 #include "session.hpp"
@@ -36,17 +39,24 @@ class BenchCommand {
   int run_apply() const;
   int run_load() const;
   int run_jit() const;
+  int run_tune() const;
 
   CommonOptions& opt_;
   CLI::App* bench_ = nullptr;
   CLI::App* apply_ = nullptr;
   CLI::App* load_ = nullptr;
   CLI::App* jit_ = nullptr;
+  CLI::App* tune_ = nullptr;
   // apply
   std::string schemes_, shapes_, ms_ = "1,16,128,1024,8192", markdown_;
   std::vector<std::string> apply_dims_;
   bool no_check_ = false;
   double seconds_ = 0.25;
+  // tune
+  std::string tune_schemes_ = "bf16,fp8-channel,fp8-block,w8a16", tune_shapes_, tune_ms_ = "1,16,128,1024,8192",
+              tune_out_, tune_arch_;
+  std::vector<std::string> tune_dims_;
+  double tune_seconds_ = 0.5;
   // load
   std::string dir_, synthesize_, synth_scheme_ = "fp8-channel", dims_;
   int layers_ = 4;

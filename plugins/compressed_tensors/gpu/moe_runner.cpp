@@ -1,10 +1,14 @@
 #include "moe_runner.hpp"
 
+#include "tune_table.hpp"
+
 #include <moeq/error.hpp>
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdlib>
+#include <initializer_list>
+#include <optional>
 
 namespace moeq::ct::gpu {
 namespace {
@@ -113,7 +117,65 @@ std::string GpuScheme::label() const {
   return std::string(kind_name(kind)) + " weights " + ws_name(wscale) + " / activations " + am_name(amode);
 }
 
+std::string GpuScheme::key() const {
+  std::string k = std::string(kind_name(kind)) + ".w" + ws_name(wscale) + ".a" + am_name(amode);
+  if (amode == mk::kAGroup) k += ".g" + s(act_group);
+  if (kind == mk::kKindFp8 && (wscale == mk::kWBlock || amode == mk::kAGroup)) k += ".k" + s(scale_k);
+  if (wscale == mk::kWBlock) k += ".bn" + s(block_n);
+  return k;
+}
+
+std::optional<GpuScheme> GpuScheme::from_key(const std::string& key) {
+  std::vector<std::string> parts;
+  for (size_t from = 0;;) {
+    const size_t dot = key.find('.', from);
+    parts.push_back(key.substr(from, dot == std::string::npos ? std::string::npos : dot - from));
+    if (dot == std::string::npos) break;
+    from = dot + 1;
+  }
+  if (parts.size() < 3) return std::nullopt;
+  GpuScheme g;
+  auto pick = [](const std::string& word, std::initializer_list<int> codes, const char* (*name)(int), int& out) {
+    for (int c : codes)
+      if (word == name(c)) {
+        out = c;
+        return true;
+      }
+    return false;
+  };
+  if (!pick(parts[0], {mk::kKindFp8, mk::kKindBf16, mk::kKindW8A16}, kind_name, g.kind)) return std::nullopt;
+  if (parts[1].empty() || parts[1][0] != 'w' ||
+      !pick(parts[1].substr(1), {mk::kWNone, mk::kWTensor, mk::kWChannel, mk::kWBlock}, ws_name, g.wscale))
+    return std::nullopt;
+  if (parts[2].empty() || parts[2][0] != 'a' ||
+      !pick(parts[2].substr(1), {mk::kANone, mk::kAStatic, mk::kATensor, mk::kAToken, mk::kAGroup}, am_name, g.amode))
+    return std::nullopt;
+  for (size_t i = 3; i < parts.size(); ++i) {
+    const std::string& p = parts[i];
+    const size_t digits = p.find_first_of("0123456789");
+    if (digits == std::string::npos || digits == 0) return std::nullopt;
+    int v = 0;
+    try {
+      size_t used = 0;
+      v = std::stoi(p.substr(digits), &used);
+      if (used != p.size() - digits) return std::nullopt;
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+    const std::string tag = p.substr(0, digits);
+    if (tag == "g") g.act_group = v;
+    else if (tag == "k") g.scale_k = v;
+    else if (tag == "bn") g.block_n = v;
+    else return std::nullopt;
+  }
+  if (g.key() != key) return std::nullopt;  // one spelling per scheme
+  return g;
+}
+
 MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device)
+    : MoePlan(scheme, dims, max_tokens, device, {}) {}
+
+MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device, std::vector<Bucket> fixed)
     : scheme_(scheme), dims_(dims), max_tokens_(max_tokens), device_(device) {
   const std::string where = "gpu moe (" + scheme_.label() + "): ";
   const auto& d = dims_;
@@ -175,7 +237,28 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.max_tokens = max_tokens_;
   hin.multiprocessors = device_.multiprocessors;
   hin.max_smem_per_block = device_.max_smem_per_block;
-  buckets_ = choose_buckets(hin);
+  // NOTE: the measuring knobs above change what the heuristics may choose; with any of them set
+  // the measured table is left out too, so that a knob measures what it names.
+  const bool knobs = std::getenv("MOEQ_CT_NO_WGMMA") || std::getenv("MOEQ_CT_NO_WS") ||
+                     std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
+                     std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE");
+  hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
+  hin.scheme_key = scheme_.key();
+  hin.tuned = knobs ? nullptr : &tune_entries();
+  hin_ = hin;
+  if (fixed.empty()) {
+    buckets_ = choose_buckets(hin);
+  } else {
+    // Tiles given by the caller (`moeq bench tune`): checked as a table's would be.
+    std::sort(fixed.begin(), fixed.end(), [](const Bucket& a, const Bucket& b) { return a.max_tokens < b.max_tokens; });
+    for (const Bucket& b : fixed)
+      for (const bool gated : {true, false}) {
+        const std::string why = tile_refusal(hin, b.bm, gated ? b.gemm1 : b.gemm2, gated);
+        MOEQ_CHECK(why.empty(), where + why);
+      }
+    fixed.back().max_tokens = std::max(fixed.back().max_tokens, max_tokens_);
+    buckets_ = std::move(fixed);
+  }
   for (const auto& b : buckets_)
     for (const GemmTile* t : {&b.gemm1, &b.gemm2})
       MOEQ_CHECK(gemm_smem(scheme_.kind, b.bm, *t) <= device_.max_smem_per_block,

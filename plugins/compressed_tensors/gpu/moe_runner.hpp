@@ -19,6 +19,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ struct GpuScheme {
   int scale_k = 128;    // fp8 block/group scales: K elements per scale period (16, 32, 64 or 128)
   int block_n = 0;      // fp8 block scales: rows of a weight block (gcd over w13 and w2); 0 = none
   std::string label() const;  // "fp8 channel / per-token"
+  // What tune tables match on: "fp8.wblock.agroup.g128.k128.bn128", "bf16.wnone.anone".
+  std::string key() const;
+  // The scheme of a key (nullopt for anything key() would not write).
+  static std::optional<GpuScheme> from_key(const std::string& key);
 };
 
 struct LayerDims {
@@ -92,6 +97,11 @@ class MoePlan {
  public:
   // Throws moeq::Error naming what the kernels cannot run (shape, scheme, arch).
   MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device);
+  // The same with the buckets given (tile_candidates, `moeq bench tune`); the last one covers
+  // max_tokens. Throws moeq::Error if a tile cannot run here (tile_refusal).
+  MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLimits device, std::vector<Bucket> fixed);
+  // What the heuristics and the tune table were asked (tile_candidates takes it).
+  const HeuristicInput& heuristic_input() const { return hin_; }
 
   const GpuScheme& scheme() const { return scheme_; }
   const LayerDims& dims() const { return dims_; }
@@ -124,6 +134,7 @@ class MoePlan {
   int64_t max_tokens_;
   DeviceLimits device_;
   std::vector<Bucket> buckets_;
+  HeuristicInput hin_;
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
 };

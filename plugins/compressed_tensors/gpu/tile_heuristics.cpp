@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 namespace moeq::ct::gpu {
 namespace {
@@ -10,6 +11,11 @@ constexpr int kKindFp8 = 0;
 constexpr int kKindW8A16 = 2;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+std::string tile_text_key(const GemmTile& t) {
+  return std::to_string(t.bn) + "/" + std::to_string(t.warps_m) + "/" + std::to_string(t.warps_n) + "/" +
+         std::to_string(t.stages) + "/" + (t.wgmma ? "g" : "m") + (t.pipelined ? "p" : "s") + (t.ws ? "w" : "-");
+}
 
 
 // Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
@@ -95,8 +101,93 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
 
 }  // namespace
 
-std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
+Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   const int64_t E = std::max<int64_t>(in.num_experts, 1), k = std::max<int64_t>(in.top_k, 1);
+  const double rows = static_cast<double>(m * k) / static_cast<double>(E);
+  Bucket b;
+  b.max_tokens = m;
+  b.bm = row_tile(rows);
+  const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
+  b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
+  b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
+  return b;
+}
+
+std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bool gated) {
+  const std::string tile = (gated ? "gemm1 " : "gemm2 ") + std::to_string(bm) + "x" + std::to_string(t.bn);
+  if (bm != 16 && bm != 32 && bm != 64 && bm != 128) return "row tile " + std::to_string(bm) + " is not 16, 32, 64 or 128";
+  if (t.ws && !t.wgmma) return tile + ": warp-specialized tiles are wgmma tiles";
+  if (t.wgmma) {
+    if (!in.wgmma) return tile + ": this device or scheme has no wgmma kernel";
+    if (t.ws && !in.ws) return tile + ": this scheme has no warp-specialized kernel";
+    if (bm < 64 || t.warps_m != bm / 64 || t.warps_n != 4) return tile + ": wgmma tiles are bm / 64 warpgroups of 4 warps";
+    if (t.ws) {
+      if (t.bn != 128 && t.bn != 256) return tile + ": warp-specialized tiles are 128 or 256 wide";
+      // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
+      // too few for a 256-wide warpgroup MMA (ptxas C7602).
+      if (bm == 64 && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
+      if (in.kind == kKindFp8 && t.bn == 256 && in.promote && !in.wide_fp8)
+        return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
+    } else if (in.kind == kKindFp8) {
+      if (t.bn != 128 && t.bn != 256) return tile + ": fp8 wgmma tiles are 128 or 256 wide";
+      if (t.bn == 256 && !in.wide_fp8) return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
+    } else if (t.bn != 256) {
+      return tile + ": bf16 wgmma tiles are 256 wide";
+    }
+  } else {
+    if (t.warps_m < 1 || t.warps_n < 1 || bm % (16 * t.warps_m) != 0 || t.bn % (16 * t.warps_n) != 0)
+      return tile + ": warp tiles must be multiples of 16 x 16";
+    if (t.bn > 128) return tile + ": mma.sync tiles are at most 128 wide";
+  }
+  if (gemm_smem_bytes(in.kind, bm, t) > in.max_smem_per_block)
+    return tile + " with " + std::to_string(t.stages) + " stages needs " + std::to_string(gemm_smem_bytes(in.kind, bm, t)) +
+           " bytes of shared memory, the device has " + std::to_string(in.max_smem_per_block);
+  return "";
+}
+
+std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
+  std::vector<Bucket> out;
+  auto same = [](const Bucket& a, const Bucket& b) {
+    return a.bm == b.bm && tile_text_key(a.gemm1) == tile_text_key(b.gemm1) && tile_text_key(a.gemm2) == tile_text_key(b.gemm2);
+  };
+  auto add = [&](const Bucket& b) {
+    if (!tile_refusal(in, b.bm, b.gemm1, true).empty() || !tile_refusal(in, b.bm, b.gemm2, false).empty()) return;
+    for (const Bucket& o : out)
+      if (same(o, b)) return;
+    out.push_back(b);
+  };
+  const Bucket h = heuristic_bucket(in, m);
+  add(h);
+  const int tiles[] = {16, 32, 64, 128};
+  for (int bm : tiles) {
+    if (bm < h.bm / 2 || bm > h.bm * 2) continue;  // the row tiles next to the heuristic's
+    std::vector<GemmTile> options;
+    for (int bn : {64, 128})
+      for (int stages : {3, 5, 8}) {
+        GemmTile t{bn, bm >= 64 ? 2 : 1, 4, stages};
+        options.push_back(t);
+      }
+    if (in.wgmma && bm >= 64 && in.kind != kKindW8A16) {
+      for (int bn : {128, 256}) {
+        GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};
+        t.wgmma = true;
+        while (t.stages > 2 && gemm_smem_bytes(in.kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
+        options.push_back(t);
+        if (in.ws) {
+          t.ws = true;
+          t.stages = 8;
+          const int budget = bm == 64 ? in.max_smem_per_block / 2 : in.max_smem_per_block;
+          while (t.stages > 2 && gemm_smem_bytes(in.kind, bm, t) > budget) --t.stages;
+          options.push_back(t);
+        }
+      }
+    }
+    for (const GemmTile& t : options) add(Bucket{m, bm, t, t});
+  }
+  return out;
+}
+
+std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   const int64_t max_tokens = std::max<int64_t>(in.max_tokens, 1);
   std::vector<Bucket> out;
   // Walk M over powers of two; a new bucket starts where the row tile or a GEMM's tile
@@ -106,12 +197,8 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
            a.wgmma == b.wgmma && a.pipelined == b.pipelined && a.ws == b.ws;
   };
   for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
-    const double rows = static_cast<double>(m * k) / static_cast<double>(E);
     Bucket b;
-    b.bm = row_tile(rows);
-    const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
-    b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
-    b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
+    if (!tuned_bucket(in, m, b)) b = heuristic_bucket(in, m);
     if (out.empty() || b.bm != out.back().bm || !same(b.gemm1, out.back().gemm1) || !same(b.gemm2, out.back().gemm2))
       out.push_back(b);
     out.back().max_tokens = m;

@@ -7,6 +7,8 @@
 
 namespace moeq::ct::gpu {
 
+struct TunedEntry;  // tune_table.hpp
+
 struct GemmTile {
   int bn = 128;      // B rows per block (GEMM1: half gate, half up)
   int warps_m = 1;   // mma.sync warp grid (wgmma: bm / 64 warpgroups of 4 warps, warps_m x 4)
@@ -52,10 +54,32 @@ struct HeuristicInput {
   int64_t max_tokens = 0;  // the chunk size: largest M one launch sequence handles
   int multiprocessors = 132;
   int max_smem_per_block = 227 * 1024;
+  // Measured tiles (tune_table.hpp): entries of this arch, SM count, scheme key and shape take
+  // precedence over the heuristics at the M nearest theirs. Null: heuristics only.
+  const std::vector<TunedEntry>* tuned = nullptr;
+  std::string arch;        // "sm_90"
+  std::string scheme_key;  // GpuScheme::key()
 };
 
 // Buckets in increasing max_tokens; the last covers max_tokens. Deterministic in its input.
 std::vector<Bucket> choose_buckets(const HeuristicInput& in);
+
+// The bucket the heuristics alone choose for m tokens (max_tokens = m).
+Bucket heuristic_bucket(const HeuristicInput& in, int64_t m);
+
+// Why this GEMM tile cannot run under `in` with bm-row tiles (empty: it can): the kernel's
+// static limits (warp tiles, wgmma widths, W8A16 on mma.sync only), what the device runs
+// (wgmma, warp specialization) and its shared memory.
+std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bool gated);
+
+// The buckets `moeq bench tune` times at m tokens: the heuristic's first, then the row tiles
+// around it with each tile the kernels take there (both GEMMs the same tile), none twice.
+std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m);
+
+// The measured bucket for m tokens, if `in.tuned` has entries of this device, scheme and shape
+// (the entry at the M nearest m on a log scale; the smaller M on a tie). Throws moeq::Error
+// naming the entry if its tiles cannot run here (tune_table.cpp).
+bool tuned_bucket(const HeuristicInput& in, int64_t m, Bucket& out);
 
 // Index of the bucket for m tokens.
 std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m);

@@ -1,0 +1,240 @@
+// The compressed_tensors tile tables (`moeq bench tune`): candidates, the table format, and
+// how a plan takes a measured entry over the heuristics. CPU only: plans are pure arithmetic.
+#include "gpu/moe_runner.hpp"
+#include "gpu/tune_table.hpp"
+
+#include <moeq/error.hpp>
+
+#include <doctest/doctest.h>
+
+#include <optional>
+#include <set>
+#include <string>
+
+namespace gpu = moeq::ct::gpu;
+namespace mk = ::moeq_kernels;
+
+namespace {
+
+gpu::GpuScheme fp8_channel() {
+  gpu::GpuScheme s;
+  s.kind = mk::kKindFp8;
+  s.wscale = mk::kWChannel;
+  s.amode = mk::kAToken;
+  return s;
+}
+
+gpu::GpuScheme fp8_block() {
+  gpu::GpuScheme s = fp8_channel();
+  s.wscale = mk::kWBlock;
+  s.amode = mk::kAGroup;
+  s.act_group = 128;
+  s.scale_k = 128;
+  s.block_n = 128;
+  return s;
+}
+
+gpu::GpuScheme w8a16() {
+  gpu::GpuScheme s;
+  s.kind = mk::kKindW8A16;
+  s.wscale = mk::kWChannel;
+  s.amode = mk::kANone;
+  return s;
+}
+
+gpu::DeviceLimits h100() { return gpu::DeviceLimits{}; }  // sm_90, 132 SMs, 227 KiB
+
+std::string entry_json(const std::string& scheme, int64_t m, int bm, const std::string& g1, const std::string& g2,
+                       int64_t experts = 128) {
+  return "{\"arch\": \"sm_90\", \"sms\": 132, \"scheme\": \"" + scheme + "\", \"experts\": " + std::to_string(experts) +
+         ", \"top_k\": 8, \"hidden\": 2048, \"inter\": 768, \"m\": " + std::to_string(m) + ", \"bm\": " +
+         std::to_string(bm) + ", \"gemm1\": \"" + g1 + "\", \"gemm2\": \"" + g2 + "\", \"us\": 10.5}";
+}
+
+std::string table(const std::string& entries) {
+  return "{\"format\": \"moeq-ct-tune/1\", \"entries\": [" + entries + "]}";
+}
+
+}  // namespace
+
+TEST_CASE("tune: scheme keys tell apart what the kernels compile differently, and read back") {
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16()}) {
+    const std::optional<gpu::GpuScheme> back = gpu::GpuScheme::from_key(sc.key());
+    REQUIRE(back.has_value());
+    CHECK(back->key() == sc.key());
+  }
+  CHECK_FALSE(gpu::GpuScheme::from_key("fp8.wchannel").has_value());
+  CHECK_FALSE(gpu::GpuScheme::from_key("fp8.wchannel.atoken.x3").has_value());
+  CHECK_FALSE(gpu::GpuScheme::from_key("fp9.wchannel.atoken").has_value());
+  CHECK(fp8_channel().key() == "fp8.wchannel.atoken");
+  CHECK(fp8_block().key() == "fp8.wblock.agroup.g128.k128.bn128");
+  gpu::GpuScheme refined = fp8_block();
+  refined.scale_k = 16;
+  refined.block_n = 16;
+  CHECK(refined.key() == "fp8.wblock.agroup.g128.k16.bn16");
+  CHECK(w8a16().key() == "w8a16.wchannel.anone");
+}
+
+TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, none twice") {
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16()}) {
+    for (int64_t m : {1, 16, 128, 1024, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      const gpu::MoePlan plan(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100());
+      gpu::HeuristicInput in = plan.heuristic_input();
+      in.tuned = nullptr;
+      const std::vector<gpu::Bucket> c = gpu::tile_candidates(in, m);
+      REQUIRE(c.size() >= 2);
+      const gpu::Bucket h = gpu::heuristic_bucket(in, m);
+      CHECK(c[0].bm == h.bm);
+      CHECK(gpu::tile_text(c[0].gemm1) == gpu::tile_text(h.gemm1));
+      CHECK(gpu::tile_text(c[0].gemm2) == gpu::tile_text(h.gemm2));
+      std::set<std::string> seen;
+      for (const gpu::Bucket& b : c) {
+        CHECK(gpu::tile_refusal(in, b.bm, b.gemm1, true).empty());
+        CHECK(gpu::tile_refusal(in, b.bm, b.gemm2, false).empty());
+        CHECK(seen.insert(std::to_string(b.bm) + gpu::tile_text(b.gemm1) + gpu::tile_text(b.gemm2)).second);
+        if (sc.kind == mk::kKindW8A16) CHECK_FALSE(b.gemm1.wgmma);
+        // Each one plans (MoePlan checks the tiles again) and names its tiles in its sources.
+        const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100(), {b});
+        REQUIRE(p.buckets().size() == 1);
+        CHECK(p.buckets()[0].max_tokens == m);
+      }
+    }
+  }
+}
+
+TEST_CASE("tune: tile refusals name what cannot run") {
+  const gpu::MoePlan plan(w8a16(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 64, h100());
+  gpu::GemmTile t{256, 1, 4, 4};
+  t.wgmma = true;
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, t, true).find("no wgmma kernel") != std::string::npos);
+  gpu::GemmTile narrow{32, 1, 4, 4};
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 16, narrow, true).find("multiples of 16") != std::string::npos);
+  gpu::GemmTile deep{128, 1, 4, 12};
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 128, deep, false).find("shared memory") != std::string::npos);
+}
+
+TEST_CASE("tune: a table round-trips through its JSON text") {
+  gpu::TunedEntry e;
+  e.arch = "sm_90";
+  e.multiprocessors = 132;
+  e.scheme = "fp8.wchannel.atoken";
+  e.experts = 128;
+  e.top_k = 8;
+  e.hidden = 2048;
+  e.inter = 768;
+  e.m = 16;
+  e.bucket.bm = 16;
+  e.bucket.gemm1 = gpu::GemmTile{64, 1, 4, 8};
+  e.bucket.gemm2 = gpu::GemmTile{128, 1, 4, 3};
+  e.us = 42.25;
+  e.heuristic_us = 50;
+  const auto back = gpu::parse_tune_table(gpu::tune_table_json({e, e}), "round trip");
+  REQUIRE(back.size() == 2);
+  CHECK(back[1].scheme == e.scheme);
+  CHECK(back[1].m == 16);
+  CHECK(gpu::tile_text(back[1].bucket.gemm1) == "mma 64 w1x4 s8");
+  CHECK(gpu::tile_text(back[1].bucket.gemm2) == "mma 128 w1x4 s3");
+  CHECK(back[1].us == doctest::Approx(42.2).epsilon(0.01));
+  gpu::GemmTile ws{256, 2, 4, 4};
+  ws.wgmma = ws.ws = true;
+  CHECK(gpu::tile_text(gpu::parse_tile_text(gpu::tile_text(ws), "x")) == "ws 256 w2x4 s4");
+}
+
+TEST_CASE("tune: malformed tables are refused with the origin, the entry and the field") {
+  auto refusal = [](const std::string& text) {
+    try {
+      gpu::parse_tune_table(text, "t.json");
+    } catch (const moeq::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  CHECK(refusal("not json").find("t.json: not JSON") != std::string::npos);
+  CHECK(refusal("{\"format\": \"other/1\", \"entries\": []}").find("\"format\"") != std::string::npos);
+  CHECK(refusal("{\"format\": \"moeq-ct-tune/1\"}").find("\"entries\"") != std::string::npos);
+  const std::string good = entry_json("fp8.wchannel.atoken", 16, 16, "mma 64 w1x4 s8", "mma 64 w1x4 s8");
+  CHECK(refusal(table(good)) == "accepted");
+  std::string bad = good;
+  bad.replace(bad.find("\"bm\": 16"), 8, "\"bm\": 24");
+  CHECK(refusal(table(good + "," + bad)).find("entry 1: \"bm\" must be 16, 32, 64 or 128, found 24") != std::string::npos);
+  bad = entry_json("fp8.wchannel.atoken", 16, 16, "mma 64 w1x4", "mma 64 w1x4 s8");
+  CHECK(refusal(table(bad)).find("entry 0 gemm1: a tile is") != std::string::npos);
+  bad = entry_json("fp8.wchannel.atoken", 16, 16, "tma 64 w1x4 s8", "mma 64 w1x4 s8");
+  CHECK(refusal(table(bad)).find("\"tma 64 w1x4 s8\"") != std::string::npos);
+  bad = good;
+  bad.replace(bad.find("\"m\": 16"), 7, "\"m\": -3");
+  CHECK(refusal(table(bad)).find("\"m\" must be positive") != std::string::npos);
+  bad = entry_json("fp8.wchannel.atoken", 16, 16, "ws 128 w1x4 s4", "mma 64 w1x4 s8");
+  CHECK(refusal(table(bad)).find("wgmma tiles need bm of 64 or 128") != std::string::npos);
+}
+
+TEST_CASE("tune: a plan takes the entry nearest its M, and the heuristics where none matches") {
+  const auto entries = gpu::parse_tune_table(
+      table(entry_json("fp8.wchannel.atoken", 1, 16, "mma 64 w1x4 s8", "mma 128 w1x4 s3") + "," +
+            entry_json("fp8.wchannel.atoken", 1024, 64, "mma 128 w2x4 s3", "ws 128 w1x4 s6")),
+      "test");
+  gpu::MoePlan plain(fp8_channel(), gpu::LayerDims{128, 0, 2048, 768, 8}, 8192, h100());
+  gpu::HeuristicInput in = plain.heuristic_input();
+  in.tuned = &entries;
+  gpu::Bucket b;
+  REQUIRE(gpu::tuned_bucket(in, 1, b));
+  CHECK(gpu::tile_text(b.gemm1) == "mma 64 w1x4 s8");
+  REQUIRE(gpu::tuned_bucket(in, 16, b));  // 4 doublings from 1, 6 from 1024
+  CHECK(b.bm == 16);
+  REQUIRE(gpu::tuned_bucket(in, 32, b));  // 5 and 5: the smaller M
+  CHECK(b.bm == 16);
+  REQUIRE(gpu::tuned_bucket(in, 64, b));
+  CHECK(b.bm == 64);
+  CHECK(gpu::tile_text(b.gemm2) == "ws 128 w1x4 s6");
+  REQUIRE(gpu::tuned_bucket(in, 8192, b));
+  CHECK(b.bm == 64);
+  // choose_buckets: the walk over M takes the entries; consecutive equal buckets merge.
+  in.max_tokens = 8192;
+  const std::vector<gpu::Bucket> buckets = gpu::choose_buckets(in);
+  REQUIRE(buckets.size() == 2);
+  CHECK(buckets[0].max_tokens == 32);
+  CHECK(buckets[1].max_tokens == 8192);
+  // Another shape, scheme, arch or SM count: no entry applies.
+  for (int variant = 0; variant < 4; ++variant) {
+    gpu::HeuristicInput other = in;
+    if (variant == 0) other.hidden = 4096;
+    if (variant == 1) other.scheme_key = fp8_block().key();
+    if (variant == 2) other.arch = "sm_89";
+    if (variant == 3) other.multiprocessors = 114;
+    CHECK_FALSE(gpu::tuned_bucket(other, 16, b));
+  }
+  // An entry whose tiles this device cannot run is an error naming it, not skipped.
+  gpu::HeuristicInput small = in;
+  small.max_smem_per_block = 100 * 1024;
+  CHECK_THROWS_WITH_AS(gpu::tuned_bucket(small, 1024, b),
+                       doctest::Contains("tune table entry (sm_90, fp8.wchannel.atoken, E=128 top_k=8 H=2048 I=768, M=1024)"),
+                       moeq::Error);
+}
+
+TEST_CASE("tune: every shipped table parses and its tiles plan on the device they were measured on") {
+  const auto& shipped = gpu::tune_entries();  // MOEQ_CT_TUNE_TABLE unset in the suite
+  for (const gpu::EmbeddedTable& t : gpu::embedded_tune_tables()) {
+    CAPTURE(t.name);
+    for (const gpu::TunedEntry& e : gpu::parse_tune_table(t.text, t.name)) {
+      CAPTURE(e.scheme);
+      CAPTURE(e.m);
+      gpu::DeviceLimits lim = h100();
+      lim.sm_major = std::stoi(e.arch.substr(3)) / 10;
+      lim.sm_minor = std::stoi(e.arch.substr(3)) % 10;
+      lim.multiprocessors = e.multiprocessors;
+      CHECK(e.us > 0);
+      CHECK(e.us <= e.heuristic_us * 1.0001);  // tune keeps the heuristic unless something beat it
+      const std::optional<gpu::GpuScheme> sc = gpu::GpuScheme::from_key(e.scheme);
+      REQUIRE(sc.has_value());
+      // The plan consults the shipped entries and throws if one cannot run on that device.
+      const gpu::MoePlan plan(*sc, gpu::LayerDims{e.experts, 0, e.hidden, e.inter, e.top_k}, 8192, lim);
+      const gpu::Bucket& b = plan.buckets()[gpu::bucket_for(plan.buckets(), e.m)];
+      CHECK(b.bm == e.bucket.bm);
+      CHECK(gpu::tile_text(b.gemm1) == gpu::tile_text(e.bucket.gemm1));
+      CHECK(gpu::tile_text(b.gemm2) == gpu::tile_text(e.bucket.gemm2));
+    }
+  }
+  CHECK(shipped.size() >= gpu::embedded_tune_tables().size());
+}
