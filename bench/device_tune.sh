@@ -8,6 +8,8 @@ set -u
 out=${OUT:-/tmp/moeq_tune}
 mkdir -p "$out" build/bin build/plugins
 cp build/carry/bin/* build/bin/ && cp build/carry/plugins/* build/plugins/
+# The JIT cache may travel packed (.devpack/jit.tar.xz: the carry limit).
+if [ -f .devpack/jit.tar.xz ]; then mkdir -p .devbuild && tar xJf .devpack/jit.tar.xz -C .devbuild; fi
 chmod -R go-w build .devbuild
 . tools/gpu_harness/device_env.sh
 export MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
