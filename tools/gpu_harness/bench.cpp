@@ -585,13 +585,35 @@ Selection select(const BenchOptions& opt) {
 
 }  // namespace
 
-int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream& out) {
-  const Selection sel = select(opt);
-  ct::gpu::DeviceLimits lim;  // an H100 SXM: 132 SMs, 227 KiB of shared memory a block
+namespace {
+
+// An H100 SXM's limits (132 SMs, 227 KiB of shared memory a block) with the arch's capability.
+ct::gpu::DeviceLimits limits_for_arch(const std::string& arch) {
+  ct::gpu::DeviceLimits lim;
   if (const std::string why = arch_refusal(arch); !why.empty()) fail("--compile-only " + why);
   const int cc = *arch_capability(arch);  // sm_100a: 100, compute capability 10.0
   lim.sm_major = cc / 10;
   lim.sm_minor = cc % 10;
+  return lim;
+}
+
+// Compiles the sets, the router/repack set and the harness's own kernels into the JIT cache.
+int compile_sets(const std::map<std::string, ct::gpu::KernelSetSource>& sets, const std::string& arch,
+                 std::ostream& out) {
+  std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
+  for (const auto& [_, k] : sets) list.push_back(k);
+  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
+  double ms = 0;
+  for (const auto& c : cubins) ms += c.milliseconds;
+  out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
+  return 0;
+}
+
+}  // namespace
+
+int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream& out) {
+  const Selection sel = select(opt);
+  const ct::gpu::DeviceLimits lim = limits_for_arch(arch);
   std::map<std::string, ct::gpu::KernelSetSource> sets;
   auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m) {
     for (auto& k : MoePlan(sc, d, max_m, lim).sources()) sets.emplace(k.source, k);
@@ -601,13 +623,7 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   if (opt.time)
     for (const auto& sh : sel.shapes)
       for (const auto& s : sel.schemes) add(s.scheme, LayerDims{sh.experts, 0, sh.hidden, sh.inter, sh.top_k}, max_m);
-  std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
-  for (auto& [_, k] : sets) list.push_back(k);
-  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
-  double ms = 0;
-  for (const auto& c : cubins) ms += c.milliseconds;
-  out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
-  return 0;
+  return compile_sets(sets, arch, out);
 }
 
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
@@ -940,11 +956,7 @@ int compile_tune_candidates(const BenchOptions& opt, const std::string& arch, st
   BenchOptions o = opt;
   o.check = false;
   const Selection sel = select(o);
-  ct::gpu::DeviceLimits lim;
-  if (const std::string why = arch_refusal(arch); !why.empty()) fail("--compile-only " + why);
-  const int cc = *arch_capability(arch);
-  lim.sm_major = cc / 10;
-  lim.sm_minor = cc % 10;
+  const ct::gpu::DeviceLimits lim = limits_for_arch(arch);
   std::map<std::string, ct::gpu::KernelSetSource> sets;
   for (const auto& sh : sel.shapes)
     for (const auto& s : sel.schemes) {
@@ -956,13 +968,7 @@ int compile_tune_candidates(const BenchOptions& opt, const std::string& arch, st
           for (auto& k : MoePlan(s.scheme, d, m, lim, {b}).sources()) sets.emplace(k.source, k);
       }
     }
-  std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
-  for (auto& [_, k] : sets) list.push_back(k);
-  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
-  double ms = 0;
-  for (const auto& cb : cubins) ms += cb.milliseconds;
-  out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
-  return 0;
+  return compile_sets(sets, arch, out);
 }
 
 int run_bench(const BenchOptions& opt, std::ostream& out) {

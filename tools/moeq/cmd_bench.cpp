@@ -301,21 +301,34 @@ int BenchCommand::run() const {
   return run_apply();
 }
 
+#if MOEQ_HAVE_GPU_BENCH
+namespace {
+
+// The cases of `bench apply` and `bench tune` (every value was checked while parsing).
+gpu_harness::BenchOptions case_options(const std::string& schemes, const std::string& shapes,
+                                       const std::vector<std::string>& dims, const std::string& ms) {
+  gpu_harness::BenchOptions o;
+  o.schemes = split_list(schemes);
+  o.shapes = split_list(shapes);
+  for (const std::string& v : dims) {
+    std::string why;
+    const ApplyDims d = *parse_apply_dims(v, why);
+    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
+  }
+  o.ms = *positive_integers(ms);
+  return o;
+}
+
+}  // namespace
+#endif
+
 int BenchCommand::run_apply() const {
 #if MOEQ_HAVE_GPU_BENCH
   if (const std::string why = gpu_harness::Driver::unavailable_reason(); !why.empty()) {
     std::cerr << "moeq bench: " << why << "\n";
     return 1;
   }
-  gpu_harness::BenchOptions o;
-  o.schemes = split_list(schemes_);
-  o.shapes = split_list(shapes_);
-  for (const std::string& v : apply_dims_) {
-    std::string why;
-    const ApplyDims d = *parse_apply_dims(v, why);  // checked while parsing
-    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
-  }
-  o.ms = *positive_integers(ms_);  // checked while parsing
+  gpu_harness::BenchOptions o = case_options(schemes_, shapes_, apply_dims_, ms_);
   o.check = !no_check_;
   o.seconds_per_case = seconds_;
   o.markdown = markdown_;
@@ -329,15 +342,7 @@ int BenchCommand::run_apply() const {
 
 int BenchCommand::run_tune() const {
 #if MOEQ_HAVE_GPU_BENCH
-  gpu_harness::BenchOptions o;
-  o.schemes = split_list(tune_schemes_);
-  o.shapes = split_list(tune_shapes_);
-  for (const std::string& v : tune_dims_) {
-    std::string why;
-    const ApplyDims d = *parse_apply_dims(v, why);  // checked while parsing
-    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
-  }
-  o.ms = *positive_integers(tune_ms_);  // checked while parsing
+  gpu_harness::BenchOptions o = case_options(tune_schemes_, tune_shapes_, tune_dims_, tune_ms_);
   o.seconds_per_case = tune_seconds_;
   if (!tune_arch_.empty()) return gpu_harness::compile_tune_candidates(o, tune_arch_, std::cout);
   if (const std::string why = gpu_harness::Driver::unavailable_reason(); !why.empty()) {
