@@ -25,6 +25,7 @@
 #include <iostream>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <ostream>
 #include <random>
 #include <set>
@@ -644,6 +645,15 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
   for (const auto& s : schemes)
     for (const auto& d : shapes)
       for (auto& k : MoePlan(s.scheme, d, 8192, lim).sources()) sets.emplace(k.source, k);
+  // The tiles the shipped tune tables choose for this arch, on their shapes.
+  for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
+    const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);
+    if (e.arch != "sm_" + std::to_string(cc) || !sc || (sc->kind == mk::kKindFp8 && !fp8)) continue;
+    ct::gpu::DeviceLimits l = lim;
+    l.multiprocessors = e.multiprocessors;
+    for (auto& k : MoePlan(*sc, LayerDims{e.experts, 0, e.hidden, e.inter, e.top_k}, 8192, l).sources())
+      sets.emplace(k.source, k);
+  }
   std::vector<ct::gpu::KernelSetSource> out{ct::gpu::utility_source()};
   for (auto& [_, k] : sets) out.push_back(k);
   return out;

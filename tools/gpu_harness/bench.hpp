@@ -53,7 +53,8 @@ int compile_only(const BenchOptions& options, const std::string& arch, std::ostr
 
 // Every kernel variant the plugin can ask for on `arch` ("sm_90a", "sm_89", "sm_80"): each
 // scheme the arch runs (fp8 from sm_89, wgmma on sm_90a), every M bucket of small- and
-// large-expert shapes, refined 64x64 block grids, plus the router/repack set. Needs no GPU.
+// large-expert shapes, refined 64x64 block grids, the tiles the shipped tune tables choose for
+// this arch, plus the router/repack set. Needs no GPU.
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch);
 
 // Device correctness of one named scheme on synthetic shapes (K/N tails, EP with non-local
