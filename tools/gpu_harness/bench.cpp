@@ -907,7 +907,9 @@ void tune_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeSpec& spec, c
     c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": " << cs.size() << " candidates, "
           << finalists.size() << " finalists; heuristic " << fmt(gt[0], 1) << " us (" << bucket_text(cs[0]) << "), tuned "
           << fmt(gt[win], 1) << " us (" << bucket_text(finalists[win]) << "), " << fmt(gt[0] / gt[win], 2) << "x"
-          << (win != 0 ? ", rel L2 to the heuristic's output " + fmt(diff * 1e3, 2) + "e-3" : "") << "\n";
+          << (win != 0 ? ", rel L2 to the heuristic's output " + fmt(diff * 1e3, 2) + "e-3" : "")
+          << "; heuristic's stages (events, us): gemm1 " << fmt(st[0].gemm1, 1) << " gemm2 " << fmt(st[0].gemm2, 1)
+          << " rest " << fmt(st[0].total - st[0].gemm1 - st[0].gemm2, 1) << "\n";
     c.out.flush();
   }
 }
