@@ -26,4 +26,4 @@ timeout "${TUNE_TIMEOUT:-380}" build/bin/moeq bench tune --out "$out/tuned.json"
   ${SHAPES:+--shape $SHAPES} ${SCHEMES:+--scheme $SCHEMES} ${MS:+--m $MS} > "$out/tune_stdout.txt" 2> "$out/tune_log.txt"
 echo "tune: exit $?, $((SECONDS - t0)) s, $(grep -c '"arch"' "$out/tuned.json" 2>/dev/null) entries"
 grep -E "NOT TUNED|left out|keeping|geomean" "$out/tune_log.txt" | head -20
-grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-230
+grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-420

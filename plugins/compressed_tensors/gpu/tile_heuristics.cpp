@@ -162,11 +162,12 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
   for (int bm : tiles) {
     if (bm < h.bm / 2 || bm > h.bm * 2) continue;  // the row tiles next to the heuristic's
     std::vector<GemmTile> options;
-    for (int bn : {64, 128})
-      for (int stages : {3, 5, 8}) {
-        GemmTile t{bn, bm >= 64 ? 2 : 1, 4, stages};
-        options.push_back(t);
-      }
+    // mma.sync: two widths, three ring depths, and besides the heuristics' warp grid (1 x 4 up
+    // to 32 rows, 2 x 4 from 64) a squarer one (fewer warps a block: more blocks an SM).
+    const int grids[][2] = {{bm >= 64 ? 2 : 1, 4}, {bm >= 32 ? 2 : 1, 2}};
+    for (const auto& g : grids)
+      for (int bn : {64, 128})
+        for (int stages : {3, 5, 8}) options.push_back(GemmTile{bn, g[0], g[1], stages});
     if (in.wgmma && bm >= 64 && in.kind != kKindW8A16) {
       for (int bn : {128, 256}) {
         GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};
