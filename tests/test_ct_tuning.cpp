@@ -76,7 +76,16 @@ TEST_CASE("tune: scheme keys tell apart what the kernels compile differently, an
 }
 
 TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, none twice") {
-  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16()}) {
+  gpu::GpuScheme block64 = fp8_block(), refined = fp8_block();
+  block64.scale_k = 64;  // a 64x64 grid (TP shards of 64-row blocks)
+  block64.block_n = 64;
+  refined.scale_k = 16;  // I/tp an odd multiple of 16: 16-element blocks
+  refined.block_n = 16;
+  gpu::GpuScheme bf16;
+  bf16.kind = mk::kKindBf16;
+  bf16.wscale = mk::kWNone;
+  bf16.amode = mk::kANone;
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16(), block64, refined, bf16}) {
     for (int64_t m : {1, 16, 128, 1024, 8192}) {
       CAPTURE(sc.key());
       CAPTURE(m);

@@ -126,8 +126,6 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
       // too few for a 256-wide warpgroup MMA (ptxas C7602).
       if (bm == 64 && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
-      if (in.kind == kKindFp8 && t.bn == 256 && in.promote && !in.wide_fp8)
-        return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
     } else if (in.kind == kKindFp8) {
       if (t.bn != 128 && t.bn != 256) return tile + ": fp8 wgmma tiles are 128 or 256 wide";
       if (t.bn == 256 && !in.wide_fp8) return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
