@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One device call when device time is short: `moeq bench tune` over the issue's cases (the
 # table in $OUT/tuned.json), programmatic dependent launches on and off at small M (moeq bench
-# apply, no checks, one process each), then the suite's cuda:/gpu cases. Carry build/carry and
-# .devpack. Builds nothing.
+# apply, no checks, one process each), then the suite's cuda:/gpu cases; ORDER (default
+# "tune ab tests") reorders them. Carry build/carry and .devpack. Builds nothing.
 set -u
 out=${OUT:-/tmp/moeq_round}
 mkdir -p "$out" build/bin build/plugins
@@ -12,11 +12,15 @@ chmod -R go-w build .devbuild
 . tools/gpu_harness/device_env.sh
 export MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
+tune() {
 t0=$SECONDS
 timeout "${TUNE_TIMEOUT:-300}" build/bin/moeq bench tune --out "$out/tuned.json" --seconds "${SECONDS_PER_CASE:-0.15}" \
   ${SHAPES:+--shape $SHAPES} ${SCHEMES:+--scheme $SCHEMES} ${MS:+--m $MS} > /dev/null 2> "$out/tune_log.txt"
 echo "tune: exit $?, $((SECONDS - t0)) s, $(grep -c '"arch"' "$out/tuned.json" 2>/dev/null) entries"
 grep -E "NOT TUNED|keeping|geomean" "$out/tune_log.txt" | head -10
+grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-330
+}
+ab() {
 t1=$SECONDS
 for v in pdl nopdl; do
   ( [ $v = nopdl ] && export MOEQ_CT_NO_PDL=1
@@ -37,8 +41,11 @@ for k in ks: print("%s %s M=%d: PDL %.1f us, plain %.1f us, %.3fx" % (k[0], k[1]
 if ks: print("geomean plain/PDL over %d cases: %.3f" % (len(ks), math.exp(sum(math.log(b[k] / a[k]) for k in ks) / len(ks))))
 PY
 echo "A/B: $((SECONDS - t1)) s"
+}
+tests() {
 t2=$SECONDS
 timeout "${TEST_TIMEOUT:-150}" build/bin/moeq_tests -tc='cuda:*,gpu*' > "$out/device_tests.txt" 2>&1
 echo "device tests: exit $?, $((SECONDS - t2)) s"
 grep -E "ERROR|FAILED|test cases|assertions" "$out/device_tests.txt" | head -20
-grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-330
+}
+for step in ${ORDER:-tune ab tests}; do $step; done
