@@ -25,7 +25,7 @@ t1=$SECONDS
 for v in pdl nopdl; do
   ( [ $v = nopdl ] && export MOEQ_CT_NO_PDL=1
     MOEQ_CT_NO_TUNE=1 timeout "${AB_TIMEOUT:-45}" build/bin/moeq bench apply --no-check --json --m 1,16 --seconds 0.03 \
-      --scheme bf16,fp8-channel > "$out/ab_$v.json" 2> "$out/ab_$v.log"
+      --scheme bf16,fp8-channel --shape ${AB_SHAPES:-Qwen3-30B-A3B,Granite-3B-A800M,Mixtral-8x7B} > "$out/ab_$v.json" 2> "$out/ab_$v.log"
     echo "apply $v: exit $?" )
 done
 python3 - "$out" <<'PY' 2>&1 | tee "$out/ab.txt"
