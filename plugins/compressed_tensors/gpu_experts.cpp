@@ -173,7 +173,7 @@ struct Compiled {
 // Every set through the host's JIT at once (one thread a set), for the device's exact arch.
 Compiled compile_sets(const std::vector<gpu::KernelSetSource>& sets, int ordinal, uint32_t flags) {
   std::vector<std::string> header_names, header_texts;
-  for (const auto& h : gpu::kernel_headers()) {
+  for (const auto& h : gpu::jit_headers()) {
     header_names.emplace_back(h.name);
     header_texts.emplace_back(h.text);
   }

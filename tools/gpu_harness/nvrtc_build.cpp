@@ -11,7 +11,7 @@ jit::Request jit_request(const ct::gpu::KernelSetSource& set, const std::string&
   jit::Request r;
   r.name = set.name;
   r.source = set.source;
-  for (const auto& h : ct::gpu::kernel_headers()) r.headers.push_back({h.name, h.text});
+  for (const auto& h : ct::gpu::jit_headers()) r.headers.push_back({h.name, h.text});
   r.options = extra_options;
   r.arch = arch;
   r.plugin_name = "compressed_tensors";

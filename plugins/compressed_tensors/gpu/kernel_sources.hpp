@@ -3,6 +3,7 @@
 #pragma once
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace moeq::ct::gpu {
 
@@ -12,5 +13,9 @@ struct EmbeddedHeader {
 };
 
 std::span<const EmbeddedHeader> kernel_headers();
+
+// What the JIT is handed: kernel_headers(), then the SDK's device headers the kernels include
+// ("moeq/sdk/device/mma.cuh", ...).
+std::vector<EmbeddedHeader> jit_headers();
 
 }  // namespace moeq::ct::gpu

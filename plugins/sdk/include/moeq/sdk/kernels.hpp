@@ -28,6 +28,12 @@ struct EmbeddedKernel {
 // file moeq_add_plugin generates; a plugin built without moeq_add_plugin does not link.
 std::span<const EmbeddedKernel> embedded_kernels();
 
+// The SDK's device headers (<moeq/sdk/device/*.cuh>: bf16/e4m3/int8 conversions, cp.async,
+// ldmatrix and mma.sync, programmatic-dependent-launch control), named by their include paths
+// ("moeq/sdk/device/convert.cuh"), so a plugin's kernels `#include "moeq/sdk/device/mma.cuh"`.
+// Defined in the SDK library.
+std::span<const EmbeddedKernel> device_headers();
+
 // The source of the KERNELS file `name`, or nullptr when there is none of that name.
 inline const char* embedded_kernel_source(std::string_view name) {
   for (const EmbeddedKernel& k : embedded_kernels())
@@ -35,19 +41,20 @@ inline const char* embedded_kernel_source(std::string_view name) {
   return nullptr;
 }
 
-// Parallel arrays of every embedded file, in the shape moeq_jit_compile_args wants
-// (header_names / header_contents / num_headers). The pointers are static; the vectors are
-// the caller's.
+// Parallel arrays of every embedded file, then the SDK's device headers, in the shape
+// moeq_jit_compile_args wants (header_names / header_contents / num_headers). The pointers are
+// static; the vectors are the caller's.
 struct KernelHeaders {
   std::vector<const char*> names;
   std::vector<const char*> contents;
 };
 inline KernelHeaders embedded_kernel_headers() {
   KernelHeaders h;
-  for (const EmbeddedKernel& k : embedded_kernels()) {
-    h.names.push_back(k.name);
-    h.contents.push_back(k.source);
-  }
+  for (const auto& table : {embedded_kernels(), device_headers()})
+    for (const EmbeddedKernel& k : table) {
+      h.names.push_back(k.name);
+      h.contents.push_back(k.source);
+    }
   return h;
 }
 
