@@ -23,7 +23,7 @@ grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finali
 ab() {
 t1=$SECONDS
 for v in pdl nopdl; do
-  ( [ $v = nopdl ] && export MOEQ_CT_NO_PDL=1
+  ( [ $v = pdl ] && export MOEQ_CT_PDL=1
     MOEQ_CT_NO_TUNE=1 timeout "${AB_TIMEOUT:-45}" build/bin/moeq bench apply --no-check --json --m 1,16 --seconds 0.03 \
       --scheme bf16,fp8-channel --shape ${AB_SHAPES:-Qwen3-30B-A3B,Granite-3B-A800M,Mixtral-8x7B} > "$out/ab_$v.json" 2> "$out/ab_$v.log"
     echo "apply $v: exit $?" )

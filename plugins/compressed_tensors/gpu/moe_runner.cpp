@@ -375,7 +375,8 @@ std::vector<KernelSetSource> MoePlan::sources() const {
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
-    : plan_(&plan), pdl_(plan.device().sm_major >= 9 && std::getenv("MOEQ_CT_NO_PDL") == nullptr) {
+    : plan_(&plan), pdl_(plan.device().sm_major >= 9 && std::getenv("MOEQ_CT_PDL") != nullptr &&
+                         std::string(std::getenv("MOEQ_CT_PDL")) == "1") {
   MOEQ_CHECK(modules.size() == plan.buckets().size(),
              "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
                  s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
@@ -462,8 +463,9 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
-  // The first kernel follows the caller's work in plain stream order; the rest are programmatic
-  // dependent launches where the device has them (sm_90 on: pdl_enter in every kernel).
+  // The first kernel follows the caller's work in plain stream order; with MOEQ_CT_PDL=1 the
+  // rest are programmatic dependent launches where the device has them (sm_90 on: pdl_enter in
+  // every kernel; without the attribute its wait returns at once).
   bool launched = false;
   auto pdl = [&] {
     const bool p = pdl_ && launched;

@@ -159,7 +159,9 @@ class MoeRunner {
                gemm2 = nullptr, combine = nullptr;
   };
   const MoePlan* plan_;
-  bool pdl_;  // programmatic dependent launches (sm_90 on; MOEQ_CT_NO_PDL=1 turns them off for measuring)
+  // Programmatic dependent launches (sm_90 on), opt-in with MOEQ_CT_PDL=1 until they have been
+  // measured and checked on a device.
+  bool pdl_;
   std::vector<Functions> functions_;  // per bucket
 };
 
