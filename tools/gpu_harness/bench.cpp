@@ -407,6 +407,7 @@ struct Row {
   std::vector<std::pair<std::string, double>> stages;  // us from the run with an event after each kernel
   double us_graph = 0, us_stream = 0, bytes = 0, flops = 0, floor_us = 0;
   int64_t experts_hit = 0;
+  std::string tiles;  // the bucket that ran (describe(): row tile, both GEMM tiles)
   double ratio() const { return us_graph / floor_us; }
 };
 
@@ -484,6 +485,7 @@ std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeS
       prev = ev;
     }
 
+    row.tiles = ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), std::min(m, max_m))]);
     row.shape = shape.name;
     row.experts = shape.experts;
     row.top_k = shape.top_k;
@@ -929,12 +931,32 @@ int run_tune(const BenchOptions& opt, const std::string& table_path, std::ostrea
   int failed = 0;
   // NOTE: the file is rewritten after every (shape, scheme), so a run stopped by a time limit
   // still leaves the cases it finished.
+  // NOTE: an existing table at --out is kept: its entries of other cases (device, scheme, shape,
+  // M) stay and those this run tunes are replaced, so that a table can be built over several
+  // runs (a device call is limited in time). A file that is not a table is an error, not
+  // overwritten.
+  std::vector<ct::gpu::TunedEntry> kept;
+  if (!table_path.empty() && std::ifstream(table_path).good()) {
+    std::ostringstream text;
+    text << std::ifstream(table_path, std::ios::binary).rdbuf();
+    kept = ct::gpu::parse_tune_table(text.str(), "bench tune --out '" + table_path + "'");
+    log << "keeping the " << kept.size() << " entries of " << table_path << " that this run does not tune\n";
+  }
+  auto same_case = [](const ct::gpu::TunedEntry& a, const ct::gpu::TunedEntry& b) {
+    return a.arch == b.arch && a.multiprocessors == b.multiprocessors && a.scheme == b.scheme &&
+           a.experts == b.experts && a.top_k == b.top_k && a.hidden == b.hidden && a.inter == b.inter && a.m == b.m;
+  };
   auto write = [&] {
     if (table_path.empty()) return;
+    std::vector<ct::gpu::TunedEntry> all;
+    for (const auto& k : kept)
+      if (std::none_of(entries.begin(), entries.end(), [&](const ct::gpu::TunedEntry& e) { return same_case(e, k); }))
+        all.push_back(k);
+    all.insert(all.end(), entries.begin(), entries.end());
     const std::string tmp = table_path + ".tmp";
     {
       std::ofstream f(tmp, std::ios::binary);
-      f << ct::gpu::tune_table_json(entries);
+      f << ct::gpu::tune_table_json(all);
       f.close();
       if (!f) fail("bench tune: cannot write '" + tmp + "'");
     }
@@ -1122,6 +1144,7 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
                                      {"floor_us", r.floor_us},
                                      {"time_over_floor", r.ratio()},
                                      {"experts_hit", r.experts_hit},
+                                     {"tiles", r.tiles},
                                      {"check", row_check(r)}});
     }
     bj::array json_shapes, json_failed, json_ms, json_schemes;
