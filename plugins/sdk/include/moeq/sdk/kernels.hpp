@@ -12,6 +12,7 @@
 // at load: reading it allocates nothing and is safe from any thread, probe included.
 #pragma once
 #include <cstddef>
+#include <initializer_list>
 #include <span>
 #include <string_view>
 #include <vector>
