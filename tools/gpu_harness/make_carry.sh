@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Here, before a device call: stripped copies of the CUDA build small enough to carry
 # (build/carry: moeq, moeq_tests, the plugins; .devbuild: the harness and its JIT cache,
-# precompiled for sm_90a so the device spends no time in NVRTC). Both paths are git-ignored;
-# name them in the device call's `carry`.
+# precompiled for sm_90a so the device spends no time in NVRTC; .devpack: that cache packed).
+# All three are git-ignored; name build/carry and .devpack in the device call's `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 mkdir -p build/carry/bin build/carry/plugins build/carry/lib .devbuild
@@ -14,7 +14,11 @@ for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" 
 strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
 rm -rf .devbuild/jitcache
 MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
-du -sh build/carry .devbuild
+# Every tile candidate of `moeq bench tune` too (TUNE=0 skips), then the cache packed: the carry
+# (64 MiB with the tracked tree) holds .devpack/jit.tar.xz where .devbuild/jitcache would not fit.
+[ "${TUNE:-1}" = 1 ] && MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq bench tune --compile-only "${ARCH:-sm_90a}"
+mkdir -p .devpack && tar cf - -C .devbuild jitcache | xz -T0 -6 > .devpack/jit.tar.xz
+du -sh build/carry .devbuild .devpack
 # The Python package as a wheel (libmoeq_c.so and the plugins inside) for the device's Python:
 # bench/device_python.sh installs it there.
 if [ -x build/pyvenv/bin/python ]; then
