@@ -338,6 +338,32 @@ TEST_CASE("moeq bench jit and apply refuse bad --scheme, --shape and --m lists a
                                     });
 }
 
+TEST_CASE("moeq bench tune refuses bad lists, geometries, budgets and archs as usage errors (exit 2)") {
+  check_usage_errors("bench tune", {
+                                       {"--scheme bf16,bf16", "--scheme: 'bf16' is listed twice"},
+                                       {"--scheme nosuch", "--scheme: unknown scheme 'nosuch'; valid schemes: bf16"},
+                                       {"--shape Mixtral-8x7B,", "--shape: empty item"},
+                                       {"--m 1,0", "--m: '0' is not a positive integer"},
+                                       {"--dims 8,2,64", "--dims: wants E,TOPK,H,I"},
+                                       {"--dims 8,2,64,24", "I=24 in '8,2,64,24': the intermediate size must be a multiple of 16"},
+                                       {"--seconds 0", "--seconds: Value 0 not in range"},
+                                       {"--compile-only sm_75", "--compile-only"},
+                                   });
+}
+
+TEST_CASE("moeq bench tune --compile-only compiles the candidates of a geometry without a GPU") {
+  TempDir tmp;
+  CliRun r = run_moeq_cli("bench tune --compile-only sm_90a --scheme bf16 --dims 8,2,64,32 --m 1,64",
+                          "MOEQ_CACHE_DIR=" + (tmp.path() / "cache").string());
+  CAPTURE(r.out);
+  REQUIRE(r.code == 0);
+  // "compiled N kernel sets": the router/repack set, the harness's own, and more than one candidate.
+  const auto at = r.out.find("compiled ");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stoi(r.out.substr(at + 9)) > 4);
+  CHECK(std::filesystem::exists(tmp.path() / "cache"));
+}
+
 TEST_CASE("moeq bench jit --arch is checked before anything is printed or created") {
   TempDir tmp;
   const std::string env = "TMPDIR=" + tmp.path().string();
