@@ -80,7 +80,7 @@ namespace {
 
 // The driver's CUlaunchAttribute and CUlaunchConfig (cuda.h, CUDA 12 on), spelled here so the
 // SDK needs no CUDA header.
-struct LaunchAttribute {
+struct alignas(8) LaunchAttribute {  // the driver's value union holds pointers: 8-byte aligned
   int id;
   char pad[4];
   union {
@@ -88,7 +88,7 @@ struct LaunchAttribute {
     int programmatic_stream_serialization_allowed;
   } value;
 };
-static_assert(sizeof(LaunchAttribute) == 72, "CUlaunchAttribute is 72 bytes");
+static_assert(sizeof(LaunchAttribute) == 72 && alignof(LaunchAttribute) == 8, "CUlaunchAttribute is 72 bytes, 8-aligned");
 struct LaunchConfig {
   unsigned grid_x, grid_y, grid_z, block_x, block_y, block_z, smem;
   Stream stream;
