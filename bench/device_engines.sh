@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# One device call for the engine-facing work (carry build/carry and .devbuild, made by
-# tools/gpu_harness/make_carry.sh): the suite's cuda:/gpu cases (device apply captured in a CUDA
+# One device call for the engine-facing work (the carry made by tools/gpu_harness/make_carry.sh):
+# the suite's cuda:/gpu cases (device apply captured in a CUDA
 # graph, the C API on device memory, host workspaces and scratch), the Python package's torch
 # CUDA tests and the transformers end-to-end generation on cuda:0, and the Triton example plugin.
-# Builds nothing; everything lands under $OUT.
+# Carry build/carry and .devpack (or .devbuild). Builds nothing; everything lands under $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp}
-mkdir -p build/bin build/plugins
-cp build/carry/bin/* build/bin/ && cp build/carry/plugins/* build/plugins/
-chmod -R go-w build .devbuild
-. tools/gpu_harness/device_env.sh
-export MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache
+mkdir -p "$out"
+. tools/gpu_harness/device_carry.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/device.txt"
 t0=$SECONDS
 timeout 300 build/bin/moeq_tests -tc='cuda:*,gpu*' > "$out/device_tests.txt" 2>&1

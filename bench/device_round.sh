@@ -5,12 +5,9 @@
 # "tune ab tests") reorders them. Carry build/carry and .devpack. Builds nothing.
 set -u
 out=${OUT:-/tmp/moeq_round}
-mkdir -p "$out" build/bin build/plugins
-cp build/carry/bin/* build/bin/ && cp build/carry/plugins/* build/plugins/
-if [ -f .devpack/jit.tar.xz ]; then mkdir -p .devbuild && tar xJf .devpack/jit.tar.xz -C .devbuild; fi
-chmod -R go-w build .devbuild
-. tools/gpu_harness/device_env.sh
-export MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+mkdir -p "$out"
+. tools/gpu_harness/device_carry.sh
+export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 tune() {
 t0=$SECONDS

@@ -4,12 +4,9 @@
 # Carry build/carry, .devpack (the packed JIT cache) and .peers. Builds nothing.
 set -u
 out=${OUT:-/tmp/moeq_out}
-mkdir -p "$out" build/bin build/plugins
-cp build/carry/bin/* build/bin/ && cp build/carry/plugins/* build/plugins/
-if [ -f .devpack/jit.tar.xz ]; then mkdir -p .devbuild && tar xJf .devpack/jit.tar.xz -C .devbuild; fi
-chmod -R go-w build .devbuild
-. tools/gpu_harness/device_env.sh
-export MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+mkdir -p "$out"
+. tools/gpu_harness/device_carry.sh
+export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 t0=$SECONDS
 if [ "${TESTS:-1}" = 1 ]; then
   timeout "${TEST_TIMEOUT:-150}" build/bin/moeq_tests -tc='cuda:*,gpu*' > "$out/device_tests.txt" 2>&1
