@@ -485,7 +485,7 @@ std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeS
       prev = ev;
     }
 
-    row.tiles = ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), std::min(m, max_m))]);
+    row.tiles = ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), m)]);
     row.shape = shape.name;
     row.experts = shape.experts;
     row.top_k = shape.top_k;
@@ -758,11 +758,6 @@ struct TuneRig {
   }
 };
 
-bool same_bucket(const ct::gpu::Bucket& a, const ct::gpu::Bucket& b) {
-  return a.bm == b.bm && ct::gpu::tile_text(a.gemm1) == ct::gpu::tile_text(b.gemm1) &&
-         ct::gpu::tile_text(a.gemm2) == ct::gpu::tile_text(b.gemm2);
-}
-
 std::string bucket_text(const ct::gpu::Bucket& b) {
   return "bm " + std::to_string(b.bm) + ", gemm1 " + ct::gpu::tile_text(b.gemm1) + ", gemm2 " + ct::gpu::tile_text(b.gemm2);
 }
@@ -853,7 +848,7 @@ void tune_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeSpec& spec, c
     std::vector<Bucket> finalists = {cs[0]};
     auto add = [&](const Bucket& b) {
       for (const Bucket& f : finalists)
-        if (same_bucket(f, b)) return;
+        if (ct::gpu::same_tiles(f, b)) return;
       finalists.push_back(b);
     };
     std::map<int, std::pair<size_t, size_t>> best;  // bm -> (fastest gemm1, fastest gemm2) candidate

@@ -12,10 +12,6 @@ constexpr int kKindW8A16 = 2;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-std::string tile_text_key(const GemmTile& t) {
-  return std::to_string(t.bn) + "/" + std::to_string(t.warps_m) + "/" + std::to_string(t.warps_n) + "/" +
-         std::to_string(t.stages) + "/" + (t.wgmma ? "g" : "m") + (t.pipelined ? "p" : "s") + (t.ws ? "w" : "-");
-}
 
 
 // Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
@@ -145,13 +141,10 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
 
 std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
   std::vector<Bucket> out;
-  auto same = [](const Bucket& a, const Bucket& b) {
-    return a.bm == b.bm && tile_text_key(a.gemm1) == tile_text_key(b.gemm1) && tile_text_key(a.gemm2) == tile_text_key(b.gemm2);
-  };
   auto add = [&](const Bucket& b) {
     if (!tile_refusal(in, b.bm, b.gemm1, true).empty() || !tile_refusal(in, b.bm, b.gemm2, false).empty()) return;
     for (const Bucket& o : out)
-      if (same(o, b)) return;
+      if (same_tiles(o, b)) return;
     out.push_back(b);
   };
   const Bucket h = heuristic_bucket(in, m);
@@ -191,15 +184,10 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   std::vector<Bucket> out;
   // Walk M over powers of two; a new bucket starts where the row tile or a GEMM's tile
   // changes (the tiles are chosen at the first M of their bucket).
-  auto same = [](const GemmTile& a, const GemmTile& b) {
-    return a.bn == b.bn && a.warps_m == b.warps_m && a.warps_n == b.warps_n && a.stages == b.stages &&
-           a.wgmma == b.wgmma && a.pipelined == b.pipelined && a.ws == b.ws;
-  };
   for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
     Bucket b;
     if (!tuned_bucket(in, m, b)) b = heuristic_bucket(in, m);
-    if (out.empty() || b.bm != out.back().bm || !same(b.gemm1, out.back().gemm1) || !same(b.gemm2, out.back().gemm2))
-      out.push_back(b);
+    if (out.empty() || !same_tiles(b, out.back())) out.push_back(b);
     out.back().max_tokens = m;
     if (m == max_tokens) break;
   }

@@ -20,6 +20,7 @@ struct GemmTile {
   // gathered A) and bm / 64 consumer warpgroups meeting at mbarriers.
   bool ws = false;
   int threads() const { return ws ? 128 * (warps_m + 1) : 32 * warps_m * warps_n; }
+  bool operator==(const GemmTile&) const = default;
 };
 
 // One M bucket: tokens up to max_tokens use this row tile (shared by both GEMMs, since they
@@ -30,6 +31,11 @@ struct Bucket {
   GemmTile gemm1;
   GemmTile gemm2;
 };
+
+// The same row tile and GEMM tiles (max_tokens aside).
+inline bool same_tiles(const Bucket& a, const Bucket& b) {
+  return a.bm == b.bm && a.gemm1 == b.gemm1 && a.gemm2 == b.gemm2;
+}
 
 struct HeuristicInput {
   int kind = 0;            // moeq_kernels::Kind

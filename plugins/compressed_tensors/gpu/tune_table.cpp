@@ -186,9 +186,6 @@ const std::vector<TunedEntry>& tune_entries() {
   return entries;
 }
 
-}  // namespace moeq::ct::gpu
-
-namespace moeq::ct::gpu {
 
 bool tuned_bucket(const HeuristicInput& in, int64_t m, Bucket& out) {
   if (in.tuned == nullptr || m < 1) return false;
