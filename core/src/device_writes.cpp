@@ -2,7 +2,13 @@
 
 #include <moeq/error.hpp>
 #include <moeq/staged_upload.hpp>
+#include <moeq/task_pool.hpp>
 
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,40 +19,388 @@ using cuda::CUdeviceptr;
 using cuda::CUresult;
 using cuda::kSuccess;
 
+// ------------------------------------------------------------------ the CUDA backend
 namespace {
 
-constexpr std::size_t kChunkBytes = std::size_t{8} << 20;
+class CudaBackend final : public StagingBackend {
+ public:
+  std::byte* allocate_pinned(std::size_t bytes) override {
+    // NOTE: kept to the end of the process, like the pool that holds it.
+    auto* b = new cuda::PinnedBuffer(bytes);
+    return b->data();
+  }
+  void* create_stream() override {
+    cuda::CUstream s = nullptr;
+    MOEQ_CU_CHECK(cuda::require().cuStreamCreate(&s, cuda::kStreamNonBlocking));
+    return s;
+  }
+  void* create_event() override {
+    cuda::CUevent e = nullptr;
+    MOEQ_CU_CHECK(cuda::require().cuEventCreate(&e, cuda::kEventDefault));
+    return e;
+  }
+  void bind(int ordinal) override { cuda::use_primary_context(ordinal); }
+  void copy(uint64_t dst, const std::byte* src, std::size_t bytes, void* stream) override {
+    MOEQ_CU_CHECK(cuda::require().cuMemcpyHtoDAsync_v2(dst, src, bytes, static_cast<cuda::CUstream>(stream)));
+  }
+  void copy_device(uint64_t dst, uint64_t src, std::size_t bytes, void* stream) override {
+    MOEQ_CU_CHECK(cuda::require().cuMemcpyDtoDAsync_v2(dst, src, bytes, static_cast<cuda::CUstream>(stream)));
+  }
+  void record(void* event, void* stream) override {
+    MOEQ_CU_CHECK(cuda::require().cuEventRecord(static_cast<cuda::CUevent>(event), static_cast<cuda::CUstream>(stream)));
+  }
+  void wait(void* event) override { MOEQ_CU_CHECK(cuda::require().cuEventSynchronize(static_cast<cuda::CUevent>(event))); }
+};
 
 }  // namespace
 
-// Two pinned chunks, their events and one stream. Sets are pooled per device for the life of
-// the process (a layer load takes one, its finish gives it back), so concurrent layer loads
-// each have their own and no load pays for page-locking memory twice.
-struct DeviceWrites::Set {
-  cuda::PinnedBuffer chunk[2];
-  cuda::CUevent done[2] = {nullptr, nullptr};
-  cuda::CUstream stream = nullptr;
-  Set() = default;
-  Set(const Set&) = delete;
-  Set& operator=(const Set&) = delete;
-  ~Set() {  // only a set whose construction failed part way is destroyed; pooled ones live on
-    const cuda::DriverApi& d = cuda::require();
-    for (cuda::CUevent e : done)
-      if (e != nullptr) d.cuEventDestroy_v2(e);
-    if (stream != nullptr) d.cuStreamDestroy_v2(stream);
-  }
-};
+std::unique_ptr<StagingBackend> cuda_staging_backend() { return std::make_unique<CudaBackend>(); }
 
+StagingShape default_staging_shape() {
+  StagingShape s;
+  if (const char* v = std::getenv("MOEQ_LOAD_STAGING_MIB")) {
+    char* end = nullptr;
+    const long mib = std::strtol(v, &end, 10);
+    if (end != v && *end == '\0' && mib >= 16 && mib <= 65536)
+      s.chunks = static_cast<unsigned>(std::max<long>(1, mib / static_cast<long>(s.chunk_bytes >> 20)));
+  }
+  return s;
+}
+
+// ------------------------------------------------------------------ the chunk pool of a device
 namespace {
 
-std::mutex g_pool_mutex;
-std::map<int, std::vector<DeviceWrites::Set*>>& pool() {
-  static auto* p = new std::map<int, std::vector<DeviceWrites::Set*>>();  // NOTE: lives to exit
+// Page-locked chunks, each with its own stream and event, allocated as needed up to the
+// shape's count and kept for the life of the pool (the process, but for the tests' pools).
+class ChunkPool {
+ public:
+  struct Chunk {
+    std::byte* data = nullptr;
+    void* stream = nullptr;
+    void* event = nullptr;
+    bool recorded = false;  // copies were queued on it (the event marks their end)
+    uint64_t generation = 0;
+    std::size_t index = 0;  // in the pool
+  };
+  ChunkPool(int ordinal, std::unique_ptr<StagingBackend> backend, StagingShape shape)
+      : ordinal_(ordinal), backend_(std::move(backend)), shape_(shape) {}
+
+  StagingBackend& backend() { return *backend_; }
+  const StagingShape& shape() const { return shape_; }
+  int ordinal() const { return ordinal_; }
+
+  // A free chunk whose earlier copies have completed; waits for one when all are taken.
+  Chunk& acquire() {
+    Chunk* taken;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      std::size_t i;
+      cv_.wait(lock, [&] { return !free_.empty() || chunks_.size() < shape_.chunks; });
+      if (!free_.empty()) {
+        i = free_.back();
+        free_.pop_back();
+      } else {
+        Chunk c;
+        backend_->bind(ordinal_);
+        c.data = backend_->allocate_pinned(shape_.chunk_bytes);
+        c.stream = backend_->create_stream();
+        c.event = backend_->create_event();
+        c.index = chunks_.size();
+        chunks_.push_back(c);
+        i = chunks_.size() - 1;
+      }
+      taken = &chunks_[i];
+    }
+    Chunk& c = *taken;
+    if (c.recorded) {
+      try {
+        backend_->wait(c.event);
+      } catch (...) {
+        release(c, false);
+        throw;
+      }
+    }
+    return c;
+  }
+  // Gives a chunk back; `recorded`: copies were queued on it since acquire(). Returns the
+  // chunk's generation, which finish() checks against.
+  uint64_t release(Chunk& c, bool recorded) {
+    uint64_t g;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      c.recorded = recorded;
+      g = recorded ? ++c.generation : c.generation;
+      free_.push_back(c.index);
+    }
+    cv_.notify_one();
+    return g;
+  }
+  // Waits for the copies queued on chunk `i` at `generation`, unless the chunk was taken again
+  // since (whoever took it waited for them).
+  void wait_for(std::size_t i, uint64_t generation) {
+    void* event = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (chunks_[i].generation == generation && chunks_[i].recorded) event = chunks_[i].event;
+    }
+    if (event != nullptr) backend_->wait(event);
+  }
+
+ private:
+  int ordinal_;
+  std::unique_ptr<StagingBackend> backend_;
+  StagingShape shape_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<Chunk> chunks_;  // NOTE: a deque, so that a Chunk& stays valid as chunks are added
+  std::vector<std::size_t> free_;
+};
+
+std::mutex g_pools_mutex;
+std::map<int, std::shared_ptr<ChunkPool>>& pools() {
+  static auto* p = new std::map<int, std::shared_ptr<ChunkPool>>();  // NOTE: lives to exit
   return *p;
+}
+std::map<int, std::shared_ptr<ChunkPool>>& test_pools() {
+  static auto* p = new std::map<int, std::shared_ptr<ChunkPool>>();
+  return *p;
+}
+
+std::shared_ptr<ChunkPool> pool_of(int ordinal) {
+  std::lock_guard<std::mutex> lock(g_pools_mutex);
+  if (auto it = test_pools().find(ordinal); it != test_pools().end()) return it->second;
+  auto& p = pools()[ordinal];
+  if (!p) p = std::make_shared<ChunkPool>(ordinal, cuda_staging_backend(), default_staging_shape());
+  return p;
+}
+
+// One piece of a run placed in a chunk: elements [first, first + count) at byte `offset`.
+struct Piece {
+  std::size_t run;
+  int64_t first, count;
+  std::size_t offset;
+};
+struct Batch {
+  std::vector<Piece> pieces;
+  std::size_t bytes = 0;
+};
+
+std::vector<Batch> plan(const std::vector<StagingRun>& runs, std::size_t chunk_bytes) {
+  std::vector<Batch> out(1);
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    const std::size_t elem = dtype_size(runs[r].dst_dtype);
+    for (int64_t first = 0; first < runs[r].count;) {
+      int64_t room = static_cast<int64_t>((chunk_bytes - out.back().bytes) / elem);
+      if (room == 0) {
+        out.emplace_back();
+        room = static_cast<int64_t>(chunk_bytes / elem);
+      }
+      const int64_t n = std::min(room, runs[r].count - first);
+      out.back().pieces.push_back({r, first, n, out.back().bytes});
+      out.back().bytes += static_cast<std::size_t>(n) * elem;
+      first += n;
+    }
+  }
+  if (out.back().pieces.empty()) out.pop_back();
+  return out;
+}
+
+// Elements [first, first + n) of a run, packed (and cast) at `out`.
+void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out) {
+  const std::size_t de = dtype_size(r.dst_dtype);
+  if (r.fill) {
+    for (int64_t j = 0; j < n; ++j) std::memcpy(out + j * static_cast<int64_t>(de), r.pattern.data(), de);
+    return;
+  }
+  const std::size_t se = dtype_size(r.src_dtype);
+  const int64_t step = r.stride * static_cast<int64_t>(se);
+  const std::byte* s = r.src + first * step;
+  if (r.src_dtype == r.dst_dtype) {
+    if (r.stride == 1) {
+      std::memcpy(out, s, static_cast<std::size_t>(n) * de);
+      return;
+    }
+    for (int64_t j = 0; j < n; ++j, s += step) std::memcpy(out + j * static_cast<int64_t>(de), s, de);
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j, s += step)
+    store_from_float(out, r.dst_dtype, static_cast<std::size_t>(j), load_as_float(s, r.src_dtype, 0));
+}
+
+// `e` as an Error whose message starts with `what`.
+Error named(const std::string& what, const std::exception& e) {
+  const auto* me = dynamic_cast<const Error*>(&e);
+  return Error(me ? me->code() : MOEQ_STATUS_CODE_INTERNAL, what + ": copy to the device: " + e.what());
+}
+
+// A copy of `bytes` from chunk offset `offset` to device address `dst`.
+struct Segment {
+  uint64_t dst;
+  std::size_t offset, bytes;
+};
+void add_segment(std::vector<Segment>& segs, uint64_t dst, std::size_t offset, std::size_t bytes) {
+  if (!segs.empty() && segs.back().dst + segs.back().bytes == dst && segs.back().offset + segs.back().bytes == offset)
+    segs.back().bytes += bytes;
+  else
+    segs.push_back({dst, offset, bytes});
 }
 
 }  // namespace
 
+// ------------------------------------------------------------------ a layer's writer
+struct DeviceWrites::State {
+  std::shared_ptr<ChunkPool> pool;
+  TaskPool::Group group;  // queued writes whose sources are stable
+  std::mutex mutex;
+  std::vector<std::pair<std::size_t, uint64_t>> queued;  // (chunk, generation) of copies in flight
+  // Small writes, packed here at once and sent together (one chunk's worth at most).
+  std::vector<std::byte> small;
+  std::vector<Segment> small_segments;
+
+  // Fills a chunk through `fill_chunk(data)`, queues `segs` from it, records its event.
+  template <class Fill>
+  void send(const std::vector<Segment>& segs, Fill&& fill_chunk) {
+    StagingBackend& be = pool->backend();
+    be.bind(pool->ordinal());
+    ChunkPool::Chunk& c = pool->acquire();
+    try {
+      fill_chunk(c.data);
+      for (const Segment& s : segs) be.copy(s.dst, c.data + s.offset, s.bytes, c.stream);
+      be.record(c.event, c.stream);
+    } catch (...) {
+      pool->release(c, false);
+      throw;
+    }
+    const std::size_t i = c.index;
+    const uint64_t g = pool->release(c, true);
+    std::lock_guard<std::mutex> lock(mutex);
+    queued.emplace_back(i, g);
+  }
+  void flush_small() {
+    if (small.empty()) return;
+    auto bytes = std::make_shared<std::vector<std::byte>>(std::move(small));
+    auto segs = std::make_shared<std::vector<Segment>>(std::move(small_segments));
+    small.clear();
+    small_segments.clear();
+    TaskPool::shared().submit(group, [this, bytes, segs] {
+      send(*segs, [&](std::byte* chunk) { std::memcpy(chunk, bytes->data(), bytes->size()); });
+    });
+  }
+  // Waits for every copy queued so far (errors thrown unless `quiet`).
+  void wait_queued(bool quiet) {
+    std::vector<std::pair<std::size_t, uint64_t>> q;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      q.swap(queued);
+    }
+    pool->backend().bind(pool->ordinal());
+    std::exception_ptr first;
+    for (auto [i, g] : q) {
+      try {
+        pool->wait_for(i, g);
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    if (first && !quiet) std::rethrow_exception(first);
+  }
+};
+
+DeviceWrites::DeviceWrites(int ordinal) : ordinal_(ordinal), state_(std::make_shared<State>()) {
+  state_->pool = pool_of(ordinal);
+}
+
+DeviceWrites::~DeviceWrites() {
+  try {
+    TaskPool::shared().wait(state_->group);
+  } catch (...) {
+  }
+  state_->wait_queued(true);
+}
+
+void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::string& what) {
+  State& st = *state_;
+  const StagingShape& shape = st.pool->shape();
+  std::size_t total = 0;
+  for (const StagingRun& r : runs) total += static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype);
+  if (total == 0) return;
+  if (total < shape.small_bytes) {
+    if (st.small.size() + total > shape.chunk_bytes) st.flush_small();
+    std::size_t at = st.small.size();
+    st.small.resize(at + total);
+    for (const StagingRun& r : runs) {
+      pack(r, 0, r.count, st.small.data() + at);
+      const std::size_t b = static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype);
+      add_segment(st.small_segments, r.dst, at, b);
+      at += b;
+    }
+    return;
+  }
+  auto shared_runs = std::make_shared<const std::vector<StagingRun>>(std::move(runs));
+  std::vector<Batch> batches = plan(*shared_runs, shape.chunk_bytes);
+  TaskPool::Group local;
+  TaskPool::Group& g = stable ? st.group : local;
+  for (Batch& b : batches) {
+    TaskPool::shared().submit(g, [&st, shared_runs, b = std::move(b), what] {
+      std::vector<Segment> segs;
+      for (const Piece& p : b.pieces) {
+        const StagingRun& r = (*shared_runs)[p.run];
+        const std::size_t elem = dtype_size(r.dst_dtype);
+        add_segment(segs, r.dst + static_cast<uint64_t>(p.first) * elem, p.offset, static_cast<std::size_t>(p.count) * elem);
+      }
+      try {
+        st.send(segs, [&](std::byte* chunk) {
+          for (const Piece& p : b.pieces) pack((*shared_runs)[p.run], p.first, p.count, chunk + p.offset);
+        });
+      } catch (const std::exception& e) {
+        throw named(what, e);
+      }
+    });
+  }
+  if (!stable) TaskPool::shared().wait(local);
+}
+
+void DeviceWrites::copy_from_device(const std::vector<DevicePiece>& pieces) {
+  State& st = *state_;
+  StagingBackend& be = st.pool->backend();
+  be.bind(ordinal_);
+  ChunkPool::Chunk& c = st.pool->acquire();
+  try {
+    for (const DevicePiece& p : pieces) be.copy_device(p.dst, p.src, p.bytes, c.stream);
+    be.record(c.event, c.stream);
+    be.wait(c.event);
+  } catch (...) {
+    st.pool->release(c, false);
+    throw;
+  }
+  st.pool->release(c, false);
+}
+
+void DeviceWrites::finish() {
+  State& st = *state_;
+  std::exception_ptr first;
+  try {
+    st.flush_small();
+    TaskPool::shared().wait(st.group);
+  } catch (...) {
+    first = std::current_exception();
+  }
+  st.wait_queued(first != nullptr);
+  if (first) std::rethrow_exception(first);
+}
+
+ScopedStagingBackend::ScopedStagingBackend(int ordinal, std::unique_ptr<StagingBackend> backend, StagingShape shape)
+    : ordinal_(ordinal) {
+  if (shape.chunk_bytes == 0 || shape.chunks == 0) fail("staging: a pool needs chunks of some bytes");
+  std::lock_guard<std::mutex> lock(g_pools_mutex);
+  test_pools()[ordinal] = std::make_shared<ChunkPool>(ordinal, std::move(backend), shape);
+}
+ScopedStagingBackend::~ScopedStagingBackend() {
+  std::lock_guard<std::mutex> lock(g_pools_mutex);
+  test_pools().erase(ordinal_);
+}
+
+// ------------------------------------------------------------------ allocation, reads
 CUdeviceptr device_allocate(int ordinal, std::size_t bytes, const std::string& what) {
   const cuda::DriverApi& d = cuda::require();
   cuda::use_primary_context(ordinal);
@@ -77,81 +431,6 @@ void device_read(int ordinal, void* dst, CUdeviceptr src, std::size_t bytes) {
   const CUresult sync = copy == kSuccess ? d.cuStreamSynchronize(s) : copy;
   d.cuStreamDestroy_v2(s);
   MOEQ_CU_CHECK(sync);
-}
-
-DeviceWrites::DeviceWrites(int ordinal) : ordinal_(ordinal) {
-  const cuda::DriverApi& d = cuda::require();
-  cuda::use_primary_context(ordinal);
-  {
-    std::lock_guard<std::mutex> lock(g_pool_mutex);
-    auto& free = pool()[ordinal];
-    if (!free.empty()) {
-      set_ = free.back();
-      free.pop_back();
-    }
-  }
-  if (set_ == nullptr) {
-    auto s = std::make_unique<Set>();
-    for (int i = 0; i < 2; ++i) {
-      s->chunk[i] = cuda::PinnedBuffer(kChunkBytes);
-      MOEQ_CU_CHECK(d.cuEventCreate(&s->done[i], cuda::kEventDefault));
-    }
-    MOEQ_CU_CHECK(d.cuStreamCreate(&s->stream, cuda::kStreamNonBlocking));
-    set_ = s.release();
-  }
-}
-
-DeviceWrites::~DeviceWrites() {
-  if (set_ == nullptr) return;
-  if (cuda::available()) cuda::require().cuStreamSynchronize(set_->stream);
-  std::lock_guard<std::mutex> lock(g_pool_mutex);
-  pool()[ordinal_].push_back(set_);
-}
-
-std::size_t DeviceWrites::chunk_bytes() const { return kChunkBytes; }
-
-std::byte* DeviceWrites::reserve(CUdeviceptr dst, std::size_t bytes) {
-  if (bytes > kChunkBytes) fail(MOEQ_STATUS_CODE_INTERNAL, "device staging: a piece larger than a chunk");
-  if (used_ + bytes > kChunkBytes) submit();
-  if (pending_[current_]) {
-    MOEQ_CU_CHECK(cuda::require().cuEventSynchronize(set_->done[current_]));
-    pending_[current_] = false;
-  }
-  std::byte* p = set_->chunk[current_].data() + used_;
-  if (!segments_.empty() && segments_.back().dst + segments_.back().bytes == dst &&
-      segments_.back().offset + segments_.back().bytes == used_)
-    segments_.back().bytes += bytes;
-  else
-    segments_.push_back({dst, used_, bytes});
-  used_ += bytes;
-  return p;
-}
-
-void DeviceWrites::submit() {
-  if (segments_.empty()) return;
-  const cuda::DriverApi& d = cuda::require();
-  cuda::use_primary_context(ordinal_);
-  const std::byte* base = set_->chunk[current_].data();
-  for (const Segment& s : segments_)
-    MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(s.dst, base + s.offset, s.bytes, set_->stream));
-  MOEQ_CU_CHECK(d.cuEventRecord(set_->done[current_], set_->stream));
-  pending_[current_] = true;
-  segments_.clear();
-  used_ = 0;
-  current_ ^= 1;
-}
-
-void DeviceWrites::copy_from_device(const std::vector<DevicePiece>& pieces) {
-  const cuda::DriverApi& d = cuda::require();
-  cuda::use_primary_context(ordinal_);
-  for (const DevicePiece& p : pieces) MOEQ_CU_CHECK(d.cuMemcpyDtoDAsync_v2(p.dst, p.src, p.bytes, set_->stream));
-  MOEQ_CU_CHECK(d.cuStreamSynchronize(set_->stream));
-}
-
-void DeviceWrites::finish() {
-  submit();
-  MOEQ_CU_CHECK(cuda::require().cuStreamSynchronize(set_->stream));
-  pending_[0] = pending_[1] = false;
 }
 
 }  // namespace moeq::host

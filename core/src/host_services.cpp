@@ -431,37 +431,57 @@ DeviceWrites& writes_of(moeq_layer& layer) {
   return *layer.device_writes;
 }
 
-// Device parameter: rows packed (and cast) into pinned staging, in pieces of at most a chunk,
-// and queued to the device; finish_device_writes waits for them. `base` NULL with zero
-// strides and `fill` set: every element is the `fill` bytes (param_fill).
+// Whether the host source [lo, hi) lies inside one of the layer's stable ranges (bytes the
+// loader keeps mapped until the layer's writes are finished).
+bool stable_source(const moeq_layer& layer, const std::byte* lo, const std::byte* hi) {
+  const auto& r = layer.stable_sources;
+  auto it = std::upper_bound(r.begin(), r.end(), lo,
+                             [](const std::byte* v, const std::pair<const std::byte*, const std::byte*>& e) {
+                               return v < e.first;
+                             });
+  if (it == r.begin()) return false;
+  --it;
+  return lo >= it->first && hi <= it->second;
+}
+
+// Device parameter: rows (merged where both sides continue) packed and cast into pinned staging
+// by the task pool and queued to the device (moeq/device_staging.hpp); finish_device_writes
+// waits for them. `base` NULL with zero strides and `fill` set: every element is the `fill`
+// bytes (param_fill). `stable`: the source stays valid until the layer's writes are finished.
 void stage_rows(moeq_layer& layer, ParamRecord& p, const std::vector<int64_t>& off, const std::vector<int64_t>& ext,
-                const std::byte* base, const std::vector<int64_t>& sstr, DType sdt, const std::byte* fill = nullptr) {
-  DeviceWrites& w = writes_of(layer);
+                const std::byte* base, const std::vector<int64_t>& sstr, DType sdt, bool stable,
+                const std::string& what, const std::byte* fill = nullptr) {
   const bool same = sdt == p.dtype;
   const size_t selem = dtype_size(sdt), delem = dtype_size(p.dtype);
-  const int64_t most = static_cast<int64_t>(w.chunk_bytes() / delem);
+  std::vector<StagingRun> runs;
   for_each_row(p, off, ext, base, sstr, selem, [&](int64_t d, const std::byte* src, int64_t len, int64_t stride) {
-    for (int64_t j0 = 0; j0 < len; j0 += most) {
-      const int64_t n = std::min(len - j0, most);
-      std::byte* st = w.reserve(p.device_ptr + static_cast<uint64_t>(d + j0) * delem, static_cast<size_t>(n) * delem);
-      if (fill != nullptr) {
-        for (int64_t j = 0; j < n; ++j) std::memcpy(st + j * static_cast<int64_t>(delem), fill, delem);
-        continue;
+    const uint64_t dst = p.device_ptr + static_cast<uint64_t>(d) * delem;
+    if (len == 1) stride = 1;
+    if (!runs.empty()) {
+      StagingRun& b = runs.back();
+      const bool contiguous_dst = b.dst + static_cast<uint64_t>(b.count) * delem == dst;
+      if (fill != nullptr && contiguous_dst) {
+        b.count += len;
+        return;
       }
-      const std::byte* s0 = src + j0 * stride * static_cast<int64_t>(selem);
-      if (same && stride == 1) {
-        std::memcpy(st, s0, static_cast<size_t>(n) * delem);
-        continue;
-      }
-      const int64_t step = stride * static_cast<int64_t>(selem);
-      for (int64_t j = 0; j < n; ++j, s0 += step) {
-        if (same)
-          std::memcpy(st + j * static_cast<int64_t>(delem), s0, delem);
-        else
-          store_from_float(st, p.dtype, static_cast<size_t>(j), load_as_float(s0, sdt, 0));
+      if (fill == nullptr && same && stride == 1 && b.stride == 1 && contiguous_dst &&
+          b.src + b.count * static_cast<int64_t>(selem) == src) {
+        b.count += len;
+        return;
       }
     }
+    StagingRun r;
+    r.dst = dst;
+    r.src = fill != nullptr ? nullptr : src;
+    r.count = len;
+    r.stride = stride;
+    r.src_dtype = sdt;
+    r.dst_dtype = p.dtype;
+    r.fill = fill != nullptr;
+    if (fill != nullptr) std::memcpy(r.pattern.data(), fill, std::min(delem, r.pattern.size()));
+    runs.push_back(r);
   });
+  writes_of(layer).write(std::move(runs), stable || fill != nullptr, what);
 }
 
 // Device source into a device parameter (same dtype): contiguous rows, merged where both
@@ -553,7 +573,17 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     if (device_source) {
       copy_device_rows(*a->layer, p, off, ext, base, sstr, what);
     } else if (p.device_ptr != 0) {
-      stage_rows(*a->layer, p, off, ext, base, sstr, *sdt);
+      // The checkpoint's own bytes (a view into the handed source) are packed on the task
+      // pool after this call returns; a plugin's buffer is packed before.
+      int64_t last = 0;
+      bool forward = true;
+      for (int i = 0; i < s.ndim; ++i) {
+        if (s.strides[i] < 0) forward = false;
+        last += (s.shape[i] > 0 ? s.shape[i] - 1 : 0) * s.strides[i];
+      }
+      const bool stable =
+          forward && stable_source(*a->layer, base, base + (last + 1) * static_cast<int64_t>(selem));
+      stage_rows(*a->layer, p, off, ext, base, sstr, *sdt, stable, what);
     } else {
       copy_rows(p, off, ext, base, sstr, *sdt);
     }
@@ -577,7 +607,7 @@ moeq_status* s_param_fill(moeq_param_fill_args* a) {
     if (p.device_ptr != 0) {
       std::byte value[8] = {};
       store_from_float(value, p.dtype, 0, static_cast<float>(a->value));
-      stage_rows(*a->layer, p, off, ext, nullptr, zeros, p.dtype, value);
+      stage_rows(*a->layer, p, off, ext, nullptr, zeros, p.dtype, true, "param_fill '" + p.name + "'", value);
     } else {
       for_each_element(p, off, ext, nullptr, zeros, 0, [&](int64_t d, const std::byte*) {
         store_from_float(p.storage.data(), p.dtype, static_cast<size_t>(d), static_cast<float>(a->value));

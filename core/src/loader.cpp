@@ -3,6 +3,10 @@
 #include <moeq/parallel_for.hpp>
 #include <moeq/staged_upload.hpp>
 #include <moeq/strings.hpp>
+#include <moeq/task_pool.hpp>
+
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -406,6 +410,28 @@ void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p
            " weights, found a non-finite one; file " + t.file.filename().string() + ")");
 }
 
+// Asks the kernel to read a piece's bytes from the disk now, all at once, where a cold load
+// would fault them in one readahead window at a time. Pieces whose first, middle and last pages
+// are in the page cache are taken as cached and left alone (the advice walks every page).
+// Advice only: a failure changes nothing.
+void read_ahead(const Piece& p) {
+  static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const SourceView& v = p.view;
+  const std::size_t n = static_cast<std::size_t>(v.numel()) * dtype_size(v.dtype);
+  if (n == 0) return;
+  const auto b = reinterpret_cast<std::uintptr_t>(v.base + v.byte_offset);
+  const std::uintptr_t lo = b & ~(page - 1), hi = b + n;
+  bool cached = true;
+  for (std::uintptr_t at : {lo, lo + ((hi - lo) / 2 & ~(page - 1)), (hi - 1) & ~(page - 1)}) {
+    unsigned char in = 0;
+    if (::mincore(reinterpret_cast<void*>(at), page, &in) != 0 || !(in & 1)) {
+      cached = false;
+      break;
+    }
+  }
+  if (!cached) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);
+}
+
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
 // (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
 // Each problem names the tensor and its file.
@@ -616,6 +642,8 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     }
     out.method = ma.method;
     out.layer = host::make_layer(lt.prefix, opt.device);
+    for (auto& [t, r] : lt.experts) out.layer->stable_sources.push_back({t->data, t->data + t->nbytes()});
+    std::sort(out.layer->stable_sources.begin(), out.layer->stable_sources.end());
     moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};
     host::throw_if_error(out.plugin->api->create_weights(&cw), ctx + " create_weights");
   } catch (const Error& e) {
@@ -626,18 +654,54 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 
   char reason[512];
   for (auto& [t, r] : lt.experts) rep.expert_bytes += static_cast<int64_t>(t->nbytes());
-  for (auto& [t, r] : lt.experts) {
+  // Every tensor's pieces, and the scan of this rank's weight pieces for non-finite values,
+  // first: the scans run on the task pool (a piece each), which also maps the pages the copies
+  // then read. Their outcomes are taken in order below, where each scan used to run.
+  const size_t nt = lt.experts.size();
+  std::vector<std::vector<Piece>> pieces_of(nt);
+  std::vector<std::exception_ptr> split_error(nt);
+  std::vector<std::vector<std::exception_ptr>> scan_error(nt);
+  {
+    TaskPool& pool = TaskPool::shared();
+    TaskPool::Group scans;
+    for (size_t i = 0; i < nt; ++i) {
+      auto& [t, r] = lt.experts[i];
+      try {
+        pieces_of[i] = split_pieces(*t, r, cfg);
+      } catch (...) {
+        split_error[i] = std::current_exception();
+        continue;
+      }
+      scan_error[i].resize(pieces_of[i].size());
+      for (size_t j = 0; j < pieces_of[i].size(); ++j) {
+        if (!local.contains(pieces_of[i][j].expert)) continue;
+        pool.submit(scans, [&, i, j] {
+          read_ahead(pieces_of[i][j]);
+          try {
+            check_finite(*lt.experts[i].first, lt.experts[i].second.suffix, pieces_of[i][j], g);
+          } catch (...) {
+            scan_error[i][j] = std::current_exception();
+          }
+        });
+      }
+    }
+    pool.wait(scans);
+  }
+  for (size_t ti = 0; ti < nt; ++ti) {
+    auto& [t, r] = lt.experts[ti];
     LedgerEntry entry{t->name, LedgerEntry::State::kConsumed, "", "", dtype_name(t->dtype), t->shape};
     try {
-      std::vector<Piece> pieces = split_pieces(*t, r, cfg);
+      if (split_error[ti]) std::rethrow_exception(split_error[ti]);
+      std::vector<Piece>& pieces = pieces_of[ti];
       int64_t used = 0, skipped = 0, remote = 0;
       std::string skip_reason;
-      for (Piece& p : pieces) {
+      for (size_t pj = 0; pj < pieces.size(); ++pj) {
+        Piece& p = pieces[pj];
         if (!local.contains(p.expert)) {
           ++remote;
           continue;
         }
-        check_finite(*t, r.suffix, p, g);
+        if (scan_error[ti][pj]) std::rethrow_exception(scan_error[ti][pj]);
         DLTensor src = p.view.dl();
         int64_t handed = static_cast<int64_t>(dtype_size(p.view.dtype));
         for (int64_t d : p.view.shape) handed *= d;

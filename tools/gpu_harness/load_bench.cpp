@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -104,6 +106,70 @@ double resident_fraction(const std::vector<fs::path>& files) {
     ::munmap(base, size);
   }
   return total ? double(resident) / double(total) : 1.0;
+}
+
+// Drops the files' pages from the page cache (POSIX_FADV_DONTNEED, which any user may ask for
+// clean pages) and returns the fraction still resident.
+double evict(const std::vector<fs::path>& files) {
+  for (const fs::path& f : files) {
+    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("bench load: cannot open '" + f.string() + "': " + std::strerror(errno));
+    ::fdatasync(fd);
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+  return resident_fraction(files);
+}
+
+// The disk's own read rate: every file read once in 16 MiB requests by `threads` threads at
+// once, with O_DIRECT (past the page cache) where the file system allows it, else buffered
+// reads of evicted files (`direct` says which).
+struct DiskRead {
+  double gbps = 0, seconds = 0;
+  std::size_t bytes = 0;
+  bool direct = true;
+};
+DiskRead disk_read(const std::vector<fs::path>& files, unsigned threads) {
+  constexpr std::size_t kBlock = std::size_t{16} << 20;
+  DiskRead r;
+  std::vector<int> fds;
+  std::vector<std::pair<std::size_t, std::size_t>> blocks;  // (file, offset)
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    int fd = ::open(files[i].c_str(), O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (fd < 0) {
+      r.direct = false;
+      fd = ::open(files[i].c_str(), O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0) fail("bench load: cannot open '" + files[i].string() + "': " + std::strerror(errno));
+    fds.push_back(fd);
+    const std::size_t size = fs::file_size(files[i]);
+    r.bytes += size;
+    for (std::size_t off = 0; off < size; off += kBlock) blocks.emplace_back(i, off);
+  }
+  std::atomic<std::size_t> next{0};
+  std::atomic<bool> failed{false};
+  auto worker = [&] {
+    void* buf = std::aligned_alloc(4096, kBlock);
+    if (buf == nullptr) {
+      failed = true;
+      return;
+    }
+    for (std::size_t b = next.fetch_add(1); b < blocks.size() && !failed; b = next.fetch_add(1)) {
+      const auto [f, off] = blocks[b];
+      if (::pread(fds[f], buf, kBlock, static_cast<off_t>(off)) < 0) failed = true;
+    }
+    std::free(buf);
+  };
+  const auto t0 = Clock::now();
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < std::max(1u, threads); ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  r.seconds = seconds_since(t0);
+  for (int fd : fds) ::close(fd);
+  if (failed) fail("bench load: reading the checkpoint's files for the disk rate failed: " + std::string(std::strerror(errno)));
+  r.gbps = gbps(double(r.bytes), r.seconds);
+  return r;
 }
 
 // Reads every file once through read(2), several files at a time, so that the page cache
@@ -345,6 +411,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   // the load's own transient (an online quantizer's scratch, staging leftovers).
   std::vector<double> device_secs;
   std::size_t device_held = 0, device_load_peak = 0;
+  int64_t expert_bytes = 0, expert_bytes_handed = 0;  // of the checkpoint, and handed to the plugins (EP: local)
   bool device_ok = true;
   for (int pass = 0; pass < 2; ++pass) {
     const cuda::MemoryInfo before = cuda::memory_info();
@@ -359,6 +426,10 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
     device_held = std::max(device_held, before.free - cuda::memory_info().free);
     device_load_peak = std::max(device_load_peak, before.free - std::min(lowest_free, before.free));
     if (pass == 1) continue;
+    for (const auto& l : dm.layers) {
+      expert_bytes += l->report.expert_bytes;
+      expert_bytes_handed += l->report.expert_bytes_handed;
+    }
     for (std::size_t li = 0; li < dm.layers.size() && li < model.layers.size(); ++li) {
       const moeq_layer& dl = *dm.layers[li]->layer;
       const moeq_layer& hl = *model.layers[li]->layer;
@@ -379,6 +450,30 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   const double device_cold_s = device_secs[0], device_s = device_secs[1];
   say("device path: strict load onto cuda:0 through copy_to_param, " + fmt(device_cold_s, 2) + " s first pass, " +
       fmt(device_s, 2) + " s with the JIT cache warm; device bytes " + (device_ok ? "match" : "DIFFER"));
+
+  // -- cold: the files dropped from the page cache; the disk's own read; the device load again.
+  double evicted_resident = -1, cold_s = 0, cold_resident = -1;
+  DiskRead disk;
+  std::size_t file_bytes = 0;
+  for (const fs::path& f : files) file_bytes += fs::file_size(f);
+  if (opt.cold) {
+    evicted_resident = evict(files);
+    disk = disk_read(files, sc.threads);
+    evict(files);
+    LoadOptions ld = lo;
+    ld.device = {kDLCUDA, 0};
+    const auto tc = Clock::now();
+    const Checkpoint ck4 = Checkpoint::open(opt.dir);
+    LoadedModel cm = load_model(ck4, registry, ld);
+    cold_s = seconds_since(tc);
+    cold_resident = resident_fraction(files);
+    say("cold: page cache " + fmt(100 * evicted_resident, 1) + "% after dropping the files; disk read " +
+        fmt(disk.gbps) + " GB/s (" + (disk.direct ? "O_DIRECT" : "buffered: O_DIRECT refused") + ", " +
+        fmt(mib(double(disk.bytes)), 0) + " MiB in " + fmt(disk.seconds, 2) + " s); device load from the disk " +
+        fmt(cold_s, 2) + " s = " + fmt(gbps(double(checkpoint_bytes), cold_s)) + " GB/s, " +
+        fmt(100 * cold_resident, 1) + "% of the files' pages read");
+  }
+  const double cold_gbps = cold_s > 0 ? gbps(double(checkpoint_bytes), cold_s) : 0;
 
   if (opt.json) {
     json::object o{
@@ -419,7 +514,21 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
         {"online_goal_bytes", goal},
         {"within_online_goal", peak_info <= goal},
         {"verified", ok},
+        {"tp", lo.placement.tp_size},
+        {"ep", lo.placement.ep_size},
+        {"expert_bytes", expert_bytes},
+        {"expert_bytes_handed", expert_bytes_handed},
     };
+    if (opt.cold) {
+      o["cold_page_cache_after_drop"] = evicted_resident;
+      o["disk_read_gbps"] = disk.gbps;
+      o["disk_read_direct"] = disk.direct;
+      o["cold_device_load_s"] = cold_s;
+      o["cold_device_load_gbps"] = cold_gbps;
+      o["cold_vs_disk"] = disk.gbps > 0 ? cold_gbps / disk.gbps : 0;
+      o["cold_bytes_read"] = cold_resident * double(file_bytes);
+      o["file_bytes"] = file_bytes;
+    }
     out << json::serialize(o) << "\n";
     return ok ? 0 : 1;
   }
@@ -441,6 +550,20 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       << fmt(pinned_gbps > 0 ? 100 * gbps(double(checkpoint_bytes), device_s) / pinned_gbps : 0, 0)
       << "% of pinned |\n";
   out << "| same, first pass (kernels compiled or read from the disk cache) | " << fmt(device_cold_s, 2) << " s |\n";
+  out << "| expert bytes handed to the plugins / in the checkpoint (tp " << lo.placement.tp_size << ", ep "
+      << lo.placement.ep_size << ") | " << fmt(mib(double(expert_bytes_handed)), 0) << " / "
+      << fmt(mib(double(expert_bytes)), 0) << " MiB = "
+      << fmt(expert_bytes > 0 ? 100.0 * double(expert_bytes_handed) / double(expert_bytes) : 0, 1) << "% |\n";
+  if (opt.cold) {
+    out << "| disk's raw read (" << (disk.direct ? "O_DIRECT" : "buffered, O_DIRECT refused") << ", " << sc.threads
+        << " threads, 16 MiB requests) | " << fmt(disk.gbps) << " GB/s |\n";
+    out << "| strict load to cuda:0 from the disk (page cache dropped: " << fmt(100 * evicted_resident, 1)
+        << "% left; JIT cache warm) | " << fmt(cold_s, 2) << " s, " << fmt(cold_gbps) << " GB/s = "
+        << fmt(disk.gbps > 0 ? 100 * cold_gbps / disk.gbps : 0, 0) << "% of the disk's read |\n";
+    out << "| bytes read from the disk by that load (pages resident after) | "
+        << fmt(mib(cold_resident * double(file_bytes)), 0) << " of " << fmt(mib(double(file_bytes)), 0) << " MiB = "
+        << fmt(100 * cold_resident, 1) << "% |\n";
+  }
   const std::size_t transient = device_load_peak - std::min(device_load_peak, device_held);
   out << "| device memory held after the device load (parameters + apply workspaces + kernels) | "
       << fmt(mib(double(device_held)), 1) << " MiB |\n";

@@ -7,7 +7,9 @@
 //         final parameter size (the online-quant goal: final + one bf16 expert + 64 MiB);
 //   device the same strict load with the layers on cuda:0: copy_to_param carries every row
 //         through pinned staging to the device parameters, process_after_loading prepares
-//         the kernels (twice: the second pass with the JIT cache warm).
+//         the kernels (twice: the second pass with the JIT cache warm);
+//   cold  (--cold) the files dropped from the page cache, the disk's raw read rate, and the
+//         device load again from the disk, with the bytes it read (pages resident after).
 // Device bytes are downloaded and compared with the host bytes before any figure is printed.
 #pragma once
 #include <moeq/loader.hpp>
@@ -29,6 +31,9 @@ struct LoadBenchOptions {
   unsigned chunks = 0;       // staging chunks; 0 = max(8, 2 x threads)
   std::size_t floor_bytes = std::size_t{256} << 20;  // buffer of the H2D floors
   bool json = false;
+  // After the warm figures: the files dropped from the page cache, the disk's own read rate
+  // (O_DIRECT, every file once), then the strict load onto cuda:0 from the cold cache.
+  bool cold = false;
 };
 
 // Prints a table (or one JSON object) to `out`. Returns 0 when every device byte matched,

@@ -244,6 +244,9 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   load_->add_option("--chunk-mib", chunk_mib_, "pinned staging chunk size in MiB")->check(CLI::Range(1, 1024));
   load_->add_option("--chunks", chunks_, "pinned staging chunks (default: max(8, 2 x threads))")
       ->check(CLI::Range(1u, 4096u));
+  load_->add_flag("--cold", cold_,
+                  "then drop the files from the page cache, measure the disk's raw read (O_DIRECT) and load onto "
+                  "cuda:0 from the disk, reporting the bytes read");
   auto* synthesize =
       load_->add_option("--synthesize", synthesize_,
                         "first write DIR, unless it exists, as a random checkpoint of this geometry: Qwen3-30B-A3B, "
@@ -396,6 +399,7 @@ int BenchCommand::run_load() const {
   o.chunk_bytes = static_cast<std::size_t>(chunk_mib_) << 20;
   o.chunks = chunks_;
   o.json = opt_.json;
+  o.cold = cold_;
   return gpu_harness::run_load_bench(o, session.registry(), std::cout);
 #else
   std::cerr << "moeq bench load: " << kNoToolkit << "\n";

@@ -61,7 +61,7 @@ class BenchCommand {
   std::string dir_, synthesize_, synth_scheme_ = "fp8-channel", dims_;
   int layers_ = 4;
   uint64_t seed_ = 2026;
-  bool write_only_ = false;
+  bool write_only_ = false, cold_ = false;
   unsigned threads_ = 0, chunks_ = 0;
   int repeat_ = 3;
   int chunk_mib_ = 16;

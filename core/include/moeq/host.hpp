@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moeq {
@@ -78,6 +79,10 @@ struct moeq_layer {
   std::vector<std::unique_ptr<moeq::ParamRecord>> params;
   std::string current_tensor;  // checkpoint tensor being loaded, named in copy errors
   int64_t bytes_copied_from_host = 0;  // source bytes copy_to_param read from host memory
+  // Host byte ranges [first, second), sorted, that stay valid until the layer's device writes
+  // are finished (the checkpoint tensors the loader hands over): a copy_to_param from inside one
+  // returns before its bytes are packed into staging.
+  std::vector<std::pair<const std::byte*, const std::byte*>> stable_sources;
   // Staging of copies to device parameters; declared after `params` so it is destroyed first.
   std::unique_ptr<moeq::host::DeviceWrites> device_writes;
 };

@@ -1,0 +1,307 @@
+// The device writer (moeq/device_staging.hpp) against a host-memory device whose copies run
+// only when an event after them is waited for, as a GPU's run when the stream gets to them: a
+// chunk packed again before its copies ran, a write that returned before its unstable source was
+// read, or a finish() that missed a copy leaves wrong bytes here. Run under TSan in CI
+// (suite "concurrency").
+#include <moeq/device_staging.hpp>
+#include <moeq/dtype.hpp>
+#include <moeq/error.hpp>
+#include <moeq/task_pool.hpp>
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+
+using namespace moeq;
+using host::DeviceWrites;
+using host::StagingRun;
+
+namespace {
+
+// Copies queue per stream and run when an event recorded after them is waited for.
+class DeferredDevice final : public host::StagingBackend {
+ public:
+  struct Copy {
+    uint64_t dst;
+    uint64_t src;  // host address of the chunk bytes, or of device bytes
+    std::size_t bytes;
+  };
+  struct Stream {
+    std::vector<Copy> queued;
+    std::size_t ran = 0;
+  };
+  struct Event {
+    Stream* stream = nullptr;
+    std::size_t upto = 0;
+  };
+
+  std::byte* allocate_pinned(std::size_t bytes) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    chunks_.push_back(std::make_unique<std::byte[]>(bytes));
+    ++pinned_allocations;
+    return chunks_.back().get();
+  }
+  void* create_stream() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    streams_.push_back(std::make_unique<Stream>());
+    return streams_.back().get();
+  }
+  void* create_event() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::make_unique<Event>());
+    return events_.back().get();
+  }
+  void bind(int ordinal) override { CHECK(ordinal == kOrdinal); }
+  void copy(uint64_t dst, const std::byte* src, std::size_t bytes, void* stream) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (dst == poisoned_dst) throw Error(MOEQ_STATUS_CODE_INTERNAL, "fake driver: copy refused");
+    static_cast<Stream*>(stream)->queued.push_back({dst, reinterpret_cast<uint64_t>(src), bytes});
+    ++copies;
+  }
+  void copy_device(uint64_t dst, uint64_t src, std::size_t bytes, void* stream) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    static_cast<Stream*>(stream)->queued.push_back({dst, src, bytes});
+  }
+  void record(void* event, void* stream) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto* e = static_cast<Event*>(event);
+    e->stream = static_cast<Stream*>(stream);
+    e->upto = e->stream->queued.size();
+  }
+  void wait(void* event) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto* e = static_cast<Event*>(event);
+    if (e->stream == nullptr) return;
+    Stream& s = *e->stream;
+    for (; s.ran < e->upto; ++s.ran) {
+      const Copy& c = s.queued[s.ran];
+      std::memcpy(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src), c.bytes);
+    }
+  }
+
+  static constexpr int kOrdinal = 7;
+  std::atomic<int> pinned_allocations{0};
+  std::atomic<int> copies{0};
+  std::atomic<uint64_t> poisoned_dst{0};
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<std::byte[]>> chunks_;
+  std::vector<std::unique_ptr<Stream>> streams_;
+  std::vector<std::unique_ptr<Event>> events_;
+};
+
+host::StagingShape small_shape() {
+  host::StagingShape s;
+  s.chunk_bytes = 64 << 10;  // many chunks a write, and chunks reused many times
+  s.chunks = 4;
+  s.small_bytes = 4 << 10;
+  return s;
+}
+
+uint64_t addr(const std::vector<std::byte>& v, std::size_t at = 0) { return reinterpret_cast<uint64_t>(v.data() + at); }
+
+// One layer's worth of writes into `dev` (its "device memory"), with what the bytes must be.
+// Four kinds: a large contiguous stable source, a large source the caller overwrites as soon as
+// write() returns, small writes (scales), and a strided bf16 source cast to f32; plus a fill.
+void one_layer(uint32_t seed, std::vector<std::byte>& dev, std::vector<std::byte>& want) {
+  std::mt19937 rng(seed);
+  auto random_bytes = [&](std::size_t n) {
+    std::vector<std::byte> b(n);
+    for (auto& x : b) x = static_cast<std::byte>(rng() & 0xff);
+    return b;
+  };
+  const std::size_t big = (300 << 10) + 4 * (seed % 7), cast_rows = 24, cast_cols = 500;
+  const std::size_t small_n = 40, small_each = 96;
+  const std::size_t fill_n = 3000;
+  const std::size_t total = 2 * big + small_n * small_each + cast_rows * cast_cols * 4 + fill_n * 2;
+  dev.assign(total, std::byte{0});
+  want.assign(total, std::byte{0});
+  std::size_t at = 0;
+
+  DeviceWrites w(DeferredDevice::kOrdinal);
+  // Stable: the bytes stay until finish().
+  const std::vector<std::byte> stable = random_bytes(big);
+  StagingRun r;
+  r.dst = addr(dev, at);
+  r.src = stable.data();
+  r.count = static_cast<int64_t>(big);
+  w.write({r}, true, "stable");
+  std::memcpy(want.data() + at, stable.data(), big);
+  at += big;
+  // Unstable: overwritten the moment write() returns.
+  std::vector<std::byte> scratch = random_bytes(big);
+  std::memcpy(want.data() + at, scratch.data(), big);
+  r.dst = addr(dev, at);
+  r.src = scratch.data();
+  w.write({r}, false, "unstable");
+  std::fill(scratch.begin(), scratch.end(), std::byte{0xee});
+  at += big;
+  // Small writes, each from a buffer reused at once.
+  for (std::size_t i = 0; i < small_n; ++i) {
+    std::vector<std::byte> s = random_bytes(small_each);
+    std::memcpy(want.data() + at, s.data(), small_each);
+    r.dst = addr(dev, at);
+    r.src = s.data();
+    r.count = static_cast<int64_t>(small_each);
+    w.write({r}, false, "small");
+    std::fill(s.begin(), s.end(), std::byte{0xdd});
+    at += small_each;
+  }
+  // Strided bf16 source (every other column of a [rows, 2 * cols] matrix) cast to f32, a run a
+  // row, from a stable buffer.
+  std::vector<uint16_t> bf(cast_rows * cast_cols * 2);
+  for (auto& v : bf) v = static_cast<uint16_t>(0x3f00 + (rng() & 0xff));  // finite, near 0.5
+  std::vector<StagingRun> rows;
+  for (std::size_t i = 0; i < cast_rows; ++i) {
+    StagingRun c;
+    c.dst = addr(dev, at + i * cast_cols * 4);
+    c.src = reinterpret_cast<const std::byte*>(bf.data() + i * cast_cols * 2);
+    c.count = static_cast<int64_t>(cast_cols);
+    c.stride = 2;
+    c.src_dtype = DType::BF16;
+    c.dst_dtype = DType::F32;
+    rows.push_back(c);
+    for (std::size_t j = 0; j < cast_cols; ++j)
+      store_from_float(want.data() + at + i * cast_cols * 4, DType::F32, j,
+                       load_as_float(bf.data() + i * cast_cols * 2 + 2 * j, DType::BF16, 0));
+  }
+  w.write(rows, true, "cast");
+  at += cast_rows * cast_cols * 4;
+  // A fill of a 2-byte pattern.
+  StagingRun f;
+  f.dst = addr(dev, at);
+  f.count = static_cast<int64_t>(fill_n);
+  f.src_dtype = f.dst_dtype = DType::BF16;
+  f.fill = true;
+  f.pattern[0] = std::byte{0x80};
+  f.pattern[1] = std::byte{0x3f};
+  w.write({f}, true, "fill");
+  for (std::size_t i = 0; i < fill_n; ++i) {
+    want[at + 2 * i] = std::byte{0x80};
+    want[at + 2 * i + 1] = std::byte{0x3f};
+  }
+  at += fill_n * 2;
+  REQUIRE(at == total);
+  w.finish();
+}
+
+}  // namespace
+
+TEST_SUITE("concurrency") {
+  TEST_CASE("device staging: twelve layers at once on the task pool, every byte where it belongs") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
+    constexpr int kLayers = 12;
+    std::vector<std::vector<std::byte>> dev(kLayers), want(kLayers);
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int l = 0; l < kLayers; ++l)
+      threads.emplace_back([&, l] {
+        try {
+          one_layer(1000 + static_cast<uint32_t>(l), dev[l], want[l]);
+        } catch (const std::exception& e) {
+          ++failures;
+          MESSAGE("layer " << l << ": " << e.what());
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(failures == 0);
+    for (int l = 0; l < kLayers; ++l) {
+      INFO("layer " << l);
+      REQUIRE(dev[l].size() == want[l].size());
+      std::size_t first_bad = dev[l].size();
+      for (std::size_t i = 0; i < dev[l].size(); ++i)
+        if (dev[l][i] != want[l][i]) {
+          first_bad = i;
+          break;
+        }
+      CHECK(first_bad == dev[l].size());
+    }
+    // Never more chunks than the shape allows, and the work went through several copies.
+    CHECK(d.pinned_allocations.load() <= 4);
+    CHECK(d.pinned_allocations.load() >= 1);
+    CHECK(d.copies.load() > kLayers * 10);
+  }
+
+  TEST_CASE("device staging: a copy the driver refuses fails finish() naming the write, and nothing hangs") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
+    std::vector<std::byte> dev(1 << 20), src(1 << 20, std::byte{1});
+    d.poisoned_dst = addr(dev, 0);
+    {
+      DeviceWrites w(DeferredDevice::kOrdinal);
+      StagingRun r;
+      r.dst = addr(dev, 0);
+      r.src = src.data();
+      r.count = static_cast<int64_t>(src.size());
+      w.write({r}, true, "tensor model.layers.0.mlp.experts.3.down_proj.weight");
+      try {
+        w.finish();
+        FAIL("finish() did not throw");
+      } catch (const Error& e) {
+        CHECK(std::string(e.what()).find("tensor model.layers.0.mlp.experts.3.down_proj.weight") != std::string::npos);
+        CHECK(std::string(e.what()).find("copy refused") != std::string::npos);
+      }
+    }
+    // An unstable write is packed before write() returns, so write() itself reports it; and a
+    // writer destroyed without finish() waits for its work.
+    {
+      DeviceWrites w(DeferredDevice::kOrdinal);
+      StagingRun r;
+      r.dst = addr(dev, 0);
+      r.src = src.data();
+      r.count = 1 << 19;
+      CHECK_THROWS_WITH_AS(w.write({r}, false, "unstable"), doctest::Contains("unstable: copy to the device"), Error);
+      CHECK_NOTHROW(w.finish());
+    }
+    d.poisoned_dst = 0;
+    {
+      DeviceWrites w(DeferredDevice::kOrdinal);
+      StagingRun r;
+      r.dst = addr(dev, 4096);
+      r.src = src.data();
+      r.count = 1 << 18;
+      w.write({r}, true, "left to the destructor");
+    }
+    std::vector<std::byte> ran(dev.begin() + 4096, dev.begin() + 4096 + (1 << 18));
+    CHECK(ran == std::vector<std::byte>(1 << 18, std::byte{1}));
+  }
+
+  TEST_CASE("task pool: waits from inside tasks and from more threads than the pool has finish, and errors reach the waiter") {
+    TaskPool pool(2);
+    std::atomic<int> ran{0};
+    std::vector<std::thread> outside;
+    for (int t = 0; t < 6; ++t)
+      outside.emplace_back([&] {
+        TaskPool::Group g;
+        for (int i = 0; i < 50; ++i)
+          pool.submit(g, [&] {
+            TaskPool::Group inner;  // a task that waits for tasks of its own
+            for (int k = 0; k < 3; ++k) pool.submit(inner, [&] { ++ran; });
+            pool.wait(inner);
+          });
+        pool.wait(g);
+      });
+    for (auto& t : outside) t.join();
+    CHECK(ran.load() == 6 * 50 * 3);
+    TaskPool::Group g;
+    for (int i = 0; i < 20; ++i)
+      pool.submit(g, [i, &ran] {
+        ++ran;
+        if (i == 7) throw Error(MOEQ_STATUS_CODE_INTERNAL, "task 7 failed");
+      });
+    CHECK_THROWS_WITH_AS(pool.wait(g), "task 7 failed", Error);
+    CHECK(ran.load() == 6 * 50 * 3 + 20);  // the others still ran
+    pool.submit(g, [&] { ++ran; });
+    CHECK_NOTHROW(pool.wait(g));  // the error was reported once
+  }
+}
