@@ -410,26 +410,39 @@ void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p
            " weights, found a non-finite one; file " + t.file.filename().string() + ")");
 }
 
-// Asks the kernel to read a piece's bytes from the disk now, all at once, where a cold load
-// would fault them in one readahead window at a time. Pieces whose first, middle and last pages
-// are in the page cache are taken as cached and left alone (the advice walks every page).
-// Advice only: a failure changes nothing.
-void read_ahead(const Piece& p) {
+// Asks the kernel to read the bytes of a piece this rank uses from the disk now, all at once,
+// where a cold load would fault them in one readahead window at a time: under TP only this
+// rank's rows of w1/w3 (w2's columns of a rank share their pages with the others', so w2 is
+// read whole). Ranges whose first, middle and last pages are in the page cache are taken as
+// cached and left alone (the advice walks every page). Advice only: a failure changes nothing.
+void read_ahead(const Piece& p, const moeq_layer_geometry& g) {
   static const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
   const SourceView& v = p.view;
-  const std::size_t n = static_cast<std::size_t>(v.numel()) * dtype_size(v.dtype);
-  if (n == 0) return;
-  const auto b = reinterpret_cast<std::uintptr_t>(v.base + v.byte_offset);
-  const std::uintptr_t lo = b & ~(page - 1), hi = b + n;
-  bool cached = true;
-  for (std::uintptr_t at : {lo, lo + ((hi - lo) / 2 & ~(page - 1)), (hi - 1) & ~(page - 1)}) {
-    unsigned char in = 0;
-    if (::mincore(reinterpret_cast<void*>(at), page, &in) != 0 || !(in & 1)) {
-      cached = false;
-      break;
+  const std::size_t esize = dtype_size(v.dtype);
+  const std::byte* data = v.base + v.byte_offset;
+  auto advise = [&](const std::byte* from, std::size_t n) {
+    if (n == 0) return;
+    const auto b = reinterpret_cast<std::uintptr_t>(from);
+    const std::uintptr_t lo = b & ~(page - 1), hi = b + n;
+    for (std::uintptr_t at : {lo, lo + ((hi - lo) / 2 & ~(page - 1)), (hi - 1) & ~(page - 1)}) {
+      unsigned char in = 0;
+      if (::mincore(reinterpret_cast<void*>(at), page, &in) != 0 || !(in & 1)) {
+        ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);
+        return;
+      }
     }
+  };
+  const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
+  const bool rows_sharded = v.shape.size() == 2 && It > 0 && It < I && lo >= 0 && lo + It <= I &&
+                            (p.projection == Projection::kW13 ? v.shape[0] == 2 * I
+                                                              : p.projection != Projection::kW2 && v.shape[0] == I);
+  if (!rows_sharded) {
+    advise(data, static_cast<std::size_t>(v.numel()) * esize);
+    return;
   }
-  if (!cached) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_WILLNEED);
+  const std::size_t row = static_cast<std::size_t>(v.shape[1]) * esize;
+  advise(data + static_cast<std::size_t>(lo) * row, static_cast<std::size_t>(It) * row);
+  if (p.projection == Projection::kW13) advise(data + static_cast<std::size_t>(I + lo) * row, static_cast<std::size_t>(It) * row);
 }
 
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
@@ -676,7 +689,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       for (size_t j = 0; j < pieces_of[i].size(); ++j) {
         if (!local.contains(pieces_of[i][j].expert)) continue;
         pool.submit(scans, [&, i, j] {
-          read_ahead(pieces_of[i][j]);
+          read_ahead(pieces_of[i][j], g);
           try {
             check_finite(*lt.experts[i].first, lt.experts[i].second.suffix, pieces_of[i][j], g);
           } catch (...) {
