@@ -43,6 +43,8 @@ class DeferredDevice final : public host::StagingBackend {
 
   std::byte* allocate_pinned(std::size_t bytes) override {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (pinned_limit >= 0 && pinned_allocations >= pinned_limit)
+      throw Error(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "fake driver: no more page-locked memory");
     chunks_.push_back(std::make_unique<std::byte[]>(bytes));
     ++pinned_allocations;
     return chunks_.back().get();
@@ -87,6 +89,7 @@ class DeferredDevice final : public host::StagingBackend {
 
   static constexpr int kOrdinal = 7;
   std::atomic<int> pinned_allocations{0};
+  std::atomic<int> pinned_limit{-1};  // allocations after this many fail
   std::atomic<int> copies{0};
   std::atomic<uint64_t> poisoned_dst{0};
 
@@ -274,6 +277,46 @@ TEST_SUITE("concurrency") {
     }
     std::vector<std::byte> ran(dev.begin() + 4096, dev.begin() + 4096 + (1 << 18));
     CHECK(ran == std::vector<std::byte>(1 << 18, std::byte{1}));
+  }
+
+  TEST_CASE("device staging: page-locked memory that runs out leaves the chunks already there to carry every byte") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    d.pinned_limit = 2;
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
+    std::vector<std::vector<std::byte>> dev(4), want(4);
+    std::vector<std::thread> threads;
+    std::atomic<int> failures{0};
+    for (int l = 0; l < 4; ++l)
+      threads.emplace_back([&, l] {
+        try {
+          one_layer(77 + static_cast<uint32_t>(l), dev[l], want[l]);
+        } catch (const std::exception& e) {
+          ++failures;
+          MESSAGE("layer " << l << ": " << e.what());
+        }
+      });
+    for (auto& t : threads) t.join();
+    CHECK(failures == 0);
+    for (int l = 0; l < 4; ++l) CHECK(dev[l] == want[l]);
+    CHECK(d.pinned_allocations.load() == 2);
+  }
+
+  TEST_CASE("device staging: with no page-locked memory at all the write fails naming the tensor") {
+    auto device = std::make_unique<DeferredDevice>();
+    device->pinned_limit = 0;
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
+    std::vector<std::byte> dev(1 << 20), src(1 << 20, std::byte{3});
+    DeviceWrites w(DeferredDevice::kOrdinal);
+    StagingRun r;
+    r.dst = addr(dev, 0);
+    r.src = src.data();
+    r.count = static_cast<int64_t>(src.size());
+    CHECK_THROWS_WITH_AS(w.write({r}, false, "tensor experts.0.w1"),
+                         doctest::Contains("tensor experts.0.w1: copy to the device: fake driver: no more page-locked"),
+                         Error);
+    w.write({r}, true, "tensor experts.0.w3");
+    CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("tensor experts.0.w3"), Error);
   }
 
   TEST_CASE("task pool: waits from inside tasks and from more threads than the pool has finish, and errors reach the waiter") {

@@ -91,25 +91,33 @@ class ChunkPool {
 
   // A free chunk whose earlier copies have completed; waits for one when all are taken.
   Chunk& acquire() {
-    Chunk* taken;
+    Chunk* taken = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      std::size_t i;
-      cv_.wait(lock, [&] { return !free_.empty() || chunks_.size() < shape_.chunks; });
-      if (!free_.empty()) {
-        i = free_.back();
-        free_.pop_back();
-      } else {
+      while (taken == nullptr) {
+        cv_.wait(lock, [&] { return !free_.empty() || chunks_.size() < limit_; });
+        if (!free_.empty()) {
+          taken = &chunks_[free_.back()];
+          free_.pop_back();
+          break;
+        }
         Chunk c;
-        backend_->bind(ordinal_);
-        c.data = backend_->allocate_pinned(shape_.chunk_bytes);
-        c.stream = backend_->create_stream();
-        c.event = backend_->create_event();
+        try {
+          backend_->bind(ordinal_);
+          c.data = backend_->allocate_pinned(shape_.chunk_bytes);
+          c.stream = backend_->create_stream();
+          c.event = backend_->create_event();
+        } catch (...) {
+          // Page-locked memory runs out (a memlock limit, a busy host): the chunks there are
+          // will do, one at a time if need be; with none there is nothing to stage through.
+          if (chunks_.empty()) throw;
+          limit_ = chunks_.size();
+          continue;
+        }
         c.index = chunks_.size();
         chunks_.push_back(c);
-        i = chunks_.size() - 1;
+        taken = &chunks_.back();
       }
-      taken = &chunks_[i];
     }
     Chunk& c = *taken;
     if (c.recorded) {
@@ -150,6 +158,7 @@ class ChunkPool {
   int ordinal_;
   std::unique_ptr<StagingBackend> backend_;
   StagingShape shape_;
+  std::size_t limit_ = shape_.chunks;  // lowered when page-locked memory runs out
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Chunk> chunks_;  // NOTE: a deque, so that a Chunk& stays valid as chunks are added
