@@ -195,6 +195,25 @@ void one_layer(uint32_t seed, std::vector<std::byte>& dev, std::vector<std::byte
   w.finish();
 }
 
+// one_layer on `n` threads at once (seeds seed0, seed0 + 1, ...); returns how many threw.
+int run_layers(int n, uint32_t seed0, std::vector<std::vector<std::byte>>& dev, std::vector<std::vector<std::byte>>& want) {
+  dev.assign(n, {});
+  want.assign(n, {});
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int l = 0; l < n; ++l)
+    threads.emplace_back([&, l] {
+      try {
+        one_layer(seed0 + static_cast<uint32_t>(l), dev[l], want[l]);
+      } catch (const std::exception& e) {
+        ++failures;
+        MESSAGE("layer " << l << ": " << e.what());
+      }
+    });
+  for (auto& t : threads) t.join();
+  return failures.load();
+}
+
 }  // namespace
 
 TEST_SUITE("concurrency") {
@@ -203,20 +222,8 @@ TEST_SUITE("concurrency") {
     DeferredDevice& d = *device;
     host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
     constexpr int kLayers = 12;
-    std::vector<std::vector<std::byte>> dev(kLayers), want(kLayers);
-    std::vector<std::thread> threads;
-    std::atomic<int> failures{0};
-    for (int l = 0; l < kLayers; ++l)
-      threads.emplace_back([&, l] {
-        try {
-          one_layer(1000 + static_cast<uint32_t>(l), dev[l], want[l]);
-        } catch (const std::exception& e) {
-          ++failures;
-          MESSAGE("layer " << l << ": " << e.what());
-        }
-      });
-    for (auto& t : threads) t.join();
-    CHECK(failures == 0);
+    std::vector<std::vector<std::byte>> dev, want;
+    CHECK(run_layers(kLayers, 1000, dev, want) == 0);
     for (int l = 0; l < kLayers; ++l) {
       INFO("layer " << l);
       REQUIRE(dev[l].size() == want[l].size());
@@ -284,20 +291,8 @@ TEST_SUITE("concurrency") {
     DeferredDevice& d = *device;
     d.pinned_limit = 2;
     host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
-    std::vector<std::vector<std::byte>> dev(4), want(4);
-    std::vector<std::thread> threads;
-    std::atomic<int> failures{0};
-    for (int l = 0; l < 4; ++l)
-      threads.emplace_back([&, l] {
-        try {
-          one_layer(77 + static_cast<uint32_t>(l), dev[l], want[l]);
-        } catch (const std::exception& e) {
-          ++failures;
-          MESSAGE("layer " << l << ": " << e.what());
-        }
-      });
-    for (auto& t : threads) t.join();
-    CHECK(failures == 0);
+    std::vector<std::vector<std::byte>> dev, want;
+    CHECK(run_layers(4, 77, dev, want) == 0);
     for (int l = 0; l < 4; ++l) CHECK(dev[l] == want[l]);
     CHECK(d.pinned_allocations.load() == 2);
   }
