@@ -670,6 +670,9 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   // Every tensor's pieces, and the scan of this rank's weight pieces for non-finite values,
   // first: the scans run on the task pool (a piece each), which also maps the pages the copies
   // then read. Their outcomes are taken in order below, where each scan used to run.
+  using Clock = std::chrono::steady_clock;
+  auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  auto t_phase = Clock::now();
   const size_t nt = lt.experts.size();
   std::vector<std::vector<Piece>> pieces_of(nt);
   std::vector<std::exception_ptr> split_error(nt);
@@ -700,6 +703,8 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     }
     pool.wait(scans);
   }
+  rep.seconds.scan = since(t_phase);
+  t_phase = Clock::now();
   for (size_t ti = 0; ti < nt; ++ti) {
     auto& [t, r] = lt.experts[ti];
     LedgerEntry entry{t->name, LedgerEntry::State::kConsumed, "", "", dtype_name(t->dtype), t->shape};
@@ -774,6 +779,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     if (t_progress) t_progress->add(static_cast<int64_t>(t->nbytes()), 0);
   }
 
+  rep.seconds.hand = since(t_phase);
   rep.params = host::coverage(*out.layer);
   rep.bytes_copied = out.layer->bytes_copied_from_host;
   // A tensor that failed above leaves its elements unwritten: say so rather than blame a missing one.
@@ -798,7 +804,10 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 
   if (rep.problems.empty()) {
     try {
+      t_phase = Clock::now();
       host::finish_device_writes(*out.layer);
+      rep.seconds.copies = since(t_phase);
+      t_phase = Clock::now();
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
       moeq_status* st = out.plugin->api->process_after_loading(&pa);
       // Scratch the layer still holds is taken back (the plugin should have released it).
@@ -808,6 +817,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
                       " scratch block(s) after process_after_loading; taken back");
       host::throw_if_error(st, ctx + " process_after_loading");
       host::finish_device_writes(*out.layer);  // copies the plugin made while processing
+      rep.seconds.prepare = since(t_phase);
       query_apply_info(out, opt, ctx);
       if (moeq_describe_fn d = out.plugin->describe()) {
         std::string buf(8192, '\0');

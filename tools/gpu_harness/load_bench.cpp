@@ -425,6 +425,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   std::vector<double> device_secs;
   std::size_t device_held = 0, device_load_peak = 0;
   int64_t expert_bytes = 0, expert_bytes_handed = 0;  // of the checkpoint, and handed to the plugins (EP: local)
+  LayerReport::Phases phases;  // summed over the layers of the warm pass
   bool device_ok = true;
   for (int pass = 0; pass < 2; ++pass) {
     const cuda::MemoryInfo before = cuda::memory_info();
@@ -438,7 +439,15 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
     const std::size_t lowest_free = low.stop();
     device_held = std::max(device_held, before.free - cuda::memory_info().free);
     device_load_peak = std::max(device_load_peak, before.free - std::min(lowest_free, before.free));
-    if (pass == 1) continue;
+    if (pass == 1) {
+      for (const auto& l : dm.layers) {
+        phases.scan += l->report.seconds.scan;
+        phases.hand += l->report.seconds.hand;
+        phases.copies += l->report.seconds.copies;
+        phases.prepare += l->report.seconds.prepare;
+      }
+      continue;
+    }
     for (const auto& l : dm.layers) {
       expert_bytes += l->report.expert_bytes;
       expert_bytes_handed += l->report.expert_bytes_handed;
@@ -463,6 +472,10 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   const double device_cold_s = device_secs[0], device_s = device_secs[1];
   say("device path: strict load onto cuda:0 through copy_to_param, " + fmt(device_cold_s, 2) + " s first pass, " +
       fmt(device_s, 2) + " s with the JIT cache warm; device bytes " + (device_ok ? "match" : "DIFFER"));
+  const std::string phase_text = "scans " + fmt(phases.scan, 3) + " s, handing " + fmt(phases.hand, 3) +
+                                 " s, copy waits " + fmt(phases.copies, 3) + " s, process_after_loading " +
+                                 fmt(phases.prepare, 3) + " s";
+  say("  warm pass, summed over the layers' threads: " + phase_text);
 
   // -- cold: the files dropped from the page cache; the disk's own read; the device load again.
   double evicted_resident = -1, cold_s = 0, cold_resident = -1;
@@ -535,6 +548,8 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
         {"ep", lo.placement.ep_size},
         {"expert_bytes", expert_bytes},
         {"expert_bytes_handed", expert_bytes_handed},
+        {"device_load_phase_seconds",
+         json::object{{"scan", phases.scan}, {"hand", phases.hand}, {"copies", phases.copies}, {"prepare", phases.prepare}}},
     };
     if (opt.cold) {
       o["cold_page_cache_after_drop"] = evicted_resident;
@@ -567,6 +582,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       << fmt(pinned_gbps > 0 ? 100 * gbps(double(checkpoint_bytes), device_s) / pinned_gbps : 0, 0)
       << "% of pinned |\n";
   out << "| same, first pass (kernels compiled or read from the disk cache) | " << fmt(device_cold_s, 2) << " s |\n";
+  out << "| warm pass by phase, summed over the layers' threads | " << phase_text << " |\n";
   out << "| expert bytes handed to the plugins / in the checkpoint (tp " << lo.placement.tp_size << ", ep "
       << lo.placement.ep_size << ") | " << fmt(mib(double(expert_bytes_handed)), 0) << " / "
       << fmt(mib(double(expert_bytes)), 0) << " MiB = "

@@ -107,6 +107,12 @@ struct LayerReport {
   int64_t expert_bytes = 0;
   int64_t expert_bytes_handed = 0;
   int64_t bytes_copied = 0;
+  // Wall seconds of the layer's load by phase (its loading thread's clock): the weight scans and
+  // readahead on the task pool; handing every piece to weight_loader (the copies queued); the
+  // wait for the device copies (GPU layers); process_after_loading (kernels, repacks).
+  struct Phases {
+    double scan = 0, hand = 0, copies = 0, prepare = 0;
+  } seconds;
   bool ok() const { return problems.empty(); }  // loaded
   bool strict_clean() const { return problems.empty() && waived.empty(); }
   int64_t count(LedgerEntry::State s) const;
