@@ -348,6 +348,7 @@ void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::s
   auto shared_runs = std::make_shared<const std::vector<StagingRun>>(std::move(runs));
   std::vector<Batch> batches = plan(*shared_runs, shape.chunk_bytes);
   TaskPool::Group local;
+  const TaskPool::Join join_local(TaskPool::shared(), local);  // tasks of `local` use this frame
   TaskPool::Group& g = stable ? st.group : local;
   for (Batch& b : batches) {
     TaskPool::shared().submit(g, [&st, shared_runs, b = std::move(b), what] {

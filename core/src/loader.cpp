@@ -680,6 +680,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   {
     TaskPool& pool = TaskPool::shared();
     TaskPool::Group scans;
+    const TaskPool::Join join(pool, scans);
     for (size_t i = 0; i < nt; ++i) {
       auto& [t, r] = lt.experts[i];
       try {

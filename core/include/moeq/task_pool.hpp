@@ -49,6 +49,26 @@ class TaskPool {
   // (once: the group is reusable afterwards).
   void wait(Group& group);
 
+  // Waits for `group` when it goes out of scope, errors ignored: declared right after a group
+  // whose tasks use the scope's locals, it keeps a throw between submit() and wait() from
+  // leaving tasks behind that outlive them.
+  class Join {
+   public:
+    Join(TaskPool& pool, Group& group) : pool_(pool), group_(group) {}
+    ~Join() {
+      try {
+        pool_.wait(group_);
+      } catch (...) {
+      }
+    }
+    Join(const Join&) = delete;
+    Join& operator=(const Join&) = delete;
+
+   private:
+    TaskPool& pool_;
+    Group& group_;
+  };
+
  private:
   struct Item {
     Group* group;
