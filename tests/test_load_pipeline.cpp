@@ -435,6 +435,11 @@ TEST_CASE("gpu moeq bench apply --dims --json carries every timed case with its 
   CHECK(o.at("checks_passed").as_bool());
   CHECK(o.at("ok").as_bool());
   CHECK(o.at("not_timed").as_array().empty());
+  // --no-check: nothing checked, and the JSON says so rather than "passed".
+  CliRun nc = run_moeq_cli("bench apply --json --no-check --scheme bf16 --dims 8,2,64,32 --m 1 --seconds 0.01", "", false);
+  CAPTURE(nc.out);
+  CHECK(nc.code == 0);
+  CHECK(boost::json::parse(nc.out).as_object().at("checks_passed").is_null());
   const boost::json::array& shapes = o.at("shapes").as_array();
   REQUIRE(shapes.size() == 2);  // --dims alone: no named shape runs
   CHECK(shapes.at(0).at("name").as_string() == "E8-k2-H64-I32");

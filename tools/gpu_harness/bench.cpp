@@ -1171,7 +1171,8 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
                {"not_timed", std::move(json_failed)},
                {"checks", std::move(json_checks)},
                {"routing_checks_passed", opt.routing ? bj::value(routing_ok) : bj::value(nullptr)},
-               {"checks_passed", ok},
+               // null under --no-check (and without routing checks): nothing was checked.
+               {"checks_passed", opt.check || opt.routing ? bj::value(ok) : bj::value(nullptr)},
                {"ok", ok && failed.empty()}})
         << "\n";
   }
