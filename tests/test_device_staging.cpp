@@ -273,6 +273,16 @@ TEST_SUITE("concurrency") {
       CHECK_THROWS_WITH_AS(w.write({r}, false, "unstable"), doctest::Contains("unstable: copy to the device"), Error);
       CHECK_NOTHROW(w.finish());
     }
+    // A small write is sent with the layer's other small ones at finish(), which names them.
+    {
+      DeviceWrites w(DeferredDevice::kOrdinal);
+      StagingRun r;
+      r.dst = addr(dev, 0);
+      r.src = src.data();
+      r.count = 100;
+      w.write({r}, false, "tensor experts.3.w2.weight_scale");
+      CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("small writes"), Error);
+    }
     d.poisoned_dst = 0;
     {
       DeviceWrites w(DeferredDevice::kOrdinal);

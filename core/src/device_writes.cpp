@@ -292,7 +292,13 @@ struct DeviceWrites::State {
     small.clear();
     small_segments.clear();
     TaskPool::shared().submit(group, [this, bytes, segs] {
-      send(*segs, [&](std::byte* chunk) { std::memcpy(chunk, bytes->data(), bytes->size()); });
+      try {
+        send(*segs, [&](std::byte* chunk) { std::memcpy(chunk, bytes->data(), bytes->size()); });
+      } catch (const std::exception& e) {
+        throw named("the layer's small writes (tensors under " + std::to_string(pool->shape().small_bytes >> 10) +
+                        " KiB, gathered: scales and the like)",
+                    e);
+      }
     });
   }
   // Waits for every copy queued so far (errors thrown unless `quiet`).
@@ -302,8 +308,12 @@ struct DeviceWrites::State {
       std::lock_guard<std::mutex> lock(mutex);
       q.swap(queued);
     }
-    pool->backend().bind(pool->ordinal());
     std::exception_ptr first;
+    try {
+      pool->backend().bind(pool->ordinal());
+    } catch (...) {
+      first = std::current_exception();
+    }
     for (auto [i, g] : q) {
       try {
         pool->wait_for(i, g);
