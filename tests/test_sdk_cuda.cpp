@@ -24,7 +24,7 @@ TEST_CASE("sdk cuda: every entry point resolves against the toolkit's libcuda st
                         "/usr/local/cuda/targets/x86_64-linux/lib/stubs/libcuda.so"})
     if (fs::exists(p)) stub = p;
   if (stub.empty()) {
-    MESSAGE("skipped: no CUDA toolkit stub libcuda.so on this machine");
+    MESSAGE("SKIPPED: no CUDA toolkit stub libcuda.so on this machine");
     return;
   }
   const scu::DriverLoad s = scu::load_driver(stub.c_str());
