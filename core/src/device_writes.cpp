@@ -183,37 +183,6 @@ std::shared_ptr<ChunkPool> pool_of(int ordinal) {
   return p;
 }
 
-// One piece of a run placed in a chunk: elements [first, first + count) at byte `offset`.
-struct Piece {
-  std::size_t run;
-  int64_t first, count;
-  std::size_t offset;
-};
-struct Batch {
-  std::vector<Piece> pieces;
-  std::size_t bytes = 0;
-};
-
-std::vector<Batch> plan(const std::vector<StagingRun>& runs, std::size_t chunk_bytes) {
-  std::vector<Batch> out(1);
-  for (std::size_t r = 0; r < runs.size(); ++r) {
-    const std::size_t elem = dtype_size(runs[r].dst_dtype);
-    for (int64_t first = 0; first < runs[r].count;) {
-      int64_t room = static_cast<int64_t>((chunk_bytes - out.back().bytes) / elem);
-      if (room == 0) {
-        out.emplace_back();
-        room = static_cast<int64_t>(chunk_bytes / elem);
-      }
-      const int64_t n = std::min(room, runs[r].count - first);
-      out.back().pieces.push_back({r, first, n, out.back().bytes});
-      out.back().bytes += static_cast<std::size_t>(n) * elem;
-      first += n;
-    }
-  }
-  if (out.back().pieces.empty()) out.pop_back();
-  return out;
-}
-
 // Elements [first, first + n) of a run, packed (and cast) at `out`.
 void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out) {
   const std::size_t de = dtype_size(r.dst_dtype);
@@ -356,21 +325,31 @@ void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::s
     return;
   }
   auto shared_runs = std::make_shared<const std::vector<StagingRun>>(std::move(runs));
-  std::vector<Batch> batches = plan(*shared_runs, shape.chunk_bytes);
+  // Chunks planned as the upload pipeline plans them, each run a job of its bytes. NOTE: with
+  // pieces aligned to the largest element size (a power of two dividing the chunk size), every
+  // cut falls on an element of every run.
+  std::vector<std::size_t> bytes;
+  std::size_t align = 1;
+  for (const StagingRun& r : *shared_runs) {
+    bytes.push_back(static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype));
+    align = std::max(align, dtype_size(r.dst_dtype));
+  }
+  std::vector<cuda::ChunkPlan> plans = cuda::plan_chunks(bytes, shape.chunk_bytes, align);
   TaskPool::Group local;
   const TaskPool::Join join_local(TaskPool::shared(), local);  // tasks of `local` use this frame
   TaskPool::Group& g = stable ? st.group : local;
-  for (Batch& b : batches) {
-    TaskPool::shared().submit(g, [&st, shared_runs, b = std::move(b), what] {
+  for (cuda::ChunkPlan& plan : plans) {
+    TaskPool::shared().submit(g, [&st, shared_runs, plan = std::move(plan), what] {
       std::vector<Segment> segs;
-      for (const Piece& p : b.pieces) {
-        const StagingRun& r = (*shared_runs)[p.run];
-        const std::size_t elem = dtype_size(r.dst_dtype);
-        add_segment(segs, r.dst + static_cast<uint64_t>(p.first) * elem, p.offset, static_cast<std::size_t>(p.count) * elem);
-      }
+      for (const cuda::ChunkPiece& p : plan.pieces)
+        add_segment(segs, (*shared_runs)[p.job].dst + p.job_offset, p.chunk_offset, p.bytes);
       try {
         st.send(segs, [&](std::byte* chunk) {
-          for (const Piece& p : b.pieces) pack((*shared_runs)[p.run], p.first, p.count, chunk + p.offset);
+          for (const cuda::ChunkPiece& p : plan.pieces) {
+            const StagingRun& r = (*shared_runs)[p.job];
+            const auto elem = static_cast<int64_t>(dtype_size(r.dst_dtype));
+            pack(r, static_cast<int64_t>(p.job_offset) / elem, static_cast<int64_t>(p.bytes) / elem, chunk + p.chunk_offset);
+          }
         });
       } catch (const std::exception& e) {
         throw named(what, e);
@@ -411,7 +390,8 @@ void DeviceWrites::finish() {
 
 ScopedStagingBackend::ScopedStagingBackend(int ordinal, std::unique_ptr<StagingBackend> backend, StagingShape shape)
     : ordinal_(ordinal) {
-  if (shape.chunk_bytes == 0 || shape.chunks == 0) fail("staging: a pool needs chunks of some bytes");
+  if (shape.chunk_bytes == 0 || shape.chunk_bytes % 256 != 0 || shape.chunks == 0)
+    fail("staging: a pool needs chunks, of a multiple of 256 bytes");
   std::lock_guard<std::mutex> lock(g_pools_mutex);
   test_pools()[ordinal] = std::make_shared<ChunkPool>(ordinal, std::move(backend), shape);
 }

@@ -431,6 +431,16 @@ DeviceWrites& writes_of(moeq_layer& layer) {
   return *layer.device_writes;
 }
 
+// Elements a view spans from its first (its largest offset + 1); -1 when a stride is negative.
+int64_t span_elements(const DLTensor& s) {
+  int64_t span = 1;
+  for (int i = 0; i < s.ndim; ++i) {
+    if (s.strides[i] < 0) return -1;
+    span += (s.shape[i] > 0 ? s.shape[i] - 1 : 0) * s.strides[i];
+  }
+  return span;
+}
+
 // Whether the host source [lo, hi) lies inside one of the layer's stable ranges (bytes the
 // loader keeps mapped until the layer's writes are finished).
 bool stable_source(const moeq_layer& layer, const std::byte* lo, const std::byte* hi) {
@@ -544,11 +554,8 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     std::vector<std::byte> host_copy;
     const std::byte* check_base = base;
     if (device_source && (a->flags & MOEQ_COPY_CHECK_SCALE)) {
-      int64_t span = 1;
-      for (int i = 0; i < s.ndim; ++i) {
-        if (s.strides[i] < 0) fail(what + ": a device source needs non-negative strides");
-        span += (s.shape[i] > 0 ? s.shape[i] - 1 : 0) * s.strides[i];
-      }
+      const int64_t span = span_elements(s);
+      if (span < 0) fail(what + ": a device source needs non-negative strides");
       host_copy.resize(static_cast<size_t>(span) * selem);
       device_read(p.device_ordinal, host_copy.data(), reinterpret_cast<uintptr_t>(base), host_copy.size());
       check_base = host_copy.data();
@@ -575,14 +582,8 @@ moeq_status* s_copy_to_param(moeq_copy_to_param_args* a) {
     } else if (p.device_ptr != 0) {
       // The checkpoint's own bytes (a view into the handed source) are packed on the task
       // pool after this call returns; a plugin's buffer is packed before.
-      int64_t last = 0;
-      bool forward = true;
-      for (int i = 0; i < s.ndim; ++i) {
-        if (s.strides[i] < 0) forward = false;
-        last += (s.shape[i] > 0 ? s.shape[i] - 1 : 0) * s.strides[i];
-      }
-      const bool stable =
-          forward && stable_source(*a->layer, base, base + (last + 1) * static_cast<int64_t>(selem));
+      const int64_t span = span_elements(s);
+      const bool stable = span >= 0 && stable_source(*a->layer, base, base + span * static_cast<int64_t>(selem));
       stage_rows(*a->layer, p, off, ext, base, sstr, *sdt, stable, what);
     } else {
       copy_rows(p, off, ext, base, sstr, *sdt);

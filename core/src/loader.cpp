@@ -354,6 +354,20 @@ namespace {
 // [row, col] of that expert. Only what this TP rank uses is read (the ABI's split: w1/w3 rows
 // and w2 columns [rank * I/tp, (rank + 1) * I/tp)), each element once. Scales are left to the
 // plugin, which holds them to its own rules (finite and > 0); integer dtypes are never scanned.
+// Whether only this TP rank's share of the piece is read (w1/w3 rows, w2 columns
+// [rank * I/tp, (rank + 1) * I/tp)). NOTE: only a piece of the shape the geometry gives is read
+// by shard; any other (which the plugin refuses later, naming the shape) is read whole, never
+// past its end (a fuzzed shard with the wrong shape read rows it does not have).
+bool tp_sharded(const Piece& p, const moeq_layer_geometry& g) {
+  const SourceView& v = p.view;
+  const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
+  const bool shape_as_geometry =
+      v.shape.size() == 2 && (p.projection == Projection::kW2    ? v.shape[1] == I
+                              : p.projection == Projection::kW13 ? v.shape[0] == 2 * I
+                                                                 : v.shape[0] == I);
+  return shape_as_geometry && It > 0 && It < I && lo >= 0 && lo + It <= I;
+}
+
 void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p, const moeq_layer_geometry& g) {
   if (suffix != "weight") return;
   const SourceView& v = p.view;
@@ -371,15 +385,7 @@ void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p
     }
   };
   const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
-  // NOTE: only a piece of the shape the geometry gives is read by shard; any other (which the
-  // plugin refuses later, naming the shape) is read whole, never past its end (a fuzzed shard
-  // with the wrong shape read rows it does not have).
-  const bool shape_as_geometry =
-      v.shape.size() == 2 && (p.projection == Projection::kW2    ? v.shape[1] == I
-                              : p.projection == Projection::kW13 ? v.shape[0] == 2 * I
-                                                                 : v.shape[0] == I);
-  const bool sharded = shape_as_geometry && It > 0 && It < I && lo >= 0 && lo + It <= I;
-  if (!sharded) {
+  if (!tp_sharded(p, g)) {
     // Whole piece: contiguous, so one pass; the position is turned into [row, col] below.
     const int64_t n = v.numel();
     const int64_t at = first_non_finite(data, static_cast<std::size_t>(n), v.dtype);
@@ -433,10 +439,7 @@ void read_ahead(const Piece& p, const moeq_layer_geometry& g) {
     }
   };
   const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
-  const bool rows_sharded = v.shape.size() == 2 && It > 0 && It < I && lo >= 0 && lo + It <= I &&
-                            (p.projection == Projection::kW13 ? v.shape[0] == 2 * I
-                                                              : p.projection != Projection::kW2 && v.shape[0] == I);
-  if (!rows_sharded) {
+  if (!tp_sharded(p, g) || p.projection == Projection::kW2) {
     advise(data, static_cast<std::size_t>(v.numel()) * esize);
     return;
   }
