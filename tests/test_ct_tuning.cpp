@@ -103,7 +103,8 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm1, true).empty());
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm2, false).empty());
         CHECK(seen.insert(std::to_string(b.bm) + gpu::tile_text(b.gemm1) + gpu::tile_text(b.gemm2)).second);
-        if (sc.kind == mk::kKindW8A16) CHECK_FALSE(b.gemm1.wgmma);
+        // W8A16 runs wgmma only warp-specialized (its codes converted by the producer).
+        if (sc.kind == mk::kKindW8A16) CHECK(b.gemm1.wgmma == b.gemm1.ws);
         // Each one plans (MoePlan checks the tiles again) and names its tiles in its sources.
         const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100(), {b});
         REQUIRE(p.buckets().size() == 1);
@@ -117,7 +118,18 @@ TEST_CASE("tune: tile refusals name what cannot run") {
   const gpu::MoePlan plan(w8a16(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 64, h100());
   gpu::GemmTile t{256, 1, 4, 4};
   t.wgmma = true;
-  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, t, true).find("no wgmma kernel") != std::string::npos);
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, t, true).find("W8A16 wgmma tiles are warp-specialized") !=
+        std::string::npos);
+  t.ws = true;
+  t.bn = 128;
+  t.stages = 2;
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, t, true).find("at least 3 stages") != std::string::npos);
+  t.stages = 4;
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, t, true).empty());
+  // Without wgmma (MOEQ_CT_NO_WGMMA, or before sm_90) no wgmma tile runs.
+  gpu::HeuristicInput no_wgmma = plan.heuristic_input();
+  no_wgmma.wgmma = no_wgmma.ws = false;
+  CHECK(gpu::tile_refusal(no_wgmma, 64, t, true).find("no wgmma kernel") != std::string::npos);
   gpu::GemmTile narrow{32, 1, 4, 4};
   CHECK(gpu::tile_refusal(plan.heuristic_input(), 16, narrow, true).find("multiples of 16") != std::string::npos);
   gpu::GemmTile deep{128, 1, 4, 12};
@@ -246,4 +258,36 @@ TEST_CASE("tune: every shipped table parses and its tiles plan on the device the
     }
   }
   CHECK(shipped.size() >= gpu::embedded_tune_tables().size());
+}
+
+TEST_CASE("tune: GEMM2 splits K where decode leaves SMs idle, and only on mma.sync") {
+  // Mixtral-8x7B at M = 1: two experts hit x 4096 / 64 columns = 128 blocks on 132 SMs.
+  const gpu::MoePlan mixtral(fp8_channel(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
+  gpu::HeuristicInput in = mixtral.heuristic_input();
+  in.tuned = nullptr;
+  const gpu::Bucket one = gpu::heuristic_bucket(in, 1);
+  CHECK_FALSE(one.gemm2.wgmma);
+  CHECK(one.k_splits == 3);  // ceil(2 x 132 / 128)
+  CHECK(gpu::describe(one).find("split-K 3") != std::string::npos);
+  // Eight experts hit at M = 16: 512 blocks, no split; large M runs wgmma, never split.
+  CHECK(gpu::heuristic_bucket(in, 16).k_splits == 1);
+  CHECK(gpu::heuristic_bucket(in, 8192).k_splits == 1);
+  // The plan's buckets carry it, and the M = 1 bucket stays apart from M = 2's.
+  const auto& bs = mixtral.buckets();
+  REQUIRE(!bs.empty());
+  CHECK(bs[gpu::bucket_for(bs, 1)].k_splits == 3);
+  CHECK(bs[gpu::bucket_for(bs, 2)].k_splits < 3);
+  // Short K: at most one split per 4 K tiles (I = 256 in fp8: 2 tiles, no split).
+  const gpu::MoePlan narrow(fp8_channel(), gpu::LayerDims{8, 0, 4096, 256, 2}, 64, h100());
+  gpu::HeuristicInput nin = narrow.heuristic_input();
+  nin.tuned = nullptr;
+  CHECK(gpu::heuristic_bucket(nin, 1).k_splits == 1);
+  // The measuring knob, within the same limit (I = 14336 fp8: 112 tiles, at most 8).
+  in.force_k_splits = 12;
+  CHECK(gpu::heuristic_bucket(in, 1).k_splits == 8);
+  // Qwen3-30B-A3B at M = 1: 8 experts x 2048 / 64 = 256 blocks, no split.
+  const gpu::MoePlan qwen(w8a16(), gpu::LayerDims{128, 0, 2048, 768, 8}, 64, h100());
+  gpu::HeuristicInput qin = qwen.heuristic_input();
+  qin.tuned = nullptr;
+  CHECK(gpu::heuristic_bucket(qin, 1).k_splits == 1);
 }

@@ -78,34 +78,40 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
 // One launch of the sequence. `pdl`: a programmatic dependent launch (every kernel of the
 // sequence waits for its predecessors first: pdl_enter in moe_device.cuh).
 void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, cu::Stream stream, void* args,
-            const char* what, bool pdl, const std::function<void(const char*)>& after = {}, void* second = nullptr) {
+            const char* what, bool pdl, const std::function<void(const char*)>& after = {}, void* second = nullptr,
+            unsigned gz = 1) {
   void* params[] = {args, second};
-  const unsigned grid[3] = {gx, gy, 1}, block[3] = {threads, 1, 1};
+  const unsigned grid[3] = {gx, gy, gz}, block[3] = {threads, 1, 1};
   cu::launch(f, grid, block, smem, stream, params, pdl, what);
   if (after) after(what);
 }
 
 // The TMA descriptor of a GEMM's B operand, boxes of one 128-byte K tile in the 128-byte
-// swizzle, zero fill past every end. GEMM1 (gated): w13 as [E][2][I][K], a box of bn/2 rows of
-// both halves (gate rows, then the same columns' up rows); GEMM2: w2 as E * N rows of K, boxes
-// of bn rows. Only the warp-specialized kernels read it; the others get zeros.
+// swizzle (W8A16: 64 codes a row, unswizzled, which the producer converts), zero fill past
+// every end. GEMM1 (gated): w13 as [E][2][I][K], a box of bn/2 rows of both halves (gate rows,
+// then the same columns' up rows); GEMM2: w2 as E * N rows of K, boxes of bn rows. Only the
+// warp-specialized kernels read it; the others get zeros.
 mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, int64_t experts, int64_t n, int64_t k,
                       const char* what) {
   mk::TmaMap m{};
   if (!t.ws) return m;
-  constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzle128 = 3, kL2Promote256 = 3, kFillZero = 0;
+  constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzleNone = 0, kSwizzle128 = 3, kL2Promote256 = 3,
+                kFillZero = 0;
   using u64 = unsigned long long;
-  const u64 elem = kind == mk::kKindFp8 ? 1 : 2, row = static_cast<u64>(k) * elem;
+  const bool w8 = kind == mk::kKindW8A16;
+  const u64 elem = kind == mk::kKindBf16 ? 2 : 1, row = static_cast<u64>(k) * elem;
+  const unsigned box_k = w8 ? 64 : static_cast<unsigned>(128 / elem);
   const u64 dims4[4] = {static_cast<u64>(k), static_cast<u64>(n), 2, static_cast<u64>(experts)};
   const u64 strides4[3] = {row, row * static_cast<u64>(n), 2 * row * static_cast<u64>(n)};
-  const unsigned box4[4] = {static_cast<unsigned>(128 / elem), static_cast<unsigned>(t.bn / 2), 2, 1};
+  const unsigned box4[4] = {box_k, static_cast<unsigned>(t.bn / 2), 2, 1};
   const u64 dims2[2] = {static_cast<u64>(k), static_cast<u64>(experts * n)};
   const u64 strides2[1] = {row};
-  const unsigned box2[2] = {static_cast<unsigned>(128 / elem), static_cast<unsigned>(t.bn)};
+  const unsigned box2[2] = {box_k, static_cast<unsigned>(t.bn)};
   const unsigned element_strides[4] = {1, 1, 1, 1};
   cu::check(cu::driver().cuTensorMapEncodeTiled(&m, elem == 1 ? kU8 : kU16, gated ? 4 : 2, const_cast<void*>(w),
                                                gated ? dims4 : dims2, gated ? strides4 : strides2,
-                                               gated ? box4 : box2, element_strides, kInterleaveNone, kSwizzle128,
+                                               gated ? box4 : box2, element_strides, kInterleaveNone,
+                                               w8 ? kSwizzleNone : kSwizzle128,
                                                kL2Promote256, kFillZero),
             what);
   return m;
@@ -216,18 +222,19 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.kind = scheme_.kind;
   hin.promote = fp8 && (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup);
   // NOTE: the wgmma kernel promotes once per 128-wide K tile, so finer scale periods (refined
-  // TP block grids) stay on mma.sync; W8A16 has no wgmma kernel.
-  hin.wgmma = device_.sm_major == 9 && scheme_.kind != mk::kKindW8A16 && (!hin.promote || scheme_.scale_k == 128) &&
+  // TP block grids) stay on mma.sync; W8A16 runs wgmma only warp-specialized (below).
+  hin.wgmma = device_.sm_major == 9 && (!hin.promote || scheme_.scale_k == 128) &&
               std::getenv("MOEQ_CT_NO_WGMMA") == nullptr;
   hin.scale_k = scheme_.scale_k;
   hin.wide_fp8 = fp8 && (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 128 == 0));
   if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
+  if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
   // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).
-  hin.ws = hin.wgmma && scheme_.kind != mk::kKindW8A16 &&
+  hin.ws = hin.wgmma &&
            (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 64 == 0)) &&
            std::getenv("MOEQ_CT_NO_WS") == nullptr;
   hin.num_experts = d.num_experts;
@@ -257,12 +264,16 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
         MOEQ_CHECK(why.empty(), where + why);
       }
     fixed.back().max_tokens = std::max(fixed.back().max_tokens, max_tokens_);
+    for (Bucket& b : fixed) b.k_splits = gemm2_k_splits(hin, b, b.max_tokens);
     buckets_ = std::move(fixed);
   }
-  for (const auto& b : buckets_)
+  for (const auto& b : buckets_) {
+    MOEQ_CHECK(b.k_splits == 1 || (b.k_splits > 1 && b.k_splits <= 8 && !b.gemm2.wgmma),
+               where + "tile " + describe(b) + ": K splits are 1 to 8, of an mma.sync GEMM2");
     for (const GemmTile* t : {&b.gemm1, &b.gemm2})
       MOEQ_CHECK(gemm_smem(scheme_.kind, b.bm, *t) <= device_.max_smem_per_block,
                  where + "tile " + describe(b) + " needs more shared memory than the device has");
+  }
 
   const Workspace w = workspace_for(max_tokens_);
   layout_ = w.layout;
@@ -276,10 +287,12 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   w.tokens = std::clamp<int64_t>(tokens, 1, max_tokens_);
   Layout& L = w.layout;
   const int64_t M = w.tokens, R = M * d.top_k, H = d.hidden, I = d.inter;
-  int64_t rows = 0, tiles = 0;
+  int64_t rows = 0, tiles = 0, y2_rows = 0;  // y2: K-split slabs of each bucket's largest chunk
   for (std::size_t i = 0; i < buckets_.size(); ++i) {
-    tiles = std::max(tiles, max_tiles(i, std::min<int64_t>(M, buckets_[i].max_tokens)));
-    rows = std::max(rows, max_tiles(i, std::min<int64_t>(M, buckets_[i].max_tokens)) * buckets_[i].bm);
+    const int64_t mb = std::min<int64_t>(M, buckets_[i].max_tokens);
+    tiles = std::max(tiles, max_tiles(i, mb));
+    rows = std::max(rows, max_tiles(i, mb) * buckets_[i].bm);
+    y2_rows = std::max(y2_rows, mb * d.top_k * buckets_[i].k_splits);
   }
   const int64_t g1 = scheme_.amode == mk::kAGroup ? ceil_div(H, scheme_.act_group) : 1;
   const int64_t g2 = scheme_.amode == mk::kAGroup ? ceil_div(I, scheme_.act_group) : 1;
@@ -300,7 +313,7 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.h = take(R * I * h_elem);
   L.a2q = take(dynamic_a2 ? R * I : 0);
   L.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
-  L.y2 = take(R * H * 4);
+  L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
   w.bytes = off;
   return w;
@@ -481,6 +494,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     const Functions& f = functions_[bi];
     a.M = static_cast<int>(m);
     a.bm = b.bm;
+    a.k_splits = b.k_splits;
     a.max_tiles = static_cast<int>(p.max_tiles(bi, m));
     a.x = static_cast<const unsigned char*>(io.x) + m0 * io.x_stride * 2;
     a.topk_ids = io.topk_ids + m0 * k;
@@ -514,7 +528,8 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", pdl(), after);
     launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2);
+           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
+           static_cast<unsigned>(b.k_splits));
     const int64_t work = m * d.hidden / 4;
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
            "moe_combine", pdl(), after);

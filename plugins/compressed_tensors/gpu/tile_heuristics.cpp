@@ -46,7 +46,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) > budget) --t.stages;
     return t;
   }
-  if (in.wgmma && bm >= 64) {
+  if (in.wgmma && bm >= 64 && kind != kKindW8A16) {
     // Warpgroup MMA: bm / 64 warpgroups, 64 x bn each; as many stages as shared memory holds.
     t.wgmma = true;
     t.warps_m = bm / 64;
@@ -106,7 +106,22 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
   b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
   b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
+  b.k_splits = gemm2_k_splits(in, b, m);
   return b;
+}
+
+int gemm2_k_splits(const HeuristicInput& in, const Bucket& b, int64_t m) {
+  if (b.gemm2.wgmma) return 1;
+  const int64_t tile_k = in.kind == kKindFp8 || in.kind == kKindW8A16 ? 128 : 64;
+  const int64_t kt = ceil_div(std::max<int64_t>(in.inter, 1), tile_k);
+  const int64_t most = std::min<int64_t>(8, std::max<int64_t>(kt / 4, 1));
+  if (in.force_k_splits > 0) return static_cast<int>(std::min<int64_t>(in.force_k_splits, most));
+  // Row tiles at m tokens: one an expert hit while experts get fewer rows than a tile.
+  const int64_t pairs = std::max<int64_t>(m, 1) * std::max<int64_t>(in.top_k, 1);
+  const int64_t tiles = std::max(std::min(pairs, std::max<int64_t>(in.num_experts, 1)), ceil_div(pairs, b.bm));
+  const int64_t blocks = tiles * ceil_div(std::max<int64_t>(in.hidden, 1), b.gemm2.bn);
+  if (blocks >= in.multiprocessors) return 1;
+  return static_cast<int>(std::clamp<int64_t>(ceil_div(2 * in.multiprocessors, blocks), 1, most));
 }
 
 std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bool gated) {
@@ -117,8 +132,11 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
     if (!in.wgmma) return tile + ": this device or scheme has no wgmma kernel";
     if (t.ws && !in.ws) return tile + ": this scheme has no warp-specialized kernel";
     if (bm < 64 || t.warps_m != bm / 64 || t.warps_n != 4) return tile + ": wgmma tiles are bm / 64 warpgroups of 4 warps";
+    if (in.kind == kKindW8A16 && !t.ws) return tile + ": W8A16 wgmma tiles are warp-specialized";
     if (t.ws) {
       if (t.bn != 128 && t.bn != 256) return tile + ": warp-specialized tiles are 128 or 256 wide";
+      if (in.kind == kKindW8A16 && t.stages < 3)
+        return tile + ": warp-specialized W8A16 tiles need at least 3 stages (their codes convert 2 behind)";
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
       // too few for a 256-wide warpgroup MMA (ptxas C7602).
       if (bm == 64 && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
@@ -159,12 +177,12 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
     for (const auto& g : grids)
       for (int bn : {64, 128})
         for (int stages : {3, 5, 8}) options.push_back(GemmTile{bn, g[0], g[1], stages});
-    if (in.wgmma && bm >= 64 && in.kind != kKindW8A16) {
+    if (in.wgmma && bm >= 64) {
       for (int bn : {128, 256}) {
         GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};
         t.wgmma = true;
         while (t.stages > 2 && gemm_smem_bytes(in.kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
-        options.push_back(t);
+        if (in.kind != kKindW8A16) options.push_back(t);  // W8A16 runs wgmma warp-specialized only
         if (in.ws) {
           t.ws = true;
           t.stages = 8;
@@ -186,7 +204,10 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   // changes (the tiles are chosen at the first M of their bucket).
   for (int64_t m = 1;; m = std::min(m * 2, max_tokens)) {
     Bucket b;
-    if (!tuned_bucket(in, m, b)) b = heuristic_bucket(in, m);
+    if (tuned_bucket(in, m, b))
+      b.k_splits = gemm2_k_splits(in, b, m);
+    else
+      b = heuristic_bucket(in, m);
     if (out.empty() || !same_tiles(b, out.back())) out.push_back(b);
     out.back().max_tokens = m;
     if (m == max_tokens) break;
@@ -201,6 +222,9 @@ std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {
 }
 
 int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
+  // Warp-specialized W8A16 (sm90_moe_ws.cuh): 64-element K tiles, a ring slot of A (128-byte
+  // rows) and the codes (64 bytes a row), two converted bf16 B tiles, 3 mbarriers a slot + 4.
+  if (t.ws && kind == kKindW8A16) return t.stages * (bm * 128 + t.bn * 64) + 2 * t.bn * 128 + 1024 + 8 * (3 * t.stages + 4);
   // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
   // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
   const int a_row = kind == kKindW8A16 ? 256 : 128;
@@ -213,7 +237,8 @@ std::string describe(const Bucket& b) {
     return std::string(t.ws ? "wgmma-ws " : t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
            std::to_string(t.warps_m) + "x" + std::to_string(t.warps_n) + " s" + std::to_string(t.stages);
   };
-  return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2);
+  return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2) +
+         (b.k_splits > 1 ? " split-K " + std::to_string(b.k_splits) : "");
 }
 
 }  // namespace moeq::ct::gpu

@@ -30,11 +30,14 @@ struct Bucket {
   int bm = 16;
   GemmTile gemm1;
   GemmTile gemm2;
+  // GEMM2 (mma.sync only) splits K over this many blocks a tile, each writing its own f32 slab
+  // that the combine adds in order (gemm2_k_splits; 1 = no split).
+  int k_splits = 1;
 };
 
-// The same row tile and GEMM tiles (max_tokens aside).
+// The same row tile, GEMM tiles and K splits (max_tokens aside).
 inline bool same_tiles(const Bucket& a, const Bucket& b) {
-  return a.bm == b.bm && a.gemm1 == b.gemm1 && a.gemm2 == b.gemm2;
+  return a.bm == b.bm && a.gemm1 == b.gemm1 && a.gemm2 == b.gemm2 && a.k_splits == b.k_splits;
 }
 
 struct HeuristicInput {
@@ -50,6 +53,7 @@ struct HeuristicInput {
   int force_fp8_bn = 0;
   int wgmma_stages_64 = 4;  // ring depth of 64-row wgmma tiles (MOEQ_CT_WGMMA_STAGES_64, measuring)
   bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
+  int force_k_splits = 0;     // MOEQ_CT_K_SPLITS: GEMM2's K splits (gemm2_k_splits), for measuring
   // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
   // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
   bool ws = false;
@@ -86,6 +90,12 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m);
 // (the entry at the M nearest m on a log scale; the smaller M on a tie). Throws moeq::Error
 // naming the entry if its tiles cannot run here (tune_table.cpp).
 bool tuned_bucket(const HeuristicInput& in, int64_t m, Bucket& out);
+
+// K splits of GEMM2 for bucket b at m tokens: where an mma.sync GEMM2's blocks (experts hit x
+// N tiles) would not fill the SMs (decode of few, wide experts), as many as bring the grid to two
+// blocks an SM, each with at least 4 K tiles, at most 8. in.force_k_splits > 0 (MOEQ_CT_K_SPLITS,
+// for measuring) takes that many instead, within the same limits of K tiles.
+int gemm2_k_splits(const HeuristicInput& in, const Bucket& b, int64_t m);
 
 // Index of the bucket for m tokens.
 std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m);

@@ -67,12 +67,13 @@ struct MoeArgs {
   void* h;             // [M * topk, I]: bf16 (bf16/W8A16), fp8 codes (static) or f32 (dynamic)
   unsigned char* a2q;  // [M * topk, I] fp8 codes of the intermediate (dynamic modes)
   float* a2s;          // token [M * topk]; group [M * topk, ceil(I / act_group)]; tensor [1]
-  float* y2;           // [M * topk, H] f32: router-weighted down-projection of each pair
+  float* y2;           // [k_splits][M * topk, H] f32: router-weighted down-projection of each
+                       // pair (one slab per K split of GEMM2, summed by the combine)
   int* expert_count;   // [E] pairs per local expert (multi-block align; zeroed before)
   int* expert_cursor;  // [E] rows handed out per expert (multi-block align; zeroed before);
                        // follows expert_count in memory
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
-  int pad1;
+  int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
 };
 
 // A CUDA tensor map (CUtensorMap: 128 bytes, 64-byte aligned), encoded by the host for the

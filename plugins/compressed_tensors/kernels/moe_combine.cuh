@@ -1,5 +1,6 @@
 // The top-k combine: out[m] = sum over slots j (in slot order) of y2[m * topk + j], for the
-// slots whose expert is local. A fixed order, so results are bit-identical run to run.
+// slots whose expert is local, each slot's K splits of GEMM2 added in split order. A fixed
+// order, so results are bit-identical run to run.
 #pragma once
 #include "moe_device.cuh"
 
@@ -12,15 +13,18 @@ __device__ void combine(const MoeArgs& a) {
        i += static_cast<long long>(gridDim.x) * blockDim.x) {
     const int m = static_cast<int>(i / q), c = static_cast<int>(i % q) * 4;
     float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const long long slab = static_cast<long long>(a.M) * a.topk * H;
     for (int j = 0; j < a.topk; ++j) {
       const int pair = m * a.topk + j;
       const int le = a.topk_ids[pair] - a.first_expert;
       if (le < 0 || le >= a.num_experts) continue;
-      const float4 y = *reinterpret_cast<const float4*>(a.y2 + static_cast<long long>(pair) * H + c);
-      s.x += y.x;
-      s.y += y.y;
-      s.z += y.z;
-      s.w += y.w;
+      for (int z = 0; z < a.k_splits; ++z) {
+        const float4 y = *reinterpret_cast<const float4*>(a.y2 + z * slab + static_cast<long long>(pair) * H + c);
+        s.x += y.x;
+        s.y += y.y;
+        s.z += y.z;
+        s.w += y.w;
+      }
     }
     const long long o = static_cast<long long>(m) * a.out_stride + c;
     if (a.out_dtype == kOutF32) {

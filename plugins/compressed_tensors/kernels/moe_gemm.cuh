@@ -3,7 +3,9 @@
 // the small-M buckets (and of W8A16 at every M). moe_wgmma.cuh is the Hopper one for large M.
 //
 // One block computes a BM x BN tile of one expert; cp.async feeds a STAGES-deep ring of
-// swizzled tiles (moe_tile.cuh) and ldmatrix reads them conflict-free. GEMM1 (kGated) holds
+// swizzled tiles (moe_tile.cuh) and ldmatrix reads them conflict-free. GEMM2 may split K over
+// grid.z (a.k_splits: decode, where the experts hit x N tiles leave SMs idle): block z sums its
+// share of the K tiles into y2's slab z, and the combine adds the slabs in order. GEMM1 (kGated) holds
 // gate and up accumulators of the same intermediate column in one thread, so the epilogue
 // applies silu(gate) * up directly; GEMM2 multiplies by the router weight.
 //
@@ -198,14 +200,26 @@ struct GroupedGemm {
       }
     };
 
-    // ---- main loop
+    // ---- main loop over this block's K tiles [kt0, kt0 + n)
     const int KT = (geo.K + T::kTileK - 1) / T::kTileK;
-    loader.template prologue<STAGES>(smem, kStage, KT);
-    for (int kt = 0; kt < KT; ++kt) {
+    int kt0 = 0, n = KT;
+    if (!kGated && a.k_splits > 1) {
+      const int per = (KT + a.k_splits - 1) / a.k_splits;
+      kt0 = min(KT, static_cast<int>(blockIdx.z) * per);
+      n = min(KT, kt0 + per) - kt0;
+    }
+#pragma unroll
+    for (int st = 0; st < STAGES - 1; ++st) {
+      if (st < n) loader.load(smem + st * kStage, kt0 + st);
+      cp_async_commit();
+    }
+    for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
       __syncthreads();
-      loader.template refill<STAGES>(smem, kStage, kt, KT);
-      compute(kt % STAGES, kt);
+      const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
+      if (ni < n) loader.load(smem + (ni % STAGES) * kStage, kt0 + ni);
+      cp_async_commit();
+      compute(i % STAGES, kt0 + i);
     }
     cp_async_wait<0>();
 
@@ -215,7 +229,8 @@ struct GroupedGemm {
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf)
         store_row<kKind, kWS, kAM, kGated, NI>(a, geo, e, prow[mi][hf], out_col,
-                                               [&](int j, int q) { return acc[mi][j][2 * hf + q]; });
+                                               [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
+                                               kGated ? 0 : static_cast<int>(blockIdx.z));
   }
 };
 

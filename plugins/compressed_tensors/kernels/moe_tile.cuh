@@ -222,19 +222,21 @@ __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, i
   }
 }
 
-// GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw.
+// GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw, into
+// y2's slab `slab` (the K split: a.M * topk * H floats apart).
 __device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, float tw, int col, const float (&w)[4],
-                                           float v0, float v1) {
-  reinterpret_cast<float2*>(a.y2)[(static_cast<long long>(p) * a.hidden + col) >> 1] =
+                                           float v0, float v1, int slab) {
+  reinterpret_cast<float2*>(a.y2 + static_cast<long long>(slab) * a.M * a.topk * a.hidden)
+      [(static_cast<long long>(p) * a.hidden + col) >> 1] =
       make_float2(v0 * sa * w[0] * tw, v1 * sa * w[1] * tw);
 }
 
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
 // fragment j holding columns col_of(j), col_of(j) + 1 as acc_of(j, 0), acc_of(j, 1). GEMM1's
-// fragments are gate ones, then the up ones of the same columns.
+// fragments are gate ones, then the up ones of the same columns. GEMM2 writes y2's slab `slab`.
 template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class AccOf>
 __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGated>& geo, int e, int p, ColOf col_of,
-                                          AccOf acc_of) {
+                                          AccOf acc_of, int slab = 0) {
   if (p < 0) return;
   constexpr int NC = kGated ? NF / 2 : NF;  // column pairs of the row
   const float sa = epilogue_act_scale<kAM, kGated>(a, p / geo.a_div);
@@ -261,7 +263,7 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
         store_gated<kKind, kAM>(a, p, sa, col, w[jj], acc_of(j, 0), acc_of(j, 1), acc_of(j + NF / 2, 0),
                                 acc_of(j + NF / 2, 1));
       else
-        store_down(a, p, sa, tw, col, w[jj], acc_of(j, 0), acc_of(j, 1));
+        store_down(a, p, sa, tw, col, w[jj], acc_of(j, 0), acc_of(j, 1), slab);
     }
   }
 }

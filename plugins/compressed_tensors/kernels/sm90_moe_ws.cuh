@@ -20,6 +20,11 @@
 //   weights stay in L2 together.
 // - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
 //   accumulators (up to 128 + 64 floats a thread) need them.
+// - W8A16 (int8 weight codes, bf16 activations): the K tile is 64 elements; TMA brings the
+//   tile's codes (64 bytes a row, unswizzled) into the ring, and the producer warpgroup, some
+//   tiles behind its loads, converts them exactly to bf16 (moe_repack.cuh's order undone) into
+//   one of two swizzled bf16 tiles outside the ring, which the consumers' bf16 MMAs read. The
+//   ring's slots are freed once a tile's MMAs are done; a bf16 tile once the MMAs reading it are.
 #pragma once
 #include "moe_wgmma.cuh"
 
@@ -84,9 +89,17 @@ struct WsGemm {
   static constexpr int kMinBlocks = kConsumers == 1 ? 2 : 1;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = kConsumers == 1 ? 216 : 232;
-  static constexpr int kAStage = BM * 128, kBStage = BN * 128, kStage = kAStage + kBStage;
-  static constexpr int kSmemBytes = STAGES * kStage + 1024 + 16 * STAGES;
-  static constexpr int kTileK = GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16
+  static constexpr bool kW8 = kKind == kKindW8A16;
+  // Ring slot: the A tile (128-byte rows) and the B tile as loaded (W8A16: 64 codes a row).
+  static constexpr int kAStage = BM * 128, kBStage = kW8 ? BN * 64 : BN * 128, kStage = kAStage + kBStage;
+  static constexpr int kB16 = kW8 ? BN * 128 : 0;  // W8A16: one converted bf16 B tile (two of them)
+  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot, and full / empty of
+  // the two bf16 tiles). gemm_smem_bytes (tile_heuristics.cpp) computes the same.
+  static constexpr int kBarriers = kW8 ? 3 * STAGES + 4 : 2 * STAGES;
+  static constexpr int kSmemBytes = STAGES * kStage + 2 * kB16 + 1024 + 8 * kBarriers;
+  static constexpr int kTileK = kW8 ? 64 : GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16 / W8A16
+  // W8A16: the producer converts tile kt - kLag after queuing tile kt's loads.
+  static constexpr int kLag = STAGES - 2;
   static constexpr bool kPromote = kKind == kKindFp8;
   static constexpr bool kTileScales = kPromote && (kWS == kWBlock || kAM == kAGroup);
   static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
@@ -97,7 +110,7 @@ struct WsGemm {
   // only where scale blocks are whole multiples of 64 rows, so no 64-column slot straddles two).
   static constexpr int kSlots = BN / 64;
   static constexpr int kGroupM = 8;
-  static_assert(kKind == kKindFp8 || kKind == kKindBf16, "W8A16 runs on the mma.sync kernel");
+  static_assert(!kW8 || STAGES >= 3, "W8A16 converts tiles STAGES - 2 behind its loads");
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
@@ -113,6 +126,35 @@ struct WsGemm {
     nt = in / rows;
   }
 
+  // W8A16, by the producer's 128 threads: tile kc's codes (slot kc % STAGES, once its TMA has
+  // landed) to bf16 tile kc & 1 (once the MMAs of tile kc - 2 that read it are done). A 16-byte
+  // group of codes is permuted (moe_repack.cuh: word t holds codes 2t, 2t+1, 2t+8, 2t+9), so its
+  // words' low halves are codes 0..7 (chunk 2c of the bf16 row) and their high halves 8..15.
+  __device__ __forceinline__ static void convert_codes(u8* smem, int kc, int tid, u32 bfull0, u32 b16full0,
+                                                       u32 b16empty0) {
+#if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    const int s = kc % STAGES, j = kc & 1;
+    mbar_wait(bfull0 + 8 * s, (kc / STAGES) & 1);
+    if (kc >= 2) mbar_wait(b16empty0 + 8 * j, ((kc >> 1) - 1) & 1);
+    const u8* codes = smem + s * kStage + kAStage;
+    u8* out = smem + STAGES * kStage + j * kB16;
+#pragma unroll 2
+    for (int i = tid; i < BN * 4; i += 128) {
+      const int r = i >> 2, c = i & 3;
+      const uint4 w = *reinterpret_cast<const uint4*>(codes + i * 16);
+      uint4 lo, hi;
+      i8x4_to_bf16x2x2(w.x, lo.x, hi.x);
+      i8x4_to_bf16x2x2(w.y, lo.y, hi.y);
+      i8x4_to_bf16x2x2(w.z, lo.z, hi.z);
+      i8x4_to_bf16x2x2(w.w, lo.w, hi.w);
+      *reinterpret_cast<uint4*>(out + swz(r, 2 * c, 128)) = lo;
+      *reinterpret_cast<uint4*>(out + swz(r, 2 * c + 1, 128)) = hi;
+    }
+    fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
+    mbar_arrive(b16full0 + 8 * j);
+#endif
+  }
+
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __shared__ int s_pair[BM];
@@ -124,7 +166,10 @@ struct WsGemm {
     if (tile >= *a.num_tiles) return;
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
     const u32 s_base = smem_u32(smem);
-    const u32 full0 = s_base + STAGES * kStage, empty0 = full0 + 8 * STAGES;
+    const u32 b16_0 = s_base + STAGES * kStage;  // W8A16's two bf16 B tiles (1024-aligned)
+    const u32 full0 = b16_0 + 2 * kB16, empty0 = full0 + 8 * STAGES;
+    // W8A16 only: the codes' TMA a slot; full and empty of the two bf16 tiles.
+    const u32 bfull0 = empty0 + 8 * STAGES, b16full0 = bfull0 + 8 * STAGES, b16empty0 = b16full0 + 16;
     const int e = a.tile_expert[tile];
     const int tid = threadIdx.x, wg = tid >> 7;
     const int n0 = nt * (kGated ? BN / 2 : BN);
@@ -136,8 +181,17 @@ struct WsGemm {
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
-        mbar_init(full0 + 8 * s, 128 + 1);        // the producer's threads + the TMA issuer
+        // The producer's threads (+ the TMA issuer, whose bytes W8A16 counts on its own barrier).
+        mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
         mbar_init(empty0 + 8 * s, kConsumers * 4);  // every consumer warp
+        if (kW8) mbar_init(bfull0 + 8 * s, 1);
+      }
+      if (kW8) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          mbar_init(b16full0 + 8 * j, 128);              // every producer thread, after converting
+          mbar_init(b16empty0 + 8 * j, kConsumers * 4);  // every consumer warp
+        }
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
       fence_proxy_async();
@@ -162,29 +216,35 @@ struct WsGemm {
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
       const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
-      for (int kt = 0; kt < KT; ++kt) {
-        const int s = kt % STAGES;
-        if (kt >= STAGES) mbar_wait(empty0 + 8 * s, ((kt / STAGES) - 1) & 1);
-        const u32 sA = s_base + s * kStage, full = full0 + 8 * s;
-        if (tid == 0) {
-          mbar_arrive_expect_tx(full, kBStage);
-          if (kGated) {
-            // w13 as [E][2][I][H]: one box of BN/2 gate rows and the same columns' up rows.
-            tma_load_4d(sA + kAStage, &tmap_b, kt * kTileK, n0, 0, e, full);
-          } else {
-            tma_load_2d(sA + kAStage, &tmap_b, kt * kTileK, b_row, full);
+      for (int kt = 0; kt < KT + (kW8 ? kLag : 0); ++kt) {
+        if (kt < KT) {
+          const int s = kt % STAGES;
+          if (kt >= STAGES) mbar_wait(empty0 + 8 * s, ((kt / STAGES) - 1) & 1);
+          const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
+          if (tid == 0) {
+            mbar_arrive_expect_tx(bbar, kBStage);
+            if (kGated) {
+              // w13 as [E][2][I][H]: one box of BN/2 gate rows and the same columns' up rows.
+              tma_load_4d(sA + kAStage, &tmap_b, kt * kTileK, n0, 0, e, bbar);
+            } else {
+              tma_load_2d(sA + kAStage, &tmap_b, kt * kTileK, b_row, bbar);
+            }
           }
-        }
-        const bool k_ok = kt * 128 + c * 16 < a_row_bytes;
+          const bool k_ok = kt * 128 + c * 16 < a_row_bytes;
 #pragma unroll
-        for (int i = 0; i < BM / 16; ++i) {
-          const int r = r0 + 16 * i;
-          const int ar = s_arow[r];
-          const bool ok = ar >= 0 && k_ok;
-          const u8* src = a_base + (ok ? static_cast<long long>(ar) * lda + kt * 128 + c * 16 : 0);
-          cp_async16(sA + swz(r, c, 128), src, ok);
+          for (int i = 0; i < BM / 16; ++i) {
+            const int r = r0 + 16 * i;
+            const int ar = s_arow[r];
+            const bool ok = ar >= 0 && k_ok;
+            const u8* src = a_base + (ok ? static_cast<long long>(ar) * lda + kt * 128 + c * 16 : 0);
+            cp_async16(sA + swz(r, c, 128), src, ok);
+          }
+          cp_async_mbar_arrive(full);
         }
-        cp_async_mbar_arrive(full);
+        if constexpr (kW8) {
+          const int kc = kt - kLag;
+          if (kc >= 0) convert_codes(smem, kc, tid, bfull0, b16full0, b16empty0);
+        }
       }
       return;
     }
@@ -257,10 +317,11 @@ struct WsGemm {
       for (int kt = 0; kt < KT; ++kt) {
         const int s = kt % STAGES;
         mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
+        if (kW8) mbar_wait(b16full0 + 8 * (kt & 1), (kt >> 1) & 1);
         fence_proxy_async();
         const u32 sA = s_base + s * kStage;
         const unsigned long long da = smem_desc(sA + cw * 64 * 128);
-        const unsigned long long db = smem_desc(sA + kAStage);
+        const unsigned long long db = smem_desc(kW8 ? b16_0 + (kt & 1) * kB16 : sA + kAStage);
         fence_regs<kAcc>(acc);
         wgmma_fence();
 #pragma unroll
@@ -274,7 +335,10 @@ struct WsGemm {
         // The previous tile's MMAs are done once at most this one is pending: its stage is free.
         wgmma_wait1();
         fence_regs<kAcc>(acc);
-        if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+        if (kt > 0 && lane == 0) {
+          mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+          if (kW8) mbar_arrive(b16empty0 + 8 * ((kt - 1) & 1));
+        }
       }
       wgmma_wait0();
       fence_regs<kAcc>(acc);
