@@ -43,8 +43,10 @@ class DeferredDevice final : public host::StagingBackend {
 
   std::byte* allocate_pinned(std::size_t bytes) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (pinned_limit >= 0 && pinned_allocations >= pinned_limit)
+    if (pinned_limit >= 0 && pinned_allocations >= pinned_limit) {
+      ++pinned_refusals;
       throw Error(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "fake driver: no more page-locked memory");
+    }
     chunks_.push_back(std::make_unique<std::byte[]>(bytes));
     ++pinned_allocations;
     return chunks_.back().get();
@@ -90,6 +92,7 @@ class DeferredDevice final : public host::StagingBackend {
   static constexpr int kOrdinal = 7;
   std::atomic<int> pinned_allocations{0};
   std::atomic<int> pinned_limit{-1};  // allocations after this many fail
+  std::atomic<int> pinned_refusals{0};
   std::atomic<int> copies{0};
   std::atomic<uint64_t> poisoned_dst{0};
 
@@ -304,7 +307,12 @@ TEST_SUITE("concurrency") {
     std::vector<std::vector<std::byte>> dev, want;
     CHECK(run_layers(4, 77, dev, want) == 0);
     for (int l = 0; l < 4; ++l) CHECK(dev[l] == want[l]);
-    CHECK(d.pinned_allocations.load() == 2);
+    // Never past the limit. Whether a third chunk was asked for depends on how the writers
+    // interleave (a fast pool recycles the first chunk before it needs a second); when one
+    // was refused, both allowed ones exist.
+    CHECK(d.pinned_allocations.load() >= 1);
+    CHECK(d.pinned_allocations.load() <= 2);
+    if (d.pinned_refusals.load() > 0) CHECK(d.pinned_allocations.load() == 2);
   }
 
   TEST_CASE("device staging: with no page-locked memory at all the write fails naming the tensor") {
