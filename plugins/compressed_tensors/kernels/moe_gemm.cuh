@@ -51,6 +51,7 @@ struct GroupedGemm {
     static_assert(kKind != kKindFp8, "fp8 (e4m3) tensor-core kernels need sm_89 or newer");
 #endif
     __shared__ int s_pair[BM];
+    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const int tile = blockIdx.x;
     if (tile >= *a.num_tiles) return;
     const int e = a.tile_expert[tile];
@@ -59,6 +60,7 @@ struct GroupedGemm {
     const GemmGeom<kGated> geo(a);
     const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
     for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
+    TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
     __syncthreads();
     const Loader loader(a, geo, e, n0, s_pair, tid);
 
@@ -230,7 +232,8 @@ struct GroupedGemm {
       for (int hf = 0; hf < 2; ++hf)
         store_row<kKind, kWS, kAM, kGated, NI>(a, geo, e, prow[mi][hf], out_col,
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
-                                               kGated ? 0 : static_cast<int>(blockIdx.z));
+                                               kGated ? 0 : static_cast<int>(blockIdx.z),
+                                               TileColScales<kWS, kGated, BN>{s_wcol, n0});
   }
 };
 

@@ -172,35 +172,49 @@ __device__ __forceinline__ float epilogue_act_scale(const MoeArgs& a, int arow) 
 //
 // NOTE: the outputs (h, y2) are plain pointers the compiler must assume may alias the scales,
 // so a scale load placed after a store waits for it, and an epilogue that loads a column's
-// scales next to each store runs one memory latency per store. Every scale a row's stores
-// need is therefore read (read-only loads) into registers before the first store.
+// scales next to each store runs one memory latency per store. The weight scales of a tile's
+// columns are therefore read into shared memory when the block starts (TileColScales), and the
+// epilogue reads each chunk's from there before its stores; only the row's activation scale and
+// router weight come from global memory, once a row.
 
-// Weight scales of output column pair (col, col + 1): GEMM1 gate then up, GEMM2 the two
-// columns (unused entries stay 1).
-template <int kWS, bool kGated>
-__device__ __forceinline__ void load_col_scales(const MoeArgs& a, int e, int col, float (&w)[4]) {
-  w[0] = w[1] = w[2] = w[3] = 1.0f;
-  if (kGated) {
-    const int I = a.inter;
-    if (kWS == kWTensor) {
-      w[0] = w[1] = __ldg(a.s13 + 2 * e);
-      w[2] = w[3] = __ldg(a.s13 + 2 * e + 1);
-    } else if (kWS == kWChannel) {
-      const float* sc = a.s13 + static_cast<long long>(e) * 2 * I;
-      w[0] = __ldg(sc + col);
-      w[1] = __ldg(sc + col + 1);
-      w[2] = __ldg(sc + I + col);
-      w[3] = __ldg(sc + I + col + 1);
-    }
-  } else {
-    if (kWS == kWTensor) w[0] = w[1] = __ldg(a.s2 + e);
-    if (kWS == kWChannel) {
-      const float* sc = a.s2 + static_cast<long long>(e) * a.hidden;
-      w[0] = __ldg(sc + col);
-      w[1] = __ldg(sc + col + 1);
+// The weight scales of a tile's columns, read once a block into shared memory (s[BN]: GEMM1's
+// gate columns, then the same columns' up ones; GEMM2's columns), so that the epilogue reads
+// them without a memory latency per chunk of stores. fill() runs before a block barrier.
+template <int kWS, bool kGated, int BN>
+struct TileColScales {
+  static constexpr bool kAny = kWS == kWTensor || kWS == kWChannel;
+  const float* s;
+  int n0;
+  __device__ __forceinline__ static void fill(const MoeArgs& a, int e, int n0, int n, float* s, int tid, int threads) {
+    if (!kAny) return;
+    for (int r = tid; r < BN; r += threads) {
+      const int half = kGated && r >= BN / 2 ? 1 : 0;
+      const int col = n0 + r - half * (BN / 2);
+      float v = 1.0f;
+      if (col < n) {
+        if (kGated)
+          v = kWS == kWTensor ? __ldg(a.s13 + 2 * e + half)
+                              : __ldg(a.s13 + static_cast<long long>(e) * 2 * a.inter + half * a.inter + col);
+        else
+          v = kWS == kWTensor ? __ldg(a.s2 + e) : __ldg(a.s2 + static_cast<long long>(e) * a.hidden + col);
+      }
+      s[r] = v;
     }
   }
-}
+  // Weight scales of column pair (col, col + 1) of this tile: GEMM1 gate then up, GEMM2 the
+  // two columns (unused entries stay 1).
+  __device__ __forceinline__ void operator()(int col, float (&w)[4]) const {
+    w[0] = w[1] = w[2] = w[3] = 1.0f;
+    if (!kAny) return;
+    const int i = col - n0;
+    w[0] = s[i];
+    w[1] = s[i + 1];
+    if (kGated) {
+      w[2] = s[BN / 2 + i];
+      w[3] = s[BN / 2 + i + 1];
+    }
+  }
+};
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
 // silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
@@ -234,14 +248,15 @@ __device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, fl
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
 // fragment j holding columns col_of(j), col_of(j) + 1 as acc_of(j, 0), acc_of(j, 1). GEMM1's
 // fragments are gate ones, then the up ones of the same columns. GEMM2 writes y2's slab `slab`.
-template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class AccOf>
+// scales_of(col, w) gives the weight scales of column pair col (TileColScales).
+template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class AccOf, class ScalesOf>
 __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGated>& geo, int e, int p, ColOf col_of,
-                                          AccOf acc_of, int slab = 0) {
+                                          AccOf acc_of, int slab, ScalesOf scales_of) {
   if (p < 0) return;
   constexpr int NC = kGated ? NF / 2 : NF;  // column pairs of the row
   const float sa = epilogue_act_scale<kAM, kGated>(a, p / geo.a_div);
   const float tw = kGated ? 1.0f : __ldg(a.topk_weights + p);
-  // NOTE: in chunks of eight column pairs: one memory latency per chunk, and at most 32 scale
+  // NOTE: in chunks of eight column pairs: one shared-memory latency per chunk, and at most 32 scale
   // registers next to the accumulators (a whole 256-wide row's would spill).
   constexpr int kChunk = NC < 8 ? NC : 8;
 #pragma unroll
@@ -251,7 +266,7 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
     for (int jj = 0; jj < kChunk; ++jj) {
       const int col = col_of(j0 + jj);
       if (col < geo.N)
-        load_col_scales<kWS, kGated>(a, e, col, w[jj]);
+        scales_of(col, w[jj]);
       else
         w[jj][0] = w[jj][1] = w[jj][2] = w[jj][3] = 1.0f;
     }

@@ -144,6 +144,7 @@ struct WgmmaGemm {
   __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem_raw) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __shared__ int s_pair[BM];
+    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const int tile = blockIdx.x;
     if (tile >= *a.num_tiles) return;
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
@@ -152,6 +153,7 @@ struct WgmmaGemm {
     const GemmGeom<kGated> geo(a);
     const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
     for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
+    TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
     __syncthreads();
     const Loader loader(a, geo, e, n0, s_pair, tid);
     const int g = lane >> 2, t = lane & 3;
@@ -308,7 +310,8 @@ struct WgmmaGemm {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
       store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
-                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
+                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
+                                             TileColScales<kWS, kGated, BN>{s_wcol, n0});
 #else
     static_assert(kKind < 0, "wgmma kernels need sm_90a");
 #endif

@@ -159,6 +159,7 @@ struct WsGemm {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __shared__ int s_pair[BM];
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
+    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const GemmGeom<kGated> geo(a);
     const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
     int tile, nt;
@@ -178,6 +179,7 @@ struct WsGemm {
       s_pair[r] = p;
       s_arow[r] = p >= 0 ? p / geo.a_div : -1;  // one division a row and block, not a stage
     }
+    TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
@@ -351,7 +353,8 @@ struct WsGemm {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf)
       store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
-                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; });
+                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
+                                             TileColScales<kWS, kGated, BN>{s_wcol, n0});
 #else
     static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
 #endif
