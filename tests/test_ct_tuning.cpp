@@ -291,3 +291,36 @@ TEST_CASE("tune: GEMM2 splits K where decode leaves SMs idle, and only on mma.sy
   qin.tuned = nullptr;
   CHECK(gpu::heuristic_bucket(qin, 1).k_splits == 1);
 }
+
+TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory with the kernels' static arrays") {
+  // The warp-specialized W8A16 tile at 128 rows: its ring, two bf16 tiles and the static row
+  // lists and scales within one block's 227 KiB (five stages would not be: 232,600 bytes).
+  const gpu::MoePlan plan(w8a16(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
+  gpu::HeuristicInput in = plan.heuristic_input();
+  in.tuned = nullptr;
+  const gpu::Bucket b = gpu::heuristic_bucket(in, 8192);
+  REQUIRE(b.gemm1.ws);
+  CHECK(b.bm == 128);
+  CHECK(b.gemm1.bn == 256);
+  CHECK(b.gemm1.stages == 4);
+  gpu::GemmTile five = b.gemm1;
+  five.stages = 5;
+  CHECK(gpu::gemm_smem_bytes(mk::kKindW8A16, 128, five) + gpu::gemm_static_smem(128, five) > 227 * 1024);
+  CHECK(gpu::tile_refusal(in, 128, five, true).find("shared memory") != std::string::npos);
+  // Two 64-row blocks an SM: both with their reserve within the SM.
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16()})
+    for (int64_t m : {1, 16, 128, 1024, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100());
+      gpu::HeuristicInput hin = p.heuristic_input();
+      hin.tuned = nullptr;
+      for (const gpu::Bucket& c : gpu::tile_candidates(hin, m))
+        for (const gpu::GemmTile* t : {&c.gemm1, &c.gemm2}) {
+          const int blocks = t->ws && c.bm == 64 ? 2 : 1;
+          const int block = gpu::gemm_smem_bytes(sc.kind, c.bm, *t) + gpu::gemm_static_smem(c.bm, *t);
+          CHECK(block <= 227 * 1024);
+          CHECK(blocks * (block + 1024) <= 228 * 1024);
+        }
+    }
+}

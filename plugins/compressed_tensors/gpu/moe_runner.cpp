@@ -271,7 +271,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     MOEQ_CHECK(b.k_splits == 1 || (b.k_splits > 1 && b.k_splits <= 8 && !b.gemm2.wgmma),
                where + "tile " + describe(b) + ": K splits are 1 to 8, of an mma.sync GEMM2");
     for (const GemmTile* t : {&b.gemm1, &b.gemm2})
-      MOEQ_CHECK(gemm_smem(scheme_.kind, b.bm, *t) <= device_.max_smem_per_block,
+      MOEQ_CHECK(smem_fits(hin, scheme_.kind, b.bm, *t),
                  where + "tile " + describe(b) + " needs more shared memory than the device has");
   }
 

@@ -8,6 +8,7 @@ namespace moeq::ct::gpu {
 namespace {
 
 constexpr int kKindFp8 = 0;
+constexpr int kKindBf16 = 1;
 constexpr int kKindW8A16 = 2;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -41,9 +42,8 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     if (kind == kKindFp8 && bm == 128 && in.force_fp8_bn == 0 &&
         (n_out < 256 || expected_tiles * ceil_div(n_out, 256) < in.multiprocessors))
       t.bn = 128;
-    const int budget = bm == 64 ? in.max_smem_per_block / 2 : in.max_smem_per_block;
     t.stages = 8;
-    while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) > budget) --t.stages;
+    while (t.stages > 2 && !smem_fits(in, kind, bm, t, bm == 64 ? 2 : 1)) --t.stages;
     return t;
   }
   if (in.wgmma && bm >= 64 && kind != kKindW8A16) {
@@ -72,7 +72,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     // single block (4 warps) held an SM. Four stages let two such blocks share one (registers
     // allow two: 2 x 128 x 255), so one block's barrier and promotion overlap the other's MMAs.
     t.stages = bm == 64 ? in.wgmma_stages_64 : 6;
-    while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
+    while (t.stages > 2 && !smem_fits(in, kind, bm, t)) --t.stages;
     t.pipelined = !in.wgmma_serial;
     return t;
   }
@@ -91,7 +91,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
   // NOTE: weight streaming at small M needs many blocks in flight; halve the tile width when
   // the grid would not cover the machine twice.
   if (bm <= 32 && expected_tiles * ceil_div(n_out, t.bn) < 2 * in.multiprocessors) t.bn = 64;
-  while (t.stages > 2 && gemm_smem_bytes(kind, bm, t) > in.max_smem_per_block) --t.stages;
+  while (t.stages > 2 && !smem_fits(in, kind, bm, t)) --t.stages;
   return t;
 }
 
@@ -116,6 +116,11 @@ int gemm2_k_splits(const HeuristicInput& in, const Bucket& b, int64_t m) {
   const int64_t kt = ceil_div(std::max<int64_t>(in.inter, 1), tile_k);
   const int64_t most = std::min<int64_t>(8, std::max<int64_t>(kt / 4, 1));
   if (in.force_k_splits > 0) return static_cast<int>(std::min<int64_t>(in.force_k_splits, most));
+  // NOTE (H100, 2026-12-06, bench/device_kernels_round.sh): Mixtral-8x7B at M = 1, GEMM2 alone,
+  // splits 1 / 2 / 3: fp8 block 88 / 62 / 52 us, W8A16 74 / 57 / 50, fp8 channel 57 / 52 / 63
+  // (noisy), bf16 86 / 86 / 100. bf16's GEMM2 already streams at 90 % of the copy rate unsplit
+  // (twice the bytes a block), so it stays whole.
+  if (in.kind == kKindBf16) return 1;
   // Row tiles at m tokens: one an expert hit while experts get fewer rows than a tile.
   const int64_t pairs = std::max<int64_t>(m, 1) * std::max<int64_t>(in.top_k, 1);
   const int64_t tiles = std::max(std::min(pairs, std::max<int64_t>(in.num_experts, 1)), ceil_div(pairs, b.bm));
@@ -151,8 +156,9 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
       return tile + ": warp tiles must be multiples of 16 x 16";
     if (t.bn > 128) return tile + ": mma.sync tiles are at most 128 wide";
   }
-  if (gemm_smem_bytes(in.kind, bm, t) > in.max_smem_per_block)
-    return tile + " with " + std::to_string(t.stages) + " stages needs " + std::to_string(gemm_smem_bytes(in.kind, bm, t)) +
+  if (!smem_fits(in, in.kind, bm, t))
+    return tile + " with " + std::to_string(t.stages) + " stages needs " +
+           std::to_string(gemm_smem_bytes(in.kind, bm, t) + gemm_static_smem(bm, t)) +
            " bytes of shared memory, the device has " + std::to_string(in.max_smem_per_block);
   return "";
 }
@@ -181,13 +187,12 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
       for (int bn : {128, 256}) {
         GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};
         t.wgmma = true;
-        while (t.stages > 2 && gemm_smem_bytes(in.kind, bm, t) + 1024 > in.max_smem_per_block) --t.stages;
+        while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;
         if (in.kind != kKindW8A16) options.push_back(t);  // W8A16 runs wgmma warp-specialized only
         if (in.ws) {
           t.ws = true;
           t.stages = 8;
-          const int budget = bm == 64 ? in.max_smem_per_block / 2 : in.max_smem_per_block;
-          while (t.stages > 2 && gemm_smem_bytes(in.kind, bm, t) > budget) --t.stages;
+          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, bm == 64 ? 2 : 1)) --t.stages;
           options.push_back(t);
         }
       }
@@ -219,6 +224,14 @@ std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {
   for (std::size_t i = 0; i < buckets.size(); ++i)
     if (m <= buckets[i].max_tokens) return i;
   return buckets.size() - 1;
+}
+
+int gemm_static_smem(int bm, const GemmTile& t) { return 8 * bm + 4 * t.bn + 128; }
+
+bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks) {
+  const int64_t block = static_cast<int64_t>(gemm_smem_bytes(kind, bm, t)) + gemm_static_smem(bm, t);
+  if (block > in.max_smem_per_block) return false;
+  return blocks <= 1 || blocks * (block + 1024) <= static_cast<int64_t>(in.max_smem_per_block) + 1024;
 }
 
 int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {

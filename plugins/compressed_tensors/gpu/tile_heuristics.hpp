@@ -93,7 +93,8 @@ bool tuned_bucket(const HeuristicInput& in, int64_t m, Bucket& out);
 
 // K splits of GEMM2 for bucket b at m tokens: where an mma.sync GEMM2's blocks (experts hit x
 // N tiles) would not fill the SMs (decode of few, wide experts), as many as bring the grid to two
-// blocks an SM, each with at least 4 K tiles, at most 8. in.force_k_splits > 0 (MOEQ_CT_K_SPLITS,
+// blocks an SM, each with at least 4 K tiles, at most 8; bf16 never (its GEMM2 streams at the copy
+// rate unsplit). in.force_k_splits > 0 (MOEQ_CT_K_SPLITS,
 // for measuring) takes that many instead, within the same limits of K tiles.
 int gemm2_k_splits(const HeuristicInput& in, const Bucket& b, int64_t m);
 
@@ -104,5 +105,14 @@ std::string describe(const Bucket& b);
 
 // Shared memory a GEMM block of this tile asks for (dynamic part).
 int gemm_smem_bytes(int kind, int bm, const GemmTile& t);
+
+// Static shared memory of a GEMM block beside its dynamic ring (the row lists and the tile's
+// weight scales: moe_gemm.cuh, moe_wgmma.cuh, sm90_moe_ws.cuh), rounded up.
+int gemm_static_smem(int bm, const GemmTile& t);
+
+// Whether `blocks` blocks of this tile fit one SM: a block's dynamic and static shared memory
+// at most in.max_smem_per_block, and with 1 KiB the device keeps a block, all of them within
+// the SM's in.max_smem_per_block + 1 KiB.
+bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
 }  // namespace moeq::ct::gpu
