@@ -61,6 +61,11 @@ class DeferredDevice final : public host::StagingBackend {
     events_.push_back(std::make_unique<Event>());
     return events_.back().get();
   }
+  // The events waited for, as indices in the order they were created (a chunk each).
+  std::vector<std::size_t> waits() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return waits_;
+  }
   void bind(int ordinal) override { CHECK(ordinal == kOrdinal); }
   void copy(uint64_t dst, const std::byte* src, std::size_t bytes, void* stream) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -77,10 +82,13 @@ class DeferredDevice final : public host::StagingBackend {
     auto* e = static_cast<Event*>(event);
     e->stream = static_cast<Stream*>(stream);
     e->upto = e->stream->queued.size();
+    ++records;
   }
   void wait(void* event) override {
     std::lock_guard<std::mutex> lock(mutex_);
     auto* e = static_cast<Event*>(event);
+    for (std::size_t i = 0; i < events_.size(); ++i)
+      if (events_[i].get() == e) waits_.push_back(i);
     if (e->stream == nullptr) return;
     Stream& s = *e->stream;
     for (; s.ran < e->upto; ++s.ran) {
@@ -94,6 +102,7 @@ class DeferredDevice final : public host::StagingBackend {
   std::atomic<int> pinned_limit{-1};  // allocations after this many fail
   std::atomic<int> pinned_refusals{0};
   std::atomic<int> copies{0};
+  std::atomic<int> records{0};  // chunks sent: copies queued from a chunk, then its event
   std::atomic<uint64_t> poisoned_dst{0};
 
  private:
@@ -101,6 +110,7 @@ class DeferredDevice final : public host::StagingBackend {
   std::vector<std::unique_ptr<std::byte[]>> chunks_;
   std::vector<std::unique_ptr<Stream>> streams_;
   std::vector<std::unique_ptr<Event>> events_;
+  std::vector<std::size_t> waits_;
 };
 
 host::StagingShape small_shape() {
@@ -330,6 +340,96 @@ TEST_SUITE("concurrency") {
                          Error);
     w.write({r}, true, "tensor experts.0.w3");
     CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("tensor experts.0.w3"), Error);
+  }
+
+  TEST_CASE("device staging: stable writes a fraction of a chunk each travel in full chunks") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    const host::StagingShape shape = small_shape();
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), shape);
+    // 40 writes of an eighth of a chunk (each above the small-write size), from one stable
+    // source into one device buffer, and a plugin's buffer of a third of a chunk in between.
+    const std::size_t each = shape.chunk_bytes / 8, n = 40;
+    std::vector<std::byte> src(n * each), dev(n * each + shape.chunk_bytes / 3), want(dev.size());
+    std::mt19937 rng(5);
+    for (auto& b : src) b = static_cast<std::byte>(rng() & 0xff);
+    std::memcpy(want.data(), src.data(), src.size());
+    std::vector<std::byte> scratch(shape.chunk_bytes / 3, std::byte{0x42});
+    std::memcpy(want.data() + src.size(), scratch.data(), scratch.size());
+    {
+      DeviceWrites w(DeferredDevice::kOrdinal);
+      for (std::size_t i = 0; i < n; ++i) {
+        StagingRun r;
+        r.dst = addr(dev, i * each);
+        r.src = src.data() + i * each;
+        r.count = static_cast<int64_t>(each);
+        w.write({r}, true, "tensor experts." + std::to_string(i) + ".w1");
+        if (i == n / 2) {
+          StagingRun u;
+          u.dst = addr(dev, src.size());
+          u.src = scratch.data();
+          u.count = static_cast<int64_t>(scratch.size());
+          w.write({u}, false, "plugin buffer");
+          std::fill(scratch.begin(), scratch.end(), std::byte{0xee});
+        }
+      }
+      w.finish();
+    }
+    CHECK(dev == want);
+    // n / 8 = 5 full chunks of stable bytes and one for the plugin's buffer (a chunk a write
+    // would be 41).
+    CHECK(d.records.load() == static_cast<int>(n / 8) + 1);
+  }
+
+  TEST_CASE("device staging: a chunk is refilled oldest first, after the pool has grown to its size") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    const host::StagingShape shape = small_shape();  // 4 chunks
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), shape);
+    std::vector<std::byte> dev(10 * shape.chunk_bytes), src(shape.chunk_bytes);
+    DeviceWrites w(DeferredDevice::kOrdinal);
+    for (int i = 0; i < 10; ++i) {
+      std::fill(src.begin(), src.end(), static_cast<std::byte>(i + 1));
+      StagingRun r;
+      r.dst = addr(dev, static_cast<std::size_t>(i) * shape.chunk_bytes);
+      r.src = src.data();
+      r.count = static_cast<int64_t>(src.size());
+      w.write({r}, false, "write " + std::to_string(i));  // packed (one chunk) before it returns
+    }
+    // Four chunks before any is refilled; the refills wait for the chunks' copies in the order
+    // they were queued (the newest-first reuse waited on the copy just queued, every time).
+    CHECK(d.pinned_allocations.load() == 4);
+    const std::vector<std::size_t> waits = d.waits();
+    CHECK(waits == std::vector<std::size_t>{0, 1, 2, 3, 0, 1});
+    w.finish();
+    for (int i = 0; i < 10; ++i)
+      CHECK(dev[static_cast<std::size_t>(i) * shape.chunk_bytes + 7] == static_cast<std::byte>(i + 1));
+  }
+
+  TEST_CASE("device staging: a copy refused in a chunk of several writes names the writes of that chunk") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    const host::StagingShape shape = small_shape();
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), shape);
+    std::vector<std::byte> dev(2 * shape.chunk_bytes), src(2 * shape.chunk_bytes, std::byte{9});
+    // The third write's destination: it and the fourth share the second chunk and one copy.
+    d.poisoned_dst = addr(dev, shape.chunk_bytes);
+    DeviceWrites w(DeferredDevice::kOrdinal);
+    for (std::size_t i = 0; i < 4; ++i) {
+      StagingRun r;
+      r.dst = addr(dev, i * shape.chunk_bytes / 2);
+      r.src = src.data() + i * shape.chunk_bytes / 2;
+      r.count = static_cast<int64_t>(shape.chunk_bytes / 2);
+      w.write({r}, true, "tensor t" + std::to_string(i));
+    }
+    try {
+      w.finish();
+      FAIL("finish() did not throw");
+    } catch (const Error& e) {
+      const std::string m = e.what();
+      CHECK(m.find("tensor t2 and tensor t3: copy to the device: fake driver: copy refused") != std::string::npos);
+      CHECK(m.find("tensor t1") == std::string::npos);  // the first chunk went through
+    }
   }
 
   TEST_CASE("task pool: waits from inside tasks and from more threads than the pool has finish, and errors reach the waiter") {

@@ -426,3 +426,72 @@ TEST_CASE("an expert weight of a shape unlike the geometry is refused by shape, 
     CHECK(e.find(name + ": expected F8_E4M3 [32, 64] for w1, found F8_E4M3 [8, 64]") != std::string::npos);
   }
 }
+
+TEST_SUITE("concurrency") {
+  TEST_CASE("a NaN in a late weight piece, past the scan window, fails its layer alone: tensor named, ledger as a clean load's, nothing left") {
+    BuiltPlugins p;
+    writer::MoeSpec s;
+    s.num_layers = 2;
+    s.num_experts = 16;
+    s.hidden = 256;
+    s.intermediate = 256;  // 64 KiB a piece, 3 MiB of weights a layer
+    // A window of a piece and a half, and the default (past the whole layer).
+    for (const std::size_t window : {std::size_t{96} << 10, std::size_t{0}}) {
+      CAPTURE(window);
+      TempDir d;
+      auto w = writer::write_ct_fp8_channel(d / "ckpt", s);
+      LoadOptions collect, strict;
+      collect.collect_errors = true;
+      collect.scan_ahead_bytes = strict.scan_ahead_bytes = window;
+      // Layer 1's ledger when clean, and the last expert weight tensor in it.
+      std::vector<LedgerEntry> clean;
+      std::string last;
+      {
+        LoadedModel m = load_dir(w.dir, p.registry(), collect);
+        REQUIRE(m.layers.size() == 2);
+        clean = m.layers[1]->report.entries;
+        for (const LedgerEntry& e : clean)
+          if (e.state == LedgerEntry::State::kConsumed && e.tensor.ends_with(".weight")) last = e.tensor;
+        // Pieces go to the plugin in ledger order: every parameter's writes follow it.
+        std::map<std::string, size_t> at;
+        for (size_t i = 0; i < clean.size(); ++i) at[clean[i].tensor] = i;
+        for (const auto& param : m.layers[1]->layer->params) {
+          size_t before = 0;
+          for (const auto& [range, tensor] : param->writers) {
+            REQUIRE(at.count(tensor) == 1);
+            CHECK(at[tensor] >= before);
+            before = at[tensor];
+          }
+        }
+      }
+      REQUIRE(last.rfind("model.layers.1.mlp.experts.", 0) == 0);
+      // e4m3fn 0x7f is NaN: the piece's last element, [255, 255].
+      rewrite_tensors(w.dir, [&](TensorMap& m) { m.at(last).bytes.back() = std::byte{0x7f}; });
+      const int64_t live = host::live_param_bytes();
+      const std::string e = load_error(w.dir, p.registry(), strict);
+      CHECK(e.find(last + ": ") != std::string::npos);
+      CHECK(e.find("element [255, 255] is NaN") != std::string::npos);
+      CHECK(host::live_param_bytes() == live);
+      LoadedModel m = load_dir(w.dir, p.registry(), collect);
+      REQUIRE(m.layers.size() == 1);
+      CHECK(m.layers[0]->report.prefix == "model.layers.0.mlp");
+      REQUIRE(m.failed.size() == 1);
+      const std::vector<LedgerEntry>& got = m.failed[0].entries;
+      REQUIRE(got.size() == clean.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        CAPTURE(clean[i].tensor);
+        CHECK(got[i].tensor == clean[i].tensor);
+        if (clean[i].tensor == last) {
+          CHECK(got[i].state == LedgerEntry::State::kError);
+          CHECK(got[i].detail.find("is NaN") != std::string::npos);
+        } else {
+          CHECK(got[i].state == clean[i].state);
+          CHECK(got[i].routed_to == clean[i].routed_to);
+          CHECK(got[i].detail == clean[i].detail);
+        }
+      }
+      m.layers.clear();
+      CHECK(host::live_param_bytes() == live);
+    }
+  }
+}

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -90,15 +91,19 @@ class ChunkPool {
   int ordinal() const { return ordinal_; }
 
   // A free chunk whose earlier copies have completed; waits for one when all are taken.
+  // NOTE: a new chunk (up to the shape's count) is preferred to a free one whose copies may
+  // still run, and of the free ones the one given back first is taken, whose copies were queued
+  // first: taking the one given back last waited for the newest copy, so that every refill
+  // waited for the copy engine to drain and only a few chunks were ever in flight.
   Chunk& acquire() {
     Chunk* taken = nullptr;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       while (taken == nullptr) {
         cv_.wait(lock, [&] { return !free_.empty() || chunks_.size() < limit_; });
-        if (!free_.empty()) {
-          taken = &chunks_[free_.back()];
-          free_.pop_back();
+        if (!free_.empty() && (chunks_.size() >= limit_ || !chunks_[free_.front()].recorded)) {
+          taken = &chunks_[free_.front()];
+          free_.pop_front();
           break;
         }
         Chunk c;
@@ -162,7 +167,7 @@ class ChunkPool {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Chunk> chunks_;  // NOTE: a deque, so that a Chunk& stays valid as chunks are added
-  std::vector<std::size_t> free_;
+  std::deque<std::size_t> free_;  // oldest given back first
 };
 
 std::mutex g_pools_mutex;
@@ -223,6 +228,94 @@ void add_segment(std::vector<Segment>& segs, uint64_t dst, std::size_t offset, s
     segs.push_back({dst, offset, bytes});
 }
 
+std::size_t bytes_of(const StagingRun& r) { return static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype); }
+
+// The part of run `r` that carries its destination bytes [first_byte, first_byte + bytes),
+// whole elements of the destination.
+StagingRun sub_run(const StagingRun& r, std::size_t first_byte, std::size_t bytes) {
+  const auto de = static_cast<int64_t>(dtype_size(r.dst_dtype));
+  const int64_t first = static_cast<int64_t>(first_byte) / de;
+  StagingRun s = r;
+  s.dst = r.dst + first_byte;
+  s.count = static_cast<int64_t>(bytes) / de;
+  if (!r.fill) s.src = r.src + first * r.stride * static_cast<int64_t>(dtype_size(r.src_dtype));
+  return s;
+}
+
+// Runs waiting to be packed, each labelled (for errors) by the write it came from.
+struct LabelledRuns {
+  std::vector<StagingRun> runs;
+  std::vector<std::size_t> label;  // a run each, into `labels`
+  std::vector<std::string> labels;
+  std::size_t bytes = 0;
+  void add(const std::vector<StagingRun>& more, const std::string& what) {
+    labels.push_back(what);
+    for (const StagingRun& r : more) {
+      runs.push_back(r);
+      label.push_back(labels.size() - 1);
+      bytes += bytes_of(r);
+    }
+  }
+};
+
+// One chunk's work: runs packed at their offsets, and the writes they came from, in words.
+struct ChunkWork {
+  std::vector<std::pair<StagingRun, std::size_t>> runs;  // (run, offset in the chunk)
+  std::string what;
+};
+
+// "tensor a", "tensor a and tensor b", "tensor a, tensor b, tensor c and 4 more writes".
+std::string name_writes(const std::vector<std::size_t>& label, const std::vector<std::string>& labels) {
+  std::vector<std::size_t> seen;
+  for (std::size_t l : label)
+    if (std::find(seen.begin(), seen.end(), l) == seen.end()) seen.push_back(l);
+  std::string out;
+  const std::size_t shown = std::min<std::size_t>(seen.size(), 3);
+  for (std::size_t i = 0; i < shown; ++i)
+    out += (i == 0 ? "" : i + 1 == seen.size() ? " and " : ", ") + labels[seen[i]];
+  if (seen.size() > shown) out += " and " + std::to_string(seen.size() - shown) + " more writes";
+  return out;
+}
+
+// Cuts `pending` into chunks planned as the upload pipeline plans them (plan_chunks). With
+// `keep_tail`, the last chunk, unless full, stays in `pending` (the next write tops it up);
+// otherwise `pending` is emptied. NOTE: with pieces aligned to the largest element size (a
+// power of two dividing the chunk size), every cut falls on an element of every run.
+std::vector<ChunkWork> plan_work(LabelledRuns& pending, std::size_t chunk_bytes, bool keep_tail) {
+  std::vector<std::size_t> bytes;
+  std::size_t align = 1;
+  for (const StagingRun& r : pending.runs) {
+    bytes.push_back(bytes_of(r));
+    align = std::max(align, dtype_size(r.dst_dtype));
+  }
+  const std::vector<cuda::ChunkPlan> plans = cuda::plan_chunks(bytes, chunk_bytes, align);
+  std::vector<ChunkWork> work;
+  LabelledRuns tail;
+  for (std::size_t c = 0; c < plans.size(); ++c) {
+    if (keep_tail && c + 1 == plans.size() && plans[c].bytes < chunk_bytes) {
+      std::size_t last = SIZE_MAX;
+      for (const cuda::ChunkPiece& p : plans[c].pieces) {
+        if (pending.label[p.job] != last) tail.labels.push_back(pending.labels[pending.label[p.job]]);
+        last = pending.label[p.job];
+        tail.runs.push_back(sub_run(pending.runs[p.job], p.job_offset, p.bytes));
+        tail.label.push_back(tail.labels.size() - 1);
+        tail.bytes += p.bytes;
+      }
+      break;
+    }
+    ChunkWork w;
+    std::vector<std::size_t> label;
+    for (const cuda::ChunkPiece& p : plans[c].pieces) {
+      w.runs.emplace_back(sub_run(pending.runs[p.job], p.job_offset, p.bytes), p.chunk_offset);
+      label.push_back(pending.label[p.job]);
+    }
+    w.what = name_writes(label, pending.labels);
+    work.push_back(std::move(w));
+  }
+  pending = std::move(tail);
+  return work;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ a layer's writer
@@ -234,6 +327,9 @@ struct DeviceWrites::State {
   // Small writes, packed here at once and sent together (one chunk's worth at most).
   std::vector<std::byte> small;
   std::vector<Segment> small_segments;
+  // Stable writes gathered until they fill a chunk (a tensor of an expert is often a tenth of
+  // one): sent a chunk at a time, so that every chunk in flight is a full one.
+  LabelledRuns gathered;
 
   // Fills a chunk through `fill_chunk(data)`, queues `segs` from it, records its event.
   template <class Fill>
@@ -253,6 +349,24 @@ struct DeviceWrites::State {
     const uint64_t g = pool->release(c, true);
     std::lock_guard<std::mutex> lock(mutex);
     queued.emplace_back(i, g);
+  }
+  // Queues, as tasks of `g`, the packing and sending of each chunk of `work`.
+  void submit(TaskPool::Group& g, std::vector<ChunkWork> work) {
+    for (ChunkWork& w : work)
+      TaskPool::shared().submit(g, [this, w = std::move(w)] {
+        std::vector<Segment> segs;
+        for (const auto& [r, offset] : w.runs) add_segment(segs, r.dst, offset, bytes_of(r));
+        try {
+          send(segs, [&](std::byte* chunk) {
+            for (const auto& [r, offset] : w.runs) pack(r, 0, r.count, chunk + offset);
+          });
+        } catch (const std::exception& e) {
+          throw named(w.what, e);
+        }
+      });
+  }
+  void flush_gathered(bool keep_tail) {
+    if (!gathered.runs.empty()) submit(group, plan_work(gathered, pool->shape().chunk_bytes, keep_tail));
   }
   void flush_small() {
     if (small.empty()) return;
@@ -310,7 +424,7 @@ void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::s
   State& st = *state_;
   const StagingShape& shape = st.pool->shape();
   std::size_t total = 0;
-  for (const StagingRun& r : runs) total += static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype);
+  for (const StagingRun& r : runs) total += bytes_of(r);
   if (total == 0) return;
   if (total < shape.small_bytes) {
     if (st.small.size() + total > shape.chunk_bytes) st.flush_small();
@@ -318,45 +432,22 @@ void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::s
     st.small.resize(at + total);
     for (const StagingRun& r : runs) {
       pack(r, 0, r.count, st.small.data() + at);
-      const std::size_t b = static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype);
-      add_segment(st.small_segments, r.dst, at, b);
-      at += b;
+      add_segment(st.small_segments, r.dst, at, bytes_of(r));
+      at += bytes_of(r);
     }
     return;
   }
-  auto shared_runs = std::make_shared<const std::vector<StagingRun>>(std::move(runs));
-  // Chunks planned as the upload pipeline plans them, each run a job of its bytes. NOTE: with
-  // pieces aligned to the largest element size (a power of two dividing the chunk size), every
-  // cut falls on an element of every run.
-  std::vector<std::size_t> bytes;
-  std::size_t align = 1;
-  for (const StagingRun& r : *shared_runs) {
-    bytes.push_back(static_cast<std::size_t>(r.count) * dtype_size(r.dst_dtype));
-    align = std::max(align, dtype_size(r.dst_dtype));
+  if (stable) {
+    st.gathered.add(runs, what);
+    if (st.gathered.bytes >= shape.chunk_bytes) st.flush_gathered(true);
+    return;
   }
-  std::vector<cuda::ChunkPlan> plans = cuda::plan_chunks(bytes, shape.chunk_bytes, align);
+  LabelledRuns own;
+  own.add(runs, what);
   TaskPool::Group local;
   const TaskPool::Join join_local(TaskPool::shared(), local);  // tasks of `local` use this frame
-  TaskPool::Group& g = stable ? st.group : local;
-  for (cuda::ChunkPlan& plan : plans) {
-    TaskPool::shared().submit(g, [&st, shared_runs, plan = std::move(plan), what] {
-      std::vector<Segment> segs;
-      for (const cuda::ChunkPiece& p : plan.pieces)
-        add_segment(segs, (*shared_runs)[p.job].dst + p.job_offset, p.chunk_offset, p.bytes);
-      try {
-        st.send(segs, [&](std::byte* chunk) {
-          for (const cuda::ChunkPiece& p : plan.pieces) {
-            const StagingRun& r = (*shared_runs)[p.job];
-            const auto elem = static_cast<int64_t>(dtype_size(r.dst_dtype));
-            pack(r, static_cast<int64_t>(p.job_offset) / elem, static_cast<int64_t>(p.bytes) / elem, chunk + p.chunk_offset);
-          }
-        });
-      } catch (const std::exception& e) {
-        throw named(what, e);
-      }
-    });
-  }
-  if (!stable) TaskPool::shared().wait(local);
+  st.submit(local, plan_work(own, shape.chunk_bytes, false));
+  TaskPool::shared().wait(local);
 }
 
 void DeviceWrites::copy_from_device(const std::vector<DevicePiece>& pieces) {
@@ -380,6 +471,7 @@ void DeviceWrites::finish() {
   std::exception_ptr first;
   try {
     st.flush_small();
+    st.flush_gathered(false);
     TaskPool::shared().wait(st.group);
   } catch (...) {
     first = std::current_exception();

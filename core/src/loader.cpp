@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <deque>
 #include <exception>
 #include <map>
 #include <set>
@@ -448,6 +450,81 @@ void read_ahead(const Piece& p, const moeq_layer_geometry& g) {
   if (p.projection == Projection::kW13) advise(data + static_cast<std::size_t>(I + lo) * row, static_cast<std::size_t>(It) * row);
 }
 
+// The scans of a layer's pieces (read_ahead, then check_finite) on the task pool, a window of
+// bytes ahead of the piece being handed: each piece goes to the plugin as soon as its own scan
+// is done, so that scanning, packing and the copies overlap within a layer. NOTE: submitting
+// every scan at once queued all the layers' scans ahead of the first pack (the pool runs its
+// tasks in order), so that no byte went to the device until every layer was scanned; the window
+// keeps the packs a few milliseconds behind the scans, and the readahead as deep as before.
+class ScanAhead {
+ public:
+  struct Item {
+    const TensorInfo* tensor;
+    const std::string* suffix;
+    const Piece* piece;
+  };
+  // `asked` (LoadOptions::scan_ahead_bytes), else MOEQ_LOAD_SCAN_AHEAD_MIB (1..65536), else 32 MiB.
+  static std::size_t window_bytes(std::size_t asked) {
+    if (asked != 0) return asked;
+    long mib = 32;
+    if (const char* v = std::getenv("MOEQ_LOAD_SCAN_AHEAD_MIB")) {
+      char* end = nullptr;
+      const long k = std::strtol(v, &end, 10);
+      if (end != v && *end == '\0' && k >= 1 && k <= 65536) mib = k;
+    }
+    return static_cast<std::size_t>(mib) << 20;
+  }
+
+  ScanAhead(std::vector<Item> items, const moeq_layer_geometry& g, std::size_t window)
+      : window_(window_bytes(window)), items_(std::move(items)), g_(g) {
+    starts_.reserve(items_.size() + 1);
+    std::size_t at = 0;
+    for (const Item& it : items_) {
+      starts_.push_back(at);
+      at += static_cast<std::size_t>(it.piece->view.numel()) * dtype_size(it.piece->view.dtype);
+    }
+    starts_.push_back(at);
+    for (std::size_t i = 0; i < items_.size(); ++i) slots_.emplace_back();
+  }
+  ~ScanAhead() {  // no scan outlives the pieces it reads (their tasks throw nothing)
+    for (std::size_t i = 0; i < submitted_; ++i) pool_.wait(slots_[i].done);
+  }
+  ScanAhead(const ScanAhead&) = delete;
+  ScanAhead& operator=(const ScanAhead&) = delete;
+
+  // Waits for item k's scan (queuing the scans up to the window past it, helping the pool
+  // meanwhile) and returns what it threw, if anything. Items are waited for in order.
+  std::exception_ptr wait(std::size_t k) {
+    while (submitted_ < items_.size() && (submitted_ <= k || starts_[submitted_] < starts_[k] + window_)) {
+      const std::size_t i = submitted_++;
+      pool_.submit(slots_[i].done, [this, i] {
+        const Item& it = items_[i];
+        read_ahead(*it.piece, g_);
+        try {
+          check_finite(*it.tensor, *it.suffix, *it.piece, g_);
+        } catch (...) {
+          slots_[i].error = std::current_exception();
+        }
+      });
+    }
+    pool_.wait(slots_[k].done);
+    return slots_[k].error;
+  }
+
+ private:
+  struct Slot {
+    TaskPool::Group done;
+    std::exception_ptr error;
+  };
+  TaskPool& pool_ = TaskPool::shared();
+  const std::size_t window_;
+  std::vector<Item> items_;
+  const moeq_layer_geometry& g_;
+  std::vector<std::size_t> starts_;  // byte offset of each item in the layer's sequence, and the end
+  std::deque<Slot> slots_;            // NOTE: a deque: a Group cannot move
+  std::size_t submitted_ = 0;
+};
+
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
 // (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
 // Each problem names the tensor and its file.
@@ -670,48 +747,36 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 
   char reason[512];
   for (auto& [t, r] : lt.experts) rep.expert_bytes += static_cast<int64_t>(t->nbytes());
-  // Every tensor's pieces, and the scan of this rank's weight pieces for non-finite values,
-  // first: the scans run on the task pool (a piece each), which also maps the pages the copies
-  // then read. Their outcomes are taken in order below, where each scan used to run.
+  // Every tensor's pieces first; this rank's pieces are then scanned for non-finite values on
+  // the task pool, a window ahead, and each is handed to the plugin once its own scan is done
+  // (a failed scan fails its tensor where the piece would have gone, as before).
   using Clock = std::chrono::steady_clock;
   auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
-  auto t_phase = Clock::now();
+  const auto t_hand = Clock::now();
   const size_t nt = lt.experts.size();
   std::vector<std::vector<Piece>> pieces_of(nt);
   std::vector<std::exception_ptr> split_error(nt);
-  std::vector<std::vector<std::exception_ptr>> scan_error(nt);
-  {
-    TaskPool& pool = TaskPool::shared();
-    TaskPool::Group scans;
-    const TaskPool::Join join(pool, scans);
-    for (size_t i = 0; i < nt; ++i) {
-      auto& [t, r] = lt.experts[i];
-      try {
-        pieces_of[i] = split_pieces(*t, r, cfg);
-      } catch (...) {
-        split_error[i] = std::current_exception();
-        continue;
-      }
-      scan_error[i].resize(pieces_of[i].size());
-      for (size_t j = 0; j < pieces_of[i].size(); ++j) {
-        if (!local.contains(pieces_of[i][j].expert)) continue;
-        pool.submit(scans, [&, i, j] {
-          read_ahead(pieces_of[i][j], g);
-          try {
-            check_finite(*lt.experts[i].first, lt.experts[i].second.suffix, pieces_of[i][j], g);
-          } catch (...) {
-            scan_error[i][j] = std::current_exception();
-          }
-        });
-      }
+  std::vector<ScanAhead::Item> items;
+  for (size_t i = 0; i < nt; ++i) {
+    auto& [t, r] = lt.experts[i];
+    try {
+      pieces_of[i] = split_pieces(*t, r, cfg);
+    } catch (...) {
+      split_error[i] = std::current_exception();
+      continue;
     }
-    pool.wait(scans);
+    for (const Piece& p : pieces_of[i])
+      if (local.contains(p.expert)) items.push_back({t, &r.suffix, &p});
   }
-  rep.seconds.scan = since(t_phase);
-  t_phase = Clock::now();
+  ScanAhead scans(std::move(items), g, opt.scan_ahead_bytes);
+  size_t next_item = 0;  // the scan of this rank's next piece, in the order they are handed
+  double scan_wait = 0;
   for (size_t ti = 0; ti < nt; ++ti) {
     auto& [t, r] = lt.experts[ti];
     LedgerEntry entry{t->name, LedgerEntry::State::kConsumed, "", "", dtype_name(t->dtype), t->shape};
+    // A tensor that fails part way leaves the scans of its remaining pieces unused.
+    size_t item_end = next_item;
+    for (const Piece& p : pieces_of[ti]) item_end += local.contains(p.expert) ? 1 : 0;
     try {
       if (split_error[ti]) std::rethrow_exception(split_error[ti]);
       std::vector<Piece>& pieces = pieces_of[ti];
@@ -723,7 +788,10 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
           ++remote;
           continue;
         }
-        if (scan_error[ti][pj]) std::rethrow_exception(scan_error[ti][pj]);
+        const auto t_scan = Clock::now();
+        const std::exception_ptr bad = scans.wait(next_item++);
+        scan_wait += since(t_scan);
+        if (bad) std::rethrow_exception(bad);
         DLTensor src = p.view.dl();
         int64_t handed = static_cast<int64_t>(dtype_size(p.view.dtype));
         for (int64_t d : p.view.shape) handed *= d;
@@ -779,11 +847,13 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       entry.detail = e.what();
       note_error(rep, e);
     }
+    next_item = item_end;
     rep.entries.push_back(std::move(entry));
     if (t_progress) t_progress->add(static_cast<int64_t>(t->nbytes()), 0);
   }
 
-  rep.seconds.hand = since(t_phase);
+  rep.seconds.scan = scan_wait;
+  rep.seconds.hand = since(t_hand) - scan_wait;
   rep.params = host::coverage(*out.layer);
   rep.bytes_copied = out.layer->bytes_copied_from_host;
   // A tensor that failed above leaves its elements unwritten: say so rather than blame a missing one.
@@ -808,7 +878,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
 
   if (rep.problems.empty()) {
     try {
-      t_phase = Clock::now();
+      auto t_phase = Clock::now();
       host::finish_device_writes(*out.layer);
       rep.seconds.copies = since(t_phase);
       t_phase = Clock::now();

@@ -472,7 +472,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   const double device_cold_s = device_secs[0], device_s = device_secs[1];
   say("device path: strict load onto cuda:0 through copy_to_param, " + fmt(device_cold_s, 2) + " s first pass, " +
       fmt(device_s, 2) + " s with the JIT cache warm; device bytes " + (device_ok ? "match" : "DIFFER"));
-  const std::string phase_text = "scans " + fmt(phases.scan, 3) + " s, handing " + fmt(phases.hand, 3) +
+  const std::string phase_text = "scan waits " + fmt(phases.scan, 3) + " s, handing " + fmt(phases.hand, 3) +
                                  " s, copy waits " + fmt(phases.copies, 3) + " s, process_after_loading " +
                                  fmt(phases.prepare, 3) + " s";
   say("  warm pass, summed over the layers' threads: " + phase_text);

@@ -5,10 +5,12 @@
 // move on every pool thread and several copies are in flight at once.
 //
 // A write whose source stays valid for the whole load (the checkpoint's mapped bytes: see
-// `stable`) returns as soon as it is queued; any other source (a plugin's own buffer, valid only
-// during its call) is packed before write() returns, its copies still running. finish() waits
-// for everything queued, so that process_after_loading sees every byte, and throws the first
-// error of any of them, naming its tensor.
+// `stable`) returns at once: such writes are gathered until they fill a chunk, which is then
+// queued, so that the chunks in flight are full ones. Any other source (a plugin's own buffer,
+// valid only during its call) is packed before write() returns, its copies still running.
+// finish() sends what is still gathered and waits for everything queued, so that
+// process_after_loading sees every byte, and throws the first error of any of them, naming the
+// tensors of its chunk.
 //
 // The device side is a StagingBackend: the CUDA driver in the library, a host-memory fake in the
 // tests (then a device address is a host address).
@@ -61,7 +63,9 @@ struct StagingRun {
 class DeviceWrites {
  public:
   explicit DeviceWrites(int ordinal);
-  ~DeviceWrites();  // waits for what is queued (errors ignored: finish() reports them)
+  // Waits for what is queued (errors ignored: finish() reports them); writes still gathered
+  // (small ones, stable ones short of a chunk) are dropped: only finish() sends them.
+  ~DeviceWrites();
   DeviceWrites(const DeviceWrites&) = delete;
   DeviceWrites& operator=(const DeviceWrites&) = delete;
 

@@ -39,6 +39,9 @@ struct LoadOptions {
   // Device scratch lent to plugins while layers load (host scratch_acquire), over all layers
   // loading onto one device at once; 0: one bf16 expert of the largest layer + 64 MiB.
   std::size_t load_scratch_bytes = 0;
+  // How far ahead of the piece being handed to the plugin a layer's NaN/Inf scans (and
+  // readahead) are queued, in bytes of pieces; 0: MOEQ_LOAD_SCAN_AHEAD_MIB, else 32 MiB.
+  std::size_t scan_ahead_bytes = 0;
   // Called as expert tensors are taken (from the loading threads, one call at a time), and once
   // more when every layer is done: bytes of expert tensors processed of the total, layers done.
   std::function<void(const struct LoadProgress&)> progress;
@@ -107,9 +110,10 @@ struct LayerReport {
   int64_t expert_bytes = 0;
   int64_t expert_bytes_handed = 0;
   int64_t bytes_copied = 0;
-  // Wall seconds of the layer's load by phase (its loading thread's clock): the weight scans and
-  // readahead on the task pool; handing every piece to weight_loader (the copies queued); the
-  // wait for the device copies (GPU layers); process_after_loading (kernels, repacks).
+  // Wall seconds of the layer's load by phase (its loading thread's clock): waiting for the
+  // weight scans and readahead (on the task pool, a window ahead of the pieces being handed);
+  // the rest of handing every piece to weight_loader (the copies queued); the wait for the
+  // device copies (GPU layers); process_after_loading (kernels, repacks).
   struct Phases {
     double scan = 0, hand = 0, copies = 0, prepare = 0;
   } seconds;
