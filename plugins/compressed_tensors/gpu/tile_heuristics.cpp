@@ -140,8 +140,6 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
     if (in.kind == kKindW8A16 && !t.ws) return tile + ": W8A16 wgmma tiles are warp-specialized";
     if (t.ws) {
       if (t.bn != 128 && t.bn != 256) return tile + ": warp-specialized tiles are 128 or 256 wide";
-      if (in.kind == kKindW8A16 && t.stages < 3)
-        return tile + ": warp-specialized W8A16 tiles need at least 3 stages (their codes convert 2 behind)";
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
       // too few for a 256-wide warpgroup MMA (ptxas C7602).
       if (bm == 64 && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
@@ -236,8 +234,8 @@ bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, in
 
 int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
   // Warp-specialized W8A16 (sm90_moe_ws.cuh): 64-element K tiles, a ring slot of A (128-byte
-  // rows) and the codes (64 bytes a row), two converted bf16 B tiles, 3 mbarriers a slot + 4.
-  if (t.ws && kind == kKindW8A16) return t.stages * (bm * 128 + t.bn * 64) + 2 * t.bn * 128 + 1024 + 8 * (3 * t.stages + 4);
+  // rows) and the codes (64 bytes a row), two converted bf16 B tiles, 3 mbarriers a slot.
+  if (t.ws && kind == kKindW8A16) return t.stages * (bm * 128 + t.bn * 64) + 2 * t.bn * 128 + 1024 + 8 * 3 * t.stages;
   // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
   // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
   const int a_row = kind == kKindW8A16 ? 256 : 128;

@@ -21,10 +21,11 @@
 // - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
 //   accumulators (up to 128 + 64 floats a thread) need them.
 // - W8A16 (int8 weight codes, bf16 activations): the K tile is 64 elements; TMA brings the
-//   tile's codes (64 bytes a row, unswizzled) into the ring, and the producer warpgroup, some
-//   tiles behind its loads, converts them exactly to bf16 (moe_repack.cuh's order undone) into
-//   one of two swizzled bf16 tiles outside the ring, which the consumers' bf16 MMAs read. The
-//   ring's slots are freed once a tile's MMAs are done; a bf16 tile once the MMAs reading it are.
+//   tile's codes (64 bytes a row, unswizzled) into the ring. The consumers convert them exactly
+//   to bf16 (moe_repack.cuh's order undone) into one of two swizzled bf16 tiles outside the
+//   ring, each warpgroup its share of the rows, while their MMAs of the tile before run: tile
+//   kt + 1 is converted after tile kt's MMAs are issued and tile kt - 1's have finished (which
+//   frees its bf16 tile), and the consumers meet at a named barrier before and after.
 #pragma once
 #include "moe_wgmma.cuh"
 
@@ -93,13 +94,11 @@ struct WsGemm {
   // Ring slot: the A tile (128-byte rows) and the B tile as loaded (W8A16: 64 codes a row).
   static constexpr int kAStage = BM * 128, kBStage = kW8 ? BN * 64 : BN * 128, kStage = kAStage + kBStage;
   static constexpr int kB16 = kW8 ? BN * 128 : 0;  // W8A16: one converted bf16 B tile (two of them)
-  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot, and full / empty of
-  // the two bf16 tiles). gemm_smem_bytes (tile_heuristics.cpp) computes the same.
-  static constexpr int kBarriers = kW8 ? 3 * STAGES + 4 : 2 * STAGES;
+  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot). gemm_smem_bytes
+  // (tile_heuristics.cpp) computes the same.
+  static constexpr int kBarriers = kW8 ? 3 * STAGES : 2 * STAGES;
   static constexpr int kSmemBytes = STAGES * kStage + 2 * kB16 + 1024 + 8 * kBarriers;
   static constexpr int kTileK = kW8 ? 64 : GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16 / W8A16
-  // W8A16: the producer converts tile kt - kLag after queuing tile kt's loads.
-  static constexpr int kLag = STAGES - 2;
   static constexpr bool kPromote = kKind == kKindFp8;
   static constexpr bool kTileScales = kPromote && (kWS == kWBlock || kAM == kAGroup);
   static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
@@ -110,7 +109,7 @@ struct WsGemm {
   // only where scale blocks are whole multiples of 64 rows, so no 64-column slot straddles two).
   static constexpr int kSlots = BN / 64;
   static constexpr int kGroupM = 8;
-  static_assert(!kW8 || STAGES >= 3, "W8A16 converts tiles STAGES - 2 behind its loads");
+  static_assert(!kW8 || STAGES >= 2, "W8A16 converts the tile after the one in the MMAs");
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
@@ -126,20 +125,19 @@ struct WsGemm {
     nt = in / rows;
   }
 
-  // W8A16, by the producer's 128 threads: tile kc's codes (slot kc % STAGES, once its TMA has
-  // landed) to bf16 tile kc & 1 (once the MMAs of tile kc - 2 that read it are done). A 16-byte
+  // W8A16, by consumer warpgroup cw: its share of tile kc's codes (slot kc % STAGES, once their
+  // TMA has landed) to bf16 tile kc & 1, whose earlier MMAs the caller has waited for. A 16-byte
   // group of codes is permuted (moe_repack.cuh: word t holds codes 2t, 2t+1, 2t+8, 2t+9), so its
   // words' low halves are codes 0..7 (chunk 2c of the bf16 row) and their high halves 8..15.
-  __device__ __forceinline__ static void convert_codes(u8* smem, int kc, int tid, u32 bfull0, u32 b16full0,
-                                                       u32 b16empty0) {
+  __device__ __forceinline__ static void convert_codes(u8* smem, int kc, int cw, int ctid, u32 bfull0) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    const int s = kc % STAGES, j = kc & 1;
+    constexpr int kRows = BN / kConsumers;  // rows of B a warpgroup converts
+    const int s = kc % STAGES;
     mbar_wait(bfull0 + 8 * s, (kc / STAGES) & 1);
-    if (kc >= 2) mbar_wait(b16empty0 + 8 * j, ((kc >> 1) - 1) & 1);
     const u8* codes = smem + s * kStage + kAStage;
-    u8* out = smem + STAGES * kStage + j * kB16;
-#pragma unroll 2
-    for (int i = tid; i < BN * 4; i += 128) {
+    u8* out = smem + STAGES * kStage + (kc & 1) * kB16;
+#pragma unroll
+    for (int i = cw * kRows * 4 + (ctid & 127); i < (cw + 1) * kRows * 4; i += 128) {
       const int r = i >> 2, c = i & 3;
       const uint4 w = *reinterpret_cast<const uint4*>(codes + i * 16);
       uint4 lo, hi;
@@ -151,8 +149,12 @@ struct WsGemm {
       *reinterpret_cast<uint4*>(out + swz(r, 2 * c + 1, 128)) = hi;
     }
     fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
-    mbar_arrive(b16full0 + 8 * j);
 #endif
+  }
+
+  // The consumer warpgroups meet (named barrier 1; the producer never joins it).
+  __device__ __forceinline__ static void consumers_meet() {
+    asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers * 128) : "memory");
   }
 
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
@@ -169,8 +171,7 @@ struct WsGemm {
     const u32 s_base = smem_u32(smem);
     const u32 b16_0 = s_base + STAGES * kStage;  // W8A16's two bf16 B tiles (1024-aligned)
     const u32 full0 = b16_0 + 2 * kB16, empty0 = full0 + 8 * STAGES;
-    // W8A16 only: the codes' TMA a slot; full and empty of the two bf16 tiles.
-    const u32 bfull0 = empty0 + 8 * STAGES, b16full0 = bfull0 + 8 * STAGES, b16empty0 = b16full0 + 16;
+    const u32 bfull0 = empty0 + 8 * STAGES;  // W8A16 only: the codes' TMA a slot
     const int e = a.tile_expert[tile];
     const int tid = threadIdx.x, wg = tid >> 7;
     const int n0 = nt * (kGated ? BN / 2 : BN);
@@ -187,13 +188,6 @@ struct WsGemm {
         mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
         mbar_init(empty0 + 8 * s, kConsumers * 4);  // every consumer warp
         if (kW8) mbar_init(bfull0 + 8 * s, 1);
-      }
-      if (kW8) {
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          mbar_init(b16full0 + 8 * j, 128);              // every producer thread, after converting
-          mbar_init(b16empty0 + 8 * j, kConsumers * 4);  // every consumer warp
-        }
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
       fence_proxy_async();
@@ -218,8 +212,8 @@ struct WsGemm {
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
       const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
-      for (int kt = 0; kt < KT + (kW8 ? kLag : 0); ++kt) {
-        if (kt < KT) {
+      for (int kt = 0; kt < KT; ++kt) {
+        {
           const int s = kt % STAGES;
           if (kt >= STAGES) mbar_wait(empty0 + 8 * s, ((kt / STAGES) - 1) & 1);
           const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
@@ -242,10 +236,6 @@ struct WsGemm {
             cp_async16(sA + swz(r, c, 128), src, ok);
           }
           cp_async_mbar_arrive(full);
-        }
-        if constexpr (kW8) {
-          const int kc = kt - kLag;
-          if (kc >= 0) convert_codes(smem, kc, tid, bfull0, b16full0, b16empty0);
         }
       }
       return;
@@ -316,10 +306,11 @@ struct WsGemm {
         }
       }
     } else {
+      if (kW8) convert_codes(smem, 0, cw, ctid, bfull0);
       for (int kt = 0; kt < KT; ++kt) {
         const int s = kt % STAGES;
+        if (kW8) consumers_meet();  // both warpgroups' shares of tile kt are converted
         mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
-        if (kW8) mbar_wait(b16full0 + 8 * (kt & 1), (kt >> 1) & 1);
         fence_proxy_async();
         const u32 sA = s_base + s * kStage;
         const unsigned long long da = smem_desc(sA + cw * 64 * 128);
@@ -337,9 +328,12 @@ struct WsGemm {
         // The previous tile's MMAs are done once at most this one is pending: its stage is free.
         wgmma_wait1();
         fence_regs<kAcc>(acc);
-        if (kt > 0 && lane == 0) {
-          mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
-          if (kW8) mbar_arrive(b16empty0 + 8 * ((kt - 1) & 1));
+        if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
+        if (kW8 && kt + 1 < KT) {
+          // Tile kt - 1's MMAs are done in both warpgroups: its bf16 tile takes tile kt + 1,
+          // converted while tile kt's MMAs run.
+          consumers_meet();
+          convert_codes(smem, kt + 1, cw, ctid, bfull0);
         }
       }
       wgmma_wait0();
