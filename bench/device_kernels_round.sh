@@ -4,8 +4,9 @@
 # of TUNE_SCHEMES at TUNE_MS (the table in $OUT/tuned.json, which the side by side then reads
 # through MOEQ_CT_TUNE_TABLE); then the side by side with vLLM (bench/device_side_by_side.sh:
 # SCHEMES, MS, SHAPES as there), its checks first. STEPS picks and orders the steps (default
-# "tests splits tune sbs"). Carry build/carry, .devpack and .peers. Builds nothing. At most 8
-# files come back from $OUT: the tests' log, the tune table and log, and the side by side's.
+# "tests splits tune sbs"; `jit` adds `moeq bench jit` of JIT_SHAPE, cold and warm). Carry
+# build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
+# tests' log, the tune table and log, and the side by side's.
 set -u
 out=${OUT:-/tmp/moeq_kernels_round}
 mkdir -p "$out"
@@ -48,5 +49,10 @@ sbs() {
   OUT=$out BUDGET=${SBS_BUDGET:-300} bash bench/device_side_by_side.sh
   rm -f "$out/peer_results.jsonl"
   echo "side by side: $((SECONDS - t0)) s"
+}
+jit() {
+  local t0=$SECONDS
+  timeout "${JIT_TIMEOUT:-120}" build/bin/moeq bench jit ${JIT_SHAPE:+--shape $JIT_SHAPE} 2>&1 | grep -vE "^\[moeq warning\]" | tail -20
+  echo "jit: $((SECONDS - t0)) s"
 }
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

@@ -61,6 +61,7 @@ MirrorResult mirror_forward(const MirrorInput& in) {
       if (in.gemm2_input) part.gemm2_input = [&, m0](int64_t p, int64_t i) { return in.gemm2_input(p + m0 * k, i); };
       const MirrorResult r = mirror_forward(part);
       all.out.insert(all.out.end(), r.out.begin(), r.out.end());
+      all.out_bf16_rows.insert(all.out_bf16_rows.end(), r.out_bf16_rows.begin(), r.out_bf16_rows.end());
       for (int64_t p : r.pairs) all.pairs.push_back(p + m0 * k);
       all.h.insert(all.h.end(), r.h.begin(), r.h.end());
     }
@@ -121,11 +122,18 @@ MirrorResult mirror_forward(const MirrorInput& in) {
   });
   // Combine in slot order, as the kernel does.
   std::vector<float>& out = result.out;
+  std::vector<float>& out16 = result.out_bf16_rows;
+  const bool round_rows = !in.bf16_rows || in.bf16_rows(M);
   out.assign(static_cast<size_t>(M * H), 0.0f);
+  out16.assign(static_cast<size_t>(M * H), 0.0f);
   for (int64_t r = 0; r < R; ++r) {
     float* o = out.data() + pairs[r].token * H;
+    float* o16 = out16.data() + pairs[r].token * H;
     const float* yr = y.data() + r * H;
-    for (int64_t n = 0; n < H; ++n) o[n] += yr[n];
+    for (int64_t n = 0; n < H; ++n) {
+      o[n] += yr[n];
+      o16[n] += round_rows ? bf16_to_float(float_to_bf16(yr[n])) : yr[n];
+    }
   }
   return result;
 }

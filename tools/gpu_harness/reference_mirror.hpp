@@ -34,10 +34,16 @@ struct MirrorInput {
   // When set, GEMM2 reads these values (the GPU's own requantized intermediate of pair
   // token * k + slot, column i) instead of the mirror's: GEMM2 checked on identical inputs.
   std::function<float(int64_t pair, int64_t i)> gemm2_input;
+  // Whether a chunk of m tokens keeps its pairs' rows in bf16 before the combine when the output
+  // is bf16 (the kernels do unless GEMM2 splits K: y2_bf16); unset: always.
+  std::function<bool(int64_t m)> bf16_rows;
 };
 
 struct MirrorResult {
   std::vector<float> out;      // [M, H]
+  // [M, H]: the combine as the kernels run it for a bf16 output: the pairs' rows each rounded to
+  // bf16 first where bf16_rows says so (y2 in bf16)
+  std::vector<float> out_bf16_rows;
   std::vector<int64_t> pairs;  // pair index (token * k + slot) of each local row, in order
   std::vector<float> h;        // [pairs, I]: silu(gate) * up before the a2 quantization
 };

@@ -8,8 +8,9 @@
 //   gemm1      x @ w13^T, scales, silu(gate) * up -> h    (bf16, fp8 static codes, or f32)
 //   [amax_h]   partial maxima of h                       (fp8 dynamic per-tensor only)
 //   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes)
-//   gemm2      h @ w2^T, scales, x router weight -> y2   (f32, one row per (token, slot))
-//   combine    out[m] = sum of the local slots of y2, in slot order
+//   gemm2      h @ w2^T, scales, x router weight -> y2   (one row per (token, slot): bf16 for a
+//              bf16 output, else f32; K may be split into f32 slabs at decode)
+//   combine    out[m] = sum of the local slots of y2 (and of their slabs), in order, in f32
 #pragma once
 #include "../kernels/moe_args.cuh"
 #include "tile_heuristics.hpp"

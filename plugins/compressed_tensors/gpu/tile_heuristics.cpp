@@ -181,6 +181,10 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
     for (const auto& g : grids)
       for (int bn : {64, 128})
         for (int stages : {3, 5, 8}) options.push_back(GemmTile{bn, g[0], g[1], stages});
+    // Decode: 32-column tiles (two warps) double the blocks streaming weights where few
+    // experts are hit.
+    if (bm <= 32)
+      for (int stages : {3, 5, 8}) options.push_back(GemmTile{32, 1, 2, stages});
     if (in.wgmma && bm >= 64) {
       for (int bn : {128, 256}) {
         GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};

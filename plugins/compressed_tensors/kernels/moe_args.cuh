@@ -3,7 +3,7 @@
 // the host checks sizeof and a few offsets against its own compile.
 #pragma once
 
-#ifdef __CUDACC_RTC__
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
 #define MOEQ_HOST_DEVICE __host__ __device__
 #else
 #define MOEQ_HOST_DEVICE
@@ -67,14 +67,19 @@ struct MoeArgs {
   void* h;             // [M * topk, I]: bf16 (bf16/W8A16), fp8 codes (static) or f32 (dynamic)
   unsigned char* a2q;  // [M * topk, I] fp8 codes of the intermediate (dynamic modes)
   float* a2s;          // token [M * topk]; group [M * topk, ceil(I / act_group)]; tensor [1]
-  float* y2;           // [k_splits][M * topk, H] f32: router-weighted down-projection of each
-                       // pair (one slab per K split of GEMM2, summed by the combine)
+  float* y2;           // [k_splits][M * topk, H]: router-weighted down-projection of each pair
+                       // (one slab per K split of GEMM2, summed by the combine); f32, or bf16
+                       // when the output is bf16 and K is not split (y2_bf16)
   int* expert_count;   // [E] pairs per local expert (multi-block align; zeroed before)
   int* expert_cursor;  // [E] rows handed out per expert (multi-block align; zeroed before);
                        // follows expert_count in memory
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
 };
+
+// y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row
+// is whole (K-split partial rows stay f32, so that no partial sum is rounded).
+MOEQ_HOST_DEVICE inline bool y2_bf16(const MoeArgs& a) { return a.out_dtype == kOutBf16 && a.k_splits == 1; }
 
 // A CUDA tensor map (CUtensorMap: 128 bytes, 64-byte aligned), encoded by the host for the
 // warp-specialized GEMMs' TMA loads of B and passed as a __grid_constant__ kernel parameter.

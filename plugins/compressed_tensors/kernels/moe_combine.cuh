@@ -1,6 +1,6 @@
 // The top-k combine: out[m] = sum over slots j (in slot order) of y2[m * topk + j], for the
-// slots whose expert is local, each slot's K splits of GEMM2 added in split order. A fixed
-// order, so results are bit-identical run to run.
+// slots whose expert is local, each slot's K splits of GEMM2 added in split order, in f32 (y2's
+// rows are bf16 where y2_bf16). A fixed order, so results are bit-identical run to run.
 #pragma once
 #include "moe_device.cuh"
 
@@ -19,7 +19,15 @@ __device__ void combine(const MoeArgs& a) {
       const int le = a.topk_ids[pair] - a.first_expert;
       if (le < 0 || le >= a.num_experts) continue;
       for (int z = 0; z < a.k_splits; ++z) {
-        const float4 y = *reinterpret_cast<const float4*>(a.y2 + z * slab + static_cast<long long>(pair) * H + c);
+        const long long o = z * slab + static_cast<long long>(pair) * H + c;
+        float4 y;
+        if (y2_bf16(a)) {
+          const uint2 v = *reinterpret_cast<const uint2*>(reinterpret_cast<const u16*>(a.y2) + o);
+          y = make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                          __uint_as_float(v.y & 0xffff0000u));
+        } else {
+          y = *reinterpret_cast<const float4*>(a.y2 + o);
+        }
         s.x += y.x;
         s.y += y.y;
         s.z += y.z;

@@ -237,12 +237,16 @@ __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, i
 }
 
 // GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw, into
-// y2's slab `slab` (the K split: a.M * topk * H floats apart).
+// y2's slab `slab` (the K split: a.M * topk * H elements apart): f32, or bf16 where y2_bf16
+// (half the bytes through GEMM2's stores and the combine's reads; the combine still adds in f32).
 __device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, float tw, int col, const float (&w)[4],
                                            float v0, float v1, int slab) {
-  reinterpret_cast<float2*>(a.y2 + static_cast<long long>(slab) * a.M * a.topk * a.hidden)
-      [(static_cast<long long>(p) * a.hidden + col) >> 1] =
-      make_float2(v0 * sa * w[0] * tw, v1 * sa * w[1] * tw);
+  const long long o = static_cast<long long>(slab) * a.M * a.topk * a.hidden + static_cast<long long>(p) * a.hidden + col;
+  const float y0 = v0 * sa * w[0] * tw, y1 = v1 * sa * w[1] * tw;
+  if (y2_bf16(a))
+    reinterpret_cast<u32*>(a.y2)[o >> 1] = f32x2_to_bf16x2(y0, y1);
+  else
+    reinterpret_cast<float2*>(a.y2)[o >> 1] = make_float2(y0, y1);
 }
 
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
