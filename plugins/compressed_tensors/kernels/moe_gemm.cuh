@@ -1,6 +1,7 @@
 // Grouped GEMM over the expert-sorted row tiles made by the align step, on mma.sync tensor
 // cores (e4m3 m16n8k32 for fp8, bf16 m16n8k16 for bf16 and int8 weight-only): the kernel of
-// the small-M buckets (and of W8A16 at every M). moe_wgmma.cuh is the Hopper one for large M.
+// the small-M buckets, and of every bucket before sm_90a. moe_wgmma.cuh and sm90_moe_ws.cuh are
+// the Hopper ones for large M.
 //
 // One block computes a BM x BN tile of one expert; cp.async feeds a STAGES-deep ring of
 // swizzled tiles (moe_tile.cuh) and ldmatrix reads them conflict-free. GEMM2 may split K over

@@ -137,7 +137,7 @@ struct WgmmaGemm {
   // Block scales per fragment would need a second set of them too (spills): those tiles also
   // run tile by tile.
   static constexpr bool kPipelined = kPipe && kHalvesN == 1 && STAGES >= 3 && !(kTileScales && kWS == kWBlock);
-  static_assert(kKind != kKindW8A16, "W8A16 runs on the mma.sync kernel");
+  static_assert(kKind != kKindW8A16, "W8A16 runs on the mma.sync or the warp-specialized kernel");
   static_assert(BM % 64 == 0, "wgmma tiles are whole warpgroups of 64 rows");
   static_assert(Loader::kARow == 128 && kStage % 1024 == 0, "wgmma tiles are 128-byte rows in 1024-byte atoms");
 
