@@ -30,7 +30,8 @@ struct EmbeddedKernel {
 std::span<const EmbeddedKernel> embedded_kernels();
 
 // The SDK's device headers (<moeq/sdk/device/*.cuh>: bf16/e4m3/int8 conversions, cp.async,
-// ldmatrix and mma.sync, programmatic-dependent-launch control), named by their include paths
+// ldmatrix and mma.sync, Hopper wgmma, mbarriers and TMA loads, programmatic-dependent-launch
+// control), named by their include paths
 // ("moeq/sdk/device/convert.cuh"), so a plugin's kernels `#include "moeq/sdk/device/mma.cuh"`.
 // Defined in the SDK library.
 std::span<const EmbeddedKernel> device_headers();
