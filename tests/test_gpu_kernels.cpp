@@ -32,6 +32,19 @@ void compile_every_variant(const char* arch) {
   CHECK_MESSAGE(error.empty(), error);
 }
 
+// NVRTC compiles `set` for `arch` into a CUBIN of more than `min_bytes`, or the check fails
+// with the compiler's log.
+void check_compiles(const moeq::ct::gpu::KernelSetSource& set, const std::string& arch, std::size_t min_bytes) {
+  std::string error;
+  try {
+    const gh::Cubin c = gh::nvrtc_build(set, arch);
+    CHECK(c.image.size() > min_bytes);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  CHECK_MESSAGE(error.empty(), error);
+}
+
 bool device_or_skip() {
   const std::string why = gh::Driver::unavailable_reason();
   if (!why.empty()) MESSAGE("SKIPPED: GPU kernel check needs a CUDA device: " << why);
@@ -62,15 +75,8 @@ TEST_CASE("online_quant's device quantization kernels compile for sm_90a, sm_89 
   moeq::ct::gpu::KernelSetSource set{"online_quant_kernels", std::string(std::istreambuf_iterator<char>(in), {})};
   REQUIRE(set.source.find("oq_blocks") != std::string::npos);
   for (const char* arch : {"sm_90a", "sm_89", "sm_80"}) {
-    std::string error;
-    try {
-      const gh::Cubin c = gh::nvrtc_build(set, arch);
-      CHECK(c.image.size() > 1000);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
     INFO(arch);
-    CHECK_MESSAGE(error.empty(), error);
+    check_compiles(set, arch, 1000);
   }
 }
 
@@ -89,15 +95,8 @@ TEST_CASE("every SDK device header compiles on its own for sm_90a, sm_89 and sm_
                                          "#include \"" + name + "\"\n"
                                          "extern \"C\" __global__ void sdk_header_alone(unsigned* out) {\n"
                                          "  out[threadIdx.x] = threadIdx.x;\n}\n"};
-      std::string error;
-      try {
-        const gh::Cubin c = gh::nvrtc_build(set, arch);
-        CHECK(c.image.size() > 100);
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
       INFO(name << " for " << arch);
-      CHECK_MESSAGE(error.empty(), error);
+      check_compiles(set, arch, 100);
     }
 }
 
