@@ -44,6 +44,13 @@ gpu::GpuScheme w8a16() {
 
 gpu::DeviceLimits h100() { return gpu::DeviceLimits{}; }  // sm_90, 132 SMs, 227 KiB
 
+// What the heuristics see for this scheme and shape on an H100, without the shipped tables.
+gpu::HeuristicInput untuned(const gpu::GpuScheme& sc, const gpu::LayerDims& d, int64_t max_tokens) {
+  gpu::HeuristicInput in = gpu::MoePlan(sc, d, max_tokens, h100()).heuristic_input();
+  in.tuned = nullptr;
+  return in;
+}
+
 std::string entry_json(const std::string& scheme, int64_t m, int bm, const std::string& g1, const std::string& g2,
                        int64_t experts = 128) {
   return "{\"arch\": \"sm_90\", \"sms\": 132, \"scheme\": \"" + scheme + "\", \"experts\": " + std::to_string(experts) +
@@ -89,9 +96,7 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
     for (int64_t m : {1, 16, 128, 1024, 8192}) {
       CAPTURE(sc.key());
       CAPTURE(m);
-      const gpu::MoePlan plan(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100());
-      gpu::HeuristicInput in = plan.heuristic_input();
-      in.tuned = nullptr;
+      const gpu::HeuristicInput in = untuned(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m);
       const std::vector<gpu::Bucket> c = gpu::tile_candidates(in, m);
       REQUIRE(c.size() >= 2);
       const gpu::Bucket h = gpu::heuristic_bucket(in, m);
@@ -276,26 +281,18 @@ TEST_CASE("tune: GEMM2 splits K where decode leaves SMs idle, and only on mma.sy
   CHECK(bs[gpu::bucket_for(bs, 1)].k_splits == 3);
   CHECK(bs[gpu::bucket_for(bs, 2)].k_splits < 3);
   // Short K: at most one split per 4 K tiles (I = 256 in fp8: 2 tiles, no split).
-  const gpu::MoePlan narrow(fp8_channel(), gpu::LayerDims{8, 0, 4096, 256, 2}, 64, h100());
-  gpu::HeuristicInput nin = narrow.heuristic_input();
-  nin.tuned = nullptr;
-  CHECK(gpu::heuristic_bucket(nin, 1).k_splits == 1);
+  CHECK(gpu::heuristic_bucket(untuned(fp8_channel(), gpu::LayerDims{8, 0, 4096, 256, 2}, 64), 1).k_splits == 1);
   // The measuring knob, within the same limit (I = 14336 fp8: 112 tiles, at most 8).
   in.force_k_splits = 12;
   CHECK(gpu::heuristic_bucket(in, 1).k_splits == 8);
   // Qwen3-30B-A3B at M = 1: 8 experts x 2048 / 64 = 256 blocks, no split.
-  const gpu::MoePlan qwen(w8a16(), gpu::LayerDims{128, 0, 2048, 768, 8}, 64, h100());
-  gpu::HeuristicInput qin = qwen.heuristic_input();
-  qin.tuned = nullptr;
-  CHECK(gpu::heuristic_bucket(qin, 1).k_splits == 1);
+  CHECK(gpu::heuristic_bucket(untuned(w8a16(), gpu::LayerDims{128, 0, 2048, 768, 8}, 64), 1).k_splits == 1);
 }
 
 TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory with the kernels' static arrays") {
   // The warp-specialized W8A16 tile at 128 rows: its ring, two bf16 tiles and the static row
   // lists and scales within one block's 227 KiB (five stages would not be: 232,600 bytes).
-  const gpu::MoePlan plan(w8a16(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
-  gpu::HeuristicInput in = plan.heuristic_input();
-  in.tuned = nullptr;
+  const gpu::HeuristicInput in = untuned(w8a16(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192);
   const gpu::Bucket b = gpu::heuristic_bucket(in, 8192);
   REQUIRE(b.gemm1.ws);
   CHECK(b.bm == 128);
@@ -310,9 +307,7 @@ TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory
     for (int64_t m : {1, 16, 128, 1024, 8192}) {
       CAPTURE(sc.key());
       CAPTURE(m);
-      const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100());
-      gpu::HeuristicInput hin = p.heuristic_input();
-      hin.tuned = nullptr;
+      const gpu::HeuristicInput hin = untuned(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m);
       for (const gpu::Bucket& c : gpu::tile_candidates(hin, m))
         for (const gpu::GemmTile* t : {&c.gemm1, &c.gemm2}) {
           const int blocks = t->ws && c.bm == 64 ? 2 : 1;
