@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -147,6 +148,17 @@ struct CheckCase {
   int64_t chunk = 0;      // plan's max tokens (< m exercises chunking)
   bool core_ref = false;  // also compare with ref::moe_forward over every local expert
 };
+
+// The synthetic checks of one scheme, in order: 6 of 8 experts local (first 1), H and I with K
+// and N tails for every tile width, at each M of `ms`; many experts; few wide experts at decode,
+// where GEMM2 splits K (gemm2_k_splits) and the combine adds the slabs.
+std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_list<int64_t> ms) {
+  std::vector<CheckCase> out;
+  for (int64_t m : ms) out.push_back({"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64});
+  out.push_back({"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true});
+  for (int64_t m : {1, 3}) out.push_back({"k-split", s, LayerDims{8, 0, 256, 2048, 2}, 8, m, 16, true});
+  return out;
+}
 
 // What one check measured (-1: not measured in this case), for --json.
 struct CheckResult {
@@ -578,12 +590,7 @@ Selection select(const BenchOptions& opt) {
       check_schemes.push_back(with_blocks(s, 48, 16));
     }
   for (const auto& s : check_schemes) {
-    // 6 of 8 experts local (first 1), H and I with K and N tails for every tile width.
-    for (int64_t m : {1, 7, 64, 300, 2000})
-      sel.checks.push_back({"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64});
-    sel.checks.push_back({"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true});
-    // Few wide experts at decode: GEMM2 splits K (gemm2_k_splits) and the combine adds the slabs.
-    for (int64_t m : {1, 3}) sel.checks.push_back({"k-split", s, LayerDims{8, 0, 256, 2048, 2}, 8, m, 16, true});
+    for (CheckCase& k : synthetic_checks(s, {1, 7, 64, 300, 2000})) sel.checks.push_back(std::move(k));
     for (const auto& sh : sel.shapes)
       sel.checks.push_back({sh.name, s, LayerDims{sh.experts, 0, sh.hidden, sh.inter, sh.top_k}, sh.experts, 4, 4, false});
   }
@@ -678,10 +685,7 @@ bool check_scheme(const std::string& scheme, std::ostream& out, uint64_t seed) {
   }
   bool ok = true;
   for (const auto& s : specs) {
-    for (int64_t m : {1, 64, 300, 2000})
-      ok = run_check(c, {"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64}, ++seed) && ok;
-    ok = run_check(c, {"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true}, ++seed) && ok;
-    for (int64_t m : {1, 3}) ok = run_check(c, {"k-split", s, LayerDims{8, 0, 256, 2048, 2}, 8, m, 16, true}, ++seed) && ok;
+    for (const CheckCase& k : synthetic_checks(s, {1, 64, 300, 2000})) ok = run_check(c, k, ++seed) && ok;
   }
   return ok;
 }
