@@ -317,3 +317,54 @@ TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory
         }
     }
 }
+
+TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit its tile; decode combines in GEMM2") {
+  gpu::GemmTile ws128{256, 2, 4, 4};
+  ws128.wgmma = ws128.ws = true;
+  gpu::GemmTile ws64 = ws128;
+  ws64.bn = 128;
+  ws64.warps_m = 1;
+  gpu::GemmTile mma{64, 1, 4, 4};
+  gpu::GpuScheme g64 = fp8_block();
+  g64.act_group = 64;
+  CHECK(gpu::gemm1_quant_group(fp8_block(), ws128) == 128);  // 128 intermediate columns: one group
+  CHECK(gpu::gemm1_quant_group(fp8_block(), ws64) == 0);     // 64 columns: half a group
+  CHECK(gpu::gemm1_quant_group(g64, ws64) == 64);
+  CHECK(gpu::gemm1_quant_group(g64, ws128) == 64);
+  CHECK(gpu::gemm1_quant_group(fp8_block(), mma) == 0);      // mma.sync: f32 h and moe_quant_h
+  CHECK(gpu::gemm1_quant_group(fp8_channel(), ws128) == 0);  // per token: the row spans tiles
+  gpu::GemmTile not_ws = ws128;
+  not_ws.ws = false;
+  CHECK(gpu::gemm1_quant_group(fp8_block(), not_ws) == 0);
+
+  // The plan's kernel text asks the fused epilogue exactly where the bucket's GEMM1 takes it.
+  const gpu::MoePlan plan(fp8_block(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
+  const auto sources = plan.sources();
+  REQUIRE(sources.size() == plan.buckets().size());
+  int fused = 0;
+  for (std::size_t i = 0; i < sources.size(); ++i) {
+    const gpu::Bucket& b = plan.buckets()[i];
+    const int q = gpu::gemm1_quant_group(plan.scheme(), b.gemm1);
+    CAPTURE(gpu::describe(b));
+    const std::size_t g1 = sources[i].source.find("using G1 = ");
+    REQUIRE(g1 != std::string::npos);
+    const std::string line = sources[i].source.substr(g1, sources[i].source.find('\n', g1) - g1);
+    if (b.gemm1.ws) CHECK(line.find(", " + std::to_string(q) + ">;") != std::string::npos);
+    CHECK((sources[i].name.find("_q1") != std::string::npos) == (q > 0));
+    fused += q > 0;
+  }
+  CHECK(fused >= 1);  // M = 8192 runs 128 x 256 warp-specialized tiles
+
+  // Decode chunks of an mma.sync GEMM2 combine inside it, and the workspace holds a counter per
+  // N tile of GEMM2.
+  const gpu::Bucket& one = plan.buckets()[gpu::bucket_for(plan.buckets(), 1)];
+  CHECK_FALSE(one.gemm2.wgmma);
+  CHECK(gpu::combine_in_gemm2(one, 1));
+  CHECK(gpu::combine_in_gemm2(one, gpu::kCombineInGemm2MaxTokens));
+  CHECK_FALSE(gpu::combine_in_gemm2(one, gpu::kCombineInGemm2MaxTokens + 1));
+  const gpu::Bucket& big = plan.buckets()[gpu::bucket_for(plan.buckets(), 8192)];
+  CHECK_FALSE(gpu::combine_in_gemm2(big, 1));
+  for (const gpu::Bucket& b : plan.buckets())
+    CHECK(plan.layout().done_count + 4 * static_cast<std::size_t>((4096 + b.gemm2.bn - 1) / b.gemm2.bn) <=
+          plan.workspace_bytes());
+}

@@ -147,6 +147,8 @@ struct CheckCase {
   int64_t m = 0;
   int64_t chunk = 0;      // plan's max tokens (< m exercises chunking)
   bool core_ref = false;  // also compare with ref::moe_forward over every local expert
+  // Tiles to run instead of the heuristics' (where this device has them; else the heuristics').
+  std::vector<ct::gpu::Bucket> tiles;
 };
 
 // The synthetic checks of one scheme, in order: 6 of 8 experts local (first 1), H and I with K
@@ -157,7 +159,48 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
   for (int64_t m : ms) out.push_back({"ep-tails", s, LayerDims{6, 1, 272, 176, 3}, 8, m, m > 1000 ? 700 : m, m <= 64});
   out.push_back({"many-experts", s, LayerDims{64, 0, 512, 256, 8}, 64, 333, 333, true});
   for (int64_t m : {1, 3}) out.push_back({"k-split", s, LayerDims{8, 0, 256, 2048, 2}, 8, m, 16, true});
+  // GEMM1 requantizing h in its epilogue (gemm1_quant_group): warp-specialized 256-wide tiles with
+  // one and two consumer warpgroups; I = 176 ends in a partial group.
+  const bool ws_blocks = s.scheme.wscale != mk::kWBlock || s.scheme.block_n % 64 == 0;
+  if (s.scheme.kind == mk::kKindFp8 && s.scheme.amode == mk::kAGroup && ws_blocks)
+    for (int bm : {64, 128}) {
+      ct::gpu::GemmTile g{256, bm / 64, 4, bm == 64 ? 2 : 4};
+      g.wgmma = g.ws = true;
+      out.push_back({"fused-requant", s, LayerDims{6, 1, 272, 176, 3}, 8, 300, 300, false,
+                     {ct::gpu::Bucket{300, bm, g, g}}});
+    }
   return out;
+}
+
+// GEMM1 of a bucket whose epilogue requantizes h (gemm1_quant_group): h exists only as fp8 codes
+// and group scales, so they are held to the mirror's h quantized the same way. The relative L2
+// of the dequantized values, where a code may differ from the mirror's by one step only when the
+// mirror's value lies within 1e-4 of the rounding midpoint between the two (f32 against double
+// accumulation decides those); any other difference, or a wrong scale, counts in full.
+double fused_gemm1_error(const MirrorResult& mr, const std::vector<uint8_t>& a2q, const std::vector<float>& a2s,
+                         int64_t I, int group) {
+  const int64_t groups = (I + group - 1) / group;
+  std::vector<float> gpu, want;
+  for (size_t r = 0; r < mr.pairs.size(); ++r) {
+    const int64_t p = mr.pairs[r];
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t c0 = g * group, c1 = std::min<int64_t>(I, c0 + group);
+      float amax = 0.0f;
+      for (int64_t i = c0; i < c1; ++i) amax = std::max(amax, std::fabs(mr.h[r * I + i]));
+      const float s_ref = std::max(amax, 1e-10f) / 448.0f;
+      const float s_gpu = a2s[static_cast<size_t>(p * groups + g)];
+      for (int64_t i = c0; i < c1; ++i) {
+        const float x = std::clamp(mr.h[r * I + i] / s_ref, -448.0f, 448.0f);
+        const float v_gpu = fp8_e4m3_to_float(a2q[static_cast<size_t>(p * I + i)]);
+        float v_ref = fp8_e4m3_to_float(float_to_fp8_e4m3(x));
+        const float mid = 0.5f * (v_gpu + v_ref);
+        if (v_gpu != v_ref && std::fabs(x - mid) <= 1e-4f * std::max(std::fabs(x), 1.0f / 64)) v_ref = v_gpu;
+        gpu.push_back(v_gpu * s_gpu);
+        want.push_back(v_ref * s_ref);
+      }
+    }
+  }
+  return ref::relative_l2(gpu, want);
 }
 
 // What one check measured (-1: not measured in this case), for --json.
@@ -172,7 +215,16 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
   const int64_t M = k.m, H = d.hidden;
   DeviceLayer layer(c.fill, c.d, k.spec, d, seed, c.s);
   layer.repack(c.utility, c.s);
-  MoePlan plan(k.spec.scheme, d, k.chunk, limits(c.d));
+  const MoePlan plan = [&] {
+    if (!k.tiles.empty()) {
+      try {
+        return MoePlan(k.spec.scheme, d, k.chunk, limits(c.d), k.tiles);
+      } catch (const std::exception& e) {
+        c.out << "note: " << k.label << " " << k.spec.name << ": the heuristics' tiles instead (" << e.what() << ")\n";
+      }
+    }
+    return MoePlan(k.spec.scheme, d, k.chunk, limits(c.d));
+  }();
   MoeRunner runner(plan, c.modules.get(plan.sources()));
   DeviceBuffer ws(plan.workspace_bytes()), x(static_cast<size_t>(M * H) * 2), ids(static_cast<size_t>(M * d.top_k) * 4),
       tw(static_cast<size_t>(M * d.top_k) * 4), out(static_cast<size_t>(M * H) * 4), out16(static_cast<size_t>(M * H) * 2);
@@ -281,7 +333,10 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
       return fp8_e4m3_to_float(a2q[o]) * sv;
     };
     err_g2 = ref::relative_l2(g1, mirror_forward(mi).out);
-    if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before requantizing)
+    const ct::gpu::Bucket& last = plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)];
+    if (ct::gpu::gemm1_quant_group(sc, last.gemm1) > 0) {
+      err_g1 = fused_gemm1_error(mr, a2q, a2s, I, sc.act_group);
+    } else if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before requantizing)
       std::vector<float> gh, rh;
       for (size_t r = 0; r < mr.pairs.size(); ++r)
         for (int64_t i = 0; i < I; ++i) {
@@ -328,7 +383,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
   const bool pass = err_g1 <= 1e-3 && err_g2 <= 1e-3 && err <= 1e-2 && err16 <= 1e-2 && deterministic && graph_ok;
   c.out << (pass ? "PASS " : "FAIL ") << k.label << " " << k.spec.name << " E=" << d.num_experts << "/"
         << k.global_experts << " k=" << d.top_k << " H=" << H << " I=" << d.inter << " M=" << M << " chunk=" << k.chunk
-        << ": rel L2 " << std::scientific << std::setprecision(2);
+        << " [" << ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)]) << "]: rel L2 " << std::scientific << std::setprecision(2);
   if (err_g1 >= 0) c.out << "gemm1 " << err_g1 << ", ";
   if (err_g2 >= 0) c.out << "gemm2 " << err_g2 << ", ";
   c.out << "end-to-end vs mirror " << err << " (bf16 out " << err16 << ")";

@@ -13,7 +13,7 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 288, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
                   offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
@@ -66,7 +66,7 @@ int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind
 std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t) {
   if (t.ws)
     return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
-           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ">";
+           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) + ">";
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
@@ -118,6 +118,16 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
 }
 
 }  // namespace
+
+bool combine_in_gemm2(const Bucket& b, int64_t tokens) { return !b.gemm2.wgmma && tokens <= kCombineInGemm2MaxTokens; }
+
+int gemm1_quant_group(const GpuScheme& sc, const GemmTile& g1) {
+  const int cols = g1.bn / 2;
+  return sc.kind == mk::kKindFp8 && sc.amode == mk::kAGroup && g1.ws && sc.act_group >= 8 && sc.act_group <= cols &&
+                 cols % sc.act_group == 0
+             ? sc.act_group
+             : 0;
+}
 
 std::string GpuScheme::label() const {
   return std::string(kind_name(kind)) + " weights " + ws_name(wscale) + " / activations " + am_name(amode);
@@ -315,6 +325,9 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
+  int64_t n2_tiles = 0;  // GEMM2's N tiles, one combine counter each (combine_in_gemm2)
+  for (const auto& b : buckets_) n2_tiles = std::max(n2_tiles, ceil_div(H, b.gemm2.bn));
+  L.done_count = take(n2_tiles * 4);
   w.bytes = off;
   return w;
 }
@@ -346,7 +359,8 @@ std::vector<KernelSetSource> MoePlan::sources() const {
              (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup ? "_k" + s(scheme_.scale_k) : "") +
              "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) +
              (b.gemm1.ws ? "_ws" : b.gemm1.wgmma ? (b.gemm1.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
-             (b.gemm2.ws != b.gemm1.ws ? (b.gemm2.ws ? "_g2ws" : "_g2nows") : "");
+             (b.gemm2.ws != b.gemm1.ws ? (b.gemm2.ws ? "_g2ws" : "_g2nows") : "") +
+             (gemm1_quant_group(scheme_, b.gemm1) > 0 ? "_q1" : "");
     std::string& src = k.source;
     // NOTE: the text names the tiles only (not the bucket's M range), so that layers whose
     // buckets pick the same tiles share one cache entry.
@@ -473,6 +487,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.y2 = reinterpret_cast<float*>(ws + L.y2);
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
+  a.done_count = reinterpret_cast<int*>(ws + L.done_count);
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -502,6 +517,10 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     a.out = static_cast<unsigned char*>(io.out) + static_cast<std::size_t>(m0 * io.out_stride) * out_elem;
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
+    const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
+    const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
+    a.combine_in_gemm2 = combine_in_gemm2(b, m) ? 1 : 0;
+    a.done_slots = a.combine_in_gemm2 ? static_cast<int>(n2) : 0;
     if (a.align_blocks > 1) {
       launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", pdl(), after);
       launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", pdl(), after);
@@ -518,19 +537,18 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
                                  "cuTensorMapEncodeTiled(w2)");
     // The warp-specialized GEMMs take a flat grid and walk it in groups of m tiles
     // (sm90_moe_ws.cuh); the others take (m tile, n tile).
-    const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
-    const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     launch(f.gemm1, b.gemm1.ws ? mt * n1 : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
     if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
-    if (f.quant_h)
+    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", pdl(), after);
     launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
            static_cast<unsigned>(b.k_splits));
-    const int64_t work = m * d.hidden / 4;
+    if (a.combine_in_gemm2) continue;
+    const int64_t work = m * d.hidden / 8;  // eight columns a thread (moe_combine.cuh)
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
            "moe_combine", pdl(), after);
   }

@@ -7,10 +7,12 @@
 //   prepare    align pairs by expert + quantize x        (block 0 aligns)
 //   gemm1      x @ w13^T, scales, silu(gate) * up -> h    (bf16, fp8 static codes, or f32)
 //   [amax_h]   partial maxima of h                       (fp8 dynamic per-tensor only)
-//   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes)
+//   [quant_h]  h -> fp8 codes and scales                 (fp8 dynamic modes, unless GEMM1's
+//              epilogue quantizes: gemm1_quant_group)
 //   gemm2      h @ w2^T, scales, x router weight -> y2   (one row per (token, slot): bf16 for a
 //              bf16 output, else f32; K may be split into f32 slabs at decode)
-//   combine    out[m] = sum of the local slots of y2 (and of their slabs), in order, in f32
+//   combine    out[m] = sum of the local slots of y2 (and of their slabs), in order, in f32;
+//              at decode (combine_in_gemm2) GEMM2's last block of each N tile does it instead
 #pragma once
 #include "../kernels/moe_args.cuh"
 #include "tile_heuristics.hpp"
@@ -43,6 +45,11 @@ struct GpuScheme {
   // The scheme of a key (nullopt for anything key() would not write).
   static std::optional<GpuScheme> from_key(const std::string& key);
 };
+
+// The activation group GEMM1's epilogue quantizes h in (fp8 per-group activations, a
+// warp-specialized GEMM1 whose BN/2 columns hold whole groups: sm90_moe_ws.cuh); 0 = h is
+// stored in f32 and quantized by moe_quant_h.
+int gemm1_quant_group(const GpuScheme& scheme, const GemmTile& gemm1);
 
 struct LayerDims {
   int64_t num_experts = 0;  // local
@@ -114,7 +121,7 @@ class MoePlan {
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
-    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
+    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count, done_count;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
@@ -165,6 +172,11 @@ class MoeRunner {
   bool pdl_;
   std::vector<Functions> functions_;  // per bucket
 };
+
+// Chunks of at most this many tokens whose GEMM2 is an mma.sync one run the combine inside
+// GEMM2 (combine_tail in moe_combine.cuh): one launch fewer, where launches are most of the time.
+constexpr int64_t kCombineInGemm2MaxTokens = 64;
+bool combine_in_gemm2(const Bucket& b, int64_t tokens);
 
 // Router and weight-repack kernels (no per-layer configuration).
 KernelSetSource utility_source();

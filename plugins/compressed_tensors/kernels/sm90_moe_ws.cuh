@@ -18,6 +18,10 @@
 // - Blocks walk the (m tile, n tile) grid in groups of kGroupM m tiles: m fastest inside a
 //   group (consecutive blocks share a weight tile), then n, so that one wave's activations and
 //   weights stay in L2 together.
+// - GEMM1 with per-group activation scales whose groups fit the tile's BN/2 intermediate
+//   columns (kQuantGroup) requantizes h in its epilogue: each group's maximum is reduced over
+//   the four lanes that hold a row, and the fp8 codes and scales go straight to a2q / a2s
+//   (store_quantized), so the f32 h and the separate quantization pass disappear.
 // - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
 //   accumulators (up to 128 + 64 floats a thread) need them.
 // - W8A16 (int8 weight codes, bf16 activations): the K tile is 64 elements; TMA brings the
@@ -32,7 +36,7 @@
 
 namespace moeq_kernels {
 
-template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES>
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0>
 struct WsGemm {
   static constexpr int kConsumers = BM / 64;
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -63,6 +67,9 @@ struct WsGemm {
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
+  static_assert(kQuantGroup == 0 || (kKind == kKindFp8 && kGated && kAM == kAGroup && kQuantGroup >= 8 &&
+                                     (BN / 2) % kQuantGroup == 0),
+                "the fused requantization takes whole activation groups of a GEMM1 tile");
 
   // Block b of the flattened grid -> (m tile, n tile): groups of kGroupM m tiles, m fastest
   // inside a group, then n.
@@ -105,6 +112,70 @@ struct WsGemm {
   // The consumer warpgroups meet (named barrier 1; the producer never joins it).
   __device__ __forceinline__ static void consumers_meet() {
     asm volatile("bar.sync 1, %0;\n" ::"n"(kConsumers * 128) : "memory");
+  }
+
+  // GEMM1 with per-group activations whose groups lie inside the tile's BN/2 columns
+  // (kQuantGroup > 0): silu(gate) * up of the thread's two rows, each group's max |h| over the
+  // quad that holds the row, then the fp8 codes and the group scales straight into a2q and a2s.
+  // It computes what store_gated's f32 h followed by moe_quant_h (quantize_row, kAGroup) does, to
+  // the bit: the same products, the same maximum (order-free), scale and division. h itself is
+  // never written and the quantization pass is not launched (gemm1_quant_group, host side).
+  template <class Scales>
+  __device__ __forceinline__ static void store_quantized(const MoeArgs& a, const GemmGeom<kGated>& geo, int n0,
+                                                         const int (&prow)[2], int t, float (&acc)[kAcc],
+                                                         Scales scales) {
+#if __CUDA_ARCH__ >= 890
+    constexpr int NC = NF / 2;                  // gate fragments; up fragment j + NC: same columns
+    constexpr int kGroups = (BN / 2) / kQuantGroup;  // groups of one tile row
+    constexpr int kFragsPerGroup = kQuantGroup / 8;
+    const int groups_row = (geo.N + kQuantGroup - 1) / kQuantGroup;
+    constexpr float sa = 1.0f;  // per-group activation scales were applied in the promotion
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int p = prow[hf];
+      float mx[kGroups];
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) mx[g] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        const int col = n0 + j * 8 + 2 * t;
+        float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if (col < geo.N) scales(col, w);
+        float& g0 = acc[4 * j + 2 * hf];
+        float& g1 = acc[4 * j + 2 * hf + 1];
+        const float u0 = acc[4 * (j + NC) + 2 * hf], u1 = acc[4 * (j + NC) + 2 * hf + 1];
+        const bool in = col < geo.N;  // N is a multiple of 16, so col + 1 is in too
+        const float h0 = in ? silu(g0 * sa * w[0]) * (u0 * sa * w[2]) : 0.0f;
+        const float h1 = in ? silu(g1 * sa * w[1]) * (u1 * sa * w[3]) : 0.0f;
+        g0 = h0;  // the gate accumulators hold h from here on
+        g1 = h1;
+        mx[j / kFragsPerGroup] = fmaxf(mx[j / kFragsPerGroup], fmaxf(fabsf(h0), fabsf(h1)));
+      }
+      float sc[kGroups];
+#pragma unroll
+      for (int g = 0; g < kGroups; ++g) {
+        // The row's other columns of the group are in the quad's other three lanes.
+        float m = fmaxf(mx[g], __shfl_xor_sync(0xffffffffu, mx[g], 1));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+        sc[g] = group_scale(m);
+      }
+      if (p < 0) continue;
+      u8* codes = a.a2q + static_cast<long long>(p) * a.inter;
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        const int col = n0 + j * 8 + 2 * t;
+        if (col < geo.N)
+          *reinterpret_cast<u16*>(codes + col) = quant2(acc[4 * j + 2 * hf], acc[4 * j + 2 * hf + 1], sc[j / kFragsPerGroup]);
+      }
+      if (t == 0) {
+#pragma unroll
+        for (int g = 0; g < kGroups; ++g) {
+          const int gcol = n0 + g * kQuantGroup;
+          if (gcol < geo.N) a.a2s[static_cast<long long>(p) * groups_row + gcol / kQuantGroup] = sc[g];
+        }
+      }
+    }
+#endif
   }
 
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
@@ -294,11 +365,15 @@ struct WsGemm {
       const int r = j * 8 + 2 * t;
       return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
     };
+    if constexpr (kQuantGroup > 0) {
+      store_quantized(a, geo, n0, prow, t, acc, TileColScales<kWS, kGated, BN>{s_wcol, n0});
+    } else {
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf)
-      store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
-                                             [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
-                                             TileColScales<kWS, kGated, BN>{s_wcol, n0});
+      for (int hf = 0; hf < 2; ++hf)
+        store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
+                                               [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
+                                               TileColScales<kWS, kGated, BN>{s_wcol, n0});
+    }
 #else
     static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
 #endif
