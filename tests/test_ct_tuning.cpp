@@ -318,7 +318,7 @@ TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory
     }
 }
 
-TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit its tile; decode combines in GEMM2") {
+TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit its tile") {
   gpu::GemmTile ws128{256, 2, 4, 4};
   ws128.wgmma = ws128.ws = true;
   gpu::GemmTile ws64 = ws128;
@@ -354,17 +354,4 @@ TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit i
     fused += q > 0;
   }
   CHECK(fused >= 1);  // M = 8192 runs 128 x 256 warp-specialized tiles
-
-  // Decode chunks of an mma.sync GEMM2 combine inside it, and the workspace holds a counter per
-  // N tile of GEMM2.
-  const gpu::Bucket& one = plan.buckets()[gpu::bucket_for(plan.buckets(), 1)];
-  CHECK_FALSE(one.gemm2.wgmma);
-  CHECK(gpu::combine_in_gemm2(one, 1));
-  CHECK(gpu::combine_in_gemm2(one, gpu::kCombineInGemm2MaxTokens));
-  CHECK_FALSE(gpu::combine_in_gemm2(one, gpu::kCombineInGemm2MaxTokens + 1));
-  const gpu::Bucket& big = plan.buckets()[gpu::bucket_for(plan.buckets(), 8192)];
-  CHECK_FALSE(gpu::combine_in_gemm2(big, 1));
-  for (const gpu::Bucket& b : plan.buckets())
-    CHECK(plan.layout().done_count + 4 * static_cast<std::size_t>((4096 + b.gemm2.bn - 1) / b.gemm2.bn) <=
-          plan.workspace_bytes());
 }

@@ -13,7 +13,7 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 288, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
                   offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
@@ -118,8 +118,6 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
 }
 
 }  // namespace
-
-bool combine_in_gemm2(const Bucket& b, int64_t tokens) { return !b.gemm2.wgmma && tokens <= kCombineInGemm2MaxTokens; }
 
 int gemm1_quant_group(const GpuScheme& sc, const GemmTile& g1) {
   const int cols = g1.bn / 2;
@@ -325,9 +323,6 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
-  int64_t n2_tiles = 0;  // GEMM2's N tiles, one combine counter each (combine_in_gemm2)
-  for (const auto& b : buckets_) n2_tiles = std::max(n2_tiles, ceil_div(H, b.gemm2.bn));
-  L.done_count = take(n2_tiles * 4);
   w.bytes = off;
   return w;
 }
@@ -487,7 +482,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.y2 = reinterpret_cast<float*>(ws + L.y2);
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
-  a.done_count = reinterpret_cast<int*>(ws + L.done_count);
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -519,8 +513,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
     const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
     const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
-    a.combine_in_gemm2 = combine_in_gemm2(b, m) ? 1 : 0;
-    a.done_slots = a.combine_in_gemm2 ? static_cast<int>(n2) : 0;
     if (a.align_blocks > 1) {
       launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", pdl(), after);
       launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", pdl(), after);
@@ -547,7 +539,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
            static_cast<unsigned>(b.k_splits));
-    if (a.combine_in_gemm2) continue;
     const int64_t work = m * d.hidden / 8;  // eight columns a thread (moe_combine.cuh)
     launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
            "moe_combine", pdl(), after);

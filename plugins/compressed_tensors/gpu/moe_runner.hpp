@@ -11,8 +11,7 @@
 //              epilogue quantizes: gemm1_quant_group)
 //   gemm2      h @ w2^T, scales, x router weight -> y2   (one row per (token, slot): bf16 for a
 //              bf16 output, else f32; K may be split into f32 slabs at decode)
-//   combine    out[m] = sum of the local slots of y2 (and of their slabs), in order, in f32;
-//              at decode (combine_in_gemm2) GEMM2's last block of each N tile does it instead
+//   combine    out[m] = sum of the local slots of y2 (and of their slabs), in order, in f32
 #pragma once
 #include "../kernels/moe_args.cuh"
 #include "tile_heuristics.hpp"
@@ -121,7 +120,7 @@ class MoePlan {
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
-    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count, done_count;
+    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
@@ -172,11 +171,6 @@ class MoeRunner {
   bool pdl_;
   std::vector<Functions> functions_;  // per bucket
 };
-
-// Chunks of at most this many tokens whose GEMM2 is an mma.sync one run the combine inside
-// GEMM2 (combine_tail in moe_combine.cuh): one launch fewer, where launches are most of the time.
-constexpr int64_t kCombineInGemm2MaxTokens = 64;
-bool combine_in_gemm2(const Bucket& b, int64_t tokens);
 
 // Router and weight-repack kernels (no per-layer configuration).
 KernelSetSource utility_source();

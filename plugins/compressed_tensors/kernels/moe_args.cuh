@@ -75,12 +75,6 @@ struct MoeArgs {
                        // follows expert_count in memory
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
-  // Decode: GEMM2 (mma.sync) runs the combine itself (no moe_combine launch). done_count holds
-  // one counter per N tile of GEMM2, zeroed by prepare; the last block of an N tile to finish
-  // sums that tile's columns of every token (moe_combine.cuh, combine_tail).
-  int* done_count;     // [done_slots]
-  int done_slots;      // counters prepare zeroes (0 when the combine is launched on its own)
-  int combine_in_gemm2;
 };
 
 // y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row

@@ -5,27 +5,15 @@
 // combine_cols sums eight columns of one token: 16-byte loads of bf16 rows (two of f32 ones),
 // four rows in flight before any is added (four slots, or four K splits of one slot), so that
 // four memory latencies overlap instead of following each other; the additions still run in
-// slot order, and a slot's splits in split order. The combine kernel runs it over the whole
-// output; at decode GEMM2 runs it in its last block of each N tile instead (combine_tail).
+// slot order, and a slot's splits in split order.
 #pragma once
 #include "moe_device.cuh"
 
 namespace moeq_kernels {
 
-// 16 bytes of global memory, cached in L2 only (ld.global.cg): combine_tail reads rows other
-// blocks of the same grid wrote, which this SM's L1 must not answer.
-__device__ __forceinline__ uint4 ld_cg16(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
 // Eight values of y2 at element offset o (a multiple of 8): bf16 or f32 rows.
-template <bool kCg>
 __device__ __forceinline__ void load_y8(const MoeArgs& a, long long o, float (&v)[8]) {
-  auto ld = [](const void* p) { return kCg ? ld_cg16(p) : *reinterpret_cast<const uint4*>(p); };
+  auto ld = [](const void* p) { return *reinterpret_cast<const uint4*>(p); };
   if (y2_bf16(a)) {
     const uint4 q = ld(reinterpret_cast<const u16*>(a.y2) + o);
     const u32 w[4] = {q.x, q.y, q.z, q.w};
@@ -43,7 +31,6 @@ __device__ __forceinline__ void load_y8(const MoeArgs& a, long long o, float (&v
 }
 
 // out[m, c .. c + 8) (c a multiple of 8, c + 8 <= H).
-template <bool kCg>
 __device__ __forceinline__ void combine_cols(const MoeArgs& a, int m, int c) {
   constexpr int kBatch = 4;  // rows in flight together
   const int H = a.hidden;
@@ -65,7 +52,7 @@ __device__ __forceinline__ void combine_cols(const MoeArgs& a, int m, int c) {
       const int le = j < a.topk && z < a.k_splits ? a.topk_ids[m * a.topk + j] - a.first_expert : -1;
       live[u] = le >= 0 && le < a.num_experts;
       if (live[u]) {
-        load_y8<kCg>(a, z * slab + static_cast<long long>(m * a.topk + j) * H + c, y[u]);
+        load_y8(a, z * slab + static_cast<long long>(m * a.topk + j) * H + c, y[u]);
       } else {
 #pragma unroll
         for (int x = 0; x < 8; ++x) y[u][x] = 0.0f;
@@ -96,28 +83,7 @@ __device__ void combine(const MoeArgs& a) {
   const long long total = static_cast<long long>(a.M) * q;
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * blockDim.x)
-    combine_cols<false>(a, static_cast<int>(i / q), static_cast<int>(i % q) * 8);
-}
-
-// GEMM2 with a.combine_in_gemm2: called by every block of the grid (m tile, N tile, K split)
-// once its y2 stores are issued, including blocks past the tiles in use. The block's arrival is
-// counted on its N tile's counter after a device-wide fence (the pattern of a grid barrier's
-// arrival); the block that completes the count (every m tile and K split of the N tile) fences
-// again and sums columns [n0, n0 + bn) of every token with combine_cols, reading y2 from L2.
-// Whichever block is last, it adds in the same order, so the output stays bitwise repeatable.
-__device__ __forceinline__ void combine_tail(const MoeArgs& a, int n0, int bn) {
-  __shared__ int s_last;
-  __syncthreads();  // every thread's stores of this block are issued
-  if (threadIdx.x == 0) {
-    __threadfence();
-    const int arrivals = static_cast<int>(gridDim.x * gridDim.z);
-    s_last = atomicAdd(a.done_count + blockIdx.y, 1) == arrivals - 1;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const int cols = min(bn, a.hidden - n0) >> 3;  // n0, bn and H are multiples of 8
-  for (int i = threadIdx.x; i < a.M * cols; i += blockDim.x) combine_cols<true>(a, i / cols, n0 + (i % cols) * 8);
+    combine_cols(a, static_cast<int>(i / q), static_cast<int>(i % q) * 8);
 }
 
 }  // namespace moeq_kernels

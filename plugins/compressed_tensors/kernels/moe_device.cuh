@@ -21,6 +21,26 @@ constexpr float kFp8Max = 448.0f;
 __device__ __forceinline__ u16 quant2(float a, float b, float s) { return f32x2_to_e4m3x2(a / s, b / s); }
 #endif
 
+// x / s correctly rounded, for many x of one scale s, in three instructions instead of an IEEE
+// division: y = RN(1/s) once, then q = RN(x * y), the exact residual r = x - q * s (one fma) and
+// RN(q + r * y), which is RN(x / s) by Markstein's theorem (y within half an ulp of 1/s, q within
+// one ulp of x / s) wherever r does not underflow. Quantization scales are >= 1e-10 / 448 and
+// |x| <= 448 s, where that holds for every |x / s| >= 2^-12 (checked on the host over 4e7
+// random pairs), far below the smallest e4m3 step, so the codes equal quant2's. A scale whose
+// reciprocal is 0 or not finite (an infinite or NaN maximum) takes the division itself.
+struct ScaleDivider {
+  float s, y;
+  bool exact;
+  __device__ __forceinline__ explicit ScaleDivider(float scale) : s(scale), y(__frcp_rn(scale)) {
+    exact = !(y > 0.0f && y < 3.0e38f);
+  }
+  __device__ __forceinline__ float operator()(float x) const {
+    if (exact) return x / s;
+    const float q = __fmul_rn(x, y);
+    return __fmaf_rn(__fmaf_rn(-q, s, x), y, q);
+  }
+};
+
 // Programmatic dependent launch (sm_90 on; a no-op before): every kernel of the launch
 // sequence runs this first. The trigger lets the next kernel of the sequence be scheduled as
 // soon as every block of this one has started; the wait holds this block until the kernels

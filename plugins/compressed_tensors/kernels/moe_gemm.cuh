@@ -10,15 +10,10 @@
 // gate and up accumulators of the same intermediate column in one thread, so the epilogue
 // applies silu(gate) * up directly; GEMM2 multiplies by the router weight.
 //
-// At decode (a.combine_in_gemm2) GEMM2 also runs the top-k combine: the last block of each N
-// tile to finish sums that tile's columns of every token (moe_combine.cuh, combine_tail), so
-// the combine needs no launch of its own.
-//
 // FP8 block scales (and per-group activation scales) are applied per scale period inside the
 // K loop (docs/MOE_SEMANTICS.md §2.2): partial sums of one period accumulate in `part`, then
 // acc += part * a_scale(row, period) * w_scale(col block, period).
 #pragma once
-#include "moe_combine.cuh"
 #include "moe_tile.cuh"
 
 namespace moeq_kernels {
@@ -59,11 +54,7 @@ struct GroupedGemm {
     __shared__ int s_pair[BM];
     __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const int tile = blockIdx.x;
-    if (tile >= *a.num_tiles) {
-      // A block past the tiles in use still counts towards its N tile's combine.
-      if (!kGated && a.combine_in_gemm2) combine_tail(a, static_cast<int>(blockIdx.y) * BN, BN);
-      return;
-    }
+    if (tile >= *a.num_tiles) return;
     const int e = a.tile_expert[tile];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WARPS_N, wn = warp % WARPS_N;
@@ -244,7 +235,6 @@ struct GroupedGemm {
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
                                                kGated ? 0 : static_cast<int>(blockIdx.z),
                                                TileColScales<kWS, kGated, BN>{s_wcol, n0});
-    if (!kGated && a.combine_in_gemm2) combine_tail(a, n0, BN);
   }
 };
 

@@ -77,8 +77,6 @@ __device__ void align_pairs(const MoeArgs& a) {
     }
   }
   if (blockIdx.x == 0 && threadIdx.x == 0) *a.num_tiles = total_tiles;
-  if (blockIdx.x == 0)  // GEMM2's combine counters (combine_tail), fresh for this pass
-    for (int i = threadIdx.x; i < a.done_slots; i += blockDim.x) a.done_count[i] = 0;
   __syncthreads();
   const int per = (pairs + a.align_blocks - 1) / a.align_blocks;
   const int begin = blockIdx.x * per, end = min(pairs, begin + per);

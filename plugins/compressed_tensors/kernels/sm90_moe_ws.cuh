@@ -118,8 +118,8 @@ struct WsGemm {
   // (kQuantGroup > 0): silu(gate) * up of the thread's two rows, each group's max |h| over the
   // quad that holds the row, then the fp8 codes and the group scales straight into a2q and a2s.
   // It computes what store_gated's f32 h followed by moe_quant_h (quantize_row, kAGroup) does, to
-  // the bit: the same products, the same maximum (order-free), scale and division. h itself is
-  // never written and the quantization pass is not launched (gemm1_quant_group, host side).
+  // the bit: the same products, the same maximum (order-free), scale and quotients (ScaleDivider).
+  // h itself is never written and the quantization pass is not launched (gemm1_quant_group).
   template <class Scales>
   __device__ __forceinline__ static void store_quantized(const MoeArgs& a, const GemmGeom<kGated>& geo, int n0,
                                                          const int (&prow)[2], int t, float (&acc)[kAcc],
@@ -162,17 +162,17 @@ struct WsGemm {
       if (p < 0) continue;
       u8* codes = a.a2q + static_cast<long long>(p) * a.inter;
 #pragma unroll
-      for (int j = 0; j < NC; ++j) {
-        const int col = n0 + j * 8 + 2 * t;
-        if (col < geo.N)
-          *reinterpret_cast<u16*>(codes + col) = quant2(acc[4 * j + 2 * hf], acc[4 * j + 2 * hf + 1], sc[j / kFragsPerGroup]);
-      }
-      if (t == 0) {
+      for (int g = 0; g < kGroups; ++g) {
+        // quant2's x / s without a division per value (ScaleDivider: the same quotients).
+        const ScaleDivider div(sc[g]);
 #pragma unroll
-        for (int g = 0; g < kGroups; ++g) {
-          const int gcol = n0 + g * kQuantGroup;
-          if (gcol < geo.N) a.a2s[static_cast<long long>(p) * groups_row + gcol / kQuantGroup] = sc[g];
+        for (int j = g * kFragsPerGroup; j < (g + 1) * kFragsPerGroup; ++j) {
+          const int col = n0 + j * 8 + 2 * t;
+          if (col < geo.N)
+            *reinterpret_cast<u16*>(codes + col) = f32x2_to_e4m3x2(div(acc[4 * j + 2 * hf]), div(acc[4 * j + 2 * hf + 1]));
         }
+        const int gcol = n0 + g * kQuantGroup;
+        if (t == 0 && gcol < geo.N) a.a2s[static_cast<long long>(p) * groups_row + gcol / kQuantGroup] = sc[g];
       }
     }
 #endif
