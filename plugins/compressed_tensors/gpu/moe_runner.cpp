@@ -528,15 +528,21 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     mk::TmaMap map2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                                  "cuTensorMapEncodeTiled(w2)");
     // The warp-specialized GEMMs take a flat grid and walk it in groups of m tiles
-    // (sm90_moe_ws.cuh); the others take (m tile, n tile).
+    // (sm90_moe_ws.cuh), persistent ones as many blocks as the SMs hold at once; the others
+    // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
-    launch(f.gemm1, b.gemm1.ws ? mt * n1 : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+    auto ws_grid = [&](unsigned tiles) {
+      if (sc.kind == mk::kKindW8A16) return tiles;  // one tile a block (sm90_moe_ws.cuh: kPersistent)
+      const unsigned resident = static_cast<unsigned>(p.device().multiprocessors) * (b.bm == 64 ? 2u : 1u);
+      return std::min(tiles, resident);
+    };
+    launch(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
     if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", pdl(), after);
-    launch(f.gemm2, b.gemm2.ws ? mt * n2 : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+    launch(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
            static_cast<unsigned>(b.k_splits));
     const int64_t work = m * d.hidden / 8;  // eight columns a thread (moe_combine.cuh)

@@ -228,7 +228,11 @@ std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {
   return buckets.size() - 1;
 }
 
-int gemm_static_smem(int bm, const GemmTile& t) { return 8 * bm + 4 * t.bn + 128; }
+int gemm_static_smem(int bm, const GemmTile& t) {
+  // Row lists (pair, A row) and column scales; the warp-specialized kernel keeps two sets of
+  // the pairs and scales (sm90_moe_ws.cuh).
+  return t.ws ? 12 * bm + 8 * t.bn + 128 : 8 * bm + 4 * t.bn + 128;
+}
 
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks) {
   const int64_t block = static_cast<int64_t>(gemm_smem_bytes(kind, bm, t)) + gemm_static_smem(bm, t);
@@ -239,12 +243,14 @@ bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, in
 int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
   // Warp-specialized W8A16 (sm90_moe_ws.cuh): 64-element K tiles, a ring slot of A (128-byte
   // rows) and the codes (64 bytes a row), two converted bf16 B tiles, 3 mbarriers a slot.
-  if (t.ws && kind == kKindW8A16) return t.stages * (bm * 128 + t.bn * 64) + 2 * t.bn * 128 + 1024 + 8 * 3 * t.stages;
+  // Every warp-specialized kernel adds four mbarriers for its two sets of per-tile lists.
+  if (t.ws && kind == kKindW8A16)
+    return t.stages * (bm * 128 + t.bn * 64) + 2 * t.bn * 128 + 1024 + 8 * 3 * t.stages + 32;
   // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
   // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
   const int a_row = kind == kKindW8A16 ? 256 : 128;
-  // The warp-specialized kernel adds two 8-byte mbarriers a stage.
-  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0) + (t.ws ? 16 * t.stages : 0);
+  // The warp-specialized kernel adds two 8-byte mbarriers a stage and four for its lists.
+  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0) + (t.ws ? 16 * t.stages + 32 : 0);
 }
 
 std::string describe(const Bucket& b) {

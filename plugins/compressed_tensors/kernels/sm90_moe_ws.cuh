@@ -15,9 +15,16 @@
 // - fp8 products are promoted per 128-wide K tile into the fp32 accumulators (times the tile's
 //   block / group scales), as moe_wgmma.cuh explains; 256-wide fp8 tiles run as two 128-column
 //   halves, each promoted in turn, while the other consumer warpgroup keeps the tensor core busy.
-// - Blocks walk the (m tile, n tile) grid in groups of kGroupM m tiles: m fastest inside a
-//   group (consecutive blocks share a weight tile), then n, so that one wave's activations and
-//   weights stay in L2 together.
+// - The (m tile, n tile) grid is walked in groups of kGroupM m tiles: m fastest inside a group
+//   (consecutive entries share a weight tile), then n, so that the tiles in flight together
+//   keep their activations and weights in L2.
+// - Persistent (fp8 and bf16): as many blocks as the SMs hold, each taking every gridDim.x-th
+//   entry of that walk. The ring and its phases run on from tile to tile, so the producer
+//   fills the next tile's first stages while the consumers still store this one; the tile's
+//   pair list and column scales come in two sets, handed over by two more mbarrier pairs
+//   (written by the producer, released by the consumers after their epilogue). Before, each
+//   tile paid its block start, list loads and ring fill, about 10 us, with the tensor cores
+//   idle (measured on an H100: GEMM1 of 128 x 256 fp8 tiles at 46-59 % of the MMA rate).
 // - GEMM1 with per-group activation scales whose groups fit the tile's BN/2 intermediate
 //   columns (kQuantGroup) requantizes h in its epilogue: each group's maximum is reduced over
 //   the four lanes that hold a row, and the fp8 codes and scales go straight to a2q / a2s
@@ -45,12 +52,17 @@ struct WsGemm {
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = kConsumers == 1 ? 216 : 232;
   static constexpr bool kW8 = kKind == kKindW8A16;
+  // Persistent: a grid of at most kMinBlocks blocks an SM, each taking every gridDim.x-th tile
+  // of the flattened grid, the ring and its phases running on across tiles, so that the
+  // producer fills the next tile's stages (and lists) while the consumers store this one's.
+  // W8A16's conversion pairs K tiles across the two bf16 tiles, so it keeps one tile a block.
+  static constexpr bool kPersistent = !kW8;
   // Ring slot: the A tile (128-byte rows) and the B tile as loaded (W8A16: 64 codes a row).
   static constexpr int kAStage = BM * 128, kBStage = kW8 ? BN * 64 : BN * 128, kStage = kAStage + kBStage;
   static constexpr int kB16 = kW8 ? BN * 128 : 0;  // W8A16: one converted bf16 B tile (two of them)
-  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot). gemm_smem_bytes
-  // (tile_heuristics.cpp) computes the same.
-  static constexpr int kBarriers = kW8 ? 3 * STAGES : 2 * STAGES;
+  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot), and two of each for
+  // the per-tile lists. gemm_smem_bytes (tile_heuristics.cpp) computes the same.
+  static constexpr int kBarriers = (kW8 ? 3 * STAGES : 2 * STAGES) + 4;
   static constexpr int kSmemBytes = STAGES * kStage + 2 * kB16 + 1024 + 8 * kBarriers;
   static constexpr int kTileK = kW8 ? 64 : GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16 / W8A16
   static constexpr bool kPromote = kKind == kKindFp8;
@@ -108,6 +120,9 @@ struct WsGemm {
     fence_proxy_async();  // generic-proxy writes, read by wgmma (async proxy)
 #endif
   }
+
+  // The producer warpgroup's threads meet (named barrier 2).
+  __device__ __forceinline__ static void producers_meet() { asm volatile("bar.sync 2, 128;\n" ::: "memory"); }
 
   // The consumer warpgroups meet (named barrier 1; the producer never joins it).
   __device__ __forceinline__ static void consumers_meet() {
@@ -180,28 +195,24 @@ struct WsGemm {
 
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    __shared__ int s_pair[BM];
+    // Per-tile lists the consumers read, two sets: the producer fills tile j + 1's while the
+    // consumers still read tile j's (set j & 1). s_arow is the producer's own: one set.
+    __shared__ int s_pair[2][BM];
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
-    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    __shared__ float s_wcol[2][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const GemmGeom<kGated> geo(a);
     const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
-    int tile, nt;
-    tile_of(blockIdx.x, a.max_tiles, n_tiles, tile, nt);
-    if (tile >= *a.num_tiles) return;
+    // The flattened (m tile, n tile) grid; a persistent block takes every gridDim.x-th entry.
+    const int grid_tiles = a.max_tiles * n_tiles, stride = kPersistent ? static_cast<int>(gridDim.x) : grid_tiles;
+    const int used_tiles = *a.num_tiles;
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
     const u32 s_base = smem_u32(smem);
     const u32 b16_0 = s_base + STAGES * kStage;  // W8A16's two bf16 B tiles (1024-aligned)
     const u32 full0 = b16_0 + 2 * kB16, empty0 = full0 + 8 * STAGES;
     const u32 bfull0 = empty0 + 8 * STAGES;  // W8A16 only: the codes' TMA a slot
-    const int e = a.tile_expert[tile];
+    // A tile's lists written (producer) and read to the end of its epilogue (consumers), per set.
+    const u32 meta_full0 = bfull0 + (kW8 ? 8 * STAGES : 0), meta_empty0 = meta_full0 + 16;
     const int tid = threadIdx.x, wg = tid >> 7;
-    const int n0 = nt * (kGated ? BN / 2 : BN);
-    for (int r = tid; r < BM; r += kThreads) {
-      const int p = a.sorted_pair[tile * BM + r];
-      s_pair[r] = p;
-      s_arow[r] = p >= 0 ? p / geo.a_div : -1;  // one division a row and block, not a stage
-    }
-    TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
@@ -209,6 +220,10 @@ struct WsGemm {
         mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
         mbar_init(empty0 + 8 * s, kConsumers * 4);  // every consumer warp
         if (kW8) mbar_init(bfull0 + 8 * s, 1);
+      }
+      for (int s = 0; s < 2; ++s) {
+        mbar_init(meta_full0 + 8 * s, 128);                // every producer thread
+        mbar_init(meta_empty0 + 8 * s, kConsumers * 128);  // every consumer thread
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
       fence_proxy_async();
@@ -232,11 +247,28 @@ struct WsGemm {
       const int a_row_bytes = geo.K * GemmTraits<kKind>::kAElem;
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
-      const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
-      for (int kt = 0; kt < KT; ++kt) {
-        {
-          const int s = kt % STAGES;
-          if (kt >= STAGES) mbar_wait(empty0 + 8 * s, ((kt / STAGES) - 1) & 1);
+      int it = 0, j = 0;  // K tiles and tiles this block has queued
+      for (int b = blockIdx.x; b < grid_tiles; b += stride) {
+        int tile, nt;
+        tile_of(b, a.max_tiles, n_tiles, tile, nt);
+        if (tile >= used_tiles) continue;
+        const int set = j & 1;
+        if (j >= 2) mbar_wait(meta_empty0 + 8 * set, ((j - 2) >> 1) & 1);  // tile j - 2's epilogue is done
+        const int e = a.tile_expert[tile];
+        const int n0 = nt * (kGated ? BN / 2 : BN);
+        producers_meet();  // every thread has issued the previous tile's copies from s_arow
+        for (int r = tid; r < BM; r += 128) {
+          const int p = a.sorted_pair[tile * BM + r];
+          s_pair[set][r] = p;
+          s_arow[r] = p >= 0 ? p / geo.a_div : -1;  // one division a row and tile, not a stage
+        }
+        TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol[set], tid, 128);
+        producers_meet();  // every row of s_arow written before any thread gathers through it
+        mbar_arrive(meta_full0 + 8 * set);
+        const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
+        for (int kt = 0; kt < KT; ++kt, ++it) {
+          const int s = it % STAGES;
+          if (it >= STAGES) mbar_wait(empty0 + 8 * s, ((it / STAGES) - 1) & 1);
           const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
           if (tid == 0) {
             mbar_arrive_expect_tx(bbar, kBStage);
@@ -258,6 +290,7 @@ struct WsGemm {
           }
           cp_async_mbar_arrive(full);
         }
+        ++j;
       }
       return;
     }
@@ -266,113 +299,127 @@ struct WsGemm {
     setmaxnreg_inc<kConsumerRegs>();
     const int cw = wg - 1, ctid = tid - 128, lane = tid & 31, wq = (ctid >> 5) & 3;
     const int g = lane >> 2, t = lane & 3;
-    const int prow[2] = {s_pair[cw * 64 + wq * 16 + g], s_pair[cw * 64 + wq * 16 + g + 8]};
-
-    int sw_row[kSlots];
     const BlockScaleRows<kGated> sws(a);
-#pragma unroll
-    for (int j = 0; j < kSlots; ++j) {
-      sw_row[j] = -1;
-      if (kTileScales && kWS == kWBlock) {
-        const int r = j * 64;
-        const int col = kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
-        sw_row[j] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && r >= BN / 2 ? 1 : 0, geo.N);
-      }
-    }
     const float* as_base = kGated ? a.a1s : a.a2s;
-    const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
-    const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
+    int it = 0, j = 0;  // K tiles and tiles this block has consumed
+    for (int b = blockIdx.x; b < grid_tiles; b += stride) {
+      int tile, nt;
+      tile_of(b, a.max_tiles, n_tiles, tile, nt);
+      if (tile >= used_tiles) continue;
+      const int set = j & 1;
+      const int e = a.tile_expert[tile];
+      const int n0 = nt * (kGated ? BN / 2 : BN);
+      mbar_wait(meta_full0 + 8 * set, (j >> 1) & 1);
+      const int prow[2] = {s_pair[set][cw * 64 + wq * 16 + g], s_pair[set][cw * 64 + wq * 16 + g + 8]};
 
-    float acc[kAcc];
+      int sw_row[kSlots];
 #pragma unroll
-    for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
-
-    if constexpr (kPromote) {
-      float part[kPartAcc];
-      for (int kt = 0; kt < KT; ++kt) {
-        const int s = kt % STAGES;
-        // The tile's scales, read before the wait so their latency hides behind it.
-        float sa0 = 1.0f, sa1 = 1.0f, sw[kSlots];
-#pragma unroll
-        for (int j = 0; j < kSlots; ++j) sw[j] = 1.0f;
-        if (kAM == kAGroup) {
-          const int kg = kt * 128 / a.act_group;
-          sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
-          sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
-        }
+      for (int q = 0; q < kSlots; ++q) {
+        sw_row[q] = -1;
         if (kTileScales && kWS == kWBlock) {
-          const int kb = kt * 128 / sws.bk;
-#pragma unroll
-          for (int j = 0; j < kSlots; ++j) sw[j] = sws.at(sw_row[j], kb);
+          const int r = q * 64;
+          const int col = kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+          sw_row[q] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && r >= BN / 2 ? 1 : 0, geo.N);
         }
-        mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
-        fence_proxy_async();  // the cp.async (generic proxy) A tile, read by wgmma (async proxy)
-        const u32 sA = s_base + s * kStage;
-        const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+      }
+      const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
+      const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
+
+      float acc[kAcc];
 #pragma unroll
-        for (int hn = 0; hn < kHalvesN; ++hn) {
-          const unsigned long long db = smem_desc(sA + kAStage + hn * 128 * 128);
-          fence_regs<kPartAcc>(part);
+      for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+
+      if constexpr (kPromote) {
+        float part[kPartAcc];
+        for (int kt = 0; kt < KT; ++kt, ++it) {
+          const int s = it % STAGES;
+          // The tile's scales, read before the wait so their latency hides behind it.
+          float sa0 = 1.0f, sa1 = 1.0f, sw[kSlots];
+#pragma unroll
+          for (int q = 0; q < kSlots; ++q) sw[q] = 1.0f;
+          if (kAM == kAGroup) {
+            const int kg = kt * 128 / a.act_group;
+            sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+            sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
+          }
+          if (kTileScales && kWS == kWBlock) {
+            const int kb = kt * 128 / sws.bk;
+#pragma unroll
+            for (int q = 0; q < kSlots; ++q) sw[q] = sws.at(sw_row[q], kb);
+          }
+          mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
+          fence_proxy_async();  // the cp.async (generic proxy) A tile, read by wgmma (async proxy)
+          const u32 sA = s_base + s * kStage;
+          const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+#pragma unroll
+          for (int hn = 0; hn < kHalvesN; ++hn) {
+            const unsigned long long db = smem_desc(sA + kAStage + hn * 128 * 128);
+            fence_regs<kPartAcc>(part);
+            wgmma_fence();
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
+            wgmma_commit();
+            wgmma_wait0();
+            fence_regs<kPartAcc>(part);
+            if (hn == kHalvesN - 1 && lane == 0) mbar_arrive(empty0 + 8 * s);
+            // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
+            // fragment f: (column f * 8) / 64.
+            promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
+                                        [&](int f) { return sw[(hn * (NF / kHalvesN) + f) / 8]; });
+          }
+        }
+      } else {
+        if (kW8) convert_codes(smem, it, cw, ctid, bfull0);
+        for (int kt = 0; kt < KT; ++kt, ++it) {
+          const int s = it % STAGES;
+          if (kW8) consumers_meet();  // both warpgroups' shares of tile kt are converted
+          mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
+          fence_proxy_async();
+          const u32 sA = s_base + s * kStage;
+          const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+          const unsigned long long db = smem_desc(kW8 ? b16_0 + (it & 1) * kB16 : sA + kAStage);
+          fence_regs<kAcc>(acc);
           wgmma_fence();
 #pragma unroll
-          for (int ks = 0; ks < 4; ++ks) wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
+          for (int ks = 0; ks < 4; ++ks) {
+            if constexpr (BN == 256)
+              wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else
+              wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
+          }
           wgmma_commit();
-          wgmma_wait0();
-          fence_regs<kPartAcc>(part);
-          if (hn == kHalvesN - 1 && lane == 0) mbar_arrive(empty0 + 8 * s);
-          // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
-          // fragment j: (column j * 8) / 64.
-          promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
-                                      [&](int j) { return sw[(hn * (NF / kHalvesN) + j) / 8]; });
+          // The previous K tile's MMAs are done once at most this one is pending: its stage is free.
+          wgmma_wait1();
+          fence_regs<kAcc>(acc);
+          if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
+          if (kW8 && kt + 1 < KT) {
+            // K tile kt - 1's MMAs are done in both warpgroups: its bf16 tile takes tile kt + 1,
+            // converted while tile kt's MMAs run.
+            consumers_meet();
+            convert_codes(smem, it + 1, cw, ctid, bfull0);
+          }
         }
-      }
-    } else {
-      if (kW8) convert_codes(smem, 0, cw, ctid, bfull0);
-      for (int kt = 0; kt < KT; ++kt) {
-        const int s = kt % STAGES;
-        if (kW8) consumers_meet();  // both warpgroups' shares of tile kt are converted
-        mbar_wait(full0 + 8 * s, (kt / STAGES) & 1);
-        fence_proxy_async();
-        const u32 sA = s_base + s * kStage;
-        const unsigned long long da = smem_desc(sA + cw * 64 * 128);
-        const unsigned long long db = smem_desc(kW8 ? b16_0 + (kt & 1) * kB16 : sA + kAStage);
+        wgmma_wait0();
         fence_regs<kAcc>(acc);
-        wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-          if constexpr (BN == 256)
-            wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
-          else
-            wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
-        }
-        wgmma_commit();
-        // The previous tile's MMAs are done once at most this one is pending: its stage is free.
-        wgmma_wait1();
-        fence_regs<kAcc>(acc);
-        if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((kt - 1) % STAGES));
-        if (kW8 && kt + 1 < KT) {
-          // Tile kt - 1's MMAs are done in both warpgroups: its bf16 tile takes tile kt + 1,
-          // converted while tile kt's MMAs run.
-          consumers_meet();
-          convert_codes(smem, kt + 1, cw, ctid, bfull0);
-        }
+        // The tile's last stage is free too (the producer may be filling the next tile).
+        if (KT > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
       }
-      wgmma_wait0();
-      fence_regs<kAcc>(acc);
-    }
 
-    auto out_col = [&](int j) {
-      const int r = j * 8 + 2 * t;
-      return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
-    };
-    if constexpr (kQuantGroup > 0) {
-      store_quantized(a, geo, n0, prow, t, acc, TileColScales<kWS, kGated, BN>{s_wcol, n0});
-    } else {
+      auto out_col = [&](int f) {
+        const int r = f * 8 + 2 * t;
+        return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
+      };
+      if constexpr (kQuantGroup > 0) {
+        store_quantized(a, geo, n0, prow, t, acc, TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
+      } else {
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf)
-        store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
-                                               [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
-                                               TileColScales<kWS, kGated, BN>{s_wcol, n0});
+        for (int hf = 0; hf < 2; ++hf)
+          store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
+                                                 [&](int f, int q) { return acc[4 * f + 2 * hf + q]; }, 0,
+                                                 TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
+      }
+      mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
+      ++j;
     }
 #else
     static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
