@@ -13,7 +13,7 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 272, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 280, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
                   offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
@@ -323,6 +323,7 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.a2s = take(fp8 ? std::max<int64_t>(R * g2, 1) * 4 : 0);
   L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
+  L.tile_counters = take(2 * 4);
   w.bytes = off;
   return w;
 }
@@ -482,6 +483,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.y2 = reinterpret_cast<float*>(ws + L.y2);
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
+  a.tile_counters = reinterpret_cast<int*>(ws + L.tile_counters);
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -532,7 +534,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     auto ws_grid = [&](unsigned tiles) {
-      if (sc.kind == mk::kKindW8A16) return tiles;  // one tile a block (sm90_moe_ws.cuh: kPersistent)
       const unsigned resident = static_cast<unsigned>(p.device().multiprocessors) * (b.bm == 64 ? 2u : 1u);
       return std::min(tiles, resident);
     };

@@ -120,7 +120,8 @@ class MoePlan {
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
-    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count;
+    std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count,
+        tile_counters;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).

@@ -75,6 +75,7 @@ struct MoeArgs {
                        // follows expert_count in memory
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
+  int* tile_counters;  // [2]: the next grid entry a persistent GEMM1 / GEMM2 block takes (zeroed by prepare)
 };
 
 // y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row

@@ -254,6 +254,8 @@ __device__ void quantize_row(const void* src_row, int cols, u8* dst_row, float* 
 // (one warp a row). blockDim.x == kAlignThreads.
 template <int kMode>
 __device__ void prepare(const MoeArgs& a) {
+  // The persistent GEMMs' tile counters start from zero for this pass (sm90_moe_ws.cuh).
+  if (blockIdx.x == 0 && threadIdx.x < 2) a.tile_counters[threadIdx.x] = 0;
   if (blockIdx.x < a.align_blocks) {
     if (a.M * a.topk <= 32)
       align_pairs_warp(a);

@@ -18,13 +18,13 @@
 // - The (m tile, n tile) grid is walked in groups of kGroupM m tiles: m fastest inside a group
 //   (consecutive entries share a weight tile), then n, so that the tiles in flight together
 //   keep their activations and weights in L2.
-// - Persistent (fp8 and bf16): as many blocks as the SMs hold, each taking every gridDim.x-th
-//   entry of that walk. The ring and its phases run on from tile to tile, so the producer
+// - Persistent: as many blocks as the SMs hold, each taking the next entry of that walk from a
+//   counter of the launch. The ring and its phases (and W8A16's two bf16 tiles and its codes'
+//   barriers, indexed by the running K-tile count) run on from tile to tile, so the producer
 //   fills the next tile's first stages while the consumers still store this one; the tile's
 //   pair list and column scales come in two sets, handed over by two more mbarrier pairs
-//   (written by the producer, released by the consumers after their epilogue). Before, each
-//   tile paid its block start, list loads and ring fill, about 10 us, with the tensor cores
-//   idle (measured on an H100: GEMM1 of 128 x 256 fp8 tiles at 46-59 % of the MMA rate).
+//   (written by the producer, released by the consumers after their epilogue). One block a
+//   tile paid its start, its list loads and the ring's fill with the tensor cores idle.
 // - GEMM1 with per-group activation scales whose groups fit the tile's BN/2 intermediate
 //   columns (kQuantGroup) requantizes h in its epilogue: each group's maximum is reduced over
 //   the four lanes that hold a row, and the fp8 codes and scales go straight to a2q / a2s
@@ -52,11 +52,6 @@ struct WsGemm {
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = kConsumers == 1 ? 216 : 232;
   static constexpr bool kW8 = kKind == kKindW8A16;
-  // Persistent: a grid of at most kMinBlocks blocks an SM, each taking every gridDim.x-th tile
-  // of the flattened grid, the ring and its phases running on across tiles, so that the
-  // producer fills the next tile's stages (and lists) while the consumers store this one's.
-  // W8A16's conversion pairs K tiles across the two bf16 tiles, so it keeps one tile a block.
-  static constexpr bool kPersistent = !kW8;
   // Ring slot: the A tile (128-byte rows) and the B tile as loaded (W8A16: 64 codes a row).
   static constexpr int kAStage = BM * 128, kBStage = kW8 ? BN * 64 : BN * 128, kStage = kAStage + kBStage;
   static constexpr int kB16 = kW8 ? BN * 128 : 0;  // W8A16: one converted bf16 B tile (two of them)
@@ -198,13 +193,29 @@ struct WsGemm {
     // Per-tile lists the consumers read, two sets: the producer fills tile j + 1's while the
     // consumers still read tile j's (set j & 1). s_arow is the producer's own: one set.
     __shared__ int s_pair[2][BM];
+    __shared__ int s_tile[2];   // the entry of the flattened grid the set describes; -1: no more
+    __shared__ int s_next;      // the producer's thread 0 hands the entry it took to the others
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
     __shared__ float s_wcol[2][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const GemmGeom<kGated> geo(a);
     const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
-    // The flattened (m tile, n tile) grid; a persistent block takes every gridDim.x-th entry.
-    const int grid_tiles = a.max_tiles * n_tiles, stride = kPersistent ? static_cast<int>(gridDim.x) : grid_tiles;
+    // The flattened (m tile, n tile) grid. A persistent block takes entries from a counter of
+    // the launch (zeroed by prepare) in the order blocks ask for them, as the hardware hands out
+    // blocks, so that the tiles in flight stay a compact window of the walk (a fixed stride
+    // lets fast and slow blocks drift apart, and L2 with them: measured 12-18 % slower GEMM2s).
+    const int grid_tiles = a.max_tiles * n_tiles;
     const int used_tiles = *a.num_tiles;
+    int* const counter = a.tile_counters + (kGated ? 0 : 1);
+    // The next entry of a tile in use, -1 when none is left (the producer's thread 0 asks).
+    auto take = [&]() {
+      for (;;) {
+        const int b = atomicAdd(counter, 1);
+        if (b >= grid_tiles) return -1;
+        int tile, nt;
+        tile_of(b, a.max_tiles, n_tiles, tile, nt);
+        if (tile < used_tiles) return b;
+      }
+    };
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
     const u32 s_base = smem_u32(smem);
     const u32 b16_0 = s_base + STAGES * kStage;  // W8A16's two bf16 B tiles (1024-aligned)
@@ -247,16 +258,22 @@ struct WsGemm {
       const int a_row_bytes = geo.K * GemmTraits<kKind>::kAElem;
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
-      int it = 0, j = 0;  // K tiles and tiles this block has queued
-      for (int b = blockIdx.x; b < grid_tiles; b += stride) {
-        int tile, nt;
-        tile_of(b, a.max_tiles, n_tiles, tile, nt);
-        if (tile >= used_tiles) continue;
+      for (int it = 0, j = 0;; ++j) {  // it: K tiles queued, j: tiles taken
         const int set = j & 1;
         if (j >= 2) mbar_wait(meta_empty0 + 8 * set, ((j - 2) >> 1) & 1);  // tile j - 2's epilogue is done
+        producers_meet();  // every thread has issued the previous tile's copies from s_arow
+        if (tid == 0) s_next = take();
+        producers_meet();
+        const int b = s_next;
+        if (tid == 0) s_tile[set] = b;
+        if (b < 0) {  // the consumers stop at this set
+          mbar_arrive(meta_full0 + 8 * set);
+          break;
+        }
+        int tile, nt;
+        tile_of(b, a.max_tiles, n_tiles, tile, nt);
         const int e = a.tile_expert[tile];
         const int n0 = nt * (kGated ? BN / 2 : BN);
-        producers_meet();  // every thread has issued the previous tile's copies from s_arow
         for (int r = tid; r < BM; r += 128) {
           const int p = a.sorted_pair[tile * BM + r];
           s_pair[set][r] = p;
@@ -290,7 +307,6 @@ struct WsGemm {
           }
           cp_async_mbar_arrive(full);
         }
-        ++j;
       }
       return;
     }
@@ -301,15 +317,15 @@ struct WsGemm {
     const int g = lane >> 2, t = lane & 3;
     const BlockScaleRows<kGated> sws(a);
     const float* as_base = kGated ? a.a1s : a.a2s;
-    int it = 0, j = 0;  // K tiles and tiles this block has consumed
-    for (int b = blockIdx.x; b < grid_tiles; b += stride) {
+    for (int it = 0, j = 0;; ++j) {  // it: K tiles consumed, j: tiles taken
+      const int set = j & 1;
+      mbar_wait(meta_full0 + 8 * set, (j >> 1) & 1);
+      const int b = s_tile[set];
+      if (b < 0) break;
       int tile, nt;
       tile_of(b, a.max_tiles, n_tiles, tile, nt);
-      if (tile >= used_tiles) continue;
-      const int set = j & 1;
       const int e = a.tile_expert[tile];
       const int n0 = nt * (kGated ? BN / 2 : BN);
-      mbar_wait(meta_full0 + 8 * set, (j >> 1) & 1);
       const int prow[2] = {s_pair[set][cw * 64 + wq * 16 + g], s_pair[set][cw * 64 + wq * 16 + g + 8]};
 
       int sw_row[kSlots];
@@ -419,7 +435,6 @@ struct WsGemm {
                                                  TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
       }
       mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
-      ++j;
     }
 #else
     static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
