@@ -111,15 +111,9 @@ struct GroupedGemm {
       for (int hf = 0; hf < 2; ++hf)
         as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
     const float* as_base = kGated ? a.a1s : a.a2s;
-    // NOTE: where the scales of a K tile take few registers (decode tiles, 128-wide periods),
-    // the next tile's are loaded while this one's MMAs run: at decode a tile's math is short
-    // and few blocks share an SM, so a load issued just before the MMAs would still be waited
-    // for at the promotion, once per K tile.
-    constexpr bool kPrefetch = kPromote && kPeriods * (2 * kSA + kSW) <= 16;
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
-    float nsap[kPrefetch ? kPeriods : 1][kSA][2], nswp[kPrefetch ? kPeriods : 1][kSW];
-    auto load_scales = [&](int kt, float (&sa)[kPrefetch ? kPeriods : 1][kSA][2], float (&sw)[kPrefetch ? kPeriods : 1][kSW],
-                           float (&sa_now)[kPeriods][kSA][2], float (&sw_now)[kPeriods][kSW], bool into_next) {
+    auto fetch_scales = [&](int kt) {
+      if (!kPromote) return;
 #pragma unroll
       for (int pi = 0; pi < kPeriods; ++pi) {
         const int k_start = kt * T::kTileK + pi * SCALE_K;
@@ -128,39 +122,10 @@ struct GroupedGemm {
 #pragma unroll
         for (int mi = 0; mi < kSA; ++mi)
 #pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const float v = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
-            if (into_next) sa[kPrefetch ? pi : 0][mi][hf] = v;
-            else sa_now[pi][mi][hf] = v;
-          }
+          for (int hf = 0; hf < 2; ++hf)
+            sap[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
 #pragma unroll
-        for (int j = 0; j < kSW; ++j) {
-          const float v = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
-          if (into_next) sw[kPrefetch ? pi : 0][j] = v;
-          else sw_now[pi][j] = v;
-        }
-      }
-    };
-    // This K tile's scales in sap / swp when its MMAs start; with kPrefetch, also the next one's
-    // loads issued into nsap / nswp, which take their place after the tile.
-    auto fetch_scales = [&](int kt, int kt_end) {
-      if (!kPromote) return;
-      if (!kPrefetch) {
-        load_scales(kt, nsap, nswp, sap, swp, false);
-        return;
-      }
-      if (kt + 1 < kt_end) load_scales(kt + 1, nsap, nswp, sap, swp, true);
-    };
-    auto advance_scales = [&]() {
-      if (!kPrefetch) return;
-#pragma unroll
-      for (int pi = 0; pi < kPeriods; ++pi) {
-#pragma unroll
-        for (int mi = 0; mi < kSA; ++mi)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) sap[pi][mi][hf] = nsap[kPrefetch ? pi : 0][mi][hf];
-#pragma unroll
-        for (int j = 0; j < kSW; ++j) swp[pi][j] = nswp[kPrefetch ? pi : 0][j];
+        for (int j = 0; j < kSW; ++j) swp[pi][j] = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
       }
     };
 
@@ -178,10 +143,10 @@ struct GroupedGemm {
           }
     };
 
-    auto compute = [&](int stage, int kt, int kt_end) {
+    auto compute = [&](int stage, int kt) {
       const u32 sA = smem_u32(smem + stage * kStage);
       const u32 sB = sA + Loader::kAStage;
-      fetch_scales(kt, kt_end);
+      fetch_scales(kt);
 #pragma unroll
       for (int s = 0; s < 4; ++s) {  // 32 bytes of each B row per step
         u32 b[NI][4];
@@ -251,15 +216,13 @@ struct GroupedGemm {
       if (st < n) loader.load(smem + st * kStage, kt0 + st);
       cp_async_commit();
     }
-    if (kPrefetch && n > 0) load_scales(kt0, nsap, nswp, sap, swp, false);  // the first tile's
     for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
       __syncthreads();
       const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
       if (ni < n) loader.load(smem + (ni % STAGES) * kStage, kt0 + ni);
       cp_async_commit();
-      compute(i % STAGES, kt0 + i, kt0 + n);
-      advance_scales();
+      compute(i % STAGES, kt0 + i);
     }
     cp_async_wait<0>();
 

@@ -38,34 +38,6 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* warp_sums, int& 
   return warp_sums[warp] + incl - v;
 }
 
-// align_pairs for at most 32 pairs (decode), by warp 0 alone with no block barrier: lane i holds
-// pair i; the lanes of one expert find each other (match.any), the first of them owns the
-// expert's tiles, and an expert's first tile is the sum of the tiles of the smaller experts
-// hit. The same layout as the block-wide path: experts in ascending order, rows padded to bm
-// with -1; a pair's row inside its expert follows the pair index.
-__device__ void align_pairs_warp(const MoeArgs& a) {
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x, pairs = a.M * a.topk, bm = a.bm;
-  const int le = lane < pairs ? a.topk_ids[lane] - a.first_expert : -1;
-  const bool valid = le >= 0 && le < a.num_experts;
-  const int key = valid ? le : 0x7fffffff;
-  const unsigned same = __match_any_sync(0xffffffffu, key);
-  const int count = __popc(same), rank = __popc(same & ((1u << lane) - 1u));
-  const int tiles = valid && rank == 0 ? (count + bm - 1) / bm : 0;  // the expert's first lane
-  int first_tile = 0, total = 0;
-  for (int j = 0; j < 32; ++j) {
-    const int kj = __shfl_sync(0xffffffffu, key, j), tj = __shfl_sync(0xffffffffu, tiles, j);
-    if (kj < key) first_tile += tj;
-    total += tj;
-  }
-  if (valid) a.sorted_pair[first_tile * bm + rank] = lane;
-  if (tiles > 0) {
-    for (int t = 0; t < tiles; ++t) a.tile_expert[first_tile + t] = le;
-    for (int r = first_tile * bm + count; r < (first_tile + tiles) * bm; ++r) a.sorted_pair[r] = -1;
-  }
-  if (lane == 0) *a.num_tiles = total;
-}
-
 // Sorts the (token, slot) pairs routed to local experts by expert: every expert's rows start
 // at a multiple of bm, padding slots hold -1, tile t belongs to tile_expert[t]. The order of
 // rows inside one expert is not fixed (atomics), which changes no result: GEMM rows are
@@ -257,10 +229,7 @@ __device__ void prepare(const MoeArgs& a) {
   // The persistent GEMMs' tile counters start from zero for this pass (sm90_moe_ws.cuh).
   if (blockIdx.x == 0 && threadIdx.x < 2) a.tile_counters[threadIdx.x] = 0;
   if (blockIdx.x < a.align_blocks) {
-    if (a.M * a.topk <= 32)
-      align_pairs_warp(a);
-    else
-      align_pairs(a);
+    align_pairs(a);
     return;
   }
 #if __CUDA_ARCH__ >= 890
