@@ -308,3 +308,41 @@ TEST_CASE("bulk int8 quantization equals round-half-even and clamp on every hard
   quantize_int8(halves, 10, 1.0f, h);
   CHECK(std::vector<int>(h, h + 10) == std::vector<int>{0, 2, 2, 0, -2, -2, 126, -126, -127, 127});
 }
+
+TEST_CASE("fp8 quantization: one reciprocal and two fmas give the division's codes (the fused GEMM1 epilogue)") {
+  // The warp-specialized GEMM1 that requantizes h in its epilogue divides by each group's scale
+  // as y = RN(1/s), q = RN(x * y), RN(q + RN-exact(x - q * s) * y) (ScaleDivider in
+  // moe_device.cuh). Over the scales quantization makes (>= 1e-10 / 448) and |x| <= 448 s, the
+  // quotient equals x / s wherever |x / s| >= 2^-12, and the e4m3 code everywhere.
+  std::mt19937_64 rng(20261206);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  int64_t checked = 0, quotient_diffs_above = 0, code_diffs = 0;
+  auto one = [&](float x, float s) {
+    const float y = 1.0f / s;
+    const float q = x * y;
+    const float r = std::fma(-q, s, x);
+    const float fast = std::fma(r, y, q), exact = x / s;
+    ++checked;
+    if (std::fabs(exact) >= std::ldexp(1.0f, -12) && std::memcmp(&fast, &exact, 4) != 0) ++quotient_diffs_above;
+    if (float_to_fp8_e4m3(std::clamp(fast, -448.0f, 448.0f)) != float_to_fp8_e4m3(std::clamp(exact, -448.0f, 448.0f)))
+      ++code_diffs;
+  };
+  for (int g = 0; g < 40000; ++g) {  // groups: a maximum over 40 binades, values below it
+    const float amax = std::ldexp(std::fabs(unit(rng)) + 1e-3f, static_cast<int>(rng() % 80) - 40);
+    const float s = std::max(amax, 1e-10f) / 448.0f;
+    for (int i = 0; i < 32; ++i) one(unit(rng) * amax * std::ldexp(1.0f, -static_cast<int>(rng() % 24)), s);
+  }
+  for (int i = 0; i < 2000000; ++i) {  // arbitrary bit patterns inside the same bounds
+    const uint32_t xb = static_cast<uint32_t>(rng()), sb = static_cast<uint32_t>(rng()) & 0x7fffffffu;
+    float x, s;
+    std::memcpy(&x, &xb, 4);
+    std::memcpy(&s, &sb, 4);
+    if (!std::isfinite(x) || !std::isfinite(s) || s < 1e-10f / 448.0f || std::fabs(x) > 448.0f * s) continue;
+    if (!std::isfinite(1.0f / s) || 1.0f / s == 0.0f) continue;  // ScaleDivider divides there
+    one(x, s);
+  }
+  CAPTURE(checked);
+  CHECK(checked > 2000000);
+  CHECK(quotient_diffs_above == 0);
+  CHECK(code_diffs == 0);
+}
