@@ -398,8 +398,13 @@ std::vector<KernelSetSource> MoePlan::sources() const {
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
-    : plan_(&plan), pdl_(plan.device().sm_major >= 9 && std::getenv("MOEQ_CT_PDL") != nullptr &&
-                         std::string(std::getenv("MOEQ_CT_PDL")) == "1") {
+    : plan_(&plan), pdl_(Pdl::kDecode) {
+  if (const char* v = std::getenv("MOEQ_CT_PDL")) {
+    const std::string s = v;
+    MOEQ_CHECK(s == "0" || s == "1", "gpu moe: MOEQ_CT_PDL must be 0 or 1, found '" + s + "'");
+    pdl_ = s == "1" ? Pdl::kOn : Pdl::kOff;
+  }
+  if (plan.device().sm_major < 9) pdl_ = Pdl::kOff;
   MOEQ_CHECK(modules.size() == plan.buckets().size(),
              "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
                  s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
@@ -487,12 +492,12 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
-  // The first kernel follows the caller's work in plain stream order; with MOEQ_CT_PDL=1 the
-  // rest are programmatic dependent launches where the device has them (sm_90 on: pdl_enter in
-  // every kernel; without the attribute its wait returns at once).
-  bool launched = false;
+  // The first kernel follows the caller's work in plain stream order; the rest of a chunk that
+  // takes them (pdl_) are programmatic dependent launches (sm_90 on: pdl_enter in every kernel;
+  // without the attribute its wait returns at once).
+  bool launched = false, chunk_pdl = false;
   auto pdl = [&] {
-    const bool p = pdl_ && launched;
+    const bool p = chunk_pdl && launched;
     launched = true;
     return p;
   };
@@ -503,6 +508,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     const std::size_t bi = bucket_for(p.buckets(), m);
     const Bucket& b = p.buckets()[bi];
     const Functions& f = functions_[bi];
+    chunk_pdl = pdl_ == Pdl::kOn || (pdl_ == Pdl::kDecode && !b.gemm1.wgmma && !b.gemm2.wgmma);
     a.M = static_cast<int>(m);
     a.bm = b.bm;
     a.k_splits = b.k_splits;

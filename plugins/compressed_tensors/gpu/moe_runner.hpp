@@ -167,9 +167,12 @@ class MoeRunner {
                gemm2 = nullptr, combine = nullptr;
   };
   const MoePlan* plan_;
-  // Programmatic dependent launches (sm_90 on), opt-in with MOEQ_CT_PDL=1 until they have been
-  // measured and checked on a device.
-  bool pdl_;
+  // Programmatic dependent launches (sm_90 on): by default for the chunks whose GEMMs are both
+  // mma.sync (decode, where the gaps between short kernels are a visible share: 1-6 % faster at
+  // M = 1 on an H100, 0-3 % slower at M = 8192, bench/RESULTS.md); MOEQ_CT_PDL=1 for every
+  // chunk, 0 for none.
+  enum class Pdl { kOff, kDecode, kOn };
+  Pdl pdl_;
   std::vector<Functions> functions_;  // per bucket
 };
 
