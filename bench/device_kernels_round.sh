@@ -13,7 +13,7 @@ mkdir -p "$out"
 . tools/gpu_harness/device_carry.sh
 export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-git log -1 --format='checkout %h' 2>/dev/null
+echo "binaries of $(cat build/carry/COMMIT 2>/dev/null || echo '?') (build/carry/COMMIT)"
 tests() {
   local t0=$SECONDS
   timeout "${TEST_TIMEOUT:-200}" build/bin/moeq_tests -tc='cuda:*,gpu*' > "$out/device_tests.txt" 2>&1

@@ -85,7 +85,7 @@ if [[ ,$SCHEMES, == *,fp8-block,* ]]; then
 fi
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit --format=csv 2>&1 | tee -a "$LOG"
-say "moeq: $MOEQ ($(git rev-parse --short HEAD 2>/dev/null || echo '?') checkout); peer: $PEERS"
+say "moeq: $MOEQ (binaries of $(cat build/carry/COMMIT 2>/dev/null || echo '?')); peer: $PEERS"
 
 # The cases of both sides. The peer's keys of moeq's named shapes; DIMS under one name each.
 moeq_args=(bench apply --json --scheme "$SCHEMES" --m "$MS")

@@ -10,6 +10,8 @@ mkdir -p build/carry/bin build/carry/plugins build/carry/lib .devbuild
 # whose Debian static library is not position-independent): device_env.sh puts them on the path.
 for lib in $(ldd build/plugins/*.so | awk '/libre2/ {print $3}' | sort -u); do cp -L "$lib" build/carry/lib/; done
 for b in moeq moeq_tests; do strip -o "build/carry/bin/$b" "build/bin/$b"; done
+# The commit the binaries were built from (the device's copy of the tree has no later history).
+git describe --always --dirty --abbrev=7 > build/carry/COMMIT
 for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" "$p"; done
 strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
 rm -rf .devbuild/jitcache
