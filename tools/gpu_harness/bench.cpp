@@ -186,16 +186,14 @@ double fused_gemm1_error(const MirrorResult& mr, const std::vector<uint8_t>& a2q
     const int64_t p = mr.pairs[r];
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t c0 = g * group, c1 = std::min<int64_t>(I, c0 + group);
-      float amax = 0.0f;
-      for (int64_t i = c0; i < c1; ++i) amax = std::max(amax, std::fabs(mr.h[r * I + i]));
-      const float s_ref = std::max(amax, 1e-10f) / 448.0f;
+      const float s_ref = ref::fp8_group_scale(std::span<const float>(mr.h).subspan(r * I + c0, c1 - c0));
       const float s_gpu = a2s[static_cast<size_t>(p * groups + g)];
       scale_err = std::max(scale_err, std::fabs(static_cast<double>(s_gpu) - s_ref) / s_ref);
       for (int64_t i = c0; i < c1; ++i) {
         const float h = mr.h[r * I + i];
         exact.push_back(h);
         gpu.push_back(fp8_e4m3_to_float(a2q[static_cast<size_t>(p * I + i)]) * s_gpu);
-        mirror.push_back(fp8_e4m3_to_float(float_to_fp8_e4m3(std::clamp(h / s_ref, -448.0f, 448.0f))) * s_ref);
+        mirror.push_back(fp8_e4m3_to_float(ref::fp8_quantize(h, s_ref)) * s_ref);
       }
     }
   }

@@ -540,7 +540,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     auto ws_grid = [&](unsigned tiles) {
-      const unsigned resident = static_cast<unsigned>(p.device().multiprocessors) * (b.bm == 64 ? 2u : 1u);
+      const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm));
       return std::min(tiles, resident);
     };
     launch(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),

@@ -43,7 +43,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
         (n_out < 256 || expected_tiles * ceil_div(n_out, 256) < in.multiprocessors))
       t.bn = 128;
     t.stages = 8;
-    while (t.stages > 2 && !smem_fits(in, kind, bm, t, bm == 64 ? 2 : 1)) --t.stages;
+    while (t.stages > 2 && !smem_fits(in, kind, bm, t, ws_blocks_per_sm(bm))) --t.stages;
     return t;
   }
   if (in.wgmma && bm >= 64 && kind != kKindW8A16) {
@@ -194,7 +194,7 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
         if (in.ws) {
           t.ws = true;
           t.stages = 8;
-          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, bm == 64 ? 2 : 1)) --t.stages;
+          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm))) --t.stages;
           options.push_back(t);
         }
       }

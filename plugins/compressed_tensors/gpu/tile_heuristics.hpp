@@ -115,4 +115,8 @@ int gemm_static_smem(int bm, const GemmTile& t);
 // the SM's in.max_smem_per_block + 1 KiB.
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
+// Blocks of a warp-specialized tile an SM runs at once (sm90_moe_ws.cuh, kMinBlocks): two of
+// 64 rows (one consumer warpgroup each), one of 128.
+inline int ws_blocks_per_sm(int bm) { return bm == 64 ? 2 : 1; }
+
 }  // namespace moeq::ct::gpu
