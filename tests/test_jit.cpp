@@ -286,6 +286,20 @@ TEST_CASE("MOEQ_CACHE_DIR picks the cache root, the default is ~/.cache/moeq, 'o
     ScopedEnv threads("MOEQ_JIT_THREADS", "three");
     CHECK_THROWS_WITH_AS(jit::Config::from_env(), doctest::Contains("MOEQ_JIT_THREADS"), Error);
   }
+  {
+    ScopedEnv split("MOEQ_JIT_SPLIT", nullptr);
+    CHECK(jit::Config::from_env().split_threads == 0);  // the service makes it one per core
+  }
+  {
+    ScopedEnv split("MOEQ_JIT_SPLIT", "4");
+    CHECK(jit::Config::from_env().split_threads == 4);
+  }
+  for (const char* bad : {"0", "257", "two", "4x", "-1"}) {
+    CAPTURE(bad);
+    ScopedEnv split("MOEQ_JIT_SPLIT", bad);
+    CHECK_THROWS_WITH_AS(jit::Config::from_env(), doctest::Contains("MOEQ_JIT_SPLIT must be a number from 1 to 256"),
+                         Error);
+  }
 }
 
 // --------------------------------------------------------------------------- cache entries
@@ -568,6 +582,33 @@ TEST_CASE("the second compile is a cache hit: from memory in the process, from d
   CHECK(st.disk_hits == 1);
   CHECK(st.compiled == 0);
   MESSAGE("warm disk hit: " << c.milliseconds << " ms");
+}
+
+// NVRTC's split compile changes how long a compile takes, not what it builds: the key is the
+// same with any split, a split service reads what an unsplit one stored, and its own compile
+// (a cache left off) is a CUBIN for the same arch with the same kernel in it.
+TEST_CASE("the split compile is left out of the key, and a split compile builds the same kernel") {
+  if (skip_without_nvrtc()) return;
+  TempDir tmp;
+  jit::Config one = config_in(tmp.path), eight = config_in(tmp.path);
+  one.split_threads = 1;
+  eight.split_threads = 8;
+  jit::JitService a(one), b(eight);
+  CHECK(a.key(dot_request("sm_90a")) == b.key(dot_request("sm_90a")));
+  const jit::Kernel stored = a.compile(dot_request("sm_90a"));
+  CHECK(stored.origin == jit::Origin::compiled);
+  const jit::Kernel read = b.compile(dot_request("sm_90a"));
+  CHECK(read.origin == jit::Origin::disk_cache);
+  CHECK(*read.cubin == *stored.cubin);
+  jit::Config uncached = eight;
+  uncached.cache_dir.clear();
+  jit::JitService c(uncached);
+  const jit::Kernel split = c.compile(dot_request("sm_90a"));
+  CHECK(split.origin == jit::Origin::compiled);
+  REQUIRE(split.cubin->size() > 4);
+  const std::string text(split.cubin->begin(), split.cubin->end());
+  CHECK(text.rfind("\x7f" "ELF", 0) == 0);
+  CHECK(text.find("fp8_dot") != std::string::npos);
 }
 
 TEST_CASE("the key changes with a header's contents, an option, the arch, the source, the plugin version") {

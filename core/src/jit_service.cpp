@@ -72,6 +72,13 @@ Config Config::from_env() {
       fail("MOEQ_JIT_THREADS must be a number from 1 to 256; found '" + std::string(t) + "'");
     c.threads = static_cast<unsigned>(n);
   }
+  if (const char* t = std::getenv("MOEQ_JIT_SPLIT"); t != nullptr && *t != '\0') {
+    char* end = nullptr;
+    const unsigned long n = std::strtoul(t, &end, 10);
+    if (end == nullptr || *end != '\0' || n == 0 || n > 256)
+      fail("MOEQ_JIT_SPLIT must be a number from 1 to 256; found '" + std::string(t) + "'");
+    c.split_threads = static_cast<unsigned>(n);
+  }
   c.cuda_include_dirs = ::moeq::jit::cuda_include_dirs();
   return c;
 }
@@ -96,6 +103,7 @@ JitService::JitService(Config config) : state_(std::make_unique<State>()) {
   State& s = *state_;
   s.config = std::move(config);
   if (s.config.threads == 0) s.config.threads = default_threads();
+  if (s.config.split_threads == 0) s.config.split_threads = default_threads();
   if (!s.config.cache_dir.empty()) {
     JitCache cache(s.config.cache_dir);
     // NOTE: a CUBIN from a cache others could write is their code on the GPU with our rights;
@@ -139,6 +147,18 @@ Digest key_of(const Request& r, const std::vector<std::string>& opts, const std:
   }
   const IncludeScan scan = scanner.scan(r, include_dirs_in(opts));
   return cache_key({r, opts, nvrtc, scan});
+}
+
+// `opts` with --split-compile=`threads` added (after the key was taken from them): NVRTC then
+// optimizes and assembles a program's kernels on that many threads. A set has one or two large
+// GEMM kernels among several small ones, so the compile's wall time becomes about the largest
+// kernel's. Left as given for one thread, or where the plugin's options already name a split.
+std::vector<std::string> with_split(std::vector<std::string> opts, unsigned threads) {
+  if (threads <= 1) return opts;
+  for (const std::string& o : opts)
+    if (o.find("split-compile") != std::string::npos) return opts;
+  opts.push_back("--split-compile=" + std::to_string(threads));
+  return opts;
 }
 
 }  // namespace
@@ -243,7 +263,8 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
           ++s.stats.untrusted_entries;
         }
       }
-      CompileOutput out = r.kind == SourceKind::ptx ? ptx_compile(r, opts[i]) : nvrtc_compile(r, opts[i]);
+      CompileOutput out = r.kind == SourceKind::ptx ? ptx_compile(r, opts[i])
+                                                    : nvrtc_compile(r, with_split(opts[i], s.config.split_threads));
       std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin, out.image) : "";
       Built b{std::make_shared<const std::vector<uint8_t>>(std::move(out.cubin)), out.image, Origin::compiled,
               out.milliseconds, std::move(out.log)};

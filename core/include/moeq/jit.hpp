@@ -69,10 +69,14 @@ struct Stats {
 struct Config {
   std::filesystem::path cache_dir;            // root of the cache; empty = no disk cache
   unsigned threads = 0;                       // parallel compiles; 0 = one per core, at most 16
+  // Threads NVRTC may use inside one compile (--split-compile: a program's kernels are optimized
+  // and assembled in parallel); 0 = one per core, at most 16; 1 = one. Not part of a kernel's
+  // cache key: the split changes how long a compile takes, not what the kernels compute.
+  unsigned split_threads = 0;
   std::vector<std::string> cuda_include_dirs; // -I for the toolkit headers (cuda_fp8.h, ...)
 
   // MOEQ_CACHE_DIR (default $XDG_CACHE_HOME/moeq, else ~/.cache/moeq; "off" disables the
-  // disk cache), MOEQ_JIT_THREADS, and cuda_include_dirs() below. A cache directory another
+  // disk cache), MOEQ_JIT_THREADS, MOEQ_JIT_SPLIT, and cuda_include_dirs() below. A cache directory another
   // user could write (jit_cache.hpp) is not used: the service logs why and compiles without it.
   static Config from_env();
 };
