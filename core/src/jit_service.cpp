@@ -53,6 +53,17 @@ unsigned default_threads() {
   return hw == 0 ? 4 : std::min(hw, 16u);
 }
 
+// The count an environment variable sets (1..256), `otherwise` when it is unset or empty.
+unsigned thread_count(const char* variable, unsigned otherwise) {
+  const char* t = std::getenv(variable);
+  if (t == nullptr || *t == '\0') return otherwise;
+  char* end = nullptr;
+  const unsigned long n = std::strtoul(t, &end, 10);
+  if (end == nullptr || *end != '\0' || n == 0 || n > 256 || *t == '-' || *t == '+' || *t == ' ')
+    fail(std::string(variable) + " must be a number from 1 to 256; found '" + t + "'");
+  return static_cast<unsigned>(n);
+}
+
 }  // namespace
 
 Config Config::from_env() {
@@ -65,20 +76,8 @@ Config Config::from_env() {
   } else if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
     c.cache_dir = std::filesystem::path(home) / ".cache" / "moeq";
   }
-  if (const char* t = std::getenv("MOEQ_JIT_THREADS"); t != nullptr && *t != '\0') {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(t, &end, 10);
-    if (end == nullptr || *end != '\0' || n == 0 || n > 256)
-      fail("MOEQ_JIT_THREADS must be a number from 1 to 256; found '" + std::string(t) + "'");
-    c.threads = static_cast<unsigned>(n);
-  }
-  if (const char* t = std::getenv("MOEQ_JIT_SPLIT"); t != nullptr && *t != '\0') {
-    char* end = nullptr;
-    const unsigned long n = std::strtoul(t, &end, 10);
-    if (end == nullptr || *end != '\0' || n == 0 || n > 256)
-      fail("MOEQ_JIT_SPLIT must be a number from 1 to 256; found '" + std::string(t) + "'");
-    c.split_threads = static_cast<unsigned>(n);
-  }
+  c.threads = thread_count("MOEQ_JIT_THREADS", c.threads);
+  c.split_threads = thread_count("MOEQ_JIT_SPLIT", c.split_threads);
   c.cuda_include_dirs = ::moeq::jit::cuda_include_dirs();
   return c;
 }
