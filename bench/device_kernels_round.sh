@@ -4,7 +4,12 @@
 # of TUNE_SCHEMES at TUNE_MS (the table in $OUT/tuned.json, which the side by side then reads
 # through MOEQ_CT_TUNE_TABLE); then the side by side with vLLM (bench/device_side_by_side.sh:
 # SCHEMES, MS, SHAPES as there), its checks first. STEPS picks and orders the steps (default
-# "tests splits tune sbs"; `jit` adds `moeq bench jit` of JIT_SHAPE, cold and warm). Carry
+# "tests splits tune sbs"; `jit` adds `moeq bench jit` of JIT_SHAPE, cold and warm; `jitab` the
+# same cold with NVRTC's split compile (the default) and without (MOEQ_JIT_SPLIT=1); `load` runs
+# `moeq bench load` on a synthetic Qwen3-30B-A3B fp8-channel checkpoint, first as before this
+# round (scans ahead, MOEQ_JIT_SPLIT=1), then as now (scans while packing, split), each from an
+# empty JIT cache, the second also cold from the disk; `applyab` times decode and M = 8192 with
+# the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter). Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
 set -u
@@ -54,5 +59,46 @@ jit() {
   local t0=$SECONDS
   timeout "${JIT_TIMEOUT:-120}" build/bin/moeq bench jit ${JIT_SHAPE:+--shape $JIT_SHAPE} 2>&1 | grep -vE "^\[moeq warning\]" | tail -20
   echo "jit: $((SECONDS - t0)) s"
+}
+jitab() {
+  local t0=$SECONDS
+  for sp in 1 default; do
+    if [ $sp = default ]; then unset MOEQ_JIT_SPLIT; else export MOEQ_JIT_SPLIT=$sp; fi
+    echo "MOEQ_JIT_SPLIT=$sp:"
+    timeout "${JIT_TIMEOUT:-120}" build/bin/moeq bench jit --shape "${JIT_SHAPE:-Qwen3-30B-A3B}" 2>&1 | grep -E "^\| [a-z0-9-]+ \|"
+  done
+  unset MOEQ_JIT_SPLIT
+  echo "jitab: $((SECONDS - t0)) s"
+}
+load() {
+  local t0=$SECONDS ld=/tmp/moeq_load
+  local ck=$ld/qwen3-30b-a3b-fp8-channel-l7
+  mkdir -p $ld
+  timeout 120 build/bin/moeq bench load --synthesize Qwen3-30B-A3B --scheme fp8-channel --layers 7 --write-only "$ck" 2>&1 | tail -1
+  sync
+  MOEQ_LOAD_SCAN=ahead MOEQ_JIT_SPLIT=1 MOEQ_CACHE_DIR=$(mktemp -d) timeout 150 build/bin/moeq bench load --repeat 3 "$ck" \
+    > "$out/load_before.txt" 2>&1
+  echo "bench load (scan ahead, no split): rc=$?"
+  grep -E "^\||device path|scanned|phases|scan waits|MISMATCH|DIFFER" "$out/load_before.txt" | grep -vE "^\|---"
+  MOEQ_CACHE_DIR=$(mktemp -d) timeout 200 build/bin/moeq bench load --repeat 3 --cold "$ck" > "$out/load.txt" 2>&1
+  echo "bench load (scan while packing, split): rc=$?"
+  grep -E "^\||device path|scanned|phases|scan waits|MISMATCH|DIFFER|cold:" "$out/load.txt" | grep -vE "^\|---"
+  echo "load: $((SECONDS - t0)) s"
+}
+applyab() {
+  local t0=$SECONDS
+  mkdir -p /tmp/nosplit && tar xJf .devpack/jit_nosplit.tar.xz -C /tmp/nosplit && chmod -R go-w /tmp/nosplit
+  for v in split nosplit split; do
+    local dir=$MOEQ_CACHE_DIR
+    [ $v = nosplit ] && dir=/tmp/nosplit/jitcache
+    MOEQ_CACHE_DIR=$dir MOEQ_JIT_SPLIT=$([ $v = nosplit ] && echo 1 || echo 16) timeout 120 build/bin/moeq bench apply --no-check \
+      --json --seconds 0.05 --m "${AB_MS:-1,16,8192}" --shape "${AB_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B}" 2>/dev/null |
+      python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["rows"]:
+    print("%s %s %s M=%d %.1f us" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"]))
+' $v
+  done
+  echo "applyab: $((SECONDS - t0)) s"
 }
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

@@ -10,8 +10,10 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <random>
@@ -379,6 +381,84 @@ TEST_SUITE("concurrency") {
     // n / 8 = 5 full chunks of stable bytes and one for the plugin's buffer (a chunk a write
     // would be 41).
     CHECK(d.records.load() == static_cast<int>(n / 8) + 1);
+  }
+
+  // The NaN/Inf scan that rides on packing: runs of a scanned source (its dtype, contiguous, not
+  // cast) are scanned as they are copied, through every path of write() (gathered stable writes
+  // cut across chunks, small writes, a plugin's own buffer); a scan stops at the first non-finite
+  // element and records the bytes before it; other runs are copied unscanned. Every byte still
+  // lands where it belongs.
+  TEST_CASE("device staging: weights scanned while packed: what was scanned, the first non-finite element of each run") {
+    auto device = std::make_unique<DeferredDevice>();
+    const host::StagingShape shape = small_shape();
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), shape);
+    std::mt19937 rng(11);
+    // Three bf16 "weights" in one buffer (as a mapped checkpoint holds them) and an f32 one.
+    const std::size_t n = 3 * 100000;  // bf16 elements, 600 KB: about ten chunks
+    std::vector<uint16_t> w(n);
+    for (auto& v : w) v = static_cast<uint16_t>(0x3c00 + (rng() & 0x3ff));  // finite
+    w[70000] = 0x7fc0;                                                      // NaN in weight 0
+    w[70010] = 0xff80;                                                      // -inf after it
+    w[250001] = 0x7f80;                                                     // +inf in weight 2
+    std::vector<float> f(5000, 0.25f);
+    f[4999] = std::numeric_limits<float>::infinity();
+    const auto* wb = reinterpret_cast<const std::byte*>(w.data());
+    const auto* fb = reinterpret_cast<const std::byte*>(f.data());
+    host::PackScans scans({{wb + 200000 * 2, wb + n * 2, DType::BF16},
+                           {wb, wb + 100000 * 2, DType::BF16},
+                           {fb, fb + f.size() * 4, DType::F32}});  // weight 1 ([100000, 200000)) is not scanned
+    CHECK(scans.covers(wb, 100000, DType::BF16));
+    CHECK_FALSE(scans.covers(wb, 100001, DType::BF16));          // runs into an unscanned source
+    CHECK_FALSE(scans.covers(wb + 2, 50, DType::F16));          // another dtype
+    CHECK_FALSE(scans.covers(wb + 150000 * 2, 10, DType::BF16));  // not a scanned source
+    CHECK_FALSE(scans.covers(wb + 199990 * 2, 20, DType::BF16));  // straddles two
+    CHECK(scans.covers(fb, 5000, DType::F32));
+
+    std::vector<std::byte> dev(n * 2 + f.size() * 4 + 64 * 2);
+    {
+      DeviceWrites wr(DeferredDevice::kOrdinal);
+      auto run = [&](std::size_t first, std::size_t count, std::size_t dst_at) {
+        StagingRun r;
+        r.dst = addr(dev, dst_at);
+        r.src = wb + first * 2;
+        r.count = static_cast<int64_t>(count);
+        r.src_dtype = r.dst_dtype = DType::BF16;
+        r.scan = scans.covers(r.src, r.count, DType::BF16) ? &scans : nullptr;
+        return r;
+      };
+      // Weight 0 in rows of 1000 (gathered, cut across chunks); weight 1 whole; weight 2 as a
+      // plugin's unstable copy; the f32 weight gathered whole.
+      for (std::size_t row = 0; row < 100; ++row) wr.write({run(row * 1000, 1000, row * 2000)}, true, "weight 0");
+      wr.write({run(100000, 100000, 200000)}, true, "weight 1");
+      wr.write({run(200000, 100000, 400000)}, false, "weight 2");
+      StagingRun fr;
+      fr.dst = addr(dev, n * 2);
+      fr.src = fb;
+      fr.count = static_cast<int64_t>(f.size());
+      fr.src_dtype = fr.dst_dtype = DType::F32;
+      fr.scan = &scans;
+      wr.write({fr}, true, "weight f32");
+      // A small write (64 bf16 of weight 2, under small_bytes) scanned inline.
+      wr.write({run(260000, 64, n * 2 + f.size() * 4)}, true, "small");
+      wr.finish();
+    }
+    CHECK(std::memcmp(dev.data(), w.data(), n * 2) == 0);  // every byte copied, scanned or not
+    CHECK(std::memcmp(dev.data() + n * 2, f.data(), f.size() * 4) == 0);
+    CHECK(std::memcmp(dev.data() + n * 2 + f.size() * 4, w.data() + 260000, 128) == 0);
+    // The first non-finite element of each run that met one.
+    std::vector<const std::byte*> bad_want = {wb + 70000 * 2, wb + 250001 * 2, fb + 4999 * 4};
+    std::sort(bad_want.begin(), bad_want.end());  // ascending addresses (the buffers in either order)
+    CHECK(scans.non_finite() == bad_want);
+    // Scanned: weight 0 up to and including its NaN (the row of 1000 holding it stops there; the
+    // rows after it are scanned); weight 2, cut into chunks of 32768 elements, up to its +inf (in
+    // its second chunk, [232768, 265536)), then its third and fourth chunks, and the small run;
+    // the f32 weight whole (its +inf is its last element).
+    const std::vector<host::PackScans::Range> got = scans.scanned();
+    std::vector<host::PackScans::Range> want = {
+        {wb, wb + 70001 * 2},       {wb + 71000 * 2, wb + 100000 * 2}, {wb + 200000 * 2, wb + 250002 * 2},
+        {wb + 260000 * 2, wb + 260064 * 2}, {wb + 265536 * 2, wb + n * 2}, {fb, fb + 5000 * 4}};
+    std::sort(want.begin(), want.end());
+    CHECK(got == want);
   }
 
   TEST_CASE("device staging: a chunk is refilled oldest first, after the pool has grown to its size") {

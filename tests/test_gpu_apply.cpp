@@ -395,6 +395,73 @@ TEST_CASE("cuda: a NaN or infinite source weight fails the device quantization n
   CHECK(before.free - std::min(before.free, after.free) <= (std::size_t{8} << 20));
 }
 
+// Onto a device the NaN/Inf scan of the weights rides on their copy into staging (or runs ahead
+// of the plugin, as on the CPU): either way a non-finite fp8 weight fails the load naming the
+// same tensor, expert and element as the CPU load (the first of two in one tensor), for
+// per-expert tensors, Granite's fused one, and under TP=2 only in the rank's own share. A clean
+// load scans every weight byte while packing, none afterwards.
+TEST_CASE("cuda: a non-finite weight fails a device load naming the element, scanned while packing or ahead") {
+  if (!test::cuda_device_or_skip("GPU apply test")) return;
+  TempDir d;
+  const int64_t H = 256, I = 192;
+  auto w = writer::write_ct_fp8_channel(d / "ckpt", spec(writer::Layout::kPerExpert, 8, H, I, 61));
+  auto g = writer::write_ct_fp8_channel(d / "granite", spec(writer::Layout::kGraniteFused, 4, H, I, 62));
+  BuiltPlugins p;
+  using WS = LoadOptions::WeightScan;
+  {  // clean: every byte of this rank's weights scanned while packed
+    LoadOptions o = on_cuda();
+    o.weight_scan = WS::kWhilePacking;
+    LoadedModel m = load_dir(w.dir, p.registry(), o);
+    const LayerReport& r = m.layers[0]->report;
+    CHECK(r.bytes_scanned_after == 0);
+    CHECK(r.bytes_scanned_packing == 8 * 3 * H * I);  // fp8: a byte an element
+    o.placement.tp_size = 2;
+    o.placement.tp_rank = 1;
+    LoadedModel half = load_dir(w.dir, p.registry(), o);
+    CHECK(half.layers[0]->report.bytes_scanned_after == 0);
+    CHECK(half.layers[0]->report.bytes_scanned_packing == 8 * 3 * H * I / 2);
+  }
+  rewrite_tensors(w.dir, [&](TensorMap& m) {
+    set_element(m.at("model.layers.0.mlp.experts.3.gate_proj.weight"), 40 * H + 17, std::nanf(""));  // rank 0's rows
+    set_element(m.at("model.layers.0.mlp.experts.3.gate_proj.weight"), 150 * H + 3, std::nanf(""));  // rank 1's rows
+    set_element(m.at("model.layers.0.mlp.experts.5.down_proj.weight"), 200 * I + 120, std::nanf(""));  // rank 1's columns
+  });
+  rewrite_tensors(g.dir, [&](TensorMap& m) {
+    set_element(m.at("model.layers.0.block_sparse_moe.input_linear.weight"), (2 * 2 * I + I + 7) * H + 9, std::nanf(""));
+  });
+  const std::string gate = "model.layers.0.mlp.experts.3.gate_proj.weight: w1 (gate_proj) of expert 3, element [";
+  const std::string down = "model.layers.0.mlp.experts.5.down_proj.weight: w2 (down_proj) of expert 5, element [200, 120] is NaN";
+  const std::string fused =
+      "model.layers.0.block_sparse_moe.input_linear.weight: w3 (up_proj) of expert 2, element [7, 9] is NaN";
+  const std::string cpu = error_of([&] { load_dir(w.dir, p.registry()); });
+  const std::string cpu_fused = error_of([&] { load_dir(g.dir, p.registry()); });
+  CHECK(cpu.find(gate + "40, 17] is NaN") != std::string::npos);
+  CHECK(cpu.find(down) != std::string::npos);
+  CHECK(cpu_fused.find(fused) != std::string::npos);
+  for (WS mode : {WS::kWhilePacking, WS::kAhead}) {
+    CAPTURE(static_cast<int>(mode));
+    LoadOptions o = on_cuda();
+    o.weight_scan = mode;
+    const std::string e = error_of([&] { load_dir(w.dir, p.registry(), o); });
+    CHECK(e.find(gate + "40, 17] is NaN") != std::string::npos);
+    CHECK(e.find(gate + "150, 3]") == std::string::npos);  // the first of the tensor only
+    CHECK(e.find(down) != std::string::npos);
+    CHECK(error_of([&] { load_dir(g.dir, p.registry(), o); }).find(fused) != std::string::npos);
+    CHECK(host::live_param_bytes() == 0);
+    // TP=2: rank 1 meets the NaN in its own rows ([150, 3] of the whole tensor) and columns.
+    o.placement.tp_size = 2;
+    o.placement.tp_rank = 1;
+    const std::string r1 = error_of([&] { load_dir(w.dir, p.registry(), o); });
+    CHECK(r1.find(gate + "150, 3] is NaN") != std::string::npos);
+    CHECK(r1.find(down) != std::string::npos);
+    // Rank 0's share of gate_proj holds [40, 17]; its w2 columns [0, 96) miss [200, 120].
+    o.placement.tp_rank = 0;
+    const std::string r0 = error_of([&] { load_dir(w.dir, p.registry(), o); });
+    CHECK(r0.find(gate + "40, 17] is NaN") != std::string::npos);
+    CHECK(r0.find("down_proj") == std::string::npos);
+  }
+}
+
 // Eight layers loaded on eight threads share the device's quantizer scratch pool, which lends
 // at most three sets (one BF16 expert) at a time: loads wait for a set and still give every
 // layer the CPU's codes and scales exactly; the pool's memory is gone after the load.

@@ -68,6 +68,72 @@ StagingShape default_staging_shape() {
   return s;
 }
 
+// ------------------------------------------------------------------ scans while packing
+PackScans::PackScans(std::vector<Source> sources) : sources_(std::move(sources)) {
+  std::sort(sources_.begin(), sources_.end(), [](const Source& a, const Source& b) { return a.lo < b.lo; });
+  for (std::size_t i = 1; i < sources_.size(); ++i)
+    if (sources_[i].lo < sources_[i - 1].hi) fail(MOEQ_STATUS_CODE_INTERNAL, "PackScans: overlapping sources");
+}
+
+bool PackScans::covers(const std::byte* src, int64_t count, DType dtype) const {
+  if (count <= 0) return false;
+  const std::byte* end = src + static_cast<std::size_t>(count) * dtype_size(dtype);
+  auto it = std::upper_bound(sources_.begin(), sources_.end(), src,
+                             [](const std::byte* v, const Source& s) { return v < s.lo; });
+  if (it == sources_.begin()) return false;
+  --it;
+  return it->dtype == dtype && src >= it->lo && end <= it->hi;
+}
+
+void PackScans::copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype) {
+  // A block at a time, each scanned where it was just written (still in the core's cache), so
+  // that the source is read from memory once.
+  const std::size_t esize = dtype_size(dtype), bytes = static_cast<std::size_t>(count) * esize;
+  constexpr std::size_t kBlock = std::size_t{64} << 10;  // a multiple of every element size
+  std::size_t at = 0;
+  const std::byte* bad = nullptr;
+  for (; at < bytes; at += kBlock) {
+    const std::size_t len = std::min(kBlock, bytes - at);
+    std::memcpy(out + at, src + at, len);
+    const int64_t i = first_non_finite(out + at, len / esize, dtype);
+    if (i >= 0) {
+      bad = src + at + static_cast<std::size_t>(i) * esize;
+      std::memcpy(out + at + len, src + at + len, bytes - at - len);  // the rest, unscanned
+      break;
+    }
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  scanned_.emplace_back(src, bad != nullptr ? bad + esize : src + bytes);
+  if (bad != nullptr) bad_.push_back(bad);
+}
+
+std::vector<PackScans::Range> PackScans::scanned() const {
+  std::vector<Range> r;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    r = scanned_;
+  }
+  std::sort(r.begin(), r.end());
+  std::vector<Range> merged;
+  for (const Range& x : r) {
+    if (!merged.empty() && x.first <= merged.back().second)
+      merged.back().second = std::max(merged.back().second, x.second);
+    else
+      merged.push_back(x);
+  }
+  return merged;
+}
+
+std::vector<const std::byte*> PackScans::non_finite() const {
+  std::vector<const std::byte*> b;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    b = bad_;
+  }
+  std::sort(b.begin(), b.end());
+  return b;
+}
+
 // ------------------------------------------------------------------ the chunk pool of a device
 namespace {
 
@@ -188,8 +254,13 @@ std::shared_ptr<ChunkPool> pool_of(int ordinal) {
   return p;
 }
 
-// Elements [first, first + n) of a run, packed (and cast) at `out`.
+// Elements [first, first + n) of a run, packed (and cast) at `out`; scanned on the way when the
+// run asks for it.
 void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out) {
+  if (r.scan != nullptr && !r.fill && r.src_dtype == r.dst_dtype && (r.stride == 1 || n == 1)) {
+    r.scan->copy_scanning(out, r.src + first * r.stride * static_cast<int64_t>(dtype_size(r.src_dtype)), n, r.src_dtype);
+    return;
+  }
   const std::size_t de = dtype_size(r.dst_dtype);
   if (r.fill) {
     for (int64_t j = 0; j < n; ++j) std::memcpy(out + j * static_cast<int64_t>(de), r.pattern.data(), de);

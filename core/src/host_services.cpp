@@ -491,6 +491,12 @@ void stage_rows(moeq_layer& layer, ParamRecord& p, const std::vector<int64_t>& o
     if (fill != nullptr) std::memcpy(r.pattern.data(), fill, std::min(delem, r.pattern.size()));
     runs.push_back(r);
   });
+  // A run of the layer's checkpoint weights is scanned as it is packed (the loader checks what
+  // no pack scanned); set per merged run, which may not cross out of one source.
+  if (layer.pack_scans && fill == nullptr && same)
+    for (StagingRun& r : runs)
+      if (r.stride == 1 || r.count == 1)
+        r.scan = layer.pack_scans->covers(r.src, r.count, sdt) ? layer.pack_scans.get() : nullptr;
   writes_of(layer).write(std::move(runs), stable || fill != nullptr, what);
 }
 

@@ -1,3 +1,4 @@
+#include <moeq/device_staging.hpp>
 #include <moeq/error.hpp>
 #include <moeq/loader.hpp>
 #include <moeq/parallel_for.hpp>
@@ -351,11 +352,15 @@ std::vector<float> dequantize_router(const TensorInfo& w, const TensorInfo& scal
 namespace {
 
 // A NaN or infinite expert weight would poison every output it touches, and a plugin that
-// copies bytes would never notice: the core refuses it for every plugin before the plugin sees
-// the tensor, naming the tensor, projection, expert and the element in the checkpoint's
-// [row, col] of that expert. Only what this TP rank uses is read (the ABI's split: w1/w3 rows
-// and w2 columns [rank * I/tp, (rank + 1) * I/tp)), each element once. Scales are left to the
-// plugin, which holds them to its own rules (finite and > 0); integer dtypes are never scanned.
+// copies bytes would never notice: the core refuses it for every plugin, naming the tensor,
+// projection, expert and the element in the checkpoint's [row, col] of that expert. Only what
+// this TP rank uses is read (the ABI's split: w1/w3 rows and w2 columns
+// [rank * I/tp, (rank + 1) * I/tp)). Scales are left to the plugin, which holds them to its own
+// rules (finite and > 0); integer dtypes are never scanned. On the CPU every piece is scanned
+// before the plugin sees it. Onto a device the scan rides on the copy into staging (PackScans),
+// and what no copy scanned is scanned once the layer's writes are done, before
+// process_after_loading: the load fails the same way, naming the same element, and reads the
+// page cache once instead of twice.
 // Whether only this TP rank's share of the piece is read (w1/w3 rows, w2 columns
 // [rank * I/tp, (rank + 1) * I/tp)). NOTE: only a piece of the shape the geometry gives is read
 // by shard; any other (which the plugin refuses later, naming the shape) is read whole, never
@@ -370,52 +375,74 @@ bool tp_sharded(const Piece& p, const moeq_layer_geometry& g) {
   return shape_as_geometry && It > 0 && It < I && lo >= 0 && lo + It <= I;
 }
 
-void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p, const moeq_layer_geometry& g) {
-  if (suffix != "weight") return;
+// Whether a tensor of this suffix and dtype is scanned: float weights (never scales, never integers).
+bool scanned_tensor(const TensorInfo& t, const std::string& suffix) {
+  return suffix == "weight" && (t.dtype == DType::F8_E4M3 || t.dtype == DType::BF16 || t.dtype == DType::F16 ||
+                                t.dtype == DType::F32);
+}
+
+// The bytes of a piece this rank uses, in order: the whole piece, or under TP this rank's rows
+// of w1/w3 (gate rows, then up rows of a fused w13) or its columns of each w2 row.
+std::vector<host::PackScans::Range> scan_ranges(const Piece& p, const moeq_layer_geometry& g) {
   const SourceView& v = p.view;
   const std::byte* data = v.base + v.byte_offset;
   const std::size_t esize = dtype_size(v.dtype);
-  int64_t bad_row = -1, bad_col = -1;
-  auto scan_rows = [&](int64_t row0, int64_t rows, int64_t cols, int64_t col0, int64_t width) {
-    for (int64_t r = row0; r < row0 + rows && bad_row < 0; ++r) {
-      const int64_t at = first_non_finite(data + static_cast<std::size_t>(r * cols + col0) * esize,
-                                          static_cast<std::size_t>(width), v.dtype);
-      if (at >= 0) {
-        bad_row = r;
-        bad_col = col0 + at;
-      }
+  const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
+  std::vector<host::PackScans::Range> out;
+  auto rows = [&](int64_t row0, int64_t n, int64_t cols, int64_t col0, int64_t width) {
+    for (int64_t r = row0; r < row0 + n; ++r) {
+      const std::byte* a = data + static_cast<std::size_t>(r * cols + col0) * esize;
+      if (!out.empty() && out.back().second == a)
+        out.back().second = a + static_cast<std::size_t>(width) * esize;  // whole rows run on
+      else
+        out.emplace_back(a, a + static_cast<std::size_t>(width) * esize);
     }
   };
-  const int64_t I = g.intermediate_size, It = g.intermediate_size_per_partition, lo = g.tp_rank * It;
   if (!tp_sharded(p, g)) {
-    // Whole piece: contiguous, so one pass; the position is turned into [row, col] below.
-    const int64_t n = v.numel();
-    const int64_t at = first_non_finite(data, static_cast<std::size_t>(n), v.dtype);
-    if (at >= 0) {
-      const int64_t cols = v.shape.empty() ? 1 : v.shape.back();
-      bad_row = at / cols;
-      bad_col = at % cols;
-    }
+    out.emplace_back(data, data + static_cast<std::size_t>(v.numel()) * esize);
   } else if (p.projection == Projection::kW2) {
-    scan_rows(0, v.shape[0], v.shape[1], lo, It);  // [H, I]: this rank's columns
+    rows(0, v.shape[0], v.shape[1], lo, It);  // [H, I]: this rank's columns
   } else if (p.projection == Projection::kW13) {
-    scan_rows(lo, It, v.shape[1], 0, v.shape[1]);  // [2I, H]: this rank's gate rows, then up rows
-    scan_rows(I + lo, It, v.shape[1], 0, v.shape[1]);
+    rows(lo, It, v.shape[1], 0, v.shape[1]);  // [2I, H]: this rank's gate rows, then up rows
+    rows(I + lo, It, v.shape[1], 0, v.shape[1]);
   } else {
-    scan_rows(lo, It, v.shape[1], 0, v.shape[1]);  // [I, H]: this rank's rows
+    rows(lo, It, v.shape[1], 0, v.shape[1]);  // [I, H]: this rank's rows
   }
-  if (bad_row < 0) return;
+  return out;
+}
+
+// The error for the non-finite element at `at` (inside the piece): tensor, projection, expert,
+// its [row, col] in the expert's tensor, the value's kind and the file.
+Error non_finite_error(const TensorInfo& t, const Piece& p, const std::byte* at) {
+  const SourceView& v = p.view;
+  const std::byte* data = v.base + v.byte_offset;
+  const auto index = static_cast<int64_t>(static_cast<std::size_t>(at - data) / dtype_size(v.dtype));
   const int64_t cols = v.shape.empty() ? 1 : v.shape.back();
-  const float val = load_as_float(data, v.dtype, static_cast<std::size_t>(bad_row * cols + bad_col));
+  const float val = load_as_float(data, v.dtype, static_cast<std::size_t>(index));
   const char* proj = p.projection == Projection::kW1   ? "w1 (gate_proj)"
                      : p.projection == Projection::kW3 ? "w3 (up_proj)"
                      : p.projection == Projection::kW2 ? "w2 (down_proj)"
                                                        : "w13 (gate_up_proj)";
-  fail(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
-       printable_name(t.name) + ": " + proj + " of expert " + std::to_string(p.expert) + ", element [" +
-           std::to_string(bad_row) + ", " + std::to_string(bad_col) + "] is " +
-           (std::isnan(val) ? "NaN" : val > 0 ? "+inf" : "-inf") + " (expected finite " + dtype_name(v.dtype) +
-           " weights, found a non-finite one; file " + t.file.filename().string() + ")");
+  return Error(MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+               printable_name(t.name) + ": " + proj + " of expert " + std::to_string(p.expert) + ", element [" +
+                   std::to_string(index / cols) + ", " + std::to_string(index % cols) + "] is " +
+                   (std::isnan(val) ? "NaN" : val > 0 ? "+inf" : "-inf") + " (expected finite " +
+                   dtype_name(v.dtype) + " weights, found a non-finite one; file " + t.file.filename().string() + ")");
+}
+
+// The first non-finite element of `ranges`, or nullptr.
+const std::byte* first_non_finite_in(const std::vector<host::PackScans::Range>& ranges, DType dtype) {
+  const std::size_t esize = dtype_size(dtype);
+  for (const auto& [a, b] : ranges) {
+    const int64_t at = first_non_finite(a, static_cast<std::size_t>(b - a) / esize, dtype);
+    if (at >= 0) return a + static_cast<std::size_t>(at) * esize;
+  }
+  return nullptr;
+}
+
+void check_finite(const TensorInfo& t, const std::string& suffix, const Piece& p, const moeq_layer_geometry& g) {
+  if (suffix != "weight") return;
+  if (const std::byte* bad = first_non_finite_in(scan_ranges(p, g), p.view.dtype)) throw non_finite_error(t, p, bad);
 }
 
 // Asks the kernel to read the bytes of a piece this rank uses from the disk now, all at once,
@@ -475,8 +502,9 @@ class ScanAhead {
     return static_cast<std::size_t>(mib) << 20;
   }
 
-  ScanAhead(std::vector<Item> items, const moeq_layer_geometry& g, std::size_t window)
-      : window_(window_bytes(window)), items_(std::move(items)), g_(g) {
+  // `check`: scan each piece (else only read it ahead: the scan rides on the packing).
+  ScanAhead(std::vector<Item> items, const moeq_layer_geometry& g, std::size_t window, bool check)
+      : window_(window_bytes(window)), check_(check), items_(std::move(items)), g_(g) {
     starts_.reserve(items_.size() + 1);
     std::size_t at = 0;
     for (const Item& it : items_) {
@@ -500,6 +528,7 @@ class ScanAhead {
       pool_.submit(slots_[i].done, [this, i] {
         const Item& it = items_[i];
         read_ahead(*it.piece, g_);
+        if (!check_) return;
         try {
           check_finite(*it.tensor, *it.suffix, *it.piece, g_);
         } catch (...) {
@@ -518,12 +547,105 @@ class ScanAhead {
   };
   TaskPool& pool_ = TaskPool::shared();
   const std::size_t window_;
+  const bool check_;
   std::vector<Item> items_;
   const moeq_layer_geometry& g_;
   std::vector<std::size_t> starts_;  // byte offset of each item in the layer's sequence, and the end
   std::deque<Slot> slots_;            // NOTE: a deque: a Group cannot move
   std::size_t submitted_ = 0;
 };
+
+// LoadOptions::weight_scan, else MOEQ_LOAD_SCAN: "pack" (the default) scans a device load's weights while they are copied into
+// staging, "ahead" scans every piece on the host before the plugin sees it, as on the CPU.
+bool scan_while_packing(LoadOptions::WeightScan asked) {
+  if (asked != LoadOptions::WeightScan::kDefault) return asked == LoadOptions::WeightScan::kWhilePacking;
+  const char* v = std::getenv("MOEQ_LOAD_SCAN");
+  if (v == nullptr || *v == '\0' || std::string_view(v) == "pack") return true;
+  if (std::string_view(v) == "ahead") return false;
+  fail("MOEQ_LOAD_SCAN must be 'pack' or 'ahead', found '" + std::string(v) + "'");
+}
+
+// The weights of a device load, checked once the copies into staging are done: for each tensor
+// (that split and has not failed already), the bytes this rank uses that no pack scanned are
+// scanned now (on the task pool), and the first non-finite element of the tensor, found by a
+// pack or by this scan, fails it as check_finite would have. A run that met one stopped
+// scanning there, so the first element in address order of a piece's ranges is the first of
+// those recorded or found here.
+void check_after_packing(const LayerTensors& lt, const std::vector<std::vector<Piece>>& pieces_of,
+                         const std::vector<std::exception_ptr>& split_error, const std::vector<std::size_t>& entry_of,
+                         const ExpertRange& local, const moeq_layer_geometry& g, const host::PackScans& scans,
+                         LayerReport& rep) {
+  using Range = host::PackScans::Range;
+  const std::vector<Range> scanned = scans.scanned();
+  const std::vector<const std::byte*> found = scans.non_finite();
+  struct Check {
+    std::size_t tensor;
+    const Piece* piece;
+    std::vector<Range> ranges, unscanned;
+    const std::byte* bad = nullptr;
+  };
+  std::vector<Check> checks;
+  for (std::size_t ti = 0; ti < lt.experts.size(); ++ti) {
+    const auto& [t, r] = lt.experts[ti];
+    if (split_error[ti] || !scanned_tensor(*t, r.suffix)) continue;
+    if (entry_of[ti] < rep.entries.size() && rep.entries[entry_of[ti]].state == LedgerEntry::State::kError) continue;
+    for (const Piece& p : pieces_of[ti]) {
+      if (!local.contains(p.expert)) continue;
+      Check c{ti, &p, scan_ranges(p, g), {}, nullptr};
+      for (const auto& [a, b] : c.ranges) {
+        // Scanned ranges are merged and sorted: walk those that overlap [a, b).
+        const std::byte* at = a;
+        auto it = std::upper_bound(scanned.begin(), scanned.end(), a,
+                                   [](const std::byte* v, const Range& x) { return v < x.first; });
+        if (it != scanned.begin() && std::prev(it)->second > a) --it;
+        for (; it != scanned.end() && it->first < b && at < b; ++it) {
+          if (it->first > at) c.unscanned.emplace_back(at, it->first);
+          at = std::max(at, it->second);
+        }
+        if (at < b) c.unscanned.emplace_back(at, b);
+        // A non-finite element a pack recorded inside the range (the first one wins).
+        if (c.bad == nullptr) {
+          auto f = std::lower_bound(found.begin(), found.end(), a);
+          if (f != found.end() && *f < b) c.bad = *f;
+        }
+      }
+      checks.push_back(std::move(c));
+    }
+  }
+  // The unscanned bytes, on the task pool (a plugin that copies every byte it uses leaves none).
+  std::size_t after = 0, total = 0;
+  for (const Check& c : checks) {
+    for (const auto& [a, b] : c.unscanned) after += static_cast<std::size_t>(b - a);
+    for (const auto& [a, b] : c.ranges) total += static_cast<std::size_t>(b - a);
+  }
+  rep.bytes_scanned_after = static_cast<int64_t>(after);
+  rep.bytes_scanned_packing = static_cast<int64_t>(total - after);
+  std::vector<const std::byte*> late(checks.size(), nullptr);
+  {
+    TaskPool& pool = TaskPool::shared();
+    TaskPool::Group group;
+    const TaskPool::Join join(pool, group);
+    for (std::size_t i = 0; i < checks.size(); ++i)
+      if (!checks[i].unscanned.empty())
+        pool.submit(group, [&, i] { late[i] = first_non_finite_in(checks[i].unscanned, checks[i].piece->view.dtype); });
+    pool.wait(group);
+  }
+  // Each tensor's first failing piece (pieces in order), its first element.
+  std::vector<bool> failed(lt.experts.size(), false);
+  for (std::size_t i = 0; i < checks.size(); ++i) {
+    const Check& c = checks[i];
+    const std::byte* bad = c.bad == nullptr ? late[i] : late[i] == nullptr ? c.bad : std::min(c.bad, late[i]);
+    if (bad == nullptr || failed[c.tensor]) continue;
+    failed[c.tensor] = true;
+    const Error e = non_finite_error(*lt.experts[c.tensor].first, *c.piece, bad);
+    if (entry_of[c.tensor] < rep.entries.size()) {
+      LedgerEntry& entry = rep.entries[entry_of[c.tensor]];
+      entry.state = LedgerEntry::State::kError;
+      entry.detail = e.what();
+    }
+    note_error(rep, e);
+  }
+}
 
 // The router of a layer, checked at load: weight [E, H] and correction bias [E] of a float dtype
 // (BF16, F16, F32), every value finite; a family that routes with a correction bias needs one.
@@ -719,6 +841,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   const moeq_layer_geometry& g = out.geometry;
 
   const std::string ctx = out.plugin->name;
+  const bool scan_packing = opt.device.device_type == kDLCUDA && scan_while_packing(opt.weight_scan);
   try {
     moeq_method_create_args ma{};
     ma.struct_size = sizeof(ma);
@@ -737,6 +860,15 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     out.layer = host::make_layer(lt.prefix, opt.device);
     for (auto& [t, r] : lt.experts) out.layer->stable_sources.push_back({t->data, t->data + t->nbytes()});
     std::sort(out.layer->stable_sources.begin(), out.layer->stable_sources.end());
+    if (scan_packing) {
+      std::vector<host::PackScans::Source> sources;
+      for (auto& [t, r] : lt.experts)
+        if (scanned_tensor(*t, r.suffix)) sources.push_back({t->data, t->data + t->nbytes(), t->dtype});
+      std::sort(sources.begin(), sources.end(), [](const auto& a, const auto& b) { return a.lo < b.lo; });
+      sources.erase(std::unique(sources.begin(), sources.end(), [](const auto& a, const auto& b) { return a.lo == b.lo; }),
+                    sources.end());
+      out.layer->pack_scans = std::make_shared<host::PackScans>(std::move(sources));
+    }
     moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};
     host::throw_if_error(out.plugin->api->create_weights(&cw), ctx + " create_weights");
   } catch (const Error& e) {
@@ -768,7 +900,8 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     for (const Piece& p : pieces_of[i])
       if (local.contains(p.expert)) items.push_back({t, &r.suffix, &p});
   }
-  ScanAhead scans(std::move(items), g, opt.scan_ahead_bytes);
+  ScanAhead scans(std::move(items), g, opt.scan_ahead_bytes, !scan_packing);
+  std::vector<std::size_t> entry_of(nt, SIZE_MAX);  // each tensor's ledger entry
   size_t next_item = 0;  // the scan of this rank's next piece, in the order they are handed
   double scan_wait = 0;
   for (size_t ti = 0; ti < nt; ++ti) {
@@ -848,12 +981,29 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       note_error(rep, e);
     }
     next_item = item_end;
+    entry_of[ti] = rep.entries.size();
     rep.entries.push_back(std::move(entry));
     if (t_progress) t_progress->add(static_cast<int64_t>(t->nbytes()), 0);
   }
 
-  rep.seconds.scan = scan_wait;
   rep.seconds.hand = since(t_hand) - scan_wait;
+  if (scan_packing) {
+    // Every copy queued is done (so every pack scanned what it was to scan): then the weights
+    // are checked as a whole, naming each tensor's first non-finite element.
+    auto t_phase = Clock::now();
+    bool copied = true;
+    try {
+      host::finish_device_writes(*out.layer);
+    } catch (const Error& e) {
+      note_error(rep, e);
+      copied = false;
+    }
+    rep.seconds.copies = since(t_phase);
+    t_phase = Clock::now();
+    if (copied) check_after_packing(lt, pieces_of, split_error, entry_of, local, g, *out.layer->pack_scans, rep);
+    scan_wait += since(t_phase);
+  }
+  rep.seconds.scan = scan_wait;
   rep.params = host::coverage(*out.layer);
   rep.bytes_copied = out.layer->bytes_copied_from_host;
   // A tensor that failed above leaves its elements unwritten: say so rather than blame a missing one.
@@ -880,7 +1030,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     try {
       auto t_phase = Clock::now();
       host::finish_device_writes(*out.layer);
-      rep.seconds.copies = since(t_phase);
+      rep.seconds.copies += since(t_phase);
       t_phase = Clock::now();
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
       moeq_status* st = out.plugin->api->process_after_loading(&pa);
@@ -936,6 +1086,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   model.config = parse_moe_config(ck.config(), ck.dir() / "config.json");
   model.placement = opt.placement;
   validate_placement(opt.placement, model.config.num_experts, model.config.intermediate_size);
+  (void)scan_while_packing(opt.weight_scan);  // a bad MOEQ_LOAD_SCAN fails the load here, once
 
   std::map<std::pair<int64_t, std::string>, LayerTensors> by_layer;
   std::vector<std::pair<const TensorInfo*, RoutedName>> routers;

@@ -425,9 +425,10 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   std::vector<double> device_secs;
   std::size_t device_held = 0, device_load_peak = 0;
   int64_t expert_bytes = 0, expert_bytes_handed = 0;  // of the checkpoint, and handed to the plugins (EP: local)
-  LayerReport::Phases phases;  // summed over the layers of the warm pass
+  LayerReport::Phases phases;  // summed over the layers of the last warm pass
+  int64_t scanned_packing = 0, scanned_after = 0;  // weight bytes, the last warm pass
   bool device_ok = true;
-  for (int pass = 0; pass < 2; ++pass) {
+  for (int pass = 0; pass < 1 + repeat; ++pass) {
     const cuda::MemoryInfo before = cuda::memory_info();
     LoadOptions ld = lo;
     ld.device = {kDLCUDA, 0};
@@ -439,8 +440,12 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
     const std::size_t lowest_free = low.stop();
     device_held = std::max(device_held, before.free - cuda::memory_info().free);
     device_load_peak = std::max(device_load_peak, before.free - std::min(lowest_free, before.free));
-    if (pass == 1) {
+    if (pass >= 1) {
+      phases = {};
+      scanned_packing = scanned_after = 0;
       for (const auto& l : dm.layers) {
+        scanned_packing += l->report.bytes_scanned_packing;
+        scanned_after += l->report.bytes_scanned_after;
         phases.scan += l->report.seconds.scan;
         phases.hand += l->report.seconds.hand;
         phases.copies += l->report.seconds.copies;
@@ -469,9 +474,14 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
     }
   }
   ok = ok && device_ok;
-  const double device_cold_s = device_secs[0], device_s = device_secs[1];
+  const double device_cold_s = device_secs[0];
+  const double device_s = median(std::vector<double>(device_secs.begin() + 1, device_secs.end()));
   say("device path: strict load onto cuda:0 through copy_to_param, " + fmt(device_cold_s, 2) + " s first pass, " +
-      fmt(device_s, 2) + " s with the JIT cache warm; device bytes " + (device_ok ? "match" : "DIFFER"));
+      fmt(device_s, 2) + " s with the JIT cache warm (median of " + std::to_string(repeat) + "); device bytes " +
+      (device_ok ? "match" : "DIFFER"));
+  say("  weights scanned for NaN/Inf while packed: " + std::to_string(scanned_packing >> 20) + " MiB, afterwards: " +
+      std::to_string(scanned_after >> 20) + " MiB (MOEQ_LOAD_SCAN=" +
+      (std::getenv("MOEQ_LOAD_SCAN") ? std::getenv("MOEQ_LOAD_SCAN") : "pack") + ")");
   const std::string phase_text = "scan waits " + fmt(phases.scan, 3) + " s, handing " + fmt(phases.hand, 3) +
                                  " s, copy waits " + fmt(phases.copies, 3) + " s, process_after_loading " +
                                  fmt(phases.prepare, 3) + " s";
@@ -535,6 +545,9 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
         {"device_peak_meminfo_bytes", peak_info},
         {"device_load_s", device_s},
         {"device_load_cold_jit_s", device_cold_s},
+        {"device_load_warm_s", json::array(device_secs.begin() + 1, device_secs.end())},
+        {"weight_bytes_scanned_packing", scanned_packing},
+        {"weight_bytes_scanned_after", scanned_after},
         {"device_load_gbps", gbps(double(checkpoint_bytes), device_s)},
         {"device_load_resident_bytes", device_held},
         {"device_load_peak_bytes", device_load_peak},

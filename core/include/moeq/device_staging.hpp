@@ -21,7 +21,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace moeq::host {
@@ -46,6 +48,43 @@ class StagingBackend {
 // The CUDA driver's backend (the default).
 std::unique_ptr<StagingBackend> cuda_staging_backend();
 
+// The NaN/Inf scan of expert weights done while their bytes are packed into staging (the loader's
+// choice for a load onto a device: the bytes are then read from the page cache once, not twice).
+// `sources` are the checkpoint's float weights, each with its dtype. A run whose source lies in
+// one, read as that dtype, contiguous and not cast, is scanned as it is copied; the scan stops at
+// the first non-finite element, which is recorded with the bytes before it as scanned. What no
+// pack scanned (a strided or cast copy, bytes a plugin read but never copied, the rest of a run
+// after a non-finite element) the loader scans on the host afterwards, so that every byte the
+// rank uses is checked exactly once or twice, never skipped.
+class PackScans {
+ public:
+  struct Source {
+    const std::byte* lo;
+    const std::byte* hi;
+    DType dtype;
+  };
+  using Range = std::pair<const std::byte*, const std::byte*>;
+  explicit PackScans(std::vector<Source> sources);  // any order; they must not overlap
+  PackScans(const PackScans&) = delete;
+  PackScans& operator=(const PackScans&) = delete;
+
+  // Whether `count` contiguous elements of `dtype` at `src` lie in a source of that dtype.
+  bool covers(const std::byte* src, int64_t count, DType dtype) const;
+  // Copies `count` elements of `dtype` from `src` to `out` (as memcpy), scanning them on the
+  // way, and records what was scanned (and the first non-finite element, if any).
+  void copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype);
+
+  // The scanned ranges, sorted and merged; the non-finite elements found, ascending.
+  std::vector<Range> scanned() const;
+  std::vector<const std::byte*> non_finite() const;
+
+ private:
+  std::vector<Source> sources_;  // sorted by lo
+  mutable std::mutex mutex_;
+  std::vector<Range> scanned_;
+  std::vector<const std::byte*> bad_;
+};
+
 // One stretch of a write: `count` elements to device address `dst` (contiguous, of `dst_dtype`),
 // from `src` every `stride` source elements (of `src_dtype`, cast when they differ), or with
 // `fill` every element equal to `pattern`'s first dtype_size(dst_dtype) bytes.
@@ -57,6 +96,8 @@ struct StagingRun {
   DType src_dtype = DType::U8, dst_dtype = DType::U8;
   bool fill = false;
   std::array<std::byte, 8> pattern{};
+  // Set: the source is scanned for non-finite values as it is packed (PackScans::covers held).
+  PackScans* scan = nullptr;
 };
 
 

@@ -18,6 +18,7 @@ namespace moeq {
 class Registry;
 namespace host {
 class DeviceWrites;
+class PackScans;
 }
 
 // Disjoint half-open ranges of flat element indices, merged on insert.
@@ -83,6 +84,10 @@ struct moeq_layer {
   // are finished (the checkpoint tensors the loader hands over): a copy_to_param from inside one
   // returns before its bytes are packed into staging.
   std::vector<std::pair<const std::byte*, const std::byte*>> stable_sources;
+  // Set by the loader for a load onto a device: the weights whose NaN/Inf scan rides on their
+  // packing into staging (moeq/device_staging.hpp). Declared before `device_writes`, whose
+  // queued packs use it.
+  std::shared_ptr<moeq::host::PackScans> pack_scans;
   // Staging of copies to device parameters; declared after `params` so it is destroyed first.
   std::unique_ptr<moeq::host::DeviceWrites> device_writes;
 };

@@ -42,6 +42,12 @@ struct LoadOptions {
   // How far ahead of the piece being handed to the plugin a layer's NaN/Inf scans (and
   // readahead) are queued, in bytes of pieces; 0: MOEQ_LOAD_SCAN_AHEAD_MIB, else 32 MiB.
   std::size_t scan_ahead_bytes = 0;
+  // Where a load onto a device scans expert weights for NaN/Inf: while their bytes are copied into
+  // staging (each byte read from the checkpoint once; what no copy scanned is scanned after the
+  // layer's copies), or ahead of the plugin, every piece before it is handed (as on the CPU).
+  // kDefault: MOEQ_LOAD_SCAN ("pack" or "ahead"), else while packing. The CPU always scans ahead.
+  enum class WeightScan { kDefault, kWhilePacking, kAhead };
+  WeightScan weight_scan = WeightScan::kDefault;
   // Called as expert tensors are taken (from the loading threads, one call at a time), and once
   // more when every layer is done: bytes of expert tensors processed of the total, layers done.
   std::function<void(const struct LoadProgress&)> progress;
@@ -111,12 +117,16 @@ struct LayerReport {
   int64_t expert_bytes_handed = 0;
   int64_t bytes_copied = 0;
   // Wall seconds of the layer's load by phase (its loading thread's clock): waiting for the
-  // weight scans and readahead (on the task pool, a window ahead of the pieces being handed);
-  // the rest of handing every piece to weight_loader (the copies queued); the wait for the
-  // device copies (GPU layers); process_after_loading (kernels, repacks).
+  // weight scans and readahead (on the task pool, a window ahead of the pieces being handed;
+  // onto a device, the readahead and the scan of what no copy into staging scanned); the rest of
+  // handing every piece to weight_loader (the copies queued); the wait for the device copies
+  // (GPU layers); process_after_loading (kernels, repacks).
   struct Phases {
     double scan = 0, hand = 0, copies = 0, prepare = 0;
   } seconds;
+  // Onto a device: weight bytes of this rank scanned for NaN/Inf as they were copied into
+  // staging, and those scanned afterwards on the host (no copy scanned them). 0 on the CPU.
+  int64_t bytes_scanned_packing = 0, bytes_scanned_after = 0;
   bool ok() const { return problems.empty(); }  // loaded
   bool strict_clean() const { return problems.empty() && waived.empty(); }
   int64_t count(LedgerEntry::State s) const;
