@@ -66,7 +66,7 @@ jitab() {
     if [ $sp = default ]; then unset MOEQ_JIT_SPLIT; else export MOEQ_JIT_SPLIT=$sp; fi
     echo "MOEQ_JIT_SPLIT=$sp:"
     timeout "${JIT_TIMEOUT:-120}" build/bin/moeq bench jit --shape "${JIT_SHAPE:-Qwen3-30B-A3B}" 2>&1 | grep -E "^\| [a-z0-9-]+ \|"
-  done
+  done | tee "$out/jitab.txt"
   unset MOEQ_JIT_SPLIT
   echo "jitab: $((SECONDS - t0)) s"
 }
@@ -84,6 +84,21 @@ load() {
   echo "bench load (scan while packing, split): rc=$?"
   grep -E "^\||device path|scanned|phases|scan waits|MISMATCH|DIFFER|cold:" "$out/load.txt" | grep -vE "^\|---"
   echo "load: $((SECONDS - t0)) s"
+}
+# The strict device load, JIT warm, a line each, under each SWEEP entry MIB:POOL:LAYERS
+# (MOEQ_LOAD_STAGING_MIB, MOEQ_LOAD_THREADS, bench load --layer-threads; "-" leaves one default).
+loadsweep() {
+  local t0=$SECONDS ck=/tmp/moeq_load/qwen3-30b-a3b-fp8-channel-l7
+  [ -d "$ck" ] || { mkdir -p /tmp/moeq_load; timeout 120 build/bin/moeq bench load --synthesize Qwen3-30B-A3B \
+    --scheme fp8-channel --layers 7 --write-only "$ck" > /dev/null 2>&1; sync; }
+  for e in ${SWEEP:-256:-:- 512:-:- 512:8:-}; do
+    IFS=: read -r mib th lt <<< "$e"
+    ( [ "$mib" != - ] && export MOEQ_LOAD_STAGING_MIB=$mib; [ "$th" != - ] && export MOEQ_LOAD_THREADS=$th
+      timeout 60 build/bin/moeq bench load --repeat 5 $([ "$lt" != - ] && echo "--layer-threads $lt") "$ck" > "$out/sweep.txt" 2>&1
+      echo "staging $mib MiB, pool threads $th, layer threads $lt: $(grep -E '^device path' "$out/sweep.txt" | sed -E 's/.*first pass, //')"
+      grep -E "raw pipeline, page|scan waits|last warm pass" "$out/sweep.txt" | head -3 | sed 's/^/    /' )
+  done | tee -a "$out/loadsweep.txt"
+  echo "loadsweep: $((SECONDS - t0)) s"
 }
 applyab() {
   local t0=$SECONDS

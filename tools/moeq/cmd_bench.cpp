@@ -241,6 +241,9 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
       ->check(CLI::Range(1u, 256u));
   load_->add_option("--repeat", repeat_, "timed passes of each upload; the median is reported")
       ->check(CLI::Range(1, 1000));
+  load_->add_option("--layer-threads", layer_threads_,
+                    "threads loading layers at once in the strict loads (default: the loader's, min(8, cores))")
+      ->check(CLI::Range(1u, 256u));
   load_->add_option("--chunk-mib", chunk_mib_, "pinned staging chunk size in MiB")->check(CLI::Range(1, 1024));
   load_->add_option("--chunks", chunks_, "pinned staging chunks (default: max(8, 2 x threads))")
       ->check(CLI::Range(1u, 4096u));
@@ -394,6 +397,7 @@ int BenchCommand::run_load() const {
   gpu_harness::LoadBenchOptions o;
   o.dir = dir_;
   o.load = opt_.load_options();
+  o.load.threads = layer_threads_;
   o.threads = threads_;
   o.repeat = repeat_;
   o.chunk_bytes = static_cast<std::size_t>(chunk_mib_) << 20;

@@ -64,6 +64,7 @@ class BenchCommand {
   bool write_only_ = false, cold_ = false;
   unsigned threads_ = 0, chunks_ = 0;
   int repeat_ = 3;
+  unsigned layer_threads_ = 0;
   int chunk_mib_ = 16;
   // jit
   std::string jit_schemes_, jit_shape_ = "Qwen3-30B-A3B", jit_arch_;
