@@ -3,6 +3,7 @@
 // open, naming the files involved, instead of half-way through loading a layer.
 #include <moeq/checkpoint.hpp>
 #include <moeq/error.hpp>
+#include <moeq/parallel_for.hpp>
 
 #include <boost/json/basic_parser_impl.hpp>
 
@@ -13,8 +14,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <set>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -155,6 +158,25 @@ std::map<std::string, std::string> read_weight_map(const fs::path& index, const 
   return weight_map_of(root, index, limits);
 }
 
+// Opens every file (its header parsed and checked, its bytes mapped) on a thread each, up to 16
+// at once: a checkpoint of many shards spends its open parsing their headers. Each error is the
+// one a sequential open would have met first: the first failing file in `paths`' order.
+std::vector<std::shared_ptr<SafetensorsFile>> open_files(const std::vector<fs::path>& paths, const ReaderLimits& limits) {
+  std::vector<std::shared_ptr<SafetensorsFile>> files(paths.size());
+  std::vector<std::exception_ptr> errors(paths.size());
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  parallel_for(paths.size(), std::min(hw, 16u), [&](size_t i) {
+    try {
+      files[i] = SafetensorsFile::open(paths[i], limits);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  });
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  return files;
+}
+
 std::vector<std::shared_ptr<SafetensorsFile>> open_indexed_shards(
     const fs::path& dir, const fs::path& index,
     const std::map<std::string, std::string>& weight_map, const ReaderLimits& limits) {
@@ -163,15 +185,15 @@ std::vector<std::shared_ptr<SafetensorsFile>> open_indexed_shards(
   if (first_tensor.size() > limits.max_files)
     fail("index " + quoted(index) + " names " + std::to_string(first_tensor.size()) +
          " shard files, more than the limit of " + std::to_string(limits.max_files));
-  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  std::vector<fs::path> paths;
   for (const auto& [shard, tensor] : first_tensor) {
     fs::path path = dir / shard;
     if (!regular_file_present(path))
       fail("index " + quoted(index) + " names shard '" + shard + "' (for tensor '" + tensor +
            "'), but " + quoted(path) + " does not exist");
-    files.push_back(SafetensorsFile::open(path, limits));
+    paths.push_back(std::move(path));
   }
-  return files;
+  return open_files(paths, limits);
 }
 
 // The index and the shards must agree both ways: every indexed tensor is in the shard the
@@ -324,8 +346,7 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
   } else if (regular_file_present(dir / "model.safetensors")) {
     ckpt.files_.push_back(SafetensorsFile::open(dir / "model.safetensors", limits));
   } else {
-    for (const fs::path& p : all_safetensors(dir, limits))
-      ckpt.files_.push_back(SafetensorsFile::open(p, limits));
+    ckpt.files_ = open_files(all_safetensors(dir, limits), limits);
   }
   {  // .safetensors files not read (none when every file was)
     std::set<fs::path> read;

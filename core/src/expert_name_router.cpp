@@ -2,7 +2,6 @@
 
 #include <charconv>
 #include <optional>
-#include <regex>
 
 namespace moeq {
 
@@ -18,126 +17,221 @@ const char* projection_name(Projection p) {
 
 namespace {
 
+// A checkpoint holds tens of thousands of tensor names and the loader routes every one before a
+// layer starts, so the grammar below is matched by hand (std::regex took 2 to 3 µs a name). It
+// is the grammar of these regular expressions, with their choices where several splits match:
+//   block    ^((?:.*\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe|ffn|feed_forward))
+//   family   block \.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(\w+)$   and the others below
+//   router   block \.(?:gate|router\.layer|router)\.weight$, block \.gate\.(?:e_score_correction_bias|bias)$
+//   unknown  block \.(?:experts\.|input_linear\.|output_linear\.)
+// `.*` is greedy, so the last "layers." that lets the rest match is the block's; `.` takes no
+// line terminator; `\w` is [A-Za-z0-9_]. tests/test_expert_name_router.cpp holds the regular
+// expressions themselves and compares the two on generated and mutated names.
+
 // How a leaf name maps to a projection.
 struct LeafMap {
-  const char* leaf;
+  std::string_view leaf;
   Projection projection;
 };
 
-// One naming family. Capture groups: 1 = MoE block prefix, 2 = layer index,
-// then `expert_group` (0 = fused), `leaf_group`, `suffix_group` (0 = fixed suffix "weight").
+enum class Tail {
+  kPerExpert,   // .experts.<e>.<leaf>.<suffix>
+  kModule,      // .<leaf>.<suffix>
+  kFusedParam,  // .experts.<leaf>[_<suffix>]
+};
+
 struct Family {
   const char* name;
   const char* example;
-  std::regex pattern;
-  int expert_group;
-  int leaf_group;
-  int suffix_group;
+  Tail tail;
   std::vector<LeafMap> leaves;
+  std::vector<std::string_view> suffixes;  // kFusedParam: the allowed suffixes; else any \w+
   std::vector<std::pair<const char*, const char*>> suffix_renames;
 };
-
-const char* kBlock = R"(^((?:.*\.)?layers\.(\d+)\.(?:mlp|block_sparse_moe|ffn|feed_forward)))";
-
-std::regex rx(const std::string& tail) { return std::regex(std::string(kBlock) + tail, std::regex::optimize); }
 
 const std::vector<Family>& families() {
   static const std::vector<Family> table = [] {
     std::vector<Family> t;
-    t.push_back({"per_expert_proj", "model.layers.0.mlp.experts.3.gate_proj.weight_scale",
-                 rx(R"(\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.(\w+)$)"), 3, 4, 5,
+    t.push_back({"per_expert_proj", "model.layers.0.mlp.experts.3.gate_proj.weight_scale", Tail::kPerExpert,
                  {{"gate_proj", Projection::kW1}, {"up_proj", Projection::kW3}, {"down_proj", Projection::kW2}},
-                 {}});
+                 {}, {}});
     // DeepSeek-V4 writes `.scale`; it is the same multiplier as weight_scale_inv.
-    t.push_back({"per_expert_w", "model.layers.0.block_sparse_moe.experts.3.w1.weight",
-                 rx(R"(\.experts\.(\d+)\.(w1|w2|w3)\.(\w+)$)"), 3, 4, 5,
+    t.push_back({"per_expert_w", "model.layers.0.block_sparse_moe.experts.3.w1.weight", Tail::kPerExpert,
                  {{"w1", Projection::kW1}, {"w3", Projection::kW3}, {"w2", Projection::kW2}},
-                 {{"scale", "weight_scale_inv"}}});
-    t.push_back({"per_expert_fused_gate_up", "model.layers.0.mlp.experts.3.gate_up_proj.weight",
-                 rx(R"(\.experts\.(\d+)\.(gate_up_proj|w13)\.(\w+)$)"), 3, 4, 5,
-                 {{"gate_up_proj", Projection::kW13}, {"w13", Projection::kW13}}, {}});
-    t.push_back({"granite_fused", "model.layers.0.block_sparse_moe.input_linear.weight_scale",
-                 rx(R"(\.(input_linear|output_linear)\.(\w+)$)"), 0, 3, 4,
-                 {{"input_linear", Projection::kW13}, {"output_linear", Projection::kW2}}, {}});
+                 {}, {{"scale", "weight_scale_inv"}}});
+    t.push_back({"per_expert_fused_gate_up", "model.layers.0.mlp.experts.3.gate_up_proj.weight", Tail::kPerExpert,
+                 {{"gate_up_proj", Projection::kW13}, {"w13", Projection::kW13}}, {}, {}});
+    t.push_back({"granite_fused", "model.layers.0.block_sparse_moe.input_linear.weight_scale", Tail::kModule,
+                 {{"input_linear", Projection::kW13}, {"output_linear", Projection::kW2}}, {}, {}});
     // transformers-v5 fused parameters (no ".weight"), and ModelOpt's `<param>_<suffix>` siblings.
-    t.push_back({"v5_fused", "model.layers.0.mlp.experts.gate_up_proj",
-                 rx(R"(\.experts\.(gate_up_proj|down_proj)(?:_(weight_scale_inv|weight_scale|input_scale))?$)"),
-                 0, 3, 4, {{"gate_up_proj", Projection::kW13}, {"down_proj", Projection::kW2}}, {}});
+    t.push_back({"v5_fused", "model.layers.0.mlp.experts.gate_up_proj", Tail::kFusedParam,
+                 {{"gate_up_proj", Projection::kW13}, {"down_proj", Projection::kW2}},
+                 {"weight_scale_inv", "weight_scale", "input_scale"}, {}});
     return t;
   }();
   return table;
 }
 
-const std::regex& router_weight_rx() {
-  static const std::regex r(std::string(kBlock) + R"(\.(?:gate|router\.layer|router)\.weight$)",
-                            std::regex::optimize);
-  return r;
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_word(char c) { return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
+bool all_word(std::string_view s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!is_word(c)) return false;
+  return true;
 }
-const std::regex& router_bias_rx() {
-  static const std::regex r(
-      std::string(kBlock) + R"(\.gate\.(?:e_score_correction_bias|bias)$)", std::regex::optimize);
-  return r;
+// Consumes a run of one or more digits from the front of `s`.
+bool take_digits(std::string_view& s, std::string_view& digits) {
+  std::size_t n = 0;
+  while (n < s.size() && is_digit(s[n])) ++n;
+  if (n == 0) return false;
+  digits = s.substr(0, n);
+  s.remove_prefix(n);
+  return true;
 }
-const std::regex& experts_module_rx() {
-  static const std::regex r(std::string(kBlock) + R"(\.(?:experts\.|input_linear\.|output_linear\.))",
-                            std::regex::optimize);
-  return r;
+bool take(std::string_view& s, std::string_view what) {
+  if (!s.starts_with(what)) return false;
+  s.remove_prefix(what.size());
+  return true;
+}
+
+// One split of a name: the MoE block (group 1), its layer digits (group 2), and what follows.
+struct Block {
+  std::string_view prefix, layer, tail;
+};
+
+// Calls `fn` on each split of `name` as block + tail, the last "layers." first, until it
+// returns true; returns whether one did.
+template <class Fn>
+bool for_each_block(std::string_view name, Fn&& fn) {
+  static constexpr std::string_view kLayers = "layers.";
+  static constexpr std::string_view kBlocks[] = {"mlp", "block_sparse_moe", "ffn", "feed_forward"};
+  const std::size_t newline = name.find_first_of("\n\r");  // `.*` stops at a line terminator
+  for (std::size_t p = name.rfind(kLayers); p != std::string_view::npos;
+       p = p == 0 ? std::string_view::npos : name.rfind(kLayers, p - 1)) {
+    if ((p != 0 && name[p - 1] != '.') || (newline != std::string_view::npos && newline < p)) continue;
+    std::string_view rest = name.substr(p + kLayers.size()), layer;
+    if (!take_digits(rest, layer) || !take(rest, ".")) continue;
+    for (std::string_view b : kBlocks)
+      if (rest.starts_with(b)) {
+        const std::size_t end = name.size() - rest.size() + b.size();
+        if (fn(Block{name.substr(0, end), layer, name.substr(end)})) return true;
+      }
+  }
+  return false;
+}
+
+// The tail's parts under a family: leaf, expert digits (empty when fused), suffix (empty when
+// the name has none); false when the tail is not the family's.
+struct TailParts {
+  const LeafMap* leaf = nullptr;
+  std::string_view expert, suffix;
+};
+bool match_tail(const Family& f, std::string_view t, TailParts& out) {
+  auto leaf_then = [&](std::string_view& s, char sep, bool end_ok) -> bool {
+    for (const LeafMap& l : f.leaves) {
+      if (!s.starts_with(l.leaf)) continue;
+      const std::string_view after = s.substr(l.leaf.size());
+      if ((end_ok && after.empty()) || (!after.empty() && after[0] == sep)) {
+        out.leaf = &l;
+        s = after.empty() ? after : after.substr(1);
+        return true;
+      }
+    }
+    return false;
+  };
+  switch (f.tail) {
+    case Tail::kPerExpert:
+      if (!take(t, ".experts.") || !take_digits(t, out.expert) || !take(t, ".") || !leaf_then(t, '.', false)) return false;
+      out.suffix = t;
+      return all_word(t);
+    case Tail::kModule:
+      if (!take(t, ".") || !leaf_then(t, '.', false)) return false;
+      out.suffix = t;
+      return all_word(t);
+    case Tail::kFusedParam:
+      if (!take(t, ".experts.") || !leaf_then(t, '_', true)) return false;
+      if (t.empty()) return true;  // no suffix: the parameter itself
+      for (std::string_view s : f.suffixes)
+        if (t == s) {
+          out.suffix = t;
+          return true;
+        }
+      return false;
+  }
+  return false;
 }
 
 // A decimal index from the name; nullopt when it does not fit in int64 (a hostile name, found
 // by fuzzing: std::stoll threw std::out_of_range out of the loader).
-std::optional<int64_t> index_of(const std::ssub_match& digits) {
+std::optional<int64_t> index_of(std::string_view digits) {
   int64_t v = 0;
-  const char* first = &*digits.first;
-  const char* last = first + digits.length();
-  auto [end, ec] = std::from_chars(first, last, v);
-  if (ec != std::errc() || end != last) return std::nullopt;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+  if (ec != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
   return v;
 }
 
 }  // namespace
 
-RoutedName route_tensor_name(std::string_view name_view) {
-  const std::string name(name_view);
-  std::smatch m;
+RoutedName route_tensor_name(std::string_view name) {
   RoutedName r;
   for (const Family& f : families()) {
-    if (!std::regex_match(name, m, f.pattern)) continue;
-    const std::string leaf = m[f.leaf_group].str();
-    const LeafMap* hit = nullptr;
-    for (const LeafMap& l : f.leaves)
-      if (leaf == l.leaf) hit = &l;
-    if (hit == nullptr) continue;
-    const std::optional<int64_t> layer = index_of(m[2]);
-    const std::optional<int64_t> expert = f.expert_group ? index_of(m[f.expert_group]) : int64_t{-1};
+    TailParts parts;
+    Block block;
+    if (!for_each_block(name, [&](const Block& b) {
+          parts = {};
+          if (!match_tail(f, b.tail, parts)) return false;
+          block = b;
+          return true;
+        }))
+      continue;
+    const std::optional<int64_t> layer = index_of(block.layer);
+    const std::optional<int64_t> expert = f.tail == Tail::kPerExpert ? index_of(parts.expert) : int64_t{-1};
     if (!layer || !expert) break;  // an index past int64: unknown under an experts module
     r.role = TensorRole::kExpert;
     r.family = f.name;
-    r.layer_prefix = m[1].str();
+    r.layer_prefix = std::string(block.prefix);
     r.layer = *layer;
-    r.projection = hit->projection;
+    r.projection = parts.leaf->projection;
     r.expert = *expert;
-    r.suffix = (f.suffix_group && m[f.suffix_group].matched) ? m[f.suffix_group].str() : "weight";
+    r.suffix = parts.suffix.empty() ? "weight" : std::string(parts.suffix);
     for (const auto& [from, to] : f.suffix_renames)
       if (r.suffix == from) r.suffix = to;
-    r.experts_module = f.expert_group ? r.layer_prefix + ".experts" : r.layer_prefix + "." + leaf;
-    if (f.expert_group == 0 && std::string(f.name) == "v5_fused")
-      r.experts_module = r.layer_prefix + ".experts";
+    r.experts_module = f.tail == Tail::kModule ? r.layer_prefix + "." + std::string(parts.leaf->leaf)
+                                               : r.layer_prefix + ".experts";
     return r;
   }
-  if (std::regex_search(name, m, router_weight_rx())) {
+  Block block;
+  auto exact = [&](std::initializer_list<std::string_view> tails) {
+    return for_each_block(name, [&](const Block& b) {
+      for (std::string_view t : tails)
+        if (b.tail == t) {
+          block = b;
+          return true;
+        }
+      return false;
+    });
+  };
+  if (exact({".gate.weight", ".router.layer.weight", ".router.weight"})) {
     r.role = TensorRole::kRouterWeight;
-  } else if (std::regex_search(name, m, router_bias_rx())) {
+  } else if (exact({".gate.e_score_correction_bias", ".gate.bias"})) {
     r.role = TensorRole::kRouterBias;
-  } else if (std::regex_search(name, m, experts_module_rx())) {
+  } else if (for_each_block(name, [&](const Block& b) {
+               for (std::string_view t : {".experts.", ".input_linear.", ".output_linear."})
+                 if (b.tail.starts_with(t)) {
+                   block = b;
+                   return true;
+                 }
+               return false;
+             })) {
     r.role = TensorRole::kUnknownExpert;
   } else {
     return r;
   }
   r.family = "router";
   if (r.role == TensorRole::kUnknownExpert) r.family = "unknown";
-  r.layer_prefix = m[1].str();
-  if (const std::optional<int64_t> layer = index_of(m[2])) {
+  r.layer_prefix = std::string(block.prefix);
+  if (const std::optional<int64_t> layer = index_of(block.layer)) {
     r.layer = *layer;
   } else {  // a router of a layer that cannot exist is no router: report it as unknown
     r.role = TensorRole::kUnknownExpert;

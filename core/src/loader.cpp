@@ -731,6 +731,7 @@ thread_local ProgressTracker* t_progress = nullptr;
 
 void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
                 const LayerTensors& lt, LoadedLayer& out) {
+  const auto t_layer = std::chrono::steady_clock::now();
   LayerReport& rep = out.report;
   rep.prefix = lt.prefix;
   rep.layer = lt.layer;
@@ -885,6 +886,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   using Clock = std::chrono::steady_clock;
   auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   const auto t_hand = Clock::now();
+  rep.seconds.setup = std::chrono::duration<double>(t_hand - t_layer).count();
   const size_t nt = lt.experts.size();
   std::vector<std::vector<Piece>> pieces_of(nt);
   std::vector<std::exception_ptr> split_error(nt);

@@ -22,7 +22,11 @@ TaskPool::~TaskPool() {
 
 TaskPool& TaskPool::shared() {
   static TaskPool* pool = [] {
-    unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 16u);
+    // NOTE: half the cores (2..16): the loader runs as many layer threads besides (min(8, cores)),
+    // which hand pieces to the plugins and help the pool while they wait. A device load of 4 GB
+    // measured 0.16-0.21 s with 8 pool threads on 16 cores, 0.19-0.25 s with 16, 0.26-0.27 s with
+    // 24 (H100 host, bench/RESULTS.md, eighth session).
+    unsigned n = std::clamp(std::thread::hardware_concurrency() / 2, 2u, 16u);
     if (const char* v = std::getenv("MOEQ_LOAD_THREADS")) {
       char* end = nullptr;
       const long k = std::strtol(v, &end, 10);

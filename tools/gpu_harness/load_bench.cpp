@@ -465,6 +465,7 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       for (const auto& l : dm.layers) {
         scanned_packing += l->report.bytes_scanned_packing;
         scanned_after += l->report.bytes_scanned_after;
+        phases.setup += l->report.seconds.setup;
         phases.scan += l->report.seconds.scan;
         phases.hand += l->report.seconds.hand;
         phases.copies += l->report.seconds.copies;
@@ -501,7 +502,8 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   say("  weights scanned for NaN/Inf while packed: " + std::to_string(scanned_packing >> 20) + " MiB, afterwards: " +
       std::to_string(scanned_after >> 20) + " MiB (MOEQ_LOAD_SCAN=" +
       (std::getenv("MOEQ_LOAD_SCAN") ? std::getenv("MOEQ_LOAD_SCAN") : "pack") + ")");
-  const std::string phase_text = "scan waits " + fmt(phases.scan, 3) + " s, handing " + fmt(phases.hand, 3) +
+  const std::string phase_text = "setup " + fmt(phases.setup, 3) + " s, scan waits " + fmt(phases.scan, 3) +
+                                 " s, handing " + fmt(phases.hand, 3) +
                                  " s, copy waits " + fmt(phases.copies, 3) + " s, process_after_loading " +
                                  fmt(phases.prepare, 3) + " s";
   say("  warm pass, summed over the layers' threads: " + phase_text);
@@ -581,7 +583,11 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
         {"expert_bytes", expert_bytes},
         {"expert_bytes_handed", expert_bytes_handed},
         {"device_load_phase_seconds",
-         json::object{{"scan", phases.scan}, {"hand", phases.hand}, {"copies", phases.copies}, {"prepare", phases.prepare}}},
+         json::object{{"setup", phases.setup},
+                      {"scan", phases.scan},
+                      {"hand", phases.hand},
+                      {"copies", phases.copies},
+                      {"prepare", phases.prepare}}},
     };
     if (opt.cold) {
       o["cold_page_cache_after_drop"] = evicted_resident;

@@ -39,7 +39,7 @@ class TaskPool {
   TaskPool& operator=(const TaskPool&) = delete;
 
   // The pool the loader shares: MOEQ_LOAD_THREADS threads if set (1..256), else
-  // min(16, hardware threads). Created on first use; lives to the end of the process.
+  // half the hardware threads, 2 to 16. Created on first use; lives to the end of the process.
   static TaskPool& shared();
 
   unsigned threads() const { return static_cast<unsigned>(workers_.size()); }
