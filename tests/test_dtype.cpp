@@ -2,6 +2,7 @@
 // independent references (nearest-value search for fp8, the carry trick for bf16, the
 // compiler's _Float16 for f16).
 #include <moeq/dtype.hpp>
+#include <moeq/stream_copy.hpp>
 
 #include <doctest/doctest.h>
 
@@ -345,4 +346,69 @@ TEST_CASE("fp8 quantization: one reciprocal and two fmas give the division's cod
   CHECK(checked > 2000000);
   CHECK(quotient_diffs_above == 0);
   CHECK(code_diffs == 0);
+}
+
+// Staging copies (stream_copy.hpp): non-temporal AVX2 stores where the CPU has them, with the
+// NaN/Inf check riding on the loads. Against memcpy and first_non_finite: every size from a few
+// bytes to past several 64 KiB blocks, source and destination at every offset of a vector (the
+// destination on an element), non-finite elements in the head, the vectors, a block boundary and
+// the tail, two in one copy (the first is the one named), for each float dtype and int8.
+TEST_CASE("stream_copy and stream_copy_checking equal memcpy and first_non_finite") {
+  MESSAGE("non-temporal AVX2 copies: " << (stream_copy_accelerated() ? "yes" : "no (memcpy)"));
+  std::mt19937 rng(99);
+  struct Kind {
+    DType dtype;
+    std::vector<uint32_t> bad;  // element patterns that are not finite
+  };
+  const std::vector<Kind> kinds = {{DType::F8_E4M3, {0x7f, 0xff}},
+                                   {DType::BF16, {0x7fc0, 0xff80, 0x7f80}},
+                                   {DType::F16, {0x7c00, 0xfe00}},
+                                   {DType::F32, {0x7f800000u, 0xffc00000u}},
+                                   {DType::I8, {0x7f}}};
+  const std::vector<std::size_t> sizes = {1, 7, 31, 32, 33, 1000, 4095, 4096, 4097, 65536, 65536 + 96, 200000, 300001};
+  int checked = 0;
+  for (const Kind& k : kinds) {
+    const std::size_t es = dtype_size(k.dtype);
+    for (std::size_t n : sizes) {
+      for (std::size_t so : {std::size_t{0}, std::size_t{1}, std::size_t{13}}) {
+        for (std::size_t dofs : {std::size_t{0}, es, 8 * es, 31 / es * es}) {
+          CAPTURE(dtype_name(k.dtype));
+          CAPTURE(n);
+          CAPTURE(so);
+          CAPTURE(dofs);
+          // Source elements finite (small magnitudes), misaligned by `so` bytes.
+          std::vector<std::byte> src_buf(n * es + 64), dst_buf(n * es + 128, std::byte{0}), want(n * es);
+          std::byte* src = src_buf.data() + so;
+          for (std::size_t i = 0; i < n; ++i) {
+            const uint32_t v = es == 1 ? (rng() % 0x70) : es == 2 ? (0x3c00 + rng() % 0x300) : (0x3f000000u + rng() % 0x100000);
+            std::memcpy(src + i * es, &v, es);
+          }
+          // Destination aligned to 32, then offset by whole elements.
+          auto* base = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(dst_buf.data()) + 31) / 32 * 32);
+          std::byte* dst = base + dofs;
+          std::memcpy(want.data(), src, n * es);
+          stream_copy(dst, src, n * es);
+          CHECK(std::memcmp(dst, want.data(), n * es) == 0);
+          std::memset(dst, 0, n * es);
+          CHECK(stream_copy_checking(dst, src, static_cast<int64_t>(n), k.dtype) ==
+                first_non_finite(src, n, k.dtype));
+          CHECK(std::memcmp(dst, want.data(), n * es) == 0);
+          // Two non-finite elements: the first is named, wherever it falls.
+          for (std::size_t at : {std::size_t{0}, n / 3, n / 2, n - 1}) {
+            const std::size_t later = std::min(n - 1, at + 1 + rng() % 4000);
+            std::vector<std::byte> s2(src_buf);
+            std::byte* s = s2.data() + so;
+            std::memcpy(s + later * es, &k.bad[rng() % k.bad.size()], es);
+            std::memcpy(s + at * es, &k.bad[rng() % k.bad.size()], es);
+            const int64_t got = stream_copy_checking(dst, s, static_cast<int64_t>(n), k.dtype);
+            CHECK(got == first_non_finite(s, n, k.dtype));
+            CHECK(got == (k.dtype == DType::I8 ? -1 : static_cast<int64_t>(at)));
+            CHECK(std::memcmp(dst, s, n * es) == 0);
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  CHECK(checked > 1000);
 }

@@ -2,6 +2,7 @@
 
 #include <moeq/error.hpp>
 #include <moeq/staged_upload.hpp>
+#include <moeq/stream_copy.hpp>
 #include <moeq/task_pool.hpp>
 
 #include <algorithm>
@@ -85,25 +86,20 @@ bool PackScans::covers(const std::byte* src, int64_t count, DType dtype) const {
   return it->dtype == dtype && src >= it->lo && end <= it->hi;
 }
 
-void PackScans::copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype) {
-  // A block at a time, each scanned where it was just written (still in the core's cache), so
-  // that the source is read from memory once.
-  const std::size_t esize = dtype_size(dtype), bytes = static_cast<std::size_t>(count) * esize;
-  constexpr std::size_t kBlock = std::size_t{64} << 10;  // a multiple of every element size
-  std::size_t at = 0;
-  const std::byte* bad = nullptr;
-  for (; at < bytes; at += kBlock) {
-    const std::size_t len = std::min(kBlock, bytes - at);
-    std::memcpy(out + at, src + at, len);
-    const int64_t i = first_non_finite(out + at, len / esize, dtype);
-    if (i >= 0) {
-      bad = src + at + static_cast<std::size_t>(i) * esize;
-      std::memcpy(out + at + len, src + at + len, bytes - at - len);  // the rest, unscanned
-      break;
-    }
+void PackScans::copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype, bool streaming) {
+  // Into staging the check rides on the copy's own loads (stream_copy.hpp); elsewhere (the small
+  // writes' buffer, read again soon) a plain copy, then the scan of what was just written.
+  const std::size_t esize = dtype_size(dtype);
+  int64_t at = -1;
+  if (streaming) {
+    at = stream_copy_checking(out, src, count, dtype);
+  } else {
+    std::memcpy(out, src, static_cast<std::size_t>(count) * esize);
+    at = first_non_finite(out, static_cast<std::size_t>(count), dtype);
   }
+  const std::byte* bad = at >= 0 ? src + static_cast<std::size_t>(at) * esize : nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
-  scanned_.emplace_back(src, bad != nullptr ? bad + esize : src + bytes);
+  scanned_.emplace_back(src, bad != nullptr ? bad + esize : src + static_cast<std::size_t>(count) * esize);
   if (bad != nullptr) bad_.push_back(bad);
 }
 
@@ -255,10 +251,11 @@ std::shared_ptr<ChunkPool> pool_of(int ordinal) {
 }
 
 // Elements [first, first + n) of a run, packed (and cast) at `out`; scanned on the way when the
-// run asks for it.
-void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out) {
+// run asks for it. `streaming`: `out` is a staging chunk, which only the copy engine reads next.
+void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out, bool streaming) {
   if (r.scan != nullptr && !r.fill && r.src_dtype == r.dst_dtype && (r.stride == 1 || n == 1)) {
-    r.scan->copy_scanning(out, r.src + first * r.stride * static_cast<int64_t>(dtype_size(r.src_dtype)), n, r.src_dtype);
+    r.scan->copy_scanning(out, r.src + first * r.stride * static_cast<int64_t>(dtype_size(r.src_dtype)), n, r.src_dtype,
+                          streaming);
     return;
   }
   const std::size_t de = dtype_size(r.dst_dtype);
@@ -271,7 +268,10 @@ void pack(const StagingRun& r, int64_t first, int64_t n, std::byte* out) {
   const std::byte* s = r.src + first * step;
   if (r.src_dtype == r.dst_dtype) {
     if (r.stride == 1) {
-      std::memcpy(out, s, static_cast<std::size_t>(n) * de);
+      if (streaming)
+        stream_copy(out, s, static_cast<std::size_t>(n) * de);
+      else
+        std::memcpy(out, s, static_cast<std::size_t>(n) * de);
       return;
     }
     for (int64_t j = 0; j < n; ++j, s += step) std::memcpy(out + j * static_cast<int64_t>(de), s, de);
@@ -429,7 +429,7 @@ struct DeviceWrites::State {
         for (const auto& [r, offset] : w.runs) add_segment(segs, r.dst, offset, bytes_of(r));
         try {
           send(segs, [&](std::byte* chunk) {
-            for (const auto& [r, offset] : w.runs) pack(r, 0, r.count, chunk + offset);
+            for (const auto& [r, offset] : w.runs) pack(r, 0, r.count, chunk + offset, true);
           });
         } catch (const std::exception& e) {
           throw named(w.what, e);
@@ -502,7 +502,7 @@ void DeviceWrites::write(std::vector<StagingRun> runs, bool stable, const std::s
     std::size_t at = st.small.size();
     st.small.resize(at + total);
     for (const StagingRun& r : runs) {
-      pack(r, 0, r.count, st.small.data() + at);
+      pack(r, 0, r.count, st.small.data() + at, false);
       add_segment(st.small_segments, r.dst, at, bytes_of(r));
       at += bytes_of(r);
     }

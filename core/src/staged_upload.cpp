@@ -1,5 +1,6 @@
 // Pinned staging pool, reader threads with one stream each, chunks recycled through events.
 #include <moeq/staged_upload.hpp>
+#include <moeq/stream_copy.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -197,7 +198,7 @@ UploadStats StagedUploader::transfer(std::span<const UploadJob> jobs, std::strin
         const ChunkPlan& plan = plans[c];
         if (mismatch == nullptr) {
           for (const ChunkPiece& p : plan.pieces)
-            std::memcpy(slot.buffer.data() + p.chunk_offset, jobs[p.job].src + p.job_offset, p.bytes);
+            stream_copy(slot.buffer.data() + p.chunk_offset, jobs[p.job].src + p.job_offset, p.bytes);
           for (const ChunkPiece& p : plan.pieces) {
             const UploadJob& j = jobs[p.job];
             const CUresult r =

@@ -71,8 +71,9 @@ class PackScans {
   // Whether `count` contiguous elements of `dtype` at `src` lie in a source of that dtype.
   bool covers(const std::byte* src, int64_t count, DType dtype) const;
   // Copies `count` elements of `dtype` from `src` to `out` (as memcpy), scanning them on the
-  // way, and records what was scanned (and the first non-finite element, if any).
-  void copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype);
+  // way, and records what was scanned (and the first non-finite element, if any). `streaming`:
+  // `out` is staging that only the copy engine reads next (non-temporal stores, stream_copy.hpp).
+  void copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype, bool streaming);
 
   // The scanned ranges, sorted and merged; the non-finite elements found, ascending.
   std::vector<Range> scanned() const;
