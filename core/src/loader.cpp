@@ -555,8 +555,9 @@ class ScanAhead {
   std::size_t submitted_ = 0;
 };
 
-// LoadOptions::weight_scan, else MOEQ_LOAD_SCAN: "pack" (the default) scans a device load's weights while they are copied into
-// staging, "ahead" scans every piece on the host before the plugin sees it, as on the CPU.
+// LoadOptions::weight_scan, else MOEQ_LOAD_SCAN: "pack" (the default) scans a device load's
+// weights while they are copied into staging, "ahead" scans every piece on the host before the
+// plugin sees it, as on the CPU.
 bool scan_while_packing(LoadOptions::WeightScan asked) {
   if (asked != LoadOptions::WeightScan::kDefault) return asked == LoadOptions::WeightScan::kWhilePacking;
   const char* v = std::getenv("MOEQ_LOAD_SCAN");
