@@ -405,6 +405,15 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     pdl_ = s == "1" ? Pdl::kOn : Pdl::kOff;
   }
   if (plan.device().sm_major < 9) pdl_ = Pdl::kOff;
+  // Diagnostics: m tiles per group of the persistent GEMMs' walk (measuring the L2 reuse of long
+  // K); unset, the kernels' own.
+  if (const char* v = std::getenv("MOEQ_CT_GROUP_M")) {
+    const std::string s = v;
+    char* end = nullptr;
+    const long g = std::strtol(v, &end, 10);
+    MOEQ_CHECK(end != v && *end == '\0' && g >= 1 && g <= 64, "gpu moe: MOEQ_CT_GROUP_M must be 1..64, found '" + s + "'");
+    group_m_ = static_cast<int>(g);
+  }
   MOEQ_CHECK(modules.size() == plan.buckets().size(),
              "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
                  s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
@@ -460,6 +469,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.act_group = sc.act_group;
   a.amax_parts = kAmaxParts;
   a.out_dtype = io.out_dtype;
+  a.group_m = group_m_;
   a.x_stride = io.x_stride;
   a.out_stride = io.out_stride;
   a.w13 = w.w13;

@@ -173,6 +173,7 @@ class MoeRunner {
   // chunk, 0 for none.
   enum class Pdl { kOff, kDecode, kOn };
   Pdl pdl_;
+  int group_m_ = 0;  // MoeArgs::group_m (MOEQ_CT_GROUP_M), 0 = the kernels' default
   std::vector<Functions> functions_;  // per bucket
 };
 

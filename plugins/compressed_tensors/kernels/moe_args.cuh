@@ -37,7 +37,7 @@ struct MoeArgs {
   int max_tiles;     // grid.x of the GEMMs: an upper bound on the tiles the align step makes
   int amax_parts;    // partial maxima written by the amax kernels (kATensor)
   int out_dtype;     // OutDtype
-  int pad0;
+  int group_m;       // persistent GEMMs: m tiles per group of their walk (0 = the kernel's default)
 
   // ---- inputs, device pointers
   const void* x;             // [M, H] bf16, rows `x_stride` elements apart

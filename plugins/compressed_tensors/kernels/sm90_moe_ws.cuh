@@ -78,13 +78,13 @@ struct WsGemm {
                                      (BN / 2) % kQuantGroup == 0),
                 "the fused requantization takes whole activation groups of a GEMM1 tile");
 
-  // Block b of the flattened grid -> (m tile, n tile): groups of kGroupM m tiles, m fastest
-  // inside a group, then n.
-  __device__ __forceinline__ static void tile_of(int b, int m_tiles, int n_tiles, int& mt, int& nt) {
-    const int per_group = kGroupM * n_tiles;
+  // Entry b of the walk -> (m tile, n tile): groups of `group_m` m tiles (MoeArgs::group_m, else
+  // kGroupM), m fastest inside a group, then n.
+  __device__ __forceinline__ static void tile_of(int b, int m_tiles, int n_tiles, int group_m, int& mt, int& nt) {
+    const int per_group = group_m * n_tiles;
     const int group = b / per_group, in = b - group * per_group;
-    const int first = group * kGroupM;
-    const int rows = min(kGroupM, m_tiles - first);
+    const int first = group * group_m;
+    const int rows = min(group_m, m_tiles - first);
     mt = first + in % rows;
     nt = in / rows;
   }
@@ -204,6 +204,7 @@ struct WsGemm {
     // blocks, so that the tiles in flight stay a compact window of the walk (a fixed stride
     // lets fast and slow blocks drift apart, and L2 with them: measured 12-18 % slower GEMM2s).
     const int grid_tiles = a.max_tiles * n_tiles;
+    const int group_m = a.group_m > 0 ? a.group_m : kGroupM;
     const int used_tiles = *a.num_tiles;
     int* const counter = a.tile_counters + (kGated ? 0 : 1);
     // The next entry of a tile in use, -1 when none is left (the producer's thread 0 asks).
@@ -212,7 +213,7 @@ struct WsGemm {
         const int b = atomicAdd(counter, 1);
         if (b >= grid_tiles) return -1;
         int tile, nt;
-        tile_of(b, a.max_tiles, n_tiles, tile, nt);
+        tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
         if (tile < used_tiles) return b;
       }
     };
@@ -271,7 +272,7 @@ struct WsGemm {
           break;
         }
         int tile, nt;
-        tile_of(b, a.max_tiles, n_tiles, tile, nt);
+        tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
         const int e = a.tile_expert[tile];
         const int n0 = nt * (kGated ? BN / 2 : BN);
         for (int r = tid; r < BM; r += 128) {
@@ -323,7 +324,7 @@ struct WsGemm {
       const int b = s_tile[set];
       if (b < 0) break;
       int tile, nt;
-      tile_of(b, a.max_tiles, n_tiles, tile, nt);
+      tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
       const int e = a.tile_expert[tile];
       const int n0 = nt * (kGated ? BN / 2 : BN);
       const int prow[2] = {s_pair[set][cw * 64 + wq * 16 + g], s_pair[set][cw * 64 + wq * 16 + g + 8]};
