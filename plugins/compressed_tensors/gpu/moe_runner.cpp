@@ -382,6 +382,8 @@ std::vector<KernelSetSource> MoePlan::sources() const {
              (ws ? "tmap_b, " : "") + "smem);\n}\n";
     }
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { pdl_enter(); combine(a); }\n";
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine_wide(const MoeArgs a) { pdl_enter(); "
+           "combine_wide(a); }\n";
     if (fp8 && scheme_.amode == mk::kATensor) {
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
              "  pdl_enter();\n  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
@@ -430,6 +432,7 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     get(f.gemm1, "moe_gemm1");
     get(f.gemm2, "moe_gemm2");
     get(f.combine, "moe_combine");
+    get(f.combine_wide, "moe_combine_wide");
     if (fp8 && plan.scheme().amode == mk::kATensor) {
       get(f.amax_x, "moe_amax_x");
       get(f.amax_h, "moe_amax_h");
@@ -562,9 +565,15 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     launch(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
            static_cast<unsigned>(b.k_splits));
-    const int64_t work = m * d.hidden / 8;  // eight columns a thread (moe_combine.cuh)
-    launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream, &a,
-           "moe_combine", pdl(), after);
+    // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
+    // eight threads a column chunk, each summing a share of the rows.
+    const int64_t work = m * d.hidden / 8;
+    if (ceil_div(work, 256) < p.device().multiprocessors)
+      launch(f.combine_wide, static_cast<unsigned>(m * ceil_div(d.hidden / 8, 32)), 1, 256, 0, stream, &a,
+             "moe_combine_wide", pdl(), after);
+    else
+      launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream,
+             &a, "moe_combine", pdl(), after);
   }
 }
 

@@ -164,7 +164,7 @@ class MoeRunner {
  private:
   struct Functions {
     cu::Function zero_counts = nullptr, count = nullptr, prepare = nullptr, amax_x = nullptr, gemm1 = nullptr, amax_h = nullptr, quant_h = nullptr,
-               gemm2 = nullptr, combine = nullptr;
+               gemm2 = nullptr, combine = nullptr, combine_wide = nullptr;
   };
   const MoePlan* plan_;
   // Programmatic dependent launches (sm_90 on): by default for the chunks whose GEMMs are both

@@ -30,6 +30,22 @@ __device__ __forceinline__ void load_y8(const MoeArgs& a, long long o, float (&v
   }
 }
 
+// Writes out[m, c .. c + 8) from f32 sums (bf16 or f32 out).
+__device__ __forceinline__ void store_out8(const MoeArgs& a, int m, int c, const float (&s)[8]) {
+  const long long o = static_cast<long long>(m) * a.out_stride + c;
+  if (a.out_dtype == kOutF32) {
+    *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o) = make_float4(s[0], s[1], s[2], s[3]);
+    *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o + 4) = make_float4(s[4], s[5], s[6], s[7]);
+  } else {
+    uint4 v;
+    v.x = f32x2_to_bf16x2(s[0], s[1]);
+    v.y = f32x2_to_bf16x2(s[2], s[3]);
+    v.z = f32x2_to_bf16x2(s[4], s[5]);
+    v.w = f32x2_to_bf16x2(s[6], s[7]);
+    *reinterpret_cast<uint4*>(static_cast<u16*>(a.out) + o) = v;
+  }
+}
+
 // out[m, c .. c + 8) (c a multiple of 8, c + 8 <= H).
 __device__ __forceinline__ void combine_cols(const MoeArgs& a, int m, int c) {
   constexpr int kBatch = 4;  // rows in flight together
@@ -64,18 +80,7 @@ __device__ __forceinline__ void combine_cols(const MoeArgs& a, int m, int c) {
 #pragma unroll
         for (int x = 0; x < 8; ++x) s[x] += y[u][x];
   }
-  const long long o = static_cast<long long>(m) * a.out_stride + c;
-  if (a.out_dtype == kOutF32) {
-    *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o) = make_float4(s[0], s[1], s[2], s[3]);
-    *reinterpret_cast<float4*>(static_cast<float*>(a.out) + o + 4) = make_float4(s[4], s[5], s[6], s[7]);
-  } else {
-    uint4 v;
-    v.x = f32x2_to_bf16x2(s[0], s[1]);
-    v.y = f32x2_to_bf16x2(s[2], s[3]);
-    v.z = f32x2_to_bf16x2(s[4], s[5]);
-    v.w = f32x2_to_bf16x2(s[6], s[7]);
-    *reinterpret_cast<uint4*>(static_cast<u16*>(a.out) + o) = v;
-  }
+  store_out8(a, m, c, s);
 }
 
 __device__ void combine(const MoeArgs& a) {
@@ -84,6 +89,64 @@ __device__ void combine(const MoeArgs& a) {
   for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * blockDim.x)
     combine_cols(a, static_cast<int>(i / q), static_cast<int>(i % q) * 8);
+}
+
+// Few tokens (decode): combine() would give each thread one token's eight columns and all of its
+// topk x k_splits rows, a few in flight at a time, on a handful of blocks, so that the rows'
+// latencies follow one another. Here eight threads share a column chunk: a block takes 32 chunks
+// (256 columns) of one token, thread group g sums its own contiguous share of the (slot, split)
+// rows, in order, all of them in flight when there are at most kWideRows, and the groups'
+// partials are added in group order. The order is fixed (slot-major, split-minor, as in
+// combine(), split into eight runs), so results stay bit-identical run to run.
+constexpr int kWideGroups = 8, kWideChunks = 32, kWideRows = 4;
+__device__ void combine_wide(const MoeArgs& a) {
+  __shared__ float part[kWideGroups][kWideChunks][9];  // 9: no bank conflicts between chunks
+  const int q = a.hidden >> 3;
+  const int blocks_per_token = (q + kWideChunks - 1) / kWideChunks;
+  const int m = blockIdx.x / blocks_per_token;
+  const int cc = threadIdx.x % kWideChunks, g = threadIdx.x / kWideChunks;
+  const int chunk = (blockIdx.x % blocks_per_token) * kWideChunks + cc;
+  const int c = chunk * 8;
+  const int H = a.hidden;
+  const long long slab = static_cast<long long>(a.M) * a.topk * H;
+  const int rows = a.topk * a.k_splits;
+  const int r0 = g * rows / kWideGroups, r1 = (g + 1) * rows / kWideGroups;
+  float s[8];
+#pragma unroll
+  for (int x = 0; x < 8; ++x) s[x] = 0.0f;
+  if (m < a.M && chunk < q) {
+    for (int r = r0; r < r1; r += kWideRows) {
+      float y[kWideRows][8];
+      bool live[kWideRows];
+#pragma unroll
+      for (int u = 0; u < kWideRows; ++u) {
+        const int row = r + u, j = row / a.k_splits, z = row % a.k_splits;
+        const int le = row < r1 ? a.topk_ids[m * a.topk + j] - a.first_expert : -1;
+        live[u] = le >= 0 && le < a.num_experts;
+        if (live[u]) {
+          load_y8(a, z * slab + static_cast<long long>(m * a.topk + j) * H + c, y[u]);
+        } else {
+#pragma unroll
+          for (int x = 0; x < 8; ++x) y[u][x] = 0.0f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kWideRows; ++u)
+        if (live[u])
+#pragma unroll
+          for (int x = 0; x < 8; ++x) s[x] += y[u][x];
+    }
+  }
+#pragma unroll
+  for (int x = 0; x < 8; ++x) part[g][cc][x] = s[x];
+  __syncthreads();
+  if (g != 0 || m >= a.M || chunk >= q) return;
+#pragma unroll
+  for (int x = 0; x < 8; ++x) s[x] = part[0][cc][x];
+  for (int h = 1; h < kWideGroups; ++h)
+#pragma unroll
+    for (int x = 0; x < 8; ++x) s[x] += part[h][cc][x];
+  store_out8(a, m, c, s);
 }
 
 }  // namespace moeq_kernels
