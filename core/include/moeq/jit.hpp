@@ -76,8 +76,9 @@ struct Config {
   std::vector<std::string> cuda_include_dirs; // -I for the toolkit headers (cuda_fp8.h, ...)
 
   // MOEQ_CACHE_DIR (default $XDG_CACHE_HOME/moeq, else ~/.cache/moeq; "off" disables the
-  // disk cache), MOEQ_JIT_THREADS, MOEQ_JIT_SPLIT, and cuda_include_dirs() below. A cache directory another
-  // user could write (jit_cache.hpp) is not used: the service logs why and compiles without it.
+  // disk cache), MOEQ_JIT_THREADS, MOEQ_JIT_SPLIT, and cuda_include_dirs() below. A cache
+  // directory another user could write (jit_cache.hpp) is not used: the service logs why and
+  // compiles without it.
   static Config from_env();
 };
 

@@ -118,11 +118,11 @@ struct LayerReport {
   int64_t bytes_copied = 0;
   // Wall seconds of the layer's load by phase (its loading thread's clock): from its start to the
   // first piece handed (router checks, plugin choice, method_create, create_weights and the
-  // parameters' allocation); waiting for the
-  // weight scans and readahead (on the task pool, a window ahead of the pieces being handed;
-  // onto a device, the readahead and the scan of what no copy into staging scanned); the rest of
-  // handing every piece to weight_loader (the copies queued); the wait for the device copies
-  // (GPU layers); process_after_loading (kernels, repacks).
+  // parameters' allocation); waiting for the weight scans and readahead (on the task pool, a
+  // window ahead of the pieces being handed; onto a device, the readahead and the scan of what
+  // no copy into staging scanned); the rest of handing every piece to weight_loader (the copies
+  // queued); the wait for the device copies (GPU layers); process_after_loading (kernels,
+  // repacks).
   struct Phases {
     double setup = 0, scan = 0, hand = 0, copies = 0, prepare = 0;
   } seconds;
