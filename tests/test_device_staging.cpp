@@ -4,6 +4,7 @@
 // read, or a finish() that missed a copy leaves wrong bytes here. Run under TSan in CI
 // (suite "concurrency").
 #include <moeq/device_staging.hpp>
+#include <moeq/host.hpp>
 #include <moeq/dtype.hpp>
 #include <moeq/error.hpp>
 #include <moeq/task_pool.hpp>
@@ -540,4 +541,21 @@ TEST_SUITE("concurrency") {
     pool.submit(g, [&] { ++ran; });
     CHECK_NOTHROW(pool.wait(g));  // the error was reported once
   }
+}
+
+// IntervalSet's gaps and ranges, which PackScans keeps its scanned bytes in.
+TEST_CASE("IntervalSet: ranges merge where they touch, gaps are what [begin, end) leaves uncovered") {
+  IntervalSet s;
+  s.insert(10, 20);
+  s.insert(20, 25);  // touches: merged
+  s.insert(40, 50);
+  s.insert(45, 60);  // overlaps: merged
+  using V = std::vector<std::pair<int64_t, int64_t>>;
+  CHECK(s.ranges() == V{{10, 25}, {40, 60}});
+  CHECK(s.gaps(0, 100) == V{{0, 10}, {25, 40}, {60, 100}});
+  CHECK(s.gaps(12, 24).empty());
+  CHECK(s.gaps(15, 45) == V{{25, 40}});
+  CHECK(s.gaps(25, 40) == V{{25, 40}});
+  CHECK(s.gaps(60, 60).empty());
+  CHECK(IntervalSet{}.gaps(3, 7) == V{{3, 7}});
 }

@@ -72,6 +72,9 @@ StagingShape default_staging_shape() {
 // ------------------------------------------------------------------ scans while packing
 PackScans::PackScans(std::vector<Source> sources) : sources_(std::move(sources)) {
   std::sort(sources_.begin(), sources_.end(), [](const Source& a, const Source& b) { return a.lo < b.lo; });
+  sources_.erase(std::unique(sources_.begin(), sources_.end(),
+                             [](const Source& a, const Source& b) { return a.lo == b.lo && a.hi == b.hi; }),
+                 sources_.end());
   for (std::size_t i = 1; i < sources_.size(); ++i)
     if (sources_[i].lo < sources_[i - 1].hi) fail(MOEQ_STATUS_CODE_INTERNAL, "PackScans: overlapping sources");
 }
@@ -99,25 +102,29 @@ void PackScans::copy_scanning(std::byte* out, const std::byte* src, int64_t coun
   }
   const std::byte* bad = at >= 0 ? src + static_cast<std::size_t>(at) * esize : nullptr;
   std::lock_guard<std::mutex> lock(mutex_);
-  scanned_.emplace_back(src, bad != nullptr ? bad + esize : src + static_cast<std::size_t>(count) * esize);
+  const std::byte* end = bad != nullptr ? bad + esize : src + static_cast<std::size_t>(count) * esize;
+  scanned_.insert(reinterpret_cast<std::intptr_t>(src), reinterpret_cast<std::intptr_t>(end));
   if (bad != nullptr) bad_.push_back(bad);
 }
 
+namespace {
+std::vector<PackScans::Range> as_ranges(const std::vector<std::pair<int64_t, int64_t>>& v) {
+  std::vector<PackScans::Range> out;
+  out.reserve(v.size());
+  for (const auto& [b, e] : v)
+    out.emplace_back(reinterpret_cast<const std::byte*>(b), reinterpret_cast<const std::byte*>(e));
+  return out;
+}
+}  // namespace
+
 std::vector<PackScans::Range> PackScans::scanned() const {
-  std::vector<Range> r;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    r = scanned_;
-  }
-  std::sort(r.begin(), r.end());
-  std::vector<Range> merged;
-  for (const Range& x : r) {
-    if (!merged.empty() && x.first <= merged.back().second)
-      merged.back().second = std::max(merged.back().second, x.second);
-    else
-      merged.push_back(x);
-  }
-  return merged;
+  std::lock_guard<std::mutex> lock(mutex_);
+  return as_ranges(scanned_.ranges());
+}
+
+std::vector<PackScans::Range> PackScans::unscanned(const std::byte* lo, const std::byte* hi) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return as_ranges(scanned_.gaps(reinterpret_cast<std::intptr_t>(lo), reinterpret_cast<std::intptr_t>(hi)));
 }
 
 std::vector<const std::byte*> PackScans::non_finite() const {

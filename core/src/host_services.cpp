@@ -49,6 +49,18 @@ bool IntervalSet::intersects(int64_t b, int64_t e) const {
   if (it != ranges_.begin() && std::prev(it)->second > b) return true;
   return it != ranges_.end() && it->first < e;
 }
+std::vector<std::pair<int64_t, int64_t>> IntervalSet::gaps(int64_t b, int64_t e) const {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  auto it = ranges_.upper_bound(b);
+  if (it != ranges_.begin() && std::prev(it)->second > b) --it;
+  for (; it != ranges_.end() && it->first < e && b < e; ++it) {
+    if (it->first > b) out.emplace_back(b, it->first);
+    b = std::max(b, it->second);
+  }
+  if (b < e) out.emplace_back(b, e);
+  return out;
+}
+std::vector<std::pair<int64_t, int64_t>> IntervalSet::ranges() const { return {ranges_.begin(), ranges_.end()}; }
 void IntervalSet::insert_all(const IntervalSet& other) {
   for (const auto& [b, e] : other.ranges_) insert(b, e);
 }

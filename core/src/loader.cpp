@@ -577,7 +577,6 @@ void check_after_packing(const LayerTensors& lt, const std::vector<std::vector<P
                          const ExpertRange& local, const moeq_layer_geometry& g, const host::PackScans& scans,
                          LayerReport& rep) {
   using Range = host::PackScans::Range;
-  const std::vector<Range> scanned = scans.scanned();
   const std::vector<const std::byte*> found = scans.non_finite();
   struct Check {
     std::size_t tensor;
@@ -594,16 +593,7 @@ void check_after_packing(const LayerTensors& lt, const std::vector<std::vector<P
       if (!local.contains(p.expert)) continue;
       Check c{ti, &p, scan_ranges(p, g), {}, nullptr};
       for (const auto& [a, b] : c.ranges) {
-        // Scanned ranges are merged and sorted: walk those that overlap [a, b).
-        const std::byte* at = a;
-        auto it = std::upper_bound(scanned.begin(), scanned.end(), a,
-                                   [](const std::byte* v, const Range& x) { return v < x.first; });
-        if (it != scanned.begin() && std::prev(it)->second > a) --it;
-        for (; it != scanned.end() && it->first < b && at < b; ++it) {
-          if (it->first > at) c.unscanned.emplace_back(at, it->first);
-          at = std::max(at, it->second);
-        }
-        if (at < b) c.unscanned.emplace_back(at, b);
+        for (const Range& gap : scans.unscanned(a, b)) c.unscanned.push_back(gap);
         // A non-finite element a pack recorded inside the range (the first one wins).
         if (c.bad == nullptr) {
           auto f = std::lower_bound(found.begin(), found.end(), a);
@@ -866,9 +856,6 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       std::vector<host::PackScans::Source> sources;
       for (auto& [t, r] : lt.experts)
         if (scanned_tensor(*t, r.suffix)) sources.push_back({t->data, t->data + t->nbytes(), t->dtype});
-      std::sort(sources.begin(), sources.end(), [](const auto& a, const auto& b) { return a.lo < b.lo; });
-      sources.erase(std::unique(sources.begin(), sources.end(), [](const auto& a, const auto& b) { return a.lo == b.lo; }),
-                    sources.end());
       out.layer->pack_scans = std::make_shared<host::PackScans>(std::move(sources));
     }
     moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};

@@ -16,6 +16,7 @@
 // tests (then a device address is a host address).
 #pragma once
 #include <moeq/dtype.hpp>
+#include <moeq/host.hpp>
 
 #include <array>
 #include <cstddef>
@@ -64,7 +65,7 @@ class PackScans {
     DType dtype;
   };
   using Range = std::pair<const std::byte*, const std::byte*>;
-  explicit PackScans(std::vector<Source> sources);  // any order; they must not overlap
+  explicit PackScans(std::vector<Source> sources);  // any order, repeats allowed; else no overlaps
   PackScans(const PackScans&) = delete;
   PackScans& operator=(const PackScans&) = delete;
 
@@ -75,14 +76,16 @@ class PackScans {
   // `out` is staging that only the copy engine reads next (non-temporal stores, stream_copy.hpp).
   void copy_scanning(std::byte* out, const std::byte* src, int64_t count, DType dtype, bool streaming);
 
-  // The scanned ranges, sorted and merged; the non-finite elements found, ascending.
+  // The scanned ranges, sorted and merged; the parts of [lo, hi) no pack scanned; the non-finite
+  // elements found, ascending.
   std::vector<Range> scanned() const;
+  std::vector<Range> unscanned(const std::byte* lo, const std::byte* hi) const;
   std::vector<const std::byte*> non_finite() const;
 
  private:
   std::vector<Source> sources_;  // sorted by lo
   mutable std::mutex mutex_;
-  std::vector<Range> scanned_;
+  IntervalSet scanned_;  // byte addresses
   std::vector<const std::byte*> bad_;
 };
 

@@ -30,6 +30,10 @@ class IntervalSet {
   int64_t covered() const;
   // First index in [0, n) not covered, or -1.
   int64_t first_gap(int64_t n) const;
+  // The parts of [begin, end) not covered, in order.
+  std::vector<std::pair<int64_t, int64_t>> gaps(int64_t begin, int64_t end) const;
+  // The ranges, in order.
+  std::vector<std::pair<int64_t, int64_t>> ranges() const;
 
  private:
   std::map<int64_t, int64_t> ranges_;
