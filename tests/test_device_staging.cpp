@@ -544,7 +544,7 @@ TEST_SUITE("concurrency") {
 }
 
 // IntervalSet's gaps and ranges, which PackScans keeps its scanned bytes in.
-TEST_CASE("IntervalSet: ranges merge where they touch, gaps are what [begin, end) leaves uncovered") {
+TEST_CASE("IntervalSet: ranges merge where they touch, gaps are what a range leaves uncovered") {
   IntervalSet s;
   s.insert(10, 20);
   s.insert(20, 25);  // touches: merged
