@@ -498,11 +498,21 @@ TEST_CASE("fuzz regressions: every committed crash input now fails cleanly or pa
         parse_safetensors(std::as_bytes(std::span(bytes)), name);
       } catch (const Error&) {
       }
-    } else if (target == "shard_index") {
+    } else if (target == "shard_index") {  // the strict reader and the one-pass one agree, as the target checks
+      std::string strict_error, fast_error;
+      std::map<std::string, std::string> strict, fast;
       try {
-        weight_map_of(parse_json_strict(bytes, name), name);
-      } catch (const Error&) {
+        strict = weight_map_of(parse_json_strict(bytes, "'" + name + "'"), name);
+      } catch (const Error& e) {
+        strict_error = e.what();
       }
+      try {
+        fast = parse_weight_map(bytes, name);
+      } catch (const Error& e) {
+        fast_error = e.what();
+      }
+      CHECK(fast_error == strict_error);
+      CHECK(fast == strict);
     } else if (target == "quant_config") {  // every plugin's probe, as the fuzz target does
       BuiltPlugins plugins;
       json::value root;

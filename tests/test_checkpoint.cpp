@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -298,4 +299,99 @@ TEST_CASE("read_json_file names a missing file") {
   TempDir dir;
   CHECK_THROWS_WITH_AS(read_json_file(dir / "absent.json"),
                        doctest::Contains("absent.json"), Error);
+}
+
+namespace {
+
+// What the strict reader (parse_json_strict, then weight_map_of) and the one-pass reader
+// Checkpoint::open uses (parse_weight_map) make of one index text: the map, or the message.
+struct IndexReading {
+  std::map<std::string, std::string> map;
+  std::string error;
+};
+
+IndexReading strict_reading(const std::string& text) {
+  IndexReading r;
+  try {
+    r.map = weight_map_of(parse_json_strict(text, "'idx.json'"), "idx.json");
+  } catch (const Error& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+IndexReading fast_reading(const std::string& text) {
+  IndexReading r;
+  try {
+    r.map = parse_weight_map(text, "idx.json");
+  } catch (const Error& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("index: the one-pass reader gives the strict reader's map, or its message, for every text") {
+  const std::vector<std::string> cases = {
+      R"({"metadata": {"total_size": 123}, "weight_map": {"b.w": "s2.safetensors", "a.w": "s1.safetensors"}})",
+      R"({"weight_map": {}})",
+      R"({"weight_map": {"a\u002ew": "s\"1.safetensors"}, "metadata": {"x": [1, {"y": null}], "z": true}})",
+      R"({"weight_map": {"a.w": "s1.safetensors", "a.w": "s1.safetensors"}})",                  // repeated tensor
+      R"({"weight_map": {"a.w": "s1.safetensors"}, "weight_map": {"b.w": "s1.safetensors"}})",  // repeated map
+      R"({"metadata": {"k": 1, "k": 2}, "weight_map": {"a.w": "s1.safetensors"}})",             // repeat elsewhere
+      R"({"weight_map": {"a.w": 3}})",
+      R"({"weight_map": {"a.w": null}})",
+      R"({"weight_map": {"a.w": {"f": "s1.safetensors"}}})",
+      R"({"weight_map": {"a.w": ["s1.safetensors"]}})",
+      R"({"weight_map": ["a.w"]})",
+      R"({"weight_map": "s1.safetensors"})",
+      R"({"weight_map": 1})",
+      R"({"metadata": {}})",
+      R"(["weight_map"])",
+      R"("weight_map")",
+      R"(7)",
+      R"({"weight_map": {"a.w": "s1.safetensors"})",  // cut short
+      R"({"weight_map": {"a.w": "s1.safetensors"}} trailing)",
+      R"({"weight_map": {"z.w": "../up.safetensors", "a.w": "sub/x.safetensors"}})",  // the first in file order
+      R"({"weight_map": {"a.w": "", "b.w": "."}})",
+      R"({"weight_map": {"a.w": "s1.safetensors"}, "nested": {"weight_map": 5}})",
+      "",
+  };
+  for (const std::string& text : cases) {
+    CAPTURE(text);
+    const IndexReading s = strict_reading(text), f = fast_reading(text);
+    CHECK(f.error == s.error);
+    CHECK(f.map == s.map);
+  }
+  // Mutations of a well-formed index, seeded: a byte replaced, dropped or repeated.
+  std::string base = R"({"metadata": {"total_size": 99}, "weight_map": {)";
+  for (int i = 0; i < 12; ++i)
+    base += std::string(i ? ", " : "") + "\"model.layers." + std::to_string(i % 5) + ".mlp.experts." + std::to_string(i) +
+            ".w1.weight\": \"model-0000" + std::to_string(i % 3) + ".safetensors\"";
+  base += "}}";
+  REQUIRE(fast_reading(base).map.size() == 12);
+  std::mt19937 rng(20261206);
+  const std::string alphabet = "{}[]\":,.0/ \\an";
+  int differed = 0, failed = 0;
+  for (int n = 0; n < 4000; ++n) {
+    std::string text = base;
+    for (int k = 1 + static_cast<int>(rng() % 3); k > 0; --k) {
+      const std::size_t at = rng() % text.size();
+      switch (rng() % 3) {
+        case 0: text[at] = alphabet[rng() % alphabet.size()]; break;
+        case 1: text.erase(at, 1); break;
+        default: text.insert(at, 1, text[at]); break;
+      }
+    }
+    const IndexReading s = strict_reading(text), f = fast_reading(text);
+    failed += !s.error.empty();
+    if (f.error != s.error || f.map != s.map) {
+      ++differed;
+      CAPTURE(text);
+      CHECK(f.error == s.error);
+    }
+  }
+  CHECK(differed == 0);
+  CHECK(failed > 100);  // the mutations reach the strict reader's errors, not only maps
 }

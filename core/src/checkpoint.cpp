@@ -85,6 +85,116 @@ class DuplicateKeyFinder {
   std::string duplicate_;
 };
 
+bool shard_name_escapes(const std::string& shard);
+
+// One pass over an index that builds its weight_map directly (the common case: no DOM, no
+// second pass for duplicate keys). It gives up, and the caller parses the strict way, which
+// then names the problem, on anything but a well-formed object whose "weight_map" is an
+// object of strings: a syntax error, a duplicate key anywhere, another type there, or none.
+class WeightMapBuilder {
+ public:
+  static constexpr std::size_t max_array_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_object_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_string_size = static_cast<std::size_t>(-1);
+  static constexpr std::size_t max_key_size = static_cast<std::size_t>(-1);
+
+  std::map<std::string, std::string>& map() { return map_; }
+  // The first tensor, in the file's order, whose shard name leaves the directory ("" if none).
+  const std::string& first_escape() const { return first_escape_; }
+  bool complete() const { return seen_map_ && !given_up_; }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code& ec) {
+    if (depth_ == 1 && in_map_key_) {
+      if (seen_map_) return give_up(ec);  // a second "weight_map" is a duplicate key
+      seen_map_ = in_map_ = true;
+      in_map_key_ = false;
+    } else if (depth_ == 2 && in_map_) {
+      return give_up(ec);  // an entry that is not a string
+    }
+    ++depth_;
+    keys_.emplace_back();
+    return true;
+  }
+  bool on_object_end(std::size_t, json::error_code&) {
+    --depth_;
+    keys_.pop_back();
+    if (depth_ == 1) in_map_ = false;
+    return true;
+  }
+  bool on_array_begin(json::error_code& ec) {
+    if (depth_ == 0 || (depth_ == 1 && in_map_key_) || (depth_ == 2 && in_map_)) return give_up(ec);
+    ++depth_;
+    keys_.emplace_back();  // never receives keys: keeps push and pop symmetric
+    return true;
+  }
+  bool on_array_end(std::size_t, json::error_code&) {
+    --depth_;
+    keys_.pop_back();
+    return true;
+  }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    key_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
+    key_.append(s.data(), s.size());
+    if (depth_ == 2 && in_map_) {
+      tensor_ = std::move(key_);  // a repeat shows at its insertion
+    } else {
+      if (!keys_.back().insert(key_).second) return give_up(ec);
+      in_map_key_ = depth_ == 1 && key_ == "weight_map";
+    }
+    key_.clear();
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    value_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_string(json::string_view s, std::size_t, json::error_code& ec) {
+    value_.append(s.data(), s.size());
+    if (depth_ == 1 && in_map_key_) return give_up(ec);  // "weight_map": "..."
+    if (depth_ == 2 && in_map_) {
+      // Exporters write the map sorted: the hint makes each insertion constant time then.
+      const std::size_t before = map_.size();
+      if (first_escape_.empty() && shard_name_escapes(value_)) first_escape_ = tensor_;
+      map_.emplace_hint(map_.end(), std::move(tensor_), std::move(value_));
+      if (map_.size() == before) return give_up(ec);  // a tensor named twice
+      tensor_.clear();
+    }
+    value_.clear();
+    return true;
+  }
+  bool on_number_part(json::string_view, json::error_code&) { return true; }
+  bool on_int64(int64_t, json::string_view, json::error_code& ec) { return scalar(ec); }
+  bool on_uint64(uint64_t, json::string_view, json::error_code& ec) { return scalar(ec); }
+  bool on_double(double, json::string_view, json::error_code& ec) { return scalar(ec); }
+  bool on_bool(bool, json::error_code& ec) { return scalar(ec); }
+  bool on_null(json::error_code& ec) { return scalar(ec); }
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  bool give_up(json::error_code& ec) {
+    given_up_ = true;
+    ec = json::error::syntax;  // stops the parse
+    return false;
+  }
+  // A number, bool or null: fine in the metadata, not as the root, the map or an entry.
+  bool scalar(json::error_code& ec) {
+    if (depth_ == 0 || (depth_ == 1 && in_map_key_) || (depth_ == 2 && in_map_)) return give_up(ec);
+    return true;
+  }
+
+  std::map<std::string, std::string> map_;
+  std::vector<std::unordered_set<std::string>> keys_;
+  std::string key_, tensor_, value_, first_escape_;
+  int depth_ = 0;
+  bool in_map_key_ = false, in_map_ = false, seen_map_ = false, given_up_ = false;
+};
+
 const char* kind_name(const json::value& v) {
   switch (v.kind()) {
     case json::kind::null: return "null";
@@ -141,21 +251,56 @@ QuantConfigSource find_quant_config(const fs::path& dir, const json::object& con
 }
 
 // A shard name from the index must name a file inside the checkpoint directory.
+bool shard_name_escapes(const std::string& shard) {
+  return shard.empty() || shard == "." || shard.find("..") != std::string::npos ||
+         shard.find('/') != std::string::npos || shard.find('\\') != std::string::npos ||
+         shard.find('\0') != std::string::npos;
+}
+
 void check_shard_name(const fs::path& index, const std::string& tensor,
                       const std::string& shard) {
-  bool escapes = shard.empty() || shard == "." || shard.find("..") != std::string::npos ||
-                 shard.find('/') != std::string::npos ||
-                 shard.find('\\') != std::string::npos ||
-                 shard.find('\0') != std::string::npos;
-  if (escapes)
+  if (shard_name_escapes(shard))
     fail("index " + quoted(index) + ": tensor '" + tensor + "' names shard '" + shard +
          "', expected a plain file name inside the checkpoint directory");
 }
 
+// The bytes of a JSON file of at most `max_bytes`.
+std::string read_text_file(const fs::path& path, uint64_t max_bytes) {
+  // NOTE: POSIX open with O_NONBLOCK, then fstat: a FIFO or device planted under a JSON
+  // file's name is refused instead of blocking or reading without end.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    fail(err == ENOENT ? MOEQ_STATUS_CODE_NOT_FOUND : MOEQ_STATUS_CODE_INVALID_ARGUMENT,
+         "cannot open JSON file " + quoted(path) + ": " + std::strerror(err));
+  }
+  struct FdCloser {
+    int fd;
+    ~FdCloser() { ::close(fd); }
+  } closer{fd};
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) fail("cannot stat JSON file " + quoted(path) + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) fail("JSON file " + quoted(path) + " is not a regular file");
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > max_bytes)
+    fail("JSON file " + quoted(path) + " is " + std::to_string(size) + " bytes, more than the limit of " +
+         std::to_string(max_bytes));
+  std::string text(static_cast<std::size_t>(size), '\0');
+  std::size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail("cannot read JSON file " + quoted(path) + ": " + std::strerror(errno));
+    if (n == 0) break;  // the file shrank while being read: parse what is there
+    got += static_cast<std::size_t>(n);
+  }
+  text.resize(got);
+  return text;
+}
+
 // weight_map of the index: tensor name -> shard file name.
 std::map<std::string, std::string> read_weight_map(const fs::path& index, const ReaderLimits& limits) {
-  json::value root = read_json_file(index, limits.max_json_file_bytes);
-  return weight_map_of(root, index, limits);
+  return parse_weight_map(read_text_file(index, limits.max_json_file_bytes), index, limits);
 }
 
 // Opens every file (its header parsed and checked, its bytes mapped) on a thread each, up to 16
@@ -223,6 +368,30 @@ void check_index_agreement(const fs::path& index,
   }
 }
 
+// The common case of check_index_agreement in one walk: the index and the checkpoint's tensors
+// (both sorted by name) hold the same names, each in the shard the index names. False on any
+// difference, for check_index_agreement to name.
+bool index_agrees(const std::map<std::string, std::string>& weight_map, const std::map<std::string, TensorInfo>& tensors,
+                  const std::vector<std::shared_ptr<SafetensorsFile>>& files) {
+  if (weight_map.size() != tensors.size()) return false;
+  std::vector<std::pair<const std::string*, std::string>> shard_of;  // a file's path, its name in the index
+  for (const auto& f : files) shard_of.emplace_back(&f->path().native(), f->path().filename().string());
+  std::size_t last = 0;
+  auto t = tensors.begin();
+  for (const auto& [tensor, shard] : weight_map) {
+    if (t->first != tensor) return false;
+    const std::string& path = t->second.file.native();
+    if (last >= shard_of.size() || *shard_of[last].first != path) {
+      last = 0;
+      while (last < shard_of.size() && *shard_of[last].first != path) ++last;
+      if (last == shard_of.size()) return false;
+    }
+    if (shard_of[last].second != shard) return false;
+    ++t;
+  }
+  return true;
+}
+
 std::vector<fs::path> all_safetensors(const fs::path& dir, const ReaderLimits& limits) {
   std::vector<fs::path> paths;
   std::error_code ec;
@@ -254,36 +423,7 @@ json::value parse_json_strict(std::string_view text, const std::string& source) 
 }
 
 json::value read_json_file(const fs::path& path, uint64_t max_bytes) {
-  // NOTE: POSIX open with O_NONBLOCK, then fstat: a FIFO or device planted under a JSON
-  // file's name is refused instead of blocking or reading without end.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) {
-    const int err = errno;
-    fail(err == ENOENT ? MOEQ_STATUS_CODE_NOT_FOUND : MOEQ_STATUS_CODE_INVALID_ARGUMENT,
-         "cannot open JSON file " + quoted(path) + ": " + std::strerror(err));
-  }
-  struct FdCloser {
-    int fd;
-    ~FdCloser() { ::close(fd); }
-  } closer{fd};
-  struct stat st{};
-  if (::fstat(fd, &st) != 0) fail("cannot stat JSON file " + quoted(path) + ": " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) fail("JSON file " + quoted(path) + " is not a regular file");
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size > max_bytes)
-    fail("JSON file " + quoted(path) + " is " + std::to_string(size) + " bytes, more than the limit of " +
-         std::to_string(max_bytes));
-  std::string text(static_cast<std::size_t>(size), '\0');
-  std::size_t got = 0;
-  while (got < text.size()) {
-    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) fail("cannot read JSON file " + quoted(path) + ": " + std::strerror(errno));
-    if (n == 0) break;  // the file shrank while being read: parse what is there
-    got += static_cast<std::size_t>(n);
-  }
-  text.resize(got);
-  return parse_json_strict(text, quoted(path));
+  return parse_json_strict(read_text_file(path, max_bytes), quoted(path));
 }
 
 QuantConfigSource select_quant_config(const json::object& config, const json::object* hf_quant_config) {
@@ -293,6 +433,25 @@ QuantConfigSource select_quant_config(const json::object& config, const json::ob
   if (const json::value* q = non_null(config, "compression_config"))  // older compressed-tensors
     return {json::serialize(*q), "config.json"};
   return {"null", "none"};
+}
+
+std::map<std::string, std::string> parse_weight_map(std::string_view text, const fs::path& index,
+                                                    const ReaderLimits& limits) {
+  {  // one pass for the well-formed index; whatever it gives up on, the strict parse names
+    json::basic_parser<WeightMapBuilder> fast{json::parse_options{}};
+    json::error_code ec;
+    const std::size_t used = fast.write_some(false, text.data(), text.size(), ec);
+    if (!ec && used == text.size() && fast.done() && fast.handler().complete()) {  // nothing after the object
+      std::map<std::string, std::string>& map = fast.handler().map();
+      if (map.size() > limits.max_tensors)
+        fail("index " + quoted(index) + " lists " + std::to_string(map.size()) +
+             " tensors, more than the limit of " + std::to_string(limits.max_tensors));
+      // NOTE: the file's order, as weight_map_of walks it: the same entry is named.
+      if (const std::string& t = fast.handler().first_escape(); !t.empty()) check_shard_name(index, t, map.at(t));
+      return std::move(map);
+    }
+  }
+  return weight_map_of(parse_json_strict(text, quoted(index)), index, limits);
 }
 
 std::map<std::string, std::string> weight_map_of(const json::value& root, const fs::path& index,
@@ -367,8 +526,14 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
 
   // Duplicates first: a tensor in two shards is the clearer message than a disagreement.
   for (const auto& file : ckpt.files_) {
+    // A file's names come sorted: each goes right after the one before unless another file's
+    // fall between, so the hint makes most insertions constant time.
+    auto hint = ckpt.tensors_.end();
     for (const auto& [name, info] : file->tensors()) {
-      auto [it, fresh] = ckpt.tensors_.emplace(name, info);
+      const std::size_t before = ckpt.tensors_.size();
+      const auto it = ckpt.tensors_.emplace_hint(hint, name, info);
+      const bool fresh = ckpt.tensors_.size() > before;
+      hint = std::next(it);
       if (!fresh)
         fail("tensor '" + name + "' appears in both " + quoted(it->second.file) + " and " +
              quoted(file->path()));
@@ -377,7 +542,8 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
              std::to_string(limits.max_tensors) + " tensors (reached in " + quoted(file->path()) + ")");
     }
   }
-  if (has_index) check_index_agreement(index, weight_map, ckpt.files_);
+  if (has_index && !index_agrees(weight_map, ckpt.tensors_, ckpt.files_))
+    check_index_agreement(index, weight_map, ckpt.files_);
   return ckpt;
 }
 

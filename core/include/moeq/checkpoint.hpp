@@ -67,5 +67,10 @@ QuantConfigSource select_quant_config(const boost::json::object& config,
 std::map<std::string, std::string> weight_map_of(const boost::json::value& index_root,
                                                  const std::filesystem::path& index,
                                                  const ReaderLimits& limits = {});
+// ... the same from the index's text, as Checkpoint::open reads it: one pass that builds the
+// map for a well-formed index, else the strict parse and weight_map_of, whose error it throws.
+// Either way the map, or the message, is what weight_map_of(parse_json_strict(text)) gives.
+std::map<std::string, std::string> parse_weight_map(std::string_view text, const std::filesystem::path& index,
+                                                    const ReaderLimits& limits = {});
 
 }  // namespace moeq
