@@ -340,18 +340,82 @@ TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit i
   // The plan's kernel text asks the fused epilogue exactly where the bucket's GEMM1 takes it.
   const gpu::MoePlan plan(fp8_block(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
   const auto sources = plan.sources();
-  REQUIRE(sources.size() == plan.buckets().size());
+  const auto from = plan.bucket_sources();
+  REQUIRE(from.size() == plan.buckets().size());
   int fused = 0;
-  for (std::size_t i = 0; i < sources.size(); ++i) {
+  for (std::size_t i = 0; i < from.size(); ++i) {
     const gpu::Bucket& b = plan.buckets()[i];
     const int q = gpu::gemm1_quant_group(plan.scheme(), b.gemm1);
     CAPTURE(gpu::describe(b));
-    const std::size_t g1 = sources[i].source.find("using G1 = ");
+    REQUIRE(from[i].gemm1 < sources.size());
+    const gpu::KernelSetSource& k = sources[from[i].gemm1];
+    const std::size_t g1 = k.source.find("using G1 = ");
     REQUIRE(g1 != std::string::npos);
-    const std::string line = sources[i].source.substr(g1, sources[i].source.find('\n', g1) - g1);
+    const std::string line = k.source.substr(g1, k.source.find('\n', g1) - g1);
     if (b.gemm1.ws) CHECK(line.find(", " + std::to_string(q) + ">;") != std::string::npos);
-    CHECK((sources[i].name.find("_q1") != std::string::npos) == (q > 0));
+    CHECK((k.name.find("_q1") != std::string::npos) == (q > 0));
     fused += q > 0;
   }
   CHECK(fused >= 1);  // M = 8192 runs 128 x 256 warp-specialized tiles
+}
+
+TEST_CASE("plan: each bucket finds every kernel it launches in the program it takes it from, each text once") {
+  gpu::GpuScheme bf16;
+  bf16.kind = mk::kKindBf16;
+  bf16.wscale = mk::kWNone;
+  bf16.amode = mk::kANone;
+  gpu::GpuScheme fp8_tensor = fp8_channel();
+  fp8_tensor.wscale = mk::kWTensor;
+  fp8_tensor.amode = mk::kATensor;
+  gpu::GpuScheme fp8_static = fp8_tensor;
+  fp8_static.amode = mk::kAStatic;
+  // An extern "C" kernel named `name` is defined in `text` exactly once.
+  auto defines = [](const std::string& text, const std::string& name) {
+    const std::string sig = ") " + name + "(const MoeArgs a";
+    const std::size_t at = text.find(sig);
+    return at != std::string::npos && text.find(sig, at + 1) == std::string::npos;
+  };
+  const std::pair<const char*, gpu::GpuScheme> schemes[] = {{"fp8 channel", fp8_channel()}, {"fp8 block", fp8_block()},
+                                                            {"fp8 tensor", fp8_tensor},     {"fp8 static", fp8_static},
+                                                            {"bf16", bf16},                 {"w8a16", w8a16()}};
+  const gpu::LayerDims shapes[] = {{128, 0, 2048, 768, 8}, {8, 0, 4096, 14336, 2}, {256, 0, 7168, 2048, 8}};
+  for (const auto& [label, sc] : schemes)
+    for (const gpu::LayerDims& d : shapes) {
+      CAPTURE(label);
+      CAPTURE(d.hidden);
+      const gpu::MoePlan plan(sc, d, 8192, h100());
+      const auto sources = plan.sources();
+      const auto from = plan.bucket_sources();
+      REQUIRE(from.size() == plan.buckets().size());
+      REQUIRE(plan.buckets().size() >= 2);
+      for (std::size_t i = 0; i < sources.size(); ++i)
+        for (std::size_t j = i + 1; j < sources.size(); ++j) {
+          CHECK(sources[i].source != sources[j].source);
+          CHECK(sources[i].name != sources[j].name);  // a name tells its text apart in the cache and in messages
+        }
+      std::vector<std::string> shared = {"moe_count", "moe_zero_counts", "moe_prepare", "moe_combine", "moe_combine_wide"};
+      if (sc.kind == mk::kKindFp8 && sc.amode == mk::kATensor) shared.insert(shared.end(), {"moe_amax_x", "moe_amax_h"});
+      if (sc.kind == mk::kKindFp8 && sc.amode != mk::kAStatic) shared.push_back("moe_quant_h");
+      std::vector<bool> used(sources.size(), false);
+      for (std::size_t b = 0; b < from.size(); ++b) {
+        CAPTURE(gpu::describe(plan.buckets()[b]));
+        REQUIRE(from[b].shared < sources.size());
+        REQUIRE(from[b].gemm1 < sources.size());
+        REQUIRE(from[b].gemm2 < sources.size());
+        for (const std::string& k : shared) CHECK_MESSAGE(defines(sources[from[b].shared].source, k), k);
+        CHECK(defines(sources[from[b].gemm1].source, "moe_gemm1"));
+        CHECK(defines(sources[from[b].gemm2].source, "moe_gemm2"));
+        // A GEMM program holds its GEMM only: the shared kernels compile once per plan.
+        CHECK_FALSE(defines(sources[from[b].gemm1].source, "moe_prepare"));
+        CHECK_FALSE(defines(sources[from[b].gemm2].source, "moe_gemm1"));
+        const gpu::Bucket& bk = plan.buckets()[b];
+        CHECK(sources[from[b].gemm1].name.find("_g1_bm" + std::to_string(bk.bm) + "_n" + std::to_string(bk.gemm1.bn)) !=
+              std::string::npos);
+        CHECK(sources[from[b].gemm2].name.find("_g2_bm" + std::to_string(bk.bm) + "_n" + std::to_string(bk.gemm2.bn)) !=
+              std::string::npos);
+        used[from[b].shared] = used[from[b].gemm1] = used[from[b].gemm2] = true;
+      }
+      CHECK(std::count(used.begin(), used.end(), false) == 0);  // no program compiled for nothing
+      CHECK(sources.size() <= 1 + 2 * from.size());
+    }
 }

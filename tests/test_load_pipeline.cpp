@@ -397,6 +397,27 @@ TEST_CASE("moeq bench jit that skips every scheme says nothing was measured and 
   CHECK(entries(tmp.path()).empty());  // the cache root is removed
 }
 
+TEST_CASE("moeq bench jit compiles a scheme cold, serves it warm from disk, and names its longest set") {
+  TempDir tmp;
+  CliRun j = run_moeq_cli("bench jit --arch sm_80 --scheme bf16 --shape Granite-3B-A800M --max-tokens 16 --json",
+                          "TMPDIR=" + tmp.path().string(), false);
+  CAPTURE(j.out);
+  REQUIRE(j.code == 0);
+  const boost::json::object o = boost::json::parse(j.out).as_object();
+  CHECK(o.at("ok").as_bool());
+  const boost::json::object& row = o.at("schemes").as_array().at(0).as_object();
+  const int64_t sets = row.at("kernel_sets").to_number<int64_t>();
+  CHECK(sets >= 3);  // the router set, the shared kernels, a GEMM1 and a GEMM2
+  CHECK(row.at("warm_disk_hits").to_number<int64_t>() == sets);
+  const double longest = row.at("longest_set_ms").to_number<double>(),
+               summed = row.at("nvrtc_ms_summed").to_number<double>();
+  CHECK(longest > 0);
+  CHECK(longest <= summed);
+  CHECK(longest < summed);  // more than one set compiled
+  CHECK(row.at("longest_set").as_string().starts_with("ct_moe_"));
+  CHECK(entries(tmp.path()).empty());
+}
+
 TEST_CASE("moeq bench jit removes its cache directory when a compile fails") {
   TempDir tmp;
   // sm_99 has the form of an arch, so it passes the option check; NVRTC refuses it.

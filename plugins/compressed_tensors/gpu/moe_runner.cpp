@@ -345,59 +345,94 @@ int64_t MoePlan::max_tiles(std::size_t bucket, int64_t m) const {
   return ceil_div(r, buckets_[bucket].bm) + std::min(r, dims_.num_experts);
 }
 
-std::vector<KernelSetSource> MoePlan::sources() const {
-  std::vector<KernelSetSource> out;
-  const bool fp8 = scheme_.kind == mk::kKindFp8;
-  for (const auto& b : buckets_) {
+namespace {
+
+// The sources and which of them each bucket takes (MoePlan::sources, bucket_sources).
+struct Programs {
+  std::vector<KernelSetSource> sources;
+  std::vector<MoePlan::BucketSources> buckets;
+};
+
+// The index of `k` in `out`, appended if no earlier program has its text.
+std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
+  for (std::size_t i = 0; i < out.size(); ++i)
+    if (out[i].source == k.source) return i;
+  out.push_back(std::move(k));
+  return out.size() - 1;
+}
+
+Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets) {
+  const bool fp8 = sc.kind == mk::kKindFp8;
+  const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
+                             am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
+                             (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup ? "_k" + s(sc.scale_k) : "");
+  Programs p;
+  // NOTE: a text names its kernels and tiles only (not a bucket's M range), so that layers and
+  // buckets that pick the same tiles share one program and one cache entry.
+  {
     KernelSetSource k;
-    k.name = std::string("ct_moe_") + kind_name(scheme_.kind) + "_w" + ws_name(scheme_.wscale) + "_a" +
-             am_name(scheme_.amode) + (scheme_.amode == mk::kAGroup ? "_g" + s(scheme_.act_group) : "") +
-             (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup ? "_k" + s(scheme_.scale_k) : "") +
-             "_bm" + s(b.bm) + "_n" + s(b.gemm1.bn) + "x" + s(b.gemm2.bn) +
-             (b.gemm1.ws ? "_ws" : b.gemm1.wgmma ? (b.gemm1.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
-             (b.gemm2.ws != b.gemm1.ws ? (b.gemm2.ws ? "_g2ws" : "_g2nows") : "") +
-             (gemm1_quant_group(scheme_, b.gemm1) > 0 ? "_q1" : "");
+    k.name = prefix + "_shared";
     std::string& src = k.source;
-    // NOTE: the text names the tiles only (not the bucket's M range), so that layers whose
-    // buckets pick the same tiles share one cache entry.
-    src += "// " + k.name + ": " + scheme_.label() + "\n";
-    src += "#include \"moe_prepare.cuh\"\n#include \"moe_gemm.cuh\"\n#include \"moe_combine.cuh\"\n";
-    if (b.gemm1.wgmma || b.gemm2.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
-    if (b.gemm1.ws || b.gemm2.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
-    src += "using namespace moeq_kernels;\n";
-    src += "using G1 = " + gemm_type(scheme_, true, b.bm, b.gemm1) + ";\n";
-    src += "using G2 = " + gemm_type(scheme_, false, b.bm, b.gemm2) + ";\n";
-    const std::string am = s(scheme_.amode);
+    const std::string am = s(sc.amode);
+    src += "// " + k.name + ": " + sc.label() + "\n";
+    src += "#include \"moe_prepare.cuh\"\n#include \"moe_combine.cuh\"\nusing namespace moeq_kernels;\n";
     src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_prepare(const MoeArgs a) { pdl_enter(); prepare<" +
            am + ">(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { pdl_enter(); count_pairs(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { pdl_enter(); zero_counts(a); }\n";
-    // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
-    for (int gi = 1; gi <= 2; ++gi) {
-      const std::string G = "G" + s(gi);
-      const bool ws = (gi == 1 ? b.gemm1 : b.gemm2).ws;
-      src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (ws ? G + "::kMinBlocks" : "1") +
-             ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
-             "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
-             (ws ? "tmap_b, " : "") + "smem);\n}\n";
-    }
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { pdl_enter(); combine(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine_wide(const MoeArgs a) { pdl_enter(); "
            "combine_wide(a); }\n";
-    if (fp8 && scheme_.amode == mk::kATensor) {
+    if (fp8 && sc.amode == mk::kATensor) {
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
              "  pdl_enter();\n  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_h(const MoeArgs a) {\n"
              "  pdl_enter();\n  amax_partial<true>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
              "a.first_expert, a.num_experts);\n}\n";
     }
-    if (fp8 && scheme_.amode != mk::kAStatic)
+    if (fp8 && sc.amode != mk::kAStatic)
       src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { pdl_enter(); quantize_h<" + am +
              ">(a); }\n";
-    out.push_back(std::move(k));
+    add_program(p.sources, std::move(k));
   }
-  return out;
+  // One GEMM of a bucket: every tile parameter of its type in the name, the kernel moe_gemm1 or
+  // moe_gemm2 in the text.
+  auto gemm = [&](const Bucket& b, int gi) {
+    const GemmTile& t = gi == 1 ? b.gemm1 : b.gemm2;
+    KernelSetSource k;
+    k.name = prefix + "_g" + s(gi) + "_bm" + s(b.bm) + "_n" + s(t.bn) +
+             (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
+             (t.ws ? "_ws" : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
+             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "");
+    std::string& src = k.source;
+    src += "// " + k.name + ": " + sc.label() + "\n#include \"moe_gemm.cuh\"\n";
+    if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
+    if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
+    src += "using namespace moeq_kernels;\n";
+    const std::string G = "G" + s(gi);
+    src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t) + ";\n";
+    // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
+    src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") +
+           ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
+           "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
+           (t.ws ? "tmap_b, " : "") + "smem);\n}\n";
+    return add_program(p.sources, std::move(k));
+  };
+  for (const Bucket& b : buckets) {
+    MoePlan::BucketSources bs;
+    bs.shared = 0;
+    bs.gemm1 = gemm(b, 1);
+    bs.gemm2 = gemm(b, 2);
+    p.buckets.push_back(bs);
+  }
+  return p;
 }
+
+}  // namespace
+
+std::vector<KernelSetSource> MoePlan::sources() const { return plan_programs(scheme_, buckets_).sources; }
+
+std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const { return plan_programs(scheme_, buckets_).buckets; }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
     : plan_(&plan), pdl_(Pdl::kDecode) {
@@ -416,28 +451,30 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     MOEQ_CHECK(end != v && *end == '\0' && g >= 1 && g <= 64, "gpu moe: MOEQ_CT_GROUP_M must be 1..64, found '" + s + "'");
     group_m_ = static_cast<int>(g);
   }
-  MOEQ_CHECK(modules.size() == plan.buckets().size(),
-             "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
-                 s(static_cast<int64_t>(plan.buckets().size())) + " kernel sets");
+  const std::vector<MoePlan::BucketSources> from = plan.bucket_sources();
+  const std::size_t programs = plan.sources().size();
+  MOEQ_CHECK(modules.size() == programs, "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
+                                             s(static_cast<int64_t>(programs)) + " kernel sets");
   const auto& api = cu::driver();
   const bool fp8 = plan.scheme().kind == mk::kKindFp8;
-  for (std::size_t i = 0; i < modules.size(); ++i) {
+  for (std::size_t i = 0; i < from.size(); ++i) {
     Functions f;
-    auto get = [&](cu::Function& fn, const char* name) {
-      cu::check(api.cuModuleGetFunction(&fn, modules[i], name), name);
+    auto get = [&](cu::Function& fn, std::size_t program, const char* name) {
+      cu::check(api.cuModuleGetFunction(&fn, modules.at(program), name), name);
     };
-    get(f.count, "moe_count");
-    get(f.zero_counts, "moe_zero_counts");
-    get(f.prepare, "moe_prepare");
-    get(f.gemm1, "moe_gemm1");
-    get(f.gemm2, "moe_gemm2");
-    get(f.combine, "moe_combine");
-    get(f.combine_wide, "moe_combine_wide");
+    const std::size_t sh = from[i].shared;
+    get(f.count, sh, "moe_count");
+    get(f.zero_counts, sh, "moe_zero_counts");
+    get(f.prepare, sh, "moe_prepare");
+    get(f.gemm1, from[i].gemm1, "moe_gemm1");
+    get(f.gemm2, from[i].gemm2, "moe_gemm2");
+    get(f.combine, sh, "moe_combine");
+    get(f.combine_wide, sh, "moe_combine_wide");
     if (fp8 && plan.scheme().amode == mk::kATensor) {
-      get(f.amax_x, "moe_amax_x");
-      get(f.amax_h, "moe_amax_h");
+      get(f.amax_x, sh, "moe_amax_x");
+      get(f.amax_h, sh, "moe_amax_h");
     }
-    if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, "moe_quant_h");
+    if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, sh, "moe_quant_h");
     const Bucket& b = plan.buckets()[i];
     cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm1)),
              "cuFuncSetAttribute(moe_gemm1)");

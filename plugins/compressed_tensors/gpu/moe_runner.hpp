@@ -115,8 +115,16 @@ class MoePlan {
   int64_t max_tokens() const { return max_tokens_; }
   const DeviceLimits& device() const { return device_; }
   const std::vector<Bucket>& buckets() const { return buckets_; }
-  // One kernel set per bucket, in bucket order.
+  // The kernel sets (NVRTC programs) of the plan, each text once: first the one of the kernels
+  // every bucket shares (routing, quantization, combine), then per bucket its GEMM1 and its
+  // GEMM2, those equal to an earlier one's left out. Small programs compile in parallel with
+  // less work than one program per bucket, and the longest of them bounds a cold JIT.
   std::vector<KernelSetSource> sources() const;
+  // Which of sources() each bucket takes its kernels from, in bucket order.
+  struct BucketSources {
+    std::size_t shared = 0, gemm1 = 0, gemm2 = 0;
+  };
+  std::vector<BucketSources> bucket_sources() const;
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -150,6 +158,7 @@ class MoePlan {
 // Kernel functions of a plan, looked up in the modules compiled from plan.sources().
 class MoeRunner {
  public:
+  // `modules[i]` is the module of plan.sources()[i].
   MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules);
   // Launches the sequence for every chunk of io.m tokens on `stream`. `workspace` holds
   // plan.workspace_bytes(), 256-byte aligned.
