@@ -9,7 +9,9 @@
 # `moeq bench load` on a synthetic Qwen3-30B-A3B fp8-channel checkpoint, first as before this
 # round (scans ahead, MOEQ_JIT_SPLIT=1), then as now (scans while packing, split), each from an
 # empty JIT cache, the second also cold from the disk; `applyab` times decode and M = 8192 with
-# the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter). Carry
+# the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter);
+# `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=1 and times it against the
+# default at M = 128, 1024 and 8192 (fp8 channel and tensor). Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
 set -u
@@ -115,5 +117,23 @@ for r in json.load(sys.stdin)["rows"]:
 ' $v
   done
   echo "applyab: $((SECONDS - t0)) s"
+}
+fastacc() {  # MOEQ_CT_FP8_FAST_ACCUM: the fp8 device checks with it on, then its speed against the default
+  local t0=$SECONDS
+  MOEQ_CT_FP8_FAST_ACCUM=1 timeout "${TEST_TIMEOUT:-200}" build/bin/moeq_tests -tc='gpu*fp8*' > "$out/fastacc_tests.txt" 2>&1
+  echo "fast-accumulation device tests: exit $?"
+  grep -E "ERROR|FAILED|rel|test cases|assertions" "$out/fastacc_tests.txt" | head -30
+  for v in 0 1 0 1; do
+    MOEQ_CT_FP8_FAST_ACCUM=$v timeout 150 build/bin/moeq bench apply --no-check --json --seconds 0.05 \
+      --m "${FA_MS:-128,1024,8192}" --scheme fp8-channel,fp8-tensor \
+      --shape "${FA_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3,Granite-3B-A800M}" 2>/dev/null |
+      python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["rows"]:
+    print("fast_acc=%s %s %s M=%d %.1f us gemm1 %.1f gemm2 %.1f" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"],
+          r["stages_us"].get("gemm1", 0), r["stages_us"].get("gemm2", 0)))
+' $v
+  done
+  echo "fastacc: $((SECONDS - t0)) s"
 }
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

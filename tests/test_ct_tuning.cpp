@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cstdlib>
 #include <optional>
 #include <set>
 #include <string>
@@ -418,4 +419,52 @@ TEST_CASE("plan: each bucket finds every kernel it launches in the program it ta
       CHECK(std::count(used.begin(), used.end(), false) == 0);  // no program compiled for nothing
       CHECK(sources.size() <= 1 + 2 * from.size());
     }
+}
+
+TEST_CASE("plan: fp8 fast accumulation (measuring) changes only the warp-specialized GEMMs of channel and tensor scales") {
+  gpu::GpuScheme fp8_tensor = fp8_channel();
+  fp8_tensor.wscale = mk::kWTensor;
+  fp8_tensor.amode = mk::kATensor;
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_tensor, fp8_block(), w8a16()}) {
+    CAPTURE(sc.label());
+    gpu::MoePlan plan(sc, d, 8192, h100());
+    REQUIRE_FALSE(plan.fp8_fast_acc());
+    const auto before = plan.sources();
+    for (const auto& k : before) CHECK(k.name.find("_fa") == std::string::npos);
+    plan.set_fp8_fast_acc(true);
+    const auto after = plan.sources();
+    REQUIRE(after.size() == before.size());
+    const bool applies = sc.kind == mk::kKindFp8 && sc.wscale != mk::kWBlock && sc.amode != mk::kAGroup;
+    int changed = 0;
+    for (std::size_t i = 0; i < after.size(); ++i) {
+      const bool fa = after[i].name.find("_fa") != std::string::npos;
+      CHECK(fa == (after[i].source != before[i].source));
+      if (!fa) continue;
+      ++changed;
+      CHECK(after[i].source.find("WsGemm<") != std::string::npos);  // only the warp-specialized kernel has it
+      CHECK(after[i].source.find(", true>;") != std::string::npos);
+    }
+    CHECK((changed > 0) == applies);  // M = 8192 on Mixtral runs warp-specialized tiles
+  }
+}
+
+TEST_CASE("plan: MOEQ_CT_FP8_FAST_ACCUM takes 0 or 1 and names itself otherwise") {
+  const char* old = std::getenv("MOEQ_CT_FP8_FAST_ACCUM");
+  const std::string keep = old ? old : "";
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  ::setenv("MOEQ_CT_FP8_FAST_ACCUM", "1", 1);
+  CHECK(gpu::MoePlan(fp8_channel(), d, 8192, h100()).fp8_fast_acc());
+  ::setenv("MOEQ_CT_FP8_FAST_ACCUM", "0", 1);
+  CHECK_FALSE(gpu::MoePlan(fp8_channel(), d, 8192, h100()).fp8_fast_acc());
+  ::setenv("MOEQ_CT_FP8_FAST_ACCUM", "yes", 1);
+  std::string error;
+  try {
+    gpu::MoePlan(fp8_channel(), d, 8192, h100());
+  } catch (const moeq::Error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found 'yes'") != std::string::npos);
+  if (old) ::setenv("MOEQ_CT_FP8_FAST_ACCUM", keep.c_str(), 1);
+  else ::unsetenv("MOEQ_CT_FP8_FAST_ACCUM");
 }

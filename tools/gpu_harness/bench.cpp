@@ -709,8 +709,12 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
   const LayerDims shapes[] = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
   std::map<std::string, ct::gpu::KernelSetSource> sets;
   for (const auto& s : schemes)
-    for (const auto& d : shapes)
-      for (auto& k : MoePlan(s.scheme, d, 8192, lim).sources()) sets.emplace(k.source, k);
+    for (const auto& d : shapes) {
+      MoePlan plan(s.scheme, d, 8192, lim);
+      for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      plan.set_fp8_fast_acc(true);  // the measuring variant (MOEQ_CT_FP8_FAST_ACCUM=1) compiles too
+      for (auto& k : plan.sources()) sets.emplace(k.source, k);
+    }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);

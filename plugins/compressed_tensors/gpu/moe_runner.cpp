@@ -63,10 +63,17 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 // Shared memory of a GEMM instantiation, as GroupedGemm / WgmmaGemm::kSmemBytes compute it.
 int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
 
-std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t) {
+// Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8
+// channel or tensor scales on the warp-specialized kernel (block and group scales promote).
+bool fast_acc_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
+  return asked && t.ws && sc.kind == mk::kKindFp8 && sc.wscale != mk::kWBlock && sc.amode != mk::kAGroup;
+}
+
+std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t, bool fast_acc) {
   if (t.ws)
     return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
-           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) + ">";
+           ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) +
+           (fast_acc_tile(sc, t, fast_acc) ? ", true" : "") + ">";
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
@@ -226,6 +233,14 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
                where + "scale period must be 16, 32, 64 or 128 elements, found " + s(scheme_.scale_k) +
                    " (K of every shard is a multiple of 16, so a refined block grid has blocks of at least 16)");
 
+  // Measuring: the warp-specialized fp8 GEMMs of channel or tensor scales accumulate over the
+  // whole K in the MMA's accumulators instead of promoting per 128-wide K tile (WsGemm kFastAcc).
+  if (const char* v = std::getenv("MOEQ_CT_FP8_FAST_ACCUM")) {
+    const std::string f = v;
+    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found '" + f + "'");
+    fp8_fast_acc_ = f == "1";
+  }
+
   HeuristicInput hin;
   hin.kind = scheme_.kind;
   hin.promote = fp8 && (scheme_.wscale == mk::kWBlock || scheme_.amode == mk::kAGroup);
@@ -361,7 +376,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
   return out.size() - 1;
 }
 
-Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets) {
+Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -403,14 +418,14 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets) 
     k.name = prefix + "_g" + s(gi) + "_bm" + s(b.bm) + "_n" + s(t.bn) +
              (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
              (t.ws ? "_ws" : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
-             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "");
+             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "");
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
     src += "using namespace moeq_kernels;\n";
     const std::string G = "G" + s(gi);
-    src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t) + ";\n";
+    src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc) + ";\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
     src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") +
            ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
@@ -430,9 +445,13 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets) 
 
 }  // namespace
 
-std::vector<KernelSetSource> MoePlan::sources() const { return plan_programs(scheme_, buckets_).sources; }
+std::vector<KernelSetSource> MoePlan::sources() const {
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_).sources;
+}
 
-std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const { return plan_programs(scheme_, buckets_).buckets; }
+std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_).buckets;
+}
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
     : plan_(&plan), pdl_(Pdl::kDecode) {

@@ -125,6 +125,11 @@ class MoePlan {
     std::size_t shared = 0, gemm1 = 0, gemm2 = 0;
   };
   std::vector<BucketSources> bucket_sources() const;
+  // Measuring (MOEQ_CT_FP8_FAST_ACCUM=1 sets it at construction): the warp-specialized GEMMs of
+  // fp8 channel or tensor scales accumulate over the whole K without promotion (WsGemm
+  // kFastAcc). Changes sources() only; block and group scales, and other kernels, are unaffected.
+  void set_fp8_fast_acc(bool on) { fp8_fast_acc_ = on; }
+  bool fp8_fast_acc() const { return fp8_fast_acc_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -151,6 +156,7 @@ class MoePlan {
   DeviceLimits device_;
   std::vector<Bucket> buckets_;
   HeuristicInput hin_;
+  bool fp8_fast_acc_ = false;  // MOEQ_CT_FP8_FAST_ACCUM=1 (measuring): WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
 };

@@ -43,7 +43,11 @@
 
 namespace moeq_kernels {
 
-template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0>
+// kFastAcc (fp8 with channel or tensor scales only): the products accumulate in the MMA's own
+// f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
+// scales are applied in the epilogue either way. MOEQ_CT_FP8_FAST_ACCUM=1 selects it (measuring).
+template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
+          bool kFastAcc = false>
 struct WsGemm {
   static constexpr int kConsumers = BM / 64;
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -60,8 +64,8 @@ struct WsGemm {
   static constexpr int kBarriers = (kW8 ? 3 * STAGES : 2 * STAGES) + 4;
   static constexpr int kSmemBytes = STAGES * kStage + 2 * kB16 + 1024 + 8 * kBarriers;
   static constexpr int kTileK = kW8 ? 64 : GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16 / W8A16
-  static constexpr bool kPromote = kKind == kKindFp8;
-  static constexpr bool kTileScales = kPromote && (kWS == kWBlock || kAM == kAGroup);
+  static constexpr bool kTileScales = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
+  static constexpr bool kPromote = kKind == kKindFp8 && !kFastAcc;
   static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
   static constexpr int NF = BN / 8;
   static constexpr int kHalvesN = kPromote && BN == 256 ? 2 : 1;
@@ -71,6 +75,8 @@ struct WsGemm {
   static constexpr int kSlots = BN / 64;
   static constexpr int kGroupM = 8;
   static_assert(!kW8 || STAGES >= 2, "W8A16 converts the tile after the one in the MMAs");
+  static_assert(!kFastAcc || (kKind == kKindFp8 && !kTileScales),
+                "fast accumulation: fp8 with channel or tensor scales (block and group scales promote per tile)");
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
@@ -399,7 +405,11 @@ struct WsGemm {
           wgmma_fence();
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
-            if constexpr (BN == 256)
+            if constexpr (kKind == kKindFp8 && BN == 256)
+              wgmma_e4m3_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (kKind == kKindFp8)
+              wgmma_e4m3_n128(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (BN == 256)
               wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
             else
               wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
