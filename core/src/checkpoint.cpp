@@ -524,32 +524,34 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
              " has no weights: expected model.safetensors.index.json, model.safetensors or "
              "*.safetensors files, found none");
 
+  auto tensors = std::make_shared<std::map<std::string, TensorInfo>>();
   // Duplicates first: a tensor in two shards is the clearer message than a disagreement.
   for (const auto& file : ckpt.files_) {
     // A file's names come sorted: each goes right after the one before unless another file's
     // fall between, so the hint makes most insertions constant time.
-    auto hint = ckpt.tensors_.end();
+    auto hint = tensors->end();
     for (const auto& [name, info] : file->tensors()) {
-      const std::size_t before = ckpt.tensors_.size();
-      const auto it = ckpt.tensors_.emplace_hint(hint, name, info);
-      const bool fresh = ckpt.tensors_.size() > before;
+      const std::size_t before = tensors->size();
+      const auto it = tensors->emplace_hint(hint, name, info);
+      const bool fresh = tensors->size() > before;
       hint = std::next(it);
       if (!fresh)
         fail("tensor '" + name + "' appears in both " + quoted(it->second.file) + " and " +
              quoted(file->path()));
-      if (ckpt.tensors_.size() > limits.max_tensors)
+      if (tensors->size() > limits.max_tensors)
         fail("checkpoint directory " + quoted(dir) + " holds more than the limit of " +
              std::to_string(limits.max_tensors) + " tensors (reached in " + quoted(file->path()) + ")");
     }
   }
-  if (has_index && !index_agrees(weight_map, ckpt.tensors_, ckpt.files_))
+  if (has_index && !index_agrees(weight_map, *tensors, ckpt.files_))
     check_index_agreement(index, weight_map, ckpt.files_);
+  ckpt.tensors_ = std::move(tensors);
   return ckpt;
 }
 
 const TensorInfo* Checkpoint::find(const std::string& name) const {
-  auto it = tensors_.find(name);
-  return it == tensors_.end() ? nullptr : &it->second;
+  auto it = tensors_->find(name);
+  return it == tensors_->end() ? nullptr : &it->second;
 }
 
 }  // namespace moeq

@@ -17,6 +17,7 @@
 #include <deque>
 #include <exception>
 #include <map>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -1078,10 +1079,32 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   validate_placement(opt.placement, model.config.num_experts, model.config.intermediate_size);
   (void)scan_while_packing(opt.weight_scan);  // a bad MOEQ_LOAD_SCAN fails the load here, once
 
+  // Every name routed first, on several threads where there are many (a checkpoint of 100,000
+  // tensors spends tens of milliseconds in the router), then grouped in name order.
+  std::vector<const std::pair<const std::string, TensorInfo>*> entries;
+  entries.reserve(ck.tensors().size());
+  for (const auto& e : ck.tensors()) entries.push_back(&e);
+  std::vector<RoutedName> routed(entries.size());
+  {
+    std::mutex failed;
+    std::exception_ptr error;
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    parallel_for(entries.size(), entries.size() >= 4096 ? std::min(cores, 8u) : 1u, [&](size_t i) {
+      try {
+        routed[i] = route_tensor_name(entries[i]->first);
+      } catch (...) {  // only an allocation can fail
+        const std::lock_guard<std::mutex> lock(failed);
+        if (!error) error = std::current_exception();
+      }
+    });
+    if (error) std::rethrow_exception(error);
+  }
   std::map<std::pair<int64_t, std::string>, LayerTensors> by_layer;
   std::vector<std::pair<const TensorInfo*, RoutedName>> routers;
-  for (const auto& [name, info] : ck.tensors()) {
-    RoutedName r = route_tensor_name(name);
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string& name = entries[i]->first;
+    const TensorInfo& info = entries[i]->second;
+    RoutedName r = std::move(routed[i]);
     if (r.role == TensorRole::kNotMoe) {
       model.not_moe.push_back(name);
       continue;

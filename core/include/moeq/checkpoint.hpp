@@ -32,8 +32,10 @@ class Checkpoint {
   // hf_quant_config.json wins over config.json's quantization_config (or legacy
   // compression_config).
   const QuantConfigSource& quant_config() const { return quant_; }
-  // All tensors of all files, by name (sorted).
-  const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
+  // All tensors of all files, by name (sorted). Copies of a Checkpoint share this map (it never
+  // changes after open), so a copy costs no walk of the tensors and their pointers stay valid
+  // while any copy lives.
+  const std::map<std::string, TensorInfo>& tensors() const { return *tensors_; }
   const TensorInfo* find(const std::string& name) const;
   const std::vector<std::shared_ptr<SafetensorsFile>>& files() const { return files_; }
   // .safetensors files in the directory that are not read: with an index, those it does not
@@ -46,7 +48,8 @@ class Checkpoint {
   boost::json::object config_;
   QuantConfigSource quant_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
-  std::map<std::string, TensorInfo> tensors_;
+  std::shared_ptr<const std::map<std::string, TensorInfo>> tensors_ =
+      std::make_shared<const std::map<std::string, TensorInfo>>();
   std::vector<std::filesystem::path> unread_;
 };
 
