@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -113,6 +114,22 @@ TEST_CASE("sharded checkpoint with an index: every tensor found in its shard") {
   CHECK(ckpt.tensors().size() == 3);
   CHECK(ckpt.find("c.weight")->file == dir / "model-00002-of-00002.safetensors");
   CHECK(ckpt.find("a.weight")->file == dir / "model-00001-of-00002.safetensors");
+}
+
+TEST_CASE("a copy of a checkpoint keeps its tensors, and their addresses, after the original is gone") {
+  TempDir dir;
+  write_sharded(dir);
+  auto original = std::make_unique<Checkpoint>(Checkpoint::open(dir.path()));
+  const TensorInfo* a = original->find("a.weight");
+  REQUIRE(a != nullptr);
+  const Checkpoint copy = *original;
+  CHECK(copy.find("a.weight") == a);  // one map: the loader keeps pointers into it
+  original.reset();
+  REQUIRE(copy.tensors().size() == 3);
+  CHECK(copy.find("a.weight") == a);
+  CHECK(a->file == dir / "model-00001-of-00002.safetensors");
+  CHECK(copy.find("c.weight")->file == dir / "model-00002-of-00002.safetensors");
+  CHECK(copy.files().size() == 2);
 }
 
 TEST_CASE("without index or model.safetensors, all *.safetensors load in sorted order") {

@@ -225,6 +225,30 @@ TEST_CASE("moeq bench load and jit parse their options and refuse bad ones") {
   CHECK(bad_dims.out.find("E,H,I") != std::string::npos);
 }
 
+TEST_CASE("moeq load routes the names of a checkpoint of many tensors on several threads, each layer whole") {
+  TempDir d;
+  const std::string dir = (d / "many").string();
+  // 6 layers x 128 experts x 3 projections x (weight, weight_scale): 4,608 expert tensors, past
+  // the count above which the loader routes names in parallel.
+  CliRun w = run_moeq_cli("bench load --synthesize Qwen3-30B-A3B --dims 128,64,32 --layers 6 --scheme fp8-channel "
+                          "--write-only " + dir);
+  CAPTURE(w.out);
+  REQUIRE(w.code == 0);
+  CliRun l = run_moeq_cli("--json load " + dir);
+  CAPTURE(l.out);
+  REQUIRE(l.code == 0);
+  const boost::json::object o = boost::json::parse(l.out).as_object();
+  const boost::json::array& layers = o.at("layers").as_array();
+  REQUIRE(layers.size() == 6);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const boost::json::object& layer = layers[i].as_object();
+    CHECK(layer.at("layer").as_string() == "model.layers." + std::to_string(i) + ".mlp");
+    CHECK(layer.at("strict_clean").as_bool());
+    CHECK(layer.at("consumed").to_number<int64_t>() == 128 * 3 * 2);
+    CHECK(layer.at("unknown").to_number<int64_t>() == 0);
+  }
+}
+
 TEST_CASE("moeq bench load refuses bad --synthesize values as usage errors (exit 2) naming the option") {
   TempDir d;
   const std::string dir = (d / "ck").string();
