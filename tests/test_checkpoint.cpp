@@ -372,6 +372,8 @@ TEST_CASE("index: the one-pass reader gives the strict reader's map, or its mess
       R"({"weight_map": {"a.w": "s1.safetensors"}} trailing)",
       R"({"weight_map": {"z.w": "../up.safetensors", "a.w": "sub/x.safetensors"}})",  // the first in file order
       R"({"weight_map": {"a.w": "", "b.w": "."}})",
+      R"({"weight_map": {"": "b//escape.ensors", "c.weight": "."}})",  // the empty name is the first (fuzzing found it)
+      R"({"weight_map": {"": "s1.safetensors", "c.weight": "s2.safetensors"}})",
       R"({"weight_map": {"a.w": "s1.safetensors"}, "nested": {"weight_map": 5}})",
       "",
   };

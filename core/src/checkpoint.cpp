@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -99,8 +100,8 @@ class WeightMapBuilder {
   static constexpr std::size_t max_key_size = static_cast<std::size_t>(-1);
 
   std::map<std::string, std::string>& map() { return map_; }
-  // The first tensor, in the file's order, whose shard name leaves the directory ("" if none).
-  const std::string& first_escape() const { return first_escape_; }
+  // The first tensor, in the file's order, whose shard name leaves the directory (none if none).
+  const std::optional<std::string>& first_escape() const { return first_escape_; }
   bool complete() const { return seen_map_ && !given_up_; }
 
   bool on_document_begin(json::error_code&) { return true; }
@@ -159,7 +160,7 @@ class WeightMapBuilder {
     if (depth_ == 2 && in_map_) {
       // Exporters write the map sorted: the hint makes each insertion constant time then.
       const std::size_t before = map_.size();
-      if (first_escape_.empty() && shard_name_escapes(value_)) first_escape_ = tensor_;
+      if (!first_escape_ && shard_name_escapes(value_)) first_escape_ = tensor_;  // "" is a name too
       map_.emplace_hint(map_.end(), std::move(tensor_), std::move(value_));
       if (map_.size() == before) return give_up(ec);  // a tensor named twice
       tensor_.clear();
@@ -190,7 +191,8 @@ class WeightMapBuilder {
 
   std::map<std::string, std::string> map_;
   std::vector<std::unordered_set<std::string>> keys_;
-  std::string key_, tensor_, value_, first_escape_;
+  std::string key_, tensor_, value_;
+  std::optional<std::string> first_escape_;
   int depth_ = 0;
   bool in_map_key_ = false, in_map_ = false, seen_map_ = false, given_up_ = false;
 };
@@ -447,7 +449,7 @@ std::map<std::string, std::string> parse_weight_map(std::string_view text, const
         fail("index " + quoted(index) + " lists " + std::to_string(map.size()) +
              " tensors, more than the limit of " + std::to_string(limits.max_tensors));
       // NOTE: the file's order, as weight_map_of walks it: the same entry is named.
-      if (const std::string& t = fast.handler().first_escape(); !t.empty()) check_shard_name(index, t, map.at(t));
+      if (const auto& t = fast.handler().first_escape()) check_shard_name(index, *t, map.at(*t));
       return std::move(map);
     }
   }
