@@ -259,6 +259,13 @@ bool shard_name_escapes(const std::string& shard) {
          shard.find('\0') != std::string::npos;
 }
 
+// An index may list at most limits.max_tensors tensors.
+void check_index_size(const fs::path& index, std::size_t listed, const ReaderLimits& limits) {
+  if (listed > limits.max_tensors)
+    fail("index " + quoted(index) + " lists " + std::to_string(listed) + " tensors, more than the limit of " +
+         std::to_string(limits.max_tensors));
+}
+
 void check_shard_name(const fs::path& index, const std::string& tensor,
                       const std::string& shard) {
   if (shard_name_escapes(shard))
@@ -445,9 +452,7 @@ std::map<std::string, std::string> parse_weight_map(std::string_view text, const
     const std::size_t used = fast.write_some(false, text.data(), text.size(), ec);
     if (!ec && used == text.size() && fast.done() && fast.handler().complete()) {  // nothing after the object
       std::map<std::string, std::string>& map = fast.handler().map();
-      if (map.size() > limits.max_tensors)
-        fail("index " + quoted(index) + " lists " + std::to_string(map.size()) +
-             " tensors, more than the limit of " + std::to_string(limits.max_tensors));
+      check_index_size(index, map.size(), limits);
       // NOTE: the file's order, as weight_map_of walks it: the same entry is named.
       if (const auto& t = fast.handler().first_escape()) check_shard_name(index, *t, map.at(*t));
       return std::move(map);
@@ -466,9 +471,7 @@ std::map<std::string, std::string> weight_map_of(const json::value& root, const 
   if (!map->is_object())
     fail("index " + quoted(index) + ": \"weight_map\": expected an object, found " +
          kind_name(*map));
-  if (map->get_object().size() > limits.max_tensors)
-    fail("index " + quoted(index) + " lists " + std::to_string(map->get_object().size()) +
-         " tensors, more than the limit of " + std::to_string(limits.max_tensors));
+  check_index_size(index, map->get_object().size(), limits);
   std::map<std::string, std::string> out;
   for (const auto& kv : map->get_object()) {
     std::string tensor(kv.key());

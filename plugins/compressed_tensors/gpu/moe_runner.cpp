@@ -470,16 +470,18 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     MOEQ_CHECK(end != v && *end == '\0' && g >= 1 && g <= 64, "gpu moe: MOEQ_CT_GROUP_M must be 1..64, found '" + s + "'");
     group_m_ = static_cast<int>(g);
   }
+  // NOTE: bucket_sources() indexes sources(), whose modules these are; the index check in
+  // get() stands for building every source text again just to count them.
   const std::vector<MoePlan::BucketSources> from = plan.bucket_sources();
-  const std::size_t programs = plan.sources().size();
-  MOEQ_CHECK(modules.size() == programs, "gpu moe: " + s(static_cast<int64_t>(modules.size())) + " modules for " +
-                                             s(static_cast<int64_t>(programs)) + " kernel sets");
   const auto& api = cu::driver();
   const bool fp8 = plan.scheme().kind == mk::kKindFp8;
   for (std::size_t i = 0; i < from.size(); ++i) {
     Functions f;
     auto get = [&](cu::Function& fn, std::size_t program, const char* name) {
-      cu::check(api.cuModuleGetFunction(&fn, modules.at(program), name), name);
+      MOEQ_CHECK(program < modules.size(), "gpu moe: " + s(static_cast<int64_t>(modules.size())) +
+                                               " modules for a plan that takes kernel set " +
+                                               s(static_cast<int64_t>(program)));
+      cu::check(api.cuModuleGetFunction(&fn, modules[program], name), name);
     };
     const std::size_t sh = from[i].shared;
     get(f.count, sh, "moe_count");
