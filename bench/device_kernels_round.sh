@@ -136,4 +136,39 @@ for r in json.load(sys.stdin)["rows"]:
   done
   echo "fastacc: $((SECONDS - t0)) s"
 }
+# GEMM1 requantizing h itself (the default) against moe_quant_h after it (MOEQ_CT_SEPARATE_QUANT_H=1),
+# alternating, at QH_MS on QH_SHAPES for the per-token and per-group fp8 schemes; then the
+# decode GEMM1 kernels' registers and spills (cuobjdump on the JIT cache).
+qhab() {
+  local t0=$SECONDS
+  for v in 1 0 1 0; do
+    MOEQ_CT_SEPARATE_QUANT_H=$v timeout 120 build/bin/moeq bench apply --no-check --json --seconds 0.05 \
+      --m "${QH_MS:-1,16}" --scheme fp8-channel,fp8-block \
+      --shape "${QH_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3,Granite-3B-A800M}" 2>/dev/null |
+      python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["rows"]:
+    st = " ".join("%s %.1f" % kv for kv in r["stages_us"].items())
+    print("separate_quant_h=%s %s %s M=%d %.1f us | %s" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"], st))
+' $v
+  done
+  for f in $(find "$MOEQ_CACHE_DIR" -name '*.cubin'); do cuobjdump -res-usage "$f" 2>/dev/null | grep -A1 'moe_gemm1'; done |
+    grep -E 'REG' | sed -E 's/.*(REG:[0-9]+).*(STACK:[0-9]+).*(LOCAL:[0-9]+).*/\1 \2 \3/' | sort | uniq -c | sort -rn | head -8
+  echo "qhab: $((SECONDS - t0)) s"
+}
+# Nsight Compute on the decode GEMMs (NCU_SCHEMES at M = 1 on NCU_SHAPE): throughput, stalls,
+# occupancy of the first eager run's two GEMMs of each scheme (clocks left alone).
+ncu_decode() {
+  local t0=$SECONDS
+  for sc in ${NCU_SCHEMES:-fp8-block fp8-channel}; do
+    timeout 150 ncu --clock-control none -k regex:moe_gemm -c 2 --section SpeedOfLight --section WarpStateStats \
+      --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme "$sc" --shape "${NCU_SHAPE:-DeepSeek-V3}" \
+      > "$out/ncu_$sc.txt" 2>&1
+    echo "ncu $sc: exit $?"
+    grep -E "moe_gemm|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Registers Per|Stall|Block Limit|Waves Per|Grid Size|Block Size|L2 Hit|Mem Busy|Max Bandwidth" \
+      "$out/ncu_$sc.txt" | head -60
+  done
+  echo "ncu: $((SECONDS - t0)) s"
+}
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

@@ -360,6 +360,77 @@ TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit i
   CHECK(fused >= 1);  // M = 8192 runs 128 x 256 warp-specialized tiles
 }
 
+TEST_CASE("plan: GEMM1 requantizes h across its tiles in the mma.sync buckets of per-token and per-group scales only") {
+  gpu::GpuScheme fp8_tensor = fp8_channel();
+  fp8_tensor.wscale = mk::kWTensor;
+  fp8_tensor.amode = mk::kATensor;
+  gpu::GpuScheme g64 = fp8_block();
+  g64.act_group = 64;
+  const gpu::LayerDims shapes[] = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), g64, fp8_tensor, w8a16()})
+    for (const gpu::LayerDims& d : shapes) {
+      CAPTURE(sc.key());
+      CAPTURE(d.inter);
+      gpu::MoePlan plan(sc, d, 8192, h100());
+      REQUIRE(plan.fused_quant_h());
+      const auto sources = plan.sources();
+      const auto from = plan.bucket_sources();
+      int fused = 0;
+      for (std::size_t i = 0; i < plan.buckets().size(); ++i) {
+        const gpu::Bucket& b = plan.buckets()[i];
+        CAPTURE(gpu::describe(b));
+        const bool mma = !b.gemm1.wgmma && !b.gemm1.ws;
+        const bool want = sc.kind == mk::kKindFp8 && mma &&
+                          ((sc.amode == mk::kAToken && b.bm <= 16) ||
+                           (sc.amode == mk::kAGroup && sc.act_group % (b.gemm1.bn / 2) == 0));
+        CHECK(plan.gemm1_quantizes_h(i) == want);
+        const gpu::KernelSetSource& k = sources[from[i].gemm1];
+        CHECK((k.name.find("_qh") != std::string::npos) == want);
+        const std::size_t g1 = k.source.find("using G1 = ");
+        REQUIRE(g1 != std::string::npos);
+        const std::string line = k.source.substr(g1, k.source.find('\n', g1) - g1);
+        if (mma) CHECK((line.find(", true>;") != std::string::npos) == want);
+        fused += want;
+      }
+      // Decode runs 16-row mma.sync tiles: the per-token and 128-group schemes requantize there.
+      const bool decode_fuses = sc.kind == mk::kKindFp8 && (sc.amode == mk::kAToken || sc.amode == mk::kAGroup);
+      CHECK((fused > 0) == decode_fuses);
+      // Its blocks' counters fit the workspace after every other region.
+      if (fused > 0) {
+        const auto& L = plan.layout();
+        const int64_t groups = sc.amode == mk::kAGroup ? (d.inter + sc.act_group - 1) / sc.act_group : 1;
+        int64_t tiles = 0;
+        for (std::size_t i = 0; i < plan.buckets().size(); ++i)
+          tiles = std::max(tiles, plan.max_tiles(i, std::min<int64_t>(8192, plan.buckets()[i].max_tokens)));
+        CHECK(L.quant_counters > L.tile_counters);
+        CHECK(L.quant_counters + static_cast<std::size_t>(tiles * groups * 4) <= plan.workspace_bytes());
+      }
+      plan.set_fused_quant_h(false);
+      for (std::size_t i = 0; i < plan.buckets().size(); ++i) CHECK_FALSE(plan.gemm1_quantizes_h(i));
+      for (const auto& k : plan.sources()) CHECK(k.name.find("_qh") == std::string::npos);
+    }
+}
+
+TEST_CASE("plan: MOEQ_CT_SEPARATE_QUANT_H takes 0 or 1 and names itself otherwise") {
+  const char* old = std::getenv("MOEQ_CT_SEPARATE_QUANT_H");
+  const std::string keep = old ? old : "";
+  const gpu::LayerDims d{128, 0, 2048, 768, 8};
+  ::setenv("MOEQ_CT_SEPARATE_QUANT_H", "1", 1);
+  CHECK_FALSE(gpu::MoePlan(fp8_channel(), d, 8192, h100()).fused_quant_h());
+  ::setenv("MOEQ_CT_SEPARATE_QUANT_H", "0", 1);
+  CHECK(gpu::MoePlan(fp8_channel(), d, 8192, h100()).fused_quant_h());
+  ::setenv("MOEQ_CT_SEPARATE_QUANT_H", "on", 1);
+  std::string error;
+  try {
+    gpu::MoePlan(fp8_channel(), d, 8192, h100());
+  } catch (const moeq::Error& e) {
+    error = e.what();
+  }
+  CHECK(error.find("MOEQ_CT_SEPARATE_QUANT_H must be 0 or 1, found 'on'") != std::string::npos);
+  if (old) ::setenv("MOEQ_CT_SEPARATE_QUANT_H", keep.c_str(), 1);
+  else ::unsetenv("MOEQ_CT_SEPARATE_QUANT_H");
+}
+
 TEST_CASE("plan: each bucket finds every kernel it launches in the program it takes it from, each text once") {
   gpu::GpuScheme bf16;
   bf16.kind = mk::kKindBf16;
@@ -421,7 +492,7 @@ TEST_CASE("plan: each bucket finds every kernel it launches in the program it ta
     }
 }
 
-TEST_CASE("plan: fp8 fast accumulation (measuring) changes only the warp-specialized GEMMs of channel and tensor scales") {
+TEST_CASE("plan: fp8 fast accumulation (on by default) changes only the warp-specialized GEMMs of channel and tensor scales") {
   gpu::GpuScheme fp8_tensor = fp8_channel();
   fp8_tensor.wscale = mk::kWTensor;
   fp8_tensor.amode = mk::kATensor;
@@ -429,7 +500,8 @@ TEST_CASE("plan: fp8 fast accumulation (measuring) changes only the warp-special
   for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_tensor, fp8_block(), w8a16()}) {
     CAPTURE(sc.label());
     gpu::MoePlan plan(sc, d, 8192, h100());
-    REQUIRE_FALSE(plan.fp8_fast_acc());
+    REQUIRE(plan.fp8_fast_acc());
+    plan.set_fp8_fast_acc(false);
     const auto before = plan.sources();
     for (const auto& k : before) CHECK(k.name.find("_fa") == std::string::npos);
     plan.set_fp8_fast_acc(true);

@@ -301,6 +301,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
   // end-to-end difference also contains a few fp8 roundings of the intermediate flipped by
   // 1e-5-sized differences in GEMM1, so it is held to 1e-2 only.
   double err_g1 = -1, err_g2 = -1;
+  int64_t requant_diffs = 0;  // scales and codes of the intermediate unlike the host's of the GPU's h
   const auto& sc = k.spec.scheme;
   if (k.chunk >= M) {
     const auto& L = plan.layout();
@@ -332,6 +333,23 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     };
     err_g2 = ref::relative_l2(g1, mirror_forward(mi).out);
     const ct::gpu::Bucket& last = plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)];
+    // The requantized intermediate (moe_quant_h, or GEMM1 itself where gemm1_quantizes_h) against
+    // the host's quantization of the GPU's own f32 h: every scale and code bit for bit. The GEMM2
+    // check above reads the GPU's codes and scales, so it cannot see a wrong one by itself.
+    if (dyn && (sc.amode == mk::kAToken || sc.amode == mk::kAGroup) && ct::gpu::gemm1_quant_group(sc, last.gemm1) == 0) {
+      const int64_t G = sc.amode == mk::kAGroup ? sc.act_group : I;
+      for (const int64_t p : mr.pairs)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t c0 = g * G, c1 = std::min(I, c0 + G);
+          std::vector<float> hv(static_cast<size_t>(c1 - c0));
+          std::memcpy(hv.data(), hq.data() + static_cast<size_t>(p * I + c0) * 4, hv.size() * 4);
+          const float want = sc.amode == mk::kAToken ? ref::fp8_per_token_scale(hv) : ref::fp8_group_scale(hv);
+          const float got = a2s[static_cast<size_t>(p * groups + g)];
+          if (std::memcmp(&want, &got, 4) != 0) ++requant_diffs;
+          for (int64_t i = c0; i < c1; ++i)
+            if (ref::fp8_quantize(hv[static_cast<size_t>(i - c0)], want) != a2q[static_cast<size_t>(p * I + i)]) ++requant_diffs;
+        }
+    }
     if (ct::gpu::gemm1_quant_group(sc, last.gemm1) > 0) {
       err_g1 = fused_gemm1_error(mr, a2q, a2s, I, sc.act_group);
     } else if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before requantizing)
@@ -378,7 +396,8 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     }
     err_core = ref::relative_l2(g1, ref::moe_forward(ew, xf, M, rt, opt));
   }
-  const bool pass = err_g1 <= 1e-3 && err_g2 <= 1e-3 && err <= 1e-2 && err16 <= 1e-2 && deterministic && graph_ok;
+  const bool pass = err_g1 <= 1e-3 && err_g2 <= 1e-3 && err <= 1e-2 && err16 <= 1e-2 && deterministic && graph_ok &&
+                    requant_diffs == 0;
   c.out << (pass ? "PASS " : "FAIL ") << k.label << " " << k.spec.name << " E=" << d.num_experts << "/"
         << k.global_experts << " k=" << d.top_k << " H=" << H << " I=" << d.inter << " M=" << M << " chunk=" << k.chunk
         << " [" << ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)]) << "]: rel L2 " << std::scientific << std::setprecision(2);
@@ -386,6 +405,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
   if (err_g2 >= 0) c.out << "gemm2 " << err_g2 << ", ";
   c.out << "end-to-end vs mirror " << err << " (bf16 out " << err16 << ")";
   if (err_core >= 0) c.out << ", vs core moe_forward " << err_core;
+  if (requant_diffs > 0) c.out << ", " << requant_diffs << " REQUANTIZED SCALES OR CODES DIFFER from the host's";
   c.out << std::defaultfloat << (deterministic ? ", bitwise repeatable" : ", NOT REPEATABLE")
         << (graph_ok ? ", graph replay identical" : ", GRAPH REPLAY DIFFERS") << "\n";
   c.out.flush();
@@ -712,7 +732,10 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
     for (const auto& d : shapes) {
       MoePlan plan(s.scheme, d, 8192, lim);
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      plan.set_fp8_fast_acc(true);  // the measuring variant (MOEQ_CT_FP8_FAST_ACCUM=1) compiles too
+      // The variants the measuring knobs select (MOEQ_CT_FP8_FAST_ACCUM=0, MOEQ_CT_SEPARATE_QUANT_H=1)
+      // compile too.
+      plan.set_fp8_fast_acc(false);
+      plan.set_fused_quant_h(false);
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
     }
   // The tiles the shipped tune tables choose for this arch, on their shapes.

@@ -125,16 +125,22 @@ class MoePlan {
     std::size_t shared = 0, gemm1 = 0, gemm2 = 0;
   };
   std::vector<BucketSources> bucket_sources() const;
-  // Measuring (MOEQ_CT_FP8_FAST_ACCUM=1 sets it at construction): the warp-specialized GEMMs of
-  // fp8 channel or tensor scales accumulate over the whole K without promotion (WsGemm
-  // kFastAcc). Changes sources() only; block and group scales, and other kernels, are unaffected.
+  // On unless MOEQ_CT_FP8_FAST_ACCUM=0 at construction: the warp-specialized GEMMs of fp8
+  // channel or tensor scales accumulate over the whole K without promotion (WsGemm kFastAcc), as
+  // fp8 GEMMs on sm_90 commonly do. Changes sources() only; block and group scales, and other
+  // kernels, are unaffected.
   void set_fp8_fast_acc(bool on) { fp8_fast_acc_ = on; }
   bool fp8_fast_acc() const { return fp8_fast_acc_; }
+  // On unless MOEQ_CT_SEPARATE_QUANT_H=1 at construction: where gemm1_quantizes_h(bucket), GEMM1
+  // (mma.sync) requantizes h across its tiles and moe_quant_h is not launched. Changes sources().
+  void set_fused_quant_h(bool on) { fused_quant_h_ = on; }
+  bool fused_quant_h() const { return fused_quant_h_; }
+  bool gemm1_quantizes_h(std::size_t bucket) const;
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
     std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count,
-        tile_counters;
+        tile_counters, quant_counters;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
@@ -156,7 +162,8 @@ class MoePlan {
   DeviceLimits device_;
   std::vector<Bucket> buckets_;
   HeuristicInput hin_;
-  bool fp8_fast_acc_ = false;  // MOEQ_CT_FP8_FAST_ACCUM=1 (measuring): WsGemm kFastAcc where it applies
+  bool fp8_fast_acc_ = true;    // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
+  bool fused_quant_h_ = true;   // MOEQ_CT_SEPARATE_QUANT_H=1 turns it off (gemm1_quantizes_h)
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
 };
