@@ -10,8 +10,8 @@
 # round (scans ahead, MOEQ_JIT_SPLIT=1), then as now (scans while packing, split), each from an
 # empty JIT cache, the second also cold from the disk; `applyab` times decode and M = 8192 with
 # the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter);
-# `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=1 and times it against the
-# default at M = 128, 1024 and 8192 (fp8 channel and tensor). Carry
+# `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=1 and times it against 0 at
+# M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
 set -u
@@ -118,7 +118,7 @@ for r in json.load(sys.stdin)["rows"]:
   done
   echo "applyab: $((SECONDS - t0)) s"
 }
-fastacc() {  # MOEQ_CT_FP8_FAST_ACCUM: the fp8 device checks with it on, then its speed against the default
+fastacc() {  # MOEQ_CT_FP8_FAST_ACCUM: the fp8 device checks with it on, then its speed against it off
   local t0=$SECONDS
   MOEQ_CT_FP8_FAST_ACCUM=1 timeout "${TEST_TIMEOUT:-200}" build/bin/moeq_tests -tc='gpu*fp8*' > "$out/fastacc_tests.txt" 2>&1
   echo "fast-accumulation device tests: exit $?"
@@ -135,26 +135,6 @@ for r in json.load(sys.stdin)["rows"]:
 ' $v
   done
   echo "fastacc: $((SECONDS - t0)) s"
-}
-# GEMM1 requantizing h itself (the default) against moe_quant_h after it (MOEQ_CT_SEPARATE_QUANT_H=1),
-# alternating, at QH_MS on QH_SHAPES for the per-token and per-group fp8 schemes; then the
-# decode GEMM1 kernels' registers and spills (cuobjdump on the JIT cache).
-qhab() {
-  local t0=$SECONDS
-  for v in 1 0 1 0; do
-    MOEQ_CT_SEPARATE_QUANT_H=$v timeout 120 build/bin/moeq bench apply --no-check --json --seconds 0.05 \
-      --m "${QH_MS:-1,16}" --scheme fp8-channel,fp8-block \
-      --shape "${QH_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3,Granite-3B-A800M}" 2>/dev/null |
-      python3 -c '
-import json, sys
-for r in json.load(sys.stdin)["rows"]:
-    st = " ".join("%s %.1f" % kv for kv in r["stages_us"].items())
-    print("separate_quant_h=%s %s %s M=%d %.1f us | %s" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"], st))
-' $v
-  done
-  for f in $(find "$MOEQ_CACHE_DIR" -name '*.cubin'); do cuobjdump -res-usage "$f" 2>/dev/null | grep -A1 'moe_gemm1'; done |
-    grep -E 'REG' | sed -E 's/.*(REG:[0-9]+).*(STACK:[0-9]+).*(LOCAL:[0-9]+).*/\1 \2 \3/' | sort | uniq -c | sort -rn | head -8
-  echo "qhab: $((SECONDS - t0)) s"
 }
 # Nsight Compute on the decode GEMMs (NCU_SCHEMES at M = 1 on NCU_SHAPE): throughput, stalls,
 # occupancy of the first eager run's two GEMMs of each scheme (clocks left alone).

@@ -333,9 +333,9 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     };
     err_g2 = ref::relative_l2(g1, mirror_forward(mi).out);
     const ct::gpu::Bucket& last = plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)];
-    // The requantized intermediate (moe_quant_h, or GEMM1 itself where gemm1_quantizes_h) against
-    // the host's quantization of the GPU's own f32 h: every scale and code bit for bit. The GEMM2
-    // check above reads the GPU's codes and scales, so it cannot see a wrong one by itself.
+    // The requantized intermediate (moe_quant_h) against the host's quantization of the GPU's own
+    // f32 h: every scale and code bit for bit. The GEMM2 check above reads the GPU's codes and
+    // scales, so it cannot see a wrong one by itself.
     if (dyn && (sc.amode == mk::kAToken || sc.amode == mk::kAGroup) && ct::gpu::gemm1_quant_group(sc, last.gemm1) == 0) {
       const int64_t G = sc.amode == mk::kAGroup ? sc.act_group : I;
       for (const int64_t p : mr.pairs)
@@ -732,10 +732,7 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
     for (const auto& d : shapes) {
       MoePlan plan(s.scheme, d, 8192, lim);
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      // The variants the measuring knobs select (MOEQ_CT_FP8_FAST_ACCUM=0, MOEQ_CT_SEPARATE_QUANT_H=1)
-      // compile too.
-      plan.set_fp8_fast_acc(false);
-      plan.set_fused_quant_h(false);
+      plan.set_fp8_fast_acc(false);  // the variant MOEQ_CT_FP8_FAST_ACCUM=0 selects compiles too
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
     }
   // The tiles the shipped tune tables choose for this arch, on their shapes.

@@ -13,10 +13,9 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 296, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 280, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
-                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264 &&
-                  offsetof(mk::MoeArgs, quant_h_fused) == 288,
+                  offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
 
 // NOTE: past this many (token, slot) pairs one block's align step becomes a serial tail
@@ -70,20 +69,7 @@ bool fast_acc_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && sc.kind == mk::kKindFp8 && sc.wscale != mk::kWBlock && sc.amode != mk::kAGroup;
 }
 
-// Whether GEMM1 of bucket b requantizes h across its tiles (GroupedGemm kQuantH) where the plan
-// allows it: fp8 with dynamic per-token or per-group activation scales on the mma.sync kernel,
-// where moe_quant_h would run otherwise. Per group where a group is a whole number of the tile's
-// h columns (the last of its blocks quantizes the group's columns of the tile's rows); per token
-// in 16-row buckets only, since there the last block of a tile quantizes its rows whole (one or
-// a few rows at decode). h rows in whole 8-column vectors (I % 8).
-bool quant_h_fused(const GpuScheme& sc, const Bucket& b, int64_t inter, bool allowed) {
-  if (!allowed || sc.kind != mk::kKindFp8 || b.gemm1.wgmma || b.gemm1.ws || inter % 8 != 0) return false;
-  if (sc.amode == mk::kAToken) return b.bm <= 16;
-  if (sc.amode == mk::kAGroup) return sc.act_group % 8 == 0 && sc.act_group % (b.gemm1.bn / 2) == 0;
-  return false;
-}
-
-std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t, bool fast_acc, bool quant_h) {
+std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t, bool fast_acc) {
   if (t.ws)
     return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) +
@@ -93,7 +79,7 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
   return "GroupedGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
          ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.warps_m) + ", " + s(t.warps_n) + ", " + s(t.stages) + ", " +
-         s(sc.scale_k) + (gated && quant_h ? ", true" : "") + ">";
+         s(sc.scale_k) + ">";
 }
 
 // One launch of the sequence. `pdl`: a programmatic dependent launch (every kernel of the
@@ -249,17 +235,11 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
 
   // The warp-specialized fp8 GEMMs of channel or tensor scales accumulate over the whole K in
   // the MMA's accumulators instead of promoting per 128-wide K tile (WsGemm kFastAcc), unless
-  // MOEQ_CT_FP8_FAST_ACCUM=0 (measuring, or a model that needs the promotion).
+  // MOEQ_CT_FP8_FAST_ACCUM=0 (measuring, or a model that wants the promotion).
   if (const char* v = std::getenv("MOEQ_CT_FP8_FAST_ACCUM")) {
     const std::string f = v;
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found '" + f + "'");
     fp8_fast_acc_ = f == "1";
-  }
-  // Measuring: MOEQ_CT_SEPARATE_QUANT_H=1 runs moe_quant_h where GEMM1 would requantize h itself.
-  if (const char* v = std::getenv("MOEQ_CT_SEPARATE_QUANT_H")) {
-    const std::string f = v;
-    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_SEPARATE_QUANT_H must be 0 or 1, found '" + f + "'");
-    fused_quant_h_ = f == "0";
   }
 
   HeuristicInput hin;
@@ -360,9 +340,6 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
   L.tile_counters = take(2 * 4);
-  // GEMM1 requantizing h across its tiles (gemm1_quantizes_h): blocks done per (tile, unit).
-  const bool may_fuse = dynamic_a2 && (scheme_.amode == mk::kAToken || scheme_.amode == mk::kAGroup);
-  L.quant_counters = take(may_fuse ? tiles * g2 * 4 : 0);
   w.bytes = off;
   return w;
 }
@@ -400,8 +377,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
   return out.size() - 1;
 }
 
-Programs plan_programs(const GpuScheme& sc, const LayerDims& d, const std::vector<Bucket>& buckets, bool fast_acc,
-                       bool allow_quant_h) {
+Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -443,16 +419,14 @@ Programs plan_programs(const GpuScheme& sc, const LayerDims& d, const std::vecto
     k.name = prefix + "_g" + s(gi) + "_bm" + s(b.bm) + "_n" + s(t.bn) +
              (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
              (t.ws ? "_ws" : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
-             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
-             (gi == 1 && quant_h_fused(sc, b, d.inter, allow_quant_h) ? "_qh" : "");
+             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "");
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
     src += "using namespace moeq_kernels;\n";
     const std::string G = "G" + s(gi);
-    src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc, quant_h_fused(sc, b, d.inter, allow_quant_h)) +
-           ";\n";
+    src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc) + ";\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
     src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") +
            ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
@@ -473,15 +447,11 @@ Programs plan_programs(const GpuScheme& sc, const LayerDims& d, const std::vecto
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, dims_, buckets_, fp8_fast_acc_, fused_quant_h_).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, dims_, buckets_, fp8_fast_acc_, fused_quant_h_).buckets;
-}
-
-bool MoePlan::gemm1_quantizes_h(std::size_t bucket) const {
-  return quant_h_fused(scheme_, buckets_.at(bucket), dims_.inter, fused_quant_h_);
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -591,7 +561,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
   a.tile_counters = reinterpret_cast<int*>(ws + L.tile_counters);
-  a.quant_counters = reinterpret_cast<int*>(ws + L.quant_counters);
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -616,7 +585,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     a.bm = b.bm;
     a.k_splits = b.k_splits;
     a.max_tiles = static_cast<int>(p.max_tiles(bi, m));
-    a.quant_h_fused = p.gemm1_quantizes_h(bi) ? 1 : 0;
     a.x = static_cast<const unsigned char*>(io.x) + m0 * io.x_stride * 2;
     a.topk_ids = io.topk_ids + m0 * k;
     a.topk_weights = io.topk_weights + m0 * k;
@@ -650,7 +618,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     launch(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
            gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
     if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
-    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0 && !a.quant_h_fused)
+    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
              stream, &a, "moe_quant_h", pdl(), after);
     launch(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),

@@ -131,16 +131,11 @@ class MoePlan {
   // kernels, are unaffected.
   void set_fp8_fast_acc(bool on) { fp8_fast_acc_ = on; }
   bool fp8_fast_acc() const { return fp8_fast_acc_; }
-  // On unless MOEQ_CT_SEPARATE_QUANT_H=1 at construction: where gemm1_quantizes_h(bucket), GEMM1
-  // (mma.sync) requantizes h across its tiles and moe_quant_h is not launched. Changes sources().
-  void set_fused_quant_h(bool on) { fused_quant_h_ = on; }
-  bool fused_quant_h() const { return fused_quant_h_; }
-  bool gemm1_quantizes_h(std::size_t bucket) const;
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
     std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count,
-        tile_counters, quant_counters;
+        tile_counters;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
@@ -162,8 +157,7 @@ class MoePlan {
   DeviceLimits device_;
   std::vector<Bucket> buckets_;
   HeuristicInput hin_;
-  bool fp8_fast_acc_ = true;    // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
-  bool fused_quant_h_ = true;   // MOEQ_CT_SEPARATE_QUANT_H=1 turns it off (gemm1_quantizes_h)
+  bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
 };

@@ -76,10 +76,6 @@ struct MoeArgs {
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
   int* tile_counters;  // [2]: the next grid entry a persistent GEMM1 / GEMM2 block takes (zeroed by prepare)
-  int* quant_counters; // [max_tiles * scale columns of h]: GEMM1 blocks done per (tile, unit) where GEMM1
-                       // requantizes h across its tiles (quant_h_fused; zeroed by prepare)
-  int quant_h_fused;   // 1: this chunk's GEMM1 (mma.sync, kQuantH) requantizes h itself, with a2s as
-                       // its running maxima: prepare zeroes a2s and quant_counters, moe_quant_h is not run
 };
 
 // y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row

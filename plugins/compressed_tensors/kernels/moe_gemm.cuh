@@ -18,80 +18,8 @@
 
 namespace moeq_kernels {
 
-// GEMM1 requantizing h across its tiles (kQuantH; the small-M buckets, whose W-column tiles
-// hold a part of a token's row or of an activation group): what moe_quant_h does (quantize_h,
-// kAToken or kAGroup), done by the GEMM1 blocks themselves, so that decode runs one kernel
-// less. Every block, once its f32 h columns are stored:
-//  1. adds their max |h| per (row, group) into a2s with atomicMax (non-negative floats order as
-//     their bits; prepare zeroed a2s, and fmaxf drops NaN as quantize_row's maximum does);
-//  2. counts itself done for its unit, the columns that one scale covers: the activation group
-//     (kAGroup, a whole number of tile widths) or the whole row (kAToken);
-//  3. if it is the unit's last block, turns each row's maximum into the scale and quantizes the
-//     unit's columns of the tile's rows from the f32 h the unit's blocks wrote.
-// The maxima, scales and codes are those of moe_quant_h bit for bit (same values, same max,
-// same scale and quant2), and no block depends on the order in which the others finish.
-template <int kAM, int BM, int W, int kThreads>
-__device__ __forceinline__ void requantize_h(const MoeArgs& a, int tile, int n0, const int* s_pair) {
-#if __CUDA_ARCH__ >= 890
-  static_assert(kAM == kAToken || kAM == kAGroup, "requantization of dynamic per-token or per-group scales");
-  constexpr int kWarps = kThreads / 32;
-  __shared__ int s_last;
-  __shared__ float s_scale[BM];
-  const int I = a.inter, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int U = kAM == kAGroup ? a.act_group : I;  // columns of a unit, one scale a row
-  const int groups = kAM == kAGroup ? (I + U - 1) / U : 1;
-  const int u = n0 / U, u0 = u * U, u1 = min(I, u0 + U);
-  const int c1 = min(n0 + W, I);
-  float* h = static_cast<float*>(a.h);
-  __syncthreads();  // the block's stores of h are visible to its threads
-  for (int r = warp; r < BM; r += kWarps) {
-    const int p = s_pair[r];
-    if (p < 0) continue;
-    const float* row = h + static_cast<long long>(p) * I;
-    float m = 0.0f;
-    for (int c = n0 + lane; c < c1; c += 32) m = fmaxf(m, fabsf(row[c]));
-    m = warp_max(m);
-    if (lane == 0) atomicMax(reinterpret_cast<unsigned*>(a.a2s) + static_cast<long long>(p) * groups + u, __float_as_uint(m));
-  }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int blocks = (u1 + W - 1) / W - u0 / W;  // blocks writing columns of unit u
-    s_last = atomicAdd(a.quant_counters + tile * groups + u, 1) == blocks - 1;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  for (int r = threadIdx.x; r < BM; r += kThreads) {
-    const int p = s_pair[r];
-    if (p < 0) continue;
-    float* slot = a.a2s + static_cast<long long>(p) * groups + u;
-    const float m = __uint_as_float(__ldcg(reinterpret_cast<const unsigned*>(slot)));
-    const float sc = kAM == kAToken ? token_scale(m) : group_scale(m);
-    s_scale[r] = sc;
-    *slot = sc;
-  }
-  __syncthreads();
-  const int vecs = (u1 - u0) / 8;  // I and the group are multiples of 8 (gemm1_quant_fused)
-  for (int r = 0; r < BM; ++r) {
-    const int p = s_pair[r];
-    if (p < 0) continue;
-    const float sc = s_scale[r];
-    const float4* src = reinterpret_cast<const float4*>(h + static_cast<long long>(p) * I + u0);
-    uint2* dst = reinterpret_cast<uint2*>(a.a2q + static_cast<long long>(p) * I + u0);
-    for (int v = threadIdx.x; v < vecs; v += kThreads) {
-      const float4 x = __ldcg(src + 2 * v), y = __ldcg(src + 2 * v + 1);
-      uint2 q;
-      q.x = static_cast<u32>(quant2(x.x, x.y, sc)) | (static_cast<u32>(quant2(x.z, x.w, sc)) << 16);
-      q.y = static_cast<u32>(quant2(y.x, y.y, sc)) | (static_cast<u32>(quant2(y.z, y.w, sc)) << 16);
-      dst[v] = q;
-    }
-  }
-#endif
-}
-
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int WARPS_M, int WARPS_N, int STAGES,
-          int SCALE_K, bool kQuantH = false>
+          int SCALE_K>
 struct GroupedGemm {
   using T = GemmTraits<kKind>;
   static constexpr int kThreads = 32 * WARPS_M * WARPS_N;
@@ -111,8 +39,6 @@ struct GroupedGemm {
   static_assert(!kPromote || ((SCALE_K == 16 || SCALE_K % 32 == 0) && 128 % SCALE_K == 0),
                 "scale period of 16, 32, 64 or 128");
   static_assert(kHalves == 1 || kKind == kKindFp8, "half steps exist for fp8 (e4m3 m16n8k32) only");
-  static_assert(!kQuantH || (kKind == kKindFp8 && kGated && (kAM == kAToken || kAM == kAGroup)),
-                "GEMM1 requantizes h itself for fp8 with dynamic per-token or per-group activation scales");
 
   // Shared row of B that fragment j (n8) of warp column wn starts at.
   __device__ __forceinline__ static int brow_of(int wn, int j) {
@@ -309,7 +235,6 @@ struct GroupedGemm {
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
                                                kGated ? 0 : static_cast<int>(blockIdx.z),
                                                TileColScales<kWS, kGated, BN>{s_wcol, n0});
-    if constexpr (kQuantH) requantize_h<kAM, BM, BN / 2, kThreads>(a, tile, n0, s_pair);
   }
 };
 

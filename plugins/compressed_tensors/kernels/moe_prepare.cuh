@@ -228,18 +228,6 @@ template <int kMode>
 __device__ void prepare(const MoeArgs& a) {
   // The persistent GEMMs' tile counters start from zero for this pass (sm90_moe_ws.cuh).
   if (blockIdx.x == 0 && threadIdx.x < 2) a.tile_counters[threadIdx.x] = 0;
-  // GEMM1 requantizing h across its tiles (moe_gemm.cuh, requantize_h) keeps each row's running
-  // maxima in a2s and counts its blocks per (tile, unit): both start from zero for this pass.
-  if (a.quant_h_fused) {
-    const int groups = kMode == kAGroup ? (a.inter + a.act_group - 1) / a.act_group : 1;
-    const int rows = a.M * a.topk * groups, counters = a.max_tiles * groups;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < rows + counters; i += gridDim.x * blockDim.x) {
-      if (i < rows)
-        a.a2s[i] = 0.0f;
-      else
-        a.quant_counters[i - rows] = 0;
-    }
-  }
   if (blockIdx.x < a.align_blocks) {
     align_pairs(a);
     return;
