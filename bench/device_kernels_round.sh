@@ -11,7 +11,8 @@
 # empty JIT cache, the second also cold from the disk; `applyab` times decode and M = 8192 with
 # the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter);
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=1 and times it against 0 at
-# M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs. Carry
+# M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
+# `abprev` times build/carry_prev's binaries against these. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
 set -u
@@ -135,6 +136,28 @@ for r in json.load(sys.stdin)["rows"]:
 ' $v
   done
   echo "fastacc: $((SECONDS - t0)) s"
+}
+# The binaries of build/carry_prev (the previous round's, carried beside build/carry) against
+# these, alternating, at AB_MS on AB_SHAPES and AB_SCHEMES (no checks; the older ones compile
+# their kernels into a cache of their own).
+abprev() {
+  local t0=$SECONDS prev_cache
+  prev_cache=$(mktemp -d)
+  chmod -R go-w build/carry_prev 2>/dev/null
+  for v in prev new prev new; do
+    local bin=build/bin/moeq cache=$MOEQ_CACHE_DIR tag="new($(cat build/carry/COMMIT))"
+    [ $v = prev ] && bin=build/carry_prev/bin/moeq cache=$prev_cache tag="prev($(cat build/carry_prev/COMMIT))"
+    MOEQ_CACHE_DIR=$cache timeout 150 $bin bench apply --no-check --json --seconds 0.05 --m "${AB_MS:-1,1024,8192}" \
+      --scheme "${AB_SCHEMES:-fp8-channel,fp8-block,fp8-tensor}" --shape "${AB_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3}" \
+      2>/dev/null | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["rows"]:
+    st = r["stages_us"]
+    print("%s %s %s M=%d %.1f us | gemm1 %.1f quant_h %.1f gemm2 %.1f" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"],
+          st.get("gemm1", 0), st.get("quant_h", 0), st.get("gemm2", 0)))
+' "$tag"
+  done
+  echo "abprev: $((SECONDS - t0)) s"
 }
 # Nsight Compute on the decode GEMMs (NCU_SCHEMES at M = 1 on NCU_SHAPE): throughput, stalls,
 # occupancy of the first eager run's two GEMMs of each scheme (clocks left alone).
