@@ -94,7 +94,6 @@ MirrorResult mirror_forward(const MirrorInput& in) {
     for (int64_t le : ids) experts[le] = in.expert(le);
   }
   const int64_t R = static_cast<int64_t>(pairs.size());
-  const bool round_h = !fp8 || (in.h_bf16 && in.h_bf16(M));
   MirrorResult result;
   for (const auto& p : pairs) result.pairs.push_back(p.token * k + p.slot);
   std::vector<float> h(static_cast<size_t>(R * I));
@@ -107,7 +106,7 @@ MirrorResult mirror_forward(const MirrorInput& in) {
       const float u = static_cast<float>(dot(xa, w.w13.data() + (I + i) * H, H));
       float v = ref::silu(g) * u;
       result.h[r * I + i] = v;
-      if (round_h) v = bf16_to_float(float_to_bf16(v));
+      if (!fp8) v = bf16_to_float(float_to_bf16(v));
       h[r * I + i] = v;
     }
   });

@@ -1,7 +1,6 @@
 // CPU reference for the GPU fused MoE that performs the same roundings the kernels do:
 // activations quantized with the core's primitives (moeq::ref::fake_quant, §7.3), float
-// intermediate, rounded to bf16 where the kernels store it in bf16 (bf16 and W8A16; fp8 with
-// dynamic activation scales before moe_quant_h requantizes it: h_bf16), router weight
+// intermediate, rounded to bf16 where the bf16/W8A16 kernels store it in bf16, router weight
 // and slot-order combine in float. Accumulation in double. Only the experts a batch routes to
 // are needed, so real shapes can be checked without dequantizing every expert.
 #pragma once
@@ -38,10 +37,6 @@ struct MirrorInput {
   // Whether a chunk of m tokens keeps its pairs' rows in bf16 before the combine when the output
   // is bf16 (the kernels do unless GEMM2 splits K: y2_bf16); unset: always.
   std::function<bool(int64_t m)> bf16_rows;
-  // fp8 with dynamic activation scales: whether a chunk of m tokens stores the intermediate in
-  // bf16 before requantizing it (moe_quant_h; not where GEMM1 requantizes in its epilogue:
-  // gemm1_quant_group); unset: never.
-  std::function<bool(int64_t m)> h_bf16;
 };
 
 struct MirrorResult {
@@ -50,7 +45,7 @@ struct MirrorResult {
   // bf16 first where bf16_rows says so (y2 in bf16)
   std::vector<float> out_bf16_rows;
   std::vector<int64_t> pairs;  // pair index (token * k + slot) of each local row, in order
-  std::vector<float> h;        // [pairs, I]: silu(gate) * up before any rounding or the a2 quantization
+  std::vector<float> h;        // [pairs, I]: silu(gate) * up before the a2 quantization
 };
 
 MirrorResult mirror_forward(const MirrorInput& in);

@@ -109,8 +109,9 @@ __device__ void count_pairs(const MoeArgs& a) {
     if (hist[e] > 0) atomicAdd(&a.expert_count[e], hist[e]);
 }
 
-// Max |v| over `rows` rows of `cols` bf16 values, strided; block b writes part[b].
-__device__ void amax_partial(const u16* base, long long stride, int rows, int cols, float* part,
+// Max |v| over `rows` rows of `cols` bf16 (or f32) values, strided; block b writes part[b].
+template <bool kF32>
+__device__ void amax_partial(const void* base, long long stride, int rows, int cols, float* part,
                              const int* row_valid_ids, int topk, int first_expert, int num_experts) {
   __shared__ float red[32];
   float m = 0.0f;
@@ -122,7 +123,12 @@ __device__ void amax_partial(const u16* base, long long stride, int rows, int co
       const int le = row_valid_ids[r] - first_expert;  // rows are pairs: skip non-local ones
       if (le < 0 || le >= num_experts) continue;
     }
-    m = fmaxf(m, fabsf(bf16_to_f32(base[r * stride + c])));
+    float v;
+    if (kF32)
+      v = static_cast<const float*>(base)[r * stride + c];
+    else
+      v = bf16_to_f32(static_cast<const u16*>(base)[r * stride + c]);
+    m = fmaxf(m, fabsf(v));
   }
   m = warp_max(m);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
@@ -141,21 +147,27 @@ __device__ __forceinline__ float reduce_parts(const float* part, int n) {
 }
 
 #if __CUDA_ARCH__ >= 890
-// Quantizes one row of `cols` bf16 values into fp8 codes with the mode's scales,
+// Quantizes one row of `cols` values (bf16 when !kF32) into fp8 codes with the mode's scales,
 // with the `wpr` warps [w0, w0 + wpr) of the block, each taking 256-column segments in turn.
 // cols is a multiple of 8; kAGroup needs act_group a power of two in [8, 256] (a group never
 // straddles a segment). Every thread of the block calls it (kAToken reduces through `red`).
-template <int kMode>
-__device__ void quantize_row(const u16* src_row, int cols, u8* dst_row, float* scale_row, int act_group,
+template <int kMode, bool kF32>
+__device__ void quantize_row(const void* src_row, int cols, u8* dst_row, float* scale_row, int act_group,
                              float fixed_scale, int w0, int wpr, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp - w0;
   auto load8 = [&](int c, float* v) {
-    const uint4 p = *reinterpret_cast<const uint4*>(src_row + c);
-    const u32 w[4] = {p.x, p.y, p.z, p.w};
+    if (kF32) {
+      const float4 p = *reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c);
+      const float4 q = *reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c + 4);
+      v[0] = p.x; v[1] = p.y; v[2] = p.z; v[3] = p.w; v[4] = q.x; v[5] = q.y; v[6] = q.z; v[7] = q.w;
+    } else {
+      const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const u16*>(src_row) + c);
+      const u32 w[4] = {p.x, p.y, p.z, p.w};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      v[2 * i] = __uint_as_float(w[i] << 16);
-      v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      for (int i = 0; i < 4; ++i) {
+        v[2 * i] = __uint_as_float(w[i] << 16);
+        v[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+      }
     }
   };
   auto store8 = [&](int c, const float* v, float s) {
@@ -234,14 +246,14 @@ __device__ void prepare(const MoeArgs& a) {
     // NOTE: rows past M still take part (kAToken's barrier), writing nothing.
     const bool live = sub < rpb && row < a.M;
     const int groups = kMode == kAGroup ? (a.hidden + a.act_group - 1) / a.act_group : 1;
-    quantize_row<kMode>(static_cast<const u16*>(a.x) + (live ? row : 0) * a.x_stride, live ? a.hidden : 0,
+    quantize_row<kMode, false>(static_cast<const u16*>(a.x) + (live ? row : 0) * a.x_stride, live ? a.hidden : 0,
                                a.a1q + static_cast<long long>(row) * a.hidden,
                                a.a1s + static_cast<long long>(row) * groups, a.act_group, fixed, sub * wpr, wpr, red);
   }
 #endif
 }
 
-// Intermediate (bf16 [M * topk, I]) -> a2q/a2s, quant_rows_per_block rows a block; rows of
+// Intermediate (f32 [M * topk, I]) -> a2q/a2s, quant_rows_per_block rows a block; rows of
 // non-local pairs were never written and are skipped.
 #if __CUDA_ARCH__ >= 890
 template <int kMode>
@@ -261,7 +273,7 @@ __device__ void quantize_h(const MoeArgs& a) {
     live = le >= 0 && le < a.num_experts;
   }
   const int groups = kMode == kAGroup ? (a.inter + a.act_group - 1) / a.act_group : 1;
-  quantize_row<kMode>(static_cast<const u16*>(a.h) + static_cast<long long>(live ? row : 0) * a.inter,
+  quantize_row<kMode, true>(static_cast<const float*>(a.h) + static_cast<long long>(live ? row : 0) * a.inter,
                             live ? a.inter : 0, a.a2q + static_cast<long long>(row) * a.inter,
                             a.a2s + static_cast<long long>(row) * groups, a.act_group, fixed, sub * wpr, wpr, red);
 }

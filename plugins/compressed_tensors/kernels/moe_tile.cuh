@@ -217,22 +217,22 @@ struct TileColScales {
 };
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
-// silu(gate) * up, written as the GEMM2 operand (bf16), as fp8 codes with the static scale, or
-// as bf16 for the dynamic requantization (moe_quant_h), which is what the producing frameworks
-// quantize too: their GEMM1 writes the activation dtype (docs/MOE_SEMANTICS.md §5). col is even
-// and < I; w from load_col_scales.
+// silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
+// f32 for the dynamic requantization). col is even and < I; w from load_col_scales.
 template <int kKind, int kAM>
 __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, int col, const float (&w)[4], float g0,
                                             float g1, float u0, float u1) {
   const float h0 = silu(g0 * sa * w[0]) * (u0 * sa * w[2]);
   const float h1 = silu(g1 * sa * w[1]) * (u1 * sa * w[3]);
   const long long o = static_cast<long long>(p) * a.inter + col;  // even
-  if (kKind == kKindFp8 && kAM == kAStatic) {
+  if (kKind != kKindFp8) {
+    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
+  } else if (kAM == kAStatic) {
 #if __CUDA_ARCH__ >= 890
     static_cast<u16*>(a.h)[o >> 1] = quant2(h0, h1, a.a2_static);
 #endif
   } else {
-    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
+    static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
   }
 }
 

@@ -28,7 +28,7 @@
 // - GEMM1 with per-group activation scales whose groups fit the tile's BN/2 intermediate
 //   columns (kQuantGroup) requantizes h in its epilogue: each group's maximum is reduced over
 //   the four lanes that hold a row, and the fp8 codes and scales go straight to a2q / a2s
-//   (store_quantized), so the bf16 h and the separate quantization pass disappear.
+//   (store_quantized), so the f32 h and the separate quantization pass disappear.
 // - Registers: the producer gives its registers back (setmaxnreg) to the consumers, whose
 //   accumulators (up to 128 + 64 floats a thread) need them.
 // - W8A16 (int8 weight codes, bf16 activations): the K tile is 64 elements; TMA brings the
@@ -133,10 +133,9 @@ struct WsGemm {
   // GEMM1 with per-group activations whose groups lie inside the tile's BN/2 columns
   // (kQuantGroup > 0): silu(gate) * up of the thread's two rows, each group's max |h| over the
   // quad that holds the row, then the fp8 codes and the group scales straight into a2q and a2s.
-  // It quantizes as moe_quant_h (quantize_row, kAGroup) does, from the f32 products themselves
-  // where the separate pass reads them rounded to bf16: the same maximum (order-free), scale and
-  // quotients (ScaleDivider). h itself is never written and the quantization pass is not launched
-  // (gemm1_quant_group).
+  // It computes what store_gated's f32 h followed by moe_quant_h (quantize_row, kAGroup) does, to
+  // the bit: the same products, the same maximum (order-free), scale and quotients (ScaleDivider).
+  // h itself is never written and the quantization pass is not launched (gemm1_quant_group).
   template <class Scales>
   __device__ __forceinline__ static void store_quantized(const MoeArgs& a, const GemmGeom<kGated>& geo, int n0,
                                                          const int (&prow)[2], int t, float (&acc)[kAcc],
