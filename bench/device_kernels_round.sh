@@ -43,10 +43,18 @@ for r in json.load(sys.stdin)["rows"]:
   done
   echo "splits: $((SECONDS - t0)) s"
 }
+# TUNE_SPECS="scheme[,scheme]:m[,m] ..." tunes each spec in turn into one table (else TUNE_SCHEMES x
+# TUNE_MS); TUNE_SEED=1 starts the table from the shipped one, so that it keeps every other entry.
 tune() {
   local t0=$SECONDS
-  timeout "${TUNE_TIMEOUT:-240}" build/bin/moeq bench tune --out "$out/tuned.json" --seconds "${SECONDS_PER_CASE:-0.15}" \
-    ${TUNE_SCHEMES:+--scheme $TUNE_SCHEMES} ${TUNE_MS:+--m $TUNE_MS} > /dev/null 2> "$out/tune_log.txt"
+  [ "${TUNE_SEED:-0}" = 1 ] && cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
+  : > "$out/tune_log.txt"
+  for spec in ${TUNE_SPECS:-${TUNE_SCHEMES:-all}:${TUNE_MS:-all}}; do
+    local sch=${spec%%:*} ms=${spec#*:}
+    timeout "${TUNE_TIMEOUT:-240}" build/bin/moeq bench tune --out "$out/tuned.json" --seconds "${SECONDS_PER_CASE:-0.15}" \
+      $([ "$sch" != all ] && echo "--scheme $sch") $([ "$ms" != all ] && echo "--m $ms") > /dev/null 2>> "$out/tune_log.txt"
+    echo "tune $spec: exit $?"
+  done
   echo "tune: exit $?, $((SECONDS - t0)) s, $(grep -c '"arch"' "$out/tuned.json" 2>/dev/null) entries"
   grep -E "NOT TUNED|keeping|geomean" "$out/tune_log.txt" | head -10
   grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-330
