@@ -182,4 +182,27 @@ ncu_decode() {
   done
   echo "ncu: $((SECONDS - t0)) s"
 }
+# Nsight Compute on the large-M GEMMs of one case (NCUL_SCHEME at NCUL_M on NCUL_SHAPE), moeq's and
+# the peer's (vLLM's fused_moe_kernel, GEMM1 and GEMM2 of its first run): every metric of the
+# sections (--page raw), then the stall reasons, pipes, L2 and DRAM lines side by side.
+ncu_large() {
+  local t0=$SECONDS secs="--section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats"
+  timeout 200 ncu --clock-control none --page raw -k regex:moe_gemm -c 2 $secs \
+    build/bin/moeq bench apply --no-check --m "${NCUL_M:-8192}" --seconds 0.01 --scheme "${NCUL_SCHEME:-fp8-channel}" \
+    --shape "${NCUL_SHAPE:-Mixtral-8x7B}" > "$out/ncu_large_moeq.txt" 2>&1
+  echo "ncu moeq: exit $?"
+  for f in $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null); do
+    [ -d "$f" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-}:$f"
+  done
+  timeout 300 ncu --clock-control none --page raw -k regex:fused_moe_kernel -c 2 $secs \
+    python3 .peers/bench_moe.py --out /tmp/peer_ncu --schemes "${NCUL_SCHEME:-fp8-channel}" --ms "${NCUL_M:-8192}" \
+    --shapes "${NCUL_PEER_SHAPE:-mixtral}" --jobs 1 --seconds 0.01 > "$out/ncu_large_vllm.txt" 2>&1
+  echo "ncu vllm: exit $?"
+  for f in ncu_large_moeq ncu_large_vllm; do
+    echo "== $f"
+    grep -E "moe_gemm|fused_moe_kernel|gpu__time_duration.sum|sm__throughput.avg.pct|issue_stalled_.*_per_issue_active|pipe_tensor.*pct|lts__t_bytes.sum |lts__throughput.avg.pct|dram__throughput.avg.pct|launch__grid_size|launch__registers|sm__warps_active.avg.pct|smsp__issue_active.avg.pct" \
+      "$out/$f.txt" | grep -vE " 0(\.0+)?$| n/a" | head -70
+  done
+  echo "ncu_large: $((SECONDS - t0)) s"
+}
 for step in ${STEPS:-tests splits tune sbs}; do $step; done
