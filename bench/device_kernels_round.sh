@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call after a kernel change: the suite's cuda:/gpu cases; GEMM2's K splits timed at
-# decode (MOEQ_CT_K_SPLITS=1..8 on the shapes SPLIT_SHAPES, M = 1, no checks); `moeq bench tune`
+# decode (MOEQ_CT_K_SPLITS over SPLIT_KS, "default" for the heuristic's, on SPLIT_SHAPES, M = 1, no
+# checks); `moeq bench tune`
 # of TUNE_SCHEMES at TUNE_MS (the table in $OUT/tuned.json, which the side by side then reads
 # through MOEQ_CT_TUNE_TABLE); then the side by side with vLLM (bench/device_side_by_side.sh:
 # SCHEMES, MS, SHAPES as there), its checks first. STEPS picks and orders the steps (default
@@ -30,8 +31,8 @@ tests() {
 }
 splits() {
   local t0=$SECONDS
-  for k in 1 2 3 4 6 8; do
-    MOEQ_CT_K_SPLITS=$k timeout 60 build/bin/moeq bench apply --no-check --json --m 1 --seconds 0.05 \
+  for k in ${SPLIT_KS:-1 2 3 4 6 8}; do
+    ( [ "$k" != default ] && export MOEQ_CT_K_SPLITS=$k; timeout 60 build/bin/moeq bench apply --no-check --json --m 1 --seconds 0.05 \
       --scheme "${SPLIT_SCHEMES:-bf16,fp8-channel,fp8-block,w8a16}" --shape "${SPLIT_SHAPES:-Mixtral-8x7B}" 2>/dev/null |
       python3 -c '
 import json, sys
@@ -39,7 +40,7 @@ k = sys.argv[1]
 for r in json.load(sys.stdin)["rows"]:
     st = r.get("stages_us", {})
     print("K splits %s: %s %s M=%d %.1f us (gemm2 %.1f us) %s" % (k, r["shape"], r["scheme"], r["m"], r["us"], st.get("gemm2", -1), r["tiles"]))
-' "$k"
+' "$k" )
   done
   echo "splits: $((SECONDS - t0)) s"
 }
