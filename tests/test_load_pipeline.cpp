@@ -485,6 +485,23 @@ TEST_CASE("gpu moeq bench apply --dims --json carries every timed case with its 
   CAPTURE(nc.out);
   CHECK(nc.code == 0);
   CHECK(boost::json::parse(nc.out).as_object().at("checks_passed").is_null());
+  // --stage-graphs: every kernel of the sequence timed in place, from graphs of growing prefixes.
+  CliRun sg = run_moeq_cli("bench apply --json --no-check --stage-graphs --scheme bf16 --dims 8,2,64,32 --m 1,5 "
+                           "--seconds 0.01",
+                           "", false);
+  CAPTURE(sg.out);
+  CHECK(sg.code == 0);
+  for (const boost::json::value& v : boost::json::parse(sg.out).as_object().at("rows").as_array()) {
+    const boost::json::object& row = v.as_object();
+    const boost::json::object& events = row.at("stages_us").as_object();
+    REQUIRE(row.at("stages_graph_us").is_object());
+    const boost::json::object& graphs = row.at("stages_graph_us").as_object();
+    REQUIRE(graphs.size() == events.size());  // the same kernels, in the same order
+    auto g = graphs.begin();
+    for (auto e = events.begin(); e != events.end(); ++e, ++g) CHECK(e->key() == g->key());
+    // The first kernel's graph alone is a prefix, not the layer (the sequence stopped after it).
+    CHECK(graphs.begin()->value().as_double() < 0.9 * row.at("us").as_double());
+  }
   const boost::json::array& shapes = o.at("shapes").as_array();
   REQUIRE(shapes.size() == 2);  // --dims alone: no named shape runs
   CHECK(shapes.at(0).at("name").as_string() == "E8-k2-H64-I32");
@@ -504,6 +521,7 @@ TEST_CASE("gpu moeq bench apply --dims --json carries every timed case with its 
     CHECK(row.at("floor_us").as_double() > 0);
     CHECK(row.at("check").at("passed").as_bool());
     CHECK_FALSE(row.at("stages_us").as_object().empty());
+    CHECK(row.at("stages_graph_us").is_null());  // only with --stage-graphs
   }
   bool tiny_checked = false;
   for (const boost::json::value& v : o.at("checks").as_array())

@@ -492,6 +492,9 @@ struct Row {
   int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
   int64_t m = 0;
   std::vector<std::pair<std::string, double>> stages;  // us from the run with an event after each kernel
+  // --stage-graphs: each kernel's us in place, from CUDA graphs of the sequence's first 1, 2, ...
+  // kernels (L2 flushed before each replay; differences of medians). Empty otherwise.
+  std::vector<std::pair<std::string, double>> stages_graph;
   double us_graph = 0, us_stream = 0, bytes = 0, flops = 0, floor_us = 0;
   int64_t experts_hit = 0;
   std::string tiles;  // the bucket that ran (describe(): row tile, both GEMM tiles)
@@ -572,6 +575,29 @@ std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeS
       prev = ev;
     }
 
+    // Each kernel in place: a graph of the first k kernels for k = 1, 2, ..., timed as the whole
+    // layer is; a kernel's cost is what it adds to the median of the prefix before it. Unlike
+    // the events above, this keeps the launch overlap (PDL) the layer runs with.
+    std::string graph_stages;
+    if (opt.stage_graphs) {
+      double before = 0;
+      for (std::size_t k = 1; k <= marks.size(); ++k) {
+        io.max_launches = static_cast<int>(k);
+        c.d.begin_capture(c.s);
+        apply();
+        GraphExec pg = c.d.end_capture(c.s);
+        std::vector<double> t;
+        timed([&] { c.d.graph_launch(pg, c.s); });
+        for (int i = 0; i < iters; ++i) t.push_back(timed([&] { c.d.graph_launch(pg, c.s); }));
+        c.d.graph_destroy(pg);
+        const double now = median(t);
+        row.stages_graph.emplace_back(marks[k - 1].first, now - before);
+        graph_stages += " " + marks[k - 1].first + " " + fmt(now - before, 1);
+        before = now;
+      }
+      io.max_launches = 0;
+    }
+
     row.tiles = ct::gpu::describe(plan.buckets()[ct::gpu::bucket_for(plan.buckets(), m)]);
     row.shape = shape.name;
     row.experts = shape.experts;
@@ -591,7 +617,7 @@ std::vector<Row> time_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeS
     rows.push_back(row);
     c.out << "  " << shape.name << " " << spec.name << " M=" << m << ": " << fmt(row.us_graph, 1) << " us (stream "
           << fmt(row.us_stream, 1) << "), floor " << fmt(row.floor_us, 1) << " us, ratio " << fmt(row.ratio(), 2)
-          << " |" << stages << "\n";
+          << " |" << stages << (graph_stages.empty() ? "" : " | in graphs:" + graph_stages) << "\n";
     c.out << "ROW," << row.shape << "," << row.scheme << "," << row.m << "," << row.us_graph << "," << row.us_stream
           << "," << row.bytes << "," << row.flops << "," << row.floor_us << "," << row.experts_hit << "\n";
     c.out.flush();
@@ -1209,8 +1235,9 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
     };
     bj::array json_rows;
     for (const Row& r : rows) {
-      bj::object stages;
+      bj::object stages, graph_stages;
       for (const auto& [name, us] : r.stages) stages[name] = us;
+      for (const auto& [name, us] : r.stages_graph) graph_stages[name] = us;
       json_rows.push_back(bj::object{{"shape", r.shape},
                                      {"E", r.experts},
                                      {"top_k", r.top_k},
@@ -1221,6 +1248,9 @@ int run_bench(const BenchOptions& opt, std::ostream& out) {
                                      {"us", r.us_graph},
                                      {"us_no_graph", r.us_stream},
                                      {"stages_us", std::move(stages)},
+                                     // --stage-graphs only (else null): each kernel in place
+                                     {"stages_graph_us", r.stages_graph.empty() ? bj::value(nullptr)
+                                                                                : bj::value(std::move(graph_stages))},
                                      {"bytes", r.bytes},
                                      {"flops", r.flops},
                                      {"floor_us", r.floor_us},

@@ -21,6 +21,9 @@ struct BenchOptions {
   bool check = true;         // correctness before timing (synthetic shapes + M=4 on real ones)
   bool time = true;
   bool routing = true;       // router kernel vs the core reference
+  // Each kernel's cost in place: graphs of the sequence's first 1, 2, ... kernels (RunIo::
+  // max_launches), differences of their medians (Row::stages_graph, JSON stages_graph_us).
+  bool stage_graphs = false;
   double seconds_per_case = 0.25;  // timing budget of one (shape, scheme, M)
   uint64_t seed = 2026;
   std::string markdown;      // write the result table here too (empty = no file)

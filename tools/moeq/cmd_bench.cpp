@@ -207,6 +207,9 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
     }
   });
   apply_->add_flag("--no-check", no_check_, "skip the correctness checks");
+  apply_->add_flag("--stage-graphs", stage_graphs_,
+                   "also time each kernel in place: CUDA graphs of the sequence's first 1, 2, ... kernels, L2 flushed "
+                   "before each replay, differences of their medians (stages_graph_us)");
   apply_->add_option("--seconds", seconds_, "timing budget of one (shape, scheme, M)");
   apply_->add_option("--markdown", markdown_, "also write the result table to this file");
   apply_->add_flag("--json", opt_.json, "print the timed rows as one JSON object (progress and tables to stderr)");
@@ -336,6 +339,7 @@ int BenchCommand::run_apply() const {
   }
   gpu_harness::BenchOptions o = case_options(schemes_, shapes_, apply_dims_, ms_);
   o.check = !no_check_;
+  o.stage_graphs = stage_graphs_;
   o.seconds_per_case = seconds_;
   o.markdown = markdown_;
   o.json = opt_.json;

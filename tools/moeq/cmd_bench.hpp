@@ -51,6 +51,7 @@ class BenchCommand {
   std::string schemes_, shapes_, ms_ = "1,16,128,1024,8192", markdown_;
   std::vector<std::string> apply_dims_;
   bool no_check_ = false;
+  bool stage_graphs_ = false;
   double seconds_ = 0.25;
   // tune
   std::string tune_schemes_ = "bf16,fp8-channel,fp8-block,w8a16", tune_shapes_, tune_ms_ = "1,16,128,1024,8192",

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <optional>
+#include <utility>
 
 namespace moeq::ct::gpu {
 namespace {
@@ -573,6 +574,13 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     launched = true;
     return p;
   };
+  // io.max_launches (diagnostics): the sequence stops after that many kernels.
+  int launches = 0;
+  auto go = [&](auto&&... args) {
+    if (io.max_launches > 0 && launches >= io.max_launches) return;
+    ++launches;
+    launch(std::forward<decltype(args)>(args)...);
+  };
   const int64_t chunk = wl.tokens;
   const std::size_t out_elem = io.out_dtype == mk::kOutF32 ? 4 : 2;
   for (int64_t m0 = 0; m0 < io.m; m0 += chunk) {
@@ -594,13 +602,13 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
     const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
     if (a.align_blocks > 1) {
-      launch(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", pdl(), after);
-      launch(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", pdl(), after);
+      go(f.zero_counts, 1, 1, 256, 0, stream, &a, "moe_zero_counts", pdl(), after);
+      go(f.count, a.align_blocks, 1, 1024, 0, stream, &a, "moe_count", pdl(), after);
     }
-    if (f.amax_x) launch(f.amax_x, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_x", pdl(), after);
+    if (f.amax_x) go(f.amax_x, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_x", pdl(), after);
     const unsigned quant_blocks =
         fp8 ? static_cast<unsigned>(ceil_div(m, mk::quant_rows_per_block(a.hidden, 1024))) : 0;
-    launch(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", pdl(), after);
+    go(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", pdl(), after);
     // B descriptors of this bucket's GEMMs (host-side encodings, no device work, see weight_map;
     // zeros for the kernels that do not read them).
     mk::TmaMap map1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
@@ -615,24 +623,24 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
       const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm));
       return std::min(tiles, resident);
     };
-    launch(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
-    if (f.amax_h) launch(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
+    go(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+       gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
+    if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
-      launch(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
-             stream, &a, "moe_quant_h", pdl(), after);
-    launch(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-           gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
-           static_cast<unsigned>(b.k_splits));
+      go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
+         stream, &a, "moe_quant_h", pdl(), after);
+    go(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+       gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
+       static_cast<unsigned>(b.k_splits));
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.
     const int64_t work = m * d.hidden / 8;
     if (ceil_div(work, 256) < p.device().multiprocessors)
-      launch(f.combine_wide, static_cast<unsigned>(m * ceil_div(d.hidden / 8, 32)), 1, 256, 0, stream, &a,
-             "moe_combine_wide", pdl(), after);
+      go(f.combine_wide, static_cast<unsigned>(m * ceil_div(d.hidden / 8, 32)), 1, 256, 0, stream, &a,
+         "moe_combine_wide", pdl(), after);
     else
-      launch(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream,
-             &a, "moe_combine", pdl(), after);
+      go(f.combine, static_cast<unsigned>(std::clamp<int64_t>(ceil_div(work, 256), 1, 1056)), 1, 256, 0, stream,
+         &a, "moe_combine", pdl(), after);
   }
 }
 

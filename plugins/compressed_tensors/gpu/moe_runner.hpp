@@ -84,6 +84,9 @@ struct RunIo {
   void* out = nullptr;
   int64_t out_stride = 0;
   int out_dtype = mk::kOutBf16;
+  // Diagnostics (`moeq bench apply --stage-graphs`): launch only the first this many kernels of
+  // the sequence, so that graphs of growing prefixes time each kernel in place; 0: all of them.
+  int max_launches = 0;
 };
 
 struct KernelSetSource {
