@@ -11,7 +11,8 @@
 # round (scans ahead, MOEQ_JIT_SPLIT=1), then as now (scans while packing, split), each from an
 # empty JIT cache, the second also cold from the disk; `applyab` times decode and M = 8192 with
 # the kernels compiled with and without the split, .devpack/jit_nosplit.tar.xz the latter);
-# `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=1 and times it against 0 at
+# `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
+# `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
 # `abprev` times build/carry_prev's binaries against these. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
@@ -128,10 +129,10 @@ for r in json.load(sys.stdin)["rows"]:
   done
   echo "applyab: $((SECONDS - t0)) s"
 }
-fastacc() {  # MOEQ_CT_FP8_FAST_ACCUM: the fp8 device checks with it on, then its speed against it off
+fastacc() {  # MOEQ_CT_FP8_FAST_ACCUM: the fp8 device checks with it off (not the default), then both timed
   local t0=$SECONDS
-  MOEQ_CT_FP8_FAST_ACCUM=1 timeout "${TEST_TIMEOUT:-200}" build/bin/moeq_tests -tc='gpu*fp8*' > "$out/fastacc_tests.txt" 2>&1
-  echo "fast-accumulation device tests: exit $?"
+  MOEQ_CT_FP8_FAST_ACCUM=0 timeout "${TEST_TIMEOUT:-200}" build/bin/moeq_tests -tc='gpu*fp8*' > "$out/fastacc_tests.txt" 2>&1
+  echo "device tests with the promotion (MOEQ_CT_FP8_FAST_ACCUM=0): exit $?"
   grep -E "ERROR|FAILED|rel|test cases|assertions" "$out/fastacc_tests.txt" | head -30
   for v in 0 1 0 1; do
     MOEQ_CT_FP8_FAST_ACCUM=$v timeout 150 build/bin/moeq bench apply --no-check --json --seconds 0.05 \

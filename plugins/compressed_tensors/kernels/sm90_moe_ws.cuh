@@ -45,7 +45,7 @@ namespace moeq_kernels {
 
 // kFastAcc (fp8 with channel or tensor scales only): the products accumulate in the MMA's own
 // f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
-// scales are applied in the epilogue either way. MOEQ_CT_FP8_FAST_ACCUM=1 selects it (measuring).
+// scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
           bool kFastAcc = false>
 struct WsGemm {
