@@ -207,4 +207,39 @@ ncu_large() {
   done
   echo "ncu_large: $((SECONDS - t0)) s"
 }
+# Each kernel in place (`--stage-graphs`: graphs of growing prefixes, as the peer times its
+# stages) next to the eager event times, SG_SCHEMES x SG_MS on SG_SHAPES, no checks.
+sg() {
+  local t0=$SECONDS
+  timeout "${SG_TIMEOUT:-150}" build/bin/moeq bench apply --no-check --stage-graphs --json --seconds "${SG_SECONDS:-0.1}" \
+    --m "${SG_MS:-1,8192}" --scheme "${SG_SCHEMES:-fp8-block,fp8-channel}" --shape "${SG_SHAPES:-Mixtral-8x7B,Granite-3B-A800M}" \
+    2>/dev/null > "$out/sg.json"
+  echo "sg: exit $?"
+  python3 - "$out/sg.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["rows"]:
+    f = lambda d: " ".join("%s %.1f" % kv for kv in (d or {}).items())
+    print("%s %s M=%d %.1f us\n  eager: %s\n  graph: %s" % (r["shape"], r["scheme"], r["m"], r["us"], f(r.get("stages_us")), f(r.get("stages_graph_us"))))
+PY
+  echo "sg: $((SECONDS - t0)) s"
+}
+# Where the warps of one GEMM wait, instruction by instruction: Nsight Compute's warp-state
+# sampling (SourceCounters) of the NSRC_SKIP-th moe_gemm launch of NSRC_SCHEME at NSRC_M on
+# NSRC_SHAPE, its SASS page as CSV, the most-sampled instructions printed.
+ncu_src() {
+  local t0=$SECONDS i=0
+  for spec in ${NSRC_SPECS:-fp8-channel:8192:Mixtral-8x7B:0}; do
+    IFS=: read -r sc m sh skip <<< "$spec"
+    i=$((i + 1))
+    timeout 150 ncu --clock-control none --section WarpStateStats --section SourceCounters -k regex:moe_gemm \
+      --launch-skip "$skip" -c 1 -o "/tmp/src$i" -f \
+      build/bin/moeq bench apply --no-check --m "$m" --seconds 0.01 --scheme "$sc" --shape "$sh" > "$out/ncu_src$i.log" 2>&1
+    echo "ncu_src $spec: exit $?"
+    ncu -i "/tmp/src$i.ncu-rep" --page source --csv --print-source sass > "/tmp/src$i.csv" 2>> "$out/ncu_src$i.log"
+    echo "source page: exit $?, $(wc -l < /tmp/src$i.csv) lines"
+    xz -c "/tmp/src$i.csv" > "$out/ncu_src$i.csv.xz"
+    python3 tools/gpu_harness/stall_ledger.py "/tmp/src$i.csv" | head -45
+  done
+  echo "ncu_src: $((SECONDS - t0)) s"
+}
 for step in ${STEPS:-tests splits tune sbs}; do $step; done
