@@ -242,4 +242,32 @@ ncu_src() {
   done
   echo "ncu_src: $((SECONDS - t0)) s"
 }
+# Ping-pong against the shipped plan: AB_SCHEMES x AB_MS on every shape, timed as shipped (tuned
+# table), by the heuristics alone (MOEQ_CT_WS_PINGPONG=0) and with the heuristics' warp-specialized
+# tiles made ping-pong ones (=1, its device checks run too); one line a case.
+ppab() {
+  local t0=$SECONDS
+  for v in shipped 0 1; do
+    ( [ "$v" != shipped ] && export MOEQ_CT_WS_PINGPONG=$v
+      timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply $([ "$v" != 1 ] && echo --no-check) --json \
+        --seconds "${AB_SECONDS:-0.2}" --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
+        2> "$out/ppab_$v.log" > "$out/ppab_$v.json"; echo "ppab $v: exit $?" )
+    grep -E "FAIL|MISMATCH|differ|checks" "$out/ppab_$v.log" | head -8
+  done
+  python3 - "$out" <<'PY'
+import json, os, sys
+rows = {}
+for v in ("shipped", "0", "1"):
+    try:
+        for r in json.load(open(os.path.join(sys.argv[1], "ppab_%s.json" % v)))["rows"]:
+            rows.setdefault((r["shape"], r["scheme"], r["m"]), {})[v] = (r["us"], r.get("tiles", ""))
+    except Exception as e:
+        print("ppab %s: %s" % (v, e))
+for k, d in sorted(rows.items()):
+    s = d.get("shipped", (0, ""))[0]
+    print("%-17s %-12s M=%-5d shipped %8.1f  heur %8.1f  pingpong %8.1f  (%.3f)  %s" % (k + (s, d.get("0", (0,))[0], d.get("1", (0,))[0],
+          s / d["1"][0] if "1" in d and d["1"][0] else 0, d.get("1", (0, ""))[1])))
+PY
+  echo "ppab: $((SECONDS - t0)) s"
+}
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

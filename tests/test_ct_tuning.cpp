@@ -7,6 +7,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <set>
@@ -105,17 +106,22 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
       CHECK(gpu::tile_text(c[0].gemm1) == gpu::tile_text(h.gemm1));
       CHECK(gpu::tile_text(c[0].gemm2) == gpu::tile_text(h.gemm2));
       std::set<std::string> seen;
+      int pingpongs = 0;
       for (const gpu::Bucket& b : c) {
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm1, true).empty());
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm2, false).empty());
         CHECK(seen.insert(std::to_string(b.bm) + gpu::tile_text(b.gemm1) + gpu::tile_text(b.gemm2)).second);
         // W8A16 runs wgmma only warp-specialized (its codes converted by the producer).
         if (sc.kind == mk::kKindW8A16) CHECK(b.gemm1.wgmma == b.gemm1.ws);
+        pingpongs += b.gemm1.pingpong ? 1 : 0;
         // Each one plans (MoePlan checks the tiles again) and names its tiles in its sources.
         const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100(), {b});
         REQUIRE(p.buckets().size() == 1);
         CHECK(p.buckets()[0].max_tokens == m);
       }
+      // Ping-pong tiles are candidates wherever 64-row warp-specialized ones are, W8A16 aside.
+      const bool ws64 = std::any_of(c.begin(), c.end(), [](const gpu::Bucket& b) { return b.bm == 64 && b.gemm1.ws; });
+      CHECK((pingpongs > 0) == (ws64 && sc.kind != mk::kKindW8A16));
     }
   }
 }
@@ -138,6 +144,23 @@ TEST_CASE("tune: tile refusals name what cannot run") {
   CHECK(gpu::tile_refusal(plan.heuristic_input(), 16, narrow, true).find("multiples of 16") != std::string::npos);
   gpu::GemmTile deep{128, 1, 4, 12};
   CHECK(gpu::tile_refusal(plan.heuristic_input(), 128, deep, false).find("shared memory") != std::string::npos);
+  // Ping-pong: 64-row tiles of fp8 or bf16, up to 256 wide (one block an SM).
+  gpu::GemmTile pp{256, 1, 4, 4};
+  pp.wgmma = pp.ws = pp.pingpong = true;
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, pp, true).find("ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16") !=
+        std::string::npos);  // W8A16
+  const gpu::MoePlan fp8(fp8_channel(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
+  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, pp, true).empty());
+  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 128, pp, true).find("ping-pong") != std::string::npos);
+  gpu::GemmTile two = pp;
+  two.pingpong = false;  // two blocks an SM of 64 rows: 256 wide does not fit their registers
+  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, two, true).find("64-row warp-specialized tiles are 128 wide") !=
+        std::string::npos);
+  gpu::GemmTile mma = pp;
+  mma.wgmma = mma.ws = false;
+  mma.bn = 128;
+  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, mma, true).find("ping-pong tiles are warp-specialized, 64 rows") !=
+        std::string::npos);
 }
 
 TEST_CASE("tune: a table round-trips through its JSON text") {
@@ -165,6 +188,11 @@ TEST_CASE("tune: a table round-trips through its JSON text") {
   gpu::GemmTile ws{256, 2, 4, 4};
   ws.wgmma = ws.ws = true;
   CHECK(gpu::tile_text(gpu::parse_tile_text(gpu::tile_text(ws), "x")) == "ws 256 w2x4 s4");
+  gpu::GemmTile pp{256, 1, 4, 5};
+  pp.wgmma = pp.ws = pp.pingpong = true;
+  CHECK(gpu::tile_text(pp) == "ws-pingpong 256 w1x4 s5");
+  CHECK(gpu::parse_tile_text("ws-pingpong 256 w1x4 s5", "x") == pp);
+  CHECK(pp.threads() == 384);  // a producer and two consumer warpgroups
 }
 
 TEST_CASE("tune: malformed tables are refused with the origin, the entry and the field") {
@@ -311,7 +339,8 @@ TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory
       const gpu::HeuristicInput hin = untuned(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m);
       for (const gpu::Bucket& c : gpu::tile_candidates(hin, m))
         for (const gpu::GemmTile* t : {&c.gemm1, &c.gemm2}) {
-          const int blocks = t->ws && c.bm == 64 ? 2 : 1;
+          const int blocks = t->ws && c.bm == 64 && !t->pingpong ? 2 : 1;
+          CHECK(blocks == (t->ws ? gpu::ws_blocks_per_sm(c.bm, *t) : 1));
           const int block = gpu::gemm_smem_bytes(sc.kind, c.bm, *t) + gpu::gemm_static_smem(c.bm, *t);
           CHECK(block <= 227 * 1024);
           CHECK(blocks * (block + 1024) <= 228 * 1024);

@@ -16,6 +16,8 @@ for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" 
 strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
 rm -rf .devbuild/jitcache
 MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
+# The same sets under measuring knobs too (EXTRA_KNOBS="VAR=VALUE ...", e.g. MOEQ_CT_WS_PINGPONG=1).
+[ -n "${EXTRA_KNOBS:-}" ] && env $EXTRA_KNOBS MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
 # Every tile candidate of `moeq bench tune` too (TUNE=0 skips), then the cache packed: the carry
 # (64 MiB with the tracked tree) holds .devpack/jit.tar.xz where .devbuild/jitcache would not fit.
 [ "${TUNE:-1}" = 1 ] && MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq bench tune --compile-only "${ARCH:-sm_90a}"

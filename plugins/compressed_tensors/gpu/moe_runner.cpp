@@ -74,7 +74,9 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
   if (t.ws)
     return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) +
-           (fast_acc_tile(sc, t, fast_acc) ? ", true" : "") + ">";
+           (t.pingpong ? std::string(fast_acc_tile(sc, t, fast_acc) ? ", true" : ", false") + ", true"
+                       : std::string(fast_acc_tile(sc, t, fast_acc) ? ", true" : "")) +
+           ">";
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
@@ -256,6 +258,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
+  if (const char* v = std::getenv("MOEQ_CT_WS_PINGPONG")) hin.ws_pingpong = std::string(v) == "1";
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
   // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).
@@ -273,7 +276,8 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   // the measured table is left out too, so that a knob measures what it names.
   const bool knobs = std::getenv("MOEQ_CT_NO_WGMMA") || std::getenv("MOEQ_CT_NO_WS") ||
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
-                     std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE");
+                     std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
+                     std::getenv("MOEQ_CT_WS_PINGPONG");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();
@@ -419,7 +423,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     KernelSetSource k;
     k.name = prefix + "_g" + s(gi) + "_bm" + s(b.bm) + "_n" + s(t.bn) +
              (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
-             (t.ws ? "_ws" : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
+             (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "");
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n#include \"moe_gemm.cuh\"\n";
@@ -619,17 +623,17 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // (sm90_moe_ws.cuh), persistent ones as many blocks as the SMs hold at once; the others
     // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
-    auto ws_grid = [&](unsigned tiles) {
-      const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm));
+    auto ws_grid = [&](unsigned tiles, const GemmTile& t) {
+      const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm, t));
       return std::min(tiles, resident);
     };
-    go(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+    go(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1, b.gemm1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
        gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
-    go(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+    go(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2, b.gemm2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
        gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
        static_cast<unsigned>(b.k_splits));
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),

@@ -43,7 +43,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
         (n_out < 256 || expected_tiles * ceil_div(n_out, 256) < in.multiprocessors))
       t.bn = 128;
     t.stages = 8;
-    while (t.stages > 2 && !smem_fits(in, kind, bm, t, ws_blocks_per_sm(bm))) --t.stages;
+    while (t.stages > 2 && !smem_fits(in, kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
     return t;
   }
   if (in.wgmma && bm >= 64 && kind != kKindW8A16) {
@@ -103,9 +103,23 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   Bucket b;
   b.max_tokens = m;
   b.bm = row_tile(rows);
+  // Measuring: ping-pong tiles of 64 rows where the heuristics would take warp-specialized ones.
+  const bool pingpong = in.ws_pingpong && in.ws && b.bm >= 64 && in.kind != kKindW8A16;
+  if (pingpong) b.bm = 64;
   const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
   b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
   b.gemm2 = gemm_tile(in.kind, b.bm, in.hidden, tiles, rows, in);
+  if (pingpong)
+    for (GemmTile* t : {&b.gemm1, &b.gemm2}) {
+      const int64_t n_out = t == &b.gemm1 ? 2 * in.inter : in.hidden;
+      t->pingpong = true;
+      t->bn = n_out >= 256 && tiles * ceil_div(n_out, 256) >= 2 * in.multiprocessors &&
+                      (in.kind != kKindFp8 || in.wide_fp8)
+                  ? 256
+                  : 128;
+      t->stages = 8;
+      while (t->stages > 2 && !smem_fits(in, in.kind, b.bm, *t)) --t->stages;
+    }
   b.k_splits = gemm2_k_splits(in, b, m);
   return b;
 }
@@ -136,13 +150,17 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
   if (t.wgmma) {
     if (!in.wgmma) return tile + ": this device or scheme has no wgmma kernel";
     if (t.ws && !in.ws) return tile + ": this scheme has no warp-specialized kernel";
+    if (t.pingpong && (!t.ws || bm != 64 || in.kind == kKindW8A16))
+      return tile + ": ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16";
     if (bm < 64 || t.warps_m != bm / 64 || t.warps_n != 4) return tile + ": wgmma tiles are bm / 64 warpgroups of 4 warps";
     if (in.kind == kKindW8A16 && !t.ws) return tile + ": W8A16 wgmma tiles are warp-specialized";
     if (t.ws) {
       if (t.bn != 128 && t.bn != 256) return tile + ": warp-specialized tiles are 128 or 256 wide";
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
-      // too few for a 256-wide warpgroup MMA (ptxas C7602).
-      if (bm == 64 && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
+      // too few for a 256-wide warpgroup MMA (ptxas C7602). A ping-pong block runs alone.
+      if (bm == 64 && !t.pingpong && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
+      if (in.kind == kKindFp8 && t.bn == 256 && !in.wide_fp8)
+        return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
     } else if (in.kind == kKindFp8) {
       if (t.bn != 128 && t.bn != 256) return tile + ": fp8 wgmma tiles are 128 or 256 wide";
       if (t.bn == 256 && !in.wide_fp8) return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
@@ -150,6 +168,7 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
       return tile + ": bf16 wgmma tiles are 256 wide";
     }
   } else {
+    if (t.pingpong) return tile + ": ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16";
     if (t.warps_m < 1 || t.warps_n < 1 || bm % (16 * t.warps_m) != 0 || t.bn % (16 * t.warps_n) != 0)
       return tile + ": warp tiles must be multiples of 16 x 16";
     if (t.bn > 128) return tile + ": mma.sync tiles are at most 128 wide";
@@ -194,8 +213,14 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
         if (in.ws) {
           t.ws = true;
           t.stages = 8;
-          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm))) --t.stages;
+          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
           options.push_back(t);
+          if (bm == 64 && in.kind != kKindW8A16) {  // ping-pong: one block an SM, a deeper ring
+            t.pingpong = true;
+            t.stages = 8;
+            while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;
+            options.push_back(t);
+          }
         }
       }
     }
@@ -231,6 +256,8 @@ std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {
 int gemm_static_smem(int bm, const GemmTile& t) {
   // Row lists (pair, A row) and column scales; the warp-specialized kernel keeps two sets of
   // the pairs and scales (sm90_moe_ws.cuh).
+  // Ping-pong keeps four sets.
+  if (t.ws && t.pingpong) return 20 * bm + 16 * t.bn + 128;
   return t.ws ? 12 * bm + 8 * t.bn + 128 : 8 * bm + 4 * t.bn + 128;
 }
 
@@ -249,13 +276,15 @@ int gemm_smem_bytes(int kind, int bm, const GemmTile& t) {
   // Stages x (A tile + B tile): B rows are 128 bytes, A rows 128 (256 for W8A16, whose A is
   // bf16 over a 128-wide K tile); wgmma adds 1 KiB to align the ring to its 1024-byte atoms.
   const int a_row = kind == kKindW8A16 ? 256 : 128;
-  // The warp-specialized kernel adds two 8-byte mbarriers a stage and four for its lists.
-  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0) + (t.ws ? 16 * t.stages + 32 : 0);
+  // The warp-specialized kernel adds two 8-byte mbarriers a stage and two a set of its lists
+  // (two sets, ping-pong four).
+  return t.stages * (bm * a_row + t.bn * 128) + (t.wgmma ? 1024 : 0) +
+         (t.ws ? 16 * t.stages + (t.pingpong ? 64 : 32) : 0);
 }
 
 std::string describe(const Bucket& b) {
   auto tile = [&](const GemmTile& t) {
-    return std::string(t.ws ? "wgmma-ws " : t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
+    return std::string(t.ws ? (t.pingpong ? "wgmma-ws-pingpong " : "wgmma-ws ") : t.wgmma ? (t.pipelined ? "wgmma " : "wgmma-serial ") : "mma ") + std::to_string(b.bm) + "x" + std::to_string(t.bn) + " w" +
            std::to_string(t.warps_m) + "x" + std::to_string(t.warps_n) + " s" + std::to_string(t.stages);
   };
   return "M<=" + std::to_string(b.max_tokens) + ": gemm1 " + tile(b.gemm1) + ", gemm2 " + tile(b.gemm2) +

@@ -19,7 +19,10 @@ struct GemmTile {
   // Warp-specialized wgmma (sm90_moe_ws.cuh): a producer warpgroup (TMA for B, cp.async for the
   // gathered A) and bm / 64 consumer warpgroups meeting at mbarriers.
   bool ws = false;
-  int threads() const { return ws ? 128 * (warps_m + 1) : 32 * warps_m * warps_n; }
+  // Warp-specialized ping-pong (64-row tiles only): two consumer warpgroups, each on a tile of
+  // its own, taking turns in the mainloop so that one's epilogue runs under the other's MMAs.
+  bool pingpong = false;
+  int threads() const { return ws ? 128 * ((pingpong ? 2 : warps_m) + 1) : 32 * warps_m * warps_n; }
   bool operator==(const GemmTile&) const = default;
 };
 
@@ -54,6 +57,9 @@ struct HeuristicInput {
   int wgmma_stages_64 = 4;  // ring depth of 64-row wgmma tiles (MOEQ_CT_WGMMA_STAGES_64, measuring)
   bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
   int force_k_splits = 0;     // MOEQ_CT_K_SPLITS: GEMM2's K splits (gemm2_k_splits), for measuring
+  // MOEQ_CT_WS_PINGPONG=1 (measuring): the heuristics' warp-specialized tiles become 64-row
+  // ping-pong ones.
+  bool ws_pingpong = false;
   // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
   // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
   bool ws = false;
@@ -116,7 +122,7 @@ int gemm_static_smem(int bm, const GemmTile& t);
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
 // Blocks of a warp-specialized tile an SM runs at once (sm90_moe_ws.cuh, kMinBlocks): two of
-// 64 rows (one consumer warpgroup each), one of 128.
-inline int ws_blocks_per_sm(int bm) { return bm == 64 ? 2 : 1; }
+// 64 rows (one consumer warpgroup each), one of 128 or a ping-pong one (two consumers).
+inline int ws_blocks_per_sm(int bm, const GemmTile& t) { return bm == 64 && !t.pingpong ? 2 : 1; }
 
 }  // namespace moeq::ct::gpu

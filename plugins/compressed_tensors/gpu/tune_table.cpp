@@ -18,7 +18,7 @@ namespace {
 constexpr const char* kFormat = "moeq-ct-tune/1";
 
 std::string kernel_word(const GemmTile& t) {
-  return t.ws ? "ws" : t.wgmma ? (t.pipelined ? "wgmma" : "wgmma-serial") : "mma";
+  return t.ws ? (t.pingpong ? "ws-pingpong" : "ws") : t.wgmma ? (t.pipelined ? "wgmma" : "wgmma-serial") : "mma";
 }
 
 int64_t int_field(const json::object& o, const char* key, const std::string& where) {
@@ -63,7 +63,7 @@ GemmTile parse_tile_text(const std::string& text, const std::string& where) {
   std::istringstream in(text);
   std::string kind, warps, stages;
   GemmTile t;
-  const std::string bad = where + ": a tile is \"KERNEL BN wMxN sS\" (KERNEL mma, wgmma, wgmma-serial or ws), found \"" +
+  const std::string bad = where + ": a tile is \"KERNEL BN wMxN sS\" (KERNEL mma, wgmma, wgmma-serial, ws or ws-pingpong), found \"" +
                           text + "\"";
   MOEQ_CHECK(static_cast<bool>(in >> kind >> t.bn >> warps >> stages), bad);
   std::string rest;
@@ -76,6 +76,8 @@ GemmTile parse_tile_text(const std::string& text, const std::string& where) {
     t.pipelined = false;
   } else if (kind == "ws") {
     t.wgmma = t.ws = true;
+  } else if (kind == "ws-pingpong") {
+    t.wgmma = t.ws = t.pingpong = true;
   } else {
     fail(bad);
   }

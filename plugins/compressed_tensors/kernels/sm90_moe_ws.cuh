@@ -46,12 +46,23 @@ namespace moeq_kernels {
 // kFastAcc (fp8 with channel or tensor scales only): the products accumulate in the MMA's own
 // f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
 // scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
+//
+// kPingPong (64-row tiles): two consumer warpgroups, each on a tile of its own: tile j of the
+// block's walk goes to warpgroup j % 2. The ring is one FIFO, so a warpgroup's stages follow
+// the other's; the warpgroups take turns in the mainloop (named barriers 3 and 4: a warpgroup
+// starts tile j's MMAs once the other has issued all of tile j - 1's), which keeps each
+// full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
+// MMAs keep the tensor core busy. Four sets of per-tile lists, so that the producer fills the
+// next tiles' while both warpgroups still read theirs.
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
-          bool kFastAcc = false>
+          bool kFastAcc = false, bool kPingPong = false>
 struct WsGemm {
-  static constexpr int kConsumers = BM / 64;
+  static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
+  static constexpr int kTileWGs = kPingPong ? 1 : kConsumers;  // consumer warpgroups on one tile
+  static constexpr int kSets = kPingPong ? 4 : 2;               // sets of per-tile lists
   static constexpr int kThreads = 128 * (kConsumers + 1);
-  // 64-row tiles run two blocks an SM (one consumer warpgroup each), 128-row tiles one.
+  // 64-row tiles run two blocks an SM (one consumer warpgroup each), 128-row and ping-pong
+  // tiles one.
   static constexpr int kMinBlocks = kConsumers == 1 ? 2 : 1;
   static constexpr int kProducerRegs = 40;
   static constexpr int kConsumerRegs = kConsumers == 1 ? 216 : 232;
@@ -59,9 +70,9 @@ struct WsGemm {
   // Ring slot: the A tile (128-byte rows) and the B tile as loaded (W8A16: 64 codes a row).
   static constexpr int kAStage = BM * 128, kBStage = kW8 ? BN * 64 : BN * 128, kStage = kAStage + kBStage;
   static constexpr int kB16 = kW8 ? BN * 128 : 0;  // W8A16: one converted bf16 B tile (two of them)
-  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot), and two of each for
-  // the per-tile lists. gemm_smem_bytes (tile_heuristics.cpp) computes the same.
-  static constexpr int kBarriers = (kW8 ? 3 * STAGES : 2 * STAGES) + 4;
+  // mbarriers: full and empty a slot (W8A16: also the codes' TMA a slot), and two for
+  // each set of per-tile lists. gemm_smem_bytes (tile_heuristics.cpp) computes the same.
+  static constexpr int kBarriers = (kW8 ? 3 * STAGES : 2 * STAGES) + 2 * kSets;
   static constexpr int kSmemBytes = STAGES * kStage + 2 * kB16 + 1024 + 8 * kBarriers;
   static constexpr int kTileK = kW8 ? 64 : GemmTraits<kKind>::kTileK;  // elements: 128 fp8, 64 bf16 / W8A16
   static constexpr bool kTileScales = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
@@ -78,6 +89,8 @@ struct WsGemm {
   static_assert(!kFastAcc || (kKind == kKindFp8 && !kTileScales),
                 "fast accumulation: fp8 with channel or tensor scales (block and group scales promote per tile)");
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
+  static_assert(!kPingPong || (BM == 64 && !kW8),
+                "ping-pong tiles are 64 rows a warpgroup (W8A16 converts B with both warpgroups on one tile)");
   static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
   static_assert(kQuantGroup == 0 || (kKind == kKindFp8 && kGated && kAM == kAGroup && kQuantGroup >= 8 &&
@@ -198,11 +211,13 @@ struct WsGemm {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // Per-tile lists the consumers read, two sets: the producer fills tile j + 1's while the
     // consumers still read tile j's (set j & 1). s_arow is the producer's own: one set.
-    __shared__ int s_pair[2][BM];
-    __shared__ int s_tile[2];   // the entry of the flattened grid the set describes; -1: no more
+    __shared__ int s_pair[kSets][BM];
+    // The entry of the flattened grid the set describes; -1: no more (ping-pong: -2 for the
+    // warpgroup whose partner saw -1 first, see the consumers' loop).
+    __shared__ int s_tile[kSets];
     __shared__ int s_next;      // the producer's thread 0 hands the entry it took to the others
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
-    __shared__ float s_wcol[2][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    __shared__ float s_wcol[kSets][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const GemmGeom<kGated> geo(a);
     const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
     // The flattened (m tile, n tile) grid. A persistent block takes entries from a counter of
@@ -229,19 +244,19 @@ struct WsGemm {
     const u32 full0 = b16_0 + 2 * kB16, empty0 = full0 + 8 * STAGES;
     const u32 bfull0 = empty0 + 8 * STAGES;  // W8A16 only: the codes' TMA a slot
     // A tile's lists written (producer) and read to the end of its epilogue (consumers), per set.
-    const u32 meta_full0 = bfull0 + (kW8 ? 8 * STAGES : 0), meta_empty0 = meta_full0 + 16;
+    const u32 meta_full0 = bfull0 + (kW8 ? 8 * STAGES : 0), meta_empty0 = meta_full0 + 8 * kSets;
     const int tid = threadIdx.x, wg = tid >> 7;
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
         // The producer's threads (+ the TMA issuer, whose bytes W8A16 counts on its own barrier).
         mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
-        mbar_init(empty0 + 8 * s, kConsumers * 4);  // every consumer warp
+        mbar_init(empty0 + 8 * s, kTileWGs * 4);  // every warp of the tile's consumers
         if (kW8) mbar_init(bfull0 + 8 * s, 1);
       }
-      for (int s = 0; s < 2; ++s) {
-        mbar_init(meta_full0 + 8 * s, 128);                // every producer thread
-        mbar_init(meta_empty0 + 8 * s, kConsumers * 128);  // every consumer thread
+      for (int s = 0; s < kSets; ++s) {
+        mbar_init(meta_full0 + 8 * s, 128);              // every producer thread
+        mbar_init(meta_empty0 + 8 * s, kTileWGs * 128);  // every thread of the tile's consumers
       }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
       fence_proxy_async();
@@ -266,8 +281,8 @@ struct WsGemm {
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
       for (int it = 0, j = 0;; ++j) {  // it: K tiles queued, j: tiles taken
-        const int set = j & 1;
-        if (j >= 2) mbar_wait(meta_empty0 + 8 * set, ((j - 2) >> 1) & 1);  // tile j - 2's epilogue is done
+        const int set = j % kSets;
+        if (j >= kSets) mbar_wait(meta_empty0 + 8 * set, ((j - kSets) / kSets) & 1);  // tile j - kSets's epilogue is done
         producers_meet();  // every thread has issued the previous tile's copies from s_arow
         if (tid == 0) s_next = take();
         producers_meet();
@@ -275,6 +290,12 @@ struct WsGemm {
         if (tid == 0) s_tile[set] = b;
         if (b < 0) {  // the consumers stop at this set
           mbar_arrive(meta_full0 + 8 * set);
+          if (kPingPong) {  // and the other warpgroup at the next one
+            const int j2 = j + 1, set2 = j2 % kSets;
+            if (j2 >= kSets) mbar_wait(meta_empty0 + 8 * set2, ((j2 - kSets) / kSets) & 1);
+            if (tid == 0) s_tile[set2] = -2;
+            mbar_arrive(meta_full0 + 8 * set2);
+          }
           break;
         }
         int tile, nt;
@@ -324,16 +345,31 @@ struct WsGemm {
     const int g = lane >> 2, t = lane & 3;
     const BlockScaleRows<kGated> sws(a);
     const float* as_base = kGated ? a.a1s : a.a2s;
-    for (int it = 0, j = 0;; ++j) {  // it: K tiles consumed, j: tiles taken
-      const int set = j & 1;
-      mbar_wait(meta_full0 + 8 * set, (j >> 1) & 1);
+    // Ping-pong turns: after issuing tile j's MMAs a warpgroup arrives on barrier 3 + j % 2;
+    // before tile j's (j > 0) it waits on 3 + (j - 1) % 2, where the other one arrived.
+    auto turn_wait = [&](int j) {
+      if (kPingPong && j > 0) asm volatile("bar.sync %0, 256;\n" ::"r"(3 + ((j - 1) & 1)) : "memory");
+    };
+    auto turn_done = [&](int j) {
+      if (kPingPong) asm volatile("bar.arrive %0, 256;\n" ::"r"(3 + (j & 1)) : "memory");
+    };
+    for (int j = kPingPong ? cw : 0;; j += kPingPong ? 2 : 1) {  // j: the block's tiles, in the order taken
+      const int set = j % kSets;
+      mbar_wait(meta_full0 + 8 * set, (j / kSets) & 1);
       const int b = s_tile[set];
-      if (b < 0) break;
+      if (b < 0) {
+        // -1: the first index past the last tile, whose warpgroup takes the turn the other
+        // one's last tile gave; -2: the index after it (no turn was given).
+        if (b == -1) turn_wait(j);
+        break;
+      }
+      int it = j * KT;  // K tiles of the ring consumed before this tile (every tile has KT)
       int tile, nt;
       tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
       const int e = a.tile_expert[tile];
       const int n0 = nt * (kGated ? BN / 2 : BN);
-      const int prow[2] = {s_pair[set][cw * 64 + wq * 16 + g], s_pair[set][cw * 64 + wq * 16 + g + 8]};
+      const int r0 = (kPingPong ? 0 : cw * 64) + wq * 16 + g;
+      const int prow[2] = {s_pair[set][r0], s_pair[set][r0 + 8]};
 
       int sw_row[kSlots];
 #pragma unroll
@@ -351,6 +387,8 @@ struct WsGemm {
       float acc[kAcc];
 #pragma unroll
       for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
+      const int a_off = (kPingPong ? 0 : cw) * 64 * 128;  // the warpgroup's rows of the A tile
+      turn_wait(j);
 
       if constexpr (kPromote) {
         float part[kPartAcc];
@@ -373,7 +411,7 @@ struct WsGemm {
           mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
           fence_proxy_async();  // the cp.async (generic proxy) A tile, read by wgmma (async proxy)
           const u32 sA = s_base + s * kStage;
-          const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+          const unsigned long long da = smem_desc(sA + a_off);
 #pragma unroll
           for (int hn = 0; hn < kHalvesN; ++hn) {
             const unsigned long long db = smem_desc(sA + kAStage + hn * 128 * 128);
@@ -391,6 +429,7 @@ struct WsGemm {
                                         [&](int f) { return sw[(hn * (NF / kHalvesN) + f) / 8]; });
           }
         }
+        turn_done(j);
       } else {
         if (kW8) convert_codes(smem, it, cw, ctid, bfull0);
         for (int kt = 0; kt < KT; ++kt, ++it) {
@@ -399,7 +438,7 @@ struct WsGemm {
           mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
           fence_proxy_async();
           const u32 sA = s_base + s * kStage;
-          const unsigned long long da = smem_desc(sA + cw * 64 * 128);
+          const unsigned long long da = smem_desc(sA + a_off);
           const unsigned long long db = smem_desc(kW8 ? b16_0 + (it & 1) * kB16 : sA + kAStage);
           fence_regs<kAcc>(acc);
           wgmma_fence();
@@ -426,6 +465,7 @@ struct WsGemm {
             convert_codes(smem, it + 1, cw, ctid, bfull0);
           }
         }
+        turn_done(j);  // every MMA of the tile issued
         wgmma_wait0();
         fence_regs<kAcc>(acc);
         // The tile's last stage is free too (the producer may be filling the next tile).
