@@ -414,3 +414,31 @@ TEST_CASE("index: the one-pass reader gives the strict reader's map, or its mess
   CHECK(differed == 0);
   CHECK(failed > 100);  // the mutations reach the strict reader's errors, not only maps
 }
+
+TEST_CASE("parse_json_strict: duplicate keys are found at any depth and size; the same key in sibling objects is not one") {
+  auto error_of = [](const std::string& text) {
+    try {
+      moeq::parse_json_strict(text, "t.json");
+    } catch (const moeq::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  // Siblings at one depth share the finder's memory: their keys must not meet.
+  std::string siblings = "{";
+  for (int i = 0; i < 40; ++i)
+    siblings += std::string(i ? "," : "") + "\"t" + std::to_string(i) + "\":{\"dtype\":1,\"shape\":[{\"a\":1},{\"a\":2}]}";
+  CHECK(error_of(siblings + "}") == "accepted");
+  // A repeat past the first sixteen keys of an object (the finder's list turns into a set).
+  CHECK(error_of(siblings + ",\"t17\":{}}").find("t.json: duplicate key \"t17\"") != std::string::npos);
+  // A repeat among the sixteen, and inside a nested object after many siblings.
+  CHECK(error_of(siblings + ",\"t3\":{}}").find("duplicate key \"t3\"") != std::string::npos);
+  CHECK(error_of(siblings + ",\"u\":{\"x\":[{\"b\":1,\"b\":2}]}}").find("duplicate key \"b\"") != std::string::npos);
+  // The first repeat in the text is the one named.
+  CHECK(error_of("{\"a\":{\"c\":1,\"c\":2},\"a\":3}").find("duplicate key \"c\"") != std::string::npos);
+  // The arena overload gives the same values.
+  boost::json::monotonic_resource arena;
+  const boost::json::value v = moeq::parse_json_strict(siblings + "}", "t.json", &arena);
+  CHECK(v.as_object().size() == 40);
+  CHECK(v.at("t39").at("shape").as_array().size() == 2);
+}

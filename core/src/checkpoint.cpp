@@ -42,9 +42,9 @@ class DuplicateKeyFinder {
 
   bool on_document_begin(json::error_code&) { return true; }
   bool on_document_end(json::error_code&) { return true; }
-  bool on_array_begin(json::error_code&) { return push(false); }
+  bool on_array_begin(json::error_code&) { return push(); }
   bool on_array_end(std::size_t, json::error_code&) { return pop(); }
-  bool on_object_begin(json::error_code&) { return push(true); }
+  bool on_object_begin(json::error_code&) { return push(); }
   bool on_object_end(std::size_t, json::error_code&) { return pop(); }
   bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
   bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
@@ -54,7 +54,7 @@ class DuplicateKeyFinder {
   }
   bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
     key_.append(s.data(), s.size());
-    bool fresh = keys_.back().insert(key_).second;
+    bool fresh = levels_[depth_ - 1].insert(key_);
     if (!fresh) {
       duplicate_ = key_;
       ec = json::error::syntax;  // stops the parse; the caller reports duplicate()
@@ -72,16 +72,43 @@ class DuplicateKeyFinder {
   bool on_comment(json::string_view, json::error_code&) { return true; }
 
  private:
-  // Arrays push an empty set that never receives keys; this keeps push/pop symmetric.
-  bool push(bool) {
-    keys_.emplace_back();
+  // The keys of one open object. A level is kept, with its memory, for the next object at the
+  // same depth: a header's thousands of small objects then allocate nothing. Small objects
+  // compare against a list; past kListed keys a hash set takes over.
+  struct Level {
+    static constexpr std::size_t kListed = 16;
+    std::vector<std::string> list;  // the first `count` entries are this object's keys
+    std::size_t count = 0;
+    std::unordered_set<std::string> set;  // every key, once count > kListed
+    void clear() {
+      count = 0;
+      set.clear();
+    }
+    bool insert(const std::string& key) {
+      if (count < kListed) {
+        for (std::size_t i = 0; i < count; ++i)
+          if (list[i] == key) return false;
+        if (list.size() <= count) list.emplace_back();
+        list[count++].assign(key);
+        return true;
+      }
+      if (count == kListed) set.insert(list.begin(), list.begin() + kListed);
+      ++count;
+      return set.insert(key).second;
+    }
+  };
+  // Arrays open a level that never receives keys; this keeps push/pop symmetric.
+  bool push() {
+    if (levels_.size() <= depth_) levels_.emplace_back();
+    levels_[depth_++].clear();
     return true;
   }
   bool pop() {
-    keys_.pop_back();
+    --depth_;
     return true;
   }
-  std::vector<std::unordered_set<std::string>> keys_;
+  std::vector<Level> levels_;
+  std::size_t depth_ = 0;
   std::string key_;
   std::string duplicate_;
 };
@@ -421,8 +448,12 @@ std::vector<fs::path> all_safetensors(const fs::path& dir, const ReaderLimits& l
 }  // namespace
 
 json::value parse_json_strict(std::string_view text, const std::string& source) {
+  return parse_json_strict(text, source, {});
+}
+
+json::value parse_json_strict(std::string_view text, const std::string& source, json::storage_ptr storage) {
   json::error_code ec;
-  json::value v = json::parse(json::string_view(text.data(), text.size()), ec);
+  json::value v = json::parse(json::string_view(text.data(), text.size()), ec, std::move(storage));
   if (ec) fail(source + ": invalid JSON: " + ec.message());
   json::basic_parser<DuplicateKeyFinder> finder{json::parse_options{}};
   finder.write_some(false, text.data(), text.size(), ec);

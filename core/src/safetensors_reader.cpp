@@ -414,8 +414,10 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std:
                   std::to_string(size) + " bytes");
 
   std::string_view header_text(reinterpret_cast<const char*>(base + 8), header_len);
-  json::value header = parse_json_strict(header_text, "header of safetensors file '" +
-                                                          ctx.path() + "'");
+  // The DOM lives only in this function: one arena for all of it (a header holds a few values
+  // for each of its thousands of tensors), released at once on return.
+  json::monotonic_resource arena(std::min<std::size_t>(2 * header_len + 1024, std::size_t{64} << 20));
+  json::value header = parse_json_strict(header_text, "header of safetensors file '" + ctx.path() + "'", &arena);
   if (!header.is_object())
     ctx.fail_file(std::string("header: expected a JSON object, found ") +
                   kind_name(header.kind()));
@@ -451,9 +453,9 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> bytes, const std:
   check_layout(ctx, std::move(pointers), data_size);
 
   for (Entry& e : entries) {
-    TensorInfo info{e.name, e.dtype, std::move(e.shape), e.begin, e.end,
-                    base + data_start + e.begin, path};
-    out.tensors.emplace(e.name, std::move(info));
+    std::string key = e.name;
+    TensorInfo info{std::move(e.name), e.dtype, std::move(e.shape), e.begin, e.end, base + data_start + e.begin, path};
+    out.tensors.emplace(std::move(key), std::move(info));
   }
   return out;
 }
