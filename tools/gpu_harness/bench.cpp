@@ -167,6 +167,21 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
     g.wgmma = g.ws = true;
     out.push_back({"fused-requant", s, LayerDims{6, 1, 272, 176, 3}, 8, 300, 300, false, {ct::gpu::Bucket{300, 128, g, g}}});
   }
+  // Ping-pong tiles (two consumer warpgroups on alternate 64-row tiles): 256 wide where the
+  // scheme takes 256-wide tiles (GEMM1 then ends in a partial tile of I = 176), and 128 wide
+  // over a chunked M, so that a block's warpgroups see several tiles each and the walk ends on
+  // either of them.
+  if (s.scheme.kind != mk::kKindW8A16 && ws) {
+    const bool wide = s.scheme.kind != mk::kKindFp8 || s.scheme.wscale != mk::kWBlock || s.scheme.block_n % 128 == 0;
+    for (const int bn : {256, 128}) {
+      if (bn == 256 && !wide) continue;
+      ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
+      t.wgmma = t.ws = t.pingpong = true;
+      const int64_t m = bn == 256 ? 300 : 2000, chunk = bn == 256 ? 300 : 700;
+      out.push_back({"pingpong-" + std::to_string(bn), s, LayerDims{6, 1, 272, 176, 3}, 8, m, chunk, false,
+                     {ct::gpu::Bucket{chunk, 64, t, t}}});
+    }
+  }
   return out;
 }
 
@@ -761,6 +776,17 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
       plan.set_fp8_fast_acc(false);  // the variant MOEQ_CT_FP8_FAST_ACCUM=0 selects compiles too
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
     }
+  // Ping-pong tiles (sm_90a: chosen by the tuner or MOEQ_CT_WS_PINGPONG), 128 and 256 wide.
+  if (lim.sm_major == 9)
+    for (const auto& s : schemes)
+      for (const int bn : {128, 256}) {
+        ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
+        t.wgmma = t.ws = t.pingpong = true;
+        const LayerDims d{8, 0, 4096, 14336, 2};
+        const ct::gpu::HeuristicInput in = MoePlan(s.scheme, d, 8192, lim).heuristic_input();
+        if (!ct::gpu::tile_refusal(in, 64, t, true).empty() || !ct::gpu::tile_refusal(in, 64, t, false).empty()) continue;
+        for (auto& k : MoePlan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 64, t, t}}).sources()) sets.emplace(k.source, k);
+      }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);
