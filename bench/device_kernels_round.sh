@@ -247,7 +247,7 @@ ncu_src() {
 # tiles made ping-pong ones (=1, its device checks run too); one line a case.
 ppab() {
   local t0=$SECONDS
-  for v in shipped 0 1; do
+  for v in ${AB_VARIANTS:-shipped 0 1}; do
     ( [ "$v" != shipped ] && export MOEQ_CT_WS_PINGPONG=$v
       timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply $([ "$v" != 1 ] && echo --no-check) --json \
         --seconds "${AB_SECONDS:-0.2}" --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
@@ -269,5 +269,18 @@ for k, d in sorted(rows.items()):
           s / d["1"][0] if "1" in d and d["1"][0] else 0, d.get("1", (0, ""))[1])))
 PY
   echo "ppab: $((SECONDS - t0)) s"
+}
+# The shipped table re-chosen from ppab's three timings of each case (adopt_ab.py: the fastest of
+# shipped, heuristics alone and ping-pong, where it beats shipped by ADOPT_MARGIN and its checks
+# passed) into $out/tuned.json, which a later sbs step then reads.
+adopt() {
+  cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
+  python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
+    --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --margin "${ADOPT_MARGIN:-0.02}" --write
+}
+# At most 8 files come back: all but the main ones into one archive.
+bundle() {
+  ( cd "$out" && ls | grep -vE '^(side_by_side.md|moeq.json|tuned.json|device_tests.txt|ppab_shipped.json|ppab_0.json|ppab_1.json|bundle.tar.xz)$' |
+    tar cJf bundle.tar.xz --remove-files -T - 2>/dev/null; ls )
 }
 for step in ${STEPS:-tests splits tune sbs}; do $step; done

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Adopt measured tiles into the shipped tune table: where `moeq bench apply --json` of a
-candidate plan (e.g. MOEQ_CT_WS_PINGPONG=1) timed a case faster than the shipped plan in the same
-device call, by more than --margin, that case's table entry takes the candidate's tiles (parsed
-from the row's "tiles", which tile_heuristics.cpp's describe() writes) and its time.
+"""Re-choose tune-table entries from one device call's timings: for each case that `moeq bench
+apply --json` timed with the shipped plan (the table), with the heuristics alone and with a
+candidate plan (e.g. MOEQ_CT_WS_PINGPONG=1, whose device checks must all have passed), the
+fastest of the three takes the entry where it beats the shipped time by more than --margin; the
+entry then records its time and the heuristics' time from the same call. Tiles are read from the
+rows' "tiles" (tile_heuristics.cpp's describe()).
 
-  adopt_ab.py TABLE SHIPPED.json CANDIDATE.json [--margin 0.02] [--write]
+  adopt_ab.py TABLE --shipped S.json --heuristic H.json --candidate C.json [--margin 0.02] [--write]
 """
 import argparse
 import json
@@ -27,46 +29,58 @@ def bucket_of(tiles):
     return out
 
 
-def rows(path):
-    return {(r["E"], r["top_k"], r["H"], r["I"], r["scheme"], r["m"]): r for r in json.load(open(path))["rows"]}
+def rows(path, need_checks=False):
+    doc = json.load(open(path))
+    if need_checks and doc.get("checks_passed") is not True:
+        print("%s: the device checks did not all pass (or did not run): its tiles are not taken" % path)
+        return {}
+    out = {}
+    for r in doc["rows"]:
+        if r["us"] > 0 and (r.get("check") is None or r["check"].get("passed") is True):
+            out[(r["E"], r["top_k"], r["H"], r["I"], r["scheme"], r["m"])] = r
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("table")
-    ap.add_argument("shipped")
-    ap.add_argument("candidate")
+    ap.add_argument("--shipped", required=True)
+    ap.add_argument("--heuristic", required=True)
+    ap.add_argument("--candidate", required=True)
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     table = json.load(open(a.table))
-    base, cand = rows(a.shipped), rows(a.candidate)
+    base, heur, cand = rows(a.shipped), rows(a.heuristic), rows(a.candidate, need_checks=True)
     changed = 0
-    for key, c in sorted(cand.items()):
-        b = base.get(key)
-        if b is None or c["us"] <= 0 or c.get("check") not in (None, "pass", "passed", True, "ok"):
-            continue
-        if c["us"] >= b["us"] * (1 - a.margin):
-            continue
+    for key, b in sorted(base.items()):
         E, k, H, I, scheme, m = key
         match = [e for e in table["entries"] if (e["experts"], e["top_k"], e["hidden"], e["inter"], e["m"]) == (E, k, H, I, m)
                  and e["scheme"].startswith(SCHEME[scheme])]
-        if len(match) != 1:
-            print("no single table entry for %s" % (key,))
+        if len(match) != 1 or key not in heur:
             continue
         e = match[0]
-        new = bucket_of(c["tiles"])
-        print("%-10s %-12s M=%-5d %8.1f -> %8.1f us: bm %d %s | %s  ->  bm %d %s | %s" % (
-            b["shape"], scheme, m, b["us"], c["us"], e["bm"], e["gemm1"], e["gemm2"], new["bm"], new["gemm1"], new["gemm2"]))
+        best = min([("heuristic", heur[key])] + ([("candidate", cand[key])] if key in cand else []), key=lambda t: t[1]["us"])
+        if best[1]["us"] >= b["us"] * (1 - a.margin):
+            continue
+        new = bucket_of(best[1]["tiles"])
+        if (new["bm"], new["gemm1"], new["gemm2"]) == (e["bm"], e["gemm1"], e["gemm2"]):
+            continue  # the same tiles: the difference is noise
+        print("%-16s %-12s M=%-5d shipped %8.1f, heuristic %8.1f, candidate %8.1f us -> %s: bm %d %s | %s  ->  bm %d %s | %s" % (
+            b["shape"], scheme, m, b["us"], heur[key]["us"], cand[key]["us"] if key in cand else 0, best[0],
+            e["bm"], e["gemm1"], e["gemm2"], new["bm"], new["gemm1"], new["gemm2"]))
         e.update(new)
-        e["us"] = round(c["us"], 1)
+        e["us"] = round(best[1]["us"], 1)
+        e["heuristic_us"] = round(heur[key]["us"], 1)
         changed += 1
-    print("%d entries changed" % changed)
+    print("%d entries changed (margin %.0f %%)" % (changed, 100 * a.margin))
     if a.write and changed:
         with open(a.table, "w") as f:
-            json.dump(table, f, indent=1)
-            f.write("\n")
+            f.write('{"format": "%s", "entries": [\n' % table["format"])
+            f.write(",\n".join("  " + json.dumps(e) for e in table["entries"]))
+            f.write("\n]}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
