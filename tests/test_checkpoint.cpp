@@ -415,7 +415,7 @@ TEST_CASE("index: the one-pass reader gives the strict reader's map, or its mess
   CHECK(failed > 100);  // the mutations reach the strict reader's errors, not only maps
 }
 
-TEST_CASE("parse_json_strict: duplicate keys are found at any depth and size; the same key in sibling objects is not one") {
+TEST_CASE("parse_json_strict: duplicate keys are found at any depth and size, the same key in sibling objects is not one") {
   auto error_of = [](const std::string& text) {
     try {
       moeq::parse_json_strict(text, "t.json");
