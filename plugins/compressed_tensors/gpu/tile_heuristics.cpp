@@ -215,7 +215,9 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
           t.stages = 8;
           while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
           options.push_back(t);
-          if (bm == 64 && in.kind != kKindW8A16) {  // ping-pong: one block an SM, a deeper ring
+          // Ping-pong: one block an SM, a deeper ring. NOTE: offered only under
+          // MOEQ_CT_WS_PINGPONG=1 until a device has run it (bench/RESULTS.md, eleventh session).
+          if (bm == 64 && in.kind != kKindW8A16 && in.ws_pingpong) {
             t.pingpong = true;
             t.stages = 8;
             while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;
