@@ -114,6 +114,12 @@ TEST_CASE("sharded checkpoint with an index: every tensor found in its shard") {
   CHECK(ckpt.tensors().size() == 3);
   CHECK(ckpt.find("c.weight")->file == dir / "model-00002-of-00002.safetensors");
   CHECK(ckpt.find("a.weight")->file == dir / "model-00001-of-00002.safetensors");
+  // The shards handed their entries to the checkpoint (moved, not copied), data pointers and all.
+  for (const auto& f : ckpt.files()) CHECK(f->tensors().empty());
+  const TensorInfo* c = ckpt.find("c.weight");
+  REQUIRE(c != nullptr);
+  CHECK(c->name == "c.weight");
+  CHECK(c->data != nullptr);
 }
 
 TEST_CASE("a copy of a checkpoint keeps its tensors, and their addresses, after the original is gone") {

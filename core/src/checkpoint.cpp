@@ -378,21 +378,25 @@ std::vector<std::shared_ptr<SafetensorsFile>> open_indexed_shards(
 }
 
 // The index and the shards must agree both ways: every indexed tensor is in the shard the
-// index names, and every shard tensor is indexed under that shard.
+// index names, and every shard tensor is indexed under that shard. `tensors`: every shard's,
+// merged (each names its file).
 void check_index_agreement(const fs::path& index,
                            const std::map<std::string, std::string>& weight_map,
-                           const std::vector<std::shared_ptr<SafetensorsFile>>& files) {
+                           const std::vector<std::shared_ptr<SafetensorsFile>>& files,
+                           const std::map<std::string, TensorInfo>& tensors) {
   std::map<std::string, const SafetensorsFile*> by_name;
   for (const auto& f : files) by_name.emplace(f->path().filename().string(), f.get());
   for (const auto& [tensor, shard] : weight_map) {
     const SafetensorsFile* file = by_name.at(shard);
-    if (!file->tensors().contains(tensor))
+    const auto it = tensors.find(tensor);
+    if (it == tensors.end() || it->second.file != file->path())
       fail("tensor '" + tensor + "' is listed in index " + quoted(index) + " under shard " +
            quoted(file->path()) + ", but that shard does not contain it");
   }
   for (const auto& f : files) {
     std::string shard = f->path().filename().string();
-    for (const auto& [tensor, info] : f->tensors()) {
+    for (const auto& [tensor, info] : tensors) {
+      if (info.file != f->path()) continue;
       auto it = weight_map.find(tensor);
       if (it == weight_map.end())
         fail("tensor '" + tensor + "' in shard " + quoted(f->path()) +
@@ -564,23 +568,24 @@ Checkpoint Checkpoint::open(const fs::path& dir, const ReaderLimits& limits) {
   // Duplicates first: a tensor in two shards is the clearer message than a disagreement.
   for (const auto& file : ckpt.files_) {
     // A file's names come sorted: each goes right after the one before unless another file's
-    // fall between, so the hint makes most insertions constant time.
+    // fall between, so the hint makes most insertions constant time. The entries move from the
+    // file's map into the checkpoint's (map nodes handed over: no copy, no allocation).
     auto hint = tensors->end();
-    for (const auto& [name, info] : file->tensors()) {
-      const std::size_t before = tensors->size();
-      const auto it = tensors->emplace_hint(hint, name, info);
-      const bool fresh = tensors->size() > before;
-      hint = std::next(it);
-      if (!fresh)
-        fail("tensor '" + name + "' appears in both " + quoted(it->second.file) + " and " +
+    auto& own = file->tensors_;
+    for (auto next = own.begin(); next != own.end();) {
+      auto node = own.extract(next++);
+      const auto it = tensors->insert(hint, std::move(node));
+      if (!node.empty())  // not inserted: a tensor of that name is there already
+        fail("tensor '" + node.key() + "' appears in both " + quoted(it->second.file) + " and " +
              quoted(file->path()));
+      hint = std::next(it);
       if (tensors->size() > limits.max_tensors)
         fail("checkpoint directory " + quoted(dir) + " holds more than the limit of " +
              std::to_string(limits.max_tensors) + " tensors (reached in " + quoted(file->path()) + ")");
     }
   }
   if (has_index && !index_agrees(weight_map, *tensors, ckpt.files_))
-    check_index_agreement(index, weight_map, ckpt.files_);
+    check_index_agreement(index, weight_map, ckpt.files_, *tensors);
   ckpt.tensors_ = std::move(tensors);
   return ckpt;
 }

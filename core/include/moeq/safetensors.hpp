@@ -61,6 +61,8 @@ class SafetensorsFile {
   static std::shared_ptr<SafetensorsFile> open(const std::filesystem::path& path,
                                                const ReaderLimits& limits = {});
   const std::filesystem::path& path() const { return path_; }
+  // The file's tensors by name. A file opened by Checkpoint::open hands them to the checkpoint
+  // (Checkpoint::tensors() holds every shard's, moved, not copied); its own map is then empty.
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::size_t file_size() const;
@@ -71,6 +73,7 @@ class SafetensorsFile {
   ~SafetensorsFile();
 
  private:
+  friend class Checkpoint;
   SafetensorsFile() = default;
   std::filesystem::path path_;
   std::unique_ptr<MappedFile> map_;
