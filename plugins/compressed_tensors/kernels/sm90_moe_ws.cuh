@@ -209,8 +209,8 @@ struct WsGemm {
 
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    // Per-tile lists the consumers read, two sets: the producer fills tile j + 1's while the
-    // consumers still read tile j's (set j & 1). s_arow is the producer's own: one set.
+    // Per-tile lists the consumers read, kSets sets: the producer fills the next tiles' while
+    // the consumers still read theirs (tile j: set j % kSets). s_arow is the producer's own.
     __shared__ int s_pair[kSets][BM];
     // The entry of the flattened grid the set describes; -1: no more (ping-pong: -2 for the
     // warpgroup whose partner saw -1 first, see the consumers' loop).
