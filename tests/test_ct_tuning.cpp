@@ -166,6 +166,16 @@ TEST_CASE("tune: tile refusals name what cannot run") {
   two.pingpong = false;  // two blocks an SM of 64 rows: 256 wide does not fit their registers
   CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, two, true).find("64-row warp-specialized tiles are 128 wide") !=
         std::string::npos);
+  // Block scales of 64-row blocks (a 128 x 64 grid): one scale per 64 tile columns, so the
+  // warp-specialized tiles take them at either width, ping-pong or not.
+  gpu::GpuScheme n64 = fp8_block();
+  n64.block_n = 64;
+  const gpu::MoePlan blocks64(n64, gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
+  REQUIRE(blocks64.heuristic_input().ws);
+  CHECK(gpu::tile_refusal(blocks64.heuristic_input(), 64, pp, false).empty());
+  gpu::GemmTile coop{256, 2, 4, 4};
+  coop.wgmma = coop.ws = true;
+  CHECK(gpu::tile_refusal(blocks64.heuristic_input(), 128, coop, true).empty());
   gpu::GemmTile mma = pp;
   mma.wgmma = mma.ws = false;
   mma.bn = 128;

@@ -167,16 +167,13 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
     g.wgmma = g.ws = true;
     out.push_back({"fused-requant", s, LayerDims{6, 1, 272, 176, 3}, 8, 300, 300, false, {ct::gpu::Bucket{300, 128, g, g}}});
   }
-  // Ping-pong tiles (two consumer warpgroups on alternate 64-row tiles): 256 wide where the
-  // scheme takes 256-wide tiles (GEMM1 then ends in a partial tile of I = 176), and 128 wide
-  // over a chunked M, so that a block's warpgroups see several tiles each and the walk ends on
-  // either of them.
+  // Ping-pong tiles (two consumer warpgroups on alternate 64-row tiles): 256 wide (GEMM1 then
+  // ends in a partial tile of I = 176), and 128 wide over a chunked M, so that a block's
+  // warpgroups see several tiles each and the walk ends on either of them.
   // NOTE: under MOEQ_CT_WS_PINGPONG=1 only (the knob that selects them, for measuring), until a
   // device has run them.
   if (s.scheme.kind != mk::kKindW8A16 && ws && std::getenv("MOEQ_CT_WS_PINGPONG") != nullptr) {
-    const bool wide = s.scheme.kind != mk::kKindFp8 || s.scheme.wscale != mk::kWBlock || s.scheme.block_n % 128 == 0;
     for (const int bn : {256, 128}) {
-      if (bn == 256 && !wide) continue;
       ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
       t.wgmma = t.ws = t.pingpong = true;
       const int64_t m = bn == 256 ? 300 : 2000, chunk = bn == 256 ? 300 : 700;

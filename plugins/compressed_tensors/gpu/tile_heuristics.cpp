@@ -113,10 +113,7 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
     for (GemmTile* t : {&b.gemm1, &b.gemm2}) {
       const int64_t n_out = t == &b.gemm1 ? 2 * in.inter : in.hidden;
       t->pingpong = true;
-      t->bn = n_out >= 256 && tiles * ceil_div(n_out, 256) >= 2 * in.multiprocessors &&
-                      (in.kind != kKindFp8 || in.wide_fp8)
-                  ? 256
-                  : 128;
+      t->bn = n_out >= 256 && tiles * ceil_div(n_out, 256) >= 2 * in.multiprocessors ? 256 : 128;
       t->stages = 8;
       while (t->stages > 2 && !smem_fits(in, in.kind, b.bm, *t)) --t->stages;
     }
@@ -159,8 +156,7 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
       // too few for a 256-wide warpgroup MMA (ptxas C7602). A ping-pong block runs alone.
       if (bm == 64 && !t.pingpong && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
-      if (in.kind == kKindFp8 && t.bn == 256 && !in.wide_fp8)
-        return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
+      // (Block scales: one per 64 tile columns, so any width takes blocks of a multiple of 64 rows.)
     } else if (in.kind == kKindFp8) {
       if (t.bn != 128 && t.bn != 256) return tile + ": fp8 wgmma tiles are 128 or 256 wide";
       if (t.bn == 256 && !in.wide_fp8) return tile + ": 256-wide fp8 tiles need weight blocks of a multiple of 128 rows";
