@@ -172,7 +172,8 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
   // warpgroups see several tiles each and the walk ends on either of them.
   // NOTE: under MOEQ_CT_WS_PINGPONG=1 only (the knob that selects them, for measuring), until a
   // device has run them.
-  if (s.scheme.kind != mk::kKindW8A16 && ws && std::getenv("MOEQ_CT_WS_PINGPONG") != nullptr) {
+  const char* pp = std::getenv("MOEQ_CT_WS_PINGPONG");
+  if (s.scheme.kind != mk::kKindW8A16 && ws && pp != nullptr && std::string(pp) == "1") {
     for (const int bn : {256, 128}) {
       ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
       t.wgmma = t.ws = t.pingpong = true;
@@ -784,7 +785,10 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
         const LayerDims d{8, 0, 4096, 14336, 2};
         const ct::gpu::HeuristicInput in = MoePlan(s.scheme, d, 8192, lim).heuristic_input();
         if (!ct::gpu::tile_refusal(in, 64, t, true).empty() || !ct::gpu::tile_refusal(in, 64, t, false).empty()) continue;
-        for (auto& k : MoePlan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 64, t, t}}).sources()) sets.emplace(k.source, k);
+        MoePlan plan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 64, t, t}});
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+        plan.set_fp8_fast_acc(false);  // fp8 channel / tensor promoted per K tile (MOEQ_CT_FP8_FAST_ACCUM=0)
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
