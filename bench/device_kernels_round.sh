@@ -14,7 +14,8 @@
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
 # `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
-# `abprev` times build/carry_prev's binaries against these. Carry
+# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `adopt` and
+# `bundle` are described where they are defined. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
 set -u
