@@ -451,10 +451,6 @@ std::vector<fs::path> all_safetensors(const fs::path& dir, const ReaderLimits& l
 
 }  // namespace
 
-json::value parse_json_strict(std::string_view text, const std::string& source) {
-  return parse_json_strict(text, source, {});
-}
-
 json::value parse_json_strict(std::string_view text, const std::string& source, json::storage_ptr storage) {
   json::error_code ec;
   json::value v = json::parse(json::string_view(text.data(), text.size()), ec, std::move(storage));

@@ -172,8 +172,7 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
   // warpgroups see several tiles each and the walk ends on either of them.
   // NOTE: under MOEQ_CT_WS_PINGPONG=1 only (the knob that selects them, for measuring), until a
   // device has run them.
-  const char* pp = std::getenv("MOEQ_CT_WS_PINGPONG");
-  if (s.scheme.kind != mk::kKindW8A16 && ws && pp != nullptr && std::string(pp) == "1") {
+  if (s.scheme.kind != mk::kKindW8A16 && ws && ct::gpu::ws_pingpong_asked()) {
     for (const int bn : {256, 128}) {
       ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
       t.wgmma = t.ws = t.pingpong = true;

@@ -57,11 +57,11 @@ class Checkpoint {
 boost::json::value read_json_file(const std::filesystem::path& path,
                                   uint64_t max_bytes = ReaderLimits{}.max_json_file_bytes);
 // Parse JSON text strictly: a syntax error or a duplicate key in any object throws,
-// naming `source` (a file, or "header of FILE").
-boost::json::value parse_json_strict(std::string_view text, const std::string& source);
-// The same, the value's memory from `storage` (a monotonic resource that the caller keeps
-// alive while it reads the value: one arena instead of an allocation a value).
-boost::json::value parse_json_strict(std::string_view text, const std::string& source, boost::json::storage_ptr storage);
+// naming `source` (a file, or "header of FILE"). The value's memory comes from `storage`
+// (default: the heap; a monotonic resource that the caller keeps alive while it reads the
+// value makes one arena instead of an allocation a value).
+boost::json::value parse_json_strict(std::string_view text, const std::string& source,
+                                     boost::json::storage_ptr storage = {});
 
 // The parts of Checkpoint::open that take no file system, for the fuzzers and tools:
 // which quantization config applies (hf_quant_config.json, when given, wins over config.json's

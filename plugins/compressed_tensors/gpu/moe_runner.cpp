@@ -71,12 +71,12 @@ bool fast_acc_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
 }
 
 std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t, bool fast_acc) {
-  if (t.ws)
+  if (t.ws) {
+    const bool fa = fast_acc_tile(sc, t, fast_acc);  // trailing defaults (false) left out
     return "WsGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + s(gated ? gemm1_quant_group(sc, t) : 0) +
-           (t.pingpong ? std::string(fast_acc_tile(sc, t, fast_acc) ? ", true" : ", false") + ", true"
-                       : std::string(fast_acc_tile(sc, t, fast_acc) ? ", true" : "")) +
-           ">";
+           (t.pingpong ? (fa ? ", true, true" : ", false, true") : (fa ? ", true" : "")) + ">";
+  }
   if (t.wgmma)
     return "WgmmaGemm<" + s(sc.kind) + ", " + s(sc.wscale) + ", " + s(sc.amode) + ", " + (gated ? "true" : "false") +
            ", " + s(bm) + ", " + s(t.bn) + ", " + s(t.stages) + ", " + (t.pipelined ? "true" : "false") + ">";
@@ -258,7 +258,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
-  if (const char* v = std::getenv("MOEQ_CT_WS_PINGPONG")) hin.ws_pingpong = std::string(v) == "1";
+  hin.ws_pingpong = ws_pingpong_asked();
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
   // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).

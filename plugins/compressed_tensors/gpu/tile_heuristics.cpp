@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 namespace moeq::ct::gpu {
@@ -243,6 +244,11 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
     if (m == max_tokens) break;
   }
   return out;
+}
+
+bool ws_pingpong_asked() {
+  const char* v = std::getenv("MOEQ_CT_WS_PINGPONG");
+  return v != nullptr && std::string(v) == "1";
 }
 
 std::size_t bucket_for(const std::vector<Bucket>& buckets, int64_t m) {

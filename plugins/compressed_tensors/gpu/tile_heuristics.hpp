@@ -122,6 +122,9 @@ int gemm_static_smem(int bm, const GemmTile& t);
 // the SM's in.max_smem_per_block + 1 KiB.
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
+// MOEQ_CT_WS_PINGPONG=1 (HeuristicInput::ws_pingpong; the bench's ping-pong checks).
+bool ws_pingpong_asked();
+
 // Blocks of a warp-specialized tile an SM runs at once (sm90_moe_ws.cuh, kMinBlocks): two of
 // 64 rows (one consumer warpgroup each), one of 128 or a ping-pong one (two consumers).
 inline int ws_blocks_per_sm(int bm, const GemmTile& t) { return bm == 64 && !t.pingpong ? 2 : 1; }
