@@ -63,9 +63,15 @@ tune() {
   grep -E " M=[0-9]+: " "$out/tune_log.txt" | sed -E 's/ candidates, [0-9]+ finalists//' | cut -c1-330
 }
 sbs() {
-  local t0=$SECONDS
+  local t0=$SECONDS budget=${SBS_BUDGET:-300}
+  # DEADLINE (seconds of this script): the side by side gets what is left before it, less 20 s
+  # for the steps after it, and is skipped under 120 s.
+  if [ -n "${DEADLINE:-}" ]; then
+    [ $((DEADLINE - SECONDS - 20)) -lt "$budget" ] && budget=$((DEADLINE - SECONDS - 20))
+    [ "$budget" -lt 120 ] && { echo "side by side skipped: ${budget} s left before DEADLINE"; return; }
+  fi
   [ -s "$out/tuned.json" ] && export MOEQ_CT_TUNE_TABLE=$out/tuned.json
-  OUT=$out BUDGET=${SBS_BUDGET:-300} bash bench/device_side_by_side.sh
+  OUT=$out BUDGET=$budget bash bench/device_side_by_side.sh
   rm -f "$out/peer_results.jsonl"
   echo "side by side: $((SECONDS - t0)) s"
 }
