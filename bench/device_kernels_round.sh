@@ -14,7 +14,7 @@
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
 # `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
-# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `adopt` and
+# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `adopt`, `geo` and
 # `bundle` are described where they are defined. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
@@ -284,6 +284,31 @@ adopt() {
   cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
   python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
     --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --margin "${ADOPT_MARGIN:-0.02}" --write
+}
+# Real models' geometries beyond the four named shapes, every scheme, checked against the CPU
+# references (GEO_DIMS, NAME=E,TOPK,H,I; GEO_MS odd token counts for the tails; GEO_SCHEMES):
+# geo.json, geo.log, one line a case and every failed check.
+geo() {
+  local t0=$SECONDS args=()
+  for d in ${GEO_DIMS:-OLMoE-1B-7B=64,8,2048,1024 Qwen1.5-MoE-A2.7B=60,4,2048,1408 DeepSeek-V2-Lite=64,6,2048,1408 \
+      Phi-3.5-MoE=16,2,4096,6400 gpt-oss-20b=32,4,2880,2880 Qwen3-235B-A22B=128,8,4096,1536 \
+      Llama-4-Scout=16,1,5120,8192 Granite-1B-A400M=32,8,1024,512 Qwen1.5-MoE-tp4=60,4,2048,352 \
+      Mixtral-8x7B-tp8=8,2,4096,1792}; do args+=(--dims "$d"); done
+  timeout "${GEO_TIMEOUT:-200}" build/bin/moeq bench apply --json --seconds "${GEO_SECONDS:-0.02}" --m "${GEO_MS:-1,300}" \
+    --scheme "${GEO_SCHEMES:-bf16,fp8-channel,fp8-block,fp8-tensor,w8a16}" "${args[@]}" > "$out/geo.json" 2> "$out/geo.log"
+  echo "geo: exit $?, $((SECONDS - t0)) s"
+  grep -E "FAIL|MISMATCH|differ|refus|error" "$out/geo.log" | head -20
+  python3 - "$out/geo.json" <<'PY'
+import json, sys
+try:
+    doc = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit("geo.json: %s" % e)
+print("checks passed: %s" % doc.get("checks_passed"))
+for r in doc["rows"]:
+    c = r.get("check") or {}
+    print("%-20s %-12s M=%-4d %8.1f us  check %s  %s" % (r["shape"], r["scheme"], r["m"], r["us"], c.get("passed"), r.get("tiles", "")))
+PY
 }
 # At most 8 files come back: all but the main ones into one archive.
 bundle() {
