@@ -286,14 +286,11 @@ adopt() {
     --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --margin "${ADOPT_MARGIN:-0.02}" --write
 }
 # Real models' geometries beyond the four named shapes, every scheme, checked against the CPU
-# references (GEO_DIMS, NAME=E,TOPK,H,I; GEO_MS odd token counts for the tails; GEO_SCHEMES):
+# references (GEO_DIMS, NAME=E,TOPK,H,I, default bench/geo_dims.txt; GEO_MS; GEO_SCHEMES):
 # geo.json, geo.log, one line a case and every failed check.
 geo() {
   local t0=$SECONDS args=()
-  for d in ${GEO_DIMS:-OLMoE-1B-7B=64,8,2048,1024 Qwen1.5-MoE-A2.7B=60,4,2048,1408 DeepSeek-V2-Lite=64,6,2048,1408 \
-      Phi-3.5-MoE=16,2,4096,6400 gpt-oss-20b=32,4,2880,2880 Qwen3-235B-A22B=128,8,4096,1536 \
-      Llama-4-Scout=16,1,5120,8192 Granite-1B-A400M=32,8,1024,512 Qwen1.5-MoE-tp4=60,4,2048,352 \
-      Mixtral-8x7B-tp8=8,2,4096,1792}; do args+=(--dims "$d"); done
+  for d in ${GEO_DIMS:-$(grep -v '^#' bench/geo_dims.txt)}; do args+=(--dims "$d"); done
   timeout "${GEO_TIMEOUT:-200}" build/bin/moeq bench apply --json --seconds "${GEO_SECONDS:-0.02}" --m "${GEO_MS:-1,300}" \
     --scheme "${GEO_SCHEMES:-bf16,fp8-channel,fp8-block,fp8-tensor,w8a16}" "${args[@]}" > "$out/geo.json" 2> "$out/geo.log"
   echo "geo: exit $?, $((SECONDS - t0)) s"

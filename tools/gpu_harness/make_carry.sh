@@ -16,6 +16,9 @@ for p in build/plugins/*.so; do strip -o "build/carry/plugins/$(basename "$p")" 
 strip -o .devbuild/moeq_gpu_harness build/bin/moeq_gpu_harness
 rm -rf .devbuild/jitcache
 MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
+# The kernel sets of bench/geo_dims.txt's geometries (the device round's `geo` step).
+geo=(); for d in $(grep -v '^#' bench/geo_dims.txt); do geo+=(--dims "$d"); done
+MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}" --m 1,300 "${geo[@]}"
 # The same sets under measuring knobs too (EXTRA_KNOBS="VAR=VALUE ...", e.g. MOEQ_CT_WS_PINGPONG=1).
 [ -n "${EXTRA_KNOBS:-}" ] && env $EXTRA_KNOBS MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
 # Every tile candidate of `moeq bench tune` too (TUNE=0 skips), then the cache packed: the carry
