@@ -6,6 +6,7 @@
 #if MOEQ_HAVE_GPU_BENCH
 #include "bench.hpp"
 #include "driver.hpp"
+#include "geo_dims.hpp"
 #include "nvrtc_build.hpp"
 
 #include <moeq/sdk/kernels.hpp>
@@ -19,8 +20,11 @@ namespace gh = moeq::gpu_harness;
 
 namespace {
 
+// Every variant, on the named shapes and on bench/geo_dims.txt's real models' geometries.
 void compile_every_variant(const char* arch) {
-  const auto sets = gh::kernel_variants(arch);
+  std::vector<gh::ShapeSpec> geometries;
+  for (const auto& g : moeq::test::read_geometries()) geometries.push_back({g.name, g.experts, g.top_k, g.hidden, g.inter});
+  const auto sets = gh::kernel_variants(arch, geometries);
   CHECK(sets.size() > 1);
   std::string error;
   try {

@@ -753,28 +753,51 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   return compile_sets(sets, arch, out);
 }
 
-std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch) {
-  ct::gpu::DeviceLimits lim;
+std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch) {
   const int cc = arch_capability(arch).value_or(0);  // sm_100a: 100, compute capability 10.0
-  lim.sm_major = cc / 10;
-  lim.sm_minor = cc % 10;
-  const bool fp8 = lim.sm_major * 10 + lim.sm_minor >= 89;
+  // {SMs, shared memory a block may opt in to}
+  std::vector<std::pair<int, int>> cards;
+  if (cc >= 90)
+    cards = {{132, 227 * 1024}, {114, 227 * 1024}, {78, 227 * 1024}};
+  else if (cc == 89)
+    cards = {{142, 99 * 1024}, {128, 99 * 1024}, {58, 99 * 1024}};
+  else
+    cards = {{108, 163 * 1024}, {56, 163 * 1024}};
+  std::vector<ct::gpu::DeviceLimits> out;
+  for (const auto& [sms, smem] : cards) {
+    ct::gpu::DeviceLimits lim;
+    lim.sm_major = cc / 10;
+    lim.sm_minor = cc % 10;
+    lim.multiprocessors = sms;
+    lim.max_smem_per_block = smem;
+    out.push_back(lim);
+  }
+  return out;
+}
+
+std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, const std::vector<ShapeSpec>& geometries) {
+  const std::vector<ct::gpu::DeviceLimits> cards = arch_cards(arch);
+  const ct::gpu::DeviceLimits& lim = cards.front();
+  const int cc = lim.sm_major * 10 + lim.sm_minor;
+  const bool fp8 = cc >= 89;
   std::vector<SchemeSpec> schemes;
   for (const auto& s : named_schemes())
     if (fp8 || s.scheme.kind != mk::kKindFp8) schemes.push_back(s);
-  if (fp8) {
-    schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 64, 64));
-    schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), 48, 16));
-  }
-  const LayerDims shapes[] = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
+  if (fp8)  // refined block grids: the periods a TP shard's I can leave (gcd(I, 128))
+    for (const auto& [n, k] : {std::pair{64, 64}, {32, 32}, {48, 16}})
+      schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), n, k));
+  std::vector<LayerDims> shapes = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
+  for (const ShapeSpec& g : named_shapes()) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
+  for (const ShapeSpec& g : geometries) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
   std::map<std::string, ct::gpu::KernelSetSource> sets;
-  for (const auto& s : schemes)
-    for (const auto& d : shapes) {
-      MoePlan plan(s.scheme, d, 8192, lim);
-      for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      plan.set_fp8_fast_acc(false);  // the variant MOEQ_CT_FP8_FAST_ACCUM=0 selects compiles too
-      for (auto& k : plan.sources()) sets.emplace(k.source, k);
-    }
+  for (const ct::gpu::DeviceLimits& card : cards)
+    for (const auto& s : schemes)
+      for (const auto& d : shapes) {
+        MoePlan plan(s.scheme, d, 8192, card);
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+        plan.set_fp8_fast_acc(false);  // the variant MOEQ_CT_FP8_FAST_ACCUM=0 selects compiles too
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      }
   // Ping-pong tiles (sm_90a: chosen by the tuner or MOEQ_CT_WS_PINGPONG), 128 and 256 wide.
   if (lim.sm_major == 9)
     for (const auto& s : schemes)

@@ -56,9 +56,16 @@ int compile_only(const BenchOptions& options, const std::string& arch, std::ostr
 
 // Every kernel variant the plugin can ask for on `arch` ("sm_90a", "sm_89", "sm_80"): each
 // scheme the arch runs (fp8 from sm_89, wgmma on sm_90a), every M bucket of small- and
-// large-expert shapes, refined 64x64 block grids, the tiles the shipped tune tables choose for
-// this arch, plus the router/repack set. Needs no GPU.
-std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch);
+// large-expert shapes and of `geometries`, on each of arch_cards(arch), refined block grids
+// (64, 32 and 16 element periods), the tiles the shipped tune tables choose for this arch, plus
+// the router/repack set. Needs no GPU.
+std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch,
+                                                     const std::vector<ShapeSpec>& geometries = {});
+
+// The cards of an arch that kernel_variants plans for: their SM counts and shared memory a block
+// (sm_90a: H100 SXM / H200, H100 PCIe, H20; sm_89: L40S, RTX 4090, L4; sm_80: A100, A30).
+// A plan's tiles depend on both, so each card can pick kernels another does not.
+std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch);
 
 // Device correctness of one named scheme on synthetic shapes (K/N tails, EP with non-local
 // experts, chunking, every M bucket): per-GEMM and end-to-end checks, repeatability, CUDA graph
