@@ -35,4 +35,16 @@ inline std::vector<Geometry> read_geometries() {
   return out;
 }
 
+// Each geometry whole, its I split over two ranks (where each half stays a multiple of 16) and
+// its experts split over two ranks (the larger half): the shards a rank's plan sees.
+inline std::vector<Geometry> geometry_shards() {
+  std::vector<Geometry> out;
+  for (const Geometry& g : read_geometries()) {
+    out.push_back(g);
+    if (g.inter % 32 == 0) out.push_back({g.name + "-tp2", g.experts, g.top_k, g.hidden, g.inter / 2});
+    if (g.experts >= 2) out.push_back({g.name + "-ep2", g.experts - g.experts / 2, g.top_k, g.hidden, g.inter});
+  }
+  return out;
+}
+
 }  // namespace moeq::test

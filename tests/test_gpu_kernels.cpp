@@ -20,10 +20,11 @@ namespace gh = moeq::gpu_harness;
 
 namespace {
 
-// Every variant, on the named shapes and on bench/geo_dims.txt's real models' geometries.
+// Every variant, on the named shapes and on bench/geo_dims.txt's real models' geometries and
+// their TP = 2 and EP = 2 shards.
 void compile_every_variant(const char* arch) {
   std::vector<gh::ShapeSpec> geometries;
-  for (const auto& g : moeq::test::read_geometries()) geometries.push_back({g.name, g.experts, g.top_k, g.hidden, g.inter});
+  for (const auto& g : moeq::test::geometry_shards()) geometries.push_back({g.name, g.experts, g.top_k, g.hidden, g.inter});
   const auto sets = gh::kernel_variants(arch, geometries);
   CHECK(sets.size() > 1);
   std::string error;
