@@ -94,7 +94,6 @@ TEST_CASE("plan: real models' geometries plan on sm_90, sm_89 and sm_80, whole, 
   MESSAGE(plans << " plans");
 }
 
-
 #if MOEQ_HAVE_GPU_BENCH
 // CI compiles kernel_variants(arch) for each arch ("every compressed_tensors kernel variant
 // compiles"); so every kernel set these geometries' plans take, on each card of the arch, at
