@@ -29,7 +29,8 @@ inline std::vector<Geometry> read_geometries() {
     std::istringstream v(line.substr(eq + 1));
     char c1 = 0, c2 = 0, c3 = 0;
     v >> g.experts >> c1 >> g.top_k >> c2 >> g.hidden >> c3 >> g.inter;
-    REQUIRE_MESSAGE((v && c1 == ',' && c2 == ',' && c3 == ','), "geo_dims.txt line '" << line << "'");
+    REQUIRE_MESSAGE((v && c1 == ',' && c2 == ',' && c3 == ',' && (v >> std::ws).eof()),
+                    "geo_dims.txt line '" << line << "' is not NAME=E,TOPK,H,I");
     out.push_back(g);
   }
   return out;
