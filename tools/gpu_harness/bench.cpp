@@ -755,29 +755,28 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
 
 std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch) {
   const int cc = arch_capability(arch).value_or(0);  // sm_100a: 100, compute capability 10.0
-  // {SMs, shared memory a block may opt in to}
-  std::vector<std::pair<int, int>> cards;
-  if (cc >= 90)
-    cards = {{132, 227 * 1024}, {114, 227 * 1024}, {78, 227 * 1024}};
-  else if (cc == 89)
-    cards = {{142, 99 * 1024}, {128, 99 * 1024}, {58, 99 * 1024}};
-  else
-    cards = {{108, 163 * 1024}, {56, 163 * 1024}};
+  // The shared memory a block may opt in to: 227 KiB on sm_90, 99 KiB on sm_89 (and sm_86,
+  // whose cards run the sm_80 kernels' tiles), 163 KiB on sm_80.
+  const std::vector<int> smem = cc >= 90 ? std::vector<int>{227 * 1024}
+                                : cc == 89 ? std::vector<int>{99 * 1024}
+                                           : std::vector<int>{163 * 1024, 99 * 1024};
   std::vector<ct::gpu::DeviceLimits> out;
-  for (const auto& [sms, smem] : cards) {
-    ct::gpu::DeviceLimits lim;
-    lim.sm_major = cc / 10;
-    lim.sm_minor = cc % 10;
-    lim.multiprocessors = sms;
-    lim.max_smem_per_block = smem;
-    out.push_back(lim);
-  }
+  for (const int bytes : smem)
+    for (int sms = 8; sms <= 160; ++sms) {  // every SM count of a card up to 160
+      ct::gpu::DeviceLimits lim;
+      lim.sm_major = cc / 10;
+      lim.sm_minor = cc % 10;
+      lim.multiprocessors = sms;
+      lim.max_smem_per_block = bytes;
+      out.push_back(lim);
+    }
   return out;
 }
 
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, const std::vector<ShapeSpec>& geometries) {
   const std::vector<ct::gpu::DeviceLimits> cards = arch_cards(arch);
-  const ct::gpu::DeviceLimits& lim = cards.front();
+  ct::gpu::DeviceLimits lim = cards.front();  // an H100's SM count where one card stands for all
+  lim.multiprocessors = 132;
   const int cc = lim.sm_major * 10 + lim.sm_minor;
   const bool fp8 = cc >= 89;
   std::vector<SchemeSpec> schemes;

@@ -62,9 +62,9 @@ int compile_only(const BenchOptions& options, const std::string& arch, std::ostr
 std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch,
                                                      const std::vector<ShapeSpec>& geometries = {});
 
-// The cards of an arch that kernel_variants plans for: their SM counts and shared memory a block
-// (sm_90a: H100 SXM / H200, H100 PCIe, H20; sm_89: L40S, RTX 4090, L4; sm_80: A100, A30).
-// A plan's tiles depend on both, so each card can pick kernels another does not.
+// The cards of an arch that kernel_variants plans for: every SM count from 8 to 160, with the
+// arch's shared memory a block (sm_90a 227 KiB; sm_89 99 KiB; sm_80 163 KiB, and 99 KiB as
+// sm_86 cards have). A plan's tiles depend on both, so each card can pick kernels another does not.
 std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch);
 
 // Device correctness of one named scheme on synthetic shapes (K/N tails, EP with non-local
