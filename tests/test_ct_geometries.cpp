@@ -96,9 +96,9 @@ TEST_CASE("plan: real models' geometries plan on sm_90, sm_89 and sm_80, whole, 
 
 #if MOEQ_HAVE_GPU_BENCH
 // CI compiles kernel_variants(arch) for each arch ("every compressed_tensors kernel variant
-// compiles"); so every kernel set these geometries' plans take, on every card arch_cards lists (each SM
-// count to 160, the arch's shared memory), at either fp8 accumulation, must be among them, or a real card
-// could meet a set that CI never compiled.
+// compiles"); so every kernel set these geometries' plans take, on every card arch_cards lists
+// (each SM count to 160, the arch's shared memory), at either fp8 accumulation, must be among
+// them, or a real card could meet a set that CI never compiled.
 TEST_CASE("plan: every kernel set real models' geometries take on sm_90a, sm_89 and sm_80 cards is one CI compiles") {
   namespace gh = moeq::gpu_harness;
   std::vector<gh::ShapeSpec> extra;
