@@ -785,7 +785,7 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
   if (fp8)  // refined block grids: the periods a TP shard's I can leave (gcd(I, 128))
     for (const auto& [n, k] : {std::pair{64, 64}, {32, 32}, {48, 16}})
       schemes.push_back(with_blocks(*scheme_by_name("fp8-block"), n, k));
-  std::vector<LayerDims> shapes = {{8, 0, 4096, 14336, 2}, {128, 0, 2048, 768, 8}, {40, 0, 1536, 512, 8}};
+  std::vector<LayerDims> shapes;
   for (const ShapeSpec& g : named_shapes()) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
   for (const ShapeSpec& g : geometries) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
   std::map<std::string, ct::gpu::KernelSetSource> sets;
