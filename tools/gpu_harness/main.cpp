@@ -36,24 +36,14 @@ int main(int argc, char** argv) {
       else if (a == "--markdown") opt.markdown = next();
       else if (a == "--compile-only") compile_arch = next();
       else if (a == "--dims") {
-        // NAME=E,TOPK,H,I or E,TOPK,H,I (`moeq bench apply --dims`, which checks the values for
-        // timing; here they only choose the kernel sets that --compile-only compiles).
-        std::string v = next(), name;
-        if (const auto eq = v.find('='); eq != std::string::npos) name = v.substr(0, eq), v = v.substr(eq + 1);
-        const auto f = moeq::gpu_harness::split_list(v);
-        if (f.size() != 4) {
-          std::cerr << "--dims wants [NAME=]E,TOPK,H,I, found '" << v << "'\n";
+        const std::string v = next();
+        std::string why;
+        const auto d = moeq::gpu_harness::parse_geometry(v, why);
+        if (!d) {
+          std::cerr << "--dims " << why << "\n";
           return 2;
         }
-        moeq::gpu_harness::ShapeSpec d{name, std::stoll(f[0]), std::stoll(f[1]), std::stoll(f[2]), std::stoll(f[3])};
-        if (d.experts < 1 || d.top_k < 1 || d.top_k > d.experts || d.hidden < 16 || d.hidden % 16 != 0 ||
-            d.inter < 16 || d.inter % 16 != 0) {
-          std::cerr << "--dims '" << v << "': E >= TOPK >= 1 and H, I positive multiples of 16\n";
-          return 2;
-        }
-        if (d.name.empty())
-          d.name = "E" + f[0] + "-k" + f[1] + "-H" + f[2] + "-I" + f[3];
-        opt.extra_shapes.push_back(d);
+        opt.extra_shapes.push_back(*d);
       }
       else if (a == "--floors-only") opt.floors_only = true;
       else if (a == "--floors") {

@@ -97,56 +97,12 @@ std::string dims_refusal(const std::string& v) {
 
 }  // namespace
 
-std::optional<ApplyDims> parse_apply_dims(const std::string& v, std::string& why) {
-  ApplyDims d;
-  std::string numbers = v;
-  if (const size_t eq = v.find('='); eq != std::string::npos) {
-    d.name = v.substr(0, eq);
-    numbers = v.substr(eq + 1);
-    const auto name_char = [](char ch) {
-      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
-    };
-    if (d.name.empty() || !std::all_of(d.name.begin(), d.name.end(), name_char)) {
-      why = "'" + v + "': the name before '=' must be letters, digits, '-', '_' or '.'";
-      return std::nullopt;
-    }
-    const auto& named = gpu_harness::named_shapes();
-    if (std::any_of(named.begin(), named.end(), [&](const gpu_harness::ShapeSpec& s) { return s.name == d.name; })) {
-      why = "'" + v + "': '" + d.name + "' is a named shape (--shape); give this geometry another name";
-      return std::nullopt;
-    }
-  }
-  const std::optional<std::vector<int64_t>> n = positive_integers(numbers);
-  if (!n || n->size() != 4) {
-    why = "wants E,TOPK,H,I or NAME=E,TOPK,H,I (four positive integers), found '" + v + "'";
-    return std::nullopt;
-  }
-  d.experts = (*n)[0];
-  d.top_k = (*n)[1];
-  d.hidden = (*n)[2];
-  d.inter = (*n)[3];
-  // What the fused-MoE kernels take (MoePlan): 1..1024 experts, top_k 1..32 of them, hidden and
-  // intermediate sizes positive multiples of 16.
-  const std::string in = " in '" + v + "'";
-  if (d.experts > 1024) why = "E=" + std::to_string(d.experts) + in + ": the kernels take at most 1024 experts";
-  else if (d.top_k > 32) why = "TOPK=" + std::to_string(d.top_k) + in + ": the kernels take top_k of at most 32";
-  else if (d.top_k > d.experts)
-    why = "TOPK=" + std::to_string(d.top_k) + in + ": more than the " + std::to_string(d.experts) + " experts";
-  else if (d.hidden % 16 != 0) why = "H=" + std::to_string(d.hidden) + in + ": the hidden size must be a multiple of 16";
-  else if (d.inter % 16 != 0)
-    why = "I=" + std::to_string(d.inter) + in + ": the intermediate size must be a multiple of 16";
-  if (!why.empty()) return std::nullopt;
-  if (d.name.empty())
-    d.name = "E" + std::to_string(d.experts) + "-k" + std::to_string(d.top_k) + "-H" + std::to_string(d.hidden) + "-I" +
-             std::to_string(d.inter);
-  return d;
-}
 
 namespace {
 
 std::string apply_dims_refusal(const std::string& v) {
   std::string why;
-  parse_apply_dims(v, why);
+  gpu_harness::parse_geometry(v, why);
   return why;
 }
 
@@ -195,7 +151,7 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
     const int64_t max_m = *std::max_element(ms.begin(), ms.end());
     for (const std::string& v : apply_dims_) {
       std::string why;
-      const ApplyDims d = *parse_apply_dims(v, why);  // each checked while parsing
+      const gpu_harness::ShapeSpec d = *gpu_harness::parse_geometry(v, why);  // each checked while parsing
       if (std::find(names.begin(), names.end(), d.name) != names.end())
         throw CLI::ValidationError("--dims", "'" + v + "' names the case '" + d.name + "' a second time");
       names.push_back(d.name);
@@ -321,8 +277,8 @@ gpu_harness::BenchOptions case_options(const std::string& schemes, const std::st
   o.shapes = split_list(shapes);
   for (const std::string& v : dims) {
     std::string why;
-    const ApplyDims d = *parse_apply_dims(v, why);
-    o.extra_shapes.push_back({d.name, d.experts, d.top_k, d.hidden, d.inter});
+    const gpu_harness::ShapeSpec d = *gpu_harness::parse_geometry(v, why);
+    o.extra_shapes.push_back(d);
   }
   o.ms = *positive_integers(ms);
   return o;

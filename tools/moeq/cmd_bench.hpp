@@ -18,15 +18,6 @@
 
 namespace moeq::cli {
 
-// One `bench apply --dims` value: "E,TOPK,H,I" (named E<E>-k<TOPK>-H<H>-I<I>) or
-// "NAME=E,TOPK,H,I". nullopt with `why` set when the value is malformed or names a geometry the
-// kernels cannot run (MoePlan's limits).
-struct ApplyDims {
-  std::string name;
-  int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
-};
-std::optional<ApplyDims> parse_apply_dims(const std::string& value, std::string& why);
-
 class BenchCommand {
  public:
   // Adds `bench` (with its `apply`, `load` and `jit` subcommands) to app; `opt` carries the
