@@ -1,21 +1,19 @@
 // The real models' MoE geometries of bench/geo_dims.txt (NAME=E,TOPK,H,I a line), read for the
 // tests that hold the GPU plans and the compiled kernel variants to them.
 #pragma once
+#include "../tools/gpu_harness/named_shapes.hpp"
+
 #include <doctest/doctest.h>
 
-#include <cstdint>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 namespace moeq::test {
 
-struct Geometry {
-  std::string name;
-  int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;
-};
+using Geometry = moeq::gpu_harness::ShapeSpec;
 
+// Each line through the parser of `moeq bench apply --dims`.
 inline std::vector<Geometry> read_geometries() {
   std::ifstream in(MOEQ_TEST_GEO_DIMS);
   REQUIRE_MESSAGE(in.good(), "cannot read " MOEQ_TEST_GEO_DIMS);
@@ -23,15 +21,10 @@ inline std::vector<Geometry> read_geometries() {
   std::string line;
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
-    const auto eq = line.find('=');
-    REQUIRE_MESSAGE(eq != std::string::npos, "geo_dims.txt line '" << line << "' is not NAME=E,TOPK,H,I");
-    Geometry g{line.substr(0, eq)};
-    std::istringstream v(line.substr(eq + 1));
-    char c1 = 0, c2 = 0, c3 = 0;
-    v >> g.experts >> c1 >> g.top_k >> c2 >> g.hidden >> c3 >> g.inter;
-    REQUIRE_MESSAGE((v && c1 == ',' && c2 == ',' && c3 == ',' && (v >> std::ws).eof()),
-                    "geo_dims.txt line '" << line << "' is not NAME=E,TOPK,H,I");
-    out.push_back(g);
+    std::string why;
+    const std::optional<Geometry> g = moeq::gpu_harness::parse_geometry(line, why);
+    REQUIRE_MESSAGE(g.has_value(), "geo_dims.txt line '" << line << "': " << why);
+    out.push_back(*g);
   }
   return out;
 }

@@ -101,8 +101,7 @@ TEST_CASE("plan: real models' geometries plan on sm_90, sm_89 and sm_80, whole, 
 // them, or a real card could meet a set that CI never compiled.
 TEST_CASE("plan: every kernel set real models' geometries take on sm_90a, sm_89 and sm_80 cards is one CI compiles") {
   namespace gh = moeq::gpu_harness;
-  std::vector<gh::ShapeSpec> extra;
-  for (const Geometry& g : moeq::test::geometry_shards()) extra.push_back({g.name, g.experts, g.top_k, g.hidden, g.inter});
+  const std::vector<gh::ShapeSpec> extra = moeq::test::geometry_shards();
   for (const char* arch : {"sm_90a", "sm_89", "sm_80"}) {
     std::set<std::string> compiled;
     for (const auto& k : gh::kernel_variants(arch, extra)) compiled.insert(k.source);

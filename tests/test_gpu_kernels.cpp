@@ -23,9 +23,7 @@ namespace {
 // Every variant, on the named shapes and on bench/geo_dims.txt's real models' geometries and
 // their TP = 2 and EP = 2 shards.
 void compile_every_variant(const char* arch) {
-  std::vector<gh::ShapeSpec> geometries;
-  for (const auto& g : moeq::test::geometry_shards()) geometries.push_back({g.name, g.experts, g.top_k, g.hidden, g.inter});
-  const auto sets = gh::kernel_variants(arch, geometries);
+  const auto sets = gh::kernel_variants(arch, moeq::test::geometry_shards());
   CHECK(sets.size() > 1);
   std::string error;
   try {
