@@ -491,12 +491,16 @@ TEST_CASE("gpu moeq bench apply --dims --json carries every timed case with its 
                            "", false);
   CAPTURE(sg.out);
   CHECK(sg.code == 0);
-  for (const boost::json::value& v : boost::json::parse(sg.out).as_object().at("rows").as_array()) {
+  // The parsed document outlives the loop (a range-for over a temporary's member dangles).
+  const boost::json::value sg_doc = boost::json::parse(sg.out);
+  REQUIRE_FALSE(sg_doc.at("rows").as_array().empty());
+  for (const boost::json::value& v : sg_doc.at("rows").as_array()) {
     const boost::json::object& row = v.as_object();
     const boost::json::object& events = row.at("stages_us").as_object();
     REQUIRE(row.at("stages_graph_us").is_object());
     const boost::json::object& graphs = row.at("stages_graph_us").as_object();
     REQUIRE(graphs.size() == events.size());  // the same kernels, in the same order
+    REQUIRE_FALSE(graphs.empty());
     auto g = graphs.begin();
     for (auto e = events.begin(); e != events.end(); ++e, ++g) CHECK(e->key() == g->key());
     // The first kernel's graph alone is a prefix, not the layer (the sequence stopped after it).

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Re-choose tune-table entries from one device call's timings: for each case that `moeq bench
 apply --json` timed with the shipped plan (the table), with the heuristics alone and with a
-candidate plan (e.g. MOEQ_CT_WS_PINGPONG=1, whose device checks must all have passed), the
+candidate plan (e.g. MOEQ_CT_WS_PINGPONG=1, whose device checks must all have passed: in the
+candidate's own run, or in --candidate-checks, a checked run of the same plan), the
 fastest of the three takes the entry where it beats the shipped time by more than --margin; the
 entry then records its time and the heuristics' time from the same call. Tiles are read from the
 rows' "tiles" (tile_heuristics.cpp's describe()).
 
-  adopt_ab.py TABLE --shipped S.json --heuristic H.json --candidate C.json [--margin 0.02] [--write]
+  adopt_ab.py TABLE --shipped S.json --heuristic H.json --candidate C.json [--candidate-checks K.json]
+              [--margin 0.02] [--write]
 """
 import argparse
 import json
@@ -29,10 +31,12 @@ def bucket_of(tiles):
     return out
 
 
-def rows(path, need_checks=False):
+def rows(path, checks=None):
+    """The timed rows of `path` by case; where `checks` names a file, none unless its checks all
+    passed (a --no-check run says null, which is not a pass)."""
     doc = json.load(open(path))
-    if need_checks and doc.get("checks_passed") is not True:
-        print("%s: the device checks did not all pass (or did not run): its tiles are not taken" % path)
+    if checks is not None and json.load(open(checks)).get("checks_passed") is not True:
+        print("%s: the device checks did not all pass (or did not run): the tiles of %s are not taken" % (checks, path))
         return {}
     out = {}
     for r in doc["rows"]:
@@ -47,11 +51,12 @@ def main():
     ap.add_argument("--shipped", required=True)
     ap.add_argument("--heuristic", required=True)
     ap.add_argument("--candidate", required=True)
+    ap.add_argument("--candidate-checks", help="a checked run of the candidate's plan (default: --candidate's own)")
     ap.add_argument("--margin", type=float, default=0.02)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     table = json.load(open(a.table))
-    base, heur, cand = rows(a.shipped), rows(a.heuristic), rows(a.candidate, need_checks=True)
+    base, heur, cand = rows(a.shipped), rows(a.heuristic), rows(a.candidate, checks=a.candidate_checks or a.candidate)
     changed = 0
     for key, b in sorted(base.items()):
         E, k, H, I, scheme, m = key
