@@ -170,9 +170,8 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
   // Ping-pong tiles (two consumer warpgroups on alternate 64-row tiles): 256 wide (GEMM1 then
   // ends in a partial tile of I = 176), and 128 wide over a chunked M, so that a block's
   // warpgroups see several tiles each and the walk ends on either of them.
-  // NOTE: under MOEQ_CT_WS_PINGPONG=1 only (the knob that selects them, for measuring), until a
-  // device has run them.
-  if (s.scheme.kind != mk::kKindW8A16 && ws && ct::gpu::ws_pingpong_asked()) {
+  // (The shipped table takes them for some cases; the tuner offers them.)
+  if (s.scheme.kind != mk::kKindW8A16 && ws) {
     for (const int bn : {256, 128}) {
       ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
       t.wgmma = t.ws = t.pingpong = true;

@@ -104,7 +104,8 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   Bucket b;
   b.max_tokens = m;
   b.bm = row_tile(rows);
-  // Measuring: ping-pong tiles of 64 rows where the heuristics would take warp-specialized ones.
+  // Measuring (MOEQ_CT_WS_PINGPONG=1): ping-pong tiles of 64 rows where the heuristics would take
+  // warp-specialized ones. Not the default: on the H100 they were slower in 20 of 24 cases.
   const bool pingpong = in.ws_pingpong && in.ws && b.bm >= 64 && in.kind != kKindW8A16;
   if (pingpong) b.bm = 64;
   const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
@@ -212,9 +213,10 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
           t.stages = 8;
           while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
           options.push_back(t);
-          // Ping-pong: one block an SM, a deeper ring. NOTE: offered only under
-          // MOEQ_CT_WS_PINGPONG=1 until a device has run it (bench/RESULTS.md, eleventh session).
-          if (bm == 64 && in.kind != kKindW8A16 && in.ws_pingpong) {
+          // Ping-pong: one block an SM, a deeper ring (measured on the H100 in the thirteenth
+          // session: 4-5 % faster than the shipped tiles on two fp8-block cases at M = 1024,
+          // 2-37 % slower on most others, so the tuner weighs them case by case).
+          if (bm == 64 && in.kind != kKindW8A16) {
             t.pingpong = true;
             t.stages = 8;
             while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;

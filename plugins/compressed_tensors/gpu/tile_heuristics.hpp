@@ -58,8 +58,8 @@ struct HeuristicInput {
   bool wgmma_serial = false;  // MOEQ_CT_WGMMA_SERIAL=1: wait for every tile's MMAs (the older mainloop)
   int force_k_splits = 0;     // MOEQ_CT_K_SPLITS: GEMM2's K splits (gemm2_k_splits), for measuring
   // MOEQ_CT_WS_PINGPONG=1 (measuring): the heuristics' warp-specialized tiles become 64-row
-  // ping-pong ones, and the tuner offers ping-pong tiles (it does not otherwise: no device has
-  // run them yet). A table entry naming one runs it either way.
+  // ping-pong ones. The tuner offers ping-pong tiles and a table entry naming one runs it
+  // either way.
   bool ws_pingpong = false;
   // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
   // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
@@ -122,7 +122,7 @@ int gemm_static_smem(int bm, const GemmTile& t);
 // the SM's in.max_smem_per_block + 1 KiB.
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
-// MOEQ_CT_WS_PINGPONG=1 (HeuristicInput::ws_pingpong; the bench's ping-pong checks).
+// MOEQ_CT_WS_PINGPONG=1 (HeuristicInput::ws_pingpong).
 bool ws_pingpong_asked();
 
 // Blocks of a warp-specialized tile an SM runs at once (sm90_moe_ws.cuh, kMinBlocks): two of
