@@ -251,13 +251,14 @@ ncu_src() {
   done
   echo "ncu_src: $((SECONDS - t0)) s"
 }
-# Ping-pong against the shipped plan: AB_SCHEMES x AB_MS on every shape, timed as shipped (tuned
-# table), by the heuristics alone (MOEQ_CT_WS_PINGPONG=0) and with the heuristics' warp-specialized
-# tiles made ping-pong ones (=1, its device checks run too); one line a case.
+# A tile knob against the shipped plan: AB_SCHEMES x AB_MS on every shape, timed as shipped (tuned
+# table), by the heuristics alone (AB_KNOB=0; default knob MOEQ_CT_WS_PINGPONG) and with the knob
+# on (=1: e.g. the heuristics' warp-specialized tiles made ping-pong ones, or 224-wide with
+# MOEQ_CT_WS_BN224), its device checks run too; one line a case.
 ppab() {
   local t0=$SECONDS
   for v in ${AB_VARIANTS:-shipped 0 1}; do
-    ( [ "$v" != shipped ] && export MOEQ_CT_WS_PINGPONG=$v
+    ( [ "$v" != shipped ] && export "${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=$v"
       timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply --no-check --json \
         --seconds "${AB_SECONDS:-0.2}" --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
         2> "$out/ppab_$v.log" > "$out/ppab_$v.json"; echo "ppab $v: exit $?" )
@@ -265,10 +266,10 @@ ppab() {
   # The candidate's checks in a run of their own (the real shapes' M = 4 checks take ~2 s each,
   # which would eat the timing's budget): every synthetic check of these schemes, ping-pong tiles
   # included, and one real shape. adopt reads its checks_passed.
-  ( export MOEQ_CT_WS_PINGPONG=1
+  ( export "${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=1"
     timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
       --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" 2> "$out/ppab_checks.log" > "$out/ppab_checks.json"
-    echo "ppab checks (ping-pong): exit $?, $(grep -c '^PASS' "$out/ppab_checks.log") passed" )
+    echo "ppab checks (${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=1): exit $?, $(grep -c '^PASS' "$out/ppab_checks.log") passed" )
   grep -E "^FAIL|MISMATCH|differ" "$out/ppab_checks.log" | head -8
   python3 - "$out" <<'PY'
 import json, os, sys
@@ -281,7 +282,7 @@ for v in ("shipped", "0", "1"):
         print("ppab %s: %s" % (v, e))
 for k, d in sorted(rows.items()):
     s = d.get("shipped", (0, ""))[0]
-    print("%-17s %-12s M=%-5d shipped %8.1f  heur %8.1f  pingpong %8.1f  (%.3f)  %s" % (k + (s, d.get("0", (0,))[0], d.get("1", (0,))[0],
+    print("%-17s %-12s M=%-5d shipped %8.1f  heur %8.1f  knob %8.1f  (%.3f)  %s" % (k + (s, d.get("0", (0,))[0], d.get("1", (0,))[0],
           s / d["1"][0] if "1" in d and d["1"][0] else 0, d.get("1", (0, ""))[1])))
 PY
   echo "ppab: $((SECONDS - t0)) s"

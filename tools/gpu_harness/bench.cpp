@@ -180,6 +180,16 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
                      {ct::gpu::Bucket{chunk, 64, t, t}}});
     }
   }
+  // 224-wide tiles (five ring stages of 128 rows): GEMM1 ends in a partial tile of I = 176 (112
+  // columns a tile) and GEMM2 in one of H = 272; one chunk, then a chunked M.
+  if (s.scheme.kind != mk::kKindW8A16 && s.scheme.wscale != mk::kWBlock && s.scheme.amode != mk::kAGroup) {
+    ct::gpu::GemmTile t{224, 2, 4, 5};
+    t.wgmma = t.ws = true;
+    for (const int64_t m : {300, 2000}) {
+      const int64_t chunk = m > 1000 ? 700 : m;
+      out.push_back({"wide224", s, LayerDims{6, 1, 272, 176, 3}, 8, m, chunk, false, {ct::gpu::Bucket{chunk, 128, t, t}}});
+    }
+  }
   return out;
 }
 
@@ -810,6 +820,20 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         plan.set_fp8_fast_acc(false);  // fp8 channel / tensor promoted per K tile (MOEQ_CT_FP8_FAST_ACCUM=0)
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
+  // 224-wide warp-specialized tiles (sm_90a: chosen by the tuner or MOEQ_CT_WS_BN224), both
+  // accumulations of fp8.
+  if (lim.sm_major == 9)
+    for (const auto& s : schemes) {
+      ct::gpu::GemmTile t{224, 2, 4, 5};
+      t.wgmma = t.ws = true;
+      const LayerDims d{8, 0, 4096, 14336, 2};
+      const ct::gpu::HeuristicInput in = MoePlan(s.scheme, d, 8192, lim).heuristic_input();
+      if (!ct::gpu::tile_refusal(in, 128, t, true).empty() || !ct::gpu::tile_refusal(in, 128, t, false).empty()) continue;
+      MoePlan plan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 128, t, t}});
+      for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      plan.set_fp8_fast_acc(false);
+      for (auto& k : plan.sources()) sets.emplace(k.source, k);
+    }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);

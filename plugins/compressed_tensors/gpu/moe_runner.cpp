@@ -259,6 +259,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
   hin.ws_pingpong = ws_pingpong_asked();
+  if (const char* v = std::getenv("MOEQ_CT_WS_BN224")) hin.ws_bn224 = std::string(v) == "1";
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
   // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).
@@ -277,7 +278,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   const bool knobs = std::getenv("MOEQ_CT_NO_WGMMA") || std::getenv("MOEQ_CT_NO_WS") ||
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
-                     std::getenv("MOEQ_CT_WS_PINGPONG");
+                     std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();

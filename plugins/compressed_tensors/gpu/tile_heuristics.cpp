@@ -14,7 +14,8 @@ constexpr int kKindW8A16 = 2;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-
+// 224-wide warp-specialized tiles: fp8 or bf16 without block or group scales (sm90_moe_ws.cuh).
+bool bn224_allowed(const HeuristicInput& in) { return in.ws && in.kind != kKindW8A16 && !in.promote; }
 
 // Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
 // nothing that matters), large M wants big tiles for reuse.
@@ -43,6 +44,9 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     if (kind == kKindFp8 && bm == 128 && in.force_fp8_bn == 0 &&
         (n_out < 256 || expected_tiles * ceil_div(n_out, 256) < in.multiprocessors))
       t.bn = 128;
+    // Measuring (MOEQ_CT_WS_BN224=1): 224 wide instead of 256 where it may run, a fifth ring
+    // stage in the 28 KiB it frees.
+    if (in.ws_bn224 && t.bn == 256 && bm == 128 && bn224_allowed(in)) t.bn = 224;
     t.stages = 8;
     while (t.stages > 2 && !smem_fits(in, kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
     return t;
@@ -154,7 +158,9 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
     if (bm < 64 || t.warps_m != bm / 64 || t.warps_n != 4) return tile + ": wgmma tiles are bm / 64 warpgroups of 4 warps";
     if (in.kind == kKindW8A16 && !t.ws) return tile + ": W8A16 wgmma tiles are warp-specialized";
     if (t.ws) {
-      if (t.bn != 128 && t.bn != 256) return tile + ": warp-specialized tiles are 128 or 256 wide";
+      if (t.bn != 128 && t.bn != 224 && t.bn != 256) return tile + ": warp-specialized tiles are 128, 224 or 256 wide";
+      if (t.bn == 224 && (bm != 128 || t.pingpong || !bn224_allowed(in)))
+        return tile + ": 224-wide tiles are 128 rows of bf16 or fp8 without block or group scales";
       // NOTE: a 64-row tile runs two blocks an SM, 128 registers a thread before setmaxnreg:
       // too few for a 256-wide warpgroup MMA (ptxas C7602). A ping-pong block runs alone.
       if (bm == 64 && !t.pingpong && t.bn != 128) return tile + ": 64-row warp-specialized tiles are 128 wide";
@@ -213,6 +219,14 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
           t.stages = 8;
           while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
           options.push_back(t);
+          // 224 wide: five stages of a 128-row ring where 256 wide holds four.
+          if (bn == 256 && bm == 128 && bn224_allowed(in)) {
+            GemmTile w = t;
+            w.bn = 224;
+            w.stages = 8;
+            while (w.stages > 2 && !smem_fits(in, in.kind, bm, w)) --w.stages;
+            options.push_back(w);
+          }
           // Ping-pong: one block an SM, a deeper ring (measured on the H100 in the thirteenth
           // session: 4-5 % faster than the shipped tiles on two fp8-block cases at M = 1024,
           // 2-37 % slower on most others, so the tuner weighs them case by case).

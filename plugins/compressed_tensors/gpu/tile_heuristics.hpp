@@ -61,6 +61,10 @@ struct HeuristicInput {
   // ping-pong ones. The tuner offers ping-pong tiles and a table entry naming one runs it
   // either way.
   bool ws_pingpong = false;
+  // MOEQ_CT_WS_BN224=1 (measuring): the heuristics' 256-wide 128-row warp-specialized tiles
+  // become 224-wide ones (five ring stages instead of four) where the scheme allows them. The
+  // tuner offers them either way.
+  bool ws_bn224 = false;
   // The scheme may run the warp-specialized kernel: fp8 or bf16; for block weight scales,
   // blocks of a multiple of 64 rows; scale periods of 128 (MOEQ_CT_NO_WS=1 turns it off).
   bool ws = false;

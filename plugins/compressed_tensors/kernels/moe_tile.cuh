@@ -262,13 +262,14 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
   const float tw = kGated ? 1.0f : __ldg(a.topk_weights + p);
   // NOTE: in chunks of eight column pairs: one shared-memory latency per chunk, and at most 32 scale
   // registers next to the accumulators (a whole 256-wide row's would spill).
+  // (A 224-wide tile has 14 or 28 pairs: its last chunk is partial.)
   constexpr int kChunk = NC < 8 ? NC : 8;
 #pragma unroll
   for (int j0 = 0; j0 < NC; j0 += kChunk) {
     float w[kChunk][4];
 #pragma unroll
     for (int jj = 0; jj < kChunk; ++jj) {
-      const int col = col_of(j0 + jj);
+      const int col = j0 + jj < NC ? col_of(j0 + jj) : geo.N;
       if (col < geo.N)
         scales_of(col, w[jj]);
       else
@@ -276,7 +277,9 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
     }
 #pragma unroll
     for (int jj = 0; jj < kChunk; ++jj) {
-      const int j = j0 + jj, col = col_of(j);
+      const int j = j0 + jj;
+      if (j >= NC) continue;
+      const int col = col_of(j);
       if (col >= geo.N) continue;
       if (kGated)
         store_gated<kKind, kAM>(a, p, sa, col, w[jj], acc_of(j, 0), acc_of(j, 1), acc_of(j + NF / 2, 0),

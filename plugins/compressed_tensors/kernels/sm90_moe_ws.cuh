@@ -79,7 +79,10 @@ struct WsGemm {
   static constexpr bool kPromote = kKind == kKindFp8 && !kFastAcc;
   static constexpr int kAcc = BN / 2;  // f32 accumulators a thread holds for m64nBN
   static constexpr int NF = BN / 8;
-  static constexpr int kHalvesN = kPromote && BN == 256 ? 2 : 1;
+  // Promoted fp8 runs 256- and 224-wide tiles as two halves (m64n128, m64n112), so that the
+  // partial sums of one half and the accumulators fit the registers.
+  static constexpr int kHalvesN = kPromote && BN >= 224 ? 2 : 1;
+  static constexpr int kHalfN = BN / kHalvesN;
   static constexpr int kPartAcc = kAcc / kHalvesN;
   // Weight block scales: one per 64 tile columns (the plan takes this kernel for block scales
   // only where scale blocks are whole multiples of 64 rows, so no 64-column slot straddles two).
@@ -91,7 +94,11 @@ struct WsGemm {
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
   static_assert(!kPingPong || (BM == 64 && !kW8),
                 "ping-pong tiles are 64 rows a warpgroup (W8A16 converts B with both warpgroups on one tile)");
-  static_assert(BN == 128 || BN == 256, "no wgmma wrapper for this tile");
+  static_assert(BN == 128 || BN == 224 || BN == 256, "no wgmma wrapper for this tile");
+  // 224 wide: 28 KiB of B a stage, so that a 128-row fp8 or bf16 ring holds five stages in
+  // 227 KiB where 256-wide ones hold four. Weight and activation scales a tensor, channel or
+  // token only: block scales take 64-column slots, group scales a whole group a GEMM1 tile.
+  static_assert(BN != 224 || (!kW8 && !kTileScales && kQuantGroup == 0), "224-wide tiles: no block or group scales");
   static_assert(!kGated || BN / 2 <= 256, "a TMA box holds at most 256 rows");
   static_assert(kQuantGroup == 0 || (kKind == kKindFp8 && kGated && kAM == kAGroup && kQuantGroup >= 8 &&
                                      (BN / 2) % kQuantGroup == 0),
@@ -414,11 +421,16 @@ struct WsGemm {
           const unsigned long long da = smem_desc(sA + a_off);
 #pragma unroll
           for (int hn = 0; hn < kHalvesN; ++hn) {
-            const unsigned long long db = smem_desc(sA + kAStage + hn * 128 * 128);
+            const unsigned long long db = smem_desc(sA + kAStage + hn * kHalfN * 128);
             fence_regs<kPartAcc>(part);
             wgmma_fence();
 #pragma unroll
-            for (int ks = 0; ks < 4; ++ks) wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
+            for (int ks = 0; ks < 4; ++ks) {
+              if constexpr (kHalfN == 112)
+                wgmma_e4m3_n112(part, da + 2 * ks, db + 2 * ks, ks > 0);
+              else
+                wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
+            }
             wgmma_commit();
             wgmma_wait0();
             fence_regs<kPartAcc>(part);
@@ -446,10 +458,14 @@ struct WsGemm {
           for (int ks = 0; ks < 4; ++ks) {
             if constexpr (kKind == kKindFp8 && BN == 256)
               wgmma_e4m3_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (kKind == kKindFp8 && BN == 224)
+              wgmma_e4m3_n224(acc, da + 2 * ks, db + 2 * ks, 1);
             else if constexpr (kKind == kKindFp8)
               wgmma_e4m3_n128(acc, da + 2 * ks, db + 2 * ks, 1);
             else if constexpr (BN == 256)
               wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (BN == 224)
+              wgmma_bf16_n224(acc, da + 2 * ks, db + 2 * ks, 1);
             else
               wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
           }
