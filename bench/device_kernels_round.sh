@@ -14,7 +14,7 @@
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
 # `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
-# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `adopt`, `geo` and
+# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `knobab`, `adopt`, `geo` and
 # `bundle` are described where they are defined. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
@@ -287,13 +287,67 @@ for k, d in sorted(rows.items()):
 PY
   echo "ppab: $((SECONDS - t0)) s"
 }
+# Several tile knobs against the shipped plan and the heuristics alone, one timing run each
+# (AB_SCHEMES x AB_MS on every shape, no checks): KNOBS, space-separated entries of
+# VAR=VALUE[,VAR=VALUE]; then one checked run (every synthetic check of AB_SCHEMES and one real
+# shape) with KNOB_CHECKS (default: every entry's variables together). Files knob_shipped.json,
+# knob_heur.json, knob_N.json (entry N, from 1), knob_checks.json; one line a case.
+knobab() {
+  local t0=$SECONDS i=0 all=""
+  run_one() {  # name, then VAR=VALUE words
+    local name=$1; shift
+    ( for kv in "$@"; do export "$kv"; done
+      timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply --no-check --json --seconds "${AB_SECONDS:-0.2}" \
+        --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
+        2> "$out/knob_$name.log" > "$out/knob_$name.json"; echo "knob $name ($*): exit $?" )
+  }
+  run_one shipped
+  run_one heur MOEQ_CT_NO_TUNE=1
+  for k in ${KNOBS:-MOEQ_CT_WS_BN224=1}; do
+    i=$((i + 1)); all="$all ${k//,/ }"
+    # shellcheck disable=SC2086  # one word a variable
+    run_one "$i" ${k//,/ }
+  done
+  ( for kv in ${KNOB_CHECKS:-$all}; do export "$kv"; done
+    timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
+      --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" 2> "$out/knob_checks.log" > "$out/knob_checks.json"
+    echo "knob checks (${KNOB_CHECKS:-$all}): exit $?, $(grep -c '^PASS' "$out/knob_checks.log") passed, $(grep -c '^FAIL' "$out/knob_checks.log") failed" )
+  grep -E "^FAIL|MISMATCH|differ|note:" "$out/knob_checks.log" | head -8
+  python3 - "$out" "$i" <<'PY'
+import json, os, sys
+out, n = sys.argv[1], int(sys.argv[2])
+names = ["shipped", "heur"] + [str(i) for i in range(1, n + 1)]
+rows = {}
+for v in names:
+    try:
+        for r in json.load(open(os.path.join(out, "knob_%s.json" % v)))["rows"]:
+            rows.setdefault((r["shape"], r["scheme"], r["m"]), {})[v] = (r["us"], r.get("tiles", ""))
+    except Exception as e:
+        print("knob %s: %s" % (v, e))
+print("case | " + " | ".join(names) + " (us; shipped / each knob)")
+for k, d in sorted(rows.items()):
+    s = d.get("shipped", (0, ""))[0]
+    cells = ["%.1f" % d.get(v, (0,))[0] for v in names]
+    ratios = ["%.3f" % (s / d[v][0]) if v in d and d[v][0] else "-" for v in names[2:]]
+    print("%-17s %-12s M=%-5d %s | %s | %s" % (k + (" ".join(cells), " ".join(ratios), d.get(names[-1], (0, ""))[1])))
+PY
+  echo "knobab: $((SECONDS - t0)) s"
+}
 # The shipped table re-chosen from ppab's three timings of each case (adopt_ab.py: the fastest of
 # shipped, heuristics alone and ping-pong, where it beats shipped by ADOPT_MARGIN and its checks
 # passed) into $out/tuned.json, which a later sbs step then reads.
+# ADOPT_KNOB=N reads knobab's files instead (entry N the candidate).
 adopt() {
   cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
-  python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
-    --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --candidate-checks "$out/ppab_checks.json" --margin "${ADOPT_MARGIN:-0.02}" --write
+  if [ -n "${ADOPT_KNOB:-}" ]; then
+    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/knob_shipped.json" \
+      --heuristic "$out/knob_heur.json" --candidate "$out/knob_$ADOPT_KNOB.json" --candidate-checks "$out/knob_checks.json" \
+      --margin "${ADOPT_MARGIN:-0.02}" --write
+  else
+    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
+      --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --candidate-checks "$out/ppab_checks.json" \
+      --margin "${ADOPT_MARGIN:-0.02}" --write
+  fi
 }
 # Real models' geometries beyond the four named shapes, every scheme, checked against the CPU
 # references (GEO_DIMS, NAME=E,TOPK,H,I, default bench/geo_dims.txt; GEO_MS; GEO_SCHEMES):

@@ -19,8 +19,13 @@ MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only
 # The kernel sets of bench/geo_dims.txt's geometries (the device round's `geo` step).
 geo=(); for d in $(grep -v '^#' bench/geo_dims.txt); do geo+=(--dims "$d"); done
 MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}" --m 1,300 "${geo[@]}"
-# The same sets under measuring knobs too (EXTRA_KNOBS="VAR=VALUE ...", e.g. MOEQ_CT_WS_PINGPONG=1).
-[ -n "${EXTRA_KNOBS:-}" ] && env $EXTRA_KNOBS MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
+# The same sets under measuring knobs too: EXTRA_KNOBS, ';'-separated sets of "VAR=VALUE ..."
+# (e.g. "MOEQ_CT_WS_BN224=1;MOEQ_CT_A_PREFETCH=1"), each set compiled on its own.
+IFS=';' read -ra knob_sets <<< "${EXTRA_KNOBS:-}"
+for ks in "${knob_sets[@]}"; do
+  # shellcheck disable=SC2086  # one word a variable
+  [ -n "${ks// /}" ] && env $ks MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq_gpu_harness --compile-only "${ARCH:-sm_90a}"
+done
 # Every tile candidate of `moeq bench tune` too (TUNE=0 skips), then the cache packed: the carry
 # (64 MiB with the tracked tree) holds .devpack/jit.tar.xz where .devbuild/jitcache would not fit.
 [ "${TUNE:-1}" = 1 ] && MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq bench tune --compile-only "${ARCH:-sm_90a}"

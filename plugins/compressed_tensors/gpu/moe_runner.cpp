@@ -61,6 +61,13 @@ const char* am_name(int a) {
 
 bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
+// MOEQ_CT_A_PREFETCH=1 (measuring): the warp-specialized kernels' A copies prefetch 256-byte
+// blocks into L2 (sm90_moe_ws.cuh, MOEQ_WS_A_PREFETCH_256).
+bool a_prefetch_asked() {
+  const char* v = std::getenv("MOEQ_CT_A_PREFETCH");
+  return v != nullptr && std::string(v) == "1";
+}
+
 // Shared memory of a GEMM instantiation, as GroupedGemm / WgmmaGemm::kSmemBytes compute it.
 int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
 
@@ -278,7 +285,8 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   const bool knobs = std::getenv("MOEQ_CT_NO_WGMMA") || std::getenv("MOEQ_CT_NO_WS") ||
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
-                     std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224");
+                     std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224") ||
+                     std::getenv("MOEQ_CT_A_PREFETCH");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();
@@ -427,7 +435,9 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "");
     std::string& src = k.source;
-    src += "// " + k.name + ": " + sc.label() + "\n#include \"moe_gemm.cuh\"\n";
+    src += "// " + k.name + ": " + sc.label() + "\n";
+    if (t.ws && a_prefetch_asked()) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
+    src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
     src += "using namespace moeq_kernels;\n";

@@ -47,6 +47,10 @@ namespace moeq_kernels {
 // f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
 // scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
 //
+// MOEQ_WS_A_PREFETCH_256 (defined by the generated source under MOEQ_CT_A_PREFETCH=1, for
+// measuring): the producer's A copies ask L2 for 256-byte blocks, so that a row's next K tile is
+// already in L2 when it is gathered.
+//
 // kPingPong (64-row tiles): two consumer warpgroups, each on a tile of its own: tile j of the
 // block's walk goes to warpgroup j % 2. The ring is one FIFO, so a warpgroup's stages follow
 // the other's; the warpgroups take turns in the mainloop (named barriers 3 and 4: a warpgroup
@@ -338,7 +342,11 @@ struct WsGemm {
             const int ar = s_arow[r];
             const bool ok = ar >= 0 && k_ok;
             const u8* src = a_base + (ok ? static_cast<long long>(ar) * lda + kt * 128 + c * 16 : 0);
+#ifdef MOEQ_WS_A_PREFETCH_256
+            cp_async16_l2_256(sA + swz(r, c, 128), src, ok);
+#else
             cp_async16(sA + swz(r, c, 128), src, ok);
+#endif
           }
           cp_async_mbar_arrive(full);
         }

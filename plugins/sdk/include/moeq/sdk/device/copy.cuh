@@ -12,6 +12,12 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid)
   const int bytes = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
 }
+// The same, also asking L2 to fetch the whole 256-byte block around src (a row read 128 bytes
+// a K tile then has the next tile's bytes in L2 when their copy is issued).
+__device__ __forceinline__ void cp_async16_l2_256(u32 dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Waits until at most N committed groups are still in flight.
 template <int N>
