@@ -289,9 +289,10 @@ PY
 }
 # Several tile knobs against the shipped plan and the heuristics alone, one timing run each
 # (AB_SCHEMES x AB_MS on every shape, no checks): KNOBS, space-separated entries of
-# VAR=VALUE[,VAR=VALUE]; then one checked run (every synthetic check of AB_SCHEMES and one real
-# shape) with KNOB_CHECKS (default: every entry's variables together). Files knob_shipped.json,
-# knob_heur.json, knob_N.json (entry N, from 1), knob_checks.json; one line a case.
+# VAR=VALUE[,VAR=VALUE]; then checked runs (every synthetic check of AB_CHECK_SCHEMES, default
+# AB_SCHEMES, and one real shape) under each set of KNOB_CHECKS (default: every entry's variables
+# together). Files knob_shipped.json, knob_heur.json, knob_N.json (entry N, from 1),
+# knob_checks_N.json; one line a case.
 knobab() {
   local t0=$SECONDS i=0 all=""
   run_one() {  # name, then VAR=VALUE words
@@ -308,11 +309,18 @@ knobab() {
     # shellcheck disable=SC2086  # one word a variable
     run_one "$i" ${k//,/ }
   done
-  ( for kv in ${KNOB_CHECKS:-$all}; do export "$kv"; done
-    timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
-      --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" 2> "$out/knob_checks.log" > "$out/knob_checks.json"
-    echo "knob checks (${KNOB_CHECKS:-$all}): exit $?, $(grep -c '^PASS' "$out/knob_checks.log") passed, $(grep -c '^FAIL' "$out/knob_checks.log") failed" )
-  grep -E "^FAIL|MISMATCH|differ|note:" "$out/knob_checks.log" | head -8
+  # KNOB_CHECKS: ';'-separated sets of VAR=VALUE words, each checked in a run of its own
+  # (knob_checks_N.json, N from 1), so that one knob's failure or hang leaves the others' checks.
+  local c=0 sets
+  IFS=';' read -ra sets <<< "${KNOB_CHECKS:-$all}"
+  for cs in "${sets[@]}"; do
+    c=$((c + 1))
+    ( for kv in $cs; do export "$kv"; done
+      timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
+        --scheme "${AB_CHECK_SCHEMES:-${AB_SCHEMES:-bf16,fp8-channel,fp8-block}}" 2> "$out/knob_checks_$c.log" > "$out/knob_checks_$c.json"
+      echo "knob checks $c ($cs): exit $?, $(grep -c '^PASS' "$out/knob_checks_$c.log") passed, $(grep -c '^FAIL' "$out/knob_checks_$c.log") failed" )
+    grep -E "^FAIL|MISMATCH|differ|note:" "$out/knob_checks_$c.log" | head -8
+  done
   python3 - "$out" "$i" <<'PY'
 import json, os, sys
 out, n = sys.argv[1], int(sys.argv[2])
@@ -336,12 +344,12 @@ PY
 # The shipped table re-chosen from ppab's three timings of each case (adopt_ab.py: the fastest of
 # shipped, heuristics alone and ping-pong, where it beats shipped by ADOPT_MARGIN and its checks
 # passed) into $out/tuned.json, which a later sbs step then reads.
-# ADOPT_KNOB=N reads knobab's files instead (entry N the candidate).
+# ADOPT_KNOB=N reads knobab's files instead (entry N the candidate, checks set ADOPT_CHECKS).
 adopt() {
   cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
   if [ -n "${ADOPT_KNOB:-}" ]; then
     python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/knob_shipped.json" \
-      --heuristic "$out/knob_heur.json" --candidate "$out/knob_$ADOPT_KNOB.json" --candidate-checks "$out/knob_checks.json" \
+      --heuristic "$out/knob_heur.json" --candidate "$out/knob_$ADOPT_KNOB.json" --candidate-checks "$out/knob_checks_${ADOPT_CHECKS:-1}.json" \
       --margin "${ADOPT_MARGIN:-0.02}" --write
   else
     python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \

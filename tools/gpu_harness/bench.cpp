@@ -834,6 +834,15 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
       plan.set_fp8_fast_acc(false);
       for (auto& k : plan.sources()) sets.emplace(k.source, k);
     }
+  // Two-block clusters sharing the weight tile (sm_90a: MOEQ_CT_WS_MULTICAST), on the
+  // warp-specialized tiles the heuristics take for every scheme at M = 8192 and 1024.
+  if (lim.sm_major == 9)
+    for (const auto& s : schemes)
+      for (const int64_t m : {1024, 8192}) {
+        MoePlan plan(s.scheme, LayerDims{8, 0, 4096, 14336, 2}, m, lim);
+        plan.set_ws_multicast(true);
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);

@@ -68,6 +68,17 @@ bool a_prefetch_asked() {
   return v != nullptr && std::string(v) == "1";
 }
 
+// MOEQ_CT_WS_MULTICAST=1 (measuring): the warp-specialized fp8 and bf16 GEMMs (not ping-pong)
+// run as two-block clusters on consecutive m tiles of one n tile, each block loading half of
+// the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
+bool ws_multicast_asked() {
+  const char* v = std::getenv("MOEQ_CT_WS_MULTICAST");
+  return v != nullptr && std::string(v) == "1";
+}
+bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
+  return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
+}
+
 // Shared memory of a GEMM instantiation, as GroupedGemm / WgmmaGemm::kSmemBytes compute it.
 int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
 
@@ -96,8 +107,8 @@ std::string gemm_type(const GpuScheme& sc, bool gated, int bm, const GemmTile& t
 // sequence waits for its predecessors first: pdl_enter in moe_device.cuh).
 void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned smem, cu::Stream stream, void* args,
             const char* what, bool pdl, const std::function<void(const char*)>& after = {}, void* second = nullptr,
-            unsigned gz = 1) {
-  void* params[] = {args, second};
+            unsigned gz = 1, void* third = nullptr) {
+  void* params[] = {args, second, third};
   const unsigned grid[3] = {gx, gy, gz}, block[3] = {threads, 1, 1};
   cu::launch(f, grid, block, smem, stream, params, pdl, what);
   if (after) after(what);
@@ -108,8 +119,10 @@ void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned
 // every end. GEMM1 (gated): w13 as [E][2][I][K], a box of bn/2 rows of both halves (gate rows,
 // then the same columns' up rows); GEMM2: w2 as E * N rows of K, boxes of bn rows. Only the
 // warp-specialized kernels read it; the others get zeros.
+// `half`: boxes of half the rows (GEMM1: bn/2 rows of one of the two halves), the share of a
+// weight tile one block of a two-block cluster loads for both (multicast_tile).
 mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, int64_t experts, int64_t n, int64_t k,
-                      const char* what) {
+                      const char* what, bool half = false) {
   mk::TmaMap m{};
   if (!t.ws) return m;
   constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzleNone = 0, kSwizzle128 = 3, kL2Promote256 = 3,
@@ -120,10 +133,10 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
   const unsigned box_k = w8 ? 64 : static_cast<unsigned>(128 / elem);
   const u64 dims4[4] = {static_cast<u64>(k), static_cast<u64>(n), 2, static_cast<u64>(experts)};
   const u64 strides4[3] = {row, row * static_cast<u64>(n), 2 * row * static_cast<u64>(n)};
-  const unsigned box4[4] = {box_k, static_cast<unsigned>(t.bn / 2), 2, 1};
+  const unsigned box4[4] = {box_k, static_cast<unsigned>(t.bn / 2), half ? 1u : 2u, 1};
   const u64 dims2[2] = {static_cast<u64>(k), static_cast<u64>(experts * n)};
   const u64 strides2[1] = {row};
-  const unsigned box2[2] = {box_k, static_cast<unsigned>(t.bn)};
+  const unsigned box2[2] = {box_k, static_cast<unsigned>(half ? t.bn / 2 : t.bn)};
   const unsigned element_strides[4] = {1, 1, 1, 1};
   cu::check(cu::driver().cuTensorMapEncodeTiled(&m, elem == 1 ? kU8 : kU16, gated ? 4 : 2, const_cast<void*>(w),
                                                gated ? dims4 : dims2, gated ? strides4 : strides2,
@@ -251,6 +264,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found '" + f + "'");
     fp8_fast_acc_ = f == "1";
   }
+  ws_multicast_ = ws_multicast_asked();
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -286,7 +300,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
                      std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224") ||
-                     std::getenv("MOEQ_CT_A_PREFETCH");
+                     std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();
@@ -391,7 +405,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
   return out.size() - 1;
 }
 
-Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc) {
+Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -433,10 +447,13 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     k.name = prefix + "_g" + s(gi) + "_bm" + s(b.bm) + "_n" + s(t.bn) +
              (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
              (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
-             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "");
+             (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
+             (multicast_tile(sc, t, multicast) ? "_mc" : "");
+    const bool mc = multicast_tile(sc, t, multicast);
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && a_prefetch_asked()) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
+    if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -444,10 +461,14 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const std::string G = "G" + s(gi);
     src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc) + ";\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
-    src += "extern \"C\" __global__ void __launch_bounds__(" + G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") +
-           ") moe_gemm" + s(gi) + "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b) {\n"
+    // Clusters: two blocks, and the half-box map as a third parameter.
+    src += std::string("extern \"C\" __global__ void ") + (mc ? "__cluster_dims__(2, 1, 1) " : "") + "__launch_bounds__(" +
+           G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") + ") moe_gemm" + s(gi) +
+           "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b" +
+           (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
+           ") {\n"
            "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
-           (t.ws ? "tmap_b, " : "") + "smem);\n}\n";
+           (t.ws ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
     return add_program(p.sources, std::move(k));
   };
   for (const Bucket& b : buckets) {
@@ -463,11 +484,11 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_).buckets;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -634,19 +655,28 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // (sm90_moe_ws.cuh), persistent ones as many blocks as the SMs hold at once; the others
     // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
-    auto ws_grid = [&](unsigned tiles, const GemmTile& t) {
+    // Clusters (multicast_tile): pairs of m tiles, two blocks a pair, an even grid.
+    auto ws_grid = [&](unsigned n_tiles, const GemmTile& t) {
       const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm, t));
-      return std::min(tiles, resident);
+      if (multicast_tile(sc, t, p.ws_multicast())) return 2 * std::min(((mt + 1) / 2) * n_tiles, resident / 2);
+      return std::min(mt * n_tiles, resident);
     };
-    go(f.gemm1, b.gemm1.ws ? ws_grid(mt * n1, b.gemm1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-       gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1);
+    mk::TmaMap half1{}, half2{};
+    if (multicast_tile(sc, b.gemm1, p.ws_multicast()))
+      half1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
+                         "cuTensorMapEncodeTiled(w13, half boxes)", true);
+    if (multicast_tile(sc, b.gemm2, p.ws_multicast()))
+      half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
+                         "cuTensorMapEncodeTiled(w2, half boxes)", true);
+    go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+       gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
-    go(f.gemm2, b.gemm2.ws ? ws_grid(mt * n2, b.gemm2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+    go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
        gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
-       static_cast<unsigned>(b.k_splits));
+       static_cast<unsigned>(b.k_splits), &half2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.
     const int64_t work = m * d.hidden / 8;

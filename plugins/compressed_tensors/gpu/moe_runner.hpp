@@ -134,6 +134,10 @@ class MoePlan {
   // kernels, are unaffected.
   void set_fp8_fast_acc(bool on) { fp8_fast_acc_ = on; }
   bool fp8_fast_acc() const { return fp8_fast_acc_; }
+  // Two-block clusters sharing the weight tile on the warp-specialized fp8 and bf16 GEMMs (not
+  // ping-pong): MOEQ_CT_WS_MULTICAST=1, for measuring.
+  void set_ws_multicast(bool on) { ws_multicast_ = on; }
+  bool ws_multicast() const { return ws_multicast_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -160,6 +164,7 @@ class MoePlan {
   DeviceLimits device_;
   std::vector<Bucket> buckets_;
   HeuristicInput hin_;
+  bool ws_multicast_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

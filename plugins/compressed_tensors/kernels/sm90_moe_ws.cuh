@@ -47,6 +47,19 @@ namespace moeq_kernels {
 // f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
 // scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
 //
+// MOEQ_WS_MULTICAST (defined by the generated source under MOEQ_CT_WS_MULTICAST=1, for
+// measuring; launched as two-block clusters): the walk is over pairs of m tiles (2q, 2q + 1) of
+// one n tile, the block of cluster rank r taking tile 2q + r. Where both tiles have the same
+// expert, each block's producer loads half of the weight tile (GEMM1: the gate or the up rows)
+// by one TMA multicast into both blocks, so that the pair reads the weight tile from L2 once
+// (a 128-row tile's weights are two thirds of its bytes); otherwise each loads the whole tile
+// for itself. Either block's producer writes into the other's ring, so a slot's "empty" barrier
+// counts the consumers of both blocks (each consumer warp arrives on its own block's and on the
+// other's). Rank 0 takes the pair's entry from the counter and hands it to rank 1 through its
+// shared memory and a pair of cluster-scope mbarriers; a second block past the last tile runs
+// the pair with padding rows only. Both blocks meet at a cluster barrier after initializing
+// their barriers and before leaving.
+//
 // MOEQ_WS_A_PREFETCH_256 (defined by the generated source under MOEQ_CT_A_PREFETCH=1, for
 // measuring): the producer's A copies ask L2 for 256-byte blocks, so that a row's next K tile is
 // already in L2 when it is gathered.
@@ -61,6 +74,13 @@ namespace moeq_kernels {
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
           bool kFastAcc = false, bool kPingPong = false>
 struct WsGemm {
+#ifdef MOEQ_WS_MULTICAST
+  static constexpr bool kMcAsked = true;
+#else
+  static constexpr bool kMcAsked = false;
+#endif
+  // Two-block clusters that share the weight tile (see the header): fp8 and bf16, not ping-pong.
+  static constexpr bool kMc = kMcAsked && !kPingPong && kKind != kKindW8A16;
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kTileWGs = kPingPong ? 1 : kConsumers;  // consumer warpgroups on one tile
   static constexpr int kSets = kPingPong ? 4 : 2;               // sets of per-tile lists
@@ -117,6 +137,36 @@ struct WsGemm {
     const int rows = min(group_m, m_tiles - first);
     mt = first + in % rows;
     nt = in / rows;
+  }
+
+  // What entry b of the walk gives this block: its m tile, n tile and expert; `valid` false for
+  // a cluster's second block past the last tile (its rows are all padding), `shared` when both
+  // blocks of the cluster have the same expert, so that the weight tile is multicast. Without
+  // clusters the walk is over m tiles; with them over pairs of m tiles (2q, 2q + 1), the block
+  // of rank r taking 2q + r.
+  struct TileRef {
+    int tile, nt, e;
+    bool valid, shared;
+  };
+  __device__ __forceinline__ static TileRef decode(const MoeArgs& a, int b, int n_tiles, int group_m, int used, u32 rank) {
+    TileRef t;
+    if (!kMc) {
+      tile_of(b, a.max_tiles, n_tiles, group_m, t.tile, t.nt);
+      t.e = a.tile_expert[t.tile];
+      t.valid = true;
+      t.shared = false;
+      return t;
+    }
+    int q;
+    tile_of(b, (a.max_tiles + 1) / 2, n_tiles, group_m, q, t.nt);
+    const int t0 = 2 * q;
+    const bool second = t0 + 1 < used;
+    const int e0 = a.tile_expert[t0], e1 = second ? a.tile_expert[t0 + 1] : e0;
+    t.tile = t0 + static_cast<int>(rank);
+    t.valid = rank == 0 || second;
+    t.e = rank == 0 ? e0 : e1;
+    t.shared = e0 == e1;
+    return t;
   }
 
   // W8A16, by consumer warpgroup cw: its share of tile kc's codes (slot kc % STAGES, once their
@@ -218,7 +268,10 @@ struct WsGemm {
 #endif
   }
 
-  __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
+  // tmap_half (clusters only): boxes of half the tile's B rows (GEMM1: the gate or the up half),
+  // the share of the weight tile one block of the cluster loads for both.
+  __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw,
+                                             const TmaMap* tmap_half = nullptr) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // Per-tile lists the consumers read, kSets sets: the producer fills the next tiles' while
     // the consumers still read theirs (tile j: set j % kSets). s_arow is the producer's own.
@@ -229,13 +282,17 @@ struct WsGemm {
     __shared__ int s_next;      // the producer's thread 0 hands the entry it took to the others
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
     __shared__ float s_wcol[kSets][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    // Clusters: the entry rank 0 took, written into rank 1's s_peer_next; s_hand[0] (in rank 1):
+    // written, s_hand[1] (in rank 0): read, one phase a tile.
+    __shared__ int s_peer_next;
+    __shared__ alignas(8) unsigned long long s_hand[kMc ? 2 : 1];
     const GemmGeom<kGated> geo(a);
     const int n_tiles = kGated ? (geo.N + BN / 2 - 1) / (BN / 2) : (geo.N + BN - 1) / BN;
     // The flattened (m tile, n tile) grid. A persistent block takes entries from a counter of
     // the launch (zeroed by prepare) in the order blocks ask for them, as the hardware hands out
     // blocks, so that the tiles in flight stay a compact window of the walk (a fixed stride
     // lets fast and slow blocks drift apart, and L2 with them: measured 12-18 % slower GEMM2s).
-    const int grid_tiles = a.max_tiles * n_tiles;
+    const int grid_tiles = (kMc ? (a.max_tiles + 1) / 2 : a.max_tiles) * n_tiles;
     const int group_m = a.group_m > 0 ? a.group_m : kGroupM;
     const int used_tiles = *a.num_tiles;
     int* const counter = a.tile_counters + (kGated ? 0 : 1);
@@ -245,9 +302,26 @@ struct WsGemm {
         const int b = atomicAdd(counter, 1);
         if (b >= grid_tiles) return -1;
         int tile, nt;
-        tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
-        if (tile < used_tiles) return b;
+        tile_of(b, kMc ? (a.max_tiles + 1) / 2 : a.max_tiles, n_tiles, group_m, tile, nt);
+        if ((kMc ? 2 * tile : tile) < used_tiles) return b;
       }
+    };
+    const u32 rank = kMc ? cluster_ctarank() : 0;
+    const u32 hand0 = smem_u32(&s_hand[0]);
+    // Clusters: rank 0 takes the entry of the block pair's tile j and hands it to rank 1.
+    auto take_shared = [&](int j) {
+      if (!kMc) return take();
+      if (rank == 0) {
+        const int b = take();
+        if (j > 0) mbar_wait_cluster(hand0 + 8, (j - 1) & 1);  // rank 1 has read entry j - 1
+        cluster_store_u32(cluster_map(smem_u32(&s_peer_next), 1), static_cast<u32>(b));
+        mbar_arrive_cluster(cluster_map(hand0, 1));
+        return b;
+      }
+      mbar_wait_cluster(hand0, j & 1);
+      const int b = *static_cast<volatile int*>(&s_peer_next);
+      mbar_arrive_cluster(cluster_map(hand0 + 8, 0));
+      return b;
     };
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);
     const u32 s_base = smem_u32(smem);
@@ -262,17 +336,27 @@ struct WsGemm {
       for (int s = 0; s < STAGES; ++s) {
         // The producer's threads (+ the TMA issuer, whose bytes W8A16 counts on its own barrier).
         mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
-        mbar_init(empty0 + 8 * s, kTileWGs * 4);  // every warp of the tile's consumers
+        // Every warp of the tile's consumers (clusters: of both blocks, since either block's
+        // producer writes its half of B into both).
+        mbar_init(empty0 + 8 * s, kTileWGs * 4 * (kMc ? 2 : 1));
         if (kW8) mbar_init(bfull0 + 8 * s, 1);
       }
       for (int s = 0; s < kSets; ++s) {
         mbar_init(meta_full0 + 8 * s, 128);              // every producer thread
         mbar_init(meta_empty0 + 8 * s, kTileWGs * 128);  // every thread of the tile's consumers
       }
+      if (kMc) {
+        mbar_init(hand0, 1);
+        mbar_init(hand0 + 8, 1);
+      }
       asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
       fence_proxy_async();
     }
-    __syncthreads();
+    // Clusters: no block touches the other's barriers before both have initialized theirs.
+    if (kMc)
+      cluster_sync();
+    else
+      __syncthreads();
     const int KT = (geo.K + kTileK - 1) / kTileK;
 
     if (wg == 0) {
@@ -295,7 +379,7 @@ struct WsGemm {
         const int set = j % kSets;
         if (j >= kSets) mbar_wait(meta_empty0 + 8 * set, ((j - kSets) / kSets) & 1);  // tile j - kSets's epilogue is done
         producers_meet();  // every thread has issued the previous tile's copies from s_arow
-        if (tid == 0) s_next = take();
+        if (tid == 0) s_next = take_shared(j);
         producers_meet();
         const int b = s_next;
         if (tid == 0) s_tile[set] = b;
@@ -309,12 +393,11 @@ struct WsGemm {
           }
           break;
         }
-        int tile, nt;
-        tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
-        const int e = a.tile_expert[tile];
-        const int n0 = nt * (kGated ? BN / 2 : BN);
+        const TileRef tr = decode(a, b, n_tiles, group_m, used_tiles, rank);
+        const int tile = tr.tile, e = tr.e;
+        const int n0 = tr.nt * (kGated ? BN / 2 : BN);
         for (int r = tid; r < BM; r += 128) {
-          const int p = a.sorted_pair[tile * BM + r];
+          const int p = tr.valid ? a.sorted_pair[tile * BM + r] : -1;
           s_pair[set][r] = p;
           s_arow[r] = p >= 0 ? p / geo.a_div : -1;  // one division a row and tile, not a stage
         }
@@ -328,7 +411,14 @@ struct WsGemm {
           const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
           if (tid == 0) {
             mbar_arrive_expect_tx(bbar, kBStage);
-            if (kGated) {
+            if (kMc && tr.shared) {
+              // This block's half of the weight tile, into both blocks at the same offset.
+              const u32 dst = sA + kAStage + rank * (BN / 2) * 128;
+              if (kGated)
+                tma_load_4d_multicast(dst, tmap_half, kt * kTileK, n0, static_cast<int>(rank), e, bbar, 0x3);
+              else
+                tma_load_2d_multicast(dst, tmap_half, kt * kTileK, b_row + static_cast<int>(rank) * (BN / 2), bbar, 0x3);
+            } else if (kGated) {
               // w13 as [E][2][I][H]: one box of BN/2 gate rows and the same columns' up rows.
               tma_load_4d(sA + kAStage, &tmap_b, kt * kTileK, n0, 0, e, bbar);
             } else {
@@ -351,6 +441,7 @@ struct WsGemm {
           cp_async_mbar_arrive(full);
         }
       }
+      if (kMc) cluster_sync();  // neither block leaves while the other may still write into it
       return;
     }
 
@@ -368,6 +459,12 @@ struct WsGemm {
     auto turn_done = [&](int j) {
       if (kPingPong) asm volatile("bar.arrive %0, 256;\n" ::"r"(3 + (j & 1)) : "memory");
     };
+    // Slot s read by this warp's MMAs: free for this block's producer and (clusters) the other
+    // block's, which writes its half of B into this block's slot too.
+    auto release = [&](int s) {
+      mbar_arrive(empty0 + 8 * s);
+      if (kMc) mbar_arrive_cluster(cluster_map(empty0 + 8 * s, rank ^ 1));
+    };
     for (int j = kPingPong ? cw : 0;; j += kPingPong ? 2 : 1) {  // j: the block's tiles, in the order taken
       const int set = j % kSets;
       mbar_wait(meta_full0 + 8 * set, (j / kSets) & 1);
@@ -379,10 +476,9 @@ struct WsGemm {
         break;
       }
       int it = j * KT;  // K tiles of the ring consumed before this tile (every tile has KT)
-      int tile, nt;
-      tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
-      const int e = a.tile_expert[tile];
-      const int n0 = nt * (kGated ? BN / 2 : BN);
+      const TileRef tr = decode(a, b, n_tiles, group_m, used_tiles, rank);
+      const int e = tr.e;
+      const int n0 = tr.nt * (kGated ? BN / 2 : BN);
       const int r0 = (kPingPong ? 0 : cw * 64) + wq * 16 + g;
       const int prow[2] = {s_pair[set][r0], s_pair[set][r0 + 8]};
 
@@ -442,7 +538,7 @@ struct WsGemm {
             wgmma_commit();
             wgmma_wait0();
             fence_regs<kPartAcc>(part);
-            if (hn == kHalvesN - 1 && lane == 0) mbar_arrive(empty0 + 8 * s);
+            if (hn == kHalvesN - 1 && lane == 0) release(s);
             // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
             // fragment f: (column f * 8) / 64.
             promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
@@ -481,7 +577,7 @@ struct WsGemm {
           // The previous K tile's MMAs are done once at most this one is pending: its stage is free.
           wgmma_wait1();
           fence_regs<kAcc>(acc);
-          if (kt > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
+          if (kt > 0 && lane == 0) release((it - 1) % STAGES);
           if (kW8 && kt + 1 < KT) {
             // K tile kt - 1's MMAs are done in both warpgroups: its bf16 tile takes tile kt + 1,
             // converted while tile kt's MMAs run.
@@ -493,7 +589,7 @@ struct WsGemm {
         wgmma_wait0();
         fence_regs<kAcc>(acc);
         // The tile's last stage is free too (the producer may be filling the next tile).
-        if (KT > 0 && lane == 0) mbar_arrive(empty0 + 8 * ((it - 1) % STAGES));
+        if (KT > 0 && lane == 0) release((it - 1) % STAGES);
       }
 
       auto out_col = [&](int f) {
@@ -511,6 +607,7 @@ struct WsGemm {
       }
       mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
     }
+    if (kMc) cluster_sync();  // the producers' exit meets this (see there)
 #else
     static_assert(kKind < 0, "warp-specialized kernels need sm_90a");
 #endif

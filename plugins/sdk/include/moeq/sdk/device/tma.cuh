@@ -2,8 +2,9 @@
 // (plain, with an expected byte count, and as the completion of a thread's earlier cp.async),
 // the parity wait, 2-D and 4-D TMA loads into shared memory that complete on an mbarrier (the
 // map: a CUtensorMap the host encoded, passed as a __grid_constant__ parameter), and setmaxnreg
-// for warp-specialized kernels. The expected-bytes arrival and the wait exist from sm_90, the TMA
-// and setmaxnreg wrappers only when compiling for sm_90a.
+// for warp-specialized kernels, and the cluster operations of blocks that share a TMA load
+// (multicast). The expected-bytes arrival and the wait exist from sm_90, the TMA, cluster and
+// setmaxnreg wrappers only when compiling for sm_90a.
 #pragma once
 #include "moeq/sdk/device/types.cuh"
 
@@ -53,6 +54,55 @@ __device__ __forceinline__ void tma_load_4d(u32 dst, const void* map, int c0, in
       "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
       "[%6];\n" ::"r"(dst),
       "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+// Thread-block clusters (sm_90a): this block's rank in its cluster; a shared-memory address of
+// this block mapped to the same offset in block `rank` of the cluster; a 32-bit store and an
+// mbarrier arrival there (release at cluster scope: the block's earlier writes are visible to
+// whoever the arrival completes a phase for); the parity wait with acquire at cluster scope; and
+// a barrier of every thread of the cluster.
+__device__ __forceinline__ u32 cluster_ctarank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ u32 cluster_map(u32 addr, u32 rank) {
+  u32 out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(out) : "r"(addr), "r"(rank));
+  return out;
+}
+__device__ __forceinline__ void cluster_store_u32(u32 cluster_addr, u32 v) {
+  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(cluster_addr), "r"(v) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_cluster(u32 cluster_bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait_cluster(u32 bar, unsigned parity) {
+  asm volatile(
+      "{\n.reg .pred p;\nWS_CWAIT:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
+      "@!p bra WS_CWAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+// The TMA loads above, written to the same offset `dst` of every block of `mask` (bit i: rank i)
+// in the cluster, each completing its bytes on the mbarrier at offset `bar` of that block.
+__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* map, int c0, int c1, u32 bar, u16 mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d_multicast(u32 dst, const void* map, int c0, int c1, int c2, int c3, u32 bar,
+                                                      u16 mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%2, %3, %4, %5}], [%6], %7;\n" ::"r"(dst),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar), "h"(mask)
       : "memory");
 }
 template <int N>
