@@ -27,14 +27,12 @@ __device__ __forceinline__ void cp_async_mbar_arrive(u32 bar) {
 __device__ __forceinline__ void mbar_arrive_expect_tx(u32 bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// The parity wait's loop around one try_wait instruction `op` (operands: barrier, parity).
+#define MOEQ_MBAR_WAIT_LOOP(label, op) "{\n.reg .pred p;\n" label ":\n" op " p, [%0], %1;\n@!p bra " label ";\n}\n"
 // Spins until the barrier's phase of this parity has completed.
 __device__ __forceinline__ void mbar_wait(u32 bar, unsigned parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nWS_WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WS_WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  asm volatile(MOEQ_MBAR_WAIT_LOOP("WS_WAIT", "mbarrier.try_wait.parity.shared::cta.b64")::"r"(bar), "r"(parity)
+               : "memory");
 }
 #endif
 
@@ -78,12 +76,9 @@ __device__ __forceinline__ void mbar_arrive_cluster(u32 cluster_bar) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
 }
 __device__ __forceinline__ void mbar_wait_cluster(u32 bar, unsigned parity) {
-  asm volatile(
-      "{\n.reg .pred p;\nWS_CWAIT:\n"
-      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WS_CWAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
+  asm volatile(MOEQ_MBAR_WAIT_LOOP("WS_CWAIT", "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64")::"r"(bar),
+               "r"(parity)
+               : "memory");
 }
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
