@@ -517,3 +517,97 @@ TEST_CASE("plan: MOEQ_CT_FP8_FAST_ACCUM takes 0 or 1 and names itself otherwise"
   if (old) ::setenv("MOEQ_CT_FP8_FAST_ACCUM", keep.c_str(), 1);
   else ::unsetenv("MOEQ_CT_FP8_FAST_ACCUM");
 }
+
+TEST_CASE("tune: 224-wide tiles run 128 rows warp-specialized, bf16 or fp8 without block or group scales, five stages") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  gpu::GemmTile t{224, 2, 4, 5};
+  t.wgmma = t.ws = true;
+  gpu::GpuScheme bf16;
+  bf16.kind = mk::kKindBf16;
+  bf16.wscale = mk::kWNone;
+  bf16.amode = mk::kANone;
+  for (const gpu::GpuScheme& sc : {fp8_channel(), bf16}) {
+    CAPTURE(sc.key());
+    const gpu::HeuristicInput in = untuned(sc, d, 8192);
+    CHECK(gpu::tile_refusal(in, 128, t, true).empty());
+    CHECK(gpu::tile_refusal(in, 128, t, false).empty());
+    gpu::GemmTile six = t;
+    six.stages = 6;  // 6 x 44 KiB does not fit 227 KiB
+    CHECK(gpu::tile_refusal(in, 128, six, true).find("shared memory") != std::string::npos);
+    gpu::GemmTile rows64 = t;
+    rows64.warps_m = 1;
+    CHECK(gpu::tile_refusal(in, 64, rows64, true).find("224-wide tiles are 128 rows") != std::string::npos);
+    // The tuner offers it next to the 256-wide tile, five stages deep.
+    const std::vector<gpu::Bucket> c = gpu::tile_candidates(in, 8192);
+    CHECK(std::any_of(c.begin(), c.end(), [](const gpu::Bucket& b) {
+      return b.bm == 128 && b.gemm1.ws && b.gemm1.bn == 224 && b.gemm1.stages == 5;
+    }));
+    // The heuristics take it only when asked (MOEQ_CT_WS_BN224=1), where they took 256 wide.
+    CHECK(gpu::heuristic_bucket(in, 8192).gemm1.bn == 256);
+    gpu::HeuristicInput asked = in;
+    asked.ws_bn224 = true;
+    const gpu::Bucket b = gpu::heuristic_bucket(asked, 8192);
+    CHECK(b.gemm1.bn == 224);
+    CHECK(b.gemm2.bn == 224);
+    CHECK(b.gemm1.stages == 5);
+    // A plan of it compiles a 224-wide WsGemm.
+    const gpu::MoePlan plan(sc, d, 8192, h100(), {gpu::Bucket{8192, 128, t, t}});
+    bool found = false;
+    for (const auto& k : plan.sources()) found = found || k.source.find(", 128, 224, 5,") != std::string::npos;
+    CHECK(found);
+  }
+  for (const gpu::GpuScheme& sc : {fp8_block(), w8a16()}) {
+    CAPTURE(sc.key());
+    const gpu::HeuristicInput in = untuned(sc, d, 8192);
+    CHECK(gpu::tile_refusal(in, 128, t, true).find("224-wide tiles are 128 rows of bf16 or fp8 without block or group scales") !=
+          std::string::npos);
+    const std::vector<gpu::Bucket> c = gpu::tile_candidates(in, 8192);
+    CHECK(std::none_of(c.begin(), c.end(), [](const gpu::Bucket& b) { return b.gemm1.bn == 224; }));
+    gpu::HeuristicInput asked = in;
+    asked.ws_bn224 = true;
+    CHECK(gpu::heuristic_bucket(asked, 8192).gemm1.bn != 224);
+  }
+  // A table entry naming it reads back.
+  CHECK(gpu::tile_text(gpu::parse_tile_text("ws 224 w2x4 s5", "entry")) == "ws 224 w2x4 s5");
+}
+
+TEST_CASE("plan: two-block clusters change only the warp-specialized fp8 and bf16 GEMMs, not ping-pong or W8A16") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  gpu::GpuScheme bf16;
+  bf16.kind = mk::kKindBf16;
+  bf16.wscale = mk::kWNone;
+  bf16.amode = mk::kANone;
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), bf16, w8a16()}) {
+    for (const int64_t m : {1, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      gpu::MoePlan plan(sc, d, m, h100());
+      CHECK_FALSE(plan.ws_multicast());  // off unless MOEQ_CT_WS_MULTICAST=1
+      const auto before = plan.sources();
+      plan.set_ws_multicast(true);
+      const auto after = plan.sources();
+      REQUIRE(after.size() == before.size());
+      const bool ws = plan.buckets().back().gemm1.ws;
+      const bool applies = ws && sc.kind != mk::kKindW8A16;
+      int changed = 0;
+      for (std::size_t i = 0; i < after.size(); ++i) {
+        const bool mc = after[i].name.find("_mc") != std::string::npos;
+        CHECK(mc == (after[i].source != before[i].source));
+        CHECK(mc == (after[i].source.find("__cluster_dims__(2, 1, 1)") != std::string::npos));
+        CHECK(mc == (after[i].source.find("#define MOEQ_WS_MULTICAST 1") != std::string::npos));
+        CHECK(mc == (after[i].source.find("TmaMap tmap_h") != std::string::npos));
+        if (mc) {
+          ++changed;
+          CHECK(after[i].source.find("WsGemm<") != std::string::npos);
+        }
+      }
+      CHECK((changed > 0) == applies);
+    }
+  }
+  // Ping-pong tiles keep one block (their warpgroups already alternate tiles).
+  gpu::GemmTile pp{256, 1, 4, 5};
+  pp.wgmma = pp.ws = pp.pingpong = true;
+  gpu::MoePlan plan(fp8_channel(), d, 8192, h100(), {gpu::Bucket{8192, 64, pp, pp}});
+  plan.set_ws_multicast(true);
+  for (const auto& k : plan.sources()) CHECK(k.name.find("_mc") == std::string::npos);
+}
