@@ -658,7 +658,8 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // Clusters (multicast_tile): pairs of m tiles, two blocks a pair, an even grid.
     auto ws_grid = [&](unsigned n_tiles, const GemmTile& t) {
       const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm, t));
-      if (multicast_tile(sc, t, p.ws_multicast())) return 2 * std::min(((mt + 1) / 2) * n_tiles, resident / 2);
+      if (multicast_tile(sc, t, p.ws_multicast()))
+        return 2 * std::min(((mt + 1) / 2) * n_tiles, std::max(1u, resident / 2));
       return std::min(mt * n_tiles, resident);
     };
     mk::TmaMap half1{}, half2{};
