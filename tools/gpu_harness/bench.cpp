@@ -180,6 +180,14 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
                      {ct::gpu::Bucket{chunk, 64, t, t}}});
     }
   }
+  // An odd number of 128-row warp-specialized tiles, experts of three tiles each (5 of 8 local,
+  // M = 1200): under two-block clusters (MOEQ_CT_WS_MULTICAST) the pairs of m tiles then share
+  // an expert, straddle two, and end in a pair whose second tile is past the last one.
+  if (s.scheme.kind != mk::kKindW8A16 && ws) {
+    ct::gpu::GemmTile t{128, 2, 4, 6};
+    t.wgmma = t.ws = true;
+    out.push_back({"odd-tiles", s, LayerDims{5, 1, 272, 176, 2}, 8, 1200, 1200, false, {ct::gpu::Bucket{1200, 128, t, t}}});
+  }
   // 224-wide tiles (five ring stages of 128 rows): GEMM1 ends in a partial tile of I = 176 (112
   // columns a tile) and GEMM2 in one of H = 272; one chunk, then a chunked M.
   if (s.scheme.kind != mk::kKindW8A16 && s.scheme.wscale != mk::kWBlock && s.scheme.amode != mk::kAGroup) {
