@@ -25,6 +25,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <ostream>
@@ -313,7 +314,14 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
   mi.a1_static = layer.weights().a1_static;
   mi.a2_static = layer.weights().a2_static;
   mi.chunk = k.chunk;
-  mi.expert = [&](int64_t le) { return layer.expert(le); };
+  // Each expert dequantized once for every forward of this check (chunks, and the second
+  // forward on the GPU's own intermediate below): a real shape's experts are ~40 M weights each.
+  std::map<int64_t, std::shared_ptr<const ExpertFloat>> dequantized;
+  mi.expert = [&](int64_t le) {
+    auto it = dequantized.find(le);
+    if (it == dequantized.end()) it = dequantized.emplace(le, std::make_shared<const ExpertFloat>(layer.expert(le))).first;
+    return it->second;
+  };
   mi.bf16_rows = [&](int64_t m) { return plan.buckets()[ct::gpu::bucket_for(plan.buckets(), m)].k_splits == 1; };
   const MirrorResult mr = mirror_forward(mi);
   const std::vector<float>& ref_out = mr.out;

@@ -79,7 +79,7 @@ MirrorResult mirror_forward(const MirrorInput& in) {
     int64_t token, slot, local;
   };
   std::vector<Pair> pairs;
-  std::map<int64_t, ExpertFloat> experts;
+  std::map<int64_t, std::shared_ptr<const ExpertFloat>> experts;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t j = 0; j < k; ++j) {
       const int64_t le = in.ids[m * k + j] - d.first_expert;
@@ -99,7 +99,7 @@ MirrorResult mirror_forward(const MirrorInput& in) {
   std::vector<float> h(static_cast<size_t>(R * I));
   result.h.resize(h.size());
   parallel(R, [&](int64_t r) {
-    const ExpertFloat& w = experts.at(pairs[r].local);
+    const ExpertFloat& w = *experts.at(pairs[r].local);
     const float* xa = a1.data() + pairs[r].token * H;
     for (int64_t i = 0; i < I; ++i) {
       const float g = static_cast<float>(dot(xa, w.w13.data() + i * H, H));
@@ -116,7 +116,7 @@ MirrorResult mirror_forward(const MirrorInput& in) {
       for (int64_t i = 0; i < I; ++i) h[r * I + i] = in.gemm2_input(result.pairs[r], i);
   std::vector<float> y(static_cast<size_t>(R * H));
   parallel(R, [&](int64_t r) {
-    const ExpertFloat& w = experts.at(pairs[r].local);
+    const ExpertFloat& w = *experts.at(pairs[r].local);
     const float tw = in.weights[pairs[r].token * k + pairs[r].slot];
     for (int64_t n = 0; n < H; ++n) y[r * H + n] = static_cast<float>(dot(h.data() + r * I, w.w2.data() + n * I, I)) * tw;
   });

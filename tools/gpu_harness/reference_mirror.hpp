@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -29,8 +30,9 @@ struct MirrorInput {
   // The kernels run M in chunks of this many tokens; dynamic per-tensor scales are per chunk
   // (as vLLM's chunked path). 0 = one chunk.
   int64_t chunk = 0;
-  // Dequantized weights of local expert `le` (called once per expert the batch uses).
-  std::function<ExpertFloat(int64_t le)> expert;
+  // Dequantized weights of local expert `le` (called once per expert a chunk uses; shared, so
+  // that a caller may keep them for its next forward instead of dequantizing them again).
+  std::function<std::shared_ptr<const ExpertFloat>(int64_t le)> expert;
   // When set, GEMM2 reads these values (the GPU's own requantized intermediate of pair
   // token * k + slot, column i) instead of the mirror's: GEMM2 checked on identical inputs.
   std::function<float(int64_t pair, int64_t i)> gemm2_input;
