@@ -12,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace gpu = moeq::ct::gpu;
 namespace mk = ::moeq_kernels;
@@ -571,6 +572,27 @@ TEST_CASE("tune: 224-wide tiles run 128 rows warp-specialized, bf16 or fp8 witho
   CHECK(gpu::tile_text(gpu::parse_tile_text("ws 224 w2x4 s5", "entry")) == "ws 224 w2x4 s5");
 }
 
+// Turns one of a plan's measuring flags on (`set`) and returns how many of its programs changed,
+// checking that exactly those are named with `suffix`, carry every one of `markers` (which the
+// unchanged ones do not) and instantiate `kernel`.
+static int flag_changes(gpu::MoePlan& plan, void (gpu::MoePlan::*set)(bool), const std::string& suffix,
+                 const std::vector<std::string>& markers, const std::string& kernel) {
+  const auto before = plan.sources();
+  (plan.*set)(true);
+  const auto after = plan.sources();
+  REQUIRE(after.size() == before.size());
+  int changed = 0;
+  for (std::size_t i = 0; i < after.size(); ++i) {
+    const bool named = after[i].name.find(suffix) != std::string::npos;
+    CHECK(named == (after[i].source != before[i].source));
+    for (const std::string& m : markers) CHECK(named == (after[i].source.find(m) != std::string::npos));
+    if (!named) continue;
+    ++changed;
+    CHECK(after[i].source.find(kernel) != std::string::npos);
+  }
+  return changed;
+}
+
 TEST_CASE("plan: two-block clusters change only the warp-specialized fp8 and bf16 GEMMs, not ping-pong or W8A16") {
   const gpu::LayerDims d{8, 0, 4096, 14336, 2};
   gpu::GpuScheme bf16;
@@ -583,24 +605,10 @@ TEST_CASE("plan: two-block clusters change only the warp-specialized fp8 and bf1
       CAPTURE(m);
       gpu::MoePlan plan(sc, d, m, h100());
       CHECK_FALSE(plan.ws_multicast());  // off unless MOEQ_CT_WS_MULTICAST=1
-      const auto before = plan.sources();
-      plan.set_ws_multicast(true);
-      const auto after = plan.sources();
-      REQUIRE(after.size() == before.size());
-      const bool ws = plan.buckets().back().gemm1.ws;
-      const bool applies = ws && sc.kind != mk::kKindW8A16;
-      int changed = 0;
-      for (std::size_t i = 0; i < after.size(); ++i) {
-        const bool mc = after[i].name.find("_mc") != std::string::npos;
-        CHECK(mc == (after[i].source != before[i].source));
-        CHECK(mc == (after[i].source.find("__cluster_dims__(2, 1, 1)") != std::string::npos));
-        CHECK(mc == (after[i].source.find("#define MOEQ_WS_MULTICAST 1") != std::string::npos));
-        CHECK(mc == (after[i].source.find("TmaMap tmap_h") != std::string::npos));
-        if (mc) {
-          ++changed;
-          CHECK(after[i].source.find("WsGemm<") != std::string::npos);
-        }
-      }
+      const bool applies = plan.buckets().back().gemm1.ws && sc.kind != mk::kKindW8A16;
+      const int changed = flag_changes(plan, &gpu::MoePlan::set_ws_multicast, "_mc",
+                                       {"__cluster_dims__(2, 1, 1)", "#define MOEQ_WS_MULTICAST 1", "TmaMap tmap_h"},
+                                       "WsGemm<");
       CHECK((changed > 0) == applies);
     }
   }
@@ -610,4 +618,23 @@ TEST_CASE("plan: two-block clusters change only the warp-specialized fp8 and bf1
   gpu::MoePlan plan(fp8_channel(), d, 8192, h100(), {gpu::Bucket{8192, 64, pp, pp}});
   plan.set_ws_multicast(true);
   for (const auto& k : plan.sources()) CHECK(k.name.find("_mc") == std::string::npos);
+}
+
+TEST_CASE("plan: scales a K tile ahead change only the mma.sync GEMMs that promote (fp8 block or group scales)") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16()}) {
+    for (const int64_t m : {1, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      gpu::MoePlan plan(sc, d, m, h100());
+      CHECK_FALSE(plan.scale_prefetch());  // off unless MOEQ_CT_SCALE_PREFETCH=1
+      // Every bucket of the plan (up to M) compiles: mma.sync in the small ones.
+      const bool mma = std::any_of(plan.buckets().begin(), plan.buckets().end(),
+                                   [](const gpu::Bucket& b) { return !b.gemm1.wgmma || !b.gemm2.wgmma; });
+      const bool applies = sc.kind == mk::kKindFp8 && sc.wscale == mk::kWBlock && mma;
+      const int changed = flag_changes(plan, &gpu::MoePlan::set_scale_prefetch, "_sp",
+                                       {"#define MOEQ_MMA_SCALE_PREFETCH 1"}, "GroupedGemm<");
+      CHECK((changed > 0) == applies);
+    }
+  }
 }

@@ -859,6 +859,15 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         plan.set_ws_multicast(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
+  // Scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted mma.sync GEMMs: every
+  // fp8 scheme's decode and small-M plans (the others leave them unchanged).
+  if (fp8)
+    for (const auto& s : schemes)
+      for (const int64_t m : {1, 16, 128}) {
+        MoePlan plan(s.scheme, LayerDims{8, 0, 4096, 14336, 2}, m, lim);
+        plan.set_scale_prefetch(true);
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);

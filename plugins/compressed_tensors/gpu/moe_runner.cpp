@@ -71,6 +71,17 @@ bool a_prefetch_asked() {
 // MOEQ_CT_WS_MULTICAST=1 (measuring): the warp-specialized fp8 and bf16 GEMMs (not ping-pong)
 // run as two-block clusters on consecutive m tiles of one n tile, each block loading half of
 // the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
+// MOEQ_CT_SCALE_PREFETCH=1 (measuring): the mma.sync GEMMs that promote per scale period (fp8
+// block weights, per-group activations) load each K tile's scales one tile ahead
+// (moe_gemm.cuh, MOEQ_MMA_SCALE_PREFETCH).
+bool scale_prefetch_asked() {
+  const char* v = std::getenv("MOEQ_CT_SCALE_PREFETCH");
+  return v != nullptr && std::string(v) == "1";
+}
+bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
+  return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
+}
+
 bool ws_multicast_asked() {
   const char* v = std::getenv("MOEQ_CT_WS_MULTICAST");
   return v != nullptr && std::string(v) == "1";
@@ -265,6 +276,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     fp8_fast_acc_ = f == "1";
   }
   ws_multicast_ = ws_multicast_asked();
+  scale_prefetch_ = scale_prefetch_asked();
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -300,7 +312,8 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
                      std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224") ||
-                     std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST");
+                     std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST") ||
+                     std::getenv("MOEQ_CT_SCALE_PREFETCH");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();
@@ -405,7 +418,8 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
   return out.size() - 1;
 }
 
-Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast) {
+Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
+                       bool scale_prefetch) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -448,12 +462,13 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              (t.wgmma ? "" : "_w" + s(t.warps_m) + "x" + s(t.warps_n)) + "_s" + s(t.stages) +
              (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
-             (multicast_tile(sc, t, multicast) ? "_mc" : "");
+             (multicast_tile(sc, t, multicast) ? "_mc" : "") + (scale_prefetch_tile(sc, t, scale_prefetch) ? "_sp" : "");
     const bool mc = multicast_tile(sc, t, multicast);
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && a_prefetch_asked()) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
+    if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -484,11 +499,11 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_).buckets;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)

@@ -138,6 +138,10 @@ class MoePlan {
   // ping-pong): MOEQ_CT_WS_MULTICAST=1, for measuring.
   void set_ws_multicast(bool on) { ws_multicast_ = on; }
   bool ws_multicast() const { return ws_multicast_; }
+  // The mma.sync GEMMs that promote per scale period load each K tile's scales one tile ahead:
+  // MOEQ_CT_SCALE_PREFETCH=1, for measuring.
+  void set_scale_prefetch(bool on) { scale_prefetch_ = on; }
+  bool scale_prefetch() const { return scale_prefetch_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -165,6 +169,7 @@ class MoePlan {
   std::vector<Bucket> buckets_;
   HeuristicInput hin_;
   bool ws_multicast_ = false;
+  bool scale_prefetch_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

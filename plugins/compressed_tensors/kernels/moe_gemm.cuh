@@ -29,6 +29,13 @@ struct GroupedGemm {
   static constexpr int kARow = Loader::kARow, kBRow = Loader::kBRow;
   static constexpr int kStage = Loader::kAStage + Loader::kBStage;
   static constexpr bool kPromote = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
+  // MOEQ_MMA_SCALE_PREFETCH (defined by the generated source under MOEQ_CT_SCALE_PREFETCH=1,
+  // for measuring): the promoted kernels load a K tile's scales one tile ahead.
+#ifdef MOEQ_MMA_SCALE_PREFETCH
+  static constexpr bool kScalePrefetch = kPromote;
+#else
+  static constexpr bool kScalePrefetch = false;
+#endif
   // B-steps (32 bytes of B) per scale period; a period of 16 (a TP shard whose I/tp is an odd
   // multiple of 16 refines the block grid to 16) splits every step in two halves instead.
   static constexpr int kStepsPerPeriod = SCALE_K >= 32 ? SCALE_K / 32 : 1;
@@ -111,8 +118,11 @@ struct GroupedGemm {
       for (int hf = 0; hf < 2; ++hf)
         as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
     const float* as_base = kGated ? a.a1s : a.a2s;
+    // kScalePrefetch: the next K tile's scales are loaded into (nsap, nswp) before this tile's
+    // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
-    auto fetch_scales = [&](int kt) {
+    float nsap[kScalePrefetch ? kPeriods : 1][kSA][2], nswp[kScalePrefetch ? kPeriods : 1][kSW];
+    auto fetch_scales_into = [&](int kt, auto& dsa, auto& dsw) {
       if (!kPromote) return;
 #pragma unroll
       for (int pi = 0; pi < kPeriods; ++pi) {
@@ -123,9 +133,9 @@ struct GroupedGemm {
         for (int mi = 0; mi < kSA; ++mi)
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
-            sap[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
+            dsa[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
 #pragma unroll
-        for (int j = 0; j < kSW; ++j) swp[pi][j] = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
+        for (int j = 0; j < kSW; ++j) dsw[pi][j] = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
       }
     };
 
@@ -146,7 +156,7 @@ struct GroupedGemm {
     auto compute = [&](int stage, int kt) {
       const u32 sA = smem_u32(smem + stage * kStage);
       const u32 sB = sA + Loader::kAStage;
-      fetch_scales(kt);
+      if (!kScalePrefetch) fetch_scales_into(kt, sap, swp);
 #pragma unroll
       for (int s = 0; s < 4; ++s) {  // 32 bytes of each B row per step
         u32 b[NI][4];
@@ -216,13 +226,29 @@ struct GroupedGemm {
       if (st < n) loader.load(smem + st * kStage, kt0 + st);
       cp_async_commit();
     }
+    if constexpr (kScalePrefetch)
+      if (n > 0) fetch_scales_into(kt0, sap, swp);
     for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
       __syncthreads();
       const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
       if (ni < n) loader.load(smem + (ni % STAGES) * kStage, kt0 + ni);
       cp_async_commit();
+      if constexpr (kScalePrefetch)
+        if (i + 1 < n) fetch_scales_into(kt0 + i + 1, nsap, nswp);
       compute(i % STAGES, kt0 + i);
+      if (kScalePrefetch && i + 1 < n) {
+#pragma unroll
+        for (int pi = 0; pi < kPeriods; ++pi) {
+#pragma unroll
+          for (int mi = 0; mi < kSA; ++mi) {
+            sap[pi][mi][0] = nsap[kScalePrefetch ? pi : 0][mi][0];
+            sap[pi][mi][1] = nsap[kScalePrefetch ? pi : 0][mi][1];
+          }
+#pragma unroll
+          for (int j = 0; j < kSW; ++j) swp[pi][j] = nswp[kScalePrefetch ? pi : 0][j];
+        }
+      }
     }
     cp_async_wait<0>();
 
