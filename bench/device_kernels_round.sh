@@ -292,15 +292,17 @@ PY
 # VAR=VALUE[,VAR=VALUE]; then checked runs (every synthetic check of AB_CHECK_SCHEMES, default
 # AB_SCHEMES, and one real shape) under each set of KNOB_CHECKS (default: every entry's variables
 # together). Files knob_shipped.json, knob_heur.json, knob_N.json (entry N, from 1),
-# knob_checks_N.json; one line a case.
+# knob_checks_N.json; one line a case. KNOB_TAG=T names them knobT_... instead, so that a second
+# knobab (other KNOBS, AB_MS or AB_SCHEMES: e.g. a decode knob at M = 1, 16) keeps the first's:
+# STEPS="knobab knobab2" runs it with KNOB2_* in place of KNOBS, AB_MS, AB_SCHEMES, KNOB_CHECKS.
 knobab() {
-  local t0=$SECONDS i=0 all=""
+  local t0=$SECONDS i=0 all="" kp="knob${KNOB_TAG:-}_"
   run_one() {  # name, then VAR=VALUE words
     local name=$1; shift
     ( for kv in "$@"; do export "$kv"; done
       timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply --no-check --json --seconds "${AB_SECONDS:-0.2}" \
         --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
-        2> "$out/knob_$name.log" > "$out/knob_$name.json"; echo "knob $name ($*): exit $?" )
+        2> "$out/${kp}$name.log" > "$out/${kp}$name.json"; echo "knob ${KNOB_TAG:-} $name ($*): exit $?" )
   }
   run_one shipped
   run_one heur MOEQ_CT_NO_TUNE=1
@@ -317,18 +319,18 @@ knobab() {
     c=$((c + 1))
     ( for kv in $cs; do export "$kv"; done
       timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
-        --scheme "${AB_CHECK_SCHEMES:-${AB_SCHEMES:-bf16,fp8-channel,fp8-block}}" 2> "$out/knob_checks_$c.log" > "$out/knob_checks_$c.json"
-      echo "knob checks $c ($cs): exit $?, $(grep -c '^PASS' "$out/knob_checks_$c.log") passed, $(grep -c '^FAIL' "$out/knob_checks_$c.log") failed" )
-    grep -E "^FAIL|MISMATCH|differ|note:" "$out/knob_checks_$c.log" | head -8
+        --scheme "${AB_CHECK_SCHEMES:-${AB_SCHEMES:-bf16,fp8-channel,fp8-block}}" 2> "$out/${kp}checks_$c.log" > "$out/${kp}checks_$c.json"
+      echo "knob checks $c ($cs): exit $?, $(grep -c '^PASS' "$out/${kp}checks_$c.log") passed, $(grep -c '^FAIL' "$out/${kp}checks_$c.log") failed" )
+    grep -E "^FAIL|MISMATCH|differ|note:" "$out/${kp}checks_$c.log" | head -8
   done
-  python3 - "$out" "$i" <<'PY'
+  python3 - "$out" "$i" "$kp" <<'PY'
 import json, os, sys
-out, n = sys.argv[1], int(sys.argv[2])
+out, n, kp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 names = ["shipped", "heur"] + [str(i) for i in range(1, n + 1)]
 rows = {}
 for v in names:
     try:
-        for r in json.load(open(os.path.join(out, "knob_%s.json" % v)))["rows"]:
+        for r in json.load(open(os.path.join(out, "%s%s.json" % (kp, v))))["rows"]:
             rows.setdefault((r["shape"], r["scheme"], r["m"]), {})[v] = (r["us"], r.get("tiles", ""))
     except Exception as e:
         print("knob %s: %s" % (v, e))
@@ -341,6 +343,10 @@ for k, d in sorted(rows.items()):
 PY
   echo "knobab: $((SECONDS - t0)) s"
 }
+knobab2() {
+  KNOB_TAG=2 KNOBS="${KNOB2_KNOBS:-MOEQ_CT_SCALE_PREFETCH=1}" AB_MS="${KNOB2_MS:-1,16,128}" \
+    AB_SCHEMES="${KNOB2_SCHEMES:-fp8-block}" KNOB_CHECKS="${KNOB2_CHECKS:-}" AB_CHECK_SCHEMES="${KNOB2_SCHEMES:-fp8-block}" knobab
+}
 # The shipped table re-chosen from ppab's three timings of each case (adopt_ab.py: the fastest of
 # shipped, heuristics alone and ping-pong, where it beats shipped by ADOPT_MARGIN and its checks
 # passed) into $out/tuned.json, which a later sbs step then reads.
@@ -348,8 +354,9 @@ PY
 adopt() {
   cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
   if [ -n "${ADOPT_KNOB:-}" ]; then
-    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/knob_shipped.json" \
-      --heuristic "$out/knob_heur.json" --candidate "$out/knob_$ADOPT_KNOB.json" --candidate-checks "$out/knob_checks_${ADOPT_CHECKS:-1}.json" \
+    local kp="knob${KNOB_TAG:-}_"
+    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/${kp}shipped.json" \
+      --heuristic "$out/${kp}heur.json" --candidate "$out/${kp}$ADOPT_KNOB.json" --candidate-checks "$out/${kp}checks_${ADOPT_CHECKS:-1}.json" \
       --margin "${ADOPT_MARGIN:-0.02}" --write
   else
     python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
