@@ -1,9 +1,10 @@
 // The named MoE geometries of `moeq bench` (no GPU dependency, so the CLI can name them in any
 // build).
 #pragma once
+#include <moeq/strings.hpp>
+
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -49,20 +50,8 @@ inline std::optional<ShapeSpec> parse_geometry(const std::string& v, std::string
       return std::nullopt;
     }
   }
-  // Four positive integers, comma separated, nothing else.
-  std::vector<int64_t> n;
-  for (size_t from = 0;;) {
-    const size_t comma = std::min(numbers.find(',', from), numbers.size());
-    int64_t x = 0;
-    const auto [end, ec] = std::from_chars(numbers.data() + from, numbers.data() + comma, x);
-    if (ec != std::errc() || end != numbers.data() + comma || x < 1) {
-      n.clear();
-      break;
-    }
-    n.push_back(x);
-    if (comma == numbers.size()) break;
-    from = comma + 1;
-  }
+  const std::optional<std::vector<int64_t>> parsed = positive_integers(numbers);
+  const std::vector<int64_t> n = parsed ? *parsed : std::vector<int64_t>{};
   if (n.size() != 4) {
     why = "wants E,TOPK,H,I or NAME=E,TOPK,H,I (four positive integers), found '" + v + "'";
     return std::nullopt;

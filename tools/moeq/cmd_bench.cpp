@@ -33,34 +33,6 @@ namespace {
 // "--option: why") before anything is printed, written or compiled.
 using Refusal = std::function<std::string(const std::string&)>;
 
-// "a,,b" -> {"a", "", "b"}: unlike split_list, keeps the empty items so they can be refused.
-std::vector<std::string> split_keeping_empty(const std::string& s) {
-  std::vector<std::string> out;
-  size_t from = 0;
-  for (size_t comma; (comma = s.find(',', from)) != std::string::npos; from = comma + 1)
-    out.push_back(s.substr(from, comma - from));
-  out.push_back(s.substr(from));
-  return out;
-}
-
-std::optional<int64_t> positive_integer(const std::string& s) {
-  int64_t v = 0;
-  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (ec != std::errc() || end != s.data() + s.size() || v < 1) return std::nullopt;
-  return v;
-}
-
-// Every item of the comma list `s` as a positive integer; nullopt if any is not one.
-std::optional<std::vector<int64_t>> positive_integers(const std::string& s) {
-  std::vector<int64_t> out;
-  for (const std::string& item : split_keeping_empty(s)) {
-    const std::optional<int64_t> v = positive_integer(item);
-    if (!v) return std::nullopt;
-    out.push_back(*v);
-  }
-  return out;
-}
-
 // A comma list of distinct items, each accepted by `item_refusal`; an empty item or a repeat is
 // refused rather than dropped or run twice.
 Refusal distinct_list(Refusal item_refusal) {

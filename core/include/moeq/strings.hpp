@@ -1,6 +1,8 @@
 // Small string helpers shared by the core and the tools.
 #pragma once
+#include <charconv>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -13,6 +15,35 @@ inline std::vector<std::string> split_list(const std::string& s) {
   std::stringstream ss(s);
   for (std::string item; std::getline(ss, item, ',');)
     if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// "a,,b" -> {"a", "", "b"}: unlike split_list, keeps the empty items so they can be refused.
+inline std::vector<std::string> split_keeping_empty(const std::string& s) {
+  std::vector<std::string> out;
+  size_t from = 0;
+  for (size_t comma; (comma = s.find(',', from)) != std::string::npos; from = comma + 1)
+    out.push_back(s.substr(from, comma - from));
+  out.push_back(s.substr(from));
+  return out;
+}
+
+// The whole of `s` as a positive decimal integer, else nullopt.
+inline std::optional<int64_t> positive_integer(const std::string& s) {
+  int64_t v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v < 1) return std::nullopt;
+  return v;
+}
+
+// Every item of the comma list `s` as a positive integer; nullopt if any is not one.
+inline std::optional<std::vector<int64_t>> positive_integers(const std::string& s) {
+  std::vector<int64_t> out;
+  for (const std::string& item : split_keeping_empty(s)) {
+    const std::optional<int64_t> v = positive_integer(item);
+    if (!v) return std::nullopt;
+    out.push_back(*v);
+  }
   return out;
 }
 
