@@ -17,6 +17,11 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // 224-wide warp-specialized tiles: fp8 or bf16 without block or group scales (sm90_moe_ws.cuh).
 bool bn224_allowed(const HeuristicInput& in) { return in.ws && in.kind != kKindW8A16 && !in.promote; }
 
+// The ring as deep as shared memory holds, from t.stages down to two stages, `blocks` blocks an SM.
+void fit_ring(const HeuristicInput& in, int kind, int bm, GemmTile& t, int blocks = 1) {
+  while (t.stages > 2 && !smem_fits(in, kind, bm, t, blocks)) --t.stages;
+}
+
 // Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
 // nothing that matters), large M wants big tiles for reuse.
 int row_tile(double rows_per_expert) {
@@ -48,7 +53,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     // stage in the 28 KiB it frees.
     if (in.ws_bn224 && t.bn == 256 && bm == 128 && bn224_allowed(in)) t.bn = 224;
     t.stages = 8;
-    while (t.stages > 2 && !smem_fits(in, kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
+    fit_ring(in, kind, bm, t, ws_blocks_per_sm(bm, t));
     return t;
   }
   if (in.wgmma && bm >= 64 && kind != kKindW8A16) {
@@ -77,7 +82,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
     // single block (4 warps) held an SM. Four stages let two such blocks share one (registers
     // allow two: 2 x 128 x 255), so one block's barrier and promotion overlap the other's MMAs.
     t.stages = bm == 64 ? in.wgmma_stages_64 : 6;
-    while (t.stages > 2 && !smem_fits(in, kind, bm, t)) --t.stages;
+    fit_ring(in, kind, bm, t);
     t.pipelined = !in.wgmma_serial;
     return t;
   }
@@ -96,7 +101,7 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
   // NOTE: weight streaming at small M needs many blocks in flight; halve the tile width when
   // the grid would not cover the machine twice.
   if (bm <= 32 && expected_tiles * ceil_div(n_out, t.bn) < 2 * in.multiprocessors) t.bn = 64;
-  while (t.stages > 2 && !smem_fits(in, kind, bm, t)) --t.stages;
+  fit_ring(in, kind, bm, t);
   return t;
 }
 
@@ -121,7 +126,7 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
       t->pingpong = true;
       t->bn = n_out >= 256 && tiles * ceil_div(n_out, 256) >= 2 * in.multiprocessors ? 256 : 128;
       t->stages = 8;
-      while (t->stages > 2 && !smem_fits(in, in.kind, b.bm, *t)) --t->stages;
+      fit_ring(in, in.kind, b.bm, *t);
     }
   b.k_splits = gemm2_k_splits(in, b, m);
   return b;
@@ -212,19 +217,19 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
       for (int bn : {128, 256}) {
         GemmTile t{bn, bm / 64, 4, bm == 64 ? 4 : 6};
         t.wgmma = true;
-        while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;
+        fit_ring(in, in.kind, bm, t);
         if (in.kind != kKindW8A16) options.push_back(t);  // W8A16 runs wgmma warp-specialized only
         if (in.ws) {
           t.ws = true;
           t.stages = 8;
-          while (t.stages > 2 && !smem_fits(in, in.kind, bm, t, ws_blocks_per_sm(bm, t))) --t.stages;
+          fit_ring(in, in.kind, bm, t, ws_blocks_per_sm(bm, t));
           options.push_back(t);
           // 224 wide: five stages of a 128-row ring where 256 wide holds four.
           if (bn == 256 && bm == 128 && bn224_allowed(in)) {
             GemmTile w = t;
             w.bn = 224;
             w.stages = 8;
-            while (w.stages > 2 && !smem_fits(in, in.kind, bm, w)) --w.stages;
+            fit_ring(in, in.kind, bm, w);
             options.push_back(w);
           }
           // Ping-pong: one block an SM, a deeper ring (measured on the H100 in the thirteenth
@@ -233,7 +238,7 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
           if (bm == 64 && in.kind != kKindW8A16) {
             t.pingpong = true;
             t.stages = 8;
-            while (t.stages > 2 && !smem_fits(in, in.kind, bm, t)) --t.stages;
+            fit_ring(in, in.kind, bm, t);
             options.push_back(t);
           }
         }
