@@ -121,7 +121,7 @@ struct GroupedGemm {
     // kScalePrefetch: the next K tile's scales are loaded into (nsap, nswp) before this tile's
     // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
-    float nsap[kScalePrefetch ? kPeriods : 1][kSA][2], nswp[kScalePrefetch ? kPeriods : 1][kSW];
+    float nsap[kPeriods][kSA][2], nswp[kPeriods][kSW];  // unused (and dropped) without prefetch
     auto fetch_scales_into = [&](int kt, auto& dsa, auto& dsw) {
       if (!kPromote) return;
 #pragma unroll
@@ -237,18 +237,19 @@ struct GroupedGemm {
       if constexpr (kScalePrefetch)
         if (i + 1 < n) fetch_scales_into(kt0 + i + 1, nsap, nswp);
       compute(i % STAGES, kt0 + i);
-      if (kScalePrefetch && i + 1 < n) {
+      if constexpr (kScalePrefetch)
+        if (i + 1 < n) {
 #pragma unroll
-        for (int pi = 0; pi < kPeriods; ++pi) {
+          for (int pi = 0; pi < kPeriods; ++pi) {
 #pragma unroll
-          for (int mi = 0; mi < kSA; ++mi) {
-            sap[pi][mi][0] = nsap[kScalePrefetch ? pi : 0][mi][0];
-            sap[pi][mi][1] = nsap[kScalePrefetch ? pi : 0][mi][1];
+            for (int mi = 0; mi < kSA; ++mi) {
+              sap[pi][mi][0] = nsap[pi][mi][0];
+              sap[pi][mi][1] = nsap[pi][mi][1];
+            }
+#pragma unroll
+            for (int j = 0; j < kSW; ++j) swp[pi][j] = nswp[pi][j];
           }
-#pragma unroll
-          for (int j = 0; j < kSW; ++j) swp[pi][j] = nswp[kScalePrefetch ? pi : 0][j];
         }
-      }
     }
     cp_async_wait<0>();
 

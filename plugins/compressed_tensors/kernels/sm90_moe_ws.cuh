@@ -148,6 +148,8 @@ struct WsGemm {
     int tile, nt, e;
     bool valid, shared;
   };
+  // The m extent of the walk: m tiles, or (clusters) pairs of them.
+  __device__ __forceinline__ static int walk_m(const MoeArgs& a) { return kMc ? (a.max_tiles + 1) / 2 : a.max_tiles; }
   __device__ __forceinline__ static TileRef decode(const MoeArgs& a, int b, int n_tiles, int group_m, int used, u32 rank) {
     TileRef t;
     if (!kMc) {
@@ -158,7 +160,7 @@ struct WsGemm {
       return t;
     }
     int q;
-    tile_of(b, (a.max_tiles + 1) / 2, n_tiles, group_m, q, t.nt);
+    tile_of(b, walk_m(a), n_tiles, group_m, q, t.nt);
     const int t0 = 2 * q;
     const bool second = t0 + 1 < used;
     const int e0 = a.tile_expert[t0], e1 = second ? a.tile_expert[t0 + 1] : e0;
@@ -292,7 +294,7 @@ struct WsGemm {
     // the launch (zeroed by prepare) in the order blocks ask for them, as the hardware hands out
     // blocks, so that the tiles in flight stay a compact window of the walk (a fixed stride
     // lets fast and slow blocks drift apart, and L2 with them: measured 12-18 % slower GEMM2s).
-    const int grid_tiles = (kMc ? (a.max_tiles + 1) / 2 : a.max_tiles) * n_tiles;
+    const int grid_tiles = walk_m(a) * n_tiles;
     const int group_m = a.group_m > 0 ? a.group_m : kGroupM;
     const int used_tiles = *a.num_tiles;
     int* const counter = a.tile_counters + (kGated ? 0 : 1);
@@ -302,7 +304,7 @@ struct WsGemm {
         const int b = atomicAdd(counter, 1);
         if (b >= grid_tiles) return -1;
         int tile, nt;
-        tile_of(b, kMc ? (a.max_tiles + 1) / 2 : a.max_tiles, n_tiles, group_m, tile, nt);
+        tile_of(b, walk_m(a), n_tiles, group_m, tile, nt);
         if ((kMc ? 2 * tile : tile) < used_tiles) return b;
       }
     };

@@ -110,4 +110,6 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 }
 #endif
 
+#undef MOEQ_MBAR_WAIT_LOOP
+
 }  // namespace moeq::sdk::device
