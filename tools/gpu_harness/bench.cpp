@@ -814,60 +814,57 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
   for (const ShapeSpec& g : named_shapes()) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
   for (const ShapeSpec& g : geometries) shapes.push_back({g.experts, 0, g.hidden, g.inter, g.top_k});
   std::map<std::string, ct::gpu::KernelSetSource> sets;
+  // A plan's programs with fp8 accumulated both ways (MOEQ_CT_FP8_FAST_ACCUM=0 selects the other).
+  auto add_both = [&](MoePlan& plan) {
+    for (auto& k : plan.sources()) sets.emplace(k.source, k);
+    plan.set_fp8_fast_acc(false);
+    for (auto& k : plan.sources()) sets.emplace(k.source, k);
+  };
   for (const ct::gpu::DeviceLimits& card : cards)
     for (const auto& s : schemes)
       for (const auto& d : shapes) {
         MoePlan plan(s.scheme, d, 8192, card);
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
-        plan.set_fp8_fast_acc(false);  // the variant MOEQ_CT_FP8_FAST_ACCUM=0 selects compiles too
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+        add_both(plan);
       }
-  // Ping-pong tiles (sm_90a: chosen by the tuner or MOEQ_CT_WS_PINGPONG), 128 and 256 wide.
-  if (lim.sm_major == 9)
-    for (const auto& s : schemes)
-      for (const int bn : {128, 256}) {
-        ct::gpu::GemmTile t{bn, 1, 4, bn == 256 ? 5 : 8};
-        t.wgmma = t.ws = t.pingpong = true;
-        const LayerDims d{8, 0, 4096, 14336, 2};
-        const ct::gpu::HeuristicInput in = MoePlan(s.scheme, d, 8192, lim).heuristic_input();
-        if (!ct::gpu::tile_refusal(in, 64, t, true).empty() || !ct::gpu::tile_refusal(in, 64, t, false).empty()) continue;
-        MoePlan plan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 64, t, t}});
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
-        plan.set_fp8_fast_acc(false);  // fp8 channel / tensor promoted per K tile (MOEQ_CT_FP8_FAST_ACCUM=0)
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      }
-  // 224-wide warp-specialized tiles (sm_90a: chosen by the tuner or MOEQ_CT_WS_BN224), both
-  // accumulations of fp8.
+  // Tiles the heuristics do not take but the tuner may (sm_90a), on Mixtral's geometry where the
+  // scheme runs them: ping-pong 128 and 256 wide (or MOEQ_CT_WS_PINGPONG), 224 wide (or
+  // MOEQ_CT_WS_BN224).
+  const LayerDims& mixtral = shapes.front();
+  auto add_tile = [&](const SchemeSpec& s, int bm, const ct::gpu::GemmTile& t) {
+    const ct::gpu::HeuristicInput in = MoePlan(s.scheme, mixtral, 8192, lim).heuristic_input();
+    if (!ct::gpu::tile_refusal(in, bm, t, true).empty() || !ct::gpu::tile_refusal(in, bm, t, false).empty()) return;
+    MoePlan plan(s.scheme, mixtral, 8192, lim, {ct::gpu::Bucket{8192, bm, t, t}});
+    add_both(plan);
+  };
   if (lim.sm_major == 9)
     for (const auto& s : schemes) {
-      ct::gpu::GemmTile t{224, 2, 4, 5};
-      t.wgmma = t.ws = true;
-      const LayerDims d{8, 0, 4096, 14336, 2};
-      const ct::gpu::HeuristicInput in = MoePlan(s.scheme, d, 8192, lim).heuristic_input();
-      if (!ct::gpu::tile_refusal(in, 128, t, true).empty() || !ct::gpu::tile_refusal(in, 128, t, false).empty()) continue;
-      MoePlan plan(s.scheme, d, 8192, lim, {ct::gpu::Bucket{8192, 128, t, t}});
-      for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      plan.set_fp8_fast_acc(false);
-      for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      for (const int bn : {128, 256}) {
+        ct::gpu::GemmTile pp{bn, 1, 4, bn == 256 ? 5 : 8};
+        pp.wgmma = pp.ws = pp.pingpong = true;
+        add_tile(s, 64, pp);
+      }
+      ct::gpu::GemmTile wide{224, 2, 4, 5};
+      wide.wgmma = wide.ws = true;
+      add_tile(s, 128, wide);
     }
-  // Two-block clusters sharing the weight tile (sm_90a: MOEQ_CT_WS_MULTICAST), on the
-  // warp-specialized tiles the heuristics take for every scheme at M = 8192 and 1024.
-  if (lim.sm_major == 9)
-    for (const auto& s : schemes)
+  // The measuring variants of a plan's kernels: two-block clusters sharing the weight tile
+  // (sm_90a, MOEQ_CT_WS_MULTICAST) on the warp-specialized tiles the heuristics take at M = 1024
+  // and 8192, and scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted
+  // mma.sync GEMMs of the decode and small-M plans (the other schemes' programs do not change).
+  for (const auto& s : schemes) {
+    if (lim.sm_major == 9)
       for (const int64_t m : {1024, 8192}) {
-        MoePlan plan(s.scheme, LayerDims{8, 0, 4096, 14336, 2}, m, lim);
+        MoePlan plan(s.scheme, mixtral, m, lim);
         plan.set_ws_multicast(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
-  // Scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted mma.sync GEMMs: every
-  // fp8 scheme's decode and small-M plans (the others leave them unchanged).
-  if (fp8)
-    for (const auto& s : schemes)
+    if (fp8)
       for (const int64_t m : {1, 16, 128}) {
-        MoePlan plan(s.scheme, LayerDims{8, 0, 4096, 14336, 2}, m, lim);
+        MoePlan plan(s.scheme, mixtral, m, lim);
         plan.set_scale_prefetch(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
+  }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {
     const std::optional<ct::gpu::GpuScheme> sc = ct::gpu::GpuScheme::from_key(e.scheme);
