@@ -14,7 +14,7 @@
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
 # `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
-# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `ppab`, `knobab`, `adopt`, `geo` and
+# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `knobab`, `knobab2`, `adopt`, `geo` and
 # `bundle` are described where they are defined. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
@@ -71,7 +71,7 @@ sbs() {
     [ "$budget" -lt 120 ] && { echo "side by side skipped: ${budget} s left before DEADLINE"; return; }
   fi
   [ -s "$out/tuned.json" ] && export MOEQ_CT_TUNE_TABLE=$out/tuned.json
-  # Timing only (SBS_MOEQ): the tests and ppab steps check the kernels, and the side by side's
+  # Timing only (SBS_MOEQ): the tests and knobab steps check the kernels, and the side by side's
   # own checks (~2 s a real shape) would take half its budget.
   OUT=$out BUDGET=$budget EXTRA_MOEQ="${SBS_MOEQ---no-check --seconds 0.05}" bash bench/device_side_by_side.sh
   rm -f "$out/peer_results.jsonl"
@@ -251,42 +251,6 @@ ncu_src() {
   done
   echo "ncu_src: $((SECONDS - t0)) s"
 }
-# A tile knob against the shipped plan: AB_SCHEMES x AB_MS on every shape, timed as shipped (tuned
-# table), by the heuristics alone (AB_KNOB=0; default knob MOEQ_CT_WS_PINGPONG) and with the knob
-# on (=1: e.g. the heuristics' warp-specialized tiles made ping-pong ones, or 224-wide with
-# MOEQ_CT_WS_BN224), its device checks run too; one line a case.
-ppab() {
-  local t0=$SECONDS
-  for v in ${AB_VARIANTS:-shipped 0 1}; do
-    ( [ "$v" != shipped ] && export "${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=$v"
-      timeout "${AB_TIMEOUT:-200}" build/bin/moeq bench apply --no-check --json \
-        --seconds "${AB_SECONDS:-0.2}" --m "${AB_MS:-1024,8192}" --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" \
-        2> "$out/ppab_$v.log" > "$out/ppab_$v.json"; echo "ppab $v: exit $?" )
-  done
-  # The candidate's checks in a run of their own (the real shapes' M = 4 checks take ~2 s each,
-  # which would eat the timing's budget): every synthetic check of these schemes, ping-pong tiles
-  # included, and one real shape. adopt reads its checks_passed.
-  ( export "${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=1"
-    timeout "${AB_CHECK_TIMEOUT:-150}" build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
-      --scheme "${AB_SCHEMES:-bf16,fp8-channel,fp8-block}" 2> "$out/ppab_checks.log" > "$out/ppab_checks.json"
-    echo "ppab checks (${AB_KNOB:-MOEQ_CT_WS_PINGPONG}=1): exit $?, $(grep -c '^PASS' "$out/ppab_checks.log") passed" )
-  grep -E "^FAIL|MISMATCH|differ" "$out/ppab_checks.log" | head -8
-  python3 - "$out" <<'PY'
-import json, os, sys
-rows = {}
-for v in ("shipped", "0", "1"):
-    try:
-        for r in json.load(open(os.path.join(sys.argv[1], "ppab_%s.json" % v)))["rows"]:
-            rows.setdefault((r["shape"], r["scheme"], r["m"]), {})[v] = (r["us"], r.get("tiles", ""))
-    except Exception as e:
-        print("ppab %s: %s" % (v, e))
-for k, d in sorted(rows.items()):
-    s = d.get("shipped", (0, ""))[0]
-    print("%-17s %-12s M=%-5d shipped %8.1f  heur %8.1f  knob %8.1f  (%.3f)  %s" % (k + (s, d.get("0", (0,))[0], d.get("1", (0,))[0],
-          s / d["1"][0] if "1" in d and d["1"][0] else 0, d.get("1", (0, ""))[1])))
-PY
-  echo "ppab: $((SECONDS - t0)) s"
-}
 # Several tile knobs against the shipped plan and the heuristics alone, one timing run each
 # (AB_SCHEMES x AB_MS on every shape, no checks): KNOBS, space-separated entries of
 # VAR=VALUE[,VAR=VALUE]; then checked runs (every synthetic check of AB_CHECK_SCHEMES, default
@@ -347,22 +311,17 @@ knobab2() {
   KNOB_TAG=2 KNOBS="${KNOB2_KNOBS:-MOEQ_CT_SCALE_PREFETCH=1}" AB_MS="${KNOB2_MS:-1,16,128}" \
     AB_SCHEMES="${KNOB2_SCHEMES:-fp8-block}" KNOB_CHECKS="${KNOB2_CHECKS:-}" AB_CHECK_SCHEMES="${KNOB2_SCHEMES:-fp8-block}" knobab
 }
-# The shipped table re-chosen from ppab's three timings of each case (adopt_ab.py: the fastest of
-# shipped, heuristics alone and ping-pong, where it beats shipped by ADOPT_MARGIN and its checks
-# passed) into $out/tuned.json, which a later sbs step then reads.
-# ADOPT_KNOB=N reads knobab's files instead (entry N the candidate, checks set ADOPT_CHECKS).
+# The shipped table re-chosen from knobab's timings of each case (adopt_ab.py: the fastest of
+# shipped, heuristics alone and knob entry ADOPT_KNOB (default 1), where it beats shipped by
+# ADOPT_MARGIN and its checks, set ADOPT_CHECKS (default 1), passed; KNOB_TAG as knobab's) into
+# $out/tuned.json, which a later sbs step then reads. The ping-pong A/B of this session's call 2
+# is knobab with KNOBS=MOEQ_CT_WS_PINGPONG=1.
 adopt() {
   cp plugins/compressed_tensors/gpu/tuned/sm90_132.json "$out/tuned.json" && chmod u+w "$out/tuned.json"
-  if [ -n "${ADOPT_KNOB:-}" ]; then
-    local kp="knob${KNOB_TAG:-}_"
-    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/${kp}shipped.json" \
-      --heuristic "$out/${kp}heur.json" --candidate "$out/${kp}$ADOPT_KNOB.json" --candidate-checks "$out/${kp}checks_${ADOPT_CHECKS:-1}.json" \
-      --margin "${ADOPT_MARGIN:-0.02}" --write
-  else
-    python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/ppab_shipped.json" \
-      --heuristic "$out/ppab_0.json" --candidate "$out/ppab_1.json" --candidate-checks "$out/ppab_checks.json" \
-      --margin "${ADOPT_MARGIN:-0.02}" --write
-  fi
+  local kp="knob${KNOB_TAG:-}_"
+  python3 tools/gpu_harness/adopt_ab.py "$out/tuned.json" --shipped "$out/${kp}shipped.json" \
+    --heuristic "$out/${kp}heur.json" --candidate "$out/${kp}${ADOPT_KNOB:-1}.json" \
+    --candidate-checks "$out/${kp}checks_${ADOPT_CHECKS:-1}.json" --margin "${ADOPT_MARGIN:-0.02}" --write
 }
 # Real models' geometries beyond the four named shapes, every scheme, checked against the CPU
 # references (GEO_DIMS, NAME=E,TOPK,H,I, default bench/geo_dims.txt; GEO_MS; GEO_SCHEMES):
@@ -388,7 +347,7 @@ PY
 }
 # At most 8 files come back: all but the main ones into one archive.
 bundle() {
-  ( cd "$out" && ls | grep -vE '^(side_by_side.md|moeq.json|tuned.json|device_tests.txt|ppab_shipped.json|ppab_0.json|ppab_1.json|ppab_checks.json|bundle.tar.xz)$' |
+  ( cd "$out" && ls | grep -vE '^(side_by_side.md|moeq.json|tuned.json|device_tests.txt|knob_shipped.json|knob_heur.json|knob_1.json|knob_checks_1.json|bundle.tar.xz)$' |
     tar cJf bundle.tar.xz --remove-files -T - 2>/dev/null; ls )
 }
 for step in ${STEPS:-tests splits tune sbs}; do $step; done
