@@ -61,30 +61,17 @@ const char* am_name(int a) {
 
 bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 
-// MOEQ_CT_A_PREFETCH=1 (measuring): the warp-specialized kernels' A copies prefetch 256-byte
-// blocks into L2 (sm90_moe_ws.cuh, MOEQ_WS_A_PREFETCH_256).
-bool a_prefetch_asked() {
-  const char* v = std::getenv("MOEQ_CT_A_PREFETCH");
-  return v != nullptr && std::string(v) == "1";
-}
-
-// MOEQ_CT_WS_MULTICAST=1 (measuring): the warp-specialized fp8 and bf16 GEMMs (not ping-pong)
-// run as two-block clusters on consecutive m tiles of one n tile, each block loading half of
-// the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
-// MOEQ_CT_SCALE_PREFETCH=1 (measuring): the mma.sync GEMMs that promote per scale period (fp8
-// block weights, per-group activations) load each K tile's scales one tile ahead
-// (moe_gemm.cuh, MOEQ_MMA_SCALE_PREFETCH).
-bool scale_prefetch_asked() {
-  const char* v = std::getenv("MOEQ_CT_SCALE_PREFETCH");
-  return v != nullptr && std::string(v) == "1";
-}
+// Measuring knobs of the generated kernels (each "1" to take it):
+// - MOEQ_CT_A_PREFETCH: the warp-specialized kernels' A copies prefetch 256-byte blocks into L2
+//   (sm90_moe_ws.cuh, MOEQ_WS_A_PREFETCH_256);
+// - MOEQ_CT_SCALE_PREFETCH (MoePlan::scale_prefetch): the mma.sync GEMMs that promote per scale
+//   period (fp8 block weights, per-group activations) load each K tile's scales one tile ahead
+//   (moe_gemm.cuh, MOEQ_MMA_SCALE_PREFETCH);
+// - MOEQ_CT_WS_MULTICAST (MoePlan::ws_multicast): the warp-specialized fp8 and bf16 GEMMs (not
+//   ping-pong) run as two-block clusters on consecutive m tiles of one n tile, each block loading
+//   half of the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
-}
-
-bool ws_multicast_asked() {
-  const char* v = std::getenv("MOEQ_CT_WS_MULTICAST");
-  return v != nullptr && std::string(v) == "1";
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
@@ -275,8 +262,8 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found '" + f + "'");
     fp8_fast_acc_ = f == "1";
   }
-  ws_multicast_ = ws_multicast_asked();
-  scale_prefetch_ = scale_prefetch_asked();
+  ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
+  scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -291,8 +278,8 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
-  hin.ws_pingpong = ws_pingpong_asked();
-  if (const char* v = std::getenv("MOEQ_CT_WS_BN224")) hin.ws_bn224 = std::string(v) == "1";
+  hin.ws_pingpong = knob_on("MOEQ_CT_WS_PINGPONG");
+  hin.ws_bn224 = knob_on("MOEQ_CT_WS_BN224");
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
   // rows; its B tiles come by TMA, which wants 16-byte aligned weight rows (K % 16, checked above).
@@ -466,7 +453,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const bool mc = multicast_tile(sc, t, multicast);
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
-    if (t.ws && a_prefetch_asked()) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
+    if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     src += "#include \"moe_gemm.cuh\"\n";

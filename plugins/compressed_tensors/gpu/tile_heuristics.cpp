@@ -267,8 +267,8 @@ std::vector<Bucket> choose_buckets(const HeuristicInput& in) {
   return out;
 }
 
-bool ws_pingpong_asked() {
-  const char* v = std::getenv("MOEQ_CT_WS_PINGPONG");
+bool knob_on(const char* name) {
+  const char* v = std::getenv(name);
   return v != nullptr && std::string(v) == "1";
 }
 

@@ -126,8 +126,8 @@ int gemm_static_smem(int bm, const GemmTile& t);
 // the SM's in.max_smem_per_block + 1 KiB.
 bool smem_fits(const HeuristicInput& in, int kind, int bm, const GemmTile& t, int blocks = 1);
 
-// MOEQ_CT_WS_PINGPONG=1 (HeuristicInput::ws_pingpong).
-bool ws_pingpong_asked();
+// Whether the measuring knob `name` (an environment variable, e.g. MOEQ_CT_WS_PINGPONG) is "1".
+bool knob_on(const char* name);
 
 // Blocks of a warp-specialized tile an SM runs at once (sm90_moe_ws.cuh, kMinBlocks): two of
 // 64 rows (one consumer warpgroup each), one of 128 or a ping-pong one (two consumers).
