@@ -2,8 +2,7 @@
 // commit and waits, the shared-memory matrix descriptor of a K-major tile in the 128-byte
 // swizzle, and m64n112k32 / m64n128k32 / m64n224k32 / m64n256k32 e4m3 and m64n128k16 /
 // m64n224k16 / m64n256k16 bf16 MMAs with f32 accumulators that read both operands from shared
-// memory. The wgmma wrappers exist only when compiling for sm_90a, the
-// proxy fence from sm_90.
+// memory. The wgmma wrappers exist only when compiling for sm_90a, the proxy fence from sm_90.
 #pragma once
 #include "moeq/sdk/device/types.cuh"
 
