@@ -380,7 +380,7 @@ struct WsGemm {
       for (int it = 0, j = 0;; ++j) {  // it: K tiles queued, j: tiles taken
         const int set = j % kSets;
         if (j >= kSets) mbar_wait(meta_empty0 + 8 * set, ((j - kSets) / kSets) & 1);  // tile j - kSets's epilogue is done
-        producers_meet();  // every thread has issued the previous tile's copies from s_arow
+        producers_meet();  // every thread has read the previous tile's rows from s_arow
         if (tid == 0) s_next = take_shared(j);
         producers_meet();
         const int b = s_next;
@@ -406,6 +406,15 @@ struct WsGemm {
         TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol[set], tid, 128);
         producers_meet();  // every row of s_arow written before any thread gathers through it
         mbar_arrive(meta_full0 + 8 * set);
+        // This thread's rows of the tile as source addresses of chunk c at K tile 0, held in
+        // registers for the tile's K loop: a stage then costs no shared load and no 64-bit
+        // multiply a row (the address arithmetic was the producer's busiest code under ncu).
+        const u8* a_src[BM / 16];  // null: a padding row
+#pragma unroll
+        for (int i = 0; i < BM / 16; ++i) {
+          const int ar = s_arow[r0 + 16 * i];
+          a_src[i] = ar >= 0 ? a_base + static_cast<long long>(ar) * lda + c * 16 : nullptr;
+        }
         const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
         for (int kt = 0; kt < KT; ++kt, ++it) {
           const int s = it % STAGES;
@@ -431,9 +440,8 @@ struct WsGemm {
 #pragma unroll
           for (int i = 0; i < BM / 16; ++i) {
             const int r = r0 + 16 * i;
-            const int ar = s_arow[r];
-            const bool ok = ar >= 0 && k_ok;
-            const u8* src = a_base + (ok ? static_cast<long long>(ar) * lda + kt * 128 + c * 16 : 0);
+            const bool ok = a_src[i] != nullptr && k_ok;
+            const u8* src = ok ? a_src[i] + kt * 128 : a_base;
 #ifdef MOEQ_WS_A_PREFETCH_256
             cp_async16_l2_256(sA + swz(r, c, 128), src, ok);
 #else
