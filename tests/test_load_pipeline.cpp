@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <random>
+#include <sstream>
 
 using namespace moeq;
 using namespace moeq::test;
@@ -386,6 +387,43 @@ TEST_CASE("moeq bench tune --compile-only compiles the candidates of a geometry 
   REQUIRE(at != std::string::npos);
   CHECK(std::stoi(r.out.substr(at + 9)) > 4);
   CHECK(std::filesystem::exists(tmp.path() / "cache"));
+}
+
+TEST_CASE("moeq bench tune --compile-only --ptxas-report prints every kernel's registers and spills") {
+  TempDir tmp;
+  const std::string env = "MOEQ_CACHE_DIR=" + (tmp.path() / "cache").string();
+  CliRun r = run_moeq_cli("bench tune --compile-only sm_90a --ptxas-report --scheme bf16 --dims 8,2,64,32 --m 1", env);
+  CAPTURE(r.out);
+  REQUIRE(r.code == 0);
+  // One line a kernel ("SET KERNEL: R registers, F bytes stack frame, S / L bytes spill ..."), then
+  // the count; every GEMM of the candidates reports a register count ptxas could have chosen.
+  int gemms = 0;
+  std::istringstream in(r.out);
+  for (std::string line; std::getline(in, line);) {
+    const auto at = line.find(" moe_gemm");
+    if (at == std::string::npos) continue;
+    ++gemms;
+    const auto colon = line.find(": ", at);
+    REQUIRE(colon != std::string::npos);
+    const int regs = std::stoi(line.substr(colon + 2));
+    CHECK(regs >= 16);
+    CHECK(regs <= 255);
+    CHECK(line.find("bytes spill stores / loads") != std::string::npos);
+  }
+  CHECK(gemms >= 4);
+  const auto at = r.out.find("ptxas: ");
+  REQUIRE(at != std::string::npos);
+  CHECK(std::stoi(r.out.substr(at + 7)) > gemms);  // the shared and utility sets' kernels too
+  CHECK(r.out.find("came from the JIT cache") == std::string::npos);
+  // A second run finds every set in the cache, which keeps no log, and says so.
+  CliRun again = run_moeq_cli("bench tune --compile-only sm_90a --ptxas-report --scheme bf16 --dims 8,2,64,32 --m 1", env);
+  CAPTURE(again.out);
+  CHECK(again.code == 0);
+  CHECK(again.out.find("came from the JIT cache without a log") != std::string::npos);
+  // Without --compile-only it is refused before anything runs.
+  CliRun alone = run_moeq_cli("bench tune --ptxas-report --scheme bf16", env);
+  CHECK(alone.code != 0);
+  CHECK(alone.out.find("--ptxas-report requires --compile-only") != std::string::npos);
 }
 
 TEST_CASE("moeq bench jit --arch is checked before anything is printed or created") {

@@ -750,14 +750,64 @@ ct::gpu::DeviceLimits limits_for_arch(const std::string& arch) {
 }
 
 // Compiles the sets, the router/repack set and the harness's own kernels into the JIT cache.
+// ptxas's resource lines of one set's log ("Compiling entry function 'k' for 'sm_90a'", then
+// "N bytes stack frame, S bytes spill stores, L bytes spill loads" and "Used R registers, ..."),
+// one row a kernel: set, kernel, registers, frame, spill stores, spill loads.
+struct PtxasRow {
+  std::string set, kernel;
+  int regs = -1, frame = 0, spill_st = 0, spill_ld = 0;
+};
+std::vector<PtxasRow> ptxas_rows(const std::string& set, const std::string& log) {
+  std::vector<PtxasRow> rows;
+  std::istringstream in(log);
+  for (std::string line; std::getline(in, line);) {
+    auto number_before = [&](const std::string& what) {
+      const auto at = line.find(what);
+      if (at == std::string::npos) return -1;
+      auto b = line.rfind(' ', at - 1);
+      return std::atoi(line.c_str() + (b == std::string::npos ? 0 : b + 1));
+    };
+    if (const auto at = line.find("Compiling entry function '"); at != std::string::npos) {
+      const auto from = at + 26, to = line.find('\'', from);
+      rows.push_back({set, line.substr(from, to == std::string::npos ? std::string::npos : to - from)});
+    } else if (!rows.empty() && line.find("bytes stack frame") != std::string::npos) {
+      rows.back().frame = number_before(" bytes stack frame");
+      rows.back().spill_st = number_before(" bytes spill stores");
+      rows.back().spill_ld = number_before(" bytes spill loads");
+    } else if (!rows.empty() && line.find("Used ") != std::string::npos) {
+      const auto at = line.find("Used ");
+      rows.back().regs = std::atoi(line.c_str() + at + 5);
+    }
+  }
+  return rows;
+}
+
 int compile_sets(const std::map<std::string, ct::gpu::KernelSetSource>& sets, const std::string& arch,
-                 std::ostream& out) {
+                 std::ostream& out, bool ptxas_report = false) {
   std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};
   for (const auto& [_, k] : sets) list.push_back(k);
-  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()));
+  const auto cubins = nvrtc_build_all(list, arch, std::max(1u, std::thread::hardware_concurrency()),
+                                      ptxas_report ? std::vector<std::string>{"--ptxas-options=-v"}
+                                                   : std::vector<std::string>{});
   double ms = 0;
   for (const auto& c : cubins) ms += c.milliseconds;
   out << "compiled " << list.size() << " kernel sets for " << arch << " (" << fmt(ms / 1e3, 1) << " s of NVRTC)\n";
+  if (!ptxas_report) return 0;
+  int kernels = 0, spilling = 0, no_log = 0;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto rows = ptxas_rows(list[i].name, cubins[i].log);
+    if (rows.empty()) ++no_log;  // read from the JIT cache, which keeps no log
+    for (const auto& r : rows) {
+      ++kernels;
+      spilling += r.spill_st + r.spill_ld > 0 ? 1 : 0;
+      out << r.set << " " << r.kernel << ": " << r.regs << " registers, " << r.frame << " bytes stack frame, "
+          << r.spill_st << " / " << r.spill_ld << " bytes spill stores / loads"
+          << (r.spill_st + r.spill_ld > 0 ? "  SPILLS" : "") << "\n";
+    }
+  }
+  out << "ptxas: " << kernels << " kernels, " << spilling << " spill";
+  if (no_log > 0) out << "; " << no_log << " sets came from the JIT cache without a log (use an empty MOEQ_CACHE_DIR)";
+  out << "\n";
   return 0;
 }
 
@@ -775,7 +825,7 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   if (opt.time)
     for (const auto& sh : sel.shapes)
       for (const auto& s : sel.schemes) add(s.scheme, LayerDims{sh.experts, 0, sh.hidden, sh.inter, sh.top_k}, max_m);
-  return compile_sets(sets, arch, out);
+  return compile_sets(sets, arch, out, opt.ptxas_report);
 }
 
 std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch) {
@@ -1213,7 +1263,7 @@ int compile_tune_candidates(const BenchOptions& opt, const std::string& arch, st
           for (auto& k : MoePlan(s.scheme, d, m, lim, {b}).sources()) sets.emplace(k.source, k);
       }
     }
-  return compile_sets(sets, arch, out);
+  return compile_sets(sets, arch, out, opt.ptxas_report);
 }
 
 int run_bench(const BenchOptions& opt, std::ostream& out) {

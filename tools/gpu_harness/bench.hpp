@@ -31,6 +31,9 @@ struct BenchOptions {
   double given_copy_gbps = 0, given_fp8_tflops = 0, given_bf16_tflops = 0;
   bool floors_only = false;  // measure and print the floors, nothing else
   bool json = false;         // `out` gets one JSON document; progress and tables go to stderr
+  // --compile-only: compile with ptxas's resource report and print each kernel's registers,
+  // stack frame and spills (a spill in a GEMM's loop costs local-memory traffic every K tile).
+  bool ptxas_report = false;
 };
 
 using ::moeq::split_list;  // command-line lists (moeq/strings.hpp)

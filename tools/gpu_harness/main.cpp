@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       else if (a == "--seconds") opt.seconds_per_case = std::stod(next());
       else if (a == "--markdown") opt.markdown = next();
       else if (a == "--compile-only") compile_arch = next();
+      else if (a == "--ptxas-report") opt.ptxas_report = true;
       else if (a == "--dims") {
         const std::string v = next();
         std::string why;
@@ -59,7 +60,7 @@ int main(int argc, char** argv) {
       else {
         std::cerr << "usage: moeq_gpu_harness [--scheme LIST] [--shape LIST] [--m LIST] [--no-check] [--no-time]\n"
                      "                        [--no-routing] [--seconds S] [--markdown FILE] [--compile-only ARCH]\n"
-                     "                        [--dims [NAME=]E,TOPK,H,I]... [--floors-only] [--floors GBPS,FP8,BF16]\n";
+                     "                        [--ptxas-report] [--dims [NAME=]E,TOPK,H,I]... [--floors-only] [--floors GBPS,FP8,BF16]\n";
         return 2;
       }
     }
@@ -68,6 +69,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    if (opt.ptxas_report && compile_arch.empty()) {
+      std::cerr << "moeq_gpu_harness: --ptxas-report goes with --compile-only ARCH\n";
+      return 2;
+    }
     if (!compile_arch.empty()) return moeq::gpu_harness::compile_only(opt, compile_arch, std::cout);
     if (const std::string why = moeq::gpu_harness::Driver::unavailable_reason(); !why.empty()) {
       std::cout << "SKIP: " << why << "\n";

@@ -37,9 +37,9 @@ Cubin nvrtc_build(const ct::gpu::KernelSetSource& set, const std::string& arch,
 }
 
 std::vector<Cubin> nvrtc_build_all(const std::vector<ct::gpu::KernelSetSource>& sets, const std::string& arch,
-                                   unsigned) {
+                                   unsigned, const std::vector<std::string>& extra_options) {
   std::vector<jit::Request> requests;
-  for (const auto& s : sets) requests.push_back(jit_request(s, arch, {}));
+  for (const auto& s : sets) requests.push_back(jit_request(s, arch, extra_options));
   std::vector<Cubin> out;
   for (const auto& k : jit::JitService::process().compile(requests)) out.push_back(cubin_of(k));
   return out;

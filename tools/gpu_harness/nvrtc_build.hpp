@@ -31,6 +31,6 @@ Cubin nvrtc_build(const ct::gpu::KernelSetSource& set, const std::string& arch,
 // Several sets, the misses compiled in parallel (MOEQ_JIT_THREADS); results in order. The
 // thread count argument is kept for callers; the service decides.
 std::vector<Cubin> nvrtc_build_all(const std::vector<ct::gpu::KernelSetSource>& sets, const std::string& arch,
-                                   unsigned threads);
+                                   unsigned threads, const std::vector<std::string>& extra_options = {});
 
 }  // namespace moeq::gpu_harness

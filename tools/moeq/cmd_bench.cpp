@@ -159,6 +159,10 @@ BenchCommand::BenchCommand(CLI::App& app, CommonOptions& opt) : opt_(opt) {
   auto* tune_arch = tune_->add_option(
       "--compile-only", tune_arch_,
       "compile every candidate kernel set for this arch (e.g. sm_90a) into the JIT cache and stop; needs no GPU");
+  tune_->add_flag("--ptxas-report", tune_ptxas_report_,
+                  "with --compile-only: print each kernel's registers, stack frame and spills as ptxas reports them "
+                  "(sets already in the JIT cache have no report: use an empty MOEQ_CACHE_DIR)")
+      ->needs(tune_arch);
 
   load_ = bench_->add_subcommand(
       "load", "checkpoint -> device 0 through pinned staging chunks, reader threads and async copies: the raw files "
@@ -282,6 +286,7 @@ int BenchCommand::run_tune() const {
 #if MOEQ_HAVE_GPU_BENCH
   gpu_harness::BenchOptions o = case_options(tune_schemes_, tune_shapes_, tune_dims_, tune_ms_);
   o.seconds_per_case = tune_seconds_;
+  o.ptxas_report = tune_ptxas_report_;
   if (!tune_arch_.empty()) return gpu_harness::compile_tune_candidates(o, tune_arch_, std::cout);
   if (const std::string why = gpu_harness::Driver::unavailable_reason(); !why.empty()) {
     std::cerr << "moeq bench tune: " << why << "\n";

@@ -42,6 +42,7 @@ class BenchCommand {
   std::string schemes_, shapes_, ms_ = "1,16,128,1024,8192", markdown_;
   std::vector<std::string> apply_dims_;
   bool no_check_ = false;
+  bool tune_ptxas_report_ = false;
   bool stage_graphs_ = false;
   double seconds_ = 0.25;
   // tune
