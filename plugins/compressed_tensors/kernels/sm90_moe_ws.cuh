@@ -71,6 +71,28 @@ namespace moeq_kernels {
 // full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
 // MMAs keep the tensor core busy. Four sets of per-tile lists, so that the producer fills the
 // next tiles' while both warpgroups still read theirs.
+// The A rows a producer thread gathers in one tile, kept in registers for the tile's K loop.
+// k32: 32-bit byte offsets from the buffer's start, for buffers known to be under 4 GiB (fewer
+// registers than addresses); else 64-bit addresses, null for a padding row.
+template <bool k32, int N>
+struct GatherRows {
+  unsigned off[N];
+  __device__ __forceinline__ void set(int i, const u8*, int row, long long pitch, int col_bytes) {
+    off[i] = row >= 0 ? static_cast<unsigned>(row) * static_cast<unsigned>(pitch) + col_bytes : ~0u;
+  }
+  __device__ __forceinline__ bool has(int i) const { return off[i] != ~0u; }
+  __device__ __forceinline__ const u8* at(int i, const u8* base, int k_bytes) const { return base + (off[i] + k_bytes); }
+};
+template <int N>
+struct GatherRows<false, N> {
+  const u8* ptr[N];
+  __device__ __forceinline__ void set(int i, const u8* base, int row, long long pitch, int col_bytes) {
+    ptr[i] = row >= 0 ? base + static_cast<long long>(row) * pitch + col_bytes : nullptr;
+  }
+  __device__ __forceinline__ bool has(int i) const { return ptr[i] != nullptr; }
+  __device__ __forceinline__ const u8* at(int i, const u8*, int k_bytes) const { return ptr[i] + k_bytes; }
+};
+
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
           bool kFastAcc = false, bool kPingPong = false>
 struct WsGemm {
@@ -375,6 +397,10 @@ struct WsGemm {
         lda = static_cast<long long>(I) * GemmTraits<kKind>::kAElem;
       }
       const int a_row_bytes = geo.K * GemmTraits<kKind>::kAElem;
+      // A is the plan's workspace (fp8 GEMM1's quantized x, every GEMM2's h) or the caller's x
+      // (bf16 and W8A16 GEMM1). MoePlan keeps the workspace's rows below 2^31 elements of at most
+      // 2 bytes, so 32-bit offsets reach them; the caller's x has the caller's row pitch.
+      constexpr bool kA32 = !kGated || kKind == kKindFp8;
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
       for (int it = 0, j = 0;; ++j) {  // it: K tiles queued, j: tiles taken
@@ -406,15 +432,12 @@ struct WsGemm {
         TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol[set], tid, 128);
         producers_meet();  // every row of s_arow written before any thread gathers through it
         mbar_arrive(meta_full0 + 8 * set);
-        // This thread's rows of the tile as source addresses of chunk c at K tile 0, held in
+        // This thread's rows of the tile as byte offsets of chunk c at K tile 0, held in
         // registers for the tile's K loop: a stage then costs no shared load and no 64-bit
         // multiply a row (the address arithmetic was the producer's busiest code under ncu).
-        const u8* a_src[BM / 16];  // null: a padding row
+        GatherRows<kA32, BM / 16> rows;
 #pragma unroll
-        for (int i = 0; i < BM / 16; ++i) {
-          const int ar = s_arow[r0 + 16 * i];
-          a_src[i] = ar >= 0 ? a_base + static_cast<long long>(ar) * lda + c * 16 : nullptr;
-        }
+        for (int i = 0; i < BM / 16; ++i) rows.set(i, a_base, s_arow[r0 + 16 * i], lda, c * 16);
         const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
         for (int kt = 0; kt < KT; ++kt, ++it) {
           const int s = it % STAGES;
@@ -440,8 +463,8 @@ struct WsGemm {
 #pragma unroll
           for (int i = 0; i < BM / 16; ++i) {
             const int r = r0 + 16 * i;
-            const bool ok = a_src[i] != nullptr && k_ok;
-            const u8* src = ok ? a_src[i] + kt * 128 : a_base;
+            const bool ok = rows.has(i) && k_ok;
+            const u8* src = ok ? rows.at(i, a_base, kt * 128) : a_base;
 #ifdef MOEQ_WS_A_PREFETCH_256
             cp_async16_l2_256(sA + swz(r, c, 128), src, ok);
 #else
