@@ -338,6 +338,50 @@ TEST_CASE("tune: GEMM2 splits K where decode leaves SMs idle, and only on mma.sy
   CHECK(gpu::heuristic_bucket(untuned(w8a16(), gpu::LayerDims{128, 0, 2048, 768, 8}, 64), 1).k_splits == 1);
 }
 
+TEST_CASE("tune: from about 28 rows an expert (20 with block scales) Hopper's heuristics take 64-row warp-specialized tiles") {
+  // A geometry no table names (E = 160, top-k 6, H = 5120, I = 1536): M = 800 gives 30 rows an
+  // expert, M = 640 24, M = 480 18.
+  const gpu::LayerDims d{160, 0, 5120, 1536, 6};
+  gpu::GpuScheme bf16;
+  bf16.kind = mk::kKindBf16;
+  bf16.wscale = mk::kWNone;
+  bf16.amode = mk::kANone;
+  auto bucket = [&](const gpu::GpuScheme& sc, int64_t m, gpu::DeviceLimits lim = h100()) {
+    gpu::HeuristicInput in = gpu::MoePlan(sc, d, 8192, lim).heuristic_input();
+    in.tuned = nullptr;
+    return gpu::heuristic_bucket(in, m);
+  };
+  for (const gpu::GpuScheme& sc : {bf16, fp8_channel(), fp8_block()}) {
+    const gpu::Bucket b = bucket(sc, 800);
+    CAPTURE(gpu::describe(b));
+    CHECK(b.bm == 64);
+    CHECK(b.gemm1.ws);
+    CHECK(b.gemm2.ws);
+    CHECK(b.gemm1.bn == 128);
+    CHECK(bucket(sc, 480).bm == 32);  // 18 rows: mma.sync
+  }
+  // 24 rows: block scales take the 64-row tile, channel scales and bf16 not yet.
+  CHECK(bucket(fp8_block(), 640).bm == 64);
+  CHECK(bucket(fp8_channel(), 640).bm == 32);
+  CHECK(bucket(bf16, 640).bm == 32);
+  // W8A16 keeps 32-row mma.sync tiles there, three stages deep on Hopper.
+  const gpu::Bucket w = bucket(w8a16(), 800);
+  CAPTURE(gpu::describe(w));
+  CHECK(w.bm == 32);
+  CHECK_FALSE(w.gemm1.wgmma);
+  CHECK(w.gemm1.stages == 3);
+  CHECK(w.gemm2.stages == 3);
+  // An sm_89 card (no warpgroup MMA): 32-row tiles up to 40 rows, as before.
+  gpu::DeviceLimits ada;
+  ada.sm_major = 8;
+  ada.sm_minor = 9;
+  ada.max_smem_per_block = 99 * 1024;
+  const gpu::Bucket a = bucket(fp8_channel(), 800, ada);
+  CHECK(a.bm == 32);
+  CHECK_FALSE(a.gemm1.wgmma);
+  CHECK(bucket(w8a16(), 800, ada).gemm1.stages != 3);
+}
+
 TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory with the kernels' static arrays") {
   // The warp-specialized W8A16 tile at 128 rows: its ring, two bf16 tiles and the static row
   // lists and scales within one block's 227 KiB (five stages would not be: 232,600 bytes).

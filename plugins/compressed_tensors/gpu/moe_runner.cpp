@@ -70,6 +70,9 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 // - MOEQ_CT_WS_MULTICAST (MoePlan::ws_multicast): the warp-specialized fp8 and bf16 GEMMs (not
 //   ping-pong) run as two-block clusters on consecutive m tiles of one n tile, each block loading
 //   half of the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
+// Timed on an H200 against the heuristics (bench/RESULTS.md, fourteenth session): A prefetch
+// 1.00x, scale prefetch 0.98x, multicast 0.87x (slower in 23 of 24 large-M cases). Off by
+// default; kept for measuring on other cards and shapes.
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
 }

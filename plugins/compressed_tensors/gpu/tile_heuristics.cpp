@@ -24,9 +24,16 @@ void fit_ring(const HeuristicInput& in, int kind, int bm, GemmTile& t, int block
 
 // Row tile from the expected rows per expert: small M streams weights (16-row tiles waste
 // nothing that matters), large M wants big tiles for reuse.
-int row_tile(double rows_per_expert) {
+// NOTE (the tuner on an H100, sm90_132.json; confirmed on an H200, 2026-12-07): where the
+// warp-specialized kernels run bf16 or fp8, a 64-row one beats the 32-row mma.sync tile from
+// about 28 rows per expert (block scales: 20), although half its rows are padding: Mixtral at
+// M = 128 and DeepSeek-V3 at M = 1024 (32 rows) 1.15-1.62x, Granite fp8-block at M = 128
+// (25.6 rows) 1.27x, while Granite bf16 and fp8-channel at 25.6 rows kept 32-row tiles.
+// W8A16 kept 32-row mma.sync tiles at 25.6 and 32 rows.
+int row_tile(double rows_per_expert, const HeuristicInput& in) {
   if (rows_per_expert <= 16) return 16;
-  if (rows_per_expert <= 40) return 32;
+  const bool ws64 = in.ws && in.kind != kKindW8A16;
+  if (rows_per_expert <= (ws64 ? (in.promote ? 20 : 28) : 40)) return 32;
   if (rows_per_expert <= 96) return 64;
   return 128;
 }
@@ -88,7 +95,10 @@ GemmTile gemm_tile(int kind, int bm, int64_t n_out, int64_t expected_tiles, doub
   }
   switch (bm) {
     case 16: t = {128, 1, 4, 6}; break;
-    case 32: t = {128, 1, 4, 5}; break;
+    // NOTE (the tuner on an H100): W8A16 at 32 rows took three stages over five on all three
+    // shapes measured there (1.28-1.50x). Hopper only (in.ws: the device runs the
+    // warp-specialized kernels); the other arches keep five, unmeasured.
+    case 32: t = {128, 1, 4, kind == kKindW8A16 && in.ws ? 3 : 5}; break;
     case 64: t = {128, 2, 4, 4}; break;
     default: t = {128, 2, 4, 4}; break;
   }
@@ -112,7 +122,7 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   const double rows = static_cast<double>(m * k) / static_cast<double>(E);
   Bucket b;
   b.max_tokens = m;
-  b.bm = row_tile(rows);
+  b.bm = row_tile(rows, in);
   // Measuring (MOEQ_CT_WS_PINGPONG=1): ping-pong tiles of 64 rows where the heuristics would take
   // warp-specialized ones. Not the default: on the H100 they were slower in 20 of 24 cases.
   const bool pingpong = in.ws_pingpong && in.ws && b.bm >= 64 && in.kind != kKindW8A16;
