@@ -37,6 +37,14 @@ gpu::GpuScheme fp8_block() {
   return s;
 }
 
+gpu::GpuScheme bf16_scheme() {
+  gpu::GpuScheme s;
+  s.kind = mk::kKindBf16;
+  s.wscale = mk::kWNone;
+  s.amode = mk::kANone;
+  return s;
+}
+
 gpu::GpuScheme w8a16() {
   gpu::GpuScheme s;
   s.kind = mk::kKindW8A16;
@@ -91,10 +99,7 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
   block64.block_n = 64;
   refined.scale_k = 16;  // I/tp an odd multiple of 16: 16-element blocks
   refined.block_n = 16;
-  gpu::GpuScheme bf16;
-  bf16.kind = mk::kKindBf16;
-  bf16.wscale = mk::kWNone;
-  bf16.amode = mk::kANone;
+  const gpu::GpuScheme bf16 = bf16_scheme();
   for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), w8a16(), block64, refined, bf16}) {
     for (int64_t m : {1, 16, 128, 1024, 8192}) {
       CAPTURE(sc.key());
@@ -342,10 +347,7 @@ TEST_CASE("tune: from about 28 rows an expert (20 with block scales) Hopper's he
   // A geometry no table names (E = 160, top-k 6, H = 5120, I = 1536): M = 800 gives 30 rows an
   // expert, M = 640 24, M = 480 18.
   const gpu::LayerDims d{160, 0, 5120, 1536, 6};
-  gpu::GpuScheme bf16;
-  bf16.kind = mk::kKindBf16;
-  bf16.wscale = mk::kWNone;
-  bf16.amode = mk::kANone;
+  const gpu::GpuScheme bf16 = bf16_scheme();
   auto bucket = [&](const gpu::GpuScheme& sc, int64_t m, gpu::DeviceLimits lim = h100()) {
     gpu::HeuristicInput in = gpu::MoePlan(sc, d, 8192, lim).heuristic_input();
     in.tuned = nullptr;
@@ -454,10 +456,7 @@ TEST_CASE("plan: GEMM1 requantizes in its epilogue only where whole groups fit i
 }
 
 TEST_CASE("plan: each bucket finds every kernel it launches in the program it takes it from, each text once") {
-  gpu::GpuScheme bf16;
-  bf16.kind = mk::kKindBf16;
-  bf16.wscale = mk::kWNone;
-  bf16.amode = mk::kANone;
+  const gpu::GpuScheme bf16 = bf16_scheme();
   gpu::GpuScheme fp8_tensor = fp8_channel();
   fp8_tensor.wscale = mk::kWTensor;
   fp8_tensor.amode = mk::kATensor;
@@ -567,10 +566,7 @@ TEST_CASE("tune: 224-wide tiles run 128 rows warp-specialized, bf16 or fp8 witho
   const gpu::LayerDims d{8, 0, 4096, 14336, 2};
   gpu::GemmTile t{224, 2, 4, 5};
   t.wgmma = t.ws = true;
-  gpu::GpuScheme bf16;
-  bf16.kind = mk::kKindBf16;
-  bf16.wscale = mk::kWNone;
-  bf16.amode = mk::kANone;
+  const gpu::GpuScheme bf16 = bf16_scheme();
   for (const gpu::GpuScheme& sc : {fp8_channel(), bf16}) {
     CAPTURE(sc.key());
     const gpu::HeuristicInput in = untuned(sc, d, 8192);
@@ -639,10 +635,7 @@ static int flag_changes(gpu::MoePlan& plan, void (gpu::MoePlan::*set)(bool), con
 
 TEST_CASE("plan: two-block clusters change only the warp-specialized fp8 and bf16 GEMMs, not ping-pong or W8A16") {
   const gpu::LayerDims d{8, 0, 4096, 14336, 2};
-  gpu::GpuScheme bf16;
-  bf16.kind = mk::kKindBf16;
-  bf16.wscale = mk::kWNone;
-  bf16.amode = mk::kANone;
+  const gpu::GpuScheme bf16 = bf16_scheme();
   for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), bf16, w8a16()}) {
     for (const int64_t m : {1, 8192}) {
       CAPTURE(sc.key());
