@@ -343,7 +343,7 @@ TEST_CASE("tune: GEMM2 splits K where decode leaves SMs idle, and only on mma.sy
   CHECK(gpu::heuristic_bucket(untuned(w8a16(), gpu::LayerDims{128, 0, 2048, 768, 8}, 64), 1).k_splits == 1);
 }
 
-TEST_CASE("tune: from about 28 rows an expert (20 with block scales) Hopper's heuristics take 64-row warp-specialized tiles") {
+TEST_CASE("tune: Hopper's heuristics take 64-row warp-specialized tiles from about 28 rows an expert (20 with block scales), 64-wide 16-row tiles") {
   // A geometry no table names (E = 160, top-k 6, H = 5120, I = 1536): M = 800 gives 30 rows an
   // expert, M = 640 24, M = 480 18.
   const gpu::LayerDims d{160, 0, 5120, 1536, 6};
@@ -382,6 +382,16 @@ TEST_CASE("tune: from about 28 rows an expert (20 with block scales) Hopper's he
   CHECK(a.bm == 32);
   CHECK_FALSE(a.gemm1.wgmma);
   CHECK(bucket(w8a16(), 800, ada).gemm1.stages != 3);
+  // 16-row tiles (M = 32: 1.2 rows an expert) are 64 wide on Hopper whatever the grid, 128 on
+  // sm_89 where 172 tiles x 24 column blocks cover the machine.
+  for (const gpu::GpuScheme& sc : {bf16, fp8_channel(), fp8_block(), w8a16()}) {
+    CAPTURE(sc.key());
+    const gpu::Bucket small = bucket(sc, 32);
+    CHECK(small.bm == 16);
+    CHECK(small.gemm1.bn == 64);
+    CHECK(small.gemm2.bn == 64);
+    CHECK(bucket(sc, 32, ada).gemm1.bn == 128);
+  }
 }
 
 TEST_CASE("tune: every tile the heuristics and the tuner pick fits shared memory with the kernels' static arrays") {
