@@ -178,18 +178,21 @@ for r in json.load(sys.stdin)["rows"]:
   done
   echo "abprev: $((SECONDS - t0)) s"
 }
-# Nsight Compute on the decode GEMMs (NCU_SCHEMES at M = 1 on NCU_SHAPE): throughput, stalls,
-# occupancy of the first eager run's two GEMMs of each scheme (clocks left alone).
+# Nsight Compute on the decode GEMMs (NCU_SCHEMES at each of NCU_MS, default 1, on NCU_SHAPE):
+# throughput, stalls, occupancy of the first eager run's two GEMMs of each (scheme, M) (clocks
+# left alone); files ncu_SCHEME_mM.txt.
 ncu_decode() {
   local t0=$SECONDS
   for sc in ${NCU_SCHEMES:-fp8-block fp8-channel}; do
-    timeout 150 ncu --clock-control none -k regex:moe_gemm -c 2 --section SpeedOfLight --section WarpStateStats \
-      --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-      build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme "$sc" --shape "${NCU_SHAPE:-DeepSeek-V3}" \
-      > "$out/ncu_$sc.txt" 2>&1
-    echo "ncu $sc: exit $?"
-    grep -E "moe_gemm|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Registers Per|Stall|Block Limit|Waves Per|Grid Size|Block Size|L2 Hit|Mem Busy|Max Bandwidth" \
-      "$out/ncu_$sc.txt" | head -60
+    for m in ${NCU_MS:-1}; do
+      timeout 150 ncu --clock-control none -k regex:moe_gemm -c 2 --section SpeedOfLight --section WarpStateStats \
+        --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+        build/bin/moeq bench apply --no-check --m "$m" --seconds 0.01 --scheme "$sc" --shape "${NCU_SHAPE:-DeepSeek-V3}" \
+        > "$out/ncu_${sc}_m$m.txt" 2>&1
+      echo "ncu $sc M=$m: exit $?"
+      grep -E "moe_gemm|DRAM Throughput|Memory Throughput|Duration|Achieved Occupancy|Registers Per|Stall|Block Limit|Waves Per|Grid Size|Block Size|L2 Hit|Mem Busy|Max Bandwidth" \
+        "$out/ncu_${sc}_m$m.txt" | head -60
+    done
   done
   echo "ncu: $((SECONDS - t0)) s"
 }
