@@ -43,34 +43,6 @@
 
 namespace moeq_kernels {
 
-// kFastAcc (fp8 with channel or tensor scales only): the products accumulate in the MMA's own
-// f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
-// scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
-//
-// MOEQ_WS_MULTICAST (defined by the generated source under MOEQ_CT_WS_MULTICAST=1, for
-// measuring; launched as two-block clusters): the walk is over pairs of m tiles (2q, 2q + 1) of
-// one n tile, the block of cluster rank r taking tile 2q + r. Where both tiles have the same
-// expert, each block's producer loads half of the weight tile (GEMM1: the gate or the up rows)
-// by one TMA multicast into both blocks, so that the pair reads the weight tile from L2 once
-// (a 128-row tile's weights are two thirds of its bytes); otherwise each loads the whole tile
-// for itself. Either block's producer writes into the other's ring, so a slot's "empty" barrier
-// counts the consumers of both blocks (each consumer warp arrives on its own block's and on the
-// other's). Rank 0 takes the pair's entry from the counter and hands it to rank 1 through its
-// shared memory and a pair of cluster-scope mbarriers; a second block past the last tile runs
-// the pair with padding rows only. Both blocks meet at a cluster barrier after initializing
-// their barriers and before leaving.
-//
-// MOEQ_WS_A_PREFETCH_256 (defined by the generated source under MOEQ_CT_A_PREFETCH=1, for
-// measuring): the producer's A copies ask L2 for 256-byte blocks, so that a row's next K tile is
-// already in L2 when it is gathered.
-//
-// kPingPong (64-row tiles): two consumer warpgroups, each on a tile of its own: tile j of the
-// block's walk goes to warpgroup j % 2. The ring is one FIFO, so a warpgroup's stages follow
-// the other's; the warpgroups take turns in the mainloop (named barriers 3 and 4: a warpgroup
-// starts tile j's MMAs once the other has issued all of tile j - 1's), which keeps each
-// full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
-// MMAs keep the tensor core busy. Four sets of per-tile lists, so that the producer fills the
-// next tiles' while both warpgroups still read theirs.
 // The A rows a producer thread gathers in one tile, kept in registers for the tile's K loop.
 // k32: 32-bit byte offsets from the buffer's start, for buffers known to be under 4 GiB (fewer
 // registers than addresses); else 64-bit addresses, null for a padding row.
@@ -93,6 +65,34 @@ struct GatherRows<false, N> {
   __device__ __forceinline__ const u8* at(int i, const u8*, int k_bytes) const { return ptr[i] + k_bytes; }
 };
 
+// kFastAcc (fp8 with channel or tensor scales only): the products accumulate in the MMA's own
+// f32 accumulators over the whole K, as for bf16, with no per-tile promotion (see above); the
+// scales are applied in the epilogue either way. The plan selects it unless MOEQ_CT_FP8_FAST_ACCUM=0.
+//
+// MOEQ_WS_MULTICAST (defined by the generated source under MOEQ_CT_WS_MULTICAST=1, for measuring;
+// launched as two-block clusters; 0.87x of the heuristics on an H200): the walk is over pairs of m
+// tiles (2q, 2q + 1) of one n tile, the block of cluster rank r taking tile 2q + r. Where both
+// tiles have the same expert, each block's producer loads half of the weight tile (GEMM1: the gate
+// or the up rows) by one TMA multicast into both blocks, so that the pair reads the weight tile
+// from L2 once (a 128-row tile's weights are two thirds of its bytes); otherwise each loads the
+// whole tile for itself. Either block's producer writes into the other's ring, so a slot's "empty"
+// barrier counts the consumers of both blocks (each consumer warp arrives on its own block's and on
+// the other's). Rank 0 takes the pair's entry from the counter and hands it to rank 1 through its
+// shared memory and a pair of cluster-scope mbarriers; a second block past the last tile runs the
+// pair with padding rows only. Both blocks meet at a cluster barrier after initializing their
+// barriers and before leaving.
+//
+// MOEQ_WS_A_PREFETCH_256 (defined by the generated source under MOEQ_CT_A_PREFETCH=1, for
+// measuring; 1.00x on an H200): the producer's A copies ask L2 for 256-byte blocks, so that a row's
+// next K tile is already in L2 when it is gathered.
+//
+// kPingPong (64-row tiles): two consumer warpgroups, each on a tile of its own: tile j of the
+// block's walk goes to warpgroup j % 2. The ring is one FIFO, so a warpgroup's stages follow
+// the other's; the warpgroups take turns in the mainloop (named barriers 3 and 4: a warpgroup
+// starts tile j's MMAs once the other has issued all of tile j - 1's), which keeps each
+// full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
+// MMAs keep the tensor core busy. Four sets of per-tile lists, so that the producer fills the
+// next tiles' while both warpgroups still read theirs.
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
           bool kFastAcc = false, bool kPingPong = false>
 struct WsGemm {
