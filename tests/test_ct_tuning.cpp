@@ -291,6 +291,64 @@ TEST_CASE("tune: a plan takes the entry nearest its M, and the heuristics where 
                        moeq::Error);
 }
 
+TEST_CASE("tune: an entry of this card's memory wins a tie in M, another card's applies where nothing nearer does") {
+  // Cards of one arch and SM count: an H100 (80 GiB), an H200 (140 GiB) and a third of 94 GiB.
+  auto with_memory = [](std::string e, const std::string& gib) {
+    const std::string sms = "\"sms\": 132";
+    return e.replace(e.find(sms), sms.size(), sms + ", \"memory_gib\": " + gib);
+  };
+  const std::string generic = entry_json("fp8.wchannel.atoken", 16, 16, "mma 128 w1x4 s6", "mma 128 w1x4 s6");
+  const std::string h100_16 = with_memory(entry_json("fp8.wchannel.atoken", 16, 16, "mma 64 w1x4 s3", "mma 64 w1x4 s3"), "80");
+  const std::string h200_16 = with_memory(entry_json("fp8.wchannel.atoken", 16, 16, "mma 32 w1x2 s5", "mma 32 w1x2 s5"), "140");
+  const std::string h100_1024 =
+      with_memory(entry_json("fp8.wchannel.atoken", 1024, 64, "ws 128 w1x4 s4", "ws 128 w1x4 s4"), "80");
+  const auto entries = gpu::parse_tune_table(table(generic + "," + h100_16 + "," + h200_16 + "," + h100_1024), "test");
+  REQUIRE(entries.size() == 4);
+  CHECK(entries[0].memory_gib == 0);
+  CHECK(entries[1].memory_gib == 80);
+  CHECK(entries[2].memory_gib == 140);
+  // The text form keeps the field where it is set, and only there.
+  const std::string text = gpu::tune_table_json(entries);
+  CHECK(text.find("\"memory_gib\": 140") != std::string::npos);
+  const auto back = gpu::parse_tune_table(text, "round trip");
+  REQUIRE(back.size() == 4);
+  CHECK(back[0].memory_gib == 0);
+  CHECK(back[2].memory_gib == 140);
+
+  auto pick = [&](int64_t memory_bytes, int64_t m, const std::vector<gpu::TunedEntry>& table_entries) {
+    gpu::DeviceLimits lim = h100();
+    lim.memory_bytes = memory_bytes;
+    gpu::HeuristicInput in = gpu::MoePlan(fp8_channel(), gpu::LayerDims{128, 0, 2048, 768, 8}, 8192, lim).heuristic_input();
+    in.tuned = &table_entries;
+    gpu::Bucket b;
+    REQUIRE(gpu::tuned_bucket(in, m, b));
+    return gpu::tile_text(b.gemm1);
+  };
+  // cuDeviceTotalMem of an H100 80GB HBM3 and an H200: 81,559 and 143,771 MiB.
+  const int64_t h100 = 81559LL << 20, h200 = 143771LL << 20, third = 95830LL << 20;
+  CHECK(gpu::memory_gib(h100) == 80);
+  CHECK(gpu::memory_gib(h200) == 140);
+  CHECK(gpu::memory_gib(third) == 94);
+  CHECK(gpu::memory_gib(0) == 0);
+  // At M = 16 the three entries are equally near: the card's own wins.
+  CHECK(pick(h100, 16, entries) == "mma 64 w1x4 s3");
+  CHECK(pick(h200, 16, entries) == "mma 32 w1x2 s5");
+  // A card no entry records, or an unknown one: the entry that records no card first.
+  CHECK(pick(third, 16, entries) == "mma 128 w1x4 s6");
+  CHECK(pick(0, 16, entries) == "mma 128 w1x4 s6");
+  // Nearer in M wins whatever the card: at M = 1024 the H100's entry applies on the H200 too.
+  CHECK(pick(h200, 1024, entries) == "ws 128 w1x4 s4");
+  // Without the entry that records no card, another card's still applies.
+  const auto only_h100 = gpu::parse_tune_table(table(h100_16), "test");
+  CHECK(pick(h200, 16, only_h100) == "mma 64 w1x4 s3");
+  // A malformed field is refused, naming it.
+  for (const char* bad : {"0", "-4", "\"80\"", "70000"}) {
+    CAPTURE(bad);
+    CHECK_THROWS_WITH_AS(gpu::parse_tune_table(table(with_memory(generic, bad)), "t.json"),
+                         doctest::Contains("entry 0: \"memory_gib\""), moeq::Error);
+  }
+}
+
 TEST_CASE("tune: every shipped table parses and its tiles plan on the device they were measured on") {
   const auto& shipped = gpu::tune_entries();  // MOEQ_CT_TUNE_TABLE unset in the suite
   for (const gpu::EmbeddedTable& t : gpu::embedded_tune_tables()) {

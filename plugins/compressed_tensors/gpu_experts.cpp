@@ -117,6 +117,7 @@ gpu::DeviceLimits device_limits(int ordinal) {
   l.sm_major = info.sm_major;
   l.sm_minor = info.sm_minor;
   l.multiprocessors = info.multiprocessors;
+  l.memory_bytes = info.memory_bytes;
   const cu::Driver& api = cu::driver();
   int dev = 0, smem = 0;
   cu::check(api.cuDeviceGet(&dev, ordinal), "cuDeviceGet");

@@ -96,6 +96,7 @@ ct::gpu::DeviceLimits limits(const Driver& d) {
   l.sm_minor = d.info().sm_minor;
   l.multiprocessors = d.info().multiprocessors;
   l.max_smem_per_block = d.info().smem_optin;
+  l.memory_bytes = static_cast<int64_t>(d.info().total_memory);
   return l;
 }
 
@@ -1157,6 +1158,7 @@ void tune_shape_scheme(Ctx& c, const ShapeSpec& shape, const SchemeSpec& spec, c
     ct::gpu::TunedEntry e;
     e.arch = hin.arch;
     e.multiprocessors = lim.multiprocessors;
+    e.memory_gib = hin.memory_gib;
     e.scheme = hin.scheme_key;
     e.experts = d.num_experts;
     e.top_k = d.top_k;
@@ -1204,7 +1206,8 @@ int run_tune(const BenchOptions& opt, const std::string& table_path, std::ostrea
     log << "keeping the " << kept.size() << " entries of " << table_path << " that this run does not tune\n";
   }
   auto same_case = [](const ct::gpu::TunedEntry& a, const ct::gpu::TunedEntry& b) {
-    return a.arch == b.arch && a.multiprocessors == b.multiprocessors && a.scheme == b.scheme &&
+    return a.arch == b.arch && a.multiprocessors == b.multiprocessors && a.memory_gib == b.memory_gib &&
+           a.scheme == b.scheme &&
            a.experts == b.experts && a.top_k == b.top_k && a.hidden == b.hidden && a.inter == b.inter && a.m == b.m;
   };
   auto write = [&] {

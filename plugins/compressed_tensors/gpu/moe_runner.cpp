@@ -305,6 +305,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
                      std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST") ||
                      std::getenv("MOEQ_CT_SCALE_PREFETCH");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
+  hin.memory_gib = memory_gib(device_.memory_bytes);
   hin.scheme_key = scheme_.key();
   hin.tuned = knobs ? nullptr : &tune_entries();
   hin_ = hin;

@@ -100,6 +100,7 @@ struct DeviceLimits {
   int multiprocessors = 132;
   int max_smem_per_block = 227 * 1024;
   std::string arch;  // "sm_90a" as the host compiles for it (ABI 1.2 device_info); may be empty
+  int64_t memory_bytes = 0;  // the card's memory (device_info); 0: unknown
 };
 
 // The configuration of one layer: validated scheme and shape, buckets, workspace layout.

@@ -79,6 +79,7 @@ struct HeuristicInput {
   // precedence over the heuristics at the M nearest theirs. Null: heuristics only.
   const std::vector<TunedEntry>* tuned = nullptr;
   std::string arch;        // "sm_90"
+  int memory_gib = 0;      // the card's memory, rounded GiB (0: unknown): tells an H200 from an H100
   std::string scheme_key;  // GpuScheme::key()
 };
 

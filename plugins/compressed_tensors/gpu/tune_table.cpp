@@ -124,6 +124,11 @@ std::vector<TunedEntry> parse_tune_table(const std::string& text, const std::str
     e.arch = string_field(o, "arch", where);
     MOEQ_CHECK(e.arch.rfind("sm_", 0) == 0, where + ": \"arch\" must look like sm_90, found \"" + e.arch + "\"");
     e.multiprocessors = static_cast<int>(int_field(o, "sms", where));
+    if (o.if_contains("memory_gib") != nullptr) {
+      const int64_t gib = int_field(o, "memory_gib", where);
+      MOEQ_CHECK(gib <= 65536, where + ": \"memory_gib\" must be at most 65536, found " + std::to_string(gib));
+      e.memory_gib = static_cast<int>(gib);
+    }
     e.scheme = string_field(o, "scheme", where);
     e.experts = int_field(o, "experts", where);
     e.top_k = int_field(o, "top_k", where);
@@ -150,7 +155,8 @@ std::string tune_table_json(const std::vector<TunedEntry>& entries) {
   std::string s = "{\"format\": \"" + std::string(kFormat) + "\", \"entries\": [\n";
   for (size_t i = 0; i < entries.size(); ++i) {
     const TunedEntry& e = entries[i];
-    s += "  {\"arch\": \"" + e.arch + "\", \"sms\": " + std::to_string(e.multiprocessors) + ", \"scheme\": \"" +
+    s += "  {\"arch\": \"" + e.arch + "\", \"sms\": " + std::to_string(e.multiprocessors) +
+         (e.memory_gib > 0 ? ", \"memory_gib\": " + std::to_string(e.memory_gib) : std::string()) + ", \"scheme\": \"" +
          e.scheme + "\", \"experts\": " + std::to_string(e.experts) + ", \"top_k\": " + std::to_string(e.top_k) +
          ", \"hidden\": " + std::to_string(e.hidden) + ", \"inter\": " + std::to_string(e.inter) +
          ", \"m\": " + std::to_string(e.m) + ", \"bm\": " + std::to_string(e.bucket.bm) + ", \"gemm1\": \"" +
@@ -189,21 +195,35 @@ const std::vector<TunedEntry>& tune_entries() {
 }
 
 
+int memory_gib(int64_t bytes) {
+  return bytes <= 0 ? 0 : static_cast<int>((bytes + (int64_t{1} << 29)) >> 30);
+}
+
 bool tuned_bucket(const HeuristicInput& in, int64_t m, Bucket& out) {
   if (in.tuned == nullptr || m < 1) return false;
   const TunedEntry* best = nullptr;
   double best_distance = 0;
+  int best_card = 0;
+  // 0: measured on a card of this memory (within 5 %), 1: the entry records none, 2: another card's.
+  auto card_rank = [&](const TunedEntry& e) {
+    if (e.memory_gib == 0) return 1;
+    return in.memory_gib > 0 && std::abs(e.memory_gib - in.memory_gib) * 20 <= in.memory_gib ? 0 : 2;
+  };
   for (const TunedEntry& e : *in.tuned) {
     if (e.arch != in.arch || e.multiprocessors != in.multiprocessors || e.scheme != in.scheme_key ||
         e.experts != in.num_experts || e.top_k != in.top_k || e.hidden != in.hidden || e.inter != in.inter)
       continue;
     const double distance = std::fabs(std::log2(static_cast<double>(e.m)) - std::log2(static_cast<double>(m)));
-    // Nearest on a log scale; on a tie the smaller M (its tiles hold fewer rows); for the same M
-    // the first entry (MOEQ_CT_TUNE_TABLE's before the embedded ones).
-    if (best == nullptr || distance < best_distance - 1e-9 ||
-        (std::fabs(distance - best_distance) <= 1e-9 && e.m < best->m)) {
+    const int card = card_rank(e);
+    // Nearest on a log scale; on a tie this card's entry (TunedEntry::memory_gib), then the
+    // smaller M (its tiles hold fewer rows); for the same M and card the first entry
+    // (MOEQ_CT_TUNE_TABLE's before the embedded ones).
+    const bool tie = best != nullptr && std::fabs(distance - best_distance) <= 1e-9;
+    if (best == nullptr || distance < best_distance - 1e-9 || (tie && card < best_card) ||
+        (tie && card == best_card && e.m < best->m)) {
       best = &e;
       best_distance = distance;
+      best_card = card;
     }
   }
   if (best == nullptr) return false;

@@ -15,6 +15,12 @@ namespace moeq::ct::gpu {
 struct TunedEntry {
   std::string arch;       // "sm_90": the compute capability the times were measured on
   int multiprocessors = 0;
+  // The card's memory in GiB, rounded (0: not recorded). Cards of one arch and SM count differ
+  // in memory bandwidth (an H200 against an H100), which moves the decode tiles' optimum: where
+  // two entries are equally near in M, the one of this card's memory (within 5 %) wins, then
+  // one that records none, then one of another card's; so another card's entries still apply
+  // where this card has none.
+  int memory_gib = 0;
   std::string scheme;     // GpuScheme::key()
   int64_t experts = 0, top_k = 0, hidden = 0, inter = 0;  // local experts, I of the shard
   int64_t m = 0;          // tokens the bucket was timed at
@@ -32,6 +38,9 @@ std::string tune_table_json(const std::vector<TunedEntry>& entries);
 // The entries a plan consults: MOEQ_CT_TUNE_TABLE's file (read once per process; an unreadable
 // or malformed file is an error, not ignored), then the embedded tables.
 const std::vector<TunedEntry>& tune_entries();
+
+// A card's memory in GiB, rounded (TunedEntry::memory_gib; 0 for 0 or fewer bytes).
+int memory_gib(int64_t bytes);
 
 // "mma 64 w1x4 s6" and back: the text form of a GEMM tile in tables and messages.
 std::string tile_text(const GemmTile& t);
