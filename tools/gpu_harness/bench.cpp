@@ -760,6 +760,8 @@ struct PtxasRow {
 };
 std::vector<PtxasRow> ptxas_rows(const std::string& set, const std::string& log) {
   std::vector<PtxasRow> rows;
+  std::string props;  // the function of the last "Function properties for F" line (a device
+                      // function's block may come between an entry's lines)
   std::istringstream in(log);
   for (std::string line; std::getline(in, line);) {
     auto number_before = [&](const std::string& what) {
@@ -771,7 +773,10 @@ std::vector<PtxasRow> ptxas_rows(const std::string& set, const std::string& log)
     if (const auto at = line.find("Compiling entry function '"); at != std::string::npos) {
       const auto from = at + 26, to = line.find('\'', from);
       rows.push_back({set, line.substr(from, to == std::string::npos ? std::string::npos : to - from)});
-    } else if (!rows.empty() && line.find("bytes stack frame") != std::string::npos) {
+    } else if (const auto p = line.find("Function properties for "); p != std::string::npos) {
+      props = line.substr(p + 24);
+      while (!props.empty() && (props.back() == ' ' || props.back() == '\r')) props.pop_back();
+    } else if (!rows.empty() && props == rows.back().kernel && line.find("bytes stack frame") != std::string::npos) {
       rows.back().frame = number_before(" bytes stack frame");
       rows.back().spill_st = number_before(" bytes spill stores");
       rows.back().spill_ld = number_before(" bytes spill loads");
