@@ -750,7 +750,6 @@ ct::gpu::DeviceLimits limits_for_arch(const std::string& arch) {
   return lim;
 }
 
-// Compiles the sets, the router/repack set and the harness's own kernels into the JIT cache.
 // ptxas's resource lines of one set's log ("Compiling entry function 'k' for 'sm_90a'", then
 // "N bytes stack frame, S bytes spill stores, L bytes spill loads" and "Used R registers, ..."),
 // one row a kernel: set, kernel, registers, frame, spill stores, spill loads.
@@ -788,6 +787,8 @@ std::vector<PtxasRow> ptxas_rows(const std::string& set, const std::string& log)
   return rows;
 }
 
+// Compiles the sets, the router/repack set and the harness's own kernels into the JIT cache;
+// `ptxas_report`: with ptxas's resource report, each kernel's line printed (ptxas_rows).
 int compile_sets(const std::map<std::string, ct::gpu::KernelSetSource>& sets, const std::string& arch,
                  std::ostream& out, bool ptxas_report = false) {
   std::vector<ct::gpu::KernelSetSource> list{ct::gpu::utility_source(), BenchKernels::source()};

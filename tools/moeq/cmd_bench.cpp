@@ -17,7 +17,6 @@
 
 #include <algorithm>
 #include <cctype>
-#include <charconv>
 #include <filesystem>
 #include <functional>
 #include <iostream>

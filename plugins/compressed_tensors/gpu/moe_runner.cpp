@@ -278,7 +278,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   hin.scale_k = scheme_.scale_k;
   hin.wide_fp8 = fp8 && (scheme_.wscale != mk::kWBlock || (scheme_.block_n > 0 && scheme_.block_n % 128 == 0));
   if (const char* n = std::getenv("MOEQ_CT_FP8_WGMMA_N")) hin.force_fp8_bn = std::atoi(n);
-  if (const char* v = std::getenv("MOEQ_CT_WGMMA_SERIAL")) hin.wgmma_serial = std::string(v) == "1";
+  hin.wgmma_serial = knob_on("MOEQ_CT_WGMMA_SERIAL");
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
   hin.ws_pingpong = knob_on("MOEQ_CT_WS_PINGPONG");
@@ -662,26 +662,26 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     // take (m tile, n tile).
     const unsigned mt = static_cast<unsigned>(a.max_tiles);
     // Clusters (multicast_tile): pairs of m tiles, two blocks a pair, an even grid.
-    auto ws_grid = [&](unsigned n_tiles, const GemmTile& t) {
+    const bool mc1 = multicast_tile(sc, b.gemm1, p.ws_multicast()), mc2 = multicast_tile(sc, b.gemm2, p.ws_multicast());
+    auto ws_grid = [&](unsigned n_tiles, const GemmTile& t, bool mc) {
       const unsigned resident = static_cast<unsigned>(p.device().multiprocessors * ws_blocks_per_sm(b.bm, t));
-      if (multicast_tile(sc, t, p.ws_multicast()))
-        return 2 * std::min(((mt + 1) / 2) * n_tiles, std::max(1u, resident / 2));
+      if (mc) return 2 * std::min(((mt + 1) / 2) * n_tiles, std::max(1u, resident / 2));
       return std::min(mt * n_tiles, resident);
     };
     mk::TmaMap half1{}, half2{};
-    if (multicast_tile(sc, b.gemm1, p.ws_multicast()))
+    if (mc1)
       half1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
                          "cuTensorMapEncodeTiled(w13, half boxes)", true);
-    if (multicast_tile(sc, b.gemm2, p.ws_multicast()))
+    if (mc2)
       half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                          "cuTensorMapEncodeTiled(w2, half boxes)", true);
-    go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
+    go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
        gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
-    go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
+    go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
        gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
        static_cast<unsigned>(b.k_splits), &half2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
