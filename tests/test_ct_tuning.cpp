@@ -743,3 +743,49 @@ TEST_CASE("plan: scales a K tile ahead change only the mma.sync GEMMs that promo
     }
   }
 }
+
+TEST_CASE("plan: K rotation changes only the mma.sync GEMMs") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), bf16_scheme(), w8a16()}) {
+    for (const int64_t m : {1, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      gpu::MoePlan plan(sc, d, m, h100());
+      CHECK_FALSE(plan.k_rotate());  // off unless MOEQ_CT_K_ROTATE=1
+      const bool mma = std::any_of(plan.buckets().begin(), plan.buckets().end(),
+                                   [](const gpu::Bucket& b) { return !b.gemm1.wgmma || !b.gemm2.wgmma; });
+      const int changed =
+          flag_changes(plan, &gpu::MoePlan::set_k_rotate, "_kr", {"#define MOEQ_MMA_K_ROTATE 1"}, "GroupedGemm<");
+      CHECK((changed > 0) == mma);
+    }
+  }
+}
+
+TEST_CASE("plan: blocks an SM for the mma.sync GEMMs go into their launch bounds, capped by shared memory") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  gpu::GemmTile small{64, 1, 4, 5};   // 16 x 64, five stages: 50 KiB, four blocks fit in 227 KiB
+  gpu::GemmTile deep{64, 1, 4, 8};    // eight stages: 80 KiB, two fit
+  gpu::GemmTile ws{128, 1, 4, 4};
+  ws.wgmma = ws.ws = true;
+  gpu::MoePlan plan(fp8_block(), d, 8192, h100(),
+                    {gpu::Bucket{1, 16, small, deep}, gpu::Bucket{8192, 64, ws, ws}});
+  CHECK(plan.mma_min_blocks() == 1);  // unless MOEQ_CT_MMA_MIN_BLOCKS is set
+  auto bounds = [&](const std::string& kernel_name_part) {
+    for (const auto& k : plan.sources())
+      if (k.name.find(kernel_name_part) != std::string::npos) return k;
+    FAIL("no program named *" << kernel_name_part << "*");
+    return gpu::KernelSetSource{};
+  };
+  CHECK(bounds("_g1_bm16_n64_w1x4_s5").source.find("::kThreads, 1)") != std::string::npos);
+  plan.set_mma_min_blocks(4);
+  const auto g1 = bounds("_g1_bm16_n64_w1x4_s5");
+  CHECK(g1.name.find("_mb4") != std::string::npos);
+  CHECK(g1.source.find("::kThreads, 4)") != std::string::npos);
+  const auto g2 = bounds("_g2_bm16_n64_w1x4_s8");
+  CHECK(g2.name.find("_mb2") != std::string::npos);
+  CHECK(g2.source.find("::kThreads, 2)") != std::string::npos);
+  // The warp-specialized GEMMs keep their own bound.
+  const auto w = bounds("_g1_bm64_n128_s4_ws");
+  CHECK(w.name.find("_mb") == std::string::npos);
+  CHECK(w.source.find("::kMinBlocks)") != std::string::npos);
+}
