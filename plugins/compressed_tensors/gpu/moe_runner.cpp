@@ -69,23 +69,12 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 //   (moe_gemm.cuh, MOEQ_MMA_SCALE_PREFETCH);
 // - MOEQ_CT_WS_MULTICAST (MoePlan::ws_multicast): the warp-specialized fp8 and bf16 GEMMs (not
 //   ping-pong) run as two-block clusters on consecutive m tiles of one n tile, each block loading
-//   half of the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST);
-// - MOEQ_CT_MMA_MIN_BLOCKS=N (MoePlan::mma_min_blocks, N of 1 to 8): the mma.sync GEMMs are
-//   compiled for N blocks an SM (__launch_bounds__' second argument: at most 65536 / (N x
-//   threads) registers a thread), or for as many as shared memory holds where that is fewer;
-// - MOEQ_CT_K_ROTATE (MoePlan::k_rotate): each mma.sync block starts its K loop at its own
-//   tile and wraps (moe_gemm.cuh, MOEQ_MMA_K_ROTATE).
+//   half of the weight tile by TMA for both (sm90_moe_ws.cuh, MOEQ_WS_MULTICAST).
 // Timed on an H200 against the heuristics (bench/RESULTS.md, fourteenth session): A prefetch
 // 1.00x, scale prefetch 0.98x, multicast 0.87x (slower in 23 of 24 large-M cases). Off by
 // default; kept for measuring on other cards and shapes.
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
-}
-int mma_min_blocks_tile(int kind, int bm, const GemmTile& t, int asked, int max_smem) {
-  if (asked <= 1 || t.wgmma) return 1;
-  const int block = gemm_smem_bytes(kind, bm, t) + gemm_static_smem(bm, t) + 1024;
-  const int fit = std::max(1, (max_smem + 1024) / block);
-  return std::min(asked, fit);
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
@@ -278,13 +267,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
-  k_rotate_ = knob_on("MOEQ_CT_K_ROTATE");
-  if (const char* v = std::getenv("MOEQ_CT_MMA_MIN_BLOCKS")) {
-    const std::string f = v;
-    MOEQ_CHECK(f.size() == 1 && f[0] >= '1' && f[0] <= '8',
-               where + "MOEQ_CT_MMA_MIN_BLOCKS must be 1 to 8, found '" + f + "'");
-    mma_min_blocks_ = f[0] - '0';
-  }
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -428,7 +410,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, int mma_min_blocks, int max_smem, bool k_rotate) {
+                       bool scale_prefetch) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -472,17 +454,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
              (multicast_tile(sc, t, multicast) ? "_mc" : "") + (scale_prefetch_tile(sc, t, scale_prefetch) ? "_sp" : "");
-    const int minb = t.wgmma ? 1 : mma_min_blocks_tile(sc.kind, b.bm, t, mma_min_blocks, max_smem);
-    if (minb > 1) k.name += "_mb" + s(minb);
-    const bool krot = !t.wgmma && k_rotate;
-    if (krot) k.name += "_kr";
     const bool mc = multicast_tile(sc, t, multicast);
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
-    if (krot) src += "#define MOEQ_MMA_K_ROTATE 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -492,7 +469,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
     // Clusters: two blocks, and the half-box map as a third parameter.
     src += std::string("extern \"C\" __global__ void ") + (mc ? "__cluster_dims__(2, 1, 1) " : "") + "__launch_bounds__(" +
-           G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : s(minb)) + ") moe_gemm" + s(gi) +
+           G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") + ") moe_gemm" + s(gi) +
            "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b" +
            (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
            ") {\n"
@@ -513,13 +490,11 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_min_blocks_,
-                       device_.max_smem_per_block, k_rotate_).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_min_blocks_,
-                       device_.max_smem_per_block, k_rotate_).buckets;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)

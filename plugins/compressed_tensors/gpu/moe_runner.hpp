@@ -143,13 +143,6 @@ class MoePlan {
   // MOEQ_CT_SCALE_PREFETCH=1, for measuring.
   void set_scale_prefetch(bool on) { scale_prefetch_ = on; }
   bool scale_prefetch() const { return scale_prefetch_; }
-  // The mma.sync GEMMs compiled for this many blocks an SM (fewer where shared memory holds
-  // fewer): MOEQ_CT_MMA_MIN_BLOCKS=N, for measuring; 1 leaves the registers to the compiler.
-  void set_mma_min_blocks(int n) { mma_min_blocks_ = n; }
-  int mma_min_blocks() const { return mma_min_blocks_; }
-  // Each mma.sync block walks K from its own tile (MOEQ_CT_K_ROTATE=1, for measuring).
-  void set_k_rotate(bool on) { k_rotate_ = on; }
-  bool k_rotate() const { return k_rotate_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -178,8 +171,6 @@ class MoePlan {
   HeuristicInput hin_;
   bool ws_multicast_ = false;
   bool scale_prefetch_ = false;
-  int mma_min_blocks_ = 1;
-  bool k_rotate_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

@@ -221,31 +221,22 @@ struct GroupedGemm {
       kt0 = min(KT, static_cast<int>(blockIdx.z) * per);
       n = min(KT, kt0 + per) - kt0;
     }
-    // MOEQ_MMA_K_ROTATE (measuring, MOEQ_CT_K_ROTATE=1): block b walks its K tiles from tile
-    // b mod n and wraps, so that the blocks in flight read different K columns of their weight
-    // rows at a time instead of all the same one (the sums' order changes, fixed per block).
-#ifdef MOEQ_MMA_K_ROTATE
-    const int rot = n > 0 ? static_cast<int>((blockIdx.y * gridDim.x + blockIdx.x) % static_cast<unsigned>(n)) : 0;
-#else
-    constexpr int rot = 0;
-#endif
-    auto ktile = [&](int i) { return kt0 + (i + rot < n ? i + rot : i + rot - n); };
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-      if (st < n) loader.load(smem + st * kStage, ktile(st));
+      if (st < n) loader.load(smem + st * kStage, kt0 + st);
       cp_async_commit();
     }
     if constexpr (kScalePrefetch)
-      if (n > 0) fetch_scales_into(ktile(0), sap, swp);
+      if (n > 0) fetch_scales_into(kt0, sap, swp);
     for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
       __syncthreads();
       const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
-      if (ni < n) loader.load(smem + (ni % STAGES) * kStage, ktile(ni));
+      if (ni < n) loader.load(smem + (ni % STAGES) * kStage, kt0 + ni);
       cp_async_commit();
       if constexpr (kScalePrefetch)
-        if (i + 1 < n) fetch_scales_into(ktile(i + 1), nsap, nswp);
-      compute(i % STAGES, ktile(i));
+        if (i + 1 < n) fetch_scales_into(kt0 + i + 1, nsap, nswp);
+      compute(i % STAGES, kt0 + i);
       if constexpr (kScalePrefetch)
         if (i + 1 < n) {
 #pragma unroll
