@@ -76,12 +76,23 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
 }
+// - MOEQ_CT_MMA_TMA_B (MoePlan::mma_tma_b; sm_90 only): the mma.sync GEMMs of bf16 and fp8
+//   take their B tiles as TMA boxes (moe_gemm.cuh, MOEQ_MMA_TMA_B), where the 1 KiB it adds
+//   to the ring still fits.
+bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
+  return asked && !t.wgmma && sc.kind != mk::kKindW8A16 &&
+         gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
+}
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
 }
 
-// Shared memory of a GEMM instantiation, as GroupedGemm / WgmmaGemm::kSmemBytes compute it.
-int gemm_smem(int kind, int bm, const GemmTile& t) { return gemm_smem_bytes(kind, bm, t); }
+// Dynamic shared memory of a GEMM instantiation of the plan, as GroupedGemm / WgmmaGemm /
+// WsGemm::kSmemBytes compute it, and 1 KiB to align the ring of TMA-fed mma.sync tiles.
+int gemm_smem(const MoePlan& p, int bm, const GemmTile& t) {
+  const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), p.device().max_smem_per_block);
+  return gemm_smem_bytes(p.scheme().kind, bm, t) + (tma ? 1024 : 0);
+}
 
 // Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8
 // channel or tensor scales on the warp-specialized kernel (block and group scales promote).
@@ -119,13 +130,14 @@ void launch(cu::Function f, unsigned gx, unsigned gy, unsigned threads, unsigned
 // swizzle (W8A16: 64 codes a row, unswizzled, which the producer converts), zero fill past
 // every end. GEMM1 (gated): w13 as [E][2][I][K], a box of bn/2 rows of both halves (gate rows,
 // then the same columns' up rows); GEMM2: w2 as E * N rows of K, boxes of bn rows. Only the
-// warp-specialized kernels read it; the others get zeros.
+// warp-specialized kernels and the TMA-fed mma.sync ones (`mma_tma`) read it; the others get
+// zeros.
 // `half`: boxes of half the rows (GEMM1: bn/2 rows of one of the two halves), the share of a
 // weight tile one block of a two-block cluster loads for both (multicast_tile).
 mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, int64_t experts, int64_t n, int64_t k,
-                      const char* what, bool half = false) {
+                      const char* what, bool half = false, bool mma_tma = false) {
   mk::TmaMap m{};
-  if (!t.ws) return m;
+  if (!t.ws && !mma_tma) return m;
   constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzleNone = 0, kSwizzle128 = 3, kL2Promote256 = 3,
                 kFillZero = 0;
   using u64 = unsigned long long;
@@ -267,6 +279,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
+  mma_tma_b_ = knob_on("MOEQ_CT_MMA_TMA_B") && device_.sm_major == 9;
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;
@@ -410,7 +423,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch) {
+                       bool scale_prefetch, bool tma_b, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -455,11 +468,14 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
              (multicast_tile(sc, t, multicast) ? "_mc" : "") + (scale_prefetch_tile(sc, t, scale_prefetch) ? "_sp" : "");
     const bool mc = multicast_tile(sc, t, multicast);
+    const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
+    if (tma) k.name += "_tb";
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
+    if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -474,7 +490,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
            (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
            ") {\n"
            "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
-           (t.ws ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
+           (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
     return add_program(p.sources, std::move(k));
   };
   for (const Bucket& b : buckets) {
@@ -490,11 +506,13 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
+                       device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_).buckets;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
+                       device_.max_smem_per_block).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -541,9 +559,9 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     }
     if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, sh, "moe_quant_h");
     const Bucket& b = plan.buckets()[i];
-    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm1)),
+    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm1)),
              "cuFuncSetAttribute(moe_gemm1)");
-    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan.scheme().kind, b.bm, b.gemm2)),
+    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm2)),
              "cuFuncSetAttribute(moe_gemm2)");
     functions_.push_back(f);
   }
@@ -653,10 +671,13 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     go(f.prepare, a.align_blocks + quant_blocks, 1, 1024, 0, stream, &a, "moe_prepare", pdl(), after);
     // B descriptors of this bucket's GEMMs (host-side encodings, no device work, see weight_map;
     // zeros for the kernels that do not read them).
+    const int max_smem = p.device().max_smem_per_block;
     mk::TmaMap map1 = weight_map(b.gemm1, sc.kind, w.w13, true, d.num_experts, d.inter, d.hidden,
-                                 "cuTensorMapEncodeTiled(w13)");
+                                 "cuTensorMapEncodeTiled(w13)", false,
+                                 tma_b_tile(sc, b.bm, b.gemm1, p.mma_tma_b(), max_smem));
     mk::TmaMap map2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
-                                 "cuTensorMapEncodeTiled(w2)");
+                                 "cuTensorMapEncodeTiled(w2)", false,
+                                 tma_b_tile(sc, b.bm, b.gemm2, p.mma_tma_b(), max_smem));
     // The warp-specialized GEMMs take a flat grid and walk it in groups of m tiles
     // (sm90_moe_ws.cuh), persistent ones as many blocks as the SMs hold at once; the others
     // take (m tile, n tile).
@@ -676,13 +697,13 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
       half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                          "cuTensorMapEncodeTiled(w2, half boxes)", true);
     go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-       gemm_smem(sc.kind, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
+       gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
     go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-       gemm_smem(sc.kind, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
+       gemm_smem(p, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
        static_cast<unsigned>(b.k_splits), &half2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.

@@ -143,6 +143,10 @@ class MoePlan {
   // MOEQ_CT_SCALE_PREFETCH=1, for measuring.
   void set_scale_prefetch(bool on) { scale_prefetch_ = on; }
   bool scale_prefetch() const { return scale_prefetch_; }
+  // The mma.sync GEMMs of bf16 and fp8 take their B tiles by TMA on sm_90 (MOEQ_CT_MMA_TMA_B=1,
+  // for measuring).
+  void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
+  bool mma_tma_b() const { return mma_tma_b_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -171,6 +175,7 @@ class MoePlan {
   HeuristicInput hin_;
   bool ws_multicast_ = false;
   bool scale_prefetch_ = false;
+  bool mma_tma_b_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

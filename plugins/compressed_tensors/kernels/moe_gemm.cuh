@@ -13,8 +13,18 @@
 // FP8 block scales (and per-group activation scales) are applied per scale period inside the
 // K loop (docs/MOE_SEMANTICS.md §2.2): partial sums of one period accumulate in `part`, then
 // acc += part * a_scale(row, period) * w_scale(col block, period).
+//
+// MOEQ_MMA_TMA_B (sm_90a; defined by the generated source where the plan takes it): the B tile
+// of a stage comes as one TMA box (the plan's weight map, 128-byte swizzle, which is the layout
+// ldmatrix reads) completing on the stage's mbarrier, issued by thread 0, instead of 16-byte
+// cp.async copies by every thread; A stays gathered by cp.async. The ring is 1024-byte aligned
+// (the swizzle's atom), which costs 1 KiB more shared memory.
 #pragma once
 #include "moe_tile.cuh"
+#ifdef MOEQ_MMA_TMA_B
+#include "moe_wgmma.cuh"
+#include "moeq/sdk/device/tma.cuh"
+#endif
 
 namespace moeq_kernels {
 
@@ -54,7 +64,19 @@ struct GroupedGemm {
     return j < half ? wn * (WN / 2) + j * 8 : BN / 2 + wn * (WN / 2) + (j - half) * 8;
   }
 
-  __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem) {
+#ifdef MOEQ_MMA_TMA_B
+  static constexpr bool kTmaB = true;
+  static_assert(kKind != kKindW8A16, "W8A16's B tiles are repacked codes, not the weight map's boxes");
+  // smem_raw: the dynamic shared memory, 1 KiB more than kSmemBytes.
+  __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
+    body(a, &tmap_b, reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull));
+  }
+#else
+  static constexpr bool kTmaB = false;
+  __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem) { body(a, nullptr, smem); }
+#endif
+
+  __device__ __forceinline__ static void body(const MoeArgs& a, const TmaMap* tmap_b, u8* smem) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
     static_assert(kKind != kKindFp8, "fp8 (e4m3) tensor-core kernels need sm_89 or newer");
 #endif
@@ -69,6 +91,17 @@ struct GroupedGemm {
     const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
     for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
     TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
+    // TMA B: one mbarrier a stage (thread 0's expected bytes, completed by the box).
+    __shared__ alignas(8) unsigned long long s_bfull[kTmaB ? STAGES : 1];
+    const u32 bfull0 = smem_u32(s_bfull);
+#ifdef MOEQ_MMA_TMA_B
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < STAGES; ++st) mbar_init(bfull0 + 8 * st, 1);
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+      fence_proxy_async();
+    }
+#endif
     __syncthreads();
     const Loader loader(a, geo, e, n0, s_pair, tid);
 
@@ -221,18 +254,40 @@ struct GroupedGemm {
       kt0 = min(KT, static_cast<int>(blockIdx.z) * per);
       n = min(KT, kt0 + per) - kt0;
     }
+    // K tile kt into stage st: A by cp.async (the caller commits), B by cp.async or one TMA box.
+    auto load_stage = [&](int st, int kt) {
+      u8* sA = smem + st * kStage;
+      if constexpr (!kTmaB) {
+        loader.load(sA, kt);
+      } else {
+        loader.load_a(sA, kt);
+#ifdef MOEQ_MMA_TMA_B
+        if (tid == 0) {
+          const u32 bar = bfull0 + 8 * st, sB = smem_u32(sA + Loader::kAStage);
+          mbar_arrive_expect_tx(bar, Loader::kBStage);
+          if (kGated)  // w13 as [E][2][I][K]: BN/2 gate rows, then the same columns' up rows
+            tma_load_4d(sB, tmap_b, kt * T::kTileK, n0, 0, e, bar);
+          else  // w2 as E * N rows (rows past N belong to columns the epilogue drops)
+            tma_load_2d(sB, tmap_b, kt * T::kTileK, e * geo.N + n0, bar);
+        }
+#endif
+      }
+    };
 #pragma unroll
     for (int st = 0; st < STAGES - 1; ++st) {
-      if (st < n) loader.load(smem + st * kStage, kt0 + st);
+      if (st < n) load_stage(st, kt0 + st);
       cp_async_commit();
     }
     if constexpr (kScalePrefetch)
       if (n > 0) fetch_scales_into(kt0, sap, swp);
     for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
+#ifdef MOEQ_MMA_TMA_B
+      mbar_wait(bfull0 + 8 * (i % STAGES), (i / STAGES) & 1);
+#endif
       __syncthreads();
       const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
-      if (ni < n) loader.load(smem + (ni % STAGES) * kStage, kt0 + ni);
+      if (ni < n) load_stage(ni % STAGES, kt0 + ni);
       cp_async_commit();
       if constexpr (kScalePrefetch)
         if (i + 1 < n) fetch_scales_into(kt0 + i + 1, nsap, nswp);

@@ -108,7 +108,10 @@ struct TileLoader {
 
   // sA: the stage's A tile; its B tile follows at sA + kAStage.
   __device__ __forceinline__ void load(u8* sA, int kt) const {
-    u8* sB = sA + kAStage;
+    load_a(sA, kt);
+    load_b(sA + kAStage, kt);
+  }
+  __device__ __forceinline__ void load_a(u8* sA, int kt) const {
 #pragma unroll
     for (int i = 0; i < kNA; ++i) {
       const int idx = tid_ + i * kThreads;
@@ -117,6 +120,8 @@ struct TileLoader {
       const bool ok = a_ok[i] && kt * kARow + c * 16 < a_row_bytes;
       cp_async16(smem_u32(sA + swz(r, c, kARow)), a_base + a_off[i] + (ok ? kt * kARow : 0), ok);
     }
+  }
+  __device__ __forceinline__ void load_b(u8* sB, int kt) const {
 #pragma unroll
     for (int i = 0; i < kNB; ++i) {
       const int idx = tid_ + i * kThreads;
