@@ -76,11 +76,10 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
 }
-// - MOEQ_CT_MMA_TMA_B (MoePlan::mma_tma_b; sm_90 only): the mma.sync GEMMs of bf16 and fp8
-//   take their B tiles as TMA boxes (moe_gemm.cuh, MOEQ_MMA_TMA_B), where the 1 KiB it adds
-//   to the ring still fits.
+// - MOEQ_CT_MMA_TMA_B (MoePlan::mma_tma_b; sm_90 only): the mma.sync GEMMs take their B tiles
+//   as TMA boxes (moe_gemm.cuh, MOEQ_MMA_TMA_B), where the 1 KiB it adds to the ring still fits.
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
-  return asked && !t.wgmma && sc.kind != mk::kKindW8A16 &&
+  return asked && !t.wgmma &&
          gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
@@ -141,7 +140,10 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
   constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzleNone = 0, kSwizzle128 = 3, kL2Promote256 = 3,
                 kFillZero = 0;
   using u64 = unsigned long long;
-  const bool w8 = kind == mk::kKindW8A16;
+  // W8A16's codes (repacked in 16-byte groups, moe_repack.cuh): 64-code boxes unswizzled for the
+  // warp-specialized producer, which converts them; an mma.sync tile reads 128 codes a row
+  // through the swizzle like fp8.
+  const bool w8 = kind == mk::kKindW8A16 && !mma_tma;
   const u64 elem = kind == mk::kKindBf16 ? 2 : 1, row = static_cast<u64>(k) * elem;
   const unsigned box_k = w8 ? 64 : static_cast<unsigned>(128 / elem);
   const u64 dims4[4] = {static_cast<u64>(k), static_cast<u64>(n), 2, static_cast<u64>(experts)};

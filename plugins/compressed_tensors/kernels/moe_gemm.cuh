@@ -66,7 +66,6 @@ struct GroupedGemm {
 
 #ifdef MOEQ_MMA_TMA_B
   static constexpr bool kTmaB = true;
-  static_assert(kKind != kKindW8A16, "W8A16's B tiles are repacked codes, not the weight map's boxes");
   // smem_raw: the dynamic shared memory, 1 KiB more than kSmemBytes.
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw) {
     body(a, &tmap_b, reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull));
