@@ -751,7 +751,8 @@ TEST_CASE("plan: TMA-fed B tiles change only the mma.sync GEMMs") {
       CAPTURE(sc.key());
       CAPTURE(m);
       gpu::MoePlan plan(sc, d, m, h100());
-      CHECK_FALSE(plan.mma_tma_b());  // off unless MOEQ_CT_MMA_TMA_B=1
+      CHECK(plan.mma_tma_b());  // on sm_90 unless MOEQ_CT_MMA_TMA_B=0
+      plan.set_mma_tma_b(false);
       const bool mma = std::any_of(plan.buckets().begin(), plan.buckets().end(),
                                    [](const gpu::Bucket& b) { return !b.gemm1.wgmma || !b.gemm2.wgmma; });
       const int changed =

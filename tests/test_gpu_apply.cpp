@@ -164,6 +164,19 @@ void check_graph_capture(const LoadedModel& m, size_t li, int64_t M, uint64_t se
   d.cuStreamDestroy_v2(s);
 }
 
+// Whether the bucket of M in a GPU layer's description ("... tiles M<=16: gemm1 mma 16x64 w1x4
+// s5, gemm2 ..., M<=64: gemm1 wgmma-ws 64x128 ...") runs a wgmma GEMM.
+bool wgmma_bucket(const std::string& desc, int64_t M) {
+  std::size_t at = desc.find("M<=");
+  while (at != std::string::npos) {
+    const std::size_t next = desc.find("M<=", at + 3);
+    if (std::stoll(desc.substr(at + 3)) >= M || next == std::string::npos)
+      return desc.substr(at, next == std::string::npos ? std::string::npos : next - at).find("wgmma") != std::string::npos;
+    at = next;
+  }
+  return false;
+}
+
 // Loads `dir` on the CPU and on cuda:0 and compares every layer.
 void check_against_cpu(const std::filesystem::path& dir, LoadOptions opt, const std::string& what,
                        bool graph = true) {
@@ -201,7 +214,14 @@ void check_against_cpu(const std::filesystem::path& dir, LoadOptions opt, const 
         MESSAGE(what << " M=" << M << ": GPU vs the BF16-intermediate forward " << mirror);
         CHECK(mirror <= kBf16Mirror);
       } else {
-        CHECK(err <= (M <= 64 ? kFp8SmallM : kFp8LargeM));
+        // NOTE: where both GEMMs are mma.sync (fp32 sums of every k32 step) small M stays within
+        // 1e-3 of the CPU path; wgmma's fp8 sums are coarser, and since the heuristics take
+        // 64-row warp-specialized tiles from 28 rows an expert (e.g. 4 experts, top-2, M = 64)
+        // a small M may run them too: those are held to the layer's 1e-2, as at large M (an
+        // H100 gave 2.7e-3 at M = 64 for FP8 per-tensor, bench/RESULTS.md).
+        const bool wgmma = wgmma_bucket(g.report.describe_json, M);
+        CAPTURE(wgmma);
+        CHECK(err <= (M <= 64 && !wgmma ? kFp8SmallM : kFp8LargeM));
       }
       CHECK(ref::relative_l2(out_cpu, std::vector<float>(out_cpu.size(), 0.0f)) > 0.5);  // not all zeros
     }

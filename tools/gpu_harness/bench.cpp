@@ -907,8 +907,8 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
   // The measuring variants of a plan's kernels: two-block clusters sharing the weight tile
   // (sm_90a, MOEQ_CT_WS_MULTICAST) on the warp-specialized tiles the heuristics take at M = 1024
   // and 8192, scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted mma.sync
-  // GEMMs of the decode and small-M plans (the other schemes' programs do not change), and the
-  // TMA-fed B tiles of those plans' mma.sync GEMMs (sm_90a, MOEQ_CT_MMA_TMA_B).
+  // GEMMs of the decode and small-M plans (the other schemes' programs do not change), and those
+  // plans' mma.sync GEMMs with cp.async B tiles (sm_90a, MOEQ_CT_MMA_TMA_B=0).
   for (const auto& s : schemes) {
     if (lim.sm_major == 9)
       for (const int64_t m : {1024, 8192}) {
@@ -925,7 +925,7 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
     if (lim.sm_major == 9)
       for (const int64_t m : {1, 16, 128}) {
         MoePlan plan(s.scheme, mixtral, m, lim);
-        plan.set_mma_tma_b(true);
+        plan.set_mma_tma_b(false);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
   }

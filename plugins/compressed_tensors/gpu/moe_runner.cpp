@@ -76,8 +76,11 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && !t.wgmma && sc.kind == mk::kKindFp8 && (sc.wscale == mk::kWBlock || sc.amode == mk::kAGroup);
 }
-// - MOEQ_CT_MMA_TMA_B (MoePlan::mma_tma_b; sm_90 only): the mma.sync GEMMs take their B tiles
-//   as TMA boxes (moe_gemm.cuh, MOEQ_MMA_TMA_B), where the 1 KiB it adds to the ring still fits.
+// TMA-fed B tiles (the default on sm_90, MoePlan::mma_tma_b; MOEQ_CT_MMA_TMA_B=0 restores the
+// cp.async copies): the mma.sync GEMMs take each stage's weight tile as one box
+// (moe_gemm.cuh's MOEQ_MMA_TMA_B) where the 1 KiB it adds to the ring still fits. On an H100
+// (bench/RESULTS.md, fifteenth session) 1.024x over 48 decode cases, up to 1.13x; 2-5 % slower
+// at M = 1 on the two smallest shapes.
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
   return asked && !t.wgmma &&
          gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
@@ -281,7 +284,12 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
-  mma_tma_b_ = knob_on("MOEQ_CT_MMA_TMA_B") && device_.sm_major == 9;
+  mma_tma_b_ = device_.sm_major == 9;
+  if (const char* v = std::getenv("MOEQ_CT_MMA_TMA_B")) {
+    const std::string f = v;
+    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_MMA_TMA_B must be 0 or 1, found '" + f + "'");
+    mma_tma_b_ = mma_tma_b_ && f == "1";
+  }
 
   HeuristicInput hin;
   hin.kind = scheme_.kind;

@@ -143,8 +143,8 @@ class MoePlan {
   // MOEQ_CT_SCALE_PREFETCH=1, for measuring.
   void set_scale_prefetch(bool on) { scale_prefetch_ = on; }
   bool scale_prefetch() const { return scale_prefetch_; }
-  // The mma.sync GEMMs of bf16 and fp8 take their B tiles by TMA on sm_90 (MOEQ_CT_MMA_TMA_B=1,
-  // for measuring).
+  // On sm_90 (by default; MOEQ_CT_MMA_TMA_B=0 turns it off at construction) the mma.sync GEMMs
+  // take their B tiles by TMA. Changes sources() and the launches' shared memory only.
   void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
   bool mma_tma_b() const { return mma_tma_b_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
