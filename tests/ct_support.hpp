@@ -15,6 +15,21 @@
 
 namespace moeq::test {
 
+// Whether the bucket of M in a GPU layer's description (its report's "... tiles M<=16: gemm1 mma
+// 16x64 w1x4 s5, gemm2 ..., M<=64: gemm1 wgmma-ws 64x128 w1x4 s4, ..."; M past the last bucket
+// runs the last one) has a wgmma GEMM.
+inline bool wgmma_bucket(const std::string& desc, int64_t m) {
+  std::size_t at = desc.find("M<=");
+  while (at != std::string::npos) {
+    const std::size_t next = desc.find("M<=", at + 3);
+    if (next == std::string::npos || std::stoll(desc.substr(at + 3)) >= m)
+      return desc.substr(at, next == std::string::npos ? std::string::npos : next - at).find("wgmma") !=
+             std::string::npos;
+    at = next;
+  }
+  return false;
+}
+
 // Tokens ~ N(0, stddev^2), rounded to bf16 as a model's activations are.
 inline std::vector<float> bf16_tokens(int64_t m, int64_t h, uint64_t seed, float stddev = 1.0f) {
   std::mt19937_64 rng(seed);

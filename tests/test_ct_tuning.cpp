@@ -1,5 +1,6 @@
 // The compressed_tensors tile tables (`moeq bench tune`): candidates, the table format, and
 // how a plan takes a measured entry over the heuristics. CPU only: plans are pure arithmetic.
+#include "ct_support.hpp"
 #include "gpu/moe_runner.hpp"
 #include "gpu/tune_table.hpp"
 
@@ -762,4 +763,24 @@ TEST_CASE("plan: TMA-fed B tiles change only the mma.sync GEMMs") {
         if (k.name.find("_tb") != std::string::npos) CHECK(k.source.find("::run(a, tmap_b, smem)") != std::string::npos);
     }
   }
+}
+
+TEST_CASE("plan: the GPU tests find a bucket's MMA in the layer's description") {
+  // The fixtures of the GPU apply tests (4 experts, top-2, H = 128, I = 96, FP8 per-tensor):
+  // 32 rows an expert at M = 64, which the heuristics give 64-row warp-specialized tiles on an
+  // H100; M = 1 and 7 run mma.sync.
+  gpu::GpuScheme sc = fp8_channel();
+  sc.wscale = mk::kWTensor;
+  sc.amode = mk::kATensor;
+  const gpu::MoePlan plan(sc, gpu::LayerDims{4, 0, 128, 96, 2}, 300, h100());
+  std::string desc = "cuda:0 sm_90a, 2 kernel sets; tiles ";
+  for (const auto& b : plan.buckets()) desc += gpu::describe(b) + ", ";
+  CAPTURE(desc);
+  CHECK_FALSE(moeq::test::wgmma_bucket(desc, 1));
+  CHECK_FALSE(moeq::test::wgmma_bucket(desc, 7));
+  CHECK(moeq::test::wgmma_bucket(desc, 64));
+  CHECK(moeq::test::wgmma_bucket(desc, 300));
+  CHECK(moeq::test::wgmma_bucket(desc, 5000));  // past the last bucket: the last one
+  CHECK_FALSE(moeq::test::wgmma_bucket("tiles M<=8: gemm1 mma 16x64 w1x4 s5, gemm2 mma 16x64 w1x4 s5", 64));
+  CHECK_FALSE(moeq::test::wgmma_bucket("no tiles", 1));
 }

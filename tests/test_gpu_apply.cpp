@@ -164,19 +164,6 @@ void check_graph_capture(const LoadedModel& m, size_t li, int64_t M, uint64_t se
   d.cuStreamDestroy_v2(s);
 }
 
-// Whether the bucket of M in a GPU layer's description ("... tiles M<=16: gemm1 mma 16x64 w1x4
-// s5, gemm2 ..., M<=64: gemm1 wgmma-ws 64x128 ...") runs a wgmma GEMM.
-bool wgmma_bucket(const std::string& desc, int64_t M) {
-  std::size_t at = desc.find("M<=");
-  while (at != std::string::npos) {
-    const std::size_t next = desc.find("M<=", at + 3);
-    if (std::stoll(desc.substr(at + 3)) >= M || next == std::string::npos)
-      return desc.substr(at, next == std::string::npos ? std::string::npos : next - at).find("wgmma") != std::string::npos;
-    at = next;
-  }
-  return false;
-}
-
 // Loads `dir` on the CPU and on cuda:0 and compares every layer.
 void check_against_cpu(const std::filesystem::path& dir, LoadOptions opt, const std::string& what,
                        bool graph = true) {
