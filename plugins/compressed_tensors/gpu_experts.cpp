@@ -382,7 +382,8 @@ std::string GpuExperts::describe() const {
   const std::string ptx = ptx_sets_ > 0 ? ", " + s(ptx_sets_) + " as PTX for the driver (device newer than NVRTC)" : "";
   return "cuda:" + s(ordinal_) + (arch_.empty() ? "" : " " + arch_) + ", " + plan_->scheme().label() + ", " + s(int64_t(plan_->buckets().size())) +
          " kernel sets (" + s(cache_hits_) + " from the JIT cache" + ptx + "), up to " + s(plan_->max_tokens()) +
-         " tokens a pass, workspace " + s(static_cast<int64_t>(plan_->workspace_bytes() >> 10)) + " KiB; tiles " + b;
+         " tokens a pass, workspace " + s(static_cast<int64_t>(plan_->workspace_bytes() >> 10)) + " KiB" +
+         (plan_->mma_tma_b() ? ", mma.sync weight tiles by TMA" : "") + "; tiles " + b;
 }
 
 }  // namespace moeq::ct
