@@ -784,3 +784,49 @@ TEST_CASE("plan: the GPU tests find a bucket's MMA in the layer's description") 
   CHECK_FALSE(moeq::test::wgmma_bucket("tiles M<=8: gemm1 mma 16x64 w1x4 s5, gemm2 mma 16x64 w1x4 s5", 64));
   CHECK_FALSE(moeq::test::wgmma_bucket("no tiles", 1));
 }
+
+TEST_CASE("plan: GEMM2 quantizing its own A changes only fp8 group-scaled mma.sync GEMM2s, groups of 128") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  gpu::GpuScheme group64 = fp8_block();
+  group64.act_group = 64;
+  group64.scale_k = 64;
+  for (const gpu::GpuScheme& sc : {fp8_channel(), fp8_block(), group64, bf16_scheme(), w8a16()}) {
+    for (const int64_t m : {1, 8192}) {
+      CAPTURE(sc.key());
+      CAPTURE(m);
+      gpu::MoePlan plan(sc, d, m, h100());
+      CHECK_FALSE(plan.mma_quant_a());  // off unless MOEQ_CT_MMA_QUANT_A=1
+      const bool mma2 = std::any_of(plan.buckets().begin(), plan.buckets().end(),
+                                    [](const gpu::Bucket& b) { return !b.gemm2.wgmma; });
+      const bool applies = mma2 && sc.kind == mk::kKindFp8 && sc.amode == mk::kAGroup && sc.act_group == 128;
+      const int changed =
+          flag_changes(plan, &gpu::MoePlan::set_mma_quant_a, "_qa", {"#define MOEQ_MMA_QUANT_A 1"}, "GroupedGemm<");
+      CHECK((changed > 0) == applies);
+      for (const auto& k : plan.sources())
+        if (k.name.find("_qa") != std::string::npos) CHECK(k.source.find("moe_gemm2(") != std::string::npos);
+      // Not with the scale prefetch (its scales would come before the tile is quantized).
+      plan.set_scale_prefetch(true);
+      for (const auto& k : plan.sources()) CHECK(k.name.find("_qa") == std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("plan: GEMM2 does not quantize its own A where GEMM1 quantizes h (no f32 intermediate)") {
+  const gpu::LayerDims d{8, 0, 4096, 14336, 2};
+  gpu::GemmTile ws{256, 2, 4, 4};
+  ws.wgmma = ws.ws = true;
+  // Two stages: 128-row f32 staging (64 KiB a stage) still fits beside the codes and weights.
+  const gpu::GemmTile mma{64, 2, 4, 2};
+  REQUIRE(gpu::gemm1_quant_group(fp8_block(), ws) == 128);
+  auto quantizes = [](const gpu::MoePlan& p) {
+    const auto src = p.sources();
+    return std::any_of(src.begin(), src.end(),
+                       [](const gpu::KernelSetSource& k) { return k.name.find("_qa") != std::string::npos; });
+  };
+  gpu::MoePlan plan(fp8_block(), d, 8192, h100(), {gpu::Bucket{8192, 128, ws, mma}});
+  plan.set_mma_quant_a(true);
+  CHECK_FALSE(quantizes(plan));
+  gpu::MoePlan both_mma(fp8_block(), d, 8192, h100(), {gpu::Bucket{8192, 128, mma, mma}});
+  both_mma.set_mma_quant_a(true);
+  CHECK(quantizes(both_mma));
+}

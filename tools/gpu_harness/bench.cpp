@@ -908,7 +908,8 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
   // (sm_90a, MOEQ_CT_WS_MULTICAST) on the warp-specialized tiles the heuristics take at M = 1024
   // and 8192, scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted mma.sync
   // GEMMs of the decode and small-M plans (the other schemes' programs do not change), and those
-  // plans' mma.sync GEMMs with cp.async B tiles (sm_90a, MOEQ_CT_MMA_TMA_B=0).
+  // plans' mma.sync GEMMs with cp.async B tiles (sm_90a, MOEQ_CT_MMA_TMA_B=0), and their fp8
+  // group-scaled GEMM2s quantizing their own A (MOEQ_CT_MMA_QUANT_A).
   for (const auto& s : schemes) {
     if (lim.sm_major == 9)
       for (const int64_t m : {1024, 8192}) {
@@ -920,6 +921,9 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
       for (const int64_t m : {1, 16, 128}) {
         MoePlan plan(s.scheme, mixtral, m, lim);
         plan.set_scale_prefetch(true);
+        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+        plan.set_scale_prefetch(false);
+        plan.set_mma_quant_a(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
     if (lim.sm_major == 9)

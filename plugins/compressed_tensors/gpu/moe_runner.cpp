@@ -85,15 +85,34 @@ bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int 
   return asked && !t.wgmma &&
          gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
 }
+// MOEQ_CT_MMA_QUANT_A=1 (MoePlan::mma_quant_a, measuring): an mma.sync GEMM2 of fp8 with
+// per-group activations in groups of 128 quantizes its own A rows from the f32 intermediate,
+// a K tile at a time (moe_gemm.cuh, MOEQ_MMA_QUANT_A), and the launch of moe_quant_h goes; the
+// ring holds each stage's f32 rows too (512 bytes a row). Not with the scale prefetch.
+bool quant_a_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, bool scale_prefetch, int max_smem) {
+  return asked && !t.wgmma && !scale_prefetch && sc.kind == mk::kKindFp8 && sc.amode == mk::kAGroup &&
+         sc.act_group == 128 && sc.scale_k == 128 &&
+         gemm_smem_bytes(sc.kind, bm, t) + t.stages * bm * 512 + 1024 + gemm_static_smem(bm, t) + 12 * t.stages +
+                 4 * bm * t.stages <=
+             max_smem;
+}
+// ... and only where GEMM1 leaves the f32 intermediate (it does not quantize h itself).
+bool quant_a_bucket(const GpuScheme& sc, const Bucket& b, bool asked, bool scale_prefetch, int max_smem) {
+  return quant_a_tile(sc, b.bm, b.gemm2, asked, scale_prefetch, max_smem) && gemm1_quant_group(sc, b.gemm1) == 0;
+}
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
 }
 
 // Dynamic shared memory of a GEMM instantiation of the plan, as GroupedGemm / WgmmaGemm /
-// WsGemm::kSmemBytes compute it, and 1 KiB to align the ring of TMA-fed mma.sync tiles.
-int gemm_smem(const MoePlan& p, int bm, const GemmTile& t) {
-  const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), p.device().max_smem_per_block);
-  return gemm_smem_bytes(p.scheme().kind, bm, t) + (tma ? 1024 : 0);
+// WsGemm::kSmemBytes compute it: 1 KiB more to align the ring of TMA-fed mma.sync tiles, and
+// the f32 rows of a GEMM2 that quantizes its own A.
+int gemm_smem(const MoePlan& p, const Bucket& b, bool gemm2) {
+  const int max_smem = p.device().max_smem_per_block, bm = b.bm;
+  const GemmTile& t = gemm2 ? b.gemm2 : b.gemm1;
+  const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), max_smem);
+  const bool qa = gemm2 && quant_a_bucket(p.scheme(), b, p.mma_quant_a(), p.scale_prefetch(), max_smem);
+  return gemm_smem_bytes(p.scheme().kind, bm, t) + (qa ? t.stages * bm * 512 : 0) + (tma ? 1024 : 0);
 }
 
 // Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8
@@ -284,6 +303,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
+  mma_quant_a_ = knob_on("MOEQ_CT_MMA_QUANT_A");
   mma_tma_b_ = device_.sm_major == 9;
   if (const char* v = std::getenv("MOEQ_CT_MMA_TMA_B")) {
     const std::string f = v;
@@ -433,7 +453,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, bool tma_b, int max_smem) {
+                       bool scale_prefetch, bool tma_b, bool quant_a, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -480,12 +500,15 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const bool mc = multicast_tile(sc, t, multicast);
     const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
     if (tma) k.name += "_tb";
+    const bool qa = gi == 2 && quant_a_bucket(sc, b, quant_a, scale_prefetch, max_smem);
+    if (qa) k.name += "_qa";
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";
+    if (qa) src += "#define MOEQ_MMA_QUANT_A 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -517,12 +540,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 
 std::vector<KernelSetSource> MoePlan::sources() const {
   return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       device_.max_smem_per_block).sources;
+                       mma_quant_a_, device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
   return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       device_.max_smem_per_block).buckets;
+                       mma_quant_a_, device_.max_smem_per_block).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -569,9 +592,9 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     }
     if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, sh, "moe_quant_h");
     const Bucket& b = plan.buckets()[i];
-    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm1)),
+    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b, false)),
              "cuFuncSetAttribute(moe_gemm1)");
-    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm2)),
+    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b, true)),
              "cuFuncSetAttribute(moe_gemm2)");
     functions_.push_back(f);
   }
@@ -707,13 +730,15 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
       half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                          "cuTensorMapEncodeTiled(w2, half boxes)", true);
     go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-       gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
+       gemm_smem(p, b, false), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
-    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
+    const bool quant_a =
+        quant_a_bucket(sc, b, p.mma_quant_a(), p.scale_prefetch(), p.device().max_smem_per_block);
+    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0 && !quant_a)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
     go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-       gemm_smem(p, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
+       gemm_smem(p, b, true), stream, &a, "moe_gemm2", pdl(), after, &map2,
        static_cast<unsigned>(b.k_splits), &half2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.
