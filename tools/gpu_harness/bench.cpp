@@ -917,21 +917,18 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         plan.set_ws_multicast(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
       }
-    if (fp8)
-      for (const int64_t m : {1, 16, 128}) {
+    for (const int64_t m : {1, 16, 128}) {  // each decode flag on its own
+      auto add = [&](void (MoePlan::*set)(bool), bool on) {
         MoePlan plan(s.scheme, mixtral, m, lim);
-        plan.set_scale_prefetch(true);
+        (plan.*set)(on);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
-        plan.set_scale_prefetch(false);
-        plan.set_mma_quant_a(true);
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
+      };
+      if (fp8) {
+        add(&MoePlan::set_scale_prefetch, true);
+        add(&MoePlan::set_mma_quant_a, true);
       }
-    if (lim.sm_major == 9)
-      for (const int64_t m : {1, 16, 128}) {
-        MoePlan plan(s.scheme, mixtral, m, lim);
-        plan.set_mma_tma_b(false);
-        for (auto& k : plan.sources()) sets.emplace(k.source, k);
-      }
+      if (lim.sm_major == 9) add(&MoePlan::set_mma_tma_b, false);
+    }
   }
   // The tiles the shipped tune tables choose for this arch, on their shapes.
   for (const ct::gpu::TunedEntry& e : ct::gpu::tune_entries()) {

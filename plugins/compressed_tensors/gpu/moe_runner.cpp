@@ -81,9 +81,16 @@ bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
 // (moe_gemm.cuh's MOEQ_MMA_TMA_B) where the 1 KiB it adds to the ring still fits. On an H100
 // (bench/RESULTS.md, fifteenth session) 1.024x over 48 decode cases, up to 1.13x; 2-5 % slower
 // at M = 1 on the two smallest shapes.
+// Dynamic shared memory an mma.sync tile needs beyond its ring: 1 KiB to align a TMA-fed ring,
+// each stage's f32 rows where GEMM2 quantizes its own A (`qa`, below).
+int mma_ring_extra(int bm, const GemmTile& t, bool tma, bool qa) {
+  return (tma ? 1024 : 0) + (qa ? t.stages * bm * 512 : 0);
+}
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
   return asked && !t.wgmma &&
-         gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
+         gemm_smem_bytes(sc.kind, bm, t) + mma_ring_extra(bm, t, true, false) + gemm_static_smem(bm, t) +
+                 8 * t.stages <=
+             max_smem;
 }
 // MOEQ_CT_MMA_QUANT_A=1 (MoePlan::mma_quant_a, measuring): an mma.sync GEMM2 of fp8 with
 // per-group activations in groups of 128 quantizes its own A rows from the f32 intermediate,
@@ -92,8 +99,8 @@ bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int 
 bool quant_a_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, bool scale_prefetch, int max_smem) {
   return asked && !t.wgmma && !scale_prefetch && sc.kind == mk::kKindFp8 && sc.amode == mk::kAGroup &&
          sc.act_group == 128 && sc.scale_k == 128 &&
-         gemm_smem_bytes(sc.kind, bm, t) + t.stages * bm * 512 + 1024 + gemm_static_smem(bm, t) + 12 * t.stages +
-                 4 * bm * t.stages <=
+         gemm_smem_bytes(sc.kind, bm, t) + mma_ring_extra(bm, t, true, true) + gemm_static_smem(bm, t) +
+                 12 * t.stages + 4 * bm * t.stages <=
              max_smem;
 }
 // ... and only where GEMM1 leaves the f32 intermediate (it does not quantize h itself).
@@ -112,7 +119,7 @@ int gemm_smem(const MoePlan& p, const Bucket& b, bool gemm2) {
   const GemmTile& t = gemm2 ? b.gemm2 : b.gemm1;
   const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), max_smem);
   const bool qa = gemm2 && quant_a_bucket(p.scheme(), b, p.mma_quant_a(), p.scale_prefetch(), max_smem);
-  return gemm_smem_bytes(p.scheme().kind, bm, t) + (qa ? t.stages * bm * 512 : 0) + (tma ? 1024 : 0);
+  return gemm_smem_bytes(p.scheme().kind, bm, t) + mma_ring_extra(bm, t, tma, qa);
 }
 
 // Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8

@@ -102,11 +102,11 @@ struct GroupedGemm {
     const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
     for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
     TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
-    // TMA B: one mbarrier a stage (thread 0's expected bytes, completed by the box).
-    __shared__ alignas(8) unsigned long long s_bfull[kTmaB ? STAGES : 1];
     __shared__ float s_as[kQuantA ? STAGES : 1][kQuantA ? BM : 1];  // kQuantA: each stage's row scales
-    const u32 bfull0 = smem_u32(s_bfull);
 #ifdef MOEQ_MMA_TMA_B
+    // One mbarrier a stage (thread 0's expected bytes, completed by the box).
+    __shared__ alignas(8) unsigned long long s_bfull[STAGES];
+    const u32 bfull0 = smem_u32(s_bfull);
     if (tid == 0) {
 #pragma unroll
       for (int st = 0; st < STAGES; ++st) mbar_init(bfull0 + 8 * st, 1);
