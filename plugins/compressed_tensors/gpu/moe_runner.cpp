@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 #include <optional>
@@ -81,45 +82,24 @@ bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
 // (moe_gemm.cuh's MOEQ_MMA_TMA_B) where the 1 KiB it adds to the ring still fits. On an H100
 // (bench/RESULTS.md, fifteenth session) 1.024x over 48 decode cases, up to 1.13x; 2-5 % slower
 // at M = 1 on the two smallest shapes.
-// Dynamic shared memory an mma.sync tile needs beyond its ring: 1 KiB to align a TMA-fed ring,
-// each stage's f32 rows where GEMM2 quantizes its own A (`qa`, below).
-int mma_ring_extra(int bm, const GemmTile& t, bool tma, bool qa) {
-  return (tma ? 1024 : 0) + (qa ? t.stages * bm * 512 : 0);
-}
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
   return asked && !t.wgmma &&
-         gemm_smem_bytes(sc.kind, bm, t) + mma_ring_extra(bm, t, true, false) + gemm_static_smem(bm, t) +
-                 8 * t.stages <=
-             max_smem;
-}
-// MOEQ_CT_MMA_QUANT_A=1 (MoePlan::mma_quant_a, measuring): an mma.sync GEMM2 of fp8 with
-// per-group activations in groups of 128 quantizes its own A rows from the f32 intermediate,
-// a K tile at a time (moe_gemm.cuh, MOEQ_MMA_QUANT_A), and the launch of moe_quant_h goes; the
-// ring holds each stage's f32 rows too (512 bytes a row). Not with the scale prefetch.
-bool quant_a_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, bool scale_prefetch, int max_smem) {
-  return asked && !t.wgmma && !scale_prefetch && sc.kind == mk::kKindFp8 && sc.amode == mk::kAGroup &&
-         sc.act_group == 128 && sc.scale_k == 128 &&
-         gemm_smem_bytes(sc.kind, bm, t) + mma_ring_extra(bm, t, true, true) + gemm_static_smem(bm, t) +
-                 12 * t.stages + 4 * bm * t.stages <=
-             max_smem;
-}
-// ... and only where GEMM1 leaves the f32 intermediate (it does not quantize h itself).
-bool quant_a_bucket(const GpuScheme& sc, const Bucket& b, bool asked, bool scale_prefetch, int max_smem) {
-  return quant_a_tile(sc, b.bm, b.gemm2, asked, scale_prefetch, max_smem) && gemm1_quant_group(sc, b.gemm1) == 0;
+         gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
 }
+// MOEQ_CT_WS_TMA_A=1 (MoePlan::ws_tma_a, measuring): the warp-specialized GEMMs load their A rows
+// by TMA as well, one box a tile row (sm90_moe_ws.cuh, MOEQ_WS_TMA_A); not in two-block clusters.
+bool ws_tma_a_tile(const GpuScheme& sc, const GemmTile& t, bool asked, bool multicast) {
+  return asked && t.ws && !multicast_tile(sc, t, multicast);
+}
 
 // Dynamic shared memory of a GEMM instantiation of the plan, as GroupedGemm / WgmmaGemm /
-// WsGemm::kSmemBytes compute it: 1 KiB more to align the ring of TMA-fed mma.sync tiles, and
-// the f32 rows of a GEMM2 that quantizes its own A.
-int gemm_smem(const MoePlan& p, const Bucket& b, bool gemm2) {
-  const int max_smem = p.device().max_smem_per_block, bm = b.bm;
-  const GemmTile& t = gemm2 ? b.gemm2 : b.gemm1;
-  const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), max_smem);
-  const bool qa = gemm2 && quant_a_bucket(p.scheme(), b, p.mma_quant_a(), p.scale_prefetch(), max_smem);
-  return gemm_smem_bytes(p.scheme().kind, bm, t) + mma_ring_extra(bm, t, tma, qa);
+// WsGemm::kSmemBytes compute it, and 1 KiB to align the ring of TMA-fed mma.sync tiles.
+int gemm_smem(const MoePlan& p, int bm, const GemmTile& t) {
+  const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), p.device().max_smem_per_block);
+  return gemm_smem_bytes(p.scheme().kind, bm, t) + (tma ? 1024 : 0);
 }
 
 // Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8
@@ -187,6 +167,26 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
                                                gated ? box4 : box2, element_strides, kInterleaveNone,
                                                w8 ? kSwizzleNone : kSwizzle128,
                                                kL2Promote256, kFillZero),
+            what);
+  return m;
+}
+
+// The TMA descriptor of a warp-specialized GEMM's A rows (ws_tma_a_tile): `rows` rows of k
+// elements of `elem` bytes, `pitch` bytes apart, boxes of one 128-byte row (one K tile) in the
+// 128-byte swizzle, zero fill past K. The producer asks for each tile row's own row.
+mk::TmaMap act_map(const void* base, int elem, int64_t rows, int64_t k, int64_t pitch, const char* what) {
+  mk::TmaMap m{};
+  constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzle128 = 3, kL2Promote256 = 3, kFillZero = 0;
+  using u64 = unsigned long long;
+  MOEQ_CHECK(pitch % 16 == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0,
+             std::string(what) + ": A rows must start on 16 bytes and be a multiple of 16 bytes apart, found pitch " +
+                 s(pitch));
+  const u64 dims[2] = {static_cast<u64>(k), static_cast<u64>(rows)};
+  const u64 strides[1] = {static_cast<u64>(pitch)};
+  const unsigned box[2] = {static_cast<unsigned>(128 / elem), 1}, element_strides[2] = {1, 1};
+  cu::check(cu::driver().cuTensorMapEncodeTiled(&m, elem == 1 ? kU8 : kU16, 2, const_cast<void*>(base), dims, strides,
+                                               box, element_strides, kInterleaveNone, kSwizzle128, kL2Promote256,
+                                               kFillZero),
             what);
   return m;
 }
@@ -310,12 +310,17 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
-  mma_quant_a_ = knob_on("MOEQ_CT_MMA_QUANT_A");
   mma_tma_b_ = device_.sm_major == 9;
   if (const char* v = std::getenv("MOEQ_CT_MMA_TMA_B")) {
     const std::string f = v;
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_MMA_TMA_B must be 0 or 1, found '" + f + "'");
     mma_tma_b_ = mma_tma_b_ && f == "1";
+  }
+  ws_tma_a_ = false;
+  if (const char* v = std::getenv("MOEQ_CT_WS_TMA_A")) {
+    const std::string f = v;
+    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_WS_TMA_A must be 0 or 1, found '" + f + "'");
+    ws_tma_a_ = device_.sm_major == 9 && f == "1";
   }
 
   HeuristicInput hin;
@@ -460,7 +465,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, bool tma_b, bool quant_a, int max_smem) {
+                       bool scale_prefetch, bool tma_b, bool tma_a, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -507,15 +512,15 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const bool mc = multicast_tile(sc, t, multicast);
     const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
     if (tma) k.name += "_tb";
-    const bool qa = gi == 2 && quant_a_bucket(sc, b, quant_a, scale_prefetch, max_smem);
-    if (qa) k.name += "_qa";
+    const bool ta = ws_tma_a_tile(sc, t, tma_a, multicast);
+    if (ta) k.name += "_ta";
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";
-    if (qa) src += "#define MOEQ_MMA_QUANT_A 1\n";
+    if (ta) src += "#define MOEQ_WS_TMA_A 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -523,14 +528,15 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const std::string G = "G" + s(gi);
     src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc) + ";\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
-    // Clusters: two blocks, and the half-box map as a third parameter.
+    // Clusters: two blocks, and the half-box map as a third parameter; TMA-fed A rows: the A map.
     src += std::string("extern \"C\" __global__ void ") + (mc ? "__cluster_dims__(2, 1, 1) " : "") + "__launch_bounds__(" +
            G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") + ") moe_gemm" + s(gi) +
            "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b" +
            (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
-           ") {\n"
+           (ta ? ", const __grid_constant__ TmaMap tmap_a" : "") + ") {\n"
            "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
-           (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
+           (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + (ta ? ", nullptr, &tmap_a" : "") +
+           ");\n}\n";
     return add_program(p.sources, std::move(k));
   };
   for (const Bucket& b : buckets) {
@@ -546,13 +552,13 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       mma_quant_a_, device_.max_smem_per_block).sources;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, ws_tma_a_,
+                       device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       mma_quant_a_, device_.max_smem_per_block).buckets;
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, ws_tma_a_,
+                       device_.max_smem_per_block).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -599,9 +605,9 @@ MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules
     }
     if (fp8 && plan.scheme().amode != mk::kAStatic) get(f.quant_h, sh, "moe_quant_h");
     const Bucket& b = plan.buckets()[i];
-    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b, false)),
+    cu::check(api.cuFuncSetAttribute(f.gemm1, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm1)),
              "cuFuncSetAttribute(moe_gemm1)");
-    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b, true)),
+    cu::check(api.cuFuncSetAttribute(f.gemm2, kCuFuncAttrMaxDynamicSmem, gemm_smem(plan, b.bm, b.gemm2)),
              "cuFuncSetAttribute(moe_gemm2)");
     functions_.push_back(f);
   }
@@ -736,17 +742,26 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     if (mc2)
       half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                          "cuTensorMapEncodeTiled(w2, half boxes)", true);
+    // TMA-fed A rows (ws_tma_a_tile): GEMM1 reads the chunk's tokens (fp8: their codes in the
+    // workspace; else the caller's x), GEMM2 its pairs' rows of the intermediate (fp8 with dynamic
+    // activation scales: their codes).
+    mk::TmaMap amap1{}, amap2{};
+    const int elem = fp8 ? 1 : 2;
+    if (ws_tma_a_tile(sc, b.gemm1, p.ws_tma_a(), p.ws_multicast()))
+      amap1 = fp8 ? act_map(a.a1q, 1, m, d.hidden, d.hidden, "cuTensorMapEncodeTiled(a1q)")
+                  : act_map(a.x, 2, m, d.hidden, io.x_stride * 2, "cuTensorMapEncodeTiled(x)");
+    if (ws_tma_a_tile(sc, b.gemm2, p.ws_tma_a(), p.ws_multicast()))
+      amap2 = act_map(fp8 && sc.amode != mk::kAStatic ? static_cast<const void*>(a.a2q) : a.h, elem, m * k, d.inter,
+                      d.inter * elem, "cuTensorMapEncodeTiled(h)");
     go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-       gemm_smem(p, b, false), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
+       gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, mc1 ? &half1 : &amap1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
-    const bool quant_a =
-        quant_a_bucket(sc, b, p.mma_quant_a(), p.scale_prefetch(), p.device().max_smem_per_block);
-    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0 && !quant_a)
+    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
     go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
-       gemm_smem(p, b, true), stream, &a, "moe_gemm2", pdl(), after, &map2,
-       static_cast<unsigned>(b.k_splits), &half2);
+       gemm_smem(p, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
+       static_cast<unsigned>(b.k_splits), mc2 ? &half2 : &amap2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.
     const int64_t work = m * d.hidden / 8;

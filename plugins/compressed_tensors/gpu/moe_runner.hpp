@@ -147,11 +147,10 @@ class MoePlan {
   // take their B tiles by TMA. Changes sources() and the launches' shared memory only.
   void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
   bool mma_tma_b() const { return mma_tma_b_; }
-  // An mma.sync GEMM2 of fp8 with per-group activations (groups of 128) quantizes its own A
-  // from the f32 intermediate, and moe_quant_h is not launched (MOEQ_CT_MMA_QUANT_A=1, for
-  // measuring).
-  void set_mma_quant_a(bool on) { mma_quant_a_ = on; }
-  bool mma_quant_a() const { return mma_quant_a_; }
+  // MOEQ_CT_WS_TMA_A=1 (sm_90, measuring): the warp-specialized GEMMs' A rows by TMA, one box a
+  // tile row, instead of the producer's cp.async gather (sm90_moe_ws.cuh).
+  void set_ws_tma_a(bool on) { ws_tma_a_ = on; }
+  bool ws_tma_a() const { return ws_tma_a_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -181,7 +180,7 @@ class MoePlan {
   bool ws_multicast_ = false;
   bool scale_prefetch_ = false;
   bool mma_tma_b_ = false;
-  bool mma_quant_a_ = false;
+  bool ws_tma_a_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

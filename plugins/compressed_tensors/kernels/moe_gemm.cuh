@@ -37,19 +37,8 @@ struct GroupedGemm {
   static constexpr int WM = BM / WARPS_M, WN = BN / WARPS_N;
   static constexpr int MI = WM / 16, NI = WN / 8;
   static constexpr int kARow = Loader::kARow, kBRow = Loader::kBRow;
+  static constexpr int kStage = Loader::kAStage + Loader::kBStage;
   static constexpr bool kPromote = kKind == kKindFp8 && (kWS == kWBlock || kAM == kAGroup);
-  // MOEQ_MMA_QUANT_A (GEMM2 of fp8 with per-group activations in groups of 128, for measuring):
-  // the block quantizes its A rows itself from the f32 intermediate, a K tile (one group) at a
-  // time, instead of reading moe_quant_h's codes; see quantize_stage below.
-#ifdef MOEQ_MMA_QUANT_A
-  static constexpr bool kQuantA = true;
-  static_assert(!kGated && kKind == kKindFp8 && kAM == kAGroup && SCALE_K == 128,
-                "GEMM2 quantizes its own A only for fp8 groups of 128 (one K tile)");
-#else
-  static constexpr bool kQuantA = false;
-#endif
-  static constexpr int kAF32Stage = kQuantA ? BM * 512 : 0;  // f32 rows of one K tile, after B
-  static constexpr int kStage = Loader::kAStage + Loader::kBStage + kAF32Stage;
   // MOEQ_MMA_SCALE_PREFETCH (defined by the generated source under MOEQ_CT_SCALE_PREFETCH=1,
   // for measuring): the promoted kernels load a K tile's scales one tile ahead.
 #ifdef MOEQ_MMA_SCALE_PREFETCH
@@ -61,7 +50,6 @@ struct GroupedGemm {
   // multiple of 16 refines the block grid to 16) splits every step in two halves instead.
   static constexpr int kStepsPerPeriod = SCALE_K >= 32 ? SCALE_K / 32 : 1;
   static constexpr int kHalves = kPromote && SCALE_K == 16 ? 2 : 1;
-  static_assert(!(kQuantA && kScalePrefetch), "a K tile's quantized scales exist only once its stage has landed");
   static constexpr int kSmemBytes = STAGES * kStage;
   static_assert(WM % 16 == 0 && WN % 16 == 0, "warp tile must be a multiple of 16x16");
   static_assert(!kGated || (BN / 2) % 8 == 0, "gated tiles need whole n8 fragments per half");
@@ -102,7 +90,6 @@ struct GroupedGemm {
     const int n0 = blockIdx.y * (kGated ? BN / 2 : BN);
     for (int r = tid; r < BM; r += kThreads) s_pair[r] = a.sorted_pair[tile * BM + r];
     TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol, tid, kThreads);
-    __shared__ float s_as[kQuantA ? STAGES : 1][kQuantA ? BM : 1];  // kQuantA: each stage's row scales
 #ifdef MOEQ_MMA_TMA_B
     // One mbarrier a stage (thread 0's expected bytes, completed by the box).
     __shared__ alignas(8) unsigned long long s_bfull[STAGES];
@@ -116,14 +103,6 @@ struct GroupedGemm {
 #endif
     __syncthreads();
     const Loader loader(a, geo, e, n0, s_pair, tid);
-    // This block's K tiles [kt0, kt0 + n) (GEMM2 may split K over grid.z).
-    const int KT = (geo.K + T::kTileK - 1) / T::kTileK;
-    int kt0 = 0, n = KT;
-    if (!kGated && a.k_splits > 1) {
-      const int per = (KT + a.k_splits - 1) / a.k_splits;
-      kt0 = min(KT, static_cast<int>(blockIdx.z) * per);
-      n = min(KT, kt0 + per) - kt0;
-    }
 
     const int g = lane >> 2, t = lane & 3;
     int prow[MI][2];
@@ -175,14 +154,6 @@ struct GroupedGemm {
     // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
     float nsap[kPeriods][kSA][2], nswp[kPeriods][kSW];  // unused (and dropped) without prefetch
-    // A group scale of row (mi, hf): kQuantA keeps the K tile's in s_as (the stage of K tile kt
-    // is (kt - kt0) mod STAGES: tiles run in order from kt0), the others read moe_quant_h's.
-    auto a_scale = [&](int kt, int mi, int hf, int kg) {
-      if constexpr (kQuantA)
-        return s_as[(kt - kt0) % STAGES][wm * WM + mi * 16 + g + 8 * hf];
-      else
-        return as_base[as_row[mi][hf] + kg];
-    };
     auto fetch_scales_into = [&](int kt, auto& dsa, auto& dsw) {
       if (!kPromote) return;
 #pragma unroll
@@ -194,7 +165,7 @@ struct GroupedGemm {
         for (int mi = 0; mi < kSA; ++mi)
 #pragma unroll
           for (int hf = 0; hf < 2; ++hf)
-            dsa[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? a_scale(kt, mi, hf, kg) : 0.0f) : 1.0f;
+            dsa[pi][mi][hf] = (kAM == kAGroup && in) ? (as_row[mi][hf] >= 0 ? as_base[as_row[mi][hf] + kg] : 0.0f) : 1.0f;
 #pragma unroll
         for (int j = 0; j < kSW; ++j) dsw[pi][j] = (kWS == kWBlock && in) ? sws.at(sw_row[j], kb) : 1.0f;
       }
@@ -275,25 +246,20 @@ struct GroupedGemm {
     };
 
     // ---- main loop over this block's K tiles [kt0, kt0 + n)
+    const int KT = (geo.K + T::kTileK - 1) / T::kTileK;
+    int kt0 = 0, n = KT;
+    if (!kGated && a.k_splits > 1) {
+      const int per = (KT + a.k_splits - 1) / a.k_splits;
+      kt0 = min(KT, static_cast<int>(blockIdx.z) * per);
+      n = min(KT, kt0 + per) - kt0;
+    }
     // K tile kt into stage st: A by cp.async (the caller commits), B by cp.async or one TMA box.
     auto load_stage = [&](int st, int kt) {
       u8* sA = smem + st * kStage;
-      if constexpr (kQuantA) {
-        // The f32 rows of K tile kt (32 chunks of 16 bytes a row; padding rows and K past I
-        // become zeros) into the stage's staging area; quantize_stage makes the codes.
-        u8* sF = sA + Loader::kAStage + Loader::kBStage;
-        for (int idx = tid; idx < BM * 32; idx += kThreads) {
-          const int r = idx >> 5, c = idx & 31, p = s_pair[r];
-          const bool ok = p >= 0 && kt * 128 + c * 4 < geo.K;
-          const float* src = static_cast<const float*>(a.h) + (ok ? static_cast<long long>(p) * geo.K + kt * 128 + c * 4 : 0);
-          cp_async16(smem_u32(sF + r * 512 + c * 16), src, ok);
-        }
-        if constexpr (!kTmaB) loader.load_b(sA + Loader::kAStage, kt);
-      } else if constexpr (!kTmaB) {
+      if constexpr (!kTmaB) {
         loader.load(sA, kt);
-      }
-      if constexpr (kTmaB) {
-        if constexpr (!kQuantA) loader.load_a(sA, kt);
+      } else {
+        loader.load_a(sA, kt);
 #ifdef MOEQ_MMA_TMA_B
         if (tid == 0) {
           const u32 bar = bfull0 + 8 * st, sB = smem_u32(sA + Loader::kAStage);
@@ -313,54 +279,12 @@ struct GroupedGemm {
     }
     if constexpr (kScalePrefetch)
       if (n > 0) fetch_scales_into(kt0, sap, swp);
-    // kQuantA: the f32 rows of stage st's K tile kt -> e4m3 codes in the stage's A tile and the
-    // group's scale in s_as, exactly as moe_quant_h makes them (group_scale of the group's
-    // amax, quant2); eight threads a row, 16 values each. The blocks of the first N tile also
-    // write them to a2q / a2s, where moe_quant_h would have (the checks' mirror reads them).
-    auto quantize_stage = [&](int st, int kt) {
-#if __CUDA_ARCH__ >= 890
-      u8* sA = smem + st * kStage;
-      const u8* sF = sA + Loader::kAStage + Loader::kBStage;
-      const int groups = (geo.K + 127) / 128;
-      for (int idx = tid; idx < BM * 8; idx += kThreads) {  // whole warps: kThreads % 32 == 0
-        const int r = idx >> 3, part = idx & 7;
-        float v[16];
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const float4 f = *reinterpret_cast<const float4*>(sF + r * 512 + part * 64 + q * 16);
-          v[4 * q] = f.x, v[4 * q + 1] = f.y, v[4 * q + 2] = f.z, v[4 * q + 3] = f.w;
-        }
-        float m = 0.0f;
-#pragma unroll
-        for (int q = 0; q < 16; ++q) m = fmaxf(m, fabsf(v[q]));
-        m = group_max(m, 8);
-        const float sc = group_scale(m);
-        uint4 codes;
-        u32* cw = reinterpret_cast<u32*>(&codes);
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          cw[q] = static_cast<u32>(quant2(v[4 * q], v[4 * q + 1], sc)) |
-                  (static_cast<u32>(quant2(v[4 * q + 2], v[4 * q + 3], sc)) << 16);
-        *reinterpret_cast<uint4*>(sA + swz(r, part, 128)) = codes;
-        if (part == 0) s_as[st][r] = sc;
-        const int p = s_pair[r];
-        if (blockIdx.y == 0 && p >= 0 && kt * 128 + part * 16 < geo.K) {
-          *reinterpret_cast<uint4*>(a.a2q + static_cast<long long>(p) * geo.K + kt * 128 + part * 16) = codes;
-          if (part == 0) a.a2s[static_cast<long long>(p) * groups + kt] = sc;
-        }
-      }
-#endif
-    };
     for (int i = 0; i < n; ++i) {
       cp_async_wait<STAGES - 2>();
 #ifdef MOEQ_MMA_TMA_B
       mbar_wait(bfull0 + 8 * (i % STAGES), (i / STAGES) & 1);
 #endif
       __syncthreads();
-      if constexpr (kQuantA) {
-        quantize_stage(i % STAGES, kt0 + i);
-        __syncthreads();
-      }
       const int ni = i + STAGES - 1;  // into the stage tile i - 1 used (every warp is past it)
       if (ni < n) load_stage(ni % STAGES, kt0 + ni);
       cp_async_commit();
