@@ -383,8 +383,7 @@ std::string GpuExperts::describe() const {
   return "cuda:" + s(ordinal_) + (arch_.empty() ? "" : " " + arch_) + ", " + plan_->scheme().label() + ", " + s(int64_t(plan_->buckets().size())) +
          " kernel sets (" + s(cache_hits_) + " from the JIT cache" + ptx + "), up to " + s(plan_->max_tokens()) +
          " tokens a pass, workspace " + s(static_cast<int64_t>(plan_->workspace_bytes() >> 10)) + " KiB" +
-         (plan_->mma_tma_b() ? ", mma.sync weight tiles by TMA" : "") +
-         (plan_->ws_tma_a() ? ", warp-specialized A rows by TMA" : "") + "; tiles " + b;
+         (plan_->mma_tma_b() ? ", mma.sync weight tiles by TMA" : "") + "; tiles " + b;
 }
 
 }  // namespace moeq::ct

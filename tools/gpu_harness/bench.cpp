@@ -908,17 +908,13 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
   // (sm_90a, MOEQ_CT_WS_MULTICAST) on the warp-specialized tiles the heuristics take at M = 1024
   // and 8192, scales loaded one K tile ahead (MOEQ_CT_SCALE_PREFETCH) on the promoted mma.sync
   // GEMMs of the decode and small-M plans (the other schemes' programs do not change), and those
-  // plans' mma.sync GEMMs with cp.async B tiles (sm_90a, MOEQ_CT_MMA_TMA_B=0); the large-M
-  // warp-specialized tiles with TMA-fed A rows too (MOEQ_CT_WS_TMA_A).
+  // plans' mma.sync GEMMs with cp.async B tiles (sm_90a, MOEQ_CT_MMA_TMA_B=0).
   for (const auto& s : schemes) {
     if (lim.sm_major == 9)
       for (const int64_t m : {1024, 8192}) {
         MoePlan plan(s.scheme, mixtral, m, lim);
         plan.set_ws_multicast(true);
         for (auto& k : plan.sources()) sets.emplace(k.source, k);
-        MoePlan ta(s.scheme, mixtral, m, lim);
-        ta.set_ws_tma_a(true);
-        for (auto& k : ta.sources()) sets.emplace(k.source, k);
       }
     if (fp8)
       for (const int64_t m : {1, 16, 128}) {

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
 #include <optional>
@@ -89,11 +88,6 @@ bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int 
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
 }
-// MOEQ_CT_WS_TMA_A=1 (MoePlan::ws_tma_a, measuring): the warp-specialized GEMMs load their A rows
-// by TMA as well, one box a tile row (sm90_moe_ws.cuh, MOEQ_WS_TMA_A); not in two-block clusters.
-bool ws_tma_a_tile(const GpuScheme& sc, const GemmTile& t, bool asked, bool multicast) {
-  return asked && t.ws && !multicast_tile(sc, t, multicast);
-}
 
 // Dynamic shared memory of a GEMM instantiation of the plan, as GroupedGemm / WgmmaGemm /
 // WsGemm::kSmemBytes compute it, and 1 KiB to align the ring of TMA-fed mma.sync tiles.
@@ -167,26 +161,6 @@ mk::TmaMap weight_map(const GemmTile& t, int kind, const void* w, bool gated, in
                                                gated ? box4 : box2, element_strides, kInterleaveNone,
                                                w8 ? kSwizzleNone : kSwizzle128,
                                                kL2Promote256, kFillZero),
-            what);
-  return m;
-}
-
-// The TMA descriptor of a warp-specialized GEMM's A rows (ws_tma_a_tile): `rows` rows of k
-// elements of `elem` bytes, `pitch` bytes apart, boxes of one 128-byte row (one K tile) in the
-// 128-byte swizzle, zero fill past K. The producer asks for each tile row's own row.
-mk::TmaMap act_map(const void* base, int elem, int64_t rows, int64_t k, int64_t pitch, const char* what) {
-  mk::TmaMap m{};
-  constexpr int kU8 = 0, kU16 = 1, kInterleaveNone = 0, kSwizzle128 = 3, kL2Promote256 = 3, kFillZero = 0;
-  using u64 = unsigned long long;
-  MOEQ_CHECK(pitch % 16 == 0 && reinterpret_cast<std::uintptr_t>(base) % 16 == 0,
-             std::string(what) + ": A rows must start on 16 bytes and be a multiple of 16 bytes apart, found pitch " +
-                 s(pitch));
-  const u64 dims[2] = {static_cast<u64>(k), static_cast<u64>(rows)};
-  const u64 strides[1] = {static_cast<u64>(pitch)};
-  const unsigned box[2] = {static_cast<unsigned>(128 / elem), 1}, element_strides[2] = {1, 1};
-  cu::check(cu::driver().cuTensorMapEncodeTiled(&m, elem == 1 ? kU8 : kU16, 2, const_cast<void*>(base), dims, strides,
-                                               box, element_strides, kInterleaveNone, kSwizzle128, kL2Promote256,
-                                               kFillZero),
             what);
   return m;
 }
@@ -315,12 +289,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     const std::string f = v;
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_MMA_TMA_B must be 0 or 1, found '" + f + "'");
     mma_tma_b_ = mma_tma_b_ && f == "1";
-  }
-  ws_tma_a_ = false;
-  if (const char* v = std::getenv("MOEQ_CT_WS_TMA_A")) {
-    const std::string f = v;
-    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_WS_TMA_A must be 0 or 1, found '" + f + "'");
-    ws_tma_a_ = device_.sm_major == 9 && f == "1";
   }
 
   HeuristicInput hin;
@@ -465,7 +433,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, bool tma_b, bool tma_a, int max_smem) {
+                       bool scale_prefetch, bool tma_b, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -485,7 +453,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     src += "extern \"C\" __global__ void __launch_bounds__(kAlignThreads) moe_count(const MoeArgs a) { pdl_enter(); count_pairs(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_zero_counts(const MoeArgs a) { pdl_enter(); zero_counts(a); }\n";
     src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine(const MoeArgs a) { pdl_enter(); combine(a); }\n";
-    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine_wide(const MoeArgs a) { pdl_enter(); "
+    src += "extern \"C\" __global__ void __launch_bounds__(256) moe_combine_wide(const MoeArgs a) { "
            "combine_wide(a); }\n";
     if (fp8 && sc.amode == mk::kATensor) {
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
@@ -512,15 +480,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const bool mc = multicast_tile(sc, t, multicast);
     const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
     if (tma) k.name += "_tb";
-    const bool ta = ws_tma_a_tile(sc, t, tma_a, multicast);
-    if (ta) k.name += "_ta";
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";
-    if (ta) src += "#define MOEQ_WS_TMA_A 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -528,15 +493,14 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const std::string G = "G" + s(gi);
     src += "using " + G + " = " + gemm_type(sc, gi == 1, b.bm, t, fast_acc) + ";\n";
     // Every GEMM takes the B tensor map; only the warp-specialized ones read it.
-    // Clusters: two blocks, and the half-box map as a third parameter; TMA-fed A rows: the A map.
+    // Clusters: two blocks, and the half-box map as a third parameter.
     src += std::string("extern \"C\" __global__ void ") + (mc ? "__cluster_dims__(2, 1, 1) " : "") + "__launch_bounds__(" +
            G + "::kThreads, " + (t.ws ? G + "::kMinBlocks" : "1") + ") moe_gemm" + s(gi) +
            "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b" +
            (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
-           (ta ? ", const __grid_constant__ TmaMap tmap_a" : "") + ") {\n"
+           ") {\n"
            "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
-           (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + (ta ? ", nullptr, &tmap_a" : "") +
-           ");\n}\n";
+           (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
     return add_program(p.sources, std::move(k));
   };
   for (const Bucket& b : buckets) {
@@ -552,12 +516,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, ws_tma_a_,
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
                        device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, ws_tma_a_,
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
                        device_.max_smem_per_block).buckets;
 }
 
@@ -742,26 +706,15 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     if (mc2)
       half2 = weight_map(b.gemm2, sc.kind, w.w2, false, d.num_experts, d.hidden, d.inter,
                          "cuTensorMapEncodeTiled(w2, half boxes)", true);
-    // TMA-fed A rows (ws_tma_a_tile): GEMM1 reads the chunk's tokens (fp8: their codes in the
-    // workspace; else the caller's x), GEMM2 its pairs' rows of the intermediate (fp8 with dynamic
-    // activation scales: their codes).
-    mk::TmaMap amap1{}, amap2{};
-    const int elem = fp8 ? 1 : 2;
-    if (ws_tma_a_tile(sc, b.gemm1, p.ws_tma_a(), p.ws_multicast()))
-      amap1 = fp8 ? act_map(a.a1q, 1, m, d.hidden, d.hidden, "cuTensorMapEncodeTiled(a1q)")
-                  : act_map(a.x, 2, m, d.hidden, io.x_stride * 2, "cuTensorMapEncodeTiled(x)");
-    if (ws_tma_a_tile(sc, b.gemm2, p.ws_tma_a(), p.ws_multicast()))
-      amap2 = act_map(fp8 && sc.amode != mk::kAStatic ? static_cast<const void*>(a.a2q) : a.h, elem, m * k, d.inter,
-                      d.inter * elem, "cuTensorMapEncodeTiled(h)");
     go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
-       gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, mc1 ? &half1 : &amap1);
+       gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
     if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
     go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),
        gemm_smem(p, b.bm, b.gemm2), stream, &a, "moe_gemm2", pdl(), after, &map2,
-       static_cast<unsigned>(b.k_splits), mc2 ? &half2 : &amap2);
+       static_cast<unsigned>(b.k_splits), &half2);
     // Eight columns a thread (moe_combine.cuh); where that leaves SMs without a block (decode),
     // eight threads a column chunk, each summing a share of the rows.
     const int64_t work = m * d.hidden / 8;

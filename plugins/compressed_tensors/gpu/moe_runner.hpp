@@ -147,10 +147,6 @@ class MoePlan {
   // take their B tiles by TMA. Changes sources() and the launches' shared memory only.
   void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
   bool mma_tma_b() const { return mma_tma_b_; }
-  // MOEQ_CT_WS_TMA_A=1 (sm_90, measuring): the warp-specialized GEMMs' A rows by TMA, one box a
-  // tile row, instead of the producer's cp.async gather (sm90_moe_ws.cuh).
-  void set_ws_tma_a(bool on) { ws_tma_a_ = on; }
-  bool ws_tma_a() const { return ws_tma_a_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -180,7 +176,6 @@ class MoePlan {
   bool ws_multicast_ = false;
   bool scale_prefetch_ = false;
   bool mma_tma_b_ = false;
-  bool ws_tma_a_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

@@ -98,12 +98,23 @@ __device__ void combine(const MoeArgs& a) {
 // rows, in order, all of them in flight when there are at most kWideRows, and the groups'
 // partials are added in group order. The order is fixed (slot-major, split-minor, as in
 // combine(), split into eight runs), so results stay bit-identical run to run.
+//
+// The entry runs this without pdl_enter: it lets the next kernel be scheduled, reads the token's
+// expert ids (a layer input, written before the sequence's first kernel started, which every
+// kernel of the sequence follows) into shared memory, and only then waits for GEMM2, so that the
+// ids' memory latency passes while GEMM2 still runs instead of after it.
 constexpr int kWideGroups = 8, kWideChunks = 32, kWideRows = 4;
 __device__ void combine_wide(const MoeArgs& a) {
   __shared__ float part[kWideGroups][kWideChunks][9];  // 9: no bank conflicts between chunks
+  __shared__ int s_le[32];                             // the token's slots' local experts (top_k <= 32)
   const int q = a.hidden >> 3;
   const int blocks_per_token = (q + kWideChunks - 1) / kWideChunks;
   const int m = blockIdx.x / blocks_per_token;
+  griddep_launch_dependents();
+  if (m < a.M && static_cast<int>(threadIdx.x) < a.topk)
+    s_le[threadIdx.x] = a.topk_ids[m * a.topk + threadIdx.x] - a.first_expert;
+  griddep_wait();
+  __syncthreads();
   const int cc = threadIdx.x % kWideChunks, g = threadIdx.x / kWideChunks;
   const int chunk = (blockIdx.x % blocks_per_token) * kWideChunks + cc;
   const int c = chunk * 8;
@@ -121,7 +132,7 @@ __device__ void combine_wide(const MoeArgs& a) {
 #pragma unroll
       for (int u = 0; u < kWideRows; ++u) {
         const int row = r + u, j = row / a.k_splits, z = row % a.k_splits;
-        const int le = row < r1 ? a.topk_ids[m * a.topk + j] - a.first_expert : -1;
+        const int le = row < r1 ? s_le[j] : -1;
         live[u] = le >= 0 && le < a.num_experts;
         if (live[u]) {
           load_y8(a, z * slab + static_cast<long long>(m * a.topk + j) * H + c, y[u]);

@@ -110,6 +110,12 @@ struct GroupedGemm {
     for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) prow[mi][hf] = s_pair[wm * WM + mi * 16 + g + 8 * hf];
+    // The epilogue's per-row factors, loaded now so that their latency hides behind the K loop.
+    RowFactors rf[MI][2];
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) rf[mi][hf] = row_factors<kAM, kGated>(a, geo, prow[mi][hf]);
 
     float acc[MI][NI][4];
     float part[kPromote ? MI : 1][kPromote ? NI : 1][4];
@@ -315,7 +321,7 @@ struct GroupedGemm {
         store_row<kKind, kWS, kAM, kGated, NI>(a, geo, e, prow[mi][hf], out_col,
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
                                                kGated ? 0 : static_cast<int>(blockIdx.z),
-                                               TileColScales<kWS, kGated, BN>{s_wcol, n0});
+                                               TileColScales<kWS, kGated, BN>{s_wcol, n0}, rf[mi][hf]);
   }
 };
 

@@ -254,17 +254,30 @@ __device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, fl
     reinterpret_cast<float2*>(a.y2)[o >> 1] = make_float2(y0, y1);
 }
 
+// The per-row factors of the epilogue: the row's activation scale (token or tensor scales) and,
+// for GEMM2, the pair's router weight. A kernel that knows its rows before the K loop loads them
+// there (the mma.sync GEMMs), so that their latency hides behind the loop instead of adding to
+// the block's tail, which at decode is the layer's critical path.
+struct RowFactors {
+  float sa, tw;
+};
+template <int kAM, bool kGated>
+__device__ __forceinline__ RowFactors row_factors(const MoeArgs& a, const GemmGeom<kGated>& geo, int p) {
+  if (p < 0) return {1.0f, 1.0f};
+  return {epilogue_act_scale<kAM, kGated>(a, p / geo.a_div), kGated ? 1.0f : __ldg(a.topk_weights + p)};
+}
+
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
 // fragment j holding columns col_of(j), col_of(j) + 1 as acc_of(j, 0), acc_of(j, 1). GEMM1's
 // fragments are gate ones, then the up ones of the same columns. GEMM2 writes y2's slab `slab`.
-// scales_of(col, w) gives the weight scales of column pair col (TileColScales).
+// scales_of(col, w) gives the weight scales of column pair col (TileColScales); f the row's
+// factors (row_factors).
 template <int kKind, int kWS, int kAM, bool kGated, int NF, class ColOf, class AccOf, class ScalesOf>
 __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGated>& geo, int e, int p, ColOf col_of,
-                                          AccOf acc_of, int slab, ScalesOf scales_of) {
+                                          AccOf acc_of, int slab, ScalesOf scales_of, RowFactors f) {
   if (p < 0) return;
   constexpr int NC = kGated ? NF / 2 : NF;  // column pairs of the row
-  const float sa = epilogue_act_scale<kAM, kGated>(a, p / geo.a_div);
-  const float tw = kGated ? 1.0f : __ldg(a.topk_weights + p);
+  const float sa = f.sa, tw = f.tw;
   // NOTE: in chunks of eight column pairs: one shared-memory latency per chunk, and at most 32 scale
   // registers next to the accumulators (a whole 256-wide row's would spill).
   // (A 224-wide tile has 14 or 28 pairs: its last chunk is partial.)

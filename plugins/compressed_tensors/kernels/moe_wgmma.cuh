@@ -242,7 +242,8 @@ struct WgmmaGemm {
     for (int hf = 0; hf < 2; ++hf)
       store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
                                              [&](int j, int q) { return acc[4 * j + 2 * hf + q]; }, 0,
-                                             TileColScales<kWS, kGated, BN>{s_wcol, n0});
+                                             TileColScales<kWS, kGated, BN>{s_wcol, n0},
+                                             row_factors<kAM, kGated>(a, geo, prow[hf]));
 #else
     static_assert(kKind < 0, "wgmma kernels need sm_90a");
 #endif

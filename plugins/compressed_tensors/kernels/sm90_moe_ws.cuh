@@ -93,16 +93,6 @@ struct GatherRows<false, N> {
 // full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
 // MMAs keep the tensor core busy. Four sets of per-tile lists, so that the producer fills the
 // next tiles' while both warpgroups still read theirs.
-//
-// MOEQ_WS_TMA_A (defined by the generated source under MOEQ_CT_WS_TMA_A=1; not with clusters):
-// the A rows come by TMA too, one box of one 128-byte row for each tile row, issued by the
-// producer thread of that row into the row's place in the swizzled tile (the 128-byte swizzle
-// follows the shared address, and every A tile starts on 1024 bytes), instead of eight 16-byte
-// cp.async a row and the per-row address arithmetic: the gather becomes BM coordinates a stage.
-// The stage's "full" barrier then counts one arrival, thread 0's, which expects the B box's bytes
-// and 128 for each valid row (padding rows get no box: their stale smem feeds only output rows
-// that are never stored). Bytes that land before thread 0's arrival leave the transaction count
-// below zero for a moment, which the barrier allows; the phase cannot complete before it arrives.
 template <int kKind, int kWS, int kAM, bool kGated, int BM, int BN, int STAGES, int kQuantGroup = 0,
           bool kFastAcc = false, bool kPingPong = false>
 struct WsGemm {
@@ -113,11 +103,6 @@ struct WsGemm {
 #endif
   // Two-block clusters that share the weight tile (see the header): fp8 and bf16, not ping-pong.
   static constexpr bool kMc = kMcAsked && !kPingPong && kKind != kKindW8A16;
-#ifdef MOEQ_WS_TMA_A
-  static constexpr bool kTmaA = !kMc;
-#else
-  static constexpr bool kTmaA = false;
-#endif
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kTileWGs = kPingPong ? 1 : kConsumers;  // consumer warpgroups on one tile
   static constexpr int kSets = kPingPong ? 4 : 2;               // sets of per-tile lists
@@ -309,10 +294,8 @@ struct WsGemm {
 
   // tmap_half (clusters only): boxes of half the tile's B rows (GEMM1: the gate or the up half),
   // the share of the weight tile one block of the cluster loads for both.
-  // tmap_a (kTmaA only): A as [rows][K] (GEMM1: the chunk's tokens, GEMM2: its pairs), boxes of
-  // one 128-byte row in the 128-byte swizzle, zero fill past K.
   __device__ __forceinline__ static void run(const MoeArgs& a, const TmaMap& tmap_b, u8* smem_raw,
-                                             const TmaMap* tmap_half = nullptr, const TmaMap* tmap_a = nullptr) {
+                                             const TmaMap* tmap_half = nullptr) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     // Per-tile lists the consumers read, kSets sets: the producer fills the next tiles' while
     // the consumers still read theirs (tile j: set j % kSets). s_arow is the producer's own.
@@ -375,9 +358,8 @@ struct WsGemm {
     if (tid == 0) {
 #pragma unroll
       for (int s = 0; s < STAGES; ++s) {
-        // The producer's threads (+ the TMA issuer, whose bytes W8A16 counts on its own barrier);
-        // kTmaA: the TMA issuer alone (every byte of the stage comes by TMA).
-        mbar_init(full0 + 8 * s, kTmaA ? 1 : kW8 ? 128 : 128 + 1);
+        // The producer's threads (+ the TMA issuer, whose bytes W8A16 counts on its own barrier).
+        mbar_init(full0 + 8 * s, kW8 ? 128 : 128 + 1);
         // Every warp of the tile's consumers (clusters: of both blocks, since either block's
         // producer writes its half of B into both).
         mbar_init(empty0 + 8 * s, kTileWGs * 4 * (kMc ? 2 : 1));
@@ -450,11 +432,6 @@ struct WsGemm {
         TileColScales<kWS, kGated, BN>::fill(a, e, n0, geo.N, s_wcol[set], tid, 128);
         producers_meet();  // every row of s_arow written before any thread gathers through it
         mbar_arrive(meta_full0 + 8 * set);
-        // kTmaA: this thread's tile row (row tid), and the bytes of a stage's A boxes (thread 0).
-        const int my_arow = kTmaA && tid < BM ? s_arow[tid] : -1;
-        unsigned a_bytes = 0;
-        if (kTmaA && tid == 0)
-          for (int r = 0; r < BM; ++r) a_bytes += s_arow[r] >= 0 ? 128u : 0u;
         // This thread's rows of the tile as byte offsets of chunk c at K tile 0, held in
         // registers for the tile's K loop: a stage then costs no shared load and no 64-bit
         // multiply a row (the address arithmetic was the producer's busiest code under ncu).
@@ -467,8 +444,7 @@ struct WsGemm {
           if (it >= STAGES) mbar_wait(empty0 + 8 * s, ((it / STAGES) - 1) & 1);
           const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
           if (tid == 0) {
-            if (kTmaA && kW8) mbar_arrive_expect_tx(full, a_bytes);  // the codes count on bbar
-            mbar_arrive_expect_tx(bbar, kBStage + (kTmaA && !kW8 ? a_bytes : 0u));
+            mbar_arrive_expect_tx(bbar, kBStage);
             if (kMc && tr.shared) {
               // This block's half of the weight tile, into both blocks at the same offset.
               const u32 dst = sA + kAStage + rank * (BN / 2) * 128;
@@ -482,11 +458,6 @@ struct WsGemm {
             } else {
               tma_load_2d(sA + kAStage, &tmap_b, kt * kTileK, b_row, bbar);
             }
-          }
-          if constexpr (kTmaA) {
-            // One box a valid row: the row's 128 bytes of K tile kt (zeros past K).
-            if (my_arow >= 0) tma_load_2d(sA + tid * 128, tmap_a, kt * kTileK, my_arow, full);
-            continue;
           }
           const bool k_ok = kt * 128 + c * 16 < a_row_bytes;
 #pragma unroll
@@ -665,7 +636,8 @@ struct WsGemm {
         for (int hf = 0; hf < 2; ++hf)
           store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
                                                  [&](int f, int q) { return acc[4 * f + 2 * hf + q]; }, 0,
-                                                 TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
+                                                 TileColScales<kWS, kGated, BN>{s_wcol[set], n0},
+                                                 row_factors<kAM, kGated>(a, geo, prow[hf]));
       }
       mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
     }
