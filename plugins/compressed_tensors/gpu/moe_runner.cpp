@@ -463,7 +463,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              "a.first_expert, a.num_experts);\n}\n";
     }
     if (fp8 && sc.amode != mk::kAStatic)
-      src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { pdl_enter(); quantize_h<" + am +
+      src += "extern \"C\" __global__ void __launch_bounds__(512) moe_quant_h(const MoeArgs a) { quantize_h<" + am +
              ">(a); }\n";
     add_program(p.sources, std::move(k));
   }

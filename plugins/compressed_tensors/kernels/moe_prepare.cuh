@@ -254,7 +254,10 @@ __device__ void prepare(const MoeArgs& a) {
 }
 
 // Intermediate (f32 [M * topk, I]) -> a2q/a2s, quant_rows_per_block rows a block; rows of
-// non-local pairs were never written and are skipped.
+// non-local pairs were never written and are skipped. The entry runs this without pdl_enter:
+// the pair's expert id is a layer input (written before the sequence's first kernel started,
+// which every kernel of the sequence follows), so it is read before the wait for GEMM1 and its
+// latency passes while GEMM1 still runs.
 #if __CUDA_ARCH__ >= 890
 template <int kMode>
 __device__ void quantize_h(const MoeArgs& a) {
@@ -262,15 +265,17 @@ __device__ void quantize_h(const MoeArgs& a) {
   const int rpb = quant_rows_per_block(a.inter, blockDim.x), wpr = (blockDim.x >> 5) / rpb;
   const int sub = (threadIdx.x >> 5) / wpr;
   const int row = blockIdx.x * rpb + sub;
-  float fixed = a.a2_static;
-  if (kMode == kATensor) {
-    fixed = tensor_scale(reduce_parts(a.amax_part, a.amax_parts));
-    if (row == 0 && threadIdx.x == 0) a.a2s[0] = fixed;
-  }
+  griddep_launch_dependents();
   bool live = sub < rpb && row < a.M * a.topk;
   if (live) {
     const int le = a.topk_ids[row] - a.first_expert;
     live = le >= 0 && le < a.num_experts;
+  }
+  griddep_wait();
+  float fixed = a.a2_static;
+  if (kMode == kATensor) {
+    fixed = tensor_scale(reduce_parts(a.amax_part, a.amax_parts));
+    if (row == 0 && threadIdx.x == 0) a.a2s[0] = fixed;
   }
   const int groups = kMode == kAGroup ? (a.inter + a.act_group - 1) / a.act_group : 1;
   quantize_row<kMode, true>(static_cast<const float*>(a.h) + static_cast<long long>(live ? row : 0) * a.inter,
