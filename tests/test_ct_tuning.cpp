@@ -361,6 +361,8 @@ TEST_CASE("tune: every shipped table parses and its tiles plan on the device the
       lim.sm_major = std::stoi(e.arch.substr(3)) / 10;
       lim.sm_minor = std::stoi(e.arch.substr(3)) % 10;
       lim.multiprocessors = e.multiprocessors;
+      // An entry that records its card's memory plans there (and wins over one that records none).
+      if (e.memory_gib > 0) lim.memory_bytes = static_cast<int64_t>(e.memory_gib) << 30;
       CHECK(e.us > 0);
       CHECK(e.us <= e.heuristic_us * 1.0001);  // tune keeps the heuristic unless something beat it
       const std::optional<gpu::GpuScheme> sc = gpu::GpuScheme::from_key(e.scheme);

@@ -222,8 +222,13 @@ struct TileColScales {
 };
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
-// silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
-// f32 for the dynamic requantization). col is even and < I; w from load_col_scales.
+// silu(gate) * up, written as the GEMM2 operand: bf16, fp8 codes with the static scale, or the
+// input of moe_quant_h's dynamic requantization: f32 for per-group scales (so that the fused
+// requantization of the warp-specialized GEMM1, which starts from the f32 values, makes the same
+// codes), bf16 for per-token and per-tensor scales (a row's scale spans every column tile, so h
+// makes a round trip through memory, and bf16 halves it: 2 of the 4 bytes a value that the
+// large-M GEMM1 writes and moe_quant_h reads twice; the framework's own intermediate is bf16).
+// col is even and < I; w from load_col_scales.
 template <int kKind, int kAM>
 __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, int col, const float (&w)[4], float g0,
                                             float g1, float u0, float u1) {
@@ -236,8 +241,10 @@ __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, i
 #if __CUDA_ARCH__ >= 890
     static_cast<u16*>(a.h)[o >> 1] = quant2(h0, h1, a.a2_static);
 #endif
-  } else {
+  } else if (kAM == kAGroup) {
     static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
+  } else {
+    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
   }
 }
 
