@@ -348,22 +348,8 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     const int64_t R = M * d.top_k, I = d.inter;
     const bool fp8 = sc.kind == mk::kKindFp8, dyn = fp8 && sc.amode != mk::kAStatic;
     const int64_t groups = sc.amode == mk::kAGroup ? (I + sc.act_group - 1) / sc.act_group : 1;
-    // h as GEMM1 stores it (store_gated): f32 before a per-group requantization, fp8 codes with a
-    // static scale, bf16 otherwise.
-    const bool h_f32 = dyn && sc.amode == mk::kAGroup;
-    const size_t h_elem = h_f32 ? 4 : (fp8 && !dyn) ? 1 : 2;
-    std::vector<uint8_t> hq(static_cast<size_t>(R * I) * h_elem), a2q;
+    std::vector<uint8_t> hq(static_cast<size_t>(R * I) * (fp8 ? (dyn ? 4 : 1) : 2)), a2q;
     c.d.download(hq.data(), ws.get() + L.h, hq.size());
-    auto h_at = [&](size_t o) {  // element o of a bf16 or f32 h
-      if (h_f32) {
-        float v;
-        std::memcpy(&v, hq.data() + o * 4, 4);
-        return v;
-      }
-      uint16_t v;
-      std::memcpy(&v, hq.data() + o * 2, 2);
-      return bf16_to_float(v);
-    };
     std::vector<float> a2s;
     if (dyn) {
       a2q.resize(static_cast<size_t>(R * I));
@@ -374,7 +360,11 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     const float a2_static = layer.weights().a2_static;
     mi.gemm2_input = [&](int64_t p, int64_t i) -> float {
       const size_t o = static_cast<size_t>(p * I + i);
-      if (!fp8) return h_at(o);
+      if (!fp8) {
+        uint16_t v;
+        std::memcpy(&v, hq.data() + o * 2, 2);
+        return bf16_to_float(v);
+      }
       if (!dyn) return fp8_e4m3_to_float(hq[o]) * a2_static;
       const float sv = sc.amode == mk::kATensor ? a2s[0]
                        : sc.amode == mk::kAToken ? a2s[static_cast<size_t>(p)]
@@ -384,7 +374,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     err_g2 = ref::relative_l2(g1, mirror_forward(mi).out);
     const ct::gpu::Bucket& last = plan.buckets()[ct::gpu::bucket_for(plan.buckets(), M)];
     // The requantized intermediate (moe_quant_h) against the host's quantization of the GPU's own
-    // h (f32 or bf16): every scale and code bit for bit. The GEMM2 check above reads the GPU's codes and
+    // f32 h: every scale and code bit for bit. The GEMM2 check above reads the GPU's codes and
     // scales, so it cannot see a wrong one by itself.
     if (dyn && (sc.amode == mk::kAToken || sc.amode == mk::kAGroup) && ct::gpu::gemm1_quant_group(sc, last.gemm1) == 0) {
       const int64_t G = sc.amode == mk::kAGroup ? sc.act_group : I;
@@ -392,7 +382,7 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
         for (int64_t g = 0; g < groups; ++g) {
           const int64_t c0 = g * G, c1 = std::min(I, c0 + G);
           std::vector<float> hv(static_cast<size_t>(c1 - c0));
-          for (int64_t i = c0; i < c1; ++i) hv[static_cast<size_t>(i - c0)] = h_at(static_cast<size_t>(p * I + i));
+          std::memcpy(hv.data(), hq.data() + static_cast<size_t>(p * I + c0) * 4, hv.size() * 4);
           const float want = sc.amode == mk::kAToken ? ref::fp8_per_token_scale(hv) : ref::fp8_group_scale(hv);
           const float got = a2s[static_cast<size_t>(p * groups + g)];
           if (std::memcmp(&want, &got, 4) != 0) ++requant_diffs;
@@ -402,13 +392,22 @@ bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = 
     }
     if (ct::gpu::gemm1_quant_group(sc, last.gemm1) > 0) {
       err_g1 = fused_gemm1_error(mr, a2q, a2s, I, sc.act_group);
-    } else if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before a per-group requantization)
+    } else if (!fp8 || dyn) {  // GEMM1's output as the GPU stored it (bf16, or f32 before requantizing)
       std::vector<float> gh, rh;
       for (size_t r = 0; r < mr.pairs.size(); ++r)
         for (int64_t i = 0; i < I; ++i) {
-          gh.push_back(h_at(static_cast<size_t>(mr.pairs[r] * I + i)));
+          const size_t o = static_cast<size_t>(mr.pairs[r] * I + i);
+          float g;
+          if (fp8) {
+            std::memcpy(&g, hq.data() + o * 4, 4);
+          } else {
+            uint16_t v;
+            std::memcpy(&v, hq.data() + o * 2, 2);
+            g = bf16_to_float(v);
+          }
+          gh.push_back(g);
           const float want = mr.h[r * I + i];
-          rh.push_back(h_f32 ? want : bf16_to_float(float_to_bf16(want)));
+          rh.push_back(fp8 ? want : bf16_to_float(float_to_bf16(want)));
         }
       err_g1 = ref::relative_l2(gh, rh);
     }

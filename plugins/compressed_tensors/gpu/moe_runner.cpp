@@ -376,9 +376,7 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   const int64_t g1 = scheme_.amode == mk::kAGroup ? ceil_div(H, scheme_.act_group) : 1;
   const int64_t g2 = scheme_.amode == mk::kAGroup ? ceil_div(I, scheme_.act_group) : 1;
   const bool dynamic_a2 = fp8 && scheme_.amode != mk::kAStatic;
-  // h (store_gated): bf16; fp8 codes with a static scale; f32 before a per-group requantization,
-  // bf16 before a per-token or per-tensor one.
-  const int64_t h_elem = !fp8 ? 2 : !dynamic_a2 ? 1 : scheme_.amode == mk::kAGroup ? 4 : 2;
+  const int64_t h_elem = !fp8 ? 2 : (dynamic_a2 ? 4 : 1);
   std::size_t off = 0;
   auto take = [&](int64_t bytes) {
     const std::size_t at = off;
@@ -461,7 +459,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_x(const MoeArgs a) {\n"
              "  pdl_enter();\n  amax_partial<false>(a.x, a.x_stride, a.M, a.hidden, a.amax_part, nullptr, 0, 0, 0);\n}\n";
       src += "extern \"C\" __global__ void __launch_bounds__(256) moe_amax_h(const MoeArgs a) {\n"
-             "  pdl_enter();\n  amax_partial<false>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
+             "  pdl_enter();\n  amax_partial<true>(a.h, a.inter, a.M * a.topk, a.inter, a.amax_part, a.topk_ids, a.topk, "
              "a.first_expert, a.num_experts);\n}\n";
     }
     if (fp8 && sc.amode != mk::kAStatic)

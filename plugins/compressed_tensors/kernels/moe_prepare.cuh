@@ -253,8 +253,7 @@ __device__ void prepare(const MoeArgs& a) {
 #endif
 }
 
-// Intermediate ([M * topk, I], f32 for per-group scales, else bf16: store_gated) -> a2q/a2s,
-// quant_rows_per_block rows a block; rows of
+// Intermediate (f32 [M * topk, I]) -> a2q/a2s, quant_rows_per_block rows a block; rows of
 // non-local pairs were never written and are skipped. The entry runs this without pdl_enter:
 // the pair's expert id is a layer input (written before the sequence's first kernel started,
 // which every kernel of the sequence follows), so it is read before the wait for GEMM1 and its
@@ -279,8 +278,7 @@ __device__ void quantize_h(const MoeArgs& a) {
     if (row == 0 && threadIdx.x == 0) a.a2s[0] = fixed;
   }
   const int groups = kMode == kAGroup ? (a.inter + a.act_group - 1) / a.act_group : 1;
-  constexpr bool kF32 = kMode == kAGroup;
-  quantize_row<kMode, kF32>(static_cast<const u8*>(a.h) + static_cast<long long>(live ? row : 0) * a.inter * (kF32 ? 4 : 2),
+  quantize_row<kMode, true>(static_cast<const float*>(a.h) + static_cast<long long>(live ? row : 0) * a.inter,
                             live ? a.inter : 0, a.a2q + static_cast<long long>(row) * a.inter,
                             a.a2s + static_cast<long long>(row) * groups, a.act_group, fixed, sub * wpr, wpr, red);
 }

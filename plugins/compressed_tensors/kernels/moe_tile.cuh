@@ -25,6 +25,12 @@ struct GemmTraits<kKindW8A16> {  // B codes are repacked in 16-byte groups (moe_
   static constexpr int kAElem = 2, kBElem = 1, kTileK = 128, kARow = 256;
 };
 
+// x / d for x >= 0 and d > 0: a shift where d is a power of two (the weight scale blocks of real
+// checkpoints, refined or not), so that the index of a K tile's scales costs no integer division
+// (a few dozen instructions on the K loop's critical path) per tile. Activation groups are
+// always powers of two (MoePlan checks), so their index is a plain shift.
+__device__ __forceinline__ int div_by(int x, int d) { return (d & (d - 1)) == 0 ? x >> (__ffs(d) - 1) : x / d; }
+
 // Byte offset of 16-byte chunk c of shared row r (rows of 128 or 256 bytes).
 __device__ __forceinline__ int swz(int r, int c, int row_bytes) {
   return r * row_bytes + (((c & ~7) | ((c ^ r) & 7)) << 4);
@@ -222,13 +228,8 @@ struct TileColScales {
 };
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
-// silu(gate) * up, written as the GEMM2 operand: bf16, fp8 codes with the static scale, or the
-// input of moe_quant_h's dynamic requantization: f32 for per-group scales (so that the fused
-// requantization of the warp-specialized GEMM1, which starts from the f32 values, makes the same
-// codes), bf16 for per-token and per-tensor scales (a row's scale spans every column tile, so h
-// makes a round trip through memory, and bf16 halves it: 2 of the 4 bytes a value that the
-// large-M GEMM1 writes and moe_quant_h reads twice; the framework's own intermediate is bf16).
-// col is even and < I; w from load_col_scales.
+// silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
+// f32 for the dynamic requantization). col is even and < I; w from load_col_scales.
 template <int kKind, int kAM>
 __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, int col, const float (&w)[4], float g0,
                                             float g1, float u0, float u1) {
@@ -241,10 +242,8 @@ __device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, i
 #if __CUDA_ARCH__ >= 890
     static_cast<u16*>(a.h)[o >> 1] = quant2(h0, h1, a.a2_static);
 #endif
-  } else if (kAM == kAGroup) {
-    static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
   } else {
-    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
+    static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
   }
 }
 

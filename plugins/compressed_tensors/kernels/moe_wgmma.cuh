@@ -158,12 +158,12 @@ struct WgmmaGemm {
           wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
         wgmma_commit();
         if (kAM == kAGroup) {
-          const int kg = kt * 128 / a.act_group;
+          const int kg = (kt * 128) >> (__ffs(a.act_group) - 1);
           csa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
           csa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }
         if (kTileScales && kWS == kWBlock) {
-          const int kb = kt * 128 / sws.bk;
+          const int kb = div_by(kt * 128, sws.bk);
 #pragma unroll
           for (int j = 0; j < kSW; ++j) csw[j] = sws.at(sw_row[j], kb);
         }
@@ -208,7 +208,7 @@ struct WgmmaGemm {
         float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
         sw[0] = 1.0f;
         if (kAM == kAGroup) {
-          const int kg = kt * 128 / a.act_group;
+          const int kg = (kt * 128) >> (__ffs(a.act_group) - 1);
           sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
           sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }
@@ -224,7 +224,7 @@ struct WgmmaGemm {
             wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
           wgmma_commit();
           if (hn == 0 && kTileScales && kWS == kWBlock) {
-            const int kb = kt * 128 / sws.bk;
+            const int kb = div_by(kt * 128, sws.bk);
 #pragma unroll
             for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
           }
