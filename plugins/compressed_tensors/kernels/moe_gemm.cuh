@@ -157,6 +157,7 @@ struct GroupedGemm {
         as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
     const float* as_base = kGated ? a.a1s : a.a2s;
     const int ag_shift = __ffs(a.act_group) - 1;  // activation groups are powers of two (MoePlan)
+    const FastDiv kb_of(sws.bk);
     // kScalePrefetch: the next K tile's scales are loaded into (nsap, nswp) before this tile's
     // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];
@@ -167,9 +168,7 @@ struct GroupedGemm {
       for (int pi = 0; pi < kPeriods; ++pi) {
         const int k_start = kt * T::kTileK + pi * SCALE_K;
         const bool in = k_start < geo.K;
-        // The shift only for one period a tile (the 128 x 128 grids); refined grids keep
-        // the division, whose one code path fits their registers better.
-        const int kg = k_start >> ag_shift, kb = kPeriods == 1 ? div_by(k_start, sws.bk) : k_start / sws.bk;
+        const int kg = k_start >> ag_shift, kb = kb_of(k_start);
 #pragma unroll
         for (int mi = 0; mi < kSA; ++mi)
 #pragma unroll

@@ -25,11 +25,22 @@ struct GemmTraits<kKindW8A16> {  // B codes are repacked in 16-byte groups (moe_
   static constexpr int kAElem = 2, kBElem = 1, kTileK = 128, kARow = 256;
 };
 
-// x / d for x >= 0 and d > 0: a shift where d is a power of two (the weight scale blocks of real
-// checkpoints, refined or not), so that the index of a K tile's scales costs no integer division
-// (a few dozen instructions on the K loop's critical path) per tile. Activation groups are
-// always powers of two (MoePlan checks), so their index is a plain shift.
-__device__ __forceinline__ int div_by(int x, int d) { return (d & (d - 1)) == 0 ? x >> (__ffs(d) - 1) : x / d; }
+// x / d for 0 <= x < 2^31 and d >= 1 without the integer division's instruction sequence (a
+// few dozen instructions on the K loop's critical path, once a K tile): q = (x * m) >> (32 + l)
+// with l = ceil(log2 d) and m = ceil(2^(32 + l) / d), exact for these x (m * d exceeds 2^(32 + l)
+// by e < d, and x * e < 2^31 * 2^l). Built once a block; the scale blocks along K take it.
+// (Activation groups are powers of two, MoePlan checks, so their index is a plain shift.)
+struct FastDiv {
+  unsigned long long m;
+  int l;
+  __device__ __forceinline__ explicit FastDiv(int d) {
+    l = d <= 1 ? 0 : 32 - __clz(d - 1);
+    m = ((1ull << (32 + l)) + static_cast<unsigned long long>(d) - 1) / static_cast<unsigned long long>(d);
+  }
+  __device__ __forceinline__ int operator()(int x) const {
+    return static_cast<int>((static_cast<unsigned long long>(x) * m) >> (32 + l));
+  }
+};
 
 // Byte offset of 16-byte chunk c of shared row r (rows of 128 or 256 bytes).
 __device__ __forceinline__ int swz(int r, int c, int row_bytes) {

@@ -95,6 +95,7 @@ struct WgmmaGemm {
     constexpr int kSW = kTileScales && kWS == kWBlock ? (kHalvesN == 2 ? 2 : NF) : 1;
     int sw_row[kSW];
     const BlockScaleRows<kGated> sws(a);
+    const FastDiv kb_of(sws.bk);
 #pragma unroll
     for (int j = 0; j < kSW; ++j) sw_row[j] = -1;
     if (kTileScales && kWS == kWBlock) {
@@ -163,7 +164,7 @@ struct WgmmaGemm {
           csa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }
         if (kTileScales && kWS == kWBlock) {
-          const int kb = div_by(kt * 128, sws.bk);
+          const int kb = kb_of(kt * 128);
 #pragma unroll
           for (int j = 0; j < kSW; ++j) csw[j] = sws.at(sw_row[j], kb);
         }
@@ -224,7 +225,7 @@ struct WgmmaGemm {
             wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
           wgmma_commit();
           if (hn == 0 && kTileScales && kWS == kWBlock) {
-            const int kb = div_by(kt * 128, sws.bk);
+            const int kb = kb_of(kt * 128);
 #pragma unroll
             for (int j = 0; j < kSW; ++j) sw[j] = sws.at(sw_row[j], kb);
           }

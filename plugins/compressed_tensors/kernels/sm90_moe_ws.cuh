@@ -483,6 +483,7 @@ struct WsGemm {
     const int cw = wg - 1, ctid = tid - 128, lane = tid & 31, wq = (ctid >> 5) & 3;
     const int g = lane >> 2, t = lane & 3;
     const BlockScaleRows<kGated> sws(a);
+    const FastDiv kb_of(sws.bk);
     const float* as_base = kGated ? a.a1s : a.a2s;
     // Ping-pong turns: after issuing tile j's MMAs a warpgroup arrives on barrier 3 + j % 2;
     // before tile j's (j > 0) it waits on 3 + (j - 1) % 2, where the other one arrived.
@@ -548,7 +549,7 @@ struct WsGemm {
             sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
           }
           if (kTileScales && kWS == kWBlock) {
-            const int kb = div_by(kt * 128, sws.bk);
+            const int kb = kb_of(kt * 128);
 #pragma unroll
             for (int q = 0; q < kSlots; ++q) sw[q] = sws.at(sw_row[q], kb);
           }
