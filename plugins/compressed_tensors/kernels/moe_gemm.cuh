@@ -157,7 +157,7 @@ struct GroupedGemm {
         as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
     const float* as_base = kGated ? a.a1s : a.a2s;
     const int ag_shift = __ffs(a.act_group) - 1;  // activation groups are powers of two (MoePlan)
-    const FastDiv kb_of(sws.bk);
+    const FastDiv kb_of(kWS == kWBlock ? sws.bk : 1);  // sws.bk is 0 without block scales
     // kScalePrefetch: the next K tile's scales are loaded into (nsap, nswp) before this tile's
     // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.
     float sap[kPeriods][kSA][2], swp[kPeriods][kSW];

@@ -95,7 +95,7 @@ struct WgmmaGemm {
     constexpr int kSW = kTileScales && kWS == kWBlock ? (kHalvesN == 2 ? 2 : NF) : 1;
     int sw_row[kSW];
     const BlockScaleRows<kGated> sws(a);
-    const FastDiv kb_of(sws.bk);
+    const FastDiv kb_of(kWS == kWBlock ? sws.bk : 1);  // sws.bk is 0 without block scales
 #pragma unroll
     for (int j = 0; j < kSW; ++j) sw_row[j] = -1;
     if (kTileScales && kWS == kWBlock) {

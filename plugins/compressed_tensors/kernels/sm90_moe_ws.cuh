@@ -483,7 +483,7 @@ struct WsGemm {
     const int cw = wg - 1, ctid = tid - 128, lane = tid & 31, wq = (ctid >> 5) & 3;
     const int g = lane >> 2, t = lane & 3;
     const BlockScaleRows<kGated> sws(a);
-    const FastDiv kb_of(sws.bk);
+    const FastDiv kb_of(kWS == kWBlock ? sws.bk : 1);  // sws.bk is 0 without block scales
     const float* as_base = kGated ? a.a1s : a.a2s;
     // Ping-pong turns: after issuing tile j's MMAs a warpgroup arrives on barrier 3 + j % 2;
     // before tile j's (j > 0) it waits on 3 + (j - 1) % 2, where the other one arrived.
