@@ -156,7 +156,7 @@ struct GroupedGemm {
       for (int hf = 0; hf < 2; ++hf)
         as_row[mi][hf] = (kPromote && kAM == kAGroup) ? group_scale_row(a, geo, prow[mi][hf]) : -1;
     const float* as_base = kGated ? a.a1s : a.a2s;
-    const int ag_shift = __ffs(a.act_group) - 1;  // activation groups are powers of two (MoePlan)
+    const int ag_shift = __ffs(a.act_group) - 1;  // group_of, hoisted out of the K loop
     const FastDiv kb_of(kWS == kWBlock ? sws.bk : 1);  // sws.bk is 0 without block scales
     // kScalePrefetch: the next K tile's scales are loaded into (nsap, nswp) before this tile's
     // MMAs, so that their latency hides behind them, and moved into (sap, swp) after.

@@ -29,7 +29,6 @@ struct GemmTraits<kKindW8A16> {  // B codes are repacked in 16-byte groups (moe_
 // few dozen instructions on the K loop's critical path, once a K tile): q = (x * m) >> (32 + l)
 // with l = ceil(log2 d) and m = ceil(2^(32 + l) / d), exact for these x (m * d exceeds 2^(32 + l)
 // by e < d, and x * e < 2^31 * 2^l). Built once a block; the scale blocks along K take it.
-// (Activation groups are powers of two, MoePlan checks, so their index is a plain shift.)
 struct FastDiv {
   unsigned long long m;
   int l;
@@ -41,6 +40,10 @@ struct FastDiv {
     return static_cast<int>((static_cast<unsigned long long>(x) * m) >> (32 + l));
   }
 };
+
+// The activation group of element k of a row: groups are powers of two (MoePlan checks), so a
+// shift, not a division, on the K loop's path.
+__device__ __forceinline__ int group_of(int k, int act_group) { return k >> (__ffs(act_group) - 1); }
 
 // Byte offset of 16-byte chunk c of shared row r (rows of 128 or 256 bytes).
 __device__ __forceinline__ int swz(int r, int c, int row_bytes) {

@@ -159,7 +159,7 @@ struct WgmmaGemm {
           wgmma_tile_step<kKind, BN>(d, da + 2 * ks, db + 2 * ks, kPromote ? (ks > 0) : 1);
         wgmma_commit();
         if (kAM == kAGroup) {
-          const int kg = (kt * 128) >> (__ffs(a.act_group) - 1);
+          const int kg = group_of(kt * 128, a.act_group);
           csa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
           csa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }
@@ -209,7 +209,7 @@ struct WgmmaGemm {
         float sa0 = 1.0f, sa1 = 1.0f, sw[kSW];
         sw[0] = 1.0f;
         if (kAM == kAGroup) {
-          const int kg = (kt * 128) >> (__ffs(a.act_group) - 1);
+          const int kg = group_of(kt * 128, a.act_group);
           sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
           sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
         }

@@ -544,7 +544,7 @@ struct WsGemm {
 #pragma unroll
           for (int q = 0; q < kSlots; ++q) sw[q] = 1.0f;
           if (kAM == kAGroup) {
-            const int kg = (kt * 128) >> (__ffs(a.act_group) - 1);
+            const int kg = group_of(kt * 128, a.act_group);
             sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
             sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
           }
