@@ -14,7 +14,7 @@
 # `fastacc` runs the fp8 device checks with MOEQ_CT_FP8_FAST_ACCUM=0 (the default is 1, which the
 # `tests` step checks) and times 0 against 1 at
 # M = 128, 1024 and 8192 (fp8 channel and tensor); `ncu_decode` profiles the decode GEMMs;
-# `abprev` times build/carry_prev's binaries against these; `sg`, `ncu_src`, `knobab`, `knobab2`, `adopt`, `geo` and
+# `abprev` times build/carry_prev's binaries (or each of AB_PREV's) against these; `sg`, `ncu_src`, `knobab`, `knobab2`, `adopt`, `geo` and
 # `bundle` are described where they are defined. Carry
 # build/carry, .devpack and .peers. Builds nothing. At most 8 files come back from $OUT: the
 # tests' log, the tune table and log, and the side by side's.
@@ -159,23 +159,49 @@ for r in json.load(sys.stdin)["rows"]:
 # The binaries of build/carry_prev (the previous round's, carried beside build/carry) against
 # these, alternating, at AB_MS on AB_SHAPES and AB_SCHEMES (no checks; the older ones compile
 # their kernels into a cache of their own).
+# AB_PREV: the earlier builds to time against build/carry (default build/carry_prev; each a
+# carried folder with bin/moeq, plugins and lib), each with a JIT cache of its own, all of them in
+# turn, twice; then the best of the two runs a case and the geomean of each earlier build's time
+# over build/carry's.
 abprev() {
-  local t0=$SECONDS prev_cache
-  prev_cache=$(mktemp -d)
-  chmod -R go-w build/carry_prev 2>/dev/null
-  for v in prev new prev new; do
-    local bin=build/bin/moeq cache=$MOEQ_CACHE_DIR tag="new($(cat build/carry/COMMIT))"
-    [ $v = prev ] && bin=build/carry_prev/bin/moeq cache=$prev_cache tag="prev($(cat build/carry_prev/COMMIT))"
-    MOEQ_CACHE_DIR=$cache timeout 150 $bin bench apply --no-check --json --seconds 0.05 --m "${AB_MS:-1,1024,8192}" \
-      --scheme "${AB_SCHEMES:-fp8-channel,fp8-block,fp8-tensor}" --shape "${AB_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3}" \
-      2>/dev/null | python3 -c '
+  local t0=$SECONDS log="$out/abprev.txt" d
+  : > "$log"
+  for d in ${AB_PREV:-build/carry_prev}; do chmod -R go-w "$d" 2>/dev/null; done
+  for _ in 1 2; do
+    for d in ${AB_PREV:-build/carry_prev} new; do
+      local bin=build/bin/moeq cache=$MOEQ_CACHE_DIR tag="new($(cat build/carry/COMMIT))"
+      if [ "$d" != new ]; then
+        bin=$d/bin/moeq tag="$(basename "$d")($(cat "$d/COMMIT" 2>/dev/null))"
+        cache=/tmp/jc_$(basename "$d") && mkdir -p "$cache"
+      fi
+      MOEQ_CACHE_DIR=$cache timeout 150 $bin bench apply --no-check --json --seconds 0.05 --m "${AB_MS:-1,1024,8192}" \
+        --scheme "${AB_SCHEMES:-fp8-channel,fp8-block,fp8-tensor}" --shape "${AB_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3}" \
+        2>/dev/null | python3 -c '
 import json, sys
 for r in json.load(sys.stdin)["rows"]:
     st = r["stages_us"]
     print("%s %s %s M=%d %.1f us | gemm1 %.1f quant_h %.1f gemm2 %.1f" % (sys.argv[1], r["shape"], r["scheme"], r["m"], r["us"],
           st.get("gemm1", 0), st.get("quant_h", 0), st.get("gemm2", 0)))
-' "$tag"
+' "$tag" | tee -a "$log"
+    done
   done
+  python3 - "$log" <<'PY2'
+import collections, math, re, sys
+d = collections.defaultdict(dict)
+for l in open(sys.argv[1]):
+    m = re.match(r"(\S+) (\S+) (\S+) M=(\d+) ([\d.]+) us", l)
+    if m:
+        k, v = (m[2], m[3], int(m[4])), float(m[5])
+        d[k][m[1]] = min(v, d[k].get(m[1], v))
+new = next((t for b in d.values() for t in b if t.startswith("new(")), None)
+ratios = collections.defaultdict(list)
+for k, b in sorted(d.items()):
+    print("%-16s %-12s M=%-5d " % k + "  ".join("%s %.1f" % (t, b[t]) for t in sorted(b)))
+    for t in b:
+        if t != new and new in b: ratios[t].append(b[t] / b[new])
+for t, rs in ratios.items():
+    print("geomean %s / %s: %.4f over %d cases" % (t, new, math.exp(sum(map(math.log, rs)) / len(rs)), len(rs)))
+PY2
   echo "abprev: $((SECONDS - t0)) s"
 }
 # Nsight Compute on the decode GEMMs (NCU_SCHEMES at each of NCU_MS, default 1, on NCU_SHAPE):
