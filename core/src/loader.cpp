@@ -721,10 +721,17 @@ struct ProgressTracker {
 };
 thread_local ProgressTracker* t_progress = nullptr;
 
+// Seconds since this load began (the layer's thread's tracker), for a layer's marks; -1 outside a load.
+double load_clock() {
+  return t_progress ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t_progress->start).count()
+                    : -1.0;
+}
+
 void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
                 const LayerTensors& lt, LoadedLayer& out) {
   const auto t_layer = std::chrono::steady_clock::now();
   LayerReport& rep = out.report;
+  rep.at.start = load_clock();
   rep.prefix = lt.prefix;
   rep.layer = lt.layer;
   out.router_weight = lt.router_weight;
@@ -823,6 +830,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     rep.plugin = sel.chosen->name;
     rep.plugin_why = sel.why;
     rep.probes = sel.probes;
+    rep.at.selected = load_clock();
   } catch (const Error& e) {
     rep.probes = reg.probe_all(q);
     note_error(rep, e);
@@ -861,6 +869,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     }
     moeq_create_weights_args cw{sizeof(moeq_create_weights_args), out.method, out.layer.get()};
     host::throw_if_error(out.plugin->api->create_weights(&cw), ctx + " create_weights");
+    rep.at.created = load_clock();
   } catch (const Error& e) {
     note_error(rep, e);
     destroy(out);
@@ -937,6 +946,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
         moeq_status* st = out.plugin->api->weight_loader(&wa);
         out.layer->current_tensor.clear();
         host::throw_if_error(st, ctx);
+        if (rep.at.first_piece < 0) rep.at.first_piece = load_clock();
         if (wa.skipped) {
           ++skipped;
           skip_reason = reason[0] ? reason : "skipped without a reason";
@@ -978,6 +988,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   }
 
   rep.seconds.hand = since(t_hand) - scan_wait;
+  rep.at.handed = load_clock();
   if (scan_packing) {
     // Every copy queued is done (so every pack scanned what it was to scan): then the weights
     // are checked as a whole, naming each tensor's first non-finite element.
@@ -1022,6 +1033,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       auto t_phase = Clock::now();
       host::finish_device_writes(*out.layer);
       rep.seconds.copies += since(t_phase);
+      rep.at.copied = load_clock();
       t_phase = Clock::now();
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
       moeq_status* st = out.plugin->api->process_after_loading(&pa);
@@ -1033,6 +1045,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       host::throw_if_error(st, ctx + " process_after_loading");
       host::finish_device_writes(*out.layer);  // copies the plugin made while processing
       rep.seconds.prepare = since(t_phase);
+      rep.at.prepared = load_clock();
       query_apply_info(out, opt, ctx);
       if (moeq_describe_fn d = out.plugin->describe()) {
         std::string buf(8192, '\0');
@@ -1071,6 +1084,8 @@ moeq_layer_geometry layer_geometry(const MoeConfig& cfg, const Placement& placem
 LoadedLayer::~LoadedLayer() { destroy(*this); }
 
 LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const LoadOptions& opt) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto since_t0 = [&t0] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   LoadedModel model;
   model.checkpoint = std::make_shared<const Checkpoint>(checkpoint);
   const Checkpoint& ck = *model.checkpoint;
@@ -1147,6 +1162,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     }
   }
 
+  model.at.routed = since_t0();
   // Layers load on several threads (plugins keep methods independent: ABI threading rules);
   // the outcome is then taken in layer order, so the first failing layer is the one named,
   // and every layer loaded before a failure is released with the model.
@@ -1157,7 +1173,9 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   const unsigned threads = opt.threads != 0 ? opt.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   const host::ScopedLoadScratch scratch(
       opt.device, opt.load_scratch_bytes != 0 ? opt.load_scratch_bytes : default_scratch_budget(model.config));
+  model.at.scratch = since_t0();
   ProgressTracker progress;
+  progress.start = t0;
   progress.opt = &opt;
   progress.p.layers_total = static_cast<int>(order.size());
   for (const LayerTensors* lt : order)
@@ -1174,6 +1192,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     progress.add(0, 1);
     t_progress = nullptr;
   });
+  model.at.layers = since_t0();
   std::exception_ptr first_error;
   for (size_t i = 0; i < order.size(); ++i) {
     if (thrown[i]) {

@@ -455,6 +455,17 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
                          ", all " + fmt(1e3 * all, 1) + "; layers done at";
       for (double t : layer_done) line += " " + fmt(1e3 * t, 1);
       say(line + "; returned " + fmt(1e3 * device_secs.back(), 1));
+      // Where the start and the end go: load_model's own marks (from its start, after the open),
+      // then each layer's, in ms.
+      auto ms = [](double s) { return s < 0 ? std::string("-") : fmt(1e3 * s, 1); };
+      say("  load_model marks, ms from its call: names routed " + ms(dm.at.routed) + ", scratch " + ms(dm.at.scratch) +
+          ", layers' threads done " + ms(dm.at.layers));
+      for (const auto& l : dm.layers) {
+        const LayerReport::Marks& a = l->report.at;
+        say("    " + l->report.prefix + ": start " + ms(a.start) + ", plugin chosen " + ms(a.selected) +
+            ", weights created " + ms(a.created) + ", first piece " + ms(a.first_piece) + ", all handed " +
+            ms(a.handed) + ", copies done " + ms(a.copied) + ", prepared " + ms(a.prepared));
+      }
     }
     const std::size_t lowest_free = low.stop();
     device_held = std::max(device_held, before.free - cuda::memory_info().free);

@@ -126,6 +126,13 @@ struct LayerReport {
   struct Phases {
     double setup = 0, scan = 0, hand = 0, copies = 0, prepare = 0;
   } seconds;
+  // When each phase of this layer ended, in seconds since load_model began (-1: not reached):
+  // the layer's thread started, the plugin was chosen, create_weights returned (parameters
+  // allocated), the first piece was handed, every piece was handed, the device copies were done,
+  // process_after_loading returned. Where a load's start goes (`moeq bench load` prints them).
+  struct Marks {
+    double start = -1, selected = -1, created = -1, first_piece = -1, handed = -1, copied = -1, prepared = -1;
+  } at;
   // Onto a device: weight bytes of this rank scanned for NaN/Inf as they were copied into
   // staging, and those scanned afterwards on the host (no copy scanned them). 0 on the CPU.
   int64_t bytes_scanned_packing = 0, bytes_scanned_after = 0;
@@ -177,6 +184,12 @@ class LoadedModel {
   std::vector<std::unique_ptr<LoadedLayer>> layers;  // only layers that loaded
   std::vector<LayerReport> failed;                   // with collect_errors
   std::vector<std::string> not_moe;                  // checkpoint tensors outside MoE layers
+  // Seconds since load_model began: every name routed and grouped by layer, the loading scratch
+  // set up (the layers' threads start then), every layer's thread done (each layer's own marks
+  // are in its report's `at`).
+  struct Marks {
+    double routed = -1, scratch = -1, layers = -1;
+  } at;
 
   // out [M, H] = the layer's plugin apply on CPU float tensors. `layer` indexes `layers` (the
   // loaded MoE layers in order), not the model's layer numbers. x is [M, H]; routing holds M x
