@@ -413,6 +413,42 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   say("  (the loader fills host parameters and quantizes on the host in this build; the device holds only what the "
       "upload allocates)");
 
+  // -- what the device loads' parameter allocations cost by themselves: every host parameter's
+  // size allocated with cuMemAlloc and freed, one layer's on one thread, then every layer's on
+  // a thread of its own at once (as the loader's layer threads do), median of 3 each.
+  {
+    std::vector<std::vector<std::size_t>> sizes;
+    for (const auto& l : model.layers) {
+      sizes.emplace_back();
+      for (const auto& p : l->layer->params) sizes.back().push_back(std::max<std::size_t>(p->storage.size(), 1));
+    }
+    auto alloc_all = [](const std::vector<std::size_t>& sz) {
+      std::vector<cuda::DeviceMemory> held;
+      for (std::size_t b : sz) held.emplace_back(b);
+    };
+    std::vector<double> one, all;
+    cuda::use_primary_context(0);
+    for (int r = 0; r < 3 && !sizes.empty(); ++r) {
+      auto t = Clock::now();
+      alloc_all(sizes.front());
+      one.push_back(seconds_since(t));
+      t = Clock::now();
+      std::vector<std::thread> th;
+      for (const auto& sz : sizes)
+        th.emplace_back([&, sz] {
+          cuda::use_primary_context(0);
+          alloc_all(sz);
+        });
+      for (auto& x : th) x.join();
+      all.push_back(seconds_since(t));
+    }
+    if (!one.empty())
+      say("parameter allocations alone (cuMemAlloc and cuMemFree, median of 3): one layer's " +
+          std::to_string(sizes.front().size()) + " on one thread " + fmt(1e3 * median(one), 2) + " ms; " +
+          std::to_string(sizes.size()) + " layers' on " + std::to_string(sizes.size()) + " threads at once " +
+          fmt(1e3 * median(all), 2) + " ms");
+  }
+
   // -- device: the same strict load straight onto cuda:0. copy_to_param is the transfer engine
   // (rows packed into pinned staging, async copies, one pass per tensor), and each layer's
   // process_after_loading compiles its kernels through the JIT cache, allocates the apply
