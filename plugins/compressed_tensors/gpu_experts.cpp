@@ -20,7 +20,6 @@ namespace mk = ::moeq_kernels;
 constexpr const char* kPluginName = "compressed_tensors";
 constexpr const char* kPluginVersion = "0.2.0";
 constexpr int kAttrMaxSmemOptin = 97;  // CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-constexpr int kAttrL2CacheSize = 38;   // CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE
 // Workspace budget of one layer (each method owns its workspace, so that applies of different
 // layers may run on different streams at once): max_tokens is the largest power of two (at
 // most 8192) whose workspace fits; larger batches run in passes of max_tokens.
@@ -124,9 +123,6 @@ gpu::DeviceLimits device_limits(int ordinal) {
   cu::check(api.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
   cu::check(api.cuDeviceGetAttribute(&smem, kAttrMaxSmemOptin, dev), "cuDeviceGetAttribute");
   l.max_smem_per_block = smem;
-  int l2 = 0;
-  cu::check(api.cuDeviceGetAttribute(&l2, kAttrL2CacheSize, dev), "cuDeviceGetAttribute(L2 cache size)");
-  l.l2_bytes = l2;
   return l;
 }
 

@@ -97,7 +97,6 @@ ct::gpu::DeviceLimits limits(const Driver& d) {
   l.multiprocessors = d.info().multiprocessors;
   l.max_smem_per_block = d.info().smem_optin;
   l.memory_bytes = static_cast<int64_t>(d.info().total_memory);
-  l.l2_bytes = d.info().l2_bytes;
   return l;
 }
 
@@ -748,7 +747,6 @@ ct::gpu::DeviceLimits limits_for_arch(const std::string& arch) {
   const int cc = *arch_capability(arch);  // sm_100a: 100, compute capability 10.0
   lim.sm_major = cc / 10;
   lim.sm_minor = cc % 10;
-  lim.l2_bytes = int64_t{50} << 20;
   return lim;
 }
 
@@ -852,7 +850,6 @@ std::vector<ct::gpu::DeviceLimits> arch_cards(const std::string& arch) {
       lim.sm_minor = cc % 10;
       lim.multiprocessors = sms;
       lim.max_smem_per_block = bytes;
-      lim.l2_bytes = int64_t{50} << 20;  // an H100's (the decode L2 prefetch needs one)
       out.push_back(lim);
     }
   return out;

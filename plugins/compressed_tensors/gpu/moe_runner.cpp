@@ -14,7 +14,7 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 304, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 280, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
                   offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
@@ -284,11 +284,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
-  if (const char* v = std::getenv("MOEQ_CT_L2_PREFETCH")) {
-    const std::string f = v;
-    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_L2_PREFETCH must be 0 or 1, found '" + f + "'");
-    set_l2_prefetch(f == "1");
-  }
   mma_tma_b_ = device_.sm_major == 9;
   if (const char* v = std::getenv("MOEQ_CT_MMA_TMA_B")) {
     const std::string f = v;
@@ -438,7 +433,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, bool tma_b, bool l2_prefetch, int max_smem) {
+                       bool scale_prefetch, bool tma_b, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -485,7 +480,6 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     const bool mc = multicast_tile(sc, t, multicast);
     const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
     if (tma) k.name += "_tb";
-    if (l2_prefetch && !t.ws && !t.wgmma) k.name += "_l2";
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
@@ -505,11 +499,7 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
            "(const MoeArgs a, const __grid_constant__ TmaMap tmap_b" +
            (mc ? ", const __grid_constant__ TmaMap tmap_h" : "") +
            ") {\n"
-           "  extern __shared__ __align__(128) unsigned char smem[];\n  griddep_launch_dependents();\n" +
-           (t.ws || t.wgmma || !l2_prefetch ? ""  // the run never asks these (l2_prefetch): no code for it
-            : gi == 1       ? "  if (a.l2_prefetch & 1) l2_prefetch_experts(a, a.w13, a.w13_expert_bytes);\n"
-                            : "  if (a.l2_prefetch & 2) l2_prefetch_experts(a, a.w2, a.w2_expert_bytes);\n") +
-           "  griddep_wait();\n  " + G + "::run(a, " +
+           "  extern __shared__ __align__(128) unsigned char smem[];\n  pdl_enter();\n  " + G + "::run(a, " +
            (t.ws || tma ? "tmap_b, " : "") + "smem" + (mc ? ", &tmap_h" : "") + ");\n}\n";
     return add_program(p.sources, std::move(k));
   };
@@ -526,12 +516,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 }  // namespace
 
 std::vector<KernelSetSource> MoePlan::sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, l2_prefetch_,
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
                        device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
-  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_, l2_prefetch_,
+  return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
                        device_.max_smem_per_block).buckets;
 }
 
@@ -679,20 +669,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     a.out = static_cast<unsigned char*>(io.out) + static_cast<std::size_t>(m0 * io.out_stride) * out_elem;
 
     a.align_blocks = static_cast<int>(std::min<int64_t>(ceil_div(m * k, kPairsPerAlignBlock), 64));
-    // The decode GEMMs' weights into L2 while the kernel before each runs (l2_prefetch_experts):
-    // only dependent launches overlap it, only mma.sync GEMMs take it, and only what fits.
-    a.l2_prefetch = 0;
-    if (p.l2_prefetch() && chunk_pdl && m * k <= 32 && !b.gemm1.ws && !b.gemm1.wgmma && !b.gemm2.ws && !b.gemm2.wgmma) {
-      const int64_t esize = sc.kind == mk::kKindBf16 ? 2 : 1, routed = std::min<int64_t>(d.num_experts, m * k);
-      a.w13_expert_bytes = 2 * d.inter * d.hidden * esize;
-      a.w2_expert_bytes = d.hidden * d.inter * esize;
-      const double room = MoePlan::kL2PrefetchShare * static_cast<double>(p.device().l2_bytes);
-      const double b13 = static_cast<double>(routed * a.w13_expert_bytes), b2 = static_cast<double>(routed * a.w2_expert_bytes);
-      if (b13 + b2 <= room)
-        a.l2_prefetch = 3;
-      else if (b13 <= room)
-        a.l2_prefetch = 1;
-    }
     const unsigned n1 = static_cast<unsigned>(ceil_div(d.inter, b.gemm1.bn / 2));
     const unsigned n2 = static_cast<unsigned>(ceil_div(d.hidden, b.gemm2.bn));
     if (a.align_blocks > 1) {

@@ -101,7 +101,6 @@ struct DeviceLimits {
   int max_smem_per_block = 227 * 1024;
   std::string arch;  // "sm_90a" as the host compiles for it (ABI 1.2 device_info); may be empty
   int64_t memory_bytes = 0;  // the card's memory (device_info); 0: unknown
-  int64_t l2_bytes = 0;      // the card's L2 cache; 0: unknown (no L2 prefetch at decode)
 };
 
 // The configuration of one layer: validated scheme and shape, buckets, workspace layout.
@@ -148,14 +147,6 @@ class MoePlan {
   // take their B tiles by TMA. Changes sources() and the launches' shared memory only.
   void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
   bool mma_tma_b() const { return mma_tma_b_; }
-  // Decode chunks of at most 32 pairs whose GEMMs are mma.sync and launched dependently: each
-  // GEMM prefetches its routed experts' weights into L2 between its trigger and its wait
-  // (MoeArgs::l2_prefetch, moe_device.cuh), where they take at most kL2PrefetchShare of the L2
-  // (GEMM1's and GEMM2's together, else GEMM1's alone). MOEQ_CT_L2_PREFETCH=1 (0: off); the
-  // mma.sync kernels carry the code only when it is on. Needs the card's L2 size.
-  void set_l2_prefetch(bool on) { l2_prefetch_ = on && device_.l2_bytes > 0 && device_.sm_major >= 9; }
-  bool l2_prefetch() const { return l2_prefetch_; }
-  static constexpr double kL2PrefetchShare = 0.75;
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
@@ -185,7 +176,6 @@ class MoePlan {
   bool ws_multicast_ = false;
   bool scale_prefetch_ = false;
   bool mma_tma_b_ = false;
-  bool l2_prefetch_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;

@@ -76,13 +76,6 @@ struct MoeArgs {
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
   int* tile_counters;  // [2]: the next grid entry a persistent GEMM1 / GEMM2 block takes (zeroed by prepare)
-  // Decode (at most 32 pairs): bit 0, GEMM1 prefetches the weights of the experts the pairs
-  // route to into L2 before it waits for its predecessor; bit 1, GEMM2 the same for w2
-  // (l2_prefetch_experts in moe_device.cuh). 0 elsewhere.
-  int l2_prefetch;
-  int pad0;
-  long long w13_expert_bytes;  // bytes of one expert's w13 (and w2), for the prefetch
-  long long w2_expert_bytes;
 };
 
 // y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row

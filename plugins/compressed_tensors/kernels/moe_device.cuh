@@ -51,51 +51,6 @@ __device__ __forceinline__ void pdl_enter() {
   griddep_wait();
 }
 
-// Decode: the weights of every local expert that the chunk's (token, slot) pairs route to
-// (at most 32 pairs; the ids are a layer input, complete before the sequence's first kernel, so
-// they may be read before the wait), `expert_bytes` bytes each from `w`, prefetched into L2 by
-// the copy engine, each block a contiguous share of their concatenation in the order the
-// experts first appear, so that the blocks of a launch cover every byte once. Issued between
-// the trigger and the wait, it streams the GEMM's weights while the kernel before it still
-// runs (the plan turns it on only where they fit in L2 with room to spare). One warp issues at
-// most ceil(share / 32 KiB) + 32 prefetches.
-__device__ __forceinline__ void l2_prefetch_experts(const MoeArgs& a, const void* w, long long expert_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const int pairs = a.M * a.topk;
-  if (threadIdx.x >= 32 || threadIdx.y != 0 || threadIdx.z != 0 || pairs > 32 || (expert_bytes & 15) != 0) return;
-  const int lane = threadIdx.x;
-  int le = -1;
-  if (lane < pairs) {
-    le = a.topk_ids[lane] - a.first_expert;
-    if (le < 0 || le >= a.num_experts) le = -1;
-  }
-  const unsigned same = __match_any_sync(0xffffffffu, le);
-  unsigned firsts = __ballot_sync(0xffffffffu, le >= 0 && __ffs(same) - 1 == lane);
-  const int n = __popc(firsts);
-  const long long units = expert_bytes >> 4, total = units * n;  // 16-byte units
-  const long long blocks = static_cast<long long>(gridDim.x) * gridDim.y * gridDim.z;
-  const long long b = blockIdx.x + static_cast<long long>(gridDim.x) * (blockIdx.y + static_cast<long long>(gridDim.y) * blockIdx.z);
-  const long long share = (total + blocks - 1) / blocks;
-  const long long lo = min(total, share * b), hi = min(total, lo + share);
-  constexpr long long kChunk = 2048;  // units: 32 KiB a prefetch
-  for (int d = 0; d < n; ++d) {  // warp-uniform
-    const int src = __ffs(firsts) - 1;
-    firsts &= firsts - 1;
-    const int e = __shfl_sync(0xffffffffu, le, src);
-    const long long from = max(lo, d * units), to = min(hi, (d + 1) * units);
-    const unsigned char* base = static_cast<const unsigned char*>(w) + static_cast<long long>(e) * expert_bytes;
-    for (long long u = from + lane * kChunk; u < to; u += 32 * kChunk) {
-      const unsigned bytes = static_cast<unsigned>(min(kChunk, to - u) << 4);
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + ((u - d * units) << 4)), "r"(bytes) : "memory");
-    }
-  }
-#else
-  (void)a;
-  (void)w;
-  (void)expert_bytes;
-#endif
-}
-
 // ------------------------------------------------------------------ reductions
 
 __device__ __forceinline__ float warp_max(float v) {
