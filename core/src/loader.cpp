@@ -1129,9 +1129,11 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
       continue;
     }
     LayerTensors& lt = by_layer[{r.layer, r.layer_prefix}];
-    lt.prefix = r.layer_prefix;
-    lt.layer = r.layer;
-    (r.role == TensorRole::kExpert ? lt.experts : lt.unknown).push_back({&info, r});
+    if (lt.layer < 0) {  // new
+      lt.prefix = r.layer_prefix;
+      lt.layer = r.layer;
+    }
+    (r.role == TensorRole::kExpert ? lt.experts : lt.unknown).emplace_back(&info, std::move(r));
   }
   if (by_layer.empty()) fail(ck.dir().string() + ": no MoE expert tensors found in any naming family");
   // A router whose layer has no expert tensors means the experts are missing (a dense MLP has
