@@ -122,8 +122,8 @@ loadsweep() {
   done | tee -a "$out/loadsweep.txt"
   echo "loadsweep: $((SECONDS - t0)) s"
 }
-# The strict device load's marks (when each layer's phases ended) of its last warm pass, under
-# each of MARKS_ENVS (space-separated; each entry VAR=V,VAR2=V2 or "-" for the defaults).
+# The strict device load's marks (when each layer's phases ended) of its first pass and its last warm one, under
+# each of MARKS_ENVS (space-separated; each entry VAR=V,VAR2=V2 or "-" for the defaults; MOEQ_CACHE_DIR=a new folder makes the first pass compile).
 loadmarks() {
   local t0=$SECONDS ck=/tmp/moeq_load/qwen3-30b-a3b-fp8-channel-l7
   [ -d "$ck" ] || { mkdir -p /tmp/moeq_load; timeout 120 build/bin/moeq bench load --synthesize Qwen3-30B-A3B \
@@ -132,7 +132,7 @@ loadmarks() {
     ( [ "$e" != - ] && for kv in ${e//,/ }; do export "$kv"; done
       timeout 90 build/bin/moeq bench load --repeat 5 "$ck" > "$out/marks.txt" 2>&1
       echo "== $e: rc=$?"
-      grep -E "pinned|raw pipeline, page|^device path|scan waits|last warm pass|marks|allocations alone|^ +model|layers\.[0-9]+" "$out/marks.txt" )
+      grep -E "pinned|raw pipeline, page|^device path|scan waits|pass, ms from|marks|allocations alone|^ +model|layers\.[0-9]+" "$out/marks.txt" )
   done | tee -a "$out/loadmarks.txt"
   echo "loadmarks: $((SECONDS - t0)) s"
 }

@@ -485,8 +485,10 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
     opened = seconds_since(td);
     LoadedModel dm = load_model(ck3, registry, ld);
     device_secs.push_back(seconds_since(td));
-    if (pass == repeat) {
-      std::string line = "  last warm pass, ms from its start: checkpoint open " + fmt(1e3 * opened, 1) +
+    // The first pass (kernels compiled when the JIT cache is empty) and the last warm one.
+    if (pass == 0 || pass == repeat) {
+      std::string line = std::string(pass == 0 ? "  first pass" : "  last warm pass") +
+                         ", ms from its start: checkpoint open " + fmt(1e3 * opened, 1) +
                          ", first tensor handed " + fmt(1e3 * first, 1) + ", half the bytes " + fmt(1e3 * half, 1) +
                          ", all " + fmt(1e3 * all, 1) + "; layers done at";
       for (double t : layer_done) line += " " + fmt(1e3 * t, 1);
