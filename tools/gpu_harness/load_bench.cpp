@@ -20,6 +20,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <exception>
 #include <iomanip>
 #include <ostream>
 #include <sstream>
@@ -434,12 +435,19 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       one.push_back(seconds_since(t));
       t = Clock::now();
       std::vector<std::thread> th;
-      for (const auto& sz : sizes)
-        th.emplace_back([&, sz] {
-          cuda::use_primary_context(0);
-          alloc_all(sz);
+      std::vector<std::exception_ptr> failed(sizes.size());
+      for (std::size_t i = 0; i < sizes.size(); ++i)
+        th.emplace_back([&, i] {
+          try {
+            cuda::use_primary_context(0);
+            alloc_all(sizes[i]);
+          } catch (...) {  // an allocation refused: reported below, after every thread is joined
+            failed[i] = std::current_exception();
+          }
         });
       for (auto& x : th) x.join();
+      for (const std::exception_ptr& e : failed)
+        if (e) std::rethrow_exception(e);
       all.push_back(seconds_since(t));
     }
     if (!one.empty())
