@@ -122,8 +122,9 @@ loadsweep() {
   done | tee -a "$out/loadsweep.txt"
   echo "loadsweep: $((SECONDS - t0)) s"
 }
-# The strict device load's marks (when each layer's phases ended) of its first pass and its last warm one, under
-# each of MARKS_ENVS (space-separated; each entry VAR=V,VAR2=V2 or "-" for the defaults; MOEQ_CACHE_DIR=a new folder makes the first pass compile).
+# The strict device load's marks (when each layer's phases ended) of its first pass and its
+# last warm one, under each of MARKS_ENVS (space-separated; each entry VAR=V,VAR2=V2 or "-" for
+# the defaults; MOEQ_CACHE_DIR=a new folder makes the first pass compile).
 loadmarks() {
   local t0=$SECONDS ck=/tmp/moeq_load/qwen3-30b-a3b-fp8-channel-l7
   [ -d "$ck" ] || { mkdir -p /tmp/moeq_load; timeout 120 build/bin/moeq bench load --synthesize Qwen3-30B-A3B \
