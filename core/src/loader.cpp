@@ -703,7 +703,11 @@ std::vector<std::string> router_problems(const MoeConfig& cfg, const LayerTensor
   return out;
 }
 
-// Loads one layer; on any problem releases what it made and leaves `out.method` NULL.
+// Wall seconds since t0.
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 // Progress of one load_model call, shared by its loading threads.
 struct ProgressTracker {
   const LoadOptions* opt = nullptr;
@@ -715,18 +719,16 @@ struct ProgressTracker {
     std::lock_guard lock(mutex);
     p.bytes_done += bytes;
     p.layers_done += layers;
-    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    p.seconds = seconds_since(start);
     opt->progress(p);
   }
 };
 thread_local ProgressTracker* t_progress = nullptr;
 
 // Seconds since this load began (the layer's thread's tracker), for a layer's marks; -1 outside a load.
-double load_clock() {
-  return t_progress ? std::chrono::duration<double>(std::chrono::steady_clock::now() - t_progress->start).count()
-                    : -1.0;
-}
+double load_clock() { return t_progress ? seconds_since(t_progress->start) : -1.0; }
 
+// Loads one layer; on any problem releases what it made and leaves `out.method` NULL.
 void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& opt, const MoeConfig& cfg,
                 const LayerTensors& lt, LoadedLayer& out) {
   const auto t_layer = std::chrono::steady_clock::now();
@@ -882,7 +884,6 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
   // the task pool, a window ahead, and each is handed to the plugin once its own scan is done
   // (a failed scan fails its tensor where the piece would have gone, as before).
   using Clock = std::chrono::steady_clock;
-  auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   const auto t_hand = Clock::now();
   rep.seconds.setup = std::chrono::duration<double>(t_hand - t_layer).count();
   const size_t nt = lt.experts.size();
@@ -923,7 +924,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
         }
         const auto t_scan = Clock::now();
         const std::exception_ptr bad = scans.wait(next_item++);
-        scan_wait += since(t_scan);
+        scan_wait += seconds_since(t_scan);
         if (bad) std::rethrow_exception(bad);
         DLTensor src = p.view.dl();
         int64_t handed = static_cast<int64_t>(dtype_size(p.view.dtype));
@@ -987,7 +988,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     if (t_progress) t_progress->add(static_cast<int64_t>(t->nbytes()), 0);
   }
 
-  rep.seconds.hand = since(t_hand) - scan_wait;
+  rep.seconds.hand = seconds_since(t_hand) - scan_wait;
   rep.at.handed = load_clock();
   if (scan_packing) {
     // Every copy queued is done (so every pack scanned what it was to scan): then the weights
@@ -1000,10 +1001,10 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
       note_error(rep, e);
       copied = false;
     }
-    rep.seconds.copies = since(t_phase);
+    rep.seconds.copies = seconds_since(t_phase);
     t_phase = Clock::now();
     if (copied) check_after_packing(lt, pieces_of, split_error, entry_of, local, g, *out.layer->pack_scans, rep);
-    scan_wait += since(t_phase);
+    scan_wait += seconds_since(t_phase);
   }
   rep.seconds.scan = scan_wait;
   rep.params = host::coverage(*out.layer);
@@ -1032,7 +1033,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
     try {
       auto t_phase = Clock::now();
       host::finish_device_writes(*out.layer);
-      rep.seconds.copies += since(t_phase);
+      rep.seconds.copies += seconds_since(t_phase);
       rep.at.copied = load_clock();
       t_phase = Clock::now();
       moeq_process_after_loading_args pa{sizeof(moeq_process_after_loading_args), out.method, out.layer.get()};
@@ -1044,7 +1045,7 @@ void load_layer(const Checkpoint& ck, const Registry& reg, const LoadOptions& op
                       " scratch block(s) after process_after_loading; taken back");
       host::throw_if_error(st, ctx + " process_after_loading");
       host::finish_device_writes(*out.layer);  // copies the plugin made while processing
-      rep.seconds.prepare = since(t_phase);
+      rep.seconds.prepare = seconds_since(t_phase);
       rep.at.prepared = load_clock();
       query_apply_info(out, opt, ctx);
       if (moeq_describe_fn d = out.plugin->describe()) {
@@ -1085,7 +1086,6 @@ LoadedLayer::~LoadedLayer() { destroy(*this); }
 
 LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const LoadOptions& opt) {
   const auto t0 = std::chrono::steady_clock::now();
-  auto since_t0 = [&t0] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   LoadedModel model;
   model.checkpoint = std::make_shared<const Checkpoint>(checkpoint);
   const Checkpoint& ck = *model.checkpoint;
@@ -1164,7 +1164,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     }
   }
 
-  model.at.routed = since_t0();
+  model.at.routed = seconds_since(t0);
   // Layers load on several threads (plugins keep methods independent: ABI threading rules);
   // the outcome is then taken in layer order, so the first failing layer is the one named,
   // and every layer loaded before a failure is released with the model.
@@ -1175,7 +1175,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
   const unsigned threads = opt.threads != 0 ? opt.threads : std::clamp(std::thread::hardware_concurrency(), 1u, 8u);
   const host::ScopedLoadScratch scratch(
       opt.device, opt.load_scratch_bytes != 0 ? opt.load_scratch_bytes : default_scratch_budget(model.config));
-  model.at.scratch = since_t0();
+  model.at.scratch = seconds_since(t0);
   ProgressTracker progress;
   progress.start = t0;
   progress.opt = &opt;
@@ -1194,7 +1194,7 @@ LoadedModel load_model(const Checkpoint& checkpoint, const Registry& reg, const 
     progress.add(0, 1);
     t_progress = nullptr;
   });
-  model.at.layers = since_t0();
+  model.at.layers = seconds_since(t0);
   std::exception_ptr first_error;
   for (size_t i = 0; i < order.size(); ++i) {
     if (thrown[i]) {
