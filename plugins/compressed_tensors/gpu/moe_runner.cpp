@@ -81,9 +81,10 @@ bool scale_prefetch_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
 // (moe_gemm.cuh's MOEQ_MMA_TMA_B) where the 1 KiB it adds to the ring still fits. On an H100
 // (bench/RESULTS.md, fifteenth session) 1.024x over 48 decode cases, up to 1.13x; 2-5 % slower
 // at M = 1 on the two smallest shapes.
+constexpr int kTmaRingAlign = 1024;  // dynamic shared memory added to align a TMA-fed ring
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
   return asked && !t.wgmma &&
-         gemm_smem_bytes(sc.kind, bm, t) + 1024 + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
+         gemm_smem_bytes(sc.kind, bm, t) + kTmaRingAlign + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
@@ -93,7 +94,7 @@ bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
 // WsGemm::kSmemBytes compute it, and 1 KiB to align the ring of TMA-fed mma.sync tiles.
 int gemm_smem(const MoePlan& p, int bm, const GemmTile& t) {
   const bool tma = tma_b_tile(p.scheme(), bm, t, p.mma_tma_b(), p.device().max_smem_per_block);
-  return gemm_smem_bytes(p.scheme().kind, bm, t) + (tma ? 1024 : 0);
+  return gemm_smem_bytes(p.scheme().kind, bm, t) + (tma ? kTmaRingAlign : 0);
 }
 
 // Whether a tile of this scheme runs WsGemm's fast accumulation when the plan asks for it: fp8
