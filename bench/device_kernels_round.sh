@@ -133,7 +133,7 @@ loadmarks() {
     ( [ "$e" != - ] && for kv in ${e//,/ }; do export "$kv"; done
       timeout 90 build/bin/moeq bench load --repeat 5 "$ck" > "$out/marks.txt" 2>&1
       echo "== $e: rc=$?"
-      grep -E "pinned|raw pipeline, page|^device path|scan waits|pass, ms from|marks|allocations alone|^ +model|layers\.[0-9]+" "$out/marks.txt" )
+      grep -E "pinned|page-locking|straight to the device|first pass.s JIT|raw pipeline, page|^device path|scan waits|pass, ms from|marks|allocations alone|^ +model|layers\.[0-9]+" "$out/marks.txt" )
   done | tee -a "$out/loadmarks.txt"
   echo "loadmarks: $((SECONDS - t0)) s"
 }

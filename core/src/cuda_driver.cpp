@@ -91,6 +91,8 @@ DriverLoad load_driver(const char* library) {
       {reinterpret_cast<void**>(&a.cuMemcpyDtoDAsync_v2), {"cuMemcpyDtoDAsync_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemHostAlloc), {"cuMemHostAlloc", nullptr}},
       {reinterpret_cast<void**>(&a.cuMemFreeHost), {"cuMemFreeHost", nullptr}},
+      {reinterpret_cast<void**>(&a.cuMemHostRegister), {"cuMemHostRegister_v2", "cuMemHostRegister"}},
+      {reinterpret_cast<void**>(&a.cuMemHostUnregister), {"cuMemHostUnregister", nullptr}},
       {reinterpret_cast<void**>(&a.cuStreamCreate), {"cuStreamCreate", nullptr}},
       {reinterpret_cast<void**>(&a.cuStreamDestroy_v2), {"cuStreamDestroy_v2", nullptr}},
       {reinterpret_cast<void**>(&a.cuStreamSynchronize), {"cuStreamSynchronize", nullptr}},

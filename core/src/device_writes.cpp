@@ -14,6 +14,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
+
+#include <sys/mman.h>
 
 namespace moeq::host {
 
@@ -28,8 +31,26 @@ class CudaBackend final : public StagingBackend {
  public:
   std::byte* allocate_pinned(std::size_t bytes) override {
     // NOTE: kept to the end of the process, like the pool that holds it.
+    if (const char* v = std::getenv("MOEQ_LOAD_PINNED"); v != nullptr && std::string(v) == "huge") return huge_pinned(bytes);
     auto* b = new cuda::PinnedBuffer(bytes);
     return b->data();
+  }
+  // A measuring knob (MOEQ_LOAD_PINNED=huge): an anonymous mapping on 2 MiB boundaries, asked
+  // for transparent huge pages, touched, then page-locked with cuMemHostRegister.
+  static std::byte* huge_pinned(std::size_t bytes) {
+    constexpr std::size_t kHuge = std::size_t{2} << 20;
+    void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "staging: mmap of " + std::to_string(bytes) + " bytes failed");
+    auto* p = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
+    ::madvise(p, bytes, MADV_HUGEPAGE);
+    std::memset(p, 0, bytes);
+    const cuda::DriverApi& d = cuda::require();
+    const CUresult r = d.cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable);
+    if (r != kSuccess) {
+      ::munmap(raw, bytes + kHuge);
+      fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "staging: cuMemHostRegister of " + std::to_string(bytes) + " bytes: " + cuda::describe(&d, r));
+    }
+    return p;
   }
   void* create_stream() override {
     cuda::CUstream s = nullptr;

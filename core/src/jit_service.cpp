@@ -184,6 +184,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
   };
 
   // 1. Options and keys (the include scan reads each toolkit header once per process).
+  const auto t_keys = std::chrono::steady_clock::now();
   for (size_t i = 0; i < n; ++i) {
     try {
       opts[i] = options(requests[i]);
@@ -201,6 +202,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
   std::vector<size_t> mine;
   {
     std::lock_guard<std::mutex> lock(s.mutex);
+    s.stats.keys_ms += ms_since(t_keys);
     for (size_t i = 0; i < n; ++i) {
       if (codes[i] != MOEQ_STATUS_CODE_OK) continue;
       auto it = s.kernels.find(keys[i]);
@@ -248,6 +250,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
           say_fallback();
           std::lock_guard<std::mutex> lock(s.mutex);
           ++s.stats.disk_hits;
+          s.stats.cache_read_ms += b.milliseconds;
           promises[i].set_value(std::move(b));
           return;
         }

@@ -6,6 +6,7 @@
 #include <moeq/cuda_driver.hpp>
 #include <moeq/error.hpp>
 #include <moeq/host.hpp>
+#include <moeq/jit.hpp>
 #include <moeq/staged_upload.hpp>
 
 #include <boost/json.hpp>
@@ -266,6 +267,156 @@ class FreeMemoryLow {
   std::thread poller_;
 };
 
+// What 256 MiB of page-locked host memory (the loader's default staging) costs to get, four
+// ways, each freed before the next: sixteen cuMemHostAlloc of 16 MiB (the staging pool's
+// chunks), one of 256 MiB, and an anonymous mapping touched then registered
+// (cuMemHostRegister) with transparent huge pages asked for and refused. Milliseconds, or -1
+// where the way failed (`why` says how).
+struct PinnedCosts {
+  double chunks_ms = -1, whole_ms = -1, huge_ms = -1, small_ms = -1;
+  double huge_touch_ms = -1, small_touch_ms = -1;  // of which the first touch of the pages
+  std::string why;
+};
+PinnedCosts pinned_costs(std::size_t bytes, std::size_t chunk) {
+  const cuda::DriverApi& d = cuda::require();
+  PinnedCosts c;
+  auto t = Clock::now();
+  {
+    std::vector<cuda::PinnedBuffer> held;
+    for (std::size_t at = 0; at < bytes; at += chunk) held.emplace_back(chunk);
+    c.chunks_ms = 1e3 * seconds_since(t);
+  }
+  t = Clock::now();
+  {
+    cuda::PinnedBuffer one(bytes);
+    c.whole_ms = 1e3 * seconds_since(t);
+  }
+  for (const bool huge : {true, false}) {
+    t = Clock::now();
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+      c.why += std::string("mmap: ") + std::strerror(errno) + "; ";
+      continue;
+    }
+    ::madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    std::memset(p, 0, bytes);
+    const double touch = 1e3 * seconds_since(t);
+    const cuda::CUresult r = d.cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable);
+    const double all = 1e3 * seconds_since(t);
+    if (r == cuda::kSuccess) {
+      (huge ? c.huge_ms : c.small_ms) = all;
+      (huge ? c.huge_touch_ms : c.small_touch_ms) = touch;
+      d.cuMemHostUnregister(p);
+    } else {
+      c.why += std::string(huge ? "huge" : "small") + " pages: cuMemHostRegister: " + cuda::describe(&d, r) + "; ";
+    }
+    ::munmap(p, bytes);
+  }
+  return c;
+}
+
+// The page cache straight to the device, no staging copy: each file mapped afresh and
+// page-locked where it lies (cuMemHostRegister, read-only) a piece of `piece` bytes at a time
+// by `threads` threads, each piece copied from its own pages on the thread's stream and
+// unregistered once its copy is done. `register_s`: the registrations and unregistrations
+// alone (no copies), a second pass. Empty `error` when it ran.
+struct DirectFigures {
+  double seconds = 0, register_s = 0;
+  std::size_t bytes = 0, pieces = 0;
+  std::string error;
+};
+DirectFigures direct_from_page_cache(const std::vector<fs::path>& files, unsigned threads, std::size_t piece) {
+  const cuda::DriverApi& d = cuda::require();
+  DirectFigures f;
+  struct Mapped {
+    std::byte* base;
+    std::size_t size;
+  };
+  std::vector<Mapped> maps;
+  struct Piece {
+    std::byte* src;
+    std::size_t bytes, offset;  // offset in the device arena
+  };
+  std::vector<Piece> pieces;
+  for (const fs::path& p : files) {
+    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) fail("bench load: cannot open '" + p.string() + "': " + std::strerror(errno));
+    const std::size_t size = fs::file_size(p);
+    void* base = size ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+    ::close(fd);
+    if (base == MAP_FAILED) fail("bench load: cannot mmap '" + p.string() + "': " + std::strerror(errno));
+    if (size == 0) continue;
+    maps.push_back({static_cast<std::byte*>(base), size});
+    for (std::size_t at = 0; at < size; at += piece)
+      pieces.push_back({maps.back().base + at, std::min(piece, size - at), f.bytes + at});
+    f.bytes += size;
+  }
+  f.pieces = pieces.size();
+  cuda::DeviceMemory arena(std::max<std::size_t>(f.bytes, 256));
+  const cuda::CUcontext ctx = cuda::use_primary_context(0);
+  for (const bool copy : {true, false}) {
+    std::atomic<std::size_t> next{0};
+    std::mutex mutex;
+    std::string error;
+    auto worker = [&] {
+      cuda::CUstream s = nullptr;
+      try {
+        MOEQ_CU_CHECK(d.cuCtxSetCurrent(ctx));
+        MOEQ_CU_CHECK(d.cuStreamCreate(&s, cuda::kStreamNonBlocking));
+        std::vector<std::pair<std::byte*, cuda::CUevent>> pending;
+        auto retire = [&](std::size_t keep) {
+          while (pending.size() > keep) {
+            MOEQ_CU_CHECK(d.cuEventSynchronize(pending.front().second));
+            d.cuEventDestroy_v2(pending.front().second);
+            d.cuMemHostUnregister(pending.front().first);
+            pending.erase(pending.begin());
+          }
+        };
+        for (std::size_t i = next.fetch_add(1); i < pieces.size(); i = next.fetch_add(1)) {
+          const Piece& p = pieces[i];
+          const cuda::CUresult r =
+              d.cuMemHostRegister(p.src, p.bytes, cuda::kMemHostRegisterPortable | cuda::kMemHostRegisterReadOnly);
+          if (r != cuda::kSuccess) fail("cuMemHostRegister of a file's mapping (read-only): " + cuda::describe(&d, r));
+          if (!copy) {
+            d.cuMemHostUnregister(p.src);
+            continue;
+          }
+          MOEQ_CU_CHECK(d.cuMemcpyHtoDAsync_v2(arena.get() + p.offset, p.src, p.bytes, s));
+          cuda::CUevent e = nullptr;
+          MOEQ_CU_CHECK(d.cuEventCreate(&e, cuda::kEventDefault));
+          MOEQ_CU_CHECK(d.cuEventRecord(e, s));
+          pending.emplace_back(p.src, e);
+          retire(2);
+        }
+        retire(0);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mutex);
+        if (error.empty()) error = e.what();
+        next.store(pieces.size());
+      }
+      if (s != nullptr) {
+        d.cuStreamSynchronize(s);
+        d.cuStreamDestroy_v2(s);
+      }
+    };
+    const auto t0 = Clock::now();
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < std::max(1u, threads); ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+    (copy ? f.seconds : f.register_s) = seconds_since(t0);
+    if (!error.empty()) {
+      f.error = error;
+      break;
+    }
+  }
+  // NOTE: a failed piece may leave others registered; unregistering what is not is harmless.
+  if (!f.error.empty())
+    for (const Piece& p : pieces) d.cuMemHostUnregister(p.src);
+  for (const Mapped& m : maps) ::munmap(m.base, m.size);
+  return f;
+}
+
 struct Figures {
   double first_s = 0, median_s = 0;
   std::size_t bytes = 0, chunks = 0, copies = 0;
@@ -301,6 +452,13 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
   }
   say("floors (" + fmt(mib(double(opt.floor_bytes)), 0) + " MiB, median of 5): pinned H2D " + fmt(pinned_gbps) +
       " GB/s, pageable H2D " + fmt(pageable_gbps) + " GB/s");
+  {
+    const PinnedCosts pc = pinned_costs(std::size_t{256} << 20, std::size_t{16} << 20);
+    say("page-locking 256 MiB: 16 cuMemHostAlloc of 16 MiB " + fmt(pc.chunks_ms, 1) + " ms, one of 256 MiB " +
+        fmt(pc.whole_ms, 1) + " ms; anonymous mapping touched and cuMemHostRegister'ed, huge pages " +
+        fmt(pc.huge_ms, 1) + " ms (touch " + fmt(pc.huge_touch_ms, 1) + "), small pages " + fmt(pc.small_ms, 1) +
+        " ms (touch " + fmt(pc.small_touch_ms, 1) + ")" + (pc.why.empty() ? "" : "; " + pc.why));
+  }
 
   // -- the checkpoint's files: page-cache state before and after an untimed warm read.
   const Checkpoint ck = Checkpoint::open(opt.dir);
@@ -355,6 +513,19 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       std::to_string(raw.copies) + " copies; first pass " + fmt(gbps(double(raw.bytes), raw.first_s)) +
       " GB/s (fresh mapping), median of " + std::to_string(repeat) + " " +
       fmt(gbps(double(raw.bytes), raw.median_s)) + " GB/s; device bytes " + (ok ? "match" : "DIFFER"));
+  {
+    std::size_t piece_mib = 64;
+    if (const char* v = std::getenv("MOEQ_BENCH_DIRECT_MIB")) piece_mib = std::clamp<std::size_t>(std::strtoul(v, nullptr, 10), 1, 4096);
+    const DirectFigures df = direct_from_page_cache(files, sc.threads, piece_mib << 20);
+    if (df.error.empty())
+      say("page cache straight to the device (each file's mapping page-locked in " + std::to_string(piece_mib) +
+          " MiB pieces by " + std::to_string(sc.threads) + " threads, no staging copy): " + fmt(mib(double(df.bytes)), 0) +
+          " MiB in " + fmt(1e3 * df.seconds, 1) + " ms = " + fmt(gbps(double(df.bytes), df.seconds)) + " GB/s = " +
+          fmt(pinned_gbps > 0 ? 100 * gbps(double(df.bytes), df.seconds) / pinned_gbps : 0, 0) +
+          "% of pinned; registering and unregistering alone " + fmt(1e3 * df.register_s, 1) + " ms");
+    else
+      say("page cache straight to the device: not possible here: " + df.error);
+  }
 
   // -- real: the strict load through the plugins, then the final parameters to the device.
   LoadOptions lo = opt.load;
@@ -489,10 +660,20 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
       if (all < 0 && p.bytes_done >= p.bytes_total) all = t;
       if (static_cast<int>(layer_done.size()) < p.layers_done) layer_done.push_back(t);
     };
+    const jit::Stats jit_before = jit::JitService::process().stats();
     const Checkpoint ck3 = Checkpoint::open(opt.dir);
     opened = seconds_since(td);
     LoadedModel dm = load_model(ck3, registry, ld);
     device_secs.push_back(seconds_since(td));
+    if (pass == 0) {
+      const jit::Stats j = jit::JitService::process().stats();
+      say("  first pass's JIT: " + std::to_string(j.compiled - jit_before.compiled) + " kernel sets compiled (" +
+          fmt(j.compile_ms - jit_before.compile_ms, 0) + " ms of NVRTC summed), " +
+          std::to_string(j.disk_hits - jit_before.disk_hits) + " read from the disk cache (" +
+          fmt(j.cache_read_ms - jit_before.cache_read_ms, 1) + " ms summed), " +
+          std::to_string(j.memory_hits - jit_before.memory_hits) + " from this process; options and keys " +
+          fmt(j.keys_ms - jit_before.keys_ms, 1) + " ms summed");
+    }
     // The first pass (kernels compiled when the JIT cache is empty) and the last warm one.
     if (pass == 0 || pass == repeat) {
       std::string line = std::string(pass == 0 ? "  first pass" : "  last warm pass") +

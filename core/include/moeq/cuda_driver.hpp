@@ -51,6 +51,8 @@ inline constexpr int kFuncAttrMaxDynamicSharedSizeBytes = 8;  // CU_FUNC_ATTRIBU
 inline constexpr unsigned kEventDefault = 0;      // CU_EVENT_DEFAULT
 inline constexpr unsigned kStreamNonBlocking = 1; // CU_STREAM_NON_BLOCKING
 inline constexpr unsigned kMemHostAllocPortable = 1;
+inline constexpr unsigned kMemHostRegisterPortable = 1;  // CU_MEMHOSTREGISTER_PORTABLE
+inline constexpr unsigned kMemHostRegisterReadOnly = 8;  // CU_MEMHOSTREGISTER_READ_ONLY
 inline constexpr int kStreamCaptureModeGlobal = 0;  // CU_STREAM_CAPTURE_MODE_GLOBAL
 
 // The entry points the core uses, resolved by name from libcuda.so.1. Versioned names
@@ -84,6 +86,8 @@ struct DriverApi {
   CUresult (*cuMemcpyDtoDAsync_v2)(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream stream);
   CUresult (*cuMemHostAlloc)(void** ptr, size_t bytes, unsigned flags);
   CUresult (*cuMemFreeHost)(void* ptr);
+  CUresult (*cuMemHostRegister)(void* ptr, size_t bytes, unsigned flags);  // _v2
+  CUresult (*cuMemHostUnregister)(void* ptr);
   CUresult (*cuStreamCreate)(CUstream* stream, unsigned flags);
   CUresult (*cuStreamDestroy_v2)(CUstream stream);
   CUresult (*cuStreamSynchronize)(CUstream stream);

@@ -64,6 +64,8 @@ struct Stats {
   uint64_t untrusted_entries = 0;  // cache files another user could have written: never read
   uint64_t store_failures = 0;   // entries that could not be written (the kernel still works)
   double compile_ms = 0;         // sum over NVRTC runs
+  double cache_read_ms = 0;      // sum over disk hits (read and checked)
+  double keys_ms = 0;            // options and keys of every request (the include scan), summed over compile() calls
 };
 
 struct Config {
