@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -31,24 +32,33 @@ class CudaBackend final : public StagingBackend {
  public:
   std::byte* allocate_pinned(std::size_t bytes) override {
     // NOTE: kept to the end of the process, like the pool that holds it.
-    if (const char* v = std::getenv("MOEQ_LOAD_PINNED"); v != nullptr && std::string(v) == "huge") return huge_pinned(bytes);
+    if (!pinned_by_host_alloc())
+      if (std::byte* p = huge_pinned(bytes)) return p;
     auto* b = new cuda::PinnedBuffer(bytes);
     return b->data();
   }
-  // A measuring knob (MOEQ_LOAD_PINNED=huge): an anonymous mapping on 2 MiB boundaries, asked
-  // for transparent huge pages, touched, then page-locked with cuMemHostRegister.
+  // MOEQ_LOAD_PINNED=alloc: the chunks from cuMemHostAlloc (the way before huge pages).
+  static bool pinned_by_host_alloc() {
+    const char* v = std::getenv("MOEQ_LOAD_PINNED");
+    return v != nullptr && std::string(v) == "alloc";
+  }
+  // Page-locked memory on transparent huge pages where the kernel gives them: an anonymous
+  // mapping on 2 MiB boundaries, asked for huge pages, touched by the calling thread, then
+  // registered with the driver. NOTE: cuMemHostAlloc zeroes and pins 4 KiB pages under the
+  // driver's lock (256 MiB in about 77 ms on the H100's host, one chunk after another); here the
+  // threads that need chunks fault theirs in at once, and registering 2 MiB pages is quick
+  // (256 MiB: about 5 ms). NULL where the mapping or the registration is refused (the caller
+  // falls back to cuMemHostAlloc).
   static std::byte* huge_pinned(std::size_t bytes) {
     constexpr std::size_t kHuge = std::size_t{2} << 20;
     void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "staging: mmap of " + std::to_string(bytes) + " bytes failed");
+    if (raw == MAP_FAILED) return nullptr;
     auto* p = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
-    ::madvise(p, bytes, MADV_HUGEPAGE);
+    ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: 4 KiB pages where huge ones are off
     std::memset(p, 0, bytes);
-    const cuda::DriverApi& d = cuda::require();
-    const CUresult r = d.cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable);
-    if (r != kSuccess) {
+    if (cuda::require().cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable) != kSuccess) {
       ::munmap(raw, bytes + kHuge);
-      fail(MOEQ_STATUS_CODE_OUT_OF_MEMORY, "staging: cuMemHostRegister of " + std::to_string(bytes) + " bytes: " + cuda::describe(&d, r));
+      return nullptr;
     }
     return p;
   }
@@ -81,6 +91,14 @@ std::unique_ptr<StagingBackend> cuda_staging_backend() { return std::make_unique
 
 StagingShape default_staging_shape() {
   StagingShape s;
+  if (const char* v = std::getenv("MOEQ_LOAD_CHUNK_MIB")) {  // a measuring knob: 1..256 MiB chunks
+    char* end = nullptr;
+    const long mib = std::strtol(v, &end, 10);
+    if (end != v && *end == '\0' && mib >= 1 && mib <= 256) {
+      s.chunk_bytes = static_cast<std::size_t>(mib) << 20;
+      s.chunks = static_cast<unsigned>(std::max<long>(1, 256 / mib));
+    }
+  }
   if (const char* v = std::getenv("MOEQ_LOAD_STAGING_MIB")) {
     char* end = nullptr;
     const long mib = std::strtol(v, &end, 10);
@@ -185,34 +203,54 @@ class ChunkPool {
   // still run, and of the free ones the one given back first is taken, whose copies were queued
   // first: taking the one given back last waited for the newest copy, so that every refill
   // waited for the copy engine to drain and only a few chunks were ever in flight.
+  // New chunks are allocated outside the lock, so that the threads of a first load fault in
+  // their chunks' pages at once instead of one after another.
   Chunk& acquire() {
     Chunk* taken = nullptr;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      while (taken == nullptr) {
-        cv_.wait(lock, [&] { return !free_.empty() || chunks_.size() < limit_; });
-        if (!free_.empty() && (chunks_.size() >= limit_ || !chunks_[free_.front()].recorded)) {
-          taken = &chunks_[free_.front()];
-          free_.pop_front();
-          break;
+    while (taken == nullptr) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        bool grow = false;
+        for (;;) {
+          const bool room = chunks_.size() + allocating_ < limit_;
+          if (!free_.empty() && (!room || !chunks_[free_.front()].recorded)) {
+            taken = &chunks_[free_.front()];
+            free_.pop_front();
+            break;
+          }
+          if (room) {
+            ++allocating_;
+            grow = true;
+            break;
+          }
+          // Page-locked memory ran out before any chunk was made: nothing will ever be free.
+          if (chunks_.empty() && allocating_ == 0 && alloc_error_) std::rethrow_exception(alloc_error_);
+          cv_.wait(lock);
         }
-        Chunk c;
-        try {
-          backend_->bind(ordinal_);
-          c.data = backend_->allocate_pinned(shape_.chunk_bytes);
-          c.stream = backend_->create_stream();
-          c.event = backend_->create_event();
-        } catch (...) {
-          // Page-locked memory runs out (a memlock limit, a busy host): the chunks there are
-          // will do, one at a time if need be; with none there is nothing to stage through.
-          if (chunks_.empty()) throw;
-          limit_ = chunks_.size();
-          continue;
-        }
-        c.index = chunks_.size();
-        chunks_.push_back(c);
-        taken = &chunks_.back();
+        if (!grow) break;
       }
+      Chunk c;
+      try {
+        backend_->bind(ordinal_);
+        c.data = backend_->allocate_pinned(shape_.chunk_bytes);
+        c.stream = backend_->create_stream();
+        c.event = backend_->create_event();
+      } catch (...) {
+        // Page-locked memory runs out (a memlock limit, a busy host): the chunks there are
+        // will do, one at a time if need be; with none there is nothing to stage through.
+        std::lock_guard<std::mutex> lock(mutex_);
+        --allocating_;
+        limit_ = chunks_.size() + allocating_;
+        if (!alloc_error_) alloc_error_ = std::current_exception();
+        cv_.notify_all();
+        if (chunks_.empty() && allocating_ == 0) throw;
+        continue;
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      --allocating_;
+      c.index = chunks_.size();
+      chunks_.push_back(c);
+      taken = &chunks_.back();
     }
     Chunk& c = *taken;
     if (c.recorded) {
@@ -254,6 +292,8 @@ class ChunkPool {
   std::unique_ptr<StagingBackend> backend_;
   StagingShape shape_;
   std::size_t limit_ = shape_.chunks;  // lowered when page-locked memory runs out
+  std::size_t allocating_ = 0;          // chunks being allocated (outside the lock)
+  std::exception_ptr alloc_error_;      // the first allocation that failed
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Chunk> chunks_;  // NOTE: a deque, so that a Chunk& stays valid as chunks are added

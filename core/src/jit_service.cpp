@@ -265,6 +265,7 @@ std::vector<Kernel> JitService::compile(std::span<const Request> requests) {
           ++s.stats.untrusted_entries;
         }
       }
+      if (r.kind != SourceKind::ptx) prefetch_compiler();  // the process's first miss reads NVRTC ahead
       CompileOutput out = r.kind == SourceKind::ptx ? ptx_compile(r, opts[i])
                                                     : nvrtc_compile(r, with_split(opts[i], s.config.split_threads));
       std::string store_error = s.cache ? s.cache->store(r.arch, digest, out.cubin, out.image) : "";
