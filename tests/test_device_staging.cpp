@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -45,6 +47,7 @@ class DeferredDevice final : public host::StagingBackend {
   };
 
   std::byte* allocate_pinned(std::size_t bytes) override {
+    if (rendezvous > 0) meet();
     std::lock_guard<std::mutex> lock(mutex_);
     if (pinned_limit >= 0 && pinned_allocations >= pinned_limit) {
       ++pinned_refusals;
@@ -100,6 +103,21 @@ class DeferredDevice final : public host::StagingBackend {
     }
   }
 
+  // With `rendezvous` set, an allocation waits (up to 5 s) until that many are in flight at
+  // once, and `most_in_flight` records the most there were: allocations made one at a time
+  // (under a lock) never get past one.
+  void meet() {
+    std::unique_lock<std::mutex> lock(meet_mutex_);
+    const int now = ++in_flight_;
+    most_in_flight = std::max(most_in_flight.load(), now);
+    met_.notify_all();
+    met_.wait_for(lock, std::chrono::seconds(5), [&] { return in_flight_ >= rendezvous || reached_; });
+    reached_ = reached_ || in_flight_ >= rendezvous;
+    --in_flight_;
+  }
+  int rendezvous = 0;
+  std::atomic<int> most_in_flight{0};
+
   static constexpr int kOrdinal = 7;
   std::atomic<int> pinned_allocations{0};
   std::atomic<int> pinned_limit{-1};  // allocations after this many fail
@@ -114,6 +132,10 @@ class DeferredDevice final : public host::StagingBackend {
   std::vector<std::unique_ptr<Stream>> streams_;
   std::vector<std::unique_ptr<Event>> events_;
   std::vector<std::size_t> waits_;
+  std::mutex meet_mutex_;
+  std::condition_variable met_;
+  int in_flight_ = 0;
+  bool reached_ = false;
 };
 
 host::StagingShape small_shape() {
@@ -326,6 +348,32 @@ TEST_SUITE("concurrency") {
     CHECK(d.pinned_allocations.load() >= 1);
     CHECK(d.pinned_allocations.load() <= 2);
     if (d.pinned_refusals.load() > 0) CHECK(d.pinned_allocations.load() == 2);
+  }
+
+  TEST_CASE("device staging: layers that need chunks at once allocate them at once, outside the pool's lock") {
+    auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
+    d.rendezvous = 2;
+    const host::StagingShape shape = small_shape();  // 4 chunks
+    host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), shape);
+    constexpr int kLayers = 4;
+    std::vector<std::vector<std::byte>> dev(kLayers, std::vector<std::byte>(shape.chunk_bytes));
+    std::vector<std::thread> threads;
+    for (int l = 0; l < kLayers; ++l)
+      threads.emplace_back([&, l] {
+        std::vector<std::byte> src(shape.chunk_bytes, static_cast<std::byte>(l + 1));
+        DeviceWrites w(DeferredDevice::kOrdinal);
+        StagingRun r;
+        r.dst = addr(dev[l]);
+        r.src = src.data();
+        r.count = static_cast<int64_t>(src.size());
+        w.write({r}, false, "layer " + std::to_string(l));
+        w.finish();
+      });
+    for (auto& t : threads) t.join();
+    CHECK(d.most_in_flight.load() >= 2);
+    CHECK(d.pinned_allocations.load() <= 4);
+    for (int l = 0; l < kLayers; ++l) CHECK(dev[l] == std::vector<std::byte>(shape.chunk_bytes, static_cast<std::byte>(l + 1)));
   }
 
   TEST_CASE("device staging: with no page-locked memory at all the write fails naming the tensor") {
