@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One device call for issue 19 (eighteenth session): the load marks under the staging knobs (the
-# first from an empty JIT cache), the device tests, then bench/device_load.sh. Builds nothing;
-# carry build/carry and .devpack.
+# One device call for issue 19 (eighteenth session), most needed first: the load marks from an
+# empty JIT cache (the machine's first NVRTC use), bench/device_load.sh (the acceptance figures),
+# the device tests, then the marks with the staging pool from cuMemHostAlloc (the way before).
+# Builds nothing; carry build/carry and .devpack.
 mkdir -p /tmp/jce3 && chmod 700 /tmp/jce3; J=MOEQ_CACHE_DIR=/tmp/jce3
-STEPS="loadmarks tests" MARKS_ENVS="$J $J,MOEQ_LOAD_PINNED=alloc $J $J,MOEQ_LOAD_CHUNK_MIB=4,MOEQ_LOAD_STAGING_MIB=64,MOEQ_LOAD_COPY=libc" bash bench/device_kernels_round.sh > /tmp/o.txt 2>&1
-grep -E "^==|first pass's|first pass,|last warm pass,|^device path|^\| strict|^\| raw|page-locking|device tests|ERROR|FAILED|test cases|assertions" /tmp/o.txt
-bash bench/device_load.sh 2>&1 | tail -30
+keep="^==|first pass's|first pass,|last warm pass,|^device path|^\| strict|^\| raw|page-locking|straight to the device|device tests|ERROR|FAILED|test cases|assertions"
+STEPS=loadmarks MARKS_ENVS="$J" bash bench/device_kernels_round.sh 2>&1 | grep -E "$keep"
+bash bench/device_load.sh 2>&1 | tail -22
+STEPS="tests loadmarks" MARKS_ENVS="$J,MOEQ_LOAD_PINNED=alloc $J" bash bench/device_kernels_round.sh 2>&1 | grep -E "$keep"
