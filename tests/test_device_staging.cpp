@@ -378,6 +378,7 @@ TEST_SUITE("concurrency") {
 
   TEST_CASE("device staging: with no page-locked memory at all the write fails naming the tensor") {
     auto device = std::make_unique<DeferredDevice>();
+    DeferredDevice& d = *device;
     device->pinned_limit = 0;
     host::ScopedStagingBackend scoped(DeferredDevice::kOrdinal, std::move(device), small_shape());
     std::vector<std::byte> dev(1 << 20), src(1 << 20, std::byte{3});
@@ -391,6 +392,13 @@ TEST_SUITE("concurrency") {
                          Error);
     w.write({r}, true, "tensor experts.0.w3");
     CHECK_THROWS_WITH_AS(w.finish(), doctest::Contains("tensor experts.0.w3"), Error);
+    // The failure does not stay with the pool: once memory can be had, a later load stages.
+    d.pinned_limit = -1;
+    DeviceWrites later(DeferredDevice::kOrdinal);
+    later.write({r}, false, "tensor experts.1.w1");
+    later.finish();
+    CHECK(d.pinned_allocations.load() >= 1);
+    CHECK(dev == src);
   }
 
   TEST_CASE("device staging: stable writes a fraction of a chunk each travel in full chunks") {

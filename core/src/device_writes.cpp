@@ -55,6 +55,8 @@ class CudaBackend final : public StagingBackend {
     if (raw == MAP_FAILED) return nullptr;
     auto* p = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
     ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: 4 KiB pages where huge ones are off
+    // A forked child gets no copy: a page the copy engine reads must never be copied on write.
+    ::madvise(p, bytes, MADV_DONTFORK);
     std::memset(p, 0, bytes);
     if (cuda::require().cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable) != kSuccess) {
       ::munmap(raw, bytes + kHuge);
@@ -207,6 +209,11 @@ class ChunkPool {
   // their chunks' pages at once instead of one after another.
   Chunk& acquire() {
     Chunk* taken = nullptr;
+    uint64_t epoch = 0;  // the failures seen when this call began
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      epoch = failures_;
+    }
     while (taken == nullptr) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -223,8 +230,10 @@ class ChunkPool {
             grow = true;
             break;
           }
-          // Page-locked memory ran out before any chunk was made: nothing will ever be free.
-          if (chunks_.empty() && allocating_ == 0 && alloc_error_) std::rethrow_exception(alloc_error_);
+          // Every allocation failed while this call waited, and no chunk exists: nothing will be
+          // free. (Each waiter throws an error of its own: an exception object is not shared
+          // between threads.)
+          if (chunks_.empty() && failures_ != epoch) throw Error(alloc_code_, alloc_message_);
           cv_.wait(lock);
         }
         if (!grow) break;
@@ -241,9 +250,26 @@ class ChunkPool {
         std::lock_guard<std::mutex> lock(mutex_);
         --allocating_;
         limit_ = chunks_.size() + allocating_;
-        if (!alloc_error_) alloc_error_ = std::current_exception();
-        cv_.notify_all();
-        if (chunks_.empty() && allocating_ == 0) throw;
+        if (chunks_.empty() && allocating_ == 0) {
+          // None at all: this call and those waiting fail; a later one may try again (the
+          // memory may be there by then).
+          limit_ = shape_.chunks;
+          try {
+            throw;
+          } catch (const Error& e) {
+            alloc_code_ = e.code();
+            alloc_message_ = std::string(e.what());  // a copy of the text, not of the exception
+          } catch (const std::exception& e) {
+            alloc_code_ = MOEQ_STATUS_CODE_INTERNAL;
+            alloc_message_ = std::string(e.what());
+          } catch (...) {
+            alloc_code_ = MOEQ_STATUS_CODE_INTERNAL;
+            alloc_message_ = "page-locked staging memory: unknown error";
+          }
+          ++failures_;
+          cv_.notify_all();
+          throw;
+        }
         continue;
       }
       std::lock_guard<std::mutex> lock(mutex_);
@@ -293,7 +319,9 @@ class ChunkPool {
   StagingShape shape_;
   std::size_t limit_ = shape_.chunks;  // lowered when page-locked memory runs out
   std::size_t allocating_ = 0;          // chunks being allocated (outside the lock)
-  std::exception_ptr alloc_error_;      // the first allocation that failed
+  uint64_t failures_ = 0;               // times every allocation failed with no chunk made
+  moeq_status_code alloc_code_ = MOEQ_STATUS_CODE_OK;  // the last such failure's error
+  std::string alloc_message_;
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<Chunk> chunks_;  // NOTE: a deque, so that a Chunk& stays valid as chunks are added
