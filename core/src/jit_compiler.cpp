@@ -2,15 +2,15 @@
 #include <moeq/error.hpp>
 #include <moeq/jit_compiler.hpp>
 
-#include <algorithm>
-#include <mutex>
-
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <mutex>
 #include <sstream>
 
 #ifndef MOEQ_HAVE_NVRTC
