@@ -17,8 +17,6 @@
 #include <mutex>
 #include <string>
 
-#include <sys/mman.h>
-
 namespace moeq::host {
 
 using cuda::CUdeviceptr;
@@ -31,38 +29,19 @@ namespace {
 class CudaBackend final : public StagingBackend {
  public:
   std::byte* allocate_pinned(std::size_t bytes) override {
-    // NOTE: kept to the end of the process, like the pool that holds it.
+    // NOTE: kept to the end of the process, like the pool that holds it. On huge pages where the
+    // kernel gives them: cuMemHostAlloc zeroes and pins 4 KiB pages under the driver's lock
+    // (256 MiB in about 77 ms on the H100's host, one chunk after another); here the threads that
+    // need chunks fault theirs in at once, and registering 2 MiB pages is quick (256 MiB: about
+    // 5 ms). cuMemHostAlloc where that is refused, and under MOEQ_LOAD_PINNED=alloc.
     if (!pinned_by_host_alloc())
-      if (std::byte* p = huge_pinned(bytes)) return p;
+      if (std::byte* p = cuda::map_page_locked(bytes, true)) return p;
     auto* b = new cuda::PinnedBuffer(bytes);
     return b->data();
   }
-  // MOEQ_LOAD_PINNED=alloc: the chunks from cuMemHostAlloc (the way before huge pages).
   static bool pinned_by_host_alloc() {
     const char* v = std::getenv("MOEQ_LOAD_PINNED");
     return v != nullptr && std::string(v) == "alloc";
-  }
-  // Page-locked memory on transparent huge pages where the kernel gives them: an anonymous
-  // mapping on 2 MiB boundaries, asked for huge pages, touched by the calling thread, then
-  // registered with the driver. NOTE: cuMemHostAlloc zeroes and pins 4 KiB pages under the
-  // driver's lock (256 MiB in about 77 ms on the H100's host, one chunk after another); here the
-  // threads that need chunks fault theirs in at once, and registering 2 MiB pages is quick
-  // (256 MiB: about 5 ms). NULL where the mapping or the registration is refused (the caller
-  // falls back to cuMemHostAlloc).
-  static std::byte* huge_pinned(std::size_t bytes) {
-    constexpr std::size_t kHuge = std::size_t{2} << 20;
-    void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (raw == MAP_FAILED) return nullptr;
-    auto* p = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(raw) + kHuge - 1) & ~(kHuge - 1));
-    ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: 4 KiB pages where huge ones are off
-    // A forked child gets no copy: a page the copy engine reads must never be copied on write.
-    ::madvise(p, bytes, MADV_DONTFORK);
-    std::memset(p, 0, bytes);
-    if (cuda::require().cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable) != kSuccess) {
-      ::munmap(raw, bytes + kHuge);
-      return nullptr;
-    }
-    return p;
   }
   void* create_stream() override {
     cuda::CUstream s = nullptr;

@@ -13,6 +13,8 @@
 #include <thread>
 #include <utility>
 
+#include <sys/mman.h>
+
 namespace moeq::cuda {
 
 std::vector<ChunkPlan> plan_chunks(std::span<const std::size_t> job_bytes, std::size_t chunk_bytes,
@@ -67,6 +69,37 @@ PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& o) noexcept {
 }
 PinnedBuffer::~PinnedBuffer() {
   if (data_ != nullptr) require().cuMemFreeHost(data_);
+}
+
+std::byte* map_page_locked(std::size_t bytes, bool huge_pages, double* touch_ms) {
+  constexpr std::size_t kHuge = std::size_t{2} << 20;
+  if (bytes == 0) return nullptr;
+  const auto t0 = std::chrono::steady_clock::now();
+  void* raw = ::mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  // Only the aligned `bytes` stay mapped.
+  const auto lo = reinterpret_cast<std::uintptr_t>(raw);
+  const std::uintptr_t at = (lo + kHuge - 1) & ~(kHuge - 1);
+  if (at > lo) ::munmap(raw, at - lo);
+  if (lo + bytes + kHuge > at + bytes) ::munmap(reinterpret_cast<void*>(at + bytes), lo + bytes + kHuge - at - bytes);
+  auto* p = reinterpret_cast<std::byte*>(at);
+  ::madvise(p, bytes, huge_pages ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);  // advice: small pages where huge ones are off
+  // A forked child gets no copy: a page the copy engine reads must never be copied on write.
+  ::madvise(p, bytes, MADV_DONTFORK);
+  std::memset(p, 0, bytes);
+  if (touch_ms != nullptr)
+    *touch_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  if (require().cuMemHostRegister(p, bytes, kMemHostRegisterPortable) != kSuccess) {
+    ::munmap(p, bytes);
+    return nullptr;
+  }
+  return p;
+}
+
+void unmap_page_locked(std::byte* p, std::size_t bytes) {
+  if (p == nullptr) return;
+  require().cuMemHostUnregister(p);
+  ::munmap(p, bytes);
 }
 
 DeviceMemory::DeviceMemory(std::size_t bytes) : bytes_(bytes) {

@@ -85,21 +85,26 @@ double h2d_rate(const std::byte* host, std::size_t bytes, cuda::CUdeviceptr dst,
   return gbps(double(bytes), median(secs));
 }
 
-// Fraction of the files' pages in the page cache (mincore on a private mapping of each).
+// A new read-only mapping of the whole of `f` (its size in `size`); nullptr for an empty file.
+// The caller unmaps it.
+std::byte* map_file(const fs::path& f, std::size_t& size) {
+  const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail("bench load: cannot open '" + f.string() + "': " + std::strerror(errno));
+  size = fs::file_size(f);
+  void* base = size ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+  ::close(fd);
+  if (base == MAP_FAILED) fail("bench load: cannot mmap '" + f.string() + "': " + std::strerror(errno));
+  return static_cast<std::byte*>(base);
+}
+
+// Fraction of the files' pages in the page cache (mincore on a mapping of each).
 double resident_fraction(const std::vector<fs::path>& files) {
   const long page = ::sysconf(_SC_PAGESIZE);
   uint64_t total = 0, resident = 0;
   for (const fs::path& f : files) {
-    const int fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail("bench load: cannot open '" + f.string() + "': " + std::strerror(errno));
-    const std::size_t size = fs::file_size(f);
-    if (size == 0) {
-      ::close(fd);
-      continue;
-    }
-    void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (base == MAP_FAILED) fail("bench load: cannot mmap '" + f.string() + "': " + std::strerror(errno));
+    std::size_t size = 0;
+    std::byte* base = map_file(f, size);
+    if (size == 0) continue;
     std::vector<unsigned char> vec((size + page - 1) / page);
     if (::mincore(base, size, vec.data()) == 0) {
       for (unsigned char c : vec) resident += c & 1;
@@ -269,8 +274,8 @@ class FreeMemoryLow {
 
 // What 256 MiB of page-locked host memory (the loader's default staging) costs to get, four
 // ways, each freed before the next: sixteen cuMemHostAlloc of 16 MiB (the staging pool's
-// chunks), one of 256 MiB, and an anonymous mapping touched then registered
-// (cuMemHostRegister) with transparent huge pages asked for and refused. Milliseconds, or -1
+// chunks), one of 256 MiB, and cuda::map_page_locked (the pool's way) with transparent huge
+// pages asked for and refused. Milliseconds, or -1
 // where the way failed (`why` says how).
 struct PinnedCosts {
   double chunks_ms = -1, whole_ms = -1, huge_ms = -1, small_ms = -1;
@@ -278,7 +283,6 @@ struct PinnedCosts {
   std::string why;
 };
 PinnedCosts pinned_costs(std::size_t bytes, std::size_t chunk) {
-  const cuda::DriverApi& d = cuda::require();
   PinnedCosts c;
   auto t = Clock::now();
   {
@@ -293,24 +297,16 @@ PinnedCosts pinned_costs(std::size_t bytes, std::size_t chunk) {
   }
   for (const bool huge : {true, false}) {
     t = Clock::now();
-    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      c.why += std::string("mmap: ") + std::strerror(errno) + "; ";
+    double touch = 0;
+    std::byte* p = cuda::map_page_locked(bytes, huge, &touch);
+    const double all = 1e3 * seconds_since(t);
+    if (p == nullptr) {
+      c.why += std::string(huge ? "huge" : "small") + " pages: mapping or cuMemHostRegister refused; ";
       continue;
     }
-    ::madvise(p, bytes, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-    std::memset(p, 0, bytes);
-    const double touch = 1e3 * seconds_since(t);
-    const cuda::CUresult r = d.cuMemHostRegister(p, bytes, cuda::kMemHostRegisterPortable);
-    const double all = 1e3 * seconds_since(t);
-    if (r == cuda::kSuccess) {
-      (huge ? c.huge_ms : c.small_ms) = all;
-      (huge ? c.huge_touch_ms : c.small_touch_ms) = touch;
-      d.cuMemHostUnregister(p);
-    } else {
-      c.why += std::string(huge ? "huge" : "small") + " pages: cuMemHostRegister: " + cuda::describe(&d, r) + "; ";
-    }
-    ::munmap(p, bytes);
+    (huge ? c.huge_ms : c.small_ms) = all;
+    (huge ? c.huge_touch_ms : c.small_touch_ms) = touch;
+    cuda::unmap_page_locked(p, bytes);
   }
   return c;
 }
@@ -322,7 +318,7 @@ PinnedCosts pinned_costs(std::size_t bytes, std::size_t chunk) {
 // alone (no copies), a second pass. Empty `error` when it ran.
 struct DirectFigures {
   double seconds = 0, register_s = 0;
-  std::size_t bytes = 0, pieces = 0;
+  std::size_t bytes = 0;
   std::string error;
 };
 DirectFigures direct_from_page_cache(const std::vector<fs::path>& files, unsigned threads, std::size_t piece) {
@@ -339,19 +335,14 @@ DirectFigures direct_from_page_cache(const std::vector<fs::path>& files, unsigne
   };
   std::vector<Piece> pieces;
   for (const fs::path& p : files) {
-    const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) fail("bench load: cannot open '" + p.string() + "': " + std::strerror(errno));
-    const std::size_t size = fs::file_size(p);
-    void* base = size ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
-    ::close(fd);
-    if (base == MAP_FAILED) fail("bench load: cannot mmap '" + p.string() + "': " + std::strerror(errno));
+    std::size_t size = 0;
+    std::byte* base = map_file(p, size);
     if (size == 0) continue;
-    maps.push_back({static_cast<std::byte*>(base), size});
+    maps.push_back({base, size});
     for (std::size_t at = 0; at < size; at += piece)
       pieces.push_back({maps.back().base + at, std::min(piece, size - at), f.bytes + at});
     f.bytes += size;
   }
-  f.pieces = pieces.size();
   cuda::DeviceMemory arena(std::max<std::size_t>(f.bytes, 256));
   const cuda::CUcontext ctx = cuda::use_primary_context(0);
   for (const bool copy : {true, false}) {

@@ -59,6 +59,14 @@ class PinnedBuffer {
   std::size_t bytes_ = 0;
 };
 
+// Page-locked host memory made the other way: an anonymous mapping on 2 MiB boundaries, asked
+// for transparent huge pages (`huge_pages`; else for 4 KiB pages), not inherited by a fork,
+// touched by the calling thread, then registered with the driver (cuMemHostRegister). NULL where
+// the mapping or the registration is refused. `touch_ms`, when given, receives the touch's
+// milliseconds. Released (unregistered and unmapped) by unmap_page_locked.
+std::byte* map_page_locked(std::size_t bytes, bool huge_pages, double* touch_ms = nullptr);
+void unmap_page_locked(std::byte* p, std::size_t bytes);
+
 // A device allocation (cuMemAlloc) in the current context, freed on destruction.
 class DeviceMemory {
  public:
