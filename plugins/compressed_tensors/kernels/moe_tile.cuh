@@ -287,6 +287,130 @@ __device__ __forceinline__ RowFactors row_factors(const MoeArgs& a, const GemmGe
   return {epilogue_act_scale<kAM, kGated>(a, p / geo.a_div), kGated ? 1.0f : __ldg(a.topk_weights + p)};
 }
 
+// ------------------------------------------------------------------ wide epilogue stores
+//
+// An MMA's accumulators give each lane of a quad (the four lanes of one accumulator row) two
+// adjacent columns of every n8 fragment. Stored as they lie, a lane writes 4 (bf16) or 8 (f32)
+// bytes, and one warp store covers 8 rows with 16 or 32 bytes each: 8 cache lines in the SM's
+// L1 for 128 or 256 bytes, and a 128 x 256 tile's epilogue is a long run of such stores. The
+// wide epilogues below first exchange words across the quad (shuffles), so that each lane
+// holds 16 adjacent bytes of its row: bf16, one fragment's eight columns (four fragments
+// transposed at a time); f32, four columns (two fragments at a time). One 16-byte store a lane
+// then writes 64 (bf16) or 32 (f32) adjacent bytes of each row a warp store covers: a quarter
+// or half of the store instructions. The values are computed as in store_gated / store_down,
+// with the same operations in the same order: the same bits land.
+//
+// Every lane of the warp must run them (shuffles); a padding row (p < 0) only skips its stores.
+
+template <class W>
+__device__ __forceinline__ W quad_pick(const W (&v)[4], int k) {
+  return k == 0 ? v[0] : k == 1 ? v[1] : k == 2 ? v[2] : v[3];
+}
+// The word of lane (this lane ^ m).
+__device__ __forceinline__ u32 quad_shfl(u32 w, int m) { return __shfl_xor_sync(0xffffffffu, w, m); }
+__device__ __forceinline__ float2 quad_shfl(float2 w, int m) {
+  return make_float2(__shfl_xor_sync(0xffffffffu, w.x, m), __shfl_xor_sync(0xffffffffu, w.y, m));
+}
+// v[i]: this lane's word of fragment f0 + i. Afterwards v[s] = lane s's word of fragment f0 + t
+// (t: this lane's place in its quad), i.e. columns 2s and 2s + 1 of that fragment: a 4 x 4
+// transpose in two butterfly stages (quad lanes t and t ^ m swap the two words whose index
+// differs from the lane's in bit m), in place.
+template <class W>
+__device__ __forceinline__ void quad_transpose(W (&v)[4]) {
+  const int t = static_cast<int>(threadIdx.x & 3);
+#pragma unroll
+  for (int m = 1; m <= 2; m <<= 1) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      // The s-th of the two indices whose bit m differs from t's.
+      const int j = m == 1 ? 2 * s + ((t & 1) ^ 1) : s + 2 * (((t >> 1) & 1) ^ 1);
+      const W got = quad_shfl(quad_pick(v, j), m);
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (j == k) v[k] = got;
+    }
+  }
+}
+
+// GEMM2 into bf16 y2 rows (y2_bf16, one slab): store_down's values, 16 bytes a lane. NF n8
+// fragments (a multiple of 4), fragment f holding columns n0 + 8f + 2t and + 1 as acc_of(f, 0)
+// and acc_of(f, 1).
+template <int NF, class AccOf, class ScalesOf>
+__device__ __forceinline__ void store_down_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
+                                                RowFactors f) {
+  static_assert(NF % 4 == 0, "whole groups of four fragments");
+  const int t = static_cast<int>(threadIdx.x & 3);
+  u16* row = reinterpret_cast<u16*>(a.y2) + static_cast<long long>(p < 0 ? 0 : p) * a.hidden;
+  const float sa = f.sa, tw = f.tw;
+#pragma unroll
+  for (int f0 = 0; f0 < NF; f0 += 4) {
+    u32 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int col = n0 + (f0 + i) * 8 + 2 * t;
+      float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+      if (col < N) scales_of(col, w);
+      const float y0 = acc_of(f0 + i, 0) * sa * w[0] * tw, y1 = acc_of(f0 + i, 1) * sa * w[1] * tw;
+      v[i] = f32x2_to_bf16x2(y0, y1);
+    }
+    quad_transpose(v);
+    const int c = n0 + (f0 + t) * 8;
+    if (p >= 0 && c < N) *reinterpret_cast<uint4*>(row + c) = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+// GEMM1 into h (bf16 for bf16 and int8 weights, f32 for fp8 with dynamic activation scales):
+// store_gated's values, 16 bytes a store. NF fragments: the gate ones [0, NF/2), then the up ones
+// of the same columns [NF/2, NF); NF/2 a multiple of 4; gate fragment f holds intermediate
+// columns n0 + 8f + 2t and + 1.
+template <int kKind, int NF, class AccOf, class ScalesOf>
+__device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
+                                                 float sa) {
+  constexpr int NC = NF / 2;
+  static_assert(NC % 4 == 0, "whole groups of four fragments");
+  const int t = static_cast<int>(threadIdx.x & 3);
+  const long long base = static_cast<long long>(p < 0 ? 0 : p) * a.inter;
+#pragma unroll
+  for (int f0 = 0; f0 < NC; f0 += 4) {
+    float h[4][2];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int col = n0 + (f0 + i) * 8 + 2 * t;
+      float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+      if (col < N) scales_of(col, w);
+      h[i][0] = silu(acc_of(f0 + i, 0) * sa * w[0]) * (acc_of(f0 + i + NC, 0) * sa * w[2]);
+      h[i][1] = silu(acc_of(f0 + i, 1) * sa * w[1]) * (acc_of(f0 + i + NC, 1) * sa * w[3]);
+    }
+    if constexpr (kKind != kKindFp8) {
+      u32 v[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) v[i] = f32x2_to_bf16x2(h[i][0], h[i][1]);
+      quad_transpose(v);
+      const int c = n0 + (f0 + t) * 8;
+      if (p >= 0 && c < N)
+        *reinterpret_cast<uint4*>(static_cast<u16*>(a.h) + base + c) = make_uint4(v[0], v[1], v[2], v[3]);
+    } else {
+      // f32: two fragments at a time. After the exchange across lanes t ^ 2 and then t ^ 1,
+      // lane t holds fragment f0 + i + (t >> 1)'s columns 4 (t & 1) .. + 3: one 16-byte store.
+#pragma unroll
+      for (int i = 0; i < 4; i += 2) {
+        const int hi = t >> 1, lo = t & 1;
+        const float2 h0 = make_float2(h[i][0], h[i][1]), h1 = make_float2(h[i + 1][0], h[i + 1][1]);
+        const float2 keep = hi == 0 ? h0 : h1, give = hi == 0 ? h1 : h0;
+        const float2 mate = quad_shfl(give, 2);  // lane t ^ 2's columns of fragment i + hi
+        // Lane t now has columns 2t, 2t + 1 (keep) and 2(t ^ 2), + 1 (mate) of fragment i + hi;
+        // lanes t and t ^ 1 trade so that each holds four adjacent ones.
+        const float2 out = quad_shfl(lo == 0 ? (hi == 0 ? mate : keep) : (hi == 0 ? keep : mate), 1);
+        const float2 lo2 = lo == 0 ? (hi == 0 ? keep : mate) : out;
+        const float2 hi2 = lo == 0 ? out : (hi == 0 ? mate : keep);
+        const int cc = n0 + (f0 + i + hi) * 8 + 4 * lo;
+        if (p >= 0 && cc < N)
+          *reinterpret_cast<float4*>(static_cast<float*>(a.h) + base + cc) = make_float4(lo2.x, lo2.y, hi2.x, hi2.y);
+      }
+    }
+  }
+}
+
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
 // fragment j holding columns col_of(j), col_of(j) + 1 as acc_of(j, 0), acc_of(j, 1). GEMM1's
 // fragments are gate ones, then the up ones of the same columns. GEMM2 writes y2's slab `slab`.
