@@ -290,15 +290,15 @@ __device__ __forceinline__ RowFactors row_factors(const MoeArgs& a, const GemmGe
 // ------------------------------------------------------------------ wide epilogue stores
 //
 // An MMA's accumulators give each lane of a quad (the four lanes of one accumulator row) two
-// adjacent columns of every n8 fragment. Stored as they lie, a lane writes 4 (bf16) or 8 (f32)
-// bytes, and one warp store covers 8 rows with 16 or 32 bytes each: 8 cache lines in the SM's
-// L1 for 128 or 256 bytes, and a 128 x 256 tile's epilogue is a long run of such stores. The
-// wide epilogues below first exchange words across the quad (shuffles), so that each lane
-// holds 16 adjacent bytes of its row: bf16, one fragment's eight columns (four fragments
-// transposed at a time); f32, four columns (two fragments at a time). One 16-byte store a lane
-// then writes 64 (bf16) or 32 (f32) adjacent bytes of each row a warp store covers: a quarter
-// or half of the store instructions. The values are computed as in store_gated / store_down,
-// with the same operations in the same order: the same bits land.
+// adjacent columns of every n8 fragment. Stored as they lie, a bf16 output gets 4 bytes a lane,
+// and one warp store covers 8 rows with 16 bytes each: 8 cache lines in the SM's L1 for 128
+// bytes, and a 128 x 256 tile's epilogue is a long run of such stores. The wide epilogues below
+// first transpose four fragments' words across the quad (four shuffles a group), so that each
+// lane holds one fragment's eight columns: one 16-byte store a lane, a warp store writing 64
+// adjacent bytes of each of its rows, a quarter of the store instructions. The values are
+// computed as in store_gated / store_down, with the same operations in the same order: the same
+// bits land. GEMM2 at M = 8192 took 28-41 % less time on Qwen3-30B-A3B and Granite-3B-A800M
+// (H100, 2026-12-07).
 //
 // Every lane of the warp must run them (shuffles); a padding row (p < 0) only skips its stores.
 
@@ -308,9 +308,6 @@ __device__ __forceinline__ W quad_pick(const W (&v)[4], int k) {
 }
 // The word of lane (this lane ^ m).
 __device__ __forceinline__ u32 quad_shfl(u32 w, int m) { return __shfl_xor_sync(0xffffffffu, w, m); }
-__device__ __forceinline__ float2 quad_shfl(float2 w, int m) {
-  return make_float2(__shfl_xor_sync(0xffffffffu, w.x, m), __shfl_xor_sync(0xffffffffu, w.y, m));
-}
 // v[i]: this lane's word of fragment f0 + i. Afterwards v[s] = lane s's word of fragment f0 + t
 // (t: this lane's place in its quad), i.e. columns 2s and 2s + 1 of that fragment: a 4 x 4
 // transpose in two butterfly stages (quad lanes t and t ^ m swap the two words whose index
@@ -359,11 +356,14 @@ __device__ __forceinline__ void store_down_wide(const MoeArgs& a, int N, int p, 
   }
 }
 
-// GEMM1 into h (bf16 for bf16 and int8 weights, f32 for fp8 with dynamic activation scales):
-// store_gated's values, 16 bytes a store. NF fragments: the gate ones [0, NF/2), then the up ones
-// of the same columns [NF/2, NF); NF/2 a multiple of 4; gate fragment f holds intermediate
-// columns n0 + 8f + 2t and + 1.
-template <int kKind, int NF, class AccOf, class ScalesOf>
+// GEMM1 into bf16 h (bf16 and int8 weights): store_gated's values, 16 bytes a lane. NF
+// fragments: the gate ones [0, NF/2), then the up ones of the same columns [NF/2, NF); NF/2 a
+// multiple of 4; gate fragment f holds intermediate columns n0 + 8f + 2t and + 1.
+// NOTE: not for the f32 h of fp8 with dynamic activation scales: a version that traded two
+// fragments' float2 words so that each lane stored four adjacent floats made GEMM1 5-14 % slower
+// (Qwen3-30B-A3B and Granite-3B-A800M at M = 8192, Mixtral-8x7B at 1024; H100, 2026-12-07), where
+// the plain 8-byte stores already fill whole 32-byte sectors.
+template <int NF, class AccOf, class ScalesOf>
 __device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
                                                  float sa) {
   constexpr int NC = NF / 2;
@@ -372,42 +372,20 @@ __device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p,
   const long long base = static_cast<long long>(p < 0 ? 0 : p) * a.inter;
 #pragma unroll
   for (int f0 = 0; f0 < NC; f0 += 4) {
-    float h[4][2];
+    u32 v[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int col = n0 + (f0 + i) * 8 + 2 * t;
       float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
       if (col < N) scales_of(col, w);
-      h[i][0] = silu(acc_of(f0 + i, 0) * sa * w[0]) * (acc_of(f0 + i + NC, 0) * sa * w[2]);
-      h[i][1] = silu(acc_of(f0 + i, 1) * sa * w[1]) * (acc_of(f0 + i + NC, 1) * sa * w[3]);
+      const float h0 = silu(acc_of(f0 + i, 0) * sa * w[0]) * (acc_of(f0 + i + NC, 0) * sa * w[2]);
+      const float h1 = silu(acc_of(f0 + i, 1) * sa * w[1]) * (acc_of(f0 + i + NC, 1) * sa * w[3]);
+      v[i] = f32x2_to_bf16x2(h0, h1);
     }
-    if constexpr (kKind != kKindFp8) {
-      u32 v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) v[i] = f32x2_to_bf16x2(h[i][0], h[i][1]);
-      quad_transpose(v);
-      const int c = n0 + (f0 + t) * 8;
-      if (p >= 0 && c < N)
-        *reinterpret_cast<uint4*>(static_cast<u16*>(a.h) + base + c) = make_uint4(v[0], v[1], v[2], v[3]);
-    } else {
-      // f32: two fragments at a time. After the exchange across lanes t ^ 2 and then t ^ 1,
-      // lane t holds fragment f0 + i + (t >> 1)'s columns 4 (t & 1) .. + 3: one 16-byte store.
-#pragma unroll
-      for (int i = 0; i < 4; i += 2) {
-        const int hi = t >> 1, lo = t & 1;
-        const float2 h0 = make_float2(h[i][0], h[i][1]), h1 = make_float2(h[i + 1][0], h[i + 1][1]);
-        const float2 keep = hi == 0 ? h0 : h1, give = hi == 0 ? h1 : h0;
-        const float2 mate = quad_shfl(give, 2);  // lane t ^ 2's columns of fragment i + hi
-        // Lane t now has columns 2t, 2t + 1 (keep) and 2(t ^ 2), + 1 (mate) of fragment i + hi;
-        // lanes t and t ^ 1 trade so that each holds four adjacent ones.
-        const float2 out = quad_shfl(lo == 0 ? (hi == 0 ? mate : keep) : (hi == 0 ? keep : mate), 1);
-        const float2 lo2 = lo == 0 ? (hi == 0 ? keep : mate) : out;
-        const float2 hi2 = lo == 0 ? out : (hi == 0 ? mate : keep);
-        const int cc = n0 + (f0 + i + hi) * 8 + 4 * lo;
-        if (p >= 0 && cc < N)
-          *reinterpret_cast<float4*>(static_cast<float*>(a.h) + base + cc) = make_float4(lo2.x, lo2.y, hi2.x, hi2.y);
-      }
-    }
+    quad_transpose(v);
+    const int c = n0 + (f0 + t) * 8;
+    if (p >= 0 && c < N)
+      *reinterpret_cast<uint4*>(static_cast<u16*>(a.h) + base + c) = make_uint4(v[0], v[1], v[2], v[3]);
   }
 }
 

@@ -630,8 +630,8 @@ struct WsGemm {
         const int r = f * 8 + 2 * t;
         return kGated ? n0 + (r < BN / 2 ? r : r - BN / 2) : n0 + r;
       };
-      // Wide stores (moe_tile.cuh) where the output allows them: y2 in bf16, h in bf16 or f32.
-      constexpr bool kWideGated = kGated && (kKind != kKindFp8 || kAM != kAStatic) && (NF / 2) % 4 == 0;
+      // Wide stores (moe_tile.cuh) where the output is bf16: y2, and h of bf16 and int8 weights.
+      constexpr bool kWideGated = kGated && kKind != kKindFp8 && (NF / 2) % 4 == 0;
       constexpr bool kWideDown = !kGated && NF % 4 == 0;
       if constexpr (kQuantGroup > 0) {
         store_quantized(a, geo, n0, prow, t, acc, TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
@@ -641,7 +641,7 @@ struct WsGemm {
           const auto acc_of = [&](int f, int q) { return acc[4 * f + 2 * hf + q]; };
           const TileColScales<kWS, kGated, BN> scales{s_wcol[set], n0};
           const RowFactors rf = row_factors<kAM, kGated>(a, geo, prow[hf]);
-          if constexpr (kWideGated) store_gated_wide<kKind, NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf.sa);
+          if constexpr (kWideGated) store_gated_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf.sa);
           if constexpr (kWideDown) store_down_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf);
         }
       } else {
