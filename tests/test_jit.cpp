@@ -15,8 +15,6 @@
 
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -534,33 +532,6 @@ TEST_CASE("NVRTC finds the CUDA toolkit headers (cuda_fp8.h)") {
     ScopedEnv env("MOEQ_CUDA_INCLUDE", dirs.empty() ? "/nonexistent" : dirs.front().c_str());
     CHECK(jit::cuda_include_dirs().front() == dirs.front());
   }
-}
-
-TEST_CASE("NVRTC's library and builtins are read through before the first compile and are then in the page cache") {
-  if (skip_without_nvrtc()) return;
-  jit::prefetch_compiler();
-  const jit::CompilerReadAhead ra = jit::compiler_read_ahead();
-  REQUIRE(!ra.library.empty());
-  CHECK(ra.library.filename().string().rfind("libnvrtc.so", 0) == 0);
-  CHECK(ra.files >= 2);  // the library and its builtins
-  CHECK(ra.ms >= 0);
-  // Whether or not they had to be read, the library's pages are now cached (mincore).
-  const int fd = ::open(ra.library.c_str(), O_RDONLY | O_CLOEXEC);
-  REQUIRE(fd >= 0);
-  const auto bytes = static_cast<std::size_t>(fs::file_size(ra.library));
-  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
-  ::close(fd);
-  REQUIRE(map != MAP_FAILED);
-  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> in((bytes + page - 1) / page);
-  REQUIRE(::mincore(map, bytes, in.data()) == 0);
-  std::size_t resident = 0;
-  for (unsigned char c : in) resident += c & 1u;
-  ::munmap(map, bytes);
-  CHECK(static_cast<double>(resident) >= 0.9 * static_cast<double>(in.size()));
-  // A second call reads nothing more and reports the same.
-  jit::prefetch_compiler();
-  CHECK(jit::compiler_read_ahead().bytes_read == ra.bytes_read);
 }
 
 TEST_CASE("an fp8 e4m3 dot kernel compiles to an ELF CUBIN for sm_90a, sm_89 and sm_80, each its own arch") {

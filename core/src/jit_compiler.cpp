@@ -4,18 +4,14 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <sstream>
-#include <vector>
 
 #ifndef MOEQ_HAVE_NVRTC
 #define MOEQ_HAVE_NVRTC 0
@@ -49,90 +45,31 @@ bool has_std_option(const std::vector<std::string>& options) {
 
 bool compiler_available() { return MOEQ_HAVE_NVRTC != 0; }
 
-namespace {
-
-#if MOEQ_HAVE_NVRTC
-// The fraction of a file's pages in the page cache (mincore over a read-only mapping); 1 when it
-// cannot tell, so that a failure never reads a file needlessly.
-double resident_fraction(int fd, std::size_t bytes) {
-  if (bytes == 0) return 1.0;
-  void* map = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
-  if (map == MAP_FAILED) return 1.0;
-  const long page = std::max(1L, ::sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> in((bytes + static_cast<std::size_t>(page) - 1) / static_cast<std::size_t>(page));
-  double f = 1.0;
-  if (::mincore(map, bytes, in.data()) == 0) {
-    std::size_t n = 0;
-    for (unsigned char c : in) n += c & 1u;
-    f = static_cast<double>(n) / static_cast<double>(in.size());
-  }
-  ::munmap(map, bytes);
-  return f;
-}
-
-void read_compiler_files(CompilerReadAhead& r) {
-  Dl_info info{};
-  if (::dladdr(reinterpret_cast<void*>(&nvrtcVersion), &info) == 0 || info.dli_fname == nullptr) return;
-  std::error_code ec;
-  const std::filesystem::path lib = std::filesystem::canonical(info.dli_fname, ec);
-  if (ec) return;
-  r.library = lib;
-  std::vector<char> buffer;
-  for (const auto& entry : std::filesystem::directory_iterator(lib.parent_path(), ec)) {
-    const std::string name = entry.path().filename().string();
-    // The library itself and the builtins it opens (not the ".alt" pair, which it does not).
-    const bool wanted = entry.path() == lib || name.rfind("libnvrtc-builtins.so", 0) == 0;
-    if (!wanted || !entry.is_regular_file(ec) || entry.is_symlink(ec)) continue;
-    const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    struct stat st{};
-    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-      const auto bytes = static_cast<std::size_t>(st.st_size);
-      ++r.files;
-      if (resident_fraction(fd, bytes) < 0.98) {
-        buffer.resize(std::size_t{8} << 20);
-        std::size_t at = 0;
-        while (at < bytes) {
-          const ssize_t got = ::pread(fd, buffer.data(), std::min(buffer.size(), bytes - at), static_cast<off_t>(at));
-          if (got <= 0) break;  // an error or a shorter file: what was read is cached
-          at += static_cast<std::size_t>(got);
-        }
-        r.bytes_read += at;
-      }
-    }
-    ::close(fd);
-  }
-}
-#endif
-
-CompilerReadAhead g_read_ahead;  // written once, under prefetch_compiler's once_flag
-std::atomic<bool> g_read_ahead_done{false};
-
-}  // namespace
-
 void prefetch_compiler() {
 #if MOEQ_HAVE_NVRTC
   static std::once_flag once;
   std::call_once(once, [] {
-    // NOTE: on a host that just started, the first process's compiles took 2.5x as long as the
-    // next process's (7 kernel sets: 4.3 s of NVRTC summed against 1.6-1.7 s; the first load
-    // 1.07 s against 0.40-0.43 s; H100 host, 2026-12-07). Nothing else the compiles touch
-    // differs between the two: NVRTC's library (104 MiB) starts outside the page cache there,
-    // and that machine's disk read an untouched file of the same size in 249 ms. An asynchronous
-    // read-ahead advice (posix_fadvise) issued here did not close the gap, presumably because
-    // the compiles faulted the library in while it ran. So each file is read through once, in
-    // large sequential reads, before the first compile: about one read's time, and nothing
-    // where the files are cached already (mincore says so).
-    const auto t0 = std::chrono::steady_clock::now();
-    read_compiler_files(g_read_ahead);
-    g_read_ahead.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    g_read_ahead_done.store(true, std::memory_order_release);
+    // NOTE: on a host that just started, NVRTC's first compile faulted its library's code in
+    // from the disk page by page: 7 kernel sets took 3.5 s of NVRTC summed there, 1.4 s once the
+    // files were cached (H100 host, 2026-12-07). One sequential read ahead of each file costs
+    // less than those faults, and nothing where the files are cached already.
+    Dl_info info{};
+    if (::dladdr(reinterpret_cast<void*>(&nvrtcVersion), &info) == 0 || info.dli_fname == nullptr) return;
+    std::error_code ec;
+    const std::filesystem::path lib = std::filesystem::canonical(info.dli_fname, ec);
+    if (ec) return;
+    for (const auto& entry : std::filesystem::directory_iterator(lib.parent_path(), ec)) {
+      const std::string name = entry.path().filename().string();
+      // The library itself and the builtins it opens (not the ".alt" pair, which it does not).
+      const bool wanted = entry.path() == lib || name.rfind("libnvrtc-builtins.so", 0) == 0;
+      if (!wanted || !entry.is_regular_file(ec) || entry.is_symlink(ec)) continue;
+      const int fd = ::open(entry.path().c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ::posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);  // queues the reads and returns
+      ::close(fd);
+    }
   });
 #endif
-}
-
-CompilerReadAhead compiler_read_ahead() {
-  return g_read_ahead_done.load(std::memory_order_acquire) ? g_read_ahead : CompilerReadAhead{};
 }
 
 const char* image_name(Image image) { return image == Image::ptx ? "ptx" : "cubin"; }

@@ -664,11 +664,6 @@ int run_load_bench(const LoadBenchOptions& opt, const Registry& registry, std::o
           fmt(j.cache_read_ms - jit_before.cache_read_ms, 1) + " ms summed), " +
           std::to_string(j.memory_hits - jit_before.memory_hits) + " from this process; options and keys " +
           fmt(j.keys_ms - jit_before.keys_ms, 1) + " ms summed");
-      const jit::CompilerReadAhead ra = jit::compiler_read_ahead();
-      if (ra.files > 0)
-        say("  NVRTC's files before the process's first compile: " + std::to_string(ra.files) + " looked at, " +
-            fmt(static_cast<double>(ra.bytes_read) / (1 << 20), 1) + " MiB read (not in the page cache) in " +
-            fmt(ra.ms, 1) + " ms");
     }
     // The first pass (kernels compiled when the JIT cache is empty) and the last warm one.
     if (pass == 0 || pass == repeat) {

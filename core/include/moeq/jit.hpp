@@ -88,23 +88,11 @@ struct Config {
 bool compiler_available();
 // "13.0"; empty without NVRTC.
 std::string compiler_version();
-// Reads NVRTC's library files (the one this process uses, and the builtins library beside it)
-// through once, in large sequential reads, unless they are in the page cache already: once per
-// process, so that a first compile on a host that just started does not fault them in from the
-// disk while it runs. Failures change nothing (the compile then reads what it needs itself).
-// The JIT service calls it before its first NVRTC compile; a caller that knows compiles will
-// follow may call it earlier, on a thread of its own. Concurrent callers wait for the one read.
+// Asks the kernel to read NVRTC's library files (the one this process uses, and the builtins
+// library beside it) ahead, once per process, so that a first compile on a host that just
+// started does not fault them in page by page. Advice only: returns at once, and failures
+// change nothing. The JIT service calls it before its first NVRTC compile.
 void prefetch_compiler();
-// What prefetch_compiler did once it has run (all zero before): NVRTC's library, the files it
-// looked at (the library and its builtins), the bytes it read (0 where they were cached), and
-// how long it took.
-struct CompilerReadAhead {
-  std::filesystem::path library;
-  int files = 0;
-  std::size_t bytes_read = 0;
-  double ms = 0;
-};
-CompilerReadAhead compiler_read_ahead();
 // Toolkit include directories, in order: MOEQ_CUDA_INCLUDE (':'-separated), the toolkit found
 // at build time, $CUDA_HOME/include, /usr/local/cuda/include; each with its cccl/ subfolder
 // when present. Only directories that exist.
