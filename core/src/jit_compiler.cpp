@@ -49,10 +49,12 @@ void prefetch_compiler() {
 #if MOEQ_HAVE_NVRTC
   static std::once_flag once;
   std::call_once(once, [] {
-    // NOTE: on a host that just started, NVRTC's first compile faulted its library's code in
-    // from the disk page by page: 7 kernel sets took 3.5 s of NVRTC summed there, 1.4 s once the
-    // files were cached (H100 host, 2026-12-07). One sequential read ahead of each file costs
-    // less than those faults, and nothing where the files are cached already.
+    // NOTE: advice only (the read-ahead runs while the compiles start). On a host that just
+    // started, the first process's compiles take about 2.5x as long as the next process's (7
+    // kernel sets: 4.3-5.1 s of NVRTC summed against 1.6-1.7 s; H100 hosts, 2026-12-07). NVRTC's
+    // library is not the reason: a version that read it through (104 MiB in 100 ms) before the
+    // first compile changed nothing, and the rest of that first process ran slower too (its
+    // host load 0.77 s against the next process's 0.60 s).
     Dl_info info{};
     if (::dladdr(reinterpret_cast<void*>(&nvrtcVersion), &info) == 0 || info.dli_fname == nullptr) return;
     std::error_code ec;

@@ -89,9 +89,9 @@ bool compiler_available();
 // "13.0"; empty without NVRTC.
 std::string compiler_version();
 // Asks the kernel to read NVRTC's library files (the one this process uses, and the builtins
-// library beside it) ahead, once per process, so that a first compile on a host that just
-// started does not fault them in page by page. Advice only: returns at once, and failures
-// change nothing. The JIT service calls it before its first NVRTC compile.
+// library beside it) ahead, once per process, so that a first compile on a host whose page
+// cache lacks them does not fault them in page by page. Advice only: returns at once, and
+// failures change nothing. The JIT service calls it before its first NVRTC compile.
 void prefetch_compiler();
 // Toolkit include directories, in order: MOEQ_CUDA_INCLUDE (':'-separated), the toolkit found
 // at build time, $CUDA_HOME/include, /usr/local/cuda/include; each with its cccl/ subfolder
