@@ -273,20 +273,44 @@ struct WsGemm {
         m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
         sc[g] = group_scale(m);
       }
-      if (p < 0) continue;
-      u8* codes = a.a2q + static_cast<long long>(p) * a.inter;
+      u8* codes = a.a2q + static_cast<long long>(p < 0 ? 0 : p) * a.inter;
 #pragma unroll
       for (int g = 0; g < kGroups; ++g) {
         // quant2's x / s without a division per value (ScaleDivider: the same quotients).
         const ScaleDivider div(sc[g]);
+        if constexpr (kFragsPerGroup % 8 == 0) {
+          // Sixteen bytes a lane (moe_tile.cuh's wide stores): fragments j0 .. j0 + 7's code
+          // pairs, packed two fragments a word, transposed across the quad, so that lane t holds
+          // fragments j0 + 2t and j0 + 2t + 1 whole; every lane runs the shuffles, padding rows
+          // included.
 #pragma unroll
-        for (int j = g * kFragsPerGroup; j < (g + 1) * kFragsPerGroup; ++j) {
-          const int col = n0 + j * 8 + 2 * t;
-          if (col < geo.N)
-            *reinterpret_cast<u16*>(codes + col) = f32x2_to_e4m3x2(div(acc[4 * j + 2 * hf]), div(acc[4 * j + 2 * hf + 1]));
+          for (int j0 = g * kFragsPerGroup; j0 < (g + 1) * kFragsPerGroup; j0 += 8) {
+            u32 w[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+              const int j = j0 + 2 * k;
+              const u32 lo = f32x2_to_e4m3x2(div(acc[4 * j + 2 * hf]), div(acc[4 * j + 2 * hf + 1]));
+              const u32 hi = f32x2_to_e4m3x2(div(acc[4 * (j + 1) + 2 * hf]), div(acc[4 * (j + 1) + 2 * hf + 1]));
+              w[k] = (lo & 0xffffu) | (hi << 16);
+            }
+            quad_transpose(w);  // w[s]: lane s's columns of fragments j0 + 2t (low) and + 1 (high)
+            const int col = n0 + (j0 + 2 * t) * 8;
+            if (p >= 0 && col < geo.N)
+              *reinterpret_cast<uint4*>(codes + col) =
+                  make_uint4(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410),
+                             __byte_perm(w[0], w[1], 0x7632), __byte_perm(w[2], w[3], 0x7632));
+          }
+        } else {
+#pragma unroll
+          for (int j = g * kFragsPerGroup; j < (g + 1) * kFragsPerGroup; ++j) {
+            const int col = n0 + j * 8 + 2 * t;
+            if (p >= 0 && col < geo.N)
+              *reinterpret_cast<u16*>(codes + col) =
+                  f32x2_to_e4m3x2(div(acc[4 * j + 2 * hf]), div(acc[4 * j + 2 * hf + 1]));
+          }
         }
         const int gcol = n0 + g * kQuantGroup;
-        if (t == 0 && gcol < geo.N) a.a2s[static_cast<long long>(p) * groups_row + gcol / kQuantGroup] = sc[g];
+        if (p >= 0 && t == 0 && gcol < geo.N) a.a2s[static_cast<long long>(p) * groups_row + gcol / kQuantGroup] = sc[g];
       }
     }
 #endif
@@ -526,6 +550,9 @@ struct WsGemm {
           sw_row[q] = BlockScaleRows<kGated>::row_offset(a, e, col, kGated && r >= BN / 2 ? 1 : 0, geo.N);
         }
       }
+      // The epilogue's per-row factors (activation scale, router weight), loaded now so that
+      // their latency passes behind the K loop instead of starting the epilogue.
+      const RowFactors rf[2] = {row_factors<kAM, kGated>(a, geo, prow[0]), row_factors<kAM, kGated>(a, geo, prow[1])};
       const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
       const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
 
@@ -640,9 +667,8 @@ struct WsGemm {
         for (int hf = 0; hf < 2; ++hf) {
           const auto acc_of = [&](int f, int q) { return acc[4 * f + 2 * hf + q]; };
           const TileColScales<kWS, kGated, BN> scales{s_wcol[set], n0};
-          const RowFactors rf = row_factors<kAM, kGated>(a, geo, prow[hf]);
-          if constexpr (kWideGated) store_gated_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf.sa);
-          if constexpr (kWideDown) store_down_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf);
+          if constexpr (kWideGated) store_gated_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf[hf].sa);
+          if constexpr (kWideDown) store_down_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf[hf]);
         }
       } else {
 #pragma unroll
@@ -650,7 +676,7 @@ struct WsGemm {
           store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
                                                  [&](int f, int q) { return acc[4 * f + 2 * hf + q]; }, 0,
                                                  TileColScales<kWS, kGated, BN>{s_wcol[set], n0},
-                                                 row_factors<kAM, kGated>(a, geo, prow[hf]));
+                                                 rf[hf]);
       }
       mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
     }
