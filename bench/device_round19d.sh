@@ -7,7 +7,7 @@
 # Builds nothing; carry build/carry and .devpack.
 set -u
 AB_SECONDS=0.08 AB_MS=1024,8192 AB_SCHEMES=bf16,fp8-channel,fp8-block,w8a16 KNOBS=MOEQ_CT_WS_PINGPONG=1 \
-  KNOB_CHECKS=MOEQ_CT_NO_TUNE=1 STEPS="knobab adopt" bash bench/device_kernels_round.sh 2>&1 | tail -45
+  STEPS="knobab adopt" bash bench/device_kernels_round.sh 2>&1 | tail -45
 . tools/gpu_harness/device_carry.sh
 MOEQ_CT_WS_PINGPONG=1 timeout 100 build/bin/moeq bench apply --m 1024,8192 --scheme bf16,fp8-channel,fp8-block,w8a16 \
   --shape Granite-3B-A800M --seconds 0.01 2>&1 | grep -iE "check|fail|mismatch|passed" | tail -8
