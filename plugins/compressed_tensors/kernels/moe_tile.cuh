@@ -329,47 +329,13 @@ __device__ __forceinline__ void quad_transpose(W (&v)[4]) {
   }
 }
 
-// GEMM2 into bf16 y2 rows (y2_bf16, one slab): store_down's values, 16 bytes a lane. NF n8
-// fragments (a multiple of 4), fragment f holding columns n0 + 8f + 2t and + 1 as acc_of(f, 0)
-// and acc_of(f, 1).
-template <int NF, class AccOf, class ScalesOf>
-__device__ __forceinline__ void store_down_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
-                                                RowFactors f) {
-  static_assert(NF % 4 == 0, "whole groups of four fragments");
-  const int t = static_cast<int>(threadIdx.x & 3);
-  u16* row = reinterpret_cast<u16*>(a.y2) + static_cast<long long>(p < 0 ? 0 : p) * a.hidden;
-  const float sa = f.sa, tw = f.tw;
-#pragma unroll
-  for (int f0 = 0; f0 < NF; f0 += 4) {
-    u32 v[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int col = n0 + (f0 + i) * 8 + 2 * t;
-      float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-      if (col < N) scales_of(col, w);
-      const float y0 = acc_of(f0 + i, 0) * sa * w[0] * tw, y1 = acc_of(f0 + i, 1) * sa * w[1] * tw;
-      v[i] = f32x2_to_bf16x2(y0, y1);
-    }
-    quad_transpose(v);
-    const int c = n0 + (f0 + t) * 8;
-    if (p >= 0 && c < N) *reinterpret_cast<uint4*>(row + c) = make_uint4(v[0], v[1], v[2], v[3]);
-  }
-}
-
-// GEMM1 into bf16 h (bf16 and int8 weights): store_gated's values, 16 bytes a lane. NF
-// fragments: the gate ones [0, NF/2), then the up ones of the same columns [NF/2, NF); NF/2 a
-// multiple of 4; gate fragment f holds intermediate columns n0 + 8f + 2t and + 1.
-// NOTE: not for the f32 h of fp8 with dynamic activation scales: a version that traded two
-// fragments' float2 words so that each lane stored four adjacent floats made GEMM1 5-14 % slower
-// (Qwen3-30B-A3B and Granite-3B-A800M at M = 8192, Mixtral-8x7B at 1024; H100, 2026-12-07), where
-// the plain 8-byte stores already fill whole 32-byte sectors.
-template <int NF, class AccOf, class ScalesOf>
-__device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
-                                                 float sa) {
-  constexpr int NC = NF / 2;
+// One bf16 row, 16 bytes a lane: NC n8 fragments (a multiple of 4) of columns n0 + 8f + 2t and
+// + 1, whose values pair_of(f, col, w) gives (w: the column pair's weight scales, 1 past N);
+// stored to row[col] when `live` (not a padding row) and the fragment is inside N.
+template <int NC, class PairOf, class ScalesOf>
+__device__ __forceinline__ void store_bf16_wide(u16* row, bool live, int N, int n0, ScalesOf scales_of, PairOf pair_of) {
   static_assert(NC % 4 == 0, "whole groups of four fragments");
   const int t = static_cast<int>(threadIdx.x & 3);
-  const long long base = static_cast<long long>(p < 0 ? 0 : p) * a.inter;
 #pragma unroll
   for (int f0 = 0; f0 < NC; f0 += 4) {
     u32 v[4];
@@ -378,15 +344,43 @@ __device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p,
       const int col = n0 + (f0 + i) * 8 + 2 * t;
       float w[4] = {1.0f, 1.0f, 1.0f, 1.0f};
       if (col < N) scales_of(col, w);
-      const float h0 = silu(acc_of(f0 + i, 0) * sa * w[0]) * (acc_of(f0 + i + NC, 0) * sa * w[2]);
-      const float h1 = silu(acc_of(f0 + i, 1) * sa * w[1]) * (acc_of(f0 + i + NC, 1) * sa * w[3]);
-      v[i] = f32x2_to_bf16x2(h0, h1);
+      const float2 y = pair_of(f0 + i, w);
+      v[i] = f32x2_to_bf16x2(y.x, y.y);
     }
     quad_transpose(v);
     const int c = n0 + (f0 + t) * 8;
-    if (p >= 0 && c < N)
-      *reinterpret_cast<uint4*>(static_cast<u16*>(a.h) + base + c) = make_uint4(v[0], v[1], v[2], v[3]);
+    if (live && c < N) *reinterpret_cast<uint4*>(row + c) = make_uint4(v[0], v[1], v[2], v[3]);
   }
+}
+
+// GEMM2 into bf16 y2 rows (y2_bf16, one slab): store_down's values. NF n8 fragments, fragment f
+// holding columns n0 + 8f + 2t and + 1 as acc_of(f, 0) and acc_of(f, 1).
+template <int NF, class AccOf, class ScalesOf>
+__device__ __forceinline__ void store_down_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
+                                                RowFactors f) {
+  const float sa = f.sa, tw = f.tw;
+  store_bf16_wide<NF>(reinterpret_cast<u16*>(a.y2) + static_cast<long long>(p < 0 ? 0 : p) * a.hidden, p >= 0, N, n0,
+                      scales_of, [&](int j, const float (&w)[4]) {
+                        return make_float2(acc_of(j, 0) * sa * w[0] * tw, acc_of(j, 1) * sa * w[1] * tw);
+                      });
+}
+
+// GEMM1 into bf16 h (bf16 and int8 weights): store_gated's values. NF fragments: the gate ones
+// [0, NF/2), then the up ones of the same columns [NF/2, NF); gate fragment f holds intermediate
+// columns n0 + 8f + 2t and + 1.
+// NOTE: not for the f32 h of fp8 with dynamic activation scales: a version that traded two
+// fragments' float2 words so that each lane stored four adjacent floats made GEMM1 5-14 % slower
+// (Qwen3-30B-A3B and Granite-3B-A800M at M = 8192, Mixtral-8x7B at 1024; H100, 2026-12-07), where
+// the plain 8-byte stores already fill whole 32-byte sectors.
+template <int NF, class AccOf, class ScalesOf>
+__device__ __forceinline__ void store_gated_wide(const MoeArgs& a, int N, int p, int n0, AccOf acc_of, ScalesOf scales_of,
+                                                 float sa) {
+  constexpr int NC = NF / 2;
+  store_bf16_wide<NC>(static_cast<u16*>(a.h) + static_cast<long long>(p < 0 ? 0 : p) * a.inter, p >= 0, N, n0,
+                      scales_of, [&](int j, const float (&w)[4]) {
+                        return make_float2(silu(acc_of(j, 0) * sa * w[0]) * (acc_of(j + NC, 0) * sa * w[2]),
+                                           silu(acc_of(j, 1) * sa * w[1]) * (acc_of(j + NC, 1) * sa * w[3]));
+                      });
 }
 
 // The epilogue of one accumulator row of pair p (-1 = padding, skipped): NF n8 fragments,
