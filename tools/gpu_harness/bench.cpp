@@ -181,6 +181,12 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
       out.push_back({"pingpong-" + std::to_string(bn), s, LayerDims{6, 1, 272, 176, 3}, 8, m, chunk, false,
                      {ct::gpu::Bucket{chunk, 64, t, t}}});
     }
+    // 128-row ping-pong tiles (128 wide, two row halves a warpgroup): GEMM2 ends in a partial
+    // tile of H = 272, GEMM1 in one of I = 176; a chunked M, so that the warpgroups alternate
+    // over several tiles with padding rows in either row half.
+    ct::gpu::GemmTile t{128, 2, 4, 6};
+    t.wgmma = t.ws = t.pingpong = true;
+    out.push_back({"pingpong128", s, LayerDims{6, 1, 272, 176, 3}, 8, 2000, 700, false, {ct::gpu::Bucket{700, 128, t, t}}});
   }
   // An odd number of 128-row warp-specialized tiles, experts of three tiles each (5 of 8 local,
   // M = 1200): under two-block clusters (MOEQ_CT_WS_MULTICAST) the pairs of m tiles then share
@@ -824,10 +830,21 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   const Selection sel = select(opt);
   const ct::gpu::DeviceLimits lim = limits_for_arch(arch);
   std::map<std::string, ct::gpu::KernelSetSource> sets;
-  auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m) {
-    for (auto& k : MoePlan(sc, d, max_m, lim).sources()) sets.emplace(k.source, k);
+  auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m,
+                 const std::vector<ct::gpu::Bucket>& tiles = {}) {
+    for (auto& k : MoePlan(sc, d, max_m, lim, tiles).sources()) sets.emplace(k.source, k);
   };
-  for (const auto& k : sel.checks) add(k.spec.scheme, k.dims, k.chunk);
+  // A check's own tiles where it names them (ping-pong, 224 wide, ...) and this arch runs them.
+  for (const auto& k : sel.checks) {
+    bool runs = true;
+    if (!k.tiles.empty()) {
+      const ct::gpu::HeuristicInput in = MoePlan(k.spec.scheme, k.dims, k.chunk, lim).heuristic_input();
+      for (const ct::gpu::Bucket& b : k.tiles)
+        runs = runs && ct::gpu::tile_refusal(in, b.bm, b.gemm1, true).empty() &&
+               ct::gpu::tile_refusal(in, b.bm, b.gemm2, false).empty();
+    }
+    add(k.spec.scheme, k.dims, k.chunk, runs ? k.tiles : std::vector<ct::gpu::Bucket>{});
+  }
   const int64_t max_m = *std::max_element(opt.ms.begin(), opt.ms.end());
   if (opt.time)
     for (const auto& sh : sel.shapes)
@@ -884,7 +901,8 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         add_both(plan);
       }
   // Tiles the heuristics do not take but the tuner may (sm_90a), on Mixtral's geometry where the
-  // scheme runs them: ping-pong 128 and 256 wide (or MOEQ_CT_WS_PINGPONG), 224 wide (or
+  // scheme runs them: ping-pong 128 and 256 wide (or MOEQ_CT_WS_PINGPONG), 128-row ping-pong (or
+  // MOEQ_CT_WS_PINGPONG128), 224 wide (or
   // MOEQ_CT_WS_BN224).
   const LayerDims& mixtral = shapes.front();
   auto add_tile = [&](const SchemeSpec& s, int bm, const ct::gpu::GemmTile& t) {
@@ -900,6 +918,9 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         pp.wgmma = pp.ws = pp.pingpong = true;
         add_tile(s, 64, pp);
       }
+      ct::gpu::GemmTile pp128{128, 2, 4, 6};
+      pp128.wgmma = pp128.ws = pp128.pingpong = true;
+      add_tile(s, 128, pp128);
       ct::gpu::GemmTile wide{224, 2, 4, 5};
       wide.wgmma = wide.ws = true;
       add_tile(s, 128, wide);
