@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One device call (twentieth session): where the warp-specialized GEMMs' time goes at M = 8192,
+# against cuBLASLt's fp8 GEMM of the floor. `ncu` (real clocks) with the speed-of-light, memory
+# and compute sections on GEMM1 and GEMM2 of fp8-channel Mixtral-8x7B (K = 4096 and 14,336: 66 %
+# and 98 % of cuBLASLt's rate) and Qwen3-30B-A3B (55 % and 33 %), then the tensor pipe's active
+# cycles by metric. Builds nothing; carry build/carry and .devpack.
+set -u
+out=${OUT:-/tmp/moeq_round20b}
+mkdir -p "$out"
+. tools/gpu_harness/device_carry.sh
+export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+echo "binaries of $(cat build/carry/COMMIT)"
+summ() {  # report file, label
+  ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
+import csv, sys
+want = ("Duration", "SM Frequency", "DRAM Frequency", "Compute (SM) Throughput", "Memory Throughput", "L1/TEX Cache Throughput",
+        "L2 Cache Throughput", "DRAM Throughput", "Executed Ipc Active", "L2 Hit Rate", "Mem Busy", "Max Bandwidth",
+        "Mem Pipes Busy", "Issue Slots Busy", "SM Busy", "Registers Per Thread", "Achieved Occupancy")
+rows = list(csv.reader(sys.stdin))
+if not rows: sys.exit()
+h = rows[0]; ki = h.index("Kernel Name"); mi = h.index("Metric Name"); ui = h.index("Metric Unit"); vi = h.index("Metric Value")
+seen = {}
+for r in rows[1:]:
+    if r[mi] in want:
+        seen.setdefault(r[ki][:60], []).append("%s %s %s" % (r[mi], r[vi], r[ui]))
+for k, v in seen.items():
+    print(sys.argv[1], k); print("   " + "; ".join(v))
+' "$2"
+}
+i=0
+for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1 fp8-channel:Qwen3-30B-A3B:0 fp8-channel:Qwen3-30B-A3B:1; do
+  IFS=: read -r sc sh skip <<< "$spec"; i=$((i + 1))
+  timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --section Occupancy -k regex:moe_gemm --launch-skip "$skip" -c 1 -o "/tmp/sol$i" -f \
+    build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme "$sc" --shape "$sh" > "$out/sol$i.log" 2>&1
+  echo "sol $spec: exit $?"
+  summ "/tmp/sol$i.ncu-rep" "$sh gemm$((skip + 1))"
+done
+# cuBLASLt's floor GEMMs (the first GEMM kernels the floors launch, before any moe kernel).
+timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  -k regex:'gemm|xmma|cutlass' -c 2 -o /tmp/solf -f \
+  build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M > "$out/solf.log" 2>&1
+echo "sol floors: exit $?"
+summ /tmp/solf.ncu-rep floors
+# The tensor pipe's active cycles (metric names of this ncu; a failure here leaves the above).
+for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1; do
+  IFS=: read -r sc sh skip <<< "$spec"
+  timeout 100 ncu --clock-control none --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_active.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
+    -k regex:moe_gemm --launch-skip "$skip" -c 1 \
+    build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme "$sc" --shape "$sh" 2>&1 | grep -E "^\s+(sm__|lts__|dram__|gpu__)|ERR" | head -8
+done
+timeout 100 ncu --clock-control none --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,dram__bytes_read.sum,gpu__time_duration.sum \
+  -k regex:'gemm|xmma|cutlass' -c 1 \
+  build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M 2>&1 | grep -E "^\s+(sm__|lts__|dram__|gpu__)|^  [a-z_0-9]+.*\(|ERR" | head -8
