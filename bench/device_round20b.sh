@@ -2,8 +2,8 @@
 # One device call (twentieth session): where the warp-specialized GEMMs' time goes at M = 8192,
 # against cuBLASLt's fp8 GEMM of the floor. `ncu` (real clocks) with the speed-of-light, memory
 # and compute sections on GEMM1 and GEMM2 of fp8-channel Mixtral-8x7B (K = 4096 and 14,336: 66 %
-# and 98 % of cuBLASLt's rate) and Qwen3-30B-A3B (55 % and 33 %), then the tensor pipe's active
-# cycles by metric. Builds nothing; carry build/carry and .devpack.
+# and 98 % of cuBLASLt's rate) and bf16 Mixtral's GEMM1; the source-level warp states of the fp8
+# GEMM1; then the tensor pipe's active cycles by metric. Builds nothing; carry build/carry and .devpack.
 set -u
 out=${OUT:-/tmp/moeq_round20b}
 mkdir -p "$out"
@@ -29,7 +29,7 @@ for k, v in seen.items():
 ' "$2"
 }
 i=0
-for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1 fp8-channel:Qwen3-30B-A3B:0 fp8-channel:Qwen3-30B-A3B:1; do
+for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1 bf16:Mixtral-8x7B:0; do
   IFS=: read -r sc sh skip <<< "$spec"; i=$((i + 1))
   timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy -k regex:moe_gemm --launch-skip "$skip" -c 1 -o "/tmp/sol$i" -f \
@@ -37,6 +37,14 @@ for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1 fp8-channel:Qw
   echo "sol $spec: exit $?"
   summ "/tmp/sol$i.ncu-rep" "$sh gemm$((skip + 1))"
 done
+# Source-level warp states of Mixtral's fp8-channel GEMM1 (the instructions most sampled, then the
+# samples along the code by block, so that mainloop and epilogue can be told apart).
+timeout 150 ncu --clock-control none --section WarpStateStats --section SourceCounters -k regex:moe_gemm -c 1 -o /tmp/src1 -f \
+  build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme fp8-channel --shape Mixtral-8x7B > "$out/src1.log" 2>&1
+echo "ncu_src: exit $?"
+ncu -i /tmp/src1.ncu-rep --page source --csv --print-source sass > /tmp/src1.csv 2>> "$out/src1.log"
+xz -c /tmp/src1.csv > "$out/ncu_src1.csv.xz"
+python3 tools/gpu_harness/stall_ledger.py /tmp/src1.csv | head -90
 # cuBLASLt's floor GEMMs (the first GEMM kernels the floors launch, before any moe kernel).
 timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
   -k regex:'gemm|xmma|cutlass' -c 2 -o /tmp/solf -f \

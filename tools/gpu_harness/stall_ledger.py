@@ -39,6 +39,26 @@ def main(path, top=30):
         s = num(r, samp[0])
         n = num(r, nis[0]) if nis else 0.0
         print("%5.1f%% (not issued %4.1f%%) #%d %s" % (100 * s / total, 100 * n / total, i, r[src].strip()[:90]))
+    # Where the samples fall along the code: blocks of `width` consecutive instructions with at
+    # least 0.5 % of them, each with the opcodes that tell its role (MMAs, their waits, mbarrier
+    # waits, gathers, global stores and loads, special functions, block barriers).
+    width = 48
+    marks = ("HGMMA", "WARPGROUP", "SYNCS", "LDGSTS", "STG", "LDG", "MUFU", "BAR", "SHFL", "F2FP")
+    print("by block of %d instructions (blocks with >= 0.5 %% of the samples):" % width)
+    for b0 in range(0, len(body), width):
+        blk = body[b0:b0 + width]
+        s = sum(num(r, samp[0]) for r in blk)
+        if s < 0.005 * total:
+            continue
+        ops = {}
+        for r in blk:
+            tok = r[src].split()
+            op = (tok[1] if len(tok) > 1 and tok[0].startswith("@") else tok[0]) if tok else ""
+            for m in marks:
+                if op.startswith(m):
+                    ops[m] = ops.get(m, 0) + 1
+        print("  #%5d-%5d %5.1f%%  %s" % (b0, b0 + len(blk) - 1, 100 * s / total,
+                                        " ".join("%s:%d" % kv for kv in sorted(ops.items()))))
     return 0
 
 
