@@ -14,7 +14,7 @@
 namespace moeq::ct::gpu {
 namespace {
 
-static_assert(sizeof(mk::MoeArgs) == 288, "MoeArgs layout changed: the host and kernels must agree");
+static_assert(sizeof(mk::MoeArgs) == 280, "MoeArgs layout changed: the host and kernels must agree");
 static_assert(offsetof(mk::MoeArgs, x) == 48 && offsetof(mk::MoeArgs, w13) == 96 &&
                   offsetof(mk::MoeArgs, sorted_pair) == 168 && offsetof(mk::MoeArgs, align_blocks) == 264,
               "MoeArgs offsets");
@@ -85,14 +85,6 @@ constexpr int kTmaRingAlign = 1024;  // dynamic shared memory added to align a T
 bool tma_b_tile(const GpuScheme& sc, int bm, const GemmTile& t, bool asked, int max_smem) {
   return asked && !t.wgmma &&
          gemm_smem_bytes(sc.kind, bm, t) + kTmaRingAlign + gemm_static_smem(bm, t) + 8 * t.stages <= max_smem;
-}
-// GEMM1's quantization tail (moe_gemm.cuh, MOEQ_MMA_QUANT_TAIL; MoePlan::quant_tail, on unless
-// MOEQ_CT_QUANT_TAIL=0): the mma.sync GEMM1 of fp8 with per-token or per-group activation scales
-// requantizes h itself in the decode and small-M buckets (row tiles of at most 32), where
-// moe_quant_h is one more dependent launch of almost no work.
-bool quant_tail_tile(const GpuScheme& sc, int bm, const GemmTile& g1, bool asked) {
-  return asked && !g1.wgmma && bm <= 32 && sc.kind == mk::kKindFp8 &&
-         (sc.amode == mk::kAToken || sc.amode == mk::kAGroup);
 }
 bool multicast_tile(const GpuScheme& sc, const GemmTile& t, bool asked) {
   return asked && t.ws && !t.pingpong && sc.kind != mk::kKindW8A16;
@@ -291,11 +283,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
     MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_FP8_FAST_ACCUM must be 0 or 1, found '" + f + "'");
     fp8_fast_acc_ = f == "1";
   }
-  if (const char* v = std::getenv("MOEQ_CT_QUANT_TAIL")) {
-    const std::string f = v;
-    MOEQ_CHECK(f == "0" || f == "1", where + "MOEQ_CT_QUANT_TAIL must be 0 or 1, found '" + f + "'");
-    quant_tail_ = f == "1";
-  }
   ws_multicast_ = knob_on("MOEQ_CT_WS_MULTICAST");
   scale_prefetch_ = knob_on("MOEQ_CT_SCALE_PREFETCH");
   mma_tma_b_ = device_.sm_major == 9;
@@ -410,7 +397,6 @@ MoePlan::Workspace MoePlan::workspace_for(int64_t tokens) const {
   L.y2 = take(std::max(R, y2_rows) * H * 4);
   L.expert_count = take(2 * d.num_experts * 4);  // counts, then cursors
   L.tile_counters = take(2 * 4);
-  L.tile_done = take(fp8 ? tiles * 4 : 0);  // GEMM1's quantization tail (quant_tail_tile)
   w.bytes = off;
   return w;
 }
@@ -449,7 +435,7 @@ std::size_t add_program(std::vector<KernelSetSource>& out, KernelSetSource k) {
 }
 
 Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, bool fast_acc, bool multicast,
-                       bool scale_prefetch, bool tma_b, int max_smem, bool quant_tail) {
+                       bool scale_prefetch, bool tma_b, int max_smem) {
   const bool fp8 = sc.kind == mk::kKindFp8;
   const std::string prefix = std::string("ct_moe_") + kind_name(sc.kind) + "_w" + ws_name(sc.wscale) + "_a" +
                              am_name(sc.amode) + (sc.amode == mk::kAGroup ? "_g" + s(sc.act_group) : "") +
@@ -493,8 +479,6 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
              (t.ws ? (t.pingpong ? "_wspp" : "_ws") : t.wgmma ? (t.pipelined ? "_wgmma" : "_wgmma_serial") : "") +
              (gi == 1 && gemm1_quant_group(sc, t) > 0 ? "_q1" : "") + (fast_acc_tile(sc, t, fast_acc) ? "_fa" : "") +
              (multicast_tile(sc, t, multicast) ? "_mc" : "") + (scale_prefetch_tile(sc, t, scale_prefetch) ? "_sp" : "");
-    const bool tail = gi == 1 && quant_tail_tile(sc, b.bm, t, quant_tail);
-    if (tail) k.name += "_qt";
     const bool mc = multicast_tile(sc, t, multicast);
     const bool tma = tma_b_tile(sc, b.bm, t, tma_b, max_smem);
     if (tma) k.name += "_tb";
@@ -504,7 +488,6 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";
-    if (tail) src += "#define MOEQ_MMA_QUANT_TAIL 1\n";
     src += "#include \"moe_gemm.cuh\"\n";
     if (t.wgmma) src += "#include \"moe_wgmma.cuh\"\n";
     if (t.ws) src += "#include \"sm90_moe_ws.cuh\"\n";
@@ -536,12 +519,12 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
 
 std::vector<KernelSetSource> MoePlan::sources() const {
   return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       device_.max_smem_per_block, quant_tail_).sources;
+                       device_.max_smem_per_block).sources;
 }
 
 std::vector<MoePlan::BucketSources> MoePlan::bucket_sources() const {
   return plan_programs(scheme_, buckets_, fp8_fast_acc_, ws_multicast_, scale_prefetch_, mma_tma_b_,
-                       device_.max_smem_per_block, quant_tail_).buckets;
+                       device_.max_smem_per_block).buckets;
 }
 
 MoeRunner::MoeRunner(const MoePlan& plan, const std::vector<cu::Module>& modules)
@@ -651,7 +634,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
   a.expert_count = reinterpret_cast<int*>(ws + L.expert_count);
   a.expert_cursor = a.expert_count + d.num_experts;
   a.tile_counters = reinterpret_cast<int*>(ws + L.tile_counters);
-  int* const tile_done = reinterpret_cast<int*>(ws + L.tile_done);
 
   MOEQ_CHECK(io.x_stride % 8 == 0 && io.out_stride % 8 == 0 && io.x_stride >= d.hidden && io.out_stride >= d.hidden,
              "gpu moe: rows of x and out must be at least H and a multiple of 8 elements apart (16-byte vectors)");
@@ -683,8 +665,6 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     a.bm = b.bm;
     a.k_splits = b.k_splits;
     a.max_tiles = static_cast<int>(p.max_tiles(bi, m));
-    const bool tail = quant_tail_tile(sc, b.bm, b.gemm1, p.quant_tail());
-    a.tile_done = tail ? tile_done : nullptr;  // prepare zeroes the counts where GEMM1 takes them
     a.x = static_cast<const unsigned char*>(io.x) + m0 * io.x_stride * 2;
     a.topk_ids = io.topk_ids + m0 * k;
     a.topk_weights = io.topk_weights + m0 * k;
@@ -731,7 +711,7 @@ void MoeRunner::run(const RunIo& io, const LayerWeights& w, const MoePlan::Works
     go(f.gemm1, b.gemm1.ws ? ws_grid(n1, b.gemm1, mc1) : mt, b.gemm1.ws ? 1 : n1, b.gemm1.threads(),
        gemm_smem(p, b.bm, b.gemm1), stream, &a, "moe_gemm1", pdl(), after, &map1, 1u, &half1);
     if (f.amax_h) go(f.amax_h, kAmaxParts, 1, 256, 0, stream, &a, "moe_amax_h", pdl(), after);
-    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0 && !tail)
+    if (f.quant_h && gemm1_quant_group(sc, b.gemm1) == 0)
       go(f.quant_h, static_cast<unsigned>(ceil_div(m * k, mk::quant_rows_per_block(a.inter, 512))), 1, 512, 0,
          stream, &a, "moe_quant_h", pdl(), after);
     go(f.gemm2, b.gemm2.ws ? ws_grid(n2, b.gemm2, mc2) : mt, b.gemm2.ws ? 1 : n2, b.gemm2.threads(),

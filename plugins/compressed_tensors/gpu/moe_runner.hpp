@@ -147,17 +147,11 @@ class MoePlan {
   // take their B tiles by TMA. Changes sources() and the launches' shared memory only.
   void set_mma_tma_b(bool on) { mma_tma_b_ = on; }
   bool mma_tma_b() const { return mma_tma_b_; }
-  // On unless MOEQ_CT_QUANT_TAIL=0 at construction: the mma.sync GEMM1 of fp8 with per-token or
-  // per-group activation scales requantizes h in its last block of each m tile in buckets of
-  // row tiles up to 32 (moe_gemm.cuh's MOEQ_MMA_QUANT_TAIL), and moe_quant_h is not launched
-  // there. Changes sources() and the launch sequence.
-  void set_quant_tail(bool on) { quant_tail_ = on; }
-  bool quant_tail() const { return quant_tail_; }
   std::size_t workspace_bytes() const { return workspace_bytes_; }
 
   struct Layout {  // byte offsets into the workspace
     std::size_t sorted_pair, tile_expert, num_tiles, a1q, a1s, amax_part, h, a2q, a2s, y2, expert_count,
-        tile_counters, tile_done;
+        tile_counters;
   };
   const Layout& layout() const { return layout_; }
   // The workspace of passes of `tokens` tokens (clamped to [1, max_tokens]).
@@ -183,7 +177,6 @@ class MoePlan {
   bool scale_prefetch_ = false;
   bool mma_tma_b_ = false;
   bool fp8_fast_acc_ = true;  // MOEQ_CT_FP8_FAST_ACCUM=0 turns it off: WsGemm kFastAcc where it applies
-  bool quant_tail_ = true;    // MOEQ_CT_QUANT_TAIL=0 turns it off: GEMM1's quantization tail at small M
   Layout layout_{};
   std::size_t workspace_bytes_ = 0;
 };

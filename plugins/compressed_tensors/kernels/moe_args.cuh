@@ -76,8 +76,6 @@ struct MoeArgs {
   int align_blocks;    // blocks of prepare that align: 1 = one block counts and scatters alone
   int k_splits;        // GEMM2 (mma.sync) splits K over grid.z into this many slabs of y2 (>= 1)
   int* tile_counters;  // [2]: the next grid entry a persistent GEMM1 / GEMM2 block takes (zeroed by prepare)
-  int* tile_done;      // [max_tiles]: GEMM1 blocks done with each m tile, for the quantization tail
-                       // (moe_gemm.cuh, MOEQ_MMA_QUANT_TAIL; zeroed by prepare); null without it
 };
 
 // y2 holds bf16 rows: the output is bf16 (rounded to bf16 at the end anyway) and each pair's row

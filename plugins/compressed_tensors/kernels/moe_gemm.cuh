@@ -19,19 +19,8 @@
 // ldmatrix reads) completing on the stage's mbarrier, issued by thread 0, instead of 16-byte
 // cp.async copies by every thread; A stays gathered by cp.async. The ring is 1024-byte aligned
 // (the swizzle's atom), which costs 1 KiB more shared memory.
-//
-// MOEQ_MMA_QUANT_TAIL (GEMM1 of fp8 with per-token or per-group activation scales; defined by
-// the generated source where the plan takes it: the decode buckets): the block that finishes an
-// m tile last (of its gridDim.y column blocks: a count a tile, taken after each block's h stores
-// are fenced) requantizes the tile's rows of h itself, with quantize_row as moe_quant_h does,
-// so that the layer launches one kernel fewer (and GEMM2 waits on GEMM1 alone). Each block
-// fences its stores before counting, and the last one fences again before it reads the others'
-// h (from L2: quantize_row's f32 loads bypass L1).
 #pragma once
 #include "moe_tile.cuh"
-#ifdef MOEQ_MMA_QUANT_TAIL
-#include "moe_prepare.cuh"
-#endif
 #ifdef MOEQ_MMA_TMA_B
 #include "moe_wgmma.cuh"
 #include "moeq/sdk/device/tma.cuh"
@@ -335,33 +324,7 @@ struct GroupedGemm {
                                                [&](int j, int q) { return acc[mi][j][2 * hf + q]; },
                                                kGated ? 0 : static_cast<int>(blockIdx.z),
                                                TileColScales<kWS, kGated, BN>{s_wcol, n0}, rf[mi][hf]);
-#ifdef MOEQ_MMA_QUANT_TAIL
-    if constexpr (kGated && kKind == kKindFp8 && (kAM == kAToken || kAM == kAGroup)) quant_tail(a, tile, s_pair);
-#endif
   }
-
-#ifdef MOEQ_MMA_QUANT_TAIL
-  // The last block of m tile `tile` requantizes the tile's rows of h (see the header).
-  __device__ static void quant_tail(const MoeArgs& a, int tile, const int* s_pair) {
-    __shared__ int s_last;
-    __shared__ float red[32];
-    __threadfence();  // this thread's h stores, visible to the block that counts last
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(a.tile_done + tile, 1) == static_cast<int>(gridDim.y) - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();  // every other block's stores, counted before ours
-    const int groups = kAM == kAGroup ? (a.inter + a.act_group - 1) / a.act_group : 1;
-    for (int r = 0; r < BM; ++r) {  // block-uniform: kAToken reduces across the block
-      const int p = s_pair[r];
-      if (p < 0) continue;
-      quantize_row<kAM, true>(static_cast<const float*>(a.h) + static_cast<long long>(p) * a.inter, a.inter,
-                              a.a2q + static_cast<long long>(p) * a.inter, a.a2s + static_cast<long long>(p) * groups,
-                              a.act_group, 0.0f, 0, kThreads / 32, red);
-      __syncthreads();  // `red` is read by every warp before the next row writes it
-    }
-  }
-#endif
 };
 
 }  // namespace moeq_kernels

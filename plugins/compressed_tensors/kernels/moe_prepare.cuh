@@ -157,10 +157,8 @@ __device__ void quantize_row(const void* src_row, int cols, u8* dst_row, float* 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wr = warp - w0;
   auto load8 = [&](int c, float* v) {
     if (kF32) {
-      // From L2 (ld.global.cg): GEMM1's quantization tail reads h that other blocks of the same
-      // grid wrote, which this SM's L1 must not answer for.
-      const float4 p = __ldcg(reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c));
-      const float4 q = __ldcg(reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c + 4));
+      const float4 p = *reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c);
+      const float4 q = *reinterpret_cast<const float4*>(static_cast<const float*>(src_row) + c + 4);
       v[0] = p.x; v[1] = p.y; v[2] = p.z; v[3] = p.w; v[4] = q.x; v[5] = q.y; v[6] = q.z; v[7] = q.w;
     } else {
       const uint4 p = *reinterpret_cast<const uint4*>(static_cast<const u16*>(src_row) + c);
@@ -230,9 +228,6 @@ template <int kMode>
 __device__ void prepare(const MoeArgs& a) {
   // The persistent GEMMs' tile counters start from zero for this pass (sm90_moe_ws.cuh).
   if (blockIdx.x == 0 && threadIdx.x < 2) a.tile_counters[threadIdx.x] = 0;
-  // GEMM1's per-tile counts of finished blocks (the quantization tail) start from zero too.
-  if (a.tile_done != nullptr)
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < a.max_tiles; i += gridDim.x * blockDim.x) a.tile_done[i] = 0;
   if (blockIdx.x < a.align_blocks) {
     align_pairs(a);
     return;
