@@ -113,7 +113,7 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
       CHECK(gpu::tile_text(c[0].gemm1) == gpu::tile_text(h.gemm1));
       CHECK(gpu::tile_text(c[0].gemm2) == gpu::tile_text(h.gemm2));
       std::set<std::string> seen;
-      int pingpongs = 0, pingpongs128 = 0;
+      int pingpongs = 0;
       for (const gpu::Bucket& b : c) {
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm1, true).empty());
         CHECK(gpu::tile_refusal(in, b.bm, b.gemm2, false).empty());
@@ -121,10 +121,6 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
         // W8A16 runs wgmma only warp-specialized (its codes converted by the producer).
         if (sc.kind == mk::kKindW8A16) CHECK(b.gemm1.wgmma == b.gemm1.ws);
         pingpongs += b.gemm1.pingpong ? 1 : 0;
-        if (b.gemm1.pingpong && b.bm == 128) {
-          ++pingpongs128;
-          CHECK(b.gemm1.bn == 128);  // a warpgroup holds the whole tile's accumulators
-        }
         // Each one plans (MoePlan checks the tiles again) and names its tiles in its sources.
         const gpu::MoePlan p(sc, gpu::LayerDims{128, 0, 2048, 768, 8}, m, h100(), {b});
         REQUIRE(p.buckets().size() == 1);
@@ -135,30 +131,12 @@ TEST_CASE("tune: the candidates start with the heuristic's bucket, all legal, no
       const bool ws64 = std::any_of(c.begin(), c.end(),
                                     [](const gpu::Bucket& b) { return b.bm == 64 && b.gemm1.ws && !b.gemm1.pingpong; });
       CHECK((pingpongs > 0) == (ws64 && sc.kind != mk::kKindW8A16));
-      // And 128-row ones wherever 128-row warp-specialized tiles are.
-      const bool ws128 = std::any_of(c.begin(), c.end(),
-                                     [](const gpu::Bucket& b) { return b.bm == 128 && b.gemm1.ws && !b.gemm1.pingpong; });
-      CHECK((pingpongs128 > 0) == (ws128 && sc.kind != mk::kKindW8A16));
       gpu::HeuristicInput asked = in;
       asked.ws_pingpong = true;
       const std::vector<gpu::Bucket> ca = gpu::tile_candidates(asked, m);
       for (const gpu::Bucket& b : ca) {
         CHECK(gpu::tile_refusal(asked, b.bm, b.gemm1, true).empty());
         CHECK(gpu::tile_refusal(asked, b.bm, b.gemm2, false).empty());
-      }
-      // MOEQ_CT_WS_PINGPONG128=1: the heuristics' 128-row warp-specialized tiles become 128-row
-      // ping-pong ones, 128 wide; nothing else changes.
-      gpu::HeuristicInput asked128 = in;
-      asked128.ws_pingpong128 = true;
-      const gpu::Bucket hb = gpu::heuristic_bucket(asked128, m);
-      CHECK(hb.bm == h.bm);
-      for (const gpu::GemmTile* ht : {&hb.gemm1, &hb.gemm2}) {
-        const gpu::GemmTile& base = ht == &hb.gemm1 ? h.gemm1 : h.gemm2;
-        const bool becomes = h.bm == 128 && base.ws && sc.kind != mk::kKindW8A16;
-        CHECK(ht->pingpong == becomes);
-        if (becomes) CHECK(ht->bn == 128);
-        if (!becomes) CHECK(*ht == base);
-        CHECK(gpu::tile_refusal(asked128, hb.bm, *ht, ht == &hb.gemm1).empty());
       }
     }
   }
@@ -185,28 +163,11 @@ TEST_CASE("tune: tile refusals name what cannot run") {
   // Ping-pong: 64-row tiles of fp8 or bf16, up to 256 wide (one block an SM).
   gpu::GemmTile pp{256, 1, 4, 4};
   pp.wgmma = pp.ws = pp.pingpong = true;
-  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, pp, true).find("ping-pong tiles are warp-specialized, of fp8 or bf16") !=
+  CHECK(gpu::tile_refusal(plan.heuristic_input(), 64, pp, true).find("ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16") !=
         std::string::npos);  // W8A16
   const gpu::MoePlan fp8(fp8_channel(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
   CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, pp, true).empty());
   CHECK(gpu::tile_refusal(fp8.heuristic_input(), 128, pp, true).find("ping-pong") != std::string::npos);
-  // 128-row ping-pong tiles: 128 wide (two m64n128 accumulator sets a warpgroup), fp8 (promoted
-  // or not) and bf16; 256 wide would hold 256 accumulators a thread.
-  gpu::GemmTile pp128{128, 2, 4, 6};
-  pp128.wgmma = pp128.ws = pp128.pingpong = true;
-  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 128, pp128, true).empty());
-  CHECK(pp128.threads() == 384);
-  const gpu::MoePlan bf16_plan(bf16_scheme(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
-  CHECK(gpu::tile_refusal(bf16_plan.heuristic_input(), 128, pp128, false).empty());
-  const gpu::MoePlan block_plan(fp8_block(), gpu::LayerDims{8, 0, 4096, 14336, 2}, 8192, h100());
-  CHECK(gpu::tile_refusal(block_plan.heuristic_input(), 128, pp128, false).empty());
-  gpu::GemmTile pp128w = pp128;
-  pp128w.bn = 256;
-  pp128w.stages = 4;
-  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 128, pp128w, true).find("128 rows 128 wide") != std::string::npos);
-  gpu::GemmTile pp128deep = pp128;
-  pp128deep.stages = 7;  // 7 x 32 KiB of ring does not fit beside the lists
-  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 128, pp128deep, true).find("shared memory") != std::string::npos);
   gpu::GemmTile two = pp;
   two.pingpong = false;  // two blocks an SM of 64 rows: 256 wide does not fit their registers
   CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, two, true).find("64-row warp-specialized tiles are 128 wide") !=
@@ -224,7 +185,7 @@ TEST_CASE("tune: tile refusals name what cannot run") {
   gpu::GemmTile mma = pp;
   mma.wgmma = mma.ws = false;
   mma.bn = 128;
-  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, mma, true).find("ping-pong tiles are warp-specialized") !=
+  CHECK(gpu::tile_refusal(fp8.heuristic_input(), 64, mma, true).find("ping-pong tiles are warp-specialized, 64 rows") !=
         std::string::npos);
 }
 

@@ -181,12 +181,6 @@ std::vector<CheckCase> synthetic_checks(const SchemeSpec& s, std::initializer_li
       out.push_back({"pingpong-" + std::to_string(bn), s, LayerDims{6, 1, 272, 176, 3}, 8, m, chunk, false,
                      {ct::gpu::Bucket{chunk, 64, t, t}}});
     }
-    // 128-row ping-pong tiles (128 wide, two row halves a warpgroup): GEMM2 ends in a partial
-    // tile of H = 272, GEMM1 in one of I = 176; a chunked M, so that the warpgroups alternate
-    // over several tiles with padding rows in either row half.
-    ct::gpu::GemmTile t{128, 2, 4, 6};
-    t.wgmma = t.ws = t.pingpong = true;
-    out.push_back({"pingpong128", s, LayerDims{6, 1, 272, 176, 3}, 8, 2000, 700, false, {ct::gpu::Bucket{700, 128, t, t}}});
   }
   // An odd number of 128-row warp-specialized tiles, experts of three tiles each (5 of 8 local,
   // M = 1200): under two-block clusters (MOEQ_CT_WS_MULTICAST) the pairs of m tiles then share
@@ -901,8 +895,7 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         add_both(plan);
       }
   // Tiles the heuristics do not take but the tuner may (sm_90a), on Mixtral's geometry where the
-  // scheme runs them: ping-pong 128 and 256 wide (or MOEQ_CT_WS_PINGPONG), 128-row ping-pong (or
-  // MOEQ_CT_WS_PINGPONG128), 224 wide (or
+  // scheme runs them: ping-pong 128 and 256 wide (or MOEQ_CT_WS_PINGPONG), 224 wide (or
   // MOEQ_CT_WS_BN224).
   const LayerDims& mixtral = shapes.front();
   auto add_tile = [&](const SchemeSpec& s, int bm, const ct::gpu::GemmTile& t) {
@@ -918,9 +911,6 @@ std::vector<ct::gpu::KernelSetSource> kernel_variants(const std::string& arch, c
         pp.wgmma = pp.ws = pp.pingpong = true;
         add_tile(s, 64, pp);
       }
-      ct::gpu::GemmTile pp128{128, 2, 4, 6};
-      pp128.wgmma = pp128.ws = pp128.pingpong = true;
-      add_tile(s, 128, pp128);
       ct::gpu::GemmTile wide{224, 2, 4, 5};
       wide.wgmma = wide.ws = true;
       add_tile(s, 128, wide);

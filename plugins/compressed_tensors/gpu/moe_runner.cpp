@@ -306,7 +306,6 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   if (const char* v = std::getenv("MOEQ_CT_WGMMA_STAGES_64")) hin.wgmma_stages_64 = std::clamp(std::atoi(v), 3, 8);
   if (const char* v = std::getenv("MOEQ_CT_K_SPLITS")) hin.force_k_splits = std::clamp(std::atoi(v), 1, 8);
   hin.ws_pingpong = knob_on("MOEQ_CT_WS_PINGPONG");
-  hin.ws_pingpong128 = knob_on("MOEQ_CT_WS_PINGPONG128");
   hin.ws_bn224 = knob_on("MOEQ_CT_WS_BN224");
   // NOTE: the warp-specialized kernel promotes per 128-wide K tile like the one above, and
   // reads one weight scale per 64 tile columns, so block scales need blocks of a multiple of 64
@@ -326,7 +325,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
   const bool knobs = std::getenv("MOEQ_CT_NO_WGMMA") || std::getenv("MOEQ_CT_NO_WS") ||
                      std::getenv("MOEQ_CT_FP8_WGMMA_N") || std::getenv("MOEQ_CT_WGMMA_SERIAL") ||
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
-                     std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_PINGPONG128") || std::getenv("MOEQ_CT_WS_BN224") ||
+                     std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224") ||
                      std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST") ||
                      std::getenv("MOEQ_CT_SCALE_PREFETCH");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);

@@ -129,12 +129,9 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
   b.bm = row_tile(rows, in);
   // Measuring (MOEQ_CT_WS_PINGPONG=1): ping-pong tiles of 64 rows where the heuristics would take
   // warp-specialized ones. Not the default: on the H100 they were slower in 20 of 24 cases, and
-  // after the wide epilogue stores (nineteenth session) in 17 of 24 by 3-33 % at M = 1024 and
-  // 8192, the rest within 2 %.
-  // MOEQ_CT_WS_PINGPONG128=1: 128-row ping-pong tiles, 128 wide, where the heuristics take
-  // 128-row warp-specialized ones.
+  // again after the wide epilogue stores (H100, 2026-12-07, M = 1024 and 8192): 3-33 % slower in
+  // 18 of 24, within 2 % in the other 6.
   const bool pingpong = in.ws_pingpong && in.ws && b.bm >= 64 && in.kind != kKindW8A16;
-  const bool pingpong128 = !pingpong && in.ws_pingpong128 && in.ws && b.bm == 128 && in.kind != kKindW8A16;
   if (pingpong) b.bm = 64;
   const int64_t tiles = std::min(m * k, E) + ceil_div(m * k, b.bm);
   b.gemm1 = gemm_tile(in.kind, b.bm, 2 * in.inter, tiles, rows, in);
@@ -144,14 +141,6 @@ Bucket heuristic_bucket(const HeuristicInput& in, int64_t m) {
       const int64_t n_out = t == &b.gemm1 ? 2 * in.inter : in.hidden;
       t->pingpong = true;
       t->bn = n_out >= 256 && tiles * ceil_div(n_out, 256) >= 2 * in.multiprocessors ? 256 : 128;
-      t->stages = 8;
-      fit_ring(in, in.kind, b.bm, *t);
-    }
-  if (pingpong128)
-    for (GemmTile* t : {&b.gemm1, &b.gemm2}) {
-      t->pingpong = true;
-      t->bn = 128;
-      t->warps_m = 2;
       t->stages = 8;
       fit_ring(in, in.kind, b.bm, *t);
     }
@@ -185,8 +174,8 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
   if (t.wgmma) {
     if (!in.wgmma) return tile + ": this device or scheme has no wgmma kernel";
     if (t.ws && !in.ws) return tile + ": this scheme has no warp-specialized kernel";
-    if (t.pingpong && (!t.ws || in.kind == kKindW8A16 || !(bm == 64 || (bm == 128 && t.bn == 128))))
-      return tile + ": ping-pong tiles are warp-specialized, of fp8 or bf16, 64 rows or 128 rows 128 wide";
+    if (t.pingpong && (!t.ws || bm != 64 || in.kind == kKindW8A16))
+      return tile + ": ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16";
     if (bm < 64 || t.warps_m != bm / 64 || t.warps_n != 4) return tile + ": wgmma tiles are bm / 64 warpgroups of 4 warps";
     if (in.kind == kKindW8A16 && !t.ws) return tile + ": W8A16 wgmma tiles are warp-specialized";
     if (t.ws) {
@@ -204,8 +193,7 @@ std::string tile_refusal(const HeuristicInput& in, int bm, const GemmTile& t, bo
       return tile + ": bf16 wgmma tiles are 256 wide";
     }
   } else {
-    if (t.pingpong)
-      return tile + ": ping-pong tiles are warp-specialized, of fp8 or bf16, 64 rows or 128 rows 128 wide";
+    if (t.pingpong) return tile + ": ping-pong tiles are warp-specialized, 64 rows of fp8 or bf16";
     if (t.warps_m < 1 || t.warps_n < 1 || bm % (16 * t.warps_m) != 0 || t.bn % (16 * t.warps_n) != 0)
       return tile + ": warp tiles must be multiples of 16 x 16";
     if (t.bn > 128) return tile + ": mma.sync tiles are at most 128 wide";
@@ -263,9 +251,7 @@ std::vector<Bucket> tile_candidates(const HeuristicInput& in, int64_t m) {
           // Ping-pong: one block an SM, a deeper ring (measured on the H100 in the thirteenth
           // session: 4-5 % faster than the shipped tiles on two fp8-block cases at M = 1024,
           // 2-37 % slower on most others, so the tuner weighs them case by case).
-          // 128-row ping-pong tiles are 128 wide (each warpgroup holds the whole tile's
-          // accumulators).
-          if ((bm == 64 || (bm == 128 && bn == 128)) && in.kind != kKindW8A16) {
+          if (bm == 64 && in.kind != kKindW8A16) {
             t.pingpong = true;
             t.stages = 8;
             fit_ring(in, in.kind, bm, t);

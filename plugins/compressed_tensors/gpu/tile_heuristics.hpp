@@ -19,9 +19,8 @@ struct GemmTile {
   // Warp-specialized wgmma (sm90_moe_ws.cuh): a producer warpgroup (TMA for B, cp.async for the
   // gathered A) and bm / 64 consumer warpgroups meeting at mbarriers.
   bool ws = false;
-  // Warp-specialized ping-pong: two consumer warpgroups, each on a tile of its own (64 rows, or
-  // 128 rows and 128 wide), taking turns in the mainloop so that one's epilogue runs under the
-  // other's MMAs.
+  // Warp-specialized ping-pong (64-row tiles only): two consumer warpgroups, each on a tile of
+  // its own, taking turns in the mainloop so that one's epilogue runs under the other's MMAs.
   bool pingpong = false;
   int threads() const { return ws ? 128 * ((pingpong ? 2 : warps_m) + 1) : 32 * warps_m * warps_n; }
   bool operator==(const GemmTile&) const = default;
@@ -62,9 +61,6 @@ struct HeuristicInput {
   // ping-pong ones. The tuner offers ping-pong tiles and a table entry naming one runs it
   // either way.
   bool ws_pingpong = false;
-  // MOEQ_CT_WS_PINGPONG128=1 (measuring): the heuristics' 128-row warp-specialized tiles become
-  // 128-row ping-pong ones, 128 wide.
-  bool ws_pingpong128 = false;
   // MOEQ_CT_WS_BN224=1 (measuring): the heuristics' 256-wide 128-row warp-specialized tiles
   // become 224-wide ones (five ring stages instead of four) where the scheme allows them. The
   // tuner offers them either way.

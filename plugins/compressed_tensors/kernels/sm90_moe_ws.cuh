@@ -86,11 +86,8 @@ struct GatherRows<false, N> {
 // measuring; 1.00x on an H200): the producer's A copies ask L2 for 256-byte blocks, so that a row's
 // next K tile is already in L2 when it is gathered.
 //
-// kPingPong: two consumer warpgroups, each on a tile of its own: tile j of the block's walk goes
-// to warpgroup j % 2. A tile is 64 rows (up to 256 wide: 128 accumulators a thread) or 128 rows
-// and 128 wide, which the warpgroup runs as two m64n128 MMAs a K step sharing the B operand
-// (2 x 64 accumulators): the weight tile then serves as many rows as a cooperative 128-row
-// tile's, where 64-row ping-pong tiles read the weights twice as often. The ring is one FIFO, so a warpgroup's stages follow
+// kPingPong (64-row tiles): two consumer warpgroups, each on a tile of its own: tile j of the
+// block's walk goes to warpgroup j % 2. The ring is one FIFO, so a warpgroup's stages follow
 // the other's; the warpgroups take turns in the mainloop (named barriers 3 and 4: a warpgroup
 // starts tile j's MMAs once the other has issued all of tile j - 1's), which keeps each
 // full-barrier wait within one phase of the ring, and each runs its epilogue while the other's
@@ -107,9 +104,6 @@ struct WsGemm {
   // Two-block clusters that share the weight tile (see the header): fp8 and bf16, not ping-pong.
   static constexpr bool kMc = kMcAsked && !kPingPong && kKind != kKindW8A16;
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
-  // 64-row halves of the tile one consumer warpgroup computes: ping-pong 128-row tiles two,
-  // every other tile one (cooperative 128-row tiles give each warpgroup one half).
-  static constexpr int kRowHalves = kPingPong ? BM / 64 : 1;
   static constexpr int kTileWGs = kPingPong ? 1 : kConsumers;  // consumer warpgroups on one tile
   static constexpr int kSets = kPingPong ? 4 : 2;               // sets of per-tile lists
   static constexpr int kThreads = 128 * (kConsumers + 1);
@@ -144,9 +138,8 @@ struct WsGemm {
   static_assert(!kFastAcc || (kKind == kKindFp8 && !kTileScales),
                 "fast accumulation: fp8 with channel or tensor scales (block and group scales promote per tile)");
   static_assert(BM == 64 || BM == 128, "one or two consumer warpgroups");
-  static_assert(!kPingPong || ((BM == 64 || (BM == 128 && BN == 128)) && !kW8),
-                "ping-pong tiles are 64 rows, or 128 rows and 128 wide, a warpgroup (W8A16 converts B with both "
-                "warpgroups on one tile)");
+  static_assert(!kPingPong || (BM == 64 && !kW8),
+                "ping-pong tiles are 64 rows a warpgroup (W8A16 converts B with both warpgroups on one tile)");
   static_assert(BN == 128 || BN == 224 || BN == 256, "no wgmma wrapper for this tile");
   // 224 wide: 28 KiB of B a stage, so that a 128-row fp8 or bf16 ring holds five stages in
   // 227 KiB where 256-wide ones hold four. Weight and activation scales a tensor, channel or
@@ -545,13 +538,7 @@ struct WsGemm {
       const int e = tr.e;
       const int n0 = tr.nt * (kGated ? BN / 2 : BN);
       const int r0 = (kPingPong ? 0 : cw * 64) + wq * 16 + g;
-      // The thread's two rows of each 64-row half it computes.
-      int prow[kRowHalves][2];
-#pragma unroll
-      for (int rh = 0; rh < kRowHalves; ++rh) {
-        prow[rh][0] = s_pair[set][r0 + 64 * rh];
-        prow[rh][1] = s_pair[set][r0 + 64 * rh + 8];
-      }
+      const int prow[2] = {s_pair[set][r0], s_pair[set][r0 + 8]};
 
       int sw_row[kSlots];
 #pragma unroll
@@ -565,23 +552,13 @@ struct WsGemm {
       }
       // The epilogue's per-row factors (activation scale, router weight), loaded now so that
       // their latency passes behind the K loop instead of starting the epilogue.
-      RowFactors rf[kRowHalves][2];
-#pragma unroll
-      for (int rh = 0; rh < kRowHalves; ++rh)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) rf[rh][hf] = row_factors<kAM, kGated>(a, geo, prow[rh][hf]);
-      // Rows of the per-group activation scales (promoted fp8).
-      int as_row[kRowHalves][2];
-#pragma unroll
-      for (int rh = 0; rh < kRowHalves; ++rh)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) as_row[rh][hf] = kAM == kAGroup ? group_scale_row(a, geo, prow[rh][hf]) : -1;
+      const RowFactors rf[2] = {row_factors<kAM, kGated>(a, geo, prow[0]), row_factors<kAM, kGated>(a, geo, prow[1])};
+      const int as_row0 = kAM == kAGroup ? group_scale_row(a, geo, prow[0]) : -1;
+      const int as_row1 = kAM == kAGroup ? group_scale_row(a, geo, prow[1]) : -1;
 
-      float acc[kRowHalves][kAcc];
+      float acc[kAcc];
 #pragma unroll
-      for (int rh = 0; rh < kRowHalves; ++rh)
-#pragma unroll
-        for (int i = 0; i < kAcc; ++i) acc[rh][i] = 0.0f;
+      for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
       const int a_off = (kPingPong ? 0 : cw) * 64 * 128;  // the warpgroup's rows of the A tile
       turn_wait(j);
 
@@ -590,18 +567,13 @@ struct WsGemm {
         for (int kt = 0; kt < KT; ++kt, ++it) {
           const int s = it % STAGES;
           // The tile's scales, read before the wait so their latency hides behind it.
-          float sa[kRowHalves][2], sw[kSlots];
-#pragma unroll
-          for (int rh = 0; rh < kRowHalves; ++rh) sa[rh][0] = sa[rh][1] = 1.0f;
+          float sa0 = 1.0f, sa1 = 1.0f, sw[kSlots];
 #pragma unroll
           for (int q = 0; q < kSlots; ++q) sw[q] = 1.0f;
           if (kAM == kAGroup) {
             const int kg = group_of(kt * 128, a.act_group);
-#pragma unroll
-            for (int rh = 0; rh < kRowHalves; ++rh)
-#pragma unroll
-              for (int hf = 0; hf < 2; ++hf)
-                sa[rh][hf] = as_row[rh][hf] >= 0 ? as_base[as_row[rh][hf] + kg] : 0.0f;
+            sa0 = as_row0 >= 0 ? as_base[as_row0 + kg] : 0.0f;
+            sa1 = as_row1 >= 0 ? as_base[as_row1 + kg] : 0.0f;
           }
           if (kTileScales && kWS == kWBlock) {
             const int kb = kb_of(kt * 128);
@@ -611,32 +583,27 @@ struct WsGemm {
           mbar_wait(full0 + 8 * s, (it / STAGES) & 1);
           fence_proxy_async();  // the cp.async (generic proxy) A tile, read by wgmma (async proxy)
           const u32 sA = s_base + s * kStage;
-          // Row halves (128-row ping-pong) one after the other, each promoted before the next
-          // one's MMAs: one set of partial sums.
+          const unsigned long long da = smem_desc(sA + a_off);
 #pragma unroll
-          for (int rh = 0; rh < kRowHalves; ++rh) {
-            const unsigned long long da = smem_desc(sA + a_off + rh * 64 * 128);
+          for (int hn = 0; hn < kHalvesN; ++hn) {
+            const unsigned long long db = smem_desc(sA + kAStage + hn * kHalfN * 128);
+            fence_regs<kPartAcc>(part);
+            wgmma_fence();
 #pragma unroll
-            for (int hn = 0; hn < kHalvesN; ++hn) {
-              const unsigned long long db = smem_desc(sA + kAStage + hn * kHalfN * 128);
-              fence_regs<kPartAcc>(part);
-              wgmma_fence();
-#pragma unroll
-              for (int ks = 0; ks < 4; ++ks) {
-                if constexpr (kHalfN == 112)
-                  wgmma_e4m3_n112(part, da + 2 * ks, db + 2 * ks, ks > 0);
-                else
-                  wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
-              }
-              wgmma_commit();
-              wgmma_wait0();
-              fence_regs<kPartAcc>(part);
-              if (rh == kRowHalves - 1 && hn == kHalvesN - 1 && lane == 0) release(s);
-              // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
-              // fragment f: (column f * 8) / 64.
-              promote_part<NF / kHalvesN>(acc[rh] + hn * kPartAcc, part, sa[rh][0], sa[rh][1],
-                                          [&](int f) { return sw[(hn * (NF / kHalvesN) + f) / 8]; });
+            for (int ks = 0; ks < 4; ++ks) {
+              if constexpr (kHalfN == 112)
+                wgmma_e4m3_n112(part, da + 2 * ks, db + 2 * ks, ks > 0);
+              else
+                wgmma_e4m3_n128(part, da + 2 * ks, db + 2 * ks, ks > 0);
             }
+            wgmma_commit();
+            wgmma_wait0();
+            fence_regs<kPartAcc>(part);
+            if (hn == kHalvesN - 1 && lane == 0) release(s);
+            // Half hn holds fragments [hn * NF / 2, (hn + 1) * NF / 2) of the tile; slot of
+            // fragment f: (column f * 8) / 64.
+            promote_part<NF / kHalvesN>(acc + hn * kPartAcc, part, sa0, sa1,
+                                        [&](int f) { return sw[(hn * (NF / kHalvesN) + f) / 8]; });
           }
         }
         turn_done(j);
@@ -650,36 +617,27 @@ struct WsGemm {
           const u32 sA = s_base + s * kStage;
           const unsigned long long da = smem_desc(sA + a_off);
           const unsigned long long db = smem_desc(kW8 ? b16_0 + (it & 1) * kB16 : sA + kAStage);
-#pragma unroll
-          for (int rh = 0; rh < kRowHalves; ++rh) fence_regs<kAcc>(acc[rh]);
+          fence_regs<kAcc>(acc);
           wgmma_fence();
-          // K step by K step; 128-row ping-pong tiles run both row halves (rows 64 on: 8 KiB, 512
-          // in the descriptor's 16-byte units) on the same B before the next step.
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
-#pragma unroll
-            for (int rh = 0; rh < kRowHalves; ++rh) {
-              float* d = acc[rh];
-              const unsigned long long dak = da + rh * (64 * 128 / 16) + 2 * ks, dbk = db + 2 * ks;
-              if constexpr (kKind == kKindFp8 && BN == 256)
-                wgmma_e4m3_n256(d, dak, dbk, 1);
-              else if constexpr (kKind == kKindFp8 && BN == 224)
-                wgmma_e4m3_n224(d, dak, dbk, 1);
-              else if constexpr (kKind == kKindFp8)
-                wgmma_e4m3_n128(d, dak, dbk, 1);
-              else if constexpr (BN == 256)
-                wgmma_bf16_n256(d, dak, dbk, 1);
-              else if constexpr (BN == 224)
-                wgmma_bf16_n224(d, dak, dbk, 1);
-              else
-                wgmma_bf16_n128(d, dak, dbk, 1);
-            }
+            if constexpr (kKind == kKindFp8 && BN == 256)
+              wgmma_e4m3_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (kKind == kKindFp8 && BN == 224)
+              wgmma_e4m3_n224(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (kKind == kKindFp8)
+              wgmma_e4m3_n128(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (BN == 256)
+              wgmma_bf16_n256(acc, da + 2 * ks, db + 2 * ks, 1);
+            else if constexpr (BN == 224)
+              wgmma_bf16_n224(acc, da + 2 * ks, db + 2 * ks, 1);
+            else
+              wgmma_bf16_n128(acc, da + 2 * ks, db + 2 * ks, 1);
           }
           wgmma_commit();
           // The previous K tile's MMAs are done once at most this one is pending: its stage is free.
           wgmma_wait1();
-#pragma unroll
-          for (int rh = 0; rh < kRowHalves; ++rh) fence_regs<kAcc>(acc[rh]);
+          fence_regs<kAcc>(acc);
           if (kt > 0 && lane == 0) release((it - 1) % STAGES);
           if (kW8 && kt + 1 < KT) {
             // K tile kt - 1's MMAs are done in both warpgroups: its bf16 tile takes tile kt + 1,
@@ -690,8 +648,7 @@ struct WsGemm {
         }
         turn_done(j);  // every MMA of the tile issued
         wgmma_wait0();
-#pragma unroll
-        for (int rh = 0; rh < kRowHalves; ++rh) fence_regs<kAcc>(acc[rh]);
+        fence_regs<kAcc>(acc);
         // The tile's last stage is free too (the producer may be filling the next tile).
         if (KT > 0 && lane == 0) release((it - 1) % STAGES);
       }
@@ -703,27 +660,23 @@ struct WsGemm {
       // Wide stores (moe_tile.cuh) where the output is bf16: y2, and h of bf16 and int8 weights.
       constexpr bool kWideGated = kGated && kKind != kKindFp8 && (NF / 2) % 4 == 0;
       constexpr bool kWideDown = !kGated && NF % 4 == 0;
+      if constexpr (kQuantGroup > 0) {
+        store_quantized(a, geo, n0, prow, t, acc, TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
+      } else if (kWideGated || (kWideDown && y2_bf16(a))) {
 #pragma unroll
-      for (int rh = 0; rh < kRowHalves; ++rh) {
-        const float* ac = acc[rh];
-        if constexpr (kQuantGroup > 0) {
-          store_quantized(a, geo, n0, prow[rh], t, acc[rh], TileColScales<kWS, kGated, BN>{s_wcol[set], n0});
-        } else if (kWideGated || (kWideDown && y2_bf16(a))) {
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const auto acc_of = [&](int f, int q) { return ac[4 * f + 2 * hf + q]; };
-            const TileColScales<kWS, kGated, BN> scales{s_wcol[set], n0};
-            if constexpr (kWideGated) store_gated_wide<NF>(a, geo.N, prow[rh][hf], n0, acc_of, scales, rf[rh][hf].sa);
-            if constexpr (kWideDown) store_down_wide<NF>(a, geo.N, prow[rh][hf], n0, acc_of, scales, rf[rh][hf]);
-          }
-        } else {
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf)
-            store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[rh][hf], out_col,
-                                                   [&](int f, int q) { return ac[4 * f + 2 * hf + q]; }, 0,
-                                                   TileColScales<kWS, kGated, BN>{s_wcol[set], n0},
-                                                   rf[rh][hf]);
+        for (int hf = 0; hf < 2; ++hf) {
+          const auto acc_of = [&](int f, int q) { return acc[4 * f + 2 * hf + q]; };
+          const TileColScales<kWS, kGated, BN> scales{s_wcol[set], n0};
+          if constexpr (kWideGated) store_gated_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf[hf].sa);
+          if constexpr (kWideDown) store_down_wide<NF>(a, geo.N, prow[hf], n0, acc_of, scales, rf[hf]);
         }
+      } else {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+          store_row<kKind, kWS, kAM, kGated, NF>(a, geo, e, prow[hf], out_col,
+                                                 [&](int f, int q) { return acc[4 * f + 2 * hf + q]; }, 0,
+                                                 TileColScales<kWS, kGated, BN>{s_wcol[set], n0},
+                                                 rf[hf]);
       }
       mbar_arrive(meta_empty0 + 8 * set);  // this thread is done with the tile's lists
     }
