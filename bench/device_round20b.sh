@@ -52,7 +52,7 @@ timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWork
 echo "sol floors: exit $?"
 summ /tmp/solf.ncu-rep floors
 # The tensor pipe's active cycles (metric names of this ncu; a failure here leaves the above).
-for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1; do
+for spec in fp8-channel:Mixtral-8x7B:0; do
   IFS=: read -r sc sh skip <<< "$spec"
   timeout 100 ncu --clock-control none --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_active.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
     -k regex:moe_gemm --launch-skip "$skip" -c 1 \
