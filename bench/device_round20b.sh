@@ -2,8 +2,7 @@
 # One device call (twentieth session): where the warp-specialized GEMMs' time goes at M = 8192,
 # against cuBLASLt's fp8 GEMM of the floor. `ncu` (real clocks) with the speed-of-light, memory
 # and compute sections on GEMM1 and GEMM2 of fp8-channel Mixtral-8x7B (K = 4096 and 14,336: 66 %
-# and 98 % of cuBLASLt's rate) and bf16 Mixtral's GEMM1; the source-level warp states of the fp8
-# GEMM1; then the tensor pipe's active cycles by metric. Builds nothing; carry build/carry and .devpack.
+# and 98 % of cuBLASLt's rate); the source-level warp states of the GEMM1; cuBLASLt's floor GEMMs. Builds nothing; carry build/carry and .devpack.
 set -u
 out=${OUT:-/tmp/moeq_round20b}
 mkdir -p "$out"
@@ -29,7 +28,7 @@ for k, v in seen.items():
 ' "$2"
 }
 i=0
-for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1 bf16:Mixtral-8x7B:0; do
+for spec in fp8-channel:Mixtral-8x7B:0 fp8-channel:Mixtral-8x7B:1; do
   IFS=: read -r sc sh skip <<< "$spec"; i=$((i + 1))
   timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy -k regex:moe_gemm --launch-skip "$skip" -c 1 -o "/tmp/sol$i" -f \
@@ -51,13 +50,3 @@ timeout 120 ncu --clock-control none --section SpeedOfLight --section MemoryWork
   build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M > "$out/solf.log" 2>&1
 echo "sol floors: exit $?"
 summ /tmp/solf.ncu-rep floors
-# The tensor pipe's active cycles (metric names of this ncu; a failure here leaves the above).
-for spec in fp8-channel:Mixtral-8x7B:0; do
-  IFS=: read -r sc sh skip <<< "$spec"
-  timeout 100 ncu --clock-control none --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,sm__cycles_active.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,dram__bytes_read.sum,dram__bytes_write.sum,gpu__time_duration.sum \
-    -k regex:moe_gemm --launch-skip "$skip" -c 1 \
-    build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme "$sc" --shape "$sh" 2>&1 | grep -E "^\s+(sm__|lts__|dram__|gpu__)|ERR" | head -8
-done
-timeout 100 ncu --clock-control none --metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_elapsed,lts__t_bytes.sum,dram__bytes_read.sum,gpu__time_duration.sum \
-  -k regex:'gemm|xmma|cutlass' -c 1 \
-  build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M 2>&1 | grep -E "^\s+(sm__|lts__|dram__|gpu__)|^  [a-z_0-9]+.*\(|ERR" | head -8
