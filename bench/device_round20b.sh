@@ -56,3 +56,7 @@ timeout 90 ncu --clock-control none --section SpeedOfLight --section MemoryWorkl
   build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme fp8-channel --shape Mixtral-8x7B > "$out/sol2.log" 2>&1
 echo "sol gemm2: exit $?"
 summ /tmp/sol2.ncu-rep "Mixtral gemm2"
+# Then two-block clusters sharing the weight tile (MOEQ_CT_WS_MULTICAST=1; 0.87x on an H200 in the
+# fourteenth session, before the wide stores) against the shipped table, with their checks.
+AB_SECONDS=0.08 AB_MS=1024,8192 AB_SCHEMES=bf16,fp8-channel,fp8-block KNOBS=MOEQ_CT_WS_MULTICAST=1 \
+  STEPS=knobab bash bench/device_kernels_round.sh 2>&1 | tail -32
