@@ -2,7 +2,9 @@
 # One device call (twentieth session): where the warp-specialized GEMMs' time goes at M = 8192,
 # against cuBLASLt's fp8 GEMM of the floor. `ncu` (real clocks) with the speed-of-light, memory
 # and compute sections on GEMM1 and GEMM2 of fp8-channel Mixtral-8x7B (K = 4096 and 14,336: 66 %
-# and 98 % of cuBLASLt's rate); the source-level warp states of the GEMM1; cuBLASLt's floor GEMMs. Builds nothing; carry build/carry and .devpack.
+# and 98 % of cuBLASLt's rate); the source-level warp states of the GEMM1; cuBLASLt's floor
+# GEMMs; then the multicast knob timed (at the end). Builds nothing; carry build/carry and
+# .devpack. The knob's timing writes into $OUT (/tmp/moeq_kernels_round without it).
 set -u
 out=${OUT:-/tmp/moeq_round20b}
 mkdir -p "$out"
