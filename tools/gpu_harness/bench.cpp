@@ -241,21 +241,28 @@ struct CheckResult {
   std::string error;  // what threw, if the check could not run
 };
 
+// The plan a check runs: its own tiles where it names them and `lim` runs them, else the
+// heuristics' (`why` then says why, when the check named tiles).
+MoePlan check_plan(const CheckCase& k, const ct::gpu::DeviceLimits& lim, std::string& why) {
+  why.clear();
+  if (!k.tiles.empty()) {
+    try {
+      return MoePlan(k.spec.scheme, k.dims, k.chunk, lim, k.tiles);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+  }
+  return MoePlan(k.spec.scheme, k.dims, k.chunk, lim);
+}
+
 bool run_check(Ctx& c, const CheckCase& k, uint64_t seed, CheckResult* detail = nullptr) {
   const auto& d = k.dims;
   const int64_t M = k.m, H = d.hidden;
   DeviceLayer layer(c.fill, c.d, k.spec, d, seed, c.s);
   layer.repack(c.utility, c.s);
-  const MoePlan plan = [&] {
-    if (!k.tiles.empty()) {
-      try {
-        return MoePlan(k.spec.scheme, d, k.chunk, limits(c.d), k.tiles);
-      } catch (const std::exception& e) {
-        c.out << "note: " << k.label << " " << k.spec.name << ": the heuristics' tiles instead (" << e.what() << ")\n";
-      }
-    }
-    return MoePlan(k.spec.scheme, d, k.chunk, limits(c.d));
-  }();
+  std::string why;
+  const MoePlan plan = check_plan(k, limits(c.d), why);
+  if (!why.empty()) c.out << "note: " << k.label << " " << k.spec.name << ": the heuristics' tiles instead (" << why << ")\n";
   MoeRunner runner(plan, c.modules.get(plan.sources()));
   DeviceBuffer ws(plan.workspace_bytes()), x(static_cast<size_t>(M * H) * 2), ids(static_cast<size_t>(M * d.top_k) * 4),
       tw(static_cast<size_t>(M * d.top_k) * 4), out(static_cast<size_t>(M * H) * 4), out16(static_cast<size_t>(M * H) * 2);
@@ -824,21 +831,14 @@ int compile_only(const BenchOptions& opt, const std::string& arch, std::ostream&
   const Selection sel = select(opt);
   const ct::gpu::DeviceLimits lim = limits_for_arch(arch);
   std::map<std::string, ct::gpu::KernelSetSource> sets;
-  auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m,
-                 const std::vector<ct::gpu::Bucket>& tiles = {}) {
-    for (auto& k : MoePlan(sc, d, max_m, lim, tiles).sources()) sets.emplace(k.source, k);
+  auto add_plan = [&](const MoePlan& plan) {
+    for (auto& k : plan.sources()) sets.emplace(k.source, k);
   };
-  // A check's own tiles where it names them (ping-pong, 224 wide, ...) and this arch runs them.
-  for (const auto& k : sel.checks) {
-    bool runs = true;
-    if (!k.tiles.empty()) {
-      const ct::gpu::HeuristicInput in = MoePlan(k.spec.scheme, k.dims, k.chunk, lim).heuristic_input();
-      for (const ct::gpu::Bucket& b : k.tiles)
-        runs = runs && ct::gpu::tile_refusal(in, b.bm, b.gemm1, true).empty() &&
-               ct::gpu::tile_refusal(in, b.bm, b.gemm2, false).empty();
-    }
-    add(k.spec.scheme, k.dims, k.chunk, runs ? k.tiles : std::vector<ct::gpu::Bucket>{});
-  }
+  auto add = [&](const ct::gpu::GpuScheme& sc, const LayerDims& d, int64_t max_m) { add_plan(MoePlan(sc, d, max_m, lim)); };
+  // Each check's plan as it runs it (its own tiles, ping-pong, 224 wide, ..., where this arch
+  // takes them).
+  std::string why;
+  for (const auto& k : sel.checks) add_plan(check_plan(k, lim, why));
   const int64_t max_m = *std::max_element(opt.ms.begin(), opt.ms.end());
   if (opt.time)
     for (const auto& sh : sel.shapes)
