@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One device call (twenty-first session). First the producer's look-ahead
+# (MOEQ_CT_WS_LOOKAHEAD=1: the next tile's entry and lists taken while this tile's K tiles are
+# still queued) timed against the same tiles without it (the heuristics: a knob leaves the tune
+# table out), M = 1024 and 8192, four schemes, with its checks; then `ncu` (real clocks) of
+# Mixtral-8x7B's fp8-channel GEMM1 at M = 8192 (66 % of cuBLASLt's rate, its GEMM2 98 %) with
+# and without the knob, the GEMM1's source-level warp states, and cuBLASLt's floor GEMMs.
+# Builds nothing; carry build/carry and .devpack.
+set -u
+out=${OUT:-/tmp/moeq_round21a}
+mkdir -p "$out"
+. tools/gpu_harness/device_carry.sh
+export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
+echo "binaries of $(cat build/carry/COMMIT)"
+t0=$SECONDS
+AB_SECONDS=0.08 AB_MS=1024,8192 AB_SCHEMES=bf16,fp8-channel,fp8-block,w8a16 AB_TIMEOUT=120 AB_CHECK_TIMEOUT=120 \
+  KNOBS=MOEQ_CT_WS_LOOKAHEAD=1 OUT="$out" STEPS=knobab bash bench/device_kernels_round.sh > "$out/knobab.txt" 2>&1
+echo "knobab: $((SECONDS - t0)) s"
+grep -E "exit|passed|FAIL" "$out/knobab.txt" | head -12
+python3 - "$out" <<'PY'
+import json, math, os, sys
+out = sys.argv[1]
+def rows(n):
+    try:
+        return {(r["shape"], r["scheme"], r["m"]): r["us"] for r in json.load(open(os.path.join(out, "knob_%s.json" % n)))["rows"]}
+    except Exception as e:
+        print(n, e); return {}
+h, k, s = rows("heur"), rows("1"), rows("shipped")
+logs = []
+for key in sorted(h):
+    if key in k and h[key] > 0 and k[key] > 0:
+        r = h[key] / k[key]; logs.append(math.log(r))
+        print("%-17s %-12s M=%-5d heur %9.1f  ahead %9.1f  x%.3f  (shipped %9.1f)" % (key + (h[key], k[key], r, s.get(key, 0))))
+if logs: print("look-ahead / heuristics, geomean x%.3f over %d cases" % (math.exp(sum(logs) / len(logs)), len(logs)))
+PY
+summ() {  # report file, label
+  ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
+import csv, sys
+want = ("Duration", "SM Frequency", "DRAM Frequency", "Compute (SM) Throughput", "Memory Throughput", "L1/TEX Cache Throughput",
+        "L2 Cache Throughput", "DRAM Throughput", "Executed Ipc Active", "L2 Hit Rate", "Mem Busy", "Max Bandwidth",
+        "Mem Pipes Busy", "Issue Slots Busy", "SM Busy", "Registers Per Thread", "Achieved Occupancy")
+rows = list(csv.reader(sys.stdin))
+if not rows: sys.exit()
+h = rows[0]; ki = h.index("Kernel Name"); mi = h.index("Metric Name"); ui = h.index("Metric Unit"); vi = h.index("Metric Value")
+seen = {}
+for r in rows[1:]:
+    if r[mi] in want:
+        seen.setdefault(r[ki][:60], []).append("%s %s %s" % (r[mi], r[vi], r[ui]))
+for k, v in seen.items():
+    print(sys.argv[1], k); print("   " + "; ".join(v))
+' "$2"
+}
+for v in 0 1; do
+  ( [ $v = 1 ] && export MOEQ_CT_WS_LOOKAHEAD=1; export MOEQ_CT_NO_TUNE=1
+    timeout 70 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+      --section Occupancy -k regex:moe_gemm -c 1 -o "/tmp/sol_a$v" -f \
+      build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme fp8-channel --shape Mixtral-8x7B > "$out/sol_a$v.log" 2>&1
+    echo "sol gemm1 ahead=$v: exit $?" )
+  summ "/tmp/sol_a$v.ncu-rep" "Mixtral gemm1 ahead=$v"
+done
+echo "at $((SECONDS - t0)) s"
+MOEQ_CT_NO_TUNE=1 timeout 90 ncu --clock-control none --section WarpStateStats --section SourceCounters -k regex:moe_gemm -c 1 -o /tmp/src1 -f \
+  build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme fp8-channel --shape Mixtral-8x7B > "$out/src1.log" 2>&1
+echo "ncu_src: exit $?"
+ncu -i /tmp/src1.ncu-rep --page source --csv --print-source sass > /tmp/src1.csv 2>> "$out/src1.log"
+xz -c /tmp/src1.csv > "$out/ncu_src1.csv.xz"
+python3 tools/gpu_harness/stall_ledger.py /tmp/src1.csv | head -70
+echo "at $((SECONDS - t0)) s"
+timeout 60 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  -k regex:'gemm|xmma|cutlass' -c 2 -o /tmp/solf -f \
+  build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M > "$out/solf.log" 2>&1
+echo "sol floors: exit $?"
+summ /tmp/solf.ncu-rep floors
+echo "done at $((SECONDS - t0)) s"
