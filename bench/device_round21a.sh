@@ -14,14 +14,6 @@ export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 echo "binaries of $(cat build/carry/COMMIT)"
 t0=$SECONDS
-# The knob's checks (Granite-3B-A800M and every synthetic check of the four schemes, which run
-# the warp-specialized tiles at M = 2000 in chunks), then heuristics and knob timed in turn.
-( export MOEQ_CT_WS_LOOKAHEAD=1
-  timeout 120 build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
-    --scheme bf16,fp8-channel,fp8-block,w8a16 > "$out/knob_checks_1.json" 2> "$out/knob_checks_1.log"
-  echo "checks (look-ahead): exit $?, $(grep -c '^PASS' "$out/knob_checks_1.log") passed, $(grep -c '^FAIL' "$out/knob_checks_1.log") failed" )
-grep -E "^FAIL|MISMATCH|differ" "$out/knob_checks_1.log" | head -8
-echo "at $((SECONDS - t0)) s"
 for v in heur 1; do
   ( export MOEQ_CT_NO_TUNE=1; [ $v = 1 ] && export MOEQ_CT_WS_LOOKAHEAD=1
     timeout 110 build/bin/moeq bench apply --no-check --json --seconds 0.08 --m 1024,8192 \
@@ -45,6 +37,16 @@ for key in sorted(h):
         print("%-17s %-12s M=%-5d heur %9.1f  ahead %9.1f  x%.3f" % (key + (h[key], k[key], r)))
 if logs: print("look-ahead / heuristics, geomean x%.3f over %d cases" % (math.exp(sum(logs) / len(logs)), len(logs)))
 PY
+# Steps run while DEADLINE (seconds from the start; default 420) leaves them room.
+left() { [ $((SECONDS - t0 + $1)) -le "${DEADLINE:-420}" ]; }
+# The knob's checks (Granite-3B-A800M and every synthetic check of the four schemes, which run
+# the warp-specialized tiles at M = 2000 in chunks), then heuristics and knob timed in turn.
+left 100 && ( export MOEQ_CT_WS_LOOKAHEAD=1
+  timeout 120 build/bin/moeq bench apply --json --seconds 0.01 --m 1 --shape Granite-3B-A800M \
+    --scheme bf16,fp8-channel,fp8-block,w8a16 > "$out/knob_checks_1.json" 2> "$out/knob_checks_1.log"
+  echo "checks (look-ahead): exit $?, $(grep -c '^PASS' "$out/knob_checks_1.log") passed, $(grep -c '^FAIL' "$out/knob_checks_1.log") failed" )
+grep -E "^FAIL|MISMATCH|differ" "$out/knob_checks_1.log" | head -8
+echo "at $((SECONDS - t0)) s"
 summ() {  # report file, label
   ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
 import csv, sys
@@ -63,6 +65,7 @@ for k, v in seen.items():
 ' "$2"
 }
 for v in 0 1; do
+  left 60 || break
   ( [ $v = 1 ] && export MOEQ_CT_WS_LOOKAHEAD=1; export MOEQ_CT_NO_TUNE=1
     timeout 70 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
       --section Occupancy -k regex:moe_gemm -c 1 -o "/tmp/sol_a$v" -f \
@@ -71,14 +74,14 @@ for v in 0 1; do
   summ "/tmp/sol_a$v.ncu-rep" "Mixtral gemm1 ahead=$v"
 done
 echo "at $((SECONDS - t0)) s"
-MOEQ_CT_NO_TUNE=1 timeout 90 ncu --clock-control none --section WarpStateStats --section SourceCounters -k regex:moe_gemm -c 1 -o /tmp/src1 -f \
+left 90 && MOEQ_CT_NO_TUNE=1 timeout 90 ncu --clock-control none --section WarpStateStats --section SourceCounters -k regex:moe_gemm -c 1 -o /tmp/src1 -f \
   build/bin/moeq bench apply --no-check --m 8192 --seconds 0.01 --scheme fp8-channel --shape Mixtral-8x7B > "$out/src1.log" 2>&1
 echo "ncu_src: exit $?"
 ncu -i /tmp/src1.ncu-rep --page source --csv --print-source sass > /tmp/src1.csv 2>> "$out/src1.log"
 xz -c /tmp/src1.csv > "$out/ncu_src1.csv.xz"
 python3 tools/gpu_harness/stall_ledger.py /tmp/src1.csv | head -70
 echo "at $((SECONDS - t0)) s"
-timeout 60 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+left 50 && timeout 50 ncu --clock-control none --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
   -k regex:'gemm|xmma|cutlass' -c 2 -o /tmp/solf -f \
   build/bin/moeq bench apply --no-check --m 1 --seconds 0.01 --scheme fp8-channel --shape Granite-3B-A800M > "$out/solf.log" 2>&1
 echo "sol floors: exit $?"
