@@ -36,6 +36,7 @@ for key in sorted(h):
         r = h[key] / k[key]; logs.append(math.log(r))
         print("%-17s %-12s M=%-5d heur %9.1f  ahead %9.1f  x%.3f" % (key + (h[key], k[key], r)))
 if logs: print("look-ahead / heuristics, geomean x%.3f over %d cases" % (math.exp(sum(logs) / len(logs)), len(logs)))
+open(os.path.join(out, "geomean"), "w").write("%d" % round(1000 * math.exp(sum(logs) / len(logs))) if logs else "0")
 PY
 # Steps run while DEADLINE (seconds from the start; default 420) leaves them room.
 left() { [ $((SECONDS - t0 + $1)) -le "${DEADLINE:-420}" ]; }
@@ -47,6 +48,13 @@ left 100 && ( export MOEQ_CT_WS_LOOKAHEAD=1
   echo "checks (look-ahead): exit $?, $(grep -c '^PASS' "$out/knob_checks_1.log") passed, $(grep -c '^FAIL' "$out/knob_checks_1.log") failed" )
 grep -E "^FAIL|MISMATCH|differ" "$out/knob_checks_1.log" | head -8
 echo "at $((SECONDS - t0)) s"
+# Where the knob won (geomean >= 1.02), the device tests under it, which it would need as the
+# default; else the profiles below.
+if [ "$(cat "$out/geomean" 2>/dev/null || echo 0)" -ge 1020 ] && left 150; then
+  MOEQ_CT_WS_LOOKAHEAD=1 timeout 150 build/bin/moeq_tests -tc='cuda:*,gpu*' > "$out/device_tests.txt" 2>&1
+  echo "device tests (look-ahead): exit $?"
+  grep -E "ERROR|FAILED|test cases|assertions" "$out/device_tests.txt" | head -20
+fi
 summ() {  # report file, label
   ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
 import csv, sys
