@@ -64,8 +64,6 @@ bool power_of_two(int v) { return v > 0 && (v & (v - 1)) == 0; }
 // Measuring knobs of the generated kernels (each "1" to take it):
 // - MOEQ_CT_A_PREFETCH: the warp-specialized kernels' A copies prefetch 256-byte blocks into L2
 //   (sm90_moe_ws.cuh, MOEQ_WS_A_PREFETCH_256);
-// - MOEQ_CT_WS_LOOKAHEAD: the warp-specialized kernels' producer takes the next tile's entry and
-//   writes its lists while this tile's K tiles are still queued (sm90_moe_ws.cuh, MOEQ_WS_LOOKAHEAD);
 // - MOEQ_CT_SCALE_PREFETCH (MoePlan::scale_prefetch): the mma.sync GEMMs that promote per scale
 //   period (fp8 block weights, per-group activations) load each K tile's scales one tile ahead
 //   (moe_gemm.cuh, MOEQ_MMA_SCALE_PREFETCH);
@@ -329,7 +327,7 @@ MoePlan::MoePlan(GpuScheme scheme, LayerDims dims, int64_t max_tokens, DeviceLim
                      std::getenv("MOEQ_CT_WGMMA_STAGES_64") || std::getenv("MOEQ_CT_NO_TUNE") ||
                      std::getenv("MOEQ_CT_WS_PINGPONG") || std::getenv("MOEQ_CT_WS_BN224") ||
                      std::getenv("MOEQ_CT_A_PREFETCH") || std::getenv("MOEQ_CT_WS_MULTICAST") ||
-                     std::getenv("MOEQ_CT_SCALE_PREFETCH") || std::getenv("MOEQ_CT_WS_LOOKAHEAD");
+                     std::getenv("MOEQ_CT_SCALE_PREFETCH");
   hin.arch = "sm_" + s(device_.sm_major) + s(device_.sm_minor);
   hin.memory_gib = memory_gib(device_.memory_bytes);
   hin.scheme_key = scheme_.key();
@@ -486,7 +484,6 @@ Programs plan_programs(const GpuScheme& sc, const std::vector<Bucket>& buckets, 
     std::string& src = k.source;
     src += "// " + k.name + ": " + sc.label() + "\n";
     if (t.ws && knob_on("MOEQ_CT_A_PREFETCH")) src += "#define MOEQ_WS_A_PREFETCH_256 1\n";
-    if (t.ws && knob_on("MOEQ_CT_WS_LOOKAHEAD")) src += "#define MOEQ_WS_LOOKAHEAD 1\n";
     if (mc) src += "#define MOEQ_WS_MULTICAST 1\n";
     if (scale_prefetch_tile(sc, t, scale_prefetch)) src += "#define MOEQ_MMA_SCALE_PREFETCH 1\n";
     if (tma) src += "#define MOEQ_MMA_TMA_B 1\n";

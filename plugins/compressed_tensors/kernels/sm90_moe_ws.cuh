@@ -103,11 +103,6 @@ struct WsGemm {
 #endif
   // Two-block clusters that share the weight tile (see the header): fp8 and bf16, not ping-pong.
   static constexpr bool kMc = kMcAsked && !kPingPong && kKind != kKindW8A16;
-#ifdef MOEQ_WS_LOOKAHEAD
-  static constexpr bool kAhead = !kMc;
-#else
-  static constexpr bool kAhead = false;
-#endif
   static constexpr int kConsumers = kPingPong ? 2 : BM / 64;
   static constexpr int kTileWGs = kPingPong ? 1 : kConsumers;  // consumer warpgroups on one tile
   static constexpr int kSets = kPingPong ? 4 : 2;               // sets of per-tile lists
@@ -332,7 +327,6 @@ struct WsGemm {
     // The entry of the flattened grid the set describes; -1: no more (ping-pong: -2 for the
     // warpgroup whose partner saw -1 first, see the consumers' loop).
     __shared__ int s_tile[kSets];
-    __shared__ int s_e[kAhead ? kSets : 1];
     __shared__ int s_next;      // the producer's thread 0 hands the entry it took to the others
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
     __shared__ float s_wcol[kSets][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
@@ -433,91 +427,6 @@ struct WsGemm {
       constexpr bool kA32 = !kGated || kKind == kKindFp8;
       // Each thread copies chunk c (16 bytes) of rows r0, r0 + 16, ... of every A tile.
       const int c = tid & 7, r0 = tid >> 3;
-      if constexpr (kAhead) {
-        // Tile j's entry taken and its lists written (set j % kSets), by every producer thread;
-        // returns the entry, < 0 past the last.
-        auto setup = [&](int j) -> int {
-          const int set = j % kSets;
-          if (j >= kSets) mbar_wait(meta_empty0 + 8 * set, ((j - kSets) / kSets) & 1);
-          producers_meet();  // every thread has read the previous s_next
-          if (tid == 0) s_next = take_shared(j);
-          producers_meet();
-          const int b = s_next;
-          if (tid == 0) s_tile[set] = b;
-          if (b < 0) {
-            mbar_arrive(meta_full0 + 8 * set);
-            if (kPingPong) {
-              const int j2 = j + 1, set2 = j2 % kSets;
-              if (j2 >= kSets) mbar_wait(meta_empty0 + 8 * set2, ((j2 - kSets) / kSets) & 1);
-              if (tid == 0) s_tile[set2] = -2;
-              mbar_arrive(meta_full0 + 8 * set2);
-            }
-            return b;
-          }
-          const TileRef tr = decode(a, b, n_tiles, group_m, used_tiles, rank);
-          if (tid == 0) s_e[set] = tr.e;
-          for (int r = tid; r < BM; r += 128) s_pair[set][r] = tr.valid ? a.sorted_pair[tr.tile * BM + r] : -1;
-          TileColScales<kWS, kGated, BN>::fill(a, tr.e, tr.nt * (kGated ? BN / 2 : BN), geo.N, s_wcol[set], tid, 128);
-          producers_meet();  // the set's rows written before any thread gathers through them
-          mbar_arrive(meta_full0 + 8 * set);
-          return b;
-        };
-        // The next tile's setup runs inside this tile's K loop, after K tile `ahead` is queued:
-        // its latencies (the counter's atomic, the expert, the pair list, the column scales)
-        // then pass while the ring still holds this tile's stages, instead of between tiles.
-        // At K tile STAGES or later, the consumers have begun this tile, so the set the setup
-        // fills is free (its meta_empty wait does not block).
-        const int ahead = max(STAGES, KT - 2 * STAGES);
-        int b = setup(0);
-        for (int it = 0, j = 0; b >= 0; ++j) {  // it: K tiles queued, j: tiles taken
-          const int set = j % kSets;
-          int tile, nt;
-          tile_of(b, a.max_tiles, n_tiles, group_m, tile, nt);
-          const int e = s_e[set];
-          const int n0 = nt * (kGated ? BN / 2 : BN);
-          GatherRows<kA32, BM / 16> rows;
-#pragma unroll
-          for (int i = 0; i < BM / 16; ++i) {
-            const int p = s_pair[set][r0 + 16 * i];
-            rows.set(i, a_base, p >= 0 ? p / geo.a_div : -1, lda, c * 16);
-          }
-          const int b_row = e * H + n0;  // GEMM2: w2 as E * H rows
-          int nb = 0;
-          bool next_set = false;
-          for (int kt = 0; kt < KT; ++kt, ++it) {
-            const int s = it % STAGES;
-            if (it >= STAGES) mbar_wait(empty0 + 8 * s, ((it / STAGES) - 1) & 1);
-            const u32 sA = s_base + s * kStage, full = full0 + 8 * s, bbar = kW8 ? bfull0 + 8 * s : full;
-            if (tid == 0) {
-              mbar_arrive_expect_tx(bbar, kBStage);
-              if (kGated)
-                tma_load_4d(sA + kAStage, &tmap_b, kt * kTileK, n0, 0, e, bbar);
-              else
-                tma_load_2d(sA + kAStage, &tmap_b, kt * kTileK, b_row, bbar);
-            }
-            const bool k_ok = kt * 128 + c * 16 < a_row_bytes;
-#pragma unroll
-            for (int i = 0; i < BM / 16; ++i) {
-              const int r = r0 + 16 * i;
-              const bool ok = rows.has(i) && k_ok;
-              const u8* src = ok ? rows.at(i, a_base, kt * 128) : a_base;
-#ifdef MOEQ_WS_A_PREFETCH_256
-              cp_async16_l2_256(sA + swz(r, c, 128), src, ok);
-#else
-              cp_async16(sA + swz(r, c, 128), src, ok);
-#endif
-            }
-            cp_async_mbar_arrive(full);
-            if (kt == ahead) {
-              nb = setup(j + 1);
-              next_set = true;
-            }
-          }
-          if (!next_set) nb = setup(j + 1);
-          b = nb;
-        }
-        return;
-      }
       for (int it = 0, j = 0;; ++j) {  // it: K tiles queued, j: tiles taken
         const int set = j % kSets;
         if (j >= kSets) mbar_wait(meta_empty0 + 8 * set, ((j - kSets) / kSets) & 1);  // tile j - kSets's epilogue is done
@@ -626,7 +535,7 @@ struct WsGemm {
       }
       int it = j * KT;  // K tiles of the ring consumed before this tile (every tile has KT)
       const TileRef tr = decode(a, b, n_tiles, group_m, used_tiles, rank);
-      const int e = kAhead ? s_e[set] : tr.e;  // look-ahead: no load of the expert here
+      const int e = tr.e;
       const int n0 = tr.nt * (kGated ? BN / 2 : BN);
       const int r0 = (kPingPong ? 0 : cw * 64) + wq * 16 + g;
       const int prow[2] = {s_pair[set][r0], s_pair[set][r0 + 8]};
