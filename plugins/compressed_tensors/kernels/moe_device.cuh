@@ -66,10 +66,17 @@ __device__ __forceinline__ float group_max(float v, int width) {
 }
 
 __device__ __forceinline__ float silu(float x) {
-  // x * sigmoid(x) with the fast exponential and reciprocal (a few ulp, far inside the
-  // kernels' tolerances): no IEEE division and no branch in the GEMM1 epilogue, which runs it
-  // once per output. Overflow is harmless: exp(-x) = inf gives 1 / inf = 0 and x * 0 = -0.
-  return x * __frcp_rn(1.0f + __expf(-x));
+  // x * sigmoid(x) from the special-function unit's approximate 2^x and 1/x (ex2.approx.ftz,
+  // rcp.approx.ftz: a few ulp, far inside the kernels' tolerances), five instructions and no
+  // branch. GEMM1's epilogue runs it once per output with the tensor cores idle, so its length
+  // is the epilogue's: __expf's denormal scaling and __frcp_rn's correctly rounded reciprocal
+  // (a Newton step and a slow path behind a branch) made it about 20 instructions an output,
+  // each depending on the one before. Overflow is harmless: 2^(-x log2 e) = inf gives
+  // 1 / inf = 0 and x * 0 = -0.
+  float e, r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+  return x * r;
 }
 
 // Per-token scale, docs/MOE_SEMANTICS.md §5: max(amax / 448, 1 / (448 * 512)).

@@ -80,7 +80,7 @@ struct GroupedGemm {
     static_assert(kKind != kKindFp8, "fp8 (e4m3) tensor-core kernels need sm_89 or newer");
 #endif
     __shared__ int s_pair[BM];
-    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    __shared__ alignas(8) float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const int tile = blockIdx.x;
     if (tile >= *a.num_tiles) return;
     const int e = a.tile_expert[tile];

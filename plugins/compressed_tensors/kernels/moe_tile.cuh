@@ -231,47 +231,65 @@ struct TileColScales {
   __device__ __forceinline__ void operator()(int col, float (&w)[4]) const {
     w[0] = w[1] = w[2] = w[3] = 1.0f;
     if (!kAny) return;
+    // col - n0 is even and the arrays are 8-byte aligned (alignas(8)): one 8-byte load a pair.
     const int i = col - n0;
-    w[0] = s[i];
-    w[1] = s[i + 1];
+    const float2 g = *reinterpret_cast<const float2*>(s + i);
+    w[0] = g.x;
+    w[1] = g.y;
     if (kGated) {
-      w[2] = s[BN / 2 + i];
-      w[3] = s[BN / 2 + i + 1];
+      const float2 u = *reinterpret_cast<const float2*>(s + BN / 2 + i);
+      w[2] = u.x;
+      w[3] = u.y;
     }
   }
 };
 
 // GEMM1: gate and up accumulators of intermediate columns (col, col + 1) of pair p ->
 // silu(gate) * up, written as the GEMM2 operand (bf16, fp8 codes with the static scale, or
-// f32 for the dynamic requantization). col is even and < I; w from load_col_scales.
+// f32 for the dynamic requantization). col is even and < I; w from load_col_scales. hrow: the
+// pair's row of h (GatedOut::row), set once a row; `in`: col inside the row (the values are
+// computed either way, so that only the store is predicated and consecutive column pairs'
+// arithmetic can interleave instead of each waiting behind a branch).
 template <int kKind, int kAM>
-__device__ __forceinline__ void store_gated(const MoeArgs& a, int p, float sa, int col, const float (&w)[4], float g0,
-                                            float g1, float u0, float u1) {
+struct GatedOut {
+  // Bytes an element of h: bf16, an fp8 code, or f32.
+  static constexpr int kElem = kKind != kKindFp8 ? 2 : kAM == kAStatic ? 1 : 4;
+  __device__ __forceinline__ static u8* row(const MoeArgs& a, int p) {
+    return static_cast<u8*>(a.h) + static_cast<long long>(p) * a.inter * kElem;
+  }
+};
+template <int kKind, int kAM>
+__device__ __forceinline__ void store_gated(const MoeArgs& a, u8* hrow, bool in, float sa, int col, const float (&w)[4],
+                                            float g0, float g1, float u0, float u1) {
   const float h0 = silu(g0 * sa * w[0]) * (u0 * sa * w[2]);
   const float h1 = silu(g1 * sa * w[1]) * (u1 * sa * w[3]);
-  const long long o = static_cast<long long>(p) * a.inter + col;  // even
+  u8* const dst = hrow + col * GatedOut<kKind, kAM>::kElem;  // col even: 2, 4 or 8 bytes aligned
   if (kKind != kKindFp8) {
-    static_cast<u32*>(a.h)[o >> 1] = f32x2_to_bf16x2(h0, h1);
+    const u32 v = f32x2_to_bf16x2(h0, h1);
+    if (in) *reinterpret_cast<u32*>(dst) = v;
   } else if (kAM == kAStatic) {
 #if __CUDA_ARCH__ >= 890
-    static_cast<u16*>(a.h)[o >> 1] = quant2(h0, h1, a.a2_static);
+    const u16 v = quant2(h0, h1, a.a2_static);
+    if (in) *reinterpret_cast<u16*>(dst) = v;
 #endif
   } else {
-    static_cast<float2*>(a.h)[o >> 1] = make_float2(h0, h1);
+    if (in) *reinterpret_cast<float2*>(dst) = make_float2(h0, h1);
   }
 }
 
 // GEMM2: columns (col, col + 1) of pair p, scaled and multiplied by the router weight tw, into
 // y2's slab `slab` (the K split: a.M * topk * H elements apart): f32, or bf16 where y2_bf16
 // (half the bytes through GEMM2's stores and the combine's reads; the combine still adds in f32).
-__device__ __forceinline__ void store_down(const MoeArgs& a, int p, float sa, float tw, int col, const float (&w)[4],
-                                           float v0, float v1, int slab) {
-  const long long o = static_cast<long long>(slab) * a.M * a.topk * a.hidden + static_cast<long long>(p) * a.hidden + col;
+// yrow: the pair's row of its slab, as bytes (set once a row by the caller); `in` as store_gated's.
+__device__ __forceinline__ void store_down(const MoeArgs& a, u8* yrow, bool in, float sa, float tw, int col,
+                                           const float (&w)[4], float v0, float v1) {
   const float y0 = v0 * sa * w[0] * tw, y1 = v1 * sa * w[1] * tw;
-  if (y2_bf16(a))
-    reinterpret_cast<u32*>(a.y2)[o >> 1] = f32x2_to_bf16x2(y0, y1);
-  else
-    reinterpret_cast<float2*>(a.y2)[o >> 1] = make_float2(y0, y1);
+  if (y2_bf16(a)) {
+    const u32 v = f32x2_to_bf16x2(y0, y1);
+    if (in) *reinterpret_cast<u32*>(yrow + col * 2) = v;
+  } else {
+    if (in) *reinterpret_cast<float2*>(yrow + col * 4) = make_float2(y0, y1);
+  }
 }
 
 // The per-row factors of the epilogue: the row's activation scale (token or tensor scales) and,
@@ -394,6 +412,11 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
   if (p < 0) return;
   constexpr int NC = kGated ? NF / 2 : NF;  // column pairs of the row
   const float sa = f.sa, tw = f.tw;
+  // The pair's output row, once: each column pair then costs one 32-bit offset from it.
+  u8* const orow =
+      kGated ? GatedOut<kKind, kAM>::row(a, p)
+             : reinterpret_cast<u8*>(a.y2) + (static_cast<long long>(slab) * a.M * a.topk * a.hidden +
+                                              static_cast<long long>(p) * a.hidden) * (y2_bf16(a) ? 2 : 4);
   // NOTE: in chunks of eight column pairs: one shared-memory latency per chunk, and at most 32 scale
   // registers next to the accumulators (a whole 256-wide row's would spill).
   // (A 224-wide tile has 14 or 28 pairs: its last chunk is partial.)
@@ -403,9 +426,9 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
     float w[kChunk][4];
 #pragma unroll
     for (int jj = 0; jj < kChunk; ++jj) {
-      const int col = j0 + jj < NC ? col_of(j0 + jj) : geo.N;
-      if (col < geo.N)
-        scales_of(col, w[jj]);
+      // Past N the tile's scale array holds 1 (TileColScales::fill), so the load needs no check.
+      if (j0 + jj < NC)
+        scales_of(col_of(j0 + jj), w[jj]);
       else
         w[jj][0] = w[jj][1] = w[jj][2] = w[jj][3] = 1.0f;
     }
@@ -414,12 +437,12 @@ __device__ __forceinline__ void store_row(const MoeArgs& a, const GemmGeom<kGate
       const int j = j0 + jj;
       if (j >= NC) continue;
       const int col = col_of(j);
-      if (col >= geo.N) continue;
+      const bool in = col < geo.N;
       if (kGated)
-        store_gated<kKind, kAM>(a, p, sa, col, w[jj], acc_of(j, 0), acc_of(j, 1), acc_of(j + NF / 2, 0),
+        store_gated<kKind, kAM>(a, orow, in, sa, col, w[jj], acc_of(j, 0), acc_of(j, 1), acc_of(j + NF / 2, 0),
                                 acc_of(j + NF / 2, 1));
       else
-        store_down(a, p, sa, tw, col, w[jj], acc_of(j, 0), acc_of(j, 1), slab);
+        store_down(a, orow, in, sa, tw, col, w[jj], acc_of(j, 0), acc_of(j, 1));
     }
   }
 }

@@ -75,7 +75,7 @@ struct WgmmaGemm {
   __device__ __forceinline__ static void run(const MoeArgs& a, u8* smem_raw) {
 #if __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __shared__ int s_pair[BM];
-    __shared__ float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    __shared__ alignas(8) float s_wcol[TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     const int tile = blockIdx.x;
     if (tile >= *a.num_tiles) return;
     u8* smem = reinterpret_cast<u8*>((reinterpret_cast<unsigned long long>(smem_raw) + 1023) & ~1023ull);

@@ -329,7 +329,7 @@ struct WsGemm {
     __shared__ int s_tile[kSets];
     __shared__ int s_next;      // the producer's thread 0 hands the entry it took to the others
     __shared__ int s_arow[BM];  // A row of each tile row (GEMM1: the pair's token), -1 for padding
-    __shared__ float s_wcol[kSets][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
+    __shared__ alignas(8) float s_wcol[kSets][TileColScales<kWS, kGated, BN>::kAny ? BN : 1];  // the tile's weight scales
     // Clusters: the entry rank 0 took, written into rank 1's s_peer_next; s_hand[0] (in rank 1):
     // written, s_hand[1] (in rank 0): read, one phase a tile.
     __shared__ int s_peer_next;
