@@ -187,7 +187,9 @@ abprev() {
       local bin=build/bin/moeq cache=$MOEQ_CACHE_DIR tag="new($(cat build/carry/COMMIT))"
       if [ "$d" != new ]; then
         bin=$d/bin/moeq tag="$(basename "$d")($(cat "$d/COMMIT" 2>/dev/null))"
-        cache=/tmp/jc_$(basename "$d") && mkdir -p "$cache"
+        # PREV_CACHE: a JIT cache that already holds the earlier binaries' kernels (make_carry.sh
+        # packs them beside the new ones), so that they compile nothing on the device.
+        cache=${PREV_CACHE:-/tmp/jc_$(basename "$d")} && mkdir -p "$cache"
       fi
       MOEQ_CACHE_DIR=$cache timeout 150 $bin bench apply --no-check --json --seconds 0.05 --m "${AB_MS:-1,1024,8192}" \
         --scheme "${AB_SCHEMES:-fp8-channel,fp8-block,fp8-tensor}" --shape "${AB_SHAPES:-Mixtral-8x7B,Qwen3-30B-A3B,DeepSeek-V3}" \
