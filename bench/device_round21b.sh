@@ -24,5 +24,5 @@ PREV_CACHE=$MOEQ_CACHE_DIR AB_MS=1,1024,8192 AB_SCHEMES=bf16,fp8-channel,fp8-blo
   bash bench/device_kernels_round.sh 2>&1 | grep -E "geomean|abprev:|^[A-Z][A-Za-z0-9-]+ +[a-z0-9-]+ +M="
 left 90 && { TEST_TIMEOUT=90 OUT="$out" STEPS=tests bash bench/device_kernels_round.sh 2>&1 | tail -8; }
 echo "at $((SECONDS - t0)) s"
-OUT="$out" STEPS=sbs bash bench/device_kernels_round.sh 2>&1 | tail -40
+DEADLINE=$((DEADLINE - (SECONDS - t0))) OUT="$out" STEPS=sbs bash bench/device_kernels_round.sh 2>&1 | tail -40
 echo "done at $((SECONDS - t0)) s"
