@@ -3,8 +3,9 @@
 # ex2 and rcp, only the store predicated per column pair, the row address once a row) checked,
 # timed against the binaries of ddc71a1 (build/carry_prev, whose kernels make_carry.sh's pack
 # also holds), the device tests, the new GEMM1's warp states under ncu, then the side by side
-# with vLLM where DEADLINE (seconds of this script, default 250) leaves it room. Builds nothing; carry build/carry, build/carry_prev,
-# .devpack and .peers.
+# with vLLM where DEADLINE (seconds of this script, default 250) leaves it room. Builds nothing.
+# Before it: `tools/gpu_harness/make_carry_prev.sh ddc71a1`, then `TUNE=0
+# tools/gpu_harness/make_carry.sh`; carry build/carry, build/carry_prev, .devpack and .peers.
 set -u
 out=${OUT:-/tmp/moeq_round21b}
 mkdir -p "$out"

@@ -29,6 +29,8 @@ done
 # Every tile candidate of `moeq bench tune` too (TUNE=0 skips), then the cache packed: the carry
 # (64 MiB with the tracked tree) holds .devpack/jit.tar.xz where .devbuild/jitcache would not fit.
 [ "${TUNE:-1}" = 1 ] && MOEQ_CACHE_DIR=$PWD/.devbuild/jitcache build/bin/moeq bench tune --compile-only "${ARCH:-sm_90a}"
+# An earlier commit's kernels (make_carry_prev.sh), packed into the same cache: their keys differ.
+if [ -d .devbuild/jitcache_prev/jit ]; then cp -rn .devbuild/jitcache_prev/jit/. .devbuild/jitcache/jit/; fi
 mkdir -p .devpack && tar cf - -C .devbuild jitcache | xz -T0 -6 > .devpack/jit.tar.xz
 du -sh build/carry .devbuild .devpack
 # The Python package as a wheel (libmoeq_c.so and the plugins inside) for the device's Python:
