@@ -27,7 +27,11 @@ __device__ __forceinline__ u16 quant2(float a, float b, float s) { return f32x2_
 // one ulp of x / s) wherever r does not underflow. Quantization scales are >= 1e-10 / 448 and
 // |x| <= 448 s, where that holds for every |x / s| >= 2^-12 (checked on the host over 4e7
 // random pairs), far below the smallest e4m3 step, so the codes equal quant2's. A scale whose
-// reciprocal is 0 or not finite (an infinite or NaN maximum) takes the division itself.
+// reciprocal is 0 or not finite (an infinite or NaN maximum; the scales' floor keeps 1/s below
+// 3e38 otherwise) takes q = x * y itself, which is x / s there to the bit: x * 0 = ±0 with x's
+// sign for x / inf (NaN for x = ±inf, as the division), NaN for a NaN scale (checked on the host
+// for every class of x). A select, not a branch: a branch a value put each quotient in a branch
+// region of its own, so that the epilogue's quotients could not interleave.
 struct ScaleDivider {
   float s, y;
   bool exact;
@@ -35,9 +39,9 @@ struct ScaleDivider {
     exact = !(y > 0.0f && y < 3.0e38f);
   }
   __device__ __forceinline__ float operator()(float x) const {
-    if (exact) return x / s;
     const float q = __fmul_rn(x, y);
-    return __fmaf_rn(__fmaf_rn(-q, s, x), y, q);
+    const float v = __fmaf_rn(__fmaf_rn(-q, s, x), y, q);
+    return exact ? q : v;
   }
 };
 
