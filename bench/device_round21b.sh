@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call (twenty-first session): the shorter GEMM epilogues (silu from the approximate
-# ex2 and rcp, only the store predicated per column pair, the row address once a row) checked,
+# ex2 and rcp, only the store predicated per column pair, the row address once a row; the fused
+# per-group requantization's quotients without a branch a value) checked,
 # timed against the binaries of ddc71a1 (build/carry_prev, whose kernels make_carry.sh's pack
 # also holds), the device tests, the new GEMM1's warp states under ncu, then the side by side
 # with vLLM where DEADLINE (seconds of this script, default 250) leaves it room. Builds nothing.
