@@ -35,7 +35,9 @@ if left 60; then
   echo "ncu_src: exit $?"
   ncu -i /tmp/src2.ncu-rep --page source --csv --print-source sass > /tmp/src2.csv 2>> "$out/src2.log"
   xz -c /tmp/src2.csv > "$out/ncu_src2.csv.xz"
-  python3 tools/gpu_harness/stall_ledger.py /tmp/src2.csv | tail -16
+  python3 tools/gpu_harness/stall_ledger.py /tmp/src2.csv > "$out/ledger2.txt"
+  sed -n '2,5p' "$out/ledger2.txt" | cut -c1-240
+  sed -n '/^by block/,$p' "$out/ledger2.txt" | head -24
 fi
 DEADLINE=$((DEADLINE - (SECONDS - t0))) OUT="$out" STEPS=sbs bash bench/device_kernels_round.sh 2>&1 | tail -40
 echo "done at $((SECONDS - t0)) s"

@@ -33,6 +33,29 @@ def main(path, top=30):
     body = [r for r in rows[head + 1:] if len(r) > src]
     total = sum(num(r, samp[0]) for r in body) or 1.0
     print("instructions %d, samples %d" % (len(body), total))
+    # The samples by stall reason (the stall_* columns, all samples), largest first.
+    reasons = [(c, i) for i, c in enumerate(cols) if c.startswith("stall_") and "Not Issued" not in c]
+    if reasons:
+        sums = sorted(((sum(num(r, i) for r in body), c) for c, i in reasons), reverse=True)
+        print("by reason: " + ", ".join("%s %.1f%%" % (c[6:], 100 * v / total) for v, c in sums if v >= 0.005 * total))
+    # Warp-specialized kernels: the producer's code follows its register release
+    # (USETMAXREG.DEALLOC), the consumers' its register claim; the samples of each side.
+    dealloc = next((i for i, r in enumerate(body) if "USETMAXREG.DEALLOC" in r[src]), None)
+    if dealloc is not None:
+        prod = sum(num(r, samp[0]) for r in body[dealloc:])
+        print("producer (from #%d) %.1f%%, consumers and prologue %.1f%%" % (dealloc, 100 * prod / total,
+                                                                          100 * (total - prod) / total))
+        # The consumers' K loop, roughly: from 48 instructions before their first warpgroup MMA
+        # (the full-stage wait) to their last MMA wait; the rest of their code is the tile's
+        # start and epilogue, where the tensor cores idle unless another warpgroup's MMAs run.
+        mma = [i for i, r in enumerate(body[:dealloc]) if "GMMA" in r[src]]
+        waits = [i for i, r in enumerate(body[:dealloc]) if "WARPGROUP.DEPBAR" in r[src]]
+        if mma and waits:
+            lo, hi = max(0, mma[0] - 48), max(waits) + 1
+            loop = sum(num(r, samp[0]) for r in body[lo:hi])
+            rest = total - prod - loop
+            print("consumers: K loop (#%d-#%d) %.1f%%, elsewhere (start, epilogue) %.1f%%" % (
+                lo, hi - 1, 100 * loop / total, 100 * rest / total))
     ranked = sorted(range(len(body)), key=lambda i: -num(body[i], samp[0]))
     for i in ranked[:top]:
         r = body[i]
