@@ -12,23 +12,7 @@ mkdir -p "$out"
 export MOEQ_ALLOW_UNTRUSTED_PLUGINS=1
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader
 echo "binaries of $(cat build/carry/COMMIT)"
-summ() {  # report file, label
-  ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
-import csv, sys
-want = ("Duration", "SM Frequency", "DRAM Frequency", "Compute (SM) Throughput", "Memory Throughput", "L1/TEX Cache Throughput",
-        "L2 Cache Throughput", "DRAM Throughput", "Executed Ipc Active", "L2 Hit Rate", "Mem Busy", "Max Bandwidth",
-        "Mem Pipes Busy", "Issue Slots Busy", "SM Busy", "Registers Per Thread", "Achieved Occupancy")
-rows = list(csv.reader(sys.stdin))
-if not rows: sys.exit()
-h = rows[0]; ki = h.index("Kernel Name"); mi = h.index("Metric Name"); ui = h.index("Metric Unit"); vi = h.index("Metric Value")
-seen = {}
-for r in rows[1:]:
-    if r[mi] in want:
-        seen.setdefault(r[ki][:60], []).append("%s %s %s" % (r[mi], r[vi], r[ui]))
-for k, v in seen.items():
-    print(sys.argv[1], k); print("   " + "; ".join(v))
-' "$2"
-}
+summ() { python3 tools/gpu_harness/ncu_details.py "$1" "$2"; }  # report file, label
 i=0
 for spec in fp8-channel:Mixtral-8x7B:0; do
   IFS=: read -r sc sh skip <<< "$spec"; i=$((i + 1))

@@ -55,23 +55,7 @@ if [ "$(cat "$out/geomean" 2>/dev/null || echo 0)" -ge 1020 ] && left 150; then
   echo "device tests (look-ahead): exit $?"
   grep -E "ERROR|FAILED|test cases|assertions" "$out/device_tests.txt" | head -20
 fi
-summ() {  # report file, label
-  ncu -i "$1" --page details --csv 2>/dev/null | python3 -c '
-import csv, sys
-want = ("Duration", "SM Frequency", "DRAM Frequency", "Compute (SM) Throughput", "Memory Throughput", "L1/TEX Cache Throughput",
-        "L2 Cache Throughput", "DRAM Throughput", "Executed Ipc Active", "L2 Hit Rate", "Mem Busy", "Max Bandwidth",
-        "Mem Pipes Busy", "Issue Slots Busy", "SM Busy", "Registers Per Thread", "Achieved Occupancy")
-rows = list(csv.reader(sys.stdin))
-if not rows: sys.exit()
-h = rows[0]; ki = h.index("Kernel Name"); mi = h.index("Metric Name"); ui = h.index("Metric Unit"); vi = h.index("Metric Value")
-seen = {}
-for r in rows[1:]:
-    if r[mi] in want:
-        seen.setdefault(r[ki][:60], []).append("%s %s %s" % (r[mi], r[vi], r[ui]))
-for k, v in seen.items():
-    print(sys.argv[1], k); print("   " + "; ".join(v))
-' "$2"
-}
+summ() { python3 tools/gpu_harness/ncu_details.py "$1" "$2"; }  # report file, label
 for v in 0 1; do
   left 60 || break
   ( [ $v = 1 ] && export MOEQ_CT_WS_LOOKAHEAD=1; export MOEQ_CT_NO_TUNE=1
